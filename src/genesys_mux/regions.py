@@ -68,7 +68,9 @@ class Endpoints:
     def for_region(cls, region: Region) -> Endpoints:
         """The real hosts of ``region``."""
         d = region.domain
-        return cls(login=f"https://login.{d}", api=f"https://api.{d}", streaming=f"wss://streaming.{d}")
+        return cls(
+            login=f"https://login.{d}", api=f"https://api.{d}", streaming=f"wss://streaming.{d}"
+        )
 
     @classmethod
     def custom(cls, base_url: str) -> Endpoints:
@@ -77,12 +79,25 @@ class Endpoints:
         Only ``http`` and ``https`` are accepted, with a host and no query or
         fragment, so that paths can be appended safely.
         """
-        parts = urlsplit(base_url)
+        usage = (
+            f"base URL {base_url!r} must look like http://host:port or https://host: "
+            "point it at the emulator, or leave it unset and give a region"
+        )
+        # urlsplit silently drops surrounding spaces and embedded tabs and
+        # newlines, so the URL it checks would not be the string we build
+        # on: strip the ends, and refuse whitespace inside.
+        base_url = base_url.strip()
+        if any(c.isspace() for c in base_url):
+            raise ConfigError(usage)
+        try:
+            parts = urlsplit(base_url)
+            # The port is parsed lazily; read it so that a bad one fails here
+            # rather than at the first request.
+            _ = parts.port
+        except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+            raise ConfigError(f"{usage} ({exc})") from exc
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(
-                f"base URL {base_url!r} must look like http://host:port or https://host; "
-                "point it at the emulator (genesys-mux emulator) or leave it unset and give a region"
-            )
+            raise ConfigError(usage)
         if parts.query or parts.fragment:
             raise ConfigError(f"base URL {base_url!r} must not carry a query string or fragment")
         base = base_url.rstrip("/")

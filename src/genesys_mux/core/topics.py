@@ -135,7 +135,7 @@ def validate_id(value: str, kind: str = "id") -> str:
         shown = repr(value)[:80]
         raise InvalidIdError(
             f"{kind} {shown} is not a valid Genesys id: use 1-128 ASCII letters, digits, "
-            "'-' or '_' (Genesys ids are normally UUIDs)"
+            "'-' or '_', starting with a letter or digit (Genesys ids are normally UUIDs)"
         )
     return value
 
@@ -199,7 +199,10 @@ def _explain_invalid(name: str) -> str:
     if "?" in name or "&" in name:
         return f"topic {shown} is a combined topic; expand it with expand_topic() first"
     if name.startswith("v2.system."):
-        return f"topic {shown} is a system topic: the platform sends it unasked, it cannot be subscribed"
+        return (
+            f"topic {shown} is a system topic: the platform sends it unasked, "
+            "it cannot be subscribed"
+        )
     return (
         f"topic {shown} is not a Genesys notification topic genesys-mux knows; expected one of "
         "v2.routing.queues.{id}.conversations[.media], v2.users.{id}.conversations[.media], "
@@ -243,9 +246,7 @@ def expand_topic(name: str) -> tuple[str, ...]:
     return parts
 
 
-def combine_topics(
-    names: Iterable[str], max_length: int = MAX_COMBINED_TOPIC_LENGTH
-) -> list[str]:
+def combine_topics(names: Iterable[str], max_length: int = MAX_COMBINED_TOPIC_LENGTH) -> list[str]:
     """Pack plain topics that share a prefix into as few combined topics as fit.
 
     The order of first appearance is kept; a prefix with one suffix stays a
@@ -257,7 +258,9 @@ def combine_topics(
         suffixes = by_prefix.setdefault(topic.prefix, [])
         if topic.suffix not in suffixes:
             suffixes.append(topic.suffix)
-    return [c for prefix, suffixes in by_prefix.items() for c in _pack(prefix, suffixes, max_length)]
+    return [
+        c for prefix, suffixes in by_prefix.items() for c in _pack(prefix, suffixes, max_length)
+    ]
 
 
 def _pack(prefix: str, suffixes: list[str], max_length: int) -> Iterator[str]:

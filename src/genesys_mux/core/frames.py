@@ -1,0 +1,496 @@
+"""Decoding of inbound WebSocket frames and encoding of outbound client messages.
+
+Theory of operation
+-------------------
+Every message on a Notifications socket is one JSON text frame, and the
+server mixes several unrelated shapes on the same socket (see the reference,
+§4 and §5):
+
+* notifications ``{"topicName", "version", "eventBody", "metadata"}``;
+* ``channel.metadata`` frames: heartbeats and pongs;
+* system topics the platform sends unasked (``v2.system.socket_closing``,
+  ``v2.system.no_longer_subscribed.{id}``, ``v2.system.token_revoked.{id}``,
+  ``v2.subscription.updated``, any other ``v2.system.*``);
+* acks of socket subscribe/unsubscribe requests ``{"correlationId", "result", ...}``;
+* channel failures ``{"result": "404", "message"}`` with no correlation id.
+
+:func:`decode_frame` turns one frame into exactly one of the typed variants
+of :data:`Frame`. Notifications are the hot path, so the frame is decoded
+once into a single permissive *envelope* struct that has every top-level
+field of every shape, all optional. No dict is built, and ``eventBody`` is
+captured as :class:`msgspec.Raw`: its bytes are kept verbatim and handed on
+undecoded, because only the consumer knows which body type to decode into.
+The envelope is then classified by which fields are present. Only the rare
+frames (heartbeats, pongs, system topics) pay for a second, small decode of
+their body.
+
+Error policy: the connection must survive anything the server (or a broken
+proxy) sends, so the outcome for *any* input is a frame or a
+:class:`~genesys_mux.errors.FrameError`, never another exception.
+
+* Not JSON at all (invalid UTF-8, empty, truncated, trailing garbage, a
+  ``str`` with lone surrogates) raises :class:`FrameError`. So does JSON
+  nested deeper than the interpreter's recursion limit (about a thousand
+  levels): msgspec cannot walk it, so its validity cannot be checked.
+* Valid JSON that fits no known shape is an :class:`UnknownFrame` carrying
+  the raw bytes. That includes arrays and scalars, objects whose known
+  top-level fields have the wrong JSON type (``"result": 200``,
+  ``"topicName": 5``), a notification with no ``eventBody``, and
+  ``channel.metadata`` messages other than the heartbeat and the pong. We
+  report such frames rather than guess at what they meant.
+* The optional fields of system-topic bodies are looser, because the
+  platform documents them only vaguely: a field of the wrong type, or a body
+  that is not an object at all, reads as ``None`` and the frame keeps its
+  system type, so a warning like ``socket_closing`` is never lost to a
+  malformed detail.
+
+Outbound messages are produced by :func:`encode_subscribe`,
+:func:`encode_unsubscribe` and :data:`PING`. The platform expects them as
+WebSocket *text* frames; they are returned as UTF-8 bytes so the caller
+decides how to send them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, TypeAlias
+
+import msgspec
+
+from genesys_mux.errors import ConfigError, FrameError
+
+__all__ = [
+    "CHANNEL_METADATA_TOPIC",
+    "PING",
+    "ChannelFailure",
+    "Frame",
+    "Heartbeat",
+    "NoLongerSubscribed",
+    "Notification",
+    "Pong",
+    "SocketClosing",
+    "SubscriptionAck",
+    "SubscriptionUpdated",
+    "SystemFrame",
+    "SystemMessage",
+    "TokenRevoked",
+    "UnknownFrame",
+    "decode_frame",
+    "encode_ping",
+    "encode_subscribe",
+    "encode_unsubscribe",
+]
+
+#: The ``topicName`` of heartbeats and pongs.
+CHANNEL_METADATA_TOPIC: Final = "channel.metadata"
+
+_HEARTBEAT_MESSAGE: Final = "WebSocket Heartbeat"
+_PONG_MESSAGE: Final = "pong"
+_SOCKET_CLOSING: Final = "v2.system.socket_closing"
+_NO_LONGER_SUBSCRIBED: Final = "v2.system.no_longer_subscribed"
+_TOKEN_REVOKED: Final = "v2.system.token_revoked"  # noqa: S105  (a topic, not a secret)
+_SUBSCRIPTION_UPDATED: Final = "v2.subscription.updated"
+_SYSTEM_PREFIX: Final = "v2.system."
+
+
+# --------------------------------------------------------------------------
+# Inbound frame types
+# --------------------------------------------------------------------------
+
+
+# gc=False: these hold only immutable scalars, so they can never be part of a
+# reference cycle, and the cyclic GC need not track one per notification.
+class Notification(msgspec.Struct, frozen=True, gc=False):
+    """One event on a subscribed topic.
+
+    ``topic`` is the expanded topic name the event arrived under.
+    ``version`` is the topic's schema version (``"2"``), *not* a counter:
+    the platform has no sequence numbers. ``body`` is the raw JSON text of
+    ``eventBody``, byte for byte, left undecoded so the consumer can decode
+    it into whatever type suits the topic. ``correlation_id`` is
+    ``metadata.CorrelationId`` when present.
+    """
+
+    topic: str
+    version: str | None
+    body: bytes
+    correlation_id: str | None = None
+
+
+class Heartbeat(msgspec.Struct, frozen=True, gc=False):
+    """The server's periodic ``WebSocket Heartbeat`` (about every 30 s)."""
+
+
+class Pong(msgspec.Struct, frozen=True, gc=False):
+    """The server's answer to a client ``{"message":"ping"}``."""
+
+
+class SystemFrame(msgspec.Struct, frozen=True, gc=False):
+    """Fields shared by every system-topic frame; the base of those frame types.
+
+    :func:`decode_frame` always returns one of the subclasses, never this
+    class itself. ``topic`` is the full topic name. ``channel_id``,
+    ``reason`` and ``message`` come from the body's ``channelId``,
+    ``reason`` and ``message`` and are ``None`` when absent or not strings.
+    ``body`` is the raw ``eventBody`` JSON (empty when there was none), for
+    anything else it carries, such as ``systemTopicType`` or ``data``.
+    """
+
+    topic: str
+    channel_id: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    body: bytes = b""
+
+
+class SocketClosing(SystemFrame, frozen=True, gc=False):
+    """``v2.system.socket_closing``: the server will close this socket in about a minute.
+
+    Not guaranteed to precede a maintenance close; a silent close must be
+    handled the same way.
+    """
+
+
+class NoLongerSubscribed(SystemFrame, frozen=True, gc=False):
+    """``v2.system.no_longer_subscribed.{id}``: this channel lost its subscriptions.
+
+    ``reason`` is e.g. ``another_channel_subscribed``.
+    """
+
+
+class TokenRevoked(SystemFrame, frozen=True, gc=False):
+    """``v2.system.token_revoked.{id}``: the token behind the channel was revoked.
+
+    ``reason`` is e.g. ``user_tokens_revoked``; the channel is about to die.
+    """
+
+
+class SubscriptionUpdated(SystemFrame, frozen=True, gc=False):
+    """``v2.subscription.updated``: the channel's subscription list changed."""
+
+
+class SystemMessage(SystemFrame, frozen=True, gc=False):
+    """Any other ``v2.system.*`` topic, reported rather than dropped."""
+
+
+class SubscriptionAck(msgspec.Struct, frozen=True, gc=False):
+    """The answer to a subscribe or unsubscribe request sent over the socket.
+
+    ``result`` is a string status code as the server sends it (``"200"``,
+    ``"400"``). ``status`` is ``"subscribed"``, ``"unsubscribed"`` or
+    ``"error"``; ``message`` explains a failure; ``topics`` lists the
+    topics the server reported, often none.
+    """
+
+    correlation_id: str
+    result: str
+    status: str | None = None
+    message: str | None = None
+    topics: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the request succeeded (``result == "200"``)."""
+        return self.result == "200"
+
+
+class ChannelFailure(msgspec.Struct, frozen=True, gc=False):
+    """``{"result": "404", "message": ...}``: the channel expired, was evicted or lost its token.
+
+    The socket is useless after this; open a new channel.
+    """
+
+    result: str
+    message: str | None = None
+
+
+class UnknownFrame(msgspec.Struct, frozen=True, gc=False):
+    """Valid JSON in no shape we recognise; ``raw`` is the frame's UTF-8 bytes."""
+
+    raw: bytes
+
+
+#: Every value :func:`decode_frame` can return.
+Frame: TypeAlias = (
+    Notification
+    | Heartbeat
+    | Pong
+    | SocketClosing
+    | NoLongerSubscribed
+    | TokenRevoked
+    | SubscriptionUpdated
+    | SystemMessage
+    | SubscriptionAck
+    | ChannelFailure
+    | UnknownFrame
+)
+
+# The concrete system frame classes, so that building one from a class
+# chosen at run time still type-checks as a Frame.
+_SystemKind: TypeAlias = (
+    type[SocketClosing]
+    | type[NoLongerSubscribed]
+    | type[TokenRevoked]
+    | type[SubscriptionUpdated]
+    | type[SystemMessage]
+)
+
+# Frames without state are shared: frozen, so nobody can tell.
+_HEARTBEAT: Final = Heartbeat()
+_PONG: Final = Pong()
+
+
+# --------------------------------------------------------------------------
+# Wire structs (private)
+# --------------------------------------------------------------------------
+
+
+class _Metadata(msgspec.Struct, rename="pascal"):
+    correlation_id: str | None = None
+
+
+class _Envelope(msgspec.Struct, rename="camel"):
+    """Union of the top-level fields of every inbound shape, all optional.
+
+    An empty :class:`msgspec.Raw` (length 0) means ``eventBody`` was absent:
+    msgspec does not allow ``Raw`` inside a union with ``None``, and a
+    present body is never zero bytes long.
+    """
+
+    topic_name: str | None = None
+    version: str | None = None
+    event_body: msgspec.Raw = msgspec.Raw()
+    metadata: _Metadata | None = None
+    correlation_id: str | None = None
+    result: str | None = None
+    status: str | None = None
+    message: str | None = None
+    topics: tuple[str, ...] | None = None
+
+
+class _MetadataBody(msgspec.Struct):
+    message: str | None = None
+
+
+class _SystemBody(msgspec.Struct, rename="camel"):
+    # ``object`` rather than ``str | None`` so that one wrongly typed field
+    # does not fail the whole body; the types are checked by hand instead.
+    channel_id: object = None
+    reason: object = None
+    message: object = None
+
+
+class _Command(msgspec.Struct, rename="camel"):
+    message: str
+    topics: list[str]
+    correlation_id: str
+
+
+_ENVELOPE_DECODER: Final = msgspec.json.Decoder(_Envelope)
+_METADATA_BODY_DECODER: Final = msgspec.json.Decoder(_MetadataBody)
+_SYSTEM_BODY_DECODER: Final = msgspec.json.Decoder(_SystemBody)
+# Decoding into Raw walks the whole document and checks its syntax without
+# building any Python objects, and without msgspec's own limits on numbers
+# (``1e400`` is valid JSON but out of range for a Python float).
+_SYNTAX_CHECKER: Final = msgspec.json.Decoder(msgspec.Raw)
+_ENCODER: Final = msgspec.json.Encoder()
+
+# What msgspec can raise on a document that is syntactically valid but not
+# of the requested type, or that it cannot walk at all.
+_BODY_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeError)
+
+
+# --------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------
+
+
+def decode_frame(data: bytes | str) -> Frame:
+    """Decode one inbound WebSocket message into its typed :data:`Frame` variant.
+
+    ``data`` is the text frame as received, either ``str`` or UTF-8
+    ``bytes``. Returns an :class:`UnknownFrame` for valid JSON of an
+    unrecognised shape; raises :class:`~genesys_mux.errors.FrameError` for
+    anything that is not JSON, and never any other exception.
+    """
+    if isinstance(data, bytes):
+        # msgspec skips eventBody and unknown fields without validating their
+        # UTF-8, so check it here; the ASCII test is a fast scan, and only
+        # frames with non-ASCII text pay for a full decode.
+        if not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FrameError(
+                    f"WebSocket frame is not valid UTF-8 (byte {exc.start})", data
+                ) from exc
+    elif isinstance(data, bytearray | memoryview):
+        return decode_frame(bytes(data))
+    elif not isinstance(data, str):
+        raise FrameError(f"WebSocket frame must be str or bytes, not {type(data).__name__}")
+
+    try:
+        envelope = _ENVELOPE_DECODER.decode(data)
+    except msgspec.ValidationError:
+        # Valid JSON of another shape, or not JSON at all: msgspec may stop
+        # at the first type mismatch before reading the rest, so only a full
+        # syntax check can tell.
+        return _unknown_or_raise(data)
+    except msgspec.DecodeError as exc:
+        raise _not_json(data, str(exc)) from exc
+    except UnicodeError as exc:
+        # A str holding lone surrogates cannot be encoded as UTF-8.
+        raise _not_json(data, "text is not encodable as UTF-8") from exc
+    except RecursionError as exc:
+        raise _not_json(data, "nested too deeply to decode") from exc
+    return _classify(envelope, data)
+
+
+def _classify(env: _Envelope, data: bytes | str) -> Frame:
+    topic = env.topic_name
+    if topic:
+        if topic == CHANNEL_METADATA_TOPIC:
+            return _channel_metadata(env, data)
+        system_type = _system_type(topic)
+        if system_type is not None:
+            return _system_frame(system_type, topic, env)
+        if not env.event_body:
+            return UnknownFrame(_as_bytes(data))
+        return Notification(
+            topic=topic,
+            version=env.version,
+            body=bytes(env.event_body),
+            correlation_id=env.metadata.correlation_id if env.metadata is not None else None,
+        )
+    if env.result is not None:
+        if env.correlation_id is not None:
+            return SubscriptionAck(
+                correlation_id=env.correlation_id,
+                result=env.result,
+                status=env.status,
+                message=env.message,
+                topics=env.topics or (),
+            )
+        if topic is None:
+            return ChannelFailure(result=env.result, message=env.message)
+    return UnknownFrame(_as_bytes(data))
+
+
+def _channel_metadata(env: _Envelope, data: bytes | str) -> Frame:
+    message: str | None = None
+    if env.event_body:
+        try:
+            message = _METADATA_BODY_DECODER.decode(env.event_body).message
+        except _BODY_ERRORS:
+            message = None
+    if message == _HEARTBEAT_MESSAGE:
+        return _HEARTBEAT
+    if message == _PONG_MESSAGE:
+        return _PONG
+    return UnknownFrame(_as_bytes(data))
+
+
+def _system_type(topic: str) -> _SystemKind | None:
+    if topic == _SOCKET_CLOSING:
+        return SocketClosing
+    if topic == _SUBSCRIPTION_UPDATED:
+        return SubscriptionUpdated
+    # The id suffix is checked for its separating dot, so that an unrelated
+    # topic such as ``v2.system.token_revoked_v2`` is not mistaken for one.
+    if topic == _NO_LONGER_SUBSCRIBED or topic.startswith(_NO_LONGER_SUBSCRIBED + "."):
+        return NoLongerSubscribed
+    if topic == _TOKEN_REVOKED or topic.startswith(_TOKEN_REVOKED + "."):
+        return TokenRevoked
+    if topic.startswith(_SYSTEM_PREFIX):
+        return SystemMessage
+    return None
+
+
+def _system_frame(kind: _SystemKind, topic: str, env: _Envelope) -> Frame:
+    body = _SystemBody()
+    if env.event_body:
+        try:
+            body = _SYSTEM_BODY_DECODER.decode(env.event_body)
+        except _BODY_ERRORS:
+            # Not an object (or unwalkable): keep the frame's type, lose the details.
+            body = _SystemBody()
+    return kind(
+        topic=topic,
+        channel_id=_str_or_none(body.channel_id),
+        reason=_str_or_none(body.reason),
+        message=_str_or_none(body.message),
+        body=bytes(env.event_body),
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _unknown_or_raise(data: bytes | str) -> UnknownFrame:
+    try:
+        _SYNTAX_CHECKER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _not_json(data, str(exc)) from exc
+    except UnicodeError as exc:
+        raise _not_json(data, "text is not encodable as UTF-8") from exc
+    except RecursionError as exc:
+        raise _not_json(data, "nested too deeply to decode") from exc
+    return UnknownFrame(_as_bytes(data))
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    # surrogatepass: only reached for diagnostics of undecodable text, where
+    # showing the bad code points beats failing to build the error.
+    return data.encode("utf-8", "surrogatepass")
+
+
+def _not_json(data: bytes | str, detail: str) -> FrameError:
+    # Only the head is kept for diagnostics; FrameError truncates it anyway,
+    # and encoding a whole 50 KB str just to throw most of it away is waste.
+    head = data[:200] if isinstance(data, bytes) else _as_bytes(data[:200])
+    return FrameError(f"WebSocket frame is not a JSON document ({detail})", head)
+
+
+# --------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------
+
+#: The client keep-alive request; the server answers with a :class:`Pong`.
+PING: Final[bytes] = b'{"message":"ping"}'
+
+
+def encode_ping() -> bytes:
+    """The ping message, ``{"message":"ping"}``, as UTF-8 bytes (same as :data:`PING`)."""
+    return PING
+
+
+def encode_subscribe(topics: Sequence[str], correlation_id: str) -> bytes:
+    """``{"message":"subscribe","topics":[...],"correlationId":...}`` as UTF-8 bytes.
+
+    The server answers with a :class:`SubscriptionAck` carrying
+    ``correlation_id``. Topics are sent as given; validate them first with
+    :mod:`genesys_mux.core.topics`.
+    """
+    return _encode_command("subscribe", topics, correlation_id)
+
+
+def encode_unsubscribe(topics: Sequence[str], correlation_id: str) -> bytes:
+    """``{"message":"unsubscribe","topics":[...],"correlationId":...}`` as UTF-8 bytes.
+
+    The server answers with a :class:`SubscriptionAck` carrying ``correlation_id``.
+    """
+    return _encode_command("unsubscribe", topics, correlation_id)
+
+
+def _encode_command(message: str, topics: Sequence[str], correlation_id: str) -> bytes:
+    # A bare str is a Sequence[str] too, and would go out as one topic per
+    # character; catch that mistake here rather than at the server.
+    if isinstance(topics, str):
+        raise ConfigError(
+            f"topics for {message} must be a list of topic names, not the single string "
+            f"{topics[:80]!r}; wrap it in a list"
+        )
+    return _ENCODER.encode(_Command(message, list(topics), correlation_id))
