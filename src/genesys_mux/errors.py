@@ -6,7 +6,16 @@ The tree, split by what the caller can do about it::
     ├── ConfigError                 the caller gave us something unusable; fix the input
     │   ├── UnknownRegionError      a region name or domain we do not know
     │   ├── InvalidIdError          an entity id that is unsafe in a URL or a topic
-    │   └── InvalidTopicError       a topic that is not in the Genesys grammar
+    │   ├── InvalidTopicError       a topic that is not in the Genesys grammar
+    │   └── CapacityError           the desired topics do not fit in the channels
+    │                               the platform allows
+    ├── AuthenticationError         the OAuth client credentials were refused: fatal,
+    │                               fix the id, secret or region; never retried
+    ├── ApiError                    a REST call failed for good; carries the Genesys
+    │   │                           status, code and contextId
+    │   └── RateLimitedError        still throttled (429) after every retry
+    ├── TransportError              the network failed (connect, timeout, socket);
+    │                               transient: the caller may try again later
     └── FrameError                  bytes from a socket that are not a JSON frame;
                                     the connection carries on, the frame is reported
 
@@ -21,11 +30,16 @@ and *what to do*.
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "CapacityError",
     "ConfigError",
     "FrameError",
     "GenesysMuxError",
     "InvalidIdError",
     "InvalidTopicError",
+    "RateLimitedError",
+    "TransportError",
     "UnknownRegionError",
 ]
 
@@ -48,6 +62,52 @@ class InvalidIdError(ConfigError):
 
 class InvalidTopicError(ConfigError):
     """A topic string outside the Genesys Notifications topic grammar."""
+
+
+class CapacityError(ConfigError):
+    """The desired topics do not fit in the channels the platform allows.
+
+    ``unplaced`` holds the topics that were left out, in the order they were
+    asked for. The planner that raised it keeps its previous plan unchanged,
+    so the caller can ask for fewer topics and try again.
+    """
+
+    def __init__(self, message: str, unplaced: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.unplaced = unplaced
+
+
+class AuthenticationError(GenesysMuxError):
+    """Genesys Cloud refused the OAuth client credentials.
+
+    Fatal: retrying would only risk a lock-out. The message says which
+    settings to check; it never contains the secret.
+    """
+
+
+class ApiError(GenesysMuxError):
+    """A REST call that failed and will not succeed by retrying it as is.
+
+    ``status`` is the HTTP status, ``code`` the Genesys error code (such as
+    ``notification.unauthorized.topic``) and ``context_id`` the id Genesys
+    support asks for.
+    """
+
+    def __init__(
+        self, message: str, *, status: int, code: str | None = None, context_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.context_id = context_id
+
+
+class RateLimitedError(ApiError):
+    """Still answered 429 after every retry allowed."""
+
+
+class TransportError(GenesysMuxError):
+    """The network failed: no answer, a timeout, a dropped socket. Transient."""
 
 
 class FrameError(GenesysMuxError):

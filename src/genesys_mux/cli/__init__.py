@@ -1,0 +1,1 @@
+"""The ``genesys-mux`` command line (typer and rich live here, nowhere else)."""

@@ -1,0 +1,56 @@
+"""A per-token request budget, so we stay under the rate limit instead of bouncing off it.
+
+Genesys Cloud allows 300 requests per minute per client-credentials token.
+A classic token bucket with a burst allowance can spend ``burst + rate * 60``
+within one minute, which is more than the platform allows. This budget is a
+token bucket whose spent tokens come back exactly one window later (a
+sliding-window log), so *no* window of ``window_s`` seconds ever holds more
+than ``limit`` requests, whatever window the server counts in.
+
+Sans-I/O: the caller passes ``now`` and sleeps for the returned delay.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["RequestBudget"]
+
+
+class RequestBudget:
+    """At most ``limit`` requests in any ``window_s`` seconds."""
+
+    def __init__(self, limit: int = 300, window_s: float = 60.0) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("a request budget needs limit >= 1 and window_s > 0")
+        self.limit = limit
+        # A little slack, so clock skew between us and the server can never
+        # put one request too many in the server's window.
+        self.window_s = window_s * 1.01
+        self._spent: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before a request may be sent at ``now`` (0 if it may go now)."""
+        self._expire(now)
+        if len(self._spent) < self.limit:
+            return 0.0
+        return self._spent[0] + self.window_s - now
+
+    def spend(self, now: float) -> None:
+        """Record a request sent at ``now``. Call only after :meth:`delay` returned 0."""
+        self._expire(now)
+        self._spent.append(now)
+
+    def used(self, now: float) -> int:
+        """Requests counted in the window ending at ``now``."""
+        self._expire(now)
+        return len(self._spent)
+
+    def reset(self) -> None:
+        """Forget every spent request (a new token starts with a full budget)."""
+        self._spent.clear()
+
+    def _expire(self, now: float) -> None:
+        spent = self._spent
+        while spent and spent[0] + self.window_s <= now:
+            spent.popleft()

@@ -1,0 +1,261 @@
+"""The life of one socket on one notification channel, as a sans-I/O state machine.
+
+Theory of operation
+-------------------
+A :class:`ChannelLink` is fed everything that happens to one WebSocket —
+decoded frames, the socket closing, the passing of time — and answers with
+:data:`Action` values telling the shell what to do. It never reads a clock,
+never sleeps and never touches a socket: ``now`` is always passed in
+(monotonic seconds), and :meth:`ChannelLink.next_deadline` says when the
+shell must call :meth:`ChannelLink.poll` again.
+
+States::
+
+    AWAITING_LIVE --heartbeat / pong / ack--> LIVE
+    AWAITING_LIVE, LIVE --socket closed / pong timeout / 404--> DEAD
+
+``LIVE`` means the platform has proven the socket works (the shell sends a
+ping right after connecting, so the pong usually arrives at once).
+
+What the platform can tell us, and what we do about it:
+
+==================================  =================================================
+event                               action
+==================================  =================================================
+no frame for ``heartbeat_timeout``  :class:`SendPing` (once per silence)
+no pong within ``pong_timeout``     :class:`Reconnect` (``heartbeat_timeout``): dead
+socket closed, any code             :class:`Reconnect` (``socket_closed``)
+``{"result":"404"}``                :class:`Recreate` (``channel_gone``)
+``v2.system.socket_closing``        :class:`Rotate` (``socket_closing``)
+``v2.system.no_longer_subscribed``  :class:`Rotate` (``no_longer_subscribed``)
+``v2.system.token_revoked``         :class:`Rotate` (``token_revoked``, re-auth first)
+channel ``expires`` approaching     :class:`Rotate` (``channel_expiring``)
+creating token's expiry approaching :class:`Rotate` (``token_expiring``)
+==================================  =================================================
+
+:class:`Rotate` asks for make-before-break: the shell builds a successor
+channel while this socket keeps delivering, and closes this one only once the
+successor is live. :class:`Reconnect` and :class:`Recreate` report a socket
+that is already gone: the shell records an outage and re-establishes, reusing
+the channel after a HEAD check (``Reconnect``) or creating a new one
+(``Recreate``). Each kind of request is emitted at most once per link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from genesys_mux.core.frames import (
+    ChannelFailure,
+    Frame,
+    Heartbeat,
+    NoLongerSubscribed,
+    Pong,
+    SocketClosing,
+    SubscriptionAck,
+    TokenRevoked,
+)
+
+__all__ = [
+    "Action",
+    "BecameLive",
+    "ChannelLink",
+    "LinkState",
+    "Outage",
+    "Reconnect",
+    "Recreate",
+    "Rotate",
+    "SendPing",
+    "WatchdogSettings",
+]
+
+
+class LinkState(Enum):
+    """Where a socket is in its life."""
+
+    AWAITING_LIVE = "awaiting_live"
+    LIVE = "live"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class SendPing:
+    """Send ``{"message":"ping"}``: the socket has been silent too long."""
+
+
+@dataclass(frozen=True, slots=True)
+class BecameLive:
+    """The platform answered on this socket: it is proven to work."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rotate:
+    """Replace the channel make-before-break; this socket still works for now."""
+
+    reason: str
+    #: Get a new token before creating the successor (the old one was revoked).
+    reauth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """The socket is gone; the channel may still exist (check with HEAD)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recreate:
+    """The socket is gone and so is the channel; create a new one."""
+
+    reason: str
+
+
+Action = SendPing | BecameLive | Rotate | Reconnect | Recreate
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogSettings:
+    """Timers of one link, in seconds."""
+
+    heartbeat_timeout_s: float = 75.0
+    pong_timeout_s: float = 10.0
+    #: Start rotating this long before the channel or its token expires.
+    rotation_lead_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """A window during which a slot's topics had no live, subscribed socket.
+
+    Events published in ``[start, end]`` on ``topics`` may have been lost at
+    the source. Times are Unix seconds.
+    """
+
+    slot: int
+    channel_id: str
+    topics: frozenset[str]
+    start: float
+    end: float
+    reason: str
+
+
+class ChannelLink:
+    """One socket on one channel: liveness, watchdog and rotation triggers.
+
+    ``channel_expires_at`` and ``token_expires_at`` are monotonic times
+    (None when unknown); rotation is requested ``rotation_lead_s`` before
+    the earlier one, but never earlier than half-way through the remaining
+    life, so a short-lived test channel is not rotated the moment it opens.
+    """
+
+    def __init__(
+        self,
+        channel_id: str,
+        *,
+        opened_at: float,
+        channel_expires_at: float | None = None,
+        token_expires_at: float | None = None,
+        settings: WatchdogSettings | None = None,
+    ) -> None:
+        self.channel_id = channel_id
+        self.settings = settings or WatchdogSettings()
+        self.state = LinkState.AWAITING_LIVE
+        self.opened_at = opened_at
+        self.last_frame_at = opened_at
+        self.ping_sent_at: float | None = None
+        self._rotation_at = self._rotation_deadline(opened_at, channel_expires_at, token_expires_at)
+        self._rotation_reason = (
+            "token_expiring"
+            if token_expires_at is not None
+            and (channel_expires_at is None or token_expires_at <= channel_expires_at)
+            else "channel_expiring"
+        )
+        self._rotation_requested = False
+
+    def _rotation_deadline(
+        self, now: float, channel_at: float | None, token_at: float | None
+    ) -> float | None:
+        ends = [t for t in (channel_at, token_at) if t is not None]
+        if not ends:
+            return None
+        end = min(ends)
+        lead = min(self.settings.rotation_lead_s, max(0.0, (end - now) / 2))
+        return end - lead
+
+    # -- inputs --------------------------------------------------------------
+
+    def notification_seen(self, now: float) -> None:
+        """A notification arrived: the socket is alive. (The hot path: no actions.)"""
+        self.last_frame_at = now
+        self.ping_sent_at = None
+
+    def receive(self, frame: Frame, now: float) -> list[Action]:
+        """Account for any non-notification frame; returns what to do about it."""
+        if self.state is LinkState.DEAD:
+            return []
+        self.last_frame_at = now
+        actions: list[Action] = []
+        if isinstance(frame, Heartbeat | Pong | SubscriptionAck):
+            self.ping_sent_at = None
+            if self.state is LinkState.AWAITING_LIVE:
+                self.state = LinkState.LIVE
+                actions.append(BecameLive())
+        elif isinstance(frame, ChannelFailure):
+            self.state = LinkState.DEAD
+            actions.append(Recreate("channel_gone"))
+        elif isinstance(frame, SocketClosing):
+            actions.extend(self._rotate("socket_closing"))
+        elif isinstance(frame, NoLongerSubscribed):
+            actions.extend(self._rotate("no_longer_subscribed"))
+        elif isinstance(frame, TokenRevoked):
+            actions.extend(self._rotate("token_revoked", reauth=True))
+        return actions
+
+    def socket_closed(self, now: float) -> list[Action]:
+        """The socket ended, with or without a close frame, warned or not."""
+        if self.state is LinkState.DEAD:
+            return []
+        self.state = LinkState.DEAD
+        return [Reconnect("socket_closed")]
+
+    def poll(self, now: float) -> list[Action]:
+        """Fire whichever timers are due at ``now``."""
+        if self.state is LinkState.DEAD:
+            return []
+        s = self.settings
+        if self.ping_sent_at is not None:
+            if now - self.ping_sent_at >= s.pong_timeout_s:
+                self.state = LinkState.DEAD
+                return [Reconnect("heartbeat_timeout")]
+        elif now - self.last_frame_at >= s.heartbeat_timeout_s:
+            self.ping_sent_at = now
+            return [SendPing()]
+        if self._rotation_at is not None and now >= self._rotation_at:
+            return self._rotate(self._rotation_reason)
+        return []
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time :meth:`poll` must next be called, or None."""
+        if self.state is LinkState.DEAD:
+            return None
+        s = self.settings
+        if self.ping_sent_at is not None:
+            watchdog = self.ping_sent_at + s.pong_timeout_s
+        else:
+            watchdog = self.last_frame_at + s.heartbeat_timeout_s
+        if self._rotation_at is not None and not self._rotation_requested:
+            return min(watchdog, self._rotation_at)
+        return watchdog
+
+    @property
+    def rotation_requested(self) -> bool:
+        """True once a :class:`Rotate` has been emitted."""
+        return self._rotation_requested
+
+    def _rotate(self, reason: str, *, reauth: bool = False) -> list[Action]:
+        if self._rotation_requested:
+            return []
+        self._rotation_requested = True
+        return [Rotate(reason, reauth=reauth)]

@@ -1,0 +1,230 @@
+"""OAuth client-credentials tokens: cached, refreshed ahead of expiry, single-flight.
+
+Genesys Cloud gives no refresh token: a new token is a new
+``POST login.D/oauth/token`` with HTTP Basic auth. We refresh a margin
+before expiry (by default the larger of 60 s and 10 % of the lifetime, and
+never more than half the lifetime), so a request never leaves with a token
+that dies in flight.
+
+Concurrent callers share one refresh: a hundred channels reconnecting at
+once must cost one token request, not a hundred.
+
+Bad credentials are fatal and raised once as :class:`AuthenticationError`;
+retrying them would only feed a lock-out. Throttling and server errors are
+retried with backoff, honouring ``Retry-After``.
+
+Neither the secret nor any token ever appears in a repr, a log line or an
+exception message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgspec
+
+from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
+from genesys_mux.errors import AuthenticationError, TransportError
+from genesys_mux.regions import Endpoints
+
+__all__ = ["AccessToken", "TokenProvider"]
+
+log = logging.getLogger("genesys_mux.auth")
+
+_CREDENTIAL_HINT = (
+    "check GENESYSCLOUD_OAUTHCLIENT_ID and GENESYSCLOUD_OAUTHCLIENT_SECRET (a client-credentials "
+    "OAuth client) and that GENESYSCLOUD_REGION names the region the client was created in"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A bearer token and when it stops being usable (monotonic seconds).
+
+    The value is hidden from ``repr`` so a token can never leak through a
+    log line or a traceback.
+    """
+
+    value: str = field(repr=False)
+    issued_at: float
+    expires_at: float
+
+    @property
+    def lifetime_s(self) -> float:
+        """The lifetime the server granted."""
+        return self.expires_at - self.issued_at
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` header value."""
+        return f"Bearer {self.value}"
+
+
+class _TokenAnswer(msgspec.Struct):
+    access_token: str
+    expires_in: float
+    token_type: str = "bearer"  # noqa: S105 - a token type, not a secret
+
+
+class _OAuthError(msgspec.Struct):
+    error: str = ""
+    error_description: str = ""
+    description: str = ""
+
+
+class TokenProvider:
+    """Hands out a valid access token, refreshing it before it expires.
+
+    ``refresh_margin_s`` overrides the default margin. ``clock`` is a
+    monotonic clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoints: Endpoints,
+        client_id: str,
+        client_secret: str,
+        *,
+        refresh_margin_s: float | None = None,
+        backoff: Backoff | None = None,
+        max_attempts: int = 6,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise AuthenticationError(
+                f"an OAuth client id and secret are required: {_CREDENTIAL_HINT}"
+            )
+        self._session = session
+        self._url = f"{endpoints.login}/oauth/token"
+        self._client_id = client_id
+        self._basic = "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+        self._margin = refresh_margin_s
+        self._backoff = backoff or Backoff()
+        self._max_attempts = max_attempts
+        self._clock = clock
+        self._token: AccessToken | None = None
+        self._refreshing: asyncio.Task[AccessToken] | None = None
+        self._failed: AuthenticationError | None = None
+        #: Called with each new token, e.g. to reset a request budget or audit.
+        self.on_refresh: list[Callable[[AccessToken], None]] = []
+
+    def __repr__(self) -> str:
+        return f"TokenProvider(client_id={self._client_id!r}, url={self._url!r})"
+
+    @property
+    def current(self) -> AccessToken | None:
+        """The cached token, if any, without refreshing."""
+        return self._token
+
+    def refresh_due(self, token: AccessToken) -> float:
+        """Monotonic time at which ``token`` should be replaced."""
+        margin = self._margin
+        if margin is None:
+            margin = max(60.0, 0.1 * token.lifetime_s)
+        # Never refresh in the first half of a token's life: a 2-minute token
+        # with a 60 s margin would otherwise be refreshed on every call.
+        margin = min(margin, token.lifetime_s / 2)
+        return token.expires_at - margin
+
+    async def token(self) -> AccessToken:
+        """A token that will stay valid for at least the refresh margin."""
+        token = self._token
+        if token is not None and self._clock() < self.refresh_due(token):
+            return token
+        return await self._single_flight()
+
+    async def refresh(self, stale: AccessToken | None = None) -> AccessToken:
+        """Force a new token, e.g. after a 401.
+
+        Passing the token that was refused makes concurrent callers share
+        one refresh: if someone already replaced ``stale``, the newer token
+        is returned without another request.
+        """
+        if stale is not None and self._token is not None and self._token is not stale:
+            return self._token
+        self._token = None
+        return await self._single_flight()
+
+    async def _single_flight(self) -> AccessToken:
+        if self._failed is not None:
+            raise self._failed
+        task = self._refreshing
+        if task is None or task.done():
+            task = asyncio.create_task(self._fetch(), name="genesys-mux-token-refresh")
+            self._refreshing = task
+        # shield: one impatient caller being cancelled must not cancel the
+        # refresh every other caller is waiting for.
+        return await asyncio.shield(task)
+
+    async def _fetch(self) -> AccessToken:
+        attempt = 0
+        while True:
+            started = self._clock()
+            try:
+                async with self._session.post(
+                    self._url,
+                    data={"grant_type": "client_credentials"},
+                    headers={"Authorization": self._basic, "Accept": "application/json"},
+                ) as resp:
+                    status, body, retry_after = (
+                        resp.status,
+                        await resp.read(),
+                        resp.headers.get("Retry-After"),
+                    )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, body, retry_after = 0, b"", None
+                problem = f"could not reach {self._url}: {type(exc).__name__}"
+            else:
+                problem = f"{self._url} answered HTTP {status}"
+            if status == 200:
+                return self._accept(body, started)
+            if status in (400, 401, 403):
+                self._failed = self._refused(status, body)
+                raise self._failed
+            verdict = Verdict.RETRY if status == 0 else classify_status(status)
+            attempt += 1
+            if verdict is not Verdict.RETRY or attempt >= self._max_attempts:
+                raise TransportError(
+                    f"cannot obtain an OAuth token: {problem} (after {attempt} attempts)"
+                )
+            wait = parse_retry_after(retry_after)
+            wait = self._backoff.delay(attempt) if wait is None else wait
+            log.warning("token request failed (%s); retrying in %.1f s", problem, wait)
+            await asyncio.sleep(wait)
+
+    def _accept(self, body: bytes, started: float) -> AccessToken:
+        try:
+            answer = msgspec.json.decode(body, type=_TokenAnswer)
+        except msgspec.DecodeError:
+            raise TransportError(
+                f"{self._url} answered 200 without a usable token body; "
+                "is the region or base URL right?"
+            ) from None
+        if answer.expires_in <= 0:
+            raise TransportError(f"{self._url} issued a token with expires_in={answer.expires_in}")
+        token = AccessToken(answer.access_token, started, started + answer.expires_in)
+        self._token = token
+        log.info("OAuth token obtained, valid for %.0f s", answer.expires_in)
+        for callback in self.on_refresh:
+            callback(token)
+        return token
+
+    def _refused(self, status: int, body: bytes) -> AuthenticationError:
+        try:
+            err = msgspec.json.decode(body, type=_OAuthError)
+            detail = err.error or "refused"
+            if err.error_description or err.description:
+                detail += f" ({err.error_description or err.description})"
+        except msgspec.DecodeError:
+            detail = "refused"
+        return AuthenticationError(
+            f"Genesys Cloud refused the client credentials for client id {self._client_id!r}: "
+            f"HTTP {status} {detail}; {_CREDENTIAL_HINT}"
+        )

@@ -1,0 +1,362 @@
+"""The Genesys Cloud REST calls genesys-mux needs, with retries and a request budget.
+
+Every call goes through :meth:`RestClient.request`, which
+
+* waits for the per-token :class:`~genesys_mux.core.budget.RequestBudget`
+  (300 per minute by default) so we stay under the platform's limit;
+* on 401 refreshes the token once and retries;
+* on 429 waits ``Retry-After`` (capped at 180 s) and retries;
+* on 5xx and network failures backs off with full jitter and retries;
+* turns any other failure into an :class:`ApiError` carrying the Genesys
+  ``code``, ``status`` and ``contextId``.
+
+aiohttp exceptions never escape: they become :class:`TransportError`.
+Ids are validated before they are put into a URL path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+
+from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
+from genesys_mux.core.budget import RequestBudget
+from genesys_mux.core.topics import validate_id
+from genesys_mux.errors import ApiError, RateLimitedError, TransportError
+from genesys_mux.net.auth import AccessToken, TokenProvider
+from genesys_mux.regions import Endpoints
+
+__all__ = ["ChannelInfo", "QueueInfo", "Rejection", "RestClient", "SubscriptionResult"]
+
+log = logging.getLogger("genesys_mux.rest")
+
+_CHANNELS = "/api/v2/notifications/channels"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """A created notification channel."""
+
+    id: str
+    connect_uri: str
+    #: Unix time the channel expires, from the ``expires`` field.
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A topic the platform refused to subscribe, and why."""
+
+    topic: str
+    reason: str
+    missing_permissions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionResult:
+    """The answer to a subscription change: what is on the channel, what was refused."""
+
+    permitted: tuple[str, ...]
+    rejected: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """A routing queue, as listed by ``GET /api/v2/routing/queues``."""
+
+    id: str
+    name: str
+
+
+class _ErrorBody(msgspec.Struct, rename="camel"):
+    message: str = ""
+    code: str = ""
+    status: int = 0
+    context_id: str = ""
+
+
+class _ChannelBody(msgspec.Struct, rename="camel"):
+    id: str
+    connect_uri: str
+    expires: str | None = None
+
+
+class _Entity(msgspec.Struct, rename="camel"):
+    id: str
+    state: str = "Permitted"
+    rejection_reason: str | None = None
+    missing_permissions: list[str] = msgspec.field(default_factory=list)
+
+
+class _Entities(msgspec.Struct, rename="camel"):
+    entities: list[_Entity] = msgspec.field(default_factory=list)
+
+
+class _ChannelList(msgspec.Struct, rename="camel"):
+    entities: list[_ChannelBody] = msgspec.field(default_factory=list)
+
+
+class _QueueEntity(msgspec.Struct, rename="camel"):
+    id: str
+    name: str = ""
+
+
+class _QueuePage(msgspec.Struct, rename="camel"):
+    entities: list[_QueueEntity] = msgspec.field(default_factory=list)
+    page_number: int = 1
+    page_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+class RestClient:
+    """REST calls against one Genesys Cloud org (or the emulator)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoints: Endpoints,
+        tokens: TokenProvider,
+        *,
+        requests_per_minute: int = 300,
+        backoff: Backoff | None = None,
+        max_attempts: int = 8,
+        timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._api = endpoints.api
+        self._tokens = tokens
+        self._budget = RequestBudget(requests_per_minute)
+        self._budget_lock = asyncio.Lock()
+        self._backoff = backoff or Backoff()
+        self._max_attempts = max_attempts
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._clock = clock
+        # A new token has a budget of its own on the platform.
+        tokens.on_refresh.append(lambda _token: self._budget.reset())
+        #: Counters for stats and metrics: requests sent, 429s seen, retries made.
+        self.requests_sent = 0
+        self.throttled = 0
+        self.retries = 0
+
+    # -- the one door to the network ------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> _Answer:
+        """Send one API call with budget, re-auth and retries; raise on failure.
+
+        Returns the answer for any 2xx status, and for 404 on HEAD (which the
+        caller asks about on purpose).
+        """
+        body = None if json is None else msgspec.json.encode(json)
+        reauthed = False
+        attempt = 0
+        while True:
+            token = await self._tokens.token()
+            await self._wait_for_budget()
+            answer = await self._send(method, path, body, params, token)
+            verdict = classify_status(answer.status)
+            if verdict is Verdict.OK or (method == "HEAD" and answer.status == 404):
+                return answer
+            if verdict is Verdict.REAUTH and not reauthed:
+                reauthed = True
+                await self._tokens.refresh(stale=token)
+                continue
+            if verdict is not Verdict.RETRY:
+                raise self._error(method, path, answer)
+            attempt += 1
+            if attempt >= self._max_attempts:
+                raise self._error(method, path, answer)
+            self.retries += 1
+            wait = (
+                parse_retry_after(answer.headers.get("Retry-After"))
+                if answer.status == 429
+                else None
+            )
+            if answer.status == 429:
+                self.throttled += 1
+            wait = self._backoff.delay(attempt) if wait is None else wait
+            log.warning(
+                "%s %s answered %s; retry %d in %.1f s",
+                method,
+                path,
+                answer.status or "nothing",
+                attempt,
+                wait,
+            )
+            await asyncio.sleep(wait)
+
+    async def _wait_for_budget(self) -> None:
+        # The lock keeps callers in order, so a burst of subscribes drains
+        # the budget fairly instead of racing for the last slot.
+        async with self._budget_lock:
+            while (delay := self._budget.delay(self._clock())) > 0:
+                log.info("request budget spent; waiting %.1f s", delay)
+                await asyncio.sleep(delay)
+            self._budget.spend(self._clock())
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        params: Mapping[str, str] | None,
+        token: AccessToken,
+    ) -> _Answer:
+        headers = {"Authorization": token.authorization, "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        self.requests_sent += 1
+        try:
+            async with self._session.request(
+                method,
+                self._api + path,
+                data=body,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+            ) as resp:
+                return _Answer(resp.status, await resp.read(), resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Status 0 means "no answer": retried like a 5xx.
+            log.warning("%s %s failed: %s", method, path, type(exc).__name__)
+            return _Answer(0, b"", {})
+
+    def _error(self, method: str, path: str, answer: _Answer) -> ApiError | TransportError:
+        if answer.status == 0:
+            return TransportError(
+                f"{method} {path}: no answer from {self._api} after {self._max_attempts} attempts"
+            )
+        try:
+            err = msgspec.json.decode(answer.body, type=_ErrorBody)
+        except msgspec.DecodeError:
+            err = _ErrorBody(message=answer.body[:200].decode(errors="replace"))
+        cls = RateLimitedError if answer.status == 429 else ApiError
+        return cls(
+            f"{method} {path} failed: HTTP {answer.status} {err.code or ''} {err.message}".rstrip(),
+            status=answer.status,
+            code=err.code or None,
+            context_id=err.context_id or None,
+        )
+
+    # -- notifications --------------------------------------------------
+
+    async def create_channel(self) -> ChannelInfo:
+        """``POST /api/v2/notifications/channels``."""
+        answer = await self.request("POST", _CHANNELS)
+        body = _decode(answer.body, _ChannelBody, "channel")
+        return ChannelInfo(
+            validate_id(body.id, "channel id"), body.connect_uri, _parse_time(body.expires)
+        )
+
+    async def channel_exists(self, channel_id: str) -> bool:
+        """``HEAD /api/v2/notifications/channels/{id}``: does the channel still exist?"""
+        answer = await self.request("HEAD", f"{_CHANNELS}/{validate_id(channel_id, 'channel id')}")
+        return answer.status != 404
+
+    async def list_channels(self, scope: str = "oauthclient") -> list[ChannelInfo]:
+        """Channels of this token (``token``) or of the whole OAuth client (``oauthclient``)."""
+        if scope not in ("token", "oauthclient"):
+            raise ValueError("scope must be 'token' or 'oauthclient'")
+        answer = await self.request("GET", _CHANNELS, params={"includechannels": scope})
+        listing = _decode(answer.body, _ChannelList, "channel list")
+        return [ChannelInfo(c.id, c.connect_uri, _parse_time(c.expires)) for c in listing.entities]
+
+    async def get_subscriptions(self, channel_id: str) -> list[str]:
+        """The topics a channel is subscribed to."""
+        answer = await self.request("GET", _subscriptions(channel_id))
+        return [e.id for e in _decode(answer.body, _Entities, "subscription list").entities]
+
+    async def put_subscriptions(
+        self, channel_id: str, topics: Iterable[str], *, ignore_errors: bool = True
+    ) -> SubscriptionResult:
+        """Replace a channel's topics; forbidden topics come back as rejections."""
+        return await self._subscription_change("PUT", channel_id, topics, ignore_errors)
+
+    async def post_subscriptions(
+        self, channel_id: str, topics: Iterable[str], *, ignore_errors: bool = True
+    ) -> SubscriptionResult:
+        """Add topics to a channel; forbidden topics come back as rejections."""
+        return await self._subscription_change("POST", channel_id, topics, ignore_errors)
+
+    async def delete_subscriptions(self, channel_id: str) -> None:
+        """Remove every topic from a channel."""
+        await self.request("DELETE", _subscriptions(channel_id))
+
+    async def _subscription_change(
+        self, method: str, channel_id: str, topics: Iterable[str], ignore_errors: bool
+    ) -> SubscriptionResult:
+        answer = await self.request(
+            method,
+            _subscriptions(channel_id),
+            json=[{"id": t} for t in topics],
+            params={"ignoreErrors": "true" if ignore_errors else "false"},
+        )
+        entities = _decode(answer.body, _Entities, "subscription list").entities
+        return SubscriptionResult(
+            permitted=tuple(e.id for e in entities if e.state != "Rejected"),
+            rejected=tuple(
+                Rejection(e.id, e.rejection_reason or "Rejected", tuple(e.missing_permissions))
+                for e in entities
+                if e.state == "Rejected"
+            ),
+        )
+
+    # -- routing ----------------------------------------------------------
+
+    async def list_queues(self, page_size: int = 100) -> list[QueueInfo]:
+        """Every routing queue of the org, following the pagination to the end."""
+        queues: list[QueueInfo] = []
+        page_number = 1
+        while True:
+            answer = await self.request(
+                "GET",
+                "/api/v2/routing/queues",
+                params={"pageSize": str(page_size), "pageNumber": str(page_number)},
+            )
+            page = _decode(answer.body, _QueuePage, "queue page")
+            queues.extend(QueueInfo(validate_id(q.id, "queueId"), q.name) for q in page.entities)
+            if page_number >= page.page_count or not page.entities:
+                return queues
+            page_number += 1
+
+
+def _subscriptions(channel_id: str) -> str:
+    return f"{_CHANNELS}/{validate_id(channel_id, 'channel id')}/subscriptions"
+
+
+def _decode(body: bytes, kind: type[_T], what: str) -> _T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.DecodeError as exc:
+        raise ApiError(f"unexpected {what} body from Genesys Cloud: {exc}", status=200) from None
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
