@@ -109,8 +109,8 @@ __all__ = [
     "apply",
 ]
 
-# How many unplaced topics a CapacityError message lists before "and N more".
-_SHOWN_UNPLACED = 10
+# How many topics an error message lists before "and N more".
+_SHOWN_TOPICS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +248,13 @@ def _open_slot(slots: Mapping[int, frozenset[str]], op: SlotOp) -> frozenset[str
     return topics
 
 
+def _count(n: int) -> str:
+    return f"{n:,} topic" if n == 1 else f"{n:,} topics"
+
+
 def _listing(topics: list[str]) -> str:
-    shown = ", ".join(topics[:_SHOWN_UNPLACED])
-    more = len(topics) - _SHOWN_UNPLACED
+    shown = ", ".join(topics[:_SHOWN_TOPICS])
+    more = len(topics) - _SHOWN_TOPICS
     return f"{shown} and {more:,} more" if more > 0 else shown
 
 
@@ -331,7 +335,6 @@ class Planner:
         if len(wanted) > self._limits.capacity:
             raise self._capacity_error(len(wanted), new)
 
-        per_slot = self._limits.topics_per_channel
         # Step 3, and the starting point of step 4: how full each open slot
         # is once the unwanted topics are gone, and where the prefixes of
         # the new topics already live.
@@ -360,7 +363,6 @@ class Planner:
             added.setdefault(slot, []).append(topic)
             near.setdefault(prefix, set()).add(slot)
             pending[prefix] -= 1
-            assert sizes[slot] <= per_slot
 
         # Step 5: a slot can only end empty by losing topics in step 3.
         closing = {slot for slot in removed if sizes[slot] == 0}
@@ -446,9 +448,7 @@ class Planner:
             del self._slots[slot]
         for slot in (removed.keys() | added.keys()) - closing:
             current = self._slots.get(slot, frozenset())
-            self._slots[slot] = current.difference(removed.get(slot, ())).union(
-                added.get(slot, ())
-            )
+            self._slots[slot] = current.difference(removed.get(slot, ())).union(added.get(slot, ()))
 
     def _capacity_error(self, desired_count: int, new: list[str]) -> CapacityError:
         limits = self._limits
@@ -462,7 +462,7 @@ class Planner:
             f"but only {limits.capacity:,} fit: {limits.usable_channels} channels x "
             f"{limits.topics_per_channel:,} topics per channel, with "
             f"{limits.reserved_channels} of the {limits.max_channels} channels allowed kept "
-            f"free for make-before-break rotation. {len(unplaced):,} topics did not fit: "
+            f"free for make-before-break rotation. {_count(len(unplaced))} did not fit: "
             f"{_listing(list(unplaced))}. Ask for fewer topics (fewer queues, users or "
             "media types); the current plan is unchanged",
             unplaced=unplaced,
