@@ -288,6 +288,11 @@ class Planner:
         return MappingProxyType({slot: self._slots[slot] for slot in sorted(self._slots)})
 
     @property
+    def topics(self) -> frozenset[str]:
+        """Every plain topic the plan holds, whatever its slot."""
+        return frozenset(self._slot_of)
+
+    @property
     def topic_count(self) -> int:
         """How many plain topics the plan holds."""
         return len(self._slot_of)
