@@ -1,0 +1,602 @@
+"""The channel pool: desired topics in, notifications out, channels that never silently die.
+
+Theory of operation
+-------------------
+:class:`ChannelPool` owns every notification channel of one OAuth client.
+
+* The :class:`~genesys_mux.core.planner.Planner` maps the desired topics onto
+  *slots* (at most ``max_channels - reserved_channels`` of them). A slot is
+  the stable identity of "the channel carrying these topics"; the channel
+  behind it changes on every rotation.
+* Each slot has one supervisor task. It establishes a channel (create or
+  reuse, subscribe, connect, wait until live), then reacts to what the
+  sans-I/O :class:`~genesys_mux.core.channel.ChannelLink` reports: rotate
+  make-before-break, reconnect, or recreate. Subscription changes to a slot
+  are made only by its supervisor, so they are serialised, and each change
+  PUTs the *latest* desired list: a stale PUT can never overwrite a newer
+  one.
+* Make-before-break: on a :class:`Rotate`, the successor channel is created,
+  subscribed, connected and proven live while the old socket keeps
+  delivering; only then is the old socket closed. Rotations take a permit
+  from a semaphore sized by ``reserved_channels``, because every rotating
+  slot briefly needs a second channel and the platform evicts past 20.
+* A slot whose socket is lost is *uncovered* from that moment until a
+  replacement is live; that window is an :class:`Outage`, reported to
+  whoever listens. Warned or silent, a loss is handled the same way.
+
+Every notification from every socket goes, undecoded, into one queue read by
+:meth:`ChannelPool.frames`. The queue is unbounded on purpose: back-pressure
+here would stop the readers, and a reader that cannot read cannot see
+heartbeats, so the watchdog would kill healthy sockets. Bounding belongs to
+the per-stream buffers downstream, which have a dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.channel import (
+    Action,
+    BecameLive,
+    ChannelLink,
+    Outage,
+    Reconnect,
+    Recreate,
+    Rotate,
+    SendPing,
+    WatchdogSettings,
+)
+from genesys_mux.core.frames import PING, Notification, decode_frame
+from genesys_mux.core.planner import (
+    CloseSlot,
+    OpenSlot,
+    Planner,
+    PlannerLimits,
+    Subscribe,
+    Unsubscribe,
+)
+from genesys_mux.core.topics import combine_topics
+from genesys_mux.errors import ApiError, FrameError, GenesysMuxError, TransportError
+from genesys_mux.net.auth import AccessToken, TokenProvider
+from genesys_mux.net.rest import ChannelInfo, Rejection, RestClient
+
+__all__ = ["ChannelPool", "InboundNotification", "PoolSettings", "SlotStats"]
+
+log = logging.getLogger("genesys_mux.connection")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Connection settings. The defaults are the platform's numbers."""
+
+    heartbeat_timeout_s: float = 75.0
+    pong_timeout_s: float = 10.0
+    topics_per_channel: int = 1000
+    max_channels: int = 20
+    reserved_channels: int = 1
+    rotation_lead_s: float = 300.0
+    #: How long a new socket may take to prove itself live before we retry.
+    live_timeout_s: float = 30.0
+    reconnect_base_s: float = 1.0
+    reconnect_cap_s: float = 60.0
+    #: None: never give up (the default; a contact centre feed should not).
+    max_reconnect_attempts: int | None = None
+
+    def watchdog(self) -> WatchdogSettings:
+        """The timers each link runs with."""
+        return WatchdogSettings(self.heartbeat_timeout_s, self.pong_timeout_s, self.rotation_lead_s)
+
+    def planner_limits(self) -> PlannerLimits:
+        """The limits the planner packs topics within."""
+        return PlannerLimits(self.topics_per_channel, self.max_channels, self.reserved_channels)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundNotification:
+    """One notification as it came off a socket.
+
+    ``body`` is the raw ``eventBody`` JSON. ``received_at`` is Unix time,
+    ``received_mono`` the monotonic clock at the same moment (for latency).
+    """
+
+    topic: str
+    body: bytes
+    correlation_id: str | None
+    channel_id: str
+    slot: int
+    received_at: float
+    received_mono: float
+
+
+@dataclass(slots=True)
+class SlotStats:
+    """Counters of one slot, for stats and metrics (labelled by slot index)."""
+
+    channel_id: str | None = None
+    state: str = "starting"
+    topics: int = 0
+    notifications: int = 0
+    reconnects: int = 0
+    rotations: int = 0
+    bad_frames: int = 0
+    connected_since: float | None = None
+
+
+class _Socket:
+    """A connected channel socket with its reader and watchdog tasks."""
+
+    def __init__(
+        self,
+        pool: ChannelPool,
+        slot: _Slot,
+        info: ChannelInfo,
+        token: AccessToken,
+        ws: aiohttp.ClientWebSocketResponse,
+    ) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.info = info
+        self.ws = ws
+        now = time.monotonic()
+        channel_expires = None
+        if info.expires_at is not None:
+            channel_expires = now + (info.expires_at - time.time())
+        self.link = ChannelLink(
+            info.id,
+            opened_at=now,
+            channel_expires_at=channel_expires,
+            token_expires_at=token.expires_at,
+            settings=pool.settings.watchdog(),
+        )
+        self.live = asyncio.Event()
+        self.signals: asyncio.Queue[Action] = asyncio.Queue()
+        self.lost_at: float | None = None
+        self._wake = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._read(), name=f"genesys-mux-read-{info.id}"),
+            asyncio.create_task(self._watch(), name=f"genesys-mux-watchdog-{info.id}"),
+        ]
+
+    async def _read(self) -> None:
+        pool, slot, link = self.pool, self.slot, self.link
+        channel_id = self.info.id
+        put = pool._inbound.put_nowait
+        try:
+            async for message in self.ws:
+                if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    continue
+                mono = time.monotonic()
+                try:
+                    frame = decode_frame(message.data)
+                except FrameError as exc:
+                    slot.stats.bad_frames += 1
+                    log.warning("slot %d: ignored a frame that is not JSON: %s", slot.index, exc)
+                    continue
+                if isinstance(frame, Notification):
+                    link.notification_seen(mono)
+                    slot.stats.notifications += 1
+                    put(
+                        InboundNotification(
+                            frame.topic,
+                            frame.body,
+                            frame.correlation_id,
+                            channel_id,
+                            slot.index,
+                            time.time(),
+                            mono,
+                        )
+                    )
+                else:
+                    self._act(link.receive(frame, mono))
+        finally:
+            if self.lost_at is None:
+                self.lost_at = time.time()
+            self._act(link.socket_closed(time.monotonic()))
+
+    async def _watch(self) -> None:
+        while True:
+            deadline = self.link.next_deadline()
+            if deadline is None:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.monotonic()))
+            actions = self.link.poll(time.monotonic())
+            if any(isinstance(a, SendPing) for a in actions):
+                await self._ping()
+            self._act(actions)
+
+    def _act(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendPing):
+                continue  # sent by the watchdog task, which owns the timers
+            if isinstance(action, BecameLive):
+                self.live.set()
+            else:
+                if isinstance(action, Reconnect | Recreate) and self.lost_at is None:
+                    self.lost_at = time.time()
+                self.signals.put_nowait(action)
+        self._wake.set()
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+            await self.ws.send_str(PING.decode())
+
+    async def close(self) -> None:
+        """Close the socket and stop its tasks."""
+        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+            await self.ws.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Slot:
+    index: int
+    desired: list[str] = field(default_factory=list)
+    desired_version: int = 0
+    applied_version: int = -1
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    synced: asyncio.Condition = field(default_factory=asyncio.Condition)
+    closing: bool = False
+    task: asyncio.Task[None] | None = None
+    stats: SlotStats = field(default_factory=SlotStats)
+    socket: _Socket | None = None
+
+
+class ChannelPool:
+    """Keeps every desired topic subscribed on a live channel, for as long as it runs.
+
+    Use as an async context manager::
+
+        async with ChannelPool(session, rest, tokens) as pool:
+            rejected = await pool.set_topics(topics)
+            async for note in pool.frames():
+                ...
+
+    ``outages`` keeps the most recent :class:`Outage` records; callbacks in
+    ``on_outage`` and ``on_rejection`` are called as they happen.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        rest: RestClient,
+        tokens: TokenProvider,
+        settings: PoolSettings | None = None,
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.settings = settings or PoolSettings()
+        self._session = session
+        self._rest = rest
+        self._tokens = tokens
+        self._planner = Planner(self.settings.planner_limits())
+        self._slots: dict[int, _Slot] = {}
+        self._inbound: asyncio.Queue[InboundNotification] = asyncio.Queue()
+        self._rotations = asyncio.Semaphore(self.settings.reserved_channels or 1)
+        self._backoff = backoff or Backoff(
+            self.settings.reconnect_base_s, self.settings.reconnect_cap_s
+        )
+        self._plan_lock = asyncio.Lock()
+        self._closed = False
+        self.outages: deque[Outage] = deque(maxlen=1000)
+        self.rejections: dict[str, Rejection] = {}
+        self.on_outage: list[Callable[[Outage], None]] = []
+        self.on_rejection: list[Callable[[Rejection], None]] = []
+        self.on_event: list[Callable[[str, dict[str, Any]], None]] = []
+
+    async def __aenter__(self) -> ChannelPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- the public surface ---------------------------------------------------
+
+    async def set_topics(self, topics: Iterable[str], *, wait: bool = True) -> list[Rejection]:
+        """Make ``topics`` the desired set; returns the topics the platform refused.
+
+        Raises :class:`~genesys_mux.errors.CapacityError` if they cannot fit,
+        with nothing changed. With ``wait`` (the default) it returns once every
+        changed slot has applied the new set on a live channel.
+        """
+        async with self._plan_lock:
+            diff = self._planner.plan(topics)
+            touched: list[_Slot] = []
+            for op in diff.ops:
+                if isinstance(op, OpenSlot):
+                    slot = _Slot(op.slot)
+                    self._slots[op.slot] = slot
+                    slot.task = asyncio.create_task(
+                        self._supervise(slot), name=f"genesys-mux-slot-{op.slot}"
+                    )
+                elif isinstance(op, CloseSlot):
+                    closing = self._slots.pop(op.slot, None)
+                    if closing is not None:
+                        closing.closing = True
+                        closing.changed.set()
+                elif isinstance(op, Subscribe | Unsubscribe):
+                    touched.append(self._slots[op.slot])
+            for slot in {id(s): s for s in touched}.values():
+                slot.desired = sorted(self._planner.slots.get(slot.index, frozenset()))
+                slot.stats.topics = len(slot.desired)
+                slot.desired_version += 1
+                slot.changed.set()
+        if wait:
+            for slot in touched:
+                await self._wait_synced(slot)
+        wanted = self._planner.topics
+        return [r for t, r in self.rejections.items() if t in wanted]
+
+    async def frames(self) -> AsyncIterator[InboundNotification]:
+        """Every notification from every channel, in arrival order, until :meth:`close`."""
+        while True:
+            note = await self._inbound.get()
+            yield note
+
+    def next_frame_nowait(self) -> InboundNotification | None:
+        """A notification if one is waiting, else None (for batch consumers)."""
+        try:
+            return self._inbound.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    @property
+    def live(self) -> bool:
+        """True when every slot has applied its topics on a live socket."""
+        return all(
+            s.socket is not None
+            and s.socket.live.is_set()
+            and s.applied_version == s.desired_version
+            for s in self._slots.values()
+        )
+
+    def stats(self) -> dict[int, SlotStats]:
+        """Per-slot counters, keyed by slot index."""
+        return {i: s.stats for i, s in sorted(self._slots.items())}
+
+    def channel_ids(self) -> dict[int, str | None]:
+        """The channel currently serving each slot."""
+        return {i: (s.socket.info.id if s.socket else None) for i, s in sorted(self._slots.items())}
+
+    async def close(self) -> None:
+        """Stop every supervisor and close every socket."""
+        self._closed = True
+        slots = list(self._slots.values())
+        self._slots.clear()
+        for slot in slots:
+            slot.closing = True
+            if slot.task is not None:
+                slot.task.cancel()
+        await asyncio.gather(*(s.task for s in slots if s.task is not None), return_exceptions=True)
+        for slot in slots:
+            if slot.socket is not None:
+                await slot.socket.close()
+
+    # -- a slot's life ---------------------------------------------------------
+
+    async def _wait_synced(self, slot: _Slot) -> None:
+        async with slot.synced:
+            await slot.synced.wait_for(
+                lambda: slot.closing or slot.applied_version >= slot.desired_version
+            )
+
+    async def _mark_synced(self, slot: _Slot, version: int) -> None:
+        async with slot.synced:
+            slot.applied_version = max(slot.applied_version, version)
+            slot.synced.notify_all()
+
+    async def _supervise(self, slot: _Slot) -> None:
+        """Keep one slot's topics on a live channel until the slot closes."""
+        reuse: ChannelInfo | None = None
+        lost: _Socket | None = None
+        try:
+            while not slot.closing:
+                socket = await self._establish_with_retry(slot, reuse)
+                if socket is None:
+                    return
+                if lost is not None:
+                    self._outage(slot, lost, reason="reconnect")
+                    lost = None
+                slot.socket = socket
+                action = await self._serve(slot)
+                socket = slot.socket
+                assert socket is not None
+                slot.socket = None
+                slot.stats.state = "reconnecting"
+                slot.stats.reconnects += 1
+                await socket.close()
+                self._emit("channel_lost", slot, socket.info.id, reason=action.reason)
+                lost = socket
+                reuse = socket.info if isinstance(action, Reconnect) else None
+            if slot.socket is not None:
+                await self._retire(slot.socket)
+        finally:
+            async with slot.synced:
+                slot.synced.notify_all()
+
+    async def _serve(self, slot: _Slot) -> Reconnect | Recreate:
+        """Run a slot on its socket until that socket is lost; handle rotations and changes."""
+        while True:
+            socket = slot.socket
+            assert socket is not None
+            if slot.closing:
+                return Reconnect("slot_closed")
+            if slot.applied_version < slot.desired_version:
+                await self._sync(slot, socket)
+                continue
+            signal_wait = asyncio.ensure_future(socket.signals.get())
+            change_wait = asyncio.ensure_future(slot.changed.wait())
+            try:
+                await asyncio.wait({signal_wait, change_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                change_wait.cancel()
+                if not signal_wait.done():
+                    signal_wait.cancel()
+            slot.changed.clear()
+            if not signal_wait.done() or signal_wait.cancelled():
+                continue
+            action = signal_wait.result()
+            if isinstance(action, Reconnect | Recreate):
+                return action
+            if isinstance(action, Rotate):
+                successor = await self._rotate(slot, socket, action)
+                if successor is None:
+                    # The old socket died while we built its successor and no
+                    # successor could be made: treat it as a loss.
+                    return Recreate(action.reason)
+                slot.socket = successor
+
+    async def _rotate(self, slot: _Slot, old: _Socket, action: Rotate) -> _Socket | None:
+        """Make-before-break: a live successor first, then close the old socket."""
+        log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
+        async with self._rotations:
+            if action.reauth:
+                with contextlib.suppress(GenesysMuxError):
+                    await self._tokens.refresh(stale=self._tokens.current)
+            successor = await self._establish_with_retry(slot, None)
+        if successor is None:
+            return None
+        slot.stats.rotations += 1
+        if old.lost_at is not None:
+            # The old socket died before the successor was live: a real outage.
+            self._outage(slot, old, reason=action.reason, end=time.time())
+        self._emit(
+            "channel_rotated", slot, successor.info.id, old=old.info.id, reason=action.reason
+        )
+        await old.close()
+        return successor
+
+    async def _retire(self, socket: _Socket) -> None:
+        # There is no DELETE for channels: empty it so it stops costing
+        # traffic, close the socket, and let the platform expire it.
+        with contextlib.suppress(GenesysMuxError):
+            await self._rest.delete_subscriptions(socket.info.id)
+        await socket.close()
+
+    async def _establish_with_retry(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket | None:
+        attempt = 0
+        while not slot.closing and not self._closed:
+            try:
+                return await self._establish(slot, reuse)
+            except (TransportError, ApiError) as exc:
+                attempt += 1
+                limit = self.settings.max_reconnect_attempts
+                if limit is not None and attempt >= limit:
+                    log.error("slot %d: giving up after %d attempts: %s", slot.index, attempt, exc)
+                    slot.stats.state = "failed"
+                    return None
+                delay = self._backoff.delay(attempt)
+                log.warning(
+                    "slot %d: could not establish a channel (%s); retry in %.1f s",
+                    slot.index,
+                    exc,
+                    delay,
+                )
+                if isinstance(exc, ApiError) and exc.status == 404:
+                    reuse = None
+                await asyncio.sleep(delay)
+        return None
+
+    async def _establish(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket:
+        """Create (or reuse) a channel, subscribe the slot's topics, connect, wait until live."""
+        slot.stats.state = "connecting"
+        token = await self._tokens.token()
+        info: ChannelInfo | None = None
+        if reuse is not None and await self._rest.channel_exists(reuse.id):
+            info = reuse
+        if info is None:
+            info = await self._rest.create_channel()
+            self._emit("channel_created", slot, info.id)
+        version = slot.desired_version
+        await self._put(slot, info.id, slot.desired)
+        try:
+            ws = await self._session.ws_connect(
+                info.connect_uri, autoping=True, max_msg_size=0, heartbeat=None
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(
+                f"cannot open the socket of channel {info.id}: {type(exc).__name__}"
+            ) from None
+        socket = _Socket(self, slot, info, token, ws)
+        await socket._ping()
+        try:
+            await asyncio.wait_for(socket.live.wait(), self.settings.live_timeout_s)
+        except TimeoutError:
+            await socket.close()
+            raise TransportError(
+                f"channel {info.id} did not answer within {self.settings.live_timeout_s:g} s"
+            ) from None
+        await self._mark_synced(slot, version)
+        slot.stats.channel_id = info.id
+        slot.stats.state = "live"
+        slot.stats.connected_since = time.time()
+        self._emit("channel_connected", slot, info.id)
+        return socket
+
+    async def _sync(self, slot: _Slot, socket: _Socket) -> None:
+        version = slot.desired_version
+        try:
+            await self._put(slot, socket.info.id, slot.desired)
+        except ApiError as exc:
+            if exc.status == 404:
+                socket.signals.put_nowait(Recreate("channel_gone"))
+                return
+            raise
+        await self._mark_synced(slot, version)
+
+    async def _put(self, slot: _Slot, channel_id: str, topics: list[str]) -> None:
+        result = await self._rest.put_subscriptions(
+            channel_id, combine_topics(topics), ignore_errors=True
+        )
+        for rejection in result.rejected:
+            if self.rejections.get(rejection.topic) != rejection:
+                self.rejections[rejection.topic] = rejection
+                log.warning(
+                    "slot %d: topic %s rejected: %s %s",
+                    slot.index,
+                    rejection.topic,
+                    rejection.reason,
+                    list(rejection.missing_permissions),
+                )
+                for callback in self.on_rejection:
+                    callback(rejection)
+
+    # -- reporting ------------------------------------------------------------
+
+    def _outage(self, slot: _Slot, lost: _Socket, *, reason: str, end: float | None = None) -> None:
+        start = lost.lost_at if lost.lost_at is not None else time.time()
+        outage = Outage(
+            slot=slot.index,
+            channel_id=lost.info.id,
+            topics=frozenset(slot.desired),
+            start=start,
+            end=end if end is not None else time.time(),
+            reason=reason,
+        )
+        self.outages.append(outage)
+        log.warning(
+            "slot %d: outage of %.3f s on channel %s (%d topics)",
+            slot.index,
+            outage.end - outage.start,
+            outage.channel_id,
+            len(outage.topics),
+        )
+        for callback in self.on_outage:
+            callback(outage)
+
+    def _emit(self, kind: str, slot: _Slot, channel_id: str, **fields: Any) -> None:
+        for callback in self.on_event:
+            callback(kind, {"slot": slot.index, "channel_id": channel_id, **fields})
