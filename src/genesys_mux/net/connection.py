@@ -56,7 +56,7 @@ from genesys_mux.core.channel import (
     SendPing,
     WatchdogSettings,
 )
-from genesys_mux.core.frames import PING, Notification, decode_frame
+from genesys_mux.core.frames import PING, Notification, Pong, decode_frame
 from genesys_mux.core.planner import (
     CloseSlot,
     OpenSlot,
@@ -87,6 +87,15 @@ class PoolSettings:
     rotation_lead_s: float = 300.0
     #: How long a new socket may take to prove itself live before we retry.
     live_timeout_s: float = 30.0
+    #: During a rotation the old channel is kept until the new one has
+    #: delivered its first notification (at most ``rotation_overlap_s``), and
+    #: then ``rotation_settle_s`` longer. Subscriptions may take a moment to
+    #: take effect on the platform; the overlap covers that, and the
+    #: duplicates it causes are removed downstream. Keep both short: every
+    #: rotating slot holds a spare channel, and after a maintenance warning
+    #: all slots must rotate within about a minute.
+    rotation_overlap_s: float = 2.0
+    rotation_settle_s: float = 0.2
     reconnect_base_s: float = 1.0
     reconnect_cap_s: float = 60.0
     #: None: never give up (the default; a contact centre feed should not).
@@ -159,6 +168,8 @@ class _Socket:
             settings=pool.settings.watchdog(),
         )
         self.live = asyncio.Event()
+        self.pong = asyncio.Event()
+        self.delivering = asyncio.Event()
         self.signals: asyncio.Queue[Action] = asyncio.Queue()
         self.lost_at: float | None = None
         self._wake = asyncio.Event()
@@ -171,6 +182,7 @@ class _Socket:
         pool, slot, link = self.pool, self.slot, self.link
         channel_id = self.info.id
         put = pool._inbound.put_nowait
+        delivering = False
         try:
             async for message in self.ws:
                 if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -183,6 +195,9 @@ class _Socket:
                     log.warning("slot %d: ignored a frame that is not JSON: %s", slot.index, exc)
                     continue
                 if isinstance(frame, Notification):
+                    if not delivering:
+                        self.delivering.set()
+                        delivering = True
                     link.notification_seen(mono)
                     slot.stats.notifications += 1
                     put(
@@ -197,6 +212,8 @@ class _Socket:
                         )
                     )
                 else:
+                    if isinstance(frame, Pong):
+                        self.pong.set()
                     self._act(link.receive(frame, mono))
         finally:
             if self.lost_at is None:
@@ -231,6 +248,24 @@ class _Socket:
     async def _ping(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
             await self.ws.send_str(PING.decode())
+
+    async def drain_and_close(self, rest: RestClient, timeout_s: float) -> None:
+        """Stop the channel's traffic, read what is already in flight, then close.
+
+        Closing straight away would discard the frames already on the wire:
+        aiohttp's close handshake drops everything until the server's close
+        frame. So we unsubscribe (nothing new is sent after the DELETE is
+        answered), then ping: the server writes in order, so once its pong has
+        been read, every notification before it has been read too.
+        """
+        if self.lost_at is None:
+            with contextlib.suppress(GenesysMuxError):
+                await rest.delete_subscriptions(self.info.id)
+            self.pong.clear()
+            await self._ping()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pong.wait(), timeout_s)
+        await self.close()
 
     async def close(self) -> None:
         """Close the socket and stop its tasks."""
@@ -473,18 +508,22 @@ class ChannelPool:
         if old.lost_at is not None:
             # The old socket died before the successor was live: a real outage.
             self._outage(slot, old, reason=action.reason, end=time.time())
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    successor.delivering.wait(), self.settings.rotation_overlap_s
+                )
+            await asyncio.sleep(self.settings.rotation_settle_s)
         self._emit(
             "channel_rotated", slot, successor.info.id, old=old.info.id, reason=action.reason
         )
-        await old.close()
+        await old.drain_and_close(self._rest, self.settings.pong_timeout_s)
         return successor
 
     async def _retire(self, socket: _Socket) -> None:
         # There is no DELETE for channels: empty it so it stops costing
         # traffic, close the socket, and let the platform expire it.
-        with contextlib.suppress(GenesysMuxError):
-            await self._rest.delete_subscriptions(socket.info.id)
-        await socket.close()
+        await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
 
     async def _establish_with_retry(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket | None:
         attempt = 0

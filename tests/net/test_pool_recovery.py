@@ -1,0 +1,204 @@
+"""Every rotation and recovery trigger, against the emulator over real sockets.
+
+Each test ends the same way: every desired topic subscribed on a live
+channel, checked from the emulator's side (``/__emulator__/channels``), and
+notifications flowing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from genesys_mux.emulator import ClientApp, PlatformLimits
+from genesys_mux.net.connection import InboundNotification
+from tests.emulator.genesys import basic_auth
+from tests.net.conftest import Stack, eventually, fast_pool_settings, fast_settings
+
+
+async def assert_fully_served(stack: Stack, topics: list[str]) -> None:
+    """Every topic on exactly one connected emulator channel, and traffic arriving."""
+
+    async def served() -> bool:
+        if not stack.pool.live:
+            return False
+        channels = {c["id"]: c for c in await stack.control("channels")}
+        ours = [cid for cid in stack.pool.channel_ids().values() if cid is not None]
+        if not ours or not all(cid in channels and channels[cid]["connected"] for cid in ours):
+            return False
+        return sum(channels[cid]["topic_count"] for cid in ours) == len(topics)
+
+    await eventually(served)
+    ours = set(stack.pool.channel_ids().values())
+    note = await asyncio.wait_for(anext(aiter(stack.pool.frames())), 10)
+    while note.channel_id not in ours:
+        note = await asyncio.wait_for(anext(aiter(stack.pool.frames())), 10)
+    assert note.topic in topics
+
+
+async def start(stack: Stack) -> tuple[list[str], str]:
+    topics = await stack.queue_topics()
+    assert await stack.pool.set_topics(topics) == []
+    (channel_id,) = stack.pool.channel_ids().values()
+    assert channel_id is not None
+    return topics, channel_id
+
+
+async def test_socket_dropped_without_close_frame_reconnects_same_channel(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics, channel_id = await start(stack)
+        await stack.fault("drop_socket", channel_id=channel_id)
+        await eventually(lambda: len(stack.pool.outages) == 1)
+        outage = stack.pool.outages[0]
+        assert outage.channel_id == channel_id
+        assert outage.topics == frozenset(topics)
+        assert outage.start <= outage.end
+        # HEAD said the channel still exists, so it was reused.
+        assert stack.pool.channel_ids()[0] == channel_id
+        assert stack.pool.stats()[0].reconnects == 1
+        await assert_fully_served(stack, topics)
+
+
+async def test_half_open_socket_is_detected_by_the_watchdog(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics, channel_id = await start(stack)
+        await stack.fault("pause_heartbeats", channel_id=channel_id)
+        await eventually(lambda: len(stack.pool.outages) == 1)
+        assert stack.pool.outages[0].reason == "reconnect"
+        await assert_fully_served(stack, topics)
+
+
+async def test_socket_closing_rotates_make_before_break(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics, old = await start(stack)
+        await stack.fault("socket_closing", channel_id=old, delay_s=30)
+        await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
+        assert stack.pool.stats()[0].rotations == 1
+        assert list(stack.pool.outages) == []
+        channels = {c["id"]: c for c in await stack.control("channels")}
+        # The old channel was emptied and its socket closed well before the
+        # platform's 30 s deadline.
+        assert channels[old]["topic_count"] == 0
+        assert not channels[old]["connected"]
+        await assert_fully_served(stack, topics)
+
+
+async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics, old = await start(stack)
+        await stack.fault("expire_channel", channel_id=old)
+        await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
+        assert len(stack.pool.outages) == 1
+        assert stack.pool.outages[0].channel_id == old
+        await assert_fully_served(stack, topics)
+
+
+async def test_channel_expiring_soon_is_rotated_without_outage(make_stack: Any) -> None:
+    settings = fast_settings(limits=PlatformLimits(channel_lifetime_s=3.0))
+    async with make_stack(settings, fast_pool_settings(rotation_lead_s=1.0)) as stack:
+        topics, old = await start(stack)
+        await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old), within=10)
+        assert stack.pool.stats()[0].rotations >= 1
+        assert list(stack.pool.outages) == []
+        await assert_fully_served(stack, topics)
+
+
+async def test_eviction_by_a_channel_created_out_of_band(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics, ours = await start(stack)
+        base = stack.emulator.base_url
+        async with stack.session.post(
+            f"{base}/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": basic_auth("demo-client", "demo-secret")},
+        ) as resp:
+            token = (await resp.json())["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
+        try:
+            # 19 more channels, each with a socket, so every channel has one
+            # and ours is the least recently used: the 21st evicts it.
+            for _ in range(20):
+                async with stack.session.post(
+                    f"{base}/api/v2/notifications/channels", headers=auth
+                ) as resp:
+                    channel = await resp.json()
+                if len(sockets) < 19:
+                    sockets.append(await stack.session.ws_connect(channel["connectUri"]))
+            await eventually(lambda: stack.pool.channel_ids()[0] not in (None, ours))
+            assert stack.pool.outages[0].channel_id == ours
+            await assert_fully_served(stack, topics)
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+
+async def test_token_revoked_reauthenticates_and_rotates(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics, old = await start(stack)
+        first_token = stack.tokens.current
+        await stack.fault("revoke_token", channel_id=old)
+        await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
+        assert stack.tokens.current is not first_token
+        await assert_fully_served(stack, topics)
+
+
+async def test_token_expiry_rotates_before_the_channel_dies(make_stack: Any) -> None:
+    settings = fast_settings(clients=[ClientApp("short", "short-secret", token_lifetime_s=3)])
+    async with make_stack(settings, client_id="short", client_secret="short-secret") as stack:
+        topics, _ = await start(stack)
+        # Over three token lifetimes the channel is replaced ahead of each
+        # expiry, and never lost.
+        await eventually(lambda: stack.pool.stats()[0].rotations >= 2, within=12)
+        assert list(stack.pool.outages) == []
+        await assert_fully_served(stack, topics)
+
+
+async def test_429_on_subscribe_waits_for_retry_after(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics = await stack.queue_topics()
+        await stack.fault("http_429", path="/subscriptions", retry_after_s=1, count=1)
+        assert await stack.pool.set_topics(topics) == []
+        log = (await stack.control("requests"))["requests"]
+        subs = [r for r in log if r["path"].endswith("/subscriptions")]
+        assert [r["status"] for r in subs[:2]] == [429, 200]
+        assert subs[1]["time"] - subs[0]["time"] >= 1.0
+        await assert_fully_served(stack, topics)
+
+
+async def test_5xx_when_creating_channels_is_retried(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics = await stack.queue_topics()
+        await stack.fault(
+            "http_5xx", path="/notifications/channels", method="POST", status=503, count=2
+        )
+        assert await stack.pool.set_topics(topics) == []
+        statuses = [
+            r["status"]
+            for r in (await stack.control("requests"))["requests"]
+            if r["method"] == "POST" and r["path"] == "/api/v2/notifications/channels"
+        ]
+        assert statuses == [503, 503, 200]
+        await assert_fully_served(stack, topics)
+
+
+async def test_one_forbidden_topic_among_many(make_stack: Any) -> None:
+    client = ClientApp("limited", "limited-secret", permissions=frozenset({"routing:queue:view"}))
+    async with make_stack(
+        fast_settings(clients=[client]), client_id="limited", client_secret="limited-secret"
+    ) as stack:
+        queue_topics = await stack.queue_topics()
+        org = await stack.control("org")
+        forbidden = f"v2.users.{org['users'][0]['id']}.presence"
+        rejected = await stack.pool.set_topics([*queue_topics, forbidden])
+        assert [(r.topic, r.missing_permissions) for r in rejected] == [
+            (forbidden, ("presence:userPresence:view",))
+        ]
+        assert rejected[0].reason
+        (channel_id,) = stack.pool.channel_ids().values()
+        channels = {c["id"]: c for c in await stack.control("channels")}
+        assert channels[channel_id]["topic_count"] == len(queue_topics)
+        note: InboundNotification = await asyncio.wait_for(anext(aiter(stack.pool.frames())), 10)
+        assert note.topic in queue_topics
