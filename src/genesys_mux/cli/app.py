@@ -30,6 +30,11 @@ console = Console(stderr=True)
 log = structlog.get_logger("genesys_mux.cli")
 
 
+@app.callback()
+def _root() -> None:
+    """Multiplex Genesys Cloud interaction streams over a few Notifications-API WebSockets."""
+
+
 @app.command()
 def emulator(
     host: Annotated[

@@ -1,0 +1,5 @@
+"""``python -m genesys_mux`` runs the command line."""
+
+from genesys_mux.cli.app import main
+
+main()
