@@ -154,7 +154,9 @@ class TokenProvider:
 
     async def _single_flight(self) -> AccessToken:
         if self._failed is not None:
-            raise self._failed
+            # Drop the previous raise's traceback: re-raising one instance
+            # would otherwise grow its traceback (and pin its frames) per call.
+            raise self._failed.with_traceback(None)
         task = self._refreshing
         if task is None or task.done():
             task = asyncio.create_task(self._fetch(), name="genesys-mux-token-refresh")

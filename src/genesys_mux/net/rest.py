@@ -176,7 +176,8 @@ class RestClient:
             token = await self._tokens.token()
             await self._wait_for_budget()
             answer = await self._send(method, path, body, params, token)
-            verdict = classify_status(answer.status)
+            # Status 0 is "no answer" (see _send): retried like a 5xx, never OK.
+            verdict = Verdict.RETRY if answer.status == 0 else classify_status(answer.status)
             if verdict is Verdict.OK or (method == "HEAD" and answer.status == 404):
                 return answer
             if verdict is Verdict.REAUTH and not reauthed:

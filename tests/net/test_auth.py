@@ -1,0 +1,439 @@
+"""TokenProvider against the in-process emulator, over real sockets.
+
+Timing is read from the emulator's request log (``GET /__emulator__/requests``,
+wall-clock arrival times), never from fixed sleeps: a test waits for a
+condition with :func:`eventually`, or for a deadline the provider itself
+computed (``refresh_due``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import socket
+import time
+import traceback
+from typing import Any
+
+import aiohttp
+import pytest
+
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.errors import AuthenticationError, TransportError
+from genesys_mux.net.auth import AccessToken, TokenProvider
+from genesys_mux.net.rest import RestClient
+from genesys_mux.regions import Endpoints
+from tests.net.conftest import Stack, eventually, fast_settings
+
+TOKEN_PATH = "/oauth/token"
+ENV_VARS = (
+    "GENESYSCLOUD_OAUTHCLIENT_ID",
+    "GENESYSCLOUD_OAUTHCLIENT_SECRET",
+    "GENESYSCLOUD_REGION",
+)
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def provider(
+    stack: Stack,
+    client_id: str = "demo-client",
+    client_secret: str = "demo-secret",
+    **kwargs: Any,
+) -> TokenProvider:
+    """A fresh TokenProvider against the stack's emulator (fast backoff by default)."""
+    kwargs.setdefault("backoff", Backoff(0.01, 0.05))
+    endpoints = Endpoints.custom(stack.emulator.base_url)
+    return TokenProvider(stack.session, endpoints, client_id, client_secret, **kwargs)
+
+
+async def register(
+    stack: Stack,
+    client_id: str,
+    client_secret: str,
+    *,
+    token_lifetime_s: int = 86399,
+    permissions: tuple[str, ...] = ("*",),
+) -> None:
+    await stack.control(
+        "clients",
+        {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "permissions": list(permissions),
+            "token_lifetime_s": token_lifetime_s,
+        },
+    )
+
+
+async def logged(stack: Stack, path: str | None = None) -> list[dict[str, Any]]:
+    """API requests the emulator served, oldest first, optionally on one path."""
+    data = await stack.control("requests")
+    return [r for r in data["requests"] if path is None or r["path"] == path]
+
+
+async def token_statuses(stack: Stack) -> list[int]:
+    return [r["status"] for r in await logged(stack, TOKEN_PATH)]
+
+
+def traceback_depth(exc: BaseException) -> int:
+    depth, tb = 0, exc.__traceback__
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    return depth
+
+
+# -- obtaining and caching ----------------------------------------------------------
+
+
+async def test_token_is_obtained_once_and_cached(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        tokens = provider(stack)
+        assert tokens.current is None
+        first = await tokens.token()
+        assert first.value
+        assert first.authorization == f"Bearer {first.value}"
+        assert first.lifetime_s == pytest.approx(86399)
+        assert first.expires_at > time.monotonic()
+        second = await tokens.token()
+        assert second is first
+        assert tokens.current is first
+        assert await token_statuses(stack) == [200]
+
+
+# -- refresh ahead of expiry --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lifetime_s", "override_s", "margin_s"),
+    [
+        (86399.0, None, 8639.9),  # 10 % beats 60 s
+        (3600.0, None, 360.0),
+        (300.0, None, 60.0),  # 60 s beats 10 %
+        (120.0, None, 60.0),  # 60 s is exactly half
+        (100.0, None, 50.0),  # capped at half the lifetime
+        (4.0, None, 2.0),
+        (86399.0, 5.0, 5.0),  # the override replaces the default
+        (300.0, 120.0, 120.0),
+        (4.0, 30.0, 2.0),  # an override is capped at half the lifetime too
+    ],
+)
+async def test_refresh_margin(lifetime_s: float, override_s: float | None, margin_s: float) -> None:
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenProvider(
+            session,
+            Endpoints.custom("http://127.0.0.1:9"),
+            "id",
+            "secret",
+            refresh_margin_s=override_s,
+        )
+        token = AccessToken("opaque", 1000.0, 1000.0 + lifetime_s)
+        assert tokens.refresh_due(token) == pytest.approx(1000.0 + lifetime_s - margin_s)
+
+
+async def test_token_is_refreshed_ahead_of_expiry(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        await register(stack, "short-lived", "short-secret", token_lifetime_s=4)
+        default = provider(stack, "short-lived", "short-secret")
+        overridden = provider(stack, "short-lived", "short-secret", refresh_margin_s=1.0)
+        d1 = await default.token()
+        o1 = await overridden.token()
+        assert d1.lifetime_s == pytest.approx(4)
+        # max(60 s, 10 %) = 60 s, capped at half the 4 s lifetime.
+        assert default.refresh_due(d1) == pytest.approx(d1.expires_at - 2.0)
+        assert overridden.refresh_due(o1) == pytest.approx(o1.expires_at - 1.0)
+        assert await default.token() is d1
+        assert await token_statuses(stack) == [200, 200]
+
+        await eventually(lambda: time.monotonic() >= default.refresh_due(d1), within=5)
+        d2 = await default.token()
+        assert d2 is not d1
+        assert d2.value != d1.value
+        assert time.monotonic() < d1.expires_at, "the refresh came after the old token died"
+        # The overridden provider's margin is 1 s: its token is not due yet.
+        assert time.monotonic() < overridden.refresh_due(o1)
+        assert await overridden.token() is o1
+        assert await token_statuses(stack) == [200, 200, 200]
+
+        await eventually(lambda: time.monotonic() >= overridden.refresh_due(o1), within=5)
+        o2 = await overridden.token()
+        assert o2 is not o1
+        assert await default.token() is d2
+        assert await token_statuses(stack) == [200, 200, 200, 200]
+
+
+# -- single flight ------------------------------------------------------------------
+
+
+async def test_concurrent_callers_share_one_token_request(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        tokens = provider(stack)
+        first = await asyncio.gather(*(tokens.token() for _ in range(50)))
+        assert all(t is first[0] for t in first)
+        assert await token_statuses(stack) == [200]
+
+        stale = first[0]
+        refreshed = await asyncio.gather(*(tokens.refresh(stale) for _ in range(50)))
+        assert refreshed[0] is not stale
+        assert all(t is refreshed[0] for t in refreshed)
+        assert await token_statuses(stack) == [200, 200]
+
+        # Mixed: token() and refresh(stale) interleaved still cost one request.
+        stale = refreshed[0]
+        calls = [tokens.refresh(stale) if i % 2 else tokens.token() for i in range(50)]
+        mixed = await asyncio.gather(*calls)
+        newest = tokens.current
+        assert newest is not None
+        assert newest is not stale
+        assert all(t is newest or t is stale for t in mixed)
+        assert sum(t is newest for t in mixed) >= 25
+        assert await token_statuses(stack) == [200, 200, 200]
+
+        # Asking again to replace a token that was already replaced is free.
+        assert await tokens.refresh(stale) is newest
+        assert await token_statuses(stack) == [200, 200, 200]
+
+
+async def test_cancelling_one_waiter_does_not_cancel_the_shared_refresh(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        # A 429 keeps the refresh in flight for the 1 s Retry-After.
+        await stack.fault("http_429", retry_after_s=1, count=1, path=TOKEN_PATH)
+        tokens = provider(stack)
+        impatient = asyncio.create_task(tokens.token())
+        patient = [asyncio.create_task(tokens.token()) for _ in range(10)]
+
+        async def throttled() -> bool:
+            return await token_statuses(stack) == [429]
+
+        await eventually(throttled)
+        assert not impatient.done()
+        impatient.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+        results = await asyncio.gather(*patient)
+        assert all(t is results[0] for t in results)
+        assert tokens.current is results[0]
+        assert await token_statuses(stack) == [429, 200]
+
+
+async def test_refresh_completes_when_every_waiter_is_cancelled(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        await stack.fault("http_429", retry_after_s=1, count=1, path=TOKEN_PATH)
+        tokens = provider(stack)
+        waiters = [asyncio.create_task(tokens.token()) for _ in range(3)]
+
+        async def throttled() -> bool:
+            return await token_statuses(stack) == [429]
+
+        await eventually(throttled)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(w.cancelled() for w in waiters)
+        # The shared refresh carries on and caches its token...
+        await eventually(lambda: tokens.current is not None)
+        token = tokens.current
+        # ...which the next caller gets without another request.
+        assert await tokens.token() is token
+        assert await token_statuses(stack) == [429, 200]
+
+
+# -- throttling and server errors -------------------------------------------------
+
+
+async def test_429_on_token_is_retried_after_retry_after(
+    make_stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="genesys_mux.auth")
+    async with make_stack() as stack:
+        await stack.fault("http_429", retry_after_s=1, count=1, path=TOKEN_PATH)
+        tokens = provider(stack)
+        token = await tokens.token()
+        assert token.value
+        log = await logged(stack, TOKEN_PATH)
+        assert [r["status"] for r in log] == [429, 200]
+        assert log[1]["time"] - log[0]["time"] >= 1.0, "retried inside the Retry-After window"
+        assert any("retrying in 1.0 s" in r.getMessage() for r in caplog.records)
+
+
+class CeilingJitter(random.Random):
+    """Full jitter pinned to its ceiling, so backoff delays are known lower bounds."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_5xx_on_token_is_retried_with_backoff(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        await stack.fault("http_5xx", status=503, count=1, path=TOKEN_PATH)
+        await stack.fault("http_5xx", status=502, count=1, path=TOKEN_PATH)
+        # Ceilings: retry 1 waits min(0.2, 0.05 * 2) = 0.1 s, retry 2 min(0.2, 0.05 * 4) = 0.2 s.
+        tokens = provider(stack, backoff=Backoff(0.05, 0.2, rng=CeilingJitter()))
+        assert (await tokens.token()).value
+        log = await logged(stack, TOKEN_PATH)
+        assert [r["status"] for r in log] == [503, 502, 200]
+        assert log[1]["time"] - log[0]["time"] >= 0.1
+        assert log[2]["time"] - log[1]["time"] >= 0.2
+
+
+async def test_persistent_5xx_is_a_transient_transport_error(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        await stack.fault("http_5xx", status=503, count=3, path=TOKEN_PATH)
+        tokens = provider(stack, max_attempts=3)
+        with pytest.raises(TransportError, match="after 3 attempts") as caught:
+            await tokens.token()
+        assert not isinstance(caught.value, AuthenticationError)
+        assert await token_statuses(stack) == [503, 503, 503]
+        # Not latched like a refusal: once the server recovers, it works.
+        assert (await tokens.token()).value
+        assert await token_statuses(stack) == [503, 503, 503, 200]
+
+
+async def test_unreachable_login_host_is_a_transport_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenProvider(
+            session,
+            Endpoints.custom(f"http://127.0.0.1:{port}"),
+            "id",
+            "secret-never-sent",
+            backoff=Backoff(0.01, 0.02),
+            max_attempts=2,
+        )
+        with pytest.raises(TransportError, match="could not reach") as caught:
+            await tokens.token()
+        assert "secret-never-sent" not in str(caught.value)
+
+
+# -- bad credentials ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refusal_status", [401, 400])
+async def test_bad_secret_is_fatal_and_never_retried(make_stack: Any, refusal_status: int) -> None:
+    wrong = "not-the-secret-4711"
+    async with make_stack(fast_settings(invalid_client_status=refusal_status)) as stack:
+        tokens = provider(stack, "demo-client", wrong)
+        results = await asyncio.gather(*(tokens.token() for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(r, AuthenticationError) for r in results)
+        assert await token_statuses(stack) == [refusal_status]
+        error = results[0]
+        assert isinstance(error, AuthenticationError)
+        message = str(error)
+        for name in ENV_VARS:
+            assert name in message
+        assert "demo-client" in message
+        assert f"HTTP {refusal_status}" in message
+        assert "invalid_client" in message
+        assert wrong not in message
+
+        # Later calls fail again at once, without a new request (no retry storm),
+        # and re-raising does not pile up traceback frames on the shared error.
+        depths = []
+        for call in (tokens.token, tokens.refresh, tokens.token, tokens.refresh, tokens.token):
+            with pytest.raises(AuthenticationError) as again:
+                await call()
+            assert wrong not in str(again.value)
+            depths.append(traceback_depth(again.value))
+        assert await token_statuses(stack) == [refusal_status]
+        assert depths[-1] == depths[-3], f"traceback grows with every call: {depths}"
+
+
+async def test_unknown_client_is_refused(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        tokens = provider(stack, "no-such-client", "whatever-secret")
+        with pytest.raises(AuthenticationError, match="'no-such-client'"):
+            await tokens.token()
+        assert await token_statuses(stack) == [401]
+
+
+@pytest.mark.parametrize(("client_id", "secret"), [("", "s3cret-x"), ("some-client", "")])
+async def test_missing_credentials_are_refused_before_any_request(
+    client_id: str, secret: str
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(AuthenticationError) as caught:
+            TokenProvider(session, Endpoints.custom("http://127.0.0.1:9"), client_id, secret)
+    assert "GENESYSCLOUD_OAUTHCLIENT_ID" in str(caught.value)
+    assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in str(caught.value)
+    if secret:
+        assert secret not in str(caught.value)
+
+
+# -- secrets never leak --------------------------------------------------------------
+
+
+async def test_secret_and_tokens_never_leak(
+    make_stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "canary-secret-7c1e9d"
+    wrong = "canary-wrong-secret-2b8f"
+    async with make_stack() as stack:
+        await register(stack, "leak-check", secret)
+        tokens = provider(stack, "leak-check", secret)
+        rest = RestClient(
+            stack.session,
+            Endpoints.custom(stack.emulator.base_url),
+            tokens,
+            backoff=Backoff(0.01, 0.05),
+        )
+        # A retried token request, a token, a forced refresh...
+        await stack.fault("http_5xx", status=503, count=1, path=TOKEN_PATH)
+        t1 = await tokens.token()
+        t2 = await tokens.refresh(t1)
+        # ...REST calls with a retry, then a revoked token and the re-auth...
+        await stack.fault("http_5xx", status=503, count=1, path="/api/v2/notifications/channels")
+        await rest.create_channel()
+        await stack.fault("revoke_token", client_id="leak-check")
+        await rest.list_channels()
+        t3 = tokens.current
+        assert t3 is not None
+        assert t3 is not t2
+        # ...and a refusal.
+        refused = provider(stack, "leak-check", wrong)
+        with pytest.raises(AuthenticationError) as caught:
+            await refused.token()
+        with pytest.raises(AuthenticationError):
+            await refused.refresh()
+
+    assert captured_provider_logs(caplog)
+    forbidden = {
+        secret,
+        wrong,
+        t1.value,
+        t2.value,
+        t3.value,
+        base64.b64encode(f"leak-check:{secret}".encode()).decode(),
+        base64.b64encode(f"leak-check:{wrong}".encode()).decode(),
+    }
+    exc = caught.value
+    texts = [
+        repr(tokens),
+        repr(refused),
+        repr(t1),
+        str(t2),
+        repr(t3),
+        str(exc),
+        repr(exc),
+        "".join(traceback.format_exception(exc)),
+        caplog.text,
+    ]
+    for record in caplog.records:
+        texts.append(record.getMessage())
+        texts.append(repr(record.args))
+    for text in texts:
+        for value in forbidden:
+            assert value not in text
+
+
+def captured_provider_logs(caplog: pytest.LogCaptureFixture) -> bool:
+    """The capture saw the provider's own log lines (else the leak check proves nothing)."""
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("genesys_mux")]
+    return any("OAuth token obtained" in m for m in messages) and any(
+        "retrying" in m for m in messages
+    )
