@@ -12,6 +12,7 @@ Sans-I/O: the caller passes ``now`` and sleeps for the returned delay.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 __all__ = ["RequestBudget"]
@@ -21,8 +22,9 @@ class RequestBudget:
     """At most ``limit`` requests in any ``window_s`` seconds."""
 
     def __init__(self, limit: int = 300, window_s: float = 60.0) -> None:
-        if limit < 1 or window_s <= 0:
-            raise ValueError("a request budget needs limit >= 1 and window_s > 0")
+        # Written so that NaN fails too; an infinite window would never reopen.
+        if limit < 1 or not 0 < window_s < math.inf:
+            raise ValueError("a request budget needs limit >= 1 and a finite window_s > 0")
         self.limit = limit
         # A little slack, so clock skew between us and the server can never
         # put one request too many in the server's window.

@@ -23,7 +23,7 @@ What the platform can tell us, and what we do about it:
 event                               action
 ==================================  =================================================
 no frame for ``heartbeat_timeout``  :class:`SendPing` (once per silence)
-no pong within ``pong_timeout``     :class:`Reconnect` (``heartbeat_timeout``): dead
+no frame within ``pong_timeout``    :class:`Reconnect` (``heartbeat_timeout``): dead
 socket closed, any code             :class:`Reconnect` (``socket_closed``)
 ``{"result":"404"}``                :class:`Recreate` (``channel_gone``)
 ``v2.system.socket_closing``        :class:`Rotate` (``socket_closing``)
@@ -195,10 +195,12 @@ class ChannelLink:
         """Account for any non-notification frame; returns what to do about it."""
         if self.state is LinkState.DEAD:
             return []
+        # Any frame proves the socket alive, as a notification does (see
+        # notification_seen): it ends the silence, and any wait for a pong.
         self.last_frame_at = now
+        self.ping_sent_at = None
         actions: list[Action] = []
         if isinstance(frame, Heartbeat | Pong | SubscriptionAck):
-            self.ping_sent_at = None
             if self.state is LinkState.AWAITING_LIVE:
                 self.state = LinkState.LIVE
                 actions.append(BecameLive())
@@ -224,17 +226,21 @@ class ChannelLink:
         """Fire whichever timers are due at ``now``."""
         if self.state is LinkState.DEAD:
             return []
+        # Deadlines are compared in exactly the form next_deadline() computes
+        # them (``start + timeout``, not ``now - start``): the two differ in
+        # the last bit of a float, and a poll at the announced deadline must fire.
         s = self.settings
+        actions: list[Action] = []
         if self.ping_sent_at is not None:
-            if now - self.ping_sent_at >= s.pong_timeout_s:
+            if now >= self.ping_sent_at + s.pong_timeout_s:
                 self.state = LinkState.DEAD
                 return [Reconnect("heartbeat_timeout")]
-        elif now - self.last_frame_at >= s.heartbeat_timeout_s:
+        elif now >= self.last_frame_at + s.heartbeat_timeout_s:
             self.ping_sent_at = now
-            return [SendPing()]
+            actions.append(SendPing())
         if self._rotation_at is not None and now >= self._rotation_at:
-            return self._rotate(self._rotation_reason)
-        return []
+            actions.extend(self._rotate(self._rotation_reason))
+        return actions
 
     def next_deadline(self) -> float | None:
         """The monotonic time :meth:`poll` must next be called, or None."""

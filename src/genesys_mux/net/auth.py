@@ -37,6 +37,9 @@ __all__ = ["AccessToken", "TokenProvider"]
 
 log = logging.getLogger("genesys_mux.auth")
 
+#: A token this close to expiry is not handed out even when refreshing fails.
+_LAST_RESORT_S = 5.0
+
 _CREDENTIAL_HINT = (
     "check GENESYSCLOUD_OAUTHCLIENT_ID and GENESYSCLOUD_OAUTHCLIENT_SECRET (a client-credentials "
     "OAuth client) and that GENESYSCLOUD_REGION names the region the client was created in"
@@ -138,7 +141,15 @@ class TokenProvider:
         token = self._token
         if token is not None and self._clock() < self.refresh_due(token):
             return token
-        return await self._single_flight()
+        try:
+            return await self._single_flight()
+        except TransportError:
+            # Refreshing early is a precaution: while the cached token still
+            # has life in it, a login outage must not stop everything else.
+            if token is not None and self._clock() < token.expires_at - _LAST_RESORT_S:
+                log.warning("token refresh failed; using the current token until it expires")
+                return token
+            raise
 
     async def refresh(self, stale: AccessToken | None = None) -> AccessToken:
         """Force a new token, e.g. after a 401.

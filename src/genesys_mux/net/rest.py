@@ -190,11 +190,9 @@ class RestClient:
             if attempt >= self._max_attempts:
                 raise self._error(method, path, answer)
             self.retries += 1
-            wait = (
-                parse_retry_after(answer.headers.get("Retry-After"))
-                if answer.status == 429
-                else None
-            )
+            # Honour Retry-After wherever it appears: 503s from a gateway carry
+            # it as often as 429s do.
+            wait = parse_retry_after(answer.headers.get("Retry-After"))
             if answer.status == 429:
                 self.throttled += 1
             wait = self._backoff.delay(attempt) if wait is None else wait
