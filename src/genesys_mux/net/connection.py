@@ -285,6 +285,7 @@ class _Slot:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Condition = field(default_factory=asyncio.Condition)
     closing: bool = False
+    failed: bool = False
     task: asyncio.Task[None] | None = None
     stats: SlotStats = field(default_factory=SlotStats)
     socket: _Socket | None = None
@@ -319,13 +320,15 @@ class ChannelPool:
         self._tokens = tokens
         self._planner = Planner(self.settings.planner_limits())
         self._slots: dict[int, _Slot] = {}
-        self._inbound: asyncio.Queue[InboundNotification] = asyncio.Queue()
+        # None is the end-of-stream marker put there by close().
+        self._inbound: asyncio.Queue[InboundNotification | None] = asyncio.Queue()
         self._rotations = asyncio.Semaphore(self.settings.reserved_channels or 1)
         self._backoff = backoff or Backoff(
             self.settings.reconnect_base_s, self.settings.reconnect_cap_s
         )
         self._plan_lock = asyncio.Lock()
         self._closed = False
+        self._retiring: set[asyncio.Task[None]] = set()
         self.outages: deque[Outage] = deque(maxlen=1000)
         self.rejections: dict[str, Rejection] = {}
         self.on_outage: list[Callable[[Outage], None]] = []
@@ -362,6 +365,10 @@ class ChannelPool:
                     if closing is not None:
                         closing.closing = True
                         closing.changed.set()
+                        if closing.task is not None:
+                            # It still has to empty and close its channel.
+                            self._retiring.add(closing.task)
+                            closing.task.add_done_callback(self._retiring.discard)
                 elif isinstance(op, Subscribe | Unsubscribe):
                     touched.append(self._slots[op.slot])
             for slot in {id(s): s for s in touched}.values():
@@ -379,14 +386,20 @@ class ChannelPool:
         """Every notification from every channel, in arrival order, until :meth:`close`."""
         while True:
             note = await self._inbound.get()
+            if note is None:
+                self._inbound.put_nowait(None)  # for any other reader
+                return
             yield note
 
     def next_frame_nowait(self) -> InboundNotification | None:
         """A notification if one is waiting, else None (for batch consumers)."""
         try:
-            return self._inbound.get_nowait()
+            note = self._inbound.get_nowait()
         except asyncio.QueueEmpty:
             return None
+        if note is None:
+            self._inbound.put_nowait(None)
+        return note
 
     @property
     def live(self) -> bool:
@@ -408,14 +421,20 @@ class ChannelPool:
 
     async def close(self) -> None:
         """Stop every supervisor and close every socket."""
+        if self._closed:
+            return
         self._closed = True
+        self._inbound.put_nowait(None)
         slots = list(self._slots.values())
         self._slots.clear()
+        retiring = list(self._retiring)
         for slot in slots:
             slot.closing = True
             if slot.task is not None:
                 slot.task.cancel()
-        await asyncio.gather(*(s.task for s in slots if s.task is not None), return_exceptions=True)
+        await asyncio.gather(
+            *(s.task for s in slots if s.task is not None), *retiring, return_exceptions=True
+        )
         for slot in slots:
             if slot.socket is not None:
                 await slot.socket.close()
@@ -425,7 +444,7 @@ class ChannelPool:
     async def _wait_synced(self, slot: _Slot) -> None:
         async with slot.synced:
             await slot.synced.wait_for(
-                lambda: slot.closing or slot.applied_version >= slot.desired_version
+                lambda: slot.closing or slot.failed or slot.applied_version >= slot.desired_version
             )
 
     async def _mark_synced(self, slot: _Slot, version: int) -> None:
@@ -438,15 +457,17 @@ class ChannelPool:
         reuse: ChannelInfo | None = None
         lost: _Socket | None = None
         try:
-            while not slot.closing:
+            while True:
                 socket = await self._establish_with_retry(slot, reuse)
                 if socket is None:
-                    return
+                    break  # the slot closed, or we were told to give up
                 if lost is not None:
                     self._outage(slot, lost, reason="reconnect")
                     lost = None
                 slot.socket = socket
                 action = await self._serve(slot)
+                if action is None:
+                    break
                 socket = slot.socket
                 assert socket is not None
                 slot.socket = None
@@ -458,17 +479,21 @@ class ChannelPool:
                 reuse = socket.info if isinstance(action, Reconnect) else None
             if slot.socket is not None:
                 await self._retire(slot.socket)
+                slot.socket = None
         finally:
             async with slot.synced:
                 slot.synced.notify_all()
 
-    async def _serve(self, slot: _Slot) -> Reconnect | Recreate:
-        """Run a slot on its socket until that socket is lost; handle rotations and changes."""
+    async def _serve(self, slot: _Slot) -> Reconnect | Recreate | None:
+        """Run a slot on its socket until it is lost (or None: the slot closed).
+
+        Handles rotations and subscription changes on the way.
+        """
         while True:
             socket = slot.socket
             assert socket is not None
             if slot.closing:
-                return Reconnect("slot_closed")
+                return None
             if slot.applied_version < slot.desired_version:
                 await self._sync(slot, socket)
                 continue
@@ -495,29 +520,34 @@ class ChannelPool:
                 slot.socket = successor
 
     async def _rotate(self, slot: _Slot, old: _Socket, action: Rotate) -> _Socket | None:
-        """Make-before-break: a live successor first, then close the old socket."""
+        """Make-before-break: a live successor first, then close the old socket.
+
+        The rotation permit is held until the old socket is closed, because
+        that is when the spare channel it borrowed is given back: with two
+        sockets per slot for longer, the platform would evict a live channel.
+        """
         log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
         async with self._rotations:
             if action.reauth:
                 with contextlib.suppress(GenesysMuxError):
                     await self._tokens.refresh(stale=self._tokens.current)
             successor = await self._establish_with_retry(slot, None)
-        if successor is None:
-            return None
-        slot.stats.rotations += 1
-        if old.lost_at is not None:
-            # The old socket died before the successor was live: a real outage.
-            self._outage(slot, old, reason=action.reason, end=time.time())
-        else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    successor.delivering.wait(), self.settings.rotation_overlap_s
-                )
-            await asyncio.sleep(self.settings.rotation_settle_s)
-        self._emit(
-            "channel_rotated", slot, successor.info.id, old=old.info.id, reason=action.reason
-        )
-        await old.drain_and_close(self._rest, self.settings.pong_timeout_s)
+            if successor is None:
+                return None
+            slot.stats.rotations += 1
+            if old.lost_at is not None:
+                # The old socket died before the successor was live: a real outage.
+                self._outage(slot, old, reason=action.reason, end=time.time())
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        successor.delivering.wait(), self.settings.rotation_overlap_s
+                    )
+                await asyncio.sleep(self.settings.rotation_settle_s)
+            self._emit(
+                "channel_rotated", slot, successor.info.id, old=old.info.id, reason=action.reason
+            )
+            await old.drain_and_close(self._rest, self.settings.pong_timeout_s)
         return successor
 
     async def _retire(self, socket: _Socket) -> None:
@@ -536,6 +566,7 @@ class ChannelPool:
                 if limit is not None and attempt >= limit:
                     log.error("slot %d: giving up after %d attempts: %s", slot.index, attempt, exc)
                     slot.stats.state = "failed"
+                    slot.failed = True
                     return None
                 delay = self._backoff.delay(attempt)
                 log.warning(

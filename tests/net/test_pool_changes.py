@@ -1,0 +1,90 @@
+"""Desired-topic changes: incremental, serialised, latest wins; slots open and close."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from genesys_mux.emulator import PlatformLimits
+from tests.net.conftest import eventually, fast_pool_settings, fast_settings
+
+
+def presence(n: int, offset: int = 0) -> list[str]:
+    return [f"v2.users.{uuid.UUID(int=i + 1 + offset)}.presence" for i in range(n)]
+
+
+async def emulator_topics(stack: Any, channel_id: str) -> set[str]:
+    async with stack.session.get(
+        f"{stack.emulator.base_url}/api/v2/notifications/channels/{channel_id}/subscriptions",
+        headers={"Authorization": (await stack.tokens.token()).authorization},
+    ) as resp:
+        return {e["id"] for e in (await resp.json())["entities"]}
+
+
+async def test_latest_desired_state_wins_over_concurrent_changes(make_stack: Any) -> None:
+    async with make_stack(fast_settings(rate=0.0)) as stack:
+        await stack.pool.set_topics(presence(3))
+        (channel_id,) = stack.pool.channel_ids().values()
+        # Fire many changes without waiting; only the last one may stick.
+        sets = [presence(3 + i) for i in range(8)]
+        for topics in sets:
+            await stack.pool.set_topics(topics, wait=False)
+        await eventually(lambda: stack.pool.live)
+        assert await emulator_topics(stack, channel_id) == set(sets[-1])
+        # One channel throughout: changes never move topics elsewhere.
+        assert list(stack.pool.channel_ids().values()) == [channel_id]
+
+
+async def test_a_slot_with_no_topics_left_is_emptied_and_closed(make_stack: Any) -> None:
+    pool_settings = fast_pool_settings(topics_per_channel=2, max_channels=5)
+    async with make_stack(fast_settings(rate=0.0), pool_settings) as stack:
+        topics = presence(4)
+        await stack.pool.set_topics(topics)
+        ids = stack.pool.channel_ids()
+        assert len(ids) == 2
+        # Removing the second slot's topics closes that slot only.
+        await stack.pool.set_topics(topics[:2])
+        assert list(stack.pool.channel_ids()) == [0]
+
+        async def retired() -> bool:
+            channels = {c["id"]: c for c in await stack.control("channels")}
+            closed = channels[ids[1]]
+            return closed["topic_count"] == 0 and not closed["connected"]
+
+        await eventually(retired)
+
+
+async def test_every_slot_rotates_after_a_mass_maintenance_warning(make_stack: Any) -> None:
+    # A platform that allows only 5 channels: 4 slots in use, 1 spare. Every
+    # rotation borrows the spare, so rotations must take turns, and retired
+    # channels (with no socket) are what the platform evicts.
+    emulator_settings = fast_settings(rate=0.0, limits=PlatformLimits(channels_per_client=5))
+    pool_settings = fast_pool_settings(topics_per_channel=2, max_channels=5, rotation_overlap_s=0.2)
+    async with make_stack(emulator_settings, pool_settings) as stack:
+        topics = presence(8)
+        await stack.pool.set_topics(topics)
+        before = dict(stack.pool.channel_ids())
+        assert len(before) == 4
+        await stack.fault("socket_closing", delay_s=10)
+        await eventually(
+            lambda: all(stack.pool.channel_ids()[i] not in (None, before[i]) for i in before),
+            within=20,
+        )
+        assert list(stack.pool.outages) == []
+        assert all(s.rotations == 1 for s in stack.pool.stats().values())
+        for slot, channel_id in stack.pool.channel_ids().items():
+            assert channel_id is not None
+            assert await emulator_topics(stack, channel_id) == set(stack.pool._planner.slots[slot])
+
+
+async def test_frames_iteration_ends_when_the_pool_closes(make_stack: Any) -> None:
+    async with make_stack(fast_settings(rate=0.0)) as stack:
+        await stack.pool.set_topics(presence(1))
+
+        async def drain() -> int:
+            return sum([1 async for _ in stack.pool.frames()])
+
+        reader = asyncio.create_task(drain())
+        await stack.pool.close()
+        assert await asyncio.wait_for(reader, 5) == 0
