@@ -336,13 +336,8 @@ def decode_frame(data: bytes | str) -> Frame:
         # at the first type mismatch before reading the rest, so only a full
         # syntax check can tell.
         return _unknown_or_raise(data)
-    except msgspec.DecodeError as exc:
-        raise _not_json(data, str(exc)) from exc
-    except UnicodeError as exc:
-        # A str holding lone surrogates cannot be encoded as UTF-8.
-        raise _not_json(data, "text is not encodable as UTF-8") from exc
-    except RecursionError as exc:
-        raise _not_json(data, "nested too deeply to decode") from exc
+    except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:
+        raise _not_json(data, exc) from exc
     return _classify(envelope, data)
 
 
@@ -430,12 +425,8 @@ def _str_or_none(value: object) -> str | None:
 def _unknown_or_raise(data: bytes | str) -> UnknownFrame:
     try:
         _SYNTAX_CHECKER.decode(data)
-    except msgspec.DecodeError as exc:
-        raise _not_json(data, str(exc)) from exc
-    except UnicodeError as exc:
-        raise _not_json(data, "text is not encodable as UTF-8") from exc
-    except RecursionError as exc:
-        raise _not_json(data, "nested too deeply to decode") from exc
+    except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:
+        raise _not_json(data, exc) from exc
     return UnknownFrame(_as_bytes(data))
 
 
@@ -447,7 +438,14 @@ def _as_bytes(data: bytes | str) -> bytes:
     return data.encode("utf-8", "surrogatepass")
 
 
-def _not_json(data: bytes | str, detail: str) -> FrameError:
+def _not_json(data: bytes | str, cause: Exception) -> FrameError:
+    if isinstance(cause, UnicodeError):
+        # A str holding lone surrogates cannot be encoded as UTF-8.
+        detail = "text is not encodable as UTF-8"
+    elif isinstance(cause, RecursionError):
+        detail = "nested too deeply to decode"
+    else:
+        detail = str(cause)
     # Only the head is kept for diagnostics; FrameError truncates it anyway,
     # and encoding a whole 50 KB str just to throw most of it away is waste.
     head = data[:200] if isinstance(data, bytes) else _as_bytes(data[:200])

@@ -41,12 +41,12 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Self
 
 import msgspec
 from aiohttp import WSMsgType, web
 
+from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
 from genesys_mux.emulator.org import ContactCentre, Publication
 from genesys_mux.emulator.platform import (
@@ -293,14 +293,6 @@ class _Ledger:
             )
         )
         self.next_seq += 1
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _parse_iso(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def _envelope(topic: str, body: bytes, correlation_id: str) -> bytes:
@@ -611,7 +603,7 @@ class Emulator:
         return {
             "connectUri": f"{scheme}://{request.host}/channels/{channel.id}",
             "id": channel.id,
-            "expires": _iso(channel.expires_at),
+            "expires": format_iso(channel.expires_at),
         }
 
     async def _create_channel(self, request: web.Request) -> web.Response:
@@ -816,7 +808,7 @@ class Emulator:
         try:
             query = msgspec.json.decode(await request.read())
             start_s, _, end_s = query["interval"].partition("/")
-            start, end = _parse_iso(start_s), _parse_iso(end_s)
+            start, end = parse_iso(start_s), parse_iso(end_s)
         except (msgspec.DecodeError, KeyError, TypeError, AttributeError, ValueError):
             raise ApiProblem(
                 400,
@@ -893,8 +885,8 @@ class Emulator:
                     "client_id": c.client_id,
                     "topic_count": len(c.topics),
                     "connected": c.id in self._links,
-                    "expires": _iso(c.expires_at),
-                    "created": _iso(c.created_at),
+                    "expires": format_iso(c.expires_at),
+                    "created": format_iso(c.created_at),
                 }
                 for c in self.platform.channels.values()
             ]

@@ -53,7 +53,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import time as _time
 import uuid
 import zlib
 from collections import OrderedDict, deque
@@ -63,6 +62,7 @@ from typing import Any, Final
 
 import msgspec
 
+from genesys_mux.core.timestamps import format_iso
 from genesys_mux.core.topics import (
     Media,
     conversation_detail_events,
@@ -210,12 +210,6 @@ _DNIS = "tel:+18005550100"
 _encode = msgspec.json.Encoder().encode
 
 
-def _iso(unix_seconds: float) -> str:
-    """``2026-11-28T14:11:17.123Z``: UTC, millisecond precision."""
-    whole, ms = divmod(round(unix_seconds * 1000), 1000)
-    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(whole)) + f".{ms:03d}Z"
-
-
 # -- public value types ---------------------------------------------------
 
 
@@ -266,7 +260,7 @@ class Queue:
             "id": self.id,
             "name": self.name,
             "description": self.description,
-            "dateCreated": _iso(epoch + self.created_at),
+            "dateCreated": format_iso(epoch + self.created_at),
         }
         if self.division_id:
             body["division"] = {
@@ -704,7 +698,7 @@ class ContactCentre:
         return self._rng.uniform(*bounds)
 
     def _iso(self, t: float) -> str:
-        return _iso(self.epoch + t)
+        return format_iso(self.epoch + t)
 
     def _apply_rate(self, t: float, rate: float) -> None:
         self._rate = rate

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -29,6 +28,7 @@ import msgspec
 
 from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.budget import RequestBudget
+from genesys_mux.core.timestamps import parse_iso
 from genesys_mux.core.topics import validate_id
 from genesys_mux.errors import ApiError, RateLimitedError, TransportError
 from genesys_mux.net.auth import AccessToken, TokenProvider
@@ -356,6 +356,6 @@ def _parse_time(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return parse_iso(value)
     except ValueError:
         return None
