@@ -7,6 +7,8 @@ The tree, split by what the caller can do about it::
     │   ├── UnknownRegionError      a region name or domain we do not know
     │   ├── InvalidIdError          an entity id that is unsafe in a URL or a topic
     │   ├── InvalidTopicError       a topic that is not in the Genesys grammar
+    │   ├── StreamConfigError       one or more stream definitions are invalid;
+    │   │                           carries every error with its path
     │   └── CapacityError           the desired topics do not fit in the channels
     │                               the platform allows
     ├── AuthenticationError         the OAuth client credentials were refused: fatal,
@@ -29,6 +31,8 @@ and *what to do*.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "ApiError",
     "AuthenticationError",
@@ -39,6 +43,7 @@ __all__ = [
     "InvalidIdError",
     "InvalidTopicError",
     "RateLimitedError",
+    "StreamConfigError",
     "TransportError",
     "UnknownRegionError",
 ]
@@ -62,6 +67,33 @@ class InvalidIdError(ConfigError):
 
 class InvalidTopicError(ConfigError):
     """A topic string outside the Genesys Notifications topic grammar."""
+
+
+class StreamConfigError(ConfigError):
+    """One or more stream definitions are invalid.
+
+    ``errors`` holds every problem found, as ``(path, message)`` pairs such
+    as ``("streams[2].filter.channelType", "Input should be 'voice', ...")``,
+    so a config with several mistakes is fixed in one pass rather than one
+    error per run. ``str()`` lists them all, one per line.
+    """
+
+    def __init__(self, errors: Iterable[tuple[str, str]]) -> None:
+        self.errors: tuple[tuple[str, str], ...] = tuple(errors)
+        # The errors themselves are the args, so the exception pickles and
+        # ``repr`` shows the detail without a second copy of the text.
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        count = len(self.errors)
+        noun = "error" if count == 1 else "errors"
+        lines = [f"{count} {noun} in the stream configuration:"]
+        lines += [f"  {path}: {message}" for path, message in self.errors]
+        lines.append(
+            "Fix the value at each path shown and try again; "
+            "`genesys-mux schema` prints every allowed key."
+        )
+        return "\n".join(lines)
 
 
 class CapacityError(ConfigError):
