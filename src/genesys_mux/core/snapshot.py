@@ -1,0 +1,602 @@
+"""Facts about one notification body: what a stream filters, de-duplicates and orders on.
+
+Theory of operation
+-------------------
+The platform sends no sequence numbers (reference §6), so everything the
+stream pipeline knows about an event comes from its body. This module turns
+a raw ``eventBody`` into a small, immutable :class:`EventFacts`:
+
+``key``
+    What the event is about, for de-duplication and ordering: the
+    conversation id for conversation snapshots, ``detail:{topic}`` for
+    detail events, ``presence:{userId}`` and ``routing:{userId}`` for a user's presence and
+    routing status (prefixed so the two never collide with each other or a
+    conversation), and the topic itself for anything else.
+``version``
+    A number that grows as the thing named by ``key`` changes, in Unix
+    seconds; ``None`` when the topic has none, which leaves the event to
+    exact-duplicate detection alone.
+``hash``
+    :func:`content_hash` of the raw body. Identical bytes are the same
+    event however many channels or topics delivered them.
+``conversation``
+    For conversation topics, the :class:`ConversationFacts` of the snapshot.
+
+The version key of a conversation snapshot
+..........................................
+A snapshot carries a timestamp for each thing that *has happened* to it.
+Its version is the newest of these (``0.0`` when there is none):
+
+- participant: ``connectedTime``, ``endTime``, ``startAcwTime``,
+  ``endAcwTime``, ``wrapup.endTime``;
+- every communication of every media list: ``connectedTime``,
+  ``disconnectedTime``, ``afterCallWork.startTime``,
+  ``afterCallWork.endTime``, ``wrapup.endTime``.
+
+Once set, none of these changes or disappears, and participants are never
+removed from a conversation, so a later snapshot never has a smaller
+maximum: the key never goes backwards. A field that could go backwards
+would be worse than a missing one, because the pipeline drops an event
+whose version is *older* than one already delivered; a missing field only
+leaves two snapshots tied, and ties fall to the content hash. So these are
+left out on purpose:
+
+- ``startHoldTime``: the vendor schema describes it as set only *while* the
+  communication is on hold, so taking a call off hold may remove it and
+  pull the maximum back (the emulator keeps it, which is harmless here);
+- callback ``scheduledTime`` / ``callbackScheduledTime``: a plan for the
+  future, not an event; it is ahead of every event, and a reschedule can
+  move it either way;
+- message ``messages[].messageTime``: not in the reference, and whether the
+  platform truncates that list is unknown.
+
+Timestamps are read by msgspec's RFC 3339 parser. One without a zone is
+taken as UTC, as :mod:`genesys_mux.core.timestamps` does; one that does not
+parse is ignored.
+
+Fast path and tolerant path
+...........................
+Real snapshots are 3-50 KB and arrive for every change, so the common case
+decodes in one pass into private msgspec structs that name only the fields
+used here; msgspec skips everything else without building Python objects,
+and parses the timestamps in C. Those structs are strict about types, so a
+body with one badly typed field (or an unparseable timestamp) fails that
+pass. It then takes the *tolerant* path: a generic decode, and a walk that
+keeps each well-typed field and treats every other one as absent. Both
+paths feed the same computation, so a body gets the same facts whichever
+path read it. Only a body that is not a JSON object with a non-empty string
+``id`` (or that cannot be decoded at all, such as one nested too deeply)
+has no conversation facts.
+
+Nothing here raises for any input: facts are needed for every event the
+pipeline sees, and a malformed body must cost only its own precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import lru_cache
+from operator import attrgetter
+from typing import Annotated, Final
+
+import msgspec
+
+from genesys_mux.core.topics import Media, Topic, TopicFamily, parse_topic
+from genesys_mux.errors import InvalidTopicError
+
+__all__ = [
+    "ConversationFacts",
+    "EventFacts",
+    "content_hash",
+    "conversation_facts",
+    "detail_event_version",
+    "event_facts",
+    "presence_version",
+    "routing_status_version",
+]
+
+
+def content_hash(body: bytes) -> bytes:
+    """A 16-byte BLAKE2b digest of ``body``: identical bytes give identical hashes.
+
+    BLAKE2b runs in C and is faster than SHA-256; 128 bits keep accidental
+    collisions out of reach for any number of events a process will see.
+    """
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+# --------------------------------------------------------------------------
+# Public fact types
+# --------------------------------------------------------------------------
+
+
+# gc=False: the fields hold only strings, tuples of strings, a dict of those
+# and bytes, which can never form a reference cycle, so the cyclic GC need
+# not track one of these per event.
+class ConversationFacts(msgspec.Struct, frozen=True, gc=False):
+    """What the stream pipeline needs to know about one conversation snapshot.
+
+    ``media`` names the media lists holding at least one communication,
+    spelt as the topic suffixes (:class:`~genesys_mux.core.topics.Media`:
+    ``calls``, ``chats``, ``cobrowseSessions``...). ``states`` maps each of
+    those to its communications' states, in snapshot order; its keys are
+    exactly ``media``. ``message_types`` is the ``type`` of every
+    ``messages[]`` communication (``sms``, ``webmessaging``...).
+    ``queue_ids`` are the ``queueId`` of the ``acd`` and ``agent``
+    participants, the queues the conversation was routed through;
+    ``user_ids`` the ``userId`` of every participant.
+
+    The predicates are the stream ``state`` filters of DESIGN.md, where a
+    participant is *connected* when one of its communications has state
+    ``connected``:
+
+    - ``queued``: an ``acd`` participant is connected and no ``agent`` is;
+    - ``active``: an ``agent`` or ``user`` participant is connected;
+    - ``monitoring``: a connected participant has ``monitoredParticipantId``.
+
+    ``version`` is the snapshot's version key in Unix seconds (see the
+    module docstring for the fields it covers), ``0.0`` when the snapshot
+    has no timestamp. ``hash`` is :func:`content_hash` of the body.
+    """
+
+    conversation_id: str
+    media: frozenset[str]
+    states: Mapping[str, tuple[str, ...]]
+    message_types: frozenset[str]
+    queue_ids: frozenset[str]
+    user_ids: frozenset[str]
+    queued: bool
+    active: bool
+    monitoring: bool
+    version: float
+    hash: bytes
+
+
+class EventFacts(msgspec.Struct, frozen=True, gc=False):
+    """Ordering and de-duplication facts about one notification.
+
+    ``key`` names what the event is about: the conversation id for
+    conversation topics and detail events, ``presence:{userId}`` or
+    ``routing:{userId}`` for those user topics, and the topic itself for
+    anything else (including a conversation body too malformed to name its
+    conversation). ``version`` is a Unix time that grows as the keyed thing
+    changes, or ``None`` when there is none to compare, which leaves the
+    event to exact-duplicate detection by ``hash`` (:func:`content_hash`
+    of the body). ``conversation`` holds the snapshot's facts for
+    conversation topics, ``None`` otherwise.
+
+    Detail events are keyed ``detail:{topic}`` with no version: they are
+    separate happenings rather than successive states of one thing, so an
+    older one is never superseded by a newer one the way a snapshot is.
+    """
+
+    key: str
+    version: float | None
+    hash: bytes
+    conversation: ConversationFacts | None = None
+
+
+# --------------------------------------------------------------------------
+# Wire structs (private): only the fields the facts need
+# --------------------------------------------------------------------------
+
+# An instant with a zone. The zone is required so that every value compares
+# with every other; a zoneless one fails the fast path and is read as UTC by
+# the tolerant path instead.
+_Stamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+# gc=False throughout: decoded from JSON, so they cannot contain themselves.
+class _Wrapup(msgspec.Struct, rename="camel", gc=False):
+    end_time: _Stamp | None = None
+
+
+class _AfterCallWork(msgspec.Struct, rename="camel", gc=False):
+    start_time: _Stamp | None = None
+    end_time: _Stamp | None = None
+
+
+class _Communication(msgspec.Struct, rename="camel", gc=False):
+    state: str | None = None
+    # Only meaningful on messages[] communications (sms, whatsapp...).
+    type: str | None = None
+    connected_time: _Stamp | None = None
+    disconnected_time: _Stamp | None = None
+    after_call_work: _AfterCallWork | None = None
+    wrapup: _Wrapup | None = None
+
+
+_Communications = list[_Communication | None] | None
+
+
+class _Participant(msgspec.Struct, rename="camel", gc=False):
+    purpose: str | None = None
+    user_id: str | None = None
+    queue_id: str | None = None
+    monitored_participant_id: str | None = None
+    connected_time: _Stamp | None = None
+    end_time: _Stamp | None = None
+    start_acw_time: _Stamp | None = None
+    end_acw_time: _Stamp | None = None
+    wrapup: _Wrapup | None = None
+    # The media lists, under their snapshot names; note cobrowsesessions and
+    # socialExpressions are spelt differently from their topic suffixes.
+    calls: _Communications = None
+    callbacks: _Communications = None
+    chats: _Communications = None
+    emails: _Communications = None
+    messages: _Communications = None
+    videos: _Communications = None
+    cobrowsesessions: _Communications = None
+    screenshares: _Communications = None
+    social_expressions: _Communications = None
+
+
+class _Conversation(msgspec.Struct, gc=False):
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    participants: list[_Participant | None] | None = None
+
+
+class _Presence(msgspec.Struct, rename="camel", gc=False):
+    modified_date: str | None = None
+
+
+class _RoutingStatusValue(msgspec.Struct, rename="camel", gc=False):
+    start_time: str | None = None
+
+
+class _RoutingStatus(msgspec.Struct, rename="camel", gc=False):
+    routing_status: _RoutingStatusValue | None = None
+
+
+class _DetailEvent(msgspec.Struct, rename="camel", gc=False):
+    # Epoch milliseconds; msgspec never turns a JSON bool into an int here.
+    event_time: int | float | None = None
+    conversation_id: str | None = None
+
+
+_CONVERSATION_DECODER: Final = msgspec.json.Decoder(_Conversation)
+_PRESENCE_DECODER: Final = msgspec.json.Decoder(_Presence)
+_ROUTING_STATUS_DECODER: Final = msgspec.json.Decoder(_RoutingStatus)
+_DETAIL_EVENT_DECODER: Final = msgspec.json.Decoder(_DetailEvent)
+# The tolerant path's generic decoder. float_hook=float turns 1e400 into inf
+# instead of failing the whole document over a number nobody reads.
+_ANY_DECODER: Final = msgspec.json.Decoder(float_hook=float)
+
+# What msgspec raises for a document it cannot walk or that has the wrong
+# shape (ValidationError is a DecodeError); RecursionError is how it reports
+# nesting too deep to decode, even in fields it only skips.
+_DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeError)
+
+# (attribute of _Participant, topic suffix) for every media list, in the
+# order _media_lists returns them.
+_MEDIA_LISTS: Final[tuple[tuple[str, str], ...]] = (
+    ("calls", Media.CALLS.value),
+    ("callbacks", Media.CALLBACKS.value),
+    ("chats", Media.CHATS.value),
+    ("emails", Media.EMAILS.value),
+    ("messages", Media.MESSAGES.value),
+    ("videos", Media.VIDEOS.value),
+    ("cobrowsesessions", Media.COBROWSE_SESSIONS.value),
+    ("screenshares", Media.SCREENSHARES.value),
+    ("social_expressions", Media.SOCIAL_EXPRESSIONS.value),
+)
+_MEDIA_NAMES: Final = tuple(suffix for _, suffix in _MEDIA_LISTS)
+
+# attrgetter fetches several attributes in one C call, cheaper per
+# participant than a Python-level tuple of attribute reads.
+_media_lists: Final = attrgetter(*(attr for attr, _ in _MEDIA_LISTS))
+_participant_stamps: Final = attrgetter(
+    "connected_time", "end_time", "start_acw_time", "end_acw_time"
+)
+_communication_stamps: Final = attrgetter("connected_time", "disconnected_time")
+
+_MESSAGES: Final = Media.MESSAGES.value
+_CONNECTED: Final = "connected"
+
+
+# --------------------------------------------------------------------------
+# Conversation snapshots
+# --------------------------------------------------------------------------
+
+
+def conversation_facts(body: bytes) -> ConversationFacts | None:
+    """The :class:`ConversationFacts` of a conversation snapshot body.
+
+    ``None`` when ``body`` is not a JSON object with a non-empty string
+    ``id``. Missing, null or wrongly typed fields count as absent and
+    unparseable timestamps are ignored. Never raises.
+    """
+    return _conversation_facts(body, content_hash(body))
+
+
+def _conversation_facts(body: bytes, digest: bytes) -> ConversationFacts | None:
+    try:
+        conversation = _CONVERSATION_DECODER.decode(body)
+    except msgspec.ValidationError:
+        # Well-formed JSON with a field of an unexpected type, or no id.
+        tolerant = _tolerant_conversation(body)
+        if tolerant is None:
+            return None
+        conversation = tolerant
+    except _DECODE_ERRORS:
+        return None
+    return _facts(conversation, digest)
+
+
+def _facts(conversation: _Conversation, digest: bytes) -> ConversationFacts:
+    states: dict[str, list[str]] = {}
+    stamps: list[datetime | None] = []
+    message_types: set[str] = set()
+    queue_ids: set[str] = set()
+    user_ids: set[str] = set()
+    acd_connected = agent_connected = active = monitoring = False
+
+    for participant in conversation.participants or ():
+        if participant is None:
+            continue
+        connected = False
+        for name, communications in zip(_MEDIA_NAMES, _media_lists(participant), strict=True):
+            if not communications:
+                continue
+            for comm in communications:
+                if comm is None:
+                    continue
+                bucket = states.get(name)
+                if bucket is None:
+                    bucket = states[name] = []
+                state = comm.state
+                if state is not None:
+                    bucket.append(state)
+                    if state == _CONNECTED:
+                        connected = True
+                stamps.extend(_communication_stamps(comm))
+                acw = comm.after_call_work
+                if acw is not None:
+                    stamps.append(acw.start_time)
+                    stamps.append(acw.end_time)
+                if comm.wrapup is not None:
+                    stamps.append(comm.wrapup.end_time)
+                if comm.type is not None and name == _MESSAGES:
+                    message_types.add(comm.type)
+
+        stamps.extend(_participant_stamps(participant))
+        if participant.wrapup is not None:
+            stamps.append(participant.wrapup.end_time)
+        purpose = participant.purpose
+        if participant.user_id:
+            user_ids.add(participant.user_id)
+        if participant.queue_id and purpose in ("acd", "agent"):
+            queue_ids.add(participant.queue_id)
+        if connected:
+            if purpose == "acd":
+                acd_connected = True
+            elif purpose == "agent":
+                agent_connected = active = True
+            elif purpose == "user":
+                active = True
+            if participant.monitored_participant_id:
+                monitoring = True
+
+    return ConversationFacts(
+        conversation_id=conversation.id,
+        media=frozenset(states),
+        states={name: tuple(found) for name, found in states.items()},
+        message_types=frozenset(message_types),
+        queue_ids=frozenset(queue_ids),
+        user_ids=frozenset(user_ids),
+        queued=acd_connected and not agent_connected,
+        active=active,
+        monitoring=monitoring,
+        version=_newest(stamps),
+        hash=digest,
+    )
+
+
+def _newest(stamps: list[datetime | None]) -> float:
+    """The newest of ``stamps`` in Unix seconds; 0.0 when there is none."""
+    # filter(None, ...) drops the Nones in C; a datetime is never falsy. All
+    # are zone-aware, so any two compare, and neither comparing nor
+    # timestamp() can overflow even at the ends of the calendar.
+    newest = max(filter(None, stamps), default=None)
+    return 0.0 if newest is None else newest.timestamp()
+
+
+# -- the tolerant path -------------------------------------------------------
+
+
+def _tolerant_conversation(body: bytes) -> _Conversation | None:
+    """Decode generically and keep only the well-typed fields the facts use."""
+    try:
+        tree = _ANY_DECODER.decode(body)
+    except _DECODE_ERRORS:
+        return None
+    if not isinstance(tree, dict):
+        return None
+    conversation_id = tree.get("id")
+    if not isinstance(conversation_id, str) or not conversation_id:
+        return None
+    participants: list[_Participant | None] = [
+        _tolerant_participant(p) for p in _list(tree.get("participants")) if isinstance(p, dict)
+    ]
+    return _Conversation(id=conversation_id, participants=participants)
+
+
+def _tolerant_participant(p: dict[str, object]) -> _Participant:
+    return _Participant(
+        purpose=_str(p.get("purpose")),
+        user_id=_str(p.get("userId")),
+        queue_id=_str(p.get("queueId")),
+        monitored_participant_id=_str(p.get("monitoredParticipantId")),
+        connected_time=_stamp(p.get("connectedTime")),
+        end_time=_stamp(p.get("endTime")),
+        start_acw_time=_stamp(p.get("startAcwTime")),
+        end_acw_time=_stamp(p.get("endAcwTime")),
+        wrapup=_tolerant_wrapup(p.get("wrapup")),
+        calls=_tolerant_communications(p.get("calls")),
+        callbacks=_tolerant_communications(p.get("callbacks")),
+        chats=_tolerant_communications(p.get("chats")),
+        emails=_tolerant_communications(p.get("emails")),
+        messages=_tolerant_communications(p.get("messages")),
+        videos=_tolerant_communications(p.get("videos")),
+        cobrowsesessions=_tolerant_communications(p.get("cobrowsesessions")),
+        screenshares=_tolerant_communications(p.get("screenshares")),
+        social_expressions=_tolerant_communications(p.get("socialExpressions")),
+    )
+
+
+def _tolerant_communications(value: object) -> list[_Communication | None]:
+    return [_tolerant_communication(c) for c in _list(value) if isinstance(c, dict)]
+
+
+def _tolerant_communication(c: dict[str, object]) -> _Communication:
+    acw = c.get("afterCallWork")
+    return _Communication(
+        state=_str(c.get("state")),
+        type=_str(c.get("type")),
+        connected_time=_stamp(c.get("connectedTime")),
+        disconnected_time=_stamp(c.get("disconnectedTime")),
+        after_call_work=(
+            _AfterCallWork(
+                start_time=_stamp(acw.get("startTime")), end_time=_stamp(acw.get("endTime"))
+            )
+            if isinstance(acw, dict)
+            else None
+        ),
+        wrapup=_tolerant_wrapup(c.get("wrapup")),
+    )
+
+
+def _tolerant_wrapup(value: object) -> _Wrapup | None:
+    return _Wrapup(end_time=_stamp(value.get("endTime"))) if isinstance(value, dict) else None
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _stamp(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as a zone-aware datetime (zoneless means UTC), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _unix(value: str | None) -> float | None:
+    """Unix seconds of a timestamp string, or None when absent or unparseable."""
+    stamp = _stamp(value)
+    return None if stamp is None else stamp.timestamp()
+
+
+# --------------------------------------------------------------------------
+# Other topics
+# --------------------------------------------------------------------------
+
+
+def presence_version(body: bytes) -> float | None:
+    """A ``v2.users.{id}.presence`` body's ``modifiedDate`` in Unix seconds.
+
+    ``None`` when it is absent or malformed. Never raises.
+    """
+    try:
+        presence = _PRESENCE_DECODER.decode(body)
+    except _DECODE_ERRORS:
+        return None
+    return _unix(presence.modified_date)
+
+
+def routing_status_version(body: bytes) -> float | None:
+    """A ``v2.users.{id}.routingStatus`` body's ``routingStatus.startTime`` in Unix seconds.
+
+    ``None`` when it is absent or malformed. Never raises.
+    """
+    try:
+        status = _ROUTING_STATUS_DECODER.decode(body).routing_status
+    except _DECODE_ERRORS:
+        return None
+    return None if status is None else _unix(status.start_time)
+
+
+def detail_event_version(body: bytes) -> float | None:
+    """A detail event body's ``eventTime`` (epoch milliseconds) in Unix seconds.
+
+    ``None`` when it is absent or malformed. Never raises.
+    """
+    try:
+        event_time = _DETAIL_EVENT_DECODER.decode(body).event_time
+    except _DECODE_ERRORS:
+        return None
+    return _milliseconds(event_time)
+
+
+def _milliseconds(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return value / 1000
+    except OverflowError:  # msgspec decodes big JSON integers exactly; too big for a float
+        return None
+
+
+# --------------------------------------------------------------------------
+# Dispatch on the topic
+# --------------------------------------------------------------------------
+
+
+# The same few thousand subscribed topics arrive over and over, and parsing
+# one costs more than a microsecond of regular expressions; a bounded cache
+# keeps the per-event cost to a dict lookup. Detail-event topics name a
+# conversation, so they keep churning through it; that only costs a parse.
+@lru_cache(maxsize=8192)
+def _parse(topic: str) -> Topic | None:
+    try:
+        return parse_topic(topic)
+    except InvalidTopicError:  # outside the grammar: an "other" topic
+        return None
+
+
+def event_facts(topic: str, body: bytes) -> EventFacts:
+    """The :class:`EventFacts` of one notification, from its topic and raw body.
+
+    Conversation topics give the snapshot's facts and version; detail
+    events, presence and routing status their own version; any other or
+    unknown topic is keyed by itself with no version. Never raises.
+    """
+    digest = content_hash(body)
+    parsed = _parse(topic)
+    family = parsed.family if parsed is not None else None
+
+    if family is TopicFamily.QUEUE_CONVERSATIONS or family is TopicFamily.USER_CONVERSATIONS:
+        facts = _conversation_facts(body, digest)
+        if facts is None:
+            return EventFacts(key=topic, version=None, hash=digest)
+        return EventFacts(
+            key=facts.conversation_id, version=facts.version, hash=digest, conversation=facts
+        )
+    if parsed is None:
+        return EventFacts(key=topic, version=None, hash=digest)
+    if family is TopicFamily.CONVERSATION_DETAIL_EVENTS:
+        # Detail events are separate happenings, not successive states of one
+        # thing: an older one is never superseded by a newer one. So they get
+        # a key of their own (never the snapshot's) and no version to order
+        # on: only exact duplicates are removed.
+        return EventFacts(key=f"detail:{topic}", version=None, hash=digest)
+    if family is TopicFamily.USER_PRESENCE:
+        return EventFacts(
+            key=f"presence:{parsed.entity_id}", version=presence_version(body), hash=digest
+        )
+    if family is TopicFamily.USER_ROUTING_STATUS:
+        return EventFacts(
+            key=f"routing:{parsed.entity_id}", version=routing_status_version(body), hash=digest
+        )
+    return EventFacts(key=topic, version=None, hash=digest)

@@ -1,0 +1,441 @@
+"""One stream's pipeline, sans-I/O: match, de-duplicate, order, sequence, buffer.
+
+Theory of operation
+-------------------
+Genesys sends full conversation snapshots with no sequence numbers, no
+ordering guarantee, and duplicates whenever two channels overlap. A
+:class:`Stream` turns that into a feed a consumer can trust. Each
+notification routed to it goes through, in order:
+
+1. **Match** the client-side rules the topics cannot express: the media
+   (a ``v2.users.{id}.conversations`` topic carries every media), SMS only
+   (the ``messages`` media also carries web messaging and WhatsApp), and a
+   queue when a stream names both a user and a queue.
+2. **Duplicate**: the same key (conversation, user...) with a content hash
+   already seen recently. Overlapping channels and fan-out to several topics
+   both produce these.
+3. **Stale**: a version key older than the newest one already delivered for
+   that key. The version key is the newest timestamp in the body.
+4. **Transition**: for streams with a ``state`` filter, a conversation that
+   enters the state gives ``enter``, one that stays gives ``update``, one
+   that leaves gives ``exit``; a conversation that is not and was not in the
+   state is not this stream's business.
+5. **Sequence**: a gap-free number per stream, assigned here, on acceptance.
+6. **Buffer**, bounded, with an overflow policy. Whatever is pushed out goes
+   to the dead-letter queue with its sequence and reason, so delivered
+   sequences plus dead-lettered sequences always cover ``1..N`` exactly.
+
+Duplicates, stale events and overflows are counted; none are silent.
+
+Gaps (outages on the channels carrying a stream's topics) are queued in the
+same buffer, in arrival order, and never dropped: a consumer must always
+learn what it may have missed.
+
+:class:`PriorityMerge` decides which stream is served next when consumers
+read all streams together: smooth weighted round-robin, where priority 1
+weighs 16 and priority 5 weighs 1. Higher priority gets proportionally more
+turns and goes first on ties; no stream with items ever starves.
+
+Nothing here reads a clock: receive times come with the notification, and
+``now`` is passed to :meth:`Stream.take`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from genesys_mux.core.snapshot import EventFacts
+
+__all__ = [
+    "DeadLetter",
+    "Gap",
+    "PriorityMerge",
+    "Stream",
+    "StreamCounters",
+    "StreamEvent",
+    "StreamRules",
+    "Transition",
+]
+
+Transition = Literal["enter", "update", "exit"]
+Overflow = Literal["drop_oldest", "drop_newest", "block"]
+
+#: ``block`` streams never displace buffered events; they may fall this many
+#: buffers behind before new events go to the dead-letter queue instead.
+BLOCK_BACKLOG_FACTOR = 10
+
+_UNPARSED: Any = object()
+
+
+@dataclass(slots=True, eq=False)
+class StreamEvent:
+    """One event delivered to one stream.
+
+    ``sequence`` is gap-free per stream, starting at 1. ``transition`` is
+    ``enter``/``update``/``exit`` for state-filtered streams and None
+    otherwise. ``raw`` is the notification's ``eventBody`` exactly as it
+    arrived; :attr:`body` parses it on first access. ``received_at`` is the
+    Unix time it came off the socket; ``latency_s`` (socket to consumer) and
+    ``age_s`` (consumer time minus the newest timestamp in the body) are set
+    when the event is handed over.
+    """
+
+    stream_id: str
+    sequence: int
+    priority: int
+    topic: str
+    transition: Transition | None
+    conversation_id: str | None
+    correlation_id: str | None
+    raw: bytes
+    received_at: float
+    latency_s: float | None = None
+    age_s: float | None = None
+    #: Monotonic receive time, for latency; not part of the public payload.
+    received_mono: float = field(default=0.0, repr=False)
+    version: float | None = field(default=None, repr=False)
+    _body: Any = field(default=_UNPARSED, repr=False)
+
+    @property
+    def body(self) -> Any:
+        """The decoded ``eventBody`` (parsed once, on first access)."""
+        if self._body is _UNPARSED:
+            self._body = msgspec.json.decode(self.raw)
+        return self._body
+
+    @property
+    def idempotency_key(self) -> str:
+        """``stream_id:sequence``: unique per delivered event, for at-least-once sinks."""
+        return f"{self.stream_id}:{self.sequence}"
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A window in which a stream may have missed events at the source.
+
+    Events published on ``topics`` between ``start`` and ``end`` (Unix
+    seconds) may never have reached us; fill them from REST if they matter.
+    """
+
+    stream_id: str
+    start: float
+    end: float
+    topics: frozenset[str]
+    channel_id: str
+    reason: str
+
+    @property
+    def duration_s(self) -> float:
+        """How long the window lasted."""
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event that could not be delivered, and why.
+
+    ``reason`` is one of ``overflow_drop_oldest``, ``overflow_drop_newest``,
+    ``overflow_block_limit``, ``stopped`` or a sink's failure reason.
+    """
+
+    stream_id: str
+    sequence: int
+    reason: str
+    topic: str
+    conversation_id: str | None
+    correlation_id: str | None
+    received_at: float
+    raw: bytes
+
+    @classmethod
+    def of(cls, event: StreamEvent, reason: str) -> DeadLetter:
+        """The dead letter for ``event``."""
+        return cls(
+            event.stream_id,
+            event.sequence,
+            reason,
+            event.topic,
+            event.conversation_id,
+            event.correlation_id,
+            event.received_at,
+            event.raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRules:
+    """The client-side part of a stream's filter (the topics do the rest)."""
+
+    #: Media list the conversation must have (``calls``, ``chats``, ``messages``...).
+    media: str | None = None
+    #: Only conversations with an SMS message communication.
+    sms: bool = False
+    #: ``active``, ``queued`` or ``monitoring``: deliver enter/update/exit.
+    state: Literal["active", "queued", "monitoring"] | None = None
+    #: Queue the conversation must touch (when a stream names a user *and* a queue).
+    queue_id: str | None = None
+
+
+_NO_RULES = StreamRules()
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    """What happened to the notifications routed to one stream."""
+
+    received: int = 0
+    delivered: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    overflowed: int = 0
+    dead_lettered: int = 0
+    gaps: int = 0
+
+
+@dataclass(slots=True)
+class _Seen:
+    version: float | None
+    hashes: deque[bytes]
+    in_state: bool = False
+
+
+class Stream:
+    """A stream's pipeline and buffer. Feed it with :meth:`offer`, drain it with :meth:`take`.
+
+    ``dead_letter`` receives every event the buffer pushes out. ``memory``
+    bounds how many keys (conversations, users, topics) are remembered for
+    de-duplication and ordering; the least recently seen are forgotten first.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        *,
+        priority: int = 3,
+        rules: StreamRules | None = None,
+        buffer_size: int = 1000,
+        overflow: Overflow = "drop_oldest",
+        dead_letter: Callable[[DeadLetter], None],
+        memory: int = 50_000,
+        hashes_per_key: int = 8,
+    ) -> None:
+        self.id = stream_id
+        self.priority = priority
+        self.rules = rules or StreamRules()
+        self.buffer_size = buffer_size
+        self.overflow = overflow
+        self.counters = StreamCounters()
+        self._dead_letter = dead_letter
+        self._memory = memory
+        self._hashes_per_key = hashes_per_key
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._buffer: deque[StreamEvent | Gap] = deque()
+        self._events_buffered = 0
+        self._next_sequence = 1
+        limit = buffer_size * (BLOCK_BACKLOG_FACTOR if overflow == "block" else 1)
+        self._limit = limit
+
+    # -- intake ------------------------------------------------------------------
+
+    def offer(
+        self,
+        topic: str,
+        raw: bytes,
+        correlation_id: str | None,
+        received_at: float,
+        received_mono: float,
+        facts: EventFacts,
+        *,
+        filtered_topic: bool = True,
+    ) -> StreamEvent | None:
+        """Run one notification through the pipeline; the buffered event, or None.
+
+        ``filtered_topic`` says the topic came from the stream's filter, so the
+        client-side rules apply; events on a stream's raw topics (presence,
+        detail events...) pass through them untouched.
+        """
+        counters = self.counters
+        counters.received += 1
+        rules = self.rules if filtered_topic else _NO_RULES
+        conversation = facts.conversation
+        if rules.media is not None or rules.sms or rules.queue_id is not None or rules.state:
+            if conversation is None:
+                counters.filtered += 1
+                return None
+            if (
+                (rules.media is not None and rules.media not in conversation.media)
+                or (rules.sms and "sms" not in conversation.message_types)
+                or (rules.queue_id is not None and rules.queue_id not in conversation.queue_ids)
+            ):
+                counters.filtered += 1
+                return None
+
+        seen = self._remember(facts.key)
+        if facts.hash in seen.hashes:
+            counters.duplicates += 1
+            return None
+        version = facts.version
+        if version is not None and seen.version is not None and version < seen.version:
+            counters.stale += 1
+            return None
+
+        transition: Transition | None = None
+        if rules.state is not None:
+            assert conversation is not None
+            now_in = getattr(conversation, rules.state)
+            if now_in:
+                transition = "update" if seen.in_state else "enter"
+            elif seen.in_state:
+                transition = "exit"
+            else:
+                # Not in the state and never was: not this stream's business,
+                # but remember the content so a repeat is not counted twice.
+                seen.hashes.append(facts.hash)
+                if version is not None:
+                    seen.version = version
+                counters.filtered += 1
+                return None
+            seen.in_state = bool(now_in)
+
+        seen.hashes.append(facts.hash)
+        if version is not None:
+            seen.version = version
+        event = StreamEvent(
+            stream_id=self.id,
+            sequence=self._next_sequence,
+            priority=self.priority,
+            topic=topic,
+            transition=transition,
+            conversation_id=conversation.conversation_id if conversation is not None else None,
+            correlation_id=correlation_id,
+            raw=raw,
+            received_at=received_at,
+            received_mono=received_mono,
+            version=version,
+        )
+        self._next_sequence += 1
+        return self._push(event)
+
+    def add_gap(self, gap: Gap) -> None:
+        """Queue a gap; gaps are never dropped and do not count against the buffer."""
+        self.counters.gaps += 1
+        self._buffer.append(gap)
+
+    def _remember(self, key: str) -> _Seen:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = _Seen(None, deque(maxlen=self._hashes_per_key))
+            self._seen[key] = seen
+            if len(self._seen) > self._memory:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(key)
+        return seen
+
+    def _push(self, event: StreamEvent) -> StreamEvent | None:
+        if self._events_buffered < self._limit:
+            self._buffer.append(event)
+            self._events_buffered += 1
+            return event
+        self.counters.overflowed += 1
+        if self.overflow == "drop_oldest":
+            self._drop_oldest_event()
+            self._buffer.append(event)
+            return event
+        reason = (
+            "overflow_drop_newest" if self.overflow == "drop_newest" else "overflow_block_limit"
+        )
+        self._dead(event, reason)
+        return None
+
+    def _drop_oldest_event(self) -> None:
+        for i, item in enumerate(self._buffer):
+            if isinstance(item, StreamEvent):
+                del self._buffer[i]
+                self._dead(item, "overflow_drop_oldest")
+                return
+
+    def _dead(self, event: StreamEvent, reason: str) -> None:
+        self.counters.dead_lettered += 1
+        self._dead_letter(DeadLetter.of(event, reason))
+
+    # -- output ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def events_buffered(self) -> int:
+        """Events (not gaps) waiting in the buffer."""
+        return self._events_buffered
+
+    @property
+    def blocked(self) -> bool:
+        """True when a ``block`` stream has more than its buffer waiting."""
+        return self._events_buffered > self.buffer_size
+
+    def take(self, now: float, now_mono: float) -> StreamEvent | Gap | None:
+        """Hand the oldest item to the consumer, stamping latency and age."""
+        if not self._buffer:
+            return None
+        item = self._buffer.popleft()
+        if isinstance(item, StreamEvent):
+            self._events_buffered -= 1
+            self.counters.delivered += 1
+            item.latency_s = now_mono - item.received_mono
+            if item.version:
+                item.age_s = now - item.version
+        return item
+
+    def flush_to_dead_letters(self, reason: str) -> int:
+        """Dead-letter every buffered event (gaps are dropped); returns how many."""
+        count = 0
+        while self._buffer:
+            item = self._buffer.popleft()
+            if isinstance(item, StreamEvent):
+                self._events_buffered -= 1
+                self._dead(item, reason)
+                count += 1
+        return count
+
+
+def weight(priority: int) -> int:
+    """Turns per round for a priority: 1 → 16, 2 → 8, 3 → 4, 4 → 2, 5 → 1."""
+    return 1 << (5 - priority)
+
+
+class PriorityMerge:
+    """Smooth weighted round-robin over streams that have items."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+
+    def pick(self, ready: Iterable[Stream]) -> Stream | None:
+        """The stream to serve next among ``ready`` (streams with items)."""
+        best: Stream | None = None
+        total = 0
+        current = self._current
+        for stream in ready:
+            w = weight(stream.priority)
+            total += w
+            score = current.get(stream.id, 0) + w
+            current[stream.id] = score
+            if (
+                best is None
+                or score > current[best.id]
+                or (score == current[best.id] and stream.priority < best.priority)
+            ):
+                best = stream
+        if best is not None:
+            current[best.id] -= total
+        return best
+
+    def forget(self, stream_id: str) -> None:
+        """Drop a removed stream's credit."""
+        self._current.pop(stream_id, None)

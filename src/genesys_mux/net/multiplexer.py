@@ -1,0 +1,584 @@
+"""The public face: streams in, a trustworthy feed out, over as few channels as possible.
+
+Theory of operation
+-------------------
+A :class:`Multiplexer` owns one aiohttp session, one token provider, one
+REST client and one :class:`~genesys_mux.net.connection.ChannelPool`.
+
+* Adding or removing a stream recomputes the union of every stream's topics
+  and hands it to the pool, which applies only the difference.
+* A stream without a queue or user covers every queue of the org; the
+  queue list is read from the routing API and refreshed periodically, so
+  new queues are subscribed and deleted ones dropped, incrementally.
+* One dispatcher task reads the pool's notifications. For each one it
+  computes the :class:`~genesys_mux.core.snapshot.EventFacts` once, then
+  offers the notification to every stream whose topics include it.
+  Offering never blocks: each stream has its own bounded buffer and
+  overflow policy, so a slow consumer of one stream never holds back
+  another.
+* Every outage the pool reports becomes a :class:`Gap` in each stream whose
+  topics it touched.
+* Consumers read one stream (:meth:`Multiplexer.stream`), all streams
+  merged by priority (:meth:`Multiplexer.events`), or register callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from genesys_mux.config import (
+    StreamConfig,
+    filter_topics,
+    media_for,
+    needs_all_queues,
+    parse_stream,
+    queue_constraint,
+    raw_topics,
+    requires_sms,
+)
+from genesys_mux.core.channel import Outage
+from genesys_mux.core.snapshot import event_facts
+from genesys_mux.core.streams import (
+    DeadLetter,
+    Gap,
+    PriorityMerge,
+    Stream,
+    StreamEvent,
+    StreamRules,
+)
+from genesys_mux.errors import ConfigError, GenesysMuxError
+from genesys_mux.net.auth import TokenProvider
+from genesys_mux.net.connection import ChannelPool, PoolSettings
+from genesys_mux.net.rest import Rejection, RestClient
+from genesys_mux.regions import endpoints_for
+from genesys_mux.sinks.dlq import DeadLetterQueue, JsonlDeadLetterQueue
+
+__all__ = ["Multiplexer", "StreamStats"]
+
+log = logging.getLogger("genesys_mux.multiplexer")
+
+Item = StreamEvent | Gap
+EventCallback = Callable[[StreamEvent], Awaitable[None] | None]
+GapCallback = Callable[[Gap], Awaitable[None] | None]
+_CALLBACKS = "genesys-mux-callbacks"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """A snapshot of one stream's counters and latency."""
+
+    stream_id: str
+    priority: int
+    topics: int
+    buffered: int
+    received: int
+    delivered: int
+    filtered: int
+    duplicates: int
+    stale: int
+    overflowed: int
+    dead_lettered: int
+    gaps: int
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    rejected_topics: tuple[str, ...]
+
+
+class _StreamState:
+    """A stream plus what the multiplexer keeps about it."""
+
+    def __init__(self, config: StreamConfig, stream: Stream) -> None:
+        self.config = config
+        self.stream = stream
+        self.topics: frozenset[str] = frozenset()
+        #: The topics that come from the filter: client-side rules apply to these.
+        self.filter_topics: frozenset[str] = frozenset()
+        self.ready = asyncio.Event()
+        self.latencies: list[float] = []
+
+
+class Multiplexer:
+    """Many interaction streams over a few Notifications-API WebSockets.
+
+    Credentials default to ``GENESYSCLOUD_OAUTHCLIENT_ID`` /
+    ``GENESYSCLOUD_OAUTHCLIENT_SECRET`` and the region to
+    ``GENESYSCLOUD_REGION``; ``base_url`` points everything at an emulator
+    instead. ``buffer_threshold`` is the buffer size of streams that do not
+    set their own. ``dlq`` is a :class:`DeadLetterQueue` or a path for the
+    JSON-lines default (``genesys-mux-dlq.jsonl`` in the working directory).
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        region: str | None = None,
+        base_url: str | None = None,
+        max_streams: int = 10,
+        buffer_threshold: int = 500,
+        heartbeat_timeout: float = 75.0,
+        pong_timeout: float = 10.0,
+        topics_per_channel: int = 1000,
+        max_channels: int = 20,
+        queue_refresh_s: float = 300.0,
+        requests_per_minute: int = 300,
+        dlq: DeadLetterQueue | str | os.PathLike[str] | None = None,
+        pool_settings: PoolSettings | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        client_id = client_id or os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID")
+        client_secret = client_secret or os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET")
+        if base_url is None:
+            region = region or os.environ.get("GENESYSCLOUD_REGION")
+        if not client_id or not client_secret:
+            raise ConfigError(
+                "no OAuth client credentials: pass client_id and client_secret, or set "
+                "GENESYSCLOUD_OAUTHCLIENT_ID and GENESYSCLOUD_OAUTHCLIENT_SECRET"
+            )
+        if base_url is None and region is None:
+            raise ConfigError(
+                "no region: pass region (e.g. 'mypurecloud.com' or 'eu_west_1') or set "
+                "GENESYSCLOUD_REGION; or pass base_url to use the emulator"
+            )
+        if max_streams < 1 or buffer_threshold < 1:
+            raise ConfigError("max_streams and buffer_threshold must be at least 1")
+        self._endpoints = endpoints_for(
+            region=region if base_url is None else None, base_url=base_url
+        )
+        self._client_id = client_id
+        self._secret = client_secret
+        self.max_streams = max_streams
+        self.buffer_threshold = buffer_threshold
+        self.queue_refresh_s = queue_refresh_s
+        self._requests_per_minute = requests_per_minute
+        self._pool_settings = pool_settings or PoolSettings(
+            heartbeat_timeout_s=heartbeat_timeout,
+            pong_timeout_s=pong_timeout,
+            topics_per_channel=topics_per_channel,
+            max_channels=max_channels,
+        )
+        if isinstance(dlq, DeadLetterQueue):
+            self._dlq: DeadLetterQueue = dlq
+        else:
+            self._dlq = JsonlDeadLetterQueue(
+                Path(dlq) if dlq is not None else Path("genesys-mux-dlq.jsonl")
+            )
+        self._own_session = session is None
+        self._session = session
+        self._streams: dict[str, _StreamState] = {}
+        self._by_topic: dict[str, tuple[tuple[_StreamState, bool], ...]] = {}
+        self._queue_ids: list[str] | None = None
+        self._merge = PriorityMerge()
+        self._anything = asyncio.Event()
+        self._emptied = asyncio.Event()
+        self._change_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._event_callbacks: list[EventCallback] = []
+        self._gap_callbacks: list[GapCallback] = []
+        self._stopping = False
+        self._stopped = False
+        self.pool: ChannelPool | None = None
+        self.rest: RestClient | None = None
+        self.tokens: TokenProvider | None = None
+        #: Topic → rejection, for topics the platform refused.
+        self.rejections: dict[str, Rejection] = {}
+        #: Called for control-plane facts: (kind, fields). The audit log hooks in here.
+        self.on_audit: list[Callable[[str, dict[str, Any]], None]] = []
+
+    def __repr__(self) -> str:
+        return f"Multiplexer(client_id={self._client_id!r}, api={self._endpoints.api!r})"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def __aenter__(self) -> Multiplexer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop(drain=False)
+
+    async def start(self) -> None:
+        """Open the session and start the dispatcher."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        self.tokens = TokenProvider(self._session, self._endpoints, self._client_id, self._secret)
+        self.tokens.on_refresh.append(lambda _t: self._audit("token_refreshed", {}))
+        self.rest = RestClient(
+            self._session,
+            self._endpoints,
+            self.tokens,
+            requests_per_minute=self._requests_per_minute,
+        )
+        self.pool = ChannelPool(self._session, self.rest, self.tokens, self._pool_settings)
+        self.pool.on_outage.append(self._outage)
+        self.pool.on_rejection.append(self._rejected)
+        self.pool.on_event.append(self._audit)
+        self._tasks.append(asyncio.create_task(self._dispatch(), name="genesys-mux-dispatch"))
+        self._tasks.append(asyncio.create_task(self._refresh_queues(), name="genesys-mux-queues"))
+
+    async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
+        """Stop receiving; with ``drain``, give consumers ``timeout_s`` to empty the buffers.
+
+        Whatever is still buffered after that goes to the dead-letter queue
+        (reason ``stopped``): nothing is dropped silently.
+        """
+        if self._stopped:
+            return
+        self._stopping = True
+        intake = [t for t in self._tasks if t.get_name() != _CALLBACKS]
+        for task in intake:
+            task.cancel()
+        await asyncio.gather(*intake, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+        # Wake every reader: iterators end once their buffers are empty.
+        self._anything.set()
+        for state in self._streams.values():
+            state.ready.set()
+        if drain:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while self._buffered() and loop.time() < deadline:
+                self._emptied.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._emptied.wait(), deadline - loop.time())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for state in self._streams.values():
+            state.stream.flush_to_dead_letters("stopped")
+        self._stopped = True
+        if isinstance(self._dlq, JsonlDeadLetterQueue):
+            self._dlq.close()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    def _buffered(self) -> bool:
+        return any(len(s.stream) for s in self._streams.values())
+
+    # -- streams --------------------------------------------------------------
+
+    async def add_stream(self, config: StreamConfig | Mapping[str, Any]) -> list[Rejection]:
+        """Add a stream; returns the topics of it the platform refused (others carry on).
+
+        Raises :class:`~genesys_mux.errors.ConfigError` for an invalid config,
+        a duplicate id or more than ``max_streams`` streams.
+        """
+        config = parse_stream(config)
+        async with self._change_lock:
+            if config.id in self._streams:
+                raise ConfigError(
+                    f"a stream with id {config.id!r} already exists; ids must be unique"
+                )
+            if len(self._streams) >= self.max_streams:
+                raise ConfigError(
+                    f"stream {config.id!r} would be stream {len(self._streams) + 1}, "
+                    f"but max_streams is {self.max_streams}; remove a stream or raise max_streams"
+                )
+            buffer_size = (
+                config.buffer_size
+                if "buffer_size" in config.model_fields_set
+                else self.buffer_threshold
+            )
+            stream = Stream(
+                config.id,
+                priority=config.priority,
+                rules=StreamRules(
+                    media=media_for(config),
+                    sms=requires_sms(config),
+                    state=config.filter.state if config.filter is not None else None,
+                    queue_id=queue_constraint(config),
+                ),
+                buffer_size=buffer_size,
+                overflow=config.overflow,
+                dead_letter=self._dead_letter,
+            )
+            state = _StreamState(config, stream)
+            if needs_all_queues(config) and self._queue_ids is None:
+                self._queue_ids = await self._list_queues()
+            self._set_topics(state)
+            self._streams[config.id] = state
+            try:
+                await self._apply_topics()
+            except GenesysMuxError:
+                del self._streams[config.id]
+                self._reindex()
+                raise
+        self._audit("stream_added", {"stream_id": config.id, "topics": len(state.topics)})
+        return [r for t, r in self.rejections.items() if t in state.topics]
+
+    async def remove_stream(self, stream_id: str) -> None:
+        """Remove a stream; its topics are unsubscribed unless another stream needs them.
+
+        Events still buffered for it go to the dead-letter queue (``stream_removed``).
+        """
+        async with self._change_lock:
+            state = self._streams.pop(stream_id, None)
+            if state is None:
+                raise ConfigError(
+                    f"no stream with id {stream_id!r}; known: {sorted(self._streams)}"
+                )
+            self._merge.forget(stream_id)
+            state.stream.flush_to_dead_letters("stream_removed")
+            state.ready.set()
+            await self._apply_topics()
+        self._audit("stream_removed", {"stream_id": stream_id})
+
+    def streams(self) -> list[StreamConfig]:
+        """The configs of the current streams."""
+        return [s.config for s in self._streams.values()]
+
+    async def _apply_topics(self) -> None:
+        self._reindex()
+        assert self.pool is not None
+        await self.pool.set_topics(self._by_topic)
+
+    def _set_topics(self, state: _StreamState) -> None:
+        state.filter_topics = filter_topics(state.config, self._queue_ids or ())
+        state.topics = state.filter_topics | raw_topics(state.config)
+
+    def _reindex(self) -> None:
+        index: dict[str, list[tuple[_StreamState, bool]]] = {}
+        for state in self._streams.values():
+            for topic in state.topics:
+                index.setdefault(topic, []).append((state, topic in state.filter_topics))
+        self._by_topic = {t: tuple(s) for t, s in index.items()}
+
+    async def _list_queues(self) -> list[str]:
+        assert self.rest is not None
+        return [q.id for q in await self.rest.list_queues()]
+
+    async def refresh_queues(self) -> None:
+        """Re-read the org's queues and update every all-queues stream, incrementally."""
+        if not any(needs_all_queues(s.config) for s in self._streams.values()):
+            return
+        queue_ids = await self._list_queues()
+        async with self._change_lock:
+            if queue_ids == self._queue_ids:
+                return
+            self._queue_ids = queue_ids
+            for state in self._streams.values():
+                if needs_all_queues(state.config):
+                    self._set_topics(state)
+            await self._apply_topics()
+        self._audit("queues_refreshed", {"queues": len(queue_ids)})
+
+    async def _refresh_queues(self) -> None:
+        while True:
+            await asyncio.sleep(self.queue_refresh_s)
+            try:
+                await self.refresh_queues()
+            except GenesysMuxError as exc:
+                log.warning("queue refresh failed, keeping the current list: %s", exc)
+
+    # -- the hot path ---------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        assert self.pool is not None
+        by_topic = self._by_topic
+        async for note in self.pool.frames():
+            if by_topic is not self._by_topic:
+                by_topic = self._by_topic
+            targets = by_topic.get(note.topic)
+            if not targets:
+                continue  # a topic just removed: its last events are not wanted
+            facts = event_facts(note.topic, note.body)
+            delivered = False
+            for state, filtered_topic in targets:
+                if (
+                    state.stream.offer(
+                        note.topic,
+                        note.body,
+                        note.correlation_id,
+                        note.received_at,
+                        note.received_mono,
+                        facts,
+                        filtered_topic=filtered_topic,
+                    )
+                    is not None
+                ):
+                    state.ready.set()
+                    delivered = True
+            if delivered:
+                self._anything.set()
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        try:
+            self._dlq.write(letter)
+        except Exception:
+            # The DLQ is the last resort; if it fails, say so loudly, with
+            # enough to find the event again, rather than crash the feed.
+            log.exception(
+                "dead-letter write failed: stream=%s sequence=%d reason=%s",
+                letter.stream_id,
+                letter.sequence,
+                letter.reason,
+            )
+        self._audit(
+            "dlq_write",
+            {"stream_id": letter.stream_id, "sequence": letter.sequence, "reason": letter.reason},
+        )
+
+    def _outage(self, outage: Outage) -> None:
+        for state in self._streams.values():
+            affected = state.topics & outage.topics
+            if affected:
+                gap = Gap(
+                    state.config.id,
+                    outage.start,
+                    outage.end,
+                    frozenset(affected),
+                    outage.channel_id,
+                    outage.reason,
+                )
+                state.stream.add_gap(gap)
+                state.ready.set()
+                self._anything.set()
+                self._audit(
+                    "gap",
+                    {
+                        "stream_id": state.config.id,
+                        "start": outage.start,
+                        "end": outage.end,
+                        "topics": len(affected),
+                        "reason": outage.reason,
+                    },
+                )
+
+    def _rejected(self, rejection: Rejection) -> None:
+        self.rejections[rejection.topic] = rejection
+        streams = [s.config.id for s in self._streams.values() if rejection.topic in s.topics]
+        self._audit(
+            "subscribe_rejected",
+            {
+                "topic": rejection.topic,
+                "reason": rejection.reason,
+                "missing_permissions": list(rejection.missing_permissions),
+                "streams": streams,
+            },
+        )
+
+    def _audit(self, kind: str, fields: dict[str, Any]) -> None:
+        for callback in self.on_audit:
+            try:
+                callback(kind, fields)
+            except Exception:
+                log.exception("audit callback failed for %s", kind)
+
+    # -- consumption ------------------------------------------------------------
+
+    def _take(self, state: _StreamState) -> Item | None:
+        item = state.stream.take(time.time(), time.monotonic())
+        if not len(state.stream):
+            self._emptied.set()
+        if isinstance(item, StreamEvent) and item.latency_s is not None:
+            latencies = state.latencies
+            latencies.append(item.latency_s)
+            if len(latencies) > 2048:
+                del latencies[:1024]
+        return item
+
+    async def events(self) -> AsyncIterator[Item]:
+        """Every stream's events and gaps, merged by priority, until :meth:`stop`."""
+        while True:
+            ready = [s.stream for s in self._streams.values() if len(s.stream)]
+            chosen = self._merge.pick(ready)
+            if chosen is not None:
+                item = self._take(self._streams[chosen.id])
+                if item is not None:
+                    yield item
+                continue
+            if self._stopping:
+                return
+            self._anything.clear()
+            await self._anything.wait()
+
+    async def stream(self, stream_id: str) -> AsyncIterator[Item]:
+        """One stream's events and gaps, in order, until it is removed or the mux stops."""
+        state = self._streams.get(stream_id)
+        if state is None:
+            raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
+        while True:
+            item = self._take(state)
+            if item is not None:
+                yield item
+                continue
+            if self._stopping or self._streams.get(stream_id) is not state:
+                return
+            state.ready.clear()
+            await state.ready.wait()
+
+    def on_event(self, callback: EventCallback) -> None:
+        """Call ``callback`` (sync or async) for every event, priority-merged."""
+        self._event_callbacks.append(callback)
+        self._ensure_callback_task()
+
+    def on_gap(self, callback: GapCallback) -> None:
+        """Call ``callback`` (sync or async) for every gap."""
+        self._gap_callbacks.append(callback)
+        self._ensure_callback_task()
+
+    def _ensure_callback_task(self) -> None:
+        if not any(t.get_name() == "genesys-mux-callbacks" for t in self._tasks):
+            self._tasks.append(
+                asyncio.create_task(self._run_callbacks(), name="genesys-mux-callbacks")
+            )
+
+    async def _run_callbacks(self) -> None:
+        async for item in self.events():
+            callbacks: Iterable[Callable[[Any], Awaitable[None] | None]] = (
+                self._event_callbacks if isinstance(item, StreamEvent) else self._gap_callbacks
+            )
+            for callback in callbacks:
+                try:
+                    result = callback(item)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("stream callback failed")
+
+    # -- introspection -----------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """True when every channel is live and subscribed."""
+        return self.pool is not None and self.pool.live
+
+    def stats(self) -> dict[str, Any]:
+        """Per-stream and per-channel counters."""
+        streams = {}
+        for stream_id, state in self._streams.items():
+            c = state.stream.counters
+            lat = sorted(state.latencies)
+            streams[stream_id] = StreamStats(
+                stream_id=stream_id,
+                priority=state.stream.priority,
+                topics=len(state.topics),
+                buffered=state.stream.events_buffered,
+                received=c.received,
+                delivered=c.delivered,
+                filtered=c.filtered,
+                duplicates=c.duplicates,
+                stale=c.stale,
+                overflowed=c.overflowed,
+                dead_lettered=c.dead_lettered,
+                gaps=c.gaps,
+                latency_p50_s=lat[len(lat) // 2] if lat else None,
+                latency_p99_s=lat[min(len(lat) - 1, (len(lat) * 99) // 100)] if lat else None,
+                rejected_topics=tuple(sorted(t for t in self.rejections if t in state.topics)),
+            )
+        channels = self.pool.stats() if self.pool is not None else {}
+        return {"streams": streams, "channels": channels}

@@ -1,0 +1,150 @@
+"""The dead-letter queue: every event a stream could not deliver, with why.
+
+The default is a JSON-lines file, one dead letter per line, flushed as it is
+written so a crash loses nothing already reported. The raw ``eventBody`` is
+stored as JSON text when it parses (the common case) so the file stays
+readable with ``jq``; bodies that are not JSON are stored base64-encoded.
+
+Anything with a ``write(letter)`` method can stand in (see
+:class:`DeadLetterQueue`); :class:`MemoryDeadLetterQueue` keeps them in a
+list, for tests and embedding.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+import msgspec
+
+from genesys_mux.core.streams import DeadLetter
+from genesys_mux.errors import ConfigError
+
+__all__ = [
+    "DeadLetterQueue",
+    "JsonlDeadLetterQueue",
+    "MemoryDeadLetterQueue",
+    "read_dead_letters",
+]
+
+
+@runtime_checkable
+class DeadLetterQueue(Protocol):
+    """Somewhere to put events that could not be delivered."""
+
+    def write(self, letter: DeadLetter) -> None:
+        """Store one dead letter durably enough for the deployment."""
+
+
+class MemoryDeadLetterQueue:
+    """Dead letters kept in a list (tests, or an application that handles them itself)."""
+
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+
+    def write(self, letter: DeadLetter) -> None:
+        """Append ``letter``."""
+        self.letters.append(letter)
+
+
+class JsonlDeadLetterQueue:
+    """Dead letters appended to a JSON-lines file.
+
+    ``fsync`` forces each line to disk; without it a line survives a crash
+    of this process but not of the machine.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        directory = self.path.parent
+        if not directory.is_dir() or not os.access(directory, os.W_OK):
+            raise ConfigError(
+                f"cannot write the dead-letter file {self.path}: {directory} is not a writable "
+                "directory; choose another path for the dead-letter queue"
+            )
+        # Opened on the first dead letter, so a healthy run leaves no empty file.
+        self._file: BinaryIO | None = None
+        self._fsync = fsync
+        self._lock = threading.Lock()
+
+    def write(self, letter: DeadLetter) -> None:
+        """Append one line and flush it."""
+        line = msgspec.json.encode(_record(letter)) + b"\n"
+        with self._lock:
+            if self._file is None:
+                self._file = self.path.open("ab")
+            self._file.write(line)
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _record(letter: DeadLetter) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "stream_id": letter.stream_id,
+        "sequence": letter.sequence,
+        "idempotency_key": f"{letter.stream_id}:{letter.sequence}",
+        "reason": letter.reason,
+        "topic": letter.topic,
+        "conversation_id": letter.conversation_id,
+        "correlation_id": letter.correlation_id,
+        "received_at": letter.received_at,
+    }
+    try:
+        record["event_body"] = msgspec.json.decode(letter.raw)
+    except msgspec.DecodeError:
+        record["event_body_b64"] = base64.b64encode(letter.raw).decode()
+    return record
+
+
+class _Line(msgspec.Struct):
+    stream_id: str
+    sequence: int
+    reason: str
+    topic: str
+    received_at: float
+    conversation_id: str | None = None
+    correlation_id: str | None = None
+    event_body: msgspec.Raw | None = None
+    event_body_b64: str | None = None
+
+
+def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
+    """The dead letters in a JSON-lines file, in order.
+
+    Raises :class:`ConfigError` naming the line for anything unreadable.
+    """
+    with Path(path).open("rb") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                item = msgspec.json.decode(line, type=_Line)
+                raw = (
+                    bytes(item.event_body)
+                    if item.event_body is not None
+                    else base64.b64decode(item.event_body_b64 or "")
+                )
+            except (msgspec.DecodeError, ValueError) as exc:
+                raise ConfigError(f"{path}:{number}: not a dead-letter record: {exc}") from None
+            yield DeadLetter(
+                item.stream_id,
+                item.sequence,
+                item.reason,
+                item.topic,
+                item.conversation_id,
+                item.correlation_id,
+                item.received_at,
+                raw,
+            )
