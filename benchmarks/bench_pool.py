@@ -23,8 +23,9 @@ it as fast as the socket drains (``--rate`` paces it instead):
 The emulator runs in a process of its own with its simulated contact centre
 silenced, and every measurement runs in a fresh process, so that the two do
 not share an interpreter and one measurement's peak RSS is not another's
-high-water mark. With two or more CPUs the emulator and the measurements
-are pinned to different cores (``--no-pin`` to turn that off).
+high-water mark. ``--pin`` pins the emulator and the measurements to
+different CPUs; it is off by default because on a two-core machine it made
+the runs less repeatable, not more (see benchmarks/README.md).
 Measurements are interleaved (each repetition runs every scenario once) and
 the table shows the median of the repetitions.
 
@@ -39,8 +40,10 @@ Columns:
 * latency p50/p99: the emulator ledger's send time of each frame (taken when
   it is handed to the transport) to the moment the client's loop got it.
 
-After the socket runs, the cost of decoding the captured frame is timed
-in-process, without a socket, to show where the per-frame time goes.
+After the socket runs, the cost of decoding one frame is timed in-process,
+without a socket, for the blast frame and for a realistic conversation
+snapshot from the emulator's simulated contact centre, to show where the
+per-frame time goes.
 
 The Markdown tables go to stdout, progress to stderr.
 """
@@ -56,6 +59,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -71,6 +75,7 @@ import msgspec
 
 from genesys_mux.core.frames import Notification, decode_frame
 from genesys_mux.emulator import Emulator, EmulatorSettings
+from genesys_mux.emulator.org import ContactCentre
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool, PoolSettings
 from genesys_mux.net.rest import RestClient
@@ -223,7 +228,9 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
-def _pin(cpus: frozenset[int] | None) -> None:
+def _child_setup(cpus: frozenset[int] | None) -> None:
+    """Pin a child process, and leave Ctrl-C to the parent, which stops the children."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
 
@@ -475,10 +482,14 @@ async def _measure_pool(session: aiohttp.ClientSession, job: Job) -> tuple[_Cons
 async def _run_job(job: Job) -> Result:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SETUP_TIMEOUT_S)) as s:
         mark = await _ledger_mark(s, job.base_url)
-        if job.scenario == "pool":
-            consumed, usage = await _measure_pool(s, job)
-        else:
-            consumed, usage = await _measure_raw(s, job)
+        measure = _measure_pool if job.scenario == "pool" else _measure_raw
+        try:
+            consumed, usage = await measure(s, job)
+        except TimeoutError:
+            raise BenchError(
+                f"a deadline passed ({job.timeout_s:g} s to consume {job.count:,} frames, "
+                f"{SETUP_TIMEOUT_S:g} s for each setup step)"
+            ) from None
         sent = await _ledger_entries(s, job.base_url, mark, job.topic)
     if consumed.received != job.count or len(sent) != job.count:
         raise BenchError(f"sent {len(sent)} and received {consumed.received} of {job.count}")
@@ -508,7 +519,7 @@ async def _run_job(job: Job) -> Result:
 
 
 def _job_process(job: Job, conn: Connection) -> None:
-    _pin(job.cpus)
+    _child_setup(job.cpus)
     try:
         # A dict: classes of a spawned __main__ module do not unpickle in the parent.
         answer: tuple[str, Any] = ("ok", dataclasses.asdict(asyncio.run(_run_job(job))))
@@ -525,7 +536,7 @@ def _job_process(job: Job, conn: Connection) -> None:
 
 
 def _emulator_process(cpus: frozenset[int] | None, stop: Connection, conn: Connection) -> None:
-    _pin(cpus)
+    _child_setup(cpus)
     asyncio.run(_serve_emulator(stop, conn))
 
 
@@ -574,7 +585,10 @@ class _Child:
                 f"{self.process.name} ended without an answer (exit code {self.process.exitcode})"
             ) from None
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float = 10.0, *, terminate: bool = False) -> None:
+        """Wait for the process to end (after SIGTERM if ``terminate``), killing it if need be."""
+        if terminate and self.process.is_alive():
+            self.process.terminate()
         await asyncio.to_thread(self.process.join, timeout_s)
         if self.process.is_alive():
             self.process.kill()
@@ -606,10 +620,12 @@ async def _silence(base_url: str) -> None:
 
 async def _measure(job: Job) -> Result:
     child = _Child(_job_process, job, name=f"measure-{job.scenario}")
+    answered = False
     try:
         status, payload = await child.answer(job.timeout_s + 4 * SETUP_TIMEOUT_S + GRACE_S)
+        answered = True
     finally:
-        await child.stop()
+        await child.stop(terminate=not answered)
     if status != "ok":
         raise BenchError(f"{job.scenario}: {payload}")
     return Result(**payload)
@@ -620,12 +636,29 @@ async def _measure(job: Job) -> Result:
 # --------------------------------------------------------------------------
 
 
+def _snapshot_frame() -> str:
+    """A frame around the largest conversation snapshot of two simulated minutes.
+
+    The blast's body is mostly one long padding string, which flatters a
+    whole-frame decode; a real snapshot is many small objects and strings.
+    """
+    centre = ContactCentre(seed=1, epoch=0.0)
+    pub = max(
+        (p for p in centre.advance(120.0) if p.conversation_id is not None),
+        key=lambda p: len(p.body),
+    )
+    # The envelope as the platform (and the emulator) writes it.
+    return (
+        f'{{"topicName":"{pub.topics[0]}","version":"2","eventBody":{pub.body.decode()},'
+        f'"metadata":{{"CorrelationId":"{pub.correlation_id}"}}}}'
+    )
+
+
 def _decode_costs(frame: str) -> list[tuple[str, float]]:
     """Best-of-5 microseconds per call of each decoder on ``frame``."""
     candidates: list[tuple[str, Callable[[], object]]] = [
-        ("`msgspec.json.decode(frame)` (whole frame)", lambda: msgspec.json.decode(frame)),
-        ("`decode_frame(frame)` (envelope, raw body)", lambda: decode_frame(frame)),
-        ("`frame.encode()` (for scale: one copy of the frame)", frame.encode),
+        ("`msgspec.json.decode`", lambda: msgspec.json.decode(frame)),
+        ("`decode_frame`", lambda: decode_frame(frame)),
     ]
     costs = []
     for label, call in candidates:
@@ -634,6 +667,28 @@ def _decode_costs(frame: str) -> list[tuple[str, float]]:
         best = min(timer.repeat(repeat=5, number=number)) / number
         costs.append((label, best * 1e6))
     return costs
+
+
+def _decode_table(blast_frame: str) -> list[str]:
+    frames = [
+        (f"blast frame, {len(blast_frame.encode()):,} B (the one measured above)", blast_frame),
+    ]
+    snapshot = _snapshot_frame()
+    frames.append(
+        (f"largest emulator conversation snapshot, {len(snapshot.encode()):,} B", snapshot)
+    )
+    lines = [
+        "Decoding one frame in-process, no socket (µs per frame, best of 5):",
+        "",
+        "| frame | `msgspec.json.decode` | `decode_frame` |",
+        "|---|--:|--:|",
+    ]
+    for label, frame in frames:
+        costs = dict(_decode_costs(frame))
+        lines.append(
+            f"| {label} | {costs['`msgspec.json.decode`']:.2f} | {costs['`decode_frame`']:.2f} |"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------
@@ -682,16 +737,7 @@ def _table(args: argparse.Namespace, results: dict[str, list[Result]]) -> str:
     leftover = sum(r.leftover_tasks for rs in results.values() for r in rs)
     if leftover:
         lines += ["", f"Warning: {leftover} asyncio tasks were left over after measurements."]
-    frame = results[BASELINE][0].sample_frame
-    lines += [
-        "",
-        f"Decoding the same {len(frame.encode()):,} B frame in-process, no socket "
-        "(best of 5, µs per call):",
-        "",
-        "| decoder | µs/frame |",
-        "|---|--:|",
-    ]
-    lines += [f"| {label} | {us:.2f} |" for label, us in _decode_costs(frame)]
+    lines += ["", *_decode_table(results[BASELINE][0].sample_frame)]
     return "\n".join(lines)
 
 
@@ -748,7 +794,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.bench_pool",
         description="ChannelPool throughput against raw-socket baselines, on one emulator.",
     )
-    parser.add_argument("--count", type=int, default=20_000, help="frames per measurement")
+    parser.add_argument("--count", type=int, default=100_000, help="frames per measurement")
     parser.add_argument("--size", type=int, default=2048, help="eventBody size in bytes")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
     parser.add_argument(
@@ -760,8 +806,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="pin the emulator and the clients to different CPUs (default: on)",
+        default=False,
+        help="pin the emulator and the clients to different CPUs (default: off)",
     )
     args = parser.parse_args(argv)
     if args.count < 2 or args.size < 128 or args.repeat < 1 or args.rate < 0 or args.timeout <= 0:
@@ -777,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         _progress(f"benchmark failed: {exc}")
         return 1
+    except KeyboardInterrupt:
+        _progress("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

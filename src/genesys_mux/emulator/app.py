@@ -188,6 +188,7 @@ class _SocketLink:
         self.queue: asyncio.Queue[_Pending | bytes | object] = asyncio.Queue()
         self.paused = False
         self.held: _Pending | None = None
+        self.held_for = 0
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -208,9 +209,10 @@ class _SocketLink:
             )
             self.drop()
             return
-        if faults.reorder and rng.random() < faults.reorder and self.held is None:
-            # Hold this frame back; it goes out right after the next one.
+        if faults.reorder and self.held is None and rng.random() < faults.reorder:
+            # Hold this frame back; it goes out after the next `depth` frames.
             self.held = pending
+            self.held_for = faults.reorder_depth
             return
         self.queue.put_nowait(pending)
         if faults.duplicate and rng.random() < faults.duplicate:
@@ -223,9 +225,11 @@ class _SocketLink:
                     True,
                 )
             )
-        if self.held is not None and self.held is not pending:
-            self.queue.put_nowait(self.held)
-            self.held = None
+        if self.held is not None:
+            self.held_for -= 1
+            if self.held_for <= 0:
+                self.queue.put_nowait(self.held)
+                self.held = None
 
     def close_after_flush(self, code: int = 1000) -> None:
         """Close the socket once everything already queued has been sent."""
@@ -271,6 +275,8 @@ class _SocketLink:
 class _FrameFaults:
     duplicate: float = 0.0
     reorder: float = 0.0
+    #: How many later frames overtake a held one.
+    reorder_depth: int = 1
 
 
 class _Ledger:
@@ -1105,6 +1111,11 @@ class Emulator:
         key = str(data["channel_id"]) if data.get("channel_id") is not None else None
         faults = self._frame_faults.setdefault(key, _FrameFaults())
         setattr(faults, kind, probability)
+        if kind == "reorder":
+            depth = int(data.get("depth", 1))
+            if depth < 1:
+                raise ValueError("depth must be at least 1")
+            faults.reorder_depth = depth
         return [key or "*"]
 
     def _fault_duplicate(self, data: dict[str, Any]) -> list[str]:

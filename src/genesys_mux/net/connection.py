@@ -241,9 +241,21 @@ class _Socket:
                 self.live.set()
             else:
                 if isinstance(action, Reconnect | Recreate) and self.lost_at is None:
-                    self.lost_at = time.time()
+                    self.lost_at = self._loss_started(action)
                 self.signals.put_nowait(action)
         self._wake.set()
+
+    def _loss_started(self, action: Reconnect | Recreate) -> float:
+        """When events may have started to go missing (Unix time).
+
+        A socket the watchdog declared dead went quiet well before it was
+        declared: anything after the last frame we read may be lost, so the
+        outage starts there, not at the verdict.
+        """
+        now = time.time()
+        if action.reason == "heartbeat_timeout":
+            return now - (time.monotonic() - self.link.last_frame_at)
+        return now
 
     async def _ping(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
