@@ -52,7 +52,7 @@ def org_settings(**overrides: Any) -> EmulatorSettings:
 class Harness:
     """An emulator, a Multiplexer on it, and the emulator's control surface."""
 
-    def __init__(self, emulator: Emulator, mux: Multiplexer, dlq: MemoryDeadLetterQueue) -> None:
+    def __init__(self, emulator: Emulator, mux: Multiplexer, dlq: Any) -> None:
         self.emulator = emulator
         self.mux = mux
         self.dlq = dlq
@@ -73,7 +73,7 @@ async def harness(
     settings: EmulatorSettings | None = None, **kwargs: Any
 ) -> AsyncIterator[Harness]:
     async with Emulator(settings or org_settings()) as emulator:
-        dlq = MemoryDeadLetterQueue()
+        dlq = kwargs.pop("dlq", None) or MemoryDeadLetterQueue()
         kwargs.setdefault("pool_settings", FAST_POOL)
         mux = Multiplexer(
             client_id="demo-client",

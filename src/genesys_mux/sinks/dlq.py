@@ -102,9 +102,14 @@ def _record(letter: DeadLetter) -> dict[str, Any]:
         "received_at": letter.received_at,
     }
     try:
-        record["event_body"] = msgspec.json.decode(letter.raw)
+        parsed = msgspec.json.decode(letter.raw)
     except msgspec.DecodeError:
         record["event_body_b64"] = base64.b64encode(letter.raw).decode()
+        return record
+    # Keep the exact bytes when they fit on one line (Genesys bodies are
+    # compact); re-encode only a body that would break the line format.
+    body = letter.raw if b"\n" not in letter.raw else msgspec.json.encode(parsed)
+    record["event_body"] = msgspec.Raw(body)
     return record
 
 
@@ -116,7 +121,8 @@ class _Line(msgspec.Struct):
     received_at: float
     conversation_id: str | None = None
     correlation_id: str | None = None
-    event_body: msgspec.Raw | None = None
+    # An empty Raw stands for "absent": msgspec cannot put Raw in a union.
+    event_body: msgspec.Raw = msgspec.Raw()
     event_body_b64: str | None = None
 
 
@@ -133,7 +139,7 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
                 item = msgspec.json.decode(line, type=_Line)
                 raw = (
                     bytes(item.event_body)
-                    if item.event_body is not None
+                    if len(item.event_body)
                     else base64.b64decode(item.event_body_b64 or "")
                 )
             except (msgspec.DecodeError, ValueError) as exc:

@@ -1,0 +1,135 @@
+"""The rest of the public surface: removing streams, callbacks, stop and drain, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from genesys_mux import Gap, Multiplexer, StreamEvent
+from genesys_mux.errors import ConfigError
+from genesys_mux.sinks.dlq import read_dead_letters
+from tests.net.conftest import eventually
+from tests.net.test_multiplexer import FAST_POOL, Collector, harness, org_settings
+
+
+async def test_remove_stream_unsubscribes_only_what_no_other_stream_needs() -> None:
+    async with harness() as h:
+        queue = (await h.control("org"))["queues"][0]["id"]
+        await h.mux.add_stream(
+            {"id": "calls", "filter": {"channelType": "voice", "queueId": queue}}
+        )
+        await h.mux.add_stream(
+            {"id": "also-calls", "filter": {"channelType": "voice", "queueId": queue}}
+        )
+        await h.mux.add_stream({"id": "chats", "filter": {"channelType": "chat", "queueId": queue}})
+        assert h.mux.pool is not None
+        (channel_id,) = h.mux.pool.channel_ids().values()
+
+        async def subscribed() -> set[str]:
+            channels = await h.control("channels")
+            return {c["id"]: c for c in channels}[channel_id]["topic_count"]
+
+        assert await subscribed() == 2
+        await h.mux.remove_stream("calls")
+        assert await subscribed() == 2  # "also-calls" still needs the calls topic
+        await h.mux.remove_stream("chats")
+        assert await subscribed() == 1
+        assert [s.id for s in h.mux.streams()] == ["also-calls"]
+        with pytest.raises(ConfigError, match="no stream with id 'calls'"):
+            await h.mux.remove_stream("calls")
+
+
+async def test_callbacks_receive_events_and_gaps() -> None:
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        events: list[StreamEvent] = []
+        gaps: list[Gap] = []
+
+        async def on_gap(gap: Gap) -> None:
+            gaps.append(gap)
+
+        h.mux.on_event(events.append)
+        h.mux.on_gap(on_gap)
+        await eventually(lambda: len(events) >= 5)
+        await h.control("faults", {"fault": "drop_socket"})
+        await eventually(lambda: len(gaps) == 1)
+        assert gaps[0].stream_id == "all"
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_stop_with_drain_hands_over_what_is_buffered() -> None:
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        await eventually(lambda: h.mux.stats()["streams"]["all"].buffered >= 10)
+        seen = Collector(h.mux.stream("all"))
+        await h.mux.stop(drain=True, timeout_s=5)
+        delivered = h.mux.stats()["streams"]["all"].delivered
+        assert len(seen.events()) == delivered
+        assert delivered >= 10
+        assert h.dlq.letters == []
+
+
+async def test_stop_without_drain_dead_letters_the_rest(tmp_path: Path) -> None:
+    dlq_path = tmp_path / "dlq.jsonl"
+    async with harness(org_settings(), dlq=dlq_path) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        await eventually(lambda: h.mux.stats()["streams"]["all"].buffered >= 10)
+        await h.mux.stop(drain=False)
+        letters = list(read_dead_letters(dlq_path))
+        # Nobody read anything: every accepted event is in the file, in order.
+        assert h.mux.stats()["streams"]["all"].delivered == 0
+        assert len(letters) >= 10
+        assert {d.reason for d in letters} == {"stopped"}
+        assert [d.sequence for d in letters] == list(range(1, len(letters) + 1))
+
+
+async def test_credentials_and_region_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", "demo-client")
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", "demo-secret")
+    async with harness() as h:
+        mux = Multiplexer(base_url=h.emulator.base_url, pool_settings=FAST_POOL, dlq=h.dlq)
+        async with mux:
+            await mux.add_stream({"id": "all", "filter": {}})
+            assert mux.live
+        monkeypatch.setenv("GENESYSCLOUD_REGION", "eu_west_1")
+        regional = Multiplexer(dlq=h.dlq)
+        assert "api.mypurecloud.ie" in repr(regional)
+        assert "demo-secret" not in repr(regional)
+
+
+def test_missing_credentials_say_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "GENESYSCLOUD_OAUTHCLIENT_ID",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET",
+        "GENESYSCLOUD_REGION",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="GENESYSCLOUD_OAUTHCLIENT_ID"):
+        Multiplexer(region="mypurecloud.com")
+    with pytest.raises(ConfigError, match="GENESYSCLOUD_REGION"):
+        Multiplexer(client_id="x", client_secret="y")
+
+
+async def test_events_are_merged_by_priority() -> None:
+    async with harness(org_settings(rate=20.0)) as h:
+        await h.mux.add_stream({"id": "high", "filter": {}, "priority": 1})
+        await h.mux.add_stream({"id": "low", "filter": {}, "priority": 5})
+        # Let both buffers fill, then read a burst: the high stream gets
+        # sixteen turns for each of the low stream's, but the low one is served.
+        await eventually(
+            lambda: all(s.buffered >= 40 for s in h.mux.stats()["streams"].values()), within=20
+        )
+        await h.control("traffic", {"running": False})
+        taken: list[str] = []
+        async for item in h.mux.events():
+            if isinstance(item, StreamEvent):
+                taken.append(item.stream_id)
+            if len(taken) == 34:
+                break
+        assert taken.count("low") == 2
+        assert taken.count("high") == 32
+        await asyncio.sleep(0)
