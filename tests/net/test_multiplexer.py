@@ -259,6 +259,14 @@ async def test_all_queues_stream_picks_up_a_new_queue() -> None:
         seen = Collector(h.mux.stream("everything"))
         await eventually(lambda: any(e.topic == topic for e in seen.events()), within=25)
         seen.stop()
+        # A deleted queue is dropped again, and only its topic.
+        before = h.mux._streams["everything"].topics
+        async with aiohttp.ClientSession() as session:
+            url = f"{h.emulator.base_url}/__emulator__/queues/{queue['id']}"
+            async with session.delete(url) as resp:
+                assert resp.status == 200
+        await eventually(lambda: topic not in h.mux._streams["everything"].topics)
+        assert h.mux._streams["everything"].topics == before - {topic}
 
 
 async def test_a_lost_socket_becomes_a_gap_in_every_affected_stream() -> None:

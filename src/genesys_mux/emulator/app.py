@@ -504,6 +504,7 @@ class Emulator:
         r.add_post(f"{c}/clients", self._ctl_clients)
         r.add_get(f"{c}/org", self._ctl_org)
         r.add_post(f"{c}/queues", self._ctl_queues)
+        r.add_delete(f"{c}/queues/{{queue_id}}", self._ctl_delete_queue)
         r.add_get(f"{c}/channels", self._ctl_channels)
         r.add_post(f"{c}/traffic", self._ctl_traffic)
         r.add_post(f"{c}/faults", self._ctl_faults)
@@ -882,6 +883,12 @@ class Emulator:
         name = data.get("name")
         queue = self.centre.add_queue(str(name) if name is not None else None, self.sim_now())
         return _json(queue.to_api(self.epoch), 201)
+
+    async def _ctl_delete_queue(self, request: web.Request) -> web.Response:
+        queue_id = request.match_info["queue_id"]
+        if not self.centre.remove_queue(queue_id):
+            raise web.HTTPNotFound(text=f"no queue {queue_id[:64]!r}")
+        return _json({"deleted": queue_id})
 
     async def _ctl_channels(self, request: web.Request) -> web.Response:
         return _json(

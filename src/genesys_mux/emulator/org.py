@@ -593,6 +593,26 @@ class ContactCentre:
                 self._join(agent, queue)
         return queue
 
+    def remove_queue(self, queue_id: str) -> bool:
+        """Delete a queue: nothing new is routed to it and its members leave it.
+
+        Conversations already waiting in it stay until they abandon, as when
+        an administrator deletes a queue with calls in it. Returns False for
+        an unknown id.
+        """
+        queue = self._queue_by_id.pop(queue_id, None)
+        if queue is None:
+            return False
+        self.queues.remove(queue)
+        if queue in self._routable:
+            self._routable.remove(queue)
+        self._upcoming = [entry for entry in self._upcoming if entry[2] is not queue]
+        heapq.heapify(self._upcoming)
+        for agent in self.agents:
+            if queue_id in agent.queue_ids:
+                agent.queue_ids.remove(queue_id)
+        return True
+
     def advance(self, now: float) -> list[Publication]:
         """Run every step due at or before ``now`` and return what they published, in order.
 
