@@ -196,6 +196,9 @@ class Multiplexer:
         self.rejections: dict[str, Rejection] = {}
         #: Called for control-plane facts: (kind, fields). The audit log hooks in here.
         self.on_audit: list[Callable[[str, dict[str, Any]], None]] = []
+        #: Called with each event as it is handed to a consumer (latency and
+        #: age are set by then). Metrics hook in here; keep it cheap.
+        self.on_delivered: list[Callable[[StreamEvent], None]] = []
 
     def __repr__(self) -> str:
         return f"Multiplexer(client_id={self._client_id!r}, api={self._endpoints.api!r})"
@@ -489,6 +492,8 @@ class Multiplexer:
             latencies.append(item.latency_s)
             if len(latencies) > 2048:
                 del latencies[:1024]
+            for observe in self.on_delivered:
+                observe(item)
         return item
 
     async def events(self) -> AsyncIterator[Item]:
