@@ -8,7 +8,8 @@ The tree, split by what the caller can do about it::
     │   ├── InvalidIdError          an entity id that is unsafe in a URL or a topic
     │   ├── InvalidTopicError       a topic that is not in the Genesys grammar
     │   ├── StreamConfigError       one or more stream definitions are invalid;
-    │   │                           carries every error with its path
+    │   │   │                       carries every error with its path
+    │   │   └── ConfigFileError     the same, for a whole configuration file
     │   └── CapacityError           the desired topics do not fit in the channels
     │                               the platform allows
     ├── AuthenticationError         the OAuth client credentials were refused: fatal,
@@ -38,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "CapacityError",
     "ConfigError",
+    "ConfigFileError",
     "FrameError",
     "GenesysMuxError",
     "InvalidIdError",
@@ -78,6 +80,9 @@ class StreamConfigError(ConfigError):
     error per run. ``str()`` lists them all, one per line.
     """
 
+    #: What the errors are in, for the first line of the message.
+    subject = "the stream configuration"
+
     def __init__(self, errors: Iterable[tuple[str, str]]) -> None:
         self.errors: tuple[tuple[str, str], ...] = tuple(errors)
         # The errors themselves are the args, so the exception pickles and
@@ -87,13 +92,23 @@ class StreamConfigError(ConfigError):
     def __str__(self) -> str:
         count = len(self.errors)
         noun = "error" if count == 1 else "errors"
-        lines = [f"{count} {noun} in the stream configuration:"]
+        lines = [f"{count} {noun} in {self.subject}:"]
         lines += [f"  {path}: {message}" for path, message in self.errors]
         lines.append(
             "Fix the value at each path shown and try again; "
             "`genesys-mux schema` prints every allowed key."
         )
         return "\n".join(lines)
+
+
+class ConfigFileError(StreamConfigError):
+    """One or more mistakes in a configuration file, each with its path."""
+
+    def __init__(
+        self, errors: Iterable[tuple[str, str]], source: str = "the configuration file"
+    ) -> None:
+        super().__init__(errors)
+        self.subject = source
 
 
 class CapacityError(ConfigError):

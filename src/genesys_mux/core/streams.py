@@ -225,6 +225,10 @@ class Stream:
         memory: int = 50_000,
         hashes_per_key: int = 8,
     ) -> None:
+        if buffer_size < 1:
+            # With no room at all, drop_oldest would have nothing to push out
+            # and would hold the newcomer uncounted, breaking the accounting.
+            raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
         self.id = stream_id
         self.priority = priority
         self.rules = rules or StreamRules()

@@ -307,7 +307,7 @@ class Multiplexer:
                 ),
                 buffer_size=buffer_size,
                 overflow=config.overflow,
-                dead_letter=self._dead_letter,
+                dead_letter=self.dead_letter,
             )
             state = _StreamState(config, stream)
             if needs_all_queues(config) and self._queue_ids is None:
@@ -418,7 +418,8 @@ class Multiplexer:
             if delivered:
                 self._anything.set()
 
-    def _dead_letter(self, letter: DeadLetter) -> None:
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Write ``letter`` to the dead-letter queue and audit it (sink runners use this)."""
         try:
             self._dlq.write(letter)
         except Exception:

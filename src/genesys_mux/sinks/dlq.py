@@ -2,8 +2,10 @@
 
 The default is a JSON-lines file, one dead letter per line, flushed as it is
 written so a crash loses nothing already reported. The raw ``eventBody`` is
-stored as JSON text when it parses (the common case) so the file stays
-readable with ``jq``; bodies that are not JSON are stored base64-encoded.
+stored verbatim as JSON text when it is compact JSON (the common case) so the
+file stays readable with ``jq``; any other body (not JSON, not UTF-8, nested
+too deeply to decode, or spread over lines) is stored base64-encoded. Either
+way :func:`read_dead_letters` gives back the exact bytes.
 
 Anything with a ``write(letter)`` method can stand in (see
 :class:`DeadLetterQueue`); :class:`MemoryDeadLetterQueue` keeps them in a
@@ -101,16 +103,33 @@ def _record(letter: DeadLetter) -> dict[str, Any]:
         "correlation_id": letter.correlation_id,
         "received_at": letter.received_at,
     }
-    try:
-        parsed = msgspec.json.decode(letter.raw)
-    except msgspec.DecodeError:
+    if _fits_on_the_line(letter.raw):
+        record["event_body"] = msgspec.Raw(letter.raw)
+    else:
         record["event_body_b64"] = base64.b64encode(letter.raw).decode()
-        return record
-    # Keep the exact bytes when they fit on one line (Genesys bodies are
-    # compact); re-encode only a body that would break the line format.
-    body = letter.raw if b"\n" not in letter.raw else msgspec.json.encode(parsed)
-    record["event_body"] = msgspec.Raw(body)
     return record
+
+
+# What msgspec raises for bytes it cannot decode: malformed JSON, invalid
+# UTF-8 in a string (UnicodeDecodeError), nesting too deep (RecursionError).
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
+
+
+def _fits_on_the_line(raw: bytes) -> bool:
+    """True when ``raw`` can be embedded verbatim and read back byte for byte.
+
+    That is one JSON value on one line with no surrounding whitespace (a
+    reader's ``Raw`` would drop it). Genesys bodies are compact, so this is
+    the common case; anything else is stored base64 rather than re-encoded,
+    which would change its bytes and so its content hash.
+    """
+    if not raw or raw != raw.strip() or b"\n" in raw or b"\r" in raw:
+        return False
+    try:
+        msgspec.json.decode(raw)
+    except _DECODE_ERRORS:
+        return False
+    return True
 
 
 class _Line(msgspec.Struct):
@@ -142,7 +161,7 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
                     if len(item.event_body)
                     else base64.b64decode(item.event_body_b64 or "")
                 )
-            except (msgspec.DecodeError, ValueError) as exc:
+            except (*_DECODE_ERRORS, ValueError) as exc:
                 raise ConfigError(f"{path}:{number}: not a dead-letter record: {exc}") from None
             yield DeadLetter(
                 item.stream_id,

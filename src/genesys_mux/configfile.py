@@ -1,0 +1,339 @@
+"""The TOML configuration file: where to connect, settings, streams and their sinks.
+
+Theory of operation
+-------------------
+A file has three parts (see the README's configuration reference for an
+annotated example)::
+
+    [genesys]            region or base_url; optionally a secrets_file
+    [settings]           the Multiplexer's settings, the DLQ, audit log and admin server
+    [[streams]]          StreamConfig fields, plus [[streams.sinks]]
+
+Everything is validated in one pass and *every* mistake is reported with
+its path (``streams[1].sinks[0].url``) in a :class:`ConfigFileError`.
+
+Secrets never live in this file and never on a command line. The OAuth
+client comes from ``GENESYSCLOUD_OAUTHCLIENT_ID`` /
+``GENESYSCLOUD_OAUTHCLIENT_SECRET``, or from a separate secrets file (TOML
+with ``client_id`` and ``client_secret``) that should be readable by its
+owner only; a webhook's HMAC secret and a Redis URL with a password are
+named by the environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genesys_mux.config import StreamConfig, parse_streams
+from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
+
+__all__ = [
+    "ConfigFile",
+    "Credentials",
+    "GenesysSection",
+    "JsonlSinkSpec",
+    "RedisSinkSpec",
+    "Settings",
+    "SinkSpec",
+    "StdoutSinkSpec",
+    "WebhookSinkSpec",
+    "json_schema",
+    "load_config",
+    "load_credentials",
+    "parse_config",
+]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenesysSection(BaseModel):
+    """Where Genesys Cloud is: a region, or a base URL (the emulator)."""
+
+    model_config = _STRICT
+
+    region: str | None = Field(
+        default=None, description="Region name or domain; defaults to GENESYSCLOUD_REGION."
+    )
+    base_url: str | None = Field(
+        default=None, description="One URL for login, API and streaming, e.g. the emulator."
+    )
+    secrets_file: str | None = Field(
+        default=None,
+        description="TOML file with client_id and client_secret, readable by its owner only.",
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> GenesysSection:
+        if self.region is not None and self.base_url is not None:
+            raise ValueError("give region or base_url, not both")
+        return self
+
+
+class Settings(BaseModel):
+    """Runtime settings (every one optional)."""
+
+    model_config = _STRICT
+
+    max_streams: int = Field(default=10, ge=1, le=1000)
+    buffer_threshold: int = Field(default=500, ge=1, le=1_000_000)
+    heartbeat_timeout: float = Field(default=75.0, gt=0)
+    pong_timeout: float = Field(default=10.0, gt=0)
+    topics_per_channel: int = Field(default=1000, ge=1, le=1000)
+    max_channels: int = Field(default=20, ge=2, le=20)
+    queue_refresh_s: float = Field(default=300.0, gt=0)
+    requests_per_minute: int = Field(default=300, ge=1)
+    dlq_path: str = Field(
+        default="genesys-mux-dlq.jsonl", description="JSON-lines dead-letter file."
+    )
+    audit_path: str = Field(default="-", description="Audit log file; '-' is stderr.")
+    metric_interval_s: float = Field(default=60.0, gt=0, description="STREAM_METRIC period.")
+    admin_host: str = Field(default="127.0.0.1", description="Admin server interface.")
+    admin_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Admin server port (/metrics, /healthz, ...)."
+    )
+
+
+class _SinkBase(BaseModel):
+    model_config = _STRICT
+
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    linger_s: float = Field(default=0.05, ge=0, le=60)
+    #: None: retry retryable failures forever (the stream's buffer absorbs it).
+    max_attempts: int | None = Field(default=None, ge=1)
+
+
+class StdoutSinkSpec(_SinkBase):
+    """JSON lines on standard output."""
+
+    type: Literal["stdout"]
+
+
+class JsonlSinkSpec(_SinkBase):
+    """A JSON-lines file, rotated by size."""
+
+    type: Literal["jsonl"]
+    path: str
+    max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    backups: int = Field(default=5, ge=0, le=1000)
+    fsync: Literal["never", "batch", "always"] = "batch"
+
+
+class RedisSinkSpec(_SinkBase):
+    """A Redis stream per genesys-mux stream."""
+
+    type: Literal["redis"]
+    url: str | None = Field(default=None, description="redis://host:port/db (no password here).")
+    url_env: str | None = Field(
+        default=None, description="Variable holding the URL, if it has a password."
+    )
+    prefix: str = "genesys-mux:"
+    maxlen: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> RedisSinkSpec:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        if self.url is not None and "@" in self.url:
+            raise ValueError(
+                "the url holds credentials; put it in an environment variable named by url_env"
+            )
+        return self
+
+
+class WebhookSinkSpec(_SinkBase):
+    """Batched, HMAC-signed JSON POSTs."""
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    secret_env: str = Field(description="Environment variable holding the HMAC secret.")
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int | None = Field(default=5, ge=1)
+
+
+SinkSpec = Annotated[
+    StdoutSinkSpec | JsonlSinkSpec | RedisSinkSpec | WebhookSinkSpec, Field(discriminator="type")
+]
+
+
+class _Document(BaseModel):
+    model_config = _STRICT
+
+    genesys: GenesysSection = GenesysSection()
+    settings: Settings = Settings()
+    streams: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class _SinkList(BaseModel):
+    model_config = _STRICT
+
+    sinks: list[SinkSpec] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """A validated configuration file."""
+
+    genesys: GenesysSection
+    settings: Settings
+    streams: tuple[StreamConfig, ...]
+    #: Sinks of each stream, by stream id.
+    sinks: Mapping[str, tuple[SinkSpec, ...]]
+    source: str = "the configuration"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An OAuth client id and secret (the secret never shows in a repr)."""
+
+    client_id: str
+    client_secret: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(client_id={self.client_id!r}, client_secret=<hidden>)"
+
+
+def load_config(path: str | os.PathLike[str]) -> ConfigFile:
+    """Read and validate a TOML file; raises :class:`ConfigFileError` listing every mistake."""
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {source} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError([("(file)", f"not valid TOML: {exc}")], source) from None
+    return parse_config(data, source=source)
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "the configuration") -> ConfigFile:
+    """Validate an already-parsed configuration mapping."""
+    errors: list[tuple[str, str]] = []
+    try:
+        document = _Document.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, ""))
+        document = _Document.model_construct(
+            genesys=GenesysSection(), settings=Settings(), streams=_stream_list(data)
+        )
+    stream_items: list[dict[str, Any]] = []
+    sinks: dict[str, tuple[SinkSpec, ...]] = {}
+    for i, raw in enumerate(document.streams):
+        item = dict(raw)
+        raw_sinks = item.pop("sinks", [])
+        stream_items.append(item)
+        try:
+            parsed = _SinkList.model_validate({"sinks": raw_sinks})
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, f"streams[{i}]"))
+            continue
+        if isinstance(item.get("id"), str):
+            sinks[item["id"]] = tuple(parsed.sinks)
+    streams: list[StreamConfig] = []
+    try:
+        streams = parse_streams(stream_items, max_streams=document.settings.max_streams)
+    except StreamConfigError as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise ConfigFileError(errors, source)
+    return ConfigFile(
+        genesys=document.genesys,
+        settings=document.settings,
+        streams=tuple(streams),
+        sinks={s.id: sinks.get(s.id, ()) for s in streams},
+        source=source,
+    )
+
+
+def _stream_list(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    streams = data.get("streams")
+    if isinstance(streams, list):
+        return [s for s in streams if isinstance(s, dict)]
+    return []
+
+
+def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    out = []
+    for error in exc.errors():
+        path = prefix
+        for part in error["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part in {"stdout", "jsonl", "redis", "webhook"} and path.endswith("]"):
+                continue  # pydantic names the union member; the index says enough
+            else:
+                path = f"{path}.{part}" if path else str(part)
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        out.append((path or "(file)", message))
+    return out
+
+
+def load_credentials(
+    genesys: GenesysSection, environ: Mapping[str, str] | None = None
+) -> tuple[Credentials, list[str]]:
+    """The OAuth client, from the environment or the secrets file, and any warnings.
+
+    The environment wins when both are set. A secrets file that group or
+    others can read gives a warning (not an error: some platforms mount
+    secrets that way), naming the fix.
+    """
+    env = os.environ if environ is None else environ
+    warnings: list[str] = []
+    client_id = env.get("GENESYSCLOUD_OAUTHCLIENT_ID")
+    secret = env.get("GENESYSCLOUD_OAUTHCLIENT_SECRET")
+    if (not client_id or not secret) and genesys.secrets_file:
+        path = Path(genesys.secrets_file)
+        try:
+            mode = path.stat().st_mode
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(
+                f"cannot read the secrets file {path}: {type(exc).__name__}; it must be TOML "
+                "with client_id and client_secret"
+            ) from None
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            warnings.append(
+                f"secrets file {path} can be read by other users; restrict it with chmod 600"
+            )
+        file_id, file_secret = data.get("client_id"), data.get("client_secret")
+        if not isinstance(file_id, str) or not isinstance(file_secret, str):
+            raise ConfigError(
+                f"the secrets file {path} needs string keys client_id and client_secret"
+            )
+        client_id = client_id or file_id
+        secret = secret or file_secret
+    if not client_id or not secret:
+        raise ConfigError(
+            "no OAuth client credentials: set GENESYSCLOUD_OAUTHCLIENT_ID and "
+            "GENESYSCLOUD_OAUTHCLIENT_SECRET, or name a secrets_file in [genesys]"
+        )
+    return Credentials(client_id, secret), warnings
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a configuration file (streams carry StreamConfig fields plus sinks)."""
+    schema = _Document.model_json_schema()
+    stream_schema = StreamConfig.model_json_schema()
+    sink_schema = _SinkList.model_json_schema()
+    defs = {
+        **schema.pop("$defs", {}),
+        **stream_schema.pop("$defs", {}),
+        **sink_schema.pop("$defs", {}),
+    }
+    stream_schema["properties"]["sinks"] = sink_schema["properties"]["sinks"]
+    schema["properties"]["streams"] = {"type": "array", "items": stream_schema}
+    schema["$defs"] = defs
+    schema["title"] = "genesys-mux configuration"
+    return schema

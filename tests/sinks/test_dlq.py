@@ -1,0 +1,244 @@
+"""Tests for genesys_mux.sinks.dlq: the JSON-lines and in-memory dead-letter queues."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from genesys_mux.core.snapshot import event_facts
+from genesys_mux.core.streams import DeadLetter, Stream, StreamEvent
+from genesys_mux.emulator.org import ContactCentre
+from genesys_mux.errors import ConfigError
+from genesys_mux.sinks.dlq import (
+    DeadLetterQueue,
+    JsonlDeadLetterQueue,
+    MemoryDeadLetterQueue,
+    read_dead_letters,
+)
+
+EPOCH = 1_800_000_000.0
+TOPIC = "v2.routing.queues.4c2bb8ef-5f0a-4a8c-9b3e-0c1d2e3f4a5b.conversations.calls"
+
+
+def letter(sequence: int, raw: bytes, **overrides: object) -> DeadLetter:
+    values: dict[str, object] = {
+        "stream_id": "voice-main",
+        "sequence": sequence,
+        "reason": "overflow_drop_oldest",
+        "topic": TOPIC,
+        "conversation_id": "22c91b83-a417-40fe-84e4-a7fa9064dbd9",
+        "correlation_id": "7a0c3e1d-5b2f-4c8e-9d6a-1e2f3a4b5c6d",
+        "received_at": EPOCH + 0.123456789,
+        "raw": raw,
+    }
+    values.update(overrides)
+    return DeadLetter(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def real_bodies() -> list[bytes]:
+    """A few real conversation snapshots from the simulated contact centre."""
+    org = ContactCentre(seed=3, queues=2, agents=4, rate=2.0, epoch=EPOCH)
+    pubs = [p for p in org.advance(20.0) if p.topics[0].startswith("v2.routing.queues.")]
+    assert len(pubs) >= 5
+    return [p.body for p in pubs[:5]]
+
+
+# Bodies that must come back byte for byte.
+ODD_BODIES = {
+    "not json": b"\x00\xffnot json at all",
+    "empty": b"",
+    "json null": b"null",
+    "spaced json": b'{"a": 1,  "b": [1.0, 1E5, "\\u00e9"]}',
+    "padded json": b'  {"a":1}\n',
+    "pretty json": b'{\n  "a": 1\n}',
+    "invalid utf-8 in a string": b'{"name":"\xff\xfe"}',
+    "nested too deep": b"[" * 100_000 + b"]" * 100_000,
+    "a plain string": b'"just a string"',
+}
+
+
+def test_round_trip(tmp_path: Path, real_bodies: list[bytes]) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    letters = [letter(i, body) for i, body in enumerate(real_bodies, 1)]
+    letters += [
+        letter(100 + i, body, reason=f"odd: {name}")
+        for i, (name, body) in enumerate(ODD_BODIES.items())
+    ]
+    letters.append(letter(200, b'{"id":"x"}', conversation_id=None, correlation_id=None))
+    for item in letters:
+        queue.write(item)
+    queue.close()
+
+    assert list(read_dead_letters(path)) == letters
+    assert list(read_dead_letters(str(path))) == letters
+
+
+def test_json_bodies_are_stored_readably(tmp_path: Path, real_bodies: list[bytes]) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    queue.write(letter(1, real_bodies[0]))
+    queue.write(letter(2, ODD_BODIES["not json"]))
+    queue.close()
+
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["event_body"] == json.loads(real_bodies[0])
+    assert "event_body_b64" not in first
+    assert first["idempotency_key"] == "voice-main:1"
+    assert first["sequence"] == 1
+    assert first["reason"] == "overflow_drop_oldest"
+    assert first["topic"] == TOPIC
+    assert base64.b64decode(second["event_body_b64"]) == ODD_BODIES["not json"]
+    assert "event_body" not in second
+
+
+def test_the_file_is_created_lazily(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    assert not path.exists()
+    queue.close()  # closing an unused queue creates nothing either
+    assert not path.exists()
+
+    queue.write(letter(1, b"{}"))
+    assert path.exists()
+    queue.close()
+
+
+def test_one_line_per_letter(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    for i, body in enumerate(ODD_BODIES.values(), 1):
+        queue.write(letter(i, body))
+        # Flushed as written: readable before close.
+        assert len(path.read_bytes().splitlines()) == i
+    queue.close()
+
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # every line is terminated
+    assert len(lines) - 1 == len(ODD_BODIES)
+    assert [json.loads(line)["sequence"] for line in lines[:-1]] == list(
+        range(1, len(ODD_BODIES) + 1)
+    )
+
+
+def test_appends_to_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    for sequence in (1, 2):
+        queue = JsonlDeadLetterQueue(path, fsync=True)
+        queue.write(letter(sequence, b"{}"))
+        queue.close()
+    assert [x.sequence for x in read_dead_letters(path)] == [1, 2]
+
+
+def test_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "dlq.jsonl"
+    with pytest.raises(ConfigError, match="not a writable directory") as info:
+        JsonlDeadLetterQueue(path)
+    assert str(path) in str(info.value)
+    assert "dead-letter" in str(info.value)
+
+
+def test_a_file_as_directory_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="not a writable directory"):
+        JsonlDeadLetterQueue(blocker / "dlq.jsonl")
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere"
+)
+def test_a_read_only_directory_is_a_config_error(tmp_path: Path) -> None:
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    directory.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="not a writable directory"):
+            JsonlDeadLetterQueue(directory / "dlq.jsonl")
+    finally:
+        directory.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"not json",
+        b"[1, 2, 3]",
+        b'{"stream_id": "s"}',
+        b'{"stream_id": "s", "sequence": "one", "reason": "r", "topic": "t", "received_at": 1}',
+        b'{"stream_id": "s", "sequence": 1, "reason": "r", "topic": "t", "received_at": 1, '
+        b'"event_body_b64": "%%% not base64 %%%"}',
+        b'{"stream_id": "\xff", "sequence": 1}',
+        b'{"stream_id": "s", "sequence": 1, "reason": "r", "topic": "t", "received_at": 1, '
+        b'"event_body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=[
+        "not json",
+        "not an object",
+        "missing fields",
+        "wrong type",
+        "bad base64",
+        "bad utf-8",
+        "nested too deep",
+    ],
+)
+def test_a_corrupt_line_is_a_config_error_naming_it(tmp_path: Path, bad: bytes) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    queue.write(letter(1, b"{}"))
+    queue.write(letter(2, b"{}"))
+    queue.close()
+    with path.open("ab") as file:
+        file.write(b"\n" + bad + b"\n")  # a blank line 3, then the bad line 4
+
+    letters = read_dead_letters(path)
+    assert [next(letters).sequence, next(letters).sequence] == [1, 2]
+    with pytest.raises(ConfigError, match=r"dlq\.jsonl:4: not a dead-letter record"):
+        next(letters)
+
+
+def test_blank_lines_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    queue.write(letter(1, b"{}"))
+    queue.close()
+    path.write_bytes(b"\n  \n" + path.read_bytes() + b"\n\n")
+    assert [x.sequence for x in read_dead_letters(path)] == [1]
+
+
+def test_memory_queue() -> None:
+    queue = MemoryDeadLetterQueue()
+    letters = [letter(1, b"{}"), letter(2, b"not json")]
+    for item in letters:
+        queue.write(item)
+    assert queue.letters == letters
+
+
+def test_both_queues_satisfy_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(MemoryDeadLetterQueue(), DeadLetterQueue)
+    assert isinstance(JsonlDeadLetterQueue(tmp_path / "dlq.jsonl"), DeadLetterQueue)
+
+
+def test_a_stream_overflowing_into_the_file(tmp_path: Path, real_bodies: list[bytes]) -> None:
+    """End to end: a stream's drops land in the file and read back with their sequences."""
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    stream = Stream("voice-main", buffer_size=2, overflow="drop_oldest", dead_letter=queue.write)
+    for i, body in enumerate(real_bodies):
+        stream.offer(TOPIC, body, f"corr-{i}", EPOCH + i, float(i), event_facts(TOPIC, body))
+    queue.close()
+
+    letters = list(read_dead_letters(path))
+    assert [(x.sequence, x.reason) for x in letters] == [
+        (i, "overflow_drop_oldest") for i in range(1, len(real_bodies) - 1)
+    ]
+    assert [x.raw for x in letters] == real_bodies[:-2]
+    assert [x.correlation_id for x in letters] == [f"corr-{i}" for i in range(len(letters))]
+    kept = [stream.take(EPOCH + 10, 10.0) for _ in range(2)]
+    kept_sequences = {k.sequence for k in kept if isinstance(k, StreamEvent)}
+    assert {x.sequence for x in letters} | kept_sequences == set(range(1, len(real_bodies) + 1))
