@@ -40,10 +40,12 @@ Columns:
 * latency p50/p99: the emulator ledger's send time of each frame (taken when
   it is handed to the transport) to the moment the client's loop got it.
 
-After the socket runs, the cost of decoding one frame is timed in-process,
-without a socket, for the blast frame and for a realistic conversation
-snapshot from the emulator's simulated contact centre, to show where the
-per-frame time goes.
+After the socket runs, the per-frame pieces are timed in-process, without
+a socket, to show where the time goes: both decoders on the blast frame and
+on a realistic conversation snapshot from the emulator's simulated contact
+centre, building one ``InboundNotification`` (next to a frozen
+``msgspec.Struct`` with the same fields), and a replica of the pool's queue
+hand-off.
 
 The Markdown tables go to stdout, progress to stderr.
 """
@@ -65,7 +67,7 @@ import sys
 import time
 import timeit
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -77,7 +79,7 @@ from genesys_mux.core.frames import Notification, decode_frame
 from genesys_mux.emulator import Emulator, EmulatorSettings
 from genesys_mux.emulator.org import ContactCentre
 from genesys_mux.net.auth import TokenProvider
-from genesys_mux.net.connection import ChannelPool, PoolSettings
+from genesys_mux.net.connection import ChannelPool, InboundNotification, PoolSettings
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import Endpoints
 
@@ -654,41 +656,95 @@ def _snapshot_frame() -> str:
     )
 
 
-def _decode_costs(frame: str) -> list[tuple[str, float]]:
-    """Best-of-5 microseconds per call of each decoder on ``frame``."""
-    candidates: list[tuple[str, Callable[[], object]]] = [
-        ("`msgspec.json.decode`", lambda: msgspec.json.decode(frame)),
-        ("`decode_frame`", lambda: decode_frame(frame)),
-    ]
-    costs = []
-    for label, call in candidates:
-        timer = timeit.Timer(call)
-        number, _ = timer.autorange()
-        best = min(timer.repeat(repeat=5, number=number)) / number
-        costs.append((label, best * 1e6))
-    return costs
+class _NotificationStruct(msgspec.Struct, frozen=True, gc=False):
+    """``InboundNotification``'s fields as a frozen msgspec Struct, for comparison only."""
+
+    topic: str
+    body: bytes
+    correlation_id: str | None
+    channel_id: str
+    slot: int
+    received_at: float
+    received_mono: float
 
 
-def _decode_table(blast_frame: str) -> list[str]:
-    frames = [
-        (f"blast frame, {len(blast_frame.encode()):,} B (the one measured above)", blast_frame),
-    ]
+def _best_us(stmt: str, names: dict[str, Any]) -> float:
+    """Best-of-5 microseconds per execution of ``stmt``."""
+    timer = timeit.Timer(stmt, globals=names)
+    number, _ = timer.autorange()
+    return min(timer.repeat(repeat=5, number=number)) / number * 1e6
+
+
+async def _handoff_us(burst: int = 256, bursts: int = 400) -> float:
+    """Best-of-5 microseconds per item through a queue and an async generator.
+
+    A replica of the pool's hand-off: its reader task puts every frame
+    already on the socket into an ``asyncio.Queue``, then ``frames()``, an
+    async generator, takes them out one ``await queue.get()`` at a time.
+    """
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def frames() -> AsyncIterator[int]:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    consumer = frames()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(bursts):
+            for i in range(burst):
+                queue.put_nowait(i)
+            for _ in range(burst):
+                await anext(consumer)
+        best = min(best, (time.perf_counter() - started) / (burst * bursts))
+    await consumer.aclose()  # type: ignore[attr-defined]
+    return best * 1e6
+
+
+async def _inprocess_table(blast_frame: str) -> list[str]:
+    """Per-frame pieces timed without a socket, as Markdown lines."""
     snapshot = _snapshot_frame()
-    frames.append(
-        (f"largest emulator conversation snapshot, {len(snapshot.encode()):,} B", snapshot)
-    )
-    lines = [
-        "Decoding one frame in-process, no socket (µs per frame, best of 5):",
-        "",
-        "| frame | `msgspec.json.decode` | `decode_frame` |",
-        "|---|--:|--:|",
+    blast_size, snapshot_size = len(blast_frame.encode()), len(snapshot.encode())
+    fields = "('t', b'x', 'c', 'ch', 0, 1.0, 2.0)"
+    rows = [
+        (
+            f"`msgspec.json.decode`, blast frame ({blast_size:,} B, the one measured above)",
+            _best_us("decode(frame)", {"decode": msgspec.json.decode, "frame": blast_frame}),
+        ),
+        (
+            "`decode_frame`, the same blast frame",
+            _best_us("decode(frame)", {"decode": decode_frame, "frame": blast_frame}),
+        ),
+        (
+            f"`msgspec.json.decode`, largest emulator conversation snapshot ({snapshot_size:,} B)",
+            _best_us("decode(frame)", {"decode": msgspec.json.decode, "frame": snapshot}),
+        ),
+        (
+            "`decode_frame`, the same snapshot",
+            _best_us("decode(frame)", {"decode": decode_frame, "frame": snapshot}),
+        ),
+        (
+            "`InboundNotification(...)`, built by the pool per notification (frozen dataclass)",
+            _best_us("cls" + fields, {"cls": InboundNotification}),
+        ),
+        (
+            "the same seven fields as a frozen `msgspec.Struct`, for comparison",
+            _best_us("cls" + fields, {"cls": _NotificationStruct}),
+        ),
+        (
+            "`asyncio.Queue` put + `get` through an async generator, in bursts of 256 "
+            "(the pool's hand-off, replicated)",
+            await _handoff_us(),
+        ),
     ]
-    for label, frame in frames:
-        costs = dict(_decode_costs(frame))
-        lines.append(
-            f"| {label} | {costs['`msgspec.json.decode`']:.2f} | {costs['`decode_frame`']:.2f} |"
-        )
-    return lines
+    return [
+        "In-process, no socket (µs per call, best of 5):",
+        "",
+        "| operation | µs |",
+        "|---|--:|",
+        *(f"| {label} | {us:.2f} |" for label, us in rows),
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -700,7 +756,7 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _table(args: argparse.Namespace, results: dict[str, list[Result]]) -> str:
+def _table(args: argparse.Namespace, results: dict[str, list[Result]], inprocess: list[str]) -> str:
     frame_bytes = max(r.frame_bytes for rs in results.values() for r in rs)
     base_fps = _median([r.fps for r in results[BASELINE]])
     lines = [
@@ -737,7 +793,7 @@ def _table(args: argparse.Namespace, results: dict[str, list[Result]]) -> str:
     leftover = sum(r.leftover_tasks for rs in results.values() for r in rs)
     if leftover:
         lines += ["", f"Warning: {leftover} asyncio tasks were left over after measurements."]
-    lines += ["", *_decode_table(results[BASELINE][0].sample_frame)]
+    lines += ["", *inprocess]
     return "\n".join(lines)
 
 
@@ -785,7 +841,8 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         stopper.close()
         await emulator.stop()
-    print(_table(args, results))
+    inprocess = await _inprocess_table(results[BASELINE][0].sample_frame)
+    print(_table(args, results, inprocess))
     return 0
 
 

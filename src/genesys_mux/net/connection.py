@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.channel import (
@@ -110,9 +111,11 @@ class PoolSettings:
         return PlannerLimits(self.topics_per_channel, self.max_channels, self.reserved_channels)
 
 
-@dataclass(frozen=True, slots=True)
-class InboundNotification:
+class InboundNotification(msgspec.Struct, frozen=True, gc=False):
     """One notification as it came off a socket.
+
+    A msgspec struct rather than a dataclass: one is built per notification,
+    and this is about ten times cheaper to construct.
 
     ``body`` is the raw ``eventBody`` JSON. ``received_at`` is Unix time,
     ``received_mono`` the monotonic clock at the same moment (for latency).
