@@ -142,6 +142,8 @@ class SlotStats:
     rotations: int = 0
     bad_frames: int = 0
     connected_since: float | None = None
+    #: A live socket serves the slot (also true while a rotation is under way).
+    live: bool = False
 
 
 class _Socket:
@@ -428,6 +430,8 @@ class ChannelPool:
 
     def stats(self) -> dict[int, SlotStats]:
         """Per-slot counters, keyed by slot index."""
+        for slot in self._slots.values():
+            slot.stats.live = slot.socket is not None and slot.socket.live.is_set()
         return {i: s.stats for i, s in sorted(self._slots.items())}
 
     def channel_ids(self) -> dict[int, str | None]:
@@ -493,7 +497,7 @@ class ChannelPool:
                 lost = socket
                 reuse = socket.info if isinstance(action, Reconnect) else None
             if slot.socket is not None:
-                await self._retire(slot.socket)
+                await self._retire(slot, slot.socket)
                 slot.socket = None
         finally:
             async with slot.synced:
@@ -565,10 +569,11 @@ class ChannelPool:
             await old.drain_and_close(self._rest, self.settings.pong_timeout_s)
         return successor
 
-    async def _retire(self, socket: _Socket) -> None:
+    async def _retire(self, slot: _Slot, socket: _Socket) -> None:
         # There is no DELETE for channels: empty it so it stops costing
         # traffic, close the socket, and let the platform expire it.
         await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
+        self._emit("channel_closed", slot, socket.info.id, reason="no_topics_left")
 
     async def _establish_with_retry(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket | None:
         attempt = 0
@@ -582,6 +587,7 @@ class ChannelPool:
                     log.error("slot %d: giving up after %d attempts: %s", slot.index, attempt, exc)
                     slot.stats.state = "failed"
                     slot.failed = True
+                    self._emit("channel_failed", slot, reuse.id if reuse else "", error=str(exc))
                     return None
                 delay = self._backoff.delay(attempt)
                 log.warning(
@@ -597,7 +603,9 @@ class ChannelPool:
 
     async def _establish(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket:
         """Create (or reuse) a channel, subscribe the slot's topics, connect, wait until live."""
-        slot.stats.state = "connecting"
+        if slot.socket is None:
+            # During a rotation the old socket still serves the slot.
+            slot.stats.state = "connecting"
         token = await self._tokens.token()
         info: ChannelInfo | None = None
         if reuse is not None and await self._rest.channel_exists(reuse.id):

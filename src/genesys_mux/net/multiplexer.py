@@ -217,7 +217,9 @@ class Multiplexer:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         self.tokens = TokenProvider(self._session, self._endpoints, self._client_id, self._secret)
-        self.tokens.on_refresh.append(lambda _t: self._audit("token_refreshed", {}))
+        self.tokens.on_refresh.append(
+            lambda token: self._audit("token_refreshed", {"expires_in_s": round(token.lifetime_s)})
+        )
         self.rest = RestClient(
             self._session,
             self._endpoints,
@@ -557,6 +559,13 @@ class Multiplexer:
                     log.exception("stream callback failed")
 
     # -- introspection -----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop` while the dispatcher runs."""
+        return not self._stopping and any(
+            t.get_name() == "genesys-mux-dispatch" and not t.done() for t in self._tasks
+        )
 
     @property
     def live(self) -> bool:

@@ -1,0 +1,219 @@
+"""The admin HTTP server: Prometheus metrics, liveness, readiness and a JSON status.
+
+Theory of operation
+-------------------
+:class:`AdminServer` is a small aiohttp application run on the multiplexer's
+own event loop, so every handler reads the multiplexer directly, without
+locks, between two of its steps:
+
+* ``/metrics``: the registry of a :class:`~genesys_mux.observability.MuxMetrics`
+  in the Prometheus text format. Counters are read from ``mux.stats()`` at
+  that moment; a scrape costs one snapshot.
+* ``/healthz``: 200 while the multiplexer's dispatcher task runs. If it
+  died, restarting the process is the fix, which is what a liveness probe
+  does.
+* ``/readyz``: 200 when every channel is live and subscribed and at least
+  one stream is configured; otherwise 503 with a JSON reason. During an
+  outage (a lost socket, a channel being recreated) it is 503 until the
+  replacement is live: a load balancer or an orchestrator can act on it.
+* ``/status``: a JSON snapshot of streams and channels (the dashboard's
+  data), plus whatever ``status_extra()`` returns (sinks, build info...).
+  Channel ids are fine here; Prometheus labels never carry them. The extra
+  part is the caller's and is redacted like the audit log, by key name and
+  by value shape, since we cannot know what it holds.
+
+It binds loopback by default: these endpoints are for the machine's own
+scraper and probes. Binding anything else is allowed (containers need it)
+but logged as a warning. The access log is off: a scrape every few seconds
+would otherwise be the loudest thing in the logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from genesys_mux.observability.metrics import MuxMetrics, readiness
+from genesys_mux.observability.sanitize import redact
+
+if TYPE_CHECKING:
+    from genesys_mux.net.multiplexer import Multiplexer
+
+__all__ = ["AdminServer"]
+
+log = logging.getLogger("genesys_mux.observability.admin")
+
+
+def _dispatcher_state(mux: Multiplexer) -> tuple[bool, str | None]:
+    """Whether the multiplexer is receiving, and if not, why."""
+    if mux.pool is None:
+        return False, "the multiplexer has not been started"
+    if not mux.running:
+        return False, "the multiplexer is stopped or its dispatcher has ended"
+    return True, None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _json_response(data: Mapping[str, Any], status: int = 200) -> web.Response:
+    body = json.dumps(data, separators=(",", ":"), default=str, allow_nan=False)
+    return web.Response(body=body.encode(), status=status, content_type="application/json")
+
+
+class AdminServer:
+    """``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` for one multiplexer.
+
+    Use as an async context manager::
+
+        metrics = MuxMetrics(mux)
+        async with AdminServer(mux, metrics, port=9464) as admin:
+            print(admin.base_url)
+
+    ``port=0`` picks a free port; :attr:`base_url` tells which.
+    ``status_extra`` is called on every ``/status`` request and its mapping
+    is merged into the answer (the built-in keys win).
+    """
+
+    def __init__(
+        self,
+        mux: Multiplexer,
+        metrics: MuxMetrics,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        status_extra: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is not between 0 and 65535")
+        self.mux = mux
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self._status_extra = status_extra
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self._started_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def __aenter__(self) -> AdminServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        if self._runner is not None:
+            return
+        if not _is_loopback(self.host):
+            log.warning(
+                "the admin server binds %s, not loopback: metrics and status are reachable "
+                "from the network",
+                self.host,
+            )
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        address = runner.addresses[0]
+        host, port = address[0], address[1]
+        shown = f"[{host}]" if ":" in host else host
+        self._base_url = f"http://{shown}:{port}"
+        self._started_at = time.time()
+        log.info("admin server listening on %s", self._base_url)
+
+    async def stop(self) -> None:
+        """Stop serving and release the port."""
+        runner, self._runner = self._runner, None
+        self._base_url = None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        if self._base_url is None:
+            raise RuntimeError("the admin server is not running; start it first")
+        return self._base_url
+
+    # -- handlers ------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        running, reason = _dispatcher_state(self.mux)
+        if running:
+            return _json_response({"status": "ok"})
+        return _json_response({"status": "down", "reason": reason}, 503)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        state = readiness(self.mux)
+        if state.ready:
+            return _json_response({"status": "ready"})
+        return _json_response({"status": "not_ready", "reason": state.reason}, 503)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json_response(self.snapshot())
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``/status`` answers: readiness, streams, channels, control-event counts."""
+        stats = self.mux.stats()
+        state = readiness(self.mux)
+        running, _ = _dispatcher_state(self.mux)
+        status: dict[str, Any] = {
+            "generated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "uptime_s": round(time.time() - self._started_at, 3),
+            "running": running,
+            "ready": state.ready,
+            "reason": state.reason,
+            "live": self.mux.live,
+            "streams": {
+                stream_id: dataclasses.asdict(s) for stream_id, s in stats["streams"].items()
+            },
+            "channels": {
+                str(index): dataclasses.asdict(c) for index, c in stats["channels"].items()
+            },
+            "control_events": dict(self.metrics.control_events),
+        }
+        if self._status_extra is not None:
+            try:
+                extra = redact(self._status_extra())
+            except Exception as exc:
+                # The caller's hook must not break the status page; its
+                # message is not shown, only its type, as it may hold anything.
+                log.warning("status_extra failed: %s", type(exc).__name__)
+                status["extra_error"] = type(exc).__name__
+            else:
+                for key, value in extra.items():
+                    status.setdefault(key, value)
+        return status

@@ -1,0 +1,422 @@
+"""The audit log: what the multiplexer did, as JSON lines an operator can grep and ship.
+
+Theory of operation
+-------------------
+The multiplexer offers every control-plane fact to ``mux.on_audit`` as
+``(kind, fields)``; :meth:`AuditLog.attach` subscribes :meth:`AuditLog.record`
+there. Each fact becomes one line::
+
+    {"ts": "2025-01-01T12:00:00.000Z", "level": "INFO", "event": "CHANNEL_ROTATED", ...}
+
+``ts`` is ISO-8601 UTC, ``level`` is ``INFO``, ``WARNING`` or ``ERROR``
+(upper case), ``event`` is the kind in upper case.
+
+**What is written.** Only fields this module knows, each converted to its
+expected type (a count stays a count, an id stays a string); anything else
+in ``fields`` is dropped. Nothing is ever written from a whole dict, an
+exception's ``repr`` or a request. On top of that every record goes through
+:mod:`~genesys_mux.observability.sanitize`: a field whose name mentions a
+token, secret, password or authorization is redacted, and so is a string
+value shaped like a credential. Token refreshes are recorded as the fact
+alone, never the token.
+
+**Volume.** The audit log never writes a line per event at INFO. The only
+per-event facts are dead-letter writes, which are WARNING-level and
+rate-limited: at most one ``DLQ_WRITE`` line per stream per
+``dlq_interval_s`` (1 s), carrying the ``count`` of writes it stands for,
+their first and last sequence and the reasons. A write inside the window is
+held, and a timer on the running loop writes the held count when the window
+ends, so the last burst of a storm is reported too (and :meth:`flush` writes
+anything held, e.g. at shutdown). Throughput is summarised instead:
+:meth:`run_periodic` writes one ``STREAM_METRIC`` line per stream per
+interval with its counters, rate and latency percentiles.
+
+**Failure.** A log that cannot be written (disk full, closed pipe) must not
+take the feed down: write errors are reported once through stdlib logging
+and the line is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from genesys_mux.core.timestamps import format_iso
+from genesys_mux.observability.sanitize import MAX_STRING, REDACTED, looks_secret, redact
+
+if TYPE_CHECKING:
+    from genesys_mux.net.multiplexer import Multiplexer
+
+__all__ = ["AuditLog", "Level", "level_for"]
+
+log = logging.getLogger("genesys_mux.observability.audit")
+
+Level = Literal["INFO", "WARNING", "ERROR"]
+
+_WARNING_KINDS = frozenset(
+    {"gap", "dlq_write", "subscribe_rejected", "channel_lost", "sink_failure"}
+)
+_ERROR_KINDS = frozenset({"channel_failed", "audit_overflow"})
+_KIND = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+# The configured stream id pattern: an id that matches it is ours, not a secret.
+_STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if looks_secret(text):
+        return REDACTED
+    return text if len(text) <= MAX_STRING else text[:MAX_STRING] + "…"
+
+
+def _stream_id(value: Any) -> str | None:
+    # Stream ids are validated configuration: written as they are, but only
+    # if they still have the configured shape.
+    if isinstance(value, str) and _STREAM_ID.fullmatch(value):
+        return value
+    return _text(value)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        return len(value)  # a collection where a count is expected: count it
+    return None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return round(float(value), 6)
+    return None
+
+
+def _iso(value: Any) -> str | None:
+    seconds = _float(value)
+    return None if seconds is None else format_iso(seconds)
+
+
+def _texts(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple | set | frozenset):
+        return None
+    items = sorted(value, key=str) if isinstance(value, set | frozenset) else list(value)
+    return [t for t in (_text(v) for v in items[:50]) if t is not None]
+
+
+def _stream_ids(value: Any) -> list[str] | None:
+    texts = value if isinstance(value, list | tuple) else None
+    if texts is None:
+        return None
+    return [s for s in (_stream_id(v) for v in texts[:50]) if s is not None]
+
+
+#: Input field name → (output name, converter). Anything not here is dropped.
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "stream_id": ("stream_id", _stream_id),
+    "streams": ("streams", _stream_ids),
+    "slot": ("slot", _int),
+    "channel_id": ("channel_id", _text),
+    "old": ("old_channel_id", _text),
+    "old_channel_id": ("old_channel_id", _text),
+    "reason": ("reason", _text),
+    "topic": ("topic", _text),
+    "topics": ("topics", _int),
+    "missing_permissions": ("missing_permissions", _texts),
+    "start": ("start", _iso),
+    "end": ("end", _iso),
+    "duration_s": ("duration_s", _float),
+    "sequence": ("sequence", _int),
+    "queues": ("queues", _int),
+    "attempts": ("attempts", _int),
+    "sink": ("sink", _text),
+    "error": ("error", _text),
+    "expires_in_s": ("expires_in_s", _int),
+}
+
+
+def level_for(kind: str) -> Level:
+    """The level a fact of ``kind`` is written at."""
+    if kind in _ERROR_KINDS:
+        return "ERROR"
+    if kind in _WARNING_KINDS:
+        return "WARNING"
+    return "INFO"
+
+
+@dataclass(slots=True)
+class _DlqWindow:
+    """Dead-letter writes of one stream held back by the rate limit."""
+
+    last_line_at: float = -math.inf
+    count: int = 0
+    first_sequence: int | None = None
+    last_sequence: int | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+
+    def add(self, sequence: int | None, reason: str | None) -> None:
+        self.count += 1
+        if sequence is not None:
+            if self.first_sequence is None:
+                self.first_sequence = sequence
+            self.last_sequence = sequence
+        key = reason or "unknown"
+        if key in self.reasons or len(self.reasons) < 20:
+            self.reasons[key] = self.reasons.get(key, 0) + 1
+
+    def take(self) -> dict[str, Any]:
+        fields = {
+            "count": self.count,
+            "first_sequence": self.first_sequence,
+            "last_sequence": self.last_sequence,
+            "reasons": dict(self.reasons),
+        }
+        self.count = 0
+        self.first_sequence = self.last_sequence = None
+        self.reasons = {}
+        return fields
+
+
+@dataclass(slots=True)
+class _Previous:
+    delivered: int
+    at: float
+
+
+class AuditLog:
+    """JSON-lines audit log of one or more multiplexers.
+
+    ``target`` is a path (appended to, created if missing), an open text
+    stream, or None for the process's current ``sys.stderr``. ``clock`` is a
+    monotonic clock for the DLQ rate limit, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | TextIO | None = None,
+        *,
+        dlq_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if dlq_interval_s <= 0:
+            raise ValueError("dlq_interval_s must be positive")
+        self._owned: TextIO | None = None
+        self._stream: TextIO | None
+        if target is None:
+            self._stream = None  # sys.stderr, looked up per write
+        elif isinstance(target, str | os.PathLike):
+            self._owned = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._stream = self._owned
+        else:
+            self._stream = target
+        self.dlq_interval_s = dlq_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._dlq: dict[str, _DlqWindow] = {}
+        self._previous: dict[str, _Previous] = {}
+        self._write_failed = False
+        self._closed = False
+
+    # -- wiring ----------------------------------------------------------------
+
+    def attach(self, mux: Multiplexer) -> None:
+        """Record every control-plane fact ``mux`` reports."""
+        if self.record not in mux.on_audit:
+            mux.on_audit.append(self.record)
+
+    def detach(self, mux: Multiplexer) -> None:
+        """Stop recording ``mux``'s facts (anything held back is written first)."""
+        with contextlib.suppress(ValueError):
+            mux.on_audit.remove(self.record)
+        self.flush()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write anything held back, then close the file if this log opened it."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._owned is not None:
+            self._owned.close()
+
+    # -- facts -------------------------------------------------------------------
+
+    def record(self, kind: str, fields: Mapping[str, Any]) -> None:
+        """Write one fact (the ``mux.on_audit`` callback)."""
+        if not _KIND.fullmatch(kind):
+            kind = "unknown"
+        if kind == "dlq_write":
+            self._dead_letter(fields)
+            return
+        clean = self._known(fields)
+        if kind == "gap":
+            start, end = _float(fields.get("start")), _float(fields.get("end"))
+            if start is not None and end is not None:
+                clean["duration_s"] = round(end - start, 3)
+        self.write(level_for(kind), kind, clean)
+
+    def sink_failure(self, stream_id: str, sink: object, error: BaseException | str) -> None:
+        """Record that ``sink`` failed for ``stream_id``.
+
+        ``sink`` is a name, or a sink object: then its ``name`` attribute if
+        it has a string one, else its class name, never its ``str`` (which
+        could hold a URL with credentials). Only the exception's type and
+        message are written, never its arguments or attributes, and the
+        message is redacted like any field.
+        """
+        if not isinstance(sink, str):
+            name = getattr(sink, "name", None)
+            sink = name if isinstance(name, str) else type(sink).__name__
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        else:
+            message = error
+        self.record("sink_failure", {"stream_id": stream_id, "sink": sink, "error": message})
+
+    def stream_metrics(self, mux: Multiplexer) -> None:
+        """Write one ``STREAM_METRIC`` line per stream of ``mux``, now."""
+        now = self._clock()
+        streams = mux.stats()["streams"]
+        for stream_id, s in streams.items():
+            previous = self._previous.get(stream_id)
+            rate = None
+            if previous is not None and now > previous.at:
+                rate = round((s.delivered - previous.delivered) / (now - previous.at), 3)
+            self._previous[stream_id] = _Previous(s.delivered, now)
+            self.write(
+                "INFO",
+                "stream_metric",
+                {
+                    "stream_id": _stream_id(stream_id),
+                    "priority": s.priority,
+                    "topics": s.topics,
+                    "buffered": s.buffered,
+                    "received": s.received,
+                    "delivered": s.delivered,
+                    "filtered": s.filtered,
+                    "duplicates": s.duplicates,
+                    "stale": s.stale,
+                    "overflowed": s.overflowed,
+                    "dead_lettered": s.dead_lettered,
+                    "gaps": s.gaps,
+                    "rejected_topics": len(s.rejected_topics),
+                    "delivered_per_s": rate,
+                    "latency_p50_s": _float(s.latency_p50_s),
+                    "latency_p99_s": _float(s.latency_p99_s),
+                },
+            )
+        for gone in set(self._previous) - set(streams):
+            del self._previous[gone]
+
+    async def run_periodic(self, mux: Multiplexer, interval_s: float = 60.0) -> None:
+        """Write :meth:`stream_metrics` every ``interval_s`` until cancelled."""
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        # A silent baseline, so the first line already has a rate.
+        now = self._clock()
+        self._previous = {
+            sid: _Previous(s.delivered, now) for sid, s in mux.stats()["streams"].items()
+        }
+        while True:
+            await asyncio.sleep(interval_s)
+            self.stream_metrics(mux)
+
+    def flush(self) -> None:
+        """Write every dead-letter count held back by the rate limit."""
+        for stream_id in list(self._dlq):
+            self._flush_dlq(stream_id)
+
+    # -- dead letters, rate-limited -------------------------------------------------
+
+    def _dead_letter(self, fields: Mapping[str, Any]) -> None:
+        stream_id = _stream_id(fields.get("stream_id")) or "unknown"
+        window = self._dlq.get(stream_id)
+        if window is None:
+            if len(self._dlq) >= 1000:
+                self.flush()
+                self._dlq.clear()
+            window = self._dlq[stream_id] = _DlqWindow()
+        window.add(_int(fields.get("sequence")), _text(fields.get("reason")))
+        now = self._clock()
+        if now - window.last_line_at >= self.dlq_interval_s:
+            self._flush_dlq(stream_id)
+        elif window.timer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: flushed later
+                loop = asyncio.get_running_loop()
+                delay = window.last_line_at + self.dlq_interval_s - now
+                window.timer = loop.call_later(delay, self._flush_dlq, stream_id)
+
+    def _flush_dlq(self, stream_id: str) -> None:
+        window = self._dlq.get(stream_id)
+        if window is None:
+            return
+        if window.timer is not None:
+            window.timer.cancel()
+            window.timer = None
+        if window.count == 0:
+            return
+        window.last_line_at = self._clock()
+        self.write("WARNING", "dlq_write", {"stream_id": stream_id, **window.take()})
+
+    # -- output --------------------------------------------------------------------
+
+    @staticmethod
+    def _known(fields: Mapping[str, Any]) -> dict[str, Any]:
+        clean: dict[str, Any] = {}
+        for name, (out, convert) in _FIELDS.items():
+            if name in fields:
+                value = convert(fields[name])
+                if value is not None:
+                    clean[out] = value
+        return clean
+
+    def write(self, level: Level, kind: str, fields: Mapping[str, Any]) -> None:
+        """Write one line. ``fields`` are redacted (by name and value) on the way out."""
+        if self._closed:
+            return
+        record: dict[str, Any] = {
+            "ts": format_iso(time.time()),
+            "level": level,
+            "event": kind.upper(),
+        }
+        for name, value in redact(fields).items():
+            if name not in record:
+                record[name] = value
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+        stream = self._stream if self._stream is not None else sys.stderr
+        try:
+            with self._lock:
+                stream.write(line)
+                stream.flush()
+        except (OSError, ValueError) as exc:
+            # Never let a broken log take the feed down; say so once per outage.
+            if not self._write_failed:
+                self._write_failed = True
+                log.warning("cannot write the audit log: %s", type(exc).__name__)
+        else:
+            self._write_failed = False

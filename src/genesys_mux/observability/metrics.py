@@ -1,0 +1,393 @@
+"""Prometheus metrics for a :class:`~genesys_mux.Multiplexer`, read at scrape time.
+
+Theory of operation
+-------------------
+The multiplexer already counts everything an operator wants to see
+(:meth:`Multiplexer.stats`), so counters and gauges are not incremented on
+the hot path at all: a custom collector reads ``mux.stats()`` when Prometheus
+scrapes and turns the snapshot into metric families. A scrape costs one
+``stats()`` call; an event costs nothing.
+
+Only latency and age need per-event work, because a histogram cannot be
+rebuilt from a snapshot. They are observed from ``mux.on_delivered`` on
+label children bound once per stream (when the stream appears, or on its
+first event if that comes first) and kept in a dict, so an event costs a
+dict lookup and two ``observe`` calls, never a label lookup.
+
+Control-plane facts (rotations, token refreshes, subscribe rejections...)
+are counted from ``mux.on_audit``; they are rare, so counting them per call
+is free in practice.
+
+Labels: ``stream`` is the configured stream id; ``channel`` is the *slot
+index*, the stable identity of "the channel carrying these topics", never
+the channel id (which changes on every rotation and would make unbounded
+series) nor any other Genesys id. A stream id that itself has the shape of a
+Genesys id (a UUID or a channel id) is replaced by a short hash, so no
+configuration can smuggle a raw entity id into a label.
+
+Everything is registered in the registry passed in, or in a private
+:class:`~prometheus_client.CollectorRegistry`, so two multiplexers (or a
+test suite) never collide in the process-wide default registry.
+
+The collector reads the multiplexer without locking: call
+``generate_latest`` on the event loop that runs the multiplexer (the admin
+server does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from genesys_mux.core.streams import StreamEvent
+    from genesys_mux.net.connection import SlotStats
+    from genesys_mux.net.multiplexer import Multiplexer, StreamStats
+
+__all__ = [
+    "AGE_BUCKETS",
+    "LATENCY_BUCKETS",
+    "MuxMetrics",
+    "Readiness",
+    "readiness",
+    "stream_label",
+]
+
+log = logging.getLogger("genesys_mux.observability.metrics")
+
+#: Socket to consumer: sub-millisecond when consumers keep up, seconds when
+#: one falls behind its buffer.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+#: Consumer time minus the newest timestamp in the body: includes the
+#: platform's own delay, and an update with no new timestamp ages with its
+#: conversation, hence the long tail.
+AGE_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+_CHANNEL_ID = re.compile(r"streaming-\d+-[a-z0-9]{8,}", re.I)
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: Control-event kinds are a small fixed set; this caps the series should a
+#: future emitter misbehave.
+_MAX_KINDS = 64
+
+# (StreamStats attribute, metric name without _total, help text)
+_STREAM_COUNTERS = (
+    ("received", "genesys_mux_stream_received", "Notifications routed to the stream."),
+    ("delivered", "genesys_mux_stream_delivered", "Events handed to the stream's consumer."),
+    (
+        "filtered",
+        "genesys_mux_stream_filtered",
+        "Notifications dropped by the stream's client-side filter (media, SMS, queue, state).",
+    ),
+    ("duplicates", "genesys_mux_stream_duplicates", "Duplicate notifications dropped."),
+    (
+        "stale",
+        "genesys_mux_stream_stale",
+        "Snapshots dropped because a newer one was already delivered.",
+    ),
+    (
+        "overflowed",
+        "genesys_mux_stream_overflowed",
+        "Events pushed out of the stream's full buffer.",
+    ),
+    (
+        "dead_lettered",
+        "genesys_mux_stream_dead_lettered",
+        "Events written to the dead-letter queue.",
+    ),
+    ("gaps", "genesys_mux_stream_gaps", "Outage windows reported to the stream as gaps."),
+)
+_STREAM_GAUGES = (
+    ("buffered", "genesys_mux_stream_buffered", "Events waiting in the stream's buffer."),
+    ("topics", "genesys_mux_stream_topics", "Topics the stream is subscribed to."),
+    ("priority", "genesys_mux_stream_priority", "The stream's priority (1 highest, 5 lowest)."),
+)
+_CHANNEL_COUNTERS = (
+    (
+        "notifications",
+        "genesys_mux_channel_notifications",
+        "Notifications read from the channel slot's sockets.",
+    ),
+    ("reconnects", "genesys_mux_channel_reconnects", "Sockets of the slot lost and replaced."),
+    (
+        "rotations",
+        "genesys_mux_channel_rotations",
+        "Make-before-break rotations of the slot's channel.",
+    ),
+    ("bad_frames", "genesys_mux_channel_bad_frames", "Frames that were not JSON, ignored."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether the multiplexer is fit to serve, and if not, why (for ``/readyz``)."""
+
+    ready: bool
+    reason: str | None = None
+
+
+def readiness(mux: Multiplexer) -> Readiness:
+    """Ready means at least one stream and every channel live and subscribed.
+
+    ``mux.live`` alone is true for a multiplexer with no channels at all,
+    which is not a useful feed, hence the stream check.
+    """
+    if mux.pool is None:
+        return Readiness(False, "the multiplexer has not been started")
+    if not mux.streams():
+        return Readiness(False, "no streams are configured")
+    if not mux.live:
+        down = sorted(
+            f"{index} ({slot.state})"
+            for index, slot in mux.pool.stats().items()
+            if slot.state != "live"
+        )
+        detail = f": slots {', '.join(down)}" if down else ""
+        return Readiness(False, f"not every channel is live and subscribed{detail}")
+    return Readiness(True)
+
+
+_label_cache: dict[str, str] = {}
+
+
+def stream_label(stream_id: str) -> str:
+    """The ``stream`` label value for ``stream_id``.
+
+    The id itself, unless it has the shape of a Genesys id (a UUID or a
+    channel id): then ``stream-`` and 12 hex digits of its SHA-256, stable
+    across restarts, so dashboards keep working and the raw id never reaches
+    Prometheus.
+    """
+    label = _label_cache.get(stream_id)
+    if label is None:
+        label = stream_id
+        if _UUID.search(stream_id) or _CHANNEL_ID.search(stream_id):
+            digest = hashlib.sha256(stream_id.encode()).hexdigest()[:12]
+            label = f"stream-{digest}"
+            log.warning(
+                "a stream id has the shape of a Genesys id; it is labelled %s in metrics", label
+            )
+        if len(_label_cache) < 10_000:
+            _label_cache[stream_id] = label
+    return label
+
+
+class _MuxCollector:
+    """Turns one ``mux.stats()`` snapshot into metric families, at scrape time."""
+
+    def __init__(self, owner: MuxMetrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: lets the registry detect clashes without reading the mux.
+        return list(self._families({}, {}, Readiness(False), {}))
+
+    def collect(self) -> Iterable[Metric]:
+        mux = self._owner.mux
+        stats = mux.stats()
+        return list(
+            self._families(
+                stats["streams"],
+                stats["channels"],
+                readiness(mux),
+                dict(self._owner.control_events),
+            )
+        )
+
+    def _families(
+        self,
+        streams: Mapping[str, StreamStats],
+        channels: Mapping[int, SlotStats],
+        ready: Readiness,
+        control: Mapping[str, int],
+    ) -> Iterator[Metric]:
+        labelled = [(stream_label(sid), s) for sid, s in streams.items()]
+        for attr, name, doc in _STREAM_COUNTERS:
+            counter = CounterMetricFamily(name, doc, labels=["stream"])
+            for label, s in labelled:
+                counter.add_metric([label], getattr(s, attr))
+            yield counter
+        for attr, name, doc in _STREAM_GAUGES:
+            gauge = GaugeMetricFamily(name, doc, labels=["stream"])
+            for label, s in labelled:
+                gauge.add_metric([label], getattr(s, attr))
+            yield gauge
+        rejected = GaugeMetricFamily(
+            "genesys_mux_stream_rejected_topics",
+            "Topics of the stream the platform refused to subscribe.",
+            labels=["stream"],
+        )
+        for label, s in labelled:
+            rejected.add_metric([label], len(s.rejected_topics))
+        yield rejected
+
+        slots = [(str(index), c) for index, c in sorted(channels.items())]
+        for attr, name, doc in _CHANNEL_COUNTERS:
+            counter = CounterMetricFamily(name, doc, labels=["channel"])
+            for label, c in slots:
+                counter.add_metric([label], getattr(c, attr))
+            yield counter
+        live = GaugeMetricFamily(
+            "genesys_mux_channel_live",
+            "1 when the slot's channel socket is live, else 0 (label: slot index).",
+            labels=["channel"],
+        )
+        topics = GaugeMetricFamily(
+            "genesys_mux_channel_topics",
+            "Topics assigned to the channel slot.",
+            labels=["channel"],
+        )
+        for label, c in slots:
+            live.add_metric([label], 1 if c.live else 0)
+            topics.add_metric([label], c.topics)
+        yield live
+        yield topics
+
+        yield GaugeMetricFamily(
+            "genesys_mux_ready",
+            "1 when every channel is live and subscribed and at least one stream runs.",
+            value=1 if ready.ready else 0,
+        )
+        yield GaugeMetricFamily("genesys_mux_streams", "Streams configured.", value=len(streams))
+        yield GaugeMetricFamily("genesys_mux_channels", "Channel slots in use.", value=len(slots))
+        yield CounterMetricFamily(
+            "genesys_mux_subscribe_rejections",
+            "Topic subscriptions the platform refused (each distinct refusal once).",
+            value=control.get("subscribe_rejected", 0),
+        )
+        events = CounterMetricFamily(
+            "genesys_mux_control_events",
+            "Control-plane facts by kind (channel rotated, token refreshed, gap...).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(control.items()):
+            events.add_metric([kind], count)
+        yield events
+
+
+class MuxMetrics:
+    """Prometheus metrics of one multiplexer.
+
+    Hooks into ``mux.on_delivered`` (histograms) and ``mux.on_audit``
+    (control-event counters) on construction; :meth:`close` unhooks and
+    unregisters. ``registry`` is where everything is registered: a private
+    :class:`~prometheus_client.CollectorRegistry` unless one is given.
+    """
+
+    def __init__(self, mux: Multiplexer, registry: CollectorRegistry | None = None) -> None:
+        self.mux = mux
+        self.registry = registry if registry is not None else CollectorRegistry()
+        #: Control-event kind → count, from ``mux.on_audit``.
+        self.control_events: dict[str, int] = {}
+        self._latency = Histogram(
+            "genesys_mux_event_latency_seconds",
+            "Internal latency of delivered events: socket read to hand-over to the consumer.",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._age = Histogram(
+            "genesys_mux_event_age_seconds",
+            "Age of delivered events at hand-over: now minus the newest timestamp in the body "
+            "(negative ages from clock skew count as 0).",
+            ["stream"],
+            buckets=AGE_BUCKETS,
+            registry=self.registry,
+        )
+        #: stream id → (latency child, age child), bound once per stream.
+        self._bound: dict[str, tuple[Histogram, Histogram]] = {}
+        self._collector = _MuxCollector(self)
+        self.registry.register(self._collector)
+        for config in mux.streams():
+            self._bind(config.id)
+        mux.on_delivered.append(self._observe)
+        mux.on_audit.append(self._control)
+
+    def close(self) -> None:
+        """Unhook from the multiplexer and unregister everything from the registry."""
+        with contextlib.suppress(ValueError):
+            self.mux.on_delivered.remove(self._observe)
+        with contextlib.suppress(ValueError):
+            self.mux.on_audit.remove(self._control)
+        for collector in (self._collector, self._latency, self._age):
+            with contextlib.suppress(KeyError):
+                self.registry.unregister(collector)
+
+    def _bind(self, stream_id: str) -> tuple[Histogram, Histogram]:
+        label = stream_label(stream_id)
+        bound = (self._latency.labels(label), self._age.labels(label))
+        self._bound[stream_id] = bound
+        return bound
+
+    def _unbind(self, stream_id: str) -> None:
+        if self._bound.pop(stream_id, None) is not None:
+            label = stream_label(stream_id)
+            # A removed stream's series must go, or dashboards show it forever.
+            with contextlib.suppress(KeyError):
+                self._latency.remove(label)
+            with contextlib.suppress(KeyError):
+                self._age.remove(label)
+
+    def _observe(self, event: StreamEvent) -> None:
+        bound = self._bound.get(event.stream_id)
+        if bound is None:
+            # The stream's first event can precede its stream_added fact.
+            bound = self._bind(event.stream_id)
+        latency, age = bound
+        if event.latency_s is not None:
+            latency.observe(event.latency_s)
+        if event.age_s is not None:
+            age.observe(event.age_s if event.age_s > 0.0 else 0.0)
+
+    def _control(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind in self.control_events:
+            self.control_events[kind] += 1
+        elif _KIND.fullmatch(kind) and len(self.control_events) < _MAX_KINDS:
+            self.control_events[kind] = 1
+        stream_id = fields.get("stream_id")
+        if isinstance(stream_id, str):
+            if kind == "stream_added" and stream_id not in self._bound:
+                self._bind(stream_id)
+            elif kind == "stream_removed":
+                self._unbind(stream_id)

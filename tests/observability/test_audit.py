@@ -1,0 +1,264 @@
+"""The audit log against a live multiplexer and the emulator's faults.
+
+Each control-plane fact the multiplexer reports must come out as one JSON
+line with an ISO-8601 UTC timestamp, an upper-case level and event name,
+and only the fields we know. Dead-letter writes are the one per-event fact;
+an overflow storm must collapse into at most one line per stream per
+second whose counts add up to the dead letters written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+from genesys_mux.observability import AuditLog
+from genesys_mux.observability.sanitize import REDACTED
+from tests.net.conftest import eventually
+from tests.net.test_multiplexer import Collector, harness, org_settings
+from tests.observability.conftest import audit_lines, client_harness, events
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+CONTROL_INFO = {
+    "STREAM_ADDED",
+    "STREAM_REMOVED",
+    "CHANNEL_CREATED",
+    "CHANNEL_CONNECTED",
+    "CHANNEL_ROTATED",
+    "CHANNEL_CLOSED",
+    "TOKEN_REFRESHED",
+    "QUEUES_REFRESHED",
+    "STREAM_METRIC",
+}
+WARNINGS = {"GAP", "DLQ_WRITE", "SUBSCRIBE_REJECTED", "CHANNEL_LOST", "SINK_FAILURE"}
+
+
+def check_shape(lines: list[dict[str, object]]) -> None:
+    for line in lines:
+        assert list(line)[:3] == ["ts", "level", "event"]
+        assert isinstance(line["ts"], str)
+        assert ISO_UTC.fullmatch(line["ts"]), line
+        assert line["level"] in ("INFO", "WARNING", "ERROR")
+        event = line["event"]
+        assert isinstance(event, str)
+        assert event == event.upper()
+        expected = "WARNING" if event in WARNINGS else "INFO"
+        assert line["level"] == expected, line
+
+
+async def test_control_plane_facts_and_periodic_summaries() -> None:
+    out = io.StringIO()
+    audit = AuditLog(out)
+    async with harness() as h:
+        audit.attach(h.mux)
+        summaries = asyncio.create_task(audit.run_periodic(h.mux, 0.2))
+        await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}, "priority": 1})
+        seen = Collector(h.mux.stream("voice"))
+        await eventually(lambda: len(seen.events()) >= 5)
+
+        def logged(name: str, n: int = 1) -> bool:
+            return len(events(audit_lines(out), name)) >= n
+
+        # A maintenance warning: make-before-break rotation.
+        await h.control("faults", {"fault": "socket_closing", "delay_s": 5})
+        await eventually(lambda: logged("CHANNEL_ROTATED"))
+        # A socket lost without warning: the channel is lost, the stream gets a gap.
+        await h.control("faults", {"fault": "drop_socket"})
+        await eventually(lambda: logged("GAP") and logged("CHANNEL_LOST"))
+        # A revoked token: a new one is fetched (and never written).
+        await h.control("faults", {"fault": "revoke_token", "client_id": "demo-client"})
+        await eventually(lambda: logged("TOKEN_REFRESHED", 2))
+        await eventually(lambda: len(seen.events()) >= 20)
+        await eventually(lambda: logged("STREAM_METRIC", 3))
+        audit.sink_failure("voice", "webhook", ConnectionResetError("peer went away"))
+        seen.stop()
+        await h.mux.remove_stream("voice")
+        summaries.cancel()
+        delivered = h.mux.stats()["streams"]
+        assert delivered == {}
+
+    lines = audit_lines(out)
+    check_shape(lines)
+    (added,) = events(lines, "STREAM_ADDED")
+    assert added["stream_id"] == "voice"
+    assert isinstance(added["topics"], int)
+    assert added["topics"] > 0
+    assert events(lines, "STREAM_REMOVED")[0]["stream_id"] == "voice"
+    created = events(lines, "CHANNEL_CREATED")
+    connected = events(lines, "CHANNEL_CONNECTED")
+    assert created
+    assert connected
+    assert {c["slot"] for c in connected} == {0}
+    assert all(str(c["channel_id"]).startswith("streaming-0-") for c in created + connected)
+    rotated = events(lines, "CHANNEL_ROTATED")[0]
+    assert rotated["old_channel_id"] != rotated["channel_id"]
+    assert rotated["reason"]
+    lost = events(lines, "CHANNEL_LOST")[0]
+    assert lost["level"] == "WARNING"
+    assert lost["reason"]
+    gap = events(lines, "GAP")[0]
+    assert gap["stream_id"] == "voice"
+    assert ISO_UTC.fullmatch(str(gap["start"]))
+    assert ISO_UTC.fullmatch(str(gap["end"]))
+    assert isinstance(gap["duration_s"], float)
+    assert gap["duration_s"] >= 0
+    assert gap["topics"] == added["topics"]
+    for refreshed in events(lines, "TOKEN_REFRESHED"):
+        # The lifetime, never the token.
+        assert set(refreshed) == {"ts", "level", "event", "expires_in_s"}
+        assert refreshed["expires_in_s"] > 0
+    (failure,) = events(lines, "SINK_FAILURE")
+    assert failure["level"] == "WARNING"
+    assert failure["error"] == "ConnectionResetError: peer went away"
+    assert failure["sink"] == "webhook"
+
+    metrics = events(lines, "STREAM_METRIC")
+    assert all(m["stream_id"] == "voice" and m["level"] == "INFO" for m in metrics)
+    last = metrics[-1]
+    for key in ("received", "delivered", "duplicates", "stale", "overflowed", "dead_lettered"):
+        assert isinstance(last[key], int)
+    assert last["delivered"] >= 5
+    assert last["gaps"] >= 1
+    assert last["delivered_per_s"] is not None
+    assert isinstance(last["latency_p50_s"], float)
+    assert isinstance(last["latency_p99_s"], float)
+    assert last["latency_p50_s"] <= last["latency_p99_s"]
+    # Spaced by the interval: one line per stream per interval, not per event.
+    times = [datetime.fromisoformat(str(m["ts"]).replace("Z", "+00:00")) for m in metrics]
+    for earlier, later in itertools.pairwise(times):
+        assert (later - earlier).total_seconds() >= 0.15
+
+    # Nothing at INFO but control-plane facts and the summaries.
+    assert {line["event"] for line in lines if line["level"] == "INFO"} <= CONTROL_INFO
+    assert len(lines) < 60
+
+
+async def test_a_forbidden_topic_is_recorded_as_subscribe_rejected() -> None:
+    out = io.StringIO()
+    async with client_harness(
+        "limited-client", "limited-secret", permissions=["routing:queue:view"]
+    ) as h:
+        AuditLog(out).attach(h.mux)
+        user = (await h.control("org"))["users"][0]["id"]
+        presence = f"v2.users.{user}.presence"
+        rejected = await h.mux.add_stream(
+            {"id": "mixed", "filter": {"channelType": "voice"}, "topics": [presence]}
+        )
+        assert [r.topic for r in rejected] == [presence]
+        seen = Collector(h.mux.stream("mixed"))
+        await eventually(lambda: len(seen.events()) >= 1)  # the permitted topics carry on
+        seen.stop()
+    lines = audit_lines(out)
+    check_shape(lines)
+    (line,) = events(lines, "SUBSCRIBE_REJECTED")
+    assert line["level"] == "WARNING"
+    assert line["topic"] == presence
+    assert line["missing_permissions"] == ["presence:userPresence:view"]
+    assert line["reason"]
+    assert "limited-secret" not in out.getvalue()
+
+
+async def test_an_overflow_storm_collapses_into_one_dlq_line_per_second() -> None:
+    out = io.StringIO()
+    audit = AuditLog(out)
+    async with harness(org_settings(rate=40.0)) as h:
+        audit.attach(h.mux)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # A one-event buffer nobody reads: nearly every event is dead-lettered.
+        await h.mux.add_stream({"id": "small", "filter": {}, "buffer_size": 1})
+        await eventually(lambda: len(events(audit_lines(out), "DLQ_WRITE")) >= 3, within=20)
+        # No await between counting and detaching: the two agree exactly.
+        written = sum(1 for d in h.dlq.letters if d.stream_id == "small")
+        audit.detach(h.mux)  # writes what the rate limit still held
+        elapsed = loop.time() - started
+
+    lines = audit_lines(out)
+    check_shape(lines)
+    dlq = events(lines, "DLQ_WRITE")
+    assert all(line["stream_id"] == "small" for line in dlq)
+    assert sum(int(line["count"]) for line in dlq) == written
+    assert written > 2 * len(dlq), "the storm was not collapsed"
+    assert len(dlq) <= elapsed + 2
+    times = [datetime.fromisoformat(str(d["ts"]).replace("Z", "+00:00")) for d in dlq]
+    for earlier, later in itertools.pairwise(times[:-1]):
+        # The final line is the detach flush; the rest are at least a second apart.
+        assert (later - earlier).total_seconds() >= 0.95
+    for line in dlq:
+        assert line["reasons"] == {"overflow_drop_oldest": line["count"]}
+        assert int(line["first_sequence"]) <= int(line["last_sequence"])
+    sequences = [(int(d["first_sequence"]), int(d["last_sequence"])) for d in dlq]
+    for (_, last), (first, _) in itertools.pairwise(sequences):
+        assert first > last  # consecutive windows, nothing counted twice
+
+
+def test_the_rate_limit_with_a_fake_clock() -> None:
+    now = [100.0]
+    out = io.StringIO()
+    audit = AuditLog(out, clock=lambda: now[0])
+    for sequence in range(1, 501):
+        audit.record("dlq_write", {"stream_id": "a", "sequence": sequence, "reason": "x"})
+    audit.record("dlq_write", {"stream_id": "b", "sequence": 1, "reason": "y"})
+    lines = events(audit_lines(out), "DLQ_WRITE")
+    assert [(d["stream_id"], d["count"]) for d in lines] == [("a", 1), ("b", 1)]
+    now[0] += 0.5
+    audit.record("dlq_write", {"stream_id": "a", "sequence": 501, "reason": "x"})
+    assert len(events(audit_lines(out), "DLQ_WRITE")) == 2
+    now[0] += 0.5
+    audit.record("dlq_write", {"stream_id": "a", "sequence": 502, "reason": "z"})
+    lines = events(audit_lines(out), "DLQ_WRITE")
+    assert len(lines) == 3
+    assert lines[2]["count"] == 501
+    assert (lines[2]["first_sequence"], lines[2]["last_sequence"]) == (2, 502)
+    assert lines[2]["reasons"] == {"x": 500, "z": 1}
+    audit.flush()
+    assert len(events(audit_lines(out), "DLQ_WRITE")) == 3  # nothing was held
+
+
+class _Webhook:
+    def __str__(self) -> str:
+        return "https://user:hunter2@hooks.example/ingest"
+
+
+def test_only_known_fields_are_written_and_secrets_are_redacted(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    token = "Zq3kP9sLmX2vB7nR4tYw8cJd6fHg1aE5"
+    with AuditLog(path) as audit:
+        audit.record(
+            "channel_created",
+            {
+                "slot": 2,
+                "channel_id": "streaming-0-abcdefghijklmnopqrstuvwxyz",
+                "access_token": token,
+                "request": {"headers": {"Authorization": f"Bearer {token}"}},
+            },
+        )
+        audit.record("subscribe_rejected", {"topic": "v2.x", "reason": f"Bearer {token}"})
+        audit.record("gap", {"stream_id": "s", "start": 10.0, "end": 12.5, "reason": token})
+        audit.sink_failure("s", "webhook", ValueError(f"refused key {token}"))
+        audit.sink_failure("s", _Webhook(), "HTTP 500")
+        audit.record("Weird Kind!", {"password": "pw"})
+        audit.record("channel_failed", {"slot": 1})
+    text = path.read_text()
+    assert token not in text
+    assert "Bearer" not in text
+    assert '"pw"' not in text
+    assert "hunter2" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    created, rejected, gap, failure, by_object, unknown, failed = lines
+    assert {k for k in created if k not in ("ts", "level", "event")} == {"slot", "channel_id"}
+    assert rejected["reason"] == REDACTED
+    assert gap["reason"] == REDACTED
+    assert gap["duration_s"] == 2.5
+    assert gap["start"] == "1970-01-01T00:00:10.000Z"
+    assert failure["error"] == REDACTED
+    assert by_object["sink"] == "_Webhook"
+    assert by_object["error"] == "HTTP 500"
+    assert unknown["event"] == "UNKNOWN"
+    assert "password" not in unknown
+    assert failed["level"] == "ERROR"

@@ -1,0 +1,186 @@
+"""Prometheus metrics of a running multiplexer, scraped from the admin server.
+
+The counters must agree with ``mux.stats()``, the histograms must fill as
+events are consumed, and no label may carry a raw Genesys id: not the
+org's queue or user ids, not a channel id, even when a stream is named
+after a queue.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from genesys_mux.observability import AdminServer, MuxMetrics, stream_label
+from tests.net.conftest import eventually
+from tests.net.test_multiplexer import Collector, harness
+from tests.observability.conftest import get, scrape
+
+STREAM_COUNTERS = {
+    "received": "genesys_mux_stream_received_total",
+    "delivered": "genesys_mux_stream_delivered_total",
+    "filtered": "genesys_mux_stream_filtered_total",
+    "duplicates": "genesys_mux_stream_duplicates_total",
+    "stale": "genesys_mux_stream_stale_total",
+    "overflowed": "genesys_mux_stream_overflowed_total",
+    "dead_lettered": "genesys_mux_stream_dead_lettered_total",
+    "gaps": "genesys_mux_stream_gaps_total",
+    "buffered": "genesys_mux_stream_buffered",
+}
+CHANNEL_COUNTERS = {
+    "notifications": "genesys_mux_channel_notifications_total",
+    "reconnects": "genesys_mux_channel_reconnects_total",
+    "rotations": "genesys_mux_channel_rotations_total",
+    "bad_frames": "genesys_mux_channel_bad_frames_total",
+    "topics": "genesys_mux_channel_topics",
+}
+
+
+def _counters(stats: dict[str, Any]) -> dict[str, Any]:
+    """The counter part of a stats snapshot (latency percentiles move on every take)."""
+    return {
+        "streams": {
+            sid: {attr: getattr(s, attr) for attr in STREAM_COUNTERS}
+            for sid, s in stats["streams"].items()
+        },
+        "channels": {
+            index: {attr: getattr(c, attr) for attr in CHANNEL_COUNTERS} | {"state": c.state}
+            for index, c in stats["channels"].items()
+        },
+    }
+
+
+async def test_metrics_agree_with_stats_and_carry_no_raw_ids() -> None:
+    async with harness() as h:
+        metrics = MuxMetrics(h.mux)
+        org = await h.control("org")
+        queue_id = org["queues"][0]["id"]
+        await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}, "priority": 1})
+        # A stream named after a queue: its label must not be the queue id.
+        await h.mux.add_stream({"id": queue_id, "filter": {"queueId": queue_id}})
+        await h.control("faults", {"fault": "duplicate", "probability": 0.3})
+        await h.control("faults", {"fault": "garbage_frame"})
+        seen = Collector(h.mux.events())
+        await eventually(
+            lambda: len(seen.events("voice")) >= 10 and len(seen.events(queue_id)) >= 3
+        )
+
+        async with AdminServer(h.mux, metrics) as admin:
+            matched: dict[str, Any] = {}
+
+            async def agrees() -> bool:
+                # The scrape and our snapshot must describe the same moment:
+                # retry until nothing moved while the scrape was answered.
+                before = _counters(h.mux.stats())
+                samples = await scrape(admin.base_url)
+                if _counters(h.mux.stats()) != before:
+                    return False
+                matched.update(before=before, samples=samples)
+                return True
+
+            await eventually(agrees)
+            before, samples = matched["before"], matched["samples"]
+            for sid, counters in before["streams"].items():
+                label = (("stream", stream_label(sid)),)
+                for attr, name in STREAM_COUNTERS.items():
+                    assert samples[name][label] == counters[attr], (sid, name)
+            assert before["streams"]["voice"]["delivered"] >= 10
+            assert before["streams"]["voice"]["duplicates"] > 0
+            for index, counters in before["channels"].items():
+                label = (("channel", str(index)),)
+                for attr, name in CHANNEL_COUNTERS.items():
+                    assert samples[name][label] == counters[attr], (index, name)
+                assert samples["genesys_mux_channel_live"][label] == (counters["state"] == "live")
+            assert sum(c["bad_frames"] for c in before["channels"].values()) >= 1
+            assert samples["genesys_mux_ready"][()] == 1
+            assert samples["genesys_mux_streams"][()] == 2
+
+            # Histograms: one latency observation per delivered event (the
+            # metrics were attached before the streams existed). With the
+            # consumer stopped, nothing moves between the scrape and stats().
+            seen.stop()
+            samples = await scrape(admin.base_url)
+            for sid in ("voice", queue_id):
+                label = (("stream", stream_label(sid)),)
+                delivered = h.mux.stats()["streams"][sid].delivered
+                latency = samples["genesys_mux_event_latency_seconds_count"][label]
+                assert latency == delivered > 0
+                assert samples["genesys_mux_event_age_seconds_count"][label] > 0
+                buckets = {
+                    dict(k)["le"]: v
+                    for k, v in samples["genesys_mux_event_latency_seconds_bucket"].items()
+                    if dict(k)["stream"] == stream_label(sid)
+                }
+                assert buckets["+Inf"] == latency
+
+            # Every family has HELP text and the genesys_mux_ prefix.
+            _, text = await get(f"{admin.base_url}/metrics")
+            for family in text_string_to_metric_families(text):
+                assert family.name.startswith("genesys_mux_"), family.name
+                assert family.documentation, family.name
+
+            # No label value is a raw Genesys id.
+            channels = await h.control("channels")
+            assert h.mux.pool is not None
+            raw_ids = (
+                {q["id"] for q in org["queues"]}
+                | {u["id"] for u in org["users"]}
+                | {c["id"] for c in channels}
+                | {c for c in h.mux.pool.channel_ids().values() if c}
+            )
+            assert raw_ids
+            values = {v for family in samples.values() for labels in family for _, v in labels}
+            assert values
+            for value in values:
+                assert not any(raw in value for raw in raw_ids), value
+            channel_labels = {
+                v
+                for family in samples.values()
+                for labels in family
+                for k, v in labels
+                if k == "channel"
+            }
+            assert channel_labels
+            assert all(re.fullmatch(r"\d+", v) for v in channel_labels)
+            assert stream_label(queue_id) in values
+        metrics.close()
+
+
+async def test_a_removed_stream_leaves_no_series_and_registries_are_private() -> None:
+    async with harness() as h:
+        registry = CollectorRegistry()
+        metrics = MuxMetrics(h.mux, registry)
+        # A second MuxMetrics on its own registry does not clash with the first.
+        other = MuxMetrics(h.mux)
+        assert other.registry is not registry
+        await h.mux.add_stream({"id": "chat", "filter": {"channelType": "chat"}})
+        seen = Collector(h.mux.stream("chat"))
+        await eventually(lambda: len(seen.events()) >= 1)
+        seen.stop()
+        async with AdminServer(h.mux, metrics) as admin:
+            samples = await scrape(admin.base_url)
+            assert (("stream", "chat"),) in samples["genesys_mux_stream_received_total"]
+            await h.mux.remove_stream("chat")
+            samples = await scrape(admin.base_url)
+            for family in samples.values():
+                for labels in family:
+                    assert ("stream", "chat") not in labels
+            assert samples["genesys_mux_ready"][()] == 0  # no streams: not ready
+            assert samples["genesys_mux_control_events_total"][(("kind", "stream_removed"),)] == 1
+        metrics.close()
+        other.close()
+        assert metrics._observe not in h.mux.on_delivered
+
+
+def test_stream_labels_never_carry_genesys_ids() -> None:
+    assert stream_label("voice-main") == "voice-main"
+    uuid = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    for raw in (uuid, f"queue-{uuid}", "streaming-0-abcdefghijklmnopqrstuvwxyz"):
+        label = stream_label(raw)
+        assert raw not in label
+        assert uuid not in label
+        assert re.fullmatch(r"stream-[0-9a-f]{12}", label)
+        assert stream_label(raw) == label  # stable
