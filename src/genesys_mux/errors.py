@@ -19,8 +19,10 @@ The tree, split by what the caller can do about it::
     │   └── RateLimitedError        still throttled (429) after every retry
     ├── TransportError              the network failed (connect, timeout, socket);
     │                               transient: the caller may try again later
-    └── FrameError                  bytes from a socket that are not a JSON frame;
-                                    the connection carries on, the frame is reported
+    ├── FrameError                  bytes from a socket that are not a JSON frame;
+    │                               the connection carries on, the frame is reported
+    └── SinkError                   a sink could not take a batch; ``retryable`` says
+                                    whether sending the same batch again may succeed
 
 Errors from third-party libraries (aiohttp, msgspec, pydantic) are translated
 into this tree at the boundary where they happen, so callers never need to
@@ -45,6 +47,7 @@ __all__ = [
     "InvalidIdError",
     "InvalidTopicError",
     "RateLimitedError",
+    "SinkError",
     "StreamConfigError",
     "TransportError",
     "UnknownRegionError",
@@ -167,3 +170,20 @@ class FrameError(GenesysMuxError):
     def __init__(self, message: str, data: bytes = b"") -> None:
         super().__init__(message)
         self.data = data[:200]
+
+
+class SinkError(GenesysMuxError):
+    """A sink could not take a batch.
+
+    ``retryable`` is True when sending the very same batch again may succeed
+    (a restarting Redis, a 5xx, a timeout) and False when it will not (a 4xx,
+    a bad key type): the batch then goes to the dead-letter queue at once.
+    ``retry_after`` is the server's own ``Retry-After`` hint in seconds, when
+    it gave one; the sink runner waits that long instead of its backoff.
+    Messages name the sink and the failure, never a secret or a credential.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated
 
 import structlog
@@ -13,9 +17,13 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
+from genesys_mux.cli import tools
+from genesys_mux.cli.demo import run_demo
 from genesys_mux.cli.logs import configure_logging
+from genesys_mux.cli.runtime import Output, Runtime
+from genesys_mux.configfile import load_config, load_credentials
 from genesys_mux.emulator import ClientApp, Emulator, EmulatorSettings, PlatformLimits
-from genesys_mux.errors import GenesysMuxError
+from genesys_mux.errors import ConfigFileError, GenesysMuxError
 
 __all__ = ["app", "main"]
 
@@ -124,6 +132,173 @@ async def _serve_emulator(settings: EmulatorSettings, client_id: str) -> None:
         log.info("emulator started", base_url=base, pid=os.getpid())
         await stop.wait()
         log.info("emulator stopping")
+
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="TOML configuration file.", exists=False, dir_okay=False),
+]
+DlqOption = Annotated[Path, typer.Option("--file", "-f", help="Dead-letter file.", dir_okay=False)]
+
+
+@app.command()
+def validate(config: ConfigOption) -> None:
+    """Check a configuration file and print every problem with its path."""
+    raise typer.Exit(tools.validate(config, console))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the configuration file."""
+    raise typer.Exit(tools.print_schema())
+
+
+@app.command()
+def listen(
+    topics: Annotated[list[str], typer.Argument(help="Genesys topics (combined topics allowed).")],
+    region: Annotated[str | None, typer.Option(help="Region name or domain.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Emulator (or other) base URL.")] = None,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many notifications.")
+    ] = None,
+) -> None:
+    """Print raw notifications of some topics as JSON lines (credentials from GENESYSCLOUD_*)."""
+    configure_logging()
+    raise typer.Exit(
+        tools.listen(topics, region=region, base_url=base_url, console=console, count=count)
+    )
+
+
+def _run_async(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run ``main`` with an event that Ctrl-C and SIGTERM set, for a clean stop."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    try:
+        return asyncio.run(runner())
+    except GenesysMuxError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+@app.command()
+def demo(
+    chaos: Annotated[
+        bool, typer.Option("--chaos", help="Inject a fault every few seconds.")
+    ] = False,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="Stop after this many seconds.")
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="JSON lines on stdout (audit log on stderr), no dashboard."),
+    ] = False,
+) -> None:
+    """Run the whole product against the embedded emulator, with a live dashboard."""
+    configure_logging(level="WARNING", json=as_json)
+
+    async def main(stop: asyncio.Event) -> int:
+        return await run_demo(
+            stop,
+            duration_s=duration,
+            chaos=chaos,
+            json_lines=as_json,
+            stdout=sys.stdout,
+            console=console,
+        )
+
+    raise typer.Exit(_run_async(main))
+
+
+@app.command()
+def run(
+    config: ConfigOption,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="Point everything at this URL (an emulator) instead of the region."),
+    ] = None,
+    tui: Annotated[bool, typer.Option("--tui", help="Show the live dashboard.")] = False,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve /metrics, /healthz, /readyz, /status here."),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="Stop after this many seconds.")
+    ] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+) -> None:
+    """Run a configuration file's streams against a tenant (credentials from the environment)."""
+    configure_logging(level="WARNING" if tui else "INFO", json=log_json)
+    try:
+        loaded = load_config(config)
+        credentials, warnings = load_credentials(loaded.genesys)
+    except ConfigFileError as exc:
+        tools.validate(config, console)
+        raise typer.Exit(2) from exc
+    except GenesysMuxError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for warning in warnings:
+        log.warning(warning)
+    if admin_port is not None:
+        loaded = dataclasses.replace(
+            loaded, settings=loaded.settings.model_copy(update={"admin_port": admin_port})
+        )
+
+    async def main(stop: asyncio.Event) -> int:
+        runtime = Runtime(
+            loaded,
+            credentials,
+            base_url=base_url,
+            output=Output(mode="dashboard" if tui else "quiet"),
+            console=console,
+        )
+        return await runtime.run(stop, duration)
+
+    raise typer.Exit(_run_async(main))
+
+
+dlq_app = typer.Typer(help="Inspect, replay or purge the dead-letter queue.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    file: DlqOption = Path("genesys-mux-dlq.jsonl"),
+    stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List dead letters: stream, sequence, reason, conversation."""
+    raise typer.Exit(tools.dlq_list(file, stream, as_json, console))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    config: ConfigOption,
+    stream: Annotated[str, typer.Option(help="The stream whose sinks receive its dead letters.")],
+    file: DlqOption = Path("genesys-mux-dlq.jsonl"),
+) -> None:
+    """Send a stream's dead letters through its sinks; delivered ones leave the file."""
+    configure_logging(level="WARNING")
+    raise typer.Exit(tools.dlq_replay(file, config, stream, console))
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    file: DlqOption = Path("genesys-mux-dlq.jsonl"),
+    stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete dead letters (all of them, or one stream's)."""
+    if not yes and not typer.confirm(f"Delete dead letters from {file}?"):
+        raise typer.Exit(1)
+    raise typer.Exit(tools.dlq_purge(file, stream, console))
 
 
 def main() -> None:

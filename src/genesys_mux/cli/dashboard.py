@@ -1,0 +1,155 @@
+"""The live rich dashboard: channels, streams and the latest audit events.
+
+It renders from the same snapshot ``/status`` serves (:func:`status_snapshot`),
+so what an operator sees on screen and what a monitor scrapes agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from genesys_mux.net.multiplexer import Multiplexer
+
+__all__ = ["AuditTail", "Dashboard", "status_snapshot"]
+
+
+@dataclass
+class AuditTail:
+    """The most recent audit facts, for the dashboard."""
+
+    size: int = 12
+    lines: deque[tuple[float, str, dict[str, Any]]] = field(default_factory=deque)
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        self.lines.append((time.time(), kind, fields))
+        while len(self.lines) > self.size:
+            self.lines.popleft()
+
+
+def status_snapshot(mux: Multiplexer) -> dict[str, Any]:
+    """Streams and channels as plain JSON-ready data."""
+    stats = mux.stats()
+    now = time.time()
+    return {
+        "live": mux.live,
+        "streams": {
+            sid: {
+                "priority": s.priority,
+                "topics": s.topics,
+                "buffered": s.buffered,
+                "received": s.received,
+                "delivered": s.delivered,
+                "filtered": s.filtered,
+                "duplicates": s.duplicates,
+                "stale": s.stale,
+                "overflowed": s.overflowed,
+                "dead_lettered": s.dead_lettered,
+                "gaps": s.gaps,
+                "latency_p50_s": s.latency_p50_s,
+                "latency_p99_s": s.latency_p99_s,
+                "rejected_topics": list(s.rejected_topics),
+            }
+            for sid, s in stats["streams"].items()
+        },
+        "channels": {
+            str(slot): {
+                "channel_id": c.channel_id,
+                "state": c.state,
+                "topics": c.topics,
+                "notifications": c.notifications,
+                "reconnects": c.reconnects,
+                "rotations": c.rotations,
+                "bad_frames": c.bad_frames,
+                "age_s": (now - c.connected_since) if c.connected_since else None,
+            }
+            for slot, c in stats["channels"].items()
+        },
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+class Dashboard:
+    """Builds the renderable for one refresh; keeps rates between refreshes."""
+
+    def __init__(self, mux: Multiplexer, audit: AuditTail, title: str = "genesys-mux") -> None:
+        self.mux = mux
+        self.audit = audit
+        self.title = title
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def render(self) -> Group:
+        """The dashboard as it is now."""
+        status = status_snapshot(self.mux)
+        now = time.monotonic()
+        channels = Table(
+            title=f"{self.title}: channels ({'live' if status['live'] else 'NOT READY'})"
+        )
+        for column in ("slot", "channel", "topics", "state", "age", "reconnects", "rotations"):
+            channels.add_column(
+                column, justify="right" if column not in ("channel", "state") else "left"
+            )
+        for slot, c in status["channels"].items():
+            age = c["age_s"]
+            channels.add_row(
+                slot,
+                c["channel_id"] or "-",
+                str(c["topics"]),
+                c["state"],
+                "-" if age is None else f"{age:.0f}s",
+                str(c["reconnects"]),
+                str(c["rotations"]),
+            )
+        streams = Table(title="streams")
+        for column in (
+            "stream",
+            "prio",
+            "events/s",
+            "delivered",
+            "dup",
+            "stale",
+            "overflow",
+            "DLQ",
+            "gaps",
+            "p50 ms",
+            "p99 ms",
+        ):
+            streams.add_column(column, justify="left" if column == "stream" else "right")
+        for sid, s in status["streams"].items():
+            previous = self._last.get(sid)
+            rate = 0.0
+            if previous is not None and now > previous[0]:
+                rate = (s["delivered"] - previous[1]) / (now - previous[0])
+            self._last[sid] = (now, s["delivered"])
+            streams.add_row(
+                sid,
+                str(s["priority"]),
+                f"{rate:.1f}",
+                str(s["delivered"]),
+                str(s["duplicates"]),
+                str(s["stale"]),
+                str(s["overflowed"]),
+                str(s["dead_lettered"]),
+                str(s["gaps"]),
+                _ms(s["latency_p50_s"]),
+                _ms(s["latency_p99_s"]),
+            )
+        audit = Table(title="latest audit events", show_header=False)
+        audit.add_column("time")
+        audit.add_column("event")
+        audit.add_column("details")
+        for at, kind, fields in list(self.audit.lines):
+            detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "topics")
+            audit.add_row(
+                time.strftime("%H:%M:%S", time.localtime(at)), kind.upper(), Text(detail[:90])
+            )
+        return Group(channels, streams, audit)

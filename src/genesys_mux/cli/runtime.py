@@ -1,0 +1,311 @@
+"""What ``run`` and ``demo`` share: a Multiplexer with its sinks, audit log, metrics and UI.
+
+Theory of operation
+-------------------
+:class:`Runtime` turns a validated :class:`~genesys_mux.configfile.ConfigFile`
+into running parts and tears them down in order:
+
+1. the audit log and the Multiplexer (settings from ``[settings]``);
+2. every stream, then one :class:`~genesys_mux.sinks.runner.SinkRunner` per
+   stream with sinks, reading that stream alone so a slow sink only holds
+   back its own stream;
+3. streams without sinks are read by the runtime itself: printed as JSON
+   lines (``--json``), or just counted under the dashboard;
+4. the admin server (``/metrics``, ``/healthz``, ``/readyz``, ``/status``)
+   when ``admin_port`` is set, and the periodic ``STREAM_METRIC`` lines;
+5. on stop: the runners finish their batch, the Multiplexer drains, and
+   whatever is still buffered goes to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import msgspec
+from rich.console import Console
+from rich.live import Live
+
+from genesys_mux.cli.dashboard import AuditTail, Dashboard, status_snapshot
+from genesys_mux.configfile import (
+    ConfigFile,
+    Credentials,
+    JsonlSinkSpec,
+    RedisSinkSpec,
+    SinkSpec,
+    StdoutSinkSpec,
+    WebhookSinkSpec,
+)
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.streams import Gap, StreamEvent
+from genesys_mux.errors import ConfigError
+from genesys_mux.net.connection import PoolSettings
+from genesys_mux.net.multiplexer import Multiplexer
+from genesys_mux.observability.admin import AdminServer
+from genesys_mux.observability.audit import AuditLog
+from genesys_mux.observability.metrics import MuxMetrics
+from genesys_mux.sinks.base import Sink
+from genesys_mux.sinks.jsonl import JsonlSink
+from genesys_mux.sinks.redis_streams import RedisStreamSink
+from genesys_mux.sinks.runner import SinkRunner
+from genesys_mux.sinks.stdout import StdoutSink
+from genesys_mux.sinks.webhook import WebhookSink
+
+__all__ = ["Output", "Runtime", "build_sink"]
+
+log = logging.getLogger("genesys_mux.cli")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """How the runtime shows what it does."""
+
+    #: "dashboard", "json" (JSON lines of events on stdout) or "quiet".
+    mode: str = "quiet"
+    refresh_s: float = 0.5
+
+
+def build_sink(spec: SinkSpec, environ: dict[str, str] | None = None) -> Sink:
+    """The sink a spec describes; secrets are read from the environment here."""
+    env = os.environ if environ is None else environ
+    if isinstance(spec, StdoutSinkSpec):
+        return StdoutSink()
+    if isinstance(spec, JsonlSinkSpec):
+        return JsonlSink(
+            spec.path, max_bytes=spec.max_bytes, backups=spec.backups, fsync=spec.fsync
+        )
+    if isinstance(spec, RedisSinkSpec):
+        url = spec.url if spec.url is not None else env.get(spec.url_env or "")
+        if not url:
+            raise ConfigError(f"redis sink: environment variable {spec.url_env} is not set")
+        return RedisStreamSink(url, prefix=spec.prefix, maxlen=spec.maxlen)
+    if isinstance(spec, WebhookSinkSpec):
+        secret = env.get(spec.secret_env)
+        if not secret:
+            raise ConfigError(f"webhook sink: environment variable {spec.secret_env} is not set")
+        return WebhookSink(spec.url, secret, timeout_s=spec.timeout_s)
+    raise ConfigError(f"unknown sink type {spec!r}")
+
+
+def event_line(item: StreamEvent | Gap) -> bytes:
+    """One JSON line describing an event or a gap (for ``--json``)."""
+    if isinstance(item, Gap):
+        return msgspec.json.encode(
+            {
+                "kind": "gap",
+                "stream_id": item.stream_id,
+                "start": item.start,
+                "end": item.end,
+                "topics": len(item.topics),
+                "reason": item.reason,
+            }
+        )
+    return msgspec.json.encode(
+        {
+            "kind": "event",
+            "stream_id": item.stream_id,
+            "sequence": item.sequence,
+            "priority": item.priority,
+            "transition": item.transition,
+            "conversation_id": item.conversation_id,
+            "topic": item.topic,
+            "latency_ms": round((item.latency_s or 0.0) * 1000, 3),
+            "age_s": None if item.age_s is None else round(item.age_s, 3),
+        }
+    )
+
+
+class Runtime:
+    """Runs one configuration until told to stop."""
+
+    def __init__(
+        self,
+        config: ConfigFile,
+        credentials: Credentials,
+        *,
+        base_url: str | None = None,
+        output: Output | None = None,
+        pool_settings: PoolSettings | None = None,
+        audit_target: str | TextIO | None = None,
+        stdout: TextIO | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.base_url = base_url or config.genesys.base_url
+        self.output = output or Output()
+        self.pool_settings = pool_settings
+        self.audit_target = audit_target
+        self.stdout = stdout or sys.stdout
+        self.console = console or Console(stderr=True)
+        self.tail = AuditTail()
+        self.mux: Multiplexer | None = None
+        self.runners: dict[str, SinkRunner] = {}
+        #: Extra coroutines to run alongside (the demo's chaos monkey).
+        self.side_tasks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
+
+    async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> int:
+        """Run until ``stop`` is set or ``duration_s`` has passed; returns an exit code."""
+        settings = self.config.settings
+        audit_target: Any = self.audit_target
+        if audit_target is None:
+            audit_target = sys.stderr if settings.audit_path == "-" else settings.audit_path
+        audit = AuditLog(audit_target)
+        region = (
+            None
+            if self.base_url
+            else (self.config.genesys.region or os.environ.get("GENESYSCLOUD_REGION"))
+        )
+        mux = Multiplexer(
+            client_id=self.credentials.client_id,
+            client_secret=self.credentials.client_secret,
+            region=region,
+            base_url=self.base_url,
+            max_streams=settings.max_streams,
+            buffer_threshold=settings.buffer_threshold,
+            heartbeat_timeout=settings.heartbeat_timeout,
+            pong_timeout=settings.pong_timeout,
+            topics_per_channel=settings.topics_per_channel,
+            max_channels=settings.max_channels,
+            queue_refresh_s=settings.queue_refresh_s,
+            requests_per_minute=settings.requests_per_minute,
+            dlq=settings.dlq_path,
+            pool_settings=self.pool_settings,
+        )
+        self.mux = mux
+        audit.attach(mux)
+        mux.on_audit.append(self.tail)
+        metrics = MuxMetrics(mux)
+        tasks: list[asyncio.Task[Any]] = []
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(mux)
+            for stream in self.config.streams:
+                for rejection in await mux.add_stream(stream):
+                    missing = list(rejection.missing_permissions)
+                    self.console.print(
+                        f"[yellow]stream {stream.id}: topic {rejection.topic} rejected "
+                        f"({rejection.reason}, missing {missing})[/yellow]"
+                    )
+            unsunk: list[str] = []
+            for stream in self.config.streams:
+                specs = self.config.sinks.get(stream.id, ())
+                if not specs:
+                    unsunk.append(stream.id)
+                    continue
+                sinks = [build_sink(spec) for spec in specs]
+                spec0 = specs[0]
+                runner = SinkRunner(
+                    mux.stream(stream.id),
+                    sinks,
+                    mux.dead_letter,
+                    batch_size=spec0.batch_size,
+                    linger_s=spec0.linger_s,
+                    max_attempts=spec0.max_attempts,
+                    backoff=Backoff(0.2, 10.0),
+                )
+                runner.on_failure.append(functools.partial(audit.sink_failure, stream.id))
+                self.runners[stream.id] = runner
+                tasks.append(
+                    asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream.id}")
+                )
+            for stream_id in unsunk:
+                tasks.append(
+                    asyncio.create_task(
+                        self._consume(stream_id), name=f"genesys-mux-print-{stream_id}"
+                    )
+                )
+            if settings.admin_port is not None:
+                admin = AdminServer(
+                    mux,
+                    metrics,
+                    host=settings.admin_host,
+                    port=settings.admin_port,
+                    status_extra=self._status_extra,
+                )
+                await stack.enter_async_context(admin)
+                self.console.print(
+                    f"admin server on {admin.base_url} (/metrics /healthz /readyz /status)"
+                )
+            background = [asyncio.create_task(audit.run_periodic(mux, settings.metric_interval_s))]
+            background += [asyncio.create_task(side(self)) for side in self.side_tasks]
+            await self._wait(stop, duration_s)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            # Drain first: the runners and printers keep reading until their
+            # stream is empty and ends; only then are they told to stop.
+            await mux.stop(drain=True, timeout_s=5.0)
+            for runner in self.runners.values():
+                runner.stop()
+            _, pending = await asyncio.wait(tasks, timeout=15.0) if tasks else (set(), set())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        audit.close()
+        return 0
+
+    def _status_extra(self) -> dict[str, Any]:
+        return {
+            "sinks": {
+                sid: {
+                    "sent": r.sent,
+                    "failed_batches": r.failed_batches,
+                    "dead_lettered": r.dead_lettered,
+                    "last_error": r.last_error,
+                }
+                for sid, r in self.runners.items()
+            }
+        }
+
+    async def _consume(self, stream_id: str) -> None:
+        assert self.mux is not None
+        json_mode = self.output.mode == "json"
+        async for item in self.mux.stream(stream_id):
+            if json_mode:
+                self.stdout.write(event_line(item).decode() + "\n")
+        if json_mode:
+            self.stdout.flush()
+
+    async def _wait(self, stop: asyncio.Event, duration_s: float | None) -> None:
+        assert self.mux is not None
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            if self.output.mode == "dashboard":
+                dashboard = Dashboard(self.mux, self.tail)
+                with Live(dashboard.render(), console=self.console, refresh_per_second=4) as live:
+                    await self._tick(waiter, duration_s, lambda: live.update(dashboard.render()))
+            else:
+                await self._tick(waiter, duration_s, self._flush)
+        finally:
+            waiter.cancel()
+
+    def _flush(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.stdout.flush()
+
+    async def _tick(
+        self, waiter: asyncio.Future[Any], duration_s: float | None, refresh: Callable[[], None]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if duration_s is None else loop.time() + duration_s
+        while not waiter.done():
+            timeout = self.output.refresh_s
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            refresh()
+            if deadline is not None and loop.time() >= deadline:
+                return
+
+    def status(self) -> dict[str, Any]:
+        """The same snapshot ``/status`` serves."""
+        assert self.mux is not None
+        return {**status_snapshot(self.mux), **self._status_extra()}

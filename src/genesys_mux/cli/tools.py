@@ -1,0 +1,290 @@
+"""The small commands: validate, schema, listen, dlq.
+
+Each is a plain function the typer layer in :mod:`genesys_mux.cli.app`
+calls; they print with rich and return an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import aiohttp
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from genesys_mux.cli.runtime import build_sink
+from genesys_mux.configfile import GenesysSection, json_schema, load_config, load_credentials
+from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
+from genesys_mux.core.topics import expand_topic
+from genesys_mux.errors import ConfigError, ConfigFileError
+from genesys_mux.net.auth import TokenProvider
+from genesys_mux.net.connection import ChannelPool
+from genesys_mux.net.rest import RestClient
+from genesys_mux.regions import endpoints_for
+from genesys_mux.sinks.dlq import read_dead_letters
+from genesys_mux.sinks.runner import SinkRunner
+
+__all__ = ["dlq_list", "dlq_purge", "dlq_replay", "listen", "print_schema", "validate"]
+
+
+def validate(path: Path, console: Console) -> int:
+    """Check a configuration file; print every error with its path as a table."""
+    try:
+        config = load_config(path)
+    except ConfigFileError as exc:
+        table = Table(title=f"{len(exc.errors)} problem(s) in {path}", show_lines=False)
+        table.add_column("path", style="bold")
+        table.add_column("problem")
+        for where, message in exc.errors:
+            table.add_row(where, message)
+        console.print(table)
+        console.print(
+            "Fix each value and run validate again; `genesys-mux schema` lists every key."
+        )
+        return 1
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    table = Table(title=f"{path}: valid")
+    table.add_column("stream")
+    table.add_column("priority", justify="right")
+    table.add_column("filter")
+    table.add_column("raw topics", justify="right")
+    table.add_column("sinks")
+    for stream in config.streams:
+        flt = stream.filter.model_dump(by_alias=True, exclude_none=True) if stream.filter else None
+        sinks = ", ".join(s.type for s in config.sinks.get(stream.id, ())) or "-"
+        table.add_row(
+            stream.id, str(stream.priority), json.dumps(flt), str(len(stream.topics)), sinks
+        )
+    console.print(table)
+    return 0
+
+
+def print_schema() -> int:
+    """Print the JSON Schema of the configuration file to stdout."""
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    return 0
+
+
+def listen(
+    topics: list[str],
+    *,
+    region: str | None,
+    base_url: str | None,
+    console: Console,
+    count: int | None = None,
+) -> int:
+    """Print the raw notifications of some topics as JSON lines, until Ctrl-C."""
+    try:
+        wanted = [part for topic in topics for part in expand_topic(topic)]
+        credentials, warnings = load_credentials(GenesysSection())
+        if base_url is None:
+            region = region or os.environ.get("GENESYSCLOUD_REGION")
+            if region is None:
+                raise ConfigError("give --region or --base-url, or set GENESYSCLOUD_REGION")
+        endpoints = endpoints_for(region=region if base_url is None else None, base_url=base_url)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenProvider(
+                session, endpoints, credentials.client_id, credentials.client_secret
+            )
+            rest = RestClient(session, endpoints, tokens)
+            async with ChannelPool(session, rest, tokens) as pool:
+                for rejection in await pool.set_topics(wanted):
+                    console.print(
+                        f"[yellow]rejected[/yellow] {rejection.topic}: {rejection.reason} "
+                        f"{list(rejection.missing_permissions)}"
+                    )
+                console.print(f"listening to {len(wanted)} topic(s); Ctrl-C stops")
+                printed = 0
+                frames = pool.frames()
+                while not stop.is_set():
+                    next_note = asyncio.ensure_future(anext(frames))
+                    stopper = asyncio.ensure_future(stop.wait())
+                    done, _ = await asyncio.wait(
+                        {next_note, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    stopper.cancel()
+                    if next_note not in done:
+                        next_note.cancel()
+                        break
+                    note = next_note.result()
+                    line = msgspec.json.encode(
+                        {
+                            "received_at": note.received_at,
+                            "channel": note.slot,
+                            "topic": note.topic,
+                            "correlation_id": note.correlation_id,
+                            "eventBody": msgspec.Raw(note.body),
+                        }
+                    )
+                    sys.stdout.write(line.decode() + "\n")
+                    sys.stdout.flush()
+                    printed += 1
+                    if count is not None and printed >= count:
+                        break
+
+    asyncio.run(run())
+    return 0
+
+
+def _letters(path: Path, stream: str | None) -> list[DeadLetter]:
+    if not path.exists():
+        return []
+    return [d for d in read_dead_letters(path) if stream is None or d.stream_id == stream]
+
+
+def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) -> int:
+    """Show the dead letters in a DLQ file."""
+    try:
+        letters = _letters(path, stream)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    if as_json:
+        for d in letters:
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "stream_id": d.stream_id,
+                        "sequence": d.sequence,
+                        "reason": d.reason,
+                        "topic": d.topic,
+                        "conversation_id": d.conversation_id,
+                        "received_at": d.received_at,
+                        "bytes": len(d.raw),
+                    }
+                )
+                + "\n"
+            )
+        return 0
+    table = Table(title=f"{len(letters)} dead letter(s) in {path}")
+    for column in ("stream", "sequence", "reason", "conversation", "received", "bytes"):
+        table.add_column(column)
+    for d in letters[-200:]:
+        received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.received_at))
+        table.add_row(
+            d.stream_id,
+            str(d.sequence),
+            d.reason,
+            d.conversation_id or "-",
+            received,
+            str(len(d.raw)),
+        )
+    console.print(table)
+    if len(letters) > 200:
+        console.print(f"(showing the last 200; --json lists all {len(letters)})")
+    by_reason = Counter(d.reason for d in letters)
+    for reason, n in by_reason.most_common():
+        console.print(f"  {reason}: {n}")
+    return 0
+
+
+def rewrite_without(path: Path, remove: Iterable[DeadLetter]) -> int:
+    """Rewrite a DLQ file keeping every letter not in ``remove``; returns how many remain.
+
+    Written to a temporary file and renamed, so a crash leaves either the old
+    file or the new one, never half of each.
+    """
+    gone = {(d.stream_id, d.sequence, d.reason) for d in remove}
+    kept: list[bytes] = []
+    with path.open("rb") as file:
+        lines = [line for line in file if line.strip()]
+    for line, letter in zip(lines, read_dead_letters(path), strict=True):
+        if (letter.stream_id, letter.sequence, letter.reason) not in gone:
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_bytes(b"".join(kept))
+    os.replace(temporary, path)
+    return len(kept)
+
+
+def dlq_purge(path: Path, stream: str | None, console: Console) -> int:
+    """Delete dead letters (all, or one stream's)."""
+    try:
+        letters = _letters(path, stream)
+        remaining = rewrite_without(path, letters) if letters else 0
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    console.print(f"purged {len(letters)} dead letter(s); {remaining} remain")
+    return 0
+
+
+def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> int:
+    """Send a stream's dead letters through its configured sinks; remove those delivered.
+
+    Letters that fail again stay in the file, so a replay can be repeated
+    until the downstream service takes them.
+    """
+    try:
+        config = load_config(config_path)
+        stream_config = next((s for s in config.streams if s.id == stream), None)
+        if stream_config is None:
+            known = ", ".join(s.id for s in config.streams)
+            raise ConfigError(f"no stream {stream!r} in {config_path}; streams: {known}")
+        specs = config.sinks.get(stream, ())
+        if not specs:
+            raise ConfigError(f"stream {stream!r} has no sinks in {config_path} to replay into")
+        letters = _letters(path, stream)
+        sinks = [build_sink(spec) for spec in specs]
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    if not letters:
+        console.print(f"no dead letters for stream {stream!r} in {path}")
+        return 0
+    failed: list[DeadLetter] = []
+
+    async def items() -> AsyncIterator[StreamEvent | Gap]:
+        for letter in letters:
+            yield StreamEvent(
+                stream_id=letter.stream_id,
+                sequence=letter.sequence,
+                priority=stream_config.priority,
+                topic=letter.topic,
+                transition=None,
+                conversation_id=letter.conversation_id,
+                correlation_id=letter.correlation_id,
+                raw=letter.raw,
+                received_at=letter.received_at,
+            )
+
+    runner = SinkRunner(
+        items(),
+        sinks,
+        failed.append,
+        batch_size=specs[0].batch_size,
+        linger_s=0.0,
+        max_attempts=specs[0].max_attempts or 5,
+        name=stream,
+    )
+    asyncio.run(runner.run())
+    undelivered = {(d.stream_id, d.sequence) for d in failed}
+    delivered = [d for d in letters if (d.stream_id, d.sequence) not in undelivered]
+    remaining = rewrite_without(path, delivered)
+    console.print(
+        f"replayed {len(delivered)} of {len(letters)} dead letter(s) of {stream!r}; "
+        f"{remaining} remain in {path}"
+    )
+    return 0 if not failed else 1

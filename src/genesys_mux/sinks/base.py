@@ -1,0 +1,233 @@
+"""What every sink shares: the :class:`Sink` protocol and the wire record of an item.
+
+Theory of operation
+-------------------
+A sink forwards a stream's items (events and gaps) to one downstream
+service. The :class:`~genesys_mux.sinks.runner.SinkRunner` of a stream reads
+the stream, forms batches and calls :meth:`Sink.send` with each batch; a sink
+either takes the whole batch or raises
+:class:`~genesys_mux.errors.SinkError`, whose ``retryable`` flag tells the
+runner whether sending the *same* batch again may help. Because a failed
+batch is re-sent whole, a downstream service can see an item twice: delivery
+is at-least-once, and every record carries an ``idempotency_key`` so the
+receiver can drop the repeats.
+
+Every sink writes the same record for an item, built by :func:`encode_record`
+(one JSON object, encoded with msgspec):
+
+* events: ``kind`` (``"event"``), ``idempotency_key`` (``stream_id:sequence``),
+  ``stream_id``, ``sequence``, ``priority``, ``topic``, ``transition``,
+  ``conversation_id``, ``correlation_id``, ``received_at`` (Unix seconds) and
+  ``event_body``: the notification's ``eventBody`` embedded *verbatim*, byte
+  for byte, never decoded and re-encoded (re-encoding could change number
+  formatting or escapes, and with them any hash a consumer computes). A body
+  that cannot be embedded on one line as it is (not JSON, or JSON spread
+  over several lines, which would break JSON-lines files) is sent as
+  ``event_body_b64`` instead, exactly as the dead-letter queue stores it.
+* gaps: ``kind`` (``"gap"``), ``idempotency_key``
+  (``stream_id:gap:channel_id:start``), ``stream_id``, ``start``, ``end``
+  (Unix seconds), ``topics`` (sorted), ``channel_id`` and ``reason``.
+
+:func:`decode_record` reads a record back (receivers, tests, DLQ tooling).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
+
+import msgspec
+
+from genesys_mux.core.streams import Gap, StreamEvent
+
+__all__ = [
+    "EventRecord",
+    "GapRecord",
+    "Hidden",
+    "Item",
+    "Record",
+    "Sink",
+    "batch_idempotency_key",
+    "decode_record",
+    "encode_record",
+    "idempotency_key",
+    "to_record",
+]
+
+Item = StreamEvent | Gap
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Somewhere downstream to forward a stream's items to.
+
+    ``send`` takes a whole batch or raises
+    :class:`~genesys_mux.errors.SinkError`; it may be called again with the
+    same batch after a retryable failure, so anything it half-sent is sent
+    again (at-least-once). ``start`` opens connections or files and ``close``
+    releases them; both may be called more than once.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Open whatever the sink needs (sessions, clients, files)."""
+
+    async def send(self, batch: Sequence[Item]) -> None:
+        """Deliver every item of ``batch``, in order, or raise ``SinkError``."""
+
+    async def close(self) -> None:
+        """Release everything :meth:`start` opened."""
+
+
+class Hidden(Generic[T]):
+    """A secret value (a key, a URL with a password) that no repr, log or dump shows.
+
+    ``value`` is the real thing; ``str()`` and ``repr()`` give ``label``.
+    Keeping secrets in one of these means ``vars(sink)``, a debugger or a
+    crash report cannot leak them by accident.
+    """
+
+    __slots__ = ("label", "value")
+
+    def __init__(self, value: T, label: str = "<hidden>") -> None:
+        self.value = value
+        self.label = label
+
+    def __repr__(self) -> str:
+        return self.label
+
+    __str__ = __repr__
+
+
+class EventRecord(msgspec.Struct, tag_field="kind", tag="event", omit_defaults=True):
+    """The wire record of a :class:`~genesys_mux.core.streams.StreamEvent`.
+
+    Exactly one of ``event_body`` (the raw body, verbatim) and
+    ``event_body_b64`` is present; an empty ``event_body`` means absent,
+    because msgspec cannot put ``Raw`` in a union with ``None``.
+    """
+
+    idempotency_key: str
+    stream_id: str
+    sequence: int
+    priority: int
+    topic: str
+    transition: str | None
+    conversation_id: str | None
+    correlation_id: str | None
+    received_at: float
+    event_body: msgspec.Raw = msgspec.Raw()
+    event_body_b64: str | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The event's body bytes, whichever way they were carried."""
+        if len(self.event_body):
+            return bytes(self.event_body)
+        return base64.b64decode(self.event_body_b64 or "")
+
+
+class GapRecord(msgspec.Struct, tag_field="kind", tag="gap"):
+    """The wire record of a :class:`~genesys_mux.core.streams.Gap`."""
+
+    idempotency_key: str
+    stream_id: str
+    start: float
+    end: float
+    topics: list[str]
+    channel_id: str
+    reason: str
+
+
+Record = EventRecord | GapRecord
+
+_ENCODER: Final = msgspec.json.Encoder()
+_RECORD_DECODER: Final = msgspec.json.Decoder(Record)
+# Decoding into Raw walks the document and checks its syntax without
+# building any Python objects: the cheapest complete validity check.
+_SYNTAX_CHECKER: Final = msgspec.json.Decoder(msgspec.Raw)
+# What msgspec raises for bytes it cannot decode: malformed JSON, invalid
+# UTF-8 (UnicodeDecodeError), nesting too deep to walk (RecursionError).
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
+
+
+def idempotency_key(item: Item) -> str:
+    """The key a receiver de-duplicates ``item`` by.
+
+    ``stream_id:sequence`` for events (sequences are unique per stream);
+    ``stream_id:gap:channel_id:start`` for gaps, which have no sequence.
+    """
+    if isinstance(item, StreamEvent):
+        return item.idempotency_key
+    return f"{item.stream_id}:gap:{item.channel_id}:{item.start!r}"
+
+
+def batch_idempotency_key(batch: Sequence[Item]) -> str:
+    """``first..last``: the keys of a batch's first and last items.
+
+    A re-sent batch is the same items in the same order, so it gets the same
+    key; receivers that de-duplicate whole requests can use it.
+    """
+    if not batch:
+        return ""
+    return f"{idempotency_key(batch[0])}..{idempotency_key(batch[-1])}"
+
+
+def _embeddable(raw: bytes) -> bool:
+    """True when ``raw`` can go into a record verbatim and stay on one line.
+
+    Bodies from a socket are already syntax-checked single JSON values, but
+    a pretty-printed one spans lines, and a replayed or hand-built event may
+    carry anything. Embedding invalid JSON would corrupt the whole record.
+    """
+    if not raw or b"\n" in raw or b"\r" in raw or raw != raw.strip():
+        return False
+    try:
+        _SYNTAX_CHECKER.decode(raw)
+    except _DECODE_ERRORS:
+        return False
+    return True
+
+
+def to_record(item: Item) -> Record:
+    """The wire record of ``item``, as a struct."""
+    if isinstance(item, StreamEvent):
+        record = EventRecord(
+            idempotency_key=item.idempotency_key,
+            stream_id=item.stream_id,
+            sequence=item.sequence,
+            priority=item.priority,
+            topic=item.topic,
+            transition=item.transition,
+            conversation_id=item.conversation_id,
+            correlation_id=item.correlation_id,
+            received_at=item.received_at,
+        )
+        if _embeddable(item.raw):
+            record.event_body = msgspec.Raw(item.raw)
+        else:
+            record.event_body_b64 = base64.b64encode(item.raw).decode("ascii")
+        return record
+    return GapRecord(
+        idempotency_key=idempotency_key(item),
+        stream_id=item.stream_id,
+        start=item.start,
+        end=item.end,
+        topics=sorted(item.topics),
+        channel_id=item.channel_id,
+        reason=item.reason,
+    )
+
+
+def encode_record(item: Item) -> bytes:
+    """The JSON record of ``item``: one line, no trailing newline. Every sink uses this."""
+    return _ENCODER.encode(to_record(item))
+
+
+def decode_record(data: bytes | str) -> Record:
+    """Read one record back; raises ``msgspec.ValidationError``/``DecodeError`` if it is not one."""
+    record: Record = _RECORD_DECODER.decode(data)
+    return record

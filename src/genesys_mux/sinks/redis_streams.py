@@ -1,0 +1,191 @@
+"""A sink that appends items to Redis Streams, one stream key per genesys-mux stream.
+
+Theory of operation
+-------------------
+Each item becomes one stream entry, ``XADD {prefix}{stream_id} MAXLEN ~ N *
+record <json> idempotency_key <key>``, where ``record`` is the shared wire
+record of :mod:`genesys_mux.sinks.base`. Redis assigns the entry id, so
+ordering within a key is the order of sending. A batch is sent as one
+pipeline without ``MULTI`` (``transaction=False``): one round trip, and no
+transaction to abort, since every ``XADD`` stands alone.
+
+``MAXLEN ~ N`` keeps each key bounded. The ``~`` lets Redis trim only whole
+internal nodes, which is far cheaper than exact trimming; a key therefore
+holds *at least* N entries and somewhat more. Pass ``approximate=False`` for
+an exact cap, or ``maxlen=None`` for none.
+
+Restarts and failover: the client runs with socket timeouts and with
+redis-py's own retries turned off, so a dead connection or a Redis that is
+restarting (connection refused, ``LOADING``, ``READONLY``, ``OOM``) surfaces
+at once as a retryable :class:`~genesys_mux.errors.SinkError`. The runner
+backs off and sends the *whole* batch again; redis-py reconnects on the next
+command. A pipeline cut off by the connection may have been applied in part,
+so the re-send can add some entries twice: delivery is at-least-once and
+consumers drop repeats by ``idempotency_key``. Errors that waiting cannot
+fix (bad credentials, missing ACL permission, a key of the wrong type) are
+not retryable.
+
+The URL may carry a password; it never appears in reprs, logs or errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
+
+__all__ = ["DEFAULT_PREFIX", "RedisStreamSink", "RedisStreamsSink", "redact_url"]
+
+log = logging.getLogger("genesys_mux.sinks.redis")
+
+#: Keys are ``{prefix}{stream_id}``.
+DEFAULT_PREFIX = "genesys-mux:"
+
+# Server answers that mean "not now" rather than "never": a replica that is
+# read-only during a failover, memory that a trim or eviction will free,
+# a cluster moving slots.
+_TRANSIENT_RESPONSES = (
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,
+    rexc.TryAgainError,
+    rexc.ClusterDownError,
+)
+# Connection-level errors that are about who we are, not about the network.
+_PERMANENT_CONNECTION_ERRORS = (rexc.AuthenticationError, rexc.AuthorizationError)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for reprs and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class RedisStreamsSink:
+    """Items appended to ``{prefix}{stream_id}`` Redis streams with pipelined ``XADD``.
+
+    ``url`` is a ``redis://`` or ``rediss://`` URL (``redis://:password@host:6379/0``).
+    ``maxlen`` bounds each key (approximately unless ``approximate=False``;
+    None for no bound). ``socket_timeout_s`` and ``connect_timeout_s`` bound
+    every command and connection attempt. ``client`` lets an application
+    share its own ``redis.asyncio.Redis``; the sink then does not close it.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        maxlen: int | None = 100_000,
+        approximate: bool = True,
+        socket_timeout_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
+        name: str = "redis",
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        if maxlen is not None and maxlen < 1:
+            raise ConfigError(f"Redis sink maxlen must be at least 1 (or None), not {maxlen}")
+        if socket_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ConfigError("Redis sink timeouts must be positive")
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"Redis sink url must start with redis://, rediss:// or unix://, "
+                f"not {redact_url(url)!r}"
+            )
+        self.name = name
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self.approximate = approximate
+        self.display_url = redact_url(url)
+        # The real URL may hold a password: kept where no repr or dump shows it.
+        self._url = Hidden(url, self.display_url)
+        self._socket_timeout_s = socket_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._client = client
+        self._own_client = client is None
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisStreamsSink(name={self.name!r}, url={self.display_url!r}, "
+            f"prefix={self.prefix!r}, maxlen={self.maxlen!r})"
+        )
+
+    def key(self, stream_id: str) -> str:
+        """The Redis key of a genesys-mux stream."""
+        return f"{self.prefix}{stream_id}"
+
+    async def start(self) -> None:
+        """Create the client. It connects lazily, so a Redis that is down does not fail this."""
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self._url.value,
+                socket_timeout=self._socket_timeout_s,
+                socket_connect_timeout=self._connect_timeout_s,
+                # The runner owns retrying: it re-sends the whole batch with
+                # its backoff, and reports each failure. Hidden retries here
+                # would only stretch the time to the first report.
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._own_client = True
+
+    async def send(self, batch: Sequence[Item]) -> None:
+        """``XADD`` every item of the batch in one pipeline, or raise ``SinkError``."""
+        if not batch:
+            return
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item in batch:
+                    pipe.xadd(
+                        self.key(item.stream_id),
+                        {"record": encode_record(item), "idempotency_key": idempotency_key(item)},
+                        maxlen=self.maxlen,
+                        approximate=self.approximate,
+                    )
+                await pipe.execute()
+        except (rexc.RedisError, OSError, TimeoutError) as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> SinkError:
+        if isinstance(exc, _PERMANENT_CONNECTION_ERRORS):
+            retryable = False
+        elif isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError | TimeoutError):
+            # Includes BusyLoadingError: Redis is up but still loading its data.
+            retryable = True
+        else:
+            retryable = isinstance(exc, _TRANSIENT_RESPONSES)
+        # redis-py messages name host and port at most, never the password.
+        detail = str(exc).replace(self._url.value, self.display_url)[:200]
+        return SinkError(
+            f"sink {self.name}: Redis {type(exc).__name__}: {detail}", retryable=retryable
+        )
+
+    async def close(self) -> None:
+        """Close the client if this sink created it; a shared client stays open."""
+        if not self._own_client:
+            return
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except (rexc.RedisError, OSError, TimeoutError) as exc:
+                log.debug("closing the Redis client of %s: %s", self.name, type(exc).__name__)
+
+
+#: The same class under its singular name.
+RedisStreamSink = RedisStreamsSink

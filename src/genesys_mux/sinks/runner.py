@@ -1,0 +1,476 @@
+"""Feeding one stream's items to its sinks: batching, retries, and the dead-letter queue.
+
+Theory of operation
+-------------------
+A :class:`SinkRunner` serves exactly one stream. It reads that stream's
+items (``Multiplexer.stream(id)``, events and gaps in order), forms batches
+and hands each batch to every sink of the stream in turn.
+
+Batching: a batch starts with the next item, however long that takes, then
+takes whatever else arrives within ``linger_s``, up to ``batch_size``. A busy
+stream thus sends full batches; a quiet one sends each event after at most
+``linger_s``.
+
+Backpressure: the runner holds at most one batch (plus the one item being
+fetched) and reads the next only once every sink has dealt with the current
+one. While a sink is slow or failing, new items wait in the stream's own
+bounded buffer, whose overflow policy decides what happens next; nothing
+else is held back. Other streams have their own buffers and their own
+runners, so one slow sink never delays another stream. (The Multiplexer's
+dispatcher never waits on a buffer.)
+
+Failures: a sink raises :class:`~genesys_mux.errors.SinkError`. When it is
+retryable the *same* batch is sent again after a full-jitter backoff, or
+after the server's ``retry_after`` hint when it gave one, up to
+``max_attempts`` attempts per sink and batch (None: until it works, which
+suits a Redis that is restarting). A non-retryable failure, or running out
+of attempts, ends that batch for that sink: each *event* of the batch is
+written to the dead-letter queue with the reason
+``sink_failed:<sink>: <short reason>``, and the runner carries on with the
+next sink and the next batch. Gaps are not events, so they cannot be
+dead-lettered; an undeliverable gap is logged at WARNING with its window. An
+unexpected exception from a sink (a bug) is treated as a non-retryable
+failure, so it costs one batch, not the stream. Delivery is at-least-once:
+a re-sent batch may reach the service twice (identified by
+``idempotency_key``), and an event can be dead-lettered once per failing
+sink.
+
+Stopping: :meth:`SinkRunner.stop` lets the current batch finish. A batch
+still being retried then gets ``stop_grace_s`` more before it is
+dead-lettered, so a stop never hangs on a dead service. Items not yet read
+stay in the stream's buffer (the Multiplexer dead-letters them with
+``stopped`` when it stops). If the runner task is cancelled outright, the
+events of the batch in hand are dead-lettered (``... cancelled``): whatever
+it took from the stream, it either delivered or dead-lettered.
+
+Every failed attempt is reported to the ``on_failure`` callbacks as
+``(sink_name, error_text)`` (the audit log hooks in here; the backoff keeps
+them to a few a minute per stream) and counted for the status page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
+from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.sinks.base import Item, Sink
+
+__all__ = ["SinkCounters", "SinkRunner"]
+
+log = logging.getLogger("genesys_mux.sinks.runner")
+
+#: Longest failure text kept in a dead letter's reason and in ``last_error``.
+REASON_CHARS: Final = 200
+
+
+class _End:
+    """Marks the end of the source iterator (a task cannot carry StopAsyncIteration)."""
+
+
+_END: Final = _End()
+
+
+@dataclass(slots=True)
+class SinkCounters:
+    """What one sink of a runner has done."""
+
+    #: Items the sink took.
+    sent: int = 0
+    #: Batches the sink finally failed (each one dead-lettered).
+    failed_batches: int = 0
+    #: Events dead-lettered because of this sink.
+    dead_lettered: int = 0
+    #: Attempts that were retried.
+    retries: int = 0
+    #: The most recent failure, or None if there was none.
+    last_error: str | None = None
+
+
+class SinkRunner:
+    """Reads one stream and delivers it, batched, to its sinks. Start with :meth:`run`.
+
+    ``dead_letter`` receives the events a sink could not take (wire it to
+    ``Multiplexer.dead_letter``). ``batch_size`` and ``linger_s`` shape the
+    batches; ``max_attempts`` caps the attempts per sink and batch (None: no
+    cap); ``backoff`` times the retries (default ``Backoff(0.2, 10.0)``).
+    ``stop_grace_s`` is how long a failing batch may still be retried after
+    :meth:`stop`. With ``own_sinks`` (default) the runner starts the sinks
+    when it starts and closes them when it ends. ``name`` labels the logs,
+    usually the stream id.
+    """
+
+    def __init__(
+        self,
+        stream_items: AsyncIterator[StreamEvent | Gap],
+        sinks: Sequence[Sink],
+        dead_letter: Callable[[DeadLetter], None],
+        *,
+        batch_size: int = 100,
+        linger_s: float = 0.05,
+        max_attempts: int | None = None,
+        backoff: Backoff | None = None,
+        stop_grace_s: float = 10.0,
+        own_sinks: bool = True,
+        name: str = "stream",
+    ) -> None:
+        if not sinks:
+            raise ConfigError(f"sink runner {name}: at least one sink is needed")
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"sink runner {name}: sink names must be unique, got {names}")
+        if batch_size < 1:
+            raise ConfigError(f"sink runner {name}: batch_size must be at least 1")
+        if linger_s < 0 or stop_grace_s < 0:
+            raise ConfigError(f"sink runner {name}: linger_s and stop_grace_s must be >= 0")
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigError(f"sink runner {name}: max_attempts must be at least 1 or None")
+        self.name = name
+        self.sinks: tuple[Sink, ...] = tuple(sinks)
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self.max_attempts = max_attempts
+        self.backoff = backoff or Backoff(0.2, 10.0)
+        self.stop_grace_s = stop_grace_s
+        #: Items every sink took.
+        self.sent = 0
+        #: Batches formed.
+        self.batches = 0
+        #: Batch deliveries that ended in the dead-letter queue (one per failing sink).
+        self.failed_batches = 0
+        #: Events written to the dead-letter queue by this runner.
+        self.dead_lettered = 0
+        #: Failed attempts that were tried again.
+        self.retries = 0
+        #: ``"<sink>: <reason>"`` of the most recent failure, or None.
+        self.last_error: str | None = None
+        #: Per-sink counters, by sink name.
+        self.per_sink: dict[str, SinkCounters] = {n: SinkCounters() for n in names}
+        #: Called as ``(sink_name, error_text)`` on every failed attempt.
+        self.on_failure: list[Callable[[str, str], None]] = []
+        self._items = stream_items
+        self._dead_letter = dead_letter
+        self._own_sinks = own_sinks
+        self._pending: asyncio.Task[Item | _End] | None = None
+        self._exhausted = False
+        self._stopping = asyncio.Event()
+        self._stop_deadline = float("inf")
+        self._running = False
+        # The batch in hand and the index of the sink it is with, so a
+        # cancellation can dead-letter what it would otherwise drop.
+        self._in_hand: tuple[Sequence[Item], int] | None = None
+
+    def __repr__(self) -> str:
+        return f"SinkRunner(name={self.name!r}, sinks={[s.name for s in self.sinks]!r})"
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Finish the current batch, then make :meth:`run` return."""
+        if not self._stopping.is_set():
+            self._stop_deadline = time.monotonic() + self.stop_grace_s
+            self._stopping.set()
+
+    def stats(self) -> dict[str, object]:
+        """The counters, for the status page and the dashboard."""
+        return {
+            "sent": self.sent,
+            "batches": self.batches,
+            "failed_batches": self.failed_batches,
+            "dead_lettered": self.dead_lettered,
+            "retries": self.retries,
+            "last_error": self.last_error,
+            "sinks": {
+                name: {
+                    "sent": c.sent,
+                    "failed_batches": c.failed_batches,
+                    "dead_lettered": c.dead_lettered,
+                    "retries": c.retries,
+                    "last_error": c.last_error,
+                }
+                for name, c in self.per_sink.items()
+            },
+        }
+
+    # -- the loop -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until the stream ends or :meth:`stop` is called.
+
+        Returns once the last batch is delivered or dead-lettered. A sink
+        whose ``start`` fails makes this raise before anything is read.
+        """
+        if self._running:
+            raise RuntimeError(f"sink runner {self.name} is already running")
+        self._running = True
+        started: list[Sink] = []
+        try:
+            if self._own_sinks:
+                for sink in self.sinks:
+                    await sink.start()
+                    started.append(sink)
+            while not self._exhausted and not self._stopping.is_set():
+                batch = await self._next_batch()
+                if batch:
+                    await self._deliver(batch)
+            await self._finish_pending()
+        except asyncio.CancelledError:
+            self._abandon_in_hand()
+            raise
+        finally:
+            if self._pending is not None and not self._pending.done():
+                self._pending.cancel()
+            self._running = False
+            for sink in started:
+                try:
+                    await sink.close()
+                except Exception:
+                    log.exception("closing sink %s of %s failed", sink.name, self.name)
+
+    async def _pull(self) -> Item | _End:
+        try:
+            return await anext(self._items)
+        except StopAsyncIteration:
+            return _END
+
+    async def _take(self, wait_s: float | None) -> Item | None:
+        """The next item, or None: end of stream, stop (when waiting indefinitely), timeout.
+
+        The fetch runs as a task that outlives a timeout: cancelling it
+        would finalise an async-generator source, and the item it was about
+        to produce would be lost.
+        """
+        if self._exhausted:
+            return None
+        if self._pending is None:
+            self._pending = asyncio.create_task(self._pull(), name=f"sink-runner-{self.name}-read")
+        pending = self._pending
+        if not pending.done():
+            if wait_s is None:
+                stop_wait = asyncio.create_task(self._stopping.wait())
+                try:
+                    await asyncio.wait({pending, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop_wait.cancel()
+            else:
+                await asyncio.wait({pending}, timeout=wait_s)
+            if not pending.done():
+                return None
+        self._pending = None
+        result = pending.result()
+        if isinstance(result, _End):
+            self._exhausted = True
+            return None
+        return result
+
+    async def _next_batch(self) -> list[Item]:
+        first = await self._take(None)
+        if first is None:
+            return []
+        batch = [first]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger_s
+        while len(batch) < self.batch_size:
+            item = await self._take(max(0.0, deadline - loop.time()))
+            if item is None:
+                break
+            batch.append(item)
+        return batch
+
+    async def _finish_pending(self) -> None:
+        """Deliver an item fetched just as the stop came, rather than drop it."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if not pending.done():
+            pending.cancel()
+        await asyncio.wait({pending})
+        if pending.cancelled():
+            return
+        error = pending.exception()
+        if error is not None:
+            log.warning("the source of %s failed while stopping: %r", self.name, error)
+            return
+        result = pending.result()
+        if not isinstance(result, _End):
+            await self._deliver([result])
+
+    # -- delivery --------------------------------------------------------------
+
+    async def _deliver(self, batch: Sequence[Item]) -> None:
+        self.batches += 1
+        everywhere = True
+        for index, sink in enumerate(self.sinks):
+            self._in_hand = (batch, index)
+            if await self._deliver_to(sink, batch):
+                self.per_sink[sink.name].sent += len(batch)
+            else:
+                everywhere = False
+        self._in_hand = None
+        if everywhere:
+            self.sent += len(batch)
+
+    async def _deliver_to(self, sink: Sink, batch: Sequence[Item]) -> bool:
+        counters = self.per_sink[sink.name]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await sink.send(batch)
+            except SinkError as exc:
+                error = exc
+            except Exception as exc:
+                # A bug in a sink must cost one batch, not the whole stream.
+                log.exception("sink %s of %s raised unexpectedly", sink.name, self.name)
+                error = SinkError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+            else:
+                if attempt > 1:
+                    log.info(
+                        "sink %s of %s recovered after %d attempts", sink.name, self.name, attempt
+                    )
+                return True
+
+            reason = _short_reason(sink.name, error)
+            counters.last_error = self.last_error = f"{sink.name}: {reason}"
+            give_up = not error.retryable or (
+                self.max_attempts is not None and attempt >= self.max_attempts
+            )
+            delay = 0.0
+            if not give_up:
+                delay = (
+                    error.retry_after
+                    if error.retry_after is not None
+                    else self.backoff.delay(attempt - 1)
+                )
+                if time.monotonic() + delay > self._stop_deadline:
+                    give_up = True
+                    reason = f"{reason} (stopped while retrying)"
+            if give_up:
+                events = sum(1 for item in batch if isinstance(item, StreamEvent))
+                log.warning(
+                    "sink %s of %s failed a batch of %d items after %d attempt(s): %s; "
+                    "%d events go to the dead-letter queue",
+                    sink.name,
+                    self.name,
+                    len(batch),
+                    attempt,
+                    reason,
+                    events,
+                )
+                self._notify(
+                    sink.name,
+                    f"{reason} (attempt {attempt}, gave up: {events} events dead-lettered)",
+                )
+                self._give_up(sink, batch, reason)
+                return False
+            counters.retries += 1
+            self.retries += 1
+            (log.warning if attempt == 1 else log.debug)(
+                "sink %s of %s failed (attempt %d): %s; retrying in %.2f s",
+                sink.name,
+                self.name,
+                attempt,
+                reason,
+                delay,
+            )
+            self._notify(sink.name, f"{reason} (attempt {attempt}, retrying in {delay:.2f} s)")
+            await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay``, cut short by the stop grace ending, whichever is first."""
+        end = time.monotonic() + delay
+        if not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except TimeoutError:
+                return
+        # Stopping: the caller checked the delay fits the grace; a stop that
+        # came during the wait may have shortened it.
+        remaining = min(end, self._stop_deadline) - time.monotonic()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
+    def _give_up(self, sink: Sink, batch: Sequence[Item], reason: str) -> None:
+        counters = self.per_sink[sink.name]
+        counters.failed_batches += 1
+        self.failed_batches += 1
+        dead = self._dead_letter_events(batch, f"sink_failed:{sink.name}: {reason}")
+        counters.dead_lettered += dead
+
+    def _dead_letter_events(self, batch: Sequence[Item], reason: str) -> int:
+        dead = 0
+        for item in batch:
+            if isinstance(item, StreamEvent):
+                try:
+                    self._dead_letter(DeadLetter.of(item, reason))
+                except Exception:
+                    log.exception(
+                        "dead-letter write failed: stream=%s sequence=%d reason=%s",
+                        item.stream_id,
+                        item.sequence,
+                        reason,
+                    )
+                    continue
+                dead += 1
+            else:
+                # A gap has no body to keep; the log is its only record.
+                log.warning(
+                    "gap of stream %s not delivered (%s): %.3f..%.3f on channel %s, %d topics, %s",
+                    item.stream_id,
+                    reason,
+                    item.start,
+                    item.end,
+                    item.channel_id,
+                    len(item.topics),
+                    item.reason,
+                )
+        self.dead_lettered += dead
+        return dead
+
+    def _abandon_in_hand(self) -> None:
+        in_hand, self._in_hand = self._in_hand, None
+        if in_hand is not None:
+            batch, index = in_hand
+            sink = self.sinks[index]
+            self.failed_batches += 1
+            self.per_sink[sink.name].failed_batches += 1
+            self.per_sink[sink.name].dead_lettered += self._dead_letter_events(
+                batch, f"sink_failed:{sink.name}: cancelled"
+            )
+        pending = self._pending
+        if (
+            pending is not None
+            and pending.done()
+            and not pending.cancelled()
+            and pending.exception() is None
+        ):
+            result = pending.result()
+            if not isinstance(result, _End):
+                self._dead_letter_events([result], f"sink_failed:{self.sinks[0].name}: cancelled")
+
+    def _notify(self, sink_name: str, text: str) -> None:
+        for callback in self.on_failure:
+            try:
+                callback(sink_name, text)
+            except Exception:
+                log.exception("on_failure callback of %s failed", self.name)
+
+
+def _short_reason(sink_name: str, error: SinkError) -> str:
+    """The error text without the ``sink <name>: `` prefix sinks use, on one line, capped."""
+    text = " ".join(str(error).split())
+    prefix = f"sink {sink_name}: "
+    if text.startswith(prefix):
+        text = text[len(prefix) :]
+    if len(text) > REASON_CHARS:
+        text = text[: REASON_CHARS - 1] + "…"
+    return text or type(error).__name__

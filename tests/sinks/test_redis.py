@@ -1,0 +1,207 @@
+"""The Redis Streams sink against a real redis-server, including a restart mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.streams import DeadLetter, StreamEvent
+from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.sinks.base import EventRecord, decode_record
+from genesys_mux.sinks.redis_streams import RedisStreamsSink
+from genesys_mux.sinks.runner import SinkRunner
+from tests.net.conftest import eventually
+from tests.net.test_multiplexer import harness, org_settings
+from tests.sinks.conftest import RedisServer, a_gap, real_events
+
+
+async def entries(
+    server: RedisServer, key: str
+) -> list[tuple[str, EventRecord | None, dict[bytes, bytes]]]:
+    """Every entry of ``key``: (idempotency key, event record or None for a gap, raw fields)."""
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        found = []
+        stored = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(key))
+        for _entry_id, fields in stored:
+            record = decode_record(fields[b"record"])
+            key_field = fields[b"idempotency_key"].decode()
+            assert record.idempotency_key == key_field
+            found.append((key_field, record if isinstance(record, EventRecord) else None, fields))
+        return found
+    finally:
+        await client.aclose()
+
+
+async def xlen(server: RedisServer, key: str) -> int:
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        return int(await client.xlen(key))
+    finally:
+        await client.aclose()
+
+
+async def test_items_land_in_one_key_per_stream_byte_for_byte(redis_server: RedisServer) -> None:
+    sink = RedisStreamsSink(redis_server.url)
+    voice = real_events(5, stream_id="voice")
+    chat = real_events(3, stream_id="chat")
+    await sink.start()
+    await sink.send([*voice[:2], a_gap("voice"), *voice[2:], *chat])
+    await sink.close()
+
+    got = await entries(redis_server, "genesys-mux:voice")
+    assert [k for k, _r, _f in got] == [
+        "voice:1",
+        "voice:2",
+        got[2][0],
+        "voice:3",
+        "voice:4",
+        "voice:5",
+    ]
+    assert got[2][0].startswith("voice:gap:")
+    assert got[2][1] is None
+    events = [r for _k, r, _f in got if r is not None]
+    assert [r.raw for r in events] == [e.raw for e in voice]
+    assert [k for k, _r, _f in await entries(redis_server, "genesys-mux:chat")] == [
+        "chat:1",
+        "chat:2",
+        "chat:3",
+    ]
+
+
+async def test_maxlen_exact_keeps_the_newest(redis_server: RedisServer) -> None:
+    sink = RedisStreamsSink(redis_server.url, prefix="t:", maxlen=10, approximate=False)
+    events = real_events(50, stream_id="s")
+    for at in range(0, 50, 7):
+        await sink.send(events[at : at + 7])
+    await sink.close()
+    assert [k for k, _r, _f in await entries(redis_server, "t:s")] == [
+        f"s:{n}" for n in range(41, 51)
+    ]
+
+
+async def test_maxlen_approximate_trims_in_whole_nodes(redis_server: RedisServer) -> None:
+    sink = RedisStreamsSink(redis_server.url, prefix="t:", maxlen=10)
+    events = real_events(50, stream_id="s")
+    # The same events over and over: the content does not matter here.
+    for round_ in range(20):
+        renumbered = [
+            StreamEvent(
+                e.stream_id,
+                round_ * 50 + e.sequence,
+                e.priority,
+                e.topic,
+                e.transition,
+                e.conversation_id,
+                e.correlation_id,
+                e.raw,
+                e.received_at,
+            )
+            for e in events
+        ]
+        await sink.send(renumbered)
+    await sink.close()
+    length = await xlen(redis_server, "t:s")
+    # "~" trims only whole radix-tree nodes (100 entries by default): at least
+    # maxlen are kept, and far fewer than the 1000 sent.
+    assert 10 <= length <= 10 + 100
+    newest = await entries(redis_server, "t:s")
+    assert newest[-1][0] == "s:1000"
+
+
+async def test_a_redis_that_is_down_is_a_retryable_failure(redis_server: RedisServer) -> None:
+    sink = RedisStreamsSink(redis_server.url, socket_timeout_s=1.0, connect_timeout_s=1.0)
+    await sink.send(real_events(1))
+    await redis_server.stop()
+    with pytest.raises(SinkError) as caught:
+        await sink.send(real_events(1, start=2))
+    assert caught.value.retryable
+    await redis_server.start()
+    await sink.send(real_events(1, start=3))  # reconnects by itself
+    await sink.close()
+    assert [k for k, _r, _f in await entries(redis_server, "genesys-mux:voice-main")] == [
+        "voice-main:1",
+        "voice-main:3",
+    ]
+
+
+async def test_a_wrong_key_type_is_a_permanent_failure(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.set("genesys-mux:voice-main", "not a stream")
+    await client.aclose()
+    sink = RedisStreamsSink(redis_server.url, name="cache")
+    with pytest.raises(SinkError) as caught:
+        await sink.send(real_events(1))
+    await sink.close()
+    assert not caught.value.retryable
+    assert "WRONGTYPE" in str(caught.value)
+
+
+def test_the_password_is_never_shown() -> None:
+    sink = RedisStreamsSink("redis://app:hunter2-canary@127.0.0.1:6379/0")
+    assert "hunter2-canary" not in repr(sink)
+    assert "hunter2-canary" not in sink.display_url
+    assert "hunter2-canary" not in str(vars(sink))
+    with pytest.raises(ConfigError) as caught:
+        RedisStreamsSink("http://app:hunter2-canary@127.0.0.1/")
+    assert "hunter2-canary" not in str(caught.value)
+
+
+async def test_everything_delivered_during_a_redis_restart_arrives(
+    redis_server: RedisServer,
+) -> None:
+    async with harness(org_settings(rate=20.0), buffer_threshold=20_000) as h:
+        await h.mux.add_stream({"id": "calls", "filter": {"channelType": "voice"}})
+        letters: list[DeadLetter] = []
+        runner = SinkRunner(
+            h.mux.stream("calls"),
+            [RedisStreamsSink(redis_server.url, socket_timeout_s=1.0, connect_timeout_s=1.0)],
+            letters.append,
+            batch_size=20,
+            linger_s=0.02,
+            max_attempts=None,
+            backoff=Backoff(0.05, 0.3),
+            name="calls",
+        )
+        failures: list[tuple[str, str]] = []
+        runner.on_failure.append(lambda sink, text: failures.append((sink, text)))
+        task = asyncio.create_task(runner.run())
+        key = "genesys-mux:calls"
+
+        await eventually(lambda: runner.sent >= 20, within=30)
+        # Down while events keep coming: sends fail and are retried...
+        await redis_server.stop()
+        await eventually(lambda: runner.retries >= 2)
+        in_flight = runner.sent
+        # ...and after the restart (data kept, as in a maintenance restart)
+        # everything held back goes through.
+        await redis_server.start()
+        await eventually(lambda: runner.sent >= in_flight + 40, within=30)
+
+        await h.control("traffic", {"running": False})
+        await h.mux.stop(drain=True, timeout_s=20)  # the stream ends once its buffer is empty
+        await asyncio.wait_for(task, 20)
+
+        delivered = h.mux.stats()["streams"]["calls"].delivered
+        got = await entries(redis_server, key)
+        keys = Counter(k for k, _r, _f in got)
+        sequences = {r.sequence for _k, r, _f in got if r is not None}
+        assert sequences == set(range(1, delivered + 1)), "a delivered event is missing"
+        assert all(k == f"calls:{r.sequence}" for k, r, _f in got if r is not None)
+        # Re-sent batches may repeat entries; each repeat is identical.
+        for k, n in keys.items():
+            if n > 1:
+                copies = {f[b"record"] for kk, _r, f in got if kk == k}
+                assert len(copies) == 1
+        assert letters == []
+        assert h.dlq.letters == []
+        assert runner.dead_lettered == 0
+        assert runner.failed_batches == 0
+        assert failures
+        assert all(sink == "redis" for sink, _t in failures)
+        assert redis_server.starts == 2

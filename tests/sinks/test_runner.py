@@ -1,0 +1,318 @@
+"""The sink runner: batching, retries, the DLQ, stopping, and isolation between streams.
+
+Most tests drive it with small in-memory sinks (real implementations of the
+Sink protocol that record what they get); the isolation test runs two
+streams of a Multiplexer against the emulator with real webhook receivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
+from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.sinks.base import Item
+from genesys_mux.sinks.runner import SinkRunner
+from genesys_mux.sinks.webhook import WebhookSink
+from tests.net.conftest import eventually
+from tests.net.test_multiplexer import harness, org_settings
+from tests.sinks.conftest import SECRET, Receiver, a_gap, real_events, source
+
+FAST = Backoff(0.01, 0.05)
+
+
+def discard(_letter: DeadLetter) -> None:
+    """For runners whose test expects no dead letters, or does not look at them."""
+
+
+class ListSink:
+    """Keeps every batch it is given; fails according to ``errors`` first."""
+
+    def __init__(self, name: str = "list", errors: Sequence[BaseException] = ()) -> None:
+        self.name = name
+        self.errors = list(errors)
+        self.batches: list[list[Item]] = []
+        self.attempts = 0
+        self.started = 0
+        self.closed = 0
+
+    async def start(self) -> None:
+        self.started += 1
+
+    async def send(self, batch: Sequence[Item]) -> None:
+        self.attempts += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.batches.append(list(batch))
+
+    async def close(self) -> None:
+        self.closed += 1
+
+    def sequences(self) -> list[int]:
+        return [i.sequence for b in self.batches for i in b if isinstance(i, StreamEvent)]
+
+
+class GatedSink(ListSink):
+    """Blocks in ``send`` until ``gate`` is set; ``entered`` says a send is in progress."""
+
+    def __init__(self, name: str = "gated") -> None:
+        super().__init__(name)
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def send(self, batch: Sequence[Item]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().send(batch)
+
+
+async def held_open(
+    items: Sequence[StreamEvent | Gap], release: asyncio.Event, more: Sequence[StreamEvent] = ()
+) -> AsyncIterator[StreamEvent | Gap]:
+    """``items`` at once, then nothing until ``release``, then ``more`` and the end."""
+    for item in items:
+        yield item
+    await release.wait()
+    for item in more:
+        yield item
+
+
+async def test_batches_are_cut_at_batch_size() -> None:
+    sink = ListSink()
+    runner = SinkRunner(source(real_events(25)), [sink], discard, batch_size=10)
+    await asyncio.wait_for(runner.run(), 10)
+    assert [len(b) for b in sink.batches] == [10, 10, 5]
+    assert sink.sequences() == list(range(1, 26))
+    assert (runner.sent, runner.batches) == (25, 3)
+    assert (sink.started, sink.closed) == (1, 1)
+
+
+async def test_a_quiet_stream_sends_what_arrived_within_linger() -> None:
+    release = asyncio.Event()
+    events = real_events(5)
+    sink = ListSink()
+    runner = SinkRunner(held_open(events[:3], release, events[3:]), [sink], discard, linger_s=0.01)
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: len(sink.batches) == 1)
+    assert [len(b) for b in sink.batches] == [3]
+    release.set()
+    await asyncio.wait_for(task, 10)
+    assert [len(b) for b in sink.batches] == [3, 2]
+
+
+async def test_retryable_failures_are_retried_with_the_same_batch() -> None:
+    errors = [SinkError("down", retryable=True), SinkError("down", retryable=True)]
+    sink = ListSink(errors=errors)
+    failures: list[tuple[str, str]] = []
+    runner = SinkRunner(source(real_events(4)), [sink], discard, backoff=FAST)
+    runner.on_failure.append(lambda name, text: failures.append((name, text)))
+    await asyncio.wait_for(runner.run(), 10)
+    assert sink.sequences() == [1, 2, 3, 4]
+    assert sink.attempts == 3
+    assert runner.retries == 2
+    assert runner.dead_lettered == 0
+    assert runner.last_error == "list: down"
+    assert [name for name, _ in failures] == ["list", "list"]
+    assert failures[0][1].startswith("down (attempt 1, retrying in ")
+
+
+async def test_exhausted_attempts_dead_letter_the_events_not_the_gaps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = ListSink("hook", errors=[SinkError("sink hook: HTTP 503", retryable=True)] * 3)
+    letters: list[DeadLetter] = []
+    events = real_events(4)
+    runner = SinkRunner(
+        source([*events[:2], a_gap(), *events[2:]]),
+        [sink],
+        letters.append,
+        max_attempts=3,
+        backoff=FAST,
+    )
+    await asyncio.wait_for(runner.run(), 10)
+    assert [d.sequence for d in letters] == [1, 2, 3, 4]
+    assert {d.reason for d in letters} == {"sink_failed:hook: HTTP 503"}
+    assert [d.raw for d in letters] == [e.raw for e in events]
+    assert (runner.failed_batches, runner.dead_lettered, runner.sent) == (1, 4, 0)
+    assert "gap of stream voice-main not delivered" in caplog.text
+
+
+async def test_a_sink_bug_costs_one_batch_not_the_stream() -> None:
+    sink = ListSink(errors=[RuntimeError("boom")])
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(source(real_events(15)), [sink], letters.append, batch_size=10)
+    await asyncio.wait_for(runner.run(), 10)
+    assert [d.sequence for d in letters] == list(range(1, 11))
+    assert letters[0].reason == "sink_failed:list: unexpected RuntimeError: boom"
+    assert sink.sequences() == list(range(11, 16))
+
+
+async def test_each_sink_fails_on_its_own() -> None:
+    good = ListSink("good")
+    bad = ListSink("bad", errors=[SinkError("sink bad: HTTP 400", retryable=False)])
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(
+        source(real_events(15)), [bad, good], letters.append, batch_size=10, backoff=FAST
+    )
+    await asyncio.wait_for(runner.run(), 10)
+    assert good.sequences() == list(range(1, 16))
+    assert bad.sequences() == list(range(11, 16))
+    assert [d.sequence for d in letters] == list(range(1, 11))
+    assert runner.sent == 5  # items that every sink took
+    stats = runner.stats()
+    assert stats["sinks"] == {
+        "bad": {
+            "sent": 5,
+            "failed_batches": 1,
+            "dead_lettered": 10,
+            "retries": 0,
+            "last_error": "bad: HTTP 400",
+        },
+        "good": {
+            "sent": 15,
+            "failed_batches": 0,
+            "dead_lettered": 0,
+            "retries": 0,
+            "last_error": None,
+        },
+    }
+
+
+async def test_stop_while_idle_returns_promptly() -> None:
+    release = asyncio.Event()
+    sink = ListSink()
+    runner = SinkRunner(held_open(real_events(5), release), [sink], discard)
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: runner.sent == 5)
+    runner.stop()
+    await asyncio.wait_for(task, 5)
+    assert sink.closed == 1
+
+
+async def test_stop_finishes_the_current_batch() -> None:
+    release = asyncio.Event()
+    sink = GatedSink()
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(held_open(real_events(5), release), [sink], letters.append)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(sink.entered.wait(), 5)
+    runner.stop()
+    assert not task.done()
+    sink.gate.set()
+    await asyncio.wait_for(task, 5)
+    assert sink.sequences() == [1, 2, 3, 4, 5]
+    assert letters == []
+
+
+async def test_stop_gives_a_failing_batch_only_the_grace_period() -> None:
+    sink = ListSink("redis", errors=[SinkError("sink redis: refused", retryable=True)] * 10_000)
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(
+        source(real_events(3)),
+        [sink],
+        letters.append,
+        max_attempts=None,
+        backoff=Backoff(0.05, 0.05),
+        stop_grace_s=0.2,
+    )
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: runner.retries >= 3)
+    runner.stop()
+    await asyncio.wait_for(task, 5)
+    assert [d.sequence for d in letters] == [1, 2, 3]
+    assert letters[0].reason == "sink_failed:redis: refused (stopped while retrying)"
+
+
+async def test_cancelling_the_runner_dead_letters_the_batch_in_hand() -> None:
+    release = asyncio.Event()
+    sink = GatedSink()
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(held_open(real_events(4), release), [sink], letters.append)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(sink.entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [d.sequence for d in letters] == [1, 2, 3, 4]
+    assert letters[0].reason == "sink_failed:gated: cancelled"
+    assert sink.closed == 1
+
+
+async def test_a_failing_callback_does_not_stop_delivery() -> None:
+    sink = ListSink(errors=[SinkError("x", retryable=True)])
+    runner = SinkRunner(source(real_events(2)), [sink], discard, backoff=FAST)
+
+    def broken(_name: str, _text: str) -> None:
+        raise ValueError("audit log is broken")
+
+    runner.on_failure.append(broken)
+    await asyncio.wait_for(runner.run(), 5)
+    assert sink.sequences() == [1, 2]
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="at least one sink"):
+        SinkRunner(source([]), [], discard)
+    with pytest.raises(ConfigError, match="unique"):
+        SinkRunner(source([]), [ListSink("a"), ListSink("a")], discard)
+    with pytest.raises(ConfigError, match="batch_size"):
+        SinkRunner(source([]), [ListSink()], discard, batch_size=0)
+    with pytest.raises(ConfigError, match="max_attempts"):
+        SinkRunner(source([]), [ListSink()], discard, max_attempts=0)
+
+
+async def test_a_slow_sink_holds_back_only_its_own_stream() -> None:
+    async with (
+        Receiver(hang=True) as slow_rx,
+        Receiver() as fast_rx,
+        harness(org_settings(rate=20.0), buffer_threshold=5000) as h,
+    ):
+        # Both streams see the same conversations; only the sinks differ.
+        await h.mux.add_stream({"id": "slow", "filter": {}})
+        await h.mux.add_stream({"id": "fast", "filter": {}})
+        slow = SinkRunner(
+            h.mux.stream("slow"),
+            [WebhookSink(slow_rx.url, SECRET, timeout_s=1.0, name="slow-hook")],
+            h.mux.dead_letter,
+            max_attempts=None,
+            backoff=FAST,
+            stop_grace_s=0.0,
+            name="slow",
+        )
+        fast = SinkRunner(
+            h.mux.stream("fast"),
+            [WebhookSink(fast_rx.url, SECRET, timeout_s=1.0, name="fast-hook")],
+            h.mux.dead_letter,
+            name="fast",
+        )
+        tasks = [asyncio.create_task(slow.run()), asyncio.create_task(fast.run())]
+
+        await asyncio.wait_for(slow_rx.got_request.wait(), 30)
+        before = len(fast_rx.accepted_sequences())
+        # While the slow sink hangs and is retried, the other stream flows...
+        await eventually(
+            lambda: slow.retries >= 2 and len(fast_rx.accepted_sequences()) >= before + 50,
+            within=30,
+        )
+        assert slow.sent == 0
+        assert slow_rx.accepted == []
+        # ...and the slow stream's backlog waits in its own buffer.
+        stats = h.mux.stats()["streams"]
+        assert stats["slow"].buffered > 0
+        assert stats["slow"].dead_lettered == 0
+        assert stats["fast"].dead_lettered == 0
+        fast_sequences = fast_rx.accepted_sequences()
+        assert fast_sequences == list(range(1, len(fast_sequences) + 1))
+
+        slow.stop()
+        fast.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        # The batch the slow sink never took is in the DLQ, not lost.
+        slow_letters = [d for d in h.dlq.letters if d.stream_id == "slow"]
+        assert slow_letters
+        assert all(d.reason.startswith("sink_failed:slow-hook: ") for d in slow_letters)
+        assert fast_rx.bad_signatures == 0

@@ -1,0 +1,257 @@
+"""The webhook sink against real aiohttp receivers that check every signature.
+
+The promise under test: nothing is lost. What a receiver acknowledged plus
+what went to the dead-letter queue is every sequence, whatever the receiver
+does: fail for a while, hang, or refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
+from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.sinks.base import batch_idempotency_key
+from genesys_mux.sinks.runner import SinkRunner
+from genesys_mux.sinks.webhook import WebhookSink, sign, verify_signature
+from tests.net.conftest import eventually
+from tests.net.test_multiplexer import harness, org_settings
+from tests.sinks.conftest import SECRET, Receiver, a_gap, real_events, source
+
+FAST = Backoff(0.01, 0.05)
+
+
+def runner_for(
+    receiver: Receiver,
+    items: Sequence[StreamEvent | Gap],
+    letters: list[DeadLetter],
+    name: str,
+    **kwargs: object,
+) -> SinkRunner:
+    timeout_s = kwargs.pop("timeout_s", 5.0)
+    sink = WebhookSink(receiver.url, SECRET, timeout_s=timeout_s, name=name)  # type: ignore[arg-type]
+    kwargs.setdefault("batch_size", 10)
+    kwargs.setdefault("backoff", FAST)
+    return SinkRunner(source(items), [sink], letters.append, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_500_three_times_then_200_delivers_everything_end_to_end() -> None:
+    async with Receiver(fail_first=3) as receiver, harness(org_settings(rate=20.0)) as h:
+        await h.mux.add_stream({"id": "calls", "filter": {"channelType": "voice"}})
+        runner = SinkRunner(
+            h.mux.stream("calls"),
+            [WebhookSink(receiver.url, SECRET, timeout_s=5.0, name="hook")],
+            h.mux.dead_letter,
+            batch_size=25,
+            linger_s=0.02,
+            max_attempts=5,
+            backoff=FAST,
+            name="calls",
+        )
+        task = asyncio.create_task(runner.run())
+        await eventually(lambda: len(receiver.accepted_sequences()) >= 40, within=30)
+        await h.control("traffic", {"running": False})
+        await h.mux.stop(drain=True, timeout_s=20)
+        await asyncio.wait_for(task, 20)
+
+        delivered = h.mux.stats()["streams"]["calls"].delivered
+        assert sorted(set(receiver.accepted_sequences())) == list(range(1, delivered + 1))
+        assert h.dlq.letters == []
+        assert runner.retries == 3
+        assert runner.dead_lettered == 0
+        assert runner.failed_batches == 0
+        assert receiver.bad_signatures == 0
+        # The three failed attempts were the same batch, sent again whole.
+        first = receiver.requests[:4]
+        assert len({r.body for r in first}) == 1
+        assert len({r.idempotency_key for r in first}) == 1
+        for request in receiver.requests:
+            keys = [i["idempotency_key"] for i in request.items]
+            assert request.idempotency_key == f"{keys[0]}..{keys[-1]}"
+
+
+async def test_a_hanging_receiver_sends_everything_to_the_dlq(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    events = real_events(25)
+    letters: list[DeadLetter] = []
+    async with Receiver(hang=True) as receiver:
+        runner = runner_for(
+            receiver, [*events, a_gap()], letters, "slow", timeout_s=0.3, max_attempts=2
+        )
+        failures: list[tuple[str, str]] = []
+        runner.on_failure.append(lambda sink, text: failures.append((sink, text)))
+        await asyncio.wait_for(runner.run(), 20)
+
+    batches = math.ceil(26 / 10)
+    assert runner.batches == batches
+    assert len(receiver.requests) == batches * 2  # every batch tried max_attempts times
+    assert receiver.accepted == []
+    assert sorted(d.sequence for d in letters) == list(range(1, 26))  # gaps are not letters
+    for letter in letters:
+        assert letter.reason.startswith("sink_failed:slow: no answer from http://127.0.0.1:")
+        assert letter.reason.endswith("within 0.3 s")
+    by_sequence = {e.sequence: e for e in events}
+    assert all(d.raw == by_sequence[d.sequence].raw for d in letters)
+    assert runner.failed_batches == batches
+    assert runner.dead_lettered == 25
+    assert runner.sent == 0
+    assert len(failures) == batches * 2
+    assert "gap of stream voice-main not delivered" in caplog.text
+    assert_secret_nowhere(runner, caplog, failures, letters)
+
+
+async def test_a_400_is_not_retried_and_goes_to_the_dlq(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    events = real_events(25)
+    letters: list[DeadLetter] = []
+    async with Receiver(status=400) as receiver:
+        runner = runner_for(receiver, events, letters, "refused", max_attempts=None)
+        failures: list[tuple[str, str]] = []
+        runner.on_failure.append(lambda sink, text: failures.append((sink, text)))
+        await asyncio.wait_for(runner.run(), 20)
+
+    assert runner.batches == 3
+    assert len(receiver.requests) == runner.batches  # exactly one request per batch
+    assert runner.retries == 0
+    assert [len(r.items) for r in receiver.requests] == [10, 10, 5]
+    assert sorted(d.sequence for d in letters) == list(range(1, 26))
+    assert {d.reason for d in letters} == {
+        f"sink_failed:refused: HTTP 400 Bad Request from {receiver.url}"
+    }
+    assert receiver.bad_signatures == 0
+    assert_secret_nowhere(runner, caplog, failures, letters)
+
+
+async def test_a_mixed_receiver_loses_nothing() -> None:
+    """Some batches taken, some refused: acknowledged plus dead-lettered is every sequence."""
+    events = real_events(40)
+    letters: list[DeadLetter] = []
+    async with Receiver(fail_first=2, fail_status=422) as receiver:
+        runner = runner_for(receiver, events, letters, "mixed", max_attempts=3)
+        await asyncio.wait_for(runner.run(), 20)
+    acknowledged = set(receiver.accepted_sequences())
+    dead = {d.sequence for d in letters}
+    assert acknowledged.isdisjoint(dead)
+    assert acknowledged | dead == set(range(1, 41))
+    assert len(dead) == 20  # the two refused batches
+
+
+async def test_retry_after_on_429_is_honoured() -> None:
+    letters: list[DeadLetter] = []
+    async with Receiver(fail_first=1, fail_status=429, fail_headers={"Retry-After": "1"}) as rec:
+        # No backoff of its own: any wait comes from the Retry-After hint.
+        runner = runner_for(rec, real_events(3), letters, "limited", backoff=Backoff(0.0, 0.0))
+        await asyncio.wait_for(runner.run(), 20)
+    assert len(rec.requests) == 2
+    assert rec.requests[1].at - rec.requests[0].at >= 0.95
+    assert letters == []
+    assert runner.retries == 1
+    assert sorted(rec.accepted_sequences()) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retryable", "retry_after"),
+    [
+        (500, {}, True, None),
+        (502, {}, True, None),
+        (503, {"Retry-After": "7"}, True, 7.0),
+        (429, {"Retry-After": "3"}, True, 3.0),
+        (408, {}, True, None),
+        (400, {}, False, None),
+        (401, {}, False, None),
+        (404, {}, False, None),
+        (301, {"Location": "/elsewhere"}, False, None),
+    ],
+)
+async def test_status_classification(
+    status: int, headers: dict[str, str], retryable: bool, retry_after: float | None
+) -> None:
+    async with Receiver(fail_first=1, fail_status=status, fail_headers=headers) as receiver:
+        sink = WebhookSink(receiver.url, SECRET, name="w")
+        try:
+            with pytest.raises(SinkError) as caught:
+                await sink.send(real_events(2))
+        finally:
+            await sink.close()
+    assert caught.value.retryable is retryable
+    assert caught.value.retry_after == retry_after
+    assert f"HTTP {status}" in str(caught.value)
+
+
+async def test_connection_refused_is_retryable() -> None:
+    async with Receiver() as receiver:
+        url = receiver.url
+    sink = WebhookSink(url, SECRET, timeout_s=2.0)  # nobody listens any more
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.send(real_events(1))
+    finally:
+        await sink.close()
+    assert caught.value.retryable
+
+
+def test_signatures_cover_timestamp_and_exact_body() -> None:
+    body = WebhookSink.body(real_events(2))
+    now = time.time()
+    stamp = str(int(now))
+    signature = sign(SECRET, stamp, body)
+    assert verify_signature(SECRET, body, timestamp=stamp, signature=signature, now=now)
+    assert not verify_signature(SECRET, body + b" ", timestamp=stamp, signature=signature, now=now)
+    assert not verify_signature("other", body, timestamp=stamp, signature=signature, now=now)
+    old = str(int(now) - 3600)
+    assert not verify_signature(
+        SECRET, body, timestamp=old, signature=sign(SECRET, old, body), now=now
+    )
+    assert not verify_signature(SECRET, body, timestamp=None, signature=signature)
+
+
+def test_body_is_the_records_verbatim() -> None:
+    events = real_events(3)
+    body = WebhookSink.body(events)
+    for event in events:
+        assert b'"event_body":' + event.raw + b"}" in body
+    assert batch_idempotency_key(events) == "voice-main:1..voice-main:3"
+
+
+def test_settings_are_checked_without_echoing_secrets() -> None:
+    with pytest.raises(ConfigError):
+        WebhookSink("http://127.0.0.1/hook", "")
+    with pytest.raises(ConfigError) as caught:
+        WebhookSink("ftp://user:pw-canary@127.0.0.1/hook", SECRET)
+    assert "pw-canary" not in str(caught.value)
+    with pytest.raises(ConfigError):
+        WebhookSink("http://127.0.0.1/hook", SECRET, headers={"x-genesys-mux-signature": "x"})
+    sink = WebhookSink("https://user:pw-canary@example.test/hook?token=tk-canary", SECRET)
+    for text in (repr(sink), str(vars(sink)), sink.display_url):
+        assert SECRET not in text
+        assert "pw-canary" not in text
+        assert "tk-canary" not in text
+
+
+def assert_secret_nowhere(
+    runner: SinkRunner,
+    caplog: pytest.LogCaptureFixture,
+    failures: list[tuple[str, str]],
+    letters: list[DeadLetter],
+) -> None:
+    texts = [
+        caplog.text,
+        repr(runner),
+        repr(runner.sinks),
+        str(vars(runner.sinks[0])),
+        str(runner.last_error),
+        str(runner.stats()),
+        *(text for _sink, text in failures),
+        *(letter.reason for letter in letters),
+    ]
+    for text in texts:
+        assert SECRET not in text
