@@ -199,6 +199,13 @@ def demo(
         bool,
         typer.Option("--json", help="JSON lines on stdout (audit log on stderr), no dashboard."),
     ] = False,
+    chaos_interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between chaos faults.")
+    ] = 4.0,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve /metrics, /healthz, /readyz, /status."),
+    ] = None,
 ) -> None:
     """Run the whole product against the embedded emulator, with a live dashboard."""
     configure_logging(level="WARNING", json=as_json)
@@ -211,6 +218,8 @@ def demo(
             json_lines=as_json,
             stdout=sys.stdout,
             console=console,
+            chaos_every_s=chaos_interval,
+            admin_port=admin_port,
         )
 
     raise typer.Exit(_run_async(main))

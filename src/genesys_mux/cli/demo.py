@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,7 +24,7 @@ from rich.console import Console
 
 from genesys_mux.cli.runtime import Output, Runtime
 from genesys_mux.configfile import ConfigFile, Credentials, parse_config
-from genesys_mux.emulator import Emulator, EmulatorSettings
+from genesys_mux.emulator import ClientApp, Emulator, EmulatorSettings
 from genesys_mux.net.connection import PoolSettings
 
 __all__ = ["CHAOS", "demo_config", "run_demo"]
@@ -54,7 +55,7 @@ _DEMO_POOL = PoolSettings(
 )
 
 
-def demo_config(org: dict[str, Any], workdir: Path) -> ConfigFile:
+def demo_config(org: dict[str, Any], workdir: Path, admin_port: int | None = None) -> ConfigFile:
     """The demo's streams, built from the emulator's org."""
     queue = org["queues"][0]["id"]
     team = [u["id"] for u in org["users"][:8]]
@@ -64,6 +65,7 @@ def demo_config(org: dict[str, Any], workdir: Path) -> ConfigFile:
                 "dlq_path": str(workdir / "dlq.jsonl"),
                 "metric_interval_s": 10.0,
                 "queue_refresh_s": 30.0,
+                "admin_port": admin_port,
             },
             "streams": [
                 {
@@ -135,16 +137,29 @@ async def run_demo(
     console: Console,
     chaos_every_s: float = 4.0,
     audit: TextIO | None = None,
+    admin_port: int | None = None,
+    client_secret: str = "demo-secret",  # noqa: S107 - the emulator's published demo value
+    on_runtime: Callable[[Runtime], None] | None = None,
 ) -> int:
-    """Run the demo until ``stop`` or ``duration_s``; returns an exit code."""
+    """Run the demo until ``stop`` or ``duration_s``; returns an exit code.
+
+    ``client_secret`` is the emulator client's secret (tests use a canary);
+    ``on_runtime`` sees the runtime before it starts (tests add side tasks).
+    """
     settings = EmulatorSettings(
-        seed=1, queues=6, agents=30, rate=4.0, heartbeat_interval_s=1.0, socket_closing_delay_s=3.0
+        seed=1,
+        queues=6,
+        agents=30,
+        rate=4.0,
+        heartbeat_interval_s=1.0,
+        socket_closing_delay_s=3.0,
+        clients=[ClientApp("demo-client", client_secret)],
     )
     with tempfile.TemporaryDirectory(prefix="genesys-mux-demo-") as tmp:
         workdir = Path(tmp)
         async with Emulator(settings) as emulator, aiohttp.ClientSession() as session:
             org = await _control(session, emulator.base_url, "org")
-            config = demo_config(org, workdir)
+            config = demo_config(org, workdir, admin_port)
             output = Output(mode="json" if json_lines else "dashboard")
             audit_target: Any = audit
             if audit_target is None:
@@ -152,7 +167,7 @@ async def run_demo(
                 audit_target = "-" if json_lines else str(workdir / "audit.jsonl")
             runtime = Runtime(
                 config,
-                Credentials("demo-client", "demo-secret"),
+                Credentials("demo-client", client_secret),
                 base_url=emulator.base_url,
                 output=output,
                 pool_settings=_DEMO_POOL,
@@ -162,6 +177,8 @@ async def run_demo(
             )
             if chaos:
                 runtime.side_tasks.append(_chaos_monkey(emulator.base_url, chaos_every_s))
+            if on_runtime is not None:
+                on_runtime(runtime)
             if not json_lines:
                 console.print(
                     f"emulator on {emulator.base_url}; {len(config.streams)} streams"

@@ -116,6 +116,7 @@ def event_line(item: StreamEvent | Gap) -> bytes:
             "transition": item.transition,
             "conversation_id": item.conversation_id,
             "topic": item.topic,
+            "received_at": item.received_at,
             "latency_ms": round((item.latency_s or 0.0) * 1000, 3),
             "age_s": None if item.age_s is None else round(item.age_s, 3),
         }
@@ -148,6 +149,7 @@ class Runtime:
         self.tail = AuditTail()
         self.mux: Multiplexer | None = None
         self.runners: dict[str, SinkRunner] = {}
+        self.admin: AdminServer | None = None
         #: Extra coroutines to run alongside (the demo's chaos monkey).
         self.side_tasks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
 
@@ -230,6 +232,7 @@ class Runtime:
                     status_extra=self._status_extra,
                 )
                 await stack.enter_async_context(admin)
+                self.admin = admin
                 self.console.print(
                     f"admin server on {admin.base_url} (/metrics /healthz /readyz /status)"
                 )

@@ -1,0 +1,148 @@
+"""``genesys-mux demo`` as a new user runs it, and with chaos; plus a canary run in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sys
+from collections import Counter, defaultdict
+from typing import Any
+
+import aiohttp
+import pytest
+from rich.console import Console
+
+from genesys_mux.cli.demo import run_demo
+from genesys_mux.cli.runtime import Runtime
+
+DEMO_STREAMS = {"voice-main", "chat-support", "waiting-calls", "sms-inbox", "team-presence"}
+
+
+async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, list[dict[str, Any]], list[str]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "genesys_mux",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    return process.returncode, lines, err.decode().splitlines()
+
+
+def audit_events(stderr: list[str]) -> list[dict[str, Any]]:
+    events = []
+    for line in stderr:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and str(record.get("event", "")).isupper():
+            events.append(record)
+    return events
+
+
+async def test_demo_json_prints_events_for_every_stream_and_exits_zero() -> None:
+    code, lines, stderr = await run_cli("demo", "--json", "--duration", "10")
+    assert code == 0, "\n".join(stderr[-20:])
+    counts = Counter(line["stream_id"] for line in lines if line["kind"] == "event")
+    assert set(counts) == DEMO_STREAMS
+    for line in lines:
+        if line["kind"] == "event":
+            assert line["sequence"] >= 1
+            assert line["latency_ms"] >= 0
+    # The audit log went to stderr, as JSON lines with upper-case levels.
+    audit = audit_events(stderr)
+    assert {a["event"] for a in audit} >= {"STREAM_ADDED", "CHANNEL_CREATED", "CHANNEL_CONNECTED"}
+    assert all(a["level"] in ("INFO", "WARNING", "ERROR") for a in audit)
+
+
+async def test_demo_with_chaos_recovers_and_keeps_flowing() -> None:
+    code, lines, stderr = await run_cli(
+        "demo", "--json", "--chaos", "--chaos-interval", "1.5", "--duration", "14"
+    )
+    assert code == 0, "\n".join(stderr[-20:])
+    audit = audit_events(stderr)
+    kinds = Counter(a["event"] for a in audit)
+    # socket_closing → rotation; drop_socket and pause_heartbeats → reconnect and gaps.
+    assert kinds["CHANNEL_ROTATED"] >= 1
+    assert kinds["CHANNEL_LOST"] >= 1
+    assert kinds["GAP"] >= 1
+    gaps = [line for line in lines if line["kind"] == "gap"]
+    assert gaps, "gaps reach the consumers, not only the audit log"
+    # Every stream keeps flowing: each has events after its first gap.
+    first_gap: dict[str, float] = {}
+    for gap in gaps:
+        first_gap.setdefault(gap["stream_id"], gap["end"])
+    after: dict[str, int] = defaultdict(int)
+    for line in lines:
+        if line["kind"] == "event" and line["received_at"] > first_gap.get(line["stream_id"], 0):
+            after[line["stream_id"]] += 1
+    busy = {"voice-main", "waiting-calls", "sms-inbox", "team-presence"}
+    assert all(after[s] > 0 for s in busy), dict(after)
+    # Sequences stay gap-free per stream through all of it.
+    by_stream: dict[str, list[int]] = defaultdict(list)
+    for line in lines:
+        if line["kind"] == "event":
+            by_stream[line["stream_id"]].append(line["sequence"])
+    for sequences in by_stream.values():
+        assert sequences == list(range(1, len(sequences) + 1))
+
+
+async def test_canary_secret_and_tokens_appear_nowhere(caplog: pytest.LogCaptureFixture) -> None:
+    canary = "canary-secret-5d1e9b7a3f"
+    tokens: set[str] = set()
+    scraped: dict[str, str] = {}
+
+    def on_runtime(runtime: Runtime) -> None:
+        async def spy(rt: Runtime) -> None:
+            while True:
+                mux = rt.mux
+                if mux is not None and mux.tokens is not None and mux.tokens.current is not None:
+                    tokens.add(mux.tokens.current.value)
+                await asyncio.sleep(0.05)
+
+        async def scrape(rt: Runtime) -> None:
+            # Late in the run, after several faults.
+            await asyncio.sleep(8)
+            assert rt.admin is not None
+            async with aiohttp.ClientSession() as session:
+                for path in ("metrics", "status", "readyz", "healthz"):
+                    async with session.get(f"{rt.admin.base_url}/{path}") as resp:
+                        scraped[path] = await resp.text()
+
+        runtime.side_tasks += [spy, scrape]
+
+    audit = io.StringIO()
+    stdout = io.StringIO()
+    caplog.set_level(logging.DEBUG)
+    stop = asyncio.Event()
+    code = await run_demo(
+        stop,
+        duration_s=11,
+        chaos=True,
+        json_lines=True,
+        stdout=stdout,
+        console=Console(file=io.StringIO()),
+        chaos_every_s=1.0,
+        audit=audit,
+        admin_port=0,
+        client_secret=canary,
+        on_runtime=on_runtime,
+    )
+    assert code == 0
+    assert len(tokens) >= 2, "the chaos run should have revoked and replaced the token"
+    assert set(scraped) == {"metrics", "status", "readyz", "healthz"}
+    assert "genesys_mux_stream_delivered_total" in scraped["metrics"]
+    revoked = '"CHANNEL_ROTATED"' in audit.getvalue() or "TOKEN_REFRESHED" in audit.getvalue()
+    assert revoked
+    logs = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    for haystack in (audit.getvalue(), stdout.getvalue(), logs, *scraped.values()):
+        assert canary not in haystack
+        for token in tokens:
+            assert token not in haystack
