@@ -110,20 +110,21 @@ class Dashboard:
                 str(c["rotations"]),
             )
         streams = Table(title="streams")
+        streams.add_column("stream", no_wrap=True, min_width=13)
+        # Short headers: the table must fit an 80-column terminal.
         for column in (
-            "stream",
-            "prio",
-            "events/s",
-            "delivered",
+            "pri",
+            "ev/s",
+            "deliv",
             "dup",
             "stale",
-            "overflow",
+            "ovfl",
             "DLQ",
             "gaps",
-            "p50 ms",
-            "p99 ms",
+            "p50ms",
+            "p99ms",
         ):
-            streams.add_column(column, justify="left" if column == "stream" else "right")
+            streams.add_column(column, justify="right")
         for sid, s in status["streams"].items():
             previous = self._last.get(sid)
             rate = 0.0
