@@ -13,12 +13,20 @@ always uses the ``connectUri`` a channel comes back with.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from genesys_mux.errors import ConfigError, UnknownRegionError
 
-__all__ = ["REGIONS", "Endpoints", "Region", "endpoints_for", "resolve_region"]
+__all__ = [
+    "REGIONS",
+    "Endpoints",
+    "Region",
+    "endpoints_for",
+    "is_loopback_host",
+    "resolve_region",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +144,13 @@ def endpoints_for(region: str | None = None, base_url: str | None = None) -> End
         return Endpoints.custom(base_url)
     assert region is not None
     return Endpoints.for_region(resolve_region(region))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses: servers we start bind there by default."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

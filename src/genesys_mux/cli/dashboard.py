@@ -1,7 +1,8 @@
 """The live rich dashboard: channels, streams and the latest audit events.
 
-It renders from the same snapshot ``/status`` serves (:func:`status_snapshot`),
-so what an operator sees on screen and what a monitor scrapes agree.
+It renders from the same snapshot ``/status`` serves
+(:func:`~genesys_mux.observability.admin.status_snapshot`), so what an
+operator sees on screen and what a monitor scrapes agree.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from genesys_mux.net.multiplexer import Multiplexer
+from genesys_mux.observability.admin import status_snapshot
 
-__all__ = ["AuditTail", "Dashboard", "status_snapshot"]
+__all__ = ["AuditTail", "Dashboard"]
 
 
 @dataclass
@@ -31,47 +33,6 @@ class AuditTail:
         self.lines.append((time.time(), kind, fields))
         while len(self.lines) > self.size:
             self.lines.popleft()
-
-
-def status_snapshot(mux: Multiplexer) -> dict[str, Any]:
-    """Streams and channels as plain JSON-ready data."""
-    stats = mux.stats()
-    now = time.time()
-    return {
-        "live": mux.live,
-        "streams": {
-            sid: {
-                "priority": s.priority,
-                "topics": s.topics,
-                "buffered": s.buffered,
-                "received": s.received,
-                "delivered": s.delivered,
-                "filtered": s.filtered,
-                "duplicates": s.duplicates,
-                "stale": s.stale,
-                "overflowed": s.overflowed,
-                "dead_lettered": s.dead_lettered,
-                "gaps": s.gaps,
-                "latency_p50_s": s.latency_p50_s,
-                "latency_p99_s": s.latency_p99_s,
-                "rejected_topics": list(s.rejected_topics),
-            }
-            for sid, s in stats["streams"].items()
-        },
-        "channels": {
-            str(slot): {
-                "channel_id": c.channel_id,
-                "state": c.state,
-                "topics": c.topics,
-                "notifications": c.notifications,
-                "reconnects": c.reconnects,
-                "rotations": c.rotations,
-                "bad_frames": c.bad_frames,
-                "age_s": (now - c.connected_since) if c.connected_since else None,
-            }
-            for slot, c in stats["channels"].items()
-        },
-    }
 
 
 def _ms(value: float | None) -> str:
@@ -98,8 +59,9 @@ class Dashboard:
             channels.add_column(
                 column, justify="right" if column not in ("channel", "state") else "left"
             )
+        wall = time.time()
         for slot, c in status["channels"].items():
-            age = c["age_s"]
+            age = None if c["connected_since"] is None else wall - c["connected_since"]
             channels.add_row(
                 slot,
                 c["channel_id"] or "-",

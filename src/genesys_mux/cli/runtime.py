@@ -33,7 +33,7 @@ import msgspec
 from rich.console import Console
 from rich.live import Live
 
-from genesys_mux.cli.dashboard import AuditTail, Dashboard, status_snapshot
+from genesys_mux.cli.dashboard import AuditTail, Dashboard
 from genesys_mux.configfile import (
     ConfigFile,
     Credentials,
@@ -48,7 +48,7 @@ from genesys_mux.core.streams import Gap, StreamEvent
 from genesys_mux.errors import ConfigError
 from genesys_mux.net.connection import PoolSettings
 from genesys_mux.net.multiplexer import Multiplexer
-from genesys_mux.observability.admin import AdminServer
+from genesys_mux.observability.admin import AdminServer, status_snapshot
 from genesys_mux.observability.audit import AuditLog
 from genesys_mux.observability.metrics import MuxMetrics
 from genesys_mux.sinks.base import Sink

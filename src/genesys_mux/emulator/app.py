@@ -32,7 +32,6 @@ import base64
 import binascii
 import contextlib
 import contextvars
-import ipaddress
 import logging
 import math
 import random
@@ -59,6 +58,7 @@ from genesys_mux.emulator.platform import (
     new_context_id,
 )
 from genesys_mux.errors import ConfigError, InvalidIdError
+from genesys_mux.regions import is_loopback_host
 
 __all__ = ["Emulator", "EmulatorSettings", "LedgerEntry", "running_emulator"]
 
@@ -395,7 +395,7 @@ class Emulator:
 
     async def start(self) -> None:
         """Bind the socket and start the traffic pump."""
-        if not _is_loopback(self.settings.host):
+        if not is_loopback_host(self.settings.host):
             log.warning(
                 "emulator listening on %s, beyond loopback: "
                 "anyone who can reach it can read its traffic",
@@ -1218,15 +1218,6 @@ class Emulator:
 
 
 _NO_FAULTS = _FrameFaults()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:

@@ -31,7 +31,6 @@ would otherwise be the loudest thing in the logs.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
 import time
@@ -44,6 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from genesys_mux.observability.metrics import MuxMetrics, readiness
 from genesys_mux.observability.sanitize import redact
+from genesys_mux.regions import is_loopback_host
 
 if TYPE_CHECKING:
     from genesys_mux.net.multiplexer import Multiplexer
@@ -62,13 +62,14 @@ def _dispatcher_state(mux: Multiplexer) -> tuple[bool, str | None]:
     return True, None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def status_snapshot(mux: Multiplexer, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Streams and channels as JSON-ready data: what ``/status`` and the dashboard show."""
+    stats = mux.stats() if stats is None else stats
+    return {
+        "live": mux.live,
+        "streams": {stream_id: dataclasses.asdict(s) for stream_id, s in stats["streams"].items()},
+        "channels": {str(index): dataclasses.asdict(c) for index, c in stats["channels"].items()},
+    }
 
 
 def _json_response(data: Mapping[str, Any], status: int = 200) -> web.Response:
@@ -123,7 +124,7 @@ class AdminServer:
         """Bind and start serving."""
         if self._runner is not None:
             return
-        if not _is_loopback(self.host):
+        if not is_loopback_host(self.host):
             log.warning(
                 "the admin server binds %s, not loopback: metrics and status are reachable "
                 "from the network",
@@ -196,13 +197,7 @@ class AdminServer:
             "running": running,
             "ready": state.ready,
             "reason": state.reason,
-            "live": self.mux.live,
-            "streams": {
-                stream_id: dataclasses.asdict(s) for stream_id, s in stats["streams"].items()
-            },
-            "channels": {
-                str(index): dataclasses.asdict(c) for index, c in stats["channels"].items()
-            },
+            **status_snapshot(self.mux, stats),
             "control_events": dict(self.metrics.control_events),
         }
         if self._status_extra is not None:
