@@ -90,6 +90,9 @@ class Settings(BaseModel):
     max_channels: int = Field(default=20, ge=2, le=20)
     queue_refresh_s: float = Field(default=300.0, gt=0)
     requests_per_minute: int = Field(default=300, ge=1)
+    backfill: bool = Field(
+        default=False, description="After a gap, fetch the current snapshots of its conversations."
+    )
     dlq_path: str = Field(
         default="genesys-mux-dlq.jsonl", description="JSON-lines dead-letter file."
     )

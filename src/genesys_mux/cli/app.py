@@ -265,7 +265,8 @@ def run(
             loaded,
             credentials,
             base_url=base_url,
-            output=Output(mode="dashboard" if tui else "quiet"),
+            # Streams without sinks print JSON lines (or are counted under the dashboard).
+            output=Output(mode="dashboard" if tui else "json"),
             console=console,
         )
         return await runtime.run(stop, duration)

@@ -66,6 +66,7 @@ def demo_config(org: dict[str, Any], workdir: Path, admin_port: int | None = Non
                 "metric_interval_s": 10.0,
                 "queue_refresh_s": 30.0,
                 "admin_port": admin_port,
+                "backfill": True,
             },
             "streams": [
                 {

@@ -117,6 +117,7 @@ def event_line(item: StreamEvent | Gap) -> bytes:
             "conversation_id": item.conversation_id,
             "topic": item.topic,
             "received_at": item.received_at,
+            "backfilled": item.backfilled,
             "latency_ms": round((item.latency_s or 0.0) * 1000, 3),
             "age_s": None if item.age_s is None else round(item.age_s, 3),
         }
@@ -152,9 +153,33 @@ class Runtime:
         self.admin: AdminServer | None = None
         #: Extra coroutines to run alongside (the demo's chaos monkey).
         self.side_tasks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
+        self._started = False
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> int:
-        """Run until ``stop`` is set or ``duration_s`` has passed; returns an exit code."""
+        """Run until ``stop`` is set or ``duration_s`` has passed; returns an exit code.
+
+        A stop that comes while still starting (a token that cannot be had, a
+        tenant that does not answer) cancels the start-up at once rather than
+        waiting for its retries to run out: there is nothing to drain yet.
+        """
+        self._started = False
+        work = asyncio.ensure_future(self._run(stop, duration_s))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and not self._started:
+                work.cancel()
+                await asyncio.wait({work})
+                if not work.cancelled():
+                    work.result()  # an error while unwinding is still reported
+                return 0
+            return await work
+        finally:
+            stopper.cancel()
+            if not work.done():
+                work.cancel()
+
+    async def _run(self, stop: asyncio.Event, duration_s: float | None) -> int:
         settings = self.config.settings
         audit_target: Any = self.audit_target
         if audit_target is None:
@@ -178,6 +203,7 @@ class Runtime:
             max_channels=settings.max_channels,
             queue_refresh_s=settings.queue_refresh_s,
             requests_per_minute=settings.requests_per_minute,
+            backfill=settings.backfill,
             dlq=settings.dlq_path,
             pool_settings=self.pool_settings,
         )
@@ -187,6 +213,8 @@ class Runtime:
         metrics = MuxMetrics(mux)
         tasks: list[asyncio.Task[Any]] = []
         async with contextlib.AsyncExitStack() as stack:
+            # Closed last, after the multiplexer's own closing facts, however it ends.
+            stack.callback(audit.close)
             await stack.enter_async_context(mux)
             for stream in self.config.streams:
                 for rejection in await mux.add_stream(stream):
@@ -238,6 +266,8 @@ class Runtime:
                 )
             background = [asyncio.create_task(audit.run_periodic(mux, settings.metric_interval_s))]
             background += [asyncio.create_task(side(self)) for side in self.side_tasks]
+            # From here a stop drains (below) instead of cancelling the start-up.
+            self._started = True
             await self._wait(stop, duration_s)
             for task in background:
                 task.cancel()
@@ -251,7 +281,6 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        audit.close()
         return 0
 
     def _status_extra(self) -> dict[str, Any]:

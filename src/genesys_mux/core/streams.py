@@ -96,6 +96,8 @@ class StreamEvent:
     received_at: float
     latency_s: float | None = None
     age_s: float | None = None
+    #: Fetched from REST after a gap rather than received on a socket.
+    backfilled: bool = False
     #: Monotonic receive time, for latency; not part of the public payload.
     received_mono: float = field(default=0.0, repr=False)
     version: float | None = field(default=None, repr=False)
@@ -257,6 +259,7 @@ class Stream:
         facts: EventFacts,
         *,
         filtered_topic: bool = True,
+        backfilled: bool = False,
     ) -> StreamEvent | None:
         """Run one notification through the pipeline; the buffered event, or None.
 
@@ -322,6 +325,7 @@ class Stream:
             received_at=received_at,
             received_mono=received_mono,
             version=version,
+            backfilled=backfilled,
         )
         self._next_sequence += 1
         return self._push(event)

@@ -57,7 +57,8 @@ from genesys_mux.core.streams import (
     StreamEvent,
     StreamRules,
 )
-from genesys_mux.errors import ConfigError, GenesysMuxError
+from genesys_mux.core.topics import TopicFamily, parse_topic
+from genesys_mux.errors import ConfigError, GenesysMuxError, InvalidTopicError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool, PoolSettings
 from genesys_mux.net.rest import Rejection, RestClient
@@ -135,6 +136,8 @@ class Multiplexer:
         queue_refresh_s: float = 300.0,
         requests_per_minute: int = 300,
         dlq: DeadLetterQueue | str | os.PathLike[str] | None = None,
+        backfill: bool = False,
+        backfill_limit: int = 200,
         pool_settings: PoolSettings | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
@@ -162,6 +165,8 @@ class Multiplexer:
         self.max_streams = max_streams
         self.buffer_threshold = buffer_threshold
         self.queue_refresh_s = queue_refresh_s
+        self.backfill_enabled = backfill
+        self.backfill_limit = backfill_limit
         self._requests_per_minute = requests_per_minute
         self._pool_settings = pool_settings or PoolSettings(
             heartbeat_timeout_s=heartbeat_timeout,
@@ -185,6 +190,7 @@ class Multiplexer:
         self._emptied = asyncio.Event()
         self._change_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._backfills: set[asyncio.Task[None]] = set()
         self._event_callbacks: list[EventCallback] = []
         self._gap_callbacks: list[GapCallback] = []
         self._stopping = False
@@ -242,7 +248,7 @@ class Multiplexer:
         if self._stopped:
             return
         self._stopping = True
-        intake = [t for t in self._tasks if t.get_name() != _CALLBACKS]
+        intake = [t for t in self._tasks if t.get_name() != _CALLBACKS] + list(self._backfills)
         for task in intake:
             task.cancel()
         await asyncio.gather(*intake, return_exceptions=True)
@@ -439,6 +445,7 @@ class Multiplexer:
         )
 
     def _outage(self, outage: Outage) -> None:
+        gaps: list[Gap] = []
         for state in self._streams.values():
             affected = state.topics & outage.topics
             if affected:
@@ -451,6 +458,7 @@ class Multiplexer:
                     outage.reason,
                 )
                 state.stream.add_gap(gap)
+                gaps.append(gap)
                 state.ready.set()
                 self._anything.set()
                 self._audit(
@@ -463,6 +471,76 @@ class Multiplexer:
                         "reason": outage.reason,
                     },
                 )
+
+        if gaps and self.backfill_enabled and not self._stopping:
+            task = asyncio.create_task(self._backfill_quietly(gaps), name="genesys-mux-backfill")
+            self._backfills.add(task)
+            task.add_done_callback(self._backfills.discard)
+
+    async def _backfill_quietly(self, gaps: list[Gap]) -> None:
+        try:
+            await self.backfill(*gaps)
+        except GenesysMuxError as exc:
+            log.warning("back-fill after a gap failed: %s", exc)
+
+    async def backfill(self, *gaps: Gap) -> int:
+        """Fetch the current snapshot of every conversation a gap may have hidden.
+
+        For the queue topics of the gaps, the analytics query finds the
+        conversations that overlapped the window, and each one's current
+        snapshot (``GET /api/v2/conversations/{id}``) goes through the
+        stream's pipeline like a received event, marked ``backfilled``.
+        De-duplication and ordering still apply: a snapshot the stream
+        already has, or an older one, is dropped. At most ``backfill_limit``
+        conversations per call. User topics are not back-filled (the
+        analytics query is filtered by queue). Returns how many snapshots
+        were offered.
+        """
+        assert self.rest is not None
+        by_queue: dict[str, list[tuple[_StreamState, str]]] = {}
+        for gap in gaps:
+            state = self._streams.get(gap.stream_id)
+            if state is None:
+                continue
+            for topic in gap.topics:
+                parsed = _queue_topic(topic)
+                if parsed is not None:
+                    by_queue.setdefault(parsed, []).append((state, topic))
+        if not by_queue:
+            return 0
+        start = min(g.start for g in gaps)
+        end = max(g.end for g in gaps)
+        ids = await self.rest.conversations_between(start, end, by_queue, limit=self.backfill_limit)
+        offered = 0
+        for conversation_id in ids:
+            body = await self.rest.get_conversation(conversation_id)
+            if body is None:
+                continue
+            facts = None
+            for queue_id, targets in by_queue.items():
+                for state, topic in targets:
+                    facts = facts or event_facts(topic, body)
+                    if facts.conversation is None or queue_id not in facts.conversation.queue_ids:
+                        continue
+                    event = state.stream.offer(
+                        topic,
+                        body,
+                        None,
+                        time.time(),
+                        time.monotonic(),
+                        facts,
+                        filtered_topic=topic in state.filter_topics,
+                        backfilled=True,
+                    )
+                    offered += 1
+                    if event is not None:
+                        state.ready.set()
+                        self._anything.set()
+        self._audit(
+            "backfill",
+            {"streams": sorted({g.stream_id for g in gaps}), "conversations": len(ids)},
+        )
+        return offered
 
     def _rejected(self, rejection: Rejection) -> None:
         self.rejections[rejection.topic] = rejection
@@ -597,3 +675,12 @@ class Multiplexer:
             )
         channels = self.pool.stats() if self.pool is not None else {}
         return {"streams": streams, "channels": channels}
+
+
+def _queue_topic(topic: str) -> str | None:
+    """The queue id of a queue conversation topic, else None."""
+    try:
+        parsed = parse_topic(topic)
+    except InvalidTopicError:
+        return None
+    return parsed.entity_id if parsed.family is TopicFamily.QUEUE_CONVERSATIONS else None

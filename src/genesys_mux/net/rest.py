@@ -28,7 +28,7 @@ import msgspec
 
 from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.budget import RequestBudget
-from genesys_mux.core.timestamps import parse_iso
+from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
 from genesys_mux.errors import ApiError, RateLimitedError, TransportError
 from genesys_mux.net.auth import AccessToken, TokenProvider
@@ -322,6 +322,53 @@ class RestClient:
             ),
         )
 
+    # -- conversations (back-fill) -----------------------------------------
+
+    async def get_conversation(self, conversation_id: str) -> bytes | None:
+        """``GET /api/v2/conversations/{id}``: the current snapshot, or None if unknown."""
+        path = f"/api/v2/conversations/{validate_id(conversation_id, 'conversationId')}"
+        try:
+            answer = await self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return answer.body
+
+    async def conversations_between(
+        self, start: float, end: float, queue_ids: Iterable[str], *, limit: int = 1000
+    ) -> list[str]:
+        """Ids of the conversations of some queues that overlap ``[start, end]`` (Unix seconds).
+
+        Uses ``POST /api/v2/analytics/conversations/details/query`` with a
+        ``queueId`` segment filter, paging until ``limit`` ids are found.
+        """
+        predicates = [
+            {"dimension": "queueId", "value": validate_id(q, "queueId")} for q in queue_ids
+        ]
+        if not predicates:
+            return []
+        interval = f"{format_iso(start)}/{format_iso(max(end, start + 0.001))}"
+        found: list[str] = []
+        page_number = 1
+        while len(found) < limit:
+            answer = await self.request(
+                "POST",
+                "/api/v2/analytics/conversations/details/query",
+                json={
+                    "interval": interval,
+                    "order": "asc",
+                    "segmentFilters": [{"type": "or", "predicates": predicates}],
+                    "paging": {"pageSize": 100, "pageNumber": page_number},
+                },
+            )
+            page = _decode(answer.body, _DetailPage, "conversation details")
+            found.extend(r.conversation_id for r in page.conversations)
+            if not page.conversations or page_number * 100 >= page.total_hits:
+                break
+            page_number += 1
+        return found[:limit]
+
     # -- routing ----------------------------------------------------------
 
     async def list_queues(self, page_size: int = 100) -> list[QueueInfo]:
@@ -339,6 +386,15 @@ class RestClient:
             if page_number >= page.page_count or not page.entities:
                 return queues
             page_number += 1
+
+
+class _DetailRecord(msgspec.Struct, rename="camel"):
+    conversation_id: str
+
+
+class _DetailPage(msgspec.Struct, rename="camel"):
+    conversations: list[_DetailRecord] = msgspec.field(default_factory=list)
+    total_hits: int = 0
 
 
 def _subscriptions(channel_id: str) -> str:

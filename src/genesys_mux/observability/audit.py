@@ -150,6 +150,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "sink": ("sink", _text),
     "error": ("error", _text),
     "expires_in_s": ("expires_in_s", _int),
+    "conversations": ("conversations", _int),
 }
 
 
