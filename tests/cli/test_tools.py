@@ -1,0 +1,378 @@
+"""``validate``, ``schema``, ``listen`` and ``dlq list|purge|replay`` as a user runs them.
+
+Every command runs as a real ``python -m genesys_mux`` process; DLQ files are
+written by the real :class:`JsonlDeadLetterQueue`; replays go to a real JSONL
+file and a real aiohttp webhook receiver that checks every signature.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from genesys_mux.core.streams import DeadLetter, StreamEvent
+from genesys_mux.emulator import Emulator
+from genesys_mux.sinks.base import EventRecord, decode_record
+from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
+from tests.cli.conftest import run_cli
+from tests.sinks.conftest import SECRET, Receiver, real_events
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "genesys-mux.toml"
+
+
+# -- validate ------------------------------------------------------------------------
+
+
+async def test_validate_the_annotated_example_lists_every_stream() -> None:
+    result = await run_cli("validate", "-c", str(EXAMPLE))
+    assert result.code == 0, result.why()
+    assert "valid" in result.output
+    for stream in ("voice-main", "chat-support", "waiting-calls", "team-presence"):
+        assert stream in result.output, result.why()
+    for sink in ("redis", "webhook", "jsonl", "stdout"):
+        assert sink in result.output
+
+
+FIVE_MISTAKES = """\
+[settings]
+max_streams = 0                         # 1. out of range
+
+[[streams]]
+id = "voice-main"
+filter = { channelType = "fax" }        # 2. not a media type
+colour = "blue"                         # 3. not a key
+
+  [[streams.sinks]]
+  type = "webhook"
+  url = "ftp://crm.example.com/hook"    # 4. not http(s)
+  secret_env = "CRM_WEBHOOK_SECRET"
+
+[[streams]]
+id = "voice-main"                       # 5. the same id again
+filter = { channelType = "voice" }
+"""
+
+
+async def test_validate_reports_every_mistake_with_its_path(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text(FIVE_MISTAKES)
+    result = await run_cli("validate", "-c", "bad.toml", cwd=tmp_path)
+    assert result.code == 1, result.why()
+    assert "5 problem(s)" in result.output, result.why()
+    for path in (
+        "settings.max_streams",
+        "streams[0].filter.channelType",
+        "streams[0].colour",
+        "streams[0].sinks[0].url",
+        "streams[1].id",
+    ):
+        assert path in result.output, f"{path} missing\n{result.why()}"
+    assert "fax" in result.output
+    assert "unknown key" in result.output
+    assert "duplicate stream id" in result.output
+    assert "Traceback" not in result.output
+
+
+async def test_validate_a_missing_or_non_toml_file_says_so(tmp_path: Path) -> None:
+    missing = await run_cli("validate", "-c", "nowhere.toml", cwd=tmp_path)
+    assert missing.code != 0, missing.why()
+    assert "nowhere.toml does not exist" in missing.output, missing.why()
+
+    (tmp_path / "notes.toml").write_text("this is = = not TOML\n[[streams\n")
+    not_toml = await run_cli("validate", "-c", "notes.toml", cwd=tmp_path)
+    assert not_toml.code != 0, not_toml.why()
+    assert "not valid TOML" in not_toml.output, not_toml.why()
+    assert "line 1" in not_toml.output
+
+    (tmp_path / "binary.toml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    binary = await run_cli("validate", "-c", "binary.toml", cwd=tmp_path)
+    assert binary.code != 0, binary.why()
+    assert "not UTF-8" in binary.output, binary.why()
+    for result in (missing, not_toml, binary):
+        assert "Traceback" not in result.output
+
+
+# -- schema --------------------------------------------------------------------------
+
+
+async def test_schema_is_json_with_streams_sinks_and_filter() -> None:
+    result = await run_cli("schema")
+    assert result.code == 0, result.why()
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) >= {"genesys", "settings", "streams"}
+    streams = schema["properties"]["streams"]
+    assert streams["type"] == "array"
+    item = streams["items"]["properties"]
+    assert {"id", "filter", "priority", "topics", "sinks"} <= set(item)
+    # Every $ref points at a definition that is there.
+    refs = {
+        value.split("/")[-1]
+        for value in _walk(schema)
+        if isinstance(value, str) and value.startswith("#/$defs/")
+    }
+    assert refs <= set(schema["$defs"]), refs - set(schema["$defs"])
+    sink_types = {
+        d["properties"]["type"].get("const") or d["properties"]["type"]["enum"][0]
+        for d in schema["$defs"].values()
+        if "type" in d.get("properties", {}) and "Sink" in d.get("title", "")
+    }
+    assert sink_types == {"stdout", "jsonl", "redis", "webhook"}
+
+
+def _walk(value: Any) -> Any:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+    else:
+        yield value
+
+
+# -- dlq list / purge ------------------------------------------------------------------
+
+
+def write_dlq(path: Path) -> list[DeadLetter]:
+    """Five dead letters from two streams, interleaved, written by the real DLQ."""
+    voice = real_events(3, "voice-main")
+    chat = real_events(2, "chat-support", start=7)
+    events: list[StreamEvent] = [voice[0], chat[0], voice[1], chat[1], voice[2]]
+    letters = [
+        DeadLetter.of(e, "overflow_drop_oldest" if e.stream_id == "voice-main" else "stopped")
+        for e in events
+    ]
+    dlq = JsonlDeadLetterQueue(path)
+    for letter in letters:
+        dlq.write(letter)
+    dlq.close()
+    return letters
+
+
+def dlq_lines(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
+
+
+async def test_dlq_list_as_a_table_and_as_json(tmp_path: Path) -> None:
+    letters = write_dlq(tmp_path / "dlq.jsonl")
+
+    table = await run_cli("dlq", "list", "--file", "dlq.jsonl", cwd=tmp_path)
+    assert table.code == 0, table.why()
+    assert "5 dead letter(s)" in table.output, table.why()
+    for text in ("voice-main", "chat-support", "overflow_drop_oldest", "stopped"):
+        assert text in table.output
+    assert "overflow_drop_oldest: 3" in table.output
+    assert "stopped: 2" in table.output
+
+    as_json = await run_cli("dlq", "list", "--file", "dlq.jsonl", "--json", cwd=tmp_path)
+    assert as_json.code == 0, as_json.why()
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(r["stream_id"], r["sequence"]) for r in rows] == [
+        (d.stream_id, d.sequence) for d in letters
+    ]
+    for row, letter in zip(rows, letters, strict=True):
+        assert row["reason"] == letter.reason
+        assert row["topic"] == letter.topic
+        assert row["conversation_id"] == letter.conversation_id
+        assert row["bytes"] == len(letter.raw)
+
+    one = await run_cli(
+        "dlq", "list", "-f", "dlq.jsonl", "--stream", "chat-support", "--json", cwd=tmp_path
+    )
+    assert one.code == 0, one.why()
+    assert [json.loads(line)["sequence"] for line in one.stdout.splitlines()] == [7, 8]
+
+
+async def test_dlq_list_of_a_missing_file_lists_nothing(tmp_path: Path) -> None:
+    table = await run_cli("dlq", "list", "--file", "none.jsonl", cwd=tmp_path)
+    assert table.code == 0, table.why()
+    assert "0 dead letter(s)" in table.output
+    as_json = await run_cli("dlq", "list", "--file", "none.jsonl", "--json", cwd=tmp_path)
+    assert as_json.code == 0, as_json.why()
+    assert as_json.stdout == ""
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+async def test_dlq_list_names_the_corrupt_line(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    write_dlq(path)
+    lines = dlq_lines(path)
+    path.write_bytes(b"\n".join([*lines[:2], b'{"stream_id": "voice-main", "sequ', *lines[2:]]))
+    for extra in ((), ("--json",)):
+        result = await run_cli("dlq", "list", "-f", "dlq.jsonl", *extra, cwd=tmp_path)
+        assert result.code != 0, result.why()
+        assert "dlq.jsonl:3:" in result.output, result.why()
+        assert "not a dead-letter record" in result.output
+        assert "Traceback" not in result.output
+
+
+async def test_dlq_purge_everything_or_one_stream(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    write_dlq(path)
+    original = dlq_lines(path)
+
+    # Without --yes it asks; "n" keeps everything.
+    declined = await run_cli("dlq", "purge", "-f", "dlq.jsonl", cwd=tmp_path, input=b"n\n")
+    assert declined.code != 0, declined.why()
+    assert dlq_lines(path) == original
+
+    one = await run_cli(
+        "dlq", "purge", "-f", "dlq.jsonl", "--stream", "voice-main", "--yes", cwd=tmp_path
+    )
+    assert one.code == 0, one.why()
+    assert "purged 3" in one.output, one.why()
+    assert "2 remain" in one.output
+    # The other stream's letters are kept byte for byte.
+    assert dlq_lines(path) == [line for line in original if b'"chat-support"' in line]
+
+    rest = await run_cli("dlq", "purge", "-f", "dlq.jsonl", "--yes", cwd=tmp_path)
+    assert rest.code == 0, rest.why()
+    assert "purged 2" in rest.output, rest.why()
+    assert "0 remain" in rest.output
+    assert dlq_lines(path) == []
+    listed = await run_cli("dlq", "list", "-f", "dlq.jsonl", "--json", cwd=tmp_path)
+    assert listed.code == 0, listed.why()
+    assert listed.stdout == ""
+
+
+# -- dlq replay ------------------------------------------------------------------------
+
+
+def replay_config(sink: str) -> str:
+    return f"""\
+[settings]
+dlq_path = "runtime-dlq.jsonl"
+
+[[streams]]
+id = "voice-main"
+filter = {{ channelType = "voice" }}
+
+  [[streams.sinks]]
+{sink}
+
+[[streams]]
+id = "chat-support"
+filter = {{ channelType = "chat" }}
+"""
+
+
+async def test_dlq_replay_moves_letters_into_a_jsonl_sink(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    letters = write_dlq(path)
+    original = dlq_lines(path)
+    (tmp_path / "mux.toml").write_text(
+        replay_config('  type = "jsonl"\n  path = "replayed/voice-main.jsonl"')
+    )
+    (tmp_path / "replayed").mkdir()
+
+    result = await run_cli(
+        "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 0, result.why()
+    assert "replayed 3 of 3" in result.output, result.why()
+
+    replayed = [
+        decode_record(line)
+        for line in (tmp_path / "replayed" / "voice-main.jsonl").read_bytes().splitlines()
+    ]
+    voice = [d for d in letters if d.stream_id == "voice-main"]
+    assert len(replayed) == len(voice)
+    for record, letter in zip(replayed, voice, strict=True):
+        assert isinstance(record, EventRecord)
+        assert record.stream_id == letter.stream_id
+        assert record.sequence == letter.sequence
+        assert record.idempotency_key == f"{letter.stream_id}:{letter.sequence}"
+        assert record.topic == letter.topic
+        assert record.conversation_id == letter.conversation_id
+        assert record.correlation_id == letter.correlation_id
+        assert bytes(record.event_body) == letter.raw, "the body must arrive byte for byte"
+    # Also plain JSON for any consumer.
+    for line in (tmp_path / "replayed" / "voice-main.jsonl").read_text().splitlines():
+        assert json.loads(line)["stream_id"] == "voice-main"
+
+    # Delivered letters left the file; the other stream's stayed, byte for byte.
+    assert dlq_lines(path) == [line for line in original if b'"chat-support"' in line]
+
+    again = await run_cli(
+        "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert again.code == 0, again.why()
+    assert "no dead letters" in again.output
+    assert len((tmp_path / "replayed" / "voice-main.jsonl").read_bytes().splitlines()) == 3
+
+
+async def test_dlq_replay_into_a_refusing_webhook_keeps_the_letters(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    letters = write_dlq(path)
+    before = path.read_bytes()
+    async with Receiver(status=400) as receiver:
+        (tmp_path / "mux.toml").write_text(
+            replay_config(
+                f'  type = "webhook"\n  url = "{receiver.url}"\n  secret_env = "CRM_HOOK_SECRET"'
+            )
+        )
+        result = await run_cli(
+            "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
+            cwd=tmp_path,
+            env={"CRM_HOOK_SECRET": SECRET},
+        )  # fmt: skip
+        assert result.code != 0, result.why()
+        assert "replayed 0 of 3" in result.output, result.why()
+        # The receiver saw correctly signed requests with the letters, and refused them once.
+        assert receiver.bad_signatures == 0
+        assert len(receiver.requests) == 1, "a 400 is not retried"
+        sent = [(i["stream_id"], i["sequence"]) for r in receiver.requests for i in r.items]
+        assert sent == [(d.stream_id, d.sequence) for d in letters if d.stream_id == "voice-main"]
+    assert path.read_bytes() == before
+    assert SECRET not in result.output
+
+    # Without the secret in the environment: a clear error naming the variable, nothing sent.
+    unset = await run_cli(
+        "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert unset.code != 0, unset.why()
+    assert "CRM_HOOK_SECRET" in unset.output, unset.why()
+    assert path.read_bytes() == before
+
+
+# -- listen -------------------------------------------------------------------------------
+
+
+async def test_listen_prints_raw_notifications(emulator: Emulator) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{emulator.base_url}/__emulator__/org") as resp,
+    ):
+        org = await resp.json()
+    topic = f"v2.routing.queues.{org['queues'][0]['id']}.conversations"
+    result = await run_cli(
+        "listen", topic, "--base-url", emulator.base_url, "--count", "3",
+        env={
+            "GENESYSCLOUD_OAUTHCLIENT_ID": "demo-client",
+            "GENESYSCLOUD_OAUTHCLIENT_SECRET": "demo-secret",
+        },
+    )  # fmt: skip
+    assert result.code == 0, result.why()
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.why()
+    for line in lines:
+        note = json.loads(line)
+        assert note["topic"] == topic
+        assert note["eventBody"]["id"]
+        assert isinstance(note["eventBody"]["participants"], list)
+        # The body is embedded verbatim: valid JSON that msgspec reads back as well.
+        msgspec.json.decode(line)
+    assert "demo-secret" not in result.output
+
+
+async def test_listen_without_credentials_names_the_variables() -> None:
+    result = await run_cli("listen", "v2.users.x.presence", "--base-url", "http://127.0.0.1:9")
+    assert result.code == 2, result.why()
+    assert "GENESYSCLOUD_OAUTHCLIENT_ID" in result.output
+    assert "Traceback" not in result.output
