@@ -178,6 +178,7 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
                 + "\n"
             )
         return 0
+    out = Console()  # the listing is the command's output: stdout, so it pipes
     table = Table(title=f"{len(letters)} dead letter(s) in {path}")
     for column in ("stream", "sequence", "reason", "conversation", "received", "bytes"):
         table.add_column(column)
@@ -191,12 +192,12 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
             received,
             str(len(d.raw)),
         )
-    console.print(table)
+    out.print(table)
     if len(letters) > 200:
-        console.print(f"(showing the last 200; --json lists all {len(letters)})")
+        out.print(f"(showing the last 200; --json lists all {len(letters)})")
     by_reason = Counter(d.reason for d in letters)
     for reason, n in by_reason.most_common():
-        console.print(f"  {reason}: {n}")
+        out.print(f"  {reason}: {n}")
     return 0
 
 
