@@ -51,3 +51,47 @@ async def test_backfill_is_off_by_default() -> None:
         assert not any(e.backfilled for e in seen.events())
         log = (await h.control("requests"))["requests"]
         assert not [r for r in log if "analytics" in r["path"] or "/conversations/" in r["path"]]
+
+
+async def test_user_topics_are_backfilled_too() -> None:
+    async with harness(org_settings(rate=10.0), backfill=True) as h:
+        users = [u["id"] for u in (await h.control("org"))["users"]]
+        topics = [f"v2.users.{u}.conversations" for u in users]
+        await h.mux.add_stream({"id": "agents", "topics": topics})
+        seen = Collector(h.mux.stream("agents"))
+        await eventually(lambda: len(seen.events()) >= 10)
+        await h.control("faults", {"fault": "pause_heartbeats"})
+        await eventually(lambda: any(e.backfilled for e in seen.events()), within=20)
+        seen.stop()
+        for event in (e for e in seen.events() if e.backfilled):
+            facts = conversation_facts(event.raw)
+            assert facts is not None
+            user = event.topic.split(".")[2]
+            assert user in facts.user_ids
+
+
+async def test_the_analytics_query_finds_a_users_conversations() -> None:
+    async with harness(org_settings(rate=10.0)) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        seen = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(seen.events()) >= 20)
+        seen.stop()
+        assert h.mux.rest is not None
+        users = {
+            u
+            for e in seen.events()
+            if (f := conversation_facts(e.raw)) is not None
+            for u in f.user_ids
+        }
+        user = sorted(users)[0]
+        start = min(e.received_at for e in seen.events()) - 1
+        end = max(e.received_at for e in seen.events()) + 1
+        ids = await h.mux.rest.conversations_between(start, end, user_ids=[user])
+        assert ids
+        for conversation_id in ids[:5]:
+            body = await h.mux.rest.get_conversation(conversation_id)
+            assert body is not None
+            facts = conversation_facts(body)
+            assert facts is not None
+            assert user in facts.user_ids
+        assert await h.mux.rest.get_conversation("no-such-conversation") is None

@@ -826,7 +826,8 @@ class Emulator:
         if end <= start:
             raise ApiProblem(400, "bad.request", "The interval must end after it starts")
         try:
-            queue_ids = _queue_filter(query)
+            queue_ids = _dimension_filter(query, "queueId")
+            user_ids = _dimension_filter(query, "userId")
         except (AttributeError, TypeError):
             raise ApiProblem(
                 400, "bad.request", "segmentFilters/conversationFilters must be lists of filters"
@@ -841,11 +842,17 @@ class Emulator:
             raise ApiProblem(
                 400, "bad.request", "paging.pageSize must be 1-100 and paging.pageNumber >= 1"
             )
-        found = self.centre.analytics_query(start, end, queue_ids)
-        if queue_ids is not None:
-            # A queueId predicate matches segments: a call still in its IVR
-            # has not reached its queue yet, so it is not found.
-            found = [c for c in found if _touches_queue(c, queue_ids)]
+        found = self.centre.analytics_query(start, end, queue_ids if user_ids is None else None)
+        if queue_ids is not None or user_ids is not None:
+            # Predicates are or-ed. A queueId predicate matches segments: a
+            # call still in its IVR has not reached its queue, so it is not
+            # found; a userId predicate matches a participant.
+            found = [
+                c
+                for c in found
+                if (queue_ids is not None and _touches_queue(c, queue_ids))
+                or (user_ids is not None and _has_user(c, user_ids))
+            ]
         if query.get("order") == "desc":
             found.reverse()
         page = found[(page_number - 1) * page_size : page_number * page_size]
@@ -1260,17 +1267,22 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-def _queue_filter(query: dict[str, Any]) -> set[str] | None:
-    """Queue ids named by ``queueId`` predicates of the segment/conversation filters."""
+def _dimension_filter(query: dict[str, Any], dimension: str) -> set[str] | None:
+    """Values of the ``dimension`` predicates of the segment/conversation filters."""
     found: set[str] = set()
     seen_filter = False
     for key in ("segmentFilters", "conversationFilters"):
         for flt in query.get(key) or []:
             for predicate in flt.get("predicates") or []:
-                if predicate.get("dimension") == "queueId":
+                if predicate.get("dimension") == dimension:
                     seen_filter = True
                     found.add(str(predicate.get("value")))
     return found if seen_filter else None
+
+
+def _has_user(record: dict[str, Any], user_ids: set[str]) -> bool:
+    """Whether an analytics conversation record has a participant who is one of ``user_ids``."""
+    return any(p.get("userId") in user_ids for p in record.get("participants", []))
 
 
 def _touches_queue(record: dict[str, Any], queue_ids: set[str]) -> bool:

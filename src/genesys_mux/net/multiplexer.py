@@ -486,41 +486,49 @@ class Multiplexer:
     async def backfill(self, *gaps: Gap) -> int:
         """Fetch the current snapshot of every conversation a gap may have hidden.
 
-        For the queue topics of the gaps, the analytics query finds the
-        conversations that overlapped the window, and each one's current
+        For the queue and user conversation topics of the gaps, the analytics
+        query finds the conversations that overlapped the window, and each one's current
         snapshot (``GET /api/v2/conversations/{id}``) goes through the
         stream's pipeline like a received event, marked ``backfilled``.
         De-duplication and ordering still apply: a snapshot the stream
         already has, or an older one, is dropped. At most ``backfill_limit``
-        conversations per call. User topics are not back-filled (the
-        analytics query is filtered by queue). Returns how many snapshots
-        were offered.
+        conversations per call. Returns how many snapshots were offered.
         """
         assert self.rest is not None
-        by_queue: dict[str, list[tuple[_StreamState, str]]] = {}
+        # (family, entity id) -> the (stream, topic) pairs that carry it.
+        targets: dict[tuple[TopicFamily, str], list[tuple[_StreamState, str]]] = {}
         for gap in gaps:
             state = self._streams.get(gap.stream_id)
             if state is None:
                 continue
             for topic in gap.topics:
-                parsed = _queue_topic(topic)
-                if parsed is not None:
-                    by_queue.setdefault(parsed, []).append((state, topic))
-        if not by_queue:
+                entity = _conversation_entity(topic)
+                if entity is not None:
+                    targets.setdefault(entity, []).append((state, topic))
+        if not targets:
             return 0
         start = min(g.start for g in gaps)
         end = max(g.end for g in gaps)
-        ids = await self.rest.conversations_between(start, end, by_queue, limit=self.backfill_limit)
+        queues = [e for f, e in targets if f is TopicFamily.QUEUE_CONVERSATIONS]
+        users = [e for f, e in targets if f is TopicFamily.USER_CONVERSATIONS]
+        ids = await self.rest.conversations_between(
+            start, end, queues, users, limit=self.backfill_limit
+        )
         offered = 0
         for conversation_id in ids:
             body = await self.rest.get_conversation(conversation_id)
             if body is None:
                 continue
             facts = None
-            for queue_id, targets in by_queue.items():
-                for state, topic in targets:
+            for (family, entity_id), pairs in targets.items():
+                for state, topic in pairs:
                     facts = facts or event_facts(topic, body)
-                    if facts.conversation is None or queue_id not in facts.conversation.queue_ids:
+                    conversation = facts.conversation
+                    if conversation is None or entity_id not in (
+                        conversation.queue_ids
+                        if family is TopicFamily.QUEUE_CONVERSATIONS
+                        else conversation.user_ids
+                    ):
                         continue
                     event = state.stream.offer(
                         topic,
@@ -677,10 +685,12 @@ class Multiplexer:
         return {"streams": streams, "channels": channels}
 
 
-def _queue_topic(topic: str) -> str | None:
-    """The queue id of a queue conversation topic, else None."""
+def _conversation_entity(topic: str) -> tuple[TopicFamily, str] | None:
+    """(family, queue or user id) of a conversation topic, else None."""
     try:
         parsed = parse_topic(topic)
     except InvalidTopicError:
         return None
-    return parsed.entity_id if parsed.family is TopicFamily.QUEUE_CONVERSATIONS else None
+    if parsed.family in (TopicFamily.QUEUE_CONVERSATIONS, TopicFamily.USER_CONVERSATIONS):
+        return parsed.family, parsed.entity_id
+    return None

@@ -336,16 +336,24 @@ class RestClient:
         return answer.body
 
     async def conversations_between(
-        self, start: float, end: float, queue_ids: Iterable[str], *, limit: int = 1000
+        self,
+        start: float,
+        end: float,
+        queue_ids: Iterable[str] = (),
+        user_ids: Iterable[str] = (),
+        *,
+        limit: int = 1000,
     ) -> list[str]:
-        """Ids of the conversations of some queues that overlap ``[start, end]`` (Unix seconds).
+        """Ids of the conversations of some queues or users overlapping ``[start, end]``.
 
-        Uses ``POST /api/v2/analytics/conversations/details/query`` with a
-        ``queueId`` segment filter, paging until ``limit`` ids are found.
+        Times are Unix seconds. Uses
+        ``POST /api/v2/analytics/conversations/details/query`` with or-ed
+        ``queueId`` and ``userId`` segment predicates, paging until ``limit``
+        ids are found.
         """
         predicates = [
             {"dimension": "queueId", "value": validate_id(q, "queueId")} for q in queue_ids
-        ]
+        ] + [{"dimension": "userId", "value": validate_id(u, "userId")} for u in user_ids]
         if not predicates:
             return []
         interval = f"{format_iso(start)}/{format_iso(max(end, start + 0.001))}"
