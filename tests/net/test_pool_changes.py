@@ -88,3 +88,25 @@ async def test_frames_iteration_ends_when_the_pool_closes(make_stack: Any) -> No
         reader = asyncio.create_task(drain())
         await stack.pool.close()
         assert await asyncio.wait_for(reader, 5) == 0
+
+
+async def test_a_failing_subscription_change_keeps_the_socket_and_retries(make_stack: Any) -> None:
+    async with make_stack(fast_settings(rate=0.0)) as stack:
+        await stack.pool.set_topics(presence(2))
+        (channel_id,) = stack.pool.channel_ids().values()
+        # More failures in a row than one REST call retries: the change fails
+        # once, is retried later on the same live socket, and then sticks.
+        await stack.fault("http_5xx", path="/subscriptions", method="PUT", status=503, count=10)
+        wanted = presence(5)
+        await asyncio.wait_for(stack.pool.set_topics(wanted), 30)
+        assert await emulator_topics(stack, channel_id) == set(wanted)
+        assert stack.pool.channel_ids()[0] == channel_id
+        assert stack.pool.stats()[0].reconnects == 0
+        assert list(stack.pool.outages) == []
+        statuses = [
+            r["status"]
+            for r in (await stack.control("requests"))["requests"]
+            if r["method"] == "PUT"
+        ]
+        assert statuses.count(503) == 10
+        assert statuses[-1] == 200

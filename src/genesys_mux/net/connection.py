@@ -67,7 +67,13 @@ from genesys_mux.core.planner import (
     Unsubscribe,
 )
 from genesys_mux.core.topics import combine_topics
-from genesys_mux.errors import ApiError, FrameError, GenesysMuxError, TransportError
+from genesys_mux.errors import (
+    ApiError,
+    AuthenticationError,
+    FrameError,
+    GenesysMuxError,
+    TransportError,
+)
 from genesys_mux.net.auth import AccessToken, TokenProvider
 from genesys_mux.net.rest import ChannelInfo, Rejection, RestClient
 
@@ -473,53 +479,87 @@ class ChannelPool:
 
     async def _supervise(self, slot: _Slot) -> None:
         """Keep one slot's topics on a live channel until the slot closes."""
-        reuse: ChannelInfo | None = None
-        lost: _Socket | None = None
         try:
-            while True:
-                socket = await self._establish_with_retry(slot, reuse)
-                if socket is None:
-                    break  # the slot closed, or we were told to give up
-                if lost is not None:
-                    self._outage(slot, lost, reason="reconnect")
-                    lost = None
-                slot.socket = socket
-                action = await self._serve(slot)
-                if action is None:
-                    break
-                socket = slot.socket
-                assert socket is not None
-                slot.socket = None
-                slot.stats.state = "reconnecting"
-                slot.stats.reconnects += 1
-                await socket.close()
-                self._emit("channel_lost", slot, socket.info.id, reason=action.reason)
-                lost = socket
-                reuse = socket.info if isinstance(action, Reconnect) else None
-            if slot.socket is not None:
-                await self._retire(slot, slot.socket)
-                slot.socket = None
+            await self._keep_alive(slot)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug must not make a slot go quiet without a word.
+            log.exception("slot %d: supervisor failed", slot.index)
+            slot.failed = True
+            slot.stats.state = "failed"
+            self._emit("channel_failed", slot, "", error=type(exc).__name__)
+            raise
         finally:
             async with slot.synced:
                 slot.synced.notify_all()
+
+    async def _keep_alive(self, slot: _Slot) -> None:
+        reuse: ChannelInfo | None = None
+        lost: _Socket | None = None
+        while True:
+            socket = await self._establish_with_retry(slot, reuse)
+            if socket is None:
+                break  # the slot closed, or we were told to give up
+            if lost is not None:
+                self._outage(slot, lost, reason="reconnect")
+                lost = None
+            slot.socket = socket
+            action = await self._serve(slot)
+            if action is None:
+                break
+            socket = slot.socket
+            assert socket is not None
+            slot.socket = None
+            slot.stats.state = "reconnecting"
+            slot.stats.reconnects += 1
+            await socket.close()
+            self._emit("channel_lost", slot, socket.info.id, reason=action.reason)
+            lost = socket
+            reuse = socket.info if isinstance(action, Reconnect) else None
+        if slot.socket is not None:
+            await self._retire(slot, slot.socket)
+            slot.socket = None
 
     async def _serve(self, slot: _Slot) -> Reconnect | Recreate | None:
         """Run a slot on its socket until it is lost (or None: the slot closed).
 
         Handles rotations and subscription changes on the way.
         """
+        loop = asyncio.get_running_loop()
+        failures = 0
+        retry_at = 0.0
         while True:
             socket = slot.socket
             assert socket is not None
             if slot.closing:
                 return None
-            if slot.applied_version < slot.desired_version:
-                await self._sync(slot, socket)
+            pending = slot.applied_version < slot.desired_version
+            if pending and loop.time() >= retry_at:
+                try:
+                    await self._sync(slot, socket)
+                    failures = 0
+                except GenesysMuxError as exc:
+                    # The socket still delivers the topics it has: keep it,
+                    # and try the change again later rather than drop it.
+                    failures += 1
+                    delay = self._backoff.delay(failures)
+                    retry_at = loop.time() + delay
+                    log.warning(
+                        "slot %d: subscription change failed (%s); retry in %.1f s",
+                        slot.index,
+                        exc,
+                        delay,
+                    )
                 continue
             signal_wait = asyncio.ensure_future(socket.signals.get())
             change_wait = asyncio.ensure_future(slot.changed.wait())
             try:
-                await asyncio.wait({signal_wait, change_wait}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {signal_wait, change_wait},
+                    timeout=max(0.0, retry_at - loop.time()) if pending else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 change_wait.cancel()
                 if not signal_wait.done():
@@ -580,14 +620,15 @@ class ChannelPool:
         while not slot.closing and not self._closed:
             try:
                 return await self._establish(slot, reuse)
-            except (TransportError, ApiError) as exc:
+            except AuthenticationError as exc:
+                # Refused credentials never heal by themselves: stop, loudly.
+                self._give_up(slot, reuse, exc)
+                return None
+            except GenesysMuxError as exc:
                 attempt += 1
                 limit = self.settings.max_reconnect_attempts
                 if limit is not None and attempt >= limit:
-                    log.error("slot %d: giving up after %d attempts: %s", slot.index, attempt, exc)
-                    slot.stats.state = "failed"
-                    slot.failed = True
-                    self._emit("channel_failed", slot, reuse.id if reuse else "", error=str(exc))
+                    self._give_up(slot, reuse, exc)
                     return None
                 delay = self._backoff.delay(attempt)
                 log.warning(
@@ -600,6 +641,12 @@ class ChannelPool:
                     reuse = None
                 await asyncio.sleep(delay)
         return None
+
+    def _give_up(self, slot: _Slot, reuse: ChannelInfo | None, exc: GenesysMuxError) -> None:
+        log.error("slot %d: giving up on its channel: %s", slot.index, exc)
+        slot.stats.state = "failed"
+        slot.failed = True
+        self._emit("channel_failed", slot, reuse.id if reuse else "", error=str(exc))
 
     async def _establish(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket:
         """Create (or reuse) a channel, subscribe the slot's topics, connect, wait until live."""
