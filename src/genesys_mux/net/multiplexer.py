@@ -60,7 +60,7 @@ from genesys_mux.core.streams import (
 from genesys_mux.core.topics import TopicFamily, parse_topic
 from genesys_mux.errors import ConfigError, GenesysMuxError, InvalidTopicError
 from genesys_mux.net.auth import TokenProvider
-from genesys_mux.net.connection import ChannelPool, PoolSettings
+from genesys_mux.net.connection import ChannelPool, InboundNotification, PoolSettings
 from genesys_mux.net.rest import Rejection, RestClient
 from genesys_mux.regions import endpoints_for
 from genesys_mux.sinks.dlq import DeadLetterQueue, JsonlDeadLetterQueue
@@ -399,32 +399,40 @@ class Multiplexer:
 
     async def _dispatch(self) -> None:
         assert self.pool is not None
-        by_topic = self._by_topic
         async for note in self.pool.frames():
-            if by_topic is not self._by_topic:
-                by_topic = self._by_topic
-            targets = by_topic.get(note.topic)
+            targets = self._by_topic.get(note.topic)
             if not targets:
                 continue  # a topic just removed: its last events are not wanted
-            facts = event_facts(note.topic, note.body)
-            delivered = False
-            for state, filtered_topic in targets:
-                if (
-                    state.stream.offer(
-                        note.topic,
-                        note.body,
-                        note.correlation_id,
-                        note.received_at,
-                        note.received_mono,
-                        facts,
-                        filtered_topic=filtered_topic,
-                    )
-                    is not None
-                ):
-                    state.ready.set()
-                    delivered = True
-            if delivered:
-                self._anything.set()
+            try:
+                self._offer(note.topic, note, targets)
+            except Exception:
+                # One bad notification (a bug, not bad input: facts never
+                # raise) must not stop the feed; say which one it was.
+                log.exception("dispatching a notification on %s failed", note.topic)
+
+    def _offer(
+        self,
+        topic: str,
+        note: InboundNotification,
+        targets: tuple[tuple[_StreamState, bool], ...],
+    ) -> None:
+        facts = event_facts(topic, note.body)
+        delivered = False
+        for state, filtered_topic in targets:
+            event = state.stream.offer(
+                topic,
+                note.body,
+                note.correlation_id,
+                note.received_at,
+                note.received_mono,
+                facts,
+                filtered_topic=filtered_topic,
+            )
+            if event is not None:
+                state.ready.set()
+                delivered = True
+        if delivered:
+            self._anything.set()
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """Write ``letter`` to the dead-letter queue and audit it (sink runners use this)."""
@@ -582,7 +590,10 @@ class Multiplexer:
             if len(latencies) > 2048:
                 del latencies[:1024]
             for observe in self.on_delivered:
-                observe(item)
+                try:
+                    observe(item)
+                except Exception:
+                    log.exception("on_delivered callback failed")
         return item
 
     async def events(self) -> AsyncIterator[Item]:
