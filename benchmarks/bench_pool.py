@@ -481,10 +481,19 @@ async def _measure_pool(session: aiohttp.ClientSession, job: Job) -> tuple[_Cons
 # --------------------------------------------------------------------------
 
 
-async def _run_job(job: Job) -> Result:
+Measure = Callable[[aiohttp.ClientSession, Job], Awaitable[tuple[_Consumed, _Usage]]]
+
+
+async def _run_job(job: Job, measure: Measure | None = None) -> Result:
+    """Run one measurement and check it against the ledger.
+
+    ``measure`` defaults to this module's client for ``job.scenario``; other
+    benchmarks pass their own (see bench_streams.py).
+    """
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SETUP_TIMEOUT_S)) as s:
         mark = await _ledger_mark(s, job.base_url)
-        measure = _measure_pool if job.scenario == "pool" else _measure_raw
+        if measure is None:
+            measure = _measure_pool if job.scenario == "pool" else _measure_raw
         try:
             consumed, usage = await measure(s, job)
         except TimeoutError:
@@ -598,10 +607,17 @@ class _Child:
         self.reader.close()
 
 
-async def _start_emulator(cpus: frozenset[int] | None) -> tuple[_Child, Connection, str]:
-    """The emulator process, the pipe end that stops it when closed, and its base URL."""
+async def _start_emulator(
+    cpus: frozenset[int] | None,
+    target: Callable[[frozenset[int] | None, Connection, Connection], None] = _emulator_process,
+) -> tuple[_Child, Connection, str]:
+    """The emulator process, the pipe end that stops it when closed, and its base URL.
+
+    ``target`` runs in the process; other benchmarks pass their own emulator
+    (see bench_streams.py).
+    """
     stop_reader, stop_writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
-    child = _Child(_emulator_process, cpus, stop_reader, name="emulator")
+    child = _Child(target, cpus, stop_reader, name="emulator")
     stop_reader.close()
     try:
         base_url = await child.answer(SETUP_TIMEOUT_S)

@@ -99,12 +99,13 @@ __all__ = [
 
 
 def content_hash(body: bytes) -> bytes:
-    """A 16-byte BLAKE2b digest of ``body``: identical bytes give identical hashes.
+    """A 16-byte digest of ``body``: identical bytes give identical hashes.
 
-    BLAKE2b runs in C and is faster than SHA-256; 128 bits keep accidental
-    collisions out of reach for any number of events a process will see.
+    SHA-256, truncated: measured faster than BLAKE2b here (most CPUs hash
+    SHA-256 in hardware), and 128 bits keep accidental collisions out of
+    reach for any number of events a process will see.
     """
-    return hashlib.blake2b(body, digest_size=16).digest()
+    return hashlib.sha256(body).digest()[:16]
 
 
 # --------------------------------------------------------------------------

@@ -203,7 +203,9 @@ class StreamCounters:
 @dataclass(slots=True)
 class _Seen:
     version: float | None
-    hashes: deque[bytes]
+    # A short list, not a deque(maxlen=...): a deque costs ~760 bytes even
+    # when nearly empty, and one of these exists per remembered key.
+    hashes: list[bytes]
     in_state: bool = False
 
 
@@ -303,14 +305,14 @@ class Stream:
             else:
                 # Not in the state and never was: not this stream's business,
                 # but remember the content so a repeat is not counted twice.
-                seen.hashes.append(facts.hash)
+                self._add_hash(seen, facts.hash)
                 if version is not None:
                     seen.version = version
                 counters.filtered += 1
                 return None
             seen.in_state = bool(now_in)
 
-        seen.hashes.append(facts.hash)
+        self._add_hash(seen, facts.hash)
         if version is not None:
             seen.version = version
         event = StreamEvent(
@@ -338,13 +340,19 @@ class Stream:
     def _remember(self, key: str) -> _Seen:
         seen = self._seen.get(key)
         if seen is None:
-            seen = _Seen(None, deque(maxlen=self._hashes_per_key))
+            seen = _Seen(None, [])
             self._seen[key] = seen
             if len(self._seen) > self._memory:
                 self._seen.popitem(last=False)
         else:
             self._seen.move_to_end(key)
         return seen
+
+    def _add_hash(self, seen: _Seen, digest: bytes) -> None:
+        hashes = seen.hashes
+        hashes.append(digest)
+        if len(hashes) > self._hashes_per_key:
+            del hashes[0]
 
     def _push(self, event: StreamEvent) -> StreamEvent | None:
         if self._events_buffered < self._limit:

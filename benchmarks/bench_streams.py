@@ -1,0 +1,665 @@
+"""End-to-end throughput of :class:`~genesys_mux.Multiplexer` against raw-socket baselines.
+
+Run from the project root::
+
+    .venv/bin/python -m benchmarks.bench_streams [--count N] [--repeat R] [--rate FPS]
+
+One run starts one emulator in a process of its own and, for each
+measurement, has it blast ``N`` distinct conversation snapshots on a queue
+conversation topic of its own (``v2.routing.queues.<fresh uuid>.conversations``).
+The emulator's built-in blast body is a stub (one customer call and a long
+padding string), which costs a parser next to nothing, so this benchmark's
+emulator overrides the blast: every frame is a real conversation snapshot
+from the emulator's simulated contact centre (:class:`ContactCentre`, the
+largest queue snapshot of two simulated minutes that is at most
+``--max-body`` bytes), with the queue id set to the measurement's queue and
+the conversation id replaced by a distinct, fixed-width one per frame. The
+frames are fanned out, queued and written exactly as the built-in blast
+writes its own, so the ledger, pacing and back-pressure are the same.
+
+Clients, each in a fresh process:
+
+* ``raw socket, no decode``: aiohttp ``ws.receive()`` and a prefix check
+  (bench_pool's client). Not usable; it isolates aiohttp's receive path.
+* ``raw socket + msgspec.json.decode``: the naive client, decoding each
+  whole frame into Python objects (bench_pool's client). **The baseline.**
+* ``ChannelPool.frames()``: the connection layer under the multiplexer
+  (bench_pool's client), to tell the pool's share from the streams' share.
+* ``Multiplexer.stream()``: ``Multiplexer(base_url=...)``, one stream with
+  ``filter={"queueId": <the queue>}`` and the multiplexer's default buffer
+  (``--buffer``), consumed with ``async for item in mux.stream(id)``.
+  Every item must be a ``StreamEvent``; the stream's counters must show no
+  duplicate, stale, filtered, overflowed or dead-lettered event.
+
+Every measurement checks that exactly ``N`` frames were sent and received,
+in send order (bench_pool's ledger check). Columns are bench_pool's, plus
+the multiplexer's own ``StreamEvent.latency_s`` (from the moment the pool
+read the frame off the socket to the moment the stream handed it over).
+
+After the socket runs, the stream pipeline is timed in-process, without a
+socket, on the template snapshot: ``event_facts`` (what the dispatcher
+computes once per notification), ``Stream.offer`` and ``Stream.take``,
+against ``msgspec.json.decode`` of the same body, plus the memory a stream
+keeps per remembered conversation.
+
+The Markdown tables go to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import gc
+import hashlib
+import os
+import platform
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from benchmarks.bench_pool import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    GRACE_S,
+    SAMPLE_MASK,
+    SETUP_TIMEOUT_S,
+    BenchError,
+    Job,
+    Result,
+    _blast,
+    _Child,
+    _child_setup,
+    _Consumed,
+    _median,
+    _percentile,
+    _progress,
+    _readable,
+    _run_job,
+    _start_emulator,
+    _stop_blast,
+    _Usage,
+    _usage,
+)
+from genesys_mux import Multiplexer, StreamEvent
+from genesys_mux.core.snapshot import _CONVERSATION_DECODER, EventFacts, content_hash, event_facts
+from genesys_mux.core.streams import DeadLetter, Stream
+from genesys_mux.emulator import Emulator, EmulatorSettings
+from genesys_mux.emulator.org import ContactCentre, Publication
+from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
+
+#: Scenario key -> label in the table, in the order they run and are shown.
+SCENARIOS: dict[str, str] = {
+    "raw-nodecode": "raw socket, no decode (reference)",
+    "raw-msgspec": "raw socket + `msgspec.json.decode` (baseline)",
+    "pool": "`ChannelPool.frames()` (the layer below)",
+    "mux": "`Multiplexer.stream()`",
+}
+BASELINE = "raw-msgspec"
+STREAM_ID = "bench"
+
+#: Fixed, so that every run (and the emulator process) builds the same template.
+TEMPLATE_SEED = 1
+TEMPLATE_EPOCH = 1_700_000_000.0
+TEMPLATE_SIM_S = 120.0
+#: Blast frame ``i`` is about conversation ``CONVERSATION_PREFIX + "%012d" % i``,
+#: as long as a real conversation id, so every frame has the same size.
+CONVERSATION_PREFIX = "c0ffee00-0000-4000-8000-"
+
+
+# --------------------------------------------------------------------------
+# The template snapshot, and an emulator that blasts it
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A real conversation snapshot, and the ids in it that each frame replaces."""
+
+    body: bytes
+    conversation_id: str
+    queue_id: str
+
+    def parts(self, queue_id: str) -> tuple[bytes, bytes]:
+        """The body before and after the conversation id, moved to ``queue_id``."""
+        body = self.body.replace(self.queue_id.encode(), queue_id.encode())
+        head, sep, tail = body.partition(self.conversation_id.encode())
+        if not sep or self.conversation_id.encode() in tail:
+            raise BenchError("the template must name its conversation exactly once")
+        return head, tail
+
+    def body_for(self, queue_id: str, index: int) -> bytes:
+        """Frame ``index``'s body, as the blast sends it."""
+        head, tail = self.parts(queue_id)
+        return head + f"{CONVERSATION_PREFIX}{index:012d}".encode() + tail
+
+
+def _queue_of(topic: str) -> str | None:
+    parts = topic.split(".")
+    if len(parts) >= 5 and parts[:3] == ["v2", "routing", "queues"]:
+        return parts[3]
+    return None
+
+
+@functools.cache
+def snapshot_template(max_bytes: int) -> Template:
+    """The largest queue-topic snapshot of two simulated minutes within ``max_bytes``."""
+    centre = ContactCentre(seed=TEMPLATE_SEED, epoch=TEMPLATE_EPOCH)
+    candidates = [
+        p
+        for p in centre.advance(TEMPLATE_SIM_S)
+        if p.conversation_id is not None
+        and len(p.body) <= max_bytes
+        and any(_queue_of(t) for t in p.topics)
+    ]
+    if not candidates:
+        raise BenchError(f"no queue conversation snapshot of at most {max_bytes} B")
+    pub = max(candidates, key=lambda p: len(p.body))
+    queue_id = next(q for t in pub.topics if (q := _queue_of(t)) is not None)
+    assert pub.conversation_id is not None
+    return Template(pub.body, pub.conversation_id, queue_id)
+
+
+class SnapshotBlastEmulator(Emulator):
+    """The emulator, with a blast whose frames are real conversation snapshots.
+
+    It overrides the private ``Emulator._run_blast`` (the target of
+    ``POST /__emulator__/traffic {"blast": ...}``) and otherwise follows it
+    line for line: frames go through ``publish``, so they are enveloped,
+    queued per socket and written to the ledger exactly as the built-in
+    blast's; ``size`` is ignored.
+    """
+
+    def __init__(self, settings: EmulatorSettings, template: Template) -> None:
+        super().__init__(settings)
+        self.template = template
+
+    async def _run_blast(self, topic: str, rate: float, count: int | None, size: int) -> None:
+        head, tail = self.template.parts(_queue_of(topic) or self.template.queue_id)
+        head += CONVERSATION_PREFIX.encode()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sent = 0
+        batch = 256 if rate <= 0 else max(1, min(256, int(rate / 100)))
+        while count is None or sent < count:
+            n = batch if count is None else min(batch, count - sent)
+            pubs = []
+            for i in range(sent, sent + n):
+                counter = b"%012d" % i
+                pubs.append(
+                    Publication(
+                        (topic,),
+                        head + counter + tail,
+                        CONVERSATION_PREFIX + counter.decode(),
+                        f"00000000-0000-4000-8000-{i % 10**12:012d}",
+                        0.0,
+                    )
+                )
+            self.publish(pubs)
+            sent += n
+            if rate > 0:
+                await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
+            else:
+                # As the built-in blast: let the writers drain before producing more.
+                while any(link.queue.qsize() > 4 * batch for link in self._links.values()):  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(0)
+
+
+def _emulator_process(
+    max_bytes: int, cpus: frozenset[int] | None, stop: Connection, conn: Connection
+) -> None:
+    _child_setup(cpus)
+    asyncio.run(_serve_emulator(max_bytes, stop, conn))
+
+
+async def _serve_emulator(max_bytes: int, stop: Connection, conn: Connection) -> None:
+    # No simulated contact centre: only blast frames are sent.
+    settings = EmulatorSettings(seed=1, queues=1, agents=0, rate=0.0, traffic=False)
+    async with SnapshotBlastEmulator(settings, snapshot_template(max_bytes)) as emulator:
+        conn.send(emulator.base_url)
+        conn.close()
+        await _readable(stop, None)
+
+
+# --------------------------------------------------------------------------
+# The Multiplexer client
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamResult(Result):
+    """bench_pool's result, plus the multiplexer's own latency."""
+
+    #: ``StreamEvent.latency_s`` percentiles (mux only).
+    event_latency_p50_ms: float | None = None
+    event_latency_p99_ms: float | None = None
+
+
+async def _measure_mux(
+    session: aiohttp.ClientSession, job: Job, *, buffer: int, latencies: array.array[float]
+) -> tuple[_Consumed, _Usage]:
+    queue_id = _queue_of(job.topic)
+    assert queue_id is not None
+    out = _Consumed.for_count(job.count)
+    stamps, samples, count = out.stamps, out.samples, job.count
+    now = time.time
+    dlq = MemoryDeadLetterQueue()
+    async with Multiplexer(
+        base_url=job.base_url,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        buffer_threshold=buffer,
+        dlq=dlq,
+    ) as mux:
+        async with asyncio.timeout(SETUP_TIMEOUT_S):
+            rejected = await mux.add_stream({"id": STREAM_ID, "filter": {"queueId": queue_id}})
+        if rejected or not mux.live:
+            raise BenchError(f"the multiplexer is not live on the topic: rejected={rejected}")
+        items = mux.stream(STREAM_ID)
+        n = 0
+        try:
+            with _usage(job.emulator_pid) as usage:
+                await _blast(session, job)
+                async with asyncio.timeout(job.timeout_s):
+                    async for item in items:
+                        if not isinstance(item, StreamEvent):
+                            raise BenchError(f"the stream reported a gap: {item}")
+                        stamps[n] = now()
+                        latencies[n] = item.latency_s or 0.0
+                        if not n & SAMPLE_MASK:
+                            samples.append((n, item.correlation_id or ""))
+                        n += 1
+                        if n >= count:
+                            break
+        except TimeoutError:
+            stats = mux.stats()["streams"][STREAM_ID]
+            raise BenchError(f"received {n} of {count} in time; stream counters: {stats}") from None
+        finally:
+            out.received = n
+            with contextlib.suppress(Exception):
+                await items.aclose()  # type: ignore[attr-defined]
+            await _stop_blast(session, job.base_url)
+        stats = mux.stats()
+        stream = stats["streams"][STREAM_ID]
+        lost = (
+            stream.duplicates + stream.stale + stream.filtered + stream.overflowed,
+            stream.dead_lettered + len(dlq.letters),
+        )
+        if any(lost) or stream.received != count or stream.delivered != count:
+            raise BenchError(f"the stream did not deliver every frame once: {stream}")
+        channels = stats["channels"].values()
+        bad = sum(c.bad_frames for c in channels)
+        changes = sum(c.reconnects + c.rotations for c in channels)
+        if bad or changes:
+            raise BenchError(f"the pool saw {bad} bad frames and {changes} reconnects/rotations")
+    return out, usage
+
+
+# --------------------------------------------------------------------------
+# One measurement, in a process of its own
+# --------------------------------------------------------------------------
+
+
+def _job_process(job: Job, buffer: int, conn: Connection) -> None:
+    _child_setup(job.cpus)
+    try:
+        extra: dict[str, Any] = {}
+        if job.scenario == "mux":
+            latencies = array.array("d", bytes(8 * job.count))
+            measure = functools.partial(_measure_mux, buffer=buffer, latencies=latencies)
+            result = asyncio.run(_run_job(job, measure))
+            ordered = sorted(latencies)
+            extra = {
+                "event_latency_p50_ms": _percentile(ordered, 0.50) * 1000,
+                "event_latency_p99_ms": _percentile(ordered, 0.99) * 1000,
+            }
+        else:
+            result = asyncio.run(_run_job(job))
+        payload = dataclasses.asdict(result) | extra
+        payload["sample_frame"] = ""  # not needed here; keep the pipe light
+        answer: tuple[str, Any] = ("ok", payload)
+    except Exception as exc:
+        answer = ("error", f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(OSError):
+        conn.send(answer)
+    conn.close()
+
+
+async def _measure(job: Job, buffer: int) -> StreamResult:
+    child = _Child(_job_process, job, buffer, name=f"measure-{job.scenario}")
+    answered = False
+    try:
+        status, payload = await child.answer(job.timeout_s + 4 * SETUP_TIMEOUT_S + GRACE_S)
+        answered = True
+    finally:
+        await child.stop(terminate=not answered)
+    if status != "ok":
+        raise BenchError(f"{job.scenario}: {payload}")
+    return StreamResult(**payload)
+
+
+# --------------------------------------------------------------------------
+# The stream pipeline, without a socket
+# --------------------------------------------------------------------------
+
+
+def _per_call_us(run: Callable[[], int], repeat: int = 5) -> float:
+    """Best-of-``repeat`` microseconds per call; ``run`` makes the calls and returns how many."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        calls = run()
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best * 1e6
+
+
+def _ignore(letter: DeadLetter) -> None:
+    raise BenchError(f"unexpected dead letter: {letter.reason}")
+
+
+def _fresh_stream(buffer: int) -> Stream:
+    # What Multiplexer.add_stream builds for {"queueId": ...}: no client-side rules.
+    return Stream(STREAM_ID, buffer_size=buffer, dead_letter=_ignore)
+
+
+def _inprocess_table(template: Template, distinct: int = 4096) -> list[str]:
+    """The per-event pieces of the stream pipeline, timed without a socket, as Markdown."""
+    queue_id = str(uuid.UUID(int=1))
+    topic = f"v2.routing.queues.{queue_id}.conversations"
+    bodies = [template.body_for(queue_id, i) for i in range(distinct)]
+    body = bodies[0]
+    facts = [event_facts(topic, b) for b in bodies]
+    if facts[0].conversation is None or len({f.key for f in facts}) != distinct:
+        raise BenchError("the template's facts are not those of distinct conversations")
+    decode = msgspec.json.decode
+
+    def run_decode() -> int:
+        for _ in range(1000):
+            decode(body)
+        return 1000
+
+    def run_facts() -> int:
+        for b in bodies[:1000]:
+            event_facts(topic, b)
+        return 1000
+
+    def run_offer() -> int:
+        # A fresh stream each time, so every offer is a new conversation, accepted.
+        stream = _fresh_stream(distinct)
+        offer = stream.offer
+        started = time.perf_counter()
+        for f, b in zip(facts, bodies, strict=True):
+            offer(topic, b, None, 0.0, 0.0, f)
+        elapsed = time.perf_counter() - started
+        timings.append(elapsed / distinct)
+        return distinct
+
+    def run_take() -> int:
+        stream = _fresh_stream(distinct)
+        for f, b in zip(facts, bodies, strict=True):
+            stream.offer(topic, b, None, 0.0, 0.0, f)
+        take = stream.take
+        started = time.perf_counter()
+        for _ in range(distinct):
+            take(1.0, 1.0)
+        timings.append((time.perf_counter() - started) / distinct)
+        return distinct
+
+    def run_pipeline() -> int:
+        stream = _fresh_stream(distinct)
+        offer, take = stream.offer, stream.take
+        for b in bodies:
+            offer(topic, b, None, 0.0, 0.0, event_facts(topic, b))
+            take(1.0, 1.0)
+        return distinct
+
+    timings: list[float] = []
+
+    def best_of(run: Callable[[], int]) -> float:
+        # For the loops that set up a stream first: time only the calls themselves.
+        timings.clear()
+        for _ in range(5):
+            run()
+        return min(timings) * 1e6
+
+    def run_hash() -> int:
+        for _ in range(1000):
+            content_hash(body)
+        return 1000
+
+    def run_sha256() -> int:
+        for _ in range(1000):
+            hashlib.sha256(body).digest()
+        return 1000
+
+    def run_typed() -> int:
+        for _ in range(1000):
+            typed(body)
+        return 1000
+
+    typed = _CONVERSATION_DECODER.decode
+    rows: list[tuple[str, float]] = [
+        (
+            f"`msgspec.json.decode` of the body ({len(body):,} B) (baseline)",
+            _per_call_us(run_decode),
+        ),
+        ("`event_facts(topic, body)`: hash, typed decode, facts", _per_call_us(run_facts)),
+        ("… of which `content_hash(body)` (BLAKE2b, 16-byte digest)", _per_call_us(run_hash)),
+        ("… of which the typed decode (`snapshot._CONVERSATION_DECODER`)", _per_call_us(run_typed)),
+        ("`hashlib.sha256(body).digest()`, for comparison", _per_call_us(run_sha256)),
+        ("`Stream.offer(...)`, facts given, a new conversation (accepted)", best_of(run_offer)),
+        ("`Stream.take(...)`", best_of(run_take)),
+        ("`event_facts` + `Stream.offer` + `Stream.take`, per event", _per_call_us(run_pipeline)),
+    ]
+    per_key = _seen_bytes_per_conversation(topic, facts, bodies)
+    return [
+        f"In-process, no socket: the template snapshot ({len(body):,} B, "
+        f"{distinct:,} distinct conversation ids; µs per call, best of 5, garbage collector on):",
+        "",
+        "| operation | µs |",
+        "|---|--:|",
+        *(f"| {label} | {us:.2f} |" for label, us in rows),
+        "",
+        f"Memory a stream keeps per remembered conversation (its de-duplication and "
+        f"ordering state, measured with `tracemalloc` over {len(facts):,} conversations "
+        f"offered and taken): {per_key:,.0f} B. A stream remembers up to 50,000 "
+        f"conversations (`Stream(memory=...)`), so up to "
+        f"{per_key * 50_000 / 2**20:,.1f} MiB per stream.",
+    ]
+
+
+def _seen_bytes_per_conversation(topic: str, facts: list[EventFacts], bodies: list[bytes]) -> float:
+    stream = _fresh_stream(len(facts))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for f, b in zip(facts, bodies, strict=True):
+            stream.offer(topic, b, None, 0.0, 0.0, f)
+            stream.take(1.0, 1.0)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return (after - before) / len(facts)
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+def _table(
+    args: argparse.Namespace,
+    template: Template,
+    results: dict[str, list[StreamResult]],
+    inprocess: list[str],
+) -> str:
+    frame_bytes = max(r.frame_bytes for rs in results.values() for r in rs)
+    base_fps = _median([r.fps for r in results[BASELINE]])
+    lines = [
+        f"{args.count:,} frames per measurement, each a distinct conversation snapshot "
+        f"(`eventBody` {len(template.body):,} B, {frame_bytes:,} B per frame on the wire) "
+        f"on one queue conversation topic, "
+        f"blast {'unpaced' if args.rate <= 0 else f'at {args.rate:g} frames/s'}, "
+        f"stream buffer {args.buffer:,}, median of {args.repeat} interleaved repetitions"
+        f"{', emulator and client pinned to separate cores' if args.pin else ''}.",
+        "",
+        "| scenario | frames | frames/s | vs baseline | client CPU µs/event | client busy "
+        "| emulator busy | peak RSS Δ | send→consumer p50 | send→consumer p99 "
+        "| `latency_s` p50 | `latency_s` p99 |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, label in SCENARIOS.items():
+        runs = results[key]
+        fps = _median([r.fps for r in runs])
+        emulator = [b for r in runs if (b := r.emulator_busy) is not None]
+        inner50 = [v for r in runs if (v := r.event_latency_p50_ms) is not None]
+        inner99 = [v for r in runs if (v := r.event_latency_p99_ms) is not None]
+        cells = [
+            label,
+            f"{runs[0].frames:,}",
+            f"{fps:,.0f}",
+            f"{fps / base_fps * 100:.0f} %",
+            f"{_median([r.cpu_us for r in runs]):.2f}",
+            f"{_median([r.busy for r in runs]) * 100:.0f} %",
+            f"{_median(emulator) * 100:.0f} %" if emulator else "n/a",
+            f"{_median([r.rss_delta_kib / 1024 for r in runs]):.1f} MiB",
+            _ms(_median([r.latency_p50_ms or 0.0 for r in runs])),
+            _ms(_median([r.latency_p99_ms or 0.0 for r in runs])),
+            _ms(_median(inner50) if inner50 else None),
+            _ms(_median(inner99) if inner99 else None),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    leftover = sum(r.leftover_tasks for rs in results.values() for r in rs)
+    if leftover:
+        lines += ["", f"Warning: {leftover} asyncio tasks were left over after measurements."]
+    lines += ["", *inprocess]
+    return "\n".join(lines)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    args.pin = args.pin and len(cpus) >= 2
+    emulator_cpus = frozenset(cpus[-1:]) if args.pin else None
+    client_cpus = frozenset(cpus[:1]) if args.pin else None
+    # The template is built here only after the socket runs: simulating the
+    # contact centre takes this process to ~100 MB, and a spawned measurement
+    # process starts with its parent's peak RSS as its own ru_maxrss, which
+    # would hide any growth below that.
+    _progress(
+        f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
+        f"msgspec {msgspec.__version__}, {os.cpu_count()} CPUs"
+        + (f", emulator on CPU {cpus[-1]}, clients on CPU {cpus[0]}" if args.pin else "")
+    )
+    emulator, stopper, base_url = await _start_emulator(
+        emulator_cpus, functools.partial(_emulator_process, args.max_body)
+    )
+    results: dict[str, list[StreamResult]] = {key: [] for key in SCENARIOS}
+    try:
+        for repetition in range(1, args.repeat + 1):
+            for scenario in SCENARIOS:
+                job = Job(
+                    scenario=scenario,
+                    base_url=base_url,
+                    topic=f"v2.routing.queues.{uuid.uuid4()}.conversations",
+                    count=args.count,
+                    size=0,  # the snapshot blast ignores it
+                    rate=args.rate,
+                    timeout_s=args.timeout,
+                    emulator_pid=emulator.process.pid or 0,
+                    cpus=client_cpus,
+                )
+                r = await _measure(job, args.buffer)
+                results[scenario].append(r)
+                inner = (
+                    f"  latency_s p50 {r.event_latency_p50_ms:.2f} ms"
+                    f" p99 {r.event_latency_p99_ms or 0:.2f} ms"
+                    if r.event_latency_p50_ms is not None
+                    else ""
+                )
+                _progress(
+                    f"[{repetition}/{args.repeat}] {scenario:<13} {r.fps:>9,.0f} frames/s"
+                    f"  client {r.cpu_us:5.2f} µs/event, busy {r.busy:4.0%}"
+                    f"  emulator busy {r.emulator_busy or 0:4.0%}"
+                    f"  RSS +{r.rss_delta_kib / 1024:.1f} MiB"
+                    f"  p50 {r.latency_p50_ms or 0:.2f} ms  p99 {r.latency_p99_ms or 0:.2f} ms"
+                    + inner
+                    + (f"  {r.leftover_tasks} TASKS LEFT OVER" if r.leftover_tasks else "")
+                )
+    finally:
+        stopper.close()
+        await emulator.stop()
+    template = snapshot_template(args.max_body)
+    print(_table(args, template, results, _inprocess_table(template)))
+    return 0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_streams",
+        description="Multiplexer.stream() throughput against raw-socket baselines.",
+    )
+    parser.add_argument("--count", type=int, default=50_000, help="frames per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="blast rate in frames/s (0: as fast as possible)"
+    )
+    parser.add_argument(
+        "--buffer",
+        type=int,
+        default=500,
+        help="the stream's buffer (default: the Multiplexer's buffer_threshold, 500)",
+    )
+    parser.add_argument(
+        "--max-body",
+        type=int,
+        default=8000,
+        help="the template is the largest queue snapshot of at most this many bytes",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=90.0, help="deadline in s for consuming one blast"
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="pin the emulator and the clients to different CPUs (default: off)",
+    )
+    args = parser.parse_args(argv)
+    if args.count < 2 or args.repeat < 1 or args.rate < 0 or args.timeout <= 0 or args.buffer < 1:
+        parser.error("need --count >= 2, --repeat >= 1, --rate >= 0, --timeout > 0, --buffer >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status."""
+    args = _parse(argv)
+    try:
+        return asyncio.run(_main(args))
+    except BenchError as exc:
+        _progress(f"benchmark failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _progress("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
