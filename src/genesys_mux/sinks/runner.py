@@ -11,6 +11,14 @@ takes whatever else arrives within ``linger_s``, up to ``batch_size``. A busy
 stream thus sends full batches; a quiet one sends each event after at most
 ``linger_s``.
 
+The items are read by one reader task per runner, which pulls from the
+stream only while the runner asks for a batch and stops once the batch is
+full. Items that are already there are taken in one go, without a timer or a
+task each; the linger timer only runs while the reader waits for the stream.
+When the linger ends, a read in progress is never cancelled (cancelling it
+would finalise an async-generator source and lose the item it was about to
+produce): its item starts the next batch.
+
 Backpressure: the runner holds at most one batch (plus the one item being
 fetched) and reads the next only once every sink has dealt with the current
 one. While a sink is slow or failing, new items wait in the stream's own
@@ -68,13 +76,6 @@ log = logging.getLogger("genesys_mux.sinks.runner")
 
 #: Longest failure text kept in a dead letter's reason and in ``last_error``.
 REASON_CHARS: Final = 200
-
-
-class _End:
-    """Marks the end of the source iterator (a task cannot carry StopAsyncIteration)."""
-
-
-_END: Final = _End()
 
 
 @dataclass(slots=True)
@@ -157,7 +158,17 @@ class SinkRunner:
         self._items = stream_items
         self._dead_letter = dead_letter
         self._own_sinks = own_sinks
-        self._pending: asyncio.Task[Item | _End] | None = None
+        # The reader task and what it shares with the loop: the items read
+        # for the next batch, whether the runner wants more, and the futures
+        # each side sleeps on while it waits for the other.
+        self._reader: asyncio.Task[None] | None = None
+        self._buffer: list[Item] = []
+        self._want = False
+        self._reader_wake: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        #: The source ended (or failed, see ``_source_error``); nothing more will be read.
+        self._source_done = False
+        self._source_error: Exception | None = None
         self._exhausted = False
         self._stopping = asyncio.Event()
         self._stop_deadline = float("inf")
@@ -179,6 +190,7 @@ class SinkRunner:
         if not self._stopping.is_set():
             self._stop_deadline = time.monotonic() + self.stop_grace_s
             self._stopping.set()
+            _release(self._waiter, False)
 
     def stats(self) -> dict[str, object]:
         """The counters, for the status page and the dashboard."""
@@ -218,6 +230,7 @@ class SinkRunner:
                 for sink in self.sinks:
                     await sink.start()
                     started.append(sink)
+            self._reader = asyncio.create_task(self._read(), name=f"sink-runner-{self.name}-read")
             while not self._exhausted and not self._stopping.is_set():
                 batch = await self._next_batch()
                 if batch:
@@ -227,8 +240,8 @@ class SinkRunner:
             self._abandon_in_hand()
             raise
         finally:
-            if self._pending is not None and not self._pending.done():
-                self._pending.cancel()
+            if self._reader is not None and not self._reader.done():
+                self._reader.cancel()
             self._running = False
             for sink in started:
                 try:
@@ -236,73 +249,98 @@ class SinkRunner:
                 except Exception:
                     log.exception("closing sink %s of %s failed", sink.name, self.name)
 
-    async def _pull(self) -> Item | _End:
-        try:
-            return await anext(self._items)
-        except StopAsyncIteration:
-            return _END
+    async def _read(self) -> None:
+        """The reader task: fill ``_buffer`` from the source while ``_want`` is set.
 
-    async def _take(self, wait_s: float | None) -> Item | None:
-        """The next item, or None: end of stream, stop (when waiting indefinitely), timeout.
-
-        The fetch runs as a task that outlives a timeout: cancelling it
-        would finalise an async-generator source, and the item it was about
-        to produce would be lost.
+        It stops asking the source once the batch is full or the runner took
+        the batch; a read in progress then finishes, and its item waits in
+        the buffer for the next batch. It wakes the runner on the first item
+        of a batch, on a full batch and at the end of the source.
         """
-        if self._exhausted:
-            return None
-        if self._pending is None:
-            self._pending = asyncio.create_task(self._pull(), name=f"sink-runner-{self.name}-read")
-        pending = self._pending
-        if not pending.done():
-            if wait_s is None:
-                stop_wait = asyncio.create_task(self._stopping.wait())
+        loop = asyncio.get_running_loop()
+        items = self._items
+        batch_size = self.batch_size
+        try:
+            while True:
+                while not self._want:
+                    wake: asyncio.Future[None] = loop.create_future()
+                    self._reader_wake = wake
+                    await wake
                 try:
-                    await asyncio.wait({pending, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop_wait.cancel()
-            else:
-                await asyncio.wait({pending}, timeout=wait_s)
-            if not pending.done():
-                return None
-        self._pending = None
-        result = pending.result()
-        if isinstance(result, _End):
-            self._exhausted = True
-            return None
-        return result
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                buffer = self._buffer
+                buffer.append(item)
+                if len(buffer) >= batch_size:
+                    self._want = False
+                    _release(self._waiter, False)
+                elif len(buffer) == 1:
+                    _release(self._waiter, False)
+        except Exception as exc:
+            self._source_error = exc
+        finally:
+            self._reader_wake = None
+            self._source_done = True
+            _release(self._waiter, False)
+
+    def _ask_reader(self) -> None:
+        self._want = True
+        wake = self._reader_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _wait(self, deadline: float | None) -> bool:
+        """Sleep until the reader or :meth:`stop` wakes the loop; True if ``deadline`` came."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = None if deadline is None else loop.call_at(deadline, _release, waiter, True)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _next_batch(self) -> list[Item]:
-        first = await self._take(None)
-        if first is None:
+        """The next batch; empty at the end of the source or on a stop while idle.
+
+        A source that failed raises here, once the items it produced before
+        the failure were handed out.
+        """
+        if not self._buffer and not self._source_done:
+            self._ask_reader()
+            while not self._buffer and not self._source_done and not self._stopping.is_set():
+                await self._wait(None)
+        if not self._buffer:
+            if self._source_done:
+                self._exhausted = True
+                if self._source_error is not None:
+                    raise self._source_error
             return []
-        batch = [first]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.linger_s
-        while len(batch) < self.batch_size:
-            item = await self._take(max(0.0, deadline - loop.time()))
-            if item is None:
-                break
-            batch.append(item)
+        if len(self._buffer) < self.batch_size and not self._source_done:
+            self._ask_reader()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.linger_s
+            while len(self._buffer) < self.batch_size and not self._source_done:
+                if await self._wait(deadline):
+                    break
+        batch, self._buffer = self._buffer, []
+        self._want = False
         return batch
 
     async def _finish_pending(self) -> None:
         """Deliver an item fetched just as the stop came, rather than drop it."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        if not pending.done():
-            pending.cancel()
-        await asyncio.wait({pending})
-        if pending.cancelled():
-            return
-        error = pending.exception()
-        if error is not None:
-            log.warning("the source of %s failed while stopping: %r", self.name, error)
-            return
-        result = pending.result()
-        if not isinstance(result, _End):
-            await self._deliver([result])
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.wait({reader})
+        if self._source_error is not None:
+            log.warning("the source of %s failed while stopping: %r", self.name, self._source_error)
+        batch, self._buffer = self._buffer, []
+        if batch:
+            await self._deliver(batch)
 
     # -- delivery --------------------------------------------------------------
 
@@ -446,16 +484,10 @@ class SinkRunner:
             self.per_sink[sink.name].dead_lettered += self._dead_letter_events(
                 batch, f"sink_failed:{sink.name}: cancelled"
             )
-        pending = self._pending
-        if (
-            pending is not None
-            and pending.done()
-            and not pending.cancelled()
-            and pending.exception() is None
-        ):
-            result = pending.result()
-            if not isinstance(result, _End):
-                self._dead_letter_events([result], f"sink_failed:{self.sinks[0].name}: cancelled")
+        # Items read for the next batch: taken from the stream, so not to be dropped.
+        fetched, self._buffer = self._buffer, []
+        if fetched:
+            self._dead_letter_events(fetched, f"sink_failed:{self.sinks[0].name}: cancelled")
 
     def _notify(self, sink_name: str, text: str) -> None:
         for callback in self.on_failure:
@@ -463,6 +495,12 @@ class SinkRunner:
                 callback(sink_name, text)
             except Exception:
                 log.exception("on_failure callback of %s failed", self.name)
+
+
+def _release(waiter: asyncio.Future[bool] | None, timed_out: bool) -> None:
+    """Wake whoever sleeps on ``waiter``, if anyone still does."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(timed_out)
 
 
 def _short_reason(sink_name: str, error: SinkError) -> str:
