@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
+import tomllib
 from pathlib import Path
 
-from genesys_mux.configfile import load_config
+from genesys_mux.configfile import load_config, parse_config
 from genesys_mux.emulator import Emulator, EmulatorSettings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -48,3 +50,12 @@ async def test_the_library_quickstart_runs_against_the_emulator(tmp_path: Path) 
     lines = out.decode().splitlines()
     assert len(lines) == 8
     assert all(line.split()[0] in ("voice-main", "chat-support") for line in lines)
+
+
+def test_the_readme_configuration_example_is_valid() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
+    assert blocks, "the README lost its configuration example"
+    for block in blocks:
+        config = parse_config(tomllib.loads(block))
+        assert config.streams
