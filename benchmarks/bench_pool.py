@@ -67,7 +67,7 @@ import sys
 import time
 import timeit
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -888,17 +888,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns the exit status."""
-    args = _parse(argv)
+def run_benchmark(
+    main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
+    """Run a benchmark's async main; a failure or Ctrl-C becomes an exit status."""
     try:
-        return asyncio.run(_main(args))
+        return asyncio.run(main(args))
     except BenchError as exc:
         _progress(f"benchmark failed: {exc}")
         return 1
     except KeyboardInterrupt:
         _progress("interrupted")
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status."""
+    return run_benchmark(_main, _parse(argv))
 
 
 if __name__ == "__main__":

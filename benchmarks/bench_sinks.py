@@ -46,7 +46,6 @@ The Markdown tables go to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import os
@@ -67,7 +66,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from benchmarks.bench_pool import BenchError, _median, _process_cpu_s, _progress
+from benchmarks.bench_pool import BenchError, _median, _process_cpu_s, _progress, run_benchmark
 from benchmarks.bench_streams import Template, snapshot_template
 from genesys_mux.core.streams import DeadLetter, StreamEvent
 from genesys_mux.sinks.base import Item, encode_record, idempotency_key
@@ -555,15 +554,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
-    args = _parse(argv)
-    try:
-        return asyncio.run(_main(args))
-    except BenchError as exc:
-        _progress(f"benchmark failed: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        _progress("interrupted")
-        return 130
+    return run_benchmark(_main, _parse(argv))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ from benchmarks.bench_pool import (
     _stop_blast,
     _Usage,
     _usage,
+    run_benchmark,
 )
 from genesys_mux import Multiplexer, StreamEvent
 from genesys_mux.core.snapshot import _CONVERSATION_DECODER, EventFacts, content_hash, event_facts
@@ -650,15 +651,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
-    args = _parse(argv)
-    try:
-        return asyncio.run(_main(args))
-    except BenchError as exc:
-        _progress(f"benchmark failed: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        _progress("interrupted")
-        return 130
+    return run_benchmark(_main, _parse(argv))
 
 
 if __name__ == "__main__":
