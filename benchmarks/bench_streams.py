@@ -97,7 +97,7 @@ from genesys_mux import Multiplexer, StreamEvent
 from genesys_mux.core.snapshot import _CONVERSATION_DECODER, EventFacts, content_hash, event_facts
 from genesys_mux.core.streams import DeadLetter, Stream
 from genesys_mux.emulator import Emulator, EmulatorSettings
-from genesys_mux.emulator.org import ContactCentre, Publication
+from genesys_mux.emulator.org import ContactCentre
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 
 #: Scenario key -> label in the table, in the order they run and are shown.
@@ -175,10 +175,8 @@ def snapshot_template(max_bytes: int) -> Template:
 class SnapshotBlastEmulator(Emulator):
     """The emulator, with a blast whose frames are real conversation snapshots.
 
-    It overrides the private ``Emulator._run_blast`` (the target of
-    ``POST /__emulator__/traffic {"blast": ...}``) and otherwise follows it
-    line for line: frames go through ``publish``, so they are enveloped,
-    queued per socket and written to the ledger exactly as the built-in
+    It overrides only :meth:`Emulator.blast_body`: pacing, draining and
+    ``publish`` (envelopes, per-socket queues, the ledger) are the built-in
     blast's; ``size`` is ignored.
     """
 
@@ -186,36 +184,10 @@ class SnapshotBlastEmulator(Emulator):
         super().__init__(settings)
         self.template = template
 
-    async def _run_blast(self, topic: str, rate: float, count: int | None, size: int) -> None:
+    def blast_body(self, topic: str, size: int) -> tuple[bytes, bytes, str]:
+        """The real snapshot, moved to the blasted queue, with a counter for its id."""
         head, tail = self.template.parts(_queue_of(topic) or self.template.queue_id)
-        head += CONVERSATION_PREFIX.encode()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        sent = 0
-        batch = 256 if rate <= 0 else max(1, min(256, int(rate / 100)))
-        while count is None or sent < count:
-            n = batch if count is None else min(batch, count - sent)
-            pubs = []
-            for i in range(sent, sent + n):
-                counter = b"%012d" % i
-                pubs.append(
-                    Publication(
-                        (topic,),
-                        head + counter + tail,
-                        CONVERSATION_PREFIX + counter.decode(),
-                        f"00000000-0000-4000-8000-{i % 10**12:012d}",
-                        0.0,
-                    )
-                )
-            self.publish(pubs)
-            sent += n
-            if rate > 0:
-                await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
-            else:
-                # As the built-in blast: let the writers drain before producing more.
-                while any(link.queue.qsize() > 4 * batch for link in self._links.values()):  # noqa: ASYNC110
-                    await asyncio.sleep(0.001)
-                await asyncio.sleep(0)
+        return head + CONVERSATION_PREFIX.encode(), tail, CONVERSATION_PREFIX
 
 
 def _emulator_process(

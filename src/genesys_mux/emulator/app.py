@@ -1178,6 +1178,20 @@ class Emulator:
             self._run_blast(topic, rate, count, size), name="emulator-blast"
         )
 
+    def blast_body(self, topic: str, size: int) -> tuple[bytes, bytes, str]:
+        """The blast's frame body as ``head + counter + tail``, and its conversation id prefix.
+
+        The body's conversation id must be ``prefix`` followed by the 12-digit
+        counter. A subclass may return a realistic snapshot instead (the
+        stream benchmark does); the pacing and draining stay here.
+        """
+        head = b'{"id":"blast-'
+        tail = (
+            b'","participants":[{"id":"p1","purpose":"customer","calls":[{"id":"c1","state":"connected"}]}],'
+            b'"padding":"' + b"x" * max(0, size - 120) + b'"}'
+        )
+        return head, tail, "blast-"
+
     async def _run_blast(self, topic: str, rate: float, count: int | None, size: int) -> None:
         """Send pre-encoded, distinct conversation frames on ``topic``.
 
@@ -1185,11 +1199,7 @@ class Emulator:
         Each frame differs only in a fixed-width counter, so building one is
         a byte concatenation and a benchmark measures the client, not us.
         """
-        head = b'{"id":"blast-'
-        tail = (
-            b'","participants":[{"id":"p1","purpose":"customer","calls":[{"id":"c1","state":"connected"}]}],'
-            b'"padding":"' + b"x" * max(0, size - 120) + b'"}'
-        )
+        head, tail, prefix = self.blast_body(topic, size)
         loop = asyncio.get_running_loop()
         started = loop.time()
         sent = 0
@@ -1201,12 +1211,11 @@ class Emulator:
             pubs = []
             for i in range(sent, sent + n):
                 counter = b"%012d" % i
-                conversation = "blast-" + counter.decode()
                 pubs.append(
                     Publication(
                         (topic,),
                         head + counter + tail,
-                        conversation,
+                        prefix + counter.decode(),
                         f"00000000-0000-4000-8000-{i % 10**12:012d}",
                         0.0,
                     )
