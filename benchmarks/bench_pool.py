@@ -862,13 +862,8 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_pool",
-        description="ChannelPool throughput against raw-socket baselines, on one emulator.",
-    )
-    parser.add_argument("--count", type=int, default=100_000, help="frames per measurement")
-    parser.add_argument("--size", type=int, default=2048, help="eventBody size in bytes")
+def add_blast_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every blast benchmark shares: --repeat, --rate, --timeout, --pin."""
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
     parser.add_argument(
         "--rate", type=float, default=0.0, help="blast rate in frames/s (0: as fast as possible)"
@@ -882,6 +877,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=False,
         help="pin the emulator and the clients to different CPUs (default: off)",
     )
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_pool",
+        description="ChannelPool throughput against raw-socket baselines, on one emulator.",
+    )
+    parser.add_argument("--count", type=int, default=100_000, help="frames per measurement")
+    parser.add_argument("--size", type=int, default=2048, help="eventBody size in bytes")
+    add_blast_arguments(parser)
     args = parser.parse_args(argv)
     if args.count < 2 or args.size < 128 or args.repeat < 1 or args.rate < 0 or args.timeout <= 0:
         parser.error("need --count >= 2, --size >= 128, --repeat >= 1, --rate >= 0, --timeout > 0")

@@ -91,6 +91,7 @@ from benchmarks.bench_pool import (
     _stop_blast,
     _Usage,
     _usage,
+    add_blast_arguments,
     run_benchmark,
 )
 from genesys_mux import Multiplexer, StreamEvent
@@ -590,10 +591,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description="Multiplexer.stream() throughput against raw-socket baselines.",
     )
     parser.add_argument("--count", type=int, default=50_000, help="frames per measurement")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
-    parser.add_argument(
-        "--rate", type=float, default=0.0, help="blast rate in frames/s (0: as fast as possible)"
-    )
     parser.add_argument(
         "--buffer",
         type=int,
@@ -606,15 +603,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=8000,
         help="the template is the largest queue snapshot of at most this many bytes",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=90.0, help="deadline in s for consuming one blast"
-    )
-    parser.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="pin the emulator and the clients to different CPUs (default: off)",
-    )
+    add_blast_arguments(parser)
     args = parser.parse_args(argv)
     if args.count < 2 or args.repeat < 1 or args.rate < 0 or args.timeout <= 0 or args.buffer < 1:
         parser.error("need --count >= 2, --repeat >= 1, --rate >= 0, --timeout > 0, --buffer >= 1")
