@@ -547,6 +547,26 @@ def test_neither_queue_nor_user_covers_every_given_queue() -> None:
     assert stream_topics(config, iter(["q1", "q1"])) == {"v2.routing.queues.q1.conversations.calls"}
 
 
+@pytest.mark.parametrize("channel", ["chat", "email", "callback"])
+def test_monitoring_without_a_monitor_field_in_the_media_shape_uses_the_general_topic(
+    channel: str,
+) -> None:
+    """Chat, email and callback media participants lack monitoredParticipantId."""
+    config = stream(filter={"channelType": channel, "state": "monitoring", "queueId": QUEUE})
+    assert stream_topics(config) == {f"v2.routing.queues.{QUEUE}.conversations"}
+    assert media_for(config) is not None  # the media is still checked client-side
+    other_state = stream(filter={"channelType": channel, "state": "active", "queueId": QUEUE})
+    assert stream_topics(other_state) == {
+        f"v2.routing.queues.{QUEUE}.conversations.{media_for(config)}"
+    }
+
+
+@pytest.mark.parametrize(("channel", "suffix"), [("voice", "calls"), ("sms", "messages")])
+def test_monitoring_of_calls_and_messages_keeps_the_media_topic(channel: str, suffix: str) -> None:
+    config = stream(filter={"channelType": channel, "state": "monitoring", "userId": USER})
+    assert stream_topics(config) == {f"v2.users.{USER}.conversations.{suffix}"}
+
+
 def test_empty_filter_covers_every_queue_unsuffixed() -> None:
     assert stream_topics(stream(filter={}), ["q1", "q2"]) == {
         "v2.routing.queues.q1.conversations",

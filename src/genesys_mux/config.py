@@ -101,6 +101,10 @@ _MEDIA_OF: Final[Mapping[ChannelType, Media]] = {
     "callback": Media.CALLBACKS,
 }
 
+# The media participants of these media have no monitoredParticipantId in
+# the vendor's topic models: a monitor shows only in the general shape.
+_MONITOR_NOT_IN_MEDIA_SHAPE: Final = frozenset({Media.CHATS, Media.EMAILS, Media.CALLBACKS})
+
 # Stream ids end up in metric labels, file names and Redis keys, so they are
 # kept to characters that are safe in all three, and short.
 _STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -381,11 +385,19 @@ def filter_topics(config: StreamConfig, queue_ids: Iterable[str] = ()) -> frozen
     is far quieter than the queue's, so the queue is checked client-side
     instead (:func:`queue_constraint`). Raises
     :class:`~genesys_mux.errors.InvalidIdError` for an unsafe queue id.
+
+    A ``channelType`` picks the media topic (``….conversations.calls``),
+    whose bodies are media participants. One exception: a ``monitoring``
+    stream of chats, emails or callbacks subscribes the general topic,
+    because those media participants cannot say who monitors whom; the
+    media is then checked client-side (:func:`media_for`).
     """
     f = config.filter
     if f is None:
         return frozenset()
     media = media_for(config)
+    if f.state == "monitoring" and media in _MONITOR_NOT_IN_MEDIA_SHAPE:
+        media = None
     if f.user_id is not None:
         return frozenset({user_conversations(f.user_id, media)})
     if f.queue_id is not None:

@@ -1,8 +1,8 @@
 """Tests for genesys_mux.core.snapshot: facts, version keys and hashes of notification bodies.
 
-The emulator's snapshots are checked against an independent reading of the
-same JSON written here from DESIGN.md and the reference, so a mistake in the
-module under test cannot agree with itself.
+The emulator's snapshots, in both topic shapes, are checked against an
+independent reading of the same JSON written here from DESIGN.md and the
+reference, so a mistake in the module under test cannot agree with itself.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from genesys_mux.core.snapshot import (
     ConversationFacts,
     EventFacts,
+    canonical_hash,
     content_hash,
     conversation_facts,
     detail_event_version,
@@ -61,7 +62,16 @@ CONVERSATION_FAMILIES = {TopicFamily.QUEUE_CONVERSATIONS, TopicFamily.USER_CONVE
 # --------------------------------------------------------------------------
 
 
-def comms(participant: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def comms(
+    participant: dict[str, Any], media: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """A participant's communications with their media.
+
+    A media participant (one with a state of its own, from a topic of
+    ``media``) is its own single communication.
+    """
+    if "state" in participant:
+        return [(media or "", participant)]
     return [(LISTS[name], c) for name in LISTS for c in participant.get(name) or []]
 
 
@@ -76,6 +86,8 @@ def stamps(data: dict[str, Any]) -> list[str]:
         for key in ("connectedTime", "endTime", "startAcwTime", "endAcwTime"):
             found.append(p.get(key))
         found.append((p.get("wrapup") or {}).get("endTime"))
+        if "state" in p:
+            continue  # a media participant's times are the ones above
         for _, c in comms(p):
             found.append(c.get("connectedTime"))
             found.append(c.get("disconnectedTime"))
@@ -85,29 +97,56 @@ def stamps(data: dict[str, Any]) -> list[str]:
     return [s for s in found if s is not None]
 
 
-def expected(data: dict[str, Any], body: bytes) -> ConversationFacts:
+def queue_id(p: dict[str, Any]) -> str | None:
+    return p.get("queueId") or (p.get("queue") or {}).get("id")
+
+
+def user_id(p: dict[str, Any]) -> str | None:
+    return p.get("userId") or (p.get("user") or {}).get("id")
+
+
+def message_types(data: dict[str, Any]) -> set[str]:
+    """Message types: on messages[] communications, or on a media participant itself."""
+    found = {p["type"] for p in data["participants"] if "state" in p and "type" in p}
+    for p in data["participants"]:
+        if "state" not in p:
+            found.update(c["type"] for c in p.get("messages") or [] if "type" in c)
+    return found
+
+
+def expected(data: dict[str, Any], media: str | None = None) -> ConversationFacts:
+    """The facts of a snapshot in either shape, except its state digest (``hash=b""``)."""
     parts = data["participants"]
     states: dict[str, list[str]] = defaultdict(list)
     for p in parts:
-        for media, c in comms(p):
-            states[media].append(c["state"])
+        for name, c in comms(p, media):
+            states[name].append(c["state"])
     acd = any(p["purpose"] == "acd" and connected(p) for p in parts)
     agent = any(p["purpose"] == "agent" and connected(p) for p in parts)
     return ConversationFacts(
         conversation_id=data["id"],
         media=frozenset(states),
         states={m: tuple(s) for m, s in states.items()},
-        message_types=frozenset(c["type"] for p in parts for c in p.get("messages") or []),
+        message_types=frozenset(message_types(data)),
         queue_ids=frozenset(
-            p["queueId"] for p in parts if p["purpose"] in ("acd", "agent") and "queueId" in p
+            q for p in parts if p["purpose"] in ("acd", "agent") and (q := queue_id(p))
         ),
-        user_ids=frozenset(p["userId"] for p in parts if "userId" in p),
+        user_ids=frozenset(u for p in parts if (u := user_id(p))),
         queued=acd and not agent,
         active=any(p["purpose"] in ("agent", "user") and connected(p) for p in parts),
         monitoring=any(connected(p) and p.get("monitoredParticipantId") for p in parts),
         version=max((parse_iso(s) for s in stamps(data)), default=0.0),
-        hash=content_hash(body),
+        hash=b"",
     )
+
+
+def without_digest(facts: ConversationFacts) -> ConversationFacts:
+    return msgspec.structs.replace(facts, hash=b"")
+
+
+def topic_media(pub: Publication) -> str | None:
+    media = parse_topic(pub.topics[0]).media
+    return None if media is None else media.value
 
 
 # --------------------------------------------------------------------------
@@ -129,13 +168,14 @@ def is_conversation(pub: Publication) -> bool:
 def snapshots(
     publications: list[Publication],
 ) -> list[tuple[Publication, dict[str, Any], ConversationFacts]]:
+    """Every snapshot publication, general and media shape, with its body and facts."""
     out = []
     for pub in publications:
         if is_conversation(pub):
-            facts = conversation_facts(pub.body)
+            facts = conversation_facts(pub.body, topic_media(pub))
             assert facts is not None
             out.append((pub, json.loads(pub.body), facts))
-    assert len(out) > 1000
+    assert len(out) > 2000
     return out
 
 
@@ -147,10 +187,13 @@ def snapshots(
 def test_every_snapshot_matches_an_independent_reading(
     snapshots: list[tuple[Publication, dict[str, Any], ConversationFacts]],
 ) -> None:
+    media_shaped = 0
     for pub, data, facts in snapshots:
-        assert facts == expected(data, pub.body)
+        assert without_digest(facts) == expected(data, topic_media(pub))
         assert facts.conversation_id == pub.conversation_id
         assert set(facts.states) == facts.media
+        media_shaped += topic_media(pub) is not None
+    assert media_shaped > 1000
 
 
 def test_every_conversation_topic_keys_on_the_publications_conversation(
@@ -163,7 +206,7 @@ def test_every_conversation_topic_keys_on_the_publications_conversation(
             assert ev.key == pub.conversation_id
             assert ev.conversation == facts
             assert ev.version == facts.version
-            assert ev.hash == facts.hash == content_hash(pub.body)
+            assert ev.hash == facts.hash
             media = parse_topic(topic).media
             if media is not None:
                 assert facts.media == {media.value}
@@ -239,7 +282,7 @@ def test_sms_messages_carry_their_type(
 ) -> None:
     sms = other = 0
     for _, data, facts in snapshots:
-        types = {c["type"] for p in data["participants"] for c in p["messages"]}
+        types = message_types(data)
         assert facts.message_types == types
         if "sms" in types:
             assert facts.message_types >= {"sms"}
@@ -260,11 +303,236 @@ def test_tolerant_path_gives_the_same_facts_as_the_fast_path(
         None,
         {"purpose": 7, "calls": "x", "connectedTime": "not a time", "userId": None},
     ]
-    for _, data, facts in snapshots[::7]:
+    for pub, data, facts in snapshots[::7]:
         data = dict(data, participants=data["participants"] + junk)
         body = json.dumps(data).encode()
-        tolerant = conversation_facts(body)
-        assert tolerant == msgspec.structs.replace(facts, hash=content_hash(body))
+        assert conversation_facts(body, topic_media(pub)) == facts
+
+
+# --------------------------------------------------------------------------
+# One state, three shapes: general topic, media topic, REST
+# --------------------------------------------------------------------------
+
+# Media whose media participants have no monitoredParticipantId (vendor
+# models): a monitor shows in their general shape only.
+NO_MONITOR_IN_MEDIA_SHAPE = {"chats", "emails", "callbacks"}
+
+
+def same_state(general: ConversationFacts, other: ConversationFacts, media: str) -> None:
+    if media in NO_MONITOR_IN_MEDIA_SHAPE:
+        other = msgspec.structs.replace(other, monitoring=general.monitoring)
+    assert other == general
+
+
+def test_general_and_media_shapes_of_one_change_give_the_same_facts(
+    publications: list[Publication],
+) -> None:
+    """Each change is published twice, once per shape; both read the same."""
+    pairs = 0
+    for general, media_pub in pairwise(publications):
+        if not (
+            is_conversation(general)
+            and topic_media(general) is None
+            and is_conversation(media_pub)
+            and media_pub.conversation_id == general.conversation_id
+            and media_pub.at == general.at
+        ):
+            continue
+        media = topic_media(media_pub)
+        assert media is not None
+        from_general = conversation_facts(general.body)
+        from_media = conversation_facts(media_pub.body, media)
+        assert from_general is not None
+        assert from_media is not None
+        same_state(from_general, from_media, media)
+        pairs += 1
+    assert pairs > 1000
+
+
+def test_rest_shape_gives_the_same_facts_as_the_last_notification() -> None:
+    """Back-fill reads ``GET /api/v2/conversations/{id}``: the same state must read the same."""
+    org = ContactCentre(seed=9, queues=4, agents=20, rate=6.0, epoch=EPOCH)
+    last: dict[str, dict[str | None, Publication]] = defaultdict(dict)
+    for pub in org.advance(60.0):
+        if is_conversation(pub):
+            assert pub.conversation_id is not None
+            last[pub.conversation_id][topic_media(pub)] = pub
+    checked = 0
+    for conversation_id, by_shape in last.items():
+        rest = org.conversation(conversation_id)
+        assert rest is not None
+        from_rest = conversation_facts(rest)
+        general = conversation_facts(by_shape[None].body)
+        ((media, media_pub),) = ((m, p) for m, p in by_shape.items() if m is not None)
+        assert media is not None
+        from_media = conversation_facts(media_pub.body, media)
+        assert from_rest is not None
+        assert general is not None
+        assert from_media is not None
+        assert from_rest == general
+        same_state(general, from_media, media)
+        checked += 1
+    assert checked > 200
+
+
+def test_a_media_body_without_its_topic_still_gives_ids_and_predicates(
+    publications: list[Publication],
+) -> None:
+    """Without the topic the media is unknown; everything else is still read."""
+    for pub in publications[:2000]:
+        media = topic_media(pub) if is_conversation(pub) else None
+        if media is None:
+            continue
+        with_topic = conversation_facts(pub.body, media)
+        without = conversation_facts(pub.body)
+        assert with_topic is not None
+        assert without is not None
+        assert without.media == frozenset()
+        assert (without.queue_ids, without.user_ids) == (with_topic.queue_ids, with_topic.user_ids)
+        assert (without.queued, without.active, without.version) == (
+            with_topic.queued,
+            with_topic.active,
+            with_topic.version,
+        )
+
+
+# --------------------------------------------------------------------------
+# The state digest
+# --------------------------------------------------------------------------
+
+MEDIA_BODY: dict[str, Any] = {
+    "id": CONV,
+    "participants": [
+        {
+            "id": "p-customer",
+            "purpose": "customer",
+            "state": "connected",
+            "held": False,
+            "connectedTime": T0,
+            "attributes": {"account": "42"},
+        },
+        {
+            "id": "p-agent",
+            "purpose": "agent",
+            "state": "connected",
+            "held": False,
+            "connectedTime": T1,
+            "user": {"id": USER, "name": "Ava Adams"},
+            "queue": {"id": QUEUE, "name": "Support"},
+            "attributes": {},
+        },
+    ],
+}
+
+
+def digest(body: dict[str, Any], media: str | None = "calls") -> bytes:
+    facts = conversation_facts(json.dumps(body).encode(), media)
+    assert facts is not None
+    return facts.hash
+
+
+def test_digest_ignores_key_order_whitespace_and_participant_order() -> None:
+    reference = digest(MEDIA_BODY)
+    spelt_otherwise = json.dumps(MEDIA_BODY, sort_keys=True, indent=3).encode()
+    facts = conversation_facts(spelt_otherwise, "calls")
+    assert facts is not None
+    assert facts.hash == reference
+    swapped = dict(MEDIA_BODY, participants=MEDIA_BODY["participants"][::-1])
+    assert digest(swapped) == reference
+
+
+@pytest.mark.parametrize(
+    ("index", "field", "value"),
+    [
+        (1, "state", "disconnected"),
+        (1, "held", True),
+        (1, "disconnectType", "client"),
+        (1, "wrapup", {"code": "resolved"}),
+        (1, "user", {"id": "someone-else"}),
+        (1, "queue", {"id": "another-queue"}),
+        (0, "attributes", {"account": "43"}),
+        (0, "purpose", "external"),
+        (0, "endTime", T3),
+        (0, "id", "p-other"),
+    ],
+)
+def test_digest_changes_with_every_covered_field(index: int, field: str, value: Any) -> None:
+    changed = json.loads(json.dumps(MEDIA_BODY))
+    changed["participants"][index][field] = value
+    assert digest(changed) != digest(MEDIA_BODY)
+
+
+def test_digest_changes_with_the_media_and_the_conversation() -> None:
+    assert digest(MEDIA_BODY, "chats") != digest(MEDIA_BODY, "calls")
+    assert digest(dict(MEDIA_BODY, id="another")) != digest(MEDIA_BODY)
+
+
+def test_digest_covers_what_a_consumer_sees_change_on_a_communication() -> None:
+    for field, value in [
+        ("muted", True),
+        ("recording", True),
+        ("recordingState", "active"),
+        ("startHoldTime", T2),
+        ("messages", [{"message": {"id": "m1"}, "messageStatus": "read"}]),
+    ]:
+        changed = json.loads(json.dumps(MEDIA_BODY))
+        changed["participants"][1][field] = value
+        assert digest(changed) != digest(MEDIA_BODY), field
+
+
+def test_digest_leaves_out_what_not_every_shape_carries() -> None:
+    """A monitor id or a conversation-level field is not in every shape."""
+    changed = json.loads(json.dumps(MEDIA_BODY))
+    changed["participants"][1]["monitoredParticipantId"] = "p-customer"
+    changed["participants"][1]["name"] = "Someone Else"
+    changed["participants"][1]["conversationRoutingData"] = {"priority": 5}
+    changed["recordingState"] = "active"
+    changed["divisions"] = []
+    assert digest(changed) == digest(MEDIA_BODY)
+
+
+def test_message_details_read_the_same_in_both_spellings() -> None:
+    """``messageId`` in the general and REST shapes, ``message.id`` in the media shape."""
+    general = {
+        "id": CONV,
+        "participants": [
+            {
+                "id": "p-customer",
+                "purpose": "customer",
+                "messages": [
+                    {
+                        "state": "connected",
+                        "type": "sms",
+                        "messages": [{"messageId": "m1", "messageStatus": "received"}],
+                    }
+                ],
+            }
+        ],
+    }
+    media = {
+        "id": CONV,
+        "participants": [
+            {
+                "id": "p-customer",
+                "purpose": "customer",
+                "state": "connected",
+                "type": "sms",
+                "messages": [{"message": {"id": "m1"}, "messageStatus": "received"}],
+            }
+        ],
+    }
+    assert digest(general, None) == digest(media, "messages")
+    media["participants"][0]["messages"][0]["messageStatus"] = "read"
+    assert digest(general, None) != digest(media, "messages")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=6)))
+def test_canonical_hash_ignores_key_order(value: dict[str, Any]) -> None:
+    forwards = json.dumps(value).encode()
+    backwards = json.dumps(dict(reversed(list(value.items()))), indent=1).encode()
+    assert canonical_hash(forwards) == canonical_hash(backwards)
+    assert canonical_hash(forwards) != canonical_hash(json.dumps([value]).encode())
 
 
 # --------------------------------------------------------------------------
@@ -598,7 +866,7 @@ def test_presence_version_and_key(publications: list[Publication]) -> None:
         assert event_facts(topic, pub.body) == EventFacts(
             key=f"presence:{parse_topic(topic).entity_id}",
             version=parse_iso(data["modifiedDate"]),
-            hash=content_hash(pub.body),
+            hash=canonical_hash(pub.body),
         )
 
 
@@ -609,7 +877,7 @@ def test_routing_status_version_and_key(publications: list[Publication]) -> None
         version = parse_iso(data["routingStatus"]["startTime"])
         assert routing_status_version(pub.body) == version
         assert event_facts(topic, pub.body) == EventFacts(
-            key=f"routing:{data['id']}", version=version, hash=content_hash(pub.body)
+            key=f"routing:{data['id']}", version=version, hash=canonical_hash(pub.body)
         )
 
 
@@ -622,7 +890,7 @@ def test_detail_event_version_and_key(publications: list[Publication]) -> None:
         # Detail events are separate happenings: keyed by their own topic,
         # never superseded, so no version to order on.
         assert event_facts(topic, pub.body) == EventFacts(
-            key=f"detail:{topic}", version=None, hash=content_hash(pub.body)
+            key=f"detail:{topic}", version=None, hash=canonical_hash(pub.body)
         )
 
 
@@ -630,7 +898,7 @@ def test_detail_events_never_share_a_key_with_snapshots() -> None:
     topic = f"v2.detail.events.conversation.{CONV}.acd.start"
     facts = event_facts(topic, b'{"eventTime": 1800000001500}')
     assert facts == EventFacts(
-        f"detail:{topic}", None, content_hash(b'{"eventTime": 1800000001500}')
+        f"detail:{topic}", None, canonical_hash(b'{"eventTime": 1800000001500}')
     )
     assert event_facts(topic, b"not json").key == f"detail:{topic}"
     assert event_facts(topic, b'{"conversationId": "other"}').key == f"detail:{topic}"
@@ -710,13 +978,13 @@ def test_user_versions_of_reference_shaped_bodies() -> None:
 )
 def test_other_topics_key_on_themselves_without_version(topic: str) -> None:
     body = b'{"id": "c", "modifiedDate": "' + T1.encode() + b'"}'
-    assert event_facts(topic, body) == EventFacts(topic, None, content_hash(body))
+    assert event_facts(topic, body) == EventFacts(topic, None, canonical_hash(body))
 
 
 def test_conversation_topic_with_malformed_body_keys_on_the_topic() -> None:
     topic = f"v2.routing.queues.{QUEUE}.conversations.calls"
     for body in (b"", b"{}", b'{"id": 5}', b"garbage"):
-        assert event_facts(topic, body) == EventFacts(topic, None, content_hash(body))
+        assert event_facts(topic, body) == EventFacts(topic, None, canonical_hash(body))
 
 
 def test_user_and_presence_keys_do_not_collide() -> None:
@@ -782,7 +1050,10 @@ TOPICS = st.sampled_from(
 def check_event_facts(topic: str, body: bytes) -> None:
     facts = event_facts(topic, body)
     assert isinstance(facts, EventFacts)
-    assert facts.hash == content_hash(body)
+    if facts.conversation is None:
+        assert facts.hash == canonical_hash(body)
+    else:
+        assert facts.hash == facts.conversation.hash
     assert isinstance(facts.key, str)
     assert facts.version is None or isinstance(facts.version, float)
 

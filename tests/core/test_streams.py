@@ -162,10 +162,12 @@ def media_of(data: dict[str, Any]) -> set[str]:
 
 
 def has_sms(data: dict[str, Any]) -> bool:
+    """An sms message type: on a messages[] communication, or on a media participant."""
     return any(
-        c.get("type") == "sms"
+        p.get("type") == "sms"
+        if "state" in p
+        else any(c.get("type") == "sms" for c in p.get("messages") or [])
         for p in data.get("participants") or []
-        for c in p.get("messages") or []
     )
 
 
@@ -178,7 +180,10 @@ def routed_queues(data: dict[str, Any]) -> set[str]:
 
 
 def is_snapshot(pub: Publication) -> bool:
-    return pub.topics[0].startswith("v2.routing.queues.")
+    """A snapshot in the general shape (the media shape has tests of its own)."""
+    return pub.topics[0].startswith("v2.routing.queues.") and pub.topics[0].endswith(
+        ".conversations"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -290,9 +295,12 @@ def test_media_rule_on_real_user_topics(snapshot_pubs: list[Publication]) -> Non
     assert stream.counters.filtered == len(snapshot_pubs) - len(expected)
 
 
-def test_sms_rule_on_real_message_topics(snapshot_pubs: list[Publication]) -> None:
+def test_sms_rule_on_real_message_topics(
+    simulation: tuple[ContactCentre, list[Publication]],
+) -> None:
+    """The messages media topics: media participants, each with its message type."""
     stream = make_stream(rules=StreamRules(media="messages", sms=True), buffer_size=100_000)
-    messages = [pub for pub in snapshot_pubs if any(t.endswith(".messages") for t in pub.topics)]
+    messages = [pub for pub in simulation[1] if pub.topics[0].endswith(".messages")]
     expected = [pub.body for pub in messages if has_sms(json.loads(pub.body))]
     for pub in messages:
         offer(stream, pub.body, next(t for t in pub.topics if t.endswith(".messages")))
@@ -497,10 +505,10 @@ SCENARIOS: dict[State, list[tuple[bytes, Transition | None]]] = {
         ),
         (
             snapshot(
-                customer(),
+                # Recording starts: a change of a communication, still monitored.
+                customer(recordingState="active"),
                 party("agent", comm("connected", T1)),
                 party("user", comm("connected", T2), monitoredParticipantId="agent-participant"),
-                recordingState="active",
             ),
             "update",
         ),
@@ -1182,3 +1190,83 @@ def test_unparsed_sentinel() -> None:
     event = offer(stream, snapshot())
     assert event is not None
     assert event._body is streams._UNPARSED
+
+
+# --------------------------------------------------------------------------
+# The same traffic in both body shapes
+# --------------------------------------------------------------------------
+
+
+def shaped(
+    pubs: list[Publication], topic_of: Any
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """(topic, body) of the general and the media publications ``topic_of`` picks a topic of."""
+    general: list[tuple[str, bytes]] = []
+    media: list[tuple[str, bytes]] = []
+    for pub in pubs:
+        topic = topic_of(pub)
+        if topic is None:
+            continue
+        (media if not topic.endswith(".conversations") else general).append((topic, pub.body))
+    return general, media
+
+
+def feed(rules: StreamRules, notes: list[tuple[str, bytes]]) -> list[tuple[str | None, Any]]:
+    stream = make_stream(rules=rules, buffer_size=100_000)
+    for topic, body in notes:
+        offer(stream, body, topic)
+    return [(item.conversation_id, item.transition) for item in drain(stream)]
+
+
+@pytest.mark.parametrize(
+    ("media", "rules"),
+    [
+        pytest.param(Media.CALLS, StreamRules(media="calls", state="active"), id="voice-active"),
+        pytest.param(Media.CALLS, StreamRules(media="calls", state="queued"), id="voice-queued"),
+        pytest.param(Media.CHATS, StreamRules(media="chats"), id="chat"),
+        pytest.param(Media.CHATS, StreamRules(media="chats", state="active"), id="chat-active"),
+        pytest.param(Media.MESSAGES, StreamRules(media="messages", sms=True), id="sms"),
+        pytest.param(Media.EMAILS, StreamRules(media="emails", state="queued"), id="email-queued"),
+        pytest.param(
+            Media.CALLBACKS, StreamRules(media="callbacks", state="active"), id="callback-active"
+        ),
+        pytest.param(
+            Media.CALLS, StreamRules(media="calls", state="monitoring"), id="voice-monitoring"
+        ),
+    ],
+)
+def test_queue_streams_deliver_the_same_in_both_shapes(
+    simulation: tuple[ContactCentre, list[Publication]], media: Media, rules: StreamRules
+) -> None:
+    """A queue's general topic and its media topic give the same deliveries and transitions."""
+    queue = simulation[0].queues[0].id
+    wanted = {queue_conversations(queue), queue_conversations(queue, media)}
+
+    def topic_of(pub: Publication) -> str | None:
+        return next((t for t in pub.topics if t in wanted), None)
+
+    general, by_media = shaped(simulation[1], topic_of)
+    from_media = feed(rules, by_media)
+    assert feed(rules, general) == from_media
+    assert len({cid for cid, _ in from_media}) >= (1 if rules.state == "monitoring" else 5)
+    if rules.state is not None:
+        assert {"enter", "exit"} <= {transition for _, transition in from_media}
+
+
+def test_user_streams_deliver_the_same_in_both_shapes(
+    simulation: tuple[ContactCentre, list[Publication]],
+) -> None:
+    org, pubs = simulation
+    checked = 0
+    for agent in org.agents:
+        wanted = {user_conversations(agent.id), user_conversations(agent.id, Media.CALLS)}
+
+        def topic_of(pub: Publication, wanted: set[str] = wanted) -> str | None:
+            return next((t for t in pub.topics if t in wanted), None)
+
+        general, by_media = shaped(pubs, topic_of)
+        rules = StreamRules(media="calls", state="active", queue_id=org.queues[0].id)
+        from_media = feed(rules, by_media)
+        assert feed(rules, general) == from_media
+        checked += bool(from_media)
+    assert checked >= 3

@@ -866,7 +866,11 @@ async def test_conversation_snapshot_fans_out_to_queue_and_user_topics(
                 return "user"
             return "user media"
 
+        # One change goes out twice, each with a correlation id of its own:
+        # the general shape on the plain topics, the media shape on the
+        # media ones. Wait for both, each on its queue and a user topic.
         by_correlation: dict[str, dict[str, Any]] = {}
+        shapes: dict[str, dict[str, str]] = {}  # conversation -> shape -> correlation
         async with socket(api, channel["connectUri"]) as ws:
             await traffic(api, running=True)
             deadline = deadline_in()
@@ -875,20 +879,33 @@ async def test_conversation_snapshot_fans_out_to_queue_and_user_topics(
                 if not is_notification(frame):
                     continue
                 assert frame["topicName"] in topics
-                seen = by_correlation.setdefault(frame["metadata"]["CorrelationId"], {})
+                correlation = frame["metadata"]["CorrelationId"]
+                seen = by_correlation.setdefault(correlation, {})
                 seen[frame["topicName"]] = frame["eventBody"]
-                if len({form(t) for t in seen}) >= 3:
-                    break
-        bodies = list(seen.values())
-        assert all(b == bodies[0] for b in bodies)
-        body = bodies[0]
-        for topic in seen:
-            if form(topic).endswith("media"):
-                media = topic.rsplit(".", 1)[1]
-                assert any(p[media] for p in body["participants"]), (topic, body)
-            if form(topic).startswith("user"):
-                user = user_bases[topic.rsplit(".conversations", 1)[0] + ".conversations"]
-                assert user in {p.get("userId") for p in body["participants"]}
+                if {form(t) for t in seen} in ({"queue", "user"}, {"queue media", "user media"}):
+                    shape = "media" if form(frame["topicName"]).endswith("media") else "general"
+                    found = shapes.setdefault(frame["eventBody"]["id"], {})
+                    found[shape] = correlation
+                    if len(found) == 2:
+                        break
+        general = by_correlation[found["general"]]
+        media_shaped = by_correlation[found["media"]]
+        for group in (general, media_shaped):
+            bodies = list(group.values())
+            assert all(b == bodies[0] for b in bodies)
+        for topic, body in general.items():
+            assert form(topic) in ("queue", "user")
+            assert any(p[m] for p in body["participants"] for m in MEDIA)
+            if form(topic) == "user":
+                assert user_bases[topic] in {p.get("userId") for p in body["participants"]}
+        for topic, body in media_shaped.items():
+            assert form(topic) in ("queue media", "user media")
+            for p in body["participants"]:
+                assert "state" in p
+                assert not any(m in p for m in MEDIA if m != "messages")
+            if form(topic) == "user media":
+                user = user_bases[topic.rsplit(".", 1)[0]]
+                assert user in {p.get("user", {}).get("id") for p in body["participants"]}
 
 
 async def test_presence_and_routing_status_notifications(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from genesys_mux.core.snapshot import conversation_facts
+from genesys_mux import Gap
+from genesys_mux.config import filter_topics, parse_stream
+from genesys_mux.core.snapshot import conversation_facts, event_facts
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import Collector, harness, org_settings
 
@@ -19,7 +21,7 @@ async def test_a_gap_is_followed_by_backfilled_snapshots() -> None:
         queues = {t.split(".")[3] for t in gap.topics}
         backfilled = [e for e in seen.events() if e.backfilled]
         for event in backfilled:
-            facts = conversation_facts(event.raw)
+            facts = event_facts(event.topic, event.raw).conversation
             assert facts is not None
             assert facts.queue_ids & queues
             assert event.correlation_id is None
@@ -33,7 +35,7 @@ async def test_a_gap_is_followed_by_backfilled_snapshots() -> None:
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
         newest: dict[str, float] = {}
         for event in events:
-            facts = conversation_facts(event.raw)
+            facts = event_facts(event.topic, event.raw).conversation
             assert facts is not None
             assert facts.version >= newest.get(facts.conversation_id, 0.0)
             newest[facts.conversation_id] = facts.version
@@ -64,7 +66,7 @@ async def test_user_topics_are_backfilled_too() -> None:
         await eventually(lambda: any(e.backfilled for e in seen.events()), within=20)
         seen.stop()
         for event in (e for e in seen.events() if e.backfilled):
-            facts = conversation_facts(event.raw)
+            facts = event_facts(event.topic, event.raw).conversation
             assert facts is not None
             user = event.topic.split(".")[2]
             assert user in facts.user_ids
@@ -80,7 +82,7 @@ async def test_the_analytics_query_finds_a_users_conversations() -> None:
         users = {
             u
             for e in seen.events()
-            if (f := conversation_facts(e.raw)) is not None
+            if (f := event_facts(e.topic, e.raw).conversation) is not None
             for u in f.user_ids
         }
         user = sorted(users)[0]
@@ -95,3 +97,52 @@ async def test_the_analytics_query_finds_a_users_conversations() -> None:
             assert facts is not None
             assert user in facts.user_ids
         assert await h.mux.rest.get_conversation("no-such-conversation") is None
+
+
+async def test_backfill_into_a_media_stream_drops_the_states_it_has() -> None:
+    """REST answers in its own shape; a media-topic stream must still recognise its states.
+
+    With traffic frozen and every frame read, the REST state of each
+    conversation is the one the stream last received in the media shape:
+    back-filling must deliver none of them again.
+    """
+    async with harness(org_settings(rate=10.0)) as h:
+        await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}})
+        seen = Collector(h.mux.stream("voice"))
+        await eventually(lambda: len({e.conversation_id for e in seen.events()}) >= 5)
+        await h.control("traffic", {"running": False})
+        queues = [q["id"] for q in (await h.control("org"))["queues"]]
+        topics = filter_topics(
+            parse_stream({"id": "voice", "filter": {"channelType": "voice"}}), queues
+        )
+
+        async def drained() -> bool:
+            first = await h.control("ledger")
+            sent = sum(1 for e in first["entries"] if e["topic"] in topics)
+            stats = h.mux.stats()["streams"]["voice"]
+            again = await h.control("ledger")
+            return (
+                again["next_seq"] == first["next_seq"]
+                and stats.received == sent
+                and stats.buffered == 0
+                and len(seen.events()) == stats.delivered
+            )
+
+        await eventually(drained)
+        live = seen.events()
+        start = min(e.received_at for e in live) - 1
+        end = max(e.received_at for e in live) + 1
+        gap = Gap("voice", start, end, topics, "test", "test")
+        before = h.mux.stats()["streams"]["voice"]
+        offered = await h.mux.backfill(gap)
+        stats = h.mux.stats()["streams"]["voice"]
+        seen.stop()
+        assert offered >= 5
+        # Nothing delivered again: every back-filled call was a state the
+        # stream already had; the queues' other media are filtered as ever.
+        assert stats.delivered + stats.buffered == len(live)
+        duplicates = stats.duplicates - before.duplicates
+        filtered = stats.filtered - before.filtered
+        assert duplicates >= 3
+        assert duplicates + filtered == offered
+        assert stats.stale == before.stale

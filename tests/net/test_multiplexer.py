@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamConfig, StreamEvent
-from genesys_mux.core.snapshot import conversation_facts
+from genesys_mux.core.snapshot import event_facts
 from genesys_mux.emulator import Emulator, EmulatorSettings
 from genesys_mux.errors import ConfigError, StreamConfigError
 from genesys_mux.net.connection import PoolSettings
@@ -134,7 +134,7 @@ async def test_the_seed_example_end_to_end() -> None:
             sequences = [e.sequence for e in seen.events(stream_id)]
             assert sequences == list(range(1, len(sequences) + 1))
         for event in seen.events():
-            facts = conversation_facts(event.raw)
+            facts = event_facts(event.topic, event.raw).conversation
             assert facts is not None
             assert event.conversation_id == facts.conversation_id
             assert event.body["id"] == event.conversation_id
@@ -196,7 +196,7 @@ async def test_no_older_snapshot_after_a_newer_one_under_reordering() -> None:
         seen.stop()
         newest: dict[str, float] = {}
         for event in seen.events():
-            facts = conversation_facts(event.raw)
+            facts = event_facts(event.topic, event.raw).conversation
             assert facts is not None
             assert facts.version >= newest.get(facts.conversation_id, 0.0)
             newest[facts.conversation_id] = facts.version
@@ -231,7 +231,7 @@ async def test_a_queued_stream_sees_enter_then_exit_when_an_agent_answers() -> N
             entered = {e.conversation_id for e in seen.events() if e.transition == "enter"}
             for event in seen.events():
                 if event.transition == "exit" and event.conversation_id in entered:
-                    facts = conversation_facts(event.raw)
+                    facts = event_facts(event.topic, event.raw).conversation
                     if facts is not None and facts.active:
                         return True
             return False
@@ -241,7 +241,7 @@ async def test_a_queued_stream_sees_enter_then_exit_when_an_agent_answers() -> N
         by_conversation: dict[str | None, list[str | None]] = defaultdict(list)
         for event in seen.events():
             by_conversation[event.conversation_id].append(event.transition)
-            facts = conversation_facts(event.raw)
+            facts = event_facts(event.topic, event.raw).conversation
             assert facts is not None
             assert facts.queued == (event.transition != "exit")
         for transitions in by_conversation.values():

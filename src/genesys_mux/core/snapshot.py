@@ -17,10 +17,33 @@ a raw ``eventBody`` into a small, immutable :class:`EventFacts`:
     seconds; ``None`` when the topic has none, which leaves the event to
     exact-duplicate detection alone.
 ``hash``
-    :func:`content_hash` of the raw body. Identical bytes are the same
-    event however many channels or topics delivered them.
+    What makes two events the same event, for de-duplication. For a
+    conversation snapshot it is the *state digest* (below); for any other
+    body it is :func:`canonical_hash`, so key order, whitespace and the
+    envelope's ``CorrelationId`` never make a repeat look new.
 ``conversation``
     For conversation topics, the :class:`ConversationFacts` of the snapshot.
+
+Three shapes of one snapshot
+............................
+The platform sends a conversation in two shapes (reference §7, "Two body
+shapes"), and REST back-fill brings a third:
+
+- **general** topics (``….conversations``) and ``GET
+  /api/v2/conversations/{id}``: participants carry ``userId`` and
+  ``queueId`` and one list per media (``calls[]``, ``chats[]``...) of
+  communications, each with its ``state``;
+- **media** topics (``….conversations.calls`` and the other suffixes):
+  each participant *is* one communication of the topic's media, with
+  ``state``, ``held``, ``disconnectType`` (and ``type`` for messages) on
+  itself, and the ids under ``user.id`` and ``queue.id``. Its
+  ``messages[]`` are message details, not communications.
+
+A participant with a ``state`` of its own is read as a media participant,
+whose media is the topic's (passed in: the body does not say it); any other
+participant is read through its media lists. Both feed the same
+computation, so the same conversation gives the same media, states, queue
+and user ids, predicates, version and state digest in every shape.
 
 The version key of a conversation snapshot
 ..........................................
@@ -33,7 +56,9 @@ Its version is the newest of these (``0.0`` when there is none):
   ``disconnectedTime``, ``afterCallWork.startTime``,
   ``afterCallWork.endTime``, ``wrapup.endTime``.
 
-Once set, none of these changes or disappears, and participants are never
+A media participant carries the participant-level fields, which hold the
+same instants as its communication's. Once set, none of these changes or
+disappears, and participants are never
 removed from a conversation, so a later snapshot never has a smaller
 maximum: the key never goes backwards. A field that could go backwards
 would be worse than a missing one, because the pipeline drops an event
@@ -48,7 +73,25 @@ left out on purpose:
   future, not an event; it is ahead of every event, and a reschedule can
   move it either way;
 - message ``messages[].messageTime``: not in the reference, and whether the
-  platform truncates that list is unknown.
+  platform truncates that list is unknown;
+- a media participant's ``startTime``: the general shape has no such field,
+  so counting it would give the same state two versions.
+
+The state digest
+................
+Two snapshots are the same event when they describe the same state, not
+when their bytes match: the platform may re-serialise a frame, and a
+back-filled REST body describes the state in another shape. The digest
+covers the conversation id, the version key, and for each participant
+with a communication (sorted by participant id): its id, purpose, user
+and queue ids, wrap-up code, attributes, and per communication its media,
+``state``, ``held``, ``startHoldTime``, ``disconnectType``, ``muted``,
+``recording``, ``recordingState``, message ``type`` and each message
+detail's id and ``messageStatus``. These are the fields all three shapes
+carry. A snapshot differing from a delivered one only elsewhere (names and
+addresses, routing data, queue media settings, scripts) counts as a
+duplicate; every change a stream filters or orders on is covered, and so
+is every change of a communication a consumer can see.
 
 Timestamps are read by msgspec's RFC 3339 parser. One without a zone is
 taken as UTC, as :mod:`genesys_mux.core.timestamps` does; one that does not
@@ -78,6 +121,7 @@ import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
+from operator import itemgetter
 from typing import Annotated, Final
 
 import msgspec
@@ -88,6 +132,7 @@ from genesys_mux.errors import InvalidTopicError
 __all__ = [
     "ConversationFacts",
     "EventFacts",
+    "canonical_hash",
     "content_hash",
     "conversation_facts",
     "detail_event_version",
@@ -105,6 +150,21 @@ def content_hash(body: bytes) -> bytes:
     reach for any number of events a process will see.
     """
     return hashlib.sha256(body).digest()[:16]
+
+
+def canonical_hash(body: bytes) -> bytes:
+    """A 16-byte digest of the JSON value in ``body``, whatever its spelling.
+
+    Key order and whitespace do not change it: the value is decoded and
+    encoded again with sorted keys. A body that is not JSON is hashed as
+    its bytes. Never raises.
+    """
+    try:
+        value = _ANY_DECODER.decode(body)
+        canonical = _encode_sorted(value)
+    except (*_DECODE_ERRORS, OverflowError, TypeError):
+        return content_hash(body)
+    return content_hash(canonical)
 
 
 # --------------------------------------------------------------------------
@@ -190,7 +250,14 @@ _Stamp = Annotated[datetime, msgspec.Meta(tz=True)]
 
 # gc=False throughout: decoded from JSON, so they cannot contain themselves.
 class _Wrapup(msgspec.Struct, rename="camel", gc=False):
+    code: str | None = None
     end_time: _Stamp | None = None
+
+
+class _Ref(msgspec.Struct, gc=False):
+    """A ``{id, name}`` reference: a media participant's ``user`` and ``queue``."""
+
+    id: str | None = None
 
 
 class _AfterCallWork(msgspec.Struct, rename="camel", gc=False):
@@ -198,10 +265,35 @@ class _AfterCallWork(msgspec.Struct, rename="camel", gc=False):
     end_time: _Stamp | None = None
 
 
+class _MessageDetail(msgspec.Struct, rename="camel", gc=False):
+    """One message of a messaging conversation: its id and delivery status.
+
+    The general and REST shapes name the message ``messageId``, the media
+    shape ``message.id``.
+    """
+
+    message_id: str | None = None
+    message: _Ref | None = None
+    message_status: str | None = None
+
+
 class _Communication(msgspec.Struct, rename="camel", gc=False):
     state: str | None = None
     # Only meaningful on messages[] communications (sms, whatsapp...).
     type: str | None = None
+    held: bool | None = None
+    disconnect_type: str | None = None
+    muted: bool | None = None
+    recording: bool | None = None
+    recording_state: str | None = None
+    start_hold_time: _Stamp | None = None
+    # A message communication's message details...
+    messages: list[_MessageDetail | None] | None = None
+    # ...and, when this entry is itself a message detail (a media
+    # participant's messages[]), what it says.
+    message_id: str | None = None
+    message: _Ref | None = None
+    message_status: str | None = None
     connected_time: _Stamp | None = None
     disconnected_time: _Stamp | None = None
     after_call_work: _AfterCallWork | None = None
@@ -212,9 +304,24 @@ _Communications = list[_Communication | None] | None
 
 
 class _Participant(msgspec.Struct, rename="camel", gc=False):
+    id: str | None = None
     purpose: str | None = None
+    # The general and REST shapes name the user and queue by id...
     user_id: str | None = None
     queue_id: str | None = None
+    # ...a media participant by reference, and holds its one communication's
+    # fields itself: state, held, disconnectType, and type for messages.
+    user: _Ref | None = None
+    queue: _Ref | None = None
+    state: str | None = None
+    held: bool | None = None
+    disconnect_type: str | None = None
+    type: str | None = None
+    muted: bool | None = None
+    recording: bool | None = None
+    recording_state: str | None = None
+    start_hold_time: _Stamp | None = None
+    attributes: dict[str, str] | None = None
     monitored_participant_id: str | None = None
     connected_time: _Stamp | None = None
     end_time: _Stamp | None = None
@@ -222,7 +329,9 @@ class _Participant(msgspec.Struct, rename="camel", gc=False):
     end_acw_time: _Stamp | None = None
     wrapup: _Wrapup | None = None
     # The media lists, under their snapshot names; note cobrowsesessions and
-    # socialExpressions are spelt differently from their topic suffixes.
+    # socialExpressions are spelt differently from their topic suffixes. On a
+    # media participant of a messages topic, messages[] holds message
+    # details instead; they are never read as communications.
     calls: _Communications = None
     callbacks: _Communications = None
     chats: _Communications = None
@@ -258,6 +367,9 @@ class _DetailEvent(msgspec.Struct, rename="camel", gc=False):
 
 
 _CONVERSATION_DECODER: Final = msgspec.json.Decoder(_Conversation)
+_encode_state: Final = msgspec.json.Encoder().encode
+_encode_sorted: Final = msgspec.json.Encoder(order="sorted").encode
+_first: Final = itemgetter(0)
 _PRESENCE_DECODER: Final = msgspec.json.Decoder(_Presence)
 _ROUTING_STATUS_DECODER: Final = msgspec.json.Decoder(_RoutingStatus)
 _DETAIL_EVENT_DECODER: Final = msgspec.json.Decoder(_DetailEvent)
@@ -289,17 +401,22 @@ _CONNECTED: Final = "connected"
 # --------------------------------------------------------------------------
 
 
-def conversation_facts(body: bytes) -> ConversationFacts | None:
-    """The :class:`ConversationFacts` of a conversation snapshot body.
+def conversation_facts(body: bytes, media: Media | str | None = None) -> ConversationFacts | None:
+    """The :class:`ConversationFacts` of a conversation snapshot body, in any shape.
+
+    ``media`` is the media suffix of the topic the body came on (``calls``,
+    ``messages``...), ``None`` for a general topic or REST. It names the
+    media of a media-shaped body, whose participants do not say it
+    themselves; general and REST bodies do not need it.
 
     ``None`` when ``body`` is not a JSON object with a non-empty string
     ``id``. Missing, null or wrongly typed fields count as absent and
     unparseable timestamps are ignored. Never raises.
     """
-    return _conversation_facts(body, content_hash(body))
+    return _conversation_facts(body, None if media is None else str(media))
 
 
-def _conversation_facts(body: bytes, digest: bytes) -> ConversationFacts | None:
+def _conversation_facts(body: bytes, media: str | None) -> ConversationFacts | None:
     try:
         conversation = _CONVERSATION_DECODER.decode(body)
     except msgspec.ValidationError:
@@ -310,51 +427,87 @@ def _conversation_facts(body: bytes, digest: bytes) -> ConversationFacts | None:
         conversation = tolerant
     except _DECODE_ERRORS:
         return None
-    return _facts(conversation, digest)
+    return _facts(conversation, media)
 
 
-def _facts(conversation: _Conversation, digest: bytes) -> ConversationFacts:
+def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
     states: dict[str, list[str]] = {}
     stamps: list[datetime | None] = []
     add_stamp = stamps.append
     message_types: set[str] = set()
     queue_ids: set[str] = set()
     user_ids: set[str] = set()
+    # One entry per participant with a communication: what the state digest covers.
+    digest_parts: list[tuple[object, ...]] = []
     acd_connected = agent_connected = active = monitoring = False
 
     for participant in conversation.participants or ():
         if participant is None:
             continue
-        # The nine media lists, one attribute read each: most participants
-        # hold one or two, and a loop over all nine (or an attrgetter of
-        # them) measured several times dearer than these tests.
-        connected = False
-        if participant.calls:
-            connected |= _communications(_CALLS, participant.calls, states, stamps)
-        if participant.callbacks:
-            connected |= _communications(_CALLBACKS, participant.callbacks, states, stamps)
-        if participant.chats:
-            connected |= _communications(_CHATS, participant.chats, states, stamps)
-        if participant.emails:
-            connected |= _communications(_EMAILS, participant.emails, states, stamps)
-        if participant.messages:
-            messages = participant.messages
-            connected |= _communications(_MESSAGES, messages, states, stamps)
-            message_types.update(
-                comm.type for comm in messages if comm is not None and comm.type is not None
+        comms: list[tuple[object, ...]] = []
+        state = participant.state
+        if state is not None:
+            # A media participant: it *is* its one communication, of the
+            # topic's media. Its messages[] (on messages topics) are message
+            # details, not communications, so the lists are not walked.
+            connected = state == _CONNECTED
+            if media is not None:
+                bucket = states.get(media)
+                if bucket is None:
+                    bucket = states[media] = []
+                bucket.append(state)
+            if participant.type is not None:
+                message_types.add(participant.type)
+            hold = participant.start_hold_time
+            comms.append(
+                (
+                    media,
+                    state,
+                    participant.held,
+                    participant.disconnect_type,
+                    participant.type,
+                    participant.muted,
+                    participant.recording,
+                    participant.recording_state,
+                    None if hold is None else hold.timestamp(),
+                    _details(participant.messages),
+                )
             )
-        if participant.videos:
-            connected |= _communications(_VIDEOS, participant.videos, states, stamps)
-        if participant.cobrowsesessions:
-            connected |= _communications(
-                _COBROWSE_SESSIONS, participant.cobrowsesessions, states, stamps
-            )
-        if participant.screenshares:
-            connected |= _communications(_SCREENSHARES, participant.screenshares, states, stamps)
-        if participant.social_expressions:
-            connected |= _communications(
-                _SOCIAL_EXPRESSIONS, participant.social_expressions, states, stamps
-            )
+        else:
+            # The nine media lists, one attribute read each: most participants
+            # hold one or two, and a loop over all nine (or an attrgetter of
+            # them) measured several times dearer than these tests.
+            connected = False
+            if participant.calls:
+                connected |= _communications(_CALLS, participant.calls, states, stamps, comms)
+            if participant.callbacks:
+                connected |= _communications(
+                    _CALLBACKS, participant.callbacks, states, stamps, comms
+                )
+            if participant.chats:
+                connected |= _communications(_CHATS, participant.chats, states, stamps, comms)
+            if participant.emails:
+                connected |= _communications(_EMAILS, participant.emails, states, stamps, comms)
+            if participant.messages:
+                messages = participant.messages
+                connected |= _communications(_MESSAGES, messages, states, stamps, comms)
+                message_types.update(
+                    comm.type for comm in messages if comm is not None and comm.type is not None
+                )
+            if participant.videos:
+                connected |= _communications(_VIDEOS, participant.videos, states, stamps, comms)
+            if participant.cobrowsesessions:
+                connected |= _communications(
+                    _COBROWSE_SESSIONS, participant.cobrowsesessions, states, stamps, comms
+                )
+            if participant.screenshares:
+                connected |= _communications(
+                    _SCREENSHARES, participant.screenshares, states, stamps, comms
+                )
+            if participant.social_expressions:
+                connected |= _communications(
+                    _SOCIAL_EXPRESSIONS, participant.social_expressions, states, stamps, comms
+                )
 
         add_stamp(participant.connected_time)
         add_stamp(participant.end_time)
@@ -365,9 +518,13 @@ def _facts(conversation: _Conversation, digest: bytes) -> ConversationFacts:
             add_stamp(wrapup.end_time)
         purpose = participant.purpose
         user_id = participant.user_id
+        if user_id is None and participant.user is not None:
+            user_id = participant.user.id
         if user_id:
             user_ids.add(user_id)
         queue_id = participant.queue_id
+        if queue_id is None and participant.queue is not None:
+            queue_id = participant.queue.id
         if queue_id and (purpose == "acd" or purpose == "agent"):
             queue_ids.add(queue_id)
         if connected:
@@ -379,7 +536,21 @@ def _facts(conversation: _Conversation, digest: bytes) -> ConversationFacts:
                 active = True
             if participant.monitored_participant_id:
                 monitoring = True
+        if comms:
+            attributes = participant.attributes
+            digest_parts.append(
+                (
+                    participant.id or "",
+                    purpose,
+                    user_id,
+                    queue_id,
+                    None if wrapup is None else wrapup.code,
+                    sorted(attributes.items()) if attributes else None,
+                    comms,
+                )
+            )
 
+    version = _newest(stamps)
     return ConversationFacts(
         conversation_id=conversation.id,
         media=frozenset(states),
@@ -390,9 +561,20 @@ def _facts(conversation: _Conversation, digest: bytes) -> ConversationFacts:
         queued=acd_connected and not agent_connected,
         active=active,
         monitoring=monitoring,
-        version=_newest(stamps),
-        hash=digest,
+        version=version,
+        hash=_state_digest(conversation.id, version, digest_parts),
     )
+
+
+def _state_digest(conversation_id: str, version: float, parts: list[tuple[object, ...]]) -> bytes:
+    """The 16-byte digest of a snapshot's state, the same in every shape.
+
+    It covers what the three shapes all carry (see "The state digest" in
+    the module docstring). Participants are sorted by id so that an order
+    that differs between shapes does not make a different state.
+    """
+    parts.sort(key=_first)
+    return content_hash(_encode_state((conversation_id, version, parts)))
 
 
 def _communications(
@@ -400,8 +582,9 @@ def _communications(
     communications: list[_Communication | None],
     states: dict[str, list[str]],
     stamps: list[datetime | None],
+    comms: list[tuple[object, ...]],
 ) -> bool:
-    """Add one media list's states and timestamps; whether one is ``connected``.
+    """Add one media list's states, timestamps and digest entries; whether one is ``connected``.
 
     ``name`` enters ``states`` only when the list holds a communication
     (a null entry counts as absent).
@@ -421,6 +604,21 @@ def _communications(
             bucket.append(state)
             if state == _CONNECTED:
                 connected = True
+        hold = comm.start_hold_time
+        comms.append(
+            (
+                name,
+                state,
+                comm.held,
+                comm.disconnect_type,
+                comm.type,
+                comm.muted,
+                comm.recording,
+                comm.recording_state,
+                None if hold is None else hold.timestamp(),
+                _details(comm.messages),
+            )
+        )
         add_stamp(comm.connected_time)
         add_stamp(comm.disconnected_time)
         acw = comm.after_call_work
@@ -431,6 +629,19 @@ def _communications(
         if wrapup is not None:
             add_stamp(wrapup.end_time)
     return connected
+
+
+def _details(
+    details: list[_MessageDetail | None] | list[_Communication | None] | None,
+) -> list[tuple[str | None, str | None]] | None:
+    """Each message's id and status: a new message or a read receipt is a new state."""
+    if not details:
+        return None
+    return [
+        (d.message_id or (None if d.message is None else d.message.id), d.message_status)
+        for d in details
+        if d is not None
+    ]
 
 
 def _newest(stamps: list[datetime | None]) -> float:
@@ -463,10 +674,27 @@ def _tolerant_conversation(body: bytes) -> _Conversation | None:
 
 
 def _tolerant_participant(p: dict[str, object]) -> _Participant:
+    attributes = p.get("attributes")
     return _Participant(
+        id=_str(p.get("id")),
         purpose=_str(p.get("purpose")),
         user_id=_str(p.get("userId")),
         queue_id=_str(p.get("queueId")),
+        user=_tolerant_ref(p.get("user")),
+        queue=_tolerant_ref(p.get("queue")),
+        state=_str(p.get("state")),
+        held=_bool(p.get("held")),
+        disconnect_type=_str(p.get("disconnectType")),
+        type=_str(p.get("type")),
+        muted=_bool(p.get("muted")),
+        recording=_bool(p.get("recording")),
+        recording_state=_str(p.get("recordingState")),
+        start_hold_time=_stamp(p.get("startHoldTime")),
+        attributes=(
+            {k: v for k, v in attributes.items() if isinstance(v, str)}
+            if isinstance(attributes, dict)
+            else None
+        ),
         monitored_participant_id=_str(p.get("monitoredParticipantId")),
         connected_time=_stamp(p.get("connectedTime")),
         end_time=_stamp(p.get("endTime")),
@@ -494,6 +722,16 @@ def _tolerant_communication(c: dict[str, object]) -> _Communication:
     return _Communication(
         state=_str(c.get("state")),
         type=_str(c.get("type")),
+        held=_bool(c.get("held")),
+        disconnect_type=_str(c.get("disconnectType")),
+        muted=_bool(c.get("muted")),
+        recording=_bool(c.get("recording")),
+        recording_state=_str(c.get("recordingState")),
+        start_hold_time=_stamp(c.get("startHoldTime")),
+        messages=[_tolerant_detail(d) for d in _list(c.get("messages")) if isinstance(d, dict)],
+        message_id=_str(c.get("messageId")),
+        message=_tolerant_ref(c.get("message")),
+        message_status=_str(c.get("messageStatus")),
         connected_time=_stamp(c.get("connectedTime")),
         disconnected_time=_stamp(c.get("disconnectedTime")),
         after_call_work=(
@@ -508,7 +746,21 @@ def _tolerant_communication(c: dict[str, object]) -> _Communication:
 
 
 def _tolerant_wrapup(value: object) -> _Wrapup | None:
-    return _Wrapup(end_time=_stamp(value.get("endTime"))) if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    return _Wrapup(code=_str(value.get("code")), end_time=_stamp(value.get("endTime")))
+
+
+def _tolerant_detail(d: dict[str, object]) -> _MessageDetail:
+    return _MessageDetail(
+        message_id=_str(d.get("messageId")),
+        message=_tolerant_ref(d.get("message")),
+        message_status=_str(d.get("messageStatus")),
+    )
+
+
+def _tolerant_ref(value: object) -> _Ref | None:
+    return _Ref(id=_str(value.get("id"))) if isinstance(value, dict) else None
 
 
 def _list(value: object) -> list[object]:
@@ -517,6 +769,10 @@ def _list(value: object) -> list[object]:
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _bool(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def _stamp(value: object) -> datetime | None:
@@ -610,17 +866,19 @@ def event_facts(topic: str, body: bytes) -> EventFacts:
     events, presence and routing status their own version; any other or
     unknown topic is keyed by itself with no version. Never raises.
     """
-    digest = content_hash(body)
     parsed = _parse(topic)
     family = parsed.family if parsed is not None else None
 
     if family is TopicFamily.QUEUE_CONVERSATIONS or family is TopicFamily.USER_CONVERSATIONS:
-        facts = _conversation_facts(body, digest)
+        assert parsed is not None
+        media = parsed.media
+        facts = _conversation_facts(body, None if media is None else media.value)
         if facts is None:
-            return EventFacts(key=topic, version=None, hash=digest)
+            return EventFacts(key=topic, version=None, hash=canonical_hash(body))
         return EventFacts(
-            key=facts.conversation_id, version=facts.version, hash=digest, conversation=facts
+            key=facts.conversation_id, version=facts.version, hash=facts.hash, conversation=facts
         )
+    digest = canonical_hash(body)
     if parsed is None:
         return EventFacts(key=topic, version=None, hash=digest)
     if family is TopicFamily.CONVERSATION_DETAIL_EVENTS:

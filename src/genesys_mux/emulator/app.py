@@ -57,6 +57,7 @@ from genesys_mux.emulator.platform import (
     Token,
     new_context_id,
 )
+from genesys_mux.emulator.schemas import available_topics
 from genesys_mux.errors import ConfigError, InvalidIdError
 from genesys_mux.regions import is_loopback_host
 
@@ -497,6 +498,7 @@ class Emulator:
         r.add_put(subs, self._put_subscriptions)
         r.add_delete(subs, self._delete_subscriptions)
         r.add_get("/channels/{channel_id}", self._socket)
+        r.add_get(f"{_API}/notifications/availabletopics", self._available_topics)
         r.add_get(f"{_API}/routing/queues", self._routing_queues)
         r.add_get(f"{_API}/conversations/{{conversation_id}}", self._conversation)
         r.add_post(f"{_API}/analytics/conversations/details/query", self._analytics_query)
@@ -793,6 +795,15 @@ class Emulator:
         if page_number > 1:
             body["previousUri"] = uri(page_number - 1)
         return _json(body, 200, headers)
+
+    async def _available_topics(self, request: web.Request) -> web.Response:
+        _, headers = self._authorized(request)
+        expand = {
+            part.strip()
+            for value in request.query.getall("expand", [])
+            for part in value.split(",")
+        }
+        return _json({"entities": available_topics(expand)}, 200, headers)
 
     async def _conversation(self, request: web.Request) -> web.Response:
         _, headers = self._authorized(request)

@@ -45,6 +45,24 @@ which their part ends (disconnected, or after-call work completed) and
 nothing after it. The queue is picked when a conversation arrives, so a
 voice call is already on its queue's topics while it is in the IVR.
 
+Body shapes
+-----------
+The platform sends a snapshot in one of two shapes depending on the topic,
+and REST has a third (reference §7, "Two body shapes"); each is rendered
+from the same state, so the three always describe the same moment:
+
+- **general** (``….conversations``): participants with ``userId`` and
+  ``queueId`` and one list per media of communications with their state;
+- **media** (``….conversations.calls`` and the other media suffixes): *media
+  participants*, with the communication's state, direction and times on the
+  participant itself and ``user``/``queue`` as ``{id, name}``;
+- **REST** (``GET /api/v2/conversations/{id}``): close to the general shape,
+  with REST's spellings.
+
+Every field matches the vendor's models (``topic_schemas.json``, generated
+from the vendor SDK by ``scripts/refresh-topic-schemas``); the conformance
+tests hold every shape to them.
+
 Ids are UUIDs drawn from the generator, so they are stable per seed.
 """
 
@@ -157,6 +175,25 @@ _MEDIA_TYPE = {
     Media.EMAILS: "email",
     Media.MESSAGES: "message",
     Media.CALLBACKS: "callback",
+}
+# Detail events spell disconnect types as analytics does, not as snapshots do.
+_DETAIL_DISCONNECT_TYPES = {
+    "endpoint": "ENDPOINT",
+    "client": "CLIENT",
+    "system": "SYSTEM",
+    "timeout": "TIMEOUT",
+    "transfer": "TRANSFER",
+    "transfer.conference": "CONFERENCE_TRANSFER",
+    "transfer.consult": "CONSULT_TRANSFER",
+    "transfer.forward": "FORWARD_TRANSFER",
+    "transfer.noanswer": "NO_ANSWER_TRANSFER",
+    "transfer.notavailable": "NOT_AVAILABLE_TRANSFER",
+    "transport.failure": "TRANSPORT_FAILURE",
+    "error": "ERROR",
+    "peer": "PEER",
+    "other": "OTHER",
+    "spam": "SPAM",
+    "uncallable": "UNCALLABLE",
 }
 _LISTS = ("calls", "callbacks", "chats", "emails", "messages")
 # Media whose communications settle in "terminated" once the conversation ends.
@@ -393,12 +430,16 @@ class _Participant:
     wrapup_required: bool | None = None
     wrapup_expected: bool | None = None
     wrapup: dict[str, Any] | None = None
+    #: The wrap-up code's name: only the REST shape carries it.
+    wrapup_name: str | None = None
     routed: bool = False
     alerting_timeout_ms: int | None = None
     monitored_id: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
     #: True while the participant's user topics receive this conversation.
     listening: bool = False
+    #: When the participant joined (ISO-8601): the media and REST shapes' ``startTime``.
+    start: str = ""
     segments: list[_Segment] = field(default_factory=list)
 
     @property
@@ -416,6 +457,18 @@ class _Participant:
             self.segments[-1].disconnect_type = disconnect_type
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Transfer:
+    """One completed blind transfer, rendered per shape by ``_render_transfer``."""
+
+    id: str
+    issued: str
+    #: The user id of the agent who transferred.
+    initiator: str
+    #: The user id it went to; ``None`` when it went back to the queue.
+    target_user: str | None
+
+
 @dataclass(slots=True, eq=False)
 class _Conversation:
     id: str
@@ -429,7 +482,7 @@ class _Conversation:
     acd: _Participant | None = None
     agent: _Participant | None = None
     supervisor: _Participant | None = None
-    transfers: list[dict[str, Any]] = field(default_factory=list)
+    transfers: list[_Transfer] = field(default_factory=list)
     transferred: bool = False
     waiting: bool = False
     wait_gen: int = 0
@@ -439,7 +492,6 @@ class _Conversation:
     subject: str | None = None
     callback_numbers: list[str] | None = None
     scheduled_time: str | None = None
-    snapshot: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -449,7 +501,7 @@ class _Ended:
     start: float
     end: float
     queue_id: str
-    #: zlib of the final snapshot JSON.
+    #: zlib of the final REST conversation JSON.
     snapshot: bytes
     #: zlib of the analytics detail record JSON.
     record: bytes
@@ -497,6 +549,7 @@ class ContactCentre:
         # add_queue() runs outside the step order; drawing its ids from the
         # main generator would make them depend on how far advance() has got.
         self._admin_rng = random.Random(f"genesys-mux org admin {seed}")
+        self._media_rng = random.Random(f"genesys-mux org media {seed}")
         self._heap: list[_Step] = []
         self._seq = 0
         self._clock = 0.0
@@ -629,15 +682,16 @@ class ContactCentre:
         return out
 
     def conversation(self, conversation_id: str) -> bytes | None:
-        """The latest snapshot of a conversation, as ``GET /api/v2/conversations/{id}`` gives it.
+        """The conversation as ``GET /api/v2/conversations/{id}`` gives it, JSON-encoded.
 
-        It is byte-for-byte the last body published for the conversation.
-        ``None`` when the id is unknown or the conversation ended so long ago
-        that it was forgotten (see :class:`ContactCentre`).
+        This is the REST shape (vendor model ``Conversation``), a third one
+        beside the two topic shapes, and it shows the state after the last
+        step run. ``None`` when the id is unknown or the conversation ended
+        so long ago that it was forgotten (see :class:`ContactCentre`).
         """
         conv = self._active.get(conversation_id)
         if conv is not None:
-            return conv.snapshot
+            return _encode(self._render_rest(conv))
         ended = self._ended.get(conversation_id)
         return zlib.decompress(ended.snapshot) if ended is not None else None
 
@@ -770,20 +824,41 @@ class ContactCentre:
     # -- publishing -------------------------------------------------------
 
     def _publish(self, conv: _Conversation, t: float) -> None:
-        """Publish the whole conversation to its queue and its users' topics."""
-        body = _encode(self._render(conv))
-        conv.snapshot = body
+        """Publish the whole conversation to its queue and its users' topics.
+
+        Two publications, as the platform has two body shapes: the general
+        shape on the ``….conversations`` topics, the media shape on the
+        ``….conversations.{media}`` topics.
+        """
         media = conv.media
-        topics = [queue_conversations(conv.queue.id), queue_conversations(conv.queue.id, media)]
+        general = [queue_conversations(conv.queue.id)]
+        by_media = [queue_conversations(conv.queue.id, media)]
         users: set[str] = set()
         for p in conv.participants:
             if p.listening and p.staff is not None:
                 uid = p.staff.agent.id
                 if uid not in users:
                     users.add(uid)
-                    topics.append(user_conversations(uid))
-                    topics.append(user_conversations(uid, media))
-        self._out.append(Publication(tuple(topics), body, conv.id, self._uuid(), t))
+                    general.append(user_conversations(uid))
+                    by_media.append(user_conversations(uid, media))
+        out = self._out
+        out.append(
+            Publication(
+                tuple(general), _encode(self._render_general(conv)), conv.id, self._uuid(), t
+            )
+        )
+        # The media publication's correlation id comes from a generator of
+        # its own, so the main one draws exactly what it drew before media
+        # bodies existed, and every seed keeps its story.
+        out.append(
+            Publication(
+                tuple(by_media),
+                _encode(self._render_media(conv)),
+                conv.id,
+                str(uuid.UUID(int=self._media_rng.getrandbits(128), version=4)),
+                t,
+            )
+        )
         # A user hears the snapshot that ends their part, then nothing more.
         for p in conv.participants:
             if p.listening and p.done:
@@ -805,13 +880,16 @@ class ContactCentre:
             "participantId": p.id,
             "sessionId": p.comm.id,
             "mediaType": _MEDIA_TYPE[conv.media].upper(),
-            "queueId": conv.queue.id,
         }
+        # The customer's events have no queue (their models lack the field).
+        if not event.startswith("customer."):
+            body["queueId"] = conv.queue.id
         if p.staff is not None:
             body["userId"] = p.staff.agent.id
         if disconnect_type is not None:
-            body["disconnectType"] = disconnect_type
-        body["direction"] = p.comm.direction
+            body["disconnectType"] = _DETAIL_DISCONNECT_TYPES[disconnect_type]
+        # Detail events spell their enums in upper case (INBOUND, VOICE).
+        body["direction"] = p.comm.direction.upper()
         body.update(extra)
         topic = conversation_detail_events(conv.id, event)
         self._out.append(Publication((topic,), _encode(body), conv.id, self._uuid(), t))
@@ -851,24 +929,149 @@ class ContactCentre:
 
     # -- rendering ----------------------------------------------------------
 
-    def _render(self, conv: _Conversation) -> dict[str, Any]:
-        key = conv.media.value
+    def _render_general(self, conv: _Conversation) -> dict[str, Any]:
+        """The body of the general topics (``….conversations``, queue and user alike).
+
+        Participants carry ``userId``/``queueId`` and one list per media, each
+        holding communications with their own ``state`` (vendor models
+        ``QueueConversationEventTopicConversation`` and
+        ``ConversationEventTopicConversation``, which have the same fields).
+        """
         return {
             "id": conv.id,
-            "participants": [self._render_participant(conv, p, key) for p in conv.participants],
+            "participants": self._listed_participants(conv, rest=False),
             "recordingState": conv.recording,
             "maxParticipants": _MAX_PARTICIPANTS,
-            "recentTransfers": conv.transfers,
+            "recentTransfers": [self._render_transfer(x, rest=False) for x in conv.transfers],
             "divisions": conv.divisions,
         }
 
-    def _render_participant(self, conv: _Conversation, p: _Participant, key: str) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": p.id, "purpose": p.purpose}
-        if p.staff is not None:
-            d["userId"] = p.staff.agent.id
-        if p.queue_id is not None:
-            d["queueId"] = p.queue_id
-        d["name"] = p.name
+    def _render_media(self, conv: _Conversation) -> dict[str, Any]:
+        """The body of the media topics (``….conversations.calls`` and the rest).
+
+        Each participant is a *media participant*: its communication's state,
+        direction, times and media fields sit on the participant itself, and
+        the user and queue are ``{id, name}`` references (vendor models such
+        as ``QueueConversationCallEventTopicCallConversation``). Only calls
+        and messages carry ``monitoredParticipantId`` in this shape.
+        """
+        media = conv.media
+        participants = []
+        for p in conv.participants:
+            c = p.comm
+            d = self._participant_common(p)
+            d["startTime"] = p.start
+            d["state"] = c.state
+            d["initialState"] = c.initial_state
+            d["direction"] = c.direction
+            if c.disconnect_type is not None:
+                d["disconnectType"] = c.disconnect_type
+            d["held"] = c.held
+            if c.hold_start is not None:
+                d["startHoldTime"] = c.hold_start
+            if p.staff is not None:
+                d["user"] = {"id": p.staff.agent.id, "name": p.staff.agent.name}
+            if p.queue_id is not None:
+                d["queue"] = {"id": p.queue_id, "name": conv.queue.name}
+            d["attributes"] = p.attributes
+            if c.peer_id is not None:
+                d["peer"] = c.peer_id
+            if media is Media.CALLS:
+                d["provider"] = "Edge"
+                d["muted"] = False
+                d["confined"] = False
+                d["recording"] = conv.recording == "active"
+                d["recordingState"] = conv.recording
+                if p.monitored_id is not None:
+                    d["monitoredParticipantId"] = p.monitored_id
+            elif media is Media.CHATS:
+                d["provider"] = "PureCloud Webchat v2"
+                d["roomId"] = f"{conv.id}@conference.example.genesys"
+            elif media is Media.EMAILS:
+                d["provider"] = "PureCloud Email"
+                d["subject"] = conv.subject
+                d["messagesSent"] = _messages_sent(c)
+                d["autoGenerated"] = False
+                d["spam"] = False
+            elif media is Media.MESSAGES:
+                d["provider"] = "PureCloud Messaging"
+                d["type"] = conv.message_type
+                if p.monitored_id is not None:
+                    d["monitoredParticipantId"] = p.monitored_id
+                if p is conv.customer:
+                    # Message *details*, not communications, are what this
+                    # list holds here; the message is a reference.
+                    d["messages"] = [
+                        {"message": {"id": c.id}} | detail for detail in _opening_message(p)
+                    ]
+            elif media is Media.CALLBACKS:
+                d["callbackNumbers"] = conv.callback_numbers
+                d["callbackUserName"] = conv.customer.name
+                if conv.scheduled_time is not None:
+                    d["callbackScheduledTime"] = conv.scheduled_time
+                d["skipEnabled"] = False
+                d["externalCampaign"] = False
+            participants.append(d)
+        body: dict[str, Any] = {"id": conv.id, "participants": participants}
+        body["otherMediaUris"] = []
+        body["divisions"] = conv.divisions
+        if media is Media.CALLS:
+            body["recordingState"] = conv.recording
+            body["securePause"] = False
+            body["maxParticipants"] = _MAX_PARTICIPANTS
+        return body
+
+    def _render_rest(self, conv: _Conversation) -> dict[str, Any]:
+        """The conversation as ``GET /api/v2/conversations/{id}`` returns it.
+
+        Vendor model ``Conversation``.
+
+        Close to the general topic shape, with REST's own differences:
+        upper-case ``recordingState``, ``startTime``/``endTime``, the
+        wrap-up code's ``name``, no ``wrapupExpected``, addressable references.
+        """
+        body: dict[str, Any] = {"id": conv.id, "startTime": self._iso(conv.start)}
+        if conv.end is not None:
+            body["endTime"] = self._iso(conv.end)
+        body["participants"] = self._listed_participants(conv, rest=True)
+        body["maxParticipants"] = _MAX_PARTICIPANTS
+        body["recordingState"] = conv.recording.upper()
+        body["divisions"] = conv.divisions
+        body["recentTransfers"] = [self._render_transfer(x, rest=True) for x in conv.transfers]
+        body["selfUri"] = f"/api/v2/conversations/{conv.id}"
+        return body
+
+    def _listed_participants(self, conv: _Conversation, *, rest: bool) -> list[dict[str, Any]]:
+        """Participants with ids and one list per media: the general and REST shapes."""
+        key = conv.media.value
+        participants = []
+        for p in conv.participants:
+            d = self._participant_common(p, rest=rest)
+            if rest:
+                d["startTime"] = p.start
+            if p.staff is not None:
+                d["userId"] = p.staff.agent.id
+                if rest:
+                    d["userUri"] = f"/api/v2/users/{p.staff.agent.id}"
+            if p.queue_id is not None:
+                d["queueId"] = p.queue_id
+                if rest:
+                    d["queueName"] = conv.queue.name
+            # The general topics say whether wrap-up is expected; REST does not.
+            if p.wrapup_expected is not None and not rest:
+                d["wrapupExpected"] = p.wrapup_expected
+            if p.monitored_id is not None:
+                d["monitoredParticipantId"] = p.monitored_id
+            d["attributes"] = p.attributes
+            comm = self._render_comm(conv, p, rest=rest)
+            for name in _LISTS:
+                d[name] = [comm] if name == key else []
+            participants.append(d)
+        return participants
+
+    def _participant_common(self, p: _Participant, *, rest: bool = False) -> dict[str, Any]:
+        """The participant fields every shape spells the same way."""
+        d: dict[str, Any] = {"id": p.id, "purpose": p.purpose, "name": p.name}
         if p.address is not None:
             d["address"] = p.address
         if p.connected is not None:
@@ -881,35 +1084,38 @@ class ContactCentre:
             d["endAcwTime"] = p.acw_end
         if p.wrapup_required is not None:
             d["wrapupRequired"] = p.wrapup_required
-        if p.wrapup_expected is not None:
-            d["wrapupExpected"] = p.wrapup_expected
         if p.wrapup is not None:
-            d["wrapup"] = p.wrapup
+            wrapup = dict(p.wrapup)
+            if rest and p.wrapup_name is not None:
+                wrapup["name"] = p.wrapup_name
+            d["wrapup"] = wrapup
         if p.alerting_timeout_ms is not None:
             d["alertingTimeoutMs"] = p.alerting_timeout_ms
         if p.routed:
+            queue: dict[str, str] = {"id": p.queue_id or ""}
+            if rest:
+                queue["selfUri"] = f"/api/v2/routing/queues/{p.queue_id}"
             d["conversationRoutingData"] = {
-                "queue": {"id": p.queue_id},
+                "queue": queue,
                 "priority": 0,
                 "skills": [],
                 "scoredAgents": [],
             }
-        if p.monitored_id is not None:
-            d["monitoredParticipantId"] = p.monitored_id
-        d["attributes"] = p.attributes
-        comm = self._render_comm(conv, p.comm)
-        for name in _LISTS:
-            d[name] = [comm] if name == key else []
         return d
 
-    def _render_comm(self, conv: _Conversation, c: _Comm) -> dict[str, Any]:
+    def _render_comm(self, conv: _Conversation, p: _Participant, *, rest: bool) -> dict[str, Any]:
+        """A participant's communication in the general (``rest=False``) or REST shape."""
+        media = conv.media
+        c = p.comm
         d: dict[str, Any] = {
             "id": c.id,
             "state": c.state,
             "initialState": c.initial_state,
-            "direction": c.direction,
-            "held": c.held,
         }
+        # The general topics' chats carry no direction; REST's do.
+        if media is not Media.CHATS or rest:
+            d["direction"] = c.direction
+        d["held"] = c.held
         if c.connected is not None:
             d["connectedTime"] = c.connected
         if c.disconnected is not None:
@@ -925,9 +1131,9 @@ class ContactCentre:
             if c.acw_end is not None:
                 acw["endTime"] = c.acw_end
             d["afterCallWork"] = acw
-        media = conv.media
         if media is Media.CALLS:
             d["recording"] = conv.recording == "active"
+            d["recordingState"] = conv.recording
             d["muted"] = False
             d["confined"] = False
             if c.hold_start is not None:
@@ -935,13 +1141,33 @@ class ContactCentre:
             d["provider"] = "Edge"
         elif media is Media.MESSAGES:
             d["type"] = conv.message_type
+            if p is conv.customer:
+                d["messages"] = [{"messageId": c.id} | detail for detail in _opening_message(p)]
         elif media is Media.EMAILS:
             d["subject"] = conv.subject
-            d["messagesSent"] = 1 if c.state in ("transmitting", "disconnected") else 0
+            d["messagesSent"] = _messages_sent(c)
         elif media is Media.CALLBACKS:
             d["callbackNumbers"] = conv.callback_numbers
-            d["scheduledTime"] = conv.scheduled_time
+            if conv.scheduled_time is not None:
+                d["callbackScheduledTime"] = conv.scheduled_time
         return d
+
+    def _render_transfer(self, transfer: _Transfer, *, rest: bool) -> dict[str, Any]:
+        """A ``recentTransfers`` entry: the general topics spell enums in lower case, REST not."""
+        body: dict[str, Any] = {
+            "id": transfer.id,
+            "state": "Complete" if rest else "complete",
+            "transferType": "Unattended" if rest else "unattended",
+            "dateIssued": transfer.issued,
+            "initiator": {"userId": transfer.initiator},
+            "modifiedBy": {
+                "id": transfer.initiator,
+                "selfUri": f"/api/v2/users/{transfer.initiator}",
+            },
+        }
+        if transfer.target_user is not None:
+            body["destination"] = {"userId": transfer.target_user}
+        return body
 
     def _analytics(self, conv: _Conversation) -> dict[str, Any]:
         media_type = _MEDIA_TYPE[conv.media]
@@ -1007,7 +1233,7 @@ class ContactCentre:
         phone = f"+1{rng.randint(201, 989)}555{rng.randint(0, 9999):04d}"
         at = self._iso(t)
         customer = _Participant(
-            self._uuid(), "customer", name, _Comm(self._uuid(), "connected", "connected")
+            self._uuid(), "customer", name, _Comm(self._uuid(), "connected", "connected"), start=at
         )
         customer.comm.connected = at
         customer.connected = at
@@ -1056,6 +1282,7 @@ class ContactCentre:
                 _Comm(self._uuid(), "connected", "connected", peer_id=customer.comm.id),
                 address=_DNIS,
                 connected=at,
+                start=at,
             )
             ivr.comm.connected = at
             ivr.open_segment("ivr", at, None)
@@ -1090,6 +1317,7 @@ class ContactCentre:
             connected=at,
             routed=True,
             address=_DNIS if conv.media is Media.CALLS else None,
+            start=at,
         )
         acd.comm.connected = at
         acd.open_segment("interact", at, conv.queue.id)
@@ -1210,6 +1438,7 @@ class ContactCentre:
             routed=True,
             alerting_timeout_ms=round(_ALERT_TIMEOUT_S * 1000),
             listening=True,
+            start=at,
         )
         p.open_segment("alert", at, conv.queue.id)
         conv.participants.append(p)
@@ -1341,11 +1570,11 @@ class ContactCentre:
         assert p.staff is not None
         at = self._iso(t)
         code, name = self._rng.choice(self._wrapups)
-        p.comm.acw_state = "completed"
+        p.comm.acw_state = "complete"
         p.comm.acw_end = p.acw_end = at
+        p.wrapup_name = name
         p.wrapup = {
             "code": code,
-            "name": name,
             "notes": "",
             "durationSeconds": round(t - p.acw_started),
             "endTime": at,
@@ -1369,19 +1598,13 @@ class ContactCentre:
         self._start_acw(p, t, at)
         conv.agent = None
         supervisor = self._drop_supervisor(conv, at)
-        destination = (
-            {"userId": target.agent.id} if target is not None else {"queueId": conv.queue.id}
-        )
         conv.transfers.append(
-            {
-                "id": self._uuid(),
-                "state": "complete",
-                "transferType": "Unattended",
-                "dateIssued": at,
-                "initiator": {"id": p.staff.agent.id},
-                "modifiedBy": {"id": p.staff.agent.id},
-                "destination": destination,
-            }
+            _Transfer(
+                self._uuid(),
+                at,
+                p.staff.agent.id,
+                target.agent.id if target is not None else None,
+            )
         )
         if target is not None:
             # The snapshot shows the first agent leaving and the second alerting.
@@ -1422,6 +1645,7 @@ class ContactCentre:
             connected=at,
             monitored_id=p.id,
             listening=True,
+            start=at,
         )
         s.comm.connected = at
         s.open_segment("interact", at, conv.queue.id)
@@ -1522,11 +1746,21 @@ class ContactCentre:
             conv.start,
             conv.end,
             conv.queue.id,
-            zlib.compress(conv.snapshot, 1),
+            zlib.compress(_encode(self._render_rest(conv)), 1),
             zlib.compress(_encode(self._analytics(conv)), 1),
         )
         if len(self._ended) > self._retain:
             self._ended.popitem(last=False)
+
+
+def _opening_message(customer: _Participant) -> list[dict[str, Any]]:
+    """The message that opened a messaging conversation, less its id (spelt per shape)."""
+    return [{"messageTime": customer.start, "messageStatus": "received", "messageSegmentCount": 1}]
+
+
+def _messages_sent(c: _Comm) -> int:
+    """An email interaction has sent the agent's reply once it is transmitting."""
+    return 1 if c.state in ("transmitting", "disconnected") else 0
 
 
 def _valid(entry: tuple[int, _Conversation, int]) -> bool:
