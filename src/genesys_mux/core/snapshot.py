@@ -121,7 +121,7 @@ import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Annotated, Final
 
 import msgspec
@@ -370,6 +370,20 @@ _CONVERSATION_DECODER: Final = msgspec.json.Decoder(_Conversation)
 _encode_state: Final = msgspec.json.Encoder().encode
 _encode_sorted: Final = msgspec.json.Encoder(order="sorted").encode
 _first: Final = itemgetter(0)
+# What the state digest keeps of a communication, read in C: a general
+# communication and a media participant spell these fields alike.
+# startHoldTime stays a datetime, which the encoder writes in one canonical
+# form however the body spelt it.
+_communication_state: Final = attrgetter(
+    "state",
+    "held",
+    "start_hold_time",
+    "disconnect_type",
+    "type",
+    "muted",
+    "recording",
+    "recording_state",
+)
 _PRESENCE_DECODER: Final = msgspec.json.Decoder(_Presence)
 _ROUTING_STATUS_DECODER: Final = msgspec.json.Decoder(_RoutingStatus)
 _DETAIL_EVENT_DECODER: Final = msgspec.json.Decoder(_DetailEvent)
@@ -458,20 +472,9 @@ def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
                 bucket.append(state)
             if participant.type is not None:
                 message_types.add(participant.type)
-            hold = participant.start_hold_time
+            messages = participant.messages
             comms.append(
-                (
-                    media,
-                    state,
-                    participant.held,
-                    participant.disconnect_type,
-                    participant.type,
-                    participant.muted,
-                    participant.recording,
-                    participant.recording_state,
-                    None if hold is None else hold.timestamp(),
-                    _details(participant.messages),
-                )
+                (media, _communication_state(participant), _details(messages) if messages else None)
             )
         else:
             # The nine media lists, one attribute read each: most participants
@@ -604,21 +607,8 @@ def _communications(
             bucket.append(state)
             if state == _CONNECTED:
                 connected = True
-        hold = comm.start_hold_time
-        comms.append(
-            (
-                name,
-                state,
-                comm.held,
-                comm.disconnect_type,
-                comm.type,
-                comm.muted,
-                comm.recording,
-                comm.recording_state,
-                None if hold is None else hold.timestamp(),
-                _details(comm.messages),
-            )
-        )
+        messages = comm.messages
+        comms.append((name, _communication_state(comm), _details(messages) if messages else None))
         add_stamp(comm.connected_time)
         add_stamp(comm.disconnected_time)
         acw = comm.after_call_work
@@ -632,11 +622,9 @@ def _communications(
 
 
 def _details(
-    details: list[_MessageDetail | None] | list[_Communication | None] | None,
-) -> list[tuple[str | None, str | None]] | None:
+    details: list[_MessageDetail | None] | list[_Communication | None],
+) -> list[tuple[str | None, str | None]]:
     """Each message's id and status: a new message or a read receipt is a new state."""
-    if not details:
-        return None
     return [
         (d.message_id or (None if d.message is None else d.message.id), d.message_status)
         for d in details
@@ -728,7 +716,8 @@ def _tolerant_communication(c: dict[str, object]) -> _Communication:
         recording=_bool(c.get("recording")),
         recording_state=_str(c.get("recordingState")),
         start_hold_time=_stamp(c.get("startHoldTime")),
-        messages=[_tolerant_detail(d) for d in _list(c.get("messages")) if isinstance(d, dict)],
+        messages=[_tolerant_detail(d) for d in _list(c.get("messages")) if isinstance(d, dict)]
+        or None,
         message_id=_str(c.get("messageId")),
         message=_tolerant_ref(c.get("message")),
         message_status=_str(c.get("messageStatus")),
