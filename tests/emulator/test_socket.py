@@ -658,6 +658,39 @@ async def test_duplicate_fault_sends_every_notification_twice(client: GenesysCli
         assert not any(e["duplicate"] for e in entries)
 
 
+async def test_reserialised_duplicates_are_the_same_notification_written_anew(
+    client: GenesysClient,
+) -> None:
+    channel = await client.create_channel()
+    cid = channel["id"]
+    async with socket(client, channel["connectUri"]) as ws:
+        await fault(client, "duplicate", channel_id=cid, probability=1.0, reserialise=True)
+        status, body, _ = await client.subscribe(cid, await queue_topics(client))
+        assert status == 200, body
+        raw: list[str] = []
+        deadline = deadline_in()
+        while len(raw) < 20:
+            msg = await receive(ws, deadline)
+            if is_notification(json.loads(msg.data)):
+                raw.append(msg.data)
+        await traffic(client, running=False)
+        raw += [r for r in await sync_raw(ws) if is_notification(json.loads(r))]
+        assert len(raw) % 2 == 0
+        for original, copy in zip(raw[::2], raw[1::2], strict=True):
+            first, second = json.loads(original), json.loads(copy)
+            # Another spelling of the same notification, with a correlation id of its own.
+            assert original != copy
+            assert list(first["eventBody"]) != list(second["eventBody"])
+            assert first["eventBody"] == second["eventBody"]
+            assert first["topicName"] == second["topicName"]
+            assert first["metadata"]["CorrelationId"] != second["metadata"]["CorrelationId"]
+        entries = await ledger(client, cid)
+        assert [e["duplicate"] for e in entries] == [False, True] * (len(entries) // 2)
+        assert [e["correlation_id"] for e in entries] == [
+            json.loads(r)["metadata"]["CorrelationId"] for r in raw
+        ]
+
+
 async def test_reorder_fault_delivers_frames_behind_the_next(
     session: aiohttp.ClientSession,
 ) -> None:

@@ -32,6 +32,7 @@ import base64
 import binascii
 import contextlib
 import contextvars
+import json
 import logging
 import math
 import random
@@ -217,14 +218,13 @@ class _SocketLink:
             return
         self.queue.put_nowait(pending)
         if faults.duplicate and rng.random() < faults.duplicate:
+            if faults.reserialise:
+                correlation_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                frame = _reserialised(pending.frame, correlation_id)
+            else:
+                correlation_id, frame = pending.correlation_id, pending.frame
             self.queue.put_nowait(
-                _Pending(
-                    pending.frame,
-                    pending.topic,
-                    pending.correlation_id,
-                    pending.conversation_id,
-                    True,
-                )
+                _Pending(frame, pending.topic, correlation_id, pending.conversation_id, True)
             )
         if self.held is not None:
             self.held_for -= 1
@@ -275,6 +275,9 @@ class _SocketLink:
 @dataclass(slots=True)
 class _FrameFaults:
     duplicate: float = 0.0
+    #: Send duplicates re-serialised (other key order, whitespace, a new
+    #: CorrelationId), as the reference allows, instead of byte for byte.
+    reserialise: bool = False
     reorder: float = 0.0
     #: How many later frames overtake a held one.
     reorder_depth: int = 1
@@ -316,6 +319,21 @@ def _envelope(topic: str, body: bytes, correlation_id: str) -> bytes:
             b'"}}',
         )
     )
+
+
+def _reserialised(frame: bytes, correlation_id: str) -> bytes:
+    """The same notification written anew: keys reversed, spaced out, a new CorrelationId."""
+    envelope = json.loads(frame)
+    envelope["metadata"] = {"CorrelationId": correlation_id}
+    return json.dumps(_reversed_keys(envelope), indent=1).encode()
+
+
+def _reversed_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(value)}
+    if isinstance(value, list):
+        return [_reversed_keys(item) for item in value]
+    return value
 
 
 def _system_frame(topic: str, channel_id: str, reason: str, message: str) -> bytes:
@@ -1136,6 +1154,8 @@ class Emulator:
         key = str(data["channel_id"]) if data.get("channel_id") is not None else None
         faults = self._frame_faults.setdefault(key, _FrameFaults())
         setattr(faults, kind, probability)
+        if kind == "duplicate":
+            faults.reserialise = bool(data.get("reserialise", False))
         if kind == "reorder":
             depth = int(data.get("depth", 1))
             if depth < 1:
