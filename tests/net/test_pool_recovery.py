@@ -70,6 +70,24 @@ async def test_half_open_socket_is_detected_by_the_watchdog(make_stack: Any) -> 
         await assert_fully_served(stack, topics)
 
 
+async def test_a_dead_socket_is_not_waited_for(make_stack: Any) -> None:
+    """A half-open link answers no close frame: recovery must not wait for one.
+
+    The outage runs from the last frame read to the successor's first, so it
+    may take the watchdog's two timeouts and a reconnect, and no more (an
+    unbounded close handshake added aiohttp's 10 s to it).
+    """
+    async with make_stack() as stack:
+        topics, channel_id = await start(stack)
+        await stack.fault("pause_heartbeats", channel_id=channel_id)
+        await eventually(lambda: len(stack.pool.outages) == 1, within=30)
+        outage = stack.pool.outages[0]
+        settings = stack.pool.settings
+        verdict = settings.heartbeat_timeout_s + settings.pong_timeout_s
+        assert verdict <= outage.end - outage.start < verdict + 2.0
+        await assert_fully_served(stack, topics)
+
+
 async def test_socket_closing_rotates_make_before_break(make_stack: Any) -> None:
     async with make_stack() as stack:
         topics, old = await start(stack)

@@ -236,6 +236,18 @@ class _SocketLink:
         """Close the socket once everything already queued has been sent."""
         self.queue.put_nowait((_CLOSE, code))
 
+    def go_silent(self) -> None:
+        """Become a half-open link: nothing is sent and nothing is read any more.
+
+        A dead link answers nothing: no heartbeat, no pong, and no reply to
+        a close frame, so a client that waits for the close handshake waits
+        in vain. Reading stops at the transport, so not even aiohttp's
+        automatic replies go out; the kernel still accepts the client's bytes.
+        """
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
     def drop(self) -> None:
         """Lose the TCP connection with no close frame, like a network cut."""
         if self.transport is not None:
@@ -1108,7 +1120,7 @@ class Emulator:
         for channel in self._targets(data, connected=True):
             link = self._links.get(channel.id)
             if link is not None:
-                link.paused = True
+                link.go_silent()
                 applied.append(channel.id)
         return applied
 

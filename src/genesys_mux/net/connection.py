@@ -103,6 +103,10 @@ class PoolSettings:
     #: all slots must rotate within about a minute.
     rotation_overlap_s: float = 2.0
     rotation_settle_s: float = 0.2
+    #: How long a graceful close waits for the server's close frame. A socket
+    #: given up as lost is closed in the background, never waited for: a dead
+    #: link answers no close frame, and aiohttp would wait 10 s for one.
+    close_timeout_s: float = 2.0
     reconnect_base_s: float = 1.0
     reconnect_cap_s: float = 60.0
     #: None: never give up (the default; a contact centre feed should not).
@@ -297,6 +301,16 @@ class _Socket:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def abandon(self) -> asyncio.Task[None]:
+        """Give up on a lost socket at once; its close handshake runs in the background.
+
+        Nothing more is read from it. The returned task closes the socket,
+        within the pool's ``close_timeout_s``.
+        """
+        for task in self._tasks:
+            task.cancel()
+        return asyncio.create_task(self.close(), name=f"genesys-mux-close-{self.info.id}")
 
 
 @dataclass(slots=True)
@@ -513,7 +527,10 @@ class ChannelPool:
             slot.socket = None
             slot.stats.state = "reconnecting"
             slot.stats.reconnects += 1
-            await socket.close()
+            # Never wait on a lost socket: the reconnect starts now.
+            closing = socket.abandon()
+            self._retiring.add(closing)
+            closing.add_done_callback(self._retiring.discard)
             self._emit("channel_lost", slot, socket.info.id, reason=action.reason)
             lost = socket
             reuse = socket.info if isinstance(action, Reconnect) else None
@@ -664,7 +681,11 @@ class ChannelPool:
         await self._put(slot, info.id, slot.desired)
         try:
             ws = await self._session.ws_connect(
-                info.connect_uri, autoping=True, max_msg_size=0, heartbeat=None
+                info.connect_uri,
+                autoping=True,
+                max_msg_size=0,
+                heartbeat=None,
+                timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(
