@@ -360,6 +360,37 @@ def test_channel_failure_recreates(live: bool) -> None:
     assert lk.socket_closed(3.0) == []
 
 
+def test_a_loss_dates_from_the_last_frame_read_before_it() -> None:
+    """Whatever ends a socket, events may be missing from the last frame read."""
+    closed = live_link()
+    closed.notification_seen(5.0)
+    assert closed.socket_closed(40.0) == [Reconnect("socket_closed")]
+    assert closed.lost_since == 5.0  # silent from 5 s to the reset at 40 s
+
+    failed = live_link()
+    failed.receive(HEARTBEAT, 7.0)
+    assert failed.receive(FAILURE, 9.0) == [Recreate("channel_gone")]
+    assert failed.lost_since == 7.0  # the channel was gone before the 404 was sent
+
+    timed_out = live_link()
+    timed_out.notification_seen(2.0)
+    assert timed_out.poll(2.0 + HB) == [SendPing()]
+    assert timed_out.poll(2.0 + HB + PONG) == [Reconnect("heartbeat_timeout")]
+    assert timed_out.lost_since == 2.0
+
+
+@pytest.mark.parametrize("frame", [NO_LONGER, REVOKED])
+def test_lost_subscriptions_date_from_the_frame_before_the_news(frame: Frame) -> None:
+    lk = live_link()
+    lk.notification_seen(3.0)
+    assert lk.unsubscribed_since is None
+    assert len(lk.receive(frame, 4.0)) == 1
+    assert lk.unsubscribed_since == 3.0
+    assert lk.lost_since is None  # the socket itself still works
+    lk.receive(frame, 6.0)
+    assert lk.unsubscribed_since == 3.0  # the first news counts
+
+
 def test_decoded_404_recreates() -> None:
     frame = decode_frame('{"result":"404","message":"channel not found"}')
     assert isinstance(frame, ChannelFailure)
@@ -690,6 +721,9 @@ def test_random_sequences_keep_every_promise(
     )
     seen = Ledger(last_reset=opened)
     now = opened
+    # The last frame read, and when the subscriptions went (both as the link must say).
+    last_read = opened
+    unsubscribed: float | None = None
     for kind, step, frame in events:
         now += step
         before = lk.next_deadline()
@@ -710,6 +744,7 @@ def test_random_sequences_keep_every_promise(
             if Reconnect("heartbeat_timeout") in actions:
                 assert seen.pinged
                 assert lk.state is LinkState.DEAD
+                assert lk.lost_since == last_read
             if actions:
                 seen.record(actions)
         elif kind == "frame":
@@ -721,8 +756,13 @@ def test_random_sequences_keep_every_promise(
                 continue
             seen.record(actions)
             seen.pinged, seen.last_reset = False, now
+            if isinstance(frame, NoLongerSubscribed | TokenRevoked) and unsubscribed is None:
+                unsubscribed = last_read
+            assert lk.unsubscribed_since == unsubscribed
             if isinstance(frame, ChannelFailure):
                 assert actions == [Recreate("channel_gone")]
+                assert lk.lost_since == last_read
+            last_read = now
             if isinstance(frame, Heartbeat | Pong | SubscriptionAck):
                 assert lk.state is LinkState.LIVE
             for a in actions:
@@ -731,6 +771,7 @@ def test_random_sequences_keep_every_promise(
             lk.notification_seen(now)
             if lk.state is not LinkState.DEAD:
                 seen.pinged, seen.last_reset = False, now
+                last_read = now
         else:
             was_dead = lk.state is LinkState.DEAD
             actions = lk.socket_closed(now)
@@ -738,6 +779,7 @@ def test_random_sequences_keep_every_promise(
                 assert actions == []
             else:
                 assert actions == [Reconnect("socket_closed")]
+                assert lk.lost_since == last_read
                 seen.record(actions)
         assert (lk.state is LinkState.DEAD) == seen.dead
         if lk.state is LinkState.DEAD:

@@ -156,3 +156,27 @@ async def test_backfill_into_a_media_stream_drops_the_states_it_has() -> None:
         assert duplicates >= len(queued_calls()) >= 5
         assert duplicates + filtered == offered
         assert stats.stale == before.stale
+
+
+async def test_no_longer_subscribed_is_a_gap_and_is_backfilled() -> None:
+    """Subscriptions gone while the socket stays up: the window is a Gap like any other."""
+    async with harness(org_settings(rate=10.0), backfill=True) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        seen = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(seen.events()) >= 10)
+        await h.control("faults", {"fault": "no_longer_subscribed"})
+        await eventually(lambda: bool(seen.gaps()))
+        seen.stop()
+        (gap,) = seen.gaps()
+        assert gap.reason == "no_longer_subscribed"
+        assert gap.duration_s > 0
+
+        async def backfilled() -> bool:
+            log = (await h.control("requests"))["requests"]
+            return any(r["path"].endswith("/details/query") for r in log) and any(
+                "/api/v2/conversations/" in r["path"] for r in log
+            )
+
+        # The window is filled from REST like any gap (states the stream
+        # already has are dropped as duplicates).
+        await eventually(backfilled)

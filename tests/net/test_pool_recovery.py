@@ -8,6 +8,7 @@ notifications flowing again.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -158,8 +159,55 @@ async def test_token_revoked_reauthenticates_and_rotates(make_stack: Any) -> Non
         topics, old = await start(stack)
         first_token = stack.tokens.current
         await stack.fault("revoke_token", channel_id=old)
+        revoked = time.time()
         await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
         assert stack.tokens.current is not first_token
+        # The channel's subscriptions went with its token: a gap from before the news.
+        await eventually(lambda: len(stack.pool.outages) == 1)
+        (outage,) = stack.pool.outages
+        assert outage.channel_id == old
+        assert outage.start <= revoked < outage.end
+        await assert_fully_served(stack, topics)
+
+
+async def test_no_longer_subscribed_is_a_gap_until_the_successor_delivers(
+    make_stack: Any,
+) -> None:
+    """The socket still works, but its subscriptions are gone: nothing comes on it."""
+    async with make_stack() as stack:
+        topics, old = await start(stack)
+        await stack.fault("no_longer_subscribed", channel_id=old)
+        told = time.time()
+        await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
+        await eventually(lambda: len(stack.pool.outages) == 1)
+        (outage,) = stack.pool.outages
+        assert outage.reason == "no_longer_subscribed"
+        assert outage.channel_id == old
+        assert outage.topics == frozenset(topics)
+        # From the last frame read before the news, to the successor's first notification.
+        assert outage.start <= told < outage.end
+        new = stack.pool.channel_ids()[0]
+        entries = (await stack.control("ledger"))["entries"]
+        assert not [e for e in entries if e["channel_id"] == old and e["time"] > told]
+        first_on_new = min(e["time"] for e in entries if e["channel_id"] == new)
+        assert first_on_new <= outage.end + 0.5
+        await assert_fully_served(stack, topics)
+
+
+async def test_a_silence_before_a_reset_is_inside_the_gap(make_stack: Any) -> None:
+    """A socket silent for a while, then reset before the watchdog fires: the gap starts
+    at the last frame read, not at the reset."""
+    async with make_stack(pool_settings=fast_pool_settings(heartbeat_timeout_s=30.0)) as stack:
+        topics, channel_id = await start(stack)
+        await stack.fault("pause_heartbeats", channel_id=channel_id)
+        silenced = time.time()
+        # The silence itself is the scenario: far shorter than the watchdog's 30 s.
+        await asyncio.sleep(1.0)
+        await stack.fault("drop_socket", channel_id=channel_id)
+        await eventually(lambda: len(stack.pool.outages) == 1)
+        (outage,) = stack.pool.outages
+        assert outage.start <= silenced
+        assert outage.end - outage.start >= 1.0
         await assert_fully_served(stack, topics)
 
 

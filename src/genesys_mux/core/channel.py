@@ -39,6 +39,18 @@ successor is live. :class:`Reconnect` and :class:`Recreate` report a socket
 that is already gone: the shell records an outage and re-establishes, reusing
 the channel after a HEAD check (``Reconnect``) or creating a new one
 (``Recreate``). Each kind of request is emitted at most once per link.
+
+When events may have started to go missing
+..........................................
+Whatever ends a socket, nothing tells us when the platform stopped sending on
+it: a half-open link goes quiet long before the watchdog's verdict, a socket
+may be silent and then reset, and a ``404`` or a ``no_longer_subscribed``
+says the channel or its subscriptions are gone *already*. So the window is
+always taken to start at the last frame read before the news:
+:attr:`ChannelLink.lost_since` once the socket is lost, and
+:attr:`ChannelLink.unsubscribed_since` when a socket that still works has lost
+its subscriptions (``no_longer_subscribed``, ``token_revoked``); the shell
+reports the window up to the successor's first notification.
 """
 
 from __future__ import annotations
@@ -165,6 +177,13 @@ class ChannelLink:
         self.opened_at = opened_at
         self.last_frame_at = opened_at
         self.ping_sent_at: float | None = None
+        #: When this socket is lost: the last frame read before the loss
+        #: (monotonic). Events after it may be missing.
+        self.lost_since: float | None = None
+        #: When this socket's subscriptions may have gone while it still
+        #: works: the last frame read before ``no_longer_subscribed`` or
+        #: ``token_revoked`` (monotonic).
+        self.unsubscribed_since: float | None = None
         self._rotation_at = self._rotation_deadline(opened_at, channel_expires_at, token_expires_at)
         self._rotation_reason = (
             "token_expiring"
@@ -197,6 +216,8 @@ class ChannelLink:
             return []
         # Any frame proves the socket alive, as a notification does (see
         # notification_seen): it ends the silence, and any wait for a pong.
+        # The frame before this one is when bad news may have begun.
+        previous = self.last_frame_at
         self.last_frame_at = now
         self.ping_sent_at = None
         actions: list[Action] = []
@@ -206,20 +227,30 @@ class ChannelLink:
                 actions.append(BecameLive())
         elif isinstance(frame, ChannelFailure):
             self.state = LinkState.DEAD
+            self.lost_since = previous
             actions.append(Recreate("channel_gone"))
         elif isinstance(frame, SocketClosing):
             actions.extend(self._rotate("socket_closing"))
         elif isinstance(frame, NoLongerSubscribed):
+            self._unsubscribed(previous)
             actions.extend(self._rotate("no_longer_subscribed"))
         elif isinstance(frame, TokenRevoked):
+            self._unsubscribed(previous)
             actions.extend(self._rotate("token_revoked", reauth=True))
         return actions
+
+    def _unsubscribed(self, since: float) -> None:
+        if self.unsubscribed_since is None:
+            self.unsubscribed_since = since
 
     def socket_closed(self, now: float) -> list[Action]:
         """The socket ended, with or without a close frame, warned or not."""
         if self.state is LinkState.DEAD:
             return []
         self.state = LinkState.DEAD
+        # A socket may fall silent long before it is closed or reset: the
+        # loss starts at the last frame read, not at the close.
+        self.lost_since = self.last_frame_at
         return [Reconnect("socket_closed")]
 
     def poll(self, now: float) -> list[Action]:
@@ -234,6 +265,7 @@ class ChannelLink:
         if self.ping_sent_at is not None:
             if now >= self.ping_sent_at + s.pong_timeout_s:
                 self.state = LinkState.DEAD
+                self.lost_since = self.last_frame_at
                 return [Reconnect("heartbeat_timeout")]
         elif now >= self.last_frame_at + s.heartbeat_timeout_s:
             self.ping_sent_at = now

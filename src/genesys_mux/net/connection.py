@@ -186,7 +186,10 @@ class _Socket:
         self.pong = asyncio.Event()
         self.delivering = asyncio.Event()
         self.signals: asyncio.Queue[Action] = asyncio.Queue()
+        #: Unix time from which events may be missing, once the socket is lost.
         self.lost_at: float | None = None
+        #: Unix time of the first notification read on this socket.
+        self.first_notification_at: float | None = None
         self._wake = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._read(), name=f"genesys-mux-read-{info.id}"),
@@ -210,7 +213,9 @@ class _Socket:
                     log.warning("slot %d: ignored a frame that is not JSON: %s", slot.index, exc)
                     continue
                 if isinstance(frame, Notification):
+                    received_at = time.time()
                     if not delivering:
+                        self.first_notification_at = received_at
                         self.delivering.set()
                         delivering = True
                     link.notification_seen(mono)
@@ -222,7 +227,7 @@ class _Socket:
                             frame.correlation_id,
                             channel_id,
                             slot.index,
-                            time.time(),
+                            received_at,
                             mono,
                         )
                     )
@@ -231,9 +236,9 @@ class _Socket:
                         self.pong.set()
                     self._act(link.receive(frame, mono))
         finally:
-            if self.lost_at is None:
-                self.lost_at = time.time()
             self._act(link.socket_closed(time.monotonic()))
+            if self.lost_at is None:
+                self.lost_at = _wall(link.last_frame_at)
 
     async def _watch(self) -> None:
         while True:
@@ -256,21 +261,19 @@ class _Socket:
                 self.live.set()
             else:
                 if isinstance(action, Reconnect | Recreate) and self.lost_at is None:
-                    self.lost_at = self._loss_started(action)
+                    # The last frame read before the loss, whatever the
+                    # loss was (see channel.py, "When events may have
+                    # started to go missing"), not the moment we noticed.
+                    since = self.link.lost_since
+                    self.lost_at = _wall(since if since is not None else self.link.last_frame_at)
                 self.signals.put_nowait(action)
         self._wake.set()
 
-    def _loss_started(self, action: Reconnect | Recreate) -> float:
-        """When events may have started to go missing (Unix time).
-
-        A socket the watchdog declared dead went quiet well before it was
-        declared: anything after the last frame we read may be lost, so the
-        outage starts there, not at the verdict.
-        """
-        now = time.time()
-        if action.reason == "heartbeat_timeout":
-            return now - (time.monotonic() - self.link.last_frame_at)
-        return now
+    @property
+    def unsubscribed_at(self) -> float | None:
+        """Unix time from which this live socket's subscriptions may be gone, if they are."""
+        since = self.link.unsubscribed_since
+        return None if since is None else _wall(since)
 
     async def _ping(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
@@ -311,6 +314,11 @@ class _Socket:
         for task in self._tasks:
             task.cancel()
         return asyncio.create_task(self.close(), name=f"genesys-mux-close-{self.info.id}")
+
+
+def _wall(monotonic: float) -> float:
+    """The Unix time of a past ``time.monotonic()`` reading."""
+    return time.time() - (time.monotonic() - monotonic)
 
 
 @dataclass(slots=True)
@@ -619,6 +627,14 @@ class ChannelPool:
                     await asyncio.wait_for(
                         successor.delivering.wait(), self.settings.rotation_overlap_s
                     )
+                unsubscribed_at = old.unsubscribed_at
+                if unsubscribed_at is not None:
+                    # The old socket still works but carries nothing since
+                    # its subscriptions went: a window with no subscribed
+                    # socket, until the successor has proved it delivers
+                    # (or we stopped waiting for it to).
+                    end = successor.first_notification_at or time.time()
+                    self._outage(slot, old, reason=action.reason, start=unsubscribed_at, end=end)
                 await asyncio.sleep(self.settings.rotation_settle_s)
             self._emit(
                 "channel_rotated", slot, successor.info.id, old=old.info.id, reason=action.reason
@@ -737,8 +753,19 @@ class ChannelPool:
 
     # -- reporting ------------------------------------------------------------
 
-    def _outage(self, slot: _Slot, lost: _Socket, *, reason: str, end: float | None = None) -> None:
-        start = lost.lost_at if lost.lost_at is not None else time.time()
+    def _outage(
+        self,
+        slot: _Slot,
+        lost: _Socket,
+        *,
+        reason: str,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> None:
+        if start is None:
+            # From whichever came first: the subscriptions going, or the socket.
+            known = [t for t in (lost.lost_at, lost.unsubscribed_at) if t is not None]
+            start = min(known) if known else time.time()
         outage = Outage(
             slot=slot.index,
             channel_id=lost.info.id,
