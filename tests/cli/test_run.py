@@ -164,6 +164,9 @@ async def test_run_without_credentials_exits_2_naming_the_variables(tmp_path: Pa
     assert "GENESYSCLOUD_OAUTHCLIENT_ID" in result.output
     assert "Traceback" not in result.output
     assert "half-a-credential" not in result.output
+    # The whole message, on one line: "[genesys]" is text, not rich markup.
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error.endswith("or name a secrets_file in [genesys]"), error
 
     # A secrets file that is not there is named, not a traceback.
     (tmp_path / "mux.toml").write_text('[genesys]\nsecrets_file = "client.toml"\n' + TWO_STREAMS)
@@ -265,3 +268,23 @@ async def test_ctrl_c_while_still_connecting_stops_at_once(tmp_path: Path) -> No
     assert process.returncode == 0, (seen + err).decode()
     assert took < 3.0, f"Ctrl-C took {took:.1f} s to stop a run that was still connecting"
     assert b"Traceback" not in err
+
+
+async def test_a_wrong_secret_exits_2_with_one_clear_line(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    wrong = {**DEMO_CREDENTIALS, "GENESYSCLOUD_OAUTHCLIENT_SECRET": "not-the-secret"}
+    started = time.monotonic()
+    result = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, env=wrong, cwd=tmp_path
+    )
+    took = time.monotonic() - started
+    assert result.code == 2, result.why()
+    assert took < 5.0, f"a refused secret took {took:.1f} s to end the run"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.why()
+    assert "refused the client credentials" in errors[0]
+    assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in errors[0]
+    assert "not-the-secret" not in result.output
+    assert "Traceback" not in result.stderr

@@ -102,10 +102,10 @@ def emulator(
         )
         asyncio.run(_serve_emulator(settings, client_id))
     except GenesysMuxError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        tools.print_error(console, exc)
         raise typer.Exit(2) from None
     except OSError as exc:
-        console.print(f"[red]error:[/red] cannot listen on {host}:{port}: {exc.strerror or exc}")
+        tools.print_error(console, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         raise typer.Exit(2) from None
 
 
@@ -183,7 +183,7 @@ def _run_async(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     try:
         return asyncio.run(runner())
     except GenesysMuxError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        tools.print_error(console, exc)
         return 2
 
 
@@ -251,7 +251,7 @@ def run(
         tools.validate(config, console)
         raise typer.Exit(2) from exc
     except GenesysMuxError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        tools.print_error(console, exc)
         raise typer.Exit(2) from None
     for warning in warnings:
         log.warning(warning)

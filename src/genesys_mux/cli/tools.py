@@ -20,6 +20,7 @@ import aiohttp
 import msgspec
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from genesys_mux.cli.runtime import build_sink
 from genesys_mux.configfile import GenesysSection, json_schema, load_config, load_credentials
@@ -33,7 +34,24 @@ from genesys_mux.regions import endpoints_for
 from genesys_mux.sinks.dlq import read_dead_letters
 from genesys_mux.sinks.runner import SinkRunner
 
-__all__ = ["dlq_list", "dlq_purge", "dlq_replay", "listen", "print_schema", "validate"]
+__all__ = [
+    "dlq_list",
+    "dlq_purge",
+    "dlq_replay",
+    "listen",
+    "print_error",
+    "print_schema",
+    "validate",
+]
+
+
+def print_error(console: Console, problem: object) -> None:
+    """``error: <problem>`` on one line: never wrapped, never read as markup.
+
+    Error texts carry config values and platform answers, whose brackets
+    rich would otherwise take for markup and swallow.
+    """
+    console.print(Text.assemble(("error:", "red"), " ", str(problem)), soft_wrap=True)
 
 
 def validate(path: Path, console: Console) -> int:
@@ -45,14 +63,15 @@ def validate(path: Path, console: Console) -> int:
         table.add_column("path", style="bold")
         table.add_column("problem")
         for where, message in exc.errors:
-            table.add_row(where, message)
+            # Text, not markup: a message may quote "[genesys]" or a value.
+            table.add_row(Text(where), Text(message))
         console.print(table)
         console.print(
             "Fix each value and run validate again; `genesys-mux schema` lists every key."
         )
         return 1
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         return 1
     table = Table(title=f"{path}: valid")
     table.add_column("stream")
@@ -94,10 +113,10 @@ def listen(
                 raise ConfigError("give --region or --base-url, or set GENESYSCLOUD_REGION")
         endpoints = endpoints_for(region=region if base_url is None else None, base_url=base_url)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         return 2
     for warning in warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(Text.assemble(("warning:", "yellow"), " ", warning), soft_wrap=True)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -159,7 +178,7 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
     try:
         letters = _letters(path, stream)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         return 1
     if as_json:
         for d in letters:
@@ -226,7 +245,7 @@ def dlq_purge(path: Path, stream: str | None, console: Console) -> int:
         letters = _letters(path, stream)
         remaining = rewrite_without(path, letters) if letters else 0
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         return 1
     console.print(f"purged {len(letters)} dead letter(s); {remaining} remain")
     return 0
@@ -250,10 +269,10 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
         letters = _letters(path, stream)
         sinks = [build_sink(spec) for spec in specs]
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         return 2
     if not letters:
-        console.print(f"no dead letters for stream {stream!r} in {path}")
+        console.print(f"no dead letters for stream {stream!r} in {path}", markup=False)
         return 0
     failed: list[DeadLetter] = []
 

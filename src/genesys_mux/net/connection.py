@@ -379,6 +379,10 @@ class ChannelPool:
         self.on_outage: list[Callable[[Outage], None]] = []
         self.on_rejection: list[Callable[[Rejection], None]] = []
         self.on_event: list[Callable[[str, dict[str, Any]], None]] = []
+        #: Called once with the error that stopped the pool for good (refused credentials).
+        self.on_failure: list[Callable[[AuthenticationError], None]] = []
+        #: That error, once it happened: :meth:`set_topics` and :meth:`frames` raise it.
+        self.failure: AuthenticationError | None = None
 
     async def __aenter__(self) -> ChannelPool:
         return self
@@ -393,7 +397,9 @@ class ChannelPool:
 
         Raises :class:`~genesys_mux.errors.CapacityError` if they cannot fit,
         with nothing changed. With ``wait`` (the default) it returns once every
-        changed slot has applied the new set on a live channel.
+        changed slot has applied the new set on a live channel. Raises
+        :class:`~genesys_mux.errors.AuthenticationError` once the platform has
+        refused the credentials: no channel can be had until they are fixed.
         """
         async with self._plan_lock:
             diff = self._planner.plan(topics)
@@ -424,15 +430,23 @@ class ChannelPool:
         if wait:
             for slot in touched:
                 await self._wait_synced(slot)
+        if self.failure is not None:
+            raise self.failure
         wanted = self._planner.topics
         return [r for t, r in self.rejections.items() if t in wanted]
 
     async def frames(self) -> AsyncIterator[InboundNotification]:
-        """Every notification from every channel, in arrival order, until :meth:`close`."""
+        """Every notification from every channel, in arrival order, until :meth:`close`.
+
+        Raises :class:`~genesys_mux.errors.AuthenticationError` after the
+        notifications already read, once the credentials were refused.
+        """
         while True:
             note = await self._inbound.get()
             if note is None:
                 self._inbound.put_nowait(None)  # for any other reader
+                if self.failure is not None:
+                    raise self.failure
                 return
             yield note
 
@@ -680,6 +694,13 @@ class ChannelPool:
         slot.stats.state = "failed"
         slot.failed = True
         self._emit("channel_failed", slot, reuse.id if reuse else "", error=str(exc))
+        if isinstance(exc, AuthenticationError) and self.failure is None:
+            # Refused credentials stop every slot, not just this one: say so
+            # to whoever waits on the pool instead of going quiet.
+            self.failure = exc
+            self._inbound.put_nowait(None)
+            for callback in self.on_failure:
+                callback(exc)
 
     async def _establish(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket:
         """Create (or reuse) a channel, subscribe the slot's topics, connect, wait until live."""

@@ -58,7 +58,13 @@ from genesys_mux.core.streams import (
     StreamRules,
 )
 from genesys_mux.core.topics import TopicFamily, parse_topic
-from genesys_mux.errors import ConfigError, GenesysMuxError, InvalidTopicError
+from genesys_mux.errors import (
+    AuthenticationError,
+    ConfigError,
+    GenesysMuxError,
+    InvalidTopicError,
+    TransportError,
+)
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool, InboundNotification, PoolSettings
 from genesys_mux.net.rest import Rejection, RestClient
@@ -195,6 +201,8 @@ class Multiplexer:
         self._gap_callbacks: list[GapCallback] = []
         self._stopping = False
         self._stopped = False
+        #: The error that stopped the feed for good (refused credentials).
+        self._failure: AuthenticationError | None = None
         self.pool: ChannelPool | None = None
         self.rest: RestClient | None = None
         self.tokens: TokenProvider | None = None
@@ -219,7 +227,13 @@ class Multiplexer:
         await self.stop(drain=False)
 
     async def start(self) -> None:
-        """Open the session and start the dispatcher."""
+        """Open the session, get a first token and start the dispatcher.
+
+        Raises :class:`~genesys_mux.errors.AuthenticationError` when the
+        platform refuses the credentials. An unreachable login host is
+        retried (a warning per attempt) and then left to the channels, which
+        keep retrying.
+        """
         if self._session is None:
             self._session = aiohttp.ClientSession()
         self.tokens = TokenProvider(self._session, self._endpoints, self._client_id, self._secret)
@@ -236,8 +250,19 @@ class Multiplexer:
         self.pool.on_outage.append(self._outage)
         self.pool.on_rejection.append(self._rejected)
         self.pool.on_event.append(self._audit)
+        self.pool.on_failure.append(self._failed)
         self._tasks.append(asyncio.create_task(self._dispatch(), name="genesys-mux-dispatch"))
         self._tasks.append(asyncio.create_task(self._refresh_queues(), name="genesys-mux-queues"))
+        # Refused credentials are fatal: say so here, not after the first
+        # stream quietly fails to subscribe. A login host that cannot be
+        # reached is not: the channels keep retrying, and log each retry.
+        try:
+            await self.tokens.token()
+        except AuthenticationError:
+            await self.stop(drain=False)
+            raise
+        except TransportError as exc:
+            log.warning("no OAuth token yet (%s); the channels will keep retrying", exc)
 
     async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop receiving; with ``drain``, give consumers ``timeout_s`` to empty the buffers.
@@ -434,6 +459,14 @@ class Multiplexer:
         if delivered:
             self._anything.set()
 
+    def _failed(self, exc: AuthenticationError) -> None:
+        """The pool stopped for good: wake every reader, so each one raises it."""
+        self._failure = exc
+        self._audit("fatal", {"error": str(exc)})
+        self._anything.set()
+        for state in self._streams.values():
+            state.ready.set()
+
     def dead_letter(self, letter: DeadLetter) -> None:
         """Write ``letter`` to the dead-letter queue and audit it (sink runners use this)."""
         try:
@@ -606,6 +639,8 @@ class Multiplexer:
                 if item is not None:
                     yield item
                 continue
+            if self._failure is not None:
+                raise self._failure
             if self._stopping:
                 return
             self._anything.clear()
@@ -621,6 +656,8 @@ class Multiplexer:
             if item is not None:
                 yield item
                 continue
+            if self._failure is not None:
+                raise self._failure
             if self._stopping or self._streams.get(stream_id) is not state:
                 return
             state.ready.clear()

@@ -67,7 +67,7 @@ Level = Literal["INFO", "WARNING", "ERROR"]
 _WARNING_KINDS = frozenset(
     {"gap", "dlq_write", "subscribe_rejected", "channel_lost", "sink_failure"}
 )
-_ERROR_KINDS = frozenset({"channel_failed", "audit_overflow"})
+_ERROR_KINDS = frozenset({"channel_failed", "audit_overflow", "fatal"})
 _KIND = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # The configured stream id pattern: an id that matches it is ours, not a secret.
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")

@@ -1,0 +1,89 @@
+"""Refused credentials are fatal and loud: they reach whoever waits on the feed.
+
+A wrong secret never heals by itself, so retrying it only feeds a lock-out;
+going quiet would leave an operator staring at an empty feed. Whether the
+platform refuses at start or later (a secret rotated under a running
+process), :class:`AuthenticationError` reaches ``start()``, ``add_stream()``
+and every iterator. A login host that merely cannot be reached is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import pytest
+
+from genesys_mux import Multiplexer, StreamEvent
+from genesys_mux.emulator import Emulator
+from genesys_mux.errors import AuthenticationError
+from tests.net.conftest import eventually
+from tests.net.test_multiplexer import FAST_POOL, Collector, harness, org_settings
+from tests.sinks.conftest import free_port
+
+
+@pytest.mark.parametrize("status", [400, 401])
+async def test_a_wrong_secret_fails_start(status: int) -> None:
+    async with Emulator(org_settings(invalid_client_status=status)) as emulator:
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="not-the-secret",
+            base_url=emulator.base_url,
+            pool_settings=FAST_POOL,
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(AuthenticationError) as caught:
+            await mux.start()
+        assert loop.time() - started < 5.0
+        message = str(caught.value)
+        assert f"HTTP {status} invalid_client" in message
+        assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in message  # what to do about it
+        assert "not-the-secret" not in message
+        # One token request: refused credentials are not retried.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{emulator.base_url}/__emulator__/requests") as resp,
+        ):
+            log = (await resp.json())["requests"]
+        assert [r["status"] for r in log if r["path"] == "/oauth/token"] == [status]
+
+
+async def test_credentials_refused_later_reach_every_reader_and_add_stream() -> None:
+    """The secret is rotated under a running feed, then its token revoked."""
+    async with harness(org_settings(rate=10.0)) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        merged = Collector(h.mux.events())
+        one = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(one.events()) >= 3)
+        await h.control("clients", {"client_id": "demo-client", "client_secret": "rotated"})
+        await h.control("faults", {"fault": "revoke_token", "client_id": "demo-client"})
+
+        await eventually(lambda: merged._task.done() and one._task.done())
+        for reader in (merged, one):
+            with pytest.raises(AuthenticationError, match="refused the client credentials"):
+                reader._task.result()
+        with pytest.raises(AuthenticationError):
+            await h.mux.add_stream({"id": "later", "filter": {}})
+        # What was delivered before stays delivered.
+        assert all(isinstance(e, StreamEvent) for e in one.events())
+
+
+async def test_an_unreachable_login_host_is_retried_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    mux = Multiplexer(client_id="demo-client", client_secret="demo-secret", base_url=nobody)
+    # The token provider's own retries are part of start(): cut them short.
+    start = asyncio.create_task(mux.start())
+    try:
+        with caplog.at_level(logging.WARNING, logger="genesys_mux.auth"):
+            await eventually(
+                lambda: any("token request failed" in r.getMessage() for r in caplog.records)
+            )
+        assert not start.done(), "an unreachable host is retried, not fatal"
+    finally:
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        await mux.stop(drain=False)
