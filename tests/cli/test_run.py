@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from genesys_mux.core.snapshot import event_facts
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
 from tests.cli.conftest import CANARY_CLIENT, CANARY_SECRET, Result, run_cli, start_cli
@@ -129,8 +130,13 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
     assert {r.stream_id for r in calls} == {"calls"}
     assert_gap_free(r.sequence for r in calls)
     for record in calls:
-        assert record.idempotency_key == f"calls:{record.sequence}"
+        # Keyed by content (stream, conversation, state), stamped with the run.
+        facts = event_facts(record.topic, bytes(record.event_body))
+        assert record.idempotency_key == f"calls:{facts.key}:{facts.hash.hex()}"
         assert json.loads(bytes(record.event_body))["id"] == record.conversation_id
+    assert len({r.epoch for r in calls}) == 1
+    assert calls[0].epoch
+    assert len({r.idempotency_key for r in calls}) == len(calls)
 
     # Nothing was lost on the way out: a clean stop drains instead of dead-lettering.
     assert not (tmp_path / "dlq.jsonl").exists(), (tmp_path / "dlq.jsonl").read_text()

@@ -702,7 +702,8 @@ def test_event_fields() -> None:
     assert event.transition is None
     assert event.latency_s is None  # set by take()
     assert event.age_s is None
-    assert event.idempotency_key == "voice-main:1"
+    facts = event_facts(QUEUE_TOPIC, event.raw)
+    assert event.idempotency_key == f"voice-main:{facts.key}:{facts.hash.hex()}"
 
 
 def test_take_stamps_latency_and_age() -> None:
@@ -757,14 +758,42 @@ def test_body_is_parsed_lazily_and_once(monkeypatch: pytest.MonkeyPatch) -> None
     assert calls == [body]
 
 
-def test_idempotency_keys_are_unique_per_stream() -> None:
-    a, b = make_stream(stream_id="a"), make_stream(stream_id="b")
+def test_idempotency_keys_name_the_stream_and_the_state() -> None:
+    a, b = make_stream(stream_id="a", epoch="run-1"), make_stream(stream_id="b", epoch="run-1")
     body = snapshot(customer(), acd())
+    other = snapshot(customer(), acd(), conv=OTHER_CONV)
     offer(a, body)
-    offer(a, snapshot(customer(), acd(), conv=OTHER_CONV))
+    offer(a, other)
     offer(b, body)
     keys = [e.idempotency_key for s in (a, b) for e in drain(s)]
-    assert keys == ["a:1", "a:2", "b:1"]
+    digest = event_facts(QUEUE_TOPIC, body).hash.hex()
+    assert keys[0] == f"a:{CONV}:{digest}"
+    assert keys[2] == f"b:{CONV}:{digest}"
+    assert keys[1].startswith(f"a:{OTHER_CONV}:")
+    assert len(set(keys)) == 3
+
+
+def test_the_same_state_gets_the_same_key_in_another_run() -> None:
+    """A restart numbers events from 1 again; the key is what stays the same."""
+    bodies = [
+        snapshot(customer(), acd()),
+        snapshot(customer(), acd("disconnected"), conv="c-2"),
+        snapshot(customer(), acd(), conv=OTHER_CONV),
+    ]
+    runs = []
+    for epoch, order in (("run-1", bodies), ("run-2", bodies[::-1])):
+        stream = make_stream(stream_id="s", epoch=epoch)
+        for body in order:
+            offer(stream, body)
+        runs.append({e.raw: e for e in drain(stream)})
+    first, second = runs
+    for raw, event in first.items():
+        again = second[raw]
+        assert again.idempotency_key == event.idempotency_key
+        assert (event.epoch, again.epoch) == ("run-1", "run-2")
+    # Different states never share a key, and sequences say nothing across runs.
+    assert len({e.idempotency_key for e in first.values()}) == 3
+    assert {e.sequence for e in first.values()} == {e.sequence for e in second.values()}
 
 
 # --------------------------------------------------------------------------
@@ -891,8 +920,17 @@ def test_drop_oldest_dead_letters_the_oldest() -> None:
         (2, "overflow_drop_oldest"),
         (3, "overflow_drop_oldest"),
     ]
+    facts = event_facts(QUEUE_TOPIC, bodies[0])
     assert letters[0] == DeadLetter(
-        "s", 1, "overflow_drop_oldest", QUEUE_TOPIC, "c-1", "corr", EPOCH + 10.0, bodies[0]
+        "s",
+        1,
+        "overflow_drop_oldest",
+        QUEUE_TOPIC,
+        "c-1",
+        "corr",
+        EPOCH + 10.0,
+        bodies[0],
+        f"s:c-1:{facts.hash.hex()}",
     )
     assert [e.sequence for e in drain(stream)] == [4, 5]
 

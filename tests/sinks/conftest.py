@@ -33,6 +33,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import Gap, StreamEvent
 from genesys_mux.emulator.org import ContactCentre
 
@@ -172,27 +173,37 @@ def real_bodies(count: int) -> list[tuple[str, bytes, str | None]]:
     while len(found) < count:
         now += 5.0
         for pub in org.advance(now):
-            if pub.topics[0].startswith("v2.routing.queues."):
-                found.append((pub.topics[0], pub.body, pub.conversation_id))
+            # One shape (the general topic's): each body a distinct state.
+            topic = pub.topics[0]
+            if topic.startswith("v2.routing.queues.") and topic.endswith(".conversations"):
+                found.append((topic, pub.body, pub.conversation_id))
     return found[:count]
 
 
 def real_events(count: int, stream_id: str = "voice-main", start: int = 1) -> list[StreamEvent]:
-    """Events with sequences ``start..start+count-1`` carrying real snapshot bodies."""
-    return [
-        StreamEvent(
-            stream_id=stream_id,
-            sequence=start + i,
-            priority=2,
-            topic=topic,
-            transition=None,
-            conversation_id=conversation_id,
-            correlation_id=str(uuid.uuid4()),
-            raw=body,
-            received_at=EPOCH + i * 0.125,
+    """Events with sequences ``start..start+count-1`` carrying real snapshot bodies.
+
+    Each carries its facts' key and state digest, as a stream's events do.
+    """
+    events = []
+    for i, (topic, body, conversation_id) in enumerate(real_bodies(count)):
+        facts = event_facts(topic, body)
+        events.append(
+            StreamEvent(
+                stream_id=stream_id,
+                sequence=start + i,
+                priority=2,
+                topic=topic,
+                transition=None,
+                conversation_id=conversation_id,
+                correlation_id=str(uuid.uuid4()),
+                raw=body,
+                received_at=EPOCH + i * 0.125,
+                content_key=facts.key,
+                digest=facts.hash,
+            )
         )
-        for i, (topic, body, conversation_id) in enumerate(real_bodies(count))
-    ]
+    return events
 
 
 def a_gap(stream_id: str = "voice-main") -> Gap:

@@ -34,6 +34,7 @@ def letter(sequence: int, raw: bytes, **overrides: object) -> DeadLetter:
         "correlation_id": "7a0c3e1d-5b2f-4c8e-9d6a-1e2f3a4b5c6d",
         "received_at": EPOCH + 0.123456789,
         "raw": raw,
+        "idempotency_key": f"voice-main:22c91b83-a417-40fe-84e4-a7fa9064dbd9:{sequence:032x}",
     }
     values.update(overrides)
     return DeadLetter(**values)  # type: ignore[arg-type]
@@ -89,7 +90,7 @@ def test_json_bodies_are_stored_readably(tmp_path: Path, real_bodies: list[bytes
     first, second = (json.loads(line) for line in path.read_text().splitlines())
     assert first["event_body"] == json.loads(real_bodies[0])
     assert "event_body_b64" not in first
-    assert first["idempotency_key"] == "voice-main:1"
+    assert first["idempotency_key"] == letter(1, real_bodies[0]).idempotency_key
     assert first["sequence"] == 1
     assert first["reason"] == "overflow_drop_oldest"
     assert first["topic"] == TOPIC

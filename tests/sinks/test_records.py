@@ -125,10 +125,14 @@ def test_gap_record() -> None:
 
 def test_idempotency_keys() -> None:
     events = real_events(3, stream_id="s1", start=41)
-    assert [idempotency_key(e) for e in events] == ["s1:41", "s1:42", "s1:43"]
-    assert batch_idempotency_key(events) == "s1:41..s1:43"
+    keys = [idempotency_key(e) for e in events]
+    # The stream, what the event is about, and its state digest.
+    for event, key in zip(events, keys, strict=True):
+        assert key == f"s1:{event.conversation_id}:{event.digest.hex()}"
+    assert len(set(keys)) == 3
+    assert batch_idempotency_key(events) == f"{keys[0]}..{keys[2]}"
     gap = a_gap("s1")
-    assert batch_idempotency_key([*events, gap]) == f"s1:41..{idempotency_key(gap)}"
+    assert batch_idempotency_key([*events, gap]) == f"{keys[0]}..{idempotency_key(gap)}"
     assert batch_idempotency_key([]) == ""
 
 

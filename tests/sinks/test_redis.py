@@ -56,21 +56,17 @@ async def test_items_land_in_one_key_per_stream_byte_for_byte(redis_server: Redi
 
     got = await entries(redis_server, "genesys-mux:voice")
     assert [k for k, _r, _f in got] == [
-        "voice:1",
-        "voice:2",
+        voice[0].idempotency_key,
+        voice[1].idempotency_key,
         got[2][0],
-        "voice:3",
-        "voice:4",
-        "voice:5",
+        *(e.idempotency_key for e in voice[2:]),
     ]
     assert got[2][0].startswith("voice:gap:")
     assert got[2][1] is None
     events = [r for _k, r, _f in got if r is not None]
     assert [r.raw for r in events] == [e.raw for e in voice]
     assert [k for k, _r, _f in await entries(redis_server, "genesys-mux:chat")] == [
-        "chat:1",
-        "chat:2",
-        "chat:3",
+        e.idempotency_key for e in chat
     ]
 
 
@@ -81,7 +77,7 @@ async def test_maxlen_exact_keeps_the_newest(redis_server: RedisServer) -> None:
         await sink.send(events[at : at + 7])
     await sink.close()
     assert [k for k, _r, _f in await entries(redis_server, "t:s")] == [
-        f"s:{n}" for n in range(41, 51)
+        e.idempotency_key for e in events[40:]
     ]
 
 
@@ -116,18 +112,19 @@ async def test_maxlen_approximate_trims_in_whole_nodes(redis_server: RedisServer
 
 async def test_a_redis_that_is_down_is_a_retryable_failure(redis_server: RedisServer) -> None:
     sink = RedisStreamsSink(redis_server.url, socket_timeout_s=1.0, connect_timeout_s=1.0)
-    await sink.send(real_events(1))
+    first = real_events(1)
+    await sink.send(first)
     await redis_server.stop()
     with pytest.raises(SinkError) as caught:
         await sink.send(real_events(1, start=2))
     assert caught.value.retryable
     await redis_server.start()
-    await sink.send(real_events(1, start=3))  # reconnects by itself
+    third = real_events(1, start=3)
+    await sink.send(third)  # reconnects by itself
     await sink.close()
-    assert [k for k, _r, _f in await entries(redis_server, "genesys-mux:voice-main")] == [
-        "voice-main:1",
-        "voice-main:3",
-    ]
+    got = await entries(redis_server, "genesys-mux:voice-main")
+    assert [r.sequence for _k, r, _f in got if r is not None] == [1, 3]
+    assert [k for k, _r, _f in got] == [first[0].idempotency_key, third[0].idempotency_key]
 
 
 async def test_a_wrong_key_type_is_a_permanent_failure(redis_server: RedisServer) -> None:
@@ -192,7 +189,13 @@ async def test_everything_delivered_during_a_redis_restart_arrives(
         keys = Counter(k for k, _r, _f in got)
         sequences = {r.sequence for _k, r, _f in got if r is not None}
         assert sequences == set(range(1, delivered + 1)), "a delivered event is missing"
-        assert all(k == f"calls:{r.sequence}" for k, r, _f in got if r is not None)
+        # Each entry is keyed by its record's own key: the stream, the
+        # conversation and the state digest, the same in every run.
+        assert all(
+            k == r.idempotency_key and k.startswith(f"calls:{r.conversation_id}:")
+            for k, r, _f in got
+            if r is not None
+        )
         # Re-sent batches may repeat entries; each repeat is identical.
         for k, n in keys.items():
             if n > 1:

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from genesys_mux.cli.runtime import build_sink
 from genesys_mux.configfile import GenesysSection, json_schema, load_config, load_credentials
+from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.core.topics import expand_topic
 from genesys_mux.errors import ConfigError, ConfigFileError
@@ -278,6 +279,9 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
 
     async def items() -> AsyncIterator[StreamEvent | Gap]:
         for letter in letters:
+            # The facts give back the content key and state digest, so a
+            # replayed event keeps the idempotency key it was lost with.
+            facts = event_facts(letter.topic, letter.raw)
             yield StreamEvent(
                 stream_id=letter.stream_id,
                 sequence=letter.sequence,
@@ -288,6 +292,8 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
                 correlation_id=letter.correlation_id,
                 raw=letter.raw,
                 received_at=letter.received_at,
+                content_key=facts.key,
+                digest=facts.hash,
             )
 
     runner = SinkRunner(

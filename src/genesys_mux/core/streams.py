@@ -98,9 +98,15 @@ class StreamEvent:
     age_s: float | None = None
     #: Fetched from REST after a gap rather than received on a socket.
     backfilled: bool = False
+    #: The run (process) that delivered it: sequences of two runs never mix.
+    epoch: str = ""
     #: Monotonic receive time, for latency; not part of the public payload.
     received_mono: float = field(default=0.0, repr=False)
     version: float | None = field(default=None, repr=False)
+    #: What the event is about and its state digest (``EventFacts.key`` and
+    #: ``.hash``): the content behind :attr:`idempotency_key`.
+    content_key: str = field(default="", repr=False)
+    digest: bytes = field(default=b"", repr=False)
     _body: Any = field(default=_UNPARSED, repr=False)
 
     @property
@@ -112,7 +118,19 @@ class StreamEvent:
 
     @property
     def idempotency_key(self) -> str:
-        """``stream_id:sequence``: unique per delivered event, for at-least-once sinks."""
+        """``stream_id:key:digest``: the same for the same state, whichever run delivers it.
+
+        ``key`` names what the event is about (a conversation id,
+        ``presence:{userId}``...) and ``digest`` its state (hex). The same
+        state delivered again (a re-sent batch, a restart, a failover) has
+        the same key; two different states never share one. An event built
+        by hand without its facts falls back to ``stream_id:sequence``
+        (``stream_id:epoch:sequence`` when it has an epoch).
+        """
+        if self.digest:
+            return f"{self.stream_id}:{self.content_key}:{self.digest.hex()}"
+        if self.epoch:
+            return f"{self.stream_id}:{self.epoch}:{self.sequence}"
         return f"{self.stream_id}:{self.sequence}"
 
 
@@ -153,6 +171,8 @@ class DeadLetter:
     correlation_id: str | None
     received_at: float
     raw: bytes
+    #: The event's :attr:`StreamEvent.idempotency_key`, so a replay keeps it.
+    idempotency_key: str = ""
 
     @classmethod
     def of(cls, event: StreamEvent, reason: str) -> DeadLetter:
@@ -166,6 +186,7 @@ class DeadLetter:
             event.correlation_id,
             event.received_at,
             event.raw,
+            event.idempotency_key,
         )
 
 
@@ -228,12 +249,15 @@ class Stream:
         dead_letter: Callable[[DeadLetter], None],
         memory: int = 50_000,
         hashes_per_key: int = 8,
+        epoch: str = "",
     ) -> None:
         if buffer_size < 1:
             # With no room at all, drop_oldest would have nothing to push out
             # and would hold the newcomer uncounted, breaking the accounting.
             raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
         self.id = stream_id
+        #: The run this stream belongs to; stamped on every event.
+        self.epoch = epoch
         self.priority = priority
         self.rules = rules or StreamRules()
         self.buffer_size = buffer_size
@@ -328,6 +352,9 @@ class Stream:
             received_mono=received_mono,
             version=version,
             backfilled=backfilled,
+            epoch=self.epoch,
+            content_key=facts.key,
+            digest=facts.hash,
         )
         self._next_sequence += 1
         return self._push(event)

@@ -30,6 +30,7 @@ import aiohttp
 import msgspec
 
 from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
+from genesys_mux.core.redaction import scrub
 from genesys_mux.errors import AuthenticationError, TransportError
 from genesys_mux.regions import Endpoints
 
@@ -237,6 +238,7 @@ class TokenProvider:
                 detail += f" ({err.error_description or err.description})"
         except msgspec.DecodeError:
             detail = "refused"
+        detail = scrub(detail)  # a server may echo the Basic header back
         return AuthenticationError(
             f"Genesys Cloud refused the client credentials for client id {self._client_id!r}: "
             f"HTTP {status} {detail}; {_CREDENTIAL_HINT}"

@@ -30,6 +30,7 @@ import inspect
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,9 @@ class Multiplexer:
         self._gap_callbacks: list[GapCallback] = []
         self._stopping = False
         self._stopped = False
+        #: This run's id, on every event and record: sequences restart at 1
+        #: in every run, and the epoch says which run a sequence belongs to.
+        self.epoch = uuid.uuid4().hex[:16]
         #: The error that stopped the feed for good (refused credentials).
         self._failure: AuthenticationError | None = None
         self.pool: ChannelPool | None = None
@@ -341,6 +345,7 @@ class Multiplexer:
                 buffer_size=buffer_size,
                 overflow=config.overflow,
                 dead_letter=self.dead_letter,
+                epoch=self.epoch,
             )
             state = _StreamState(config, stream)
             if needs_all_queues(config) and self._queue_ids is None:

@@ -22,17 +22,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
 from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.budget import RequestBudget
+from genesys_mux.core.redaction import scrub
 from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
 from genesys_mux.errors import ApiError, RateLimitedError, TransportError
 from genesys_mux.net.auth import AccessToken, TokenProvider
-from genesys_mux.regions import Endpoints
+from genesys_mux.regions import Endpoints, is_loopback_host
 
 __all__ = ["ChannelInfo", "QueueInfo", "Rejection", "RestClient", "SubscriptionResult"]
 
@@ -140,6 +142,7 @@ class RestClient:
     ) -> None:
         self._session = session
         self._api = endpoints.api
+        self._streaming = urlsplit(endpoints.streaming)
         self._tokens = tokens
         self._budget = RequestBudget(requests_per_minute)
         self._budget_lock = asyncio.Lock()
@@ -252,8 +255,11 @@ class RestClient:
         except msgspec.DecodeError:
             err = _ErrorBody(message=answer.body[:200].decode(errors="replace"))
         cls = RateLimitedError if answer.status == 429 else ApiError
+        # The server's words go into an exception, and from there into logs:
+        # anything shaped like a credential (an echoed header) goes first.
+        detail = scrub(f"{err.code or ''} {err.message}")
         return cls(
-            f"{method} {path} failed: HTTP {answer.status} {err.code or ''} {err.message}".rstrip(),
+            f"{method} {path} failed: HTTP {answer.status} {detail}".rstrip(),
             status=answer.status,
             code=err.code or None,
             context_id=err.context_id or None,
@@ -265,9 +271,45 @@ class RestClient:
         """``POST /api/v2/notifications/channels``."""
         answer = await self.request("POST", _CHANNELS)
         body = _decode(answer.body, _ChannelBody, "channel")
+        channel_id = validate_id(body.id, "channel id")
         return ChannelInfo(
-            validate_id(body.id, "channel id"), body.connect_uri, _parse_time(body.expires)
+            channel_id,
+            self._checked_connect_uri(channel_id, body.connect_uri),
+            _parse_time(body.expires),
         )
+
+    def _checked_connect_uri(self, channel_id: str, uri: str) -> str:
+        """``uri`` if it points at our streaming host over TLS; else a :class:`TransportError`.
+
+        The socket is opened with no credentials, but it carries our
+        subscriptions' events: a ``connectUri`` elsewhere (a tampered
+        answer, a misconfigured proxy) must not be followed. Plain ``ws`` is
+        only accepted when the base URL itself is ``ws`` on loopback (the
+        emulator).
+        """
+        expected = self._streaming
+        try:
+            parts = urlsplit(uri)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        host = expected.hostname or ""
+        plain_ok = expected.scheme == "ws" and is_loopback_host(host)
+        if (
+            parts is None
+            or parts.scheme not in (("wss", "ws") if plain_ok else ("wss",))
+            or (parts.hostname or "").lower() != host.lower()
+            or port != expected.port
+            or parts.username is not None
+            or parts.password is not None
+        ):
+            raise TransportError(
+                f"channel {channel_id}: refusing its connectUri {uri[:200]!r}; it must be "
+                f"{'ws or wss' if plain_ok else 'wss'} on {host}"
+                f"{f':{expected.port}' if expected.port else ''}, the streaming host of "
+                "the configured region or base URL"
+            )
+        return uri
 
     async def channel_exists(self, channel_id: str) -> bool:
         """``HEAD /api/v2/notifications/channels/{id}``: does the channel still exist?"""
@@ -280,7 +322,12 @@ class RestClient:
             raise ValueError("scope must be 'token' or 'oauthclient'")
         answer = await self.request("GET", _CHANNELS, params={"includechannels": scope})
         listing = _decode(answer.body, _ChannelList, "channel list")
-        return [ChannelInfo(c.id, c.connect_uri, _parse_time(c.expires)) for c in listing.entities]
+        return [
+            ChannelInfo(
+                c.id, self._checked_connect_uri(c.id, c.connect_uri), _parse_time(c.expires)
+            )
+            for c in listing.entities
+        ]
 
     async def get_subscriptions(self, channel_id: str) -> list[str]:
         """The topics a channel is subscribed to."""

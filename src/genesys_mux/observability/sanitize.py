@@ -31,17 +31,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from genesys_mux.core.redaction import REDACTED, looks_secret
+
 __all__ = ["MAX_STRING", "REDACTED", "looks_secret", "redact", "sanitize_value", "secret_name"]
 
-REDACTED = "[REDACTED]"
 
 _SECRET_NAME = re.compile(r"token|secret|password|passwd|authorization|credential|api_?key", re.I)
-_AUTH_HEADER = re.compile(r"(?:bearer|basic)\s+\S", re.I)
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
-# An opaque token: 24+ characters of base64 / base64url with no separators a
-# human identifier would have (dots, spaces).
-_OPAQUE_RUN = re.compile(r"[A-Za-z0-9_\-+/=]{24,}")
-
 #: Strings are cut to this length: a record field is a fact, not a payload.
 MAX_STRING = 500
 #: Nested containers deeper than this are cut off (nothing we write nests).
@@ -52,21 +47,6 @@ _MAX_ITEMS = 50
 def secret_name(name: str) -> bool:
     """True when a field called ``name`` must never carry its value."""
     return _SECRET_NAME.search(name) is not None
-
-
-def _opaque(text: str) -> bool:
-    return (
-        any(c.isupper() for c in text)
-        and any(c.islower() for c in text)
-        and any(c.isdigit() for c in text)
-    )
-
-
-def looks_secret(text: str) -> bool:
-    """True when ``text`` has the shape of a credential (see the module notes)."""
-    if _AUTH_HEADER.search(text) or _JWT.search(text):
-        return True
-    return any(_opaque(m.group()) for m in _OPAQUE_RUN.finditer(text))
 
 
 def sanitize_value(value: Any, depth: int = 0) -> Any:

@@ -15,8 +15,10 @@ receiver can drop the repeats.
 Every sink writes the same record for an item, built by :func:`encode_record`
 (one JSON object, encoded with msgspec):
 
-* events: ``kind`` (``"event"``), ``idempotency_key`` (``stream_id:sequence``),
-  ``stream_id``, ``sequence``, ``priority``, ``topic``, ``transition``,
+* events: ``kind`` (``"event"``), ``idempotency_key``
+  (``stream_id:key:digest``, see :attr:`StreamEvent.idempotency_key`),
+  ``stream_id``, ``epoch`` (the run that delivered it), ``sequence``
+  (gap-free within one epoch), ``priority``, ``topic``, ``transition``,
   ``conversation_id``, ``correlation_id``, ``received_at`` (Unix seconds) and
   ``event_body``: the notification's ``eventBody`` embedded *verbatim*, byte
   for byte, never decoded and re-encoded (re-encoding could change number
@@ -119,6 +121,8 @@ class EventRecord(msgspec.Struct, tag_field="kind", tag="event", omit_defaults=T
     conversation_id: str | None
     correlation_id: str | None
     received_at: float
+    #: The run that delivered the event (absent for events built by hand).
+    epoch: str = ""
     event_body: msgspec.Raw = msgspec.Raw()
     event_body_b64: str | None = None
 
@@ -157,8 +161,9 @@ _DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
 def idempotency_key(item: Item) -> str:
     """The key a receiver de-duplicates ``item`` by.
 
-    ``stream_id:sequence`` for events (sequences are unique per stream);
-    ``stream_id:gap:channel_id:start`` for gaps, which have no sequence.
+    ``stream_id:key:digest`` for events (the same state always gets the same
+    key, whichever run delivers it); ``stream_id:gap:channel_id:start`` for
+    gaps.
     """
     if isinstance(item, StreamEvent):
         return item.idempotency_key
@@ -205,6 +210,7 @@ def to_record(item: Item) -> Record:
             conversation_id=item.conversation_id,
             correlation_id=item.correlation_id,
             received_at=item.received_at,
+            epoch=item.epoch,
         )
         if _embeddable(item.raw):
             record.event_body = msgspec.Raw(item.raw)

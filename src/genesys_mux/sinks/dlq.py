@@ -96,7 +96,7 @@ def _record(letter: DeadLetter) -> dict[str, Any]:
     record: dict[str, Any] = {
         "stream_id": letter.stream_id,
         "sequence": letter.sequence,
-        "idempotency_key": f"{letter.stream_id}:{letter.sequence}",
+        "idempotency_key": letter.idempotency_key or f"{letter.stream_id}:{letter.sequence}",
         "reason": letter.reason,
         "topic": letter.topic,
         "conversation_id": letter.conversation_id,
@@ -140,6 +140,7 @@ class _Line(msgspec.Struct):
     received_at: float
     conversation_id: str | None = None
     correlation_id: str | None = None
+    idempotency_key: str = ""
     # An empty Raw stands for "absent": msgspec cannot put Raw in a union.
     event_body: msgspec.Raw = msgspec.Raw()
     event_body_b64: str | None = None
@@ -172,4 +173,5 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
                 item.correlation_id,
                 item.received_at,
                 raw,
+                item.idempotency_key,
             )

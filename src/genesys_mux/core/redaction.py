@@ -1,0 +1,62 @@
+"""Credentials out of every text that came from outside: the shape of a secret.
+
+Error bodies from the platform (or from whatever answers on its address) are
+copied into exception messages, which end in logs and on the command line. A
+server that echoes the request's ``Authorization`` header would put our
+bearer token there. :func:`scrub` replaces every credential-shaped part of
+such a text; :func:`looks_secret` says whether a whole value has that shape
+(the audit log's value check, :mod:`genesys_mux.observability.sanitize`).
+
+A credential here is: the value after ``Bearer``/``Basic``; the value of an
+``Authorization``, ``access_token``, ``client_secret`` or ``password``
+field or header; a JWT; or a long run of base64 or URL-safe characters
+mixing upper case, lower case and digits (an opaque OAuth token). Genesys
+ids (UUIDs, ``streaming-0-…`` channel ids) and topics are lower case or
+dotted and pass through. The check errs on the side of redacting: a false
+positive costs a few characters of an error message, a false negative costs
+a credential.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = ["REDACTED", "looks_secret", "scrub"]
+
+REDACTED: Final = "[REDACTED]"
+
+_AUTH_HEADER: Final = re.compile(r"(?:bearer|basic)\s+\S", re.I)
+_AUTH_VALUE: Final = re.compile(r"\b((?:bearer|basic)\s+)[^\s\"',;}]+", re.I)
+_SECRET_FIELD: Final = re.compile(
+    r"((?:authorization|access_token|client_secret|password|secret)[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\"',;&}\s][^\"',;&}]*",
+    re.I,
+)
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+# An opaque token: 24+ characters of base64 / base64url with no separators a
+# human identifier would have (dots, spaces).
+_OPAQUE_RUN: Final = re.compile(r"[A-Za-z0-9_\-+/=]{24,}")
+
+
+def _opaque(text: str) -> bool:
+    return (
+        any(c.isupper() for c in text)
+        and any(c.islower() for c in text)
+        and any(c.isdigit() for c in text)
+    )
+
+
+def looks_secret(text: str) -> bool:
+    """True when ``text`` has the shape of a credential (see the module notes)."""
+    if _AUTH_HEADER.search(text) or _JWT.search(text):
+        return True
+    return any(_opaque(m.group()) for m in _OPAQUE_RUN.finditer(text))
+
+
+def scrub(text: str) -> str:
+    """``text`` with every credential-shaped part replaced by ``[REDACTED]``."""
+    text = _SECRET_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _AUTH_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _JWT.sub(REDACTED, text)
+    return _OPAQUE_RUN.sub(lambda m: REDACTED if _opaque(m.group()) else m.group(), text)
