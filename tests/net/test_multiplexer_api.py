@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
+from genesys_mux.emulator import Emulator
 from genesys_mux.errors import ConfigError
 from genesys_mux.sinks.dlq import read_dead_letters
 from tests.net.conftest import eventually
@@ -133,3 +135,28 @@ async def test_events_are_merged_by_priority() -> None:
         assert taken.count("low") == 2
         assert taken.count("high") == 32
         await asyncio.sleep(0)
+
+
+async def test_the_library_writes_no_file_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dead letters stay in memory by default, readable through the API."""
+    monkeypatch.chdir(tmp_path)
+    async with (
+        Emulator(org_settings(rate=20.0)) as emulator,
+        Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=FAST_POOL,
+        ) as mux,
+    ):
+        await mux.add_stream({"id": "small", "filter": {}, "buffer_size": 2})
+        # Nobody reads: the buffer overflows into the dead-letter queue.
+        await eventually(lambda: mux.stats()["streams"]["small"].dead_lettered >= 5)
+        counted = mux.stats()["streams"]["small"].dead_lettered
+        assert len(mux.dead_letters) >= 5
+        assert mux.stats()["dlq"] == {"held": len(mux.dead_letters), "dropped": 0}
+        assert {d.stream_id for d in mux.dead_letters} == {"small"}
+        assert counted >= 5
+    assert os.listdir(tmp_path) == []

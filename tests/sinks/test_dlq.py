@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -243,3 +244,26 @@ def test_a_stream_overflowing_into_the_file(tmp_path: Path, real_bodies: list[by
     kept = [stream.take(EPOCH + 10, 10.0) for _ in range(2)]
     kept_sequences = {k.sequence for k in kept if isinstance(k, StreamEvent)}
     assert {x.sequence for x in letters} | kept_sequences == set(range(1, len(real_bodies) + 1))
+
+
+def test_the_memory_queue_is_bounded_and_counts_what_it_cannot_hold(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = MemoryDeadLetterQueue(limit=3)
+    letters = [letter(i, b'{"id":"x"}') for i in range(1, 2006)]
+    with caplog.at_level(logging.ERROR, logger="genesys_mux.dlq"):
+        for item in letters:
+            queue.write(item)
+    assert queue.letters == letters[:3]
+    assert queue.dropped == 2002
+    # Said at once, then every thousandth, not once per letter.
+    full = [r for r in caplog.records if "dead-letter queue full" in r.getMessage()]
+    assert len(full) == 3
+    assert "sequence=4 " in full[0].getMessage()
+    with pytest.raises(ValueError, match="limit"):
+        MemoryDeadLetterQueue(limit=-1)
+    unbounded = MemoryDeadLetterQueue()
+    for item in letters:
+        unbounded.write(item)
+    assert unbounded.letters == letters
+    assert unbounded.dropped == 0

@@ -70,9 +70,12 @@ from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool, InboundNotification, PoolSettings
 from genesys_mux.net.rest import Rejection, RestClient
 from genesys_mux.regions import endpoints_for
-from genesys_mux.sinks.dlq import DeadLetterQueue, JsonlDeadLetterQueue
+from genesys_mux.sinks.dlq import DeadLetterQueue, JsonlDeadLetterQueue, MemoryDeadLetterQueue
 
-__all__ = ["Multiplexer", "StreamStats"]
+__all__ = ["DEFAULT_DLQ_LIMIT", "Multiplexer", "StreamStats"]
+
+#: Dead letters the in-memory default queue holds; further ones are counted.
+DEFAULT_DLQ_LIMIT = 10_000
 
 log = logging.getLogger("genesys_mux.multiplexer")
 
@@ -123,8 +126,10 @@ class Multiplexer:
     ``GENESYSCLOUD_OAUTHCLIENT_SECRET`` and the region to
     ``GENESYSCLOUD_REGION``; ``base_url`` points everything at an emulator
     instead. ``buffer_threshold`` is the buffer size of streams that do not
-    set their own. ``dlq`` is a :class:`DeadLetterQueue` or a path for the
-    JSON-lines default (``genesys-mux-dlq.jsonl`` in the working directory).
+    set their own. ``dlq`` is a :class:`DeadLetterQueue` or a path for a
+    JSON-lines file; by default dead letters are kept in memory
+    (:attr:`dead_letters`, at most :data:`DEFAULT_DLQ_LIMIT`, the rest counted
+    in ``stats()["dlq"]``): the library writes no file unless asked.
     """
 
     def __init__(
@@ -183,10 +188,10 @@ class Multiplexer:
         )
         if isinstance(dlq, DeadLetterQueue):
             self._dlq: DeadLetterQueue = dlq
+        elif dlq is None:
+            self._dlq = MemoryDeadLetterQueue(limit=DEFAULT_DLQ_LIMIT)
         else:
-            self._dlq = JsonlDeadLetterQueue(
-                Path(dlq) if dlq is not None else Path("genesys-mux-dlq.jsonl")
-            )
+            self._dlq = JsonlDeadLetterQueue(Path(dlq))
         self._own_session = session is None
         self._session = session
         self._streams: dict[str, _StreamState] = {}
@@ -735,7 +740,17 @@ class Multiplexer:
                 rejected_topics=tuple(sorted(t for t in self.rejections if t in state.topics)),
             )
         channels = self.pool.stats() if self.pool is not None else {}
-        return {"streams": streams, "channels": channels}
+        stats: dict[str, Any] = {"streams": streams, "channels": channels}
+        if isinstance(self._dlq, MemoryDeadLetterQueue):
+            stats["dlq"] = {"held": len(self._dlq.letters), "dropped": self._dlq.dropped}
+        return stats
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters held in memory (the default queue); empty for any other queue."""
+        if isinstance(self._dlq, MemoryDeadLetterQueue):
+            return self._dlq.letters
+        return []
 
 
 def _conversation_entity(topic: str) -> tuple[TopicFamily, str] | None:

@@ -8,13 +8,15 @@ too deeply to decode, or spread over lines) is stored base64-encoded. Either
 way :func:`read_dead_letters` gives back the exact bytes.
 
 Anything with a ``write(letter)`` method can stand in (see
-:class:`DeadLetterQueue`); :class:`MemoryDeadLetterQueue` keeps them in a
-list, for tests and embedding.
+:class:`DeadLetterQueue`). :class:`MemoryDeadLetterQueue`, bounded, is the
+library's default, so a library writes no file unless asked; the command
+line keeps the file.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ import msgspec
 
 from genesys_mux.core.streams import DeadLetter
 from genesys_mux.errors import ConfigError
+
+log = logging.getLogger("genesys_mux.dlq")
 
 __all__ = [
     "DeadLetterQueue",
@@ -43,14 +47,39 @@ class DeadLetterQueue(Protocol):
 
 
 class MemoryDeadLetterQueue:
-    """Dead letters kept in a list (tests, or an application that handles them itself)."""
+    """Dead letters kept in memory, readable as :attr:`letters` (the library's default).
 
-    def __init__(self) -> None:
+    ``limit`` bounds how many are held (None: no bound). Past it the first
+    ``limit`` letters are kept and every further one is counted in
+    :attr:`dropped` and logged (the first, then every thousandth), so a
+    stalled consumer cannot grow memory without bound and no loss is silent.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be at least 0, not {limit}")
         self.letters: list[DeadLetter] = []
+        self.limit = limit
+        #: Letters that arrived while the queue was full: counted, not kept.
+        self.dropped = 0
 
     def write(self, letter: DeadLetter) -> None:
-        """Append ``letter``."""
-        self.letters.append(letter)
+        """Keep ``letter``, or count and log it when the queue is full."""
+        if self.limit is None or len(self.letters) < self.limit:
+            self.letters.append(letter)
+            return
+        self.dropped += 1
+        if self.dropped % 1000 == 1:
+            log.error(
+                "dead-letter queue full (%d held): %d letter(s) counted but not kept, the "
+                "latest stream=%s sequence=%d reason=%s; give the Multiplexer a dlq path "
+                "to keep every letter on disk",
+                len(self.letters),
+                self.dropped,
+                letter.stream_id,
+                letter.sequence,
+                letter.reason,
+            )
 
 
 class JsonlDeadLetterQueue:
