@@ -294,3 +294,34 @@ async def test_a_wrong_secret_exits_2_with_one_clear_line(
     assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in errors[0]
     assert "not-the-secret" not in result.output
     assert "Traceback" not in result.stderr
+
+
+async def test_the_admin_server_answers_while_the_platform_cannot_be_reached(
+    tmp_path: Path,
+) -> None:
+    """/healthz is up from the start and /readyz says why it is not ready yet."""
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    process = await start_cli(
+        "run", "-c", "mux.toml", "--base-url", nobody,
+        "--admin-port", str(port), "--admin-host", "127.0.0.1",
+        env=DEMO_CREDENTIALS, cwd=tmp_path,
+    )  # fmt: skip
+    finished = asyncio.ensure_future(process.communicate())
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            health = await poll(session, f"{base}/healthz", deadline, finished)
+            assert health[0] == 200, health
+            async with session.get(f"{base}/readyz") as resp:
+                assert resp.status == 503
+                assert "starting" in (await resp.json())["reason"]
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
+    assert process.returncode == 0

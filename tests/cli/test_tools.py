@@ -7,6 +7,7 @@ file and a real aiohttp webhook receiver that checks every signature.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,9 @@ async def test_listen_without_credentials_names_the_variables() -> None:
     assert result.code == 2, result.why()
     assert "GENESYSCLOUD_OAUTHCLIENT_ID" in result.output
     assert "Traceback" not in result.output
+
+
+async def test_version_comes_from_the_package_metadata() -> None:
+    result = await run_cli("--version")
+    assert result.code == 0, result.why()
+    assert result.stdout.strip() == f"genesys-mux {importlib.metadata.version('genesys-mux')}"

@@ -14,6 +14,7 @@ import logging
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from genesys_mux import Multiplexer, StreamEvent
 from genesys_mux.emulator import Emulator
@@ -87,3 +88,34 @@ async def test_an_unreachable_login_host_is_retried_and_said(
         start.cancel()
         await asyncio.gather(start, return_exceptions=True)
         await mux.stop(drain=False)
+
+
+async def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP(S)_PROXY is honoured, as by every other HTTP tool on a corporate network."""
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.url}")
+        body = {"error": "invalid_client", "error_description": "answered by the proxy"}
+        return web.json_response(body, status=401)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    proxy_port, target_port = free_port(), free_port()
+    await web.TCPSite(runner, "127.0.0.1", proxy_port).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=f"http://127.0.0.1:{target_port}",
+        )
+        with pytest.raises(AuthenticationError, match="answered by the proxy"):
+            await mux.start()
+    finally:
+        await runner.cleanup()
+    assert seen == [f"POST http://127.0.0.1:{target_port}/oauth/token"]

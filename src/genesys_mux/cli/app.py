@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import signal
 import sys
@@ -38,8 +39,25 @@ console = Console(stderr=True)
 log = structlog.get_logger("genesys_mux.cli")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        # Read from the installed package's metadata: one place for the version.
+        print(f"genesys-mux {importlib.metadata.version('genesys-mux')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Multiplex Genesys Cloud interaction streams over a few Notifications-API WebSockets."""
 
 
@@ -237,6 +255,10 @@ def run(
         int | None,
         typer.Option(min=0, max=65535, help="Serve /metrics, /healthz, /readyz, /status here."),
     ] = None,
+    admin_host: Annotated[
+        str | None,
+        typer.Option(help="Interface of the admin server (default 127.0.0.1, or the config's)."),
+    ] = None,
     duration: Annotated[
         float | None, typer.Option(min=1, help="Stop after this many seconds.")
     ] = None,
@@ -255,10 +277,13 @@ def run(
         raise typer.Exit(2) from None
     for warning in warnings:
         log.warning(warning)
-    if admin_port is not None:
-        loaded = dataclasses.replace(
-            loaded, settings=loaded.settings.model_copy(update={"admin_port": admin_port})
-        )
+    overrides = {
+        key: value
+        for key, value in (("admin_port", admin_port), ("admin_host", admin_host))
+        if value is not None
+    }
+    if overrides:
+        loaded = dataclasses.replace(loaded, settings=loaded.settings.model_copy(update=overrides))
 
     async def main(stop: asyncio.Event) -> int:
         runtime = Runtime(

@@ -215,6 +215,23 @@ class Runtime:
         async with contextlib.AsyncExitStack() as stack:
             # Closed last, after the multiplexer's own closing facts, however it ends.
             stack.callback(audit.close)
+            # The admin server comes first: /healthz answers from the first
+            # second and /readyz says why it is not ready yet, so an outage of
+            # the platform at start-up is not mistaken for a dead process (and
+            # restarted in a loop by an orchestrator).
+            if settings.admin_port is not None:
+                admin = AdminServer(
+                    mux,
+                    metrics,
+                    host=settings.admin_host,
+                    port=settings.admin_port,
+                    status_extra=self._status_extra,
+                )
+                await stack.enter_async_context(admin)
+                self.admin = admin
+                self.console.print(
+                    f"admin server on {admin.base_url} (/metrics /healthz /readyz /status)"
+                )
             await stack.enter_async_context(mux)
             for stream in self.config.streams:
                 for rejection in await mux.add_stream(stream):
@@ -250,19 +267,6 @@ class Runtime:
                     asyncio.create_task(
                         self._consume(stream_id), name=f"genesys-mux-print-{stream_id}"
                     )
-                )
-            if settings.admin_port is not None:
-                admin = AdminServer(
-                    mux,
-                    metrics,
-                    host=settings.admin_host,
-                    port=settings.admin_port,
-                    status_extra=self._status_extra,
-                )
-                await stack.enter_async_context(admin)
-                self.admin = admin
-                self.console.print(
-                    f"admin server on {admin.base_url} (/metrics /healthz /readyz /status)"
                 )
             background = [asyncio.create_task(audit.run_periodic(mux, settings.metric_interval_s))]
             background += [asyncio.create_task(side(self)) for side in self.side_tasks]

@@ -124,7 +124,7 @@ def listen(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(trust_env=True) as session:
             tokens = TokenProvider(
                 session, endpoints, credentials.client_id, credentials.client_secret
             )

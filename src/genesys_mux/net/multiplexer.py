@@ -212,6 +212,8 @@ class Multiplexer:
         self.epoch = uuid.uuid4().hex[:16]
         #: The error that stopped the feed for good (refused credentials).
         self._failure: AuthenticationError | None = None
+        #: True once :meth:`start` has returned (it waits for a first token).
+        self.started = False
         self.pool: ChannelPool | None = None
         self.rest: RestClient | None = None
         self.tokens: TokenProvider | None = None
@@ -244,7 +246,9 @@ class Multiplexer:
         keep retrying.
         """
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # trust_env: HTTPS_PROXY, NO_PROXY and .netrc as other HTTP tools
+            # honour them; corporate networks often reach the cloud only so.
+            self._session = aiohttp.ClientSession(trust_env=True)
         self.tokens = TokenProvider(self._session, self._endpoints, self._client_id, self._secret)
         self.tokens.on_refresh.append(
             lambda token: self._audit("token_refreshed", {"expires_in_s": round(token.lifetime_s)})
@@ -272,6 +276,7 @@ class Multiplexer:
             raise
         except TransportError as exc:
             log.warning("no OAuth token yet (%s); the channels will keep retrying", exc)
+        self.started = True
 
     async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop receiving; with ``drain``, give consumers ``timeout_s`` to empty the buffers.

@@ -54,9 +54,15 @@ log = logging.getLogger("genesys_mux.observability.admin")
 
 
 def _dispatcher_state(mux: Multiplexer) -> tuple[bool, str | None]:
-    """Whether the multiplexer is receiving, and if not, why."""
+    """Whether the process is alive for ``/healthz``, and if not, why.
+
+    A multiplexer still starting (no token or channel yet, perhaps because
+    the platform is down) is alive: it is working on it, and a liveness probe
+    that failed it would only restart it into the same outage. ``/readyz``
+    says it is not ready, and why.
+    """
     if mux.pool is None:
-        return False, "the multiplexer has not been started"
+        return True, None
     if not mux.running:
         return False, "the multiplexer is stopped or its dispatcher has ended"
     return True, None

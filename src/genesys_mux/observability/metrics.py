@@ -173,8 +173,8 @@ def readiness(mux: Multiplexer) -> Readiness:
     ``mux.live`` alone is true for a multiplexer with no channels at all,
     which is not a useful feed, hence the stream check.
     """
-    if mux.pool is None:
-        return Readiness(False, "the multiplexer has not been started")
+    if mux.pool is None or not mux.started:
+        return Readiness(False, "starting: no token and no channel yet")
     if not mux.streams():
         return Readiness(False, "no streams are configured")
     if not mux.live:

@@ -163,7 +163,7 @@ class WebhookSink:
     async def start(self) -> None:
         """Create the HTTP session, unless one was given."""
         if self._session is None or (self._own_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(trust_env=True)
             self._own_session = True
 
     @staticmethod
