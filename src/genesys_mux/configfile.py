@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from genesys_mux.config import StreamConfig, parse_streams
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
@@ -51,7 +58,20 @@ __all__ = [
     "parse_config",
 ]
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+# strict: TOML already has types, so `true` is never a number and "5" never
+# an int; no infinities or NaN: every number here is a real bound.
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _usable_path(value: str | None) -> str | None:
+    """A file path someone can actually open: not empty, no NUL."""
+    if value is not None and (not value.strip() or "\x00" in value):
+        raise ValueError("must be a file path (not empty, no NUL character)")
+    return value
+
+
+#: A path field, checked by :func:`_usable_path`.
+PathField = Annotated[str, AfterValidator(_usable_path)]
 
 
 class GenesysSection(BaseModel):
@@ -65,7 +85,7 @@ class GenesysSection(BaseModel):
     base_url: str | None = Field(
         default=None, description="One URL for login, API and streaming, e.g. the emulator."
     )
-    secrets_file: str | None = Field(
+    secrets_file: PathField | None = Field(
         default=None,
         description="TOML file with client_id and client_secret, readable by its owner only.",
     )
@@ -84,20 +104,22 @@ class Settings(BaseModel):
 
     max_streams: int = Field(default=10, ge=1, le=1000)
     buffer_threshold: int = Field(default=500, ge=1, le=1_000_000)
-    heartbeat_timeout: float = Field(default=75.0, gt=0)
-    pong_timeout: float = Field(default=10.0, gt=0)
+    heartbeat_timeout: float = Field(default=75.0, ge=1, le=3600)
+    pong_timeout: float = Field(default=10.0, ge=0.1, le=600)
     topics_per_channel: int = Field(default=1000, ge=1, le=1000)
     max_channels: int = Field(default=20, ge=2, le=20)
-    queue_refresh_s: float = Field(default=300.0, gt=0)
-    requests_per_minute: int = Field(default=300, ge=1)
+    queue_refresh_s: float = Field(default=300.0, ge=10, le=86_400)
+    requests_per_minute: int = Field(default=300, ge=1, le=100_000)
     backfill: bool = Field(
         default=False, description="After a gap, fetch the current snapshots of its conversations."
     )
-    dlq_path: str = Field(
+    dlq_path: PathField = Field(
         default="genesys-mux-dlq.jsonl", description="JSON-lines dead-letter file."
     )
-    audit_path: str = Field(default="-", description="Audit log file; '-' is stderr.")
-    metric_interval_s: float = Field(default=60.0, gt=0, description="STREAM_METRIC period.")
+    audit_path: PathField = Field(default="-", description="Audit log file; '-' is stderr.")
+    metric_interval_s: float = Field(
+        default=60.0, ge=1, le=86_400, description="STREAM_METRIC period."
+    )
     admin_host: str = Field(default="127.0.0.1", description="Admin server interface.")
     admin_port: int | None = Field(
         default=None, ge=0, le=65535, description="Admin server port (/metrics, /healthz, ...)."
@@ -123,7 +145,7 @@ class JsonlSinkSpec(_SinkBase):
     """A JSON-lines file, rotated by size."""
 
     type: Literal["jsonl"]
-    path: str
+    path: PathField
     max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     backups: int = Field(default=5, ge=0, le=1000)
     fsync: Literal["never", "batch", "always"] = "batch"
@@ -216,6 +238,11 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         raise ConfigError(f"{source} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError([("(file)", f"not valid TOML: {exc}")], source) from None
+    except RecursionError:
+        raise ConfigFileError(
+            [("(file)", "nested too deeply to read; a configuration needs a few levels at most")],
+            source,
+        ) from None
     return parse_config(data, source=source)
 
 
@@ -247,6 +274,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "the configuration") 
         streams = parse_streams(stream_items, max_streams=document.settings.max_streams)
     except StreamConfigError as exc:
         errors.extend(exc.errors)
+    if not errors:
+        errors.extend(_missing_directories(document.settings, sinks))
     if errors:
         raise ConfigFileError(errors, source)
     return ConfigFile(
@@ -256,6 +285,29 @@ def parse_config(data: Mapping[str, Any], *, source: str = "the configuration") 
         sinks={s.id: sinks.get(s.id, ()) for s in streams},
         source=source,
     )
+
+
+def _missing_directories(
+    settings: Settings, sinks: Mapping[str, tuple[SinkSpec, ...]]
+) -> list[tuple[str, str]]:
+    """Files the run will write, whose directory is not there: found now, not at run time."""
+    wanted = [("settings.dlq_path", settings.dlq_path)]
+    if settings.audit_path != "-":
+        wanted.append(("settings.audit_path", settings.audit_path))
+    for stream_id, specs in sinks.items():
+        wanted += [
+            (f"sinks of {stream_id}: jsonl path", spec.path)
+            for spec in specs
+            if isinstance(spec, JsonlSinkSpec)
+        ]
+    errors = []
+    for where, path in wanted:
+        directory = Path(path).parent
+        if not directory.is_dir():
+            errors.append(
+                (where, f"directory {directory} of {path!r} does not exist; create it first")
+            )
+    return errors
 
 
 def _stream_list(data: Mapping[str, Any]) -> list[dict[str, Any]]:

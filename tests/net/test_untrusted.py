@@ -207,3 +207,37 @@ async def test_a_region_accepts_only_wss_on_its_own_streaming_host(
         else:
             with pytest.raises(TransportError):
                 rest._checked_connect_uri("streaming-0-abc", uri)
+
+
+async def test_a_queue_listing_that_never_ends_is_cut_off() -> None:
+    """A page count that grows with every page would be followed forever."""
+    port = free_port()
+    pages: list[int] = []
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": TOKEN, "expires_in": 3600})
+
+    async def queues(request: web.Request) -> web.Response:
+        number = int(request.query["pageNumber"])
+        pages.append(number)
+        entity = {"id": f"queue-{number}", "name": f"Queue {number}"}
+        return web.json_response(
+            {"entities": [entity], "pageNumber": number, "pageSize": 1, "pageCount": number + 1}
+        )
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    app.router.add_get("/api/v2/routing/queues", queues)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            endpoints = Endpoints.custom(f"http://127.0.0.1:{port}")
+            tokens = TokenProvider(session, endpoints, "demo-client", SECRET)
+            rest = RestClient(session, endpoints, tokens)
+            with pytest.raises(TransportError, match="did not end after 5 pages"):
+                await rest.list_queues(page_size=1, max_pages=5)
+    finally:
+        await runner.cleanup()
+    assert pages == [1, 2, 3, 4, 5]

@@ -115,7 +115,9 @@ async def test_retryable_failures_are_retried_with_the_same_batch() -> None:
     assert sink.attempts == 3
     assert runner.retries == 2
     assert runner.dead_lettered == 0
-    assert runner.last_error == "list: down"
+    # The failure was reported while it lasted, and cleared once the sink took the batch.
+    assert runner.last_error is None
+    assert runner.per_sink["list"].last_error is None
     assert [name for name, _ in failures] == ["list", "list"]
     assert failures[0][1].startswith("down (attempt 1, retrying in ")
 
@@ -170,7 +172,8 @@ async def test_each_sink_fails_on_its_own() -> None:
             "failed_batches": 1,
             "dead_lettered": 10,
             "retries": 0,
-            "last_error": "bad: HTTP 400",
+            # It took the next batch: the failure is history (the counts keep it).
+            "last_error": None,
         },
         "good": {
             "sent": 15,
@@ -316,3 +319,25 @@ async def test_a_slow_sink_holds_back_only_its_own_stream() -> None:
         assert slow_letters
         assert all(d.reason.startswith("sink_failed:slow-hook: ") for d in slow_letters)
         assert fast_rx.bad_signatures == 0
+
+
+async def test_last_error_shows_a_failure_while_it_lasts() -> None:
+    sink = GatedSink()
+    sink.errors = [SinkError("down", retryable=True)]
+    sink.gate.set()
+    release = asyncio.Event()
+    runner = SinkRunner(
+        held_open(real_events(2), release, real_events(1, start=3)),
+        [sink],
+        discard,
+        backoff=FAST,
+        linger_s=0.0,
+    )
+    seen: list[str | None] = []
+    runner.on_failure.append(lambda _name, _text: seen.append(runner.last_error))
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: runner.sent == 2)
+    assert seen == ["gated: down"]  # set while failing
+    assert runner.last_error is None  # cleared by the next success
+    release.set()
+    await asyncio.wait_for(task, 10)

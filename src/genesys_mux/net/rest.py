@@ -426,11 +426,23 @@ class RestClient:
 
     # -- routing ----------------------------------------------------------
 
-    async def list_queues(self, page_size: int = 100) -> list[QueueInfo]:
-        """Every routing queue of the org, following the pagination to the end."""
+    async def list_queues(self, page_size: int = 100, *, max_pages: int = 1000) -> list[QueueInfo]:
+        """Every routing queue of the org, following the pagination to the end.
+
+        At most ``max_pages`` pages (100,000 queues at the default size, far
+        beyond any org): a listing whose page count keeps growing is a
+        broken answer, and following it would never end. Raises
+        :class:`TransportError` then.
+        """
         queues: list[QueueInfo] = []
         page_number = 1
         while True:
+            if page_number > max_pages:
+                raise TransportError(
+                    f"GET /api/v2/routing/queues did not end after {max_pages} pages of "
+                    f"{page_size} ({len(queues)} queues so far, and its page count keeps "
+                    "growing); refusing to follow it further"
+                )
             answer = await self.request(
                 "GET",
                 "/api/v2/routing/queues",

@@ -90,7 +90,7 @@ class SinkCounters:
     dead_lettered: int = 0
     #: Attempts that were retried.
     retries: int = 0
-    #: The most recent failure, or None if there was none.
+    #: The current failure: set when a send fails, cleared when one succeeds.
     last_error: str | None = None
 
 
@@ -375,6 +375,12 @@ class SinkRunner:
                     log.info(
                         "sink %s of %s recovered after %d attempts", sink.name, self.name, attempt
                     )
+                # A sink that takes a batch again is no longer failing: /status
+                # must not keep showing an error that has gone.
+                counters.last_error = None
+                self.last_error = next(
+                    (c.last_error for c in self.per_sink.values() if c.last_error), None
+                )
                 return True
 
             reason = _short_reason(sink.name, error)

@@ -1,0 +1,106 @@
+"""The configuration file is strict: every doubtful value is a clear error with its path.
+
+TOML has types, so a value of the wrong type is a mistake, not something to
+coerce: ``true`` is not a port, ``inf`` is not a timeout. Bounds are the
+ones a production run can live with, and a file the run will write must
+have a directory to go in, found by ``validate`` rather than by a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from genesys_mux.configfile import load_config, parse_config
+from genesys_mux.errors import ConfigFileError
+
+STREAM = {"streams": [{"id": "s", "filter": {}}]}
+
+
+def problems(data: dict[str, object]) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigFileError) as caught:
+        parse_config({**STREAM, **data})
+    return caught.value.errors
+
+
+@pytest.mark.parametrize(
+    ("settings", "path"),
+    [
+        ({"admin_port": True}, "settings.admin_port"),
+        ({"max_streams": "5"}, "settings.max_streams"),
+        ({"heartbeat_timeout": float("inf")}, "settings.heartbeat_timeout"),
+        ({"pong_timeout": float("nan")}, "settings.pong_timeout"),
+        ({"queue_refresh_s": 1e-7}, "settings.queue_refresh_s"),
+        ({"metric_interval_s": 0.001}, "settings.metric_interval_s"),
+        ({"heartbeat_timeout": 1e9}, "settings.heartbeat_timeout"),
+        ({"dlq_path": "dead\x00letters.jsonl"}, "settings.dlq_path"),
+        ({"audit_path": "  "}, "settings.audit_path"),
+        ({"backfill": 1}, "settings.backfill"),
+    ],
+)
+def test_doubtful_settings_are_errors_with_their_path(
+    settings: dict[str, object], path: str
+) -> None:
+    assert [where for where, _ in problems({"settings": settings})] == [path]
+
+
+def test_a_sink_path_with_a_nul_is_an_error() -> None:
+    data = {
+        "streams": [
+            {"id": "s", "filter": {}, "sinks": [{"type": "jsonl", "path": "out\x00.jsonl"}]}
+        ]
+    }
+    with pytest.raises(ConfigFileError) as caught:
+        parse_config(data)
+    ((where, message),) = caught.value.errors
+    assert where.startswith("streams[0].sinks[0]")
+    assert "NUL" in message
+
+
+def test_files_in_missing_directories_are_found_by_validate(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    data = {
+        "settings": {"audit_path": str(missing / "audit.jsonl"), "dlq_path": str(missing / "d")},
+        "streams": [
+            {
+                "id": "s",
+                "filter": {},
+                "sinks": [{"type": "jsonl", "path": str(missing / "s.jsonl")}],
+            }
+        ],
+    }
+    with pytest.raises(ConfigFileError) as caught:
+        parse_config(data)
+    where = [w for w, _ in caught.value.errors]
+    assert where == ["settings.dlq_path", "settings.audit_path", "sinks of s: jsonl path"]
+    assert all("does not exist" in m for _, m in caught.value.errors)
+    (missing).mkdir()
+    assert parse_config(data).settings.audit_path.endswith("audit.jsonl")
+
+
+def test_deeply_nested_toml_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigFileError) as caught:
+        load_config(path)
+    ((where, message),) = caught.value.errors
+    assert where == "(file)"
+    assert "nested too deeply" in message or "not valid TOML" in message
+
+
+def test_sane_values_still_pass() -> None:
+    config = parse_config(
+        {
+            **STREAM,
+            "settings": {
+                "heartbeat_timeout": 30,  # an int where a float is expected is fine
+                "pong_timeout": 2.5,
+                "queue_refresh_s": 60,
+                "admin_port": 9464,
+                "backfill": True,
+            },
+        }
+    )
+    assert config.settings.heartbeat_timeout == 30
+    assert config.settings.admin_port == 9464
