@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import ConfigError
-from genesys_mux.sinks.dlq import read_dead_letters
+from genesys_mux.sinks.dlq import MemoryDeadLetterQueue, read_dead_letters
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import FAST_POOL, Collector, harness, org_settings
 
@@ -160,3 +163,58 @@ async def test_the_library_writes_no_file_unless_asked(
         assert {d.stream_id for d in mux.dead_letters} == {"small"}
         assert counted >= 5
     assert os.listdir(tmp_path) == []
+
+
+async def test_stop_reads_what_the_sockets_still_hold() -> None:
+    """Frames already sent when stop() is called are delivered or dead-lettered, never lost.
+
+    A blast fills the socket as fast as it drains; stop() comes in the middle
+    of it. Every frame the emulator's ledger says it wrote to our channel
+    must have reached the stream (and then the consumer or the dead-letter
+    queue), or be inside a final gap.
+    """
+    topic = f"v2.users.{uuid.uuid4()}.conversations"
+    dlq = MemoryDeadLetterQueue()
+    async with Emulator(org_settings(rate=0.0)) as emulator:
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=FAST_POOL,
+            dlq=dlq,
+        )
+        await mux.start()
+        await mux.add_stream({"id": "b", "topics": [topic], "buffer_size": 1_000_000})
+        async with aiohttp.ClientSession() as session:
+            control = f"{emulator.base_url}/__emulator__"
+            blast = {"blast": {"topic": topic, "rate": 0, "count": 300_000}}
+            async with session.post(f"{control}/traffic", json=blast) as resp:
+                assert resp.status == 200
+            await eventually(lambda: mux.stats()["streams"]["b"].received >= 3000)
+            await mux.stop(drain=False)
+            async with session.post(f"{control}/traffic", json={"blast": {"stop": True}}):
+                pass
+            async with session.get(f"{control}/ledger") as resp:
+                entries = (await resp.json())["entries"]
+    sent = sum(1 for e in entries if e["topic"] == topic and not e["duplicate"])
+    stats = mux.stats()["streams"]["b"]
+    assert sent >= 3000
+    assert sent < 300_000, "the stop came after the blast had ended: nothing was in flight"
+    assert stats.received == sent, "frames sent before the stop were neither read nor reported"
+    assert stats.delivered + stats.dead_lettered == stats.received
+    assert len(dlq.letters) == stats.dead_lettered
+
+
+async def test_a_socket_that_cannot_be_drained_at_stop_leaves_a_final_gap() -> None:
+    async with harness(org_settings(rate=10.0)) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        seen = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(seen.events()) >= 3)
+        # A half-open link answers no ping: what it held cannot be read.
+        await h.control("faults", {"fault": "pause_heartbeats"})
+        silenced = time.time()
+        await h.mux.stop(drain=True, timeout_s=5.0)
+        await eventually(lambda: seen._task.done())
+        (gap,) = seen.gaps()
+        assert gap.reason == "stopped"
+        assert gap.start <= silenced <= gap.end

@@ -279,15 +279,17 @@ class _Socket:
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
             await self.ws.send_str(PING.decode())
 
-    async def drain_and_close(self, rest: RestClient, timeout_s: float) -> None:
+    async def drain_and_close(self, rest: RestClient, timeout_s: float) -> bool:
         """Stop the channel's traffic, read what is already in flight, then close.
 
         Closing straight away would discard the frames already on the wire:
         aiohttp's close handshake drops everything until the server's close
         frame. So we unsubscribe (nothing new is sent after the DELETE is
         answered), then ping: the server writes in order, so once its pong has
-        been read, every notification before it has been read too.
+        been read, every notification before it has been read too. Returns
+        whether that pong came: False means frames may have been left unread.
         """
+        drained = False
         if self.lost_at is None:
             with contextlib.suppress(GenesysMuxError):
                 await rest.delete_subscriptions(self.info.id)
@@ -295,7 +297,9 @@ class _Socket:
             await self._ping()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pong.wait(), timeout_s)
+                drained = True
         await self.close()
+        return drained
 
     async def close(self) -> None:
         """Close the socket and stop its tasks."""
@@ -314,6 +318,13 @@ class _Socket:
         for task in self._tasks:
             task.cancel()
         return asyncio.create_task(self.close(), name=f"genesys-mux-close-{self.info.id}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    """Put behind the queued notifications; set once their reader has passed it."""
+
+    reached: asyncio.Event
 
 
 def _wall(monotonic: float) -> float:
@@ -366,7 +377,7 @@ class ChannelPool:
         self._planner = Planner(self.settings.planner_limits())
         self._slots: dict[int, _Slot] = {}
         # None is the end-of-stream marker put there by close().
-        self._inbound: asyncio.Queue[InboundNotification | None] = asyncio.Queue()
+        self._inbound: asyncio.Queue[InboundNotification | _Marker | None] = asyncio.Queue()
         self._rotations = asyncio.Semaphore(self.settings.reserved_channels or 1)
         self._backoff = backoff or Backoff(
             self.settings.reconnect_base_s, self.settings.reconnect_cap_s
@@ -448,17 +459,75 @@ class ChannelPool:
                 if self.failure is not None:
                     raise self.failure
                 return
+            if isinstance(note, _Marker):
+                note.reached.set()
+                continue
             yield note
 
     def next_frame_nowait(self) -> InboundNotification | None:
         """A notification if one is waiting, else None (for batch consumers)."""
+        while True:
+            try:
+                note = self._inbound.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+            if isinstance(note, _Marker):
+                note.reached.set()
+                continue
+            if note is None:
+                self._inbound.put_nowait(None)
+            return note
+
+    async def flushed(self, timeout_s: float) -> bool:
+        """Wait until the reader of :meth:`frames` has taken every notification queued so far.
+
+        The reader handles each notification before asking for the next, so
+        once it has passed a marker put behind them, they have all been
+        handled. False if that did not happen within ``timeout_s``.
+        """
+        marker = _Marker(asyncio.Event())
+        self._inbound.put_nowait(marker)
         try:
-            note = self._inbound.get_nowait()
-        except asyncio.QueueEmpty:
+            await asyncio.wait_for(marker.reached.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def drain(self, timeout_s: float) -> list[Outage]:
+        """Stop every slot and read what its socket already has in flight, for a clean stop.
+
+        Each live socket is unsubscribed, then pinged: once the pong is read,
+        every notification the platform sent before it has been read too
+        (and queued for :meth:`frames`), and the socket is closed. A socket
+        that does not answer within ``timeout_s``, or that was already lost,
+        may have left events unread: each such window is returned as an
+        :class:`Outage` (reason ``stopped``) from the last frame read on it.
+        Call :meth:`close` afterwards.
+        """
+        slots = list(self._slots.values())
+        for slot in slots:
+            slot.closing = True
+            if slot.task is not None:
+                slot.task.cancel()
+        await asyncio.gather(*(s.task for s in slots if s.task is not None), return_exceptions=True)
+        found = await asyncio.gather(*(self._drain_slot(s, timeout_s) for s in slots))
+        return [outage for outage in found if outage is not None]
+
+    async def _drain_slot(self, slot: _Slot, timeout_s: float) -> Outage | None:
+        socket = slot.socket
+        if socket is None:
             return None
-        if note is None:
-            self._inbound.put_nowait(None)
-        return note
+        if await socket.drain_and_close(self._rest, timeout_s):
+            return None
+        start = socket.lost_at if socket.lost_at is not None else _wall(socket.link.last_frame_at)
+        return Outage(
+            slot=slot.index,
+            channel_id=socket.info.id,
+            topics=frozenset(slot.desired),
+            start=start,
+            end=time.time(),
+            reason="stopped",
+        )
 
     @property
     def live(self) -> bool:

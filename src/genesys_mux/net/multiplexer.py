@@ -83,6 +83,7 @@ Item = StreamEvent | Gap
 EventCallback = Callable[[StreamEvent], Awaitable[None] | None]
 GapCallback = Callable[[Gap], Awaitable[None] | None]
 _CALLBACKS = "genesys-mux-callbacks"
+_DISPATCH = "genesys-mux-dispatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,7 @@ class Multiplexer:
         self._failure: AuthenticationError | None = None
         #: True once :meth:`start` has returned (it waits for a first token).
         self.started = False
+        self._draining = False
         self.pool: ChannelPool | None = None
         self.rest: RestClient | None = None
         self.tokens: TokenProvider | None = None
@@ -264,7 +266,7 @@ class Multiplexer:
         self.pool.on_rejection.append(self._rejected)
         self.pool.on_event.append(self._audit)
         self.pool.on_failure.append(self._failed)
-        self._tasks.append(asyncio.create_task(self._dispatch(), name="genesys-mux-dispatch"))
+        self._tasks.append(asyncio.create_task(self._dispatch(), name=_DISPATCH))
         self._tasks.append(asyncio.create_task(self._refresh_queues(), name="genesys-mux-queues"))
         # Refused credentials are fatal: say so here, not after the first
         # stream quietly fails to subscribe. A login host that cannot be
@@ -281,13 +283,32 @@ class Multiplexer:
     async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop receiving; with ``drain``, give consumers ``timeout_s`` to empty the buffers.
 
-        Whatever is still buffered after that goes to the dead-letter queue
-        (reason ``stopped``): nothing is dropped silently.
+        First every socket is unsubscribed and drained (ping, pong): what the
+        platform had already sent is read and goes through the streams. A
+        socket that cannot be drained within ``pong_timeout`` (at most
+        ``timeout_s``) leaves a final :class:`Gap` (reason ``stopped``) from
+        its last frame read. Whatever is still buffered at the end goes to
+        the dead-letter queue (reason ``stopped``): nothing is dropped silently.
         """
         if self._stopped:
             return
+        # No new back-fills or queue refreshes; the dispatcher keeps running
+        # while the sockets are drained, so what they still hold is delivered.
+        self._draining = True
+        side = [t for t in self._tasks if t.get_name() not in (_CALLBACKS, _DISPATCH)] + list(
+            self._backfills
+        )
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        if self.pool is not None and self.running:
+            bound = min(timeout_s, self._pool_settings.pong_timeout_s)
+            for outage in await self.pool.drain(bound):
+                # Frames that could not be read before the stop: a final gap.
+                self._outage(outage)
+            await self.pool.flushed(bound)
         self._stopping = True
-        intake = [t for t in self._tasks if t.get_name() != _CALLBACKS] + list(self._backfills)
+        intake = [t for t in self._tasks if t.get_name() == _DISPATCH]
         for task in intake:
             task.cancel()
         await asyncio.gather(*intake, return_exceptions=True)
@@ -528,7 +549,7 @@ class Multiplexer:
                     },
                 )
 
-        if gaps and self.backfill_enabled and not self._stopping:
+        if gaps and self.backfill_enabled and not self._stopping and not self._draining:
             task = asyncio.create_task(self._backfill_quietly(gaps), name="genesys-mux-backfill")
             self._backfills.add(task)
             task.add_done_callback(self._backfills.discard)
@@ -713,7 +734,7 @@ class Multiplexer:
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`stop` while the dispatcher runs."""
         return not self._stopping and any(
-            t.get_name() == "genesys-mux-dispatch" and not t.done() for t in self._tasks
+            t.get_name() == _DISPATCH and not t.done() for t in self._tasks
         )
 
     @property
