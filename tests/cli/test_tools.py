@@ -7,6 +7,7 @@ file and a real aiohttp webhook receiver that checks every signature.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 from pathlib import Path
@@ -139,7 +140,11 @@ def _walk(value: Any) -> Any:
 
 def write_dlq(path: Path) -> list[DeadLetter]:
     """Five dead letters from two streams, interleaved, written by the real DLQ."""
-    voice = real_events(3, "voice-main")
+    # State streams' events carry their transition; the letters must keep it.
+    voice = [
+        dataclasses.replace(e, transition=t)
+        for e, t in zip(real_events(3, "voice-main"), ("enter", "update", "exit"), strict=True)
+    ]
     chat = real_events(2, "chat-support", start=7)
     events: list[StreamEvent] = [voice[0], chat[0], voice[1], chat[1], voice[2]]
     letters = [
@@ -187,13 +192,30 @@ async def test_dlq_list_as_a_table_and_as_json(tmp_path: Path) -> None:
     assert [json.loads(line)["sequence"] for line in one.stdout.splitlines()] == [7, 8]
 
 
-async def test_dlq_list_of_a_missing_file_lists_nothing(tmp_path: Path) -> None:
-    table = await run_cli("dlq", "list", "--file", "none.jsonl", cwd=tmp_path)
-    assert table.code == 0, table.why()
-    assert "0 dead letter(s)" in table.output
-    as_json = await run_cli("dlq", "list", "--file", "none.jsonl", "--json", cwd=tmp_path)
-    assert as_json.code == 0, as_json.why()
-    assert as_json.stdout == ""
+async def test_dlq_list_of_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    """A wrong -f must not read as "no dead letters": that hides the real file."""
+    for extra in ((), ("--json",)):
+        result = await run_cli("dlq", "list", "--file", "none.jsonl", *extra, cwd=tmp_path)
+        assert result.code == 1, result.why()
+        assert "no dead-letter file none.jsonl" in result.stderr
+        assert result.stdout == ""
+
+
+async def test_dlq_commands_find_the_file_through_the_config(tmp_path: Path) -> None:
+    (tmp_path / "letters").mkdir()
+    letters = write_dlq(tmp_path / "letters" / "dead.jsonl")
+    (tmp_path / "mux.toml").write_text(
+        '[settings]\ndlq_path = "letters/dead.jsonl"\n\n'
+        '[[streams]]\nid = "voice-main"\nfilter = { channelType = "voice" }\n'
+    )
+    listed = await run_cli("dlq", "list", "-c", "mux.toml", "--json", cwd=tmp_path)
+    assert listed.code == 0, listed.why()
+    assert len(listed.stdout.splitlines()) == len(letters)
+    purged = await run_cli(
+        "dlq", "purge", "-c", "mux.toml", "--stream", "chat-support", "--yes", cwd=tmp_path
+    )
+    assert purged.code == 0, purged.why()
+    assert "purged 2 dead letter(s); 3 remain" in purged.output
     assert not (tmp_path / "none.jsonl").exists()
 
 
@@ -290,6 +312,7 @@ async def test_dlq_replay_moves_letters_into_a_jsonl_sink(tmp_path: Path) -> Non
         assert record.idempotency_key == letter.idempotency_key
         assert record.idempotency_key.startswith(f"{letter.stream_id}:{letter.conversation_id}:")
         assert record.topic == letter.topic
+        assert record.transition == letter.transition is not None
         assert record.conversation_id == letter.conversation_id
         assert record.correlation_id == letter.correlation_id
         assert bytes(record.event_body) == letter.raw, "the body must arrive byte for byte"

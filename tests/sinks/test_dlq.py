@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,7 @@ def test_round_trip(tmp_path: Path, real_bodies: list[bytes]) -> None:
         for i, (name, body) in enumerate(ODD_BODIES.items())
     ]
     letters.append(letter(200, b'{"id":"x"}', conversation_id=None, correlation_id=None))
+    letters.append(letter(201, b'{"id":"y"}', transition="exit"))
     for item in letters:
         queue.write(item)
     queue.close()
@@ -267,3 +269,33 @@ def test_the_memory_queue_is_bounded_and_counts_what_it_cannot_hold(
         unbounded.write(item)
     assert unbounded.letters == letters
     assert unbounded.dropped == 0
+
+
+def test_a_purge_while_letters_are_written_loses_none(tmp_path: Path) -> None:
+    """`dlq purge` in one process while `run` writes letters in another (here a thread)."""
+    from genesys_mux.cli.tools import rewrite_without
+
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    written = [letter(i, b'{"id":"x"}', stream_id="a" if i % 2 else "b") for i in range(1, 3001)]
+
+    def write_all() -> None:
+        for item in written:
+            queue.write(item)
+
+    writer = threading.Thread(target=write_all)
+    writer.start()
+    purges = 0
+    while writer.is_alive() or purges == 0:
+        if path.exists():
+            present = [d for d in read_dead_letters(path) if d.stream_id == "a"]
+            rewrite_without(path, present)
+            purges += 1
+    writer.join()
+    queue.close()
+    left = list(read_dead_letters(path))
+    # Every "b" letter survived every purge; only "a" letters were removed.
+    assert [d.sequence for d in left if d.stream_id == "b"] == [
+        d.sequence for d in written if d.stream_id == "b"
+    ]
+    assert purges > 1

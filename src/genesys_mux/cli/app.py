@@ -156,7 +156,6 @@ ConfigOption = Annotated[
     Path,
     typer.Option("--config", "-c", help="TOML configuration file.", exists=False, dir_okay=False),
 ]
-DlqOption = Annotated[Path, typer.Option("--file", "-f", help="Dead-letter file.", dir_okay=False)]
 
 
 @app.command()
@@ -303,37 +302,70 @@ dlq_app = typer.Typer(help="Inspect, replay or purge the dead-letter queue.", no
 app.add_typer(dlq_app, name="dlq")
 
 
+DlqFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="Dead-letter file (default: the config's dlq_path, else genesys-mux-dlq.jsonl).",
+        dir_okay=False,
+    ),
+]
+OptionalConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Take dlq_path from this configuration file.", dir_okay=False
+    ),
+]
+
+
+def _dlq_file(file: Path | None, config: Path | None) -> Path:
+    """-f if given, else the config's dlq_path, else the default file name."""
+    if file is not None:
+        return file
+    if config is not None:
+        try:
+            return Path(load_config(config).settings.dlq_path)
+        except GenesysMuxError as exc:
+            tools.print_error(console, exc)
+            raise typer.Exit(2) from None
+    return Path("genesys-mux-dlq.jsonl")
+
+
 @dlq_app.command("list")
 def dlq_list(
-    file: DlqOption = Path("genesys-mux-dlq.jsonl"),
+    file: DlqFile = None,
+    config: OptionalConfig = None,
     stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List dead letters: stream, sequence, reason, conversation."""
-    raise typer.Exit(tools.dlq_list(file, stream, as_json, console))
+    raise typer.Exit(tools.dlq_list(_dlq_file(file, config), stream, as_json, console))
 
 
 @dlq_app.command("replay")
 def dlq_replay(
     config: ConfigOption,
     stream: Annotated[str, typer.Option(help="The stream whose sinks receive its dead letters.")],
-    file: DlqOption = Path("genesys-mux-dlq.jsonl"),
+    file: DlqFile = None,
 ) -> None:
     """Send a stream's dead letters through its sinks; delivered ones leave the file."""
     configure_logging(level="WARNING")
-    raise typer.Exit(tools.dlq_replay(file, config, stream, console))
+    raise typer.Exit(tools.dlq_replay(_dlq_file(file, config), config, stream, console))
 
 
 @dlq_app.command("purge")
 def dlq_purge(
-    file: DlqOption = Path("genesys-mux-dlq.jsonl"),
+    file: DlqFile = None,
+    config: OptionalConfig = None,
     stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete dead letters (all of them, or one stream's)."""
-    if not yes and not typer.confirm(f"Delete dead letters from {file}?"):
+    path = _dlq_file(file, config)
+    if not yes and not typer.confirm(f"Delete dead letters from {path}?"):
         raise typer.Exit(1)
-    raise typer.Exit(tools.dlq_purge(file, stream, console))
+    raise typer.Exit(tools.dlq_purge(path, stream, console))
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import endpoints_for
-from genesys_mux.sinks.dlq import read_dead_letters
+from genesys_mux.sinks.dlq import file_lock, read_dead_letters
 from genesys_mux.sinks.runner import SinkRunner
 
 __all__ = [
@@ -170,7 +170,10 @@ def listen(
 
 def _letters(path: Path, stream: str | None) -> list[DeadLetter]:
     if not path.exists():
-        return []
+        raise ConfigError(
+            f"there is no dead-letter file {path}; give its path with -f (the run's "
+            "dlq_path), or nothing has been dead-lettered yet"
+        )
     return [d for d in read_dead_letters(path) if stream is None or d.stream_id == stream]
 
 
@@ -229,14 +232,17 @@ def rewrite_without(path: Path, remove: Iterable[DeadLetter]) -> int:
     """
     gone = {(d.stream_id, d.sequence, d.reason) for d in remove}
     kept: list[bytes] = []
-    with path.open("rb") as file:
-        lines = [line for line in file if line.strip()]
-    for line, letter in zip(lines, read_dead_letters(path), strict=True):
-        if (letter.stream_id, letter.sequence, letter.reason) not in gone:
-            kept.append(line if line.endswith(b"\n") else line + b"\n")
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_bytes(b"".join(kept))
-    os.replace(temporary, path)
+    # Under the file's lock: a run writing letters waits, then reopens the
+    # new file, so a letter written meanwhile is kept, not lost with the old one.
+    with file_lock(path):
+        with path.open("rb") as file:
+            lines = [line for line in file if line.strip()]
+        for line, letter in zip(lines, read_dead_letters(path), strict=True):
+            if (letter.stream_id, letter.sequence, letter.reason) not in gone:
+                kept.append(line if line.endswith(b"\n") else line + b"\n")
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_bytes(b"".join(kept))
+        os.replace(temporary, path)
     return len(kept)
 
 
@@ -287,7 +293,7 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
                 sequence=letter.sequence,
                 priority=stream_config.priority,
                 topic=letter.topic,
-                transition=None,
+                transition=letter.transition,
                 conversation_id=letter.conversation_id,
                 correlation_id=letter.correlation_id,
                 raw=letter.raw,

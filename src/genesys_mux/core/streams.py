@@ -173,6 +173,8 @@ class DeadLetter:
     raw: bytes
     #: The event's :attr:`StreamEvent.idempotency_key`, so a replay keeps it.
     idempotency_key: str = ""
+    #: The event's ``enter``/``update``/``exit``, so a replay keeps it.
+    transition: Transition | None = None
 
     @classmethod
     def of(cls, event: StreamEvent, reason: str) -> DeadLetter:
@@ -187,6 +189,7 @@ class DeadLetter:
             event.received_at,
             event.raw,
             event.idempotency_key,
+            event.transition,
         )
 
 

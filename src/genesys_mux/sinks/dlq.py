@@ -16,12 +16,14 @@ line keeps the file.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import logging
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -34,6 +36,7 @@ __all__ = [
     "DeadLetterQueue",
     "JsonlDeadLetterQueue",
     "MemoryDeadLetterQueue",
+    "file_lock",
     "read_dead_letters",
 ]
 
@@ -103,9 +106,18 @@ class JsonlDeadLetterQueue:
         self._lock = threading.Lock()
 
     def write(self, letter: DeadLetter) -> None:
-        """Append one line and flush it."""
+        """Append one line and flush it.
+
+        Safe beside ``dlq purge`` and ``dlq replay`` in another process: both
+        hold the file's lock while they rewrite it, and a writer that finds
+        the file replaced under it reopens it, so no letter lands in a file
+        that is gone.
+        """
         line = msgspec.json.encode(_record(letter)) + b"\n"
-        with self._lock:
+        with self._lock, file_lock(self.path):
+            if self._file is not None and _replaced(self.path, self._file):
+                self._file.close()
+                self._file = None
             if self._file is None:
                 self._file = self.path.open("ab")
             self._file.write(line)
@@ -121,6 +133,32 @@ class JsonlDeadLetterQueue:
                 self._file = None
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of a dead-letter file (``<path>.lock``) across processes.
+
+    Writers take it for each letter; rewriters (purge, replay) for the whole
+    rewrite. An advisory ``flock``: every genesys-mux process honours it.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _replaced(path: Path, file: BinaryIO) -> bool:
+    """True when ``path`` no longer names the file ``file`` has open."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return True
+    mine = os.fstat(file.fileno())
+    return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
+
+
 def _record(letter: DeadLetter) -> dict[str, Any]:
     record: dict[str, Any] = {
         "stream_id": letter.stream_id,
@@ -131,6 +169,7 @@ def _record(letter: DeadLetter) -> dict[str, Any]:
         "conversation_id": letter.conversation_id,
         "correlation_id": letter.correlation_id,
         "received_at": letter.received_at,
+        "transition": letter.transition,
     }
     if _fits_on_the_line(letter.raw):
         record["event_body"] = msgspec.Raw(letter.raw)
@@ -170,6 +209,7 @@ class _Line(msgspec.Struct):
     conversation_id: str | None = None
     correlation_id: str | None = None
     idempotency_key: str = ""
+    transition: Literal["enter", "update", "exit"] | None = None
     # An empty Raw stands for "absent": msgspec cannot put Raw in a union.
     event_body: msgspec.Raw = msgspec.Raw()
     event_body_b64: str | None = None
@@ -203,4 +243,5 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
                 item.received_at,
                 raw,
                 item.idempotency_key,
+                item.transition,
             )
