@@ -7,9 +7,12 @@ file and a real aiohttp webhook receiver that checks every signature.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.metadata
 import json
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,8 @@ from genesys_mux.core.streams import DeadLetter, StreamEvent
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
 from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
-from tests.cli.conftest import run_cli
-from tests.sinks.conftest import SECRET, Receiver, real_events
+from tests.cli.conftest import run_cli, start_cli
+from tests.sinks.conftest import SECRET, Receiver, free_port, real_events
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "genesys-mux.toml"
 
@@ -402,6 +405,51 @@ async def test_listen_without_credentials_names_the_variables() -> None:
     assert result.code == 2, result.why()
     assert "GENESYSCLOUD_OAUTHCLIENT_ID" in result.output
     assert "Traceback" not in result.output
+
+
+async def test_listen_with_a_wrong_secret_exits_2_at_once(emulator: Emulator) -> None:
+    started = time.monotonic()
+    result = await run_cli(
+        "listen", "v2.users.x.presence", "--base-url", emulator.base_url,
+        env={
+            "GENESYSCLOUD_OAUTHCLIENT_ID": "demo-client",
+            "GENESYSCLOUD_OAUTHCLIENT_SECRET": "not-the-secret",
+        },
+    )  # fmt: skip
+    assert result.code == 2, result.why()
+    assert time.monotonic() - started < 5.0
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "refused the client credentials" in error
+    assert "Traceback" not in result.output
+
+
+async def test_listen_stops_on_ctrl_c_while_still_connecting() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    process = await start_cli(
+        "listen", "v2.users.x.presence", "--base-url", nobody,
+        env={
+            "GENESYSCLOUD_OAUTHCLIENT_ID": "demo-client",
+            "GENESYSCLOUD_OAUTHCLIENT_SECRET": "demo-secret",
+        },
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        seen = b""
+        while b"token request failed" not in seen:
+            line = await asyncio.wait_for(process.stderr.readline(), 20)
+            assert line, "listen exited before retrying: " + seen.decode()
+            seen += line
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = await asyncio.wait_for(process.communicate(), 10.0)
+        took = time.monotonic() - started
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, (seen + err).decode()
+    assert took < 1.5, f"Ctrl-C took {took:.1f} s while connecting"
+    assert b"Traceback" not in err
 
 
 async def test_version_comes_from_the_package_metadata() -> None:

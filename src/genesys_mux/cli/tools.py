@@ -27,7 +27,7 @@ from genesys_mux.configfile import GenesysSection, json_schema, load_config, loa
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.core.topics import expand_topic
-from genesys_mux.errors import ConfigError, ConfigFileError
+from genesys_mux.errors import ConfigError, ConfigFileError, GenesysMuxError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool
 from genesys_mux.net.rest import RestClient
@@ -119,11 +119,7 @@ def listen(
     for warning in warnings:
         console.print(Text.assemble(("warning:", "yellow"), " ", warning), soft_wrap=True)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    async def listen_until() -> None:
         async with aiohttp.ClientSession(trust_env=True) as session:
             tokens = TokenProvider(
                 session, endpoints, credentials.client_id, credentials.client_secret
@@ -137,18 +133,7 @@ def listen(
                     )
                 console.print(f"listening to {len(wanted)} topic(s); Ctrl-C stops")
                 printed = 0
-                frames = pool.frames()
-                while not stop.is_set():
-                    next_note = asyncio.ensure_future(anext(frames))
-                    stopper = asyncio.ensure_future(stop.wait())
-                    done, _ = await asyncio.wait(
-                        {next_note, stopper}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    stopper.cancel()
-                    if next_note not in done:
-                        next_note.cancel()
-                        break
-                    note = next_note.result()
+                async for note in pool.frames():
                     line = msgspec.json.encode(
                         {
                             "received_at": note.received_at,
@@ -162,9 +147,32 @@ def listen(
                     sys.stdout.flush()
                     printed += 1
                     if count is not None and printed >= count:
-                        break
+                        return
 
-    asyncio.run(run())
+    async def run() -> None:
+        # Ctrl-C and SIGTERM end the command in every state, connecting or
+        # reading: the work is cancelled, not waited for.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        work = asyncio.ensure_future(listen_until())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if not work.cancelled():
+            work.result()  # a failure (refused credentials...) is raised here
+
+    try:
+        asyncio.run(run())
+    except GenesysMuxError as exc:
+        print_error(console, exc)
+        return 2
     return 0
 
 
