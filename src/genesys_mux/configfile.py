@@ -121,6 +121,12 @@ class Settings(BaseModel):
         default=60.0, ge=1, le=86_400, description="STREAM_METRIC period."
     )
     admin_host: str = Field(default="127.0.0.1", description="Admin server interface.")
+    sink_unready_after_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=86_400,
+        description="/readyz turns 503 when a sink has been failing without a break this long.",
+    )
     admin_port: int | None = Field(
         default=None, ge=0, le=65535, description="Admin server port (/metrics, /healthz, ...)."
     )

@@ -325,3 +325,18 @@ async def test_the_admin_server_answers_while_the_platform_cannot_be_reached(
             process.kill()
         await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
     assert process.returncode == 0
+
+
+async def test_duration_bounds_a_start_up_that_keeps_retrying(tmp_path: Path) -> None:
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", nobody, "--duration", "2",
+        env=DEMO_CREDENTIALS, cwd=tmp_path, timeout=20,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert result.code == 1, result.why()
+    assert took < 8.0, f"a 2 s run took {took:.1f} s"
+    assert "start-up did not finish within --duration 2 s" in result.output
+    assert "Traceback" not in result.output

@@ -8,13 +8,17 @@ after a queue.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from genesys_mux.core.backoff import Backoff
+from genesys_mux.errors import SinkError
 from genesys_mux.observability import AdminServer, MuxMetrics, stream_label
+from genesys_mux.sinks.runner import SinkRunner
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import Collector, harness
 from tests.observability.conftest import get, scrape
@@ -184,3 +188,53 @@ def test_stream_labels_never_carry_genesys_ids() -> None:
         assert uuid not in label
         assert re.fullmatch(r"stream-[0-9a-f]{12}", label)
         assert stream_label(raw) == label  # stable
+
+
+class _BrokenSink:
+    """A sink whose downstream is down: every send fails, retryably."""
+
+    name = "crm"
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, batch: object) -> None:
+        raise SinkError("crm: connection refused", retryable=True)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_failing_sink_shows_in_metrics_and_makes_readyz_503() -> None:
+    async with harness() as h:
+        await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}})
+        metrics = MuxMetrics(h.mux)
+        runner = SinkRunner(
+            h.mux.stream("voice"),
+            [_BrokenSink()],
+            h.mux.dead_letter,
+            backoff=Backoff(0.05, 0.1),
+            stop_grace_s=0.1,
+        )
+        metrics.watch_sinks("voice", runner)
+        task = asyncio.create_task(runner.run())
+        try:
+            async with AdminServer(h.mux, metrics, sink_unready_after_s=0.3) as admin:
+                await eventually(lambda: runner.per_sink["crm"].retries >= 3)
+                samples = await scrape(admin.base_url)
+                labels = (("sink", "crm"), ("stream", "voice"))
+                assert samples["genesys_mux_sink_failing"][labels] == 1
+                assert samples["genesys_mux_sink_retries_total"][labels] >= 3
+                assert samples["genesys_mux_sink_records_sent_total"][labels] == 0
+                # REST calls are counted by status.
+                assert samples["genesys_mux_rest_answers_total"][(("status", "200"),)] > 0
+
+                async def unready() -> bool:
+                    status, body = await get(f"{admin.base_url}/readyz")
+                    return status == 503 and "sink failing: voice/crm" in body
+
+                await eventually(unready)
+        finally:
+            runner.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -166,13 +166,25 @@ class Runtime:
         work = asyncio.ensure_future(self._run(stop, duration_s))
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            # --duration also bounds a start-up that keeps retrying: a run
+            # told to last N seconds never outlives them by waiting for a
+            # platform that does not answer.
+            await asyncio.wait(
+                {work, stopper}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
+            )
             if not work.done() and not self._started:
                 work.cancel()
                 await asyncio.wait({work})
                 if not work.cancelled():
                     work.result()  # an error while unwinding is still reported
-                return 0
+                if stop.is_set():
+                    return 0
+                self.console.print(
+                    f"start-up did not finish within --duration {duration_s:g} s "
+                    "(see the warnings above for what is failing); stopping",
+                    markup=False,
+                )
+                return 1
             return await work
         finally:
             stopper.cancel()
@@ -226,6 +238,7 @@ class Runtime:
                     host=settings.admin_host,
                     port=settings.admin_port,
                     status_extra=self._status_extra,
+                    sink_unready_after_s=settings.sink_unready_after_s,
                 )
                 await stack.enter_async_context(admin)
                 self.admin = admin
@@ -256,9 +269,12 @@ class Runtime:
                     linger_s=spec0.linger_s,
                     max_attempts=spec0.max_attempts,
                     backoff=Backoff(0.2, 10.0),
+                    # Every log line of the runner names its stream.
+                    name=stream.id,
                 )
                 runner.on_failure.append(functools.partial(audit.sink_failure, stream.id))
                 self.runners[stream.id] = runner
+                metrics.watch_sinks(stream.id, runner)
                 tasks.append(
                     asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream.id}")
                 )

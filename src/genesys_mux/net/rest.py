@@ -156,6 +156,10 @@ class RestClient:
         self.requests_sent = 0
         self.throttled = 0
         self.retries = 0
+        #: Answers by HTTP status (0: no answer), for metrics.
+        self.answers: dict[int, int] = {}
+        #: Seconds spent waiting before retries (Retry-After or backoff).
+        self.retry_wait_s = 0.0
 
     # -- the one door to the network ------------------------------------
 
@@ -179,6 +183,7 @@ class RestClient:
             token = await self._tokens.token()
             await self._wait_for_budget()
             answer = await self._send(method, path, body, params, token)
+            self.answers[answer.status] = self.answers.get(answer.status, 0) + 1
             # Status 0 is "no answer" (see _send): retried like a 5xx, never OK.
             verdict = Verdict.RETRY if answer.status == 0 else classify_status(answer.status)
             if verdict is Verdict.OK or (method == "HEAD" and answer.status == 404):
@@ -207,6 +212,7 @@ class RestClient:
                 attempt,
                 wait,
             )
+            self.retry_wait_s += wait
             await asyncio.sleep(wait)
 
     async def _wait_for_budget(self) -> None:

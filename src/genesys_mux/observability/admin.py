@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from genesys_mux.observability.metrics import MuxMetrics, readiness
+from genesys_mux.observability.metrics import MuxMetrics, Readiness, readiness
 from genesys_mux.observability.sanitize import redact
 from genesys_mux.regions import is_loopback_host
 
@@ -105,11 +105,14 @@ class AdminServer:
         host: str = "127.0.0.1",
         port: int = 0,
         status_extra: Callable[[], Mapping[str, Any]] | None = None,
+        sink_unready_after_s: float = 60.0,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is not between 0 and 65535")
         self.mux = mux
         self.metrics = metrics
+        #: A sink failing without a break for longer than this makes /readyz 503.
+        self.sink_unready_after_s = sink_unready_after_s
         self.host = host
         self.port = port
         self._status_extra = status_extra
@@ -184,10 +187,20 @@ class AdminServer:
         return _json_response({"status": "down", "reason": reason}, 503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        state = readiness(self.mux)
+        state = self._readiness()
         if state.ready:
             return _json_response({"status": "ready"})
         return _json_response({"status": "not_ready", "reason": state.reason}, 503)
+
+    def _readiness(self) -> Readiness:
+        """The feed's readiness, and its sinks': events that cannot leave are not a ready feed."""
+        state = readiness(self.mux)
+        if not state.ready:
+            return state
+        failing = self.metrics.failing_sinks(self.sink_unready_after_s)
+        if failing:
+            return Readiness(False, "sink failing: " + "; ".join(failing))
+        return state
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json_response(self.snapshot())
@@ -195,7 +208,7 @@ class AdminServer:
     def snapshot(self) -> dict[str, Any]:
         """What ``/status`` answers: readiness, streams, channels, control-event counts."""
         stats = self.mux.stats()
-        state = readiness(self.mux)
+        state = self._readiness()
         running, _ = _dispatcher_state(self.mux)
         status: dict[str, Any] = {
             "generated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),

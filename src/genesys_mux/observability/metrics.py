@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from genesys_mux.core.streams import StreamEvent
     from genesys_mux.net.connection import SlotStats
     from genesys_mux.net.multiplexer import Multiplexer, StreamStats
+    from genesys_mux.sinks.runner import SinkRunner
 
 __all__ = [
     "AGE_BUCKETS",
@@ -110,6 +112,14 @@ _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: Control-event kinds are a small fixed set; this caps the series should a
 #: future emitter misbehave.
 _MAX_KINDS = 64
+
+# (SinkCounters attribute, metric name without _total, help text); labels stream, sink.
+_SINK_COUNTERS = (
+    ("sent", "genesys_mux_sink_records_sent", "Records the sink took."),
+    ("failed_batches", "genesys_mux_sink_failed_batches", "Batches the sink finally failed."),
+    ("dead_lettered", "genesys_mux_sink_dead_lettered", "Events dead-lettered for this sink."),
+    ("retries", "genesys_mux_sink_retries", "Failed attempts that were tried again."),
+)
 
 # (StreamStats attribute, metric name without _total, help text)
 _STREAM_COUNTERS = (
@@ -226,13 +236,64 @@ class _MuxCollector:
     def collect(self) -> Iterable[Metric]:
         mux = self._owner.mux
         stats = mux.stats()
-        return list(
+        families = list(
             self._families(
                 stats["streams"],
                 stats["channels"],
                 readiness(mux),
                 dict(self._owner.control_events),
             )
+        )
+        families += self._sink_families(self._owner.sink_runners)
+        families += self._rest_families(mux)
+        return families
+
+    def _sink_families(self, runners: Mapping[str, SinkRunner]) -> Iterator[Metric]:
+        """Per stream and sink: what went out, what failed, what is failing now."""
+        rows = [
+            (stream_label(stream_id), name, counters)
+            for stream_id, runner in sorted(runners.items())
+            for name, counters in sorted(runner.per_sink.items())
+        ]
+        for attr, name, doc in _SINK_COUNTERS:
+            counter = CounterMetricFamily(name, doc, labels=["stream", "sink"])
+            for stream, sink, c in rows:
+                counter.add_metric([stream, sink], getattr(c, attr))
+            yield counter
+        failing = GaugeMetricFamily(
+            "genesys_mux_sink_failing",
+            "1 while the sink's last attempt failed (cleared by its next success), else 0.",
+            labels=["stream", "sink"],
+        )
+        for stream, sink, c in rows:
+            failing.add_metric([stream, sink], 1 if c.last_error else 0)
+        yield failing
+
+    def _rest_families(self, mux: Multiplexer) -> Iterator[Metric]:
+        """REST calls to the platform: answers by status, throttling and retry waits."""
+        rest = mux.rest
+        answers = CounterMetricFamily(
+            "genesys_mux_rest_answers",
+            "REST answers from the platform by HTTP status (0: no answer).",
+            labels=["status"],
+        )
+        for status, count in sorted((rest.answers if rest is not None else {}).items()):
+            answers.add_metric([str(status)], count)
+        yield answers
+        yield CounterMetricFamily(
+            "genesys_mux_rest_throttled",
+            "REST answers 429 (too many requests).",
+            value=rest.throttled if rest is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "genesys_mux_rest_retries",
+            "REST calls tried again (429, 5xx, no answer).",
+            value=rest.retries if rest is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "genesys_mux_rest_retry_wait_seconds",
+            "Seconds spent waiting before REST retries (Retry-After or backoff).",
+            value=rest.retry_wait_s if rest is not None else 0.0,
         )
 
     def _families(
@@ -337,12 +398,28 @@ class MuxMetrics:
         )
         #: stream id → (latency child, age child), bound once per stream.
         self._bound: dict[str, tuple[Histogram, Histogram]] = {}
+        #: stream id → the runner delivering it to its sinks (see :meth:`watch_sinks`).
+        self.sink_runners: dict[str, SinkRunner] = {}
         self._collector = _MuxCollector(self)
         self.registry.register(self._collector)
         for config in mux.streams():
             self._bind(config.id)
         mux.on_delivered.append(self._observe)
         mux.on_audit.append(self._control)
+
+    def watch_sinks(self, stream_id: str, runner: SinkRunner) -> None:
+        """Export the counters of the runner delivering ``stream_id`` to its sinks."""
+        self.sink_runners[stream_id] = runner
+
+    def failing_sinks(self, longer_than_s: float, now: float | None = None) -> list[str]:
+        """``stream/sink failing for N s: error`` per sink failing for over ``longer_than_s``."""
+        now = time.monotonic() if now is None else now
+        return [
+            f"{stream_id}/{name} failing for {now - c.failing_since:.0f} s: {c.last_error}"
+            for stream_id, runner in sorted(self.sink_runners.items())
+            for name, c in sorted(runner.per_sink.items())
+            if c.failing_since is not None and now - c.failing_since > longer_than_s
+        ]
 
     def close(self) -> None:
         """Unhook from the multiplexer and unregister everything from the registry."""

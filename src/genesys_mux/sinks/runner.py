@@ -92,6 +92,8 @@ class SinkCounters:
     retries: int = 0
     #: The current failure: set when a send fails, cleared when one succeeds.
     last_error: str | None = None
+    #: Monotonic time of the first failure of the current run of failures.
+    failing_since: float | None = None
 
 
 class SinkRunner:
@@ -378,6 +380,7 @@ class SinkRunner:
                 # A sink that takes a batch again is no longer failing: /status
                 # must not keep showing an error that has gone.
                 counters.last_error = None
+                counters.failing_since = None
                 self.last_error = next(
                     (c.last_error for c in self.per_sink.values() if c.last_error), None
                 )
@@ -385,6 +388,8 @@ class SinkRunner:
 
             reason = _short_reason(sink.name, error)
             counters.last_error = self.last_error = f"{sink.name}: {reason}"
+            if counters.failing_since is None:
+                counters.failing_since = time.monotonic()
             give_up = not error.retryable or (
                 self.max_attempts is not None and attempt >= self.max_attempts
             )
