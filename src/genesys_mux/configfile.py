@@ -41,6 +41,7 @@ from pydantic import (
 
 from genesys_mux.config import StreamConfig, parse_streams
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
+from genesys_mux.regions import resolve_region
 
 __all__ = [
     "ConfigFile",
@@ -52,6 +53,7 @@ __all__ = [
     "SinkSpec",
     "StdoutSinkSpec",
     "WebhookSinkSpec",
+    "check_environment",
     "json_schema",
     "load_config",
     "load_credentials",
@@ -249,11 +251,22 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             [("(file)", "nested too deeply to read; a configuration needs a few levels at most")],
             source,
         ) from None
-    return parse_config(data, source=source)
+    return parse_config(data, source=source, base_dir=Path(path).parent)
 
 
-def parse_config(data: Mapping[str, Any], *, source: str = "the configuration") -> ConfigFile:
-    """Validate an already-parsed configuration mapping."""
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "the configuration",
+    base_dir: Path | None = None,
+) -> ConfigFile:
+    """Validate an already-parsed configuration mapping.
+
+    With ``base_dir`` (the file's directory, as :func:`load_config` passes
+    it), relative paths (``dlq_path``, ``audit_path``, ``secrets_file``,
+    JSON-lines sinks) are taken from there, not from the working directory,
+    so ``validate`` and ``run`` agree wherever they are started.
+    """
     errors: list[tuple[str, str]] = []
     try:
         document = _Document.model_validate(data)
@@ -280,17 +293,49 @@ def parse_config(data: Mapping[str, Any], *, source: str = "the configuration") 
         streams = parse_streams(stream_items, max_streams=document.settings.max_streams)
     except StreamConfigError as exc:
         errors.extend(exc.errors)
+    genesys, settings = document.genesys, document.settings
+    if base_dir is not None and not errors:
+        genesys, settings, sinks = _resolved(base_dir, genesys, settings, sinks)
     if not errors:
-        errors.extend(_missing_directories(document.settings, sinks))
+        errors.extend(_missing_directories(settings, sinks))
     if errors:
         raise ConfigFileError(errors, source)
     return ConfigFile(
-        genesys=document.genesys,
-        settings=document.settings,
+        genesys=genesys,
+        settings=settings,
         streams=tuple(streams),
         sinks={s.id: sinks.get(s.id, ()) for s in streams},
         source=source,
     )
+
+
+def _resolved(
+    base: Path,
+    genesys: GenesysSection,
+    settings: Settings,
+    sinks: Mapping[str, tuple[SinkSpec, ...]],
+) -> tuple[GenesysSection, Settings, dict[str, tuple[SinkSpec, ...]]]:
+    """The sections with every relative path taken from ``base``."""
+
+    def under(path: str) -> str:
+        return path if Path(path).is_absolute() else str(base / path)
+
+    if genesys.secrets_file is not None:
+        genesys = genesys.model_copy(update={"secrets_file": under(genesys.secrets_file)})
+    updates = {"dlq_path": under(settings.dlq_path)}
+    if settings.audit_path != "-":
+        updates["audit_path"] = under(settings.audit_path)
+    settings = settings.model_copy(update=updates)
+    resolved = {
+        stream_id: tuple(
+            spec.model_copy(update={"path": under(spec.path)})
+            if isinstance(spec, JsonlSinkSpec)
+            else spec
+            for spec in specs
+        )
+        for stream_id, specs in sinks.items()
+    }
+    return genesys, settings, resolved
 
 
 def _missing_directories(
@@ -339,6 +384,60 @@ def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]
             message = "unknown key"
         out.append((path or "(file)", message))
     return out
+
+
+def check_environment(
+    config: ConfigFile, environ: Mapping[str, str] | None = None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """What ``run`` would reject beyond the file's own values: (errors, warnings).
+
+    Errors are wrong whatever the environment (an unknown region, a secrets
+    file that is not there). Warnings are what may well be set only where
+    the service runs (the credentials, a sink's secret variable): ``run``
+    fails if they are still missing then.
+    """
+    env = os.environ if environ is None else environ
+    errors: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    genesys = config.genesys
+    if genesys.region is not None:
+        try:
+            resolve_region(genesys.region)
+        except ConfigError as exc:
+            errors.append(("genesys.region", str(exc)))
+    elif genesys.base_url is None and not env.get("GENESYSCLOUD_REGION"):
+        warnings.append("no region: set genesys.region, or GENESYSCLOUD_REGION where it runs")
+    if genesys.secrets_file is not None and not Path(genesys.secrets_file).is_file():
+        errors.append(
+            ("genesys.secrets_file", f"{genesys.secrets_file} does not exist or is not a file")
+        )
+    elif genesys.secrets_file is None and not (
+        env.get("GENESYSCLOUD_OAUTHCLIENT_ID") and env.get("GENESYSCLOUD_OAUTHCLIENT_SECRET")
+    ):
+        warnings.append(
+            "no OAuth client credentials here: set GENESYSCLOUD_OAUTHCLIENT_ID and "
+            "GENESYSCLOUD_OAUTHCLIENT_SECRET where it runs, or name a secrets_file"
+        )
+    else:
+        try:
+            warnings.extend(load_credentials(genesys, env)[1])
+        except ConfigError as exc:
+            errors.append(("genesys.secrets_file", str(exc)))
+    for stream_id, specs in config.sinks.items():
+        for spec in specs:
+            variable = (
+                spec.secret_env
+                if isinstance(spec, WebhookSinkSpec)
+                else spec.url_env
+                if isinstance(spec, RedisSinkSpec)
+                else None
+            )
+            if variable is not None and not env.get(variable):
+                warnings.append(
+                    f"sink {spec.type} of stream {stream_id}: {variable} is not set here; "
+                    "set it where it runs"
+                )
+    return errors, warnings
 
 
 def load_credentials(

@@ -159,9 +159,14 @@ ConfigOption = Annotated[
 
 
 @app.command()
-def validate(config: ConfigOption) -> None:
-    """Check a configuration file and print every problem with its path."""
-    raise typer.Exit(tools.validate(config, console))
+def validate(
+    config: ConfigOption,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object on stdout instead of tables.")
+    ] = False,
+) -> None:
+    """Check a configuration file (and what run needs beyond it); print every problem."""
+    raise typer.Exit(tools.validate(config, console, as_json=as_json))
 
 
 @app.command()

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -23,7 +24,13 @@ from rich.table import Table
 from rich.text import Text
 
 from genesys_mux.cli.runtime import build_sink
-from genesys_mux.configfile import GenesysSection, json_schema, load_config, load_credentials
+from genesys_mux.configfile import (
+    GenesysSection,
+    check_environment,
+    json_schema,
+    load_config,
+    load_credentials,
+)
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.core.topics import expand_topic
@@ -55,24 +62,62 @@ def print_error(console: Console, problem: object) -> None:
     console.print(Text.assemble(("error:", "red"), " ", str(problem)), soft_wrap=True)
 
 
-def validate(path: Path, console: Console) -> int:
-    """Check a configuration file; print every error with its path as a table."""
+def validate(path: Path, console: Console, *, as_json: bool = False) -> int:
+    """Check a configuration file and what ``run`` would need beyond it; 0 if valid.
+
+    The result goes to stdout (a table, or one JSON object with ``--json``):
+    ``valid``, ``problems`` (path and problem: the file is wrong), ``warnings``
+    (what may be set only where it runs) and ``streams``. Problems exit 1.
+    """
+    out = Console(soft_wrap=True)
+    warnings: list[str] = []
+    streams: list[dict[str, Any]] = []
     try:
         config = load_config(path)
     except ConfigFileError as exc:
-        table = Table(title=f"{len(exc.errors)} problem(s) in {path}", show_lines=False)
+        problems = list(exc.errors)
+    except ConfigError as exc:
+        problems = [("(file)", str(exc))]
+    else:
+        problems, warnings = check_environment(config)
+        for stream in config.streams:
+            flt = (
+                stream.filter.model_dump(by_alias=True, exclude_none=True)
+                if stream.filter
+                else None
+            )
+            streams.append(
+                {
+                    "id": stream.id,
+                    "priority": stream.priority,
+                    "filter": flt,
+                    "raw_topics": len(stream.topics),
+                    "sinks": [s.type for s in config.sinks.get(stream.id, ())],
+                }
+            )
+    if as_json:
+        report = {
+            "file": str(path),
+            "valid": not problems,
+            "problems": [{"path": where, "problem": message} for where, message in problems],
+            "warnings": warnings,
+            "streams": streams,
+        }
+        sys.stdout.write(json.dumps(report) + "\n")
+        return 1 if problems else 0
+    for warning in warnings:
+        console.print(Text.assemble(("warning:", "yellow"), " ", warning), soft_wrap=True)
+    if problems:
+        table = Table(title=f"{len(problems)} problem(s) in {path}", show_lines=False)
         table.add_column("path", style="bold")
         table.add_column("problem")
-        for where, message in exc.errors:
+        for where, message in problems:
             # Text, not markup: a message may quote "[genesys]" or a value.
             table.add_row(Text(where), Text(message))
-        console.print(table)
+        out.print(table)
         console.print(
             "Fix each value and run validate again; `genesys-mux schema` lists every key."
         )
-        return 1
-    except ConfigError as exc:
-        print_error(console, exc)
         return 1
     table = Table(title=f"{path}: valid")
     table.add_column("stream")
@@ -80,13 +125,15 @@ def validate(path: Path, console: Console) -> int:
     table.add_column("filter")
     table.add_column("raw topics", justify="right")
     table.add_column("sinks")
-    for stream in config.streams:
-        flt = stream.filter.model_dump(by_alias=True, exclude_none=True) if stream.filter else None
-        sinks = ", ".join(s.type for s in config.sinks.get(stream.id, ())) or "-"
+    for row in streams:
         table.add_row(
-            stream.id, str(stream.priority), json.dumps(flt), str(len(stream.topics)), sinks
+            Text(row["id"]),
+            str(row["priority"]),
+            Text(json.dumps(row["filter"])),
+            str(row["raw_topics"]),
+            ", ".join(row["sinks"]) or "-",
         )
-    console.print(table)
+    out.print(table)
     return 0
 
 
