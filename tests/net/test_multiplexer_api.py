@@ -218,3 +218,21 @@ async def test_a_socket_that_cannot_be_drained_at_stop_leaves_a_final_gap() -> N
         (gap,) = seen.gaps()
         assert gap.reason == "stopped"
         assert gap.start <= silenced <= gap.end
+
+
+async def test_stop_is_bounded_when_the_platform_does_not_answer_the_unsubscribe() -> None:
+    async with harness(org_settings(rate=10.0)) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        seen = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(seen.events()) >= 3)
+        await h.control(
+            "faults",
+            {"fault": "http_5xx", "path": "/subscriptions", "method": "DELETE", "count": 1000},
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(h.mux.stop(drain=True, timeout_s=1.0), 10)
+        # pong_timeout (0.5 s) bounds the drain: twice that and a second for the call.
+        assert loop.time() - started < 4.0
+        await eventually(lambda: seen._task.done())
+        assert [g.reason for g in seen.gaps()] == ["stopped"]

@@ -517,7 +517,16 @@ class ChannelPool:
         socket = slot.socket
         if socket is None:
             return None
-        if await socket.drain_and_close(self._rest, timeout_s):
+        try:
+            # Bounded as a whole: the unsubscribe is a REST call, and a
+            # platform that does not answer must not hold up a shutdown.
+            drained = await asyncio.wait_for(
+                socket.drain_and_close(self._rest, timeout_s), 2 * timeout_s + 1.0
+            )
+        except TimeoutError:
+            drained = False
+            await socket.abandon()
+        if drained:
             return None
         start = socket.lost_at if socket.lost_at is not None else _wall(socket.link.last_frame_at)
         return Outage(
