@@ -43,7 +43,10 @@ A participant with a ``state`` of its own is read as a media participant,
 whose media is the topic's (passed in: the body does not say it); any other
 participant is read through its media lists. Both feed the same
 computation, so the same conversation gives the same media, states, queue
-and user ids, predicates, version and state digest in every shape.
+and user ids, predicates, version and state digest in every shape. The one
+exception is the platform's: chat, email and callback media participants
+have no ``monitoredParticipantId``, so ``monitoring`` reads false there
+(streams that filter on it subscribe the general topic instead).
 
 The version key of a conversation snapshot
 ..........................................
