@@ -424,6 +424,14 @@ def check_environment(
         except ConfigError as exc:
             errors.append(("genesys.secrets_file", str(exc)))
     for stream_id, specs in config.sinks.items():
+        shared = {(s.batch_size, s.linger_s, s.max_attempts) for s in specs}
+        if len(shared) > 1:
+            first = specs[0]
+            warnings.append(
+                f"stream {stream_id}: its sinks share one runner, so the first sink's "
+                f"batch_size={first.batch_size}, linger_s={first.linger_s:g} and "
+                f"max_attempts={first.max_attempts} apply to all of them"
+            )
         for spec in specs:
             variable = (
                 spec.secret_env
