@@ -236,3 +236,24 @@ async def test_stop_is_bounded_when_the_platform_does_not_answer_the_unsubscribe
         assert loop.time() - started < 4.0
         await eventually(lambda: seen._task.done())
         assert [g.reason for g in seen.gaps()] == ["stopped"]
+
+
+async def test_a_stop_while_still_reconnecting_reports_the_open_window() -> None:
+    async with harness(org_settings(rate=10.0)) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        seen = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(seen.events()) >= 3)
+        # The channel goes, and no new one can be had: the slot keeps retrying.
+        await h.control(
+            "faults",
+            {"fault": "http_5xx", "path": "/notifications/channels", "count": 1000},
+        )
+        await h.control("faults", {"fault": "expire_channel"})
+        assert h.mux.pool is not None
+        pool = h.mux.pool
+        await eventually(lambda: pool.stats()[0].state in ("reconnecting", "connecting"))
+        await h.mux.stop(drain=True, timeout_s=2.0)
+        await eventually(lambda: seen._task.done())
+        (gap,) = seen.gaps()
+        assert gap.reason == "stopped"
+        assert gap.duration_s > 0

@@ -345,6 +345,8 @@ class _Slot:
     task: asyncio.Task[None] | None = None
     stats: SlotStats = field(default_factory=SlotStats)
     socket: _Socket | None = None
+    #: A socket lost and not yet replaced: its outage is still open.
+    lost: _Socket | None = None
 
 
 class ChannelPool:
@@ -516,7 +518,19 @@ class ChannelPool:
     async def _drain_slot(self, slot: _Slot, timeout_s: float) -> Outage | None:
         socket = slot.socket
         if socket is None:
-            return None
+            lost = slot.lost
+            if lost is None:
+                return None
+            # Lost, and no successor yet: the window is still open at the stop.
+            slot.lost = None
+            return Outage(
+                slot=slot.index,
+                channel_id=lost.info.id,
+                topics=frozenset(slot.desired),
+                start=lost.lost_at if lost.lost_at is not None else time.time(),
+                end=time.time(),
+                reason="stopped",
+            )
         try:
             # Bounded as a whole: the unsubscribe is a REST call, and a
             # platform that does not answer must not hold up a shutdown.
@@ -610,14 +624,13 @@ class ChannelPool:
 
     async def _keep_alive(self, slot: _Slot) -> None:
         reuse: ChannelInfo | None = None
-        lost: _Socket | None = None
         while True:
             socket = await self._establish_with_retry(slot, reuse)
             if socket is None:
                 break  # the slot closed, or we were told to give up
-            if lost is not None:
-                self._outage(slot, lost, reason="reconnect")
-                lost = None
+            if slot.lost is not None:
+                self._outage(slot, slot.lost, reason="reconnect")
+                slot.lost = None
             slot.socket = socket
             action = await self._serve(slot)
             if action is None:
@@ -632,7 +645,9 @@ class ChannelPool:
             self._retiring.add(closing)
             closing.add_done_callback(self._retiring.discard)
             self._emit("channel_lost", slot, socket.info.id, reason=action.reason)
-            lost = socket
+            # Kept on the slot until a successor reports the outage: a stop
+            # before that must still report it (see _drain_slot).
+            slot.lost = socket
             reuse = socket.info if isinstance(action, Reconnect) else None
         if slot.socket is not None:
             await self._retire(slot, slot.socket)
