@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.emulator import Emulator, EmulatorSettings
@@ -19,6 +20,18 @@ from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import Endpoints
 
 DEADLINE_S = 15.0
+
+
+@asynccontextmanager
+async def stand_in(app: web.Application, port: int) -> AsyncIterator[str]:
+    """Serve ``app`` on loopback ``port`` (a stand-in platform or proxy); yields its URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def fast_settings(**overrides: Any) -> EmulatorSettings:

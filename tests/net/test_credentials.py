@@ -19,7 +19,7 @@ from aiohttp import web
 from genesys_mux import Multiplexer, StreamEvent
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import AuthenticationError
-from tests.net.conftest import eventually
+from tests.net.conftest import eventually, stand_in
 from tests.net.test_multiplexer import FAST_POOL, Collector, harness, org_settings
 from tests.sinks.conftest import free_port
 
@@ -101,11 +101,8 @@ async def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPa
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy)
-    runner = web.AppRunner(app)
-    await runner.setup()
     proxy_port, target_port = free_port(), free_port()
-    await web.TCPSite(runner, "127.0.0.1", proxy_port).start()
-    try:
+    async with stand_in(app, proxy_port):
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
@@ -116,6 +113,4 @@ async def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPa
         )
         with pytest.raises(AuthenticationError, match="answered by the proxy"):
             await mux.start()
-    finally:
-        await runner.cleanup()
     assert seen == [f"POST http://127.0.0.1:{target_port}/oauth/token"]

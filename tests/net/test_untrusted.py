@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 import pytest
@@ -26,6 +25,7 @@ from genesys_mux.errors import ApiError, AuthenticationError, TransportError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import Endpoints, resolve_region
+from tests.net.conftest import stand_in
 from tests.sinks.conftest import free_port
 
 TOKEN = "Zq8Lr2Tx9Vb4Nm6Kp1Ws7Yd3Hf5Jg0Ce"  # opaque, as Genesys tokens are
@@ -45,14 +45,18 @@ async def _echo(request: web.Request, status: int) -> web.Response:
     return web.json_response(body, status=status)
 
 
-@asynccontextmanager
-async def echo_server(*, refuse_login: bool) -> AsyncIterator[str]:
+async def issue_token(request: web.Request) -> web.Response:
+    """A stand-in's token endpoint: it accepts anyone."""
+    return web.json_response({"access_token": TOKEN, "expires_in": 3600})
+
+
+def echo_server(*, refuse_login: bool) -> AbstractAsyncContextManager[str]:
     """A loopback server that answers errors echoing ``Authorization``."""
 
     async def token(request: web.Request) -> web.Response:
         if refuse_login:
             return await _echo(request, 401)
-        return web.json_response({"access_token": TOKEN, "expires_in": 3600})
+        return await issue_token(request)
 
     async def anything(request: web.Request) -> web.Response:
         return await _echo(request, 400)
@@ -60,14 +64,7 @@ async def echo_server(*, refuse_login: bool) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/oauth/token", token)
     app.router.add_route("*", "/api/{tail:.*}", anything)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    return stand_in(app, free_port())
 
 
 async def test_an_echoed_bearer_token_stays_out_of_errors_and_logs(
@@ -134,29 +131,18 @@ def test_scrub_keeps_ids_topics_and_codes(text: str) -> None:
 # -- connectUri: only the streaming host of our region or base URL ------------------
 
 
-@asynccontextmanager
-async def channel_server(connect_uri: str) -> AsyncIterator[str]:
-    """A stand-in platform whose new channels carry ``connect_uri`` (``{base}`` filled in)."""
+def channel_server(connect_uri: str) -> AbstractAsyncContextManager[str]:
+    """A stand-in platform whose new channels carry ``connect_uri`` (``{port}`` filled in)."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-
-    async def token(request: web.Request) -> web.Response:
-        return web.json_response({"access_token": TOKEN, "expires_in": 3600})
 
     async def channel(request: web.Request) -> web.Response:
-        uri = connect_uri.format(base=base, port=port)
+        uri = connect_uri.format(port=port)
         return web.json_response({"id": "streaming-0-abc", "connectUri": uri, "expires": None})
 
     app = web.Application()
-    app.router.add_post("/oauth/token", token)
+    app.router.add_post("/oauth/token", issue_token)
     app.router.add_post("/api/v2/notifications/channels", channel)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield base
-    finally:
-        await runner.cleanup()
+    return stand_in(app, port)
 
 
 @pytest.mark.parametrize(
@@ -211,11 +197,7 @@ async def test_a_region_accepts_only_wss_on_its_own_streaming_host(
 
 async def test_a_queue_listing_that_never_ends_is_cut_off() -> None:
     """A page count that grows with every page would be followed forever."""
-    port = free_port()
     pages: list[int] = []
-
-    async def token(request: web.Request) -> web.Response:
-        return web.json_response({"access_token": TOKEN, "expires_in": 3600})
 
     async def queues(request: web.Request) -> web.Response:
         number = int(request.query["pageNumber"])
@@ -226,18 +208,12 @@ async def test_a_queue_listing_that_never_ends_is_cut_off() -> None:
         )
 
     app = web.Application()
-    app.router.add_post("/oauth/token", token)
+    app.router.add_post("/oauth/token", issue_token)
     app.router.add_get("/api/v2/routing/queues", queues)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            endpoints = Endpoints.custom(f"http://127.0.0.1:{port}")
-            tokens = TokenProvider(session, endpoints, "demo-client", SECRET)
-            rest = RestClient(session, endpoints, tokens)
-            with pytest.raises(TransportError, match="did not end after 5 pages"):
-                await rest.list_queues(page_size=1, max_pages=5)
-    finally:
-        await runner.cleanup()
+    async with stand_in(app, free_port()) as base, aiohttp.ClientSession() as session:
+        endpoints = Endpoints.custom(base)
+        tokens = TokenProvider(session, endpoints, "demo-client", SECRET)
+        rest = RestClient(session, endpoints, tokens)
+        with pytest.raises(TransportError, match="did not end after 5 pages"):
+            await rest.list_queues(page_size=1, max_pages=5)
     assert pages == [1, 2, 3, 4, 5]

@@ -517,32 +517,23 @@ class ChannelPool:
 
     async def _drain_slot(self, slot: _Slot, timeout_s: float) -> Outage | None:
         socket = slot.socket
-        if socket is None:
-            lost = slot.lost
-            if lost is None:
-                return None
+        if socket is not None:
+            try:
+                # Bounded as a whole: the unsubscribe is a REST call, and a
+                # platform that does not answer must not hold up a shutdown.
+                if await asyncio.wait_for(
+                    socket.drain_and_close(self._rest, timeout_s), 2 * timeout_s + 1.0
+                ):
+                    return None
+            except TimeoutError:
+                await socket.abandon()
+            start = socket.lost_at or _wall(socket.link.last_frame_at)
+        elif slot.lost is not None:
             # Lost, and no successor yet: the window is still open at the stop.
-            slot.lost = None
-            return Outage(
-                slot=slot.index,
-                channel_id=lost.info.id,
-                topics=frozenset(slot.desired),
-                start=lost.lost_at if lost.lost_at is not None else time.time(),
-                end=time.time(),
-                reason="stopped",
-            )
-        try:
-            # Bounded as a whole: the unsubscribe is a REST call, and a
-            # platform that does not answer must not hold up a shutdown.
-            drained = await asyncio.wait_for(
-                socket.drain_and_close(self._rest, timeout_s), 2 * timeout_s + 1.0
-            )
-        except TimeoutError:
-            drained = False
-            await socket.abandon()
-        if drained:
+            socket, slot.lost = slot.lost, None
+            start = socket.lost_at or time.time()
+        else:
             return None
-        start = socket.lost_at if socket.lost_at is not None else _wall(socket.link.last_frame_at)
         return Outage(
             slot=slot.index,
             channel_id=socket.info.id,
