@@ -733,6 +733,28 @@ async def test_reorder_fault_delivers_frames_behind_the_next(
             assert got_later == later[:1] + held + later[1:]
 
 
+async def test_delay_fault_lets_a_pong_overtake_notifications_and_a_close_waits_for_them(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with emulated(session, rate=0.0) as (_, api):
+        channel = await subscribed_channel(api, [BLAST_TOPIC])
+        async with api.session.ws_connect(channel["connectUri"], autoclose=False) as ws:
+            await sync(ws)
+            await fault(api, "delay", channel_id=channel["id"], delay_s=0.5)
+            state = await traffic(api, blast={"topic": BLAST_TOPIC, "rate": 0, "count": 30})
+            while state["blasting"]:
+                state = await traffic(api)
+            # The notifications are on their way, but the pong does not wait.
+            assert keys(await sync(ws)) == []
+            assert await ledger(api, channel["id"]) == []
+            # Closing first: what was sent this way still comes, then the close.
+            await ws.send_frame((1000).to_bytes(2, "big"), aiohttp.WSMsgType.CLOSE)
+            frames, end = await until_closed(ws)
+            assert end.type == aiohttp.WSMsgType.CLOSE
+            assert len([f for f in frames if is_notification(f)]) == 30
+            assert len(await ledger(api, channel["id"])) == 30
+
+
 # -- the ledger ---------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -203,6 +204,54 @@ async def test_stop_reads_what_the_sockets_still_hold() -> None:
     assert stats.received == sent, "frames sent before the stop were neither read nor reported"
     assert stats.delivered + stats.dead_lettered == stats.received
     assert len(dlq.letters) == stats.dead_lettered
+
+
+async def test_frames_that_follow_the_drain_pong_are_delivered() -> None:
+    """The pong of a drain does not promise every earlier notification came before it.
+
+    Under the emulator's ``delay`` fault, notifications reach the socket a
+    second late while the pong goes at once. Everything the platform writes
+    before its close frame must still be read and delivered: a client that
+    closes at the pong (aiohttp discards frames during its close handshake)
+    loses them with no gap.
+    """
+    topic = f"v2.users.{uuid.uuid4()}.conversations"
+    async with Emulator(org_settings(rate=0.0)) as emulator:
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=FAST_POOL,
+            dlq=MemoryDeadLetterQueue(),
+        )
+        await mux.start()
+        await mux.add_stream({"id": "late", "topics": [topic]})
+        seen = Collector(mux.stream("late"))
+        assert mux.pool is not None
+        (slot,) = mux.pool.stats().values()
+        async with aiohttp.ClientSession() as session:
+            control = f"{emulator.base_url}/__emulator__"
+
+            async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                async with session.post(f"{control}/{path}", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+                    result: dict[str, Any] = await resp.json()
+                    return result
+
+            await post("faults", {"fault": "delay", "delay_s": 1.0})
+            await post("traffic", {"blast": {"topic": topic, "rate": 0, "count": 40}})
+            blasting = True
+            while blasting:
+                blasting = (await post("traffic", {}))["blasting"]
+            await mux.stop(drain=True, timeout_s=5.0)
+            async with session.get(f"{control}/ledger") as resp:
+                entries = (await resp.json())["entries"]
+        await eventually(lambda: seen._task.done())
+    sent = [e for e in entries if e["topic"] == topic]
+    assert len(sent) == 40, "the emulator wrote fewer frames than it was sent"
+    assert seen.gaps() == []
+    assert len(seen.events()) == 40
+    assert slot.after_drain == 40
 
 
 async def test_a_socket_that_cannot_be_drained_at_stop_leaves_a_final_gap() -> None:

@@ -70,6 +70,8 @@ HEARTBEAT = b'{"topicName":"channel.metadata","eventBody":{"message":"WebSocket 
 PONG = b'{"topicName":"channel.metadata","eventBody":{"message":"pong"}}'
 # Writer-queue sentinel: close the socket once everything before it is sent.
 _CLOSE = object()
+#: How long a socket the client closed may take to send what it still has.
+_CLOSE_FLUSH_S = 65.0
 # A socket whose writer falls this far behind is dropped, as a real server
 # would shed a consumer that cannot keep up, instead of buffering forever.
 _MAX_PENDING_FRAMES = 100_000
@@ -191,6 +193,9 @@ class _SocketLink:
         self.paused = False
         self.held: _Pending | None = None
         self.held_for = 0
+        #: Notifications on their way under the ``delay`` fault.
+        self.delayed = 0
+        self.close_code: int | None = None
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -211,30 +216,48 @@ class _SocketLink:
             )
             self.drop()
             return
+        delay = faults.delay_s
         if faults.reorder and self.held is None and rng.random() < faults.reorder:
             # Hold this frame back; it goes out after the next `depth` frames.
             self.held = pending
             self.held_for = faults.reorder_depth
             return
-        self.queue.put_nowait(pending)
+        self._enqueue(pending, delay)
         if faults.duplicate and rng.random() < faults.duplicate:
             if faults.reserialise:
                 correlation_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
                 frame = _reserialised(pending.frame, correlation_id)
             else:
                 correlation_id, frame = pending.correlation_id, pending.frame
-            self.queue.put_nowait(
-                _Pending(frame, pending.topic, correlation_id, pending.conversation_id, True)
+            self._enqueue(
+                _Pending(frame, pending.topic, correlation_id, pending.conversation_id, True), delay
             )
         if self.held is not None:
             self.held_for -= 1
             if self.held_for <= 0:
-                self.queue.put_nowait(self.held)
+                self._enqueue(self.held, delay)
                 self.held = None
 
+    def _enqueue(self, pending: _Pending, delay_s: float) -> None:
+        if delay_s <= 0.0:
+            self.queue.put_nowait(pending)
+            return
+        # Late, but only notifications: pongs and heartbeats overtake them.
+        self.delayed += 1
+        asyncio.get_running_loop().call_later(delay_s, self._release, pending)
+
+    def _release(self, pending: _Pending) -> None:
+        self.delayed -= 1
+        self.queue.put_nowait(pending)
+        if self.delayed == 0 and self.close_code is not None:
+            self.queue.put_nowait((_CLOSE, self.close_code))
+
     def close_after_flush(self, code: int = 1000) -> None:
-        """Close the socket once everything already queued has been sent."""
-        self.queue.put_nowait((_CLOSE, code))
+        """Close the socket once every notification already sent its way is out."""
+        if self.delayed:
+            self.close_code = code  # closed by _release, after the last one
+        else:
+            self.queue.put_nowait((_CLOSE, code))
 
     def go_silent(self) -> None:
         """Become a half-open link: nothing is sent and nothing is read any more.
@@ -293,6 +316,9 @@ class _FrameFaults:
     reorder: float = 0.0
     #: How many later frames overtake a held one.
     reorder_depth: int = 1
+    #: Notifications reach the socket this late; pongs and heartbeats do not
+    #: wait, so a pong may overtake notifications sent before it.
+    delay_s: float = 0.0
 
 
 class _Ledger:
@@ -711,7 +737,9 @@ class Emulator:
     # -- the socket ---------------------------------------------------
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True, max_msg_size=1024 * 1024)
+        # autoclose=False: a client's close frame is answered after the
+        # frames already on their way (see below), not at once by aiohttp.
+        ws = web.WebSocketResponse(autoping=True, autoclose=False, max_msg_size=1024 * 1024)
         await ws.prepare(request)
         channel_id = request.match_info["channel_id"]
         channel = self.platform.channels.get(channel_id)
@@ -739,6 +767,13 @@ class Emulator:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
                     self._client_text(link, message.data)
+            if not ws.closed and not link.paused:
+                # The client closed first. What was already sent its way is
+                # in flight: it goes out before our close frame, as bytes
+                # written before a close do on a real connection.
+                link.close_after_flush(1000)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(link.tasks[0]), _CLOSE_FLUSH_S)
         finally:
             link.stop_tasks()
             if self._links.get(channel.id) is link:
@@ -1175,6 +1210,14 @@ class Emulator:
             faults.reorder_depth = depth
         return [key or "*"]
 
+    def _fault_delay(self, data: dict[str, Any]) -> list[str]:
+        delay = float(data.get("delay_s", 0.5))
+        if not 0.0 <= delay <= 60.0:
+            raise ValueError("delay_s must be between 0 and 60")
+        key = str(data["channel_id"]) if data.get("channel_id") is not None else None
+        self._frame_faults.setdefault(key, _FrameFaults()).delay_s = delay
+        return [key or "*"]
+
     def _fault_duplicate(self, data: dict[str, Any]) -> list[str]:
         return self._fault_frames(data, "duplicate")
 
@@ -1194,6 +1237,7 @@ class Emulator:
         "http_5xx": _fault_http_5xx,
         "duplicate": _fault_duplicate,
         "reorder": _fault_reorder,
+        "delay": _fault_delay,
     }
 
     # -- blast ----------------------------------------------------------

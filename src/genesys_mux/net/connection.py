@@ -151,6 +151,9 @@ class SlotStats:
     reconnects: int = 0
     rotations: int = 0
     bad_frames: int = 0
+    #: Notifications read after a drain's pong: the platform does not promise
+    #: that a pong follows every notification sent before it. Delivered as usual.
+    after_drain: int = 0
     connected_since: float | None = None
     #: A live socket serves the slot (also true while a rotation is under way).
     live: bool = False
@@ -190,6 +193,8 @@ class _Socket:
         self.lost_at: float | None = None
         #: Unix time of the first notification read on this socket.
         self.first_notification_at: float | None = None
+        #: Set once a drain's pong has been read (or waited for in vain).
+        self.drained = False
         self._wake = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._read(), name=f"genesys-mux-read-{info.id}"),
@@ -220,6 +225,8 @@ class _Socket:
                         delivering = True
                     link.notification_seen(mono)
                     slot.stats.notifications += 1
+                    if self.drained:
+                        slot.stats.after_drain += 1
                     put(
                         InboundNotification(
                             frame.topic,
@@ -282,12 +289,14 @@ class _Socket:
     async def drain_and_close(self, rest: RestClient, timeout_s: float) -> bool:
         """Stop the channel's traffic, read what is already in flight, then close.
 
-        Closing straight away would discard the frames already on the wire:
-        aiohttp's close handshake drops everything until the server's close
-        frame. So we unsubscribe (nothing new is sent after the DELETE is
-        answered), then ping: the server writes in order, so once its pong has
-        been read, every notification before it has been read too. Returns
-        whether that pong came: False means frames may have been left unread.
+        We unsubscribe (nothing new is sent after the DELETE is answered),
+        then ping and wait for the pong. The reference does not promise that
+        the pong follows every notification sent before it, so the pong only
+        says when to start closing: the reader keeps going through the close
+        handshake, and every frame read before the platform's close frame is
+        delivered (and counted in ``after_drain`` if it came after the pong).
+        Returns whether both the pong and the close came in time: False means
+        frames may have been left unread.
         """
         drained = False
         if self.lost_at is None:
@@ -298,8 +307,32 @@ class _Socket:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pong.wait(), timeout_s)
                 drained = True
+            self.drained = True
+            drained = await self._close_reading() and drained
         await self.close()
         return drained
+
+    async def _close_reading(self) -> bool:
+        """Send our close frame and read on until the platform's; True if it came in time.
+
+        aiohttp's ``close()`` would discard every frame until the peer's close
+        frame, so the handshake is driven here and the reader runs through it
+        (the socket is connected with ``autoclose=False`` so that the reader
+        stops at the peer's close frame instead of answering it). The
+        ``close()`` that follows then only releases the connection; the close
+        frame it repeats is one the peer discards (RFC 6455 forbids only data
+        frames after a close).
+        """
+        reader = self._tasks[0]
+        try:
+            await self.ws.send_frame(_NORMAL_CLOSURE, aiohttp.WSMsgType.CLOSE)
+        except (ConnectionError, RuntimeError, aiohttp.ClientError):
+            return reader.done()
+        try:
+            await asyncio.wait_for(asyncio.shield(reader), self.pool.settings.close_timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Close the socket and stop its tasks."""
@@ -325,6 +358,10 @@ class _Marker:
     """Put behind the queued notifications; set once their reader has passed it."""
 
     reached: asyncio.Event
+
+
+#: The payload of a close frame with status 1000 (normal closure).
+_NORMAL_CLOSURE = (1000).to_bytes(2, "big")
 
 
 def _wall(monotonic: float) -> float:
@@ -804,6 +841,10 @@ class ChannelPool:
             ws = await self._session.ws_connect(
                 info.connect_uri,
                 autoping=True,
+                # The reader must see the platform's close frame rather than
+                # have aiohttp answer it inside receive(): a drain reads
+                # through the close handshake (see _Socket._close_reading).
+                autoclose=False,
                 max_msg_size=0,
                 heartbeat=None,
                 timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),

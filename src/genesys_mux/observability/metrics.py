@@ -166,6 +166,11 @@ _CHANNEL_COUNTERS = (
         "Make-before-break rotations of the slot's channel.",
     ),
     ("bad_frames", "genesys_mux_channel_bad_frames", "Frames that were not JSON, ignored."),
+    (
+        "after_drain",
+        "genesys_mux_channel_after_drain",
+        "Notifications read after a closing socket's drain pong (delivered).",
+    ),
 )
 
 
