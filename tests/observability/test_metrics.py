@@ -12,13 +12,15 @@ import asyncio
 import re
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.errors import SinkError
 from genesys_mux.observability import AdminServer, MuxMetrics, stream_label
-from genesys_mux.sinks.runner import SinkRunner
+from genesys_mux.observability.metrics import _cumulative
+from genesys_mux.sinks.runner import SinkCounters, SinkRunner
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import Collector, harness
 from tests.observability.conftest import get, scrape
@@ -226,6 +228,11 @@ async def test_a_failing_sink_shows_in_metrics_and_makes_readyz_503() -> None:
                 assert samples["genesys_mux_sink_failing"][labels] == 1
                 assert samples["genesys_mux_sink_retries_total"][labels] >= 3
                 assert samples["genesys_mux_sink_records_sent_total"][labels] == 0
+                # Every attempt, failed ones too, is timed.
+                attempts = samples["genesys_mux_sink_send_seconds_count"][labels]
+                assert attempts >= 3
+                everything = (("le", "+Inf"), *labels)
+                assert samples["genesys_mux_sink_send_seconds_bucket"][everything] == attempts
                 # REST calls are counted by status.
                 assert samples["genesys_mux_rest_answers_total"][(("status", "200"),)] > 0
 
@@ -238,3 +245,14 @@ async def test_a_failing_sink_shows_in_metrics_and_makes_readyz_503() -> None:
             runner.stop()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def test_sink_send_times_fall_in_prometheus_buckets() -> None:
+    counters = SinkCounters()
+    for seconds in (0.0004, 0.001, 0.003, 7.0):
+        counters.observe_send(seconds)
+    assert dict(_cumulative(counters.send_buckets))["0.001"] == 2  # le: at most the bound
+    assert dict(_cumulative(counters.send_buckets))["0.005"] == 3
+    assert dict(_cumulative(counters.send_buckets))["5.0"] == 3
+    assert dict(_cumulative(counters.send_buckets))["+Inf"] == 4
+    assert counters.send_seconds == pytest.approx(7.0044)

@@ -46,7 +46,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from genesys_mux.sinks.runner import SEND_BUCKETS
 
 if TYPE_CHECKING:
     from genesys_mux.core.streams import StreamEvent
@@ -273,6 +280,14 @@ class _MuxCollector:
         for stream, sink, c in rows:
             failing.add_metric([stream, sink], 1 if c.last_error else 0)
         yield failing
+        sends = HistogramMetricFamily(
+            "genesys_mux_sink_send_seconds",
+            "Time the sink took over one batch (one attempt, failed or not).",
+            labels=["stream", "sink"],
+        )
+        for stream, sink, c in rows:
+            sends.add_metric([stream, sink], _cumulative(c.send_buckets), c.send_seconds)
+        yield sends
 
     def _rest_families(self, mux: Multiplexer) -> Iterator[Metric]:
         """REST calls to the platform: answers by status, throttling and retry waits."""
@@ -473,3 +488,14 @@ class MuxMetrics:
                 self._bind(stream_id)
             elif kind == "stream_removed":
                 self._unbind(stream_id)
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts over :data:`SEND_BUCKETS` as Prometheus's cumulative ``le`` buckets."""
+    bounds = [*(repr(b) for b in SEND_BUCKETS), "+Inf"]
+    total = 0
+    buckets = []
+    for bound, count in zip(bounds, counts, strict=True):
+        total += count
+        buckets.append((bound, float(total)))
+    return buckets

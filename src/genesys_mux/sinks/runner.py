@@ -59,10 +59,11 @@ them to a few a minute per stream) and counted for the status page.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from genesys_mux.core.backoff import Backoff
@@ -70,12 +71,16 @@ from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import Item, Sink
 
-__all__ = ["SinkCounters", "SinkRunner"]
+__all__ = ["SEND_BUCKETS", "SinkCounters", "SinkRunner"]
 
 log = logging.getLogger("genesys_mux.sinks.runner")
 
 #: Longest failure text kept in a dead letter's reason and in ``last_error``.
 REASON_CHARS: Final = 200
+#: Upper bounds in seconds of the buckets of :attr:`SinkCounters.send_buckets`:
+#: a local Redis answers in a millisecond, a webhook over the internet in
+#: tens or hundreds, and a struggling one hits its timeout.
+SEND_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass(slots=True)
@@ -94,6 +99,16 @@ class SinkCounters:
     last_error: str | None = None
     #: Monotonic time of the first failure of the current run of failures.
     failing_since: float | None = None
+    #: How long each ``send`` of a batch took, failed or not: a count per
+    #: bucket of :data:`SEND_BUCKETS` (not cumulative), the last one for
+    #: longer sends; and their total in seconds.
+    send_buckets: list[int] = field(default_factory=lambda: [0] * (len(SEND_BUCKETS) + 1))
+    send_seconds: float = 0.0
+
+    def observe_send(self, seconds: float) -> None:
+        """Count one ``send`` that took ``seconds``."""
+        self.send_buckets[bisect.bisect_left(SEND_BUCKETS, seconds)] += 1
+        self.send_seconds += seconds
 
 
 class SinkRunner:
@@ -364,6 +379,7 @@ class SinkRunner:
         attempt = 0
         while True:
             attempt += 1
+            started = time.perf_counter()
             try:
                 await sink.send(batch)
             except SinkError as exc:
@@ -373,6 +389,7 @@ class SinkRunner:
                 log.exception("sink %s of %s raised unexpectedly", sink.name, self.name)
                 error = SinkError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
             else:
+                counters.observe_send(time.perf_counter() - started)
                 if attempt > 1:
                     log.info(
                         "sink %s of %s recovered after %d attempts", sink.name, self.name, attempt
@@ -386,6 +403,7 @@ class SinkRunner:
                 )
                 return True
 
+            counters.observe_send(time.perf_counter() - started)
             reason = _short_reason(sink.name, error)
             counters.last_error = self.last_error = f"{sink.name}: {reason}"
             if counters.failing_since is None:
