@@ -671,16 +671,20 @@ FILTERS = st.fixed_dictionaries(
 def test_every_filter_topic_parses(flt: dict[str, Any], queues: list[str]) -> None:
     config = parse_stream({"id": "p", "filter": flt})
     topics = stream_topics(config, queues)
-    channel = flt.get("channelType")
+    channel: str | None = flt.get("channelType")
     # Monitors show in the general shape only for these media (see the
     # monitoring tests above): their monitoring streams read the general topic.
-    general = channel is None or (
+    media: Media | None
+    if channel is None or (
         flt.get("state") == "monitoring" and channel in ("chat", "email", "callback")
-    )
+    ):
+        media = None
+    else:
+        media = Media(MEDIA_OF[channel])
     for name in topics:
         topic = parse_topic(name)
         assert str(topic) == name
-        assert topic.media == (None if general else Media(MEDIA_OF[channel]))
+        assert topic.media == media
         if flt.get("userId") is not None:
             assert topic.family is TopicFamily.USER_CONVERSATIONS
             assert topic.entity_id == flt["userId"]

@@ -18,7 +18,7 @@ from genesys_mux.errors import ConfigFileError
 STREAM = {"streams": [{"id": "s", "filter": {}}]}
 
 
-def problems(data: dict[str, object]) -> list[tuple[str, str]]:
+def problems(data: dict[str, object]) -> tuple[tuple[str, str], ...]:
     with pytest.raises(ConfigFileError) as caught:
         parse_config({**STREAM, **data})
     return caught.value.errors

@@ -42,6 +42,7 @@ from pydantic import (
 from genesys_mux.config import StreamConfig, parse_streams
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import resolve_region
+from genesys_mux.sinks.base import Batching
 
 __all__ = [
     "ConfigFile",
@@ -141,6 +142,11 @@ class _SinkBase(BaseModel):
     linger_s: float = Field(default=0.05, ge=0, le=60)
     #: None: retry retryable failures forever (the stream's buffer absorbs it).
     max_attempts: int | None = Field(default=None, ge=1)
+
+    @property
+    def batching(self) -> Batching:
+        """How this sink's runner batches and retries."""
+        return Batching(self.batch_size, self.linger_s, self.max_attempts)
 
 
 class StdoutSinkSpec(_SinkBase):
@@ -424,14 +430,6 @@ def check_environment(
         except ConfigError as exc:
             errors.append(("genesys.secrets_file", str(exc)))
     for stream_id, specs in config.sinks.items():
-        shared = {(s.batch_size, s.linger_s, s.max_attempts) for s in specs}
-        if len(shared) > 1:
-            first = specs[0]
-            warnings.append(
-                f"stream {stream_id}: its sinks share one runner, so the first sink's "
-                f"batch_size={first.batch_size}, linger_s={first.linger_s:g} and "
-                f"max_attempts={first.max_attempts} apply to all of them"
-            )
         for spec in specs:
             variable = (
                 spec.secret_env

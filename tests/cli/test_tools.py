@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from genesys_mux.core.streams import DeadLetter, StreamEvent
+from genesys_mux.core.streams import DeadLetter, StreamEvent, Transition
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
 from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
@@ -144,9 +144,10 @@ def _walk(value: Any) -> Any:
 def write_dlq(path: Path) -> list[DeadLetter]:
     """Five dead letters from two streams, interleaved, written by the real DLQ."""
     # State streams' events carry their transition; the letters must keep it.
+    transitions: tuple[Transition, ...] = ("enter", "update", "exit")
     voice = [
         dataclasses.replace(e, transition=t)
-        for e, t in zip(real_events(3, "voice-main"), ("enter", "update", "exit"), strict=True)
+        for e, t in zip(real_events(3, "voice-main"), transitions, strict=True)
     ]
     chat = real_events(2, "chat-support", start=7)
     events: list[StreamEvent] = [voice[0], chat[0], voice[1], chat[1], voice[2]]

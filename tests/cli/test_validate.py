@@ -74,18 +74,3 @@ async def test_relative_paths_are_read_from_the_config_files_directory(tmp_path:
     env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
     from_elsewhere = await run_cli("validate", "-c", "conf/mux.toml", cwd=tmp_path, env=env)
     assert from_elsewhere.code == 0, from_elsewhere.why()
-
-
-async def test_sinks_of_one_stream_with_different_batching_get_a_warning(tmp_path: Path) -> None:
-    (tmp_path / "mux.toml").write_text(
-        '[genesys]\nregion = "eu_west_1"\n'
-        + STREAM
-        + '\n  [[streams.sinks]]\n  type = "stdout"\n  batch_size = 10\n'
-        + '\n  [[streams.sinks]]\n  type = "jsonl"\n  path = "calls.jsonl"\n  batch_size = 500\n'
-    )
-    env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
-    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env)
-    assert result.code == 0, result.why()
-    (warning,) = json.loads(result.stdout)["warnings"]
-    assert "stream calls" in warning
-    assert "batch_size=10" in warning

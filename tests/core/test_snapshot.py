@@ -81,7 +81,7 @@ def connected(participant: dict[str, Any]) -> bool:
 
 def stamps(data: dict[str, Any]) -> list[str]:
     """The version-key timestamps as listed in the module docstring."""
-    found: list[str] = []
+    found: list[str | None] = []  # absent times are None, dropped at the end
     for p in data.get("participants") or []:
         for key in ("connectedTime", "endTime", "startAcwTime", "endAcwTime"):
             found.append(p.get(key))
@@ -509,7 +509,7 @@ def test_message_details_read_the_same_in_both_spellings() -> None:
             }
         ],
     }
-    media = {
+    media: dict[str, Any] = {
         "id": CONV,
         "participants": [
             {

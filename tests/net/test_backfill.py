@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from genesys_mux import Gap
+from typing import cast
+
+from genesys_mux import Gap, StreamStats
 from genesys_mux.config import filter_topics, parse_stream
 from genesys_mux.core.snapshot import conversation_facts, event_facts
 from tests.net.conftest import eventually
@@ -130,9 +132,10 @@ async def test_backfill_into_a_media_stream_drops_the_states_it_has() -> None:
             first = await h.control("ledger")
             sent = sum(1 for e in first["entries"] if e["topic"] in topics)
             stats = h.mux.stats()["streams"]["voice"]
+            assert isinstance(stats, StreamStats)
             again = await h.control("ledger")
             return (
-                again["next_seq"] == first["next_seq"]
+                cast(int, again["next_seq"]) == cast(int, first["next_seq"])
                 and stats.received == sent
                 and stats.buffered == 0
                 and len(seen.events()) == stats.delivered

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from genesys_mux import Gap, Multiplexer, StreamConfig, StreamEvent
+from genesys_mux import Gap, Multiplexer, StreamConfig, StreamEvent, StreamStats
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.emulator import Emulator, EmulatorSettings
 from genesys_mux.errors import ConfigError, StreamConfigError
@@ -177,7 +177,9 @@ async def test_every_matching_event_is_delivered_exactly_once() -> None:
         def accounted() -> bool:
             delivered = {e.correlation_id for e in seen.events()}
             missing = expected - delivered - {d.correlation_id for d in h.dlq.letters}
-            return len(missing) <= h.mux.stats()["streams"]["calls"].stale
+            now = h.mux.stats()["streams"]["calls"]
+            assert isinstance(now, StreamStats)
+            return len(missing) <= now.stale
 
         await eventually(accounted)
         seen.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
@@ -29,7 +29,7 @@ async def assert_fully_served(stack: Stack, topics: list[str]) -> None:
         ours = [cid for cid in stack.pool.channel_ids().values() if cid is not None]
         if not ours or not all(cid in channels and channels[cid]["connected"] for cid in ours):
             return False
-        return sum(channels[cid]["topic_count"] for cid in ours) == len(topics)
+        return sum(cast(int, channels[cid]["topic_count"]) for cid in ours) == len(topics)
 
     await eventually(served)
     ours = set(stack.pool.channel_ids().values())

@@ -110,10 +110,10 @@ async def test_control_plane_facts_and_periodic_summaries() -> None:
     assert isinstance(gap["duration_s"], float)
     assert gap["duration_s"] >= 0
     assert gap["topics"] == added["topics"]
-    for refreshed in events(lines, "TOKEN_REFRESHED"):
+    for token_line in events(lines, "TOKEN_REFRESHED"):
         # The lifetime, never the token.
-        assert set(refreshed) == {"ts", "level", "event", "expires_in_s"}
-        assert refreshed["expires_in_s"] > 0
+        assert set(token_line) == {"ts", "level", "event", "expires_in_s"}
+        assert token_line["expires_in_s"] > 0
     (failure,) = events(lines, "SINK_FAILURE")
     assert failure["level"] == "WARNING"
     assert failure["error"] == "ConnectionResetError: peer went away"

@@ -7,8 +7,9 @@ into running parts and tears them down in order:
 
 1. the audit log and the Multiplexer (settings from ``[settings]``);
 2. every stream, then one :class:`~genesys_mux.sinks.runner.SinkRunner` per
-   stream with sinks, reading that stream alone so a slow sink only holds
-   back its own stream;
+   stream with sinks (one per batching, behind a tee, when its sinks batch
+   differently: see :mod:`genesys_mux.sinks.fanout`), reading that stream
+   alone so a slow sink only holds back its own stream;
 3. streams without sinks are read by the runtime itself: printed as JSON
    lines (``--json``), or just counted under the dashboard;
 4. the admin server (``/metrics``, ``/healthz``, ``/readyz``, ``/status``)
@@ -52,9 +53,9 @@ from genesys_mux.observability.admin import AdminServer, status_snapshot
 from genesys_mux.observability.audit import AuditLog
 from genesys_mux.observability.metrics import MuxMetrics
 from genesys_mux.sinks.base import Sink
+from genesys_mux.sinks.fanout import StreamDelivery, deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
 from genesys_mux.sinks.redis_streams import RedisStreamSink
-from genesys_mux.sinks.runner import SinkRunner
 from genesys_mux.sinks.stdout import StdoutSink
 from genesys_mux.sinks.webhook import WebhookSink
 
@@ -149,7 +150,7 @@ class Runtime:
         self.console = console or Console(stderr=True)
         self.tail = AuditTail()
         self.mux: Multiplexer | None = None
-        self.runners: dict[str, SinkRunner] = {}
+        self.runners: dict[str, StreamDelivery] = {}
         self.admin: AdminServer | None = None
         #: Extra coroutines to run alongside (the demo's chaos monkey).
         self.side_tasks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
@@ -259,15 +260,10 @@ class Runtime:
                 if not specs:
                     unsunk.append(stream.id)
                     continue
-                sinks = [build_sink(spec) for spec in specs]
-                spec0 = specs[0]
-                runner = SinkRunner(
+                runner = deliver_stream(
                     mux.stream(stream.id),
-                    sinks,
+                    [(build_sink(spec), spec.batching) for spec in specs],
                     mux.dead_letter,
-                    batch_size=spec0.batch_size,
-                    linger_s=spec0.linger_s,
-                    max_attempts=spec0.max_attempts,
                     backoff=Backoff(0.2, 10.0),
                     # Every log line of the runner names its stream.
                     name=stream.id,

@@ -39,8 +39,9 @@ from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import endpoints_for
+from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import file_lock, read_dead_letters
-from genesys_mux.sinks.runner import SinkRunner
+from genesys_mux.sinks.fanout import deliver_stream
 
 __all__ = [
     "dlq_list",
@@ -357,13 +358,15 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
                 digest=facts.hash,
             )
 
-    runner = SinkRunner(
+    # No lingering (the letters are all there), and a bounded number of
+    # attempts: a replay that fails leaves the letters for the next one.
+    runner = deliver_stream(
         items(),
-        sinks,
+        [
+            (sink, Batching(spec.batch_size, 0.0, spec.max_attempts or 5))
+            for sink, spec in zip(sinks, specs, strict=True)
+        ],
         failed.append,
-        batch_size=specs[0].batch_size,
-        linger_s=0.0,
-        max_attempts=specs[0].max_attempts or 5,
         name=stream,
     )
     asyncio.run(runner.run())

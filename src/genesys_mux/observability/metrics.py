@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from genesys_mux.core.streams import StreamEvent
     from genesys_mux.net.connection import SlotStats
     from genesys_mux.net.multiplexer import Multiplexer, StreamStats
-    from genesys_mux.sinks.runner import SinkRunner
+    from genesys_mux.sinks.fanout import StreamDelivery
 
 __all__ = [
     "AGE_BUCKETS",
@@ -260,7 +260,7 @@ class _MuxCollector:
         families += self._rest_families(mux)
         return families
 
-    def _sink_families(self, runners: Mapping[str, SinkRunner]) -> Iterator[Metric]:
+    def _sink_families(self, runners: Mapping[str, StreamDelivery]) -> Iterator[Metric]:
         """Per stream and sink: what went out, what failed, what is failing now."""
         rows = [
             (stream_label(stream_id), name, counters)
@@ -419,7 +419,7 @@ class MuxMetrics:
         #: stream id → (latency child, age child), bound once per stream.
         self._bound: dict[str, tuple[Histogram, Histogram]] = {}
         #: stream id → the runner delivering it to its sinks (see :meth:`watch_sinks`).
-        self.sink_runners: dict[str, SinkRunner] = {}
+        self.sink_runners: dict[str, StreamDelivery] = {}
         self._collector = _MuxCollector(self)
         self.registry.register(self._collector)
         for config in mux.streams():
@@ -427,7 +427,7 @@ class MuxMetrics:
         mux.on_delivered.append(self._observe)
         mux.on_audit.append(self._control)
 
-    def watch_sinks(self, stream_id: str, runner: SinkRunner) -> None:
+    def watch_sinks(self, stream_id: str, runner: StreamDelivery) -> None:
         """Export the counters of the runner delivering ``stream_id`` to its sinks."""
         self.sink_runners[stream_id] = runner
 

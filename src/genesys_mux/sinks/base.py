@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -44,6 +45,7 @@ import msgspec
 from genesys_mux.core.streams import Gap, StreamEvent
 
 __all__ = [
+    "Batching",
     "EventRecord",
     "GapRecord",
     "Hidden",
@@ -59,6 +61,17 @@ __all__ = [
 
 Item = StreamEvent | Gap
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How a sink wants its batches sent: what its runner applies to every sink it serves."""
+
+    batch_size: int = 100
+    #: How long a batch waits for more items once it has one.
+    linger_s: float = 0.05
+    #: Attempts per batch (None: until it works).
+    max_attempts: int | None = None
 
 
 @runtime_checkable

@@ -1,0 +1,142 @@
+"""Sinks of one stream that batch and retry differently: one runner per batching behind a tee."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from genesys_mux.core.streams import DeadLetter
+from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.sinks.base import Batching
+from genesys_mux.sinks.fanout import SinkFanOut, deliver_stream
+from genesys_mux.sinks.runner import SinkRunner
+from tests.net.conftest import eventually
+from tests.sinks.conftest import a_gap, real_events, source
+from tests.sinks.test_runner import FAST, GatedSink, ListSink, discard, held_open
+
+
+async def test_sinks_that_batch_alike_share_one_runner() -> None:
+    a, b = ListSink("a"), ListSink("b")
+    delivery = deliver_stream(source([]), [(a, Batching(10)), (b, Batching(10))], discard)
+    assert isinstance(delivery, SinkRunner)
+    assert delivery.sinks == (a, b)
+
+
+async def test_each_sink_gets_its_own_batch_size_and_everything_in_order() -> None:
+    events = real_events(23)
+    small, large = ListSink("small"), ListSink("large")
+    delivery = deliver_stream(
+        source([*events[:10], a_gap(), *events[10:]]),
+        [(small, Batching(batch_size=2, linger_s=0.0)), (large, Batching(batch_size=10))],
+        discard,
+    )
+    assert isinstance(delivery, SinkFanOut)
+    await asyncio.wait_for(delivery.run(), 10)
+    expected = [e.sequence for e in events]
+    assert small.sequences() == expected
+    assert large.sequences() == expected
+    assert max(len(b) for b in small.batches) == 2
+    assert max(len(b) for b in large.batches) > 2
+    assert all(len(b) <= 10 for b in large.batches)
+    assert delivery.sent == 24  # 23 events and the gap, taken by every sink
+    assert delivery.per_sink["small"].sent == delivery.per_sink["large"].sent == 24
+
+
+async def test_each_sink_gets_its_own_attempts() -> None:
+    events = real_events(4)
+    letters: list[DeadLetter] = []
+    flaky = ListSink("flaky", errors=[SinkError("down", retryable=True)])
+    patient = ListSink("patient", errors=[SinkError("down", retryable=True)] * 3)
+    delivery = deliver_stream(
+        source(events),
+        [
+            (flaky, Batching(batch_size=10, linger_s=0.0, max_attempts=1)),
+            (patient, Batching(batch_size=10, linger_s=0.0, max_attempts=None)),
+        ],
+        letters.append,
+        backoff=FAST,
+    )
+    await asyncio.wait_for(delivery.run(), 10)
+    # One attempt: the first batch is dead-lettered for "flaky" alone...
+    assert {d.reason.split(":")[1] for d in letters} == {"flaky"}
+    assert delivery.per_sink["flaky"].dead_lettered == len(letters) >= 1
+    # ... while "patient" keeps trying until its batches go through.
+    assert patient.sequences() == [e.sequence for e in events]
+    assert delivery.per_sink["patient"].retries == 3
+    assert delivery.dead_lettered == len(letters)
+
+
+async def test_a_stop_dead_letters_what_was_queued_for_a_stuck_group() -> None:
+    """What the tee took from the stream is delivered or dead-lettered, per group."""
+    events = real_events(12)
+    release = asyncio.Event()
+    letters: list[DeadLetter] = []
+    stuck, quick = GatedSink("stuck"), ListSink("quick")
+    delivery = deliver_stream(
+        held_open(events, release),
+        [(stuck, Batching(batch_size=3, linger_s=0.0)), (quick, Batching(batch_size=50))],
+        letters.append,
+        stop_grace_s=0.0,
+    )
+    assert isinstance(delivery, SinkFanOut)
+    task = asyncio.create_task(delivery.run())
+    await stuck.entered.wait()
+    # The quick group is held back by no more than the stuck group's queue.
+    await eventually(lambda: len(quick.sequences()) >= 3 + 3)
+    delivery.stop()
+    stuck.gate.set()
+    await asyncio.wait_for(task, 10)
+    for sink in (stuck, quick):
+        lost = {d.sequence for d in letters if d.reason.startswith(f"sink_failed:{sink.name}")}
+        taken = set(sink.sequences())
+        assert not taken & lost
+        # Nothing the tee read is missing for either sink.
+        read = max(taken | lost)
+        assert taken | lost == set(range(1, read + 1))
+    assert any(d.reason == "sink_failed:stuck: stopped" for d in letters)
+
+
+async def test_cancelling_dead_letters_the_item_in_the_tee() -> None:
+    events = real_events(8)
+    letters: list[DeadLetter] = []
+    stuck, other = GatedSink("stuck"), ListSink("other")
+    delivery = deliver_stream(
+        source(events),
+        [(stuck, Batching(batch_size=1, linger_s=0.0)), (other, Batching(batch_size=5))],
+        letters.append,
+    )
+    task = asyncio.create_task(delivery.run())
+    await stuck.entered.wait()
+    await eventually(lambda: len(other.sequences()) >= 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Whatever the tee read reached every group or its dead letters.
+    read = max(d.sequence for d in letters)
+    for sink in (stuck, other):
+        lost = [d.sequence for d in letters if d.reason.startswith(f"sink_failed:{sink.name}")]
+        assert len(lost) == len(set(lost)), "dead-lettered twice for one sink"
+        assert set(sink.sequences()) | set(lost) >= set(range(1, read + 1))
+
+
+async def test_a_sink_that_cannot_start_stops_the_fan_out() -> None:
+    class Unstartable(ListSink):
+        async def start(self) -> None:
+            raise SinkError("no such host", retryable=False)
+
+    quick = ListSink("quick")
+    delivery = deliver_stream(
+        source(real_events(3)),
+        [(Unstartable("broken"), Batching(batch_size=1)), (quick, Batching(batch_size=5))],
+        discard,
+    )
+    with pytest.raises(SinkError, match="no such host"):
+        await asyncio.wait_for(delivery.run(), 10)
+
+
+def test_sink_names_must_be_unique_across_groups() -> None:
+    with pytest.raises(ConfigError, match="unique"):
+        deliver_stream(
+            source([]), [(ListSink("x"), Batching(1)), (ListSink("x"), Batching(2))], discard
+        )
