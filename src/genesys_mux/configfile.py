@@ -109,6 +109,12 @@ class Settings(BaseModel):
     buffer_threshold: int = Field(default=500, ge=1, le=1_000_000)
     heartbeat_timeout: float = Field(default=75.0, ge=1, le=3600)
     pong_timeout: float = Field(default=10.0, ge=0.1, le=600)
+    subscription_check_s: float = Field(
+        default=300.0,
+        ge=10,
+        le=86_400,
+        description="How often each channel's subscriptions are read back and compared.",
+    )
     topics_per_channel: int = Field(default=1000, ge=1, le=1000)
     max_channels: int = Field(default=20, ge=2, le=20)
     queue_refresh_s: float = Field(default=300.0, ge=10, le=86_400)

@@ -20,6 +20,7 @@ from genesys_mux.core.channel import (
     Action,
     BecameLive,
     ChannelLink,
+    CheckSubscriptions,
     LinkState,
     Outage,
     Reconnect,
@@ -48,9 +49,14 @@ CHANNEL_ID = "streaming-7-4c2bb8ef"
 HB = 75.0
 PONG = 10.0
 LEAD = 300.0
-SETTINGS = WatchdogSettings(heartbeat_timeout_s=HB, pong_timeout_s=PONG, rotation_lead_s=LEAD)
+#: No periodic subscription checks: the tests of those set them.
+SETTINGS = WatchdogSettings(
+    heartbeat_timeout_s=HB, pong_timeout_s=PONG, rotation_lead_s=LEAD, subscription_check_s=None
+)
 #: Watchdog timers far away, for tests that look only at rotation.
-NO_WATCHDOG = WatchdogSettings(heartbeat_timeout_s=1e9, pong_timeout_s=1e9, rotation_lead_s=LEAD)
+NO_WATCHDOG = WatchdogSettings(
+    heartbeat_timeout_s=1e9, pong_timeout_s=1e9, rotation_lead_s=LEAD, subscription_check_s=None
+)
 
 HEARTBEAT = Heartbeat()
 PONG_FRAME = Pong()
@@ -80,11 +86,12 @@ ROTATE_FRAMES: list[tuple[Frame, Rotate]] = [
     (REVOKED, Rotate("token_revoked", reauth=True)),
 ]
 #: Frames that change nothing but the time of the last frame.
-QUIET_FRAMES: list[Frame] = [UPDATED, SYSTEM, UNKNOWN, NOTIFICATION]
+QUIET_FRAMES: list[Frame] = [SYSTEM, UNKNOWN, NOTIFICATION]
 ALL_FRAMES: list[Frame] = [
     *LIVE_FRAMES,
     FAILURE,
     *(frame for frame, _ in ROTATE_FRAMES),
+    UPDATED,
     *QUIET_FRAMES,
 ]
 
@@ -280,7 +287,7 @@ def test_a_pong_ends_the_silence_and_the_next_one_pings_again() -> None:
 def test_any_frame_resets_the_silence(frame: Frame) -> None:
     lk = live_link()
     actions = lk.receive(frame, 50.0)
-    assert all(isinstance(a, Rotate) for a in actions)
+    assert all(isinstance(a, Rotate | CheckSubscriptions) for a in actions)
     assert lk.next_deadline() == 50.0 + HB
     assert lk.poll(HB) == []
     assert lk.poll(50.0 + HB) == [SendPing()]
@@ -557,6 +564,38 @@ def test_poll_fires_every_timer_that_is_due() -> None:
     assert lk.next_deadline() == HB + PONG
 
 
+def test_the_platform_saying_the_list_changed_asks_for_a_check_dated_before_it() -> None:
+    lk = live_link()
+    lk.receive(HEARTBEAT, 40.0)
+    assert lk.receive(UPDATED, 50.0) == [CheckSubscriptions("subscription_updated", since=40.0)]
+    # Every such frame asks again (unlike a rotation): each may be a new change.
+    assert lk.receive(UPDATED, 51.0) == [CheckSubscriptions("subscription_updated", since=50.0)]
+    assert lk.state is LinkState.LIVE
+
+
+def test_subscriptions_are_checked_periodically() -> None:
+    every = WatchdogSettings(
+        heartbeat_timeout_s=1e9, pong_timeout_s=1e9, rotation_lead_s=LEAD, subscription_check_s=60
+    )
+    lk = link(10.0, watchdog=every)
+    assert lk.next_deadline() == 70.0
+    assert lk.poll(69.9) == []
+    assert lk.poll(70.0) == [CheckSubscriptions("periodic")]
+    assert lk.next_deadline() == 130.0
+    # A late poll checks once, and the next check is a full interval later.
+    assert lk.poll(200.0) == [CheckSubscriptions("periodic")]
+    assert lk.next_deadline() == 260.0
+    lk.socket_closed(201.0)
+    assert lk.next_deadline() is None
+    assert lk.poll(300.0) == []
+
+
+def test_no_periodic_check_when_switched_off() -> None:
+    lk = link(0.0, watchdog=NO_WATCHDOG)
+    assert lk.next_deadline() == 1e9
+    assert all(not isinstance(a, CheckSubscriptions) for a in lk.poll(1e6))
+
+
 @given(
     opened=st.floats(0.0, 1e7),
     channel_life=st.none() | st.floats(-1e4, 1e6),
@@ -568,7 +607,12 @@ def test_rotation_deadline_property(
 ) -> None:
     channel_at = None if channel_life is None else opened + channel_life
     token_at = None if token_life is None else opened + token_life
-    watchdog = WatchdogSettings(heartbeat_timeout_s=1e12, pong_timeout_s=1.0, rotation_lead_s=lead)
+    watchdog = WatchdogSettings(
+        heartbeat_timeout_s=1e12,
+        pong_timeout_s=1.0,
+        rotation_lead_s=lead,
+        subscription_check_s=None,
+    )
     lk = link(opened, channel_expires_at=channel_at, token_expires_at=token_at, watchdog=watchdog)
     deadline = lk.next_deadline()
     assert deadline is not None

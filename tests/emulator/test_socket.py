@@ -571,6 +571,25 @@ async def test_no_longer_subscribed_clears_subscriptions(client: GenesysClient) 
         assert len(await ledger(client, channel["id"])) == sent
 
 
+async def test_subscription_updated_frames_only_when_asked(session: aiohttp.ClientSession) -> None:
+    def is_updated(frame: Any) -> bool:
+        return isinstance(frame, dict) and frame.get("topicName") == "v2.subscription.updated"
+
+    for asked in (False, True):
+        async with emulated(session, traffic=False, subscription_updated_frames=asked) as (_, api):
+            channel = await subscribed_channel(api, [BLAST_TOPIC])
+            async with socket(api, channel["connectUri"]) as ws:
+                status, _, _ = await api.subscribe(channel["id"], [])
+                assert status == 200
+                updates = [f for f in await sync(ws) if is_updated(f)]
+                if not asked:
+                    assert updates == []
+                    continue
+                (update,) = updates
+                assert update["eventBody"]["channelId"] == channel["id"]
+                assert update["eventBody"]["systemTopicType"] == "subscription_updated"
+
+
 async def test_pause_heartbeats_leaves_a_silent_open_socket(client: GenesysClient) -> None:
     quiet = await client.create_channel()
     busy = await subscribed_channel(client, await queue_topics(client))

@@ -212,6 +212,7 @@ class Runtime:
             buffer_threshold=settings.buffer_threshold,
             heartbeat_timeout=settings.heartbeat_timeout,
             pong_timeout=settings.pong_timeout,
+            subscription_check_s=settings.subscription_check_s,
             topics_per_channel=settings.topics_per_channel,
             max_channels=settings.max_channels,
             queue_refresh_s=settings.queue_refresh_s,

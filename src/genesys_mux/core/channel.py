@@ -31,7 +31,17 @@ socket closed, any code             :class:`Reconnect` (``socket_closed``)
 ``v2.system.token_revoked``         :class:`Rotate` (``token_revoked``, re-auth first)
 channel ``expires`` approaching     :class:`Rotate` (``channel_expiring``)
 creating token's expiry approaching :class:`Rotate` (``token_expiring``)
+``v2.subscription.updated``         :class:`CheckSubscriptions` (``subscription_updated``)
+every ``subscription_check_s``      :class:`CheckSubscriptions` (``periodic``)
 ==================================  =================================================
+
+Subscriptions can also change under a socket that keeps working, with no
+system topic at all: whoever holds the channel id (another instance of the
+same OAuth client, say) may ``PUT`` another list. When the platform says so
+(``v2.subscription.updated``; when it is sent is not documented) and every
+``subscription_check_s`` regardless, :class:`CheckSubscriptions` asks the
+shell to compare the channel's list with what it put, put back what is
+missing, and report the window since the list was last known good.
 
 :class:`Rotate` asks for make-before-break: the shell builds a successor
 channel while this socket keeps delivering, and closes this one only once the
@@ -66,6 +76,7 @@ from genesys_mux.core.frames import (
     Pong,
     SocketClosing,
     SubscriptionAck,
+    SubscriptionUpdated,
     TokenRevoked,
 )
 
@@ -73,6 +84,7 @@ __all__ = [
     "Action",
     "BecameLive",
     "ChannelLink",
+    "CheckSubscriptions",
     "LinkState",
     "Outage",
     "Reconnect",
@@ -124,7 +136,17 @@ class Recreate:
     reason: str
 
 
-Action = SendPing | BecameLive | Rotate | Reconnect | Recreate
+@dataclass(frozen=True, slots=True)
+class CheckSubscriptions:
+    """Ask the platform whether the channel still has its topics; the socket still works."""
+
+    reason: str
+    #: When the platform said the list changed: the last frame read before
+    #: it (monotonic). None for a periodic check, which knows nothing.
+    since: float | None = None
+
+
+Action = SendPing | BecameLive | Rotate | Reconnect | Recreate | CheckSubscriptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +157,8 @@ class WatchdogSettings:
     pong_timeout_s: float = 10.0
     #: Start rotating this long before the channel or its token expires.
     rotation_lead_s: float = 300.0
+    #: Check the channel's subscriptions this often (None: only when told).
+    subscription_check_s: float | None = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +216,8 @@ class ChannelLink:
             else "channel_expiring"
         )
         self._rotation_requested = False
+        every = self.settings.subscription_check_s
+        self._check_at = None if every is None else opened_at + every
 
     def _rotation_deadline(
         self, now: float, channel_at: float | None, token_at: float | None
@@ -237,6 +263,8 @@ class ChannelLink:
         elif isinstance(frame, TokenRevoked):
             self._unsubscribed(previous)
             actions.extend(self._rotate("token_revoked", reauth=True))
+        elif isinstance(frame, SubscriptionUpdated):
+            actions.append(CheckSubscriptions("subscription_updated", since=previous))
         return actions
 
     def _unsubscribed(self, since: float) -> None:
@@ -272,6 +300,11 @@ class ChannelLink:
             actions.append(SendPing())
         if self._rotation_at is not None and now >= self._rotation_at:
             actions.extend(self._rotate(self._rotation_reason))
+        if self._check_at is not None and now >= self._check_at:
+            every = self.settings.subscription_check_s
+            assert every is not None
+            self._check_at = now + every
+            actions.append(CheckSubscriptions("periodic"))
         return actions
 
     def next_deadline(self) -> float | None:
@@ -283,9 +316,12 @@ class ChannelLink:
             watchdog = self.ping_sent_at + s.pong_timeout_s
         else:
             watchdog = self.last_frame_at + s.heartbeat_timeout_s
+        deadline = watchdog
         if self._rotation_at is not None and not self._rotation_requested:
-            return min(watchdog, self._rotation_at)
-        return watchdog
+            deadline = min(deadline, self._rotation_at)
+        if self._check_at is not None:
+            deadline = min(deadline, self._check_at)
+        return deadline
 
     @property
     def rotation_requested(self) -> bool:

@@ -114,6 +114,10 @@ class EmulatorSettings:
     tick_s: float = 0.05
     #: Start generating traffic at once (else wait for POST /__emulator__/traffic).
     traffic: bool = True
+    #: Send ``v2.subscription.updated`` on a channel's socket whenever its
+    #: subscription list changes. Off by default: the reference does not say
+    #: when (or whether) the platform sends it, so a client must not need it.
+    subscription_updated_frames: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -374,11 +378,13 @@ def _reversed_keys(value: Any) -> Any:
     return value
 
 
-def _system_frame(topic: str, channel_id: str, reason: str, message: str) -> bytes:
+def _system_frame(
+    topic: str, channel_id: str, reason: str, message: str, kind: str | None = None
+) -> bytes:
     body = msgspec.json.encode(
         {
             "channelId": channel_id,
-            "systemTopicType": topic.split(".")[2],
+            "systemTopicType": kind or topic.split(".")[2],
             "reason": reason,
             "message": message,
             "data": {},
@@ -726,12 +732,27 @@ class Emulator:
         entities = self.platform.subscribe(
             channel, topics, replace=replace, ignore_errors=ignore, now=time.time()
         )
+        self._subscriptions_changed(channel)
         return _json({"entities": entities}, 200, headers)
+
+    def _subscriptions_changed(self, channel: Channel) -> None:
+        link = self._links.get(channel.id)
+        if link is not None and self.settings.subscription_updated_frames:
+            link.send(
+                _system_frame(
+                    "v2.subscription.updated",
+                    channel.id,
+                    "subscription_updated",
+                    "The channel's subscriptions were changed",
+                    kind="subscription_updated",
+                )
+            )
 
     async def _delete_subscriptions(self, request: web.Request) -> web.Response:
         token, headers = self._authorized(request)
         channel = self._own_channel(request, token)
         self.platform.clear(channel, time.time())
+        self._subscriptions_changed(channel)
         return web.Response(status=204, headers=headers)
 
     # -- the socket ---------------------------------------------------

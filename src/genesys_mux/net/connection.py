@@ -50,6 +50,7 @@ from genesys_mux.core.channel import (
     Action,
     BecameLive,
     ChannelLink,
+    CheckSubscriptions,
     Outage,
     Reconnect,
     Recreate,
@@ -66,7 +67,7 @@ from genesys_mux.core.planner import (
     Subscribe,
     Unsubscribe,
 )
-from genesys_mux.core.topics import combine_topics
+from genesys_mux.core.topics import combine_topics, expand_topic
 from genesys_mux.errors import (
     ApiError,
     AuthenticationError,
@@ -92,6 +93,9 @@ class PoolSettings:
     max_channels: int = 20
     reserved_channels: int = 1
     rotation_lead_s: float = 300.0
+    #: How often each channel's subscription list is read back and compared
+    #: with what was put (None: only on ``v2.subscription.updated``).
+    subscription_check_s: float | None = 300.0
     #: How long a new socket may take to prove itself live before we retry.
     live_timeout_s: float = 30.0
     #: During a rotation the old channel is kept until the new one has
@@ -114,7 +118,12 @@ class PoolSettings:
 
     def watchdog(self) -> WatchdogSettings:
         """The timers each link runs with."""
-        return WatchdogSettings(self.heartbeat_timeout_s, self.pong_timeout_s, self.rotation_lead_s)
+        return WatchdogSettings(
+            self.heartbeat_timeout_s,
+            self.pong_timeout_s,
+            self.rotation_lead_s,
+            self.subscription_check_s,
+        )
 
     def planner_limits(self) -> PlannerLimits:
         """The limits the planner packs topics within."""
@@ -195,6 +204,10 @@ class _Socket:
         self.first_notification_at: float | None = None
         #: Set once a drain's pong has been read (or waited for in vain).
         self.drained = False
+        #: The topics the channel should have (expanded, lower case), and the
+        #: Unix time they were last known to be there (a PUT or a check).
+        self.expected: frozenset[str] = frozenset()
+        self.verified_at = time.time()
         self._wake = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._read(), name=f"genesys-mux-read-{info.id}"),
@@ -362,6 +375,21 @@ class _Marker:
 
 #: The payload of a close frame with status 1000 (normal closure).
 _NORMAL_CLOSURE = (1000).to_bytes(2, "big")
+
+
+def _expanded(topics: Iterable[str]) -> frozenset[str]:
+    """Topic names with combined ones split into their parts, in lower case.
+
+    Whether the platform lists a combined subscription as one id or as its
+    parts is not documented, so lists are compared in this form.
+    """
+    parts: set[str] = set()
+    for topic in topics:
+        try:
+            parts.update(p.lower() for p in expand_topic(topic))
+        except GenesysMuxError:
+            parts.add(topic.lower())  # not one of ours; kept, so it is compared as is
+    return frozenset(parts)
 
 
 def _wall(monotonic: float) -> float:
@@ -730,6 +758,9 @@ class ChannelPool:
             action = signal_wait.result()
             if isinstance(action, Reconnect | Recreate):
                 return action
+            if isinstance(action, CheckSubscriptions):
+                await self._check_subscriptions(slot, socket, action)
+                continue
             if isinstance(action, Rotate):
                 successor = await self._rotate(slot, socket, action)
                 if successor is None:
@@ -836,7 +867,8 @@ class ChannelPool:
             info = await self._rest.create_channel()
             self._emit("channel_created", slot, info.id)
         version = slot.desired_version
-        await self._put(slot, info.id, slot.desired)
+        expected = await self._put(slot, info.id, slot.desired)
+        put_at = time.time()
         try:
             ws = await self._session.ws_connect(
                 info.connect_uri,
@@ -854,6 +886,7 @@ class ChannelPool:
                 f"cannot open the socket of channel {info.id}: {type(exc).__name__}"
             ) from None
         socket = _Socket(self, slot, info, token, ws)
+        socket.expected, socket.verified_at = expected, put_at
         await socket._ping()
         try:
             await asyncio.wait_for(socket.live.wait(), self.settings.live_timeout_s)
@@ -872,15 +905,79 @@ class ChannelPool:
     async def _sync(self, slot: _Slot, socket: _Socket) -> None:
         version = slot.desired_version
         try:
-            await self._put(slot, socket.info.id, slot.desired)
+            socket.expected = await self._put(slot, socket.info.id, slot.desired)
         except ApiError as exc:
             if exc.status == 404:
                 socket.signals.put_nowait(Recreate("channel_gone"))
                 return
             raise
+        socket.verified_at = time.time()
         await self._mark_synced(slot, version)
 
-    async def _put(self, slot: _Slot, channel_id: str, topics: list[str]) -> None:
+    async def _check_subscriptions(
+        self, slot: _Slot, socket: _Socket, check: CheckSubscriptions
+    ) -> None:
+        """Read the channel's list back; put back what went, and report the window.
+
+        A change of our own still pending is left to the sync, which puts the
+        whole list anyway. The window runs from when the list was last known
+        good (or, when the platform said it changed, from the last frame
+        before it, if later) to when the PUT that restored it was answered.
+        If the list cannot be restored the channel is given up and replaced,
+        with the window reported from the same start.
+        """
+        if slot.applied_version < slot.desired_version:
+            return
+        asked_at = time.time()
+        try:
+            found = await self._rest.get_subscriptions(socket.info.id)
+        except ApiError as exc:
+            if exc.status == 404:
+                socket.lost_at = socket.verified_at
+                socket.signals.put_nowait(Recreate("channel_gone"))
+                return
+            log.warning("slot %d: could not check subscriptions: %s", slot.index, exc)
+            return
+        except GenesysMuxError as exc:
+            log.warning("slot %d: could not check subscriptions: %s", slot.index, exc)
+            return
+        missing = socket.expected - _expanded(found)
+        if not missing:
+            socket.verified_at = asked_at
+            return
+        start = socket.verified_at
+        if check.since is not None:
+            start = max(start, _wall(check.since))
+        topics = frozenset(t for t in slot.desired if not _expanded([t]).isdisjoint(missing))
+        log.warning(
+            "slot %d: channel %s lost %d of its topics (%s); subscribing them again",
+            slot.index,
+            socket.info.id,
+            len(missing),
+            check.reason,
+        )
+        self._emit(
+            "subscriptions_lost", slot, socket.info.id, topics=len(missing), reason=check.reason
+        )
+        try:
+            socket.expected = await self._put(slot, socket.info.id, slot.desired)
+        except GenesysMuxError as exc:
+            log.warning("slot %d: could not restore its subscriptions: %s", slot.index, exc)
+            socket.lost_at = start
+            socket.signals.put_nowait(Recreate("subscriptions_lost"))
+            return
+        socket.verified_at = time.time()
+        self._outage(
+            slot,
+            socket,
+            reason="subscriptions_replaced",
+            start=start,
+            end=socket.verified_at,
+            topics=topics,
+        )
+
+    async def _put(self, slot: _Slot, channel_id: str, topics: list[str]) -> frozenset[str]:
+        """PUT the slot's topics; returns those now on the channel (expanded, lower case)."""
         result = await self._rest.put_subscriptions(
             channel_id, combine_topics(topics), ignore_errors=True
         )
@@ -896,6 +993,7 @@ class ChannelPool:
                 )
                 for callback in self.on_rejection:
                     callback(rejection)
+        return _expanded(topics) - _expanded(r.topic for r in result.rejected)
 
     # -- reporting ------------------------------------------------------------
 
@@ -907,6 +1005,7 @@ class ChannelPool:
         reason: str,
         start: float | None = None,
         end: float | None = None,
+        topics: frozenset[str] | None = None,
     ) -> None:
         if start is None:
             # From whichever came first: the subscriptions going, or the socket.
@@ -915,7 +1014,7 @@ class ChannelPool:
         outage = Outage(
             slot=slot.index,
             channel_id=lost.info.id,
-            topics=frozenset(slot.desired),
+            topics=topics if topics is not None else frozenset(slot.desired),
             start=start,
             end=end if end is not None else time.time(),
             reason=reason,

@@ -144,6 +144,7 @@ class Multiplexer:
         buffer_threshold: int = 500,
         heartbeat_timeout: float = 75.0,
         pong_timeout: float = 10.0,
+        subscription_check_s: float | None = 300.0,
         topics_per_channel: int = 1000,
         max_channels: int = 20,
         queue_refresh_s: float = 300.0,
@@ -184,6 +185,7 @@ class Multiplexer:
         self._pool_settings = pool_settings or PoolSettings(
             heartbeat_timeout_s=heartbeat_timeout,
             pong_timeout_s=pong_timeout,
+            subscription_check_s=subscription_check_s,
             topics_per_channel=topics_per_channel,
             max_channels=max_channels,
         )

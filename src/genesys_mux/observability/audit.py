@@ -65,7 +65,7 @@ log = logging.getLogger("genesys_mux.observability.audit")
 Level = Literal["INFO", "WARNING", "ERROR"]
 
 _WARNING_KINDS = frozenset(
-    {"gap", "dlq_write", "subscribe_rejected", "channel_lost", "sink_failure"}
+    {"gap", "dlq_write", "subscribe_rejected", "channel_lost", "subscriptions_lost", "sink_failure"}
 )
 _ERROR_KINDS = frozenset({"channel_failed", "audit_overflow", "fatal"})
 _KIND = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
