@@ -56,6 +56,10 @@ async def test_demo_json_prints_events_for_every_stream_and_exits_zero() -> None
         if line["kind"] == "event":
             assert line["sequence"] >= 1
             assert line["latency_ms"] >= 0
+    # stderr holds JSON lines only, of one schema (audit facts and log lines).
+    for text in stderr:
+        record = json.loads(text)
+        assert list(record)[:4] == ["ts", "level", "logger", "event"], record
     # The audit log went to stderr, as JSON lines with upper-case levels.
     audit = audit_events(stderr)
     assert {a["event"] for a in audit} >= {"STREAM_ADDED", "CHANNEL_CREATED", "CHANNEL_CONNECTED"}

@@ -85,7 +85,7 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
     port = free_port()
     process = await start_cli(
         "run", "-c", "mux.toml", "--base-url", emulator.base_url,
-        "--duration", "5", "--admin-port", str(port),
+        "--duration", "5", "--admin-port", str(port), "--log-json",
         env=DEMO_CREDENTIALS,
         cwd=tmp_path,
     )  # fmt: skip
@@ -143,6 +143,15 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
     # The audit log (stderr) tells the story, and no secret is anywhere.
     audit = [e["event"] for e in json_lines_of(result.stderr)]
     assert {"STREAM_ADDED", "CHANNEL_CONNECTED", "STREAM_METRIC"} <= set(audit), audit
+    # One schema on stderr: every line JSON, audit facts and log lines alike.
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    for line in lines:
+        assert list(line)[:4] == ["ts", "level", "logger", "event"], line
+    assert any(line["logger"] == "genesys_mux.audit" for line in lines)
+    assert any(line["logger"] != "genesys_mux.audit" for line in lines)  # "admin server on ..."
+    for line in lines:
+        if line["event"] == "STREAM_METRIC":
+            assert line["stream_id"] in ("calls", "chats")
     assert "demo-secret" not in result.output
 
 

@@ -40,7 +40,8 @@ WARNINGS = {"GAP", "DLQ_WRITE", "SUBSCRIBE_REJECTED", "CHANNEL_LOST", "SINK_FAIL
 
 def check_shape(lines: list[dict[str, object]]) -> None:
     for line in lines:
-        assert list(line)[:3] == ["ts", "level", "event"]
+        assert list(line)[:4] == ["ts", "level", "logger", "event"]
+        assert line["logger"] == "genesys_mux.audit"
         assert isinstance(line["ts"], str)
         assert ISO_UTC.fullmatch(line["ts"]), line
         assert line["level"] in ("INFO", "WARNING", "ERROR")
@@ -112,7 +113,7 @@ async def test_control_plane_facts_and_periodic_summaries() -> None:
     assert gap["topics"] == added["topics"]
     for token_line in events(lines, "TOKEN_REFRESHED"):
         # The lifetime, never the token.
-        assert set(token_line) == {"ts", "level", "event", "expires_in_s"}
+        assert set(token_line) == {"ts", "level", "logger", "event", "expires_in_s"}
         assert token_line["expires_in_s"] > 0
     (failure,) = events(lines, "SINK_FAILURE")
     assert failure["level"] == "WARNING"
@@ -253,7 +254,10 @@ def test_only_known_fields_are_written_and_secrets_are_redacted(tmp_path: Path) 
     assert "hunter2" not in text
     lines = [json.loads(line) for line in text.splitlines()]
     created, rejected, gap, failure, by_object, unknown, failed = lines
-    assert {k for k in created if k not in ("ts", "level", "event")} == {"slot", "channel_id"}
+    assert {k for k in created if k not in ("ts", "level", "logger", "event")} == {
+        "slot",
+        "channel_id",
+    }
     assert rejected["reason"] == REDACTED
     assert gap["reason"] == REDACTED
     assert gap["duration_s"] == 2.5

@@ -1,19 +1,45 @@
-"""Logging for the command line: structlog in front, stdlib records routed through it.
+"""Logging for the command line: one line schema for log lines and audit facts alike.
 
 The library logs with the standard :mod:`logging` module so that embedding
-applications stay in control. The CLI renders those records and its own
-structlog events the same way: JSON lines (for pipes and log shippers) or a
-readable console format, with upper-case level names either way.
+applications stay in control. The CLI renders those records, its own
+structlog events and (when the audit log goes to stderr) the audit facts
+through one pipeline, so that every line on stderr has the same shape::
+
+    {"ts": "2026-01-01T12:00:00.000Z", "level": "WARNING", "logger": "...", "event": "...", ...}
+
+``ts`` is ISO-8601 UTC to the millisecond, ``level`` is upper case,
+``logger`` names the source (``genesys_mux.audit`` for audit facts, whose
+``event`` is their upper-case code; otherwise ``event`` is the message), and
+a line about one stream carries its ``stream_id``. The audit log's own file
+(``audit_path``) uses the same keys. JSON lines when asked (``--json``,
+``--log-json``), a readable console format otherwise.
+
+Lines are written to whatever ``sys.stderr`` is at the time: under the live
+dashboard that is rich's proxy, which prints them above the display instead
+of over it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import Any
 
 import structlog
 
+from genesys_mux.core.timestamps import format_iso
+from genesys_mux.observability.audit import AUDIT_LOGGER
+
 __all__ = ["configure_logging"]
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to the ``sys.stderr`` of the moment, not of its creation."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
@@ -22,13 +48,13 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _upper_level,
+        structlog.stdlib.ExtraAdder(allow=["stream_id", "audit"]),
+        _schema,
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), timestamp_key="ts")
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -36,7 +62,7 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -46,14 +72,29 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Audit facts are written whatever the level of the other lines: they
+    # are the record of what happened, and are few.
+    logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
     # aiohttp's access log is one line per request: far too chatty at INFO.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _upper_level(
+def _schema(
     _logger: object, _name: str, event: structlog.types.EventDict
 ) -> structlog.types.EventDict:
-    level = event.get("level")
-    if isinstance(level, str):
-        event["level"] = level.upper()
-    return event
+    """``ts`` first, the level in upper case, and an audit fact's fields at the top level."""
+    record = event.get("_record")
+    level = event.pop("level", None)
+    shaped: dict[str, Any] = {
+        "ts": format_iso(record.created if isinstance(record, logging.LogRecord) else time.time()),
+        "level": level.upper() if isinstance(level, str) else level,
+    }
+    for key in ("logger", "event"):
+        if key in event:
+            shaped[key] = event.pop(key)
+    audit = event.pop("audit", None)
+    shaped.update(event)
+    if isinstance(audit, dict):
+        for name, value in audit.items():
+            shaped.setdefault(name, value)
+    return shaped

@@ -50,7 +50,7 @@ from genesys_mux.errors import ConfigError
 from genesys_mux.net.connection import PoolSettings
 from genesys_mux.net.multiplexer import Multiplexer
 from genesys_mux.observability.admin import AdminServer, status_snapshot
-from genesys_mux.observability.audit import AuditLog
+from genesys_mux.observability.audit import AUDIT_LOGGER, AuditLog
 from genesys_mux.observability.metrics import MuxMetrics
 from genesys_mux.sinks.base import Sink
 from genesys_mux.sinks.fanout import StreamDelivery, deliver_stream
@@ -180,10 +180,10 @@ class Runtime:
                     work.result()  # an error while unwinding is still reported
                 if stop.is_set():
                     return 0
-                self.console.print(
+                self._say(
+                    logging.ERROR,
                     f"start-up did not finish within --duration {duration_s:g} s "
                     "(see the warnings above for what is failing); stopping",
-                    markup=False,
                 )
                 return 1
             return await work
@@ -196,7 +196,13 @@ class Runtime:
         settings = self.config.settings
         audit_target: Any = self.audit_target
         if audit_target is None:
-            audit_target = sys.stderr if settings.audit_path == "-" else settings.audit_path
+            # On stderr the audit facts are log lines like the others (one
+            # schema, JSON when asked); in a file they are JSON lines.
+            audit_target = (
+                logging.getLogger(AUDIT_LOGGER)
+                if settings.audit_path == "-"
+                else settings.audit_path
+            )
         audit = AuditLog(audit_target)
         region = (
             None
@@ -244,16 +250,19 @@ class Runtime:
                 )
                 await stack.enter_async_context(admin)
                 self.admin = admin
-                self.console.print(
-                    f"admin server on {admin.base_url} (/metrics /healthz /readyz /status)"
+                self._say(
+                    logging.INFO,
+                    f"admin server on {admin.base_url} (/metrics /healthz /readyz /status)",
                 )
             await stack.enter_async_context(mux)
             for stream in self.config.streams:
                 for rejection in await mux.add_stream(stream):
                     missing = list(rejection.missing_permissions)
-                    self.console.print(
-                        f"[yellow]stream {stream.id}: topic {rejection.topic} rejected "
-                        f"({rejection.reason}, missing {missing})[/yellow]"
+                    self._say(
+                        logging.WARNING,
+                        f"stream {stream.id}: topic {rejection.topic} rejected "
+                        f"({rejection.reason}, missing {missing})",
+                        stream_id=stream.id,
                     )
             unsunk: list[str] = []
             for stream in self.config.streams:
@@ -299,6 +308,15 @@ class Runtime:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         return 0
+
+    def _say(self, level: int, text: str, stream_id: str | None = None) -> None:
+        """Tell the operator: a log line (one schema, JSON when asked), or the
+        dashboard's console, which prints above its live display."""
+        if self.output.mode == "dashboard":
+            style = "yellow" if level >= logging.WARNING else None
+            self.console.print(text, style=style, markup=False)
+        else:
+            log.log(level, text, extra={"stream_id": stream_id} if stream_id else None)
 
     def _status_extra(self) -> dict[str, Any]:
         return {

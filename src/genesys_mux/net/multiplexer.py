@@ -517,6 +517,7 @@ class Multiplexer:
                 letter.stream_id,
                 letter.sequence,
                 letter.reason,
+                extra={"stream_id": letter.stream_id},
             )
         self._audit(
             "dlq_write",
@@ -560,7 +561,13 @@ class Multiplexer:
         try:
             await self.backfill(*gaps)
         except GenesysMuxError as exc:
-            log.warning("back-fill after a gap failed: %s", exc)
+            streams = sorted({gap.stream_id for gap in gaps})
+            log.warning(
+                "back-fill after a gap of %s failed: %s",
+                ", ".join(streams),
+                exc,
+                extra={"stream_id": streams[0]} if len(streams) == 1 else None,
+            )
 
     async def backfill(self, *gaps: Gap) -> int:
         """Fetch the current snapshot of every conversation a gap may have hidden.

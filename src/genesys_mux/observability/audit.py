@@ -6,10 +6,16 @@ The multiplexer offers every control-plane fact to ``mux.on_audit`` as
 ``(kind, fields)``; :meth:`AuditLog.attach` subscribes :meth:`AuditLog.record`
 there. Each fact becomes one line::
 
-    {"ts": "2025-01-01T12:00:00.000Z", "level": "INFO", "event": "CHANNEL_ROTATED", ...}
+    {"ts": "2025-01-01T12:00:00.000Z", "level": "INFO", "logger": "genesys_mux.audit",
+     "event": "CHANNEL_ROTATED", ...}
 
 ``ts`` is ISO-8601 UTC, ``level`` is ``INFO``, ``WARNING`` or ``ERROR``
-(upper case), ``event`` is the kind in upper case.
+(upper case), ``logger`` is always :data:`AUDIT_LOGGER`, ``event`` is the
+kind in upper case: the keys of the command line's log lines, so one
+schema covers both. The target may also be a :class:`logging.Logger`: each
+fact is then logged there at its level, with the event code as the message
+and the fields in the record's ``audit`` attribute (the command line does
+this when the audit log shares stderr with the other log lines).
 
 **What is written.** Only fields this module knows, each converted to its
 expected type (a count stays a count, an id stays a string); anything else
@@ -58,11 +64,14 @@ from genesys_mux.observability.sanitize import MAX_STRING, REDACTED, looks_secre
 if TYPE_CHECKING:
     from genesys_mux.net.multiplexer import Multiplexer
 
-__all__ = ["AuditLog", "Level", "level_for"]
+__all__ = ["AUDIT_LOGGER", "AuditLog", "Level", "level_for"]
 
 log = logging.getLogger("genesys_mux.observability.audit")
 
 Level = Literal["INFO", "WARNING", "ERROR"]
+
+#: The ``logger`` of every audit line.
+AUDIT_LOGGER = "genesys_mux.audit"
 
 _WARNING_KINDS = frozenset(
     {"gap", "dlq_write", "subscribe_rejected", "channel_lost", "subscriptions_lost", "sink_failure"}
@@ -213,7 +222,7 @@ class AuditLog:
 
     def __init__(
         self,
-        target: str | os.PathLike[str] | TextIO | None = None,
+        target: str | os.PathLike[str] | TextIO | logging.Logger | None = None,
         *,
         dlq_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -221,8 +230,11 @@ class AuditLog:
         if dlq_interval_s <= 0:
             raise ValueError("dlq_interval_s must be positive")
         self._owned: TextIO | None = None
-        self._stream: TextIO | None
-        if target is None:
+        self._stream: TextIO | None = None
+        self._logger: logging.Logger | None = None
+        if isinstance(target, logging.Logger):
+            self._logger = target
+        elif target is None:
             self._stream = None  # sys.stderr, looked up per write
         elif isinstance(target, str | os.PathLike):
             self._owned = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
@@ -400,9 +412,17 @@ class AuditLog:
         """Write one line. ``fields`` are redacted (by name and value) on the way out."""
         if self._closed:
             return
+        if self._logger is not None:
+            self._logger.log(
+                logging.getLevelNamesMapping()[level],
+                kind.upper(),
+                extra={"audit": redact(fields)},
+            )
+            return
         record: dict[str, Any] = {
             "ts": format_iso(time.time()),
             "level": level,
+            "logger": AUDIT_LOGGER,
             "event": kind.upper(),
         }
         for name, value in redact(fields).items():

@@ -71,6 +71,8 @@ class SinkFanOut:
         if len(groups) < 2:
             raise ConfigError(f"stream {name}: a fan-out needs two groups of sinks at least")
         self.name = name
+        # Every line names its stream (for the one log schema, see cli/logs.py).
+        self._log = logging.LoggerAdapter(log, {"stream_id": name})
         self._items = stream_items
         self._dead_letter = dead_letter
         self._queues: list[asyncio.Queue[Item | object]] = [
@@ -202,11 +204,11 @@ class SinkFanOut:
                     try:
                         self._dead_letter(DeadLetter.of(item, reason))
                     except Exception:
-                        log.exception("dead-letter write failed: stream=%s", self.name)
+                        self._log.exception("dead-letter write failed: stream=%s", self.name)
                         continue
                     runner.dead_lettered += 1
                 else:
-                    log.warning(
+                    self._log.warning(
                         "gap of stream %s not delivered (%s): %.3f..%.3f (%s)",
                         self.name,
                         reason,

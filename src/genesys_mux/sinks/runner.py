@@ -150,6 +150,8 @@ class SinkRunner:
         if max_attempts is not None and max_attempts < 1:
             raise ConfigError(f"sink runner {name}: max_attempts must be at least 1 or None")
         self.name = name
+        # Every line names its stream (for the one log schema, see cli/logs.py).
+        self._log = logging.LoggerAdapter(log, {"stream_id": name})
         self.sinks: tuple[Sink, ...] = tuple(sinks)
         self.batch_size = batch_size
         self.linger_s = linger_s
@@ -264,7 +266,7 @@ class SinkRunner:
                 try:
                     await sink.close()
                 except Exception:
-                    log.exception("closing sink %s of %s failed", sink.name, self.name)
+                    self._log.exception("closing sink %s of %s failed", sink.name, self.name)
 
     async def _read(self) -> None:
         """The reader task: fill ``_buffer`` from the source while ``_want`` is set.
@@ -354,7 +356,9 @@ class SinkRunner:
             reader.cancel()
             await asyncio.wait({reader})
         if self._source_error is not None:
-            log.warning("the source of %s failed while stopping: %r", self.name, self._source_error)
+            self._log.warning(
+                "the source of %s failed while stopping: %r", self.name, self._source_error
+            )
         batch, self._buffer = self._buffer, []
         if batch:
             await self._deliver(batch)
@@ -386,12 +390,12 @@ class SinkRunner:
                 error = exc
             except Exception as exc:
                 # A bug in a sink must cost one batch, not the whole stream.
-                log.exception("sink %s of %s raised unexpectedly", sink.name, self.name)
+                self._log.exception("sink %s of %s raised unexpectedly", sink.name, self.name)
                 error = SinkError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
             else:
                 counters.observe_send(time.perf_counter() - started)
                 if attempt > 1:
-                    log.info(
+                    self._log.info(
                         "sink %s of %s recovered after %d attempts", sink.name, self.name, attempt
                     )
                 # A sink that takes a batch again is no longer failing: /status
@@ -423,7 +427,7 @@ class SinkRunner:
                     reason = f"{reason} (stopped while retrying)"
             if give_up:
                 events = sum(1 for item in batch if isinstance(item, StreamEvent))
-                log.warning(
+                self._log.warning(
                     "sink %s of %s failed a batch of %d items after %d attempt(s): %s; "
                     "%d events go to the dead-letter queue",
                     sink.name,
@@ -441,7 +445,7 @@ class SinkRunner:
                 return False
             counters.retries += 1
             self.retries += 1
-            (log.warning if attempt == 1 else log.debug)(
+            (self._log.warning if attempt == 1 else self._log.debug)(
                 "sink %s of %s failed (attempt %d): %s; retrying in %.2f s",
                 sink.name,
                 self.name,
@@ -480,7 +484,7 @@ class SinkRunner:
                 try:
                     self._dead_letter(DeadLetter.of(item, reason))
                 except Exception:
-                    log.exception(
+                    self._log.exception(
                         "dead-letter write failed: stream=%s sequence=%d reason=%s",
                         item.stream_id,
                         item.sequence,
@@ -490,7 +494,7 @@ class SinkRunner:
                 dead += 1
             else:
                 # A gap has no body to keep; the log is its only record.
-                log.warning(
+                self._log.warning(
                     "gap of stream %s not delivered (%s): %.3f..%.3f on channel %s, %d topics, %s",
                     item.stream_id,
                     reason,
@@ -523,7 +527,7 @@ class SinkRunner:
             try:
                 callback(sink_name, text)
             except Exception:
-                log.exception("on_failure callback of %s failed", self.name)
+                self._log.exception("on_failure callback of %s failed", self.name)
 
 
 def _release(waiter: asyncio.Future[bool] | None, timed_out: bool) -> None:
