@@ -8,8 +8,10 @@ their own credentials (limited permissions, a canary secret).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import typing
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +20,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from genesys_mux import Multiplexer
+from genesys_mux.core.events import ControlEvent
 from genesys_mux.emulator import Emulator, EmulatorSettings
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 from tests.net.test_multiplexer import FAST_POOL, Harness, org_settings
@@ -82,3 +85,19 @@ def audit_lines(target: io.StringIO) -> list[dict[str, Any]]:
 def events(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """The lines whose ``event`` is ``name``."""
     return [line for line in lines if line["event"] == name]
+
+
+def sample_events() -> list[ControlEvent]:
+    """One instance of every type of the ControlEvent union, built from its fields."""
+    samples: dict[type, object] = {
+        int: 3,
+        float: 12.5,
+        str: "voice-main",
+        tuple[str, ...]: ("voice-main",),
+    }
+    built: list[ControlEvent] = []
+    for kind in typing.get_args(ControlEvent):
+        hints = typing.get_type_hints(kind)
+        values = {f.name: samples[hints[f.name]] for f in dataclasses.fields(kind)}
+        built.append(kind(**values))
+    return built

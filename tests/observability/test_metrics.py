@@ -13,17 +13,18 @@ import re
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.errors import SinkError
+from genesys_mux.net.multiplexer import Multiplexer
 from genesys_mux.observability import AdminServer, MuxMetrics, stream_label
 from genesys_mux.observability.metrics import _cumulative
 from genesys_mux.sinks.runner import SinkCounters, SinkRunner
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import Collector, harness
-from tests.observability.conftest import get, scrape
+from tests.observability.conftest import get, sample_events, scrape
 
 STREAM_COUNTERS = {
     "received": "genesys_mux_stream_received_total",
@@ -256,3 +257,22 @@ def test_sink_send_times_fall_in_prometheus_buckets() -> None:
     assert dict(_cumulative(counters.send_buckets))["5.0"] == 3
     assert dict(_cumulative(counters.send_buckets))["+Inf"] == 4
     assert counters.send_seconds == pytest.approx(7.0044)
+
+
+def test_every_control_event_type_is_counted_by_its_kind() -> None:
+    mux = Multiplexer(client_id="x", client_secret="y", base_url="http://127.0.0.1:9")
+    metrics = MuxMetrics(mux)
+    every = sample_events()
+    for event in every:
+        for callback in mux.on_control:  # as the multiplexer reports it
+            callback(event)
+    text = generate_latest(metrics.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    counted = {
+        s.labels["kind"]: s.value
+        for s in families["genesys_mux_control_events"].samples
+        if s.name.endswith("_total")
+    }
+    assert counted == {event.kind: 1.0 for event in every}
+    metrics.close()
+    assert mux.on_control == []

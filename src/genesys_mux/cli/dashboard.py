@@ -16,6 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from genesys_mux.core.events import ControlEvent, fields_of
 from genesys_mux.net.multiplexer import Multiplexer
 from genesys_mux.observability.admin import status_snapshot
 
@@ -29,8 +30,8 @@ class AuditTail:
     size: int = 12
     lines: deque[tuple[float, str, dict[str, Any]]] = field(default_factory=deque)
 
-    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
-        self.lines.append((time.time(), kind, fields))
+    def __call__(self, event: ControlEvent) -> None:
+        self.lines.append((time.time(), event.kind, fields_of(event)))
         while len(self.lines) > self.size:
             self.lines.popleft()
 

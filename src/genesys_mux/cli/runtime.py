@@ -229,7 +229,7 @@ class Runtime:
         )
         self.mux = mux
         audit.attach(mux)
-        mux.on_audit.append(self.tail)
+        mux.on_control.append(self.tail)
         metrics = MuxMetrics(mux)
         tasks: list[asyncio.Task[Any]] = []
         async with contextlib.AsyncExitStack() as stack:

@@ -40,7 +40,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import msgspec
@@ -57,6 +56,16 @@ from genesys_mux.core.channel import (
     Rotate,
     SendPing,
     WatchdogSettings,
+)
+from genesys_mux.core.events import (
+    ChannelClosed,
+    ChannelConnected,
+    ChannelCreated,
+    ChannelFailed,
+    ChannelLost,
+    ChannelRotated,
+    ControlEvent,
+    SubscriptionsLost,
 )
 from genesys_mux.core.frames import PING, Notification, Pong, decode_frame
 from genesys_mux.core.planner import (
@@ -456,7 +465,7 @@ class ChannelPool:
         self.rejections: dict[str, Rejection] = {}
         self.on_outage: list[Callable[[Outage], None]] = []
         self.on_rejection: list[Callable[[Rejection], None]] = []
-        self.on_event: list[Callable[[str, dict[str, Any]], None]] = []
+        self.on_control: list[Callable[[ControlEvent], None]] = []
         #: Called once with the error that stopped the pool for good (refused credentials).
         self.on_failure: list[Callable[[AuthenticationError], None]] = []
         #: That error, once it happened: :meth:`set_topics` and :meth:`frames` raise it.
@@ -672,7 +681,7 @@ class ChannelPool:
             log.exception("slot %d: supervisor failed", slot.index)
             slot.failed = True
             slot.stats.state = "failed"
-            self._emit("channel_failed", slot, "", error=type(exc).__name__)
+            self._report(ChannelFailed(slot.index, "", type(exc).__name__))
             raise
         finally:
             async with slot.synced:
@@ -700,7 +709,7 @@ class ChannelPool:
             closing = socket.abandon()
             self._retiring.add(closing)
             closing.add_done_callback(self._retiring.discard)
-            self._emit("channel_lost", slot, socket.info.id, reason=action.reason)
+            self._report(ChannelLost(slot.index, socket.info.id, action.reason))
             # Kept on the slot until a successor reports the outage: a stop
             # before that must still report it (see _drain_slot).
             slot.lost = socket
@@ -802,9 +811,7 @@ class ChannelPool:
                     end = successor.first_notification_at or time.time()
                     self._outage(slot, old, reason=action.reason, start=unsubscribed_at, end=end)
                 await asyncio.sleep(self.settings.rotation_settle_s)
-            self._emit(
-                "channel_rotated", slot, successor.info.id, old=old.info.id, reason=action.reason
-            )
+            self._report(ChannelRotated(slot.index, successor.info.id, old.info.id, action.reason))
             await old.drain_and_close(self._rest, self.settings.pong_timeout_s)
         return successor
 
@@ -812,7 +819,7 @@ class ChannelPool:
         # There is no DELETE for channels: empty it so it stops costing
         # traffic, close the socket, and let the platform expire it.
         await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
-        self._emit("channel_closed", slot, socket.info.id, reason="no_topics_left")
+        self._report(ChannelClosed(slot.index, socket.info.id, "no_topics_left"))
 
     async def _establish_with_retry(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket | None:
         attempt = 0
@@ -845,7 +852,7 @@ class ChannelPool:
         log.error("slot %d: giving up on its channel: %s", slot.index, exc)
         slot.stats.state = "failed"
         slot.failed = True
-        self._emit("channel_failed", slot, reuse.id if reuse else "", error=str(exc))
+        self._report(ChannelFailed(slot.index, reuse.id if reuse else "", str(exc)))
         if isinstance(exc, AuthenticationError) and self.failure is None:
             # Refused credentials stop every slot, not just this one: say so
             # to whoever waits on the pool instead of going quiet.
@@ -865,7 +872,7 @@ class ChannelPool:
             info = reuse
         if info is None:
             info = await self._rest.create_channel()
-            self._emit("channel_created", slot, info.id)
+            self._report(ChannelCreated(slot.index, info.id))
         version = slot.desired_version
         expected = await self._put(slot, info.id, slot.desired)
         put_at = time.time()
@@ -899,7 +906,7 @@ class ChannelPool:
         slot.stats.channel_id = info.id
         slot.stats.state = "live"
         slot.stats.connected_since = time.time()
-        self._emit("channel_connected", slot, info.id)
+        self._report(ChannelConnected(slot.index, info.id))
         return socket
 
     async def _sync(self, slot: _Slot, socket: _Socket) -> None:
@@ -956,9 +963,7 @@ class ChannelPool:
             len(missing),
             check.reason,
         )
-        self._emit(
-            "subscriptions_lost", slot, socket.info.id, topics=len(missing), reason=check.reason
-        )
+        self._report(SubscriptionsLost(slot.index, socket.info.id, len(missing), check.reason))
         try:
             socket.expected = await self._put(slot, socket.info.id, slot.desired)
         except GenesysMuxError as exc:
@@ -1030,6 +1035,6 @@ class ChannelPool:
         for callback in self.on_outage:
             callback(outage)
 
-    def _emit(self, kind: str, slot: _Slot, channel_id: str, **fields: Any) -> None:
-        for callback in self.on_event:
-            callback(kind, {"slot": slot.index, "channel_id": channel_id, **fields})
+    def _report(self, event: ControlEvent) -> None:
+        for callback in self.on_control:
+            callback(event)

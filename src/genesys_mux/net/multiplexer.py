@@ -49,6 +49,18 @@ from genesys_mux.config import (
     requires_sms,
 )
 from genesys_mux.core.channel import Outage
+from genesys_mux.core.events import (
+    Backfilled,
+    ControlEvent,
+    DeadLettered,
+    Fatal,
+    GapReported,
+    QueuesRefreshed,
+    StreamAdded,
+    StreamRemoved,
+    TokenRefreshed,
+    TopicRejected,
+)
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import (
     DeadLetter,
@@ -224,7 +236,8 @@ class Multiplexer:
         #: Topic → rejection, for topics the platform refused.
         self.rejections: dict[str, Rejection] = {}
         #: Called for control-plane facts: (kind, fields). The audit log hooks in here.
-        self.on_audit: list[Callable[[str, dict[str, Any]], None]] = []
+        #: Called with every control-plane fact (see :mod:`genesys_mux.core.events`).
+        self.on_control: list[Callable[[ControlEvent], None]] = []
         #: Called with each event as it is handed to a consumer (latency and
         #: age are set by then). Metrics hook in here; keep it cheap.
         self.on_delivered: list[Callable[[StreamEvent], None]] = []
@@ -255,7 +268,7 @@ class Multiplexer:
             self._session = aiohttp.ClientSession(trust_env=True)
         self.tokens = TokenProvider(self._session, self._endpoints, self._client_id, self._secret)
         self.tokens.on_refresh.append(
-            lambda token: self._audit("token_refreshed", {"expires_in_s": round(token.lifetime_s)})
+            lambda token: self._report(TokenRefreshed(round(token.lifetime_s)))
         )
         self.rest = RestClient(
             self._session,
@@ -266,7 +279,7 @@ class Multiplexer:
         self.pool = ChannelPool(self._session, self.rest, self.tokens, self._pool_settings)
         self.pool.on_outage.append(self._outage)
         self.pool.on_rejection.append(self._rejected)
-        self.pool.on_event.append(self._audit)
+        self.pool.on_control.append(self._report)
         self.pool.on_failure.append(self._failed)
         self._tasks.append(asyncio.create_task(self._dispatch(), name=_DISPATCH))
         self._tasks.append(asyncio.create_task(self._refresh_queues(), name="genesys-mux-queues"))
@@ -391,7 +404,7 @@ class Multiplexer:
                 del self._streams[config.id]
                 self._reindex()
                 raise
-        self._audit("stream_added", {"stream_id": config.id, "topics": len(state.topics)})
+        self._report(StreamAdded(config.id, len(state.topics)))
         return [r for t, r in self.rejections.items() if t in state.topics]
 
     async def remove_stream(self, stream_id: str) -> None:
@@ -409,7 +422,7 @@ class Multiplexer:
             state.stream.flush_to_dead_letters("stream_removed")
             state.ready.set()
             await self._apply_topics()
-        self._audit("stream_removed", {"stream_id": stream_id})
+        self._report(StreamRemoved(stream_id))
 
     def streams(self) -> list[StreamConfig]:
         """The configs of the current streams."""
@@ -448,7 +461,7 @@ class Multiplexer:
                 if needs_all_queues(state.config):
                     self._set_topics(state)
             await self._apply_topics()
-        self._audit("queues_refreshed", {"queues": len(queue_ids)})
+        self._report(QueuesRefreshed(len(queue_ids)))
 
     async def _refresh_queues(self) -> None:
         while True:
@@ -500,7 +513,7 @@ class Multiplexer:
     def _failed(self, exc: AuthenticationError) -> None:
         """The pool stopped for good: wake every reader, so each one raises it."""
         self._failure = exc
-        self._audit("fatal", {"error": str(exc)})
+        self._report(Fatal(str(exc)))
         self._anything.set()
         for state in self._streams.values():
             state.ready.set()
@@ -519,10 +532,7 @@ class Multiplexer:
                 letter.reason,
                 extra={"stream_id": letter.stream_id},
             )
-        self._audit(
-            "dlq_write",
-            {"stream_id": letter.stream_id, "sequence": letter.sequence, "reason": letter.reason},
-        )
+        self._report(DeadLettered(letter.stream_id, letter.sequence, letter.reason))
 
     def _outage(self, outage: Outage) -> None:
         gaps: list[Gap] = []
@@ -541,15 +551,15 @@ class Multiplexer:
                 gaps.append(gap)
                 state.ready.set()
                 self._anything.set()
-                self._audit(
-                    "gap",
-                    {
-                        "stream_id": state.config.id,
-                        "start": outage.start,
-                        "end": outage.end,
-                        "topics": len(affected),
-                        "reason": outage.reason,
-                    },
+                self._report(
+                    GapReported(
+                        state.config.id,
+                        outage.channel_id,
+                        outage.start,
+                        outage.end,
+                        len(affected),
+                        outage.reason,
+                    )
                 )
 
         if gaps and self.backfill_enabled and not self._stopping and not self._draining:
@@ -630,31 +640,27 @@ class Multiplexer:
                     if event is not None:
                         state.ready.set()
                         self._anything.set()
-        self._audit(
-            "backfill",
-            {"streams": sorted({g.stream_id for g in gaps}), "conversations": len(ids)},
-        )
+        self._report(Backfilled(tuple(sorted({g.stream_id for g in gaps})), len(ids)))
         return offered
 
     def _rejected(self, rejection: Rejection) -> None:
         self.rejections[rejection.topic] = rejection
         streams = [s.config.id for s in self._streams.values() if rejection.topic in s.topics]
-        self._audit(
-            "subscribe_rejected",
-            {
-                "topic": rejection.topic,
-                "reason": rejection.reason,
-                "missing_permissions": list(rejection.missing_permissions),
-                "streams": streams,
-            },
+        self._report(
+            TopicRejected(
+                rejection.topic,
+                rejection.reason,
+                tuple(rejection.missing_permissions),
+                tuple(streams),
+            )
         )
 
-    def _audit(self, kind: str, fields: dict[str, Any]) -> None:
-        for callback in self.on_audit:
+    def _report(self, event: ControlEvent) -> None:
+        for callback in self.on_control:
             try:
-                callback(kind, fields)
+                callback(event)
             except Exception:
-                log.exception("audit callback failed for %s", kind)
+                log.exception("control callback failed for %s", event.kind)
 
     # -- consumption ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ Typical wiring::
             ...
 
 Nothing here changes what the multiplexer does; everything hooks into its
-``stats()``, ``on_audit`` and ``on_delivered``.
+``stats()``, ``on_control`` and ``on_delivered``.
 """
 
 from genesys_mux.observability.admin import AdminServer

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-The multiplexer offers every control-plane fact to ``mux.on_audit`` as
-``(kind, fields)``; :meth:`AuditLog.attach` subscribes :meth:`AuditLog.record`
-there. Each fact becomes one line::
+The multiplexer offers every control-plane fact to ``mux.on_control`` as a
+typed :data:`~genesys_mux.core.events.ControlEvent`; :meth:`AuditLog.attach`
+subscribes :meth:`AuditLog.record` there. The event's type gives its code
+(``kind``) and level. Each fact becomes one line::
 
     {"ts": "2025-01-01T12:00:00.000Z", "level": "INFO", "logger": "genesys_mux.audit",
      "event": "CHANNEL_ROTATED", ...}
@@ -56,28 +57,30 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from genesys_mux.core.events import (
+    ControlEvent,
+    DeadLettered,
+    GapReported,
+    Level,
+    SinkFailed,
+    fields_of,
+)
 from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability.sanitize import MAX_STRING, REDACTED, looks_secret, redact
 
 if TYPE_CHECKING:
     from genesys_mux.net.multiplexer import Multiplexer
 
-__all__ = ["AUDIT_LOGGER", "AuditLog", "Level", "level_for"]
+__all__ = ["AUDIT_LOGGER", "AuditLog", "Level"]
 
 log = logging.getLogger("genesys_mux.observability.audit")
 
-Level = Literal["INFO", "WARNING", "ERROR"]
 
 #: The ``logger`` of every audit line.
 AUDIT_LOGGER = "genesys_mux.audit"
 
-_WARNING_KINDS = frozenset(
-    {"gap", "dlq_write", "subscribe_rejected", "channel_lost", "subscriptions_lost", "sink_failure"}
-)
-_ERROR_KINDS = frozenset({"channel_failed", "audit_overflow", "fatal"})
-_KIND = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # The configured stream id pattern: an id that matches it is ours, not a secret.
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
@@ -163,15 +166,6 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
-def level_for(kind: str) -> Level:
-    """The level a fact of ``kind`` is written at."""
-    if kind in _ERROR_KINDS:
-        return "ERROR"
-    if kind in _WARNING_KINDS:
-        return "WARNING"
-    return "INFO"
-
-
 @dataclass(slots=True)
 class _DlqWindow:
     """Dead-letter writes of one stream held back by the rate limit."""
@@ -253,13 +247,13 @@ class AuditLog:
 
     def attach(self, mux: Multiplexer) -> None:
         """Record every control-plane fact ``mux`` reports."""
-        if self.record not in mux.on_audit:
-            mux.on_audit.append(self.record)
+        if self.record not in mux.on_control:
+            mux.on_control.append(self.record)
 
     def detach(self, mux: Multiplexer) -> None:
         """Stop recording ``mux``'s facts (anything held back is written first)."""
         with contextlib.suppress(ValueError):
-            mux.on_audit.remove(self.record)
+            mux.on_control.remove(self.record)
         self.flush()
 
     def __enter__(self) -> AuditLog:
@@ -279,19 +273,16 @@ class AuditLog:
 
     # -- facts -------------------------------------------------------------------
 
-    def record(self, kind: str, fields: Mapping[str, Any]) -> None:
-        """Write one fact (the ``mux.on_audit`` callback)."""
-        if not _KIND.fullmatch(kind):
-            kind = "unknown"
-        if kind == "dlq_write":
+    def record(self, event: ControlEvent) -> None:
+        """Write one fact (the ``mux.on_control`` callback)."""
+        fields = fields_of(event)
+        if isinstance(event, DeadLettered):
             self._dead_letter(fields)
             return
         clean = self._known(fields)
-        if kind == "gap":
-            start, end = _float(fields.get("start")), _float(fields.get("end"))
-            if start is not None and end is not None:
-                clean["duration_s"] = round(end - start, 3)
-        self.write(level_for(kind), kind, clean)
+        if isinstance(event, GapReported):
+            clean["duration_s"] = round(event.end - event.start, 3)
+        self.write(event.level, event.kind, clean)
 
     def sink_failure(self, stream_id: str, sink: object, error: BaseException | str) -> None:
         """Record that ``sink`` failed for ``stream_id``.
@@ -309,7 +300,7 @@ class AuditLog:
             message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         else:
             message = error
-        self.record("sink_failure", {"stream_id": stream_id, "sink": sink, "error": message})
+        self.record(SinkFailed(stream_id, sink, message))
 
     def stream_metrics(self, mux: Multiplexer) -> None:
         """Write one ``STREAM_METRIC`` line per stream of ``mux``, now."""

@@ -15,8 +15,9 @@ first event if that comes first) and kept in a dict, so an event costs a
 dict lookup and two ``observe`` calls, never a label lookup.
 
 Control-plane facts (rotations, token refreshes, subscribe rejections...)
-are counted from ``mux.on_audit``; they are rare, so counting them per call
-is free in practice.
+are counted from ``mux.on_control`` by their type's ``kind`` (a fixed set,
+so the label is bounded); they are rare, so counting them per call is free
+in practice.
 
 Labels: ``stream`` is the configured stream id; ``channel`` is the *slot
 index*, the stable identity of "the channel carrying these topics", never
@@ -43,7 +44,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
@@ -53,6 +54,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from genesys_mux.core.events import ControlEvent, StreamAdded, StreamRemoved
 from genesys_mux.sinks.runner import SEND_BUCKETS
 
 if TYPE_CHECKING:
@@ -115,11 +117,6 @@ AGE_BUCKETS = (
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 _CHANNEL_ID = re.compile(r"streaming-\d+-[a-z0-9]{8,}", re.I)
-_KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
-#: Control-event kinds are a small fixed set; this caps the series should a
-#: future emitter misbehave.
-_MAX_KINDS = 64
-
 # (SinkCounters attribute, metric name without _total, help text); labels stream, sink.
 _SINK_COUNTERS = (
     ("sent", "genesys_mux_sink_records_sent", "Records the sink took."),
@@ -390,7 +387,7 @@ class _MuxCollector:
 class MuxMetrics:
     """Prometheus metrics of one multiplexer.
 
-    Hooks into ``mux.on_delivered`` (histograms) and ``mux.on_audit``
+    Hooks into ``mux.on_delivered`` (histograms) and ``mux.on_control``
     (control-event counters) on construction; :meth:`close` unhooks and
     unregisters. ``registry`` is where everything is registered: a private
     :class:`~prometheus_client.CollectorRegistry` unless one is given.
@@ -399,7 +396,7 @@ class MuxMetrics:
     def __init__(self, mux: Multiplexer, registry: CollectorRegistry | None = None) -> None:
         self.mux = mux
         self.registry = registry if registry is not None else CollectorRegistry()
-        #: Control-event kind → count, from ``mux.on_audit``.
+        #: Control-event kind → count, from ``mux.on_control``.
         self.control_events: dict[str, int] = {}
         self._latency = Histogram(
             "genesys_mux_event_latency_seconds",
@@ -425,7 +422,7 @@ class MuxMetrics:
         for config in mux.streams():
             self._bind(config.id)
         mux.on_delivered.append(self._observe)
-        mux.on_audit.append(self._control)
+        mux.on_control.append(self._control)
 
     def watch_sinks(self, stream_id: str, runner: StreamDelivery) -> None:
         """Export the counters of the runner delivering ``stream_id`` to its sinks."""
@@ -446,7 +443,7 @@ class MuxMetrics:
         with contextlib.suppress(ValueError):
             self.mux.on_delivered.remove(self._observe)
         with contextlib.suppress(ValueError):
-            self.mux.on_audit.remove(self._control)
+            self.mux.on_control.remove(self._control)
         for collector in (self._collector, self._latency, self._age):
             with contextlib.suppress(KeyError):
                 self.registry.unregister(collector)
@@ -477,17 +474,14 @@ class MuxMetrics:
         if event.age_s is not None:
             age.observe(event.age_s if event.age_s > 0.0 else 0.0)
 
-    def _control(self, kind: str, fields: dict[str, Any]) -> None:
-        if kind in self.control_events:
-            self.control_events[kind] += 1
-        elif _KIND.fullmatch(kind) and len(self.control_events) < _MAX_KINDS:
-            self.control_events[kind] = 1
-        stream_id = fields.get("stream_id")
-        if isinstance(stream_id, str):
-            if kind == "stream_added" and stream_id not in self._bound:
-                self._bind(stream_id)
-            elif kind == "stream_removed":
-                self._unbind(stream_id)
+    def _control(self, event: ControlEvent) -> None:
+        kind = event.kind
+        self.control_events[kind] = self.control_events.get(kind, 0) + 1
+        if isinstance(event, StreamAdded):
+            if event.stream_id not in self._bound:
+                self._bind(event.stream_id)
+        elif isinstance(event, StreamRemoved):
+            self._unbind(event.stream_id)
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:

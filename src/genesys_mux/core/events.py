@@ -1,0 +1,254 @@
+"""Control-plane facts as typed values: what the audit log and the metrics are told.
+
+Theory of operation
+-------------------
+Everything the multiplexer does besides delivering events (a token
+refreshed, a channel created, lost or rotated, a gap, a dead letter, a
+refused topic, a failing sink...) is reported as one frozen dataclass of the
+:data:`ControlEvent` union, through one hook (``Multiplexer.on_control``,
+fed by the pool's ``ChannelPool.on_control``). Consumers match on the type,
+so mypy sees every producer and consumer of a fact, and renaming one cannot
+silently drop its audit line or its metric.
+
+Each class names its ``kind`` (the audit log's event code in lower case and
+the metrics' ``kind`` label) and its ``level`` (how loudly the audit log
+writes it). Fields are plain values: ids and reasons as strings, counts as
+ints, times as Unix seconds. None carries a token or a secret; free-text
+fields (``error``, ``reason``) are still redacted by the audit log, because
+they may quote a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+__all__ = [
+    "Backfilled",
+    "ChannelClosed",
+    "ChannelConnected",
+    "ChannelCreated",
+    "ChannelFailed",
+    "ChannelLost",
+    "ChannelRotated",
+    "ControlEvent",
+    "DeadLettered",
+    "Fatal",
+    "GapReported",
+    "Level",
+    "QueuesRefreshed",
+    "SinkFailed",
+    "StreamAdded",
+    "StreamRemoved",
+    "SubscriptionsLost",
+    "TokenRefreshed",
+    "TopicRejected",
+    "fields_of",
+]
+
+Level = Literal["INFO", "WARNING", "ERROR"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fact:
+    kind: ClassVar[str]
+    level: ClassVar[Level] = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRefreshed(_Fact):
+    """A new access token was obtained (its lifetime; never the token)."""
+
+    kind: ClassVar[str] = "token_refreshed"
+    expires_in_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelCreated(_Fact):
+    """A notification channel was created for a slot."""
+
+    kind: ClassVar[str] = "channel_created"
+    slot: int
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConnected(_Fact):
+    """A slot's socket is open, subscribed and proven live."""
+
+    kind: ClassVar[str] = "channel_connected"
+    slot: int
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLost(_Fact):
+    """A slot's socket is gone (closed, reset, silent, or its channel died)."""
+
+    kind: ClassVar[str] = "channel_lost"
+    level: ClassVar[Level] = "WARNING"
+    slot: int
+    channel_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRotated(_Fact):
+    """A slot moved make-before-break from ``old_channel_id`` to ``channel_id``."""
+
+    kind: ClassVar[str] = "channel_rotated"
+    slot: int
+    channel_id: str
+    old_channel_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed(_Fact):
+    """A slot was emptied and its socket closed on purpose."""
+
+    kind: ClassVar[str] = "channel_closed"
+    slot: int
+    channel_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelFailed(_Fact):
+    """A slot gave up (refused credentials, a retry limit, or a bug); ``channel_id`` may be ''."""
+
+    kind: ClassVar[str] = "channel_failed"
+    level: ClassVar[Level] = "ERROR"
+    slot: int
+    channel_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionsLost(_Fact):
+    """A working socket's channel lost ``topics`` of its subscriptions; they are put back."""
+
+    kind: ClassVar[str] = "subscriptions_lost"
+    level: ClassVar[Level] = "WARNING"
+    slot: int
+    channel_id: str
+    topics: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRejected(_Fact):
+    """The platform refused a topic (``streams`` are the streams that wanted it)."""
+
+    kind: ClassVar[str] = "subscribe_rejected"
+    level: ClassVar[Level] = "WARNING"
+    topic: str
+    reason: str
+    missing_permissions: tuple[str, ...]
+    streams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAdded(_Fact):
+    """A stream was added, with this many topics."""
+
+    kind: ClassVar[str] = "stream_added"
+    stream_id: str
+    topics: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRemoved(_Fact):
+    """A stream was removed."""
+
+    kind: ClassVar[str] = "stream_removed"
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueuesRefreshed(_Fact):
+    """The org's queue list was read again for the all-queues streams."""
+
+    kind: ClassVar[str] = "queues_refreshed"
+    queues: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapReported(_Fact):
+    """A window in which a stream's events may be missing was reported to it."""
+
+    kind: ClassVar[str] = "gap"
+    level: ClassVar[Level] = "WARNING"
+    stream_id: str
+    channel_id: str
+    start: float
+    end: float
+    topics: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Backfilled(_Fact):
+    """After gaps of ``streams``, the current snapshots of ``conversations`` were fetched."""
+
+    kind: ClassVar[str] = "backfill"
+    streams: tuple[str, ...]
+    conversations: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered(_Fact):
+    """An event of a stream went to the dead-letter queue."""
+
+    kind: ClassVar[str] = "dlq_write"
+    level: ClassVar[Level] = "WARNING"
+    stream_id: str
+    sequence: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SinkFailed(_Fact):
+    """An attempt of a stream's sink failed (retried or given up, as ``error`` says)."""
+
+    kind: ClassVar[str] = "sink_failure"
+    level: ClassVar[Level] = "WARNING"
+    stream_id: str
+    sink: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal(_Fact):
+    """The feed stopped for good (refused credentials)."""
+
+    kind: ClassVar[str] = "fatal"
+    level: ClassVar[Level] = "ERROR"
+    error: str
+
+
+ControlEvent = (
+    TokenRefreshed
+    | ChannelCreated
+    | ChannelConnected
+    | ChannelLost
+    | ChannelRotated
+    | ChannelClosed
+    | ChannelFailed
+    | SubscriptionsLost
+    | TopicRejected
+    | StreamAdded
+    | StreamRemoved
+    | QueuesRefreshed
+    | GapReported
+    | Backfilled
+    | DeadLettered
+    | SinkFailed
+    | Fatal
+)
+
+
+def fields_of(event: ControlEvent) -> dict[str, Any]:
+    """The event's fields by name (shallow: tuples stay tuples)."""
+    return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
