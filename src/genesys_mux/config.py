@@ -266,6 +266,9 @@ def parse_stream(data: Mapping[str, Any] | StreamConfig, *, path: str = "") -> S
             and not any(e["type"] == "filter_or_topics" for e in exc.errors())
         ):
             errors.append((path or "(stream)", _NOTHING_TO_RECEIVE))
+        # Not chained: ``errors`` holds all of pydantic's report, as plain
+        # text, and callers must not need pydantic to read it (the I/O
+        # boundaries, where a cause helps debugging, do chain theirs).
         raise StreamConfigError(errors) from None
 
 

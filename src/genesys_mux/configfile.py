@@ -250,15 +250,17 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     source = str(path)
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file {source} does not exist") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file {source} does not exist") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source} is not UTF-8 text") from None
+        raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source} is not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError([("(file)", f"not valid TOML: {exc}")], source) from None
+        raise ConfigFileError([("(file)", f"not valid TOML: {exc}")], source) from exc
     except RecursionError:
+        # The one cause not kept: a RecursionError's traceback is a thousand
+        # frames of the TOML parser, and says nothing the message does not.
         raise ConfigFileError(
             [("(file)", "nested too deeply to read; a configuration needs a few levels at most")],
             source,
@@ -474,7 +476,7 @@ def load_credentials(
             raise ConfigError(
                 f"cannot read the secrets file {path}: {type(exc).__name__}; it must be TOML "
                 "with client_id and client_secret"
-            ) from None
+            ) from exc
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             warnings.append(
                 f"secrets file {path} can be read by other users; restrict it with chmod 600"

@@ -21,12 +21,15 @@ The tree, split by what the caller can do about it::
     │                               transient: the caller may try again later
     ├── FrameError                  bytes from a socket that are not a JSON frame;
     │                               the connection carries on, the frame is reported
+    ├── InvalidStateError           a method called when the object cannot serve it
+    │                               (before ``start()``, after ``stop()``)
     └── SinkError                   a sink could not take a batch; ``retryable`` says
                                     whether sending the same batch again may succeed
 
-Errors from third-party libraries (aiohttp, msgspec, pydantic) are translated
-into this tree at the boundary where they happen, so callers never need to
-import those libraries to handle our failures.
+Errors from third-party libraries (aiohttp, redis, msgspec, pydantic, the OS)
+are translated into this tree at the boundary where they happen, so callers
+never need to import those libraries to handle our failures; the original is
+kept as ``__cause__`` (``raise ... from exc``) for whoever debugs it.
 
 Messages never include tokens or secrets: they name *what* was wrong, *where*,
 and *what to do*.
@@ -45,6 +48,7 @@ __all__ = [
     "FrameError",
     "GenesysMuxError",
     "InvalidIdError",
+    "InvalidStateError",
     "InvalidTopicError",
     "RateLimitedError",
     "SinkError",
@@ -170,6 +174,10 @@ class FrameError(GenesysMuxError):
     def __init__(self, message: str, data: bytes = b"") -> None:
         super().__init__(message)
         self.data = data[:200]
+
+
+class InvalidStateError(GenesysMuxError):
+    """A method was called in a state that cannot serve it; the message says what to do."""
 
 
 class SinkError(GenesysMuxError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import sys
@@ -13,8 +14,10 @@ from hypothesis import strategies as st
 from genesys_mux.core.backoff import (
     MAX_RETRY_AFTER_S,
     Backoff,
+    Retries,
     Verdict,
     classify_status,
+    one_line,
     parse_retry_after,
 )
 
@@ -232,3 +235,52 @@ def test_parse_retry_after_integers(seconds: int) -> None:
 def test_parse_retry_after_never_raises_and_never_exceeds_the_cap(header: str) -> None:
     seconds = parse_retry_after(header)
     assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER_S
+
+
+class _Ceiling(random.Random):
+    """Always the top of the jitter range, so delays are the backoff's ceilings."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_retries_count_attempts_and_give_up_at_the_limit(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.retries")
+    retries = Retries(
+        "thing",
+        Backoff(1.0, 8.0, rng=_Ceiling()),
+        max_attempts=4,
+        logger=logging.getLogger("test.retries"),
+    )
+    # The first retry waits up to base, then doubling: indexed from 0, everywhere.
+    assert [retries.failed("boom"), retries.failed("boom"), retries.failed("boom")] == [
+        1.0,
+        2.0,
+        4.0,
+    ]
+    assert retries.failed("boom") is None  # the 4th attempt was the last
+    assert retries.attempts == 4
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        (logging.WARNING, "thing failed (boom); retry 1 in 1.0 s"),
+        (logging.INFO, "thing failed (boom); retry 2 in 2.0 s"),
+        (logging.INFO, "thing failed (boom); retry 3 in 4.0 s"),
+    ]
+
+
+def test_retries_take_the_servers_hint_and_start_over_after_a_success() -> None:
+    retries = Retries("thing", Backoff(1.0, 8.0, rng=_Ceiling()))
+    assert retries.failed("slow down", retry_after_s=30.0) == 30.0
+    assert retries.failed("again") == 2.0
+    retries.succeeded()
+    assert retries.attempts == 0
+    assert retries.failed("new trouble") == 1.0
+    assert retries.failed(ValueError("not this"), retryable=False) is None
+
+
+def test_retries_write_the_error_on_one_line() -> None:
+    assert one_line(ValueError("two\nlines   here")) == "two lines here"
+    assert one_line(TimeoutError()) == "TimeoutError"
+    assert one_line("x" * 500, limit=10) == "x" * 9 + "…"
+    with pytest.raises(ValueError, match="max_attempts"):
+        Retries("thing", Backoff(), max_attempts=0)

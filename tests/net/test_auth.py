@@ -256,7 +256,7 @@ async def test_429_on_token_is_retried_after_retry_after(
         log = await logged(stack, TOKEN_PATH)
         assert [r["status"] for r in log] == [429, 200]
         assert log[1]["time"] - log[0]["time"] >= 1.0, "retried inside the Retry-After window"
-        assert any("retrying in 1.0 s" in r.getMessage() for r in caplog.records)
+        assert any("retry 1 in 1.0 s" in r.getMessage() for r in caplog.records)
 
 
 class CeilingJitter(random.Random):
@@ -270,8 +270,8 @@ async def test_5xx_on_token_is_retried_with_backoff(make_stack: Any) -> None:
     async with make_stack() as stack:
         await stack.fault("http_5xx", status=503, count=1, path=TOKEN_PATH)
         await stack.fault("http_5xx", status=502, count=1, path=TOKEN_PATH)
-        # Ceilings: retry 1 waits min(0.2, 0.05 * 2) = 0.1 s, retry 2 min(0.2, 0.05 * 4) = 0.2 s.
-        tokens = provider(stack, backoff=Backoff(0.05, 0.2, rng=CeilingJitter()))
+        # Ceilings: retry 1 waits min(0.4, 0.1 * 1) = 0.1 s, retry 2 min(0.4, 0.1 * 2) = 0.2 s.
+        tokens = provider(stack, backoff=Backoff(0.1, 0.4, rng=CeilingJitter()))
         assert (await tokens.token()).value
         log = await logged(stack, TOKEN_PATH)
         assert [r["status"] for r in log] == [503, 502, 200]
@@ -435,5 +435,5 @@ def captured_provider_logs(caplog: pytest.LogCaptureFixture) -> bool:
     """The capture saw the provider's own log lines (else the leak check proves nothing)."""
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("genesys_mux")]
     return any("OAuth token obtained" in m for m in messages) and any(
-        "retrying" in m for m in messages
+        "; retry " in m for m in messages
     )

@@ -14,7 +14,7 @@ import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
 from genesys_mux.emulator import Emulator
-from genesys_mux.errors import ConfigError
+from genesys_mux.errors import ConfigError, InvalidStateError
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue, read_dead_letters
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import FAST_POOL, Collector, harness, org_settings
@@ -307,3 +307,13 @@ async def test_a_stop_while_still_reconnecting_reports_the_open_window() -> None
         (gap,) = seen.gaps()
         assert gap.reason == "stopped"
         assert gap.duration_s > 0
+
+
+async def test_calls_before_start_say_what_to_do() -> None:
+    mux = Multiplexer(client_id="x", client_secret="y", base_url="http://127.0.0.1:9")
+    gap = Gap("s", 1.0, 2.0, frozenset({"v2.users.u.conversations"}), "streaming-0-x", "reconnect")
+    with pytest.raises(InvalidStateError, match=r"await mux.start\(\)"):
+        await mux.add_stream({"id": "all", "filter": {}})
+    with pytest.raises(InvalidStateError, match="not started"):
+        await mux.backfill(gap)
+    assert mux.streams() == []

@@ -293,8 +293,8 @@ async def test_429_after_every_attempt_raises_rate_limited(make_stack: Any) -> N
 
 async def test_5xx_is_retried_with_backoff_then_succeeds(make_stack: Any) -> None:
     async with make_stack() as stack:
-        # Ceilings: retry 1 waits min(0.2, 0.05 * 2) = 0.1 s, retry 2 min(0.2, 0.05 * 4) = 0.2 s.
-        rest = rest_client(stack, backoff=Backoff(0.05, 0.2, rng=CeilingJitter()))
+        # Ceilings: retry 1 waits min(0.4, 0.1 * 1) = 0.1 s, retry 2 min(0.4, 0.1 * 2) = 0.2 s.
+        rest = rest_client(stack, backoff=Backoff(0.1, 0.4, rng=CeilingJitter()))
         await stack.fault("http_5xx", status=503, count=1, path=CHANNELS, method="POST")
         await stack.fault("http_5xx", status=500, count=1, path=CHANNELS, method="POST")
         channel = await rest.create_channel()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from genesys_mux.core.topics import TopicFamily, expand_topic, parse_topic
-from genesys_mux.errors import GenesysMuxError, InvalidTopicError
+from genesys_mux.errors import InvalidTopicError
 
 __all__ = [
     "TOPIC_PERMISSIONS",
@@ -66,11 +66,14 @@ _CHANNEL_ALPHABET = string.ascii_lowercase + string.digits
 _EXPIRED_TOKEN_MEMORY_S = 3600.0
 
 
-class ApiProblem(GenesysMuxError):
+class ApiProblem(Exception):
     """A Genesys-shaped API error the emulator answers with.
 
     It never escapes the emulator: the HTTP layer renders it as the standard
-    error body ``{message, code, status, contextId, ...}``.
+    error body ``{message, code, status, contextId, ...}``. It is not a
+    :class:`~genesys_mux.errors.GenesysMuxError`: it is the platform's
+    answer, not a failure of the library, and a client catching the
+    library's errors must never catch it.
     """
 
     def __init__(

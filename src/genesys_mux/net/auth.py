@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
+from genesys_mux.core.backoff import Backoff, Retries, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.redaction import scrub
 from genesys_mux.errors import AuthenticationError, TransportError
 from genesys_mux.regions import Endpoints
@@ -178,9 +178,12 @@ class TokenProvider:
         return await asyncio.shield(task)
 
     async def _fetch(self) -> AccessToken:
-        attempt = 0
+        retries = Retries(
+            "token request", self._backoff, max_attempts=self._max_attempts, logger=log
+        )
         while True:
             started = self._clock()
+            cause: BaseException | None = None
             try:
                 async with self._session.post(
                     self._url,
@@ -193,7 +196,7 @@ class TokenProvider:
                         resp.headers.get("Retry-After"),
                     )
             except (aiohttp.ClientError, TimeoutError) as exc:
-                status, body, retry_after = 0, b"", None
+                status, body, retry_after, cause = 0, b"", None, exc
                 problem = f"could not reach {self._url}: {type(exc).__name__}"
             else:
                 problem = f"{self._url} answered HTTP {status}"
@@ -203,24 +206,25 @@ class TokenProvider:
                 self._failed = self._refused(status, body)
                 raise self._failed
             verdict = Verdict.RETRY if status == 0 else classify_status(status)
-            attempt += 1
-            if verdict is not Verdict.RETRY or attempt >= self._max_attempts:
+            wait = retries.failed(
+                problem,
+                retry_after_s=parse_retry_after(retry_after),
+                retryable=verdict is Verdict.RETRY,
+            )
+            if wait is None:
                 raise TransportError(
-                    f"cannot obtain an OAuth token: {problem} (after {attempt} attempts)"
-                )
-            wait = parse_retry_after(retry_after)
-            wait = self._backoff.delay(attempt) if wait is None else wait
-            log.warning("token request failed (%s); retrying in %.1f s", problem, wait)
+                    f"cannot obtain an OAuth token: {problem} (after {retries.attempts} attempts)"
+                ) from cause
             await asyncio.sleep(wait)
 
     def _accept(self, body: bytes, started: float) -> AccessToken:
         try:
             answer = msgspec.json.decode(body, type=_TokenAnswer)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
             raise TransportError(
                 f"{self._url} answered 200 without a usable token body; "
                 "is the region or base URL right?"
-            ) from None
+            ) from exc
         if answer.expires_in <= 0:
             raise TransportError(f"{self._url} issued a token with expires_in={answer.expires_in}")
         token = AccessToken(answer.access_token, started, started + answer.expires_in)

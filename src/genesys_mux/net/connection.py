@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.backoff import Backoff, Retries
 from genesys_mux.core.channel import (
     Action,
     BecameLive,
@@ -724,7 +724,7 @@ class ChannelPool:
         Handles rotations and subscription changes on the way.
         """
         loop = asyncio.get_running_loop()
-        failures = 0
+        changes = Retries(f"slot {slot.index}: subscription change", self._backoff, logger=log)
         retry_at = 0.0
         while True:
             socket = slot.socket
@@ -735,19 +735,13 @@ class ChannelPool:
             if pending and loop.time() >= retry_at:
                 try:
                     await self._sync(slot, socket)
-                    failures = 0
+                    changes.succeeded()
                 except GenesysMuxError as exc:
                     # The socket still delivers the topics it has: keep it,
                     # and try the change again later rather than drop it.
-                    failures += 1
-                    delay = self._backoff.delay(failures)
+                    delay = changes.failed(exc)
+                    assert delay is not None  # no attempt limit
                     retry_at = loop.time() + delay
-                    log.warning(
-                        "slot %d: subscription change failed (%s); retry in %.1f s",
-                        slot.index,
-                        exc,
-                        delay,
-                    )
                 continue
             signal_wait = asyncio.ensure_future(socket.signals.get())
             change_wait = asyncio.ensure_future(slot.changed.wait())
@@ -822,7 +816,12 @@ class ChannelPool:
         self._report(ChannelClosed(slot.index, socket.info.id, "no_topics_left"))
 
     async def _establish_with_retry(self, slot: _Slot, reuse: ChannelInfo | None) -> _Socket | None:
-        attempt = 0
+        retries = Retries(
+            f"slot {slot.index}: establishing a channel",
+            self._backoff,
+            max_attempts=self.settings.max_reconnect_attempts,
+            logger=log,
+        )
         while not slot.closing and not self._closed:
             try:
                 return await self._establish(slot, reuse)
@@ -831,18 +830,10 @@ class ChannelPool:
                 self._give_up(slot, reuse, exc)
                 return None
             except GenesysMuxError as exc:
-                attempt += 1
-                limit = self.settings.max_reconnect_attempts
-                if limit is not None and attempt >= limit:
+                delay = retries.failed(exc)
+                if delay is None:
                     self._give_up(slot, reuse, exc)
                     return None
-                delay = self._backoff.delay(attempt)
-                log.warning(
-                    "slot %d: could not establish a channel (%s); retry in %.1f s",
-                    slot.index,
-                    exc,
-                    delay,
-                )
                 if isinstance(exc, ApiError) and exc.status == 404:
                     reuse = None
                 await asyncio.sleep(delay)
@@ -891,17 +882,17 @@ class ChannelPool:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(
                 f"cannot open the socket of channel {info.id}: {type(exc).__name__}"
-            ) from None
+            ) from exc
         socket = _Socket(self, slot, info, token, ws)
         socket.expected, socket.verified_at = expected, put_at
         await socket._ping()
         try:
             await asyncio.wait_for(socket.live.wait(), self.settings.live_timeout_s)
-        except TimeoutError:
+        except TimeoutError as exc:
             await socket.close()
             raise TransportError(
                 f"channel {info.id} did not answer within {self.settings.live_timeout_s:g} s"
-            ) from None
+            ) from exc
         await self._mark_synced(slot, version)
         slot.stats.channel_id = info.id
         slot.stats.state = "live"

@@ -75,6 +75,7 @@ from genesys_mux.errors import (
     AuthenticationError,
     ConfigError,
     GenesysMuxError,
+    InvalidStateError,
     InvalidTopicError,
     TransportError,
 )
@@ -361,9 +362,11 @@ class Multiplexer:
         """Add a stream; returns the topics of it the platform refused (others carry on).
 
         Raises :class:`~genesys_mux.errors.ConfigError` for an invalid config,
-        a duplicate id or more than ``max_streams`` streams.
+        a duplicate id or more than ``max_streams`` streams, and
+        :class:`~genesys_mux.errors.InvalidStateError` before :meth:`start`.
         """
         config = parse_stream(config)
+        self._running_pool()
         async with self._change_lock:
             if config.id in self._streams:
                 raise ConfigError(
@@ -430,8 +433,20 @@ class Multiplexer:
 
     async def _apply_topics(self) -> None:
         self._reindex()
-        assert self.pool is not None
-        await self.pool.set_topics(self._by_topic)
+        await self._running_pool().set_topics(self._by_topic)
+
+    def _running_pool(self) -> ChannelPool:
+        if self.pool is None:
+            raise InvalidStateError(
+                "the multiplexer is not started: call `await mux.start()` first, "
+                "or use it as `async with Multiplexer(...) as mux:`"
+            )
+        return self.pool
+
+    def _running_rest(self) -> RestClient:
+        self._running_pool()
+        assert self.rest is not None  # set together with the pool
+        return self.rest
 
     def _set_topics(self, state: _StreamState) -> None:
         state.filter_topics = filter_topics(state.config, self._queue_ids or ())
@@ -445,8 +460,7 @@ class Multiplexer:
         self._by_topic = {t: tuple(s) for t, s in index.items()}
 
     async def _list_queues(self) -> list[str]:
-        assert self.rest is not None
-        return [q.id for q in await self.rest.list_queues()]
+        return [q.id for q in await self._running_rest().list_queues()]
 
     async def refresh_queues(self) -> None:
         """Re-read the org's queues and update every all-queues stream, incrementally."""
@@ -590,7 +604,7 @@ class Multiplexer:
         already has, or an older one, is dropped. At most ``backfill_limit``
         conversations per call. Returns how many snapshots were offered.
         """
-        assert self.rest is not None
+        rest = self._running_rest()
         # (family, entity id) -> the (stream, topic) pairs that carry it.
         targets: dict[tuple[TopicFamily, str], list[tuple[_StreamState, str]]] = {}
         for gap in gaps:
@@ -607,12 +621,12 @@ class Multiplexer:
         end = max(g.end for g in gaps)
         queues = [e for f, e in targets if f is TopicFamily.QUEUE_CONVERSATIONS]
         users = [e for f, e in targets if f is TopicFamily.USER_CONVERSATIONS]
-        ids = await self.rest.conversations_between(
+        ids = await rest.conversations_between(
             start, end, queues, users, limit=self.backfill_limit
         )
         offered = 0
         for conversation_id in ids:
-            body = await self.rest.get_conversation(conversation_id)
+            body = await rest.get_conversation(conversation_id)
             if body is None:
                 continue
             facts = None

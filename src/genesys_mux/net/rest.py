@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from genesys_mux.core.backoff import Backoff, Verdict, classify_status, parse_retry_after
+from genesys_mux.core.backoff import Backoff, Retries, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.budget import RequestBudget
 from genesys_mux.core.redaction import scrub
 from genesys_mux.core.timestamps import format_iso, parse_iso
@@ -123,6 +123,8 @@ class _Answer:
     status: int
     body: bytes
     headers: Mapping[str, str]
+    #: Why there was no answer (status 0), kept as the cause of the error.
+    cause: BaseException | None = None
 
 
 class RestClient:
@@ -178,7 +180,9 @@ class RestClient:
         """
         body = None if json is None else msgspec.json.encode(json)
         reauthed = False
-        attempt = 0
+        retries = Retries(
+            f"{method} {path}", self._backoff, max_attempts=self._max_attempts, logger=log
+        )
         while True:
             token = await self._tokens.token()
             await self._wait_for_budget()
@@ -192,26 +196,18 @@ class RestClient:
                 reauthed = True
                 await self._tokens.refresh(stale=token)
                 continue
-            if verdict is not Verdict.RETRY:
-                raise self._error(method, path, answer)
-            attempt += 1
-            if attempt >= self._max_attempts:
-                raise self._error(method, path, answer)
-            self.retries += 1
-            # Honour Retry-After wherever it appears: 503s from a gateway carry
-            # it as often as 429s do.
-            wait = parse_retry_after(answer.headers.get("Retry-After"))
             if answer.status == 429:
                 self.throttled += 1
-            wait = self._backoff.delay(attempt) if wait is None else wait
-            log.warning(
-                "%s %s answered %s; retry %d in %.1f s",
-                method,
-                path,
-                answer.status or "nothing",
-                attempt,
-                wait,
+            # Honour Retry-After wherever it appears: 503s from a gateway carry
+            # it as often as 429s do.
+            wait = retries.failed(
+                f"answered {answer.status or 'nothing'}",
+                retry_after_s=parse_retry_after(answer.headers.get("Retry-After")),
+                retryable=verdict is Verdict.RETRY,
             )
+            if wait is None:
+                raise self._error(method, path, answer) from answer.cause
+            self.retries += 1
             self.retry_wait_s += wait
             await asyncio.sleep(wait)
 
@@ -249,7 +245,7 @@ class RestClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Status 0 means "no answer": retried like a 5xx.
             log.warning("%s %s failed: %s", method, path, type(exc).__name__)
-            return _Answer(0, b"", {})
+            return _Answer(0, b"", {}, exc)
 
     def _error(self, method: str, path: str, answer: _Answer) -> ApiError | TransportError:
         if answer.status == 0:
@@ -478,7 +474,7 @@ def _decode(body: bytes, kind: type[_T], what: str) -> _T:
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.DecodeError as exc:
-        raise ApiError(f"unexpected {what} body from Genesys Cloud: {exc}", status=200) from None
+        raise ApiError(f"unexpected {what} body from Genesys Cloud: {exc}", status=200) from exc
 
 
 def _parse_time(value: str | None) -> float | None:

@@ -232,7 +232,7 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
                     else base64.b64decode(item.event_body_b64 or "")
                 )
             except (*_DECODE_ERRORS, ValueError) as exc:
-                raise ConfigError(f"{path}:{number}: not a dead-letter record: {exc}") from None
+                raise ConfigError(f"{path}:{number}: not a dead-letter record: {exc}") from exc
             yield DeadLetter(
                 item.stream_id,
                 item.sequence,

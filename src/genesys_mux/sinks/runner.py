@@ -66,7 +66,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.backoff import Backoff, Retries
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import Item, Sink
@@ -380,9 +380,14 @@ class SinkRunner:
 
     async def _deliver_to(self, sink: Sink, batch: Sequence[Item]) -> bool:
         counters = self.per_sink[sink.name]
-        attempt = 0
+        retries = Retries(
+            f"sink {sink.name} of {self.name}",
+            self.backoff,
+            max_attempts=self.max_attempts,
+            logger=self._log,
+        )
         while True:
-            attempt += 1
+            attempt = retries.attempts + 1
             started = time.perf_counter()
             try:
                 await sink.send(batch)
@@ -412,20 +417,13 @@ class SinkRunner:
             counters.last_error = self.last_error = f"{sink.name}: {reason}"
             if counters.failing_since is None:
                 counters.failing_since = time.monotonic()
-            give_up = not error.retryable or (
-                self.max_attempts is not None and attempt >= self.max_attempts
+            wait = retries.failed(
+                reason, retry_after_s=error.retry_after, retryable=error.retryable
             )
-            delay = 0.0
-            if not give_up:
-                delay = (
-                    error.retry_after
-                    if error.retry_after is not None
-                    else self.backoff.delay(attempt - 1)
-                )
-                if time.monotonic() + delay > self._stop_deadline:
-                    give_up = True
-                    reason = f"{reason} (stopped while retrying)"
-            if give_up:
+            if wait is not None and time.monotonic() + wait > self._stop_deadline:
+                wait = None
+                reason = f"{reason} (stopped while retrying)"
+            if wait is None:
                 events = sum(1 for item in batch if isinstance(item, StreamEvent))
                 self._log.warning(
                     "sink %s of %s failed a batch of %d items after %d attempt(s): %s; "
@@ -445,16 +443,8 @@ class SinkRunner:
                 return False
             counters.retries += 1
             self.retries += 1
-            (self._log.warning if attempt == 1 else self._log.debug)(
-                "sink %s of %s failed (attempt %d): %s; retrying in %.2f s",
-                sink.name,
-                self.name,
-                attempt,
-                reason,
-                delay,
-            )
-            self._notify(sink.name, f"{reason} (attempt {attempt}, retrying in {delay:.2f} s)")
-            await self._pause(delay)
+            self._notify(sink.name, f"{reason} (attempt {attempt}, retrying in {wait:.2f} s)")
+            await self._pause(wait)
 
     async def _pause(self, delay: float) -> None:
         """Wait ``delay``, cut short by the stop grace ending, whichever is first."""
