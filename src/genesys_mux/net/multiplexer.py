@@ -621,9 +621,7 @@ class Multiplexer:
         end = max(g.end for g in gaps)
         queues = [e for f, e in targets if f is TopicFamily.QUEUE_CONVERSATIONS]
         users = [e for f, e in targets if f is TopicFamily.USER_CONVERSATIONS]
-        ids = await rest.conversations_between(
-            start, end, queues, users, limit=self.backfill_limit
-        )
+        ids = await rest.conversations_between(start, end, queues, users, limit=self.backfill_limit)
         offered = 0
         for conversation_id in ids:
             body = await rest.get_conversation(conversation_id)
