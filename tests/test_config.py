@@ -12,10 +12,8 @@ from hypothesis import strategies as st
 
 from genesys_mux.config import (
     DEFAULT_MAX_STREAMS,
-    ClientSideMatch,
     StreamConfig,
     StreamFilter,
-    client_side_match,
     filter_topics,
     media_for,
     needs_all_queues,
@@ -119,7 +117,7 @@ def test_round_trip_through_dump() -> None:
         topics=["v2.users.U1?presence&routingStatus"],
         priority=5,
         buffer_size=7,
-        overflow="block",
+        overflow="backlog",
     )
     assert parse_stream(config.model_dump()) == config
     assert StreamConfig.model_validate_json(config.model_dump_json()) == config
@@ -231,7 +229,7 @@ def test_bad_buffer_sizes(bad: object) -> None:
     assert paths_of({"id": "s", "filter": {}, "buffer_size": bad}) == ["buffer_size"]
 
 
-@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "block"])
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "backlog"])
 def test_good_overflow(overflow: str) -> None:
     assert stream(overflow=overflow).overflow == overflow
 
@@ -633,24 +631,6 @@ def test_requires_sms_without_filter() -> None:
     assert not requires_sms(stream(topics=["v2.users.U1.presence"]))
 
 
-def test_client_side_match_bundle() -> None:
-    config = stream(
-        filter={"channelType": "sms", "queueId": QUEUE, "userId": USER, "state": "monitoring"}
-    )
-    assert client_side_match(config) == ClientSideMatch(
-        media=Media.MESSAGES, sms=True, queue_id=QUEUE, state="monitoring"
-    )
-    assert not client_side_match(config).is_trivial
-
-
-def test_client_side_match_trivial() -> None:
-    assert client_side_match(stream(filter={})).is_trivial
-    assert client_side_match(stream(filter={"queueId": QUEUE})).is_trivial
-    assert client_side_match(stream(topics=["v2.users.U1.presence"])).is_trivial
-    assert not client_side_match(stream(filter={"state": "active"})).is_trivial
-    assert not client_side_match(stream(filter={"channelType": "voice"})).is_trivial
-
-
 # --------------------------------------------------------------------------
 # Properties
 # --------------------------------------------------------------------------
@@ -705,3 +685,12 @@ def test_every_filter_topic_parses(flt: dict[str, Any], queues: list[str]) -> No
 def test_stream_id_rule(good: str, junk: str) -> None:
     assert stream(id=good).id == good
     assert paths_of({"id": good + junk, "filter": {}}) == ["id"]
+
+
+def test_the_renamed_overflow_policy_is_refused_with_the_new_name() -> None:
+    with pytest.raises(StreamConfigError) as info:
+        parse_stream({"id": "s", "filter": {}, "overflow": "block"})
+    ((path, message),) = info.value.errors
+    assert path == "overflow"
+    assert "use 'backlog'" in message
+    assert parse_stream({"id": "s", "filter": {}, "overflow": "backlog"}).overflow == "backlog"

@@ -41,10 +41,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from genesys_mux.core.topics import (
@@ -59,12 +66,10 @@ from genesys_mux.errors import ConfigError, InvalidTopicError, StreamConfigError
 __all__ = [
     "DEFAULT_MAX_STREAMS",
     "ChannelType",
-    "ClientSideMatch",
     "ConversationState",
     "Overflow",
     "StreamConfig",
     "StreamFilter",
-    "client_side_match",
     "filter_topics",
     "media_for",
     "needs_all_queues",
@@ -86,7 +91,7 @@ ConversationState = Literal["active", "queued", "monitoring"]
 
 #: What a full stream buffer does with one more event. Every dropped event
 #: goes to the dead-letter queue, so none of these loses anything silently.
-Overflow = Literal["drop_oldest", "drop_newest", "block"]
+Overflow = Literal["drop_oldest", "drop_newest", "backlog"]
 
 #: How many streams one multiplexer accepts unless told otherwise.
 DEFAULT_MAX_STREAMS: Final = 10
@@ -224,6 +229,17 @@ class StreamConfig(BaseModel):
         default="drop_oldest",
         description="What a full buffer does; dropped events go to the dead-letter queue.",
     )
+
+    @field_validator("overflow", mode="before")
+    @classmethod
+    def _renamed_policy(cls, value: object) -> object:
+        if value == "block":
+            raise PydanticCustomError(
+                "renamed",
+                "overflow 'block' is now called 'backlog' (it never blocked the feed: it keeps "
+                "up to ten buffers of backlog, then dead-letters new events); use 'backlog'",
+            )
+        return value
 
     @model_validator(mode="after")
     def _has_something_to_receive(self) -> StreamConfig:
@@ -466,33 +482,3 @@ def queue_constraint(config: StreamConfig) -> str | None:
 def state_for(config: StreamConfig) -> ConversationState | None:
     """The conversation state the stream is restricted to, or None for any."""
     return None if config.filter is None else config.filter.state
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSideMatch:
-    """Everything the pipeline checks on a snapshot for one stream, computed once.
-
-    Each attribute is the result of the function of the same meaning:
-    :func:`media_for`, :func:`requires_sms`, :func:`queue_constraint`,
-    :func:`state_for`. ``None`` or ``False`` means no constraint.
-    """
-
-    media: Media | None
-    sms: bool
-    queue_id: str | None
-    state: ConversationState | None
-
-    @property
-    def is_trivial(self) -> bool:
-        """True when every snapshot on the filter's topics matches."""
-        return self.media is None and not self.sms and self.queue_id is None and self.state is None
-
-
-def client_side_match(config: StreamConfig) -> ClientSideMatch:
-    """Bundle the stream's client-side constraints for the hot path."""
-    return ClientSideMatch(
-        media=media_for(config),
-        sms=requires_sms(config),
-        queue_id=queue_constraint(config),
-        state=state_for(config),
-    )

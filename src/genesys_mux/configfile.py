@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from genesys_mux.config import StreamConfig, parse_streams
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import resolve_region
 from genesys_mux.sinks.base import Batching
@@ -115,10 +116,14 @@ class Settings(BaseModel):
         le=86_400,
         description="How often each channel's subscriptions are read back and compared.",
     )
-    topics_per_channel: int = Field(default=1000, ge=1, le=1000)
-    max_channels: int = Field(default=20, ge=2, le=20)
+    topics_per_channel: int = Field(
+        default=PLATFORM.topics_per_channel, ge=1, le=PLATFORM.topics_per_channel
+    )
+    max_channels: int = Field(
+        default=PLATFORM.channels_per_client, ge=2, le=PLATFORM.channels_per_client
+    )
     queue_refresh_s: float = Field(default=300.0, ge=10, le=86_400)
-    requests_per_minute: int = Field(default=300, ge=1, le=100_000)
+    requests_per_minute: int = Field(default=PLATFORM.requests_per_minute, ge=1, le=100_000)
     backfill: bool = Field(
         default=False, description="After a gap, fetch the current snapshots of its conversations."
     )

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from genesys_mux.core import streams
 from genesys_mux.core.snapshot import EventFacts, event_facts
 from genesys_mux.core.streams import (
-    BLOCK_BACKLOG_FACTOR,
+    BACKLOG_FACTOR,
     DeadLetter,
     Gap,
     PriorityMerge,
@@ -803,9 +803,9 @@ def test_the_same_state_gets_the_same_key_in_another_run() -> None:
 REASONS = {
     "drop_oldest": "overflow_drop_oldest",
     "drop_newest": "overflow_drop_newest",
-    "block": "overflow_block_limit",
+    "backlog": "overflow_backlog_limit",
 }
-Overflow = Literal["drop_oldest", "drop_newest", "block"]
+Overflow = Literal["drop_oldest", "drop_newest", "backlog"]
 
 # Distinct bodies on a conversation topic, with their facts computed once:
 # the property below offers thousands of them.
@@ -821,7 +821,7 @@ def gap(n: int) -> Gap:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    policy=st.sampled_from(["drop_oldest", "drop_newest", "block"]),
+    policy=st.sampled_from(["drop_oldest", "drop_newest", "backlog"]),
     buffer_size=st.integers(min_value=1, max_value=4),
     runs=st.lists(
         st.tuples(st.sampled_from(["offer", "take", "gap"]), st.integers(1, 60)), max_size=12
@@ -833,7 +833,7 @@ def test_overflow_accounting(
     """Delivered plus dead-lettered sequences = 1..N exactly, under any offer/take pattern."""
     letters: list[DeadLetter] = []
     stream = make_stream(letters, buffer_size=buffer_size, overflow=policy)
-    limit = buffer_size * (BLOCK_BACKLOG_FACTOR if policy == "block" else 1)
+    limit = buffer_size * (BACKLOG_FACTOR if policy == "backlog" else 1)
     model: deque[int | Gap] = deque()  # what the buffer should hold, in order
     expected_letters: list[int] = []
     taken: list[StreamEvent] = []
@@ -886,7 +886,7 @@ def test_overflow_accounting(
             assert stream.events_buffered <= limit
             assert stream.events_buffered == sum(isinstance(x, int) for x in model)
             assert len(stream) == len(model)
-            assert stream.blocked == (stream.events_buffered > buffer_size)
+            assert stream.behind == (stream.events_buffered > buffer_size)
 
     while model:
         take()
@@ -950,20 +950,20 @@ def test_drop_newest_dead_letters_the_newcomer() -> None:
 
 def test_block_holds_a_backlog_before_dead_lettering() -> None:
     letters: list[DeadLetter] = []
-    stream = make_stream(letters, buffer_size=2, overflow="block")
-    limit = 2 * BLOCK_BACKLOG_FACTOR
+    stream = make_stream(letters, buffer_size=2, overflow="backlog")
+    limit = 2 * BACKLOG_FACTOR
     for i in range(limit + 3):
         offer(stream, snapshot(conv=f"c-{i}"))
-        assert stream.blocked == (i + 1 > 2)
+        assert stream.behind == (i + 1 > 2)
 
     assert stream.events_buffered == limit
     assert [(x.sequence, x.reason) for x in letters] == [
-        (limit + 1, "overflow_block_limit"),
-        (limit + 2, "overflow_block_limit"),
-        (limit + 3, "overflow_block_limit"),
+        (limit + 1, "overflow_backlog_limit"),
+        (limit + 2, "overflow_backlog_limit"),
+        (limit + 3, "overflow_backlog_limit"),
     ]
     assert [e.sequence for e in drain(stream)] == list(range(1, limit + 1))
-    assert not stream.blocked
+    assert not stream.behind
 
 
 @pytest.mark.parametrize("buffer_size", [0, -1])

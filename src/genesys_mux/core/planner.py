@@ -94,6 +94,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeAlias
 
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.topics import expand_topic, parse_topic
 from genesys_mux.errors import CapacityError, ConfigError
 
@@ -123,8 +124,8 @@ class PlannerLimits:
     cannot work.
     """
 
-    topics_per_channel: int = 1000
-    max_channels: int = 20
+    topics_per_channel: int = PLATFORM.topics_per_channel
+    max_channels: int = PLATFORM.channels_per_client
     reserved_channels: int = 1
 
     def __post_init__(self) -> None:

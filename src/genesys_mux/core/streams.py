@@ -63,11 +63,12 @@ __all__ = [
 ]
 
 Transition = Literal["enter", "update", "exit"]
-Overflow = Literal["drop_oldest", "drop_newest", "block"]
+Overflow = Literal["drop_oldest", "drop_newest", "backlog"]
 
-#: ``block`` streams never displace buffered events; they may fall this many
+#: ``backlog`` streams never displace buffered events; they may fall this many
 #: buffers behind before new events go to the dead-letter queue instead.
-BLOCK_BACKLOG_FACTOR = 10
+#: (Nothing ever blocks: the dispatcher must not wait on one slow consumer.)
+BACKLOG_FACTOR = 10
 
 _UNPARSED: Any = object()
 
@@ -160,7 +161,7 @@ class DeadLetter:
     """An event that could not be delivered, and why.
 
     ``reason`` is one of ``overflow_drop_oldest``, ``overflow_drop_newest``,
-    ``overflow_block_limit``, ``stopped`` or a sink's failure reason.
+    ``overflow_backlog_limit``, ``stopped`` or a sink's failure reason.
     """
 
     stream_id: str
@@ -273,7 +274,7 @@ class Stream:
         self._buffer: deque[StreamEvent | Gap] = deque()
         self._events_buffered = 0
         self._next_sequence = 1
-        limit = buffer_size * (BLOCK_BACKLOG_FACTOR if overflow == "block" else 1)
+        limit = buffer_size * (BACKLOG_FACTOR if overflow == "backlog" else 1)
         self._limit = limit
 
     # -- intake ------------------------------------------------------------------
@@ -395,7 +396,7 @@ class Stream:
             self._buffer.append(event)
             return event
         reason = (
-            "overflow_drop_newest" if self.overflow == "drop_newest" else "overflow_block_limit"
+            "overflow_drop_newest" if self.overflow == "drop_newest" else "overflow_backlog_limit"
         )
         self._dead(event, reason)
         return None
@@ -422,8 +423,8 @@ class Stream:
         return self._events_buffered
 
     @property
-    def blocked(self) -> bool:
-        """True when a ``block`` stream has more than its buffer waiting."""
+    def behind(self) -> bool:
+        """True when a ``backlog`` stream has more than its buffer waiting."""
         return self._events_buffered > self.buffer_size
 
     def take(self, now: float, now_mono: float) -> StreamEvent | Gap | None:

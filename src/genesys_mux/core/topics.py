@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.errors import InvalidIdError, InvalidTopicError
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: The platform's limit on the length of one combined topic string.
-MAX_COMBINED_TOPIC_LENGTH = 200
+MAX_COMBINED_TOPIC_LENGTH = PLATFORM.max_combined_topic_length
 
 # Genesys ids are UUIDs in practice, but channel ids (``streaming-0-...``) and
 # a few others are not; treat them as opaque and only forbid what is unsafe.

@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Literal, Self
 import msgspec
 from aiohttp import WSMsgType, web
 
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
 from genesys_mux.emulator.org import ContactCentre, Publication
@@ -98,7 +99,7 @@ class EmulatorSettings:
     agents: int = 50
     #: New conversations per second across the simulated org.
     rate: float = 20.0
-    heartbeat_interval_s: float = 30.0
+    heartbeat_interval_s: float = PLATFORM.heartbeat_interval_s
     #: Seconds between ``v2.system.socket_closing`` and the close, unless a
     #: fault says otherwise.
     socket_closing_delay_s: float = 60.0

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from genesys_mux.core.limits import PlatformLimits as CoreLimits
 from genesys_mux.core.topics import TopicFamily, expand_topic, parse_topic
 from genesys_mux.errors import InvalidTopicError
 
@@ -100,17 +101,14 @@ class ApiProblem(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class PlatformLimits:
-    """The platform limits, each settable so tests can reach them quickly."""
+class PlatformLimits(CoreLimits):
+    """The platform's limits (settable, so tests reach them quickly) and the
+    behaviour the reference leaves open, as settings."""
 
-    channels_per_client: int = 20
-    topics_per_channel: int = 1000
-    channel_lifetime_s: float = 24 * 3600.0
     channels_die_with_token: bool = True
     #: Whether a subscription change pushes ``expires`` forward (unknown on
     #: the real platform, so it is a setting; off by default).
     subscribe_extends_channel: bool = False
-    requests_per_minute: int = 300
 
 
 @dataclass(slots=True)

@@ -68,6 +68,7 @@ from genesys_mux.core.events import (
     SubscriptionsLost,
 )
 from genesys_mux.core.frames import PING, Notification, Pong, decode_frame
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.planner import (
     CloseSlot,
     OpenSlot,
@@ -98,8 +99,8 @@ class PoolSettings:
 
     heartbeat_timeout_s: float = 75.0
     pong_timeout_s: float = 10.0
-    topics_per_channel: int = 1000
-    max_channels: int = 20
+    topics_per_channel: int = PLATFORM.topics_per_channel
+    max_channels: int = PLATFORM.channels_per_client
     reserved_channels: int = 1
     rotation_lead_s: float = 300.0
     #: How often each channel's subscription list is read back and compared

@@ -61,6 +61,7 @@ from genesys_mux.core.events import (
     TokenRefreshed,
     TopicRejected,
 )
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import (
     DeadLetter,
@@ -158,10 +159,10 @@ class Multiplexer:
         heartbeat_timeout: float = 75.0,
         pong_timeout: float = 10.0,
         subscription_check_s: float | None = 300.0,
-        topics_per_channel: int = 1000,
-        max_channels: int = 20,
+        topics_per_channel: int = PLATFORM.topics_per_channel,
+        max_channels: int = PLATFORM.channels_per_client,
         queue_refresh_s: float = 300.0,
-        requests_per_minute: int = 300,
+        requests_per_minute: int = PLATFORM.requests_per_minute,
         dlq: DeadLetterQueue | str | os.PathLike[str] | None = None,
         backfill: bool = False,
         backfill_limit: int = 200,

@@ -29,6 +29,7 @@ import msgspec
 
 from genesys_mux.core.backoff import Backoff, Retries, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.budget import RequestBudget
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.redaction import scrub
 from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
@@ -136,7 +137,7 @@ class RestClient:
         endpoints: Endpoints,
         tokens: TokenProvider,
         *,
-        requests_per_minute: int = 300,
+        requests_per_minute: int = PLATFORM.requests_per_minute,
         backoff: Backoff | None = None,
         max_attempts: int = 8,
         timeout_s: float = 30.0,
