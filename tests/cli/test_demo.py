@@ -16,6 +16,7 @@ from rich.console import Console
 
 from genesys_mux.cli.demo import run_demo
 from genesys_mux.cli.runtime import Runtime
+from genesys_mux.net.auth import AccessToken
 
 DEMO_STREAMS = {"voice-main", "chat-support", "waiting-calls", "sms-inbox", "team-presence"}
 
@@ -103,17 +104,27 @@ async def test_canary_secret_and_tokens_appear_nowhere(caplog: pytest.LogCapture
     tokens: set[str] = set()
     scraped: dict[str, str] = {}
 
+    replaced = asyncio.Event()
+
     def on_runtime(runtime: Runtime) -> None:
         async def spy(rt: Runtime) -> None:
-            while True:
-                mux = rt.mux
-                if mux is not None and mux.tokens is not None and mux.tokens.current is not None:
-                    tokens.add(mux.tokens.current.value)
-                await asyncio.sleep(0.05)
+            # Every token the run ever holds, from the provider itself.
+            assert rt.mux is not None
+            assert rt.mux.tokens is not None
+            if rt.mux.tokens.current is not None:
+                tokens.add(rt.mux.tokens.current.value)
+
+            def seen(token: AccessToken) -> None:
+                tokens.add(token.value)
+                if len(tokens) >= 2:
+                    replaced.set()
+
+            rt.mux.tokens.on_refresh.append(seen)
 
         async def scrape(rt: Runtime) -> None:
-            # Late in the run, after several faults.
-            await asyncio.sleep(8)
+            # Once the chaos has revoked and replaced a token: what is served
+            # then must hold neither the old token nor the new one.
+            await replaced.wait()
             assert rt.admin is not None
             async with aiohttp.ClientSession() as session:
                 for path in ("metrics", "status", "readyz", "healthz"):

@@ -15,7 +15,6 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -26,6 +25,7 @@ from yarl import URL
 from genesys_mux.emulator import Emulator, PlatformLimits
 from tests.emulator.conftest import small_settings
 from tests.emulator.genesys import DEADLINE_S, GenesysClient, frame_where, is_notification
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
@@ -91,19 +91,6 @@ async def raw(
         except ValueError:
             data = text
         return resp.status, data, lower(dict(resp.headers))
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]], within: float = DEADLINE_S, interval: float = 0.02
-) -> T:
-    """Poll ``check`` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(interval)
 
 
 async def new_client(
@@ -509,6 +496,7 @@ async def test_channel_outlives_its_token_when_configured(session: aiohttp.Clien
                 return time.time() if status == 401 else None
 
             expired_at = await eventually(token_refused, within=5)
+            assert expired_at is not None
 
             # The channel keeps delivering well after its token expired.
             def late_notification(frame: Any) -> bool:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,9 @@ from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool, PoolSettings
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import Endpoints
+from tests.waiting import DEADLINE_S, eventually
 
-DEADLINE_S = 15.0
+__all__ = ["DEADLINE_S", "eventually"]
 
 
 @asynccontextmanager
@@ -83,23 +83,6 @@ class Stack:
     async def queue_topics(self) -> list[str]:
         org = await self.control("org")
         return [f"v2.routing.queues.{q['id']}.conversations" for q in org["queues"]]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], within: float = DEADLINE_S
-) -> None:
-    """Poll ``check`` until it holds, failing the test at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -162,7 +162,11 @@ async def test_every_matching_event_is_delivered_exactly_once() -> None:
         for _ in range(2):
             before = set(pool.channel_ids().values())
             await h.control("faults", {"fault": "socket_closing", "delay_s": 5})
-            await eventually(lambda before=before: not before & set(pool.channel_ids().values()))
+
+            def rotated(before: set[str | None] = before) -> bool:
+                return not before & set(pool.channel_ids().values())
+
+            await eventually(rotated)
             await eventually(lambda: len(seen.events()) >= 20)
         await h.control("traffic", {"running": False})
 
