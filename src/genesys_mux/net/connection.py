@@ -24,6 +24,16 @@ Theory of operation
   replacement is live; that window is an :class:`Outage`, reported to
   whoever listens. Warned or silent, a loss is handled the same way.
 
+Three sans-I/O machines make the decisions; this module performs them. Per
+socket, :class:`~genesys_mux.core.channel.ChannelLink` says *that* something
+happened (silence, a loss, a rotation request, a subscription check). Per
+slot, :class:`~genesys_mux.core.slot.SlotMachine` says which socket serves,
+which to open, drain or abandon, and which windows are outages, with the
+times computed from those passed in. Retries follow
+:class:`~genesys_mux.core.backoff.Retries`. What stays here is I/O and
+waiting: establishing sockets, PUTs and GETs, the overlap and settle
+timers, and draining.
+
 Every notification from every socket goes, undecoded, into one queue read by
 :meth:`ChannelPool.frames`. The queue is unbounded on purpose: back-pressure
 here would stop the readers, and a reader that cannot read cannot see
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -77,6 +88,7 @@ from genesys_mux.core.planner import (
     Subscribe,
     Unsubscribe,
 )
+from genesys_mux.core.slot import Abandon, Drain, OutageWindow, Serve, SlotAction, SlotMachine
 from genesys_mux.core.topics import combine_topics, expand_topic
 from genesys_mux.errors import (
     ApiError,
@@ -193,6 +205,8 @@ class _Socket:
         self.slot = slot
         self.info = info
         self.ws = ws
+        #: This socket's name for the slot's machine (a channel can have several sockets).
+        self.key = next(_SOCKET_KEYS)
         now = time.monotonic()
         channel_expires = None
         if info.expires_at is not None:
@@ -300,6 +314,11 @@ class _Socket:
         self._wake.set()
 
     @property
+    def last_frame_wall(self) -> float:
+        """Unix time of the last frame read on this socket."""
+        return _wall(self.link.last_frame_at)
+
+    @property
     def unsubscribed_at(self) -> float | None:
         """Unix time from which this live socket's subscriptions may be gone, if they are."""
         since = self.link.unsubscribed_since
@@ -383,6 +402,8 @@ class _Marker:
     reached: asyncio.Event
 
 
+#: Socket keys, unique in the process.
+_SOCKET_KEYS = itertools.count(1)
 #: The payload of a close frame with status 1000 (normal closure).
 _NORMAL_CLOSURE = (1000).to_bytes(2, "big")
 
@@ -419,9 +440,16 @@ class _Slot:
     failed: bool = False
     task: asyncio.Task[None] | None = None
     stats: SlotStats = field(default_factory=SlotStats)
+    #: The socket serving the slot (the old one during a rotation).
     socket: _Socket | None = None
-    #: A socket lost and not yet replaced: its outage is still open.
-    lost: _Socket | None = None
+    #: Every socket of the slot not yet closed or given up, by key.
+    sockets: dict[int, _Socket] = field(default_factory=dict)
+    #: The channel of every socket the slot had, by key (outages name it).
+    channels: dict[int, str] = field(default_factory=dict)
+    machine: SlotMachine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.machine = SlotMachine(self.index)
 
 
 class ChannelPool:
@@ -588,35 +616,37 @@ class ChannelPool:
                 slot.task.cancel()
         await asyncio.gather(*(s.task for s in slots if s.task is not None), return_exceptions=True)
         found = await asyncio.gather(*(self._drain_slot(s, timeout_s) for s in slots))
-        return [outage for outage in found if outage is not None]
+        return [outage for outages in found for outage in outages]
 
-    async def _drain_slot(self, slot: _Slot, timeout_s: float) -> Outage | None:
-        socket = slot.socket
-        if socket is not None:
+    async def _drain_slot(self, slot: _Slot, timeout_s: float) -> list[Outage]:
+        machine = slot.machine
+        for drain in self._perform(slot, machine.stop()):
+            socket = slot.sockets.pop(drain.socket, None)
+            if socket is None:
+                continue
             try:
                 # Bounded as a whole: the unsubscribe is a REST call, and a
                 # platform that does not answer must not hold up a shutdown.
-                if await asyncio.wait_for(
+                ok = await asyncio.wait_for(
                     socket.drain_and_close(self._rest, timeout_s), 2 * timeout_s + 1.0
-                ):
-                    return None
+                )
             except TimeoutError:
                 await socket.abandon()
-            start = socket.lost_at or _wall(socket.link.last_frame_at)
-        elif slot.lost is not None:
-            # Lost, and no successor yet: the window is still open at the stop.
-            socket, slot.lost = slot.lost, None
-            start = socket.lost_at or time.time()
-        else:
-            return None
-        return Outage(
-            slot=slot.index,
-            channel_id=socket.info.id,
-            topics=frozenset(slot.desired),
-            start=start,
-            end=time.time(),
-            reason="stopped",
-        )
+                ok = False
+            last = socket.lost_at if socket.lost_at is not None else socket.last_frame_wall
+            machine.drained(drain.socket, ok, last)
+        # Sockets caught between two states by the stop (a rotation's old
+        # socket, a successor not yet serving): closed, not drained.
+        for socket in list(slot.sockets.values()):
+            await socket.abandon()
+        slot.sockets.clear()
+        slot.socket = None
+        # Returned, not reported: the caller makes them its final gaps.
+        return [
+            self._outage_of(slot, window)
+            for window in machine.closed(time.time())
+            if isinstance(window, OutageWindow)
+        ]
 
     @property
     def live(self) -> bool:
@@ -655,8 +685,10 @@ class ChannelPool:
             *(s.task for s in slots if s.task is not None), *retiring, return_exceptions=True
         )
         for slot in slots:
-            if slot.socket is not None:
-                await slot.socket.close()
+            for socket in list(slot.sockets.values()):
+                await socket.close()
+            slot.sockets.clear()
+            slot.socket = None
 
     # -- a slot's life ---------------------------------------------------------
 
@@ -689,32 +721,35 @@ class ChannelPool:
                 slot.synced.notify_all()
 
     async def _keep_alive(self, slot: _Slot) -> None:
+        # The machine decides which socket serves and which windows are
+        # outages; this loop opens sockets when it asks (see core/slot.py).
+        machine = slot.machine
+        machine.start()
         reuse: ChannelInfo | None = None
         while True:
             socket = await self._establish_with_retry(slot, reuse)
             if socket is None:
                 break  # the slot closed, or we were told to give up
-            if slot.lost is not None:
-                self._outage(slot, slot.lost, reason="reconnect")
-                slot.lost = None
-            slot.socket = socket
+            self._perform(slot, machine.connected(socket.key, time.time()))
             action = await self._serve(slot)
             if action is None:
                 break
             socket = slot.socket
-            assert socket is not None
-            slot.socket = None
+            if socket is not None:
+                # Never wait on a lost socket: the reconnect starts now.
+                since = socket.lost_at if socket.lost_at is not None else time.time()
+                self._report(ChannelLost(slot.index, socket.info.id, action.reason))
+                self._perform(
+                    slot,
+                    machine.lost(
+                        socket.key, since, time.time(), reuse=isinstance(action, Reconnect)
+                    ),
+                )
+                reuse = socket.info if isinstance(action, Reconnect) else None
+            else:
+                reuse = None  # a rotation that could not replace a lost socket
             slot.stats.state = "reconnecting"
             slot.stats.reconnects += 1
-            # Never wait on a lost socket: the reconnect starts now.
-            closing = socket.abandon()
-            self._retiring.add(closing)
-            closing.add_done_callback(self._retiring.discard)
-            self._report(ChannelLost(slot.index, socket.info.id, action.reason))
-            # Kept on the slot until a successor reports the outage: a stop
-            # before that must still report it (see _drain_slot).
-            slot.lost = socket
-            reuse = socket.info if isinstance(action, Reconnect) else None
         if slot.socket is not None:
             await self._retire(slot, slot.socket)
             slot.socket = None
@@ -766,53 +801,92 @@ class ChannelPool:
                 await self._check_subscriptions(slot, socket, action)
                 continue
             if isinstance(action, Rotate):
-                successor = await self._rotate(slot, socket, action)
-                if successor is None:
-                    # The old socket died while we built its successor and no
-                    # successor could be made: treat it as a loss.
+                if socket.unsubscribed_at is not None:
+                    slot.machine.unsubscribed(socket.key, socket.unsubscribed_at)
+                if not await self._rotate(slot, socket, action):
+                    # No successor could be made, and the old socket cannot
+                    # serve on (lost, or without its subscriptions).
                     return Recreate(action.reason)
-                slot.socket = successor
 
-    async def _rotate(self, slot: _Slot, old: _Socket, action: Rotate) -> _Socket | None:
+    async def _rotate(self, slot: _Slot, old: _Socket, action: Rotate) -> bool:
         """Make-before-break: a live successor first, then close the old socket.
 
-        The rotation permit is held until the old socket is closed, because
-        that is when the spare channel it borrowed is given back: with two
-        sockets per slot for longer, the platform would evict a live channel.
+        Returns False when no successor could be made and the old socket
+        cannot serve on. The rotation permit is held until the old socket is
+        closed, because that is when the spare channel it borrowed is given
+        back: with two sockets per slot for longer, the platform would evict
+        a live channel.
         """
         log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
+        machine = slot.machine
         async with self._rotations:
+            machine.rotate(action.reason)
             if action.reauth:
                 with contextlib.suppress(GenesysMuxError):
                     await self._tokens.refresh(stale=self._tokens.current)
             successor = await self._establish_with_retry(slot, None)
+            self._old_lost(slot, old)
             if successor is None:
-                return None
+                self._perform(slot, machine.rotation_failed())
+                return slot.socket is not None
             slot.stats.rotations += 1
-            if old.lost_at is not None:
-                # The old socket died before the successor was live: a real outage.
-                self._outage(slot, old, reason=action.reason, end=time.time())
-            else:
+            drains = self._perform(slot, machine.connected(successor.key, time.time()))
+            if not drains and slot.socket is old:
+                # Both sockets deliver: the overlap lasts until the successor
+                # has proved it delivers (or we stopped waiting for it to).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         successor.delivering.wait(), self.settings.rotation_overlap_s
                     )
-                unsubscribed_at = old.unsubscribed_at
-                if unsubscribed_at is not None:
-                    # The old socket still works but carries nothing since
-                    # its subscriptions went: a window with no subscribed
-                    # socket, until the successor has proved it delivers
-                    # (or we stopped waiting for it to).
+                self._old_lost(slot, old)
+                if slot.socket is old:
                     end = successor.first_notification_at or time.time()
-                    self._outage(slot, old, reason=action.reason, start=unsubscribed_at, end=end)
-                await asyncio.sleep(self.settings.rotation_settle_s)
+                    drains = self._perform(slot, machine.rotated(end))
+                    await asyncio.sleep(self.settings.rotation_settle_s)
             self._report(ChannelRotated(slot.index, successor.info.id, old.info.id, action.reason))
-            await old.drain_and_close(self._rest, self.settings.pong_timeout_s)
-        return successor
+            for drain in drains:
+                await self._drain(slot, drain.socket)
+        return True
+
+    def _old_lost(self, slot: _Slot, old: _Socket) -> None:
+        """Tell the machine if the old socket died during its rotation."""
+        if old.lost_at is not None and old.key in slot.sockets:
+            self._perform(slot, slot.machine.lost(old.key, old.lost_at, time.time()))
+
+    def _perform(self, slot: _Slot, actions: list[SlotAction]) -> list[Drain]:
+        """Carry out the slot machine's actions; returns the drains, for the caller to await."""
+        drains: list[Drain] = []
+        for action in actions:
+            if isinstance(action, Serve):
+                slot.socket = slot.sockets[action.socket]
+            elif isinstance(action, Abandon):
+                socket = slot.sockets.pop(action.socket, None)
+                if slot.socket is socket:
+                    slot.socket = None
+                if socket is not None:
+                    closing = socket.abandon()
+                    self._retiring.add(closing)
+                    closing.add_done_callback(self._retiring.discard)
+            elif isinstance(action, OutageWindow):
+                self._outage(slot, action)
+            elif isinstance(action, Drain):
+                drains.append(action)
+            # OpenSocket: the supervisor's loop establishes the next socket.
+        return drains
+
+    async def _drain(self, slot: _Slot, key: int) -> bool:
+        """Drain and close one socket of the slot; False if frames may have been left unread."""
+        socket = slot.sockets.pop(key, None)
+        if socket is None:
+            return True
+        if slot.socket is socket:
+            slot.socket = None
+        return await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
 
     async def _retire(self, slot: _Slot, socket: _Socket) -> None:
         # There is no DELETE for channels: empty it so it stops costing
         # traffic, close the socket, and let the platform expire it.
+        slot.sockets.pop(socket.key, None)
         await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
         self._report(ChannelClosed(slot.index, socket.info.id, "no_topics_left"))
 
@@ -886,10 +960,13 @@ class ChannelPool:
             ) from exc
         socket = _Socket(self, slot, info, token, ws)
         socket.expected, socket.verified_at = expected, put_at
+        slot.sockets[socket.key] = socket
+        slot.channels[socket.key] = info.id
         await socket._ping()
         try:
             await asyncio.wait_for(socket.live.wait(), self.settings.live_timeout_s)
         except TimeoutError as exc:
+            slot.sockets.pop(socket.key, None)
             await socket.close()
             raise TransportError(
                 f"channel {info.id} did not answer within {self.settings.live_timeout_s:g} s"
@@ -964,13 +1041,8 @@ class ChannelPool:
             socket.signals.put_nowait(Recreate("subscriptions_lost"))
             return
         socket.verified_at = time.time()
-        self._outage(
-            slot,
-            socket,
-            reason="subscriptions_replaced",
-            start=start,
-            end=socket.verified_at,
-            topics=topics,
+        self._perform(
+            slot, slot.machine.subscriptions_restored(socket.key, start, socket.verified_at, topics)
         )
 
     async def _put(self, slot: _Slot, channel_id: str, topics: list[str]) -> frozenset[str]:
@@ -994,28 +1066,18 @@ class ChannelPool:
 
     # -- reporting ------------------------------------------------------------
 
-    def _outage(
-        self,
-        slot: _Slot,
-        lost: _Socket,
-        *,
-        reason: str,
-        start: float | None = None,
-        end: float | None = None,
-        topics: frozenset[str] | None = None,
-    ) -> None:
-        if start is None:
-            # From whichever came first: the subscriptions going, or the socket.
-            known = [t for t in (lost.lost_at, lost.unsubscribed_at) if t is not None]
-            start = min(known) if known else time.time()
-        outage = Outage(
+    def _outage_of(self, slot: _Slot, window: OutageWindow) -> Outage:
+        return Outage(
             slot=slot.index,
-            channel_id=lost.info.id,
-            topics=topics if topics is not None else frozenset(slot.desired),
-            start=start,
-            end=end if end is not None else time.time(),
-            reason=reason,
+            channel_id=slot.channels.get(window.socket, ""),
+            topics=window.topics if window.topics is not None else frozenset(slot.desired),
+            start=window.start,
+            end=window.end,
+            reason=window.reason,
         )
+
+    def _outage(self, slot: _Slot, window: OutageWindow) -> None:
+        outage = self._outage_of(slot, window)
         self.outages.append(outage)
         log.warning(
             "slot %d: outage of %.3f s on channel %s (%d topics)",

@@ -1,0 +1,265 @@
+"""The slot machine (core/slot.py): its transitions one by one, then every input in every state.
+
+The Hypothesis state machine plays the shell: it performs the actions the
+slot asks for (opening sockets, serving, draining, abandoning), and feeds it
+every input in every state at increasing times. Whatever the order, at most
+one socket serves outside a rotation's overlap, every window opened by a
+loss or lost subscriptions is reported exactly once, and reported windows
+never overlap.
+"""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from genesys_mux.core.slot import (
+    Abandon,
+    Drain,
+    OpenSocket,
+    OutageWindow,
+    Serve,
+    SlotAction,
+    SlotMachine,
+    SlotState,
+)
+
+TOPICS = frozenset({"v2.users.u1.conversations"})
+
+
+def state(slot: SlotMachine) -> SlotState:
+    """The slot's state (a call, so the type checker does not narrow it across inputs)."""
+    return slot.state
+
+
+def outages(actions: list[SlotAction]) -> list[OutageWindow]:
+    return [a for a in actions if isinstance(a, OutageWindow)]
+
+
+def live_slot() -> SlotMachine:
+    slot = SlotMachine(0)
+    assert slot.start() == [OpenSocket()]
+    assert slot.connected(1, 10.0) == [Serve(1)]
+    assert state(slot) is SlotState.LIVE
+    return slot
+
+
+def test_a_first_socket_serves_without_a_gap() -> None:
+    slot = live_slot()
+    assert slot.serving == 1
+    assert slot.window is None
+
+
+def test_a_loss_is_a_window_from_the_last_frame_to_the_next_live_socket() -> None:
+    slot = live_slot()
+    assert slot.lost(1, since=20.0, at=25.0, reuse=True) == [Abandon(1), OpenSocket(reuse=True)]
+    assert state(slot) is SlotState.RECONNECTING
+    actions = slot.connected(2, 27.0)
+    assert actions == [Serve(2), OutageWindow(1, 20.0, 27.0, "reconnect")]
+    assert state(slot) is SlotState.LIVE
+
+
+def test_a_rotation_overlaps_and_then_drains_the_old_socket_without_a_gap() -> None:
+    slot = live_slot()
+    assert slot.rotate("socket_closing") == [OpenSocket()]
+    assert state(slot) is SlotState.ROTATING
+    assert slot.connected(2, 30.0) == []
+    assert state(slot) is SlotState.OVERLAP
+    assert slot.rotated(31.0) == [Drain(1), Serve(2)]
+    assert slot.serving == 2
+    assert state(slot) is SlotState.LIVE
+
+
+def test_lost_subscriptions_are_a_window_until_the_rotation_ends() -> None:
+    slot = live_slot()
+    slot.unsubscribed(1, since=40.0)
+    slot.rotate("no_longer_subscribed")
+    slot.connected(2, 41.0)
+    actions = slot.rotated(41.5)  # the successor's first notification
+    assert outages(actions) == [OutageWindow(1, 40.0, 41.5, "no_longer_subscribed")]
+    assert actions[-1] == Serve(2)
+
+
+def test_the_old_socket_dying_while_the_successor_is_built_is_a_window() -> None:
+    slot = live_slot()
+    slot.rotate("socket_closing")
+    assert slot.lost(1, since=50.0, at=51.0) == [Abandon(1)]
+    actions = slot.connected(2, 53.0)
+    assert outages(actions) == [OutageWindow(1, 50.0, 53.0, "socket_closing")]
+    assert slot.serving == 2
+
+
+def test_the_old_socket_dying_in_the_overlap_hides_nothing() -> None:
+    slot = live_slot()
+    slot.rotate("channel_expiring")
+    slot.connected(2, 60.0)
+    actions = slot.lost(1, since=61.0, at=62.0)
+    assert actions == [Abandon(1), Serve(2)]
+    assert state(slot) is SlotState.LIVE
+
+
+def test_a_failed_rotation_off_a_lost_socket_reconnects_and_keeps_the_window() -> None:
+    slot = live_slot()
+    slot.unsubscribed(1, since=70.0)
+    slot.rotate("token_revoked")
+    assert slot.rotation_failed() == [Abandon(1), OpenSocket()]
+    assert state(slot) is SlotState.RECONNECTING
+    assert outages(slot.connected(2, 75.0)) == [OutageWindow(1, 70.0, 75.0, "reconnect")]
+
+
+def test_restored_subscriptions_are_reported_with_their_topics() -> None:
+    slot = live_slot()
+    actions = slot.subscriptions_restored(1, 80.0, 81.0, TOPICS)
+    assert actions == [OutageWindow(1, 80.0, 81.0, "subscriptions_replaced", TOPICS)]
+    assert slot.subscriptions_restored(2, 80.0, 81.0, TOPICS) == []  # not the serving socket
+
+
+def test_a_stop_drains_and_reports_what_a_drain_could_not_read() -> None:
+    slot = live_slot()
+    assert slot.stop() == [Drain(1)]
+    slot.drained(1, ok=False, last_frame_at=90.0)
+    assert slot.closed(92.0) == [OutageWindow(1, 90.0, 92.0, "stopped")]
+    assert state(slot) is SlotState.CLOSED
+
+
+def test_a_stop_while_reconnecting_reports_the_open_window() -> None:
+    slot = live_slot()
+    slot.lost(1, since=100.0, at=101.0)
+    assert slot.stop() == []
+    assert slot.closed(105.0) == [OutageWindow(1, 100.0, 105.0, "stopped")]
+
+
+def test_windows_never_overlap_reports() -> None:
+    slot = live_slot()
+    slot.subscriptions_restored(1, 10.0, 20.0, TOPICS)
+    slot.lost(1, since=15.0, at=21.0)
+    (window,) = outages(slot.connected(2, 22.0))
+    assert (window.start, window.end) == (20.0, 22.0)
+
+
+class SlotLife(RuleBasedStateMachine):
+    """The shell, performing the slot's actions; inputs come in any order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slot = SlotMachine(0)
+        self.now = 0.0
+        self.next_id = 1
+        self.opens = 0  # OpenSocket actions not yet answered
+        self.live: set[int] = set()  # connected, neither drained nor abandoned
+        self.serving: int | None = None
+        self.windows: set[int] = set()  # sockets with a window opened and not yet reported
+        self.reports: list[OutageWindow] = []
+        self.perform(self.slot.start())
+
+    def tick(self, dt: float) -> float:
+        self.now += dt
+        return self.now
+
+    def perform(self, actions: list[SlotAction]) -> None:
+        for action in actions:
+            if isinstance(action, OpenSocket):
+                self.opens += 1
+            elif isinstance(action, Serve):
+                assert action.socket in self.live
+                self.serving = action.socket
+            elif isinstance(action, Drain | Abandon):
+                self.live.discard(action.socket)
+                if self.serving == action.socket:
+                    self.serving = None
+            else:
+                self.reports.append(action)
+                if action.reason != "subscriptions_replaced":
+                    self.windows.discard(action.socket)
+
+    @precondition(lambda self: self.opens > 0)
+    @rule(dt=st.floats(0.0, 5.0))
+    def a_socket_connects(self, dt: float) -> None:
+        self.opens -= 1
+        socket, self.next_id = self.next_id, self.next_id + 1
+        self.live.add(socket)
+        self.perform(self.slot.connected(socket, self.tick(dt)))
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), dt=st.floats(0.0, 5.0), reuse=st.booleans())
+    def a_socket_is_lost(self, data: st.DataObject, dt: float, reuse: bool) -> None:
+        socket = data.draw(st.sampled_from(sorted(self.live)))
+        since = self.now
+        serving_before = self.slot.serving
+        state_before = self.slot.state
+        actions = self.slot.lost(socket, since, self.tick(dt), reuse=reuse)
+        if (
+            socket == serving_before
+            and state_before in (SlotState.LIVE, SlotState.ROTATING)
+            and self.slot.window is not None
+        ):
+            self.windows.add(socket)
+        self.perform(actions)
+        self.live.discard(socket)
+
+    @precondition(lambda self: self.serving is not None)
+    @rule()
+    def subscriptions_go(self) -> None:
+        assert self.serving is not None
+        before = self.slot.window
+        self.perform(self.slot.unsubscribed(self.serving, self.now))
+        if before is None and self.slot.window is not None:
+            self.windows.add(self.serving)
+
+    @rule(reason=st.sampled_from(["socket_closing", "no_longer_subscribed", "token_expiring"]))
+    def a_rotation_is_asked(self, reason: str) -> None:
+        self.perform(self.slot.rotate(reason))
+
+    @rule()
+    def the_successor_cannot_be_built(self) -> None:
+        if self.slot.state is SlotState.ROTATING and self.opens:
+            self.opens -= 1
+            self.perform(self.slot.rotation_failed())
+
+    @rule(dt=st.floats(0.0, 5.0))
+    def the_overlap_ends(self, dt: float) -> None:
+        self.perform(self.slot.rotated(self.tick(dt)))
+
+    @precondition(lambda self: self.serving is not None)
+    @rule(start_back=st.floats(0.0, 30.0), dt=st.floats(0.0, 5.0))
+    def subscriptions_are_put_back(self, start_back: float, dt: float) -> None:
+        assert self.serving is not None
+        start = self.now - start_back
+        self.perform(self.slot.subscriptions_restored(self.serving, start, self.tick(dt), TOPICS))
+
+    @precondition(lambda self: self.slot.state is not SlotState.CLOSED)
+    @rule(ok=st.booleans(), dt=st.floats(0.0, 5.0))
+    def it_stops(self, ok: bool, dt: float) -> None:
+        draining = [a.socket for a in self.slot.stop() if isinstance(a, Drain)]
+        self.perform([Drain(s) for s in draining])
+        for socket in draining:
+            self.slot.drained(socket, ok, self.now)
+            if not ok:
+                self.windows.add(socket)
+        self.perform(self.slot.closed(self.tick(dt)))
+        assert self.slot.state is SlotState.CLOSED
+        assert not self.windows, f"windows never reported: {self.windows}"
+
+    @invariant()
+    def one_socket_serves_outside_an_overlap(self) -> None:
+        if self.slot.state is not SlotState.OVERLAP:
+            assert self.slot.successor is None
+        assert self.serving == self.slot.serving or self.slot.state is SlotState.CLOSED
+
+    @invariant()
+    def reported_windows_never_overlap(self) -> None:
+        for earlier, later in zip(self.reports, self.reports[1:], strict=False):
+            assert earlier.start <= earlier.end
+            assert later.start >= earlier.end, (earlier, later)
+
+    @invariant()
+    def each_window_is_reported_once(self) -> None:
+        lost_reports = [r.socket for r in self.reports if r.reason != "subscriptions_replaced"]
+        stopped = {r.socket for r in self.reports if r.reason == "stopped"}
+        duplicates = {s for s in lost_reports if lost_reports.count(s) > 1} - stopped
+        assert not duplicates, self.reports
+
+
+TestSlotLife = SlotLife.TestCase
+TestSlotLife.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
