@@ -23,7 +23,9 @@ from genesys_mux.core.slot import (
     SlotAction,
     SlotMachine,
     SlotState,
+    missing_subscriptions,
 )
+from genesys_mux.core.topics import expanded_topics
 
 TOPICS = frozenset({"v2.users.u1.conversations"})
 
@@ -263,3 +265,41 @@ class SlotLife(RuleBasedStateMachine):
 
 TestSlotLife = SlotLife.TestCase
 TestSlotLife.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_a_check_finds_what_went_in_either_listing_form() -> None:
+    expected = expanded_topics(["v2.users.U1?presence&routingStatus", "v2.users.U2.presence"])
+    # The platform may list a combined subscription as its parts, in any case.
+    assert (
+        missing_subscriptions(
+            expected,
+            ["v2.users.u1.presence", "V2.USERS.U1.ROUTINGSTATUS", "v2.users.u2.presence"],
+            ["v2.users.U1.presence", "v2.users.U1.routingStatus", "v2.users.U2.presence"],
+            verified_at=10.0,
+        )
+        is None
+    )
+    found = missing_subscriptions(
+        expected,
+        ["v2.users.U1?presence&routingStatus"],
+        ["v2.users.U1.presence", "v2.users.U1.routingStatus", "v2.users.U2.presence"],
+        verified_at=10.0,
+    )
+    assert found is not None
+    assert found.missing == {"v2.users.u2.presence"}
+    assert found.topics == {"v2.users.U2.presence"}
+    assert found.start == 10.0  # a periodic check: since the list was last seen whole
+
+
+def test_a_check_the_platform_asked_for_dates_from_its_news() -> None:
+    expected = expanded_topics(["v2.users.U2.presence"])
+    found = missing_subscriptions(
+        expected, [], ["v2.users.U2.presence"], verified_at=10.0, told_since=50.0
+    )
+    assert found is not None
+    assert found.start == 50.0
+    earlier = missing_subscriptions(
+        expected, [], ["v2.users.U2.presence"], verified_at=60.0, told_since=50.0
+    )
+    assert earlier is not None
+    assert earlier.start == 60.0  # known whole after the news: the later time wins

@@ -50,18 +50,23 @@ were put back, or at the stop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from genesys_mux.core.topics import expanded_topics
 
 __all__ = [
     "Abandon",
     "Drain",
+    "MissingSubscriptions",
     "OpenSocket",
     "OutageWindow",
     "Serve",
     "SlotAction",
     "SlotMachine",
     "SlotState",
+    "missing_subscriptions",
 ]
 
 log = logging.getLogger("genesys_mux.core.slot")
@@ -312,3 +317,40 @@ class SlotMachine:
             log.debug("slot %d: %s -> %s %s", self.index, self.state.value, state.value, actions)
         self.state = state
         return actions
+
+
+@dataclass(frozen=True, slots=True)
+class MissingSubscriptions:
+    """What a subscription check found missing, and since when events may be lost."""
+
+    #: The missing subscriptions, expanded and in lower case.
+    missing: frozenset[str]
+    #: The slot's topics that lost a subscription (as the streams know them).
+    topics: frozenset[str]
+    #: The start of the window: when the list was last known whole, or the
+    #: last frame before the platform said it changed, whichever is later.
+    start: float
+
+
+def missing_subscriptions(
+    expected: frozenset[str],
+    found: Iterable[str],
+    topics: Iterable[str],
+    *,
+    verified_at: float,
+    told_since: float | None = None,
+) -> MissingSubscriptions | None:
+    """Compare a channel's subscription list with what was put; None when nothing is missing.
+
+    ``expected`` is what the last PUT left on the channel (expanded, lower
+    case, refused topics left out), ``found`` what the platform lists now,
+    ``topics`` the slot's topics, ``verified_at`` when the list was last
+    known whole, ``told_since`` the last frame before a
+    ``v2.subscription.updated`` (None for a periodic check).
+    """
+    missing = expected - expanded_topics(found)
+    if not missing:
+        return None
+    affected = frozenset(t for t in topics if not expanded_topics([t]).isdisjoint(missing))
+    start = verified_at if told_since is None else max(verified_at, told_since)
+    return MissingSubscriptions(missing, affected, start)

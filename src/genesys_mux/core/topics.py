@@ -43,6 +43,7 @@ __all__ = [
     "combine_topics",
     "conversation_detail_events",
     "expand_topic",
+    "expanded_topics",
     "is_valid_id",
     "parse_topic",
     "queue_conversations",
@@ -314,3 +315,19 @@ def conversation_detail_events(conversation_id: str, event: str) -> str:
 def queue_observations(queue_id: str) -> str:
     """``v2.analytics.queues.{queue_id}.observations``, with the id validated."""
     return str(Topic(TopicFamily.QUEUE_OBSERVATIONS, validate_id(queue_id, "queueId")))
+
+
+def expanded_topics(topics: Iterable[str]) -> frozenset[str]:
+    """Topic names with combined ones split into their parts, in lower case.
+
+    Whether the platform lists a combined subscription as one id or as its
+    parts (and in which case) is not documented, so subscription lists are
+    compared in this form. A name outside the grammar is kept as it is.
+    """
+    parts: set[str] = set()
+    for topic in topics:
+        try:
+            parts.update(p.lower() for p in expand_topic(topic))
+        except InvalidTopicError:
+            parts.add(topic.lower())
+    return frozenset(parts)

@@ -88,8 +88,16 @@ from genesys_mux.core.planner import (
     Subscribe,
     Unsubscribe,
 )
-from genesys_mux.core.slot import Abandon, Drain, OutageWindow, Serve, SlotAction, SlotMachine
-from genesys_mux.core.topics import combine_topics, expand_topic
+from genesys_mux.core.slot import (
+    Abandon,
+    Drain,
+    OutageWindow,
+    Serve,
+    SlotAction,
+    SlotMachine,
+    missing_subscriptions,
+)
+from genesys_mux.core.topics import combine_topics, expanded_topics
 from genesys_mux.errors import (
     ApiError,
     AuthenticationError,
@@ -406,21 +414,6 @@ class _Marker:
 _SOCKET_KEYS = itertools.count(1)
 #: The payload of a close frame with status 1000 (normal closure).
 _NORMAL_CLOSURE = (1000).to_bytes(2, "big")
-
-
-def _expanded(topics: Iterable[str]) -> frozenset[str]:
-    """Topic names with combined ones split into their parts, in lower case.
-
-    Whether the platform lists a combined subscription as one id or as its
-    parts is not documented, so lists are compared in this form.
-    """
-    parts: set[str] = set()
-    for topic in topics:
-        try:
-            parts.update(p.lower() for p in expand_topic(topic))
-        except GenesysMuxError:
-            parts.add(topic.lower())  # not one of ours; kept, so it is compared as is
-    return frozenset(parts)
 
 
 def _wall(monotonic: float) -> float:
@@ -1017,14 +1010,14 @@ class ChannelPool:
         except GenesysMuxError as exc:
             log.warning("slot %d: could not check subscriptions: %s", slot.index, exc)
             return
-        missing = socket.expected - _expanded(found)
-        if not missing:
+        told = None if check.since is None else _wall(check.since)
+        lost = missing_subscriptions(
+            socket.expected, found, slot.desired, verified_at=socket.verified_at, told_since=told
+        )
+        if lost is None:
             socket.verified_at = asked_at
             return
-        start = socket.verified_at
-        if check.since is not None:
-            start = max(start, _wall(check.since))
-        topics = frozenset(t for t in slot.desired if not _expanded([t]).isdisjoint(missing))
+        missing, start = lost.missing, lost.start
         log.warning(
             "slot %d: channel %s lost %d of its topics (%s); subscribing them again",
             slot.index,
@@ -1042,7 +1035,8 @@ class ChannelPool:
             return
         socket.verified_at = time.time()
         self._perform(
-            slot, slot.machine.subscriptions_restored(socket.key, start, socket.verified_at, topics)
+            slot,
+            slot.machine.subscriptions_restored(socket.key, start, socket.verified_at, lost.topics),
         )
 
     async def _put(self, slot: _Slot, channel_id: str, topics: list[str]) -> frozenset[str]:
@@ -1062,7 +1056,7 @@ class ChannelPool:
                 )
                 for callback in self.on_rejection:
                     callback(rejection)
-        return _expanded(topics) - _expanded(r.topic for r in result.rejected)
+        return expanded_topics(topics) - expanded_topics(r.topic for r in result.rejected)
 
     # -- reporting ------------------------------------------------------------
 
