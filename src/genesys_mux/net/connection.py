@@ -91,6 +91,7 @@ from genesys_mux.core.planner import (
 from genesys_mux.core.slot import (
     Abandon,
     Drain,
+    OpenSocket,
     OutageWindow,
     Serve,
     SlotAction,
@@ -440,6 +441,8 @@ class _Slot:
     #: The channel of every socket the slot had, by key (outages name it).
     channels: dict[int, str] = field(default_factory=dict)
     machine: SlotMachine = field(init=False)
+    #: The machine's last request for a socket (whether to reuse the channel).
+    wanted: OpenSocket | None = None
 
     def __post_init__(self) -> None:
         self.machine = SlotMachine(self.index)
@@ -717,7 +720,7 @@ class ChannelPool:
         # The machine decides which socket serves and which windows are
         # outages; this loop opens sockets when it asks (see core/slot.py).
         machine = slot.machine
-        machine.start()
+        self._perform(slot, machine.start())
         reuse: ChannelInfo | None = None
         while True:
             socket = await self._establish_with_retry(slot, reuse)
@@ -738,9 +741,9 @@ class ChannelPool:
                         socket.key, since, time.time(), reuse=isinstance(action, Reconnect)
                     ),
                 )
-                reuse = socket.info if isinstance(action, Reconnect) else None
-            else:
-                reuse = None  # a rotation that could not replace a lost socket
+            # The machine says whether the lost socket's channel may be reused.
+            wanted = slot.wanted
+            reuse = socket.info if socket is not None and wanted and wanted.reuse else None
             slot.stats.state = "reconnecting"
             slot.stats.reconnects += 1
         if slot.socket is not None:
@@ -864,7 +867,9 @@ class ChannelPool:
                 self._outage(slot, action)
             elif isinstance(action, Drain):
                 drains.append(action)
-            # OpenSocket: the supervisor's loop establishes the next socket.
+            else:
+                # The supervisor's loop (or the rotation) opens it.
+                slot.wanted = action
         return drains
 
     async def _drain(self, slot: _Slot, key: int) -> bool:
