@@ -23,6 +23,8 @@ The tree, split by what the caller can do about it::
     │                               the connection carries on, the frame is reported
     ├── InvalidStateError           a method called when the object cannot serve it
     │                               (before ``start()``, after ``stop()``)
+    ├── StateError                  the state store cannot be used (corrupt, foreign,
+    │                               a newer schema, unreachable); nothing is overwritten
     └── SinkError                   a sink could not take a batch; ``retryable`` says
                                     whether sending the same batch again may succeed
 
@@ -52,6 +54,7 @@ __all__ = [
     "InvalidTopicError",
     "RateLimitedError",
     "SinkError",
+    "StateError",
     "StreamConfigError",
     "TransportError",
     "UnknownRegionError",
@@ -178,6 +181,10 @@ class FrameError(GenesysMuxError):
 
 class InvalidStateError(GenesysMuxError):
     """A method was called in a state that cannot serve it; the message says what to do."""
+
+
+class StateError(GenesysMuxError):
+    """The state store cannot be used as it is; the message names it and says what to do."""
 
 
 class SinkError(GenesysMuxError):

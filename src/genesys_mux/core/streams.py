@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from genesys_mux.core.checkpoint import Remembered, StreamCheckpoint
 from genesys_mux.core.snapshot import EventFacts
 
 __all__ = [
@@ -362,6 +363,38 @@ class Stream:
         )
         self._next_sequence += 1
         return self._push(event)
+
+    def checkpoint(
+        self, *, fingerprint: str, watermark: float | None, saved_at: float
+    ) -> StreamCheckpoint:
+        """What the stream needs to continue after a restart (see :mod:`.checkpoint`)."""
+        return StreamCheckpoint(
+            stream_id=self.id,
+            fingerprint=fingerprint,
+            next_sequence=self._next_sequence,
+            watermark=watermark,
+            epoch=self.epoch,
+            saved_at=saved_at,
+            memory=[
+                Remembered(key, seen.version, list(seen.hashes), seen.in_state)
+                for key, seen in self._seen.items()
+            ],
+        )
+
+    def restore(self, checkpoint: StreamCheckpoint) -> None:
+        """Continue from ``checkpoint``: its numbering and its memory (call before any offer)."""
+        self._next_sequence = max(self._next_sequence, checkpoint.next_sequence)
+        for remembered in checkpoint.memory[-self._memory :]:
+            self._seen[remembered.key] = _Seen(
+                remembered.version,
+                list(remembered.hashes[-self._hashes_per_key :]),
+                remembered.in_state,
+            )
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next accepted event gets."""
+        return self._next_sequence
 
     def add_gap(self, gap: Gap) -> None:
         """Queue a gap; gaps are never dropped and do not count against the buffer."""
