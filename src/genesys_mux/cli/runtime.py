@@ -271,7 +271,8 @@ class Runtime:
                     unsunk.append(stream.id)
                     continue
                 runner = deliver_stream(
-                    mux.stream(stream.id),
+                    # Settled by the runner, once every sink has an event.
+                    mux.stream(stream.id, settle=False),
                     [(build_sink(spec), spec.batching) for spec in specs],
                     mux.dead_letter,
                     backoff=Backoff(0.2, 10.0),
@@ -279,6 +280,7 @@ class Runtime:
                     name=stream.id,
                 )
                 runner.on_failure.append(functools.partial(audit.sink_failure, stream.id))
+                runner.on_settled.append(functools.partial(mux.settle, stream.id))
                 self.runners[stream.id] = runner
                 metrics.watch_sinks(stream.id, runner)
                 tasks.append(

@@ -39,8 +39,10 @@ __all__ = [
     "Level",
     "QueuesRefreshed",
     "SinkFailed",
+    "StateStoreFailed",
     "StreamAdded",
     "StreamRemoved",
+    "StreamStateReset",
     "SubscriptionsLost",
     "TokenRefreshed",
     "TopicRejected",
@@ -220,6 +222,26 @@ class SinkFailed(_Fact):
 
 
 @dataclass(frozen=True, slots=True)
+class StreamStateReset(_Fact):
+    """A stream's saved state was not used (its configuration changed): it starts afresh."""
+
+    kind: ClassVar[str] = "state_reset"
+    level: ClassVar[Level] = "WARNING"
+    stream_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateStoreFailed(_Fact):
+    """A checkpoint could not be written; the feed goes on and it is tried again."""
+
+    kind: ClassVar[str] = "state_failure"
+    level: ClassVar[Level] = "WARNING"
+    store: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Fatal(_Fact):
     """The feed stopped for good (refused credentials)."""
 
@@ -245,6 +267,8 @@ ControlEvent = (
     | Backfilled
     | DeadLettered
     | SinkFailed
+    | StreamStateReset
+    | StateStoreFailed
     | Fatal
 )
 

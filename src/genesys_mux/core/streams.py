@@ -72,6 +72,8 @@ Overflow = Literal["drop_oldest", "drop_newest", "backlog"]
 BACKLOG_FACTOR = 10
 
 _UNPARSED: Any = object()
+#: Handed-out events remembered until settled, at most (see Stream.settle).
+_MAX_UNSETTLED = 100_000
 
 
 @dataclass(slots=True, eq=False)
@@ -273,6 +275,9 @@ class Stream:
         self._hashes_per_key = hashes_per_key
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._buffer: deque[StreamEvent | Gap] = deque()
+        # (sequence, received_at) of events handed out and not yet settled:
+        # the restart watermark may not pass them (see unsettled_since).
+        self._handed: deque[tuple[int, float]] = deque()
         self._events_buffered = 0
         self._next_sequence = 1
         limit = buffer_size * (BACKLOG_FACTOR if overflow == "backlog" else 1)
@@ -468,10 +473,38 @@ class Stream:
         if isinstance(item, StreamEvent):
             self._events_buffered -= 1
             self.counters.delivered += 1
+            self._handed.append((item.sequence, item.received_at))
+            if len(self._handed) > _MAX_UNSETTLED:
+                self._handed.popleft()  # a consumer that never settles: see settle()
             item.latency_s = now_mono - item.received_mono
             if item.version:
                 item.age_s = now - item.version
         return item
+
+    def settle(self, through: int) -> None:
+        """Events handed out up to sequence ``through`` are done with (delivered, or given up).
+
+        Their receive times no longer hold the watermark back. A consumer
+        that never settles holds at most the last 100,000 handed events
+        back; older ones count as settled.
+        """
+        handed = self._handed
+        while handed and handed[0][0] <= through:
+            handed.popleft()
+
+    def unsettled_since(self) -> float | None:
+        """The receive time of the oldest event whose fate is not settled yet, if any.
+
+        Buffered events and handed-out unsettled ones count; dead-lettered
+        ones are settled. Everything received before this time is settled.
+        """
+        oldest = self._handed[0][1] if self._handed else None
+        for item in self._buffer:
+            if isinstance(item, StreamEvent):
+                if oldest is None or item.received_at < oldest:
+                    oldest = item.received_at
+                break
+        return oldest
 
     def flush_to_dead_letters(self, reason: str) -> int:
         """Dead-letter every buffered event (gaps are dropped); returns how many."""

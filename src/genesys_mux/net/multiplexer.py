@@ -48,7 +48,9 @@ from genesys_mux.config import (
     raw_topics,
     requires_sms,
 )
+from genesys_mux.core.backoff import Backoff, Retries
 from genesys_mux.core.channel import Outage
+from genesys_mux.core.checkpoint import StreamCheckpoint, fingerprint
 from genesys_mux.core.events import (
     Backfilled,
     ControlEvent,
@@ -56,8 +58,10 @@ from genesys_mux.core.events import (
     Fatal,
     GapReported,
     QueuesRefreshed,
+    StateStoreFailed,
     StreamAdded,
     StreamRemoved,
+    StreamStateReset,
     TokenRefreshed,
     TopicRejected,
 )
@@ -78,6 +82,7 @@ from genesys_mux.errors import (
     GenesysMuxError,
     InvalidStateError,
     InvalidTopicError,
+    StateError,
     TransportError,
 )
 from genesys_mux.net.auth import TokenProvider
@@ -85,6 +90,7 @@ from genesys_mux.net.connection import ChannelPool, InboundNotification, PoolSet
 from genesys_mux.net.rest import Rejection, RestClient
 from genesys_mux.regions import endpoints_for
 from genesys_mux.sinks.dlq import DeadLetterQueue, JsonlDeadLetterQueue, MemoryDeadLetterQueue
+from genesys_mux.state import StateStore, open_store
 
 __all__ = ["DEFAULT_DLQ_LIMIT", "Multiplexer", "StreamStats"]
 
@@ -132,6 +138,12 @@ class _StreamState:
         self.filter_topics: frozenset[str] = frozenset()
         self.ready = asyncio.Event()
         self.latencies: list[float] = []
+        #: Names what the stream carries, to tell whether saved state is its own.
+        self.fingerprint = fingerprint(config.model_dump_json(include={"filter", "topics"}))
+        #: When the stream was added (its watermark before it has seen anything).
+        self.added_at = time.time()
+        #: (next sequence, watermark) of the last checkpoint written.
+        self.saved: tuple[int, float | None] | None = None
 
 
 class Multiplexer:
@@ -168,6 +180,8 @@ class Multiplexer:
         backfill_limit: int = 200,
         pool_settings: PoolSettings | None = None,
         session: aiohttp.ClientSession | None = None,
+        state: StateStore | str | os.PathLike[str] | None = None,
+        checkpoint_interval_s: float = 1.0,
     ) -> None:
         client_id = client_id or os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID")
         client_secret = client_secret or os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET")
@@ -185,6 +199,8 @@ class Multiplexer:
             )
         if max_streams < 1 or buffer_threshold < 1:
             raise ConfigError("max_streams and buffer_threshold must be at least 1")
+        if not checkpoint_interval_s > 0:
+            raise ConfigError("checkpoint_interval_s must be positive")
         self._endpoints = endpoints_for(
             region=region if base_url is None else None, base_url=base_url
         )
@@ -211,6 +227,16 @@ class Multiplexer:
             self._dlq = JsonlDeadLetterQueue(Path(dlq))
         self._own_session = session is None
         self._session = session
+        #: Where streams keep their checkpoints (see :mod:`genesys_mux.state`).
+        self.state_store = open_store(state)
+        self.checkpoint_interval_s = checkpoint_interval_s
+        # With no store asked for, nothing outlives the process: no point
+        # in paying for periodic checkpoints.
+        self._checkpointing = state is not None
+        self._checkpoints: dict[str, StreamCheckpoint] = {}
+        #: Receive time of the last notification dispatched: everything
+        #: received before it has been offered to the streams.
+        self._dispatched_at: float | None = None
         self._streams: dict[str, _StreamState] = {}
         self._by_topic: dict[str, tuple[tuple[_StreamState, bool], ...]] = {}
         self._queue_ids: list[str] | None = None
@@ -237,7 +263,6 @@ class Multiplexer:
         self.tokens: TokenProvider | None = None
         #: Topic → rejection, for topics the platform refused.
         self.rejections: dict[str, Rejection] = {}
-        #: Called for control-plane facts: (kind, fields). The audit log hooks in here.
         #: Called with every control-plane fact (see :mod:`genesys_mux.core.events`).
         self.on_control: list[Callable[[ControlEvent], None]] = []
         #: Called with each event as it is handed to a consumer (latency and
@@ -260,10 +285,20 @@ class Multiplexer:
         """Open the session, get a first token and start the dispatcher.
 
         Raises :class:`~genesys_mux.errors.AuthenticationError` when the
-        platform refuses the credentials. An unreachable login host is
-        retried (a warning per attempt) and then left to the channels, which
-        keep retrying.
+        platform refuses the credentials, and
+        :class:`~genesys_mux.errors.StateError` when the state store cannot
+        be used (nothing is changed in it then). An unreachable login host
+        is retried (a warning per attempt) and then left to the channels,
+        which keep retrying.
         """
+        # The saved state first: a store that cannot be read stops us before
+        # anything is subscribed, rather than after events were numbered anew.
+        await self.state_store.open()
+        try:
+            self._checkpoints = dict(await self.state_store.load())
+        except StateError:
+            await self.state_store.close()
+            raise
         if self._session is None:
             # trust_env: HTTPS_PROXY, NO_PROXY and .netrc as other HTTP tools
             # honour them; corporate networks often reach the cloud only so.
@@ -285,6 +320,10 @@ class Multiplexer:
         self.pool.on_failure.append(self._failed)
         self._tasks.append(asyncio.create_task(self._dispatch(), name=_DISPATCH))
         self._tasks.append(asyncio.create_task(self._refresh_queues(), name="genesys-mux-queues"))
+        if self._checkpointing:
+            self._tasks.append(
+                asyncio.create_task(self._checkpoint_periodically(), name="genesys-mux-checkpoints")
+            )
         # Refused credentials are fatal: say so here, not after the first
         # stream quietly fails to subscribe. A login host that cannot be
         # reached is not: the channels keep retrying, and log each retry.
@@ -348,6 +387,14 @@ class Multiplexer:
         self._tasks.clear()
         for state in self._streams.values():
             state.stream.flush_to_dead_letters("stopped")
+        # Everything is settled now (delivered or dead-lettered): the last
+        # checkpoint lets the next run continue from here.
+        if self._checkpointing:
+            try:
+                await self.checkpoint()
+            except StateError as exc:
+                self._report(StateStoreFailed(self.state_store.name, str(exc)))
+        await self.state_store.close()
         self._stopped = True
         if isinstance(self._dlq, JsonlDeadLetterQueue):
             self._dlq.close()
@@ -398,6 +445,7 @@ class Multiplexer:
                 epoch=self.epoch,
             )
             state = _StreamState(config, stream)
+            restored = self._restore(state)
             if needs_all_queues(config) and self._queue_ids is None:
                 self._queue_ids = await self._list_queues()
             self._set_topics(state)
@@ -409,7 +457,85 @@ class Multiplexer:
                 self._reindex()
                 raise
         self._report(StreamAdded(config.id, len(state.topics)))
+        if restored is not None and restored.watermark is not None:
+            # What the platform sent while no process ran (from the last
+            # settled event to now, when the topics are subscribed again)
+            # is missing: a gap like any other, back-filled when asked.
+            self._outage(
+                Outage(
+                    slot=-1,
+                    channel_id="",
+                    topics=state.topics,
+                    start=restored.watermark,
+                    end=time.time(),
+                    reason="restart",
+                ),
+                only=state,
+            )
         return [r for t, r in self.rejections.items() if t in state.topics]
+
+    def _restore(self, state: _StreamState) -> StreamCheckpoint | None:
+        """Continue a stream from its checkpoint, if it has one of the same configuration."""
+        checkpoint = self._checkpoints.pop(state.config.id, None)
+        if checkpoint is None:
+            return None
+        if checkpoint.fingerprint != state.fingerprint:
+            self._report(
+                StreamStateReset(state.config.id, "its filter or topics changed; starting afresh")
+            )
+            return None
+        state.stream.restore(checkpoint)
+        return checkpoint
+
+    def watermark(self, stream_id: str) -> float:
+        """Receive time before which every event of the stream is settled (for checkpoints)."""
+        state = self._streams[stream_id]
+        pending = state.stream.unsettled_since()
+        if pending is not None:
+            return pending
+        # Nothing pending: everything dispatched so far is settled, and what
+        # is not dispatched yet was received after it (the queue is FIFO).
+        dispatched = self._dispatched_at
+        return max(state.added_at, dispatched) if dispatched is not None else state.added_at
+
+    async def checkpoint(self) -> int:
+        """Write the checkpoint of every stream that moved since the last one; returns how many.
+
+        Raises :class:`~genesys_mux.errors.StateError` when the store fails
+        (the periodic checkpoints report it and try again).
+        """
+        now = time.time()
+        due: list[tuple[_StreamState, StreamCheckpoint]] = []
+        for stream_id, state in self._streams.items():
+            mark = (state.stream.next_sequence, self.watermark(stream_id))
+            if mark == state.saved:
+                continue
+            due.append(
+                (
+                    state,
+                    state.stream.checkpoint(
+                        fingerprint=state.fingerprint, watermark=mark[1], saved_at=now
+                    ),
+                )
+            )
+        if due:
+            await self.state_store.save([c for _, c in due])
+            for state, c in due:
+                state.saved = (c.next_sequence, c.watermark)
+        return len(due)
+
+    async def _checkpoint_periodically(self) -> None:
+        retries = Retries(f"checkpoint to {self.state_store.name}", Backoff(1.0, 60.0), logger=log)
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            try:
+                await self.checkpoint()
+            except StateError as exc:
+                self._report(StateStoreFailed(self.state_store.name, str(exc)))
+                delay = retries.failed(exc) or 0.0
+                await asyncio.sleep(delay)
+            else:
+                retries.succeeded()
 
     async def remove_stream(self, stream_id: str) -> None:
         """Remove a stream; its topics are unsubscribed unless another stream needs them.
@@ -491,6 +617,7 @@ class Multiplexer:
     async def _dispatch(self) -> None:
         assert self.pool is not None
         async for note in self.pool.frames():
+            self._dispatched_at = note.received_at
             targets = self._by_topic.get(note.topic)
             if not targets:
                 continue  # a topic just removed: its last events are not wanted
@@ -549,9 +676,9 @@ class Multiplexer:
             )
         self._report(DeadLettered(letter.stream_id, letter.sequence, letter.reason))
 
-    def _outage(self, outage: Outage) -> None:
+    def _outage(self, outage: Outage, only: _StreamState | None = None) -> None:
         gaps: list[Gap] = []
-        for state in self._streams.values():
+        for state in self._streams.values() if only is None else (only,):
             affected = state.topics & outage.topics
             if affected:
                 gap = Gap(
@@ -694,14 +821,22 @@ class Multiplexer:
         return item
 
     async def events(self) -> AsyncIterator[Item]:
-        """Every stream's events and gaps, merged by priority, until :meth:`stop`."""
+        """Every stream's events and gaps, merged by priority, until :meth:`stop`.
+
+        An event is settled (done with, as far as restarts are concerned)
+        when the consumer asks for the next item, or the callback given it
+        returns.
+        """
         while True:
             ready = [s.stream for s in self._streams.values() if len(s.stream)]
             chosen = self._merge.pick(ready)
             if chosen is not None:
-                item = self._take(self._streams[chosen.id])
+                state = self._streams[chosen.id]
+                item = self._take(state)
                 if item is not None:
                     yield item
+                    if isinstance(item, StreamEvent):
+                        state.stream.settle(item.sequence)
                 continue
             if self._failure is not None:
                 raise self._failure
@@ -710,8 +845,13 @@ class Multiplexer:
             self._anything.clear()
             await self._anything.wait()
 
-    async def stream(self, stream_id: str) -> AsyncIterator[Item]:
-        """One stream's events and gaps, in order, until it is removed or the mux stops."""
+    async def stream(self, stream_id: str, *, settle: bool = True) -> AsyncIterator[Item]:
+        """One stream's events and gaps, in order, until it is removed or the mux stops.
+
+        An event is settled when the consumer asks for the next item; with
+        ``settle=False`` the consumer says so itself with :meth:`settle`
+        (a sink runner does, once every sink has the event).
+        """
         state = self._streams.get(stream_id)
         if state is None:
             raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
@@ -719,6 +859,8 @@ class Multiplexer:
             item = self._take(state)
             if item is not None:
                 yield item
+                if settle and isinstance(item, StreamEvent):
+                    state.stream.settle(item.sequence)
                 continue
             if self._failure is not None:
                 raise self._failure
@@ -726,6 +868,16 @@ class Multiplexer:
                 return
             state.ready.clear()
             await state.ready.wait()
+
+    def settle(self, stream_id: str, through: int) -> None:
+        """The stream's events up to sequence ``through`` are done with (delivered or given up).
+
+        Until then a restart treats them as possibly lost (its gap starts no
+        later than the oldest unsettled event). Unknown streams are ignored.
+        """
+        state = self._streams.get(stream_id)
+        if state is not None:
+            state.stream.settle(through)
 
     def on_event(self, callback: EventCallback) -> None:
         """Call ``callback`` (sync or async) for every event, priority-merged."""

@@ -160,6 +160,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "queues": ("queues", _int),
     "attempts": ("attempts", _int),
     "sink": ("sink", _text),
+    "store": ("store", _text),
     "error": ("error", _text),
     "expires_in_s": ("expires_in_s", _int),
     "conversations": ("conversations", _int),

@@ -29,6 +29,7 @@ longer dead-letter them: the fan-out does, once per group, with the reason
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
@@ -94,8 +95,12 @@ class SinkFanOut:
         )
         #: Called as ``(sink_name, error_text)`` on every failed attempt of any group.
         self.on_failure: list[Callable[[str, str], None]] = []
-        for runner in self.runners:
+        #: Called with the highest sequence every group has settled.
+        self.on_settled: list[Callable[[int], None]] = []
+        self._group_settled = [0] * len(self.runners)
+        for index, runner in enumerate(self.runners):
             runner.on_failure = self.on_failure
+            runner.on_settled.append(functools.partial(self._settled, index))
         #: Every sink's counters, by sink name (the runners' own objects).
         self.per_sink: dict[str, SinkCounters] = {
             sink: counters for runner in self.runners for sink, counters in runner.per_sink.items()
@@ -133,6 +138,14 @@ class SinkFanOut:
     def last_error(self) -> str | None:
         """The current failure of the first group that has one."""
         return next((r.last_error for r in self.runners if r.last_error), None)
+
+    def _settled(self, index: int, through: int) -> None:
+        before = min(self._group_settled)
+        self._group_settled[index] = max(self._group_settled[index], through)
+        after = min(self._group_settled)
+        if after > before:
+            for callback in self.on_settled:
+                callback(after)
 
     def stop(self) -> None:
         """Let every group finish its current batch, then make :meth:`run` return."""

@@ -174,6 +174,9 @@ class SinkRunner:
         self.per_sink: dict[str, SinkCounters] = {n: SinkCounters() for n in names}
         #: Called as ``(sink_name, error_text)`` on every failed attempt.
         self.on_failure: list[Callable[[str, str], None]] = []
+        #: Called with the highest sequence of a batch once every sink has
+        #: taken it or it was dead-lettered (``Multiplexer.settle`` hooks in).
+        self.on_settled: list[Callable[[int], None]] = []
         self._items = stream_items
         self._dead_letter = dead_letter
         self._own_sinks = own_sinks
@@ -377,6 +380,17 @@ class SinkRunner:
         self._in_hand = None
         if everywhere:
             self.sent += len(batch)
+        self._settled(batch)
+
+    def _settled(self, batch: Sequence[Item]) -> None:
+        last = max((i.sequence for i in batch if isinstance(i, StreamEvent)), default=None)
+        if last is None:
+            return
+        for callback in self.on_settled:
+            try:
+                callback(last)
+            except Exception:
+                self._log.exception("on_settled callback of %s failed", self.name)
 
     async def _deliver_to(self, sink: Sink, batch: Sequence[Item]) -> bool:
         counters = self.per_sink[sink.name]
@@ -511,6 +525,8 @@ class SinkRunner:
         fetched, self._buffer = self._buffer, []
         if fetched:
             self._dead_letter_events(fetched, f"sink_failed:{self.sinks[0].name}: cancelled")
+        # Dead-lettered: their fate is settled too.
+        self._settled([*(in_hand[0] if in_hand is not None else ()), *fetched])
 
     def _notify(self, sink_name: str, text: str) -> None:
         for callback in self.on_failure:
