@@ -18,11 +18,26 @@ network:
 * ``/__emulator__/...``: the control surface (clients, org, traffic,
   faults, ledger, reset). It is never part of the Genesys API.
 
-Every socket has one writer task fed by a queue, so heartbeats, pongs,
-notifications and the final ``{"result":"404"}`` go out in the order they
-were produced, and a slow client never stalls the traffic pump. A frame is
-written to the ledger only once it has been handed to the transport, so the
-ledger is the truth about what was *sent*.
+:class:`Emulator` keeps the lifecycle, the routing, the middleware (injected
+HTTP faults, Genesys-shaped errors, the request log), OAuth, channels, the
+REST endpoints and the socket handler, and owns the state the other modules
+act on: the sockets (:attr:`Emulator.links`), the faults in force and the
+ledger. The rest is split by what it is about:
+
+* :mod:`genesys_mux.emulator.sockets`: one open socket
+  (:class:`~genesys_mux.emulator.sockets.SocketLink`), the frames it sends
+  and the ledger of what was sent. Every socket has one writer task fed by
+  a queue, so heartbeats, pongs, notifications and the final
+  ``{"result":"404"}`` go out in the order they were produced, and a slow
+  client never stalls the traffic pump. A frame is written to the ledger
+  only once it has been handed to the transport, so the ledger is the truth
+  about what was *sent*.
+* :mod:`genesys_mux.emulator.faults`: one function per fault, each
+  registered under its name.
+* :mod:`genesys_mux.emulator.control`: the ``/__emulator__/...`` handlers
+  and the blast.
+* :mod:`genesys_mux.emulator.responses`: the JSON response the API and the
+  control surface share.
 """
 
 from __future__ import annotations
@@ -32,16 +47,14 @@ import base64
 import binascii
 import contextlib
 import contextvars
-import json
 import logging
 import math
 import random
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, Literal, Self
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -49,6 +62,8 @@ from aiohttp import WSMsgType, web
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
+from genesys_mux.emulator.control import ControlSurface
+from genesys_mux.emulator.faults import HttpFault
 from genesys_mux.emulator.org import ContactCentre, Publication
 from genesys_mux.emulator.platform import (
     ApiProblem,
@@ -59,7 +74,18 @@ from genesys_mux.emulator.platform import (
     Token,
     new_context_id,
 )
+from genesys_mux.emulator.responses import json_response
 from genesys_mux.emulator.schemas import available_topics
+from genesys_mux.emulator.sockets import (
+    PONG,
+    FrameFaults,
+    Ledger,
+    LedgerEntry,
+    Pending,
+    SocketLink,
+    envelope,
+    system_frame,
+)
 from genesys_mux.errors import ConfigError, InvalidIdError
 from genesys_mux.regions import is_loopback_host
 
@@ -67,15 +93,8 @@ __all__ = ["Emulator", "EmulatorSettings", "LedgerEntry", "running_emulator"]
 
 log = logging.getLogger("genesys_mux.emulator")
 
-HEARTBEAT = b'{"topicName":"channel.metadata","eventBody":{"message":"WebSocket Heartbeat"}}'
-PONG = b'{"topicName":"channel.metadata","eventBody":{"message":"pong"}}'
-# Writer-queue sentinel: close the socket once everything before it is sent.
-_CLOSE = object()
 #: How long a socket the client closed may take to send what it still has.
 _CLOSE_FLUSH_S = 65.0
-# A socket whose writer falls this far behind is dropped, as a real server
-# would shed a consumer that cannot keep up, instead of buffering forever.
-_MAX_PENDING_FRAMES = 100_000
 _API = "/api/v2"
 # The inin-ratelimit-* headers of the request being served, so that its error
 # answer carries them too (the middleware awaits the handler in one context).
@@ -136,273 +155,6 @@ class EmulatorSettings:
             raise ConfigError("emulator settings: " + "; ".join(problems))
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One notification frame handed to a socket."""
-
-    seq: int
-    time: float
-    channel_id: str
-    topic: str
-    correlation_id: str
-    conversation_id: str | None
-    duplicate: bool
-
-    def to_json(self) -> dict[str, Any]:
-        """The entry as ``GET /__emulator__/ledger`` renders it."""
-        return {
-            "seq": self.seq,
-            "time": self.time,
-            "channel_id": self.channel_id,
-            "topic": self.topic,
-            "correlation_id": self.correlation_id,
-            "conversation_id": self.conversation_id,
-            "duplicate": self.duplicate,
-        }
-
-
-@dataclass(slots=True)
-class _Pending:
-    frame: bytes
-    topic: str
-    correlation_id: str
-    conversation_id: str | None
-    duplicate: bool = False
-
-
-@dataclass(slots=True)
-class _HttpFault:
-    status: int
-    remaining: int
-    retry_after_s: float | None
-    path: str | None
-    method: str | None
-
-    def matches(self, request: web.Request) -> bool:
-        return (self.path is None or self.path in request.path) and (
-            self.method is None or self.method == request.method
-        )
-
-
-class _SocketLink:
-    """One open notification socket and the task that writes to it."""
-
-    def __init__(
-        self, emulator: Emulator, channel: Channel, ws: web.WebSocketResponse, request: web.Request
-    ) -> None:
-        self.emulator = emulator
-        self.channel = channel
-        self.ws = ws
-        self.transport = request.transport
-        self.queue: asyncio.Queue[_Pending | bytes | object] = asyncio.Queue()
-        self.paused = False
-        self.held: _Pending | None = None
-        self.held_for = 0
-        #: Notifications on their way under the ``delay`` fault.
-        self.delayed = 0
-        self.close_code: int | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self.tasks = [
-            asyncio.create_task(self._writer(), name=f"emulator-writer-{self.channel.id}"),
-            asyncio.create_task(self._heartbeats(), name=f"emulator-heartbeat-{self.channel.id}"),
-        ]
-
-    def send(self, frame: bytes) -> None:
-        """Queue a non-notification frame (heartbeat, pong, system topic)."""
-        self.queue.put_nowait(frame)
-
-    def notify(self, pending: _Pending, rng: random.Random, faults: _FrameFaults) -> None:
-        """Queue a notification, applying the duplicate and reorder faults."""
-        if self.queue.qsize() > _MAX_PENDING_FRAMES:
-            log.warning(
-                "dropping socket of %s: %d frames behind", self.channel.id, self.queue.qsize()
-            )
-            self.drop()
-            return
-        delay = faults.delay_s
-        if faults.reorder and self.held is None and rng.random() < faults.reorder:
-            # Hold this frame back; it goes out after the next `depth` frames.
-            self.held = pending
-            self.held_for = faults.reorder_depth
-            return
-        self._enqueue(pending, delay)
-        if faults.duplicate and rng.random() < faults.duplicate:
-            if faults.reserialise:
-                correlation_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                frame = _reserialised(pending.frame, correlation_id)
-            else:
-                correlation_id, frame = pending.correlation_id, pending.frame
-            self._enqueue(
-                _Pending(frame, pending.topic, correlation_id, pending.conversation_id, True), delay
-            )
-        if self.held is not None:
-            self.held_for -= 1
-            if self.held_for <= 0:
-                self._enqueue(self.held, delay)
-                self.held = None
-
-    def _enqueue(self, pending: _Pending, delay_s: float) -> None:
-        if delay_s <= 0.0:
-            self.queue.put_nowait(pending)
-            return
-        # Late, but only notifications: pongs and heartbeats overtake them.
-        self.delayed += 1
-        asyncio.get_running_loop().call_later(delay_s, self._release, pending)
-
-    def _release(self, pending: _Pending) -> None:
-        self.delayed -= 1
-        self.queue.put_nowait(pending)
-        if self.delayed == 0 and self.close_code is not None:
-            self.queue.put_nowait((_CLOSE, self.close_code))
-
-    def close_after_flush(self, code: int = 1000) -> None:
-        """Close the socket once every notification already sent its way is out."""
-        if self.delayed:
-            self.close_code = code  # closed by _release, after the last one
-        else:
-            self.queue.put_nowait((_CLOSE, code))
-
-    def go_silent(self) -> None:
-        """Become a half-open link: nothing is sent and nothing is read any more.
-
-        A dead link answers nothing: no heartbeat, no pong, and no reply to
-        a close frame, so a client that waits for the close handshake waits
-        in vain. Reading stops at the transport, so not even aiohttp's
-        automatic replies go out; the kernel still accepts the client's bytes.
-        """
-        self.paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def drop(self) -> None:
-        """Lose the TCP connection with no close frame, like a network cut."""
-        if self.transport is not None:
-            self.transport.abort()
-        self.stop_tasks()
-
-    def stop_tasks(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-
-    async def _heartbeats(self) -> None:
-        interval = self.emulator.settings.heartbeat_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            self.send(HEARTBEAT)
-
-    async def _writer(self) -> None:
-        ledger = self.emulator.ledger
-        while True:
-            item = await self.queue.get()
-            if isinstance(item, tuple):
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await self.ws.close(code=item[1])
-                return
-            if self.paused:
-                continue  # half-open: nothing more leaves this socket
-            frame = item.frame if isinstance(item, _Pending) else item
-            assert isinstance(frame, bytes)
-            try:
-                await self.ws.send_frame(frame, WSMsgType.TEXT)
-            except (ConnectionError, RuntimeError):
-                return
-            if isinstance(item, _Pending):
-                ledger.record(self.channel.id, item)
-
-
-@dataclass(slots=True)
-class _FrameFaults:
-    duplicate: float = 0.0
-    #: Send duplicates re-serialised (other key order, whitespace, a new
-    #: CorrelationId), as the reference allows, instead of byte for byte.
-    reserialise: bool = False
-    reorder: float = 0.0
-    #: How many later frames overtake a held one.
-    reorder_depth: int = 1
-    #: Notifications reach the socket this late; pongs and heartbeats do not
-    #: wait, so a pong may overtake notifications sent before it.
-    delay_s: float = 0.0
-
-
-class _Ledger:
-    """A bounded record of every notification frame sent, in send order."""
-
-    def __init__(self, size: int) -> None:
-        self.entries: deque[LedgerEntry] = deque(maxlen=size)
-        self.next_seq = 1
-
-    def record(self, channel_id: str, item: _Pending) -> None:
-        self.entries.append(
-            LedgerEntry(
-                self.next_seq,
-                time.time(),
-                channel_id,
-                item.topic,
-                item.correlation_id,
-                item.conversation_id,
-                item.duplicate,
-            )
-        )
-        self.next_seq += 1
-
-
-def _envelope(topic: str, body: bytes, correlation_id: str) -> bytes:
-    # Built by concatenation: the body is already JSON, and the topic and
-    # correlation id contain no characters that need escaping (validated).
-    return b"".join(
-        (
-            b'{"topicName":"',
-            topic.encode(),
-            b'","version":"2","eventBody":',
-            body,
-            b',"metadata":{"CorrelationId":"',
-            correlation_id.encode(),
-            b'"}}',
-        )
-    )
-
-
-def _reserialised(frame: bytes, correlation_id: str) -> bytes:
-    """The same notification written anew: keys reversed, spaced out, a new CorrelationId."""
-    envelope = json.loads(frame)
-    envelope["metadata"] = {"CorrelationId": correlation_id}
-    return json.dumps(_reversed_keys(envelope), indent=1).encode()
-
-
-def _reversed_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _reversed_keys(value[key]) for key in reversed(value)}
-    if isinstance(value, list):
-        return [_reversed_keys(item) for item in value]
-    return value
-
-
-def _system_frame(
-    topic: str, channel_id: str, reason: str, message: str, kind: str | None = None
-) -> bytes:
-    body = msgspec.json.encode(
-        {
-            "channelId": channel_id,
-            "systemTopicType": kind or topic.split(".")[2],
-            "reason": reason,
-            "message": message,
-            "data": {},
-        }
-    )
-    return _envelope(topic, body, str(uuid.uuid4()))
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(data),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-    )
-
-
 class Emulator:
     """A running emulated Genesys Cloud.
 
@@ -419,6 +171,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._port = self.settings.port
+        self._control = ControlSurface(self)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -439,13 +192,28 @@ class Emulator:
         self.centre = ContactCentre(
             seed=s.seed, queues=s.queues, agents=s.agents, rate=s.rate, epoch=self.epoch
         )
-        self.ledger = _Ledger(s.ledger_size)
+        #: Every notification frame sent, in send order.
+        self.ledger = Ledger(s.ledger_size)
+        #: The API requests served: time, method, path and status.
         self.requests: deque[dict[str, Any]] = deque(maxlen=s.request_log_size)
-        self._links: dict[str, _SocketLink] = {}
-        self._http_faults: list[_HttpFault] = []
-        self._frame_faults: dict[str | None, _FrameFaults] = {}
+        #: The open socket of each connected channel, by channel id.
+        self.links: dict[str, SocketLink] = {}
+        #: Injected HTTP errors still waiting for their calls, oldest first.
+        self.http_faults: list[HttpFault] = []
+        #: Frame faults by channel id; under ``None``, those of every other channel.
+        self.frame_faults: dict[str | None, FrameFaults] = {}
         self._fault_rng = random.Random(s.seed)
-        self._blast: asyncio.Task[None] | None = None
+
+    def reset(self) -> None:
+        """Start again from the settings, as ``POST /__emulator__/reset`` does.
+
+        The blast stops, every socket is dropped, every channel, token, fault
+        and ledger entry is forgotten, and the org is rebuilt from the seed.
+        """
+        self._control.stop_blast()
+        for link in list(self.links.values()):
+            link.drop()
+        self._reset_state()
 
     # -- lifecycle ------------------------------------------------------
 
@@ -482,11 +250,10 @@ class Emulator:
         """Close every socket and the server."""
         for task in self._tasks:
             task.cancel()
-        if self._blast is not None:
-            self._blast.cancel()
-        for link in list(self._links.values()):
+        self._control.stop_blast()
+        for link in list(self.links.values()):
             link.drop()
-        self._links.clear()
+        self.links.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -508,40 +275,55 @@ class Emulator:
         )
         return now - self.epoch - frozen
 
+    @property
+    def running(self) -> bool:
+        """Whether the simulation runs, that is, was not frozen by the control surface."""
+        return self._frozen_since is None
+
+    def set_running(self, running: bool, now: float | None = None) -> None:
+        """Resume or freeze the simulation: its clock, and with it the org's traffic."""
+        now = time.time() if now is None else now
+        if running and self._frozen_since is not None:
+            self._frozen_s += now - self._frozen_since
+            self._frozen_since = None
+        elif not running and self._frozen_since is None:
+            self._frozen_since = now
+
     async def _pump(self) -> None:
         while True:
             await asyncio.sleep(self.settings.tick_s)
             now = time.time()
             for channel, reason in self.platform.reap(now):
-                self._channel_died(channel, reason)
+                self.channel_died(channel, reason)
             if self._frozen_since is None:
                 self.publish(self.centre.advance(self.sim_now(now)))
 
     def publish(self, publications: list[Publication]) -> None:
         """Fan publications out to every socket subscribed to their topics."""
-        links = self._links
+        links = self.links
         for pub in publications:
             for topic in pub.topics:
                 subscribers = self.platform.subscribers(topic)
                 if not subscribers:
                     continue
-                frame = _envelope(topic, pub.body, pub.correlation_id)
+                frame = envelope(topic, pub.body, pub.correlation_id)
                 for channel_id in subscribers:
                     link = links.get(channel_id)
                     if link is not None:
                         faults = (
-                            self._frame_faults.get(channel_id)
-                            or self._frame_faults.get(None)
+                            self.frame_faults.get(channel_id)
+                            or self.frame_faults.get(None)
                             or _NO_FAULTS
                         )
                         link.notify(
-                            _Pending(frame, topic, pub.correlation_id, pub.conversation_id),
+                            Pending(frame, topic, pub.correlation_id, pub.conversation_id),
                             self._fault_rng,
                             faults,
                         )
 
-    def _channel_died(self, channel: Channel, reason: str) -> None:
-        link = self._links.pop(channel.id, None)
+    def channel_died(self, channel: Channel, reason: str) -> None:
+        """Tell the socket of a channel that is gone, if it has one, and close it."""
+        link = self.links.pop(channel.id, None)
         if link is not None:
             msg = f"Channel {channel.id} is no longer valid: {reason}"
             link.send(msgspec.json.encode({"result": "404", "message": msg}))
@@ -565,17 +347,7 @@ class Emulator:
         r.add_get(f"{_API}/routing/queues", self._routing_queues)
         r.add_get(f"{_API}/conversations/{{conversation_id}}", self._conversation)
         r.add_post(f"{_API}/analytics/conversations/details/query", self._analytics_query)
-        c = "/__emulator__"
-        r.add_post(f"{c}/clients", self._ctl_clients)
-        r.add_get(f"{c}/org", self._ctl_org)
-        r.add_post(f"{c}/queues", self._ctl_queues)
-        r.add_delete(f"{c}/queues/{{queue_id}}", self._ctl_delete_queue)
-        r.add_get(f"{c}/channels", self._ctl_channels)
-        r.add_post(f"{c}/traffic", self._ctl_traffic)
-        r.add_post(f"{c}/faults", self._ctl_faults)
-        r.add_get(f"{c}/ledger", self._ctl_ledger)
-        r.add_get(f"{c}/requests", self._ctl_requests)
-        r.add_post(f"{c}/reset", self._ctl_reset)
+        self._control.add_routes(r)
 
     @web.middleware
     async def _middleware(
@@ -595,14 +367,14 @@ class Emulator:
             status = problem.status
             # Errors of an authenticated call carry its rate-limit headers too.
             headers = {**_RATELIMIT_HEADERS.get({}), **problem.headers}
-            return _json(problem.body(new_context_id()), problem.status, headers)
+            return json_response(problem.body(new_context_id()), problem.status, headers)
         except web.HTTPException as exc:
             status = exc.status
             if exc.status >= 400 and request.path.startswith(_API):
                 # Unknown routes and methods get the Genesys error shape as well.
                 shaped = ApiProblem(status, exc.reason.lower().replace(" ", "."), exc.reason)
                 allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-                return _json(shaped.body(new_context_id()), status, allow)
+                return json_response(shaped.body(new_context_id()), status, allow)
             raise
         finally:
             if not request.path.startswith("/__emulator__"):
@@ -616,23 +388,10 @@ class Emulator:
                 )
 
     def _injected_fault(self, request: web.Request) -> None:
-        for fault in self._http_faults:
+        for fault in self.http_faults:
             if fault.remaining > 0 and fault.matches(request):
                 fault.remaining -= 1
-                headers: dict[str, str] = {}
-                if fault.status == 429:
-                    retry = fault.retry_after_s if fault.retry_after_s is not None else 1.0
-                    headers["Retry-After"] = str(math.ceil(retry))
-                    raise ApiProblem(
-                        429,
-                        "too.many.requests.retry.after",
-                        "Rate limit exceeded the maximum. "
-                        f"Retry the request in [{math.ceil(retry)}] seconds",
-                        headers,
-                    )
-                raise ApiProblem(
-                    fault.status, "service.unavailable", "The service is currently unavailable."
-                )
+                raise fault.problem()
 
     def _authorized(self, request: web.Request) -> tuple[Token, dict[str, str]]:
         now = time.time()
@@ -646,7 +405,7 @@ class Emulator:
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
         if form.get("grant_type") != "client_credentials":
-            return _json(
+            return json_response(
                 {
                     "error": "unsupported_grant_type",
                     "description": "grant type not supported",
@@ -657,7 +416,7 @@ class Emulator:
         credentials = _basic_credentials(request.headers.get("Authorization"))
         token = self.platform.issue_token(*credentials, time.time()) if credentials else None
         if token is None:
-            return _json(
+            return json_response(
                 {
                     "error": "invalid_client",
                     "description": "authentication failed",
@@ -666,7 +425,9 @@ class Emulator:
                 self.settings.invalid_client_status,
             )
         lifetime = max(0, round(token.expires_at - token.issued_at))
-        return _json({"access_token": token.value, "token_type": "bearer", "expires_in": lifetime})
+        return json_response(
+            {"access_token": token.value, "token_type": "bearer", "expires_in": lifetime}
+        )
 
     # -- channels ---------------------------------------------------------
 
@@ -682,8 +443,8 @@ class Emulator:
         token, headers = self._authorized(request)
         channel, evicted = self.platform.create_channel(token, time.time())
         for victim in evicted:
-            self._channel_died(victim, "evicted: the client created more channels than allowed")
-        return _json(self._channel_json(channel, request), 200, headers)
+            self.channel_died(victim, "evicted: the client created more channels than allowed")
+        return json_response(self._channel_json(channel, request), 200, headers)
 
     async def _list_channels(self, request: web.Request) -> web.Response:
         token, headers = self._authorized(request)
@@ -694,7 +455,9 @@ class Emulator:
             "token" if scope == "token" else "oauthclient"
         )
         channels = self.platform.channels_of(token, scope_value)
-        return _json({"entities": [self._channel_json(c, request) for c in channels]}, 200, headers)
+        return json_response(
+            {"entities": [self._channel_json(c, request) for c in channels]}, 200, headers
+        )
 
     def _own_channel(self, request: web.Request, token: Token) -> Channel:
         channel_id = request.match_info["channel_id"]
@@ -715,7 +478,7 @@ class Emulator:
     async def _get_subscriptions(self, request: web.Request) -> web.Response:
         token, headers = self._authorized(request)
         channel = self._own_channel(request, token)
-        return _json(
+        return json_response(
             {"entities": [{"id": t, "state": "Permitted"} for t in channel.topics]}, 200, headers
         )
 
@@ -734,13 +497,13 @@ class Emulator:
             channel, topics, replace=replace, ignore_errors=ignore, now=time.time()
         )
         self._subscriptions_changed(channel)
-        return _json({"entities": entities}, 200, headers)
+        return json_response({"entities": entities}, 200, headers)
 
     def _subscriptions_changed(self, channel: Channel) -> None:
-        link = self._links.get(channel.id)
+        link = self.links.get(channel.id)
         if link is not None and self.settings.subscription_updated_frames:
             link.send(
-                _system_frame(
+                system_frame(
                     "v2.subscription.updated",
                     channel.id,
                     "subscription_updated",
@@ -776,12 +539,18 @@ class Emulator:
             )
             await ws.close()
             return ws
-        previous = self._links.pop(channel.id, None)
+        previous = self.links.pop(channel.id, None)
         if previous is not None:
             # One socket per channel: the newcomer wins, the old one is closed.
             previous.close_after_flush(1000)
-        link = _SocketLink(self, channel, ws, request)
-        self._links[channel.id] = link
+        link = SocketLink(
+            channel,
+            ws,
+            request,
+            ledger=self.ledger,
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+        )
+        self.links[channel.id] = link
         channel.connected = True
         channel.last_used = time.time()
         link.start()
@@ -798,13 +567,13 @@ class Emulator:
                     await asyncio.wait_for(asyncio.shield(link.tasks[0]), _CLOSE_FLUSH_S)
         finally:
             link.stop_tasks()
-            if self._links.get(channel.id) is link:
-                del self._links[channel.id]
+            if self.links.get(channel.id) is link:
+                del self.links[channel.id]
                 channel.connected = False
                 channel.last_used = time.time()
         return ws
 
-    def _client_text(self, link: _SocketLink, text: str) -> None:
+    def _client_text(self, link: SocketLink, text: str) -> None:
         try:
             message = msgspec.json.decode(text)
         except msgspec.DecodeError:
@@ -881,7 +650,7 @@ class Emulator:
             body["nextUri"] = uri(page_number + 1)
         if page_number > 1:
             body["previousUri"] = uri(page_number - 1)
-        return _json(body, 200, headers)
+        return json_response(body, 200, headers)
 
     async def _available_topics(self, request: web.Request) -> web.Response:
         _, headers = self._authorized(request)
@@ -890,7 +659,7 @@ class Emulator:
             for value in request.query.getall("expand", [])
             for part in value.split(",")
         }
-        return _json({"entities": available_topics(expand)}, 200, headers)
+        return json_response({"entities": available_topics(expand)}, 200, headers)
 
     async def _conversation(self, request: web.Request) -> web.Response:
         _, headers = self._authorized(request)
@@ -957,342 +726,15 @@ class Emulator:
         body: dict[str, Any] = {"totalHits": len(found)}
         if page:
             body["conversations"] = page
-        return _json(body, 200, headers)
-
-    # -- control surface ----------------------------------------------
-
-    async def _ctl_clients(self, request: web.Request) -> web.Response:
-        data = await _control_body(request)
-        try:
-            client = ClientApp(
-                client_id=validate_id(str(data["client_id"]), "client_id"),
-                client_secret=str(data["client_secret"]),
-                permissions=frozenset(str(p) for p in data.get("permissions", ["*"])),
-                token_lifetime_s=int(data.get("token_lifetime_s", 86399)),
-            )
-        except (KeyError, TypeError, ValueError, InvalidIdError) as exc:
-            raise web.HTTPBadRequest(
-                text=f"register a client with client_id, client_secret, optional permissions "
-                f"(list) and token_lifetime_s (int): {exc}"
-            ) from None
-        self.platform.register_client(client)
-        return _json(
-            {"client_id": client.client_id, "permissions": sorted(client.permissions)}, 201
-        )
-
-    async def _ctl_org(self, request: web.Request) -> web.Response:
-        return _json(self.centre.org())
-
-    async def _ctl_queues(self, request: web.Request) -> web.Response:
-        data = await _control_body(request)
-        name = data.get("name")
-        queue = self.centre.add_queue(str(name) if name is not None else None, self.sim_now())
-        return _json(queue.to_api(self.epoch), 201)
-
-    async def _ctl_delete_queue(self, request: web.Request) -> web.Response:
-        queue_id = request.match_info["queue_id"]
-        if not self.centre.remove_queue(queue_id):
-            raise web.HTTPNotFound(text=f"no queue {queue_id[:64]!r}")
-        return _json({"deleted": queue_id})
-
-    async def _ctl_channels(self, request: web.Request) -> web.Response:
-        return _json(
-            [
-                {
-                    "id": c.id,
-                    "client_id": c.client_id,
-                    "topic_count": len(c.topics),
-                    "connected": c.id in self._links,
-                    "expires": format_iso(c.expires_at),
-                    "created": format_iso(c.created_at),
-                }
-                for c in self.platform.channels.values()
-            ]
-        )
-
-    async def _ctl_traffic(self, request: web.Request) -> web.Response:
-        data = await _control_body(request)
-        now = time.time()
-        if "rate" in data:
-            rate = float(data["rate"])
-            if rate < 0:
-                raise web.HTTPBadRequest(text="rate must be >= 0 conversations per second")
-            self.centre.set_rate(rate, self.sim_now(now))
-        if "running" in data:
-            if data["running"] and self._frozen_since is not None:
-                self._frozen_s += now - self._frozen_since
-                self._frozen_since = None
-            elif not data["running"] and self._frozen_since is None:
-                self._frozen_since = now
-        if "blast" in data:
-            self._start_blast(data["blast"])
-        return _json(
-            {
-                "running": self._frozen_since is None,
-                "blasting": self._blast is not None and not self._blast.done(),
-            }
-        )
-
-    async def _ctl_faults(self, request: web.Request) -> web.Response:
-        data = await _control_body(request)
-        fault = data.get("fault")
-        handler = self._FAULTS.get(str(fault))
-        if handler is None:
-            raise web.HTTPBadRequest(
-                text=f"unknown fault {fault!r}; known: {', '.join(sorted(self._FAULTS))}"
-            )
-        try:
-            applied = handler(self, data)
-        except (TypeError, ValueError) as exc:
-            raise web.HTTPBadRequest(text=f"bad parameters for fault {fault}: {exc}") from None
-        return _json({"fault": fault, "applied": applied})
-
-    async def _ctl_ledger(self, request: web.Request) -> web.Response:
-        channel_id = request.query.get("channel_id")
-        since = int(request.query.get("since", "0"))
-        entries = [
-            e.to_json()
-            for e in self.ledger.entries
-            if e.seq > since and (channel_id is None or e.channel_id == channel_id)
-        ]
-        return _json({"entries": entries, "next_seq": self.ledger.next_seq})
-
-    async def _ctl_requests(self, request: web.Request) -> web.Response:
-        return _json({"requests": list(self.requests)})
-
-    async def _ctl_reset(self, request: web.Request) -> web.Response:
-        if self._blast is not None:
-            self._blast.cancel()
-        for link in list(self._links.values()):
-            link.drop()
-        self._reset_state()
-        return _json({"reset": True})
-
-    # -- faults -----------------------------------------------------------
-
-    def _targets(self, data: dict[str, Any], *, connected: bool) -> list[Channel]:
-        """The channels a fault applies to: the named one, or all (connected) ones."""
-        channel_id = data.get("channel_id")
-        if channel_id is not None:
-            channel = self.platform.channels.get(str(channel_id))
-            if channel is None:
-                raise ValueError(f"no channel {str(channel_id)[:64]!r}")
-            return [channel]
-        return [c for c in self.platform.channels.values() if not connected or c.id in self._links]
-
-    def _fault_drop_socket(self, data: dict[str, Any]) -> list[str]:
-        applied = []
-        for channel in self._targets(data, connected=True):
-            link = self._links.pop(channel.id, None)
-            if link is not None:
-                link.drop()
-                channel.connected = False
-                applied.append(channel.id)
-        return applied
-
-    def _fault_socket_closing(self, data: dict[str, Any]) -> list[str]:
-        delay = float(data.get("delay_s", self.settings.socket_closing_delay_s))
-        applied = []
-        for channel in self._targets(data, connected=True):
-            link = self._links.get(channel.id)
-            if link is None:
-                continue
-            link.send(
-                _system_frame(
-                    "v2.system.socket_closing",
-                    channel.id,
-                    "maintenance",
-                    "The WebSocket will close soon for maintenance",
-                )
-            )
-            asyncio.get_running_loop().call_later(delay, link.close_after_flush, 1001)
-            applied.append(channel.id)
-        return applied
-
-    def _fault_kill(self, data: dict[str, Any], reason: str) -> list[str]:
-        applied = []
-        for channel in self._targets(data, connected=False):
-            self.platform.remove_channel(channel.id)
-            self._channel_died(channel, reason)
-            applied.append(channel.id)
-        return applied
-
-    def _fault_expire(self, data: dict[str, Any]) -> list[str]:
-        return self._fault_kill(data, "channel expired")
-
-    def _fault_evict(self, data: dict[str, Any]) -> list[str]:
-        return self._fault_kill(data, "evicted: the client created more channels than allowed")
-
-    def _fault_revoke_token(self, data: dict[str, Any]) -> list[str]:
-        """Revoke the token behind a channel (or every token of a client, or all)."""
-        if data.get("channel_id") is not None:
-            tokens = {self._targets(data, connected=False)[0].token}
-        else:
-            client_id = data.get("client_id")
-            tokens = {
-                v
-                for v, t in self.platform.tokens.items()
-                if client_id is None or t.client_id == client_id
-            }
-        revoked = []
-        for value in tokens:
-            token = self.platform.tokens.get(value)
-            if token is None:
-                continue
-            self.platform.revoke(token)
-            revoked.append(token.client_id)
-            for channel in self.platform.channels.values():
-                link = self._links.get(channel.id)
-                if channel.token == value and link is not None:
-                    link.send(
-                        _system_frame(
-                            f"v2.system.token_revoked.{channel.id}",
-                            channel.id,
-                            "user_tokens_revoked",
-                            "The token that created this channel was revoked",
-                        )
-                    )
-        # The channels themselves die on the next reap, after the warning.
-        return sorted(set(revoked))
-
-    def _fault_no_longer_subscribed(self, data: dict[str, Any]) -> list[str]:
-        applied = []
-        for channel in self._targets(data, connected=False):
-            self.platform.clear(channel, time.time())
-            link = self._links.get(channel.id)
-            if link is not None:
-                link.send(
-                    _system_frame(
-                        f"v2.system.no_longer_subscribed.{channel.id}",
-                        channel.id,
-                        "another_channel_subscribed",
-                        "This channel is no longer subscribed to its topics",
-                    )
-                )
-            applied.append(channel.id)
-        return applied
-
-    def _fault_pause_heartbeats(self, data: dict[str, Any]) -> list[str]:
-        applied = []
-        for channel in self._targets(data, connected=True):
-            link = self._links.get(channel.id)
-            if link is not None:
-                link.go_silent()
-                applied.append(channel.id)
-        return applied
-
-    def _fault_garbage_frame(self, data: dict[str, Any]) -> list[str]:
-        garbage = str(data.get("data", "\u0000this is not json {")).encode()
-        applied = []
-        for channel in self._targets(data, connected=True):
-            link = self._links.get(channel.id)
-            if link is not None:
-                link.send(garbage)
-                applied.append(channel.id)
-        return applied
-
-    def _fault_http(self, data: dict[str, Any], status: int) -> list[str]:
-        count = int(data.get("count", 1))
-        retry_after = data.get("retry_after_s")
-        if count < 1 or not 400 <= status <= 599:
-            raise ValueError("count must be >= 1 and status an HTTP error status")
-        self._http_faults = [f for f in self._http_faults if f.remaining > 0]
-        self._http_faults.append(
-            _HttpFault(
-                status=status,
-                remaining=count,
-                retry_after_s=float(retry_after) if retry_after is not None else None,
-                path=str(data["path"]) if data.get("path") is not None else None,
-                method=str(data["method"]).upper() if data.get("method") is not None else None,
-            )
-        )
-        return [f"{count} x HTTP {status}"]
-
-    def _fault_http_429(self, data: dict[str, Any]) -> list[str]:
-        return self._fault_http(data, 429)
-
-    def _fault_http_5xx(self, data: dict[str, Any]) -> list[str]:
-        return self._fault_http(data, int(data.get("status", 503)))
-
-    def _fault_frames(
-        self, data: dict[str, Any], kind: Literal["duplicate", "reorder"]
-    ) -> list[str]:
-        probability = float(data.get("probability", 0.1))
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError("probability must be between 0 and 1")
-        key = str(data["channel_id"]) if data.get("channel_id") is not None else None
-        faults = self._frame_faults.setdefault(key, _FrameFaults())
-        setattr(faults, kind, probability)
-        if kind == "duplicate":
-            faults.reserialise = bool(data.get("reserialise", False))
-        if kind == "reorder":
-            depth = int(data.get("depth", 1))
-            if depth < 1:
-                raise ValueError("depth must be at least 1")
-            faults.reorder_depth = depth
-        return [key or "*"]
-
-    def _fault_delay(self, data: dict[str, Any]) -> list[str]:
-        delay = float(data.get("delay_s", 0.5))
-        if not 0.0 <= delay <= 60.0:
-            raise ValueError("delay_s must be between 0 and 60")
-        key = str(data["channel_id"]) if data.get("channel_id") is not None else None
-        self._frame_faults.setdefault(key, _FrameFaults()).delay_s = delay
-        return [key or "*"]
-
-    def _fault_duplicate(self, data: dict[str, Any]) -> list[str]:
-        return self._fault_frames(data, "duplicate")
-
-    def _fault_reorder(self, data: dict[str, Any]) -> list[str]:
-        return self._fault_frames(data, "reorder")
-
-    _FAULTS: ClassVar[dict[str, Callable[[Emulator, dict[str, Any]], list[str]]]] = {
-        "drop_socket": _fault_drop_socket,
-        "socket_closing": _fault_socket_closing,
-        "expire_channel": _fault_expire,
-        "evict_channel": _fault_evict,
-        "revoke_token": _fault_revoke_token,
-        "no_longer_subscribed": _fault_no_longer_subscribed,
-        "pause_heartbeats": _fault_pause_heartbeats,
-        "garbage_frame": _fault_garbage_frame,
-        "http_429": _fault_http_429,
-        "http_5xx": _fault_http_5xx,
-        "duplicate": _fault_duplicate,
-        "reorder": _fault_reorder,
-        "delay": _fault_delay,
-    }
-
-    # -- blast ----------------------------------------------------------
-
-    def _start_blast(self, spec: Any) -> None:
-        if not isinstance(spec, dict):
-            raise web.HTTPBadRequest(
-                text="blast must be an object: {topic, rate, count, size} or {stop: true}"
-            )
-        if self._blast is not None:
-            self._blast.cancel()
-            self._blast = None
-        if spec.get("stop"):
-            return
-        try:
-            topic = str(spec["topic"])
-            rate = float(spec.get("rate", 0))
-            count = int(spec["count"]) if spec.get("count") is not None else None
-            size = int(spec.get("size", 2048))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise web.HTTPBadRequest(
-                text=f"blast needs a topic, and numeric rate/count/size: {exc}"
-            ) from None
-        self._blast = asyncio.create_task(
-            self._run_blast(topic, rate, count, size), name="emulator-blast"
-        )
+        return json_response(body, 200, headers)
 
     def blast_body(self, topic: str, size: int) -> tuple[bytes, bytes, str]:
         """The blast's frame body as ``head + counter + tail``, and its conversation id prefix.
 
         The body's conversation id must be ``prefix`` followed by the 12-digit
         counter. A subclass may return a realistic snapshot instead (the
-        stream benchmark does); the pacing and draining stay here.
+        stream benchmark does); the pacing and draining stay the control
+        surface's (:mod:`genesys_mux.emulator.control`).
         """
         head = b'{"id":"blast-'
         tail = (
@@ -1301,48 +743,8 @@ class Emulator:
         )
         return head, tail, "blast-"
 
-    async def _run_blast(self, topic: str, rate: float, count: int | None, size: int) -> None:
-        """Send pre-encoded, distinct conversation frames on ``topic``.
 
-        ``rate`` is frames per second; 0 means as fast as the sockets drain.
-        Each frame differs only in a fixed-width counter, so building one is
-        a byte concatenation and a benchmark measures the client, not us.
-        """
-        head, tail, prefix = self.blast_body(topic, size)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        sent = 0
-        # At a fixed rate, a batch covers at most ~10 ms of frames, so the
-        # rate holds at any scale instead of arriving in 256-frame bursts.
-        batch = 256 if rate <= 0 else max(1, min(256, int(rate / 100)))
-        while count is None or sent < count:
-            n = batch if count is None else min(batch, count - sent)
-            pubs = []
-            for i in range(sent, sent + n):
-                counter = b"%012d" % i
-                pubs.append(
-                    Publication(
-                        (topic,),
-                        head + counter + tail,
-                        prefix + counter.decode(),
-                        f"00000000-0000-4000-8000-{i % 10**12:012d}",
-                        0.0,
-                    )
-                )
-            self.publish(pubs)
-            sent += n
-            if rate > 0:
-                await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
-            else:
-                # Let the writers drain before producing more, so memory stays flat.
-                # Polling, not an event: a link may die while we wait, and
-                # a missed wake-up here would stall a benchmark forever.
-                while any(link.queue.qsize() > 4 * batch for link in self._links.values()):  # noqa: ASYNC110
-                    await asyncio.sleep(0.001)
-                await asyncio.sleep(0)
-
-
-_NO_FAULTS = _FrameFaults()
+_NO_FAULTS = FrameFaults()
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -1411,19 +813,6 @@ def _touches_queue(record: dict[str, Any], queue_ids: set[str]) -> bool:
         for session in participant.get("sessions", [])
         for segment in session.get("segments", [])
     )
-
-
-async def _control_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise web.HTTPBadRequest(text="control requests take a JSON object body") from None
-    if not isinstance(data, dict):
-        raise web.HTTPBadRequest(text="control requests take a JSON object body")
-    return data
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,333 @@
+"""The emulator's faults, one function each, injected by ``POST /__emulator__/faults``.
+
+Theory of operation
+-------------------
+A fault is a function registered under its name with :func:`fault`. It
+takes the emulator and the request's JSON parameters, does its damage at
+once, and returns what it applied to (channel ids, client ids, or a short
+description), which the control surface answers with. Bad parameters raise
+:class:`ValueError` or :class:`TypeError`, answered 400. Without a
+``channel_id``, a fault hits every channel, and a socket fault every
+connected one (see :func:`_targets`).
+
+Most faults act on the spot through the emulator's sockets
+(:attr:`Emulator.links <genesys_mux.emulator.app.Emulator.links>`) and its
+platform. Three kinds are left in force instead and act later: the HTTP
+faults are :class:`HttpFault` entries in ``Emulator.http_faults``, consumed
+by the middleware of :mod:`genesys_mux.emulator.app`; ``duplicate``,
+``reorder`` and ``delay`` set a channel's (or every channel's)
+:class:`~genesys_mux.emulator.sockets.FrameFaults`, which
+:meth:`SocketLink.notify <genesys_mux.emulator.sockets.SocketLink.notify>`
+applies to each notification.
+
+The README's fault table documents every name and parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from aiohttp import web
+
+from genesys_mux.emulator.platform import ApiProblem, Channel
+from genesys_mux.emulator.sockets import FrameFaults, system_frame
+
+if TYPE_CHECKING:
+    from genesys_mux.emulator.app import Emulator
+
+__all__ = ["FAULTS", "Fault", "HttpFault", "fault"]
+
+#: A fault: it takes the emulator and the request's parameters, and returns
+#: what it applied to.
+Fault: TypeAlias = Callable[["Emulator", dict[str, Any]], list[str]]
+
+#: Every fault, by the name ``POST /__emulator__/faults`` knows it by.
+FAULTS: dict[str, Fault] = {}
+
+
+def fault(name: str) -> Callable[[Fault], Fault]:
+    """Register the decorated function as the fault ``name``."""
+
+    def register(handler: Fault) -> Fault:
+        FAULTS[name] = handler
+        return handler
+
+    return register
+
+
+@dataclass(slots=True)
+class HttpFault:
+    """An injected HTTP error, waiting for the next ``remaining`` matching API calls."""
+
+    status: int
+    remaining: int
+    retry_after_s: float | None
+    path: str | None
+    method: str | None
+
+    def matches(self, request: web.Request) -> bool:
+        """Whether ``request`` is one this fault is waiting for."""
+        return (self.path is None or self.path in request.path) and (
+            self.method is None or self.method == request.method
+        )
+
+    def problem(self) -> ApiProblem:
+        """The error a matching call is answered with."""
+        if self.status == 429:
+            retry = self.retry_after_s if self.retry_after_s is not None else 1.0
+            return ApiProblem(
+                429,
+                "too.many.requests.retry.after",
+                "Rate limit exceeded the maximum. "
+                f"Retry the request in [{math.ceil(retry)}] seconds",
+                {"Retry-After": str(math.ceil(retry))},
+            )
+        return ApiProblem(
+            self.status, "service.unavailable", "The service is currently unavailable."
+        )
+
+
+def _targets(emulator: Emulator, data: dict[str, Any], *, connected: bool) -> list[Channel]:
+    """The channels a fault applies to: the named one, or all (connected) ones."""
+    channel_id = data.get("channel_id")
+    if channel_id is not None:
+        channel = emulator.platform.channels.get(str(channel_id))
+        if channel is None:
+            raise ValueError(f"no channel {str(channel_id)[:64]!r}")
+        return [channel]
+    return [
+        c for c in emulator.platform.channels.values() if not connected or c.id in emulator.links
+    ]
+
+
+# -- sockets ------------------------------------------------------------------
+
+
+@fault("drop_socket")
+def drop_socket(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The TCP connection is aborted with no close frame; the channel survives."""
+    applied = []
+    for channel in _targets(emulator, data, connected=True):
+        link = emulator.links.pop(channel.id, None)
+        if link is not None:
+            link.drop()
+            channel.connected = False
+            applied.append(channel.id)
+    return applied
+
+
+@fault("socket_closing")
+def socket_closing(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """``v2.system.socket_closing``, then a 1001 close after ``delay_s``."""
+    delay_s = float(data.get("delay_s", emulator.settings.socket_closing_delay_s))
+    applied = []
+    for channel in _targets(emulator, data, connected=True):
+        link = emulator.links.get(channel.id)
+        if link is None:
+            continue
+        link.send(
+            system_frame(
+                "v2.system.socket_closing",
+                channel.id,
+                "maintenance",
+                "The WebSocket will close soon for maintenance",
+            )
+        )
+        asyncio.get_running_loop().call_later(delay_s, link.close_after_flush, 1001)
+        applied.append(channel.id)
+    return applied
+
+
+# -- channels and tokens ------------------------------------------------------
+
+
+def _kill(emulator: Emulator, data: dict[str, Any], reason: str) -> list[str]:
+    applied = []
+    for channel in _targets(emulator, data, connected=False):
+        emulator.platform.remove_channel(channel.id)
+        emulator.channel_died(channel, reason)
+        applied.append(channel.id)
+    return applied
+
+
+@fault("expire_channel")
+def expire_channel(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """``{"result":"404"}`` and a close; the channel is gone (HEAD answers 404)."""
+    return _kill(emulator, data, "channel expired")
+
+
+@fault("evict_channel")
+def evict_channel(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """``{"result":"404"}`` and a close, as for a channel evicted by a newer one."""
+    return _kill(emulator, data, "evicted: the client created more channels than allowed")
+
+
+@fault("revoke_token")
+def revoke_token(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """``v2.system.token_revoked.{channel}``; the token gets 401, its channels die."""
+    # The token behind a channel, or every token of a client, or all.
+    if data.get("channel_id") is not None:
+        tokens = {_targets(emulator, data, connected=False)[0].token}
+    else:
+        client_id = data.get("client_id")
+        tokens = {
+            v
+            for v, t in emulator.platform.tokens.items()
+            if client_id is None or t.client_id == client_id
+        }
+    revoked = []
+    for value in tokens:
+        token = emulator.platform.tokens.get(value)
+        if token is None:
+            continue
+        emulator.platform.revoke(token)
+        revoked.append(token.client_id)
+        for channel in emulator.platform.channels.values():
+            link = emulator.links.get(channel.id)
+            if channel.token == value and link is not None:
+                link.send(
+                    system_frame(
+                        f"v2.system.token_revoked.{channel.id}",
+                        channel.id,
+                        "user_tokens_revoked",
+                        "The token that created this channel was revoked",
+                    )
+                )
+    # The channels themselves die on the next reap, after the warning.
+    return sorted(set(revoked))
+
+
+@fault("no_longer_subscribed")
+def no_longer_subscribed(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """``v2.system.no_longer_subscribed.{channel}``; the subscriptions are cleared."""
+    applied = []
+    for channel in _targets(emulator, data, connected=False):
+        emulator.platform.clear(channel, time.time())
+        link = emulator.links.get(channel.id)
+        if link is not None:
+            link.send(
+                system_frame(
+                    f"v2.system.no_longer_subscribed.{channel.id}",
+                    channel.id,
+                    "another_channel_subscribed",
+                    "This channel is no longer subscribed to its topics",
+                )
+            )
+        applied.append(channel.id)
+    return applied
+
+
+# -- what a socket sends ------------------------------------------------------
+
+
+@fault("pause_heartbeats")
+def pause_heartbeats(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """A half-open socket: nothing more is sent and nothing read, not even a close."""
+    applied = []
+    for channel in _targets(emulator, data, connected=True):
+        link = emulator.links.get(channel.id)
+        if link is not None:
+            link.go_silent()
+            applied.append(channel.id)
+    return applied
+
+
+@fault("garbage_frame")
+def garbage_frame(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """A text frame that is not JSON (``data``, or a default)."""
+    garbage = str(data.get("data", "\u0000this is not json {")).encode()
+    applied = []
+    for channel in _targets(emulator, data, connected=True):
+        link = emulator.links.get(channel.id)
+        if link is not None:
+            link.send(garbage)
+            applied.append(channel.id)
+    return applied
+
+
+# -- HTTP ---------------------------------------------------------------------
+
+
+def _http(emulator: Emulator, data: dict[str, Any], status: int) -> list[str]:
+    count = int(data.get("count", 1))
+    retry_after = data.get("retry_after_s")
+    if count < 1 or not 400 <= status <= 599:
+        raise ValueError("count must be >= 1 and status an HTTP error status")
+    emulator.http_faults = [f for f in emulator.http_faults if f.remaining > 0]
+    emulator.http_faults.append(
+        HttpFault(
+            status=status,
+            remaining=count,
+            retry_after_s=float(retry_after) if retry_after is not None else None,
+            path=str(data["path"]) if data.get("path") is not None else None,
+            method=str(data["method"]).upper() if data.get("method") is not None else None,
+        )
+    )
+    return [f"{count} x HTTP {status}"]
+
+
+@fault("http_429")
+def http_429(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The next ``count`` matching API calls get 429 with ``Retry-After``."""
+    return _http(emulator, data, 429)
+
+
+@fault("http_5xx")
+def http_5xx(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The next ``count`` matching API calls fail with ``status`` (503)."""
+    return _http(emulator, data, int(data.get("status", 503)))
+
+
+# -- notifications ------------------------------------------------------------
+
+
+def _probability(data: dict[str, Any]) -> float:
+    probability = float(data.get("probability", 0.1))
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError("probability must be between 0 and 1")
+    return probability
+
+
+def _frame_faults(emulator: Emulator, data: dict[str, Any]) -> tuple[str | None, FrameFaults]:
+    """The named channel's frame faults, or every channel's (``None``), made if missing."""
+    key = str(data["channel_id"]) if data.get("channel_id") is not None else None
+    return key, emulator.frame_faults.setdefault(key, FrameFaults())
+
+
+@fault("duplicate")
+def duplicate(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """Notifications sent twice; with ``reserialise``, the copy is written anew."""
+    probability = _probability(data)
+    key, faults = _frame_faults(emulator, data)
+    faults.duplicate = probability
+    faults.reserialise = bool(data.get("reserialise", False))
+    return [key or "*"]
+
+
+@fault("reorder")
+def reorder(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """A notification held back until ``depth`` later ones have overtaken it."""
+    probability = _probability(data)
+    key, faults = _frame_faults(emulator, data)
+    faults.reorder = probability
+    depth = int(data.get("depth", 1))
+    if depth < 1:
+        raise ValueError("depth must be at least 1")
+    faults.reorder_depth = depth
+    return [key or "*"]
+
+
+@fault("delay")
+def delay(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """Notifications arrive ``delay_s`` late; pongs and heartbeats do not wait."""
+    delay_s = float(data.get("delay_s", 0.5))
+    if not 0.0 <= delay_s <= 60.0:
+        raise ValueError("delay_s must be between 0 and 60")
+    key, faults = _frame_faults(emulator, data)
+    faults.delay_s = delay_s
+    return [key or "*"]
