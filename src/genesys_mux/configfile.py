@@ -26,7 +26,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,6 +53,7 @@ __all__ = [
     "RedisSinkSpec",
     "Settings",
     "SinkSpec",
+    "StateSection",
     "StdoutSinkSpec",
     "WebhookSinkSpec",
     "check_environment",
@@ -213,11 +214,55 @@ SinkSpec = Annotated[
 ]
 
 
+class StateSection(BaseModel):
+    """Where streams keep their checkpoints across restarts (``[state]``)."""
+
+    model_config = _STRICT
+
+    path: PathField = Field(
+        default="genesys-mux-state.db", description="SQLite file (when no url is given)."
+    )
+    url: str | None = Field(default=None, description="redis://host:port/db (no password here).")
+    url_env: str | None = Field(
+        default=None, description="Variable holding the Redis URL, if it has a password."
+    )
+    prefix: str = Field(default="genesys-mux:", min_length=1, max_length=200)
+    checkpoint_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> StateSection:
+        if self.url is not None and self.url_env is not None:
+            raise ValueError("give url or url_env, not both")
+        if self.url is not None:
+            if not self.url.startswith(("redis://", "rediss://")):
+                raise ValueError("url must be a redis:// or rediss:// URL")
+            if "@" in self.url:
+                raise ValueError(
+                    "the url holds credentials; put it in an environment variable named by url_env"
+                )
+        return self
+
+    def target(self, env: Mapping[str, str] | None = None) -> str:
+        """The store to open: the Redis URL (from ``url`` or ``url_env``), else the file path."""
+        if self.url is not None:
+            return self.url
+        if self.url_env is not None:
+            value = (os.environ if env is None else env).get(self.url_env)
+            if not value:
+                raise ConfigError(
+                    f"[state] url_env names {self.url_env}, which is not set; set it to the "
+                    "redis:// URL of the state store"
+                )
+            return value
+        return self.path
+
+
 class _Document(BaseModel):
     model_config = _STRICT
 
     genesys: GenesysSection = GenesysSection()
     settings: Settings = Settings()
+    state: StateSection = StateSection()
     streams: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -237,6 +282,7 @@ class ConfigFile:
     #: Sinks of each stream, by stream id.
     sinks: Mapping[str, tuple[SinkSpec, ...]]
     source: str = "the configuration"
+    state: StateSection = field(default_factory=StateSection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +338,10 @@ def parse_config(
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, ""))
         document = _Document.model_construct(
-            genesys=GenesysSection(), settings=Settings(), streams=_stream_list(data)
+            genesys=GenesysSection(),
+            settings=Settings(),
+            state=StateSection(),
+            streams=_stream_list(data),
         )
     stream_items: list[dict[str, Any]] = []
     sinks: dict[str, tuple[SinkSpec, ...]] = {}
@@ -312,11 +361,19 @@ def parse_config(
         streams = parse_streams(stream_items, max_streams=document.settings.max_streams)
     except StreamConfigError as exc:
         errors.extend(exc.errors)
-    genesys, settings = document.genesys, document.settings
+    genesys, settings, state = document.genesys, document.settings, document.state
     if base_dir is not None and not errors:
         genesys, settings, sinks = _resolved(base_dir, genesys, settings, sinks)
+        if not Path(state.path).is_absolute():
+            state = state.model_copy(update={"path": str(base_dir / state.path)})
     if not errors:
         errors.extend(_missing_directories(settings, sinks))
+        if state.url is None and state.url_env is None:
+            directory = Path(state.path).parent
+            if not directory.is_dir():
+                errors.append(
+                    ("state.path", f"directory {directory} of {state.path!r} does not exist")
+                )
     if errors:
         raise ConfigFileError(errors, source)
     return ConfigFile(
@@ -325,6 +382,7 @@ def parse_config(
         streams=tuple(streams),
         sinks={s.id: sinks.get(s.id, ()) for s in streams},
         source=source,
+        state=state,
     )
 
 

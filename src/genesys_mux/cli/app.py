@@ -267,6 +267,13 @@ def run(
         float | None, typer.Option(min=1, help="Stop after this many seconds.")
     ] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+    reset_state: Annotated[
+        bool,
+        typer.Option(
+            "--reset-state",
+            help="Move the saved state aside (never deleted) and start afresh.",
+        ),
+    ] = False,
 ) -> None:
     """Run a configuration file's streams against a tenant (credentials from the environment)."""
     configure_logging(level="WARNING" if tui else "INFO", json=log_json)
@@ -288,6 +295,8 @@ def run(
     }
     if overrides:
         loaded = dataclasses.replace(loaded, settings=loaded.settings.model_copy(update=overrides))
+    if reset_state and tools.reset_state(loaded, console) != 0:
+        raise typer.Exit(2)
 
     async def main(stop: asyncio.Event) -> int:
         runtime = Runtime(
@@ -371,6 +380,29 @@ def dlq_purge(
     if not yes and not typer.confirm(f"Delete dead letters from {path}?"):
         raise typer.Exit(1)
     raise typer.Exit(tools.dlq_purge(path, stream, console))
+
+
+state_app = typer.Typer(
+    help="Inspect or prune the state streams keep across restarts.", no_args_is_help=True
+)
+app.add_typer(state_app, name="state")
+
+
+@state_app.command("show")
+def state_show(
+    config: ConfigOption,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Each stream's saved state: next sequence, watermark, remembered keys, the store."""
+    configure_logging(level="WARNING")
+    raise typer.Exit(tools.state_show(config, as_json, console))
+
+
+@state_app.command("prune")
+def state_prune(config: ConfigOption) -> None:
+    """Forget the saved state of streams no longer in the configuration."""
+    configure_logging(level="WARNING")
+    raise typer.Exit(tools.state_prune(config, console))
 
 
 def main() -> None:

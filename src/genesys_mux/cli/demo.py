@@ -61,6 +61,7 @@ def demo_config(org: dict[str, Any], workdir: Path, admin_port: int | None = Non
     team = [u["id"] for u in org["users"][:8]]
     return parse_config(
         {
+            "state": {"path": str(workdir / "state.db")},
             "settings": {
                 "dlq_path": str(workdir / "dlq.jsonl"),
                 "metric_interval_s": 10.0,

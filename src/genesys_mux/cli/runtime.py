@@ -58,6 +58,7 @@ from genesys_mux.sinks.jsonl import JsonlSink
 from genesys_mux.sinks.redis_streams import RedisStreamSink
 from genesys_mux.sinks.stdout import StdoutSink
 from genesys_mux.sinks.webhook import WebhookSink
+from genesys_mux.state import open_store
 
 __all__ = ["Output", "Runtime", "build_sink"]
 
@@ -226,6 +227,8 @@ class Runtime:
             backfill=settings.backfill,
             dlq=settings.dlq_path,
             pool_settings=self.pool_settings,
+            state=open_store(self.config.state.target(), prefix=self.config.state.prefix),
+            checkpoint_interval_s=self.config.state.checkpoint_interval_s,
         )
         self.mux = mux
         audit.attach(mux)

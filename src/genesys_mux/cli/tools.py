@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,17 @@ from rich.text import Text
 
 from genesys_mux.cli.runtime import build_sink
 from genesys_mux.configfile import (
+    ConfigFile,
     GenesysSection,
     check_environment,
     json_schema,
     load_config,
     load_credentials,
 )
+from genesys_mux.core.checkpoint import StreamCheckpoint
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
+from genesys_mux.core.timestamps import format_iso
 from genesys_mux.core.topics import expand_topic
 from genesys_mux.errors import ConfigError, ConfigFileError, GenesysMuxError
 from genesys_mux.net.auth import TokenProvider
@@ -42,6 +45,7 @@ from genesys_mux.regions import endpoints_for
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import file_lock, read_dead_letters
 from genesys_mux.sinks.fanout import deliver_stream
+from genesys_mux.state import StateStore, open_store
 
 __all__ = [
     "dlq_list",
@@ -378,3 +382,101 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
         f"{remaining} remain in {path}"
     )
     return 0 if not failed else 1
+
+
+# -- state ---------------------------------------------------------------------------
+
+
+def _store_of(config_path: Path) -> tuple[ConfigFile, StateStore]:
+    config = load_config(config_path)
+    return config, open_store(config.state.target(), prefix=config.state.prefix)
+
+
+def state_show(config_path: Path, as_json: bool, console: Console) -> int:
+    """Show each stream's saved state: next sequence, watermark, remembered keys."""
+
+    async def read() -> tuple[ConfigFile, str, Mapping[str, StreamCheckpoint]]:
+        config, store = _store_of(config_path)
+        await store.open()
+        try:
+            return config, store.name, await store.load()
+        finally:
+            await store.close()
+
+    try:
+        config, name, checkpoints = asyncio.run(read())
+    except GenesysMuxError as exc:
+        print_error(console, exc)
+        return 2
+    configured = {s.id for s in config.streams}
+    rows = [
+        {
+            "stream_id": stream_id,
+            "configured": stream_id in configured,
+            "next_sequence": c.next_sequence,
+            "watermark": c.watermark,
+            "remembered": len(c.memory),
+            "epoch": c.epoch,
+            "saved_at": c.saved_at,
+        }
+        for stream_id, c in sorted(checkpoints.items())
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps({"store": name, "streams": rows}) + "\n")
+        return 0
+    out = Console()  # the listing is the command's output: stdout, so it pipes
+    table = Table(title=f"state in {name}: {len(rows)} stream(s)")
+    for column in ("stream", "next sequence", "watermark", "remembered", "saved", "note"):
+        table.add_column(column)
+    for row in rows:
+        watermark = row["watermark"]
+        table.add_row(
+            str(row["stream_id"]),
+            str(row["next_sequence"]),
+            "-" if watermark is None else format_iso(float(str(watermark))),
+            str(row["remembered"]),
+            format_iso(float(str(row["saved_at"]))),
+            "" if row["configured"] else "not in the configuration (state prune removes it)",
+        )
+    out.print(table)
+    return 0
+
+
+def state_prune(config_path: Path, console: Console) -> int:
+    """Forget the saved state of streams that are no longer in the configuration."""
+
+    async def prune() -> tuple[str, list[str]]:
+        config, store = _store_of(config_path)
+        await store.open()
+        try:
+            configured = {s.id for s in config.streams}
+            gone = sorted(set(await store.load()) - configured)
+            await store.remove(gone)
+            return store.name, gone
+        finally:
+            await store.close()
+
+    try:
+        name, gone = asyncio.run(prune())
+    except GenesysMuxError as exc:
+        print_error(console, exc)
+        return 2
+    listed = ", ".join(gone) if gone else "none"
+    console.print(f"removed the state of {len(gone)} stream(s) from {name}: {listed}", markup=False)
+    return 0
+
+
+def reset_state(config: ConfigFile, console: Console) -> int:
+    """Move the configured state aside (never deleted), so the next run starts afresh."""
+
+    async def move() -> str:
+        store = open_store(config.state.target(), prefix=config.state.prefix)
+        return await store.move_aside()
+
+    try:
+        where = asyncio.run(move())
+    except GenesysMuxError as exc:
+        print_error(console, exc)
+        return 2
+    console.print(f"previous state moved aside to {where}", markup=False)
+    return 0

@@ -8,6 +8,7 @@ URL may carry a password; ``name`` (used in every message) never does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -120,6 +121,22 @@ class RedisStateStore:
             await self._connect().delete(*keys)
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot write the state: {exc}") from exc
+
+    async def move_aside(self) -> str:
+        """Rename every state key to ``{prefix}state-moved-<time>:...``; returns that prefix."""
+        client = self._connect()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        old = f"{self.prefix}state:"
+        new = f"{self.prefix}state-moved-{stamp}:"
+        try:
+            async for key in client.scan_iter(match=f"{old}*", count=500):
+                name = key.decode()
+                await client.rename(name, new + name[len(old) :])
+        except _ERRORS as exc:
+            raise StateError(f"{self.name}: cannot move the state aside: {exc}") from exc
+        finally:
+            await self.close()
+        return f"{self.name} keys {new}*"
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -91,6 +92,24 @@ class SqliteStateStore:
 
         if self._db is not None:
             await self._run(close)
+
+    async def move_aside(self) -> str:
+        """Rename the file (and its WAL files) to ``<name>.moved-<time>``; returns the new name."""
+        await self.close()
+
+        def move() -> str:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            target = self.path.with_name(f"{self.path.name}.moved-{stamp}")
+            for suffix in ("", "-wal", "-shm"):
+                source = Path(f"{self.path}{suffix}")
+                if source.exists():
+                    source.rename(Path(f"{target}{suffix}"))
+            return str(target)
+
+        try:
+            return await asyncio.to_thread(move)
+        except OSError as exc:
+            raise StateError(f"{self.name}: cannot move it aside: {exc}") from exc
 
     # -- internals ---------------------------------------------------------------
 

@@ -35,6 +35,13 @@ class StateStore(Protocol):
     async def close(self) -> None:
         """Release connections and files; the store may be opened again."""
 
+    async def move_aside(self) -> str:
+        """Set the current state aside (never deleted) so the next open starts afresh.
+
+        Returns where it went. Call on a closed store.
+        """
+        ...
+
 
 class MemoryStateStore:
     """Checkpoints in this process only: the library's default, lost with the process."""
@@ -63,6 +70,11 @@ class MemoryStateStore:
 
     async def close(self) -> None:
         """Nothing to close."""
+
+    async def move_aside(self) -> str:
+        """Forget everything (memory has nowhere to keep it)."""
+        self._checkpoints.clear()
+        return "nowhere (memory)"
 
 
 def open_store(

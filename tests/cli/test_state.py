@@ -1,0 +1,85 @@
+"""``run`` keeps its streams' state in a file; ``state show``/``prune``, ``--reset-state``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from genesys_mux.emulator import Emulator
+from tests.cli.conftest import run_cli
+from tests.cli.test_run import DEMO_CREDENTIALS, TWO_STREAMS, json_lines
+
+ONE_STREAM = """\
+[settings]
+dlq_path = "dlq.jsonl"
+
+[[streams]]
+id = "chats"
+filter = { channelType = "chat" }
+"""
+
+
+async def run_for(emulator: Emulator, tmp_path: Path, *extra: str) -> list[dict[str, Any]]:
+    result = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3", *extra,
+        env=DEMO_CREDENTIALS,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 0, result.why()
+    return json_lines(result.stdout)
+
+
+async def test_run_continues_its_numbering_and_reports_the_downtime(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    first = await run_for(emulator, tmp_path)
+    assert (tmp_path / "genesys-mux-state.db").is_file(), "the default state file"
+    second = await run_for(emulator, tmp_path)
+    chats_before = [e["sequence"] for e in first if e["kind"] == "event"]
+    chats_after = [e["sequence"] for e in second if e["kind"] == "event"]
+    assert chats_before
+    assert chats_after
+    assert chats_after[0] == chats_before[-1] + 1
+    restart = [g for g in second if g["kind"] == "gap" and g["reason"] == "restart"]
+    assert len(restart) == 1
+    assert second[0] == restart[0]
+
+    shown = await run_cli("state", "show", "-c", "mux.toml", "--json", cwd=tmp_path)
+    assert shown.code == 0, shown.why()
+    state = json.loads(shown.stdout)
+    assert state["store"].startswith("sqlite:")
+    streams = {s["stream_id"]: s for s in state["streams"]}
+    assert set(streams) == {"calls", "chats"}
+    assert streams["chats"]["next_sequence"] == chats_after[-1] + 1
+
+    # A stream removed from the configuration keeps its state until pruned.
+    (tmp_path / "mux.toml").write_text(ONE_STREAM)
+    pruned = await run_cli("state", "prune", "-c", "mux.toml", cwd=tmp_path)
+    assert pruned.code == 0, pruned.why()
+    assert "removed the state of 1 stream(s)" in pruned.stdout + pruned.stderr
+    shown = await run_cli("state", "show", "-c", "mux.toml", "--json", cwd=tmp_path)
+    assert [s["stream_id"] for s in json.loads(shown.stdout)["streams"]] == ["chats"]
+
+    # --reset-state moves the file aside and numbering starts again.
+    third = await run_for(emulator, tmp_path, "--reset-state")
+    assert next(e for e in third if e["kind"] == "event")["sequence"] == 1
+    assert [n for n in os.listdir(tmp_path) if n.startswith("genesys-mux-state.db.moved-")]
+
+
+async def test_an_unreadable_state_file_is_a_one_line_error_and_left_alone(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    (tmp_path / "genesys-mux-state.db").write_bytes(b"not a database" * 100)
+    result = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3",
+        env=DEMO_CREDENTIALS,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 2, result.why()
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert any("is not a SQLite database" in line and "--reset-state" in line for line in errors)
+    assert (tmp_path / "genesys-mux-state.db").read_bytes() == b"not a database" * 100
