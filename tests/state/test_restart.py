@@ -11,6 +11,7 @@ from genesys_mux import Gap, Multiplexer, StreamEvent
 from genesys_mux.core.events import ControlEvent, StreamStateReset
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import StateError
+from genesys_mux.observability.metrics import readiness
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 from genesys_mux.state import RedisStateStore, SqliteStateStore, StateStore
 from tests.net.test_multiplexer import FAST_POOL, Collector, org_settings
@@ -129,5 +130,28 @@ async def test_unsettled_events_hold_the_watermark_back(tmp_path: Path) -> None:
             assert mux.watermark("all") == first.received_at
             mux.settle("all", first.sequence)
             assert mux.watermark("all") > first.received_at
+        finally:
+            await mux.stop(drain=False)
+
+
+async def test_a_state_store_that_goes_away_is_reported_and_never_stops_the_feed(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStateStore(redis_server.url, prefix="away:", timeout_s=0.5)
+    async with Emulator(org_settings(rate=20.0)) as emulator:
+        mux = a_mux(emulator, store)
+        await mux.start()
+        try:
+            await mux.add_stream(STREAM)
+            seen = Collector(mux.stream("all"))
+            await eventually(lambda: len(seen.events()) >= 3)
+            await redis_server.stop(save=False)
+            await eventually(lambda: mux.state_failure is not None)
+            assert "cannot write the state" in (readiness(mux).reason or "")
+            count = len(seen.events())
+            await eventually(lambda: len(seen.events()) > count + 5)  # the feed goes on
+            await redis_server.start()
+            await eventually(lambda: mux.state_failure is None, within=30.0)
+            assert readiness(mux).ready
         finally:
             await mux.stop(drain=False)

@@ -233,6 +233,8 @@ class Multiplexer:
         # With no store asked for, nothing outlives the process: no point
         # in paying for periodic checkpoints.
         self._checkpointing = state is not None
+        #: Why the last checkpoint failed, while the store keeps failing (for ``/readyz``).
+        self.state_failure: str | None = None
         self._checkpoints: dict[str, StreamCheckpoint] = {}
         #: Receive time of the last notification dispatched: everything
         #: received before it has been offered to the streams.
@@ -525,16 +527,18 @@ class Multiplexer:
         return len(due)
 
     async def _checkpoint_periodically(self) -> None:
-        retries = Retries(f"checkpoint to {self.state_store.name}", Backoff(1.0, 60.0), logger=log)
+        retries = Retries(f"checkpoint to {self.state_store.name}", Backoff(1.0, 10.0), logger=log)
         while True:
             await asyncio.sleep(self.checkpoint_interval_s)
             try:
                 await self.checkpoint()
             except StateError as exc:
+                self.state_failure = str(exc)
                 self._report(StateStoreFailed(self.state_store.name, str(exc)))
                 delay = retries.failed(exc) or 0.0
                 await asyncio.sleep(delay)
             else:
+                self.state_failure = None
                 retries.succeeded()
 
     async def remove_stream(self, stream_id: str) -> None:

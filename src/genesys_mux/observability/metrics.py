@@ -204,6 +204,9 @@ def readiness(mux: Multiplexer) -> Readiness:
         )
         detail = f": slots {', '.join(down)}" if down else ""
         return Readiness(False, f"not every channel is live and subscribed{detail}")
+    if mux.state_failure is not None:
+        # The feed goes on, but a restart now would lose more than it should.
+        return Readiness(False, f"state store failing: {mux.state_failure}")
     return Readiness(True)
 
 
