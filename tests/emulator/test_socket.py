@@ -774,6 +774,26 @@ async def test_delay_fault_lets_a_pong_overtake_notifications_and_a_close_waits_
             assert len(await ledger(api, channel["id"])) == 30
 
 
+async def test_a_frame_held_by_the_reorder_fault_goes_out_before_a_close(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with emulated(session, rate=0.0) as (_, api):
+        channel = await subscribed_channel(api, [BLAST_TOPIC])
+        async with api.session.ws_connect(channel["connectUri"], autoclose=False) as ws:
+            await sync(ws)
+            await fault(api, "reorder", channel_id=channel["id"], probability=1.0)
+            state = await traffic(api, blast={"topic": BLAST_TOPIC, "rate": 0, "count": 1})
+            while state["blasting"]:
+                state = await traffic(api)
+            # One frame, held until another overtakes it: none ever will.
+            assert keys(await sync(ws)) == []
+            await ws.send_frame((1000).to_bytes(2, "big"), aiohttp.WSMsgType.CLOSE)
+            frames, end = await until_closed(ws)
+            assert end.type == aiohttp.WSMsgType.CLOSE
+            assert len([f for f in frames if is_notification(f)]) == 1
+            assert len(await ledger(api, channel["id"])) == 1
+
+
 # -- the ledger ---------------------------------------------------------------------
 
 

@@ -39,14 +39,13 @@ patched for the test: :meth:`ChannelPool.frames` (every notification read
 off a socket, with its channel) and :meth:`Stream.offer` (what each stream
 decided about each notification, read off its counters).
 
-**Known defects** have tests of their own, marked ``xfail(strict=True)``:
-:func:`test_notifications_behind_a_404_are_read_or_in_the_gap` and
-:func:`test_live_is_false_while_a_channel_has_lost_its_subscriptions`.
-The chaos run keeps their triggers out (the injector's guards in
-:class:`Chaos`, and a wait for recovery before the stop that asks the
-platform, not ``mux.live``), so that its verdict does not depend on the
-dice. :func:`test_a_stop_while_a_rotation_waits_reports_the_unsubscribed_window`
-holds a defect the chaos run found, since fixed.
+**Defects the chaos run found** have tests of their own, each fixed since:
+:func:`test_notifications_behind_a_404_are_read_or_in_the_gap`,
+:func:`test_live_is_false_while_a_channel_has_lost_its_subscriptions` and
+:func:`test_a_stop_while_a_rotation_waits_reports_the_unsubscribed_window`.
+The chaos run still keeps the first two triggers out (the injector's guards
+in :class:`Chaos`, and a wait for recovery before the stop that asks the
+platform, not ``mux.live``), so that its verdict does not depend on the dice.
 
 Environment: ``GENESYS_MUX_CHAOS_S`` is the soak variant's length (300 s;
 the short variant runs ``SHORT_S`` in the normal suite),
@@ -1076,15 +1075,6 @@ async def test_chaos_soak(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known defect: on {'result':'404'} the pool gives the socket up at once "
-        "(_Socket.abandon() cancels its reader, and aiohttp's close() discards data frames), "
-        "so notifications the platform still writes before its close frame, published "
-        "before the gap's start, are neither delivered nor inside the gap"
-    ),
-)
 async def test_notifications_behind_a_404_are_read_or_in_the_gap() -> None:
     """A notification published before a channel died is delivered, or inside the gap.
 
@@ -1238,14 +1228,6 @@ async def test_a_stop_while_a_rotation_waits_reports_the_unsubscribed_window() -
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known defect: ChannelPool.live (and Multiplexer.live, 'every channel is live and "
-        "subscribed', behind /readyz) checks the socket and the applied version, not "
-        "whether the channel's subscriptions went (no_longer_subscribed, token_revoked)"
-    ),
-)
 async def test_live_is_false_while_a_channel_has_lost_its_subscriptions() -> None:
     """``live`` promises every channel is live *and subscribed*.
 

@@ -401,10 +401,17 @@ class Stream:
         """The sequence number the next accepted event gets."""
         return self._next_sequence
 
-    def add_gap(self, gap: Gap) -> None:
-        """Queue a gap; gaps are never dropped and do not count against the buffer."""
+    def add_gap(self, gap: Gap, *, first: bool = False) -> None:
+        """Queue a gap; gaps are never dropped and do not count against the buffer.
+
+        ``first`` puts it ahead of everything buffered: a window that ended
+        before they were received (a restart's) comes before them.
+        """
         self.counters.gaps += 1
-        self._buffer.append(gap)
+        if first:
+            self._buffer.appendleft(gap)
+        else:
+            self._buffer.append(gap)
 
     def _remember(self, key: str) -> _Seen:
         seen = self._seen.get(key)

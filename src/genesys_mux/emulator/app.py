@@ -202,7 +202,9 @@ class Emulator:
         self.http_faults: list[HttpFault] = []
         #: Frame faults by channel id; under ``None``, those of every other channel.
         self.frame_faults: dict[str | None, FrameFaults] = {}
-        self._fault_rng = random.Random(s.seed)
+        # Its own sequence, not the org's: a re-serialised duplicate's new
+        # CorrelationId must never be one the org gives a real notification.
+        self._fault_rng = random.Random(f"faults:{s.seed}")
 
     def reset(self) -> None:
         """Start again from the settings, as ``POST /__emulator__/reset`` does.

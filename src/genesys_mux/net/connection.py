@@ -237,6 +237,8 @@ class _Socket:
         self.first_notification_at: float | None = None
         #: Set once a drain's pong has been read (or waited for in vain).
         self.drained = False
+        #: The channel is gone but the socket works: read it to its close frame.
+        self.read_on = False
         #: The topics the channel should have (expanded, lower case), and the
         #: Unix time they were last known to be there (a PUT or a check).
         self.expected: frozenset[str] = frozenset()
@@ -313,6 +315,8 @@ class _Socket:
             if isinstance(action, BecameLive):
                 self.live.set()
             else:
+                if isinstance(action, Recreate) and action.reason == "channel_gone":
+                    self.read_on = True
                 if isinstance(action, Reconnect | Recreate) and self.lost_at is None:
                     # The last frame read before the loss, whatever the
                     # loss was (see channel.py, "When events may have
@@ -351,8 +355,10 @@ class _Socket:
         """
         drained = False
         if self.lost_at is None:
-            with contextlib.suppress(GenesysMuxError):
-                await rest.delete_subscriptions(self.info.id)
+            # Bounded: a platform that keeps answering 429 or 503 must not
+            # hold a rotation (and the permit other slots wait for) for long.
+            with contextlib.suppress(GenesysMuxError, TimeoutError):
+                await asyncio.wait_for(rest.delete_subscriptions(self.info.id), timeout_s)
             self.pong.clear()
             await self._ping()
             with contextlib.suppress(TimeoutError):
@@ -396,12 +402,26 @@ class _Socket:
     def abandon(self) -> asyncio.Task[None]:
         """Give up on a lost socket at once; its close handshake runs in the background.
 
-        Nothing more is read from it. The returned task closes the socket,
-        within the pool's ``close_timeout_s``.
+        A socket whose channel is gone (``{"result":"404"}``) still works: the
+        platform writes what it had in flight before its close frame, so it
+        is read on until then (within ``close_timeout_s``) and what comes is
+        delivered. Any other lost socket is read no more: a dead link would
+        only make us wait. The returned task closes the socket.
         """
+        name = f"genesys-mux-close-{self.info.id}"
+        if self.read_on:
+            self._tasks[1].cancel()  # the watchdog: the link is done with
+            return asyncio.create_task(self._read_on_then_close(), name=name)
         for task in self._tasks:
             task.cancel()
-        return asyncio.create_task(self.close(), name=f"genesys-mux-close-{self.info.id}")
+        return asyncio.create_task(self.close(), name=name)
+
+    async def _read_on_then_close(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(self._tasks[0]), self.pool.settings.close_timeout_s
+            )
+        await self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,10 +666,17 @@ class ChannelPool:
 
     @property
     def live(self) -> bool:
-        """True when every slot has applied its topics on a live socket."""
+        """True when every slot has applied its topics on a live socket that still has them.
+
+        A socket whose subscriptions went (``no_longer_subscribed``,
+        ``token_revoked``) works but carries nothing: not live until a
+        successor serves, or the subscriptions are back.
+        """
         return all(
             s.socket is not None
             and s.socket.live.is_set()
+            and s.socket.unsubscribed_at is None
+            and s.machine.window is None
             and s.applied_version == s.desired_version
             for s in self._slots.values()
         )

@@ -461,15 +461,20 @@ class Multiplexer:
         self._report(StreamAdded(config.id, len(state.topics)))
         if restored is not None and restored.watermark is not None:
             # What the platform sent while no process ran (from the last
-            # settled event to now, when the topics are subscribed again)
-            # is missing: a gap like any other, back-filled when asked.
+            # settled event to when the topics were subscribed again, which
+            # the first event received since proves) is missing: a gap like
+            # any other, back-filled when asked, ahead of those events.
+            end = time.time()
+            received = state.stream.unsettled_since()
+            if received is not None:
+                end = min(end, received)
             self._outage(
                 Outage(
                     slot=-1,
                     channel_id="",
                     topics=state.topics,
                     start=restored.watermark,
-                    end=time.time(),
+                    end=max(end, restored.watermark),
                     reason="restart",
                 ),
                 only=state,
@@ -528,6 +533,7 @@ class Multiplexer:
 
     async def _checkpoint_periodically(self) -> None:
         retries = Retries(f"checkpoint to {self.state_store.name}", Backoff(1.0, 10.0), logger=log)
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self.checkpoint_interval_s)
             try:
@@ -540,6 +546,10 @@ class Multiplexer:
             else:
                 self.state_failure = None
                 retries.succeeded()
+            if task is not None and task.cancelling():
+                # A client library may swallow a cancellation that lands in
+                # the middle of its call (redis-py can); the stop still wins.
+                raise asyncio.CancelledError
 
     async def remove_stream(self, stream_id: str) -> None:
         """Remove a stream; its topics are unsubscribed unless another stream needs them.
@@ -681,6 +691,7 @@ class Multiplexer:
         self._report(DeadLettered(letter.stream_id, letter.sequence, letter.reason))
 
     def _outage(self, outage: Outage, only: _StreamState | None = None) -> None:
+        # ``only``: one stream's own window (a restart's), ahead of its events.
         gaps: list[Gap] = []
         for state in self._streams.values() if only is None else (only,):
             affected = state.topics & outage.topics
@@ -693,7 +704,7 @@ class Multiplexer:
                     outage.channel_id,
                     outage.reason,
                 )
-                state.stream.add_gap(gap)
+                state.stream.add_gap(gap, first=only is not None)
                 gaps.append(gap)
                 state.ready.set()
                 self._anything.set()
