@@ -752,6 +752,21 @@ async def test_reorder_fault_delivers_frames_behind_the_next(
             assert got_later == later[:1] + held + later[1:]
 
 
+async def blast_all(api: GenesysClient, count: int) -> None:
+    """Publish ``count`` notifications on BLAST_TOPIC at once; return when all are out."""
+    state = await traffic(api, blast={"topic": BLAST_TOPIC, "rate": 0, "count": count})
+    while state["blasting"]:
+        state = await traffic(api)
+
+
+async def close_first(ws: aiohttp.ClientWebSocketResponse) -> list[Any]:
+    """Send our close frame and read until the server's; the frames that came before it."""
+    await ws.send_frame((1000).to_bytes(2, "big"), aiohttp.WSMsgType.CLOSE)
+    frames, end = await until_closed(ws)
+    assert end.type == aiohttp.WSMsgType.CLOSE
+    return frames
+
+
 async def test_delay_fault_lets_a_pong_overtake_notifications_and_a_close_waits_for_them(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -760,16 +775,12 @@ async def test_delay_fault_lets_a_pong_overtake_notifications_and_a_close_waits_
         async with api.session.ws_connect(channel["connectUri"], autoclose=False) as ws:
             await sync(ws)
             await fault(api, "delay", channel_id=channel["id"], delay_s=0.5)
-            state = await traffic(api, blast={"topic": BLAST_TOPIC, "rate": 0, "count": 30})
-            while state["blasting"]:
-                state = await traffic(api)
+            await blast_all(api, 30)
             # The notifications are on their way, but the pong does not wait.
             assert keys(await sync(ws)) == []
             assert await ledger(api, channel["id"]) == []
             # Closing first: what was sent this way still comes, then the close.
-            await ws.send_frame((1000).to_bytes(2, "big"), aiohttp.WSMsgType.CLOSE)
-            frames, end = await until_closed(ws)
-            assert end.type == aiohttp.WSMsgType.CLOSE
+            frames = await close_first(ws)
             assert len([f for f in frames if is_notification(f)]) == 30
             assert len(await ledger(api, channel["id"])) == 30
 
@@ -782,14 +793,10 @@ async def test_a_frame_held_by_the_reorder_fault_goes_out_before_a_close(
         async with api.session.ws_connect(channel["connectUri"], autoclose=False) as ws:
             await sync(ws)
             await fault(api, "reorder", channel_id=channel["id"], probability=1.0)
-            state = await traffic(api, blast={"topic": BLAST_TOPIC, "rate": 0, "count": 1})
-            while state["blasting"]:
-                state = await traffic(api)
+            await blast_all(api, 1)
             # One frame, held until another overtakes it: none ever will.
             assert keys(await sync(ws)) == []
-            await ws.send_frame((1000).to_bytes(2, "big"), aiohttp.WSMsgType.CLOSE)
-            frames, end = await until_closed(ws)
-            assert end.type == aiohttp.WSMsgType.CLOSE
+            frames = await close_first(ws)
             assert len([f for f in frames if is_notification(f)]) == 1
             assert len(await ledger(api, channel["id"])) == 1
 
