@@ -19,6 +19,7 @@ from genesys_mux.core.slot import (
     Drain,
     OpenSocket,
     OutageWindow,
+    PutTopics,
     Serve,
     SlotAction,
     SlotMachine,
@@ -140,6 +141,39 @@ def test_windows_never_overlap_reports() -> None:
     assert (window.start, window.end) == (20.0, 22.0)
 
 
+def test_a_failed_topic_change_is_tried_again_after_the_backoff() -> None:
+    slot = live_slot()
+    slot.put_answered(0)
+    assert slot.in_sync
+    assert slot.put_due(50.0) is None
+    assert slot.topics_changed() == 1
+    assert slot.put_due(50.0) == PutTopics(1)
+    assert not slot.check_due()  # a check would find our own change missing
+    slot.put_failed(50.0, retry_in=2.0)
+    assert slot.put_due(51.0) is None
+    assert slot.put_wait(51.0) == 1.0
+    slot.topics_changed()  # a new change does not cut the backoff short
+    assert slot.put_due(51.5) is None
+    assert slot.put_due(52.0) == PutTopics(2)
+    slot.put_answered(2)
+    assert slot.in_sync
+    assert slot.put_wait(52.0) is None
+    assert slot.check_due()
+
+
+def test_a_change_waits_for_a_live_socket() -> None:
+    slot = live_slot()
+    slot.lost(1, since=20.0, at=21.0)
+    slot.topics_changed()
+    # No socket to put it on: the next one is established with the new set.
+    assert slot.put_due(22.0) is None
+    assert slot.put_wait(22.0) is None
+    slot.put_answered(1)
+    slot.connected(2, 23.0)
+    assert slot.in_sync
+    assert slot.put_due(23.0) is None
+
+
 class SlotLife(RuleBasedStateMachine):
     """The shell, performing the slot's actions; inputs come in any order."""
 
@@ -153,6 +187,8 @@ class SlotLife(RuleBasedStateMachine):
         self.serving: int | None = None
         self.windows: set[int] = set()  # sockets with a window opened and not yet reported
         self.reports: list[OutageWindow] = []
+        self.desired = 0  # the topic set's version, as the shell counts changes
+        self.applied = -1  # the newest version a PUT that was answered carried
         self.perform(self.slot.start())
 
     def tick(self, dt: float) -> float:
@@ -178,6 +214,9 @@ class SlotLife(RuleBasedStateMachine):
     @precondition(lambda self: self.opens > 0)
     @rule(dt=st.floats(0.0, 5.0))
     def a_socket_connects(self, dt: float) -> None:
+        # Establishing puts the topic set as it was when the PUT went out.
+        self.slot.put_answered(self.desired)
+        self.applied = max(self.applied, self.desired)
         self.opens -= 1
         socket, self.next_id = self.next_id, self.next_id + 1
         self.live.add(socket)
@@ -242,6 +281,41 @@ class SlotLife(RuleBasedStateMachine):
         self.perform(self.slot.closed(self.tick(dt)))
         assert self.slot.state is SlotState.CLOSED
         assert not self.windows, f"windows never reported: {self.windows}"
+
+    @rule()
+    def the_topics_change(self) -> None:
+        self.desired += 1
+        assert self.slot.topics_changed() == self.desired
+
+    @rule(answered=st.booleans(), retry_in=st.floats(0.0, 10.0), dt=st.floats(0.0, 5.0))
+    def a_due_change_is_put(self, answered: bool, retry_in: float, dt: float) -> None:
+        put = self.slot.put_due(self.now)
+        wait = self.slot.put_wait(self.now)
+        if put is None:
+            assert wait is None or wait > 0 or self.slot.in_sync
+            return
+        assert wait == 0.0
+        assert put == PutTopics(self.desired)
+        if answered:
+            self.slot.put_answered(put.version)
+            self.applied = max(self.applied, put.version)
+            assert self.slot.in_sync
+        else:
+            at = self.tick(dt)
+            self.slot.put_failed(at, retry_in)
+            if at + retry_in > at:
+                assert self.slot.put_due(at) is None  # the backoff is honoured
+            assert self.slot.put_due(at + retry_in) is not None  # and then it is due
+
+    @invariant()
+    def the_topic_set_is_in_sync_only_once_a_put_carried_it(self) -> None:
+        assert self.slot.in_sync == (self.applied >= self.desired)
+        assert self.slot.check_due() == self.slot.in_sync
+        if not self.slot.in_sync and self.slot.state is SlotState.LIVE:
+            # A pending change is never forgotten while a socket serves.
+            wait = self.slot.put_wait(self.now)
+            assert wait is not None
+            assert self.slot.put_due(self.now + wait) == PutTopics(self.desired)
 
     @invariant()
     def one_socket_serves_outside_an_overlap(self) -> None:

@@ -39,6 +39,17 @@ subscription) is reported exactly once; reported windows never overlap (a
 window that would start before the end of the previous report starts at its
 end instead: those events were already reported missing).
 
+Alongside, the machine keeps the slot's *subscription version*: every
+change of its topic set adds one (``topics_changed``), and a PUT that the
+platform answered applies the version it carried (``put_answered``; the PUT
+of a socket being established counts too). While the serving socket is LIVE
+and a change is pending, ``put_due`` says when to PUT; a failed PUT
+(``put_failed``) is tried again after the delay the shell's retry policy
+gives, and the socket serves on with the topics it has meanwhile. A check of
+the channel's list against what was put (``check_due``) only means
+something when no change of ours is pending: the next PUT puts the whole
+list anyway.
+
 When a window starts: at the last frame read before the news (the socket's
 ``lost_since`` or ``unsubscribed_since``, see :mod:`genesys_mux.core.channel`).
 When it ends: when a socket subscribed to the topics is live again (a
@@ -62,6 +73,7 @@ __all__ = [
     "MissingSubscriptions",
     "OpenSocket",
     "OutageWindow",
+    "PutTopics",
     "Serve",
     "SlotAction",
     "SlotMachine",
@@ -126,6 +138,13 @@ class OutageWindow:
 SlotAction = OpenSocket | Serve | Drain | Abandon | OutageWindow
 
 
+@dataclass(frozen=True, slots=True)
+class PutTopics:
+    """PUT the slot's topic set, as of ``version``, on the serving socket's channel."""
+
+    version: int
+
+
 @dataclass(slots=True)
 class _Window:
     """An open window: from ``since``, on ``socket``, to be reported as ``reason``."""
@@ -151,6 +170,12 @@ class SlotMachine:
     window: _Window | None = None
     #: The end of the last reported window: later ones never start before it.
     reported_until: float = float("-inf")
+    #: The version of the slot's topic set: every change adds one.
+    desired_version: int = 0
+    #: The newest version a PUT the platform answered has applied.
+    applied_version: int = -1
+    #: A failed subscription change is not tried again before this time.
+    put_retry_at: float = float("-inf")
     _draining: set[int] = field(default_factory=set)
     _drain_failed: list[tuple[int, float]] = field(default_factory=list)
 
@@ -278,6 +303,51 @@ class SlotMachine:
         self._drain_failed.clear()
         self.serving = None
         return self._to(SlotState.CLOSED, actions)
+
+    # -- the topic set ------------------------------------------------------------
+
+    @property
+    def in_sync(self) -> bool:
+        """True when the newest topic set has been put on a channel."""
+        return self.applied_version >= self.desired_version
+
+    def topics_changed(self) -> int:
+        """The slot's topic set changed; returns its new version (a PUT carries it)."""
+        # A retry already scheduled stays: a new change does not cut a backoff short.
+        self.desired_version += 1
+        return self.desired_version
+
+    def put_due(self, at: float) -> PutTopics | None:
+        """The subscription change to make now on the serving socket, if one is due at ``at``."""
+        if self.in_sync or self.state is not SlotState.LIVE or at < self.put_retry_at:
+            return None
+        return PutTopics(self.desired_version)
+
+    def put_wait(self, at: float) -> float | None:
+        """Seconds from ``at`` until a pending change is due (0: now).
+
+        None when there is nothing to wait for: no change is pending, or there
+        is no live socket to put it on (the next one is established with it).
+        """
+        if self.in_sync or self.state is not SlotState.LIVE:
+            return None
+        return max(0.0, self.put_retry_at - at)
+
+    def put_answered(self, version: int) -> None:
+        """The platform answered a PUT of the topic set as of ``version``."""
+        self.applied_version = max(self.applied_version, version)
+        self.put_retry_at = float("-inf")
+
+    def put_failed(self, at: float, retry_in: float) -> None:
+        """A PUT failed at ``at``: the change is tried again ``retry_in`` s later.
+
+        The socket is not given up for it: it still delivers the topics it has.
+        """
+        self.put_retry_at = at + retry_in
+
+    def check_due(self) -> bool:
+        """True when a check of the channel's list against what was put means something."""
+        return self.in_sync
 
     # -- internals ---------------------------------------------------------------
 

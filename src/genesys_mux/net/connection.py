@@ -446,8 +446,6 @@ def _wall(monotonic: float) -> float:
 class _Slot:
     index: int
     desired: list[str] = field(default_factory=list)
-    desired_version: int = 0
-    applied_version: int = -1
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Condition = field(default_factory=asyncio.Condition)
     closing: bool = False
@@ -557,7 +555,7 @@ class ChannelPool:
             for slot in {id(s): s for s in touched}.values():
                 slot.desired = sorted(self._planner.slots.get(slot.index, frozenset()))
                 slot.stats.topics = len(slot.desired)
-                slot.desired_version += 1
+                slot.machine.topics_changed()
                 slot.changed.set()
         if wait:
             for slot in touched:
@@ -677,7 +675,7 @@ class ChannelPool:
             and s.socket.live.is_set()
             and s.socket.unsubscribed_at is None
             and s.machine.window is None
-            and s.applied_version == s.desired_version
+            and s.machine.in_sync
             for s in self._slots.values()
         )
 
@@ -717,13 +715,11 @@ class ChannelPool:
 
     async def _wait_synced(self, slot: _Slot) -> None:
         async with slot.synced:
-            await slot.synced.wait_for(
-                lambda: slot.closing or slot.failed or slot.applied_version >= slot.desired_version
-            )
+            await slot.synced.wait_for(lambda: slot.closing or slot.failed or slot.machine.in_sync)
 
     async def _mark_synced(self, slot: _Slot, version: int) -> None:
         async with slot.synced:
-            slot.applied_version = max(slot.applied_version, version)
+            slot.machine.put_answered(version)
             slot.synced.notify_all()
 
     async def _supervise(self, slot: _Slot) -> None:
@@ -782,32 +778,30 @@ class ChannelPool:
 
         Handles rotations and subscription changes on the way.
         """
-        loop = asyncio.get_running_loop()
+        machine = slot.machine
         changes = Retries(f"slot {slot.index}: subscription change", self._backoff, logger=log)
-        retry_at = 0.0
         while True:
             socket = slot.socket
             assert socket is not None
             if slot.closing:
                 return None
-            pending = slot.applied_version < slot.desired_version
-            if pending and loop.time() >= retry_at:
+            put = machine.put_due(time.time())
+            if put is not None:
                 try:
-                    await self._sync(slot, socket)
+                    await self._sync(slot, socket, put.version)
                     changes.succeeded()
                 except GenesysMuxError as exc:
-                    # The socket still delivers the topics it has: keep it,
-                    # and try the change again later rather than drop it.
                     delay = changes.failed(exc)
                     assert delay is not None  # no attempt limit
-                    retry_at = loop.time() + delay
+                    machine.put_failed(time.time(), delay)
                 continue
+            wait_s = machine.put_wait(time.time())
             signal_wait = asyncio.ensure_future(socket.signals.get())
             change_wait = asyncio.ensure_future(slot.changed.wait())
             try:
                 await asyncio.wait(
                     {signal_wait, change_wait},
-                    timeout=max(0.0, retry_at - loop.time()) if pending else None,
+                    timeout=wait_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -964,7 +958,7 @@ class ChannelPool:
         if info is None:
             info = await self._rest.create_channel()
             self._report(ChannelCreated(slot.index, info.id))
-        version = slot.desired_version
+        version = slot.machine.desired_version
         expected = await self._put(slot, info.id, slot.desired)
         put_at = time.time()
         try:
@@ -1003,8 +997,7 @@ class ChannelPool:
         self._report(ChannelConnected(slot.index, info.id))
         return socket
 
-    async def _sync(self, slot: _Slot, socket: _Socket) -> None:
-        version = slot.desired_version
+    async def _sync(self, slot: _Slot, socket: _Socket, version: int) -> None:
         try:
             socket.expected = await self._put(slot, socket.info.id, slot.desired)
         except ApiError as exc:
@@ -1027,7 +1020,7 @@ class ChannelPool:
         If the list cannot be restored the channel is given up and replaced,
         with the window reported from the same start.
         """
-        if slot.applied_version < slot.desired_version:
+        if not slot.machine.check_due():
             return
         asked_at = time.time()
         try:
