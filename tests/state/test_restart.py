@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,44 @@ async def test_unsettled_events_hold_the_watermark_back(tmp_path: Path) -> None:
             assert mux.watermark("all") > first.received_at
         finally:
             await mux.stop(drain=False)
+
+
+async def test_the_final_checkpoint_waits_for_what_a_runner_took(tmp_path: Path) -> None:
+    """A reader that settles itself (a sink runner) acknowledges its last batch after the stop."""
+    path = tmp_path / "state.db"
+    async with Emulator(org_settings(rate=50.0)) as emulator:
+        mux = a_mux(emulator, path)
+        await mux.start()
+        taken: list[StreamEvent] = []
+        enough = asyncio.Event()
+
+        async def runner() -> None:
+            async for item in mux.stream("all", settle=False):
+                if isinstance(item, StreamEvent):
+                    taken.append(item)
+                    if len(taken) >= 5:
+                        enough.set()
+            # The stream ended: the last batch goes out, slowly, then is settled.
+            await asyncio.sleep(0.3)  # a sink taking its time, not synchronisation
+            mux.settle("all", taken[-1].sequence)
+
+        try:
+            await mux.add_stream(STREAM)
+            task = asyncio.create_task(runner())
+            await asyncio.wait_for(enough.wait(), 20.0)
+        finally:
+            await mux.stop(drain=True, timeout_s=5.0)
+        await task
+    store = SqliteStateStore(path)
+    await store.open()
+    try:
+        saved = (await store.load())["all"]
+    finally:
+        await store.close()
+    assert saved.next_sequence == taken[-1].sequence + 1
+    assert saved.watermark is not None
+    # Everything the runner took was acknowledged before the final checkpoint.
+    assert saved.watermark >= taken[-1].received_at
 
 
 async def test_a_state_store_that_goes_away_is_reported_and_never_stops_the_feed(

@@ -144,6 +144,8 @@ class _StreamState:
         self.added_at = time.time()
         #: (next sequence, watermark) of the last checkpoint written.
         self.saved: tuple[int, float | None] | None = None
+        #: A reader settles explicitly (``stream(settle=False)``): a stop waits for it.
+        self.settles_explicitly = False
 
 
 class Multiplexer:
@@ -245,6 +247,7 @@ class Multiplexer:
         self._merge = PriorityMerge()
         self._anything = asyncio.Event()
         self._emptied = asyncio.Event()
+        self._settled = asyncio.Event()
         self._change_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._backfills: set[asyncio.Task[None]] = set()
@@ -347,6 +350,9 @@ class Multiplexer:
         ``timeout_s``) leaves a final :class:`Gap` (reason ``stopped``) from
         its last frame read. Whatever is still buffered at the end goes to
         the dead-letter queue (reason ``stopped``): nothing is dropped silently.
+        Readers that settle explicitly (``stream(settle=False)``, as sink
+        runners do) get the same ``timeout_s`` to settle what they took, so
+        that the final checkpoint comes after their acknowledgements.
         """
         if self._stopped:
             return
@@ -383,6 +389,13 @@ class Multiplexer:
                 self._emptied.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._emptied.wait(), deadline - loop.time())
+            # Readers that settle explicitly (sink runners) still hold what
+            # they took: the final checkpoint waits for their acknowledgements,
+            # so that the next run's restart gap does not repeat them.
+            while self._unsettled() and loop.time() < deadline:
+                self._settled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), deadline - loop.time())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -405,6 +418,12 @@ class Multiplexer:
 
     def _buffered(self) -> bool:
         return any(len(s.stream) for s in self._streams.values())
+
+    def _unsettled(self) -> bool:
+        return any(
+            s.settles_explicitly and s.stream.unsettled_since() is not None
+            for s in self._streams.values()
+        )
 
     # -- streams --------------------------------------------------------------
 
@@ -865,11 +884,14 @@ class Multiplexer:
 
         An event is settled when the consumer asks for the next item; with
         ``settle=False`` the consumer says so itself with :meth:`settle`
-        (a sink runner does, once every sink has the event).
+        (a sink runner does, once every sink has the event), and
+        :meth:`stop` gives it its ``timeout_s`` to settle what it took.
         """
         state = self._streams.get(stream_id)
         if state is None:
             raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
+        if not settle:
+            state.settles_explicitly = True
         while True:
             item = self._take(state)
             if item is not None:
@@ -893,6 +915,7 @@ class Multiplexer:
         state = self._streams.get(stream_id)
         if state is not None:
             state.stream.settle(through)
+            self._settled.set()
 
     def on_event(self, callback: EventCallback) -> None:
         """Call ``callback`` (sync or async) for every event, priority-merged."""
