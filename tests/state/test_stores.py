@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 
 from genesys_mux.core.checkpoint import (
     SCHEMA_VERSION,
     StreamCheckpoint,
+    apply_checkpoint,
     decode_checkpoint,
+    decode_remembered,
     encode_checkpoint,
+    encode_remembered,
     fingerprint,
 )
 from genesys_mux.core.snapshot import event_facts
@@ -114,9 +120,15 @@ async def test_saves_replace_and_removes_forget(
 
 def test_checkpoints_carry_their_schema_version() -> None:
     checkpoint = fed(a_stream(), 3).checkpoint(fingerprint="f", watermark=None, saved_at=1.0)
+    assert len(checkpoint.memory) == 3
     data = encode_checkpoint(checkpoint)
     assert data[0] == SCHEMA_VERSION
-    assert decode_checkpoint(data, "here") == checkpoint
+    # The header only: stores keep the memory key by key.
+    assert decode_checkpoint(data, "here") == msgspec.structs.replace(checkpoint, memory=[])
+    for remembered in checkpoint.memory:
+        assert decode_remembered(encode_remembered(remembered), "here") == remembered
+    with pytest.raises(StateError, match="here: not a remembered key"):
+        decode_remembered(b"\xc1", "here")
     with pytest.raises(StateError, match="newer release"):
         decode_checkpoint(bytes((SCHEMA_VERSION + 1,)) + data[1:], "here")
     with pytest.raises(StateError, match="here: not a genesys-mux checkpoint"):
@@ -195,3 +207,139 @@ def test_settings_become_stores(tmp_path: Path) -> None:
 def test_checkpoint_of_a_fresh_stream() -> None:
     checkpoint = a_stream().checkpoint(fingerprint="f", watermark=None, saved_at=0.0)
     assert checkpoint == StreamCheckpoint("calls", "f", 1, None, "run-1", 0.0, [])
+
+
+def memory_of(stream: Stream) -> list[tuple[str, float | None, list[bytes], bool]]:
+    """What a stream remembers, least recently seen first (ranks aside)."""
+    look = copy.deepcopy(stream)  # a checkpoint changes what the next one carries
+    look.checkpoint_failed()
+    whole = look.checkpoint(fingerprint="f", watermark=None, saved_at=0.0)
+    return [(r.key, r.version, r.hashes, r.in_state) for r in whole.memory]
+
+
+def as_stored(checkpoint: StreamCheckpoint) -> list[tuple[str, float | None, list[bytes], bool]]:
+    return [(r.key, r.version, r.hashes, r.in_state) for r in checkpoint.memory]
+
+
+async def test_incremental_checkpoints_write_only_what_changed_and_load_whole(
+    kind: str, server: RedisServer | None, tmp_path: Path
+) -> None:
+    """Keys seen, re-seen and forgotten between checkpoints; the store always loads the stream."""
+    bodies = real_bodies(400)
+    rng = random.Random(11)
+    letters: list[DeadLetter] = []
+    stream = Stream("calls", dead_letter=letters.append, buffer_size=10_000, memory=25)
+    async with a_store(kind, tmp_path, server) as store:
+        model: StreamCheckpoint | None = None
+        position = 0
+        before: set[str] = set()
+        for round_ in range(12):
+            # Fresh snapshots, plus some already seen (they move up the memory).
+            offered = [bodies[(position + i) % len(bodies)] for i in range(rng.randrange(1, 40))]
+            position += len(offered)
+            offered += rng.sample(bodies[:position], min(position, 5))
+            touched = set()
+            for topic, body, _ in offered:
+                facts = event_facts(topic, body)
+                touched.add(facts.key)
+                stream.offer(topic, body, None, 1.0, 1.0, facts)
+            expected = memory_of(stream)
+            now = {key for key, *_ in expected}
+            checkpoint = stream.checkpoint(fingerprint="f", watermark=float(round_), saved_at=1.0)
+            if round_ in (0, 7):
+                assert checkpoint.complete  # the first, and the one after a failed write
+                assert len(checkpoint.memory) == len(expected)
+            else:
+                # Only the keys seen since the last checkpoint, and those forgotten.
+                assert not checkpoint.complete
+                assert {r.key for r in checkpoint.memory} == touched & now
+                assert before - now <= set(checkpoint.forgotten)
+                assert not set(checkpoint.forgotten) & now
+            before = now
+            if round_ == 6:
+                # A write that failed: the next checkpoint is whole again.
+                stream.checkpoint_failed()
+                continue
+            await store.save([checkpoint])
+            model = apply_checkpoint(model, checkpoint)
+            loaded = (await store.load())["calls"]
+            assert as_stored(loaded) == expected == as_stored(model)
+            assert loaded.next_sequence == stream.next_sequence
+        assert letters == []
+    # Restored from the store, the stream remembers exactly what it did.
+    async with a_store(kind, tmp_path, server) as store:
+        if kind != "memory":
+            again = Stream("calls", dead_letter=letters.append, memory=25)
+            again.restore((await store.load())["calls"])
+            assert memory_of(again) == memory_of(stream)
+
+
+def v1_blob(checkpoint: StreamCheckpoint) -> bytes:
+    """A checkpoint as schema 1 wrote it: one blob, memory inside, no ranks."""
+    whole = msgspec.to_builtins(checkpoint)
+    whole.pop("complete")
+    whole.pop("forgotten")
+    whole["memory"] = [[r.key, r.version, r.hashes, r.in_state] for r in checkpoint.memory]
+    return bytes((1,)) + msgspec.msgpack.encode(whole)
+
+
+async def assert_migrated(store: StateStore, checkpoint: StreamCheckpoint) -> None:
+    """Opened, the store migrates and then loads what schema 1 held."""
+    await store.open()
+    try:
+        loaded = (await store.load())["calls"]
+    finally:
+        await store.close()
+    assert as_stored(loaded) == as_stored(checkpoint)
+    assert (loaded.next_sequence, loaded.watermark) == (checkpoint.next_sequence, 5.0)
+
+
+async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    checkpoint = fed(a_stream(), 30).checkpoint(fingerprint="f", watermark=5.0, saved_at=6.0)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE genesys_mux_meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute(
+            "CREATE TABLE genesys_mux_streams (stream_id TEXT PRIMARY KEY, "
+            "checkpoint BLOB NOT NULL, saved_at REAL NOT NULL)"
+        )
+        db.executemany(
+            "INSERT INTO genesys_mux_meta VALUES (?, ?)",
+            [("application", "genesys-mux"), ("schema_version", "1")],
+        )
+        db.execute(
+            "INSERT INTO genesys_mux_streams VALUES (?, ?, ?)",
+            ("calls", v1_blob(checkpoint), 6.0),
+        )
+        db.execute("INSERT INTO genesys_mux_streams VALUES (?, ?, ?)", ("broken", b"\x01\xc1", 6.0))
+    db.close()
+    before = path.read_bytes()
+    # One unreadable row: the migration is refused, and leaves the file as it was.
+    with pytest.raises(StateError, match=r"cannot migrate it from schema 1.*--reset-state"):
+        await SqliteStateStore(path).open()
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM genesys_mux_streams WHERE stream_id = 'broken'")
+    db.close()
+    await assert_migrated(SqliteStateStore(path), checkpoint)
+    with sqlite3.connect(path) as db:
+        assert db.execute(
+            "SELECT value FROM genesys_mux_meta WHERE key = 'schema_version'"
+        ).fetchone() == (str(SCHEMA_VERSION),)
+    db.close()
+
+
+async def test_schema_1_redis_keys_are_migrated_on_open(redis_server: RedisServer) -> None:
+    checkpoint = fed(a_stream(), 30).checkpoint(fingerprint="f", watermark=5.0, saved_at=6.0)
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("old:state:meta", mapping={"application": "genesys-mux", "schema_version": "1"})
+    client.set("old:state:stream:calls", v1_blob(checkpoint))
+    client.set("old:state:stream:broken", b"\x01\xc1")
+    with pytest.raises(StateError, match=r"cannot migrate it from schema 1.*--reset-state"):
+        await RedisStateStore(redis_server.url, prefix="old:").open()
+    assert client.hget("old:state:meta", "schema_version") == b"1"
+    assert client.get("old:state:stream:calls") == v1_blob(checkpoint)
+    client.delete("old:state:stream:broken")
+    await assert_migrated(RedisStateStore(redis_server.url, prefix="old:"), checkpoint)
+    assert client.hget("old:state:meta", "schema_version") == str(SCHEMA_VERSION).encode()
+    client.close()

@@ -14,10 +14,21 @@ still recognised as stale).
 *what* it carries (filter, topics). A checkpoint whose fingerprint differs
 from the stream's is not applied: the stream starts fresh, and says so.
 
-Checkpoints are encoded with msgpack (compact, and fast enough to write
-every second for 50,000 remembered conversations) behind a one-byte schema
-version, so that a future release can read or migrate what this one wrote
-and this one refuses, clearly, what it cannot read.
+Checkpoints are *incremental*. A stream remembers up to 50,000 keys and
+may be checkpointed every second, so writing its whole memory each time
+would cost more than the events themselves. A checkpoint the stream takes
+therefore carries, besides its small header, only the keys seen since the
+previous one (``complete`` false) and the keys it has forgotten since
+(``forgotten``); the first checkpoint of a run, and the one after a failed
+write, carries the whole memory (``complete`` true). Each remembered key
+has a ``rank`` that grows with every checkpoint, so a store can keep the
+keys one by one and give them back least recently seen first.
+
+The header and each remembered key are encoded with msgpack; the header
+behind a one-byte schema version. Each store records the schema version of
+its layout; on open, an older layout is migrated in place by the store's
+migration steps (one per version, run in one transaction), a newer one is
+refused, clearly.
 """
 
 from __future__ import annotations
@@ -32,13 +43,20 @@ __all__ = [
     "SCHEMA_VERSION",
     "Remembered",
     "StreamCheckpoint",
+    "apply_checkpoint",
     "decode_checkpoint",
+    "decode_remembered",
     "encode_checkpoint",
+    "encode_remembered",
     "fingerprint",
 ]
 
-#: The version of the checkpoint encoding this release writes (and reads).
-SCHEMA_VERSION = 1
+#: The version of the state layout this release writes. 1: one blob per
+#: stream, memory included; 2: a header per stream and a record per key.
+SCHEMA_VERSION = 2
+
+#: Header encodings this release can read (1's blobs are read to migrate them).
+_READABLE = frozenset({1, 2})
 
 
 class Remembered(msgspec.Struct, array_like=True, frozen=True):
@@ -48,6 +66,8 @@ class Remembered(msgspec.Struct, array_like=True, frozen=True):
     version: float | None
     hashes: list[bytes]
     in_state: bool = False
+    #: Orders keys by when they were last seen (higher: more recently).
+    rank: int = 0
 
 
 class StreamCheckpoint(msgspec.Struct, frozen=True):
@@ -62,29 +82,41 @@ class StreamCheckpoint(msgspec.Struct, frozen=True):
     epoch: str
     #: When it was taken (Unix).
     saved_at: float
-    #: Remembered keys, least recently seen first.
+    #: Remembered keys, least recently seen first: all of them when
+    #: ``complete``, else those seen since the previous checkpoint.
     memory: list[Remembered] = []
+    #: False: ``memory`` updates the stored memory instead of replacing it.
+    complete: bool = True
+    #: Keys forgotten since the previous checkpoint (only when not ``complete``).
+    forgotten: list[str] = []
 
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(StreamCheckpoint)
+_REMEMBERED = msgspec.msgpack.Decoder(Remembered)
 
 
 def encode_checkpoint(checkpoint: StreamCheckpoint) -> bytes:
-    """The checkpoint as bytes: a schema-version byte, then msgpack."""
-    return bytes((SCHEMA_VERSION,)) + _ENCODER.encode(checkpoint)
+    """The checkpoint's header as bytes: a schema-version byte, then msgpack.
+
+    The memory is left out: stores keep it key by key
+    (:func:`encode_remembered`).
+    """
+    header = msgspec.structs.replace(checkpoint, memory=[], forgotten=[], complete=True)
+    return bytes((SCHEMA_VERSION,)) + _ENCODER.encode(header)
 
 
 def decode_checkpoint(data: bytes, where: str) -> StreamCheckpoint:
-    """Read bytes written by :func:`encode_checkpoint`; ``where`` names them in errors.
+    """Read bytes written by :func:`encode_checkpoint` (or schema 1's whole blob).
 
-    Raises :class:`~genesys_mux.errors.StateError` for bytes of another
-    schema version or that are not a checkpoint at all.
+    ``where`` names them in errors. Raises
+    :class:`~genesys_mux.errors.StateError` for bytes of a schema this
+    release cannot read, or that are not a checkpoint at all.
     """
     if not data:
         raise StateError(f"{where}: empty checkpoint")
     version = data[0]
-    if version != SCHEMA_VERSION:
+    if version not in _READABLE:
         newer = version > SCHEMA_VERSION
         raise StateError(
             f"{where}: checkpoint schema {version}, this release reads {SCHEMA_VERSION}"
@@ -94,6 +126,39 @@ def decode_checkpoint(data: bytes, where: str) -> StreamCheckpoint:
         return _DECODER.decode(data[1:])
     except msgspec.DecodeError as exc:
         raise StateError(f"{where}: not a genesys-mux checkpoint ({exc})") from exc
+
+
+def encode_remembered(remembered: Remembered) -> bytes:
+    """One remembered key as bytes (the store's schema version covers its layout)."""
+    return _ENCODER.encode(remembered)
+
+
+def decode_remembered(data: bytes, where: str) -> Remembered:
+    """Read bytes written by :func:`encode_remembered`; ``where`` names them in errors."""
+    try:
+        return _REMEMBERED.decode(data)
+    except msgspec.DecodeError as exc:
+        raise StateError(f"{where}: not a remembered key ({exc})") from exc
+
+
+def apply_checkpoint(
+    stored: StreamCheckpoint | None, checkpoint: StreamCheckpoint
+) -> StreamCheckpoint:
+    """The complete checkpoint after ``checkpoint`` is written over ``stored``.
+
+    What every store does, here on whole values (the in-memory store, and
+    the tests' model of the others).
+    """
+    if checkpoint.complete or stored is None:
+        memory = list(checkpoint.memory)
+    else:
+        kept = {r.key: r for r in stored.memory}
+        for key in checkpoint.forgotten:
+            kept.pop(key, None)
+        for remembered in checkpoint.memory:
+            kept[remembered.key] = remembered
+        memory = sorted(kept.values(), key=lambda r: r.rank)
+    return msgspec.structs.replace(checkpoint, memory=memory, forgotten=[], complete=True)
 
 
 def fingerprint(*parts: str) -> str:

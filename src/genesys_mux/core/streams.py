@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import msgspec
@@ -274,6 +275,15 @@ class Stream:
         self._memory = memory
         self._hashes_per_key = hashes_per_key
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        # For incremental checkpoints: keys seen, and keys forgotten, since
+        # the last one. Every key seen moves to the end of _seen, so the keys
+        # seen are exactly its last len(_touched) entries.
+        self._touched: set[str] = set()
+        self._forgotten: set[str] = set()
+        # The next checkpoint carries the whole memory (the first of a run,
+        # and the one after a write failed).
+        self._complete_due = True
+        self._rank = 0
         self._buffer: deque[StreamEvent | Gap] = deque()
         # (sequence, received_at) of events handed out and not yet settled:
         # the restart watermark may not pass them (see unsettled_since).
@@ -372,7 +382,29 @@ class Stream:
     def checkpoint(
         self, *, fingerprint: str, watermark: float | None, saved_at: float
     ) -> StreamCheckpoint:
-        """What the stream needs to continue after a restart (see :mod:`.checkpoint`)."""
+        """What the stream needs to continue after a restart (see :mod:`.checkpoint`).
+
+        Only the keys seen or forgotten since the previous checkpoint are in
+        it, unless a complete one is due. If the store could not write it,
+        call :meth:`checkpoint_failed`: the next one is complete again.
+        """
+        complete = self._complete_due
+        if complete:
+            entries = list(self._seen.items())
+        else:
+            # The keys seen since the last checkpoint are the newest ones.
+            entries = list(islice(reversed(self._seen.items()), len(self._touched)))
+            entries.reverse()
+        rank = self._rank
+        memory = [
+            Remembered(key, seen.version, list(seen.hashes), seen.in_state, rank + i)
+            for i, (key, seen) in enumerate(entries, 1)
+        ]
+        self._rank = rank + len(memory)
+        forgotten = [] if complete else list(self._forgotten)
+        self._touched.clear()
+        self._forgotten.clear()
+        self._complete_due = False
         return StreamCheckpoint(
             stream_id=self.id,
             fingerprint=fingerprint,
@@ -380,11 +412,19 @@ class Stream:
             watermark=watermark,
             epoch=self.epoch,
             saved_at=saved_at,
-            memory=[
-                Remembered(key, seen.version, list(seen.hashes), seen.in_state)
-                for key, seen in self._seen.items()
-            ],
+            memory=memory,
+            complete=complete,
+            forgotten=forgotten,
         )
+
+    def checkpoint_failed(self) -> None:
+        """The last checkpoint was not written: the next one carries the whole memory."""
+        self._complete_due = True
+
+    @property
+    def memory_changed(self) -> bool:
+        """True when keys were seen or forgotten since the last checkpoint."""
+        return bool(self._touched or self._forgotten or self._complete_due)
 
     def restore(self, checkpoint: StreamCheckpoint) -> None:
         """Continue from ``checkpoint``: its numbering and its memory (call before any offer)."""
@@ -395,6 +435,8 @@ class Stream:
                 list(remembered.hashes[-self._hashes_per_key :]),
                 remembered.in_state,
             )
+        if checkpoint.memory:
+            self._rank = max(self._rank, checkpoint.memory[-1].rank)
 
     @property
     def next_sequence(self) -> int:
@@ -414,12 +456,16 @@ class Stream:
             self._buffer.append(gap)
 
     def _remember(self, key: str) -> _Seen:
+        self._touched.add(key)
         seen = self._seen.get(key)
         if seen is None:
             seen = _Seen(None, [])
             self._seen[key] = seen
+            self._forgotten.discard(key)
             if len(self._seen) > self._memory:
-                self._seen.popitem(last=False)
+                old, _ = self._seen.popitem(last=False)
+                self._touched.discard(old)
+                self._forgotten.add(old)
         else:
             self._seen.move_to_end(key)
         return seen

@@ -527,6 +527,9 @@ class Multiplexer:
     async def checkpoint(self) -> int:
         """Write the checkpoint of every stream that moved since the last one; returns how many.
 
+        Each carries only what changed since the previous one (see
+        :mod:`genesys_mux.core.checkpoint`).
+
         Raises :class:`~genesys_mux.errors.StateError` when the store fails
         (the periodic checkpoints report it and try again).
         """
@@ -534,7 +537,7 @@ class Multiplexer:
         due: list[tuple[_StreamState, StreamCheckpoint]] = []
         for stream_id, state in self._streams.items():
             mark = (state.stream.next_sequence, self.watermark(stream_id))
-            if mark == state.saved:
+            if mark == state.saved and not state.stream.memory_changed:
                 continue
             due.append(
                 (
@@ -545,7 +548,13 @@ class Multiplexer:
                 )
             )
         if due:
-            await self.state_store.save([c for _, c in due])
+            try:
+                await self.state_store.save([c for _, c in due])
+            except BaseException:
+                # Whatever reached the store is unknown: write everything next time.
+                for state, _ in due:
+                    state.stream.checkpoint_failed()
+                raise
             for state, c in due:
                 state.saved = (c.next_sequence, c.watermark)
         return len(due)

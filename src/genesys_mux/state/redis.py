@@ -1,17 +1,25 @@
 """Checkpoints in Redis, under a prefix: the store several instances can share.
 
 Keys: ``{prefix}state:meta`` (a hash with ``application`` and
-``schema_version``, checked on every open) and ``{prefix}state:stream:{id}``
-(the encoded checkpoint). A batch is one ``MULTI``/``EXEC`` transaction. The
-URL may carry a password; ``name`` (used in every message) never does.
+``schema_version``, checked on every open), ``{prefix}state:stream:{id}``
+(the checkpoint's header) and ``{prefix}state:memory:{id}`` (a hash of the
+stream's remembered keys, so that an incremental checkpoint writes only the
+keys that changed). A batch is one ``MULTI``/``EXEC`` transaction. The URL
+may carry a password; ``name`` (used in every message) never does.
+
+Keys of an older schema are migrated on open by the steps in
+``_MIGRATIONS`` (one per version), written in one transaction; a newer
+schema is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
@@ -19,7 +27,9 @@ from genesys_mux.core.checkpoint import (
     SCHEMA_VERSION,
     StreamCheckpoint,
     decode_checkpoint,
+    decode_remembered,
     encode_checkpoint,
+    encode_remembered,
 )
 from genesys_mux.errors import StateError
 
@@ -27,6 +37,7 @@ __all__ = ["RedisStateStore"]
 
 _APPLICATION = b"genesys-mux"
 _ERRORS = (rexc.RedisError, OSError, TimeoutError)
+log = logging.getLogger("genesys_mux.state")
 
 
 class RedisStateStore:
@@ -47,6 +58,9 @@ class RedisStateStore:
 
     def _key(self, stream_id: str) -> str:
         return f"{self.prefix}state:stream:{stream_id}"
+
+    def _memory_key(self, stream_id: str) -> str:
+        return f"{self.prefix}state:memory:{stream_id}"
 
     async def open(self) -> None:
         """Connect; create the metadata, or check the one there; StateError if unusable."""
@@ -73,17 +87,70 @@ class RedisStateStore:
             raise StateError(
                 f"{self.name}: {self._meta} is not genesys-mux's; choose another [state] prefix"
             )
-        if int(version) != SCHEMA_VERSION:
-            newer = int(version) > SCHEMA_VERSION
+        found = int(version)
+        if found > SCHEMA_VERSION or found not in (SCHEMA_VERSION, *_MIGRATIONS):
+            newer = found > SCHEMA_VERSION
             raise StateError(
-                f"{self.name}: state schema {int(version)}, this release reads {SCHEMA_VERSION}"
+                f"{self.name}: state schema {found}, this release reads {SCHEMA_VERSION}"
                 + ("; it was written by a newer release: upgrade" if newer else "")
                 + " (or start afresh with --reset-state, which moves the keys aside)"
             )
+        if found < SCHEMA_VERSION:
+            await self._migrate(client, found)
+
+    async def _migrate(self, client: aioredis.Redis, version: int) -> None:
+        """Bring the keys from ``version`` to this release's schema, in one transaction."""
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                for step in range(version, SCHEMA_VERSION):
+                    await _MIGRATIONS[step](self, client, pipe)
+                pipe.hset(self._meta, "schema_version", str(SCHEMA_VERSION))
+                await pipe.execute()
+        except _ERRORS as exc:
+            raise StateError(f"{self.name}: cannot migrate the state: {exc}") from exc
+        except StateError as exc:
+            raise StateError(
+                f"{self.name}: cannot migrate it from schema {version} ({exc}); nothing was "
+                "changed: start afresh with --reset-state, which moves the keys aside"
+            ) from exc
+        log.warning(
+            "%s: migrated the state from schema %d to %d", self.name, version, SCHEMA_VERSION
+        )
+
+    async def _migrate_1_to_2(self, client: aioredis.Redis, pipe: _Pipeline) -> None:
+        """Schema 1 kept each stream's memory inside its checkpoint: a hash of keys now."""
+        for stream_id, old in (await self._headers(client)).items():
+            pipe.set(self._key(stream_id), encode_checkpoint(old))
+            if old.memory:
+                pipe.hset(
+                    self._memory_key(stream_id),
+                    mapping={
+                        r.key: encode_remembered(msgspec.structs.replace(r, rank=rank))
+                        for rank, r in enumerate(old.memory, 1)
+                    },
+                )
 
     async def load(self) -> Mapping[str, StreamCheckpoint]:
-        """Every stream's checkpoint, by stream id."""
+        """Every stream's checkpoint, by stream id, with its whole memory."""
         client = self._connect()
+        headers = await self._headers(client)
+        ids = list(headers)
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                for stream_id in ids:
+                    pipe.hvals(self._memory_key(stream_id))
+                memories: list[list[bytes]] = await pipe.execute() if ids else []
+        except _ERRORS as exc:
+            raise StateError(f"{self.name}: cannot read the state: {exc}") from exc
+        found: dict[str, StreamCheckpoint] = {}
+        for stream_id, entries in zip(ids, memories, strict=True):
+            where = f"{self.name} key {self._memory_key(stream_id)!r}"
+            kept = sorted((decode_remembered(e, where) for e in entries), key=lambda r: r.rank)
+            found[stream_id] = msgspec.structs.replace(headers[stream_id], memory=kept)
+        return found
+
+    async def _headers(self, client: aioredis.Redis) -> dict[str, StreamCheckpoint]:
+        """Every stream's stored header (schema 1: its whole checkpoint), by stream id."""
         prefix = self._key("")
         try:
             keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
@@ -100,21 +167,32 @@ class RedisStateStore:
         return found
 
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
-        """Replace these streams' checkpoints in one transaction."""
+        """Write these streams' checkpoints (each whole or incremental) in one transaction."""
         if not checkpoints:
             return
         client = self._connect()
         try:
             async with client.pipeline(transaction=True) as pipe:
                 for checkpoint in checkpoints:
+                    memory = self._memory_key(checkpoint.stream_id)
                     pipe.set(self._key(checkpoint.stream_id), encode_checkpoint(checkpoint))
+                    if checkpoint.complete:
+                        pipe.delete(memory)
+                    elif checkpoint.forgotten:
+                        pipe.hdel(memory, *checkpoint.forgotten)
+                    if checkpoint.memory:
+                        pipe.hset(
+                            memory,
+                            mapping={r.key: encode_remembered(r) for r in checkpoint.memory},
+                        )
                 await pipe.execute()
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot write the state: {exc}") from exc
 
     async def remove(self, stream_ids: Iterable[str]) -> None:
         """Forget these streams."""
-        keys = [self._key(s) for s in stream_ids]
+        ids = list(stream_ids)
+        keys = [self._key(s) for s in ids] + [self._memory_key(s) for s in ids]
         if not keys:
             return
         try:
@@ -152,3 +230,12 @@ class RedisStateStore:
                 socket_connect_timeout=self._timeout_s,
             )
         return self._client
+
+
+_Pipeline = aioredis.client.Pipeline
+
+#: How to bring keys of schema N to N + 1: reads go through the client, the
+#: writes into the one transaction that also records the new version.
+_MIGRATIONS: dict[int, Callable[[RedisStateStore, aioredis.Redis, _Pipeline], Awaitable[None]]] = {
+    1: RedisStateStore._migrate_1_to_2
+}

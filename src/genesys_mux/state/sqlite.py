@@ -1,16 +1,22 @@
 """Checkpoints in a SQLite file: the embedded default, no server needed.
 
-The file has two tables: ``genesys_mux_meta`` (``application`` and
-``schema_version``, checked on every open) and ``genesys_mux_streams`` (one
-row per stream: the encoded checkpoint and when it was saved). WAL mode
-lets ``genesys-mux state show`` read while ``run`` writes; a batch is one
+The file has three tables: ``genesys_mux_meta`` (``application`` and
+``schema_version``, checked on every open), ``genesys_mux_streams`` (one
+row per stream: the checkpoint's header and when it was saved) and
+``genesys_mux_memory`` (one row per remembered key of each stream, so an
+incremental checkpoint writes only the keys that changed). WAL mode lets
+``genesys-mux state show`` read while ``run`` writes; a batch is one
 transaction. Every call runs in a worker thread on one connection, in turn,
 so the event loop never waits on the disk.
+
+A file of an older schema is migrated on open, in one transaction, by the
+steps in ``_MIGRATIONS`` (one per version); a newer one is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -18,11 +24,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
+
 from genesys_mux.core.checkpoint import (
     SCHEMA_VERSION,
+    Remembered,
     StreamCheckpoint,
     decode_checkpoint,
+    decode_remembered,
     encode_checkpoint,
+    encode_remembered,
 )
 from genesys_mux.errors import StateError
 
@@ -30,6 +41,41 @@ __all__ = ["SqliteStateStore"]
 
 _APPLICATION = "genesys-mux"
 _T = TypeVar("_T")
+log = logging.getLogger("genesys_mux.state")
+
+_MEMORY_TABLE = (
+    "CREATE TABLE genesys_mux_memory (stream_id TEXT NOT NULL, key TEXT NOT NULL, "
+    "entry BLOB NOT NULL, PRIMARY KEY (stream_id, key)) WITHOUT ROWID"
+)
+_SAVE_HEADER = (
+    "INSERT INTO genesys_mux_streams (stream_id, checkpoint, saved_at) "
+    "VALUES (?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
+    "checkpoint = excluded.checkpoint, saved_at = excluded.saved_at"
+)
+_SAVE_KEY = "INSERT OR REPLACE INTO genesys_mux_memory (stream_id, key, entry) VALUES (?, ?, ?)"
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Schema 1 kept each stream's memory inside its checkpoint: one row per key now."""
+    db.execute(_MEMORY_TABLE)
+    rows = db.execute("SELECT stream_id, checkpoint FROM genesys_mux_streams").fetchall()
+    for stream_id, blob in rows:
+        old = decode_checkpoint(bytes(blob), f"stream {stream_id!r}")
+        db.execute(
+            "UPDATE genesys_mux_streams SET checkpoint = ? WHERE stream_id = ?",
+            (encode_checkpoint(old), stream_id),
+        )
+        db.executemany(
+            _SAVE_KEY,
+            (
+                (stream_id, r.key, encode_remembered(msgspec.structs.replace(r, rank=rank)))
+                for rank, r in enumerate(old.memory, 1)
+            ),
+        )
+
+
+#: How to bring a file of schema N to N + 1.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
 
 
 class SqliteStateStore:
@@ -46,29 +92,43 @@ class SqliteStateStore:
         await self._run(self._open)
 
     async def load(self) -> Mapping[str, StreamCheckpoint]:
-        """Every stream's checkpoint, by stream id."""
-        rows = await self._run(
-            lambda db: db.execute(
-                "SELECT stream_id, checkpoint FROM genesys_mux_streams"
-            ).fetchall()
-        )
-        return {
-            stream_id: decode_checkpoint(bytes(blob), f"{self.name} stream {stream_id!r}")
-            for stream_id, blob in rows
-        }
+        """Every stream's checkpoint, by stream id, with its whole memory."""
+
+        def read(db: sqlite3.Connection) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+            with db:  # one read transaction: headers and keys of the same moment
+                headers = db.execute("SELECT stream_id, checkpoint FROM genesys_mux_streams")
+                keys = db.execute("SELECT stream_id, entry FROM genesys_mux_memory")
+                return headers.fetchall(), keys.fetchall()
+
+        headers, keys = await self._run(read)
+        memory: dict[str, list[Remembered]] = {}
+        for stream_id, entry in keys:
+            where = f"{self.name} stream {stream_id!r}"
+            memory.setdefault(stream_id, []).append(decode_remembered(bytes(entry), where))
+        found: dict[str, StreamCheckpoint] = {}
+        for stream_id, blob in headers:
+            header = decode_checkpoint(bytes(blob), f"{self.name} stream {stream_id!r}")
+            kept = sorted(memory.get(stream_id, ()), key=lambda r: r.rank)
+            found[stream_id] = msgspec.structs.replace(header, memory=kept)
+        return found
 
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
-        """Replace these streams' checkpoints in one transaction."""
-        rows = [(c.stream_id, encode_checkpoint(c), c.saved_at) for c in checkpoints]
+        """Write these streams' checkpoints (each whole or incremental) in one transaction."""
+        headers = [(c.stream_id, encode_checkpoint(c), c.saved_at) for c in checkpoints]
+        # Encoded here, not in the worker thread: msgspec is quick, and the
+        # checkpoints' lists are not to be read from two threads.
+        keys = [(c.stream_id, r.key, encode_remembered(r)) for c in checkpoints for r in c.memory]
+        cleared = [(c.stream_id,) for c in checkpoints if c.complete]
+        forgotten = [(c.stream_id, key) for c in checkpoints for key in c.forgotten]
 
         def write(db: sqlite3.Connection) -> None:
             with db:
+                db.executemany(_SAVE_HEADER, headers)
+                db.executemany("DELETE FROM genesys_mux_memory WHERE stream_id = ?", cleared)
                 db.executemany(
-                    "INSERT INTO genesys_mux_streams (stream_id, checkpoint, saved_at) "
-                    "VALUES (?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
-                    "checkpoint = excluded.checkpoint, saved_at = excluded.saved_at",
-                    rows,
+                    "DELETE FROM genesys_mux_memory WHERE stream_id = ? AND key = ?", forgotten
                 )
+                db.executemany(_SAVE_KEY, keys)
 
         await self._run(write)
 
@@ -79,6 +139,7 @@ class SqliteStateStore:
         def delete(db: sqlite3.Connection) -> None:
             with db:
                 db.executemany("DELETE FROM genesys_mux_streams WHERE stream_id = ?", ids)
+                db.executemany("DELETE FROM genesys_mux_memory WHERE stream_id = ?", ids)
 
         await self._run(delete)
 
@@ -158,6 +219,7 @@ class SqliteStateStore:
                     "CREATE TABLE genesys_mux_streams (stream_id TEXT PRIMARY KEY, "
                     "checkpoint BLOB NOT NULL, saved_at REAL NOT NULL)"
                 )
+                db.execute(_MEMORY_TABLE)
                 db.executemany(
                     "INSERT INTO genesys_mux_meta (key, value) VALUES (?, ?)",
                     [("application", _APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
@@ -168,7 +230,7 @@ class SqliteStateStore:
         if meta.get("application") != _APPLICATION or not version.isdigit():
             self._forget(db)
             raise StateError(f"{self.name}: its metadata is not genesys-mux's ({meta!r:.100})")
-        if int(version) != SCHEMA_VERSION:
+        if int(version) > SCHEMA_VERSION or int(version) not in (SCHEMA_VERSION, *_MIGRATIONS):
             self._forget(db)
             newer = int(version) > SCHEMA_VERSION
             raise StateError(
@@ -176,7 +238,34 @@ class SqliteStateStore:
                 + ("; it was written by a newer release: upgrade" if newer else "")
                 + " (or start afresh with --reset-state, which moves the file aside)"
             )
+        if int(version) < SCHEMA_VERSION:
+            self._migrate(db, int(version))
+        # Only once the file is known to be ours, and of our schema: a file
+        # refused is left exactly as it was.
         db.execute("PRAGMA journal_mode = WAL")
+
+    def _migrate(self, db: sqlite3.Connection, version: int) -> None:
+        """Bring the file from ``version`` to this release's schema, all steps or none."""
+        try:
+            with db:
+                # Explicitly: sqlite3 would run the steps' CREATE TABLEs outside
+                # a transaction, and a failed migration must leave no trace.
+                db.execute("BEGIN")
+                for step in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[step](db)
+                db.execute(
+                    "UPDATE genesys_mux_meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
+        except StateError as exc:
+            self._forget(db)
+            raise StateError(
+                f"{self.name}: cannot migrate it from schema {version} ({exc}); nothing was "
+                "changed: start afresh with --reset-state, which moves the file aside"
+            ) from exc
+        log.warning(
+            "%s: migrated the state from schema %d to %d", self.name, version, SCHEMA_VERSION
+        )
 
     def _forget(self, db: sqlite3.Connection) -> None:
         """Close a connection to a file we will not use, so nothing is ever written to it."""

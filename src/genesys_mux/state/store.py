@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from genesys_mux.core.checkpoint import StreamCheckpoint
+from genesys_mux.core.checkpoint import StreamCheckpoint, apply_checkpoint
 
 __all__ = ["MemoryStateStore", "StateStore", "open_store"]
 
@@ -23,11 +23,15 @@ class StateStore(Protocol):
         """Create the schema, or check that what is there can be read; raise StateError if not."""
 
     async def load(self) -> Mapping[str, StreamCheckpoint]:
-        """Every stream's checkpoint, by stream id."""
+        """Every stream's checkpoint, by stream id, complete (its whole memory)."""
         ...
 
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
-        """Replace these streams' checkpoints, all or none."""
+        """Write these streams' checkpoints, all or none.
+
+        A ``complete`` checkpoint replaces the stream's; an incremental one
+        updates it (see :func:`~genesys_mux.core.checkpoint.apply_checkpoint`).
+        """
 
     async def remove(self, stream_ids: Iterable[str]) -> None:
         """Forget these streams (``state prune``)."""
@@ -59,9 +63,12 @@ class MemoryStateStore:
         return dict(self._checkpoints)
 
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
-        """Replace these streams' checkpoints."""
+        """Write these streams' checkpoints."""
         for checkpoint in checkpoints:
-            self._checkpoints[checkpoint.stream_id] = checkpoint
+            stream_id = checkpoint.stream_id
+            self._checkpoints[stream_id] = apply_checkpoint(
+                self._checkpoints.get(stream_id), checkpoint
+            )
 
     async def remove(self, stream_ids: Iterable[str]) -> None:
         """Forget these streams."""
