@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from genesys_mux.emulator import Emulator
 from tests.cli.conftest import run_cli
 from tests.cli.test_run import DEMO_CREDENTIALS, TWO_STREAMS, json_lines
+from tests.sinks.conftest import free_port
 
 ONE_STREAM = """\
 [settings]
@@ -69,17 +73,49 @@ async def test_run_continues_its_numbering_and_reports_the_downtime(
     assert [n for n in os.listdir(tmp_path) if n.startswith("genesys-mux-state.db.moved-")]
 
 
-async def test_an_unreadable_state_file_is_a_one_line_error_and_left_alone(
-    emulator: Emulator, tmp_path: Path
+def a_newer_schema(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE genesys_mux_meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.executemany(
+            "INSERT INTO genesys_mux_meta VALUES (?, ?)",
+            [("application", "genesys-mux"), ("schema_version", "99")],
+        )
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("corrupt", ["is not a SQLite database", "--reset-state"]),
+        ("newer", ["state schema 99", "newer release", "--reset-state"]),
+        ("unreachable", ["cannot reach the state store", "redis:127.0.0.1:"]),
+    ],
+)
+async def test_unusable_state_is_a_one_line_error_exit_2_and_left_alone(
+    emulator: Emulator, tmp_path: Path, case: str, expected: list[str]
 ) -> None:
-    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
-    (tmp_path / "genesys-mux-state.db").write_bytes(b"not a database" * 100)
+    config, env = TWO_STREAMS, dict(DEMO_CREDENTIALS)
+    state = tmp_path / "genesys-mux-state.db"
+    if case == "corrupt":
+        state.write_bytes(b"not a database" * 100)
+    elif case == "newer":
+        a_newer_schema(state)
+    else:
+        # A port nobody listens on, and a password that must not be printed.
+        env["MUX_STATE_URL"] = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+        config += '\n[state]\nurl_env = "MUX_STATE_URL"\n'
+    before = state.read_bytes() if state.exists() else None
+    (tmp_path / "mux.toml").write_text(config)
     result = await run_cli(
         "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3",
-        env=DEMO_CREDENTIALS,
+        env=env,
         cwd=tmp_path,
     )  # fmt: skip
     assert result.code == 2, result.why()
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert any("is not a SQLite database" in line and "--reset-state" in line for line in errors)
-    assert (tmp_path / "genesys-mux-state.db").read_bytes() == b"not a database" * 100
+    assert len(errors) == 1, result.why()
+    assert all(part in errors[0] for part in expected), result.why()
+    assert "hunter2" not in result.output
+    # Nothing was written: the file is as it was, and no events were delivered.
+    assert (state.read_bytes() if state.exists() else None) == before
+    assert not [e for e in json_lines(result.stdout) if e.get("kind") == "event"]

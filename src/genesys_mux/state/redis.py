@@ -81,7 +81,10 @@ class RedisStateStore:
                 )
                 return
         except _ERRORS as exc:
-            raise StateError(f"{self.name}: cannot reach the state store: {exc}") from exc
+            raise StateError(
+                f"{self.name}: cannot reach the state store ({exc}); check that Redis runs "
+                "there, or fix [state] url"
+            ) from exc
         version = meta.get(b"schema_version", b"")
         if meta.get(b"application") != _APPLICATION or not version.isdigit():
             raise StateError(
