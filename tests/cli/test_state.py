@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from genesys_mux.emulator import Emulator
-from tests.cli.conftest import run_cli
+from tests.cli.conftest import run_cli, start_cli
 from tests.cli.test_run import DEMO_CREDENTIALS, TWO_STREAMS, json_lines
 from tests.sinks.conftest import free_port
 
@@ -119,3 +121,32 @@ async def test_unusable_state_is_a_one_line_error_exit_2_and_left_alone(
     # Nothing was written: the file is as it was, and no events were delivered.
     assert (state.read_bytes() if state.exists() else None) == before
     assert not [e for e in json_lines(result.stdout) if e.get("kind") == "event"]
+
+
+async def test_a_second_run_on_the_same_state_is_refused(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    first = await start_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url,
+        env=DEMO_CREDENTIALS,
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert first.stdout is not None
+        # Its first event is printed once it runs, holding the state.
+        assert await asyncio.wait_for(first.stdout.readline(), 20.0)
+        second = await run_cli(
+            "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3",
+            env=DEMO_CREDENTIALS,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert second.code == 2, second.why()
+        assert f"in use by another genesys-mux process (pid {first.pid})" in second.stderr
+        # A reader is not refused.
+        shown = await run_cli("state", "show", "-c", "mux.toml", "--json", cwd=tmp_path)
+        assert shown.code == 0, shown.why()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(first.communicate(), 20.0)
+    assert first.returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
 import sqlite3
 from collections.abc import AsyncIterator
@@ -343,3 +344,28 @@ async def test_schema_1_redis_keys_are_migrated_on_open(redis_server: RedisServe
     await assert_migrated(RedisStateStore(redis_server.url, prefix="old:"), checkpoint)
     assert client.hget("old:state:meta", "schema_version") == str(SCHEMA_VERSION).encode()
     client.close()
+
+
+async def test_one_process_at_a_time_writes_a_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = SqliteStateStore(path)
+    await first.open()
+    try:
+        second = SqliteStateStore(path)
+        with pytest.raises(
+            StateError, match=rf"in use by another genesys-mux process \(pid {os.getpid()}\)"
+        ):
+            await second.open()
+        with pytest.raises(StateError, match="in use by another"):
+            await second.move_aside()
+        assert path.exists()
+        # A reader (state show) may look while the writer runs.
+        reader = SqliteStateStore(path, exclusive=False)
+        await reader.open()
+        assert await reader.load() == {}
+        await reader.close()
+    finally:
+        await first.close()
+    # Released with the store (or the process): the next one takes it.
+    await second.open()
+    await second.close()

@@ -387,16 +387,18 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
 # -- state ---------------------------------------------------------------------------
 
 
-def _store_of(config_path: Path) -> tuple[ConfigFile, StateStore]:
+def _store_of(config_path: Path, *, exclusive: bool = True) -> tuple[ConfigFile, StateStore]:
     config = load_config(config_path)
-    return config, open_store(config.state.target(), prefix=config.state.prefix)
+    store = open_store(config.state.target(), prefix=config.state.prefix, exclusive=exclusive)
+    return config, store
 
 
 def state_show(config_path: Path, as_json: bool, console: Console) -> int:
     """Show each stream's saved state: next sequence, watermark, remembered keys."""
 
     async def read() -> tuple[ConfigFile, str, Mapping[str, StreamCheckpoint]]:
-        config, store = _store_of(config_path)
+        # A reader: it may look while `run` writes.
+        config, store = _store_of(config_path, exclusive=False)
         await store.open()
         try:
             return config, store.name, await store.load()

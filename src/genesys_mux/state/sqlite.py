@@ -9,6 +9,11 @@ incremental checkpoint writes only the keys that changed). WAL mode lets
 transaction. Every call runs in a worker thread on one connection, in turn,
 so the event loop never waits on the disk.
 
+One process at a time writes a file: ``open`` takes an advisory lock on
+``<file>.lock`` (``flock``, released by the kernel if the process dies),
+so a second ``run`` on the same state is refused instead of numbering the
+same streams twice. Readers (``state show``) open without it.
+
 A file of an older schema is migrated on open, in one transaction, by the
 steps in ``_MIGRATIONS`` (one per version); a newer one is refused.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -36,6 +42,11 @@ from genesys_mux.core.checkpoint import (
     encode_remembered,
 )
 from genesys_mux.errors import StateError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["SqliteStateStore"]
 
@@ -81,15 +92,27 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to
 class SqliteStateStore:
     """Checkpoints in the SQLite file at ``path`` (created, with its schema, on open)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = True) -> None:
         self.path = path
         self.name = f"sqlite:{path}"
+        #: Take the one-writer lock on open (False: a reader, such as ``state show``).
+        self.exclusive = exclusive
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the lock file's descriptor, while we hold it
 
     async def open(self) -> None:
-        """Create the file and schema, or check the ones there; StateError if unusable."""
-        await self._run(self._open)
+        """Create the file and schema, or check the ones there; StateError if unusable.
+
+        Raises StateError, too, when another process holds the file.
+        """
+        if self.exclusive:
+            await asyncio.to_thread(self._take_ownership)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._give_up_ownership()
+            raise
 
     async def load(self) -> Mapping[str, StreamCheckpoint]:
         """Every stream's checkpoint, by stream id, with its whole memory."""
@@ -153,19 +176,27 @@ class SqliteStateStore:
 
         if self._db is not None:
             await self._run(close)
+        self._give_up_ownership()
 
     async def move_aside(self) -> str:
-        """Rename the file (and its WAL files) to ``<name>.moved-<time>``; returns the new name."""
+        """Rename the file (and its WAL files) to ``<name>.moved-<time>``; returns the new name.
+
+        Refused (StateError) while another process holds the file.
+        """
         await self.close()
 
         def move() -> str:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            target = self.path.with_name(f"{self.path.name}.moved-{stamp}")
-            for suffix in ("", "-wal", "-shm"):
-                source = Path(f"{self.path}{suffix}")
-                if source.exists():
-                    source.rename(Path(f"{target}{suffix}"))
-            return str(target)
+            self._take_ownership()
+            try:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                target = self.path.with_name(f"{self.path.name}.moved-{stamp}")
+                for suffix in ("", "-wal", "-shm"):
+                    source = Path(f"{self.path}{suffix}")
+                    if source.exists():
+                        source.rename(Path(f"{target}{suffix}"))
+                return str(target)
+            finally:
+                self._give_up_ownership()
 
         try:
             return await asyncio.to_thread(move)
@@ -186,11 +217,7 @@ class SqliteStateStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            if not self.path.parent.is_dir():
-                raise StateError(
-                    f"{self.name}: directory {self.path.parent} does not exist; create it "
-                    "or set [state] path elsewhere"
-                )
+            self._check_directory()
             self._db = sqlite3.connect(self.path, check_same_thread=False)
         return self._db
 
@@ -266,6 +293,41 @@ class SqliteStateStore:
         log.warning(
             "%s: migrated the state from schema %d to %d", self.name, version, SCHEMA_VERSION
         )
+
+    def _check_directory(self) -> None:
+        if not self.path.parent.is_dir():
+            raise StateError(
+                f"{self.name}: directory {self.path.parent} does not exist; create it "
+                "or set [state] path elsewhere"
+            )
+
+    def _take_ownership(self) -> None:
+        """Hold ``<file>.lock`` for as long as the store is open, or say who does."""
+        if self._owner is not None or fcntl is None:
+            return  # held already; or a platform without flock: no guard
+        self._check_directory()
+        lock = Path(f"{self.path}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"{self.name}: cannot create its lock file {lock}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateError(
+                f"{self.name} is in use by another genesys-mux process (pid {holder}); stop "
+                "it first, or give this configuration a [state] path of its own"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._owner = fd
+
+    def _give_up_ownership(self) -> None:
+        fd, self._owner = self._owner, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     def _forget(self, db: sqlite3.Connection) -> None:
         """Close a connection to a file we will not use, so nothing is ever written to it."""

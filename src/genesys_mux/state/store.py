@@ -85,11 +85,16 @@ class MemoryStateStore:
 
 
 def open_store(
-    state: StateStore | str | os.PathLike[str] | None, *, prefix: str = "genesys-mux:"
+    state: StateStore | str | os.PathLike[str] | None,
+    *,
+    prefix: str = "genesys-mux:",
+    exclusive: bool = True,
 ) -> StateStore:
     """A store for a setting: a store as is, ``redis://``/``rediss://`` URLs, else a file path.
 
-    None is the in-memory store. Nothing is opened yet: call ``await store.open()``.
+    None is the in-memory store. ``exclusive=False`` opens a SQLite file as
+    a reader, without its one-writer lock. Nothing is opened yet: call
+    ``await store.open()``.
     """
     if state is None:
         return MemoryStateStore()
@@ -100,5 +105,5 @@ def open_store(
     if isinstance(state, str | os.PathLike):
         from genesys_mux.state.sqlite import SqliteStateStore
 
-        return SqliteStateStore(Path(state))
+        return SqliteStateStore(Path(state), exclusive=exclusive)
     return state
