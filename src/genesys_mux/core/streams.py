@@ -45,7 +45,6 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Literal
 
 import msgspec
@@ -236,6 +235,8 @@ class _Seen:
     # when nearly empty, and one of these exists per remembered key.
     hashes: list[bytes]
     in_state: bool = False
+    #: When the key was last seen, on the stream's own clock (a checkpoint's rank).
+    stamp: int = 0
 
 
 class Stream:
@@ -276,14 +277,14 @@ class Stream:
         self._hashes_per_key = hashes_per_key
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         # For incremental checkpoints: keys seen, and keys forgotten, since
-        # the last one. Every key seen moves to the end of _seen, so the keys
-        # seen are exactly its last len(_touched) entries.
+        # the last one.
         self._touched: set[str] = set()
         self._forgotten: set[str] = set()
         # The next checkpoint carries the whole memory (the first of a run,
         # and the one after a write failed).
         self._complete_due = True
-        self._rank = 0
+        # Counts keys seen: each key's stamp, and its rank in checkpoints.
+        self._clock = 0
         self._buffer: deque[StreamEvent | Gap] = deque()
         # (sequence, received_at) of events handed out and not yet settled:
         # the restart watermark may not pass them (see unsettled_since).
@@ -389,18 +390,16 @@ class Stream:
         call :meth:`checkpoint_failed`: the next one is complete again.
         """
         complete = self._complete_due
+        seen_now = self._seen
         if complete:
-            entries = list(self._seen.items())
+            entries = list(seen_now.items())
         else:
-            # The keys seen since the last checkpoint are the newest ones.
-            entries = list(islice(reversed(self._seen.items()), len(self._touched)))
-            entries.reverse()
-        rank = self._rank
+            entries = [(key, seen_now[key]) for key in self._touched if key in seen_now]
+            entries.sort(key=lambda entry: entry[1].stamp)
         memory = [
-            Remembered(key, seen.version, list(seen.hashes), seen.in_state, rank + i)
-            for i, (key, seen) in enumerate(entries, 1)
+            Remembered(key, seen.version, list(seen.hashes), seen.in_state, seen.stamp)
+            for key, seen in entries
         ]
-        self._rank = rank + len(memory)
         forgotten = [] if complete else list(self._forgotten)
         self._touched.clear()
         self._forgotten.clear()
@@ -434,9 +433,10 @@ class Stream:
                 remembered.version,
                 list(remembered.hashes[-self._hashes_per_key :]),
                 remembered.in_state,
+                remembered.rank,
             )
         if checkpoint.memory:
-            self._rank = max(self._rank, checkpoint.memory[-1].rank)
+            self._clock = max(self._clock, checkpoint.memory[-1].rank)
 
     @property
     def next_sequence(self) -> int:
@@ -457,6 +457,7 @@ class Stream:
 
     def _remember(self, key: str) -> _Seen:
         self._touched.add(key)
+        self._clock += 1
         seen = self._seen.get(key)
         if seen is None:
             seen = _Seen(None, [])
@@ -468,6 +469,7 @@ class Stream:
                 self._forgotten.add(old)
         else:
             self._seen.move_to_end(key)
+        seen.stamp = self._clock
         return seen
 
     def _add_hash(self, seen: _Seen, digest: bytes) -> None:
