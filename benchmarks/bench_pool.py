@@ -140,6 +140,9 @@ class Result:
     leftover_tasks: int
     #: The last frame as received, for the decode timings (raw scenarios only).
     sample_frame: str = ""
+    latency_p999_ms: float | None = None
+    #: CPU time of a server the client talks to (bench_checkpoint's redis-server), if any.
+    server_cpu_s: float | None = None
 
     @property
     def fps(self) -> float:
@@ -176,6 +179,9 @@ class _Consumed:
     samples: list[tuple[int, str]] = field(default_factory=list)
     received: int = 0
     last_frame: str = ""
+    #: Set by a measurement that warms up on its topic before the measured
+    #: blast: the ledger's next sequence number once the warm-up is over.
+    ledger_mark: int | None = None
 
     @classmethod
     def for_count(cls, count: int) -> _Consumed:
@@ -190,6 +196,7 @@ class _Usage:
     cpu_s: float = 0.0
     rss_delta_kib: int = 0
     emulator_cpu_s: float | None = None
+    server_cpu_s: float | None = None
 
 
 # --------------------------------------------------------------------------
@@ -209,8 +216,10 @@ def _process_cpu_s(pid: int) -> float | None:
 
 
 @contextlib.contextmanager
-def _usage(emulator_pid: int) -> Iterator[_Usage]:
+def _usage(emulator_pid: int, server_pid: int | None = None) -> Iterator[_Usage]:
+    """Resources spent in the block: this process's, the emulator's and a server's (if given)."""
     usage = _Usage()
+    server_before = None if server_pid is None else _process_cpu_s(server_pid)
     emulator_before = _process_cpu_s(emulator_pid)
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -220,10 +229,13 @@ def _usage(emulator_pid: int) -> Iterator[_Usage]:
         usage.wall_s = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         emulator_after = _process_cpu_s(emulator_pid)
+        server_after = None if server_pid is None else _process_cpu_s(server_pid)
         usage.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         usage.rss_delta_kib = after.ru_maxrss - before.ru_maxrss  # KiB on Linux
         if emulator_before is not None and emulator_after is not None:
             usage.emulator_cpu_s = emulator_after - emulator_before
+        if server_before is not None and server_after is not None:
+            usage.server_cpu_s = server_after - server_before
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -501,6 +513,8 @@ async def _run_job(job: Job, measure: Measure | None = None) -> Result:
                 f"a deadline passed ({job.timeout_s:g} s to consume {job.count:,} frames, "
                 f"{SETUP_TIMEOUT_S:g} s for each setup step)"
             ) from None
+        if consumed.ledger_mark is not None:
+            mark = consumed.ledger_mark  # what the warm-up sent is not measured
         sent = await _ledger_entries(s, job.base_url, mark, job.topic)
     if consumed.received != job.count or len(sent) != job.count:
         raise BenchError(f"sent {len(sent)} and received {consumed.received} of {job.count}")
@@ -526,6 +540,8 @@ async def _run_job(job: Job, measure: Measure | None = None) -> Result:
         latency_p99_ms=_percentile(latencies, 0.99) * 1000,
         leftover_tasks=len(leftover),
         sample_frame=consumed.last_frame,
+        latency_p999_ms=_percentile(latencies, 0.999) * 1000,
+        server_cpu_s=usage.server_cpu_s,
     )
 
 

@@ -133,12 +133,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def _redis_server(prefix: str = "bench-redis-") -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server of our own on a free loopback port: its URL and its process."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise BenchError("redis-server is not on PATH (scripts/test installs it)")
-    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as workdir:
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
         port = _free_port()
         process = subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
             [

@@ -60,7 +60,7 @@ import sys
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -81,6 +81,7 @@ from benchmarks.bench_pool import (
     _Child,
     _child_setup,
     _Consumed,
+    _ledger_mark,
     _median,
     _percentile,
     _progress,
@@ -93,7 +94,7 @@ from benchmarks.bench_pool import (
     add_blast_arguments,
     run_benchmark,
 )
-from genesys_mux import Multiplexer, StreamEvent
+from genesys_mux import Gap, Multiplexer, StreamEvent
 from genesys_mux.core.snapshot import _CONVERSATION_DECODER, EventFacts, event_facts
 from genesys_mux.core.streams import DeadLetter, Stream
 from genesys_mux.emulator import Emulator, EmulatorSettings
@@ -169,6 +170,18 @@ def snapshot_template(max_bytes: int) -> Template:
     general queue topic) and carries its media-shaped twin for the in-process
     table.
     """
+    return snapshot_history(max_bytes)[0]
+
+
+@functools.cache
+def snapshot_history(max_bytes: int) -> tuple[Template, ...]:
+    """:func:`snapshot_template`, then the later snapshots of its conversation, in order.
+
+    The later ones are the same conversation's next general-topic queue
+    snapshots of the same two simulated minutes, whatever their size: the
+    states it goes through after the template's (bench_checkpoint blasts
+    them to remember several state digests per conversation).
+    """
     centre = ContactCentre(seed=TEMPLATE_SEED, epoch=TEMPLATE_EPOCH)
     pubs = centre.advance(TEMPLATE_SIM_S)
     candidates = [
@@ -189,7 +202,15 @@ def snapshot_template(max_bytes: int) -> Template:
     if twin.conversation_id != pub.conversation_id or twin.at != pub.at:
         raise BenchError("the emulator no longer publishes a media twin after each snapshot")
     media = twin.topics[0].rsplit(".", 1)[1]
-    return Template(pub.body, pub.conversation_id, queue_id, twin.body, media)
+    later = [
+        Template(p.body, pub.conversation_id, later_queue)
+        for p in pubs[index + 1 :]
+        if p.conversation_id == pub.conversation_id
+        and p.topics[0].endswith(".conversations")
+        and (later_queue := _queue_of(p.topics[0])) is not None
+        and p.body.count(pub.conversation_id.encode()) == 1
+    ]
+    return (Template(pub.body, pub.conversation_id, queue_id, twin.body, media), *later)
 
 
 class SnapshotBlastEmulator(Emulator):
@@ -210,17 +231,28 @@ class SnapshotBlastEmulator(Emulator):
         return head + CONVERSATION_PREFIX.encode(), tail, CONVERSATION_PREFIX
 
 
+def snapshot_emulator(max_bytes: int, settings: EmulatorSettings) -> Emulator:
+    """A :class:`SnapshotBlastEmulator` blasting ``snapshot_template(max_bytes)``."""
+    return SnapshotBlastEmulator(settings, snapshot_template(max_bytes))
+
+
 def _emulator_process(
-    max_bytes: int, cpus: frozenset[int] | None, stop: Connection, conn: Connection
+    make: Callable[[EmulatorSettings], Emulator],
+    cpus: frozenset[int] | None,
+    stop: Connection,
+    conn: Connection,
 ) -> None:
+    """The emulator process; ``make`` (picklable: a module-level function or partial) builds it."""
     _child_setup(cpus)
-    asyncio.run(_serve_emulator(max_bytes, stop, conn))
+    asyncio.run(_serve_emulator(make, stop, conn))
 
 
-async def _serve_emulator(max_bytes: int, stop: Connection, conn: Connection) -> None:
+async def _serve_emulator(
+    make: Callable[[EmulatorSettings], Emulator], stop: Connection, conn: Connection
+) -> None:
     # No simulated contact centre: only blast frames are sent.
     settings = EmulatorSettings(seed=1, queues=1, agents=0, rate=0.0, traffic=False)
-    async with SnapshotBlastEmulator(settings, snapshot_template(max_bytes)) as emulator:
+    async with make(settings) as emulator:
         conn.send(emulator.base_url)
         conn.close()
         await _readable(stop, None)
@@ -240,9 +272,30 @@ class StreamResult(Result):
     event_latency_p99_ms: float | None = None
 
 
+#: Runs on the stream before the measured blast (bench_checkpoint fills the
+#: stream's memory); returns how many events it consumed from the stream.
+WarmUp = Callable[
+    [aiohttp.ClientSession, Multiplexer, AsyncIterator[StreamEvent | Gap]], Awaitable[int]
+]
+
+
 async def _measure_mux(
-    session: aiohttp.ClientSession, job: Job, *, buffer: int, latencies: array.array[float]
+    session: aiohttp.ClientSession,
+    job: Job,
+    *,
+    buffer: int,
+    latencies: array.array[float],
+    options: Mapping[str, Any] | None = None,
+    warm_up: WarmUp | None = None,
+    server_pid: int | None = None,
 ) -> tuple[_Consumed, _Usage]:
+    """Consume ``job``'s blast from ``mux.stream()``, checking that every frame came out once.
+
+    ``options`` are further ``Multiplexer`` arguments; ``warm_up`` runs on
+    the stream before the measured blast, which is then checked against the
+    ledger from where the warm-up ended; ``server_pid`` is a process whose
+    CPU is measured over the same stretch (bench_checkpoint's redis-server).
+    """
     queue_id = _queue_of(job.topic)
     assert queue_id is not None
     out = _Consumed.for_count(job.count)
@@ -255,15 +308,19 @@ async def _measure_mux(
         client_secret=CLIENT_SECRET,
         buffer_threshold=buffer,
         dlq=dlq,
+        **(options or {}),
     ) as mux:
         async with asyncio.timeout(SETUP_TIMEOUT_S):
             rejected = await mux.add_stream({"id": STREAM_ID, "filter": {"queueId": queue_id}})
         if rejected or not mux.live:
             raise BenchError(f"the multiplexer is not live on the topic: rejected={rejected}")
         items = mux.stream(STREAM_ID)
-        n = 0
+        warmed = n = 0
         try:
-            with _usage(job.emulator_pid) as usage:
+            if warm_up is not None:
+                warmed = await warm_up(session, mux, items)
+                out.ledger_mark = await _ledger_mark(session, job.base_url)
+            with _usage(job.emulator_pid, server_pid) as usage:
                 await _blast(session, job)
                 async with asyncio.timeout(job.timeout_s):
                     async for item in items:
@@ -284,20 +341,25 @@ async def _measure_mux(
             with contextlib.suppress(Exception):
                 await items.aclose()  # type: ignore[attr-defined]
             await _stop_blast(session, job.base_url)
-        stats = mux.stats()
-        stream = stats["streams"][STREAM_ID]
-        lost = (
-            stream.duplicates + stream.stale + stream.filtered + stream.overflowed,
-            stream.dead_lettered + len(dlq.letters),
-        )
-        if any(lost) or stream.received != count or stream.delivered != count:
-            raise BenchError(f"the stream did not deliver every frame once: {stream}")
-        channels = stats["channels"].values()
-        bad = sum(c.bad_frames for c in channels)
-        changes = sum(c.reconnects + c.rotations for c in channels)
-        if bad or changes:
-            raise BenchError(f"the pool saw {bad} bad frames and {changes} reconnects/rotations")
+        check_mux(mux, dlq, warmed + count)
     return out, usage
+
+
+def check_mux(mux: Multiplexer, dlq: MemoryDeadLetterQueue, count: int) -> None:
+    """The stream received and delivered ``count`` events, all of them, and the pool was calm."""
+    stats = mux.stats()
+    stream = stats["streams"][STREAM_ID]
+    lost = (
+        stream.duplicates + stream.stale + stream.filtered + stream.overflowed,
+        stream.dead_lettered + len(dlq.letters),
+    )
+    if any(lost) or stream.received != count or stream.delivered != count:
+        raise BenchError(f"the stream did not deliver every frame once: {stream}")
+    channels = stats["channels"].values()
+    bad = sum(c.bad_frames for c in channels)
+    changes = sum(c.reconnects + c.rotations for c in channels)
+    if bad or changes:
+        raise BenchError(f"the pool saw {bad} bad frames and {changes} reconnects/rotations")
 
 
 # --------------------------------------------------------------------------
@@ -566,8 +628,9 @@ async def _main(args: argparse.Namespace) -> int:
         f"msgspec {msgspec.__version__}, {os.cpu_count()} CPUs"
         + (f", emulator on CPU {cpus[-1]}, clients on CPU {cpus[0]}" if args.pin else "")
     )
+    make = functools.partial(snapshot_emulator, args.max_body)
     emulator, stopper, base_url = await _start_emulator(
-        emulator_cpus, functools.partial(_emulator_process, args.max_body)
+        emulator_cpus, functools.partial(_emulator_process, make)
     )
     results: dict[str, list[StreamResult]] = {key: [] for key in SCENARIOS}
     try:
