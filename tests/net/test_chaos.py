@@ -217,6 +217,8 @@ class Witness:
         self.channel_id = ""
         #: (topic, CorrelationId) -> Unix time read.
         self.received: dict[Key, float] = {}
+        #: (topic, CorrelationId) -> the notification frame as read (the first copy).
+        self.frames: dict[Key, str] = {}
         self.repeats = 0
         #: Anything a healthy, unfaulted socket should never see.
         self.trouble: list[str] = []
@@ -244,6 +246,7 @@ class Witness:
                     self.repeats += 1
                 else:
                     self.received[key] = time.time()
+                    self.frames[key] = message.data
             elif not (isinstance(frame, dict) and frame.get("topicName") == "channel.metadata"):
                 self.trouble.append(str(message.data)[:200])
         self.trouble.append(f"the witness socket closed ({ws.close_code})")

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
-from genesys_mux.core.events import ControlEvent, StreamStateReset
+from genesys_mux.core.events import Backfilled, ControlEvent, StreamStateReset
+from genesys_mux.core.snapshot import event_facts
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import StateError
 from genesys_mux.observability.metrics import readiness
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
-from genesys_mux.state import RedisStateStore, SqliteStateStore, StateStore
+from genesys_mux.state import MemoryStateStore, RedisStateStore, SqliteStateStore, StateStore
 from tests.net.test_multiplexer import FAST_POOL, Collector, org_settings
 from tests.sinks.conftest import RedisServer
 from tests.waiting import eventually
@@ -22,7 +23,8 @@ from tests.waiting import eventually
 STREAM = {"id": "all", "filter": {}}
 
 
-def a_mux(emulator: Emulator, state: Any) -> Multiplexer:
+def a_mux(emulator: Emulator, state: Any, **options: Any) -> Multiplexer:
+    settings: dict[str, Any] = {"checkpoint_interval_s": 0.2, **options}
     return Multiplexer(
         client_id="demo-client",
         client_secret="demo-secret",
@@ -30,7 +32,7 @@ def a_mux(emulator: Emulator, state: Any) -> Multiplexer:
         pool_settings=FAST_POOL,
         dlq=MemoryDeadLetterQueue(),
         state=state,
-        checkpoint_interval_s=0.2,
+        **settings,
     )
 
 
@@ -194,3 +196,79 @@ async def test_a_state_store_that_goes_away_is_reported_and_never_stops_the_feed
             assert readiness(mux).ready
         finally:
             await mux.stop(drain=False)
+
+
+async def test_a_checkpoint_leaves_out_what_was_not_settled(tmp_path: Path) -> None:
+    """A crash loses what a sink had not acknowledged: the next run numbers and back-fills it.
+
+    The checkpoint is taken while a reader that settles explicitly (a sink
+    runner) has acknowledged only the first five events it took; the
+    process then dies (the checkpoint is all the next run gets). The next
+    run must continue from the first unacknowledged sequence, and its
+    memory must not hold the unacknowledged states: with the traffic
+    frozen, the restart gap's back-fill delivers the current state of every
+    conversation they were about, instead of dropping it as delivered.
+    """
+    async with Emulator(org_settings(rate=20.0)) as emulator:
+        mux = a_mux(emulator, tmp_path / "state.db", checkpoint_interval_s=3600.0)
+        await mux.start()
+        try:
+            await mux.add_stream(STREAM)
+            items = mux.stream("all", settle=False)
+            taken: list[StreamEvent] = []
+            while len(taken) < 10:
+                item = await anext(items)
+                if isinstance(item, StreamEvent):
+                    taken.append(item)
+            mux.settle("all", taken[4].sequence)
+            emulator.set_running(False)  # no conversation changes from here on
+            await mux.checkpoint()
+            (saved,) = (await mux.state_store.load()).values()
+        finally:
+            await mux.stop(drain=False)
+        unsettled = taken[5:]
+        assert saved.next_sequence == unsettled[0].sequence
+        assert saved.watermark == unsettled[0].received_at
+        remembered = {(r.key, h) for r in saved.memory for h in r.digests()}
+        assert not [e for e in unsettled if (e.content_key, e.digest) in remembered]
+        assert all((e.content_key, e.digest) in remembered for e in taken[:5])
+
+        crashed = MemoryStateStore()
+        await crashed.save([saved])
+        again = a_mux(emulator, crashed, backfill=True)
+        facts: list[ControlEvent] = []
+        again.on_control.append(facts.append)
+        await again.start()
+        try:
+            await again.add_stream(STREAM)
+            seen = Collector(again.stream("all"))
+            await eventually(lambda: any(isinstance(f, Backfilled) for f in facts))
+        finally:
+            await again.stop(drain=True, timeout_s=5.0)
+        await eventually(lambda: seen._task.done())
+    after = seen.events()
+    assert after[0].sequence == unsettled[0].sequence
+    (gap,) = seen.gaps()
+    assert gap.reason == "restart"
+    assert gap.start == unsettled[0].received_at
+    # What was acknowledged is not delivered again.
+    acknowledged = {(e.content_key, e.digest) for e in taken[:5]}
+    assert not [e for e in after if (e.content_key, e.digest) in acknowledged]
+    # Every conversation an unacknowledged event was about is delivered again,
+    # at least as new (the same state: the same idempotency key). Back-fill
+    # finds a conversation by its queue, so a call still in the IVR (already
+    # on its queue's topic, not yet in the queue) waits for its next change.
+    queued = [e for e in unsettled if queue_ids(e)]
+    assert queued
+    for event in queued:
+        newer = [
+            e
+            for e in after
+            if e.content_key == event.content_key and (e.version or 0.0) >= (event.version or 0.0)
+        ]
+        assert newer, f"#{event.sequence} of {event.content_key} was never delivered again"
+
+
+def queue_ids(event: StreamEvent) -> frozenset[str]:
+    conversation = event_facts(event.topic, event.raw).conversation
+    return conversation.queue_ids if conversation is not None else frozenset()

@@ -16,6 +16,7 @@ import redis
 
 from genesys_mux.core.checkpoint import (
     SCHEMA_VERSION,
+    Remembered,
     StreamCheckpoint,
     apply_checkpoint,
     decode_checkpoint,
@@ -64,8 +65,10 @@ def a_stream(stream_id: str = "calls") -> Stream:
 
 
 def fed(stream: Stream, count: int) -> Stream:
+    """``stream`` after ``count`` real snapshots were offered, delivered and settled."""
     for topic, body, _ in real_bodies(count):
         stream.offer(topic, body, None, 1.0, 1.0, event_facts(topic, body))
+    settle_all(stream)
     return stream
 
 
@@ -210,7 +213,7 @@ def test_checkpoint_of_a_fresh_stream() -> None:
     assert checkpoint == StreamCheckpoint("calls", "f", 1, None, "run-1", 0.0, [])
 
 
-def memory_of(stream: Stream) -> list[tuple[str, float | None, list[bytes], bool]]:
+def memory_of(stream: Stream) -> list[tuple[str, float | None, bytes, bool]]:
     """What a stream remembers, least recently seen first (ranks aside)."""
     look = copy.deepcopy(stream)  # a checkpoint changes what the next one carries
     look.checkpoint_failed()
@@ -218,7 +221,7 @@ def memory_of(stream: Stream) -> list[tuple[str, float | None, list[bytes], bool
     return [(r.key, r.version, r.hashes, r.in_state) for r in whole.memory]
 
 
-def as_stored(checkpoint: StreamCheckpoint) -> list[tuple[str, float | None, list[bytes], bool]]:
+def as_stored(checkpoint: StreamCheckpoint) -> list[tuple[str, float | None, bytes, bool]]:
     return [(r.key, r.version, r.hashes, r.in_state) for r in checkpoint.memory]
 
 
@@ -244,6 +247,8 @@ async def test_incremental_checkpoints_write_only_what_changed_and_load_whole(
                 facts = event_facts(topic, body)
                 touched.add(facts.key)
                 stream.offer(topic, body, None, 1.0, 1.0, facts)
+            # Delivered and acknowledged: a checkpoint describes settled events.
+            settle_all(stream)
             expected = memory_of(stream)
             now = {key for key, *_ in expected}
             checkpoint = stream.checkpoint(fingerprint="f", watermark=float(round_), saved_at=1.0)
@@ -280,7 +285,7 @@ def v1_blob(checkpoint: StreamCheckpoint) -> bytes:
     whole = msgspec.to_builtins(checkpoint)
     whole.pop("complete")
     whole.pop("forgotten")
-    whole["memory"] = [[r.key, r.version, r.hashes, r.in_state] for r in checkpoint.memory]
+    whole["memory"] = [[r.key, r.version, r.digests(), r.in_state] for r in checkpoint.memory]
     return bytes((1,)) + msgspec.msgpack.encode(whole)
 
 
@@ -369,3 +374,45 @@ async def test_one_process_at_a_time_writes_a_state_file(tmp_path: Path) -> None
     # Released with the store (or the process): the next one takes it.
     await second.open()
     await second.close()
+
+
+def test_a_checkpoint_built_in_slices_leaves_keys_seen_meanwhile_to_the_next() -> None:
+    bodies = real_bodies(40)
+    stream = a_stream()
+    for topic, body, _ in bodies[:20]:
+        stream.offer(topic, body, None, 1.0, 1.0, event_facts(topic, body))
+    settle_all(stream)
+    before = {r.key: r for r in memory_records(stream)}
+    build = stream.begin_checkpoint(fingerprint="f", watermark=1.0, saved_at=1.0)
+    assert not build.step(5)
+    # Events arrive between two slices, about keys built already and not yet.
+    meanwhile = set()
+    for topic, body, _ in bodies[20:]:
+        facts = event_facts(topic, body)
+        meanwhile.add(facts.key)
+        stream.offer(topic, body, None, 3.0, 3.0, facts)
+    assert meanwhile & set(before), "the fixture should update some conversations"
+    while not build.step(5):
+        pass
+    first = build.result()
+    # Each entry is its key as of the checkpoint's start.
+    assert first.memory
+    assert all(before[r.key] == r for r in first.memory)
+    # The next checkpoint writes what changed meanwhile (once it is settled).
+    settle_all(stream)
+    second = stream.checkpoint(fingerprint="f", watermark=4.0, saved_at=4.0)
+    assert not second.complete
+    assert {r.key for r in second.memory} == meanwhile
+    assert apply_checkpoint(first, second).memory == memory_records(stream)
+
+
+def settle_all(stream: Stream) -> None:
+    while stream.take(2.0, 2.0) is not None:
+        pass
+    stream.settle(stream.next_sequence - 1)
+
+
+def memory_records(stream: Stream) -> list[Remembered]:
+    look = copy.deepcopy(stream)
+    look.checkpoint_failed()
+    return look.checkpoint(fingerprint="f", watermark=None, saved_at=0.0).memory

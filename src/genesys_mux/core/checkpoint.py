@@ -40,6 +40,7 @@ import msgspec
 from genesys_mux.errors import StateError
 
 __all__ = [
+    "DIGEST_SIZE",
     "SCHEMA_VERSION",
     "Remembered",
     "StreamCheckpoint",
@@ -59,15 +60,30 @@ SCHEMA_VERSION = 2
 _READABLE = frozenset({1, 2})
 
 
-class Remembered(msgspec.Struct, array_like=True, frozen=True):
-    """One remembered snapshot key: its newest version and recent state digests."""
+#: The size of a state digest (:func:`~genesys_mux.core.snapshot.content_hash`).
+DIGEST_SIZE = 16
+
+
+class Remembered(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One remembered snapshot key: its newest version and recent state digests.
+
+    Not tracked by the garbage collector, and its digests are one bytes
+    value rather than a list: a checkpoint builds tens of thousands of
+    these, and as many tracked objects would set off a full collection.
+    """
 
     key: str
     version: float | None
-    hashes: list[bytes]
+    #: The recent state digests, oldest first, each :data:`DIGEST_SIZE` bytes.
+    hashes: bytes
     in_state: bool = False
     #: Orders keys by when they were last seen (higher: more recently).
     rank: int = 0
+
+    def digests(self) -> list[bytes]:
+        """The recent state digests, oldest first."""
+        data = self.hashes
+        return [data[i : i + DIGEST_SIZE] for i in range(0, len(data), DIGEST_SIZE)]
 
 
 class StreamCheckpoint(msgspec.Struct, frozen=True):
@@ -91,8 +107,31 @@ class StreamCheckpoint(msgspec.Struct, frozen=True):
     forgotten: list[str] = []
 
 
+class _RememberedV1(msgspec.Struct, array_like=True):
+    """A remembered key as schema 1 wrote it (its digests a list, no rank)."""
+
+    key: str
+    version: float | None
+    hashes: list[bytes]
+    in_state: bool = False
+
+
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(StreamCheckpoint)
+
+
+def _upgraded(data: bytes) -> StreamCheckpoint:
+    """Schema 1's blob: its header as today's, its memory inside, in least-recent order."""
+    whole = msgspec.msgpack.decode(data)
+    if not isinstance(whole, dict):
+        raise msgspec.ValidationError("expected a map")
+    old = msgspec.convert(whole.pop("memory", []), list[_RememberedV1])
+    header = msgspec.convert(whole, StreamCheckpoint)
+    memory = [
+        Remembered(r.key, r.version, b"".join(r.hashes), r.in_state, rank)
+        for rank, r in enumerate(old, 1)
+    ]
+    return msgspec.structs.replace(header, memory=memory)
 _REMEMBERED = msgspec.msgpack.Decoder(Remembered)
 
 
@@ -107,7 +146,7 @@ def encode_checkpoint(checkpoint: StreamCheckpoint) -> bytes:
 
 
 def decode_checkpoint(data: bytes, where: str) -> StreamCheckpoint:
-    """Read bytes written by :func:`encode_checkpoint` (or schema 1's whole blob).
+    """Read bytes written by :func:`encode_checkpoint`, or schema 1's whole blob.
 
     ``where`` names them in errors. Raises
     :class:`~genesys_mux.errors.StateError` for bytes of a schema this
@@ -123,6 +162,8 @@ def decode_checkpoint(data: bytes, where: str) -> StreamCheckpoint:
             + ("; it was written by a newer release" if newer else "")
         )
     try:
+        if version == 1:
+            return _upgraded(data[1:])
         return _DECODER.decode(data[1:])
     except msgspec.DecodeError as exc:
         raise StateError(f"{where}: not a genesys-mux checkpoint ({exc})") from exc

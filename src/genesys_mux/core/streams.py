@@ -43,7 +43,7 @@ Nothing here reads a clock: receive times come with the notification, and
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -239,6 +239,60 @@ class _Seen:
     stamp: int = 0
 
 
+class CheckpointBuild:
+    """A stream's checkpoint, built a slice of keys at a time (:meth:`Stream.begin_checkpoint`).
+
+    Building 50,000 remembered keys in one go would hold an event loop for
+    tens of milliseconds; :meth:`step` builds ``limit`` keys, so the shell
+    can let events through between slices. A key seen again meanwhile is
+    left to the next checkpoint (it is marked as seen for it), and one
+    forgotten meanwhile is too (marked forgotten): each entry written is the
+    key as of the checkpoint's start, or newer.
+    """
+
+    def __init__(
+        self,
+        seen: Mapping[str, _Seen],
+        header: StreamCheckpoint,
+        keys: list[str],
+        undone: dict[str, Remembered],
+        clock: int,
+    ) -> None:
+        self._seen = seen
+        self._header = header
+        self._keys = keys
+        self._undone = undone
+        self._clock = clock
+        self._next = 0
+        self._memory: list[Remembered] = []
+
+    def step(self, limit: int) -> bool:
+        """Build up to ``limit`` more keys; True once every key is built."""
+        seen_now, undone, clock, memory = self._seen, self._undone, self._clock, self._memory
+        end = min(self._next + limit, len(self._keys))
+        for key in self._keys[self._next : end]:
+            entry = undone.get(key)
+            if entry is None:
+                seen = seen_now.get(key)
+                if seen is None or seen.stamp > clock:
+                    continue  # forgotten, or seen again: the next checkpoint has it
+                entry = Remembered(
+                    key, seen.version, b"".join(seen.hashes), seen.in_state, seen.stamp
+                )
+            memory.append(entry)
+        self._next = end
+        return end == len(self._keys)
+
+    def result(self) -> StreamCheckpoint:
+        """The checkpoint, its memory least recently seen first (call once :meth:`step` is done)."""
+        self._memory.sort(key=_rank)
+        return msgspec.structs.replace(self._header, memory=self._memory)
+
+
+def _rank(remembered: Remembered) -> int:
+    return remembered.rank
+
+
 class Stream:
     """A stream's pipeline and buffer. Feed it with :meth:`offer`, drain it with :meth:`take`.
 
@@ -289,6 +343,11 @@ class Stream:
         # (sequence, received_at) of events handed out and not yet settled:
         # the restart watermark may not pass them (see unsettled_since).
         self._handed: deque[tuple[int, float]] = deque()
+        # What accepting each event not settled yet (buffered, or handed out
+        # and not acknowledged) changed in its key's memory, by sequence,
+        # oldest first: (key, digest, the key's version and in-state before).
+        # A checkpoint leaves these changes out (see begin_checkpoint).
+        self._unsettled: dict[int, tuple[str, bytes, float | None, bool]] = {}
         self._events_buffered = 0
         self._next_sequence = 1
         limit = buffer_size * (BACKLOG_FACTOR if overflow == "backlog" else 1)
@@ -331,6 +390,7 @@ class Stream:
                 return None
 
         seen = self._remember(facts.key)
+        prior_version, prior_in_state = seen.version, seen.in_state
         if facts.hash in seen.hashes:
             counters.duplicates += 1
             return None
@@ -377,44 +437,72 @@ class Stream:
             content_key=facts.key,
             digest=facts.hash,
         )
+        self._unsettled[event.sequence] = (facts.key, facts.hash, prior_version, prior_in_state)
         self._next_sequence += 1
         return self._push(event)
 
     def checkpoint(
         self, *, fingerprint: str, watermark: float | None, saved_at: float
     ) -> StreamCheckpoint:
-        """What the stream needs to continue after a restart (see :mod:`.checkpoint`).
+        """What the stream needs to continue after a restart, built in one go.
 
-        Only the keys seen or forgotten since the previous checkpoint are in
-        it, unless a complete one is due. If the store could not write it,
-        call :meth:`checkpoint_failed`: the next one is complete again.
+        See :meth:`begin_checkpoint`, which builds it a slice at a time.
         """
+        build = self.begin_checkpoint(
+            fingerprint=fingerprint, watermark=watermark, saved_at=saved_at
+        )
+        while not build.step(1 << 30):
+            pass
+        return build.result()
+
+    def begin_checkpoint(
+        self, *, fingerprint: str, watermark: float | None, saved_at: float
+    ) -> CheckpointBuild:
+        """Start a checkpoint of the stream as of its *settled* events.
+
+        It carries the keys seen or forgotten since the previous checkpoint
+        (the whole memory when a complete one is due). Events accepted but
+        not settled yet (buffered, or handed out and not acknowledged) may
+        never reach their consumer if the process dies now, so they are left
+        out: the next run numbers from the oldest of them, and its memory
+        does not hold their states, so the restart gap's back-fill delivers
+        those states again (with the same idempotency keys) instead of
+        dropping them as already delivered. If the store cannot write the
+        checkpoint, call :meth:`checkpoint_failed`.
+        """
+        next_sequence = self._next_sequence
+        undone: dict[str, Remembered] = {}
+        if self._unsettled:
+            next_sequence = next(iter(self._unsettled))
+            # Newest first, so each key ends as it was before its oldest
+            # unsettled event.
+            for key, digest, version, in_state in reversed(self._unsettled.values()):
+                seen = self._seen.get(key)
+                if seen is None:
+                    continue  # forgotten since (the memory bound)
+                before = undone.get(key)
+                hashes = before.digests() if before is not None else list(seen.hashes)
+                if digest in hashes:
+                    hashes.remove(digest)
+                undone[key] = Remembered(key, version, b"".join(hashes), in_state, seen.stamp)
         complete = self._complete_due
-        seen_now = self._seen
-        if complete:
-            entries = list(seen_now.items())
-        else:
-            entries = [(key, seen_now[key]) for key in self._touched if key in seen_now]
-            entries.sort(key=lambda entry: entry[1].stamp)
-        memory = [
-            Remembered(key, seen.version, list(seen.hashes), seen.in_state, seen.stamp)
-            for key, seen in entries
-        ]
+        keys = list(self._seen) if complete else list(self._touched)
         forgotten = [] if complete else list(self._forgotten)
-        self._touched.clear()
-        self._forgotten.clear()
+        # Keys with unsettled changes are written again once those settle.
+        self._touched = set(undone)
+        self._forgotten = set()
         self._complete_due = False
-        return StreamCheckpoint(
+        header = StreamCheckpoint(
             stream_id=self.id,
             fingerprint=fingerprint,
-            next_sequence=self._next_sequence,
+            next_sequence=next_sequence,
             watermark=watermark,
             epoch=self.epoch,
             saved_at=saved_at,
-            memory=memory,
             complete=complete,
             forgotten=forgotten,
         )
+        return CheckpointBuild(self._seen, header, keys, undone, self._clock)
 
     def checkpoint_failed(self) -> None:
         """The last checkpoint was not written: the next one carries the whole memory."""
@@ -431,7 +519,7 @@ class Stream:
         for remembered in checkpoint.memory[-self._memory :]:
             self._seen[remembered.key] = _Seen(
                 remembered.version,
-                list(remembered.hashes[-self._hashes_per_key :]),
+                remembered.digests()[-self._hashes_per_key :],
                 remembered.in_state,
                 remembered.rank,
             )
@@ -502,6 +590,7 @@ class Stream:
                 return
 
     def _dead(self, event: StreamEvent, reason: str) -> None:
+        self._unsettled.pop(event.sequence, None)  # settled: it is in the dead-letter queue
         self.counters.dead_lettered += 1
         self._dead_letter(DeadLetter.of(event, reason))
 
@@ -530,7 +619,8 @@ class Stream:
             self.counters.delivered += 1
             self._handed.append((item.sequence, item.received_at))
             if len(self._handed) > _MAX_UNSETTLED:
-                self._handed.popleft()  # a consumer that never settles: see settle()
+                # A consumer that never settles: see settle().
+                self._unsettled.pop(self._handed.popleft()[0], None)
             item.latency_s = now_mono - item.received_mono
             if item.version:
                 item.age_s = now - item.version
@@ -543,9 +633,9 @@ class Stream:
         that never settles holds at most the last 100,000 handed events
         back; older ones count as settled.
         """
-        handed = self._handed
+        handed, unsettled = self._handed, self._unsettled
         while handed and handed[0][0] <= through:
-            handed.popleft()
+            unsettled.pop(handed.popleft()[0], None)
 
     def unsettled_since(self) -> float | None:
         """The receive time of the oldest event whose fate is not settled yet, if any.

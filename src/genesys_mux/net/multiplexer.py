@@ -102,6 +102,8 @@ log = logging.getLogger("genesys_mux.multiplexer")
 Item = StreamEvent | Gap
 EventCallback = Callable[[StreamEvent], Awaitable[None] | None]
 GapCallback = Callable[[Gap], Awaitable[None] | None]
+#: Remembered keys built per slice of a checkpoint, between which events go through.
+_CHECKPOINT_SLICE = 2000
 _CALLBACKS = "genesys-mux-callbacks"
 _DISPATCH = "genesys-mux-dispatch"
 
@@ -255,8 +257,9 @@ class Multiplexer:
         self._gap_callbacks: list[GapCallback] = []
         self._stopping = False
         self._stopped = False
-        #: This run's id, on every event and record: sequences restart at 1
-        #: in every run, and the epoch says which run a sequence belongs to.
+        #: This run's id, on every event and record: a crash may give a
+        #: sequence number again in the next run (see the README's
+        #: "Restarts and deploys"), and the epoch says which run it is from.
         self.epoch = uuid.uuid4().hex[:16]
         #: The error that stopped the feed for good (refused credentials).
         self._failure: AuthenticationError | None = None
@@ -527,36 +530,38 @@ class Multiplexer:
     async def checkpoint(self) -> int:
         """Write the checkpoint of every stream that moved since the last one; returns how many.
 
-        Each carries only what changed since the previous one (see
-        :mod:`genesys_mux.core.checkpoint`).
-
-        Raises :class:`~genesys_mux.errors.StateError` when the store fails
-        (the periodic checkpoints report it and try again).
+        Each carries only what changed since the previous one, and is built
+        a slice at a time so that the event path never waits for it (see
+        :mod:`genesys_mux.core.checkpoint`). Raises
+        :class:`~genesys_mux.errors.StateError` when the store fails (the
+        periodic checkpoints report it and try again).
         """
         now = time.time()
-        due: list[tuple[_StreamState, StreamCheckpoint]] = []
-        for stream_id, state in self._streams.items():
-            mark = (state.stream.next_sequence, self.watermark(stream_id))
-            if mark == state.saved and not state.stream.memory_changed:
-                continue
-            due.append(
-                (
-                    state,
-                    state.stream.checkpoint(
-                        fingerprint=state.fingerprint, watermark=mark[1], saved_at=now
-                    ),
+        begun: list[_StreamState] = []
+        due: list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]] = []
+        try:
+            for stream_id, state in list(self._streams.items()):
+                # What moved: the numbering, what is settled, or what is remembered.
+                mark = (state.stream.next_sequence, self.watermark(stream_id))
+                if mark == state.saved and not state.stream.memory_changed:
+                    continue
+                build = state.stream.begin_checkpoint(
+                    fingerprint=state.fingerprint, watermark=mark[1], saved_at=now
                 )
-            )
-        if due:
-            try:
-                await self.state_store.save([c for _, c in due])
-            except BaseException:
-                # Whatever reached the store is unknown: write everything next time.
-                for state, _ in due:
-                    state.stream.checkpoint_failed()
-                raise
-            for state, c in due:
-                state.saved = (c.next_sequence, c.watermark)
+                begun.append(state)
+                # Not a wait for anything: a yield, so events go through between slices.
+                while not build.step(_CHECKPOINT_SLICE):  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+                due.append((state, mark, build.result()))
+            if due:
+                await self.state_store.save([c for _, _, c in due])
+        except BaseException:
+            # Whatever reached the store is unknown: write everything next time.
+            for state in begun:
+                state.stream.checkpoint_failed()
+            raise
+        for state, mark, _ in due:
+            state.saved = mark
         return len(due)
 
     async def _checkpoint_periodically(self) -> None:

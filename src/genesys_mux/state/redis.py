@@ -38,6 +38,8 @@ __all__ = ["RedisStateStore"]
 _APPLICATION = b"genesys-mux"
 _ERRORS = (rexc.RedisError, OSError, TimeoutError)
 log = logging.getLogger("genesys_mux.state")
+#: Remembered keys per HSET: a round trip each, so the loop is never held long.
+_SLICE = 2000
 
 
 class RedisStateStore:
@@ -127,10 +129,7 @@ class RedisStateStore:
             if old.memory:
                 pipe.hset(
                     self._memory_key(stream_id),
-                    mapping={
-                        r.key: encode_remembered(msgspec.structs.replace(r, rank=rank))
-                        for rank, r in enumerate(old.memory, 1)
-                    },
+                    mapping={r.key: encode_remembered(r) for r in old.memory},
                 )
 
     async def load(self) -> Mapping[str, StreamCheckpoint]:
@@ -170,24 +169,44 @@ class RedisStateStore:
         return found
 
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
-        """Write these streams' checkpoints (each whole or incremental) in one transaction."""
+        """Write these streams' checkpoints (each whole or incremental).
+
+        The remembered keys go first, a slice per round trip so that the
+        event loop is never held for long; the headers last, in one
+        transaction with the switch to a complete checkpoint's new memory.
+        A write cut short leaves each stream's header as it was, and
+        memory entries at least as settled as it (see
+        :mod:`genesys_mux.core.checkpoint`).
+        """
         if not checkpoints:
             return
         client = self._connect()
         try:
+            for checkpoint in checkpoints:
+                memory = self._memory_key(checkpoint.stream_id)
+                if checkpoint.complete:
+                    # Built aside, then renamed over the old memory below.
+                    memory += ":new"
+                    await client.delete(memory)
+                elif checkpoint.forgotten:
+                    await client.hdel(memory, *checkpoint.forgotten)
+                entries = checkpoint.memory
+                for start in range(0, len(entries), _SLICE):
+                    await client.hset(
+                        memory,
+                        mapping={
+                            r.key: encode_remembered(r) for r in entries[start : start + _SLICE]
+                        },
+                    )
             async with client.pipeline(transaction=True) as pipe:
                 for checkpoint in checkpoints:
                     memory = self._memory_key(checkpoint.stream_id)
-                    pipe.set(self._key(checkpoint.stream_id), encode_checkpoint(checkpoint))
                     if checkpoint.complete:
-                        pipe.delete(memory)
-                    elif checkpoint.forgotten:
-                        pipe.hdel(memory, *checkpoint.forgotten)
-                    if checkpoint.memory:
-                        pipe.hset(
-                            memory,
-                            mapping={r.key: encode_remembered(r) for r in checkpoint.memory},
-                        )
+                        if checkpoint.memory:
+                            pipe.rename(memory + ":new", memory)
+                        else:
+                            pipe.delete(memory)
+                    pipe.set(self._key(checkpoint.stream_id), encode_checkpoint(checkpoint))
                 await pipe.execute()
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot write the state: {exc}") from exc
@@ -195,7 +214,11 @@ class RedisStateStore:
     async def remove(self, stream_ids: Iterable[str]) -> None:
         """Forget these streams."""
         ids = list(stream_ids)
-        keys = [self._key(s) for s in ids] + [self._memory_key(s) for s in ids]
+        keys = [
+            k
+            for s in ids
+            for k in (self._key(s), self._memory_key(s), self._memory_key(s) + ":new")
+        ]
         if not keys:
             return
         try:

@@ -78,10 +78,7 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         )
         db.executemany(
             _SAVE_KEY,
-            (
-                (stream_id, r.key, encode_remembered(msgspec.structs.replace(r, rank=rank)))
-                for rank, r in enumerate(old.memory, 1)
-            ),
+            ((stream_id, r.key, encode_remembered(r)) for r in old.memory),
         )
 
 
@@ -138,13 +135,15 @@ class SqliteStateStore:
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
         """Write these streams' checkpoints (each whole or incremental) in one transaction."""
         headers = [(c.stream_id, encode_checkpoint(c), c.saved_at) for c in checkpoints]
-        # Encoded here, not in the worker thread: msgspec is quick, and the
-        # checkpoints' lists are not to be read from two threads.
-        keys = [(c.stream_id, r.key, encode_remembered(r)) for c in checkpoints for r in c.memory]
         cleared = [(c.stream_id,) for c in checkpoints if c.complete]
         forgotten = [(c.stream_id, key) for c in checkpoints for key in c.forgotten]
 
         def write(db: sqlite3.Connection) -> None:
+            # The keys are encoded here, in the worker thread, one row at a
+            # time: a checkpoint is not changed once built.
+            keys = (
+                (c.stream_id, r.key, encode_remembered(r)) for c in checkpoints for r in c.memory
+            )
             with db:
                 db.executemany(_SAVE_HEADER, headers)
                 db.executemany("DELETE FROM genesys_mux_memory WHERE stream_id = ?", cleared)
