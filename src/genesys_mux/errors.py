@@ -25,6 +25,9 @@ The tree, split by what the caller can do about it::
     │                               (before ``start()``, after ``stop()``)
     ├── StateError                  the state store cannot be used (corrupt, foreign,
     │                               a newer schema, unreachable); nothing is overwritten
+    ├── ClusterError                the cluster's Redis cannot be reached or used; an
+    │                               instance then stops forwarding what it cannot prove
+    │                               it owns
     └── SinkError                   a sink could not take a batch; ``retryable`` says
                                     whether sending the same batch again may succeed
 
@@ -45,6 +48,7 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "CapacityError",
+    "ClusterError",
     "ConfigError",
     "ConfigFileError",
     "FrameError",
@@ -185,6 +189,10 @@ class InvalidStateError(GenesysMuxError):
 
 class StateError(GenesysMuxError):
     """The state store cannot be used as it is; the message names it and says what to do."""
+
+
+class ClusterError(GenesysMuxError):
+    """The cluster's Redis cannot be reached or used; the message names it and says what to do."""
 
 
 class SinkError(GenesysMuxError):

@@ -1,0 +1,270 @@
+"""Members and stream leases of a cluster, in Redis: who is alive, who carries what.
+
+Theory of operation
+-------------------
+Redis is the arbiter; every decision that two instances could race on is
+one Lua script, which Redis runs atomically. There is no consensus of our
+own: an instance owns a stream exactly while Redis holds its lease.
+
+- A **member** key per instance (``member:{id}``), written with a TTL and
+  renewed at every heartbeat, says the instance is alive and which OAuth
+  client it uses. An instance whose key expired is no longer a member.
+- A **lease** key per stream (``lease:{stream}``) holds ``{instance}|{token}``
+  with a TTL of ``lease_ttl_s``. Acquiring a free lease increments the
+  stream's **fencing token** (``fence:{stream}``, never reset): every
+  acquisition, by anyone, gets a larger token than all before it. Renewing
+  checks the holder in the same script, so an instance whose lease expired
+  and was taken cannot renew it back: it learns it lost the stream.
+- Sinks are given the token with every write. A sink that keeps the
+  largest token it has seen per stream refuses a write with a smaller one,
+  so an ex-owner that was frozen past its lease cannot write once the new
+  owner has (see the sinks' fencing).
+
+All keys share the hash tag ``{cluster name}``, so the scripts' keys are in
+one slot on a Redis Cluster too. Ids are validated before they go into a
+key: an instance id or a stream id never contains ``|`` or braces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from genesys_mux.errors import ClusterError, ConfigError
+
+__all__ = ["Lease", "LeaseTable", "MemberInfo"]
+
+_ERRORS = (rexc.RedisError, OSError, TimeoutError)
+_T = TypeVar("_T")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+
+# KEYS: lease, fence. ARGV: instance, ttl ms.
+# Returns the token held (a new one when the lease was free), or 0 when
+# another instance holds it.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  local sep = string.find(holder, '|', 1, true)
+  if string.sub(holder, 1, sep - 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(holder, sep + 1))
+  end
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS: leases. ARGV: instance, ttl ms, then the token expected for each key.
+# Returns, per key, 1 when it was still ours (and is extended), else 0.
+_RENEW = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] .. '|' .. ARGV[i + 2] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
+
+# KEYS: lease. ARGV: instance, token. Deletes the lease only if it is ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] .. '|' .. ARGV[2] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class MemberInfo(msgspec.Struct, frozen=True):
+    """What an instance says about itself in its member key."""
+
+    id: str
+    #: The OAuth client its channels count against (a name, never a secret).
+    client: str
+    #: When it joined (Unix).
+    since: float
+    #: Its address for humans (host name and pid).
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A stream held by an instance, with the fencing token of that acquisition."""
+
+    stream_id: str
+    holder: str
+    token: int
+    #: Milliseconds left before it expires, when read from Redis (-1: unknown).
+    ttl_ms: int = -1
+
+
+_MEMBER = msgspec.json.Decoder(MemberInfo)
+
+
+def checked_id(kind: str, value: str) -> str:
+    """``value`` if it is safe in a key and a lease value, else a ConfigError saying why."""
+    if _ID.fullmatch(value) is None:
+        raise ConfigError(
+            f"{kind} {value!r} must be 1-128 letters, digits or . _ - : @, starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+class LeaseTable:
+    """One instance's view of a cluster's members and leases in Redis.
+
+    ``client`` is a redis-py asyncio client (the caller owns it); keys go
+    under ``{prefix}cluster:{{{cluster}}}:``.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        cluster: str,
+        instance: str,
+        lease_ttl_s: float = 10.0,
+        prefix: str = "genesys-mux:",
+        where: str = "redis",
+    ) -> None:
+        self._redis = client
+        self.cluster = checked_id("cluster name", cluster)
+        self.instance = checked_id("instance id", instance)
+        if not lease_ttl_s > 0:
+            raise ConfigError("lease_ttl_s must be positive")
+        self.lease_ttl_ms = max(1, round(lease_ttl_s * 1000))
+        #: Names the server in messages (never with a password).
+        self.where = where
+        self._base = f"{prefix}cluster:{{{cluster}}}:"
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    # -- keys --------------------------------------------------------------------
+
+    def _lease(self, stream_id: str) -> str:
+        return f"{self._base}lease:{stream_id}"
+
+    def _fence(self, stream_id: str) -> str:
+        return f"{self._base}fence:{stream_id}"
+
+    def _member(self, instance: str) -> str:
+        return f"{self._base}member:{instance}"
+
+    # -- members -----------------------------------------------------------------
+
+    async def heartbeat(self, info: MemberInfo) -> None:
+        """Say this instance is alive for one more lease TTL."""
+        if info.id != self.instance:
+            raise ConfigError(f"member info for {info.id!r} given to instance {self.instance!r}")
+        await self._call(
+            "heartbeat",
+            self._redis.set(self._member(info.id), msgspec.json.encode(info), px=self.lease_ttl_ms),
+        )
+
+    async def leave(self) -> None:
+        """Stop being a member at once (a planned stop)."""
+        await self._call("leave", self._redis.delete(self._member(self.instance)))
+
+    async def members(self) -> list[MemberInfo]:
+        """Every live member, sorted by id."""
+        pattern = self._member("*")
+        keys = await self._call("list members", self._scan(pattern))
+        values = await self._call("list members", self._redis.mget(keys)) if keys else []
+        found = []
+        for value in values:
+            if value is None:
+                continue  # expired meanwhile
+            try:
+                found.append(_MEMBER.decode(value))
+            except msgspec.DecodeError:
+                continue  # not ours to read; an instance of another release says who it is
+        return sorted(found, key=lambda m: m.id)
+
+    # -- leases ------------------------------------------------------------------
+
+    async def acquire(self, stream_id: str) -> Lease | None:
+        """Take the stream's lease if it is free (or already ours); None if another holds it."""
+        checked_id("stream id", stream_id)
+        token = await self._call(
+            f"acquire the lease of {stream_id}",
+            self._acquire(
+                keys=[self._lease(stream_id), self._fence(stream_id)],
+                args=[self.instance, self.lease_ttl_ms],
+            ),
+        )
+        if not token:
+            return None
+        return Lease(stream_id, self.instance, int(token), self.lease_ttl_ms)
+
+    async def renew(self, leases: Sequence[Lease]) -> list[Lease]:
+        """Extend the leases still ours; returns those that were lost (expired or taken)."""
+        if not leases:
+            return []
+        held = await self._call(
+            "renew leases",
+            self._renew(
+                keys=[self._lease(lease.stream_id) for lease in leases],
+                args=[self.instance, self.lease_ttl_ms, *(lease.token for lease in leases)],
+            ),
+        )
+        return [lease for lease, ok in zip(leases, held, strict=True) if not int(ok)]
+
+    async def release(self, lease: Lease) -> bool:
+        """Give the lease up at once (a planned handover); False if it was no longer ours."""
+        done = await self._call(
+            f"release the lease of {lease.stream_id}",
+            self._release(keys=[self._lease(lease.stream_id)], args=[self.instance, lease.token]),
+        )
+        return bool(int(done))
+
+    async def leases(self, stream_ids: Iterable[str]) -> dict[str, Lease]:
+        """Who holds each of these streams now (streams with no lease are left out)."""
+        ids = list(stream_ids)
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream_id in ids:
+                pipe.get(self._lease(stream_id))
+                pipe.pttl(self._lease(stream_id))
+            answers = await self._call("read leases", pipe.execute())
+        found: dict[str, Lease] = {}
+        for i, stream_id in enumerate(ids):
+            value, ttl = answers[2 * i], answers[2 * i + 1]
+            if value is None:
+                continue
+            holder, _, token = value.decode().rpartition("|")
+            found[stream_id] = Lease(stream_id, holder, int(token), int(ttl))
+        return found
+
+    async def fence(self, stream_id: str) -> int:
+        """The stream's latest fencing token (0 if it was never leased)."""
+        value = await self._call("read a fencing token", self._redis.get(self._fence(stream_id)))
+        return int(value or 0)
+
+    # -- internals ---------------------------------------------------------------
+
+    async def _scan(self, pattern: str) -> list[bytes]:
+        return [key async for key in self._redis.scan_iter(match=pattern, count=500)]
+
+    async def _call(self, what: str, call: Awaitable[_T]) -> _T:
+        """Await ``call``; a Redis failure becomes a ClusterError naming the server and the step."""
+        try:
+            return await call
+        except _ERRORS as exc:
+            raise ClusterError(
+                f"{self.where}: cannot {what} ({type(exc).__name__}: {exc}); "
+                "this instance stops forwarding what it cannot prove it owns"
+            ) from exc

@@ -1,0 +1,118 @@
+"""Members and stream leases against a real redis-server: tokens, expiry, fencing, failures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from genesys_mux.cluster import LeaseTable, MemberInfo
+from genesys_mux.errors import ClusterError, ConfigError
+from tests.sinks.conftest import RedisServer
+from tests.waiting import eventually
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    found = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+    try:
+        yield found
+    finally:
+        await found.aclose()
+
+
+def table(client: aioredis.Redis, instance: str, ttl_s: float = 10.0) -> LeaseTable:
+    return LeaseTable(client, cluster="prod", instance=instance, lease_ttl_s=ttl_s)
+
+
+async def test_a_free_lease_is_taken_with_a_token_and_refused_to_others(
+    client: aioredis.Redis,
+) -> None:
+    a, b = table(client, "a"), table(client, "b")
+    lease = await a.acquire("calls")
+    assert lease is not None
+    assert (lease.holder, lease.token) == ("a", 1)
+    assert await b.acquire("calls") is None
+    # Acquiring again is a renewal: the same token.
+    again = await a.acquire("calls")
+    assert again is not None
+    assert again.token == 1
+    held = await b.leases(["calls", "chats"])
+    assert set(held) == {"calls"}
+    assert (held["calls"].holder, held["calls"].token) == ("a", 1)
+    assert 0 < held["calls"].ttl_ms <= 10_000
+    # Every key of the cluster shares one hash tag (one slot on a Redis Cluster).
+    keys = [k.decode() async for k in client.scan_iter(match="*")]
+    assert keys
+    assert all(k.startswith("genesys-mux:cluster:{prod}:") for k in keys)
+
+
+async def test_every_acquisition_gets_a_larger_token(client: aioredis.Redis) -> None:
+    a, b = table(client, "a"), table(client, "b")
+    first = await a.acquire("calls")
+    assert first is not None
+    assert await a.release(first)
+    second = await b.acquire("calls")
+    assert second is not None
+    assert second.token > first.token
+    assert await b.fence("calls") == second.token
+    # The old holder learns it lost the stream, and cannot take it back.
+    assert await a.renew([first]) == [first]
+    assert not await a.release(first)
+    assert await a.acquire("calls") is None
+
+
+async def test_an_expired_lease_goes_to_the_next_and_the_old_holder_cannot_renew_it(
+    client: aioredis.Redis,
+) -> None:
+    a, b = table(client, "a", ttl_s=0.3), table(client, "b", ttl_s=0.3)
+    first = await a.acquire("calls")
+    assert first is not None
+    assert await a.renew([first]) == []  # still ours
+    # Not renewed: once it expires, the next one takes it.
+    taken = await eventually(lambda: b.acquire("calls"), within=5.0)
+    assert taken is not None
+    assert taken.token == first.token + 1
+    assert await a.renew([first]) == [first]
+    assert await b.renew([taken]) == []
+
+
+async def test_members_come_with_their_heartbeat_and_go_without_it(
+    client: aioredis.Redis,
+) -> None:
+    a, b = table(client, "a", ttl_s=0.3), table(client, "b", ttl_s=0.3)
+    now = time.time()
+    await a.heartbeat(MemberInfo("a", "client-1", now, "host-a:1"))
+    await b.heartbeat(MemberInfo("b", "client-2", now))
+    assert [(m.id, m.client) for m in await a.members()] == [
+        ("a", "client-1"),
+        ("b", "client-2"),
+    ]
+    await b.leave()
+    assert [m.id for m in await a.members()] == ["a"]
+
+    async def gone() -> bool:
+        return await b.members() == []
+
+    await eventually(gone, within=5.0)
+    with pytest.raises(ConfigError, match="given to instance"):
+        await a.heartbeat(MemberInfo("b", "client-1", now))
+
+
+@pytest.mark.parametrize("bad", ["a|b", "{x}", "", "-a", "a b"])
+def test_ids_that_could_break_a_key_are_refused(client: aioredis.Redis, bad: str) -> None:
+    with pytest.raises(ConfigError, match="instance id"):
+        table(client, bad)
+    with pytest.raises(ConfigError, match="cluster name"):
+        LeaseTable(client, cluster=bad, instance="a")
+
+
+async def test_a_redis_that_went_away_is_a_cluster_error(
+    client: aioredis.Redis, redis_server: RedisServer
+) -> None:
+    a = table(client, "a")
+    await redis_server.stop(save=False)
+    with pytest.raises(ClusterError, match=r"cannot acquire the lease of calls.*stops forwarding"):
+        await a.acquire("calls")
