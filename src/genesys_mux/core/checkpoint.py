@@ -132,6 +132,8 @@ def _upgraded(data: bytes) -> StreamCheckpoint:
         for rank, r in enumerate(old, 1)
     ]
     return msgspec.structs.replace(header, memory=memory)
+
+
 _REMEMBERED = msgspec.msgpack.Decoder(Remembered)
 
 

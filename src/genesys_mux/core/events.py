@@ -40,6 +40,7 @@ __all__ = [
     "QueuesRefreshed",
     "SinkFailed",
     "StateStoreFailed",
+    "StreamActivated",
     "StreamAdded",
     "StreamRemoved",
     "StreamStateReset",
@@ -161,6 +162,18 @@ class StreamAdded(_Fact):
 
 
 @dataclass(frozen=True, slots=True)
+class StreamActivated(_Fact):
+    """A stream on standby started delivering, from its previous owner's checkpoint."""
+
+    kind: ClassVar[str] = "stream_activated"
+    stream_id: str
+    #: Notifications received on standby, run through the pipeline at activation.
+    kept: int
+    #: ``failover`` (the previous owner vanished) or ``handover`` (it let go).
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRemoved(_Fact):
     """A stream was removed."""
 
@@ -261,6 +274,7 @@ ControlEvent = (
     | SubscriptionsLost
     | TopicRejected
     | StreamAdded
+    | StreamActivated
     | StreamRemoved
     | QueuesRefreshed
     | GapReported

@@ -226,6 +226,8 @@ class StreamCounters:
     overflowed: int = 0
     dead_lettered: int = 0
     gaps: int = 0
+    #: Buffered, then left to the stream's next owner (a cluster's handover).
+    handed_over: int = 0
 
 
 @dataclass(slots=True)
@@ -650,6 +652,26 @@ class Stream:
                     oldest = item.received_at
                 break
         return oldest
+
+    @property
+    def unacknowledged(self) -> int:
+        """Events handed out whose consumer has not settled them yet."""
+        return len(self._handed)
+
+    def hand_over(self) -> int:
+        """Drop every buffered event, counted as handed over; returns how many.
+
+        For a stream whose next owner delivers them: its checkpoint leaves
+        unsettled events out, so that owner numbers and delivers them again.
+        """
+        count = 0
+        while self._buffer:
+            item = self._buffer.popleft()
+            if isinstance(item, StreamEvent):
+                self._events_buffered -= 1
+                count += 1
+        self.counters.handed_over += count
+        return count
 
     def flush_to_dead_letters(self, reason: str) -> int:
         """Dead-letter every buffered event (gaps are dropped); returns how many."""

@@ -31,6 +31,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from genesys_mux.core.events import (
     GapReported,
     QueuesRefreshed,
     StateStoreFailed,
+    StreamActivated,
     StreamAdded,
     StreamRemoved,
     StreamStateReset,
@@ -148,6 +150,13 @@ class _StreamState:
         self.saved: tuple[int, float | None] | None = None
         #: A reader settles explicitly (``stream(settle=False)``): a stop waits for it.
         self.settles_explicitly = False
+        #: While on standby (see ``add_stream``): the notifications received,
+        #: kept raw until the stream is activated. None once active.
+        self.standby: deque[InboundNotification] | None = None
+        #: Standby notifications pushed out by the bound (the activation's gap covers them).
+        self.standby_dropped = 0
+        #: Being handed over: readers stop taking from it.
+        self.leaving = False
 
 
 class Multiplexer:
@@ -250,6 +259,9 @@ class Multiplexer:
         self._anything = asyncio.Event()
         self._emptied = asyncio.Event()
         self._settled = asyncio.Event()
+        # One checkpoint at a time: a periodic one and a handover's must not
+        # interleave their builds and writes of the same stream.
+        self._checkpoint_lock = asyncio.Lock()
         self._change_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._backfills: set[asyncio.Task[None]] = set()
@@ -430,8 +442,16 @@ class Multiplexer:
 
     # -- streams --------------------------------------------------------------
 
-    async def add_stream(self, config: StreamConfig | Mapping[str, Any]) -> list[Rejection]:
+    async def add_stream(
+        self, config: StreamConfig | Mapping[str, Any], *, standby: bool = False
+    ) -> list[Rejection]:
         """Add a stream; returns the topics of it the platform refused (others carry on).
+
+        With ``standby`` the stream's topics are subscribed but nothing is
+        delivered: what arrives is kept, raw (up to the stream's buffer
+        size, the oldest pushed out), until :meth:`activate`. This is the
+        first half of a make-before-break handover between two processes:
+        the next owner subscribes while the current one still delivers.
 
         Raises :class:`~genesys_mux.errors.ConfigError` for an invalid config,
         a duplicate id or more than ``max_streams`` streams, and
@@ -469,7 +489,11 @@ class Multiplexer:
                 epoch=self.epoch,
             )
             state = _StreamState(config, stream)
-            restored = self._restore(state)
+            # On standby, the saved state is read at activation: its
+            # current owner is still writing it.
+            restored = None if standby else self._restore(state)
+            if standby:
+                state.standby = deque()
             if needs_all_queues(config) and self._queue_ids is None:
                 self._queue_ids = await self._list_queues()
             self._set_topics(state)
@@ -481,27 +505,112 @@ class Multiplexer:
                 self._reindex()
                 raise
         self._report(StreamAdded(config.id, len(state.topics)))
-        if restored is not None and restored.watermark is not None:
+        if restored is not None:
             # What the platform sent while no process ran (from the last
             # settled event to when the topics were subscribed again, which
-            # the first event received since proves) is missing: a gap like
-            # any other, back-filled when asked, ahead of those events.
-            end = time.time()
-            received = state.stream.unsettled_since()
-            if received is not None:
-                end = min(end, received)
-            self._outage(
-                Outage(
-                    slot=-1,
-                    channel_id="",
-                    topics=state.topics,
-                    start=restored.watermark,
-                    end=max(end, restored.watermark),
-                    reason="restart",
-                ),
-                only=state,
-            )
+            # the first event received since proves) is missing.
+            self._resume_gap(state, restored, "restart", state.stream.unsettled_since())
         return [r for t, r in self.rejections.items() if t in state.topics]
+
+    def _resume_gap(
+        self,
+        state: _StreamState,
+        restored: StreamCheckpoint,
+        reason: str,
+        received: float | None,
+    ) -> None:
+        """Report the window from the checkpoint's watermark to ``received`` (or now).
+
+        A gap like any other, back-filled when asked, ahead of the events
+        received since. Nothing when they were received before the watermark.
+        """
+        if restored.watermark is None:
+            return
+        end = time.time() if received is None else min(time.time(), received)
+        if end <= restored.watermark:
+            return
+        self._outage(
+            Outage(
+                slot=-1,
+                channel_id="",
+                topics=state.topics,
+                start=restored.watermark,
+                end=end,
+                reason=reason,
+            ),
+            only=state,
+        )
+
+    async def activate(self, stream_id: str, *, reason: str = "failover") -> None:
+        """Start delivering a stream added on standby, from its owner's last checkpoint.
+
+        The stream's checkpoint is read again from the state store (the
+        previous owner's, shared), so numbering and de-duplication continue
+        from it; then what arrived on standby goes through the pipeline in
+        order, dropping what the previous owner delivered. If the checkpoint
+        ends before the first notification kept, the window between is a
+        :class:`Gap` with ``reason`` (``failover``: the previous owner
+        vanished; ``handover``: it let go).
+
+        Raises :class:`~genesys_mux.errors.InvalidStateError` for a stream
+        not on standby, and :class:`~genesys_mux.errors.StateError` when the
+        store cannot be read (the stream stays on standby).
+        """
+        state = self._streams.get(stream_id)
+        if state is None or state.standby is None:
+            raise InvalidStateError(f"stream {stream_id!r} is not on standby")
+        saved = (await self.state_store.load()).get(stream_id)
+        if saved is not None:
+            self._checkpoints[stream_id] = saved
+        if state.standby is None or self._streams.get(stream_id) is not state:
+            return  # activated or removed meanwhile
+        restored = self._restore(state)
+        kept, state.standby = state.standby, None
+        first = kept[0].received_at if kept else None
+        if restored is not None:
+            if state.standby_dropped:
+                first = None  # some were pushed out: the gap runs to now
+            self._resume_gap(state, restored, reason, first)
+        for note in kept:
+            # Each stream's topics decide whether client-side rules apply.
+            self._offer(note.topic, note, ((state, note.topic in state.filter_topics),))
+        self._report(StreamActivated(stream_id, len(kept), reason))
+
+    async def handover(self, stream_id: str, *, timeout_s: float = 5.0) -> StreamCheckpoint:
+        """Stop delivering a stream so that another process carries it on; returns its checkpoint.
+
+        Its readers stop taking events; those they took are given
+        ``timeout_s`` to be settled; its checkpoint is written (it leaves out
+        what is not settled, so the next owner delivers those); then the
+        stream is removed, its buffered events counted as ``handed_over``,
+        not dead-lettered. Raises :class:`~genesys_mux.errors.StateError`
+        when the checkpoint cannot be written: the stream is then still
+        removed, and the next owner starts from the last checkpoint written.
+        """
+        state = self._streams.get(stream_id)
+        if state is None:
+            raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
+        state.leaving = True
+        state.ready.set()
+        self._anything.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while state.stream.unacknowledged and loop.time() < deadline:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), deadline - loop.time())
+        try:
+            async with self._checkpoint_lock:
+                saved = await self._checkpoint_streams([state], force=True)
+        finally:
+            async with self._change_lock:
+                if self._streams.get(stream_id) is state:
+                    del self._streams[stream_id]
+                    self._merge.forget(stream_id)
+                    await self._apply_topics()
+            state.stream.hand_over()
+            self._report(StreamRemoved(stream_id))
+        return saved[0][2]
 
     def _restore(self, state: _StreamState) -> StreamCheckpoint | None:
         """Continue a stream from its checkpoint, if it has one of the same configuration."""
@@ -536,14 +645,24 @@ class Multiplexer:
         :class:`~genesys_mux.errors.StateError` when the store fails (the
         periodic checkpoints report it and try again).
         """
+        async with self._checkpoint_lock:
+            # A stream on standby has no state of its own yet (its owner's is
+            # in the store), and one leaving wrote its last.
+            states = [s for s in self._streams.values() if s.standby is None and not s.leaving]
+            return len(await self._checkpoint_streams(states))
+
+    async def _checkpoint_streams(
+        self, states: list[_StreamState], *, force: bool = False
+    ) -> list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]]:
+        """Build and write these streams' checkpoints (those that moved, or all with ``force``)."""
         now = time.time()
         begun: list[_StreamState] = []
         due: list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]] = []
         try:
-            for stream_id, state in list(self._streams.items()):
+            for state in states:
                 # What moved: the numbering, what is settled, or what is remembered.
-                mark = (state.stream.next_sequence, self.watermark(stream_id))
-                if mark == state.saved and not state.stream.memory_changed:
+                mark = (state.stream.next_sequence, self.watermark(state.config.id))
+                if not force and mark == state.saved and not state.stream.memory_changed:
                     continue
                 build = state.stream.begin_checkpoint(
                     fingerprint=state.fingerprint, watermark=mark[1], saved_at=now
@@ -562,7 +681,7 @@ class Multiplexer:
             raise
         for state, mark, _ in due:
             state.saved = mark
-        return len(due)
+        return due
 
     async def _checkpoint_periodically(self) -> None:
         retries = Retries(f"checkpoint to {self.state_store.name}", Backoff(1.0, 10.0), logger=log)
@@ -684,6 +803,13 @@ class Multiplexer:
         facts = event_facts(topic, note.body)
         delivered = False
         for state, filtered_topic in targets:
+            standby = state.standby
+            if standby is not None:
+                standby.append(note)
+                if len(standby) > state.stream.buffer_size:
+                    standby.popleft()
+                    state.standby_dropped += 1
+                continue
             event = state.stream.offer(
                 topic,
                 note.body,
@@ -876,7 +1002,7 @@ class Multiplexer:
         returns.
         """
         while True:
-            ready = [s.stream for s in self._streams.values() if len(s.stream)]
+            ready = [s.stream for s in self._streams.values() if len(s.stream) and not s.leaving]
             chosen = self._merge.pick(ready)
             if chosen is not None:
                 state = self._streams[chosen.id]
@@ -906,7 +1032,7 @@ class Multiplexer:
             raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
         if not settle:
             state.settles_explicitly = True
-        while True:
+        while not state.leaving:
             item = self._take(state)
             if item is not None:
                 yield item

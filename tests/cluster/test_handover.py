@@ -1,0 +1,136 @@
+"""A stream moving between two Multiplexers on one shared Redis state: standby, handover, failover.
+
+The next owner subscribes on standby while the current one still delivers;
+the current one hands over (its checkpoint leaves out what is not
+acknowledged); the next one activates from that checkpoint. Against the
+emulator and a real redis-server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from genesys_mux import Gap, Multiplexer, StreamEvent
+from genesys_mux.core.events import ControlEvent, StreamActivated
+from genesys_mux.emulator import Emulator
+from genesys_mux.errors import InvalidStateError
+from genesys_mux.state import RedisStateStore
+from tests.net.test_multiplexer import Collector, org_settings
+from tests.sinks.conftest import RedisServer
+from tests.state.test_restart import a_mux
+from tests.waiting import eventually
+
+STREAM = {"id": "all", "filter": {}, "buffer_size": 5000}
+
+
+@asynccontextmanager
+async def member(emulator: Emulator, redis_server: RedisServer) -> AsyncIterator[Multiplexer]:
+    """A started Multiplexer keeping its state in the shared Redis."""
+    mux = a_mux(emulator, RedisStateStore(redis_server.url, prefix="shared:"))
+    await mux.start()
+    try:
+        yield mux
+    finally:
+        await mux.stop(drain=False)
+
+
+@asynccontextmanager
+async def two_members(
+    redis_server: RedisServer, rate: float = 30.0
+) -> AsyncIterator[tuple[Multiplexer, Multiplexer]]:
+    """The stream's owner now and its next one, on one emulator and one Redis."""
+    async with (
+        Emulator(org_settings(rate=rate)) as emulator,
+        member(emulator, redis_server) as old,
+        member(emulator, redis_server) as new,
+    ):
+        yield old, new
+
+
+def keys(events: list[StreamEvent]) -> set[tuple[str | None, bytes]]:
+    return {(e.content_key, e.digest) for e in events}
+
+
+async def test_a_planned_handover_has_no_gap_and_no_repeat(redis_server: RedisServer) -> None:
+    async with two_members(redis_server) as (old, new):
+        await old.add_stream(STREAM)
+        before = Collector(old.stream("all"))
+        await eventually(lambda: len(before.events()) >= 10)
+        facts: list[ControlEvent] = []
+        new.on_control.append(facts.append)
+        # Make before break: subscribed (it returns once it is), keeping, not delivering.
+        await new.add_stream(STREAM, standby=True)
+        after = Collector(new.stream("all"))
+        seen_then = len(before.events())
+        await eventually(lambda: len(before.events()) >= seen_then + 10)
+        saved = await old.handover("all")
+        await new.activate("all", reason="handover")
+        await eventually(lambda: len(after.events()) >= 10)
+        await eventually(lambda: before._task.done())
+    delivered_before, delivered_after = before.events(), after.events()
+    # The old owner's readers stopped; what it delivered is what its checkpoint settled.
+    assert saved.next_sequence == delivered_before[-1].sequence + 1
+    assert [e.sequence for e in delivered_after[:3]] == [
+        saved.next_sequence,
+        saved.next_sequence + 1,
+        saved.next_sequence + 2,
+    ]
+    # No window without an owner, and nothing delivered twice.
+    assert after.gaps() == []
+    assert not keys(delivered_before) & keys(delivered_after)
+    (activated,) = [f for f in facts if isinstance(f, StreamActivated)]
+    assert activated.reason == "handover"
+    assert activated.kept > 0
+
+
+async def test_a_failover_continues_from_the_last_checkpoint(redis_server: RedisServer) -> None:
+    async with two_members(redis_server) as (old, new):
+        await old.add_stream(STREAM)
+        before = Collector(old.stream("all", settle=False))
+        await eventually(lambda: len(before.events()) >= 10)
+        # Acknowledged up to here, checkpointed, and then the owner "dies":
+        # what it delivered later was never acknowledged.
+        acknowledged = before.events()[:5]
+        old.settle("all", acknowledged[-1].sequence)
+        await old.checkpoint()
+        old._checkpointing = False  # a dead process writes nothing more
+        await new.add_stream(STREAM, standby=True)
+        after = Collector(new.stream("all"))
+        await new.activate("all")
+        await eventually(lambda: len(after.events()) >= 10)
+    # Numbering continues from the first event not acknowledged; those
+    # delivered but not acknowledged may come again, with the same keys.
+    assert after.events()[0].sequence == acknowledged[-1].sequence + 1
+    assert not keys(acknowledged) & keys(after.events())
+    assert all(g.reason == "failover" for g in after.gaps())
+
+
+async def test_activating_a_stream_not_on_standby_is_refused(redis_server: RedisServer) -> None:
+    async with Emulator(org_settings()) as emulator, member(emulator, redis_server) as mux:
+        await mux.add_stream(STREAM)
+        with pytest.raises(InvalidStateError, match="not on standby"):
+            await mux.activate("all")
+
+
+async def test_a_standby_that_overflowed_reports_the_window_it_lost(
+    redis_server: RedisServer,
+) -> None:
+    small = {**STREAM, "buffer_size": 5}
+    async with two_members(redis_server, rate=40.0) as (old, new):
+        await old.add_stream(small)
+        before = Collector(old.stream("all"))
+        await eventually(lambda: len(before.events()) >= 5)
+        saved = await old.handover("all")
+        await new.add_stream(small, standby=True)
+        await eventually(lambda: new._streams["all"].standby_dropped > 0)
+        after = Collector(new.stream("all"))
+        await new.activate("all", reason="handover")
+        await eventually(lambda: after.gaps() and after.events())
+    (gap,) = after.gaps()
+    assert isinstance(after.items[0], Gap)
+    assert gap.reason == "handover"
+    assert gap.start == saved.watermark
+    assert after.events()[0].sequence == saved.next_sequence
