@@ -67,6 +67,7 @@ async def test_a_planned_handover_has_no_gap_and_no_repeat(redis_server: RedisSe
         seen_then = len(before.events())
         await eventually(lambda: len(before.events()) >= seen_then + 10)
         saved = await old.handover("all")
+        assert saved is not None
         await new.activate("all", reason="handover")
         await eventually(lambda: len(after.events()) >= 10)
         await eventually(lambda: before._task.done())
@@ -124,6 +125,7 @@ async def test_a_standby_that_overflowed_reports_the_window_it_lost(
         before = Collector(old.stream("all"))
         await eventually(lambda: len(before.events()) >= 5)
         saved = await old.handover("all")
+        assert saved is not None
         await new.add_stream(small, standby=True)
         await eventually(lambda: new._streams["all"].standby_dropped > 0)
         after = Collector(new.stream("all"))

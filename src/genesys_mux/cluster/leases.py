@@ -77,6 +77,14 @@ end
 return held
 """
 
+# KEYS: a key. ARGV: the value it must hold to be deleted.
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 # KEYS: lease. ARGV: instance, token. Deletes the lease only if it is ours.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] .. '|' .. ARGV[2] then
@@ -110,6 +118,10 @@ class Lease:
 
 
 _MEMBER = msgspec.json.Decoder(MemberInfo)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def checked_id(kind: str, value: str) -> str:
@@ -151,6 +163,7 @@ class LeaseTable:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._delete_if = client.register_script(_DELETE_IF)
 
     # -- keys --------------------------------------------------------------------
 
@@ -159,6 +172,9 @@ class LeaseTable:
 
     def _fence(self, stream_id: str) -> str:
         return f"{self._base}fence:{stream_id}"
+
+    def _ready(self, stream_id: str) -> str:
+        return f"{self._base}ready:{stream_id}"
 
     def _member(self, instance: str) -> str:
         return f"{self._base}member:{instance}"
@@ -248,6 +264,28 @@ class LeaseTable:
             holder, _, token = value.decode().rpartition("|")
             found[stream_id] = Lease(stream_id, holder, int(token), int(ttl))
         return found
+
+    async def signal_ready(self, stream_id: str) -> None:
+        """Say this instance is subscribed to the stream on standby and can take it over."""
+        await self._call(
+            f"signal readiness for {stream_id}",
+            self._redis.set(self._ready(stream_id), self.instance, px=self.lease_ttl_ms),
+        )
+
+    async def withdraw_ready(self, stream_id: str) -> None:
+        """Take back this instance's readiness for the stream (its standby was given up)."""
+        await self._call(
+            f"withdraw readiness for {stream_id}",
+            self._delete_if(keys=[self._ready(stream_id)], args=[self.instance]),
+        )
+
+    async def ready_for(self, stream_ids: Iterable[str]) -> dict[str, str]:
+        """Which instance, if any, is ready to take over each of these streams."""
+        ids = list(stream_ids)
+        if not ids:
+            return {}
+        values = await self._call("read readiness", self._redis.mget([self._ready(s) for s in ids]))
+        return {s: _text(v) for s, v in zip(ids, values, strict=True) if v is not None}
 
     async def fence(self, stream_id: str) -> int:
         """The stream's latest fencing token (0 if it was never leased)."""

@@ -612,6 +612,27 @@ class ChannelPool:
             return False
         return True
 
+    async def prove_live(self, timeout_s: float) -> bool:
+        """Ping every serving socket and wait for the pongs, then for the reader to catch up.
+
+        Afterwards :meth:`read_until` is no older than the pings: a quiet
+        socket's last frame may otherwise be a heartbeat ago. (As with a
+        drain, the pong proves the socket alive; the reference does not
+        promise it follows every notification sent before it.) False if a
+        socket did not answer within ``timeout_s``.
+        """
+        sockets = [s.socket for s in self._slots.values() if s.socket is not None]
+        for socket in sockets:
+            socket.pong.clear()
+            await socket._ping()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(socket.pong.wait() for socket in sockets)), timeout_s
+            )
+        except TimeoutError:
+            return False
+        return await self.flushed(timeout_s)
+
     async def drain(self, timeout_s: float) -> list[Outage]:
         """Stop every slot and read what its socket already has in flight, for a clean stop.
 
@@ -678,6 +699,19 @@ class ChannelPool:
             and s.machine.in_sync
             for s in self._slots.values()
         )
+
+    def read_until(self) -> float | None:
+        """The Unix time up to which every notification received is in :meth:`frames`' hands.
+
+        The oldest last-frame time over the serving sockets (a socket reads
+        in order: what was sent on it before a frame read was read before
+        it), or None when a slot has no live, subscribed socket, or frames
+        read are still queued. A caller that has taken everything queued
+        has then seen every notification received before that time.
+        """
+        if self._inbound.qsize() or not self._slots or not self.live:
+            return None
+        return min(s.socket.last_frame_wall for s in self._slots.values() if s.socket is not None)
 
     def stats(self) -> dict[int, SlotStats]:
         """Per-slot counters, keyed by slot index."""

@@ -155,6 +155,8 @@ class _StreamState:
         self.standby: deque[InboundNotification] | None = None
         #: Standby notifications pushed out by the bound (the activation's gap covers them).
         self.standby_dropped = 0
+        #: When the standby's topics were known to be subscribed: kept from then on.
+        self.standby_since: float | None = None
         #: Being handed over: readers stop taking from it.
         self.leaving = False
 
@@ -504,6 +506,8 @@ class Multiplexer:
                 del self._streams[config.id]
                 self._reindex()
                 raise
+            if standby:
+                state.standby_since = time.time()
         self._report(StreamAdded(config.id, len(state.topics)))
         if restored is not None:
             # What the platform sent while no process ran (from the last
@@ -566,17 +570,22 @@ class Multiplexer:
             return  # activated or removed meanwhile
         restored = self._restore(state)
         kept, state.standby = state.standby, None
-        first = kept[0].received_at if kept else None
         if restored is not None:
-            if state.standby_dropped:
-                first = None  # some were pushed out: the gap runs to now
-            self._resume_gap(state, restored, reason, first)
+            # Everything since the standby's topics were subscribed was kept,
+            # unless some was pushed out: then only from the first one kept.
+            first = kept[0].received_at if kept else None
+            covered = first if state.standby_dropped else state.standby_since
+            if covered is not None and first is not None:
+                covered = min(covered, first)
+            self._resume_gap(state, restored, reason, covered)
         for note in kept:
             # Each stream's topics decide whether client-side rules apply.
             self._offer(note.topic, note, ((state, note.topic in state.filter_topics),))
         self._report(StreamActivated(stream_id, len(kept), reason))
 
-    async def handover(self, stream_id: str, *, timeout_s: float = 5.0) -> StreamCheckpoint:
+    async def handover(
+        self, stream_id: str, *, timeout_s: float = 5.0, checkpoint: bool = True
+    ) -> StreamCheckpoint | None:
         """Stop delivering a stream so that another process carries it on; returns its checkpoint.
 
         Its readers stop taking events; those they took are given
@@ -586,6 +595,10 @@ class Multiplexer:
         not dead-lettered. Raises :class:`~genesys_mux.errors.StateError`
         when the checkpoint cannot be written: the stream is then still
         removed, and the next owner starts from the last checkpoint written.
+
+        Without ``checkpoint`` (the stream is no longer ours: a lost lease,
+        or a standby given up) nothing is waited for or written: another
+        process may be writing the stream's state already. Returns None.
         """
         state = self._streams.get(stream_id)
         if state is None:
@@ -594,14 +607,21 @@ class Multiplexer:
         state.ready.set()
         self._anything.set()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = loop.time() + (timeout_s if checkpoint else 0.0)
         while state.stream.unacknowledged and loop.time() < deadline:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), deadline - loop.time())
+        saved: list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]] = []
         try:
-            async with self._checkpoint_lock:
-                saved = await self._checkpoint_streams([state], force=True)
+            if checkpoint:
+                if self.pool is not None:
+                    # A quiet socket's last frame may be a heartbeat old: a
+                    # pong now brings the watermark up to the handover, past
+                    # the moment the next owner subscribed.
+                    await self.pool.prove_live(self._pool_settings.pong_timeout_s)
+                async with self._checkpoint_lock:
+                    saved = await self._checkpoint_streams([state], force=True)
         finally:
             async with self._change_lock:
                 if self._streams.get(stream_id) is state:
@@ -610,7 +630,7 @@ class Multiplexer:
                     await self._apply_topics()
             state.stream.hand_over()
             self._report(StreamRemoved(stream_id))
-        return saved[0][2]
+        return saved[0][2] if saved else None
 
     def _restore(self, state: _StreamState) -> StreamCheckpoint | None:
         """Continue a stream from its checkpoint, if it has one of the same configuration."""
@@ -634,7 +654,12 @@ class Multiplexer:
         # Nothing pending: everything dispatched so far is settled, and what
         # is not dispatched yet was received after it (the queue is FIFO).
         dispatched = self._dispatched_at
-        return max(state.added_at, dispatched) if dispatched is not None else state.added_at
+        mark = max(state.added_at, dispatched) if dispatched is not None else state.added_at
+        # With every socket live and nothing queued, everything received up
+        # to each socket's last frame (a heartbeat, say) was dispatched: a
+        # quiet stream's watermark keeps up with time, not with its last event.
+        read = self.pool.read_until() if self.pool is not None and not self._draining else None
+        return mark if read is None else max(mark, read)
 
     async def checkpoint(self) -> int:
         """Write the checkpoint of every stream that moved since the last one; returns how many.

@@ -1,0 +1,296 @@
+"""One instance's part in a cluster: join, take its streams, hand over, fail over.
+
+Theory of operation
+-------------------
+Every ``heartbeat_s`` (faster while a handover is under way) a member:
+
+1. renews its member key and its leases. A lease it lost (expired while it
+   was frozen, or taken) stops the stream at once, without a checkpoint:
+   another instance may be writing the stream's state already.
+2. reads the members and the leases, and computes the placement
+   (:func:`genesys_mux.core.placement.place`) from them, as every other
+   member does.
+3. for a stream placed on it:
+
+   - whose lease is free: takes the lease and activates the stream. A
+     previous owner that vanished left a checkpoint: the window it does
+     not cover is a ``failover`` gap, back-filled like any other.
+   - whose lease another member holds (a planned move): adds the stream on
+     standby (subscribed, keeping what arrives) and says it is ready. The
+     holder then hands the stream over and releases the lease; this member
+     takes the lease and activates the stream (``handover``): make before
+     break, with no gap and nothing delivered twice.
+
+4. for a stream it holds that is placed elsewhere: once the new owner said
+   it is ready, hands the stream over (final checkpoint) and releases the
+   lease.
+
+If Redis cannot be reached, the member keeps carrying its streams while its
+leases may still be valid (one lease TTL after the last renewal), then
+stops them: it can no longer prove it owns them. It carries on trying, and
+takes its streams again once Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from genesys_mux.cluster.leases import Lease, LeaseTable, MemberInfo
+from genesys_mux.config import StreamConfig
+from genesys_mux.core.placement import Member, Placement, StreamDemand, place
+from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError
+from genesys_mux.net.multiplexer import Multiplexer
+
+__all__ = ["ClusterMember", "MemberStatus"]
+
+log = logging.getLogger("genesys_mux.cluster")
+
+#: Called when a stream starts (``lease`` given) or stops being carried here (None).
+OwnershipHook = Callable[[str, Lease | None], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class MemberStatus:
+    """What a member knows, for ``/readyz``, metrics and ``cluster status``."""
+
+    #: Streams carried here, with their leases.
+    held: dict[str, Lease] = field(default_factory=dict)
+    #: Streams on standby here, waiting for their holder to let go.
+    standby: set[str] = field(default_factory=set)
+    #: The last placement computed, and why some streams fit nowhere.
+    placement: Placement = field(default_factory=Placement)
+    #: Why the member cannot prove its leases now (Redis unreachable), if so.
+    trouble: str | None = None
+    #: Counts by reason: acquired, handover, failover, lost, released.
+    changes: dict[str, int] = field(default_factory=dict)
+
+
+class ClusterMember:
+    """Runs one instance's part of a cluster on a started :class:`Multiplexer`.
+
+    ``streams`` are the configuration's streams (every member has the same);
+    ``weights`` their topic counts for the placement (default: the number of
+    topics each names, at least 1). ``on_ownership`` is awaited when a
+    stream starts being carried here (with its lease, whose fencing token
+    the sinks should send) and when it stops (with None).
+    """
+
+    def __init__(
+        self,
+        mux: Multiplexer,
+        table: LeaseTable,
+        streams: Sequence[StreamConfig],
+        *,
+        client: str,
+        budgets: Mapping[str, int] | None = None,
+        heartbeat_s: float | None = None,
+        weights: Mapping[str, int] | None = None,
+        host: str = "",
+        on_ownership: OwnershipHook | None = None,
+    ) -> None:
+        self.mux = mux
+        self.table = table
+        self.streams = {s.id: s for s in streams}
+        self.client = client
+        self.budgets = dict(budgets or {})
+        ttl_s = table.lease_ttl_ms / 1000
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else ttl_s / 3
+        if not 0 < self.heartbeat_s < ttl_s:
+            raise ConfigError(
+                f"heartbeat_s ({self.heartbeat_s:g}) must be positive and shorter than "
+                f"lease_ttl_s ({ttl_s:g}), or leases expire between renewals"
+            )
+        self.weights = {
+            s.id: max(1, (weights or {}).get(s.id, len(s.topics or ()))) for s in streams
+        }
+        self.info = MemberInfo(table.instance, client, time.time(), host)
+        self.status = MemberStatus()
+        self._on_ownership = on_ownership
+        self._renewed_at: float | None = None
+        self._wake = asyncio.Event()
+        # One round at a time; leave() waits for the round under way.
+        self._round = asyncio.Lock()
+        self._leaving = False
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Take part until cancelled or :meth:`leave` is called."""
+        while not self._leaving:
+            busy = await self.tick()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                # While a handover is under way, look again soon: the next
+                # owner's standby buffer is bounded.
+                await asyncio.wait_for(self._wake.wait(), 0.1 if busy else self.heartbeat_s)
+
+    async def tick(self) -> bool:
+        """One round; True when a handover is under way (look again soon)."""
+        try:
+            async with self._round:
+                if self._leaving:
+                    return False
+                return await self._tick()
+        except ClusterError as exc:
+            await self._cannot_prove(str(exc))
+            return False
+        except GenesysMuxError as exc:
+            # A stream that cannot be taken or handed over now (its state
+            # cannot be read or written): the next round tries again.
+            log.warning("cluster: %s", exc)
+            return False
+
+    async def leave(self, timeout_s: float = 30.0) -> None:
+        """Stop carrying anything: hand each stream over to the member placed on it.
+
+        Leaves the membership first, so the others place the streams
+        elsewhere and subscribe them on standby; hands each over once its
+        next owner is ready (or at ``timeout_s``, letting its lease go: the
+        next owner then fails over from the checkpoint written here).
+        """
+        self._leaving = True
+        self._wake.set()
+        async with self._round:
+            await self._leave(timeout_s)
+
+    async def _leave(self, timeout_s: float) -> None:
+        with contextlib.suppress(ClusterError):
+            await self.table.leave()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.status.held and loop.time() < deadline:
+            try:
+                ready = await self.table.ready_for(self.status.held)
+            except ClusterError:
+                break
+            waiting = [s for s in self.status.held if ready.get(s, self.info.id) != self.info.id]
+            for stream_id in waiting:
+                await self._let_go(stream_id, "released")
+            await asyncio.sleep(0.1)  # polling the others' readiness towards a deadline
+        for stream_id in list(self.status.held):
+            await self._let_go(stream_id, "released")
+        for stream_id in list(self.status.standby):
+            await self._drop_standby(stream_id)
+
+    # -- one round ---------------------------------------------------------------
+
+    async def _tick(self) -> bool:
+        table, status = self.table, self.status
+        await table.heartbeat(self.info)
+        lost = await table.renew(list(status.held.values()))
+        self._renewed_at = time.monotonic()
+        status.trouble = None
+        for lease in lost:
+            log.warning("lost the lease of stream %s; it stops here", lease.stream_id)
+            await self._stop_here(lease.stream_id, "lost")
+        members = [Member(m.id, m.client) for m in await table.members()]
+        if self.info.id not in {m.id for m in members}:
+            members.append(Member(self.info.id, self.client))
+        leases = await table.leases(self.streams)
+        current = {s: lease.holder for s, lease in leases.items()}
+        placement = place(
+            (StreamDemand(s, self.weights[s]) for s in self.streams),
+            members,
+            current,
+            self.budgets,
+        )
+        status.placement = placement
+        mine = placement.streams_of(self.info.id)
+        busy = False
+        for stream_id in sorted(mine):
+            holder = current.get(stream_id)
+            if stream_id in status.held:
+                continue
+            if holder is None or holder == self.info.id:
+                await self._take(stream_id)
+            else:
+                await self._stand_by(stream_id)
+                busy = True
+        handing = [s for s in status.held if s not in mine and s in placement.owners]
+        if handing:
+            ready = await table.ready_for(handing)
+            for stream_id in handing:
+                if ready.get(stream_id) == placement.owners[stream_id]:
+                    await self._let_go(stream_id, "handover")
+                else:
+                    busy = True
+        for stream_id in [s for s in status.standby if s not in mine]:
+            await self._drop_standby(stream_id)
+        return busy
+
+    async def _take(self, stream_id: str) -> None:
+        lease = await self.table.acquire(stream_id)
+        if lease is None:
+            return  # taken meanwhile by another member: the next round sees it
+        on_standby = stream_id in self.status.standby
+        if not on_standby:
+            await self.mux.add_stream(self.streams[stream_id], standby=True)
+        try:
+            # With a handover, what was kept on standby covers everything
+            # after the owner's checkpoint; a window it does not is a
+            # failover's (the owner went without handing over).
+            await self.mux.activate(stream_id, reason="failover")
+        except GenesysMuxError:
+            # Its state cannot be read: let the lease go, someone (maybe us)
+            # tries again next round.
+            await self.table.release(lease)
+            raise
+        self.status.standby.discard(stream_id)
+        self.status.held[stream_id] = lease
+        reason = "handover" if on_standby else "acquired"
+        self._count(reason)
+        log.info("carrying stream %s (fencing token %d, %s)", stream_id, lease.token, reason)
+        if self._on_ownership is not None:
+            await self._on_ownership(stream_id, lease)
+
+    async def _stand_by(self, stream_id: str) -> None:
+        if stream_id not in self.status.standby:
+            await self.mux.add_stream(self.streams[stream_id], standby=True)
+            self.status.standby.add(stream_id)
+        await self.table.signal_ready(stream_id)
+
+    async def _let_go(self, stream_id: str, reason: str) -> None:
+        """Hand a stream over: stop it here with a final checkpoint, then release its lease."""
+        lease = self.status.held.pop(stream_id)
+        if self._on_ownership is not None:
+            await self._on_ownership(stream_id, None)
+        try:
+            await self.mux.handover(stream_id)
+        finally:
+            with contextlib.suppress(ClusterError):
+                await self.table.release(lease)
+        self._count(reason)
+        log.info("handed stream %s over (%s)", stream_id, reason)
+
+    async def _stop_here(self, stream_id: str, reason: str) -> None:
+        """Stop a stream that is no longer ours: no checkpoint, the lease is not ours to give."""
+        self.status.held.pop(stream_id, None)
+        if self._on_ownership is not None:
+            await self._on_ownership(stream_id, None)
+        await self.mux.handover(stream_id, checkpoint=False)
+        self._count(reason)
+
+    async def _drop_standby(self, stream_id: str) -> None:
+        # First the signal: a holder must never hand over to a standby that is gone.
+        await self.table.withdraw_ready(stream_id)
+        self.status.standby.discard(stream_id)
+        await self.mux.handover(stream_id, checkpoint=False)
+
+    async def _cannot_prove(self, why: str) -> None:
+        """Redis failed: keep the streams while the leases may hold, then stop them."""
+        self.status.trouble = why
+        log.warning("cluster: %s", why)
+        renewed = self._renewed_at
+        ttl_s = self.table.lease_ttl_ms / 1000
+        if renewed is not None and time.monotonic() - renewed < ttl_s:
+            return
+        for stream_id in list(self.status.held):
+            await self._stop_here(stream_id, "lost")
+
+    def _count(self, reason: str) -> None:
+        self.status.changes[reason] = self.status.changes.get(reason, 0) + 1
