@@ -8,6 +8,7 @@ have a directory to go in, found by ``validate`` rather than by a crash.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,32 @@ def test_sane_values_still_pass() -> None:
     )
     assert config.settings.heartbeat_timeout == 30
     assert config.settings.admin_port == 9464
+
+
+@pytest.mark.parametrize(
+    ("cluster", "expected"),
+    [
+        ({}, "give the cluster's Redis"),
+        ({"url": "redis://h:6379/0", "url_env": "X"}, "not both"),
+        ({"url": "redis://:pw@h:6379/0"}, "holds credentials"),
+        ({"url": "http://h"}, "redis:// or rediss://"),
+        ({"url": "redis://h", "lease_ttl_s": 5, "heartbeat_s": 5}, "shorter than lease_ttl_s"),
+        ({"url": "redis://h", "lease_ttl_s": 0.5}, "greater than or equal to 1"),
+        ({"url": "redis://h", "name": "a|b"}, "should match pattern"),
+        ({"url": "redis://h", "instance_id": "{x}"}, "should match pattern"),
+    ],
+)
+def test_a_doubtful_cluster_section_is_an_error(cluster: dict[str, object], expected: str) -> None:
+    found = problems({"cluster": cluster})
+    assert any(path.startswith("cluster") and expected in text for path, text in found), found
+
+
+def test_a_cluster_keeps_its_state_in_its_redis_and_refuses_a_file() -> None:
+    config = parse_config({**STREAM, "cluster": {"url_env": "MUX_REDIS", "name": "prod"}})
+    assert config.cluster is not None
+    assert config.state.target({"MUX_REDIS": "redis://h:1/0"}) == "redis://h:1/0"
+    assert config.cluster.redis_url("cluster", {"MUX_REDIS": "redis://h:1/0"}) == "redis://h:1/0"
+    assert config.cluster.member_id().endswith(f"-{os.getpid()}")
+    found = problems({"cluster": {"url": "redis://h"}, "state": {"path": "mine.db"}})
+    assert found == (("state.path", found[0][1]),)
+    assert "a cluster shares its streams' state" in found[0][1]

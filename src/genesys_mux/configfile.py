@@ -23,6 +23,8 @@ named by the environment variable that holds them.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -214,23 +216,18 @@ SinkSpec = Annotated[
 ]
 
 
-class StateSection(BaseModel):
-    """Where streams keep their checkpoints across restarts (``[state]``)."""
+class _RedisLocation(BaseModel):
+    """A Redis server given by ``url`` or, when it holds a password, by ``url_env``."""
 
     model_config = _STRICT
 
-    path: PathField = Field(
-        default="genesys-mux-state.db", description="SQLite file (when no url is given)."
-    )
     url: str | None = Field(default=None, description="redis://host:port/db (no password here).")
     url_env: str | None = Field(
         default=None, description="Variable holding the Redis URL, if it has a password."
     )
-    prefix: str = Field(default="genesys-mux:", min_length=1, max_length=200)
-    checkpoint_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
 
     @model_validator(mode="after")
-    def _one_url(self) -> StateSection:
+    def _one_url(self) -> _RedisLocation:
         if self.url is not None and self.url_env is not None:
             raise ValueError("give url or url_env, not both")
         if self.url is not None:
@@ -242,19 +239,73 @@ class StateSection(BaseModel):
                 )
         return self
 
-    def target(self, env: Mapping[str, str] | None = None) -> str:
-        """The store to open: the Redis URL (from ``url`` or ``url_env``), else the file path."""
+    def redis_url(self, section: str, env: Mapping[str, str] | None = None) -> str | None:
+        """The URL from ``url`` or ``url_env`` (None if neither is given)."""
         if self.url is not None:
             return self.url
         if self.url_env is not None:
             value = (os.environ if env is None else env).get(self.url_env)
             if not value:
                 raise ConfigError(
-                    f"[state] url_env names {self.url_env}, which is not set; set it to the "
-                    "redis:// URL of the state store"
+                    f"[{section}] url_env names {self.url_env}, which is not set; set it to "
+                    "a redis:// URL"
                 )
             return value
-        return self.path
+        return None
+
+
+class StateSection(_RedisLocation):
+    """Where streams keep their checkpoints across restarts (``[state]``)."""
+
+    path: PathField = Field(
+        default="genesys-mux-state.db", description="SQLite file (when no url is given)."
+    )
+    prefix: str = Field(default="genesys-mux:", min_length=1, max_length=200)
+    checkpoint_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
+
+    def target(self, env: Mapping[str, str] | None = None) -> str:
+        """The store to open: the Redis URL (from ``url`` or ``url_env``), else the file path."""
+        return self.redis_url("state", env) or self.path
+
+
+class ClusterSection(_RedisLocation):
+    """Several instances sharing the streams on one Redis (``[cluster]``)."""
+
+    name: str = Field(
+        default="genesys-mux",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$",
+        description="The cluster: instances with the same name on the same Redis share the work.",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$",
+        description="This instance's id; by default host name and process id.",
+    )
+    lease_ttl_s: float = Field(default=10.0, ge=1, le=300)
+    heartbeat_s: float | None = Field(
+        default=None, gt=0, description="Lease renewal period; by default a third of lease_ttl_s."
+    )
+    client: str = Field(
+        default="default",
+        min_length=1,
+        max_length=100,
+        description="Name of the OAuth client this instance uses (budgets count per client).",
+    )
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> ClusterSection:
+        if self.url is None and self.url_env is None:
+            raise ValueError("give the cluster's Redis: url, or url_env")
+        if self.heartbeat_s is not None and self.heartbeat_s >= self.lease_ttl_s:
+            raise ValueError("heartbeat_s must be shorter than lease_ttl_s, or leases expire")
+        return self
+
+    def member_id(self) -> str:
+        """``instance_id``, or host name and process id."""
+        if self.instance_id is not None:
+            return self.instance_id
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:100] or "host"
+        return f"{host}-{os.getpid()}"
 
 
 class _Document(BaseModel):
@@ -263,6 +314,7 @@ class _Document(BaseModel):
     genesys: GenesysSection = GenesysSection()
     settings: Settings = Settings()
     state: StateSection = StateSection()
+    cluster: ClusterSection | None = None
     streams: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -283,6 +335,8 @@ class ConfigFile:
     sinks: Mapping[str, tuple[SinkSpec, ...]]
     source: str = "the configuration"
     state: StateSection = field(default_factory=StateSection)
+    #: Set when instances share the streams (``[cluster]``).
+    cluster: ClusterSection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +416,18 @@ def parse_config(
     except StreamConfigError as exc:
         errors.extend(exc.errors)
     genesys, settings, state = document.genesys, document.settings, document.state
+    cluster = document.cluster
+    if cluster is not None and "path" in state.model_fields_set:
+        errors.append(
+            (
+                "state.path",
+                "a cluster shares its streams' state: give [state] a Redis url (or leave "
+                "[state] out: the cluster's Redis keeps it)",
+            )
+        )
+    elif cluster is not None and state.url is None and state.url_env is None:
+        # The cluster's Redis keeps the state, shared by every instance.
+        state = state.model_copy(update={"url": cluster.url, "url_env": cluster.url_env})
     if base_dir is not None and not errors:
         genesys, settings, sinks = _resolved(base_dir, genesys, settings, sinks)
         if not Path(state.path).is_absolute():
@@ -383,6 +449,7 @@ def parse_config(
         sinks={s.id: sinks.get(s.id, ()) for s in streams},
         source=source,
         state=state,
+        cluster=cluster,
     )
 
 

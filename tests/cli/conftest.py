@@ -20,6 +20,9 @@ import pytest
 
 from genesys_mux.emulator import ClientApp, Emulator
 from tests.net.test_multiplexer import org_settings
+from tests.sinks.conftest import redis_server
+
+__all__ = ["redis_server"]  # a real redis-server, for the state and cluster tests
 
 #: An OAuth client the emulator accepts whose secret must never be printed.
 CANARY_CLIENT = "canary-client"

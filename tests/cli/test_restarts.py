@@ -83,11 +83,7 @@ from tests.cli.conftest import start_cli
 from tests.cli.test_run import DEMO_CREDENTIALS, poll
 from tests.net.test_chaos import WITNESS_CLIENT, Outcome, Witness
 from tests.net.test_multiplexer import org_settings
-from tests.sinks.conftest import (
-    RedisServer,
-    free_port,
-    redis_server,  # noqa: F401 - the fixture, for getfixturevalue
-)
+from tests.sinks.conftest import RedisServer, free_port
 
 #: New conversations per second: about 13 notifications a second on the
 #: general topics of the three queues, enough to be mid-traffic at any time.

@@ -25,17 +25,22 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import msgspec
+import redis.asyncio as aioredis
 from rich.console import Console
 from rich.live import Live
 
 from genesys_mux.cli.dashboard import AuditTail, Dashboard
+from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
+from genesys_mux.config import StreamConfig
 from genesys_mux.configfile import (
+    ClusterSection,
     ConfigFile,
     Credentials,
     JsonlSinkSpec,
@@ -59,6 +64,7 @@ from genesys_mux.sinks.redis_streams import RedisStreamSink
 from genesys_mux.sinks.stdout import StdoutSink
 from genesys_mux.sinks.webhook import WebhookSink
 from genesys_mux.state import open_store
+from genesys_mux.state.redis import redis_name
 
 __all__ = ["Output", "Runtime", "build_sink"]
 
@@ -155,7 +161,12 @@ class Runtime:
         self.admin: AdminServer | None = None
         #: Extra coroutines to run alongside (the demo's chaos monkey).
         self.side_tasks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
+        #: This instance's part in a cluster, when the configuration has one.
+        self.member: ClusterMember | None = None
         self._started = False
+        self._audit: AuditLog | None = None
+        self._metrics: MuxMetrics | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> int:
         """Run until ``stop`` is set or ``duration_s`` has passed; returns an exit code.
@@ -258,43 +269,19 @@ class Runtime:
                     f"admin server on {admin.base_url} (/metrics /healthz /readyz /status)",
                 )
             await stack.enter_async_context(mux)
-            for stream in self.config.streams:
-                for rejection in await mux.add_stream(stream):
-                    missing = list(rejection.missing_permissions)
-                    self._say(
-                        logging.WARNING,
-                        f"stream {stream.id}: topic {rejection.topic} rejected "
-                        f"({rejection.reason}, missing {missing})",
-                        stream_id=stream.id,
-                    )
-            unsunk: list[str] = []
-            for stream in self.config.streams:
-                specs = self.config.sinks.get(stream.id, ())
-                if not specs:
-                    unsunk.append(stream.id)
-                    continue
-                runner = deliver_stream(
-                    # Settled by the runner, once every sink has an event.
-                    mux.stream(stream.id, settle=False),
-                    [(build_sink(spec), spec.batching) for spec in specs],
-                    mux.dead_letter,
-                    backoff=Backoff(0.2, 10.0),
-                    # Every log line of the runner names its stream.
-                    name=stream.id,
-                )
-                runner.on_failure.append(functools.partial(audit.sink_failure, stream.id))
-                runner.on_settled.append(functools.partial(mux.settle, stream.id))
-                self.runners[stream.id] = runner
-                metrics.watch_sinks(stream.id, runner)
-                tasks.append(
-                    asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream.id}")
-                )
-            for stream_id in unsunk:
-                tasks.append(
-                    asyncio.create_task(
-                        self._consume(stream_id), name=f"genesys-mux-print-{stream_id}"
-                    )
-                )
+            self._audit, self._metrics, self._tasks = audit, metrics, tasks
+            cluster = self.config.cluster
+            member: ClusterMember | None = None
+            if cluster is None:
+                for stream in self.config.streams:
+                    await self._add(stream)
+                for stream in self.config.streams:
+                    self._deliver(stream.id)
+            else:
+                # The members decide who carries what: this instance delivers
+                # the streams whose leases it holds (see cluster/member.py).
+                member = await self._join(stack, cluster)
+                tasks.append(asyncio.create_task(member.run(), name="genesys-mux-cluster"))
             background = [asyncio.create_task(audit.run_periodic(mux, settings.metric_interval_s))]
             background += [asyncio.create_task(side(self)) for side in self.side_tasks]
             # From here a stop drains (below) instead of cancelling the start-up.
@@ -303,6 +290,9 @@ class Runtime:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if member is not None:
+                # Planned: the others take the streams over, make-before-break.
+                await member.leave(timeout_s=2 * cluster.lease_ttl_s if cluster else 20.0)
             # Drain first: the runners and printers keep reading until their
             # stream is empty and ends; only then are they told to stop.
             await mux.stop(drain=True, timeout_s=5.0)
@@ -313,6 +303,85 @@ class Runtime:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         return 0
+
+    async def _add(self, stream: StreamConfig) -> None:
+        assert self.mux is not None
+        for rejection in await self.mux.add_stream(stream):
+            missing = list(rejection.missing_permissions)
+            self._say(
+                logging.WARNING,
+                f"stream {stream.id}: topic {rejection.topic} rejected "
+                f"({rejection.reason}, missing {missing})",
+                stream_id=stream.id,
+            )
+
+    def _deliver(self, stream_id: str) -> None:
+        """Start the stream's sink runner, or its printer when it has no sinks."""
+        mux, audit = self.mux, self._audit
+        assert mux is not None
+        assert audit is not None
+        specs = self.config.sinks.get(stream_id, ())
+        if not specs:
+            self._tasks.append(
+                asyncio.create_task(self._consume(stream_id), name=f"genesys-mux-print-{stream_id}")
+            )
+            return
+        runner = deliver_stream(
+            # Settled by the runner, once every sink has an event.
+            mux.stream(stream_id, settle=False),
+            [(build_sink(spec), spec.batching) for spec in specs],
+            mux.dead_letter,
+            backoff=Backoff(0.2, 10.0),
+            # Every log line of the runner names its stream.
+            name=stream_id,
+        )
+        runner.on_failure.append(functools.partial(audit.sink_failure, stream_id))
+        runner.on_settled.append(functools.partial(mux.settle, stream_id))
+        self.runners[stream_id] = runner
+        if self._metrics is not None:
+            self._metrics.watch_sinks(stream_id, runner)
+        self._tasks.append(asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream_id}"))
+
+    async def _join(
+        self, stack: contextlib.AsyncExitStack, cluster: ClusterSection
+    ) -> ClusterMember:
+        """Join the cluster: its Redis, its lease table, and this instance's member loop."""
+        assert self.mux is not None
+        url = cluster.redis_url("cluster")
+        assert url is not None  # the section requires one
+        client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        stack.push_async_callback(client.aclose)
+        table = LeaseTable(
+            client,
+            cluster=cluster.name,
+            instance=cluster.member_id(),
+            lease_ttl_s=cluster.lease_ttl_s,
+            prefix=self.config.state.prefix,
+            where=redis_name(url),
+        )
+
+        async def ownership(stream_id: str, lease: Lease | None) -> None:
+            # A stream taken starts delivering here; one let go ends by
+            # itself (its readers stop when it leaves the multiplexer).
+            if lease is not None:
+                self._deliver(stream_id)
+
+        member = ClusterMember(
+            self.mux,
+            table,
+            self.config.streams,
+            client=cluster.client,
+            budgets={cluster.client: self.config.settings.max_channels},
+            heartbeat_s=cluster.heartbeat_s,
+            host=f"{socket.gethostname()}:{os.getpid()}",
+            on_ownership=ownership,
+        )
+        self.member = member
+        self._say(
+            logging.INFO,
+            f"joined cluster {cluster.name} on {table.where} as {table.instance}",
+        )
+        return member
 
     def _say(self, level: int, text: str, stream_id: str | None = None) -> None:
         """Tell the operator: a log line (one schema, JSON when asked), or the

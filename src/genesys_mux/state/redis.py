@@ -33,7 +33,7 @@ from genesys_mux.core.checkpoint import (
 )
 from genesys_mux.errors import StateError
 
-__all__ = ["RedisStateStore"]
+__all__ = ["RedisStateStore", "redis_name"]
 
 _APPLICATION = b"genesys-mux"
 _ERRORS = (rexc.RedisError, OSError, TimeoutError)
@@ -42,13 +42,17 @@ log = logging.getLogger("genesys_mux.state")
 _SLICE = 2000
 
 
+def redis_name(url: str) -> str:
+    """A Redis URL for messages: host, port and database only, never the password."""
+    parts = urlsplit(url)
+    return f"redis:{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or ''}"
+
+
 class RedisStateStore:
     """Checkpoints on the Redis server at ``url``, keys under ``prefix``."""
 
     def __init__(self, url: str, *, prefix: str = "genesys-mux:", timeout_s: float = 5.0) -> None:
-        parts = urlsplit(url)
-        # Host, port and database only: the URL's password stays out of messages.
-        self.name = f"redis:{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or ''}"
+        self.name = redis_name(url)
         self.prefix = prefix
         self._url = url
         self._timeout_s = timeout_s
