@@ -29,7 +29,9 @@ The tree, split by what the caller can do about it::
     │                               instance then stops forwarding what it cannot prove
     │                               it owns
     └── SinkError                   a sink could not take a batch; ``retryable`` says
-                                    whether sending the same batch again may succeed
+        │                           whether sending the same batch again may succeed
+        └── FencedError             the sink refused the batch: another instance owns
+                                    the stream now (a newer fencing token wrote there)
 
 Errors from third-party libraries (aiohttp, redis, msgspec, pydantic, the OS)
 are translated into this tree at the boundary where they happen, so callers
@@ -51,6 +53,7 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "ConfigFileError",
+    "FencedError",
     "FrameError",
     "GenesysMuxError",
     "InvalidIdError",
@@ -210,3 +213,14 @@ class SinkError(GenesysMuxError):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class FencedError(SinkError):
+    """A sink refused a batch whose fencing token is older than the stream's latest.
+
+    Another instance holds the stream now: the batch is its to deliver, so
+    it is neither retried nor dead-lettered here, only counted.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)

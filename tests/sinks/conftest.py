@@ -254,6 +254,9 @@ class Receiver:
     fail_headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False
     status: int = 200
+    #: Keep the largest X-Genesys-Mux-Fence per stream; answer 409 to a smaller one.
+    fencing: bool = False
+    fences: dict[str, int] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     accepted: list[Request] = field(default_factory=list)
     bad_signatures: int = 0
@@ -285,6 +288,14 @@ class Receiver:
             return web.Response(status=200)
         if len(self.requests) <= self.fail_first:
             return web.Response(status=self.fail_status, headers=self.fail_headers)
+        if self.fencing and "X-Genesys-Mux-Fence" in request.headers:
+            # What the README asks of a receiver that shuts out ex-owners.
+            fence = int(request.headers["X-Genesys-Mux-Fence"])
+            for stream_id in {i["stream_id"] for i in items}:
+                if fence < self.fences.get(stream_id, 0):
+                    return web.Response(status=409)
+            for stream_id in {i["stream_id"] for i in items}:
+                self.fences[stream_id] = fence
         if self.status == 200:
             self.accepted.append(got)
         return web.Response(status=self.status)

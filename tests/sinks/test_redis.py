@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 
 from genesys_mux.core.backoff import Backoff
-from genesys_mux.core.streams import DeadLetter, StreamEvent
+from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import EventRecord, decode_record
 from genesys_mux.sinks.redis_streams import RedisStreamsSink
@@ -208,3 +209,50 @@ async def test_everything_delivered_during_a_redis_restart_arrives(
         assert failures
         assert all(sink == "redis" for sink, _t in failures)
         assert redis_server.starts == 2
+
+
+async def test_a_state_already_stored_is_stored_once(redis_server: RedisServer) -> None:
+    events = real_events(6, stream_id="calls")
+    first = RedisStreamsSink(redis_server.url, dedupe_ttl_s=60)
+    again = RedisStreamsSink(redis_server.url, dedupe_ttl_s=60)
+    await first.send(events[:4])
+    # Another instance (a handover's overlap) sends some of the same states.
+    await again.send(events[2:])
+    await first.close()
+    await again.close()
+    got = await entries(redis_server, "genesys-mux:calls")
+    assert [k for k, _r, _f in got] == [e.idempotency_key for e in events]
+    assert (first.deduplicated, again.deduplicated) == (0, 2)
+
+
+async def test_a_fenced_ex_owner_cannot_write_and_nothing_is_dead_lettered(
+    redis_server: RedisServer,
+) -> None:
+    events = real_events(8, stream_id="calls")
+    old = RedisStreamsSink(redis_server.url, fence=1, dedupe_ttl_s=60, name="old")
+    new = RedisStreamsSink(redis_server.url, fence=2, dedupe_ttl_s=60, name="new")
+    await old.send(events[:2])
+    await new.send(events[2:4])
+    # The old owner wakes up (a frozen process) and tries to write.
+    with pytest.raises(SinkError, match="has a newer owner than fencing token 1"):
+        await old.send(events[4:6])
+    assert old.fenced == 2
+
+    async def source() -> AsyncIterator[StreamEvent | Gap]:
+        for event in events[6:]:
+            yield event
+
+    letters: list[DeadLetter] = []
+    settled: list[int] = []
+    runner = SinkRunner(source(), [old], letters.append, batch_size=10, name="calls")
+    runner.on_settled.append(settled.append)
+    await runner.run()
+    await new.close()
+    # Refused, counted, neither retried nor dead-lettered nor settled: the
+    # new owner delivers these.
+    assert letters == []
+    assert settled == []
+    assert runner.per_sink["old"].fenced == 2
+    assert runner.per_sink["old"].retries == 0
+    got = await entries(redis_server, "genesys-mux:calls")
+    assert [k for k, _r, _f in got] == [e.idempotency_key for e in events[:4]]

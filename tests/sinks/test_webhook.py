@@ -17,7 +17,7 @@ import pytest
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import batch_idempotency_key
 from genesys_mux.sinks.runner import SinkRunner
 from genesys_mux.sinks.webhook import WebhookSink, sign, verify_signature
@@ -257,3 +257,28 @@ def assert_secret_nowhere(
     ]
     for text in texts:
         assert SECRET not in text
+
+
+async def test_a_receiver_that_fences_shuts_out_an_ex_owner() -> None:
+    events = real_events(6)
+    async with Receiver(fencing=True) as receiver:
+        old = WebhookSink(receiver.url, SECRET, name="old", fence=3)
+        new = WebhookSink(receiver.url, SECRET, name="new", fence=4)
+        try:
+            await old.send(events[:2])
+            await new.send(events[2:4])
+            with pytest.raises(FencedError, match="refused fencing token 3"):
+                await old.send(events[4:])
+            # Without a token (no cluster) the header is not sent at all.
+            plain = WebhookSink(receiver.url, SECRET, name="plain")
+            await plain.send(events[4:])
+            await plain.close()
+        finally:
+            await old.close()
+            await new.close()
+    assert [r.items[0]["sequence"] for r in receiver.accepted] == [
+        events[0].sequence,
+        events[2].sequence,
+        events[4].sequence,
+    ]
+    assert receiver.fences == {events[0].stream_id: 4}

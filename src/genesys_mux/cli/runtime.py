@@ -80,8 +80,18 @@ class Output:
     refresh_s: float = 0.5
 
 
-def build_sink(spec: SinkSpec, environ: dict[str, str] | None = None) -> Sink:
-    """The sink a spec describes; secrets are read from the environment here."""
+def build_sink(
+    spec: SinkSpec,
+    environ: dict[str, str] | None = None,
+    *,
+    fence: int = 0,
+    dedupe_ttl_s: float = 0.0,
+) -> Sink:
+    """The sink a spec describes; secrets are read from the environment here.
+
+    ``fence`` (a cluster lease's fencing token) and ``dedupe_ttl_s`` guard
+    the sinks that can enforce them (Redis Streams).
+    """
     env = os.environ if environ is None else environ
     if isinstance(spec, StdoutSinkSpec):
         return StdoutSink()
@@ -93,12 +103,14 @@ def build_sink(spec: SinkSpec, environ: dict[str, str] | None = None) -> Sink:
         url = spec.url if spec.url is not None else env.get(spec.url_env or "")
         if not url:
             raise ConfigError(f"redis sink: environment variable {spec.url_env} is not set")
-        return RedisStreamSink(url, prefix=spec.prefix, maxlen=spec.maxlen)
+        return RedisStreamSink(
+            url, prefix=spec.prefix, maxlen=spec.maxlen, fence=fence, dedupe_ttl_s=dedupe_ttl_s
+        )
     if isinstance(spec, WebhookSinkSpec):
         secret = env.get(spec.secret_env)
         if not secret:
             raise ConfigError(f"webhook sink: environment variable {spec.secret_env} is not set")
-        return WebhookSink(spec.url, secret, timeout_s=spec.timeout_s)
+        return WebhookSink(spec.url, secret, timeout_s=spec.timeout_s, fence=fence)
     raise ConfigError(f"unknown sink type {spec!r}")
 
 
@@ -130,6 +142,11 @@ def event_line(item: StreamEvent | Gap) -> bytes:
             "age_s": None if item.age_s is None else round(item.age_s, 3),
         }
     )
+
+
+#: How long a cluster's Redis sinks remember an idempotency key: longer than
+#: any handover or failover takes to replay what it overlapped.
+_CLUSTER_DEDUPE_S = 3600.0
 
 
 class Runtime:
@@ -315,8 +332,12 @@ class Runtime:
                 stream_id=stream.id,
             )
 
-    def _deliver(self, stream_id: str) -> None:
-        """Start the stream's sink runner, or its printer when it has no sinks."""
+    def _deliver(self, stream_id: str, lease: Lease | None = None) -> None:
+        """Start the stream's sink runner, or its printer when it has no sinks.
+
+        In a cluster, ``lease`` is this instance's: the sinks write with its
+        fencing token and drop records already stored (a handover's overlap).
+        """
         mux, audit = self.mux, self._audit
         assert mux is not None
         assert audit is not None
@@ -329,7 +350,17 @@ class Runtime:
         runner = deliver_stream(
             # Settled by the runner, once every sink has an event.
             mux.stream(stream_id, settle=False),
-            [(build_sink(spec), spec.batching) for spec in specs],
+            [
+                (
+                    build_sink(
+                        spec,
+                        fence=lease.token if lease else 0,
+                        dedupe_ttl_s=_CLUSTER_DEDUPE_S if lease else 0.0,
+                    ),
+                    spec.batching,
+                )
+                for spec in specs
+            ],
             mux.dead_letter,
             backoff=Backoff(0.2, 10.0),
             # Every log line of the runner names its stream.
@@ -364,7 +395,7 @@ class Runtime:
             # A stream taken starts delivering here; one let go ends by
             # itself (its readers stop when it leaves the multiplexer).
             if lease is not None:
-                self._deliver(stream_id)
+                self._deliver(stream_id, lease)
 
         member = ClusterMember(
             self.mux,

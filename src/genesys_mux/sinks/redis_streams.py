@@ -25,12 +25,24 @@ consumers drop repeats by ``idempotency_key``. Errors that waiting cannot
 fix (bad credentials, missing ACL permission, a key of the wrong type) are
 not retryable.
 
+Fencing and de-duplication (a cluster's instances sharing the streams):
+with a ``fence`` token, or a ``dedupe_ttl_s``, a batch goes through one Lua
+script instead. It refuses the batch when the stream's fence key
+(``{key}:fence``) holds a larger token than the batch's, raising
+:class:`~genesys_mux.errors.FencedError` (an ex-owner that was frozen past
+its lease cannot write once the new owner has), and raises the key to the
+batch's token otherwise. It then adds only the records whose
+``idempotency_key`` the sorted set ``{key}:seen`` has not had within
+``dedupe_ttl_s``, so a state delivered twice (a handover, a crash's
+unacknowledged window) is stored once.
+
 The URL may carry a password; it never appears in reprs, logs or errors.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,7 +51,7 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
 
 __all__ = ["DEFAULT_PREFIX", "RedisStreamSink", "RedisStreamsSink", "redact_url"]
@@ -58,6 +70,39 @@ _TRANSIENT_RESPONSES = (
     rexc.TryAgainError,
     rexc.ClusterDownError,
 )
+# KEYS: stream, fence, seen. ARGV: token (0: none), maxlen (0: none),
+# approximate (1/0), now ms, dedupe ttl ms (0: none), then (key, record) pairs.
+# Returns the number of records added, or -1 when a newer token wrote here.
+_FENCED_XADD = """
+local token = tonumber(ARGV[1])
+if token > 0 then
+  local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if token < current then return -1 end
+  if token > current then redis.call('SET', KEYS[2], ARGV[1]) end
+end
+local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+if ttl > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl) end
+local trim = {}
+if ARGV[2] ~= '0' then
+  trim = ARGV[3] == '1' and {'MAXLEN', '~', ARGV[2]} or {'MAXLEN', ARGV[2]}
+end
+local added = 0
+for i = 6, #ARGV, 2 do
+  if ttl == 0 or redis.call('ZADD', KEYS[3], 'NX', now, ARGV[i]) == 1 then
+    local args = {KEYS[1]}
+    for _, v in ipairs(trim) do args[#args + 1] = v end
+    args[#args + 1] = '*'
+    args[#args + 1] = 'record'
+    args[#args + 1] = ARGV[i + 1]
+    args[#args + 1] = 'idempotency_key'
+    args[#args + 1] = ARGV[i]
+    redis.call('XADD', unpack(args))
+    added = added + 1
+  end
+end
+return added
+"""
+
 # Connection-level errors that are about who we are, not about the network.
 _PERMANENT_CONNECTION_ERRORS = (rexc.AuthenticationError, rexc.AuthorizationError)
 
@@ -95,11 +140,15 @@ class RedisStreamsSink:
         connect_timeout_s: float = 5.0,
         name: str = "redis",
         client: aioredis.Redis | None = None,
+        fence: int = 0,
+        dedupe_ttl_s: float = 0.0,
     ) -> None:
         if maxlen is not None and maxlen < 1:
             raise ConfigError(f"Redis sink maxlen must be at least 1 (or None), not {maxlen}")
         if socket_timeout_s <= 0 or connect_timeout_s <= 0:
             raise ConfigError("Redis sink timeouts must be positive")
+        if fence < 0 or dedupe_ttl_s < 0:
+            raise ConfigError("Redis sink fence and dedupe_ttl_s must not be negative")
         if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
                 f"Redis sink url must start with redis://, rediss:// or unix://, "
@@ -116,6 +165,13 @@ class RedisStreamsSink:
         self._connect_timeout_s = connect_timeout_s
         self._client = client
         self._own_client = client is None
+        #: The fencing token of this instance's lease on the stream (0: no fencing).
+        self.fence = fence
+        #: How long an idempotency key is remembered (0: no de-duplication).
+        self.dedupe_ttl_s = dedupe_ttl_s
+        #: Records the de-duplication dropped, and events of batches refused by fencing.
+        self.deduplicated = 0
+        self.fenced = 0
 
     def __repr__(self) -> str:
         return (
@@ -148,6 +204,9 @@ class RedisStreamsSink:
         if self._client is None:
             await self.start()
         assert self._client is not None
+        if self.fence or self.dedupe_ttl_s:
+            await self._send_guarded(batch)
+            return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for item in batch:
@@ -160,6 +219,36 @@ class RedisStreamsSink:
                 await pipe.execute()
         except (rexc.RedisError, OSError, TimeoutError) as exc:
             raise self._translate(exc) from exc
+
+    async def _send_guarded(self, batch: Sequence[Item]) -> None:
+        """The batch through the fencing and de-duplication script, one per genesys-mux stream."""
+        assert self._client is not None
+        by_stream: dict[str, list[Item]] = {}
+        for item in batch:
+            by_stream.setdefault(item.stream_id, []).append(item)
+        script = self._client.register_script(_FENCED_XADD)
+        for stream_id, items in by_stream.items():
+            key = self.key(stream_id)
+            args: list[bytes | str | int] = [
+                self.fence,
+                self.maxlen or 0,
+                1 if self.approximate else 0,
+                int(time.time() * 1000),
+                int(self.dedupe_ttl_s * 1000),
+            ]
+            for item in items:
+                args += [idempotency_key(item), encode_record(item)]
+            try:
+                added = int(await script(keys=[key, f"{key}:fence", f"{key}:seen"], args=args))
+            except (rexc.RedisError, OSError, TimeoutError) as exc:
+                raise self._translate(exc) from exc
+            if added < 0:
+                self.fenced += len(items)
+                raise FencedError(
+                    f"sink {self.name}: stream {stream_id} has a newer owner than fencing token "
+                    f"{self.fence}; this instance no longer writes it"
+                )
+            self.deduplicated += len(items) - added
 
     def _translate(self, exc: Exception) -> SinkError:
         if isinstance(exc, _PERMANENT_CONNECTION_ERRORS):

@@ -68,7 +68,7 @@ from typing import Final
 
 from genesys_mux.core.backoff import Backoff, Retries
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import Item, Sink
 
 __all__ = ["SEND_BUCKETS", "SinkCounters", "SinkRunner"]
@@ -93,6 +93,8 @@ class SinkCounters:
     failed_batches: int = 0
     #: Events dead-lettered because of this sink.
     dead_lettered: int = 0
+    #: Events of batches the sink refused by fencing (another instance owns the stream).
+    fenced: int = 0
     #: Attempts that were retried.
     retries: int = 0
     #: The current failure: set when a send fails, cleared when one succeeds.
@@ -371,6 +373,7 @@ class SinkRunner:
     async def _deliver(self, batch: Sequence[Item]) -> None:
         self.batches += 1
         everywhere = True
+        fenced_before = sum(c.fenced for c in self.per_sink.values())
         for index, sink in enumerate(self.sinks):
             self._in_hand = (batch, index)
             if await self._deliver_to(sink, batch):
@@ -380,7 +383,10 @@ class SinkRunner:
         self._in_hand = None
         if everywhere:
             self.sent += len(batch)
-        self._settled(batch)
+        if sum(c.fenced for c in self.per_sink.values()) == fenced_before:
+            # A fenced batch is not settled: it is the new owner's, and the
+            # watermark must not pass it.
+            self._settled(batch)
 
     def _settled(self, batch: Sequence[Item]) -> None:
         last = max((i.sequence for i in batch if isinstance(i, StreamEvent)), default=None)
@@ -405,6 +411,16 @@ class SinkRunner:
             started = time.perf_counter()
             try:
                 await sink.send(batch)
+            except FencedError as exc:
+                # Not ours to deliver any more, nor to dead-letter: the
+                # stream's new owner delivers these (our checkpoint left them
+                # out), and the cluster member stops the stream here.
+                events = sum(1 for item in batch if isinstance(item, StreamEvent))
+                counters.fenced += events
+                counters.last_error = self.last_error = f"{sink.name}: {exc}"
+                self._log.warning("%s; %d events left to the new owner", exc, events)
+                self._notify(sink.name, str(exc))
+                return False
             except SinkError as exc:
                 error = exc
             except Exception as exc:

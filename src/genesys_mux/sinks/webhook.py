@@ -19,6 +19,13 @@ Headers:
 * ``Idempotency-Key``: ``<first key>..<last key>`` of the batch. A re-sent
   batch has the same items, so the same key (and the same body; only the
   timestamp and signature change).
+* ``X-Genesys-Mux-Fence`` (in a cluster): the fencing token of the sending
+  instance's lease on the stream. It grows at every change of owner, so a
+  receiver that keeps the largest token it has seen per stream (the items'
+  ``stream_id``) and answers **409** to a smaller one shuts out an ex-owner
+  that was frozen past its lease. A 409 to a fenced batch is counted
+  (``fenced``), neither retried nor dead-lettered: the stream's new owner
+  delivers those events.
 
 Outcomes: any 2xx takes the batch. 5xx, 408, 429, timeouts and connection
 failures raise a retryable :class:`~genesys_mux.errors.SinkError`; on 429
@@ -47,7 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from genesys_mux.core.backoff import parse_retry_after
-from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import Hidden, Item, batch_idempotency_key, encode_record
 
 __all__ = [
@@ -64,6 +71,7 @@ log = logging.getLogger("genesys_mux.sinks.webhook")
 SIGNATURE_HEADER: Final = "X-Genesys-Mux-Signature"
 TIMESTAMP_HEADER: Final = "X-Genesys-Mux-Timestamp"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+FENCE_HEADER: Final = "X-Genesys-Mux-Fence"
 
 # Statuses where the server says "later", not "never".
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -134,6 +142,7 @@ class WebhookSink:
         name: str = "webhook",
         headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        fence: int = 0,
     ) -> None:
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise ConfigError(
@@ -150,12 +159,20 @@ class WebhookSink:
         self._url = Hidden(url, self.display_url)
         self._secret = Hidden(_secret_bytes(secret))
         self._extra_headers = dict(headers or {})
-        ours = {SIGNATURE_HEADER, TIMESTAMP_HEADER, IDEMPOTENCY_HEADER, "content-type"}
+        ours = {
+            SIGNATURE_HEADER,
+            TIMESTAMP_HEADER,
+            IDEMPOTENCY_HEADER,
+            FENCE_HEADER,
+            "content-type",
+        }
         clash = {h for h in self._extra_headers if h.lower() in {o.lower() for o in ours}}
         if clash:
             raise ConfigError(f"webhook sink {name}: headers may not set {sorted(clash)}")
         self._session = session
         self._own_session = session is None
+        #: The fencing token sent with every batch (0: none, no header).
+        self.fence = fence
 
     def __repr__(self) -> str:
         return f"WebhookSink(name={self.name!r}, url={self.display_url!r})"
@@ -187,6 +204,8 @@ class WebhookSink:
             SIGNATURE_HEADER: sign(self._secret.value, timestamp, body),
             IDEMPOTENCY_HEADER: batch_idempotency_key(batch),
         }
+        if self.fence:
+            headers[FENCE_HEADER] = str(self.fence)
         try:
             async with self._session.post(
                 self._url.value,
@@ -216,6 +235,11 @@ class WebhookSink:
         raise self._status_error(status, reason, retry_after_header)
 
     def _status_error(self, status: int, reason: str, retry_after: str | None) -> SinkError:
+        if status == 409 and self.fence:
+            return FencedError(
+                f"sink {self.name}: {self.display_url} refused fencing token {self.fence} "
+                "(HTTP 409): the stream has a newer owner"
+            )
         retryable = status >= 500 or status in (408, 429)
         hint = parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUSES else None
         # The receiver's reason phrase only: its body could echo our payload.
