@@ -16,13 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+import aiohttp
 import redis
 
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, GapRecord, decode_record
 from tests.cli.conftest import start_cli
 from tests.cli.test_run import DEMO_CREDENTIALS
-from tests.sinks.conftest import RedisServer
+from tests.sinks.conftest import RedisServer, free_port
 
 STREAMS = ("s0", "s1", "s2", "s3")
 DEADLINE_S = 30.0
@@ -83,8 +84,11 @@ async def test_two_processes_share_the_streams_and_hand_over_on_sigterm(
 ) -> None:
     (tmp_path / "mux.toml").write_text(cluster_config(redis_server.url))
     client = redis.Redis.from_url(redis_server.url)
-    args = ("run", "-c", "mux.toml", "--base-url", emulator.base_url)
-    processes = [await start_cli(*args, env=DEMO_CREDENTIALS, cwd=tmp_path) for _ in range(2)]
+    args = ("run", "-c", "mux.toml", "--base-url", emulator.base_url, "--admin-port")
+    ports = [free_port(), free_port()]
+    processes = [
+        await start_cli(*args, str(port), env=DEMO_CREDENTIALS, cwd=tmp_path) for port in ports
+    ]
     try:
         first, second = processes
         await until(
@@ -96,10 +100,25 @@ async def test_two_processes_share_the_streams_and_hand_over_on_sigterm(
         await until(
             lambda: all(len(records(client, s)) >= 5 for s in STREAMS), "records in every stream"
         )
+        # Each instance says what it carries, and is ready.
+        async with aiohttp.ClientSession() as session:
+            for port, process in zip(ports, processes, strict=True):
+                mine = {s for s, h in holders(client).items() if h.endswith(str(process.pid))}
+                async with session.get(f"http://127.0.0.1:{port}/status") as resp:
+                    status = await resp.json()
+                assert set(status["cluster"]["held"]) == mine
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    assert resp.status == 200, await resp.text()
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                assert f"genesys_mux_cluster_leases_held {float(len(mine))}" in text
         # SIGTERM: the first process hands its streams to the second.
         first.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(first.communicate(), DEADLINE_S)
         assert first.returncode == 0, err.decode()[-3000:]
+        # Its audit log says what it took and what it handed over.
+        assert "LEASE_ACQUIRED" in err.decode()
+        assert "LEASE_RELEASED" in err.decode()
         await until(
             lambda: (
                 len(holders(client)) == 4

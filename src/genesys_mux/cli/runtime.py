@@ -408,6 +408,11 @@ class Runtime:
             on_ownership=ownership,
         )
         self.member = member
+        if self._audit is not None:
+            member.on_control.append(self._audit.record)
+        member.on_control.append(self.tail)
+        if self._metrics is not None:
+            self._metrics.watch_cluster(member)
         self._say(
             logging.INFO,
             f"joined cluster {cluster.name} on {table.where} as {table.instance}",
@@ -424,6 +429,21 @@ class Runtime:
             log.log(level, text, extra={"stream_id": stream_id} if stream_id else None)
 
     def _status_extra(self) -> dict[str, Any]:
+        extra = self._sink_status()
+        member = self.member
+        if member is not None:
+            extra["cluster"] = {
+                "instance": member.info.id,
+                "client": member.client,
+                "held": {s: lease.token for s, lease in sorted(member.status.held.items())},
+                "standby": sorted(member.status.standby),
+                "unplaced": member.status.placement.unplaced,
+                "trouble": member.status.trouble,
+                "changes": member.status.changes,
+            }
+        return extra
+
+    def _sink_status(self) -> dict[str, Any]:
         return {
             "sinks": {
                 sid: {

@@ -42,6 +42,13 @@ from dataclasses import dataclass, field
 
 from genesys_mux.cluster.leases import Lease, LeaseTable, MemberInfo
 from genesys_mux.config import StreamConfig
+from genesys_mux.core.events import (
+    ClusterUnreachable,
+    ControlEvent,
+    LeaseAcquired,
+    LeaseLost,
+    LeaseReleased,
+)
 from genesys_mux.core.placement import Member, Placement, StreamDemand, place
 from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError
 from genesys_mux.net.multiplexer import Multiplexer
@@ -66,7 +73,8 @@ class MemberStatus:
     placement: Placement = field(default_factory=Placement)
     #: Why the member cannot prove its leases now (Redis unreachable), if so.
     trouble: str | None = None
-    #: Counts by reason: acquired, handover, failover, lost, released.
+    #: Streams taken and let go, by how: acquired (a free lease), handover
+    #: (taken from or given to another member), released (leaving), lost.
     changes: dict[str, int] = field(default_factory=dict)
 
 
@@ -111,6 +119,8 @@ class ClusterMember:
         self.info = MemberInfo(table.instance, client, time.time(), host)
         self.status = MemberStatus()
         self._on_ownership = on_ownership
+        #: Called with every control-plane fact of the member (the audit log, metrics).
+        self.on_control: list[Callable[[ControlEvent], None]] = []
         self._renewed_at: float | None = None
         self._wake = asyncio.Event()
         # One round at a time; leave() waits for the round under way.
@@ -187,7 +197,7 @@ class ClusterMember:
         status.trouble = None
         for lease in lost:
             log.warning("lost the lease of stream %s; it stops here", lease.stream_id)
-            await self._stop_here(lease.stream_id, "lost")
+            await self._stop_here(lease.stream_id, "expired or taken")
         members = [Member(m.id, m.client) for m in await table.members()]
         if self.info.id not in {m.id for m in members}:
             members.append(Member(self.info.id, self.client))
@@ -244,6 +254,7 @@ class ClusterMember:
         self.status.held[stream_id] = lease
         reason = "handover" if on_standby else "acquired"
         self._count(reason)
+        self._report(LeaseAcquired(stream_id, lease.token, reason))
         log.info("carrying stream %s (fencing token %d, %s)", stream_id, lease.token, reason)
         if self._on_ownership is not None:
             await self._on_ownership(stream_id, lease)
@@ -265,6 +276,7 @@ class ClusterMember:
             with contextlib.suppress(ClusterError):
                 await self.table.release(lease)
         self._count(reason)
+        self._report(LeaseReleased(stream_id, reason))
         log.info("handed stream %s over (%s)", stream_id, reason)
 
     async def _stop_here(self, stream_id: str, reason: str) -> None:
@@ -273,7 +285,8 @@ class ClusterMember:
         if self._on_ownership is not None:
             await self._on_ownership(stream_id, None)
         await self.mux.handover(stream_id, checkpoint=False)
-        self._count(reason)
+        self._count("lost")
+        self._report(LeaseLost(stream_id, reason))
 
     async def _drop_standby(self, stream_id: str) -> None:
         # First the signal: a holder must never hand over to a standby that is gone.
@@ -283,6 +296,8 @@ class ClusterMember:
 
     async def _cannot_prove(self, why: str) -> None:
         """Redis failed: keep the streams while the leases may hold, then stop them."""
+        if self.status.trouble is None:
+            self._report(ClusterUnreachable(why))
         self.status.trouble = why
         log.warning("cluster: %s", why)
         renewed = self._renewed_at
@@ -290,7 +305,14 @@ class ClusterMember:
         if renewed is not None and time.monotonic() - renewed < ttl_s:
             return
         for stream_id in list(self.status.held):
-            await self._stop_here(stream_id, "lost")
+            await self._stop_here(stream_id, "cannot be renewed")
+
+    def _report(self, event: ControlEvent) -> None:
+        for callback in self.on_control:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("on_control callback failed")
 
     def _count(self, reason: str) -> None:
         self.status.changes[reason] = self.status.changes.get(reason, 0) + 1

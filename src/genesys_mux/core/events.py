@@ -32,10 +32,14 @@ __all__ = [
     "ChannelFailed",
     "ChannelLost",
     "ChannelRotated",
+    "ClusterUnreachable",
     "ControlEvent",
     "DeadLettered",
     "Fatal",
     "GapReported",
+    "LeaseAcquired",
+    "LeaseLost",
+    "LeaseReleased",
     "Level",
     "QueuesRefreshed",
     "SinkFailed",
@@ -174,6 +178,46 @@ class StreamActivated(_Fact):
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseAcquired(_Fact):
+    """This instance took a stream's lease: it carries the stream now (a cluster)."""
+
+    kind: ClassVar[str] = "lease_acquired"
+    stream_id: str
+    #: The fencing token of this acquisition.
+    token: int
+    #: ``handover`` (its holder let go to us) or ``acquired`` (the lease was free).
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReleased(_Fact):
+    """This instance let a stream go (``handover``: to the next owner; ``released``: leaving)."""
+
+    kind: ClassVar[str] = "lease_released"
+    stream_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLost(_Fact):
+    """A stream's lease expired or was taken: it stopped here at once, with no checkpoint."""
+
+    kind: ClassVar[str] = "lease_lost"
+    level: ClassVar[Level] = "WARNING"
+    stream_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterUnreachable(_Fact):
+    """The cluster's Redis failed; streams are carried while their leases may hold."""
+
+    kind: ClassVar[str] = "cluster_unreachable"
+    level: ClassVar[Level] = "WARNING"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRemoved(_Fact):
     """A stream was removed."""
 
@@ -276,6 +320,10 @@ ControlEvent = (
     | StreamAdded
     | StreamActivated
     | StreamRemoved
+    | LeaseAcquired
+    | LeaseReleased
+    | LeaseLost
+    | ClusterUnreachable
     | QueuesRefreshed
     | GapReported
     | Backfilled

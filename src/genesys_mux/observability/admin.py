@@ -194,7 +194,7 @@ class AdminServer:
 
     def _readiness(self) -> Readiness:
         """The feed's readiness, and its sinks': events that cannot leave are not a ready feed."""
-        state = readiness(self.mux)
+        state = readiness(self.mux, self.metrics.member)
         if not state.ready:
             return state
         failing = self.metrics.failing_sinks(self.sink_unready_after_s)

@@ -58,6 +58,7 @@ from genesys_mux.core.events import ControlEvent, StreamAdded, StreamRemoved
 from genesys_mux.sinks.runner import SEND_BUCKETS
 
 if TYPE_CHECKING:
+    from genesys_mux.cluster.member import ClusterMember
     from genesys_mux.core.streams import StreamEvent
     from genesys_mux.net.connection import SlotStats
     from genesys_mux.net.multiplexer import Multiplexer, StreamStats
@@ -123,6 +124,11 @@ _SINK_COUNTERS = (
     ("failed_batches", "genesys_mux_sink_failed_batches", "Batches the sink finally failed."),
     ("dead_lettered", "genesys_mux_sink_dead_lettered", "Events dead-lettered for this sink."),
     ("retries", "genesys_mux_sink_retries", "Failed attempts that were tried again."),
+    (
+        "fenced",
+        "genesys_mux_sink_fenced",
+        "Events of batches the sink refused by fencing (another instance owns the stream).",
+    ),
 )
 
 # (StreamStats attribute, metric name without _total, help text)
@@ -186,14 +192,20 @@ class Readiness:
     reason: str | None = None
 
 
-def readiness(mux: Multiplexer) -> Readiness:
+def readiness(mux: Multiplexer, member: ClusterMember | None = None) -> Readiness:
     """Ready means at least one stream and every channel live and subscribed.
 
     ``mux.live`` alone is true for a multiplexer with no channels at all,
-    which is not a useful feed, hence the stream check.
+    which is not a useful feed, hence the stream check. A cluster
+    ``member`` is ready while it can prove its leases; one that carries no
+    stream (the others have them all) is a ready spare.
     """
     if mux.pool is None or not mux.started:
         return Readiness(False, "starting: no token and no channel yet")
+    if member is not None and member.status.trouble is not None:
+        return Readiness(False, f"cluster: {member.status.trouble}")
+    if member is not None and not mux.streams():
+        return Readiness(True)
     if not mux.streams():
         return Readiness(False, "no streams are configured")
     if not mux.live:
@@ -252,11 +264,12 @@ class _MuxCollector:
             self._families(
                 stats["streams"],
                 stats["channels"],
-                readiness(mux),
+                readiness(mux, self._owner.member),
                 dict(self._owner.control_events),
             )
         )
         families += self._sink_families(self._owner.sink_runners)
+        families += self._cluster_families(self._owner.member)
         families += self._rest_families(mux)
         return families
 
@@ -288,6 +301,41 @@ class _MuxCollector:
         for stream, sink, c in rows:
             sends.add_metric([stream, sink], _cumulative(c.send_buckets), c.send_seconds)
         yield sends
+
+    def _cluster_families(self, member: ClusterMember | None) -> Iterator[Metric]:
+        """This instance's part in a cluster (nothing when it is not in one)."""
+        if member is None:
+            return
+        status = member.status
+        yield GaugeMetricFamily(
+            "genesys_mux_cluster_leases_held",
+            "Streams this instance carries (their leases are its).",
+            value=len(status.held),
+        )
+        yield GaugeMetricFamily(
+            "genesys_mux_cluster_standby",
+            "Streams subscribed here on standby, waiting for their holder to hand over.",
+            value=len(status.standby),
+        )
+        yield GaugeMetricFamily(
+            "genesys_mux_cluster_unplaced_streams",
+            "Streams that fit on no instance (every OAuth client's channel budget is used).",
+            value=len(status.placement.unplaced),
+        )
+        yield GaugeMetricFamily(
+            "genesys_mux_cluster_reachable",
+            "1 while the cluster's Redis answers, 0 while this instance cannot prove its leases.",
+            value=0 if status.trouble else 1,
+        )
+        changes = CounterMetricFamily(
+            "genesys_mux_cluster_handovers",
+            "Streams taken and let go by this instance, by how: acquired (a free lease), "
+            "handover, released (leaving), lost (expired or taken).",
+            labels=["how"],
+        )
+        for how in ("acquired", "handover", "released", "lost"):
+            changes.add_metric([how], status.changes.get(how, 0))
+        yield changes
 
     def _rest_families(self, mux: Multiplexer) -> Iterator[Metric]:
         """REST calls to the platform: answers by status, throttling and retry waits."""
@@ -420,6 +468,8 @@ class MuxMetrics:
         self._bound: dict[str, tuple[Histogram, Histogram]] = {}
         #: stream id → the runner delivering it to its sinks (see :meth:`watch_sinks`).
         self.sink_runners: dict[str, StreamDelivery] = {}
+        #: This instance's cluster member, if it is one (see :meth:`watch_cluster`).
+        self.member: ClusterMember | None = None
         self._collector = _MuxCollector(self)
         self.registry.register(self._collector)
         for config in mux.streams():
@@ -430,6 +480,11 @@ class MuxMetrics:
     def watch_sinks(self, stream_id: str, runner: StreamDelivery) -> None:
         """Export the counters of the runner delivering ``stream_id`` to its sinks."""
         self.sink_runners[stream_id] = runner
+
+    def watch_cluster(self, member: ClusterMember) -> None:
+        """Export this instance's part in a cluster, and make ``/readyz`` follow its leases."""
+        self.member = member
+        member.on_control.append(self._control)
 
     def failing_sinks(self, longer_than_s: float, now: float | None = None) -> list[str]:
         """``stream/sink failing for N s: error`` per sink failing for over ``longer_than_s``."""
