@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from genesys_mux import Multiplexer, StreamConfig
 from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
 from genesys_mux.emulator import Emulator
+from genesys_mux.observability.metrics import readiness
 from genesys_mux.state import RedisStateStore
 from tests.net.test_multiplexer import Collector, org_settings
 from tests.sinks.conftest import RedisServer
@@ -139,3 +140,28 @@ async def test_members_share_the_streams_and_move_them_without_loss(
                 assert later.gaps() == [], (stream_id, before, after, later.gaps())
         for name, seen in owners:
             assert all(g.reason == "failover" for g in seen.gaps()), (name, seen.gaps())
+
+
+async def test_a_member_that_cannot_reach_redis_stops_after_one_lease_and_comes_back(
+    redis_server: RedisServer,
+) -> None:
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        a = await join(stack, emulator, redis_server, "a", history)
+        await eventually(lambda: exactly_once(a))
+        mux = a.member.mux
+        assert readiness(mux, a.member).ready
+        await redis_server.stop()
+        # It carries on while its leases may hold, then stops: it cannot prove them.
+        await eventually(lambda: not a.held and a.member.status.trouble is not None, within=10.0)
+        assert mux.streams() == []
+        state = readiness(mux, a.member)
+        assert not state.ready
+        assert state.reason is not None
+        assert state.reason.startswith("cluster: ")
+        assert a.member.status.changes["lost"] == len(STREAMS)
+        await redis_server.start()
+        await eventually(lambda: exactly_once(a), within=20.0)
+        assert a.member.status.trouble is None
+        # Ready again once the state store took a checkpoint too.
+        await eventually(lambda: readiness(mux, a.member).ready)

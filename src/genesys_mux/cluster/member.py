@@ -194,7 +194,9 @@ class ClusterMember:
         await table.heartbeat(self.info)
         lost = await table.renew(list(status.held.values()))
         self._renewed_at = time.monotonic()
-        status.trouble = None
+        if status.trouble is not None:
+            log.info("cluster: Redis answers again")
+            status.trouble = None
         for lease in lost:
             log.warning("lost the lease of stream %s; it stops here", lease.stream_id)
             await self._stop_here(lease.stream_id, "expired or taken")
@@ -297,9 +299,12 @@ class ClusterMember:
     async def _cannot_prove(self, why: str) -> None:
         """Redis failed: keep the streams while the leases may hold, then stop them."""
         if self.status.trouble is None:
+            # Once per outage: each round would say the same thing again.
+            log.warning("cluster: %s", why)
             self._report(ClusterUnreachable(why))
+        else:
+            log.debug("cluster: %s", why)
         self.status.trouble = why
-        log.warning("cluster: %s", why)
         renewed = self._renewed_at
         ttl_s = self.table.lease_ttl_ms / 1000
         if renewed is not None and time.monotonic() - renewed < ttl_s:
