@@ -9,6 +9,7 @@ across the handover and no record delivered twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections import defaultdict
@@ -21,7 +22,7 @@ import redis
 
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, GapRecord, decode_record
-from tests.cli.conftest import start_cli
+from tests.cli.conftest import run_cli, start_cli
 from tests.cli.test_run import DEMO_CREDENTIALS
 from tests.sinks.conftest import RedisServer, free_port
 
@@ -100,6 +101,16 @@ async def test_two_processes_share_the_streams_and_hand_over_on_sigterm(
         await until(
             lambda: all(len(records(client, s)) >= 5 for s in STREAMS), "records in every stream"
         )
+        # `cluster status` reads the same from Redis.
+        shown = await run_cli("cluster", "status", "-c", "mux.toml", "--json", cwd=tmp_path)
+        assert shown.code == 0, shown.why()
+        status = json.loads(shown.stdout)
+        assert sorted(m["id"].rpartition("-")[2] for m in status["members"]) == sorted(
+            str(p.pid) for p in processes
+        )
+        for row in status["streams"]:
+            assert row["holder"] == holders(client)[row["stream_id"]] == row["placed_on"]
+            assert row["token"] >= 1
         # Each instance says what it carries, and is ready.
         async with aiohttp.ClientSession() as session:
             for port, process in zip(ports, processes, strict=True):
@@ -151,3 +162,10 @@ async def test_two_processes_share_the_streams_and_hand_over_on_sigterm(
         sequences = [e.sequence for e in events]
         assert sequences == list(range(1, len(sequences) + 1)), (stream_id, dict(by_epoch))
     client.close()
+
+
+async def test_cluster_status_needs_a_cluster_section(tmp_path: Path) -> None:
+    (tmp_path / "mux.toml").write_text('[[streams]]\nid = "s"\nfilter = {}\n')
+    shown = await run_cli("cluster", "status", "-c", "mux.toml", cwd=tmp_path)
+    assert shown.code == 2, shown.why()
+    assert "has no [cluster] section" in shown.output

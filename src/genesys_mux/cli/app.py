@@ -405,6 +405,22 @@ def state_prune(config: ConfigOption) -> None:
     raise typer.Exit(tools.state_prune(config, console))
 
 
+cluster_app = typer.Typer(
+    help="Look at a cluster of instances sharing the streams.", no_args_is_help=True
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("status")
+def cluster_status(
+    config: ConfigOption,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Members, and each stream's holder, lease, fencing token and placement."""
+    configure_logging(level="WARNING")
+    raise typer.Exit(tools.cluster_status(config, as_json, console))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -482,3 +482,106 @@ def reset_state(config: ConfigFile, console: Console) -> int:
         return 2
     console.print(f"previous state moved aside to {where}", markup=False)
     return 0
+
+
+# -- cluster -------------------------------------------------------------------
+
+
+def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
+    """The cluster as Redis has it: members, and each stream's holder, lease and token."""
+    try:
+        config = load_config(config_path)
+    except GenesysMuxError as exc:
+        print_error(console, exc)
+        return 2
+    cluster = config.cluster
+    if cluster is None:
+        console.print(
+            f"error: {config_path} has no [cluster] section; add one to run several instances",
+            markup=False,
+        )
+        return 2
+
+    async def read() -> dict[str, Any]:
+        import redis.asyncio as aioredis
+
+        from genesys_mux.cluster import LeaseTable
+        from genesys_mux.cluster.member import stream_weights
+        from genesys_mux.core.placement import Member, StreamDemand, place
+        from genesys_mux.state.redis import redis_name
+
+        url = cluster.redis_url("cluster")
+        assert url is not None  # the section requires one
+        client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        try:
+            table = LeaseTable(
+                client,
+                cluster=cluster.name,
+                instance="status",
+                lease_ttl_s=cluster.lease_ttl_s,
+                prefix=config.state.prefix,
+                where=redis_name(url),
+            )
+            members = await table.members()
+            ids = [s.id for s in config.streams]
+            leases = await table.leases(ids)
+            fences = {s: await table.fence(s) for s in ids}
+        finally:
+            await client.aclose()
+        weights = stream_weights(config.streams)
+        placement = place(
+            (StreamDemand(s, weights[s]) for s in ids),
+            [Member(m.id, m.client) for m in members],
+            {s: lease.holder for s, lease in leases.items()},
+            {cluster.client: config.settings.max_channels},
+        )
+        return {
+            "cluster": cluster.name,
+            "redis": table.where,
+            "members": [
+                {"id": m.id, "client": m.client, "host": m.host, "since": m.since} for m in members
+            ],
+            "streams": [
+                {
+                    "stream_id": s,
+                    "holder": leases[s].holder if s in leases else None,
+                    "lease_ttl_ms": leases[s].ttl_ms if s in leases else None,
+                    "token": fences[s],
+                    "placed_on": placement.owners.get(s),
+                    "unplaced": placement.unplaced.get(s),
+                    "weight": weights[s],
+                }
+                for s in ids
+            ],
+        }
+
+    try:
+        found = asyncio.run(read())
+    except GenesysMuxError as exc:
+        print_error(console, exc)
+        return 2
+    if as_json:
+        sys.stdout.write(json.dumps(found) + "\n")
+        return 0
+    out = Console()
+    members = Table(title=f"cluster {found['cluster']} on {found['redis']}: members")
+    for column in ("instance", "OAuth client", "host", "since"):
+        members.add_column(column)
+    for m in found["members"]:
+        members.add_row(m["id"], m["client"], m["host"], format_iso(m["since"]))
+    out.print(members)
+    streams = Table(title="streams")
+    for column in ("stream", "holder", "lease left", "fencing token", "placed on", "note"):
+        streams.add_column(column)
+    for row in found["streams"]:
+        ttl = row["lease_ttl_ms"]
+        streams.add_row(
+            row["stream_id"],
+            row["holder"] or "-",
+            "-" if ttl is None else f"{ttl / 1000:.1f} s",
+            str(row["token"]),
+            row["placed_on"] or "-",
+            row["unplaced"] or ("moving" if row["placed_on"] != row["holder"] else ""),
+        )
+    out.print(streams)
+    return 0

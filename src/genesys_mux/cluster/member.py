@@ -53,7 +53,7 @@ from genesys_mux.core.placement import Member, Placement, StreamDemand, place
 from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError
 from genesys_mux.net.multiplexer import Multiplexer
 
-__all__ = ["ClusterMember", "MemberStatus"]
+__all__ = ["ClusterMember", "MemberStatus", "stream_weights"]
 
 log = logging.getLogger("genesys_mux.cluster")
 
@@ -76,6 +76,16 @@ class MemberStatus:
     #: Streams taken and let go, by how: acquired (a free lease), handover
     #: (taken from or given to another member), released (leaving), lost.
     changes: dict[str, int] = field(default_factory=dict)
+
+
+def stream_weights(streams: Sequence[StreamConfig]) -> dict[str, int]:
+    """Each stream's weight for the placement: the topics it names, at least 1.
+
+    Every member (and ``cluster status``) must compute the same weights, so
+    they come from the configuration only, never from what one instance
+    found out (the org's queues, say).
+    """
+    return {s.id: max(1, len(s.topics or ())) for s in streams}
 
 
 class ClusterMember:
@@ -113,9 +123,7 @@ class ClusterMember:
                 f"heartbeat_s ({self.heartbeat_s:g}) must be positive and shorter than "
                 f"lease_ttl_s ({ttl_s:g}), or leases expire between renewals"
             )
-        self.weights = {
-            s.id: max(1, (weights or {}).get(s.id, len(s.topics or ()))) for s in streams
-        }
+        self.weights = {**stream_weights(streams), **(weights or {})}
         self.info = MemberInfo(table.instance, client, time.time(), host)
         self.status = MemberStatus()
         self._on_ownership = on_ownership
