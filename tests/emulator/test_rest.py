@@ -1157,3 +1157,27 @@ async def test_reset_invalidates_tokens_and_channels(
     status, body, _ = await client.call("GET", CHANNELS, includechannels="oauthclient")
     assert status == 200
     assert body["entities"] == []
+
+
+async def test_a_client_with_its_own_channel_budget_evicts_past_it(
+    client: GenesysClient, session: aiohttp.ClientSession
+) -> None:
+    await client.control(
+        "clients", {"client_id": "small-client", "client_secret": "s3cret", "channels": 5}
+    )
+    small = GenesysClient(session, client.base)
+    await small.login("small-client", "s3cret")
+    created = [(await small.create_channel())["id"] for _ in range(6)]
+    # The sixth evicted the first; the other client's budget is untouched.
+    assert await head(small, created[0]) == 404
+    assert all([await head(small, c) == 200 for c in created[1:]])
+    ours = [c for c in await client.control("channels") if c["client_id"] == "small-client"]
+    assert len(ours) == 5
+    others = [(await client.create_channel())["id"] for _ in range(6)]
+    assert all([await head(client, c) == 200 for c in others])
+    async with session.post(
+        f"{client.base}/__emulator__/clients",
+        json={"client_id": "bad", "client_secret": "x", "channels": 0},
+    ) as resp:
+        assert resp.status == 400
+        assert "channels must be at least 1" in await resp.text()

@@ -184,6 +184,7 @@ class Emulator:
                     client.client_secret,
                     client.permissions,
                     client.token_lifetime_s,
+                    client.channels,
                 )
             )
         self.epoch = time.time()

@@ -76,11 +76,14 @@ class ControlSurface:
                 client_secret=str(data["client_secret"]),
                 permissions=frozenset(str(p) for p in data.get("permissions", ["*"])),
                 token_lifetime_s=int(data.get("token_lifetime_s", 86399)),
+                channels=None if data.get("channels") is None else int(data["channels"]),
             )
+            if client.channels is not None and client.channels < 1:
+                raise ValueError("channels must be at least 1")
         except (KeyError, TypeError, ValueError, InvalidIdError) as exc:
             raise web.HTTPBadRequest(
                 text=f"register a client with client_id, client_secret, optional permissions "
-                f"(list) and token_lifetime_s (int): {exc}"
+                f"(list), token_lifetime_s (int) and channels (int, its channel budget): {exc}"
             ) from None
         self.emulator.platform.register_client(client)
         return json_response(

@@ -119,6 +119,10 @@ class ClientApp:
     client_secret: str
     permissions: frozenset[str] = frozenset({"*"})
     token_lifetime_s: int = 86399
+    #: This client's channel budget; None: the platform's ``channels_per_client``.
+    #: (Budgets are per client on the platform; a smaller one lets tests run
+    #: against a client that cannot have 20.)
+    channels: int | None = None
 
     def missing_permissions(self, family: TopicFamily) -> list[str]:
         """Permissions this client lacks to subscribe to a topic of ``family``."""
@@ -244,7 +248,11 @@ class Platform:
         """Create a channel for the token's client; returns it and any evicted ones."""
         evicted: list[Channel] = []
         own = [c for c in self.channels.values() if c.client_id == token.client_id]
-        while len(own) >= self.limits.channels_per_client:
+        client = self.clients.get(token.client_id)
+        budget = self.limits.channels_per_client
+        if client is not None and client.channels is not None:
+            budget = client.channels
+        while len(own) >= budget:
             # Least recently used goes first, and a channel nobody listens to
             # goes before any channel with a socket.
             victim = min(own, key=lambda c: (c.connected, c.last_used))
