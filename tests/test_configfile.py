@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from genesys_mux.configfile import load_config, parse_config
-from genesys_mux.errors import ConfigFileError
+from genesys_mux.configfile import load_config, load_credentials, parse_config
+from genesys_mux.errors import ConfigError, ConfigFileError
 
 STREAM = {"streams": [{"id": "s", "filter": {}}]}
 
@@ -134,3 +134,22 @@ def test_a_cluster_keeps_its_state_in_its_redis_and_refuses_a_file() -> None:
     found = problems({"cluster": {"url": "redis://h"}, "state": {"path": "mine.db"}})
     assert found == (("state.path", found[0][1]),)
     assert "a cluster shares its streams' state" in found[0][1]
+
+
+def test_each_instance_reads_the_oauth_client_it_is_told_to_use() -> None:
+    clients: list[dict[str, object]] = [
+        {"name": "a", "id_env": "A_ID", "secret_env": "A_SECRET", "channels": 6},
+        {"name": "b", "id_env": "B_ID", "secret_env": "B_SECRET"},
+    ]
+    config = parse_config({**STREAM, "genesys": {"clients": clients}})
+    env = {"A_ID": "id-a", "A_SECRET": "secret-a", "B_ID": "id-b", "B_SECRET": "secret-b"}
+    credentials, _ = load_credentials(config.genesys, env, client="b")
+    assert (credentials.client_id, credentials.client_secret) == ("id-b", "secret-b")
+    with pytest.raises(ConfigError, match=r"'c' is not in \[\[genesys.clients\]\] \(a, b\)"):
+        load_credentials(config.genesys, env, client="c")
+    with pytest.raises(ConfigError, match="set A_ID and A_SECRET"):
+        load_credentials(config.genesys, {}, client="a")
+    found = problems({"genesys": {"clients": [clients[0], clients[0]]}})
+    assert any("client names must be unique" in text for _, text in found)
+    found = problems({"genesys": {"clients": [{**clients[0], "channels": 21}]}})
+    assert any(path == "genesys.clients[0].channels" for path, _ in found)

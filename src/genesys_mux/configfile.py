@@ -52,6 +52,7 @@ __all__ = [
     "Credentials",
     "GenesysSection",
     "JsonlSinkSpec",
+    "OAuthClientSpec",
     "RedisSinkSpec",
     "Settings",
     "SinkSpec",
@@ -81,6 +82,32 @@ def _usable_path(value: str | None) -> str | None:
 PathField = Annotated[str, AfterValidator(_usable_path)]
 
 
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+
+
+class OAuthClientSpec(BaseModel):
+    """One of several OAuth clients a cluster's instances use (``[[genesys.clients]]``)."""
+
+    model_config = _STRICT
+
+    name: str = Field(pattern=_NAME_PATTERN, description="How [cluster] client names it.")
+    id_env: str = Field(
+        default="GENESYSCLOUD_OAUTHCLIENT_ID", description="Variable holding the client id."
+    )
+    secret_env: str = Field(
+        default="GENESYSCLOUD_OAUTHCLIENT_SECRET", description="Variable holding its secret."
+    )
+    secrets_file: PathField | None = Field(
+        default=None, description="TOML file with client_id and client_secret, instead."
+    )
+    channels: int = Field(
+        default=PLATFORM.channels_per_client,
+        ge=2,
+        le=PLATFORM.channels_per_client,
+        description="Its channel budget (the platform's is 20; one is kept for rotations).",
+    )
+
+
 class GenesysSection(BaseModel):
     """Where Genesys Cloud is: a region, or a base URL (the emulator)."""
 
@@ -96,12 +123,36 @@ class GenesysSection(BaseModel):
         default=None,
         description="TOML file with client_id and client_secret, readable by its owner only.",
     )
+    clients: list[OAuthClientSpec] = Field(
+        default_factory=list,
+        description="Several OAuth clients, for a cluster: each instance uses the one its "
+        "[cluster] client (or GENESYS_MUX_CLIENT) names.",
+    )
 
     @model_validator(mode="after")
     def _one_place(self) -> GenesysSection:
         if self.region is not None and self.base_url is not None:
             raise ValueError("give region or base_url, not both")
+        names = [c.name for c in self.clients]
+        if len(set(names)) != len(names):
+            raise ValueError(f"client names must be unique: {names}")
         return self
+
+    def client(self, name: str) -> OAuthClientSpec | None:
+        """The OAuth client called ``name``; None when no clients are listed.
+
+        Raises ConfigError for a name that is not listed.
+        """
+        if not self.clients:
+            return None
+        for spec in self.clients:
+            if spec.name == name:
+                return spec
+        raise ConfigError(
+            f"OAuth client {name!r} is not in [[genesys.clients]] "
+            f"({', '.join(c.name for c in self.clients)}); set [cluster] client or "
+            "GENESYS_MUX_CLIENT to one of them"
+        )
 
 
 class Settings(BaseModel):
@@ -273,12 +324,12 @@ class ClusterSection(_RedisLocation):
 
     name: str = Field(
         default="genesys-mux",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$",
+        pattern=_NAME_PATTERN,
         description="The cluster: instances with the same name on the same Redis share the work.",
     )
     instance_id: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$",
+        pattern=_NAME_PATTERN,
         description="This instance's id; by default host name and process id.",
     )
     lease_ttl_s: float = Field(default=10.0, ge=1, le=300)
@@ -299,6 +350,13 @@ class ClusterSection(_RedisLocation):
         if self.heartbeat_s is not None and self.heartbeat_s >= self.lease_ttl_s:
             raise ValueError("heartbeat_s must be shorter than lease_ttl_s, or leases expire")
         return self
+
+    def client_name(self, env: Mapping[str, str] | None = None) -> str:
+        """This instance's OAuth client: ``GENESYS_MUX_CLIENT`` if set, else ``client``.
+
+        The variable lets instances that share one file use different clients.
+        """
+        return (os.environ if env is None else env).get("GENESYS_MUX_CLIENT") or self.client
 
     def member_id(self) -> str:
         """``instance_id``, or host name and process id."""
@@ -466,6 +524,12 @@ def _resolved(
 
     if genesys.secrets_file is not None:
         genesys = genesys.model_copy(update={"secrets_file": under(genesys.secrets_file)})
+    if any(c.secrets_file is not None for c in genesys.clients):
+        clients = [
+            c.model_copy(update={"secrets_file": under(c.secrets_file)}) if c.secrets_file else c
+            for c in genesys.clients
+        ]
+        genesys = genesys.model_copy(update={"clients": clients})
     updates = {"dlq_path": under(settings.dlq_path)}
     if settings.audit_path != "-":
         updates["audit_path"] = under(settings.audit_path)
@@ -585,45 +649,59 @@ def check_environment(
 
 
 def load_credentials(
-    genesys: GenesysSection, environ: Mapping[str, str] | None = None
+    genesys: GenesysSection,
+    environ: Mapping[str, str] | None = None,
+    *,
+    client: str | None = None,
 ) -> tuple[Credentials, list[str]]:
     """The OAuth client, from the environment or the secrets file, and any warnings.
 
-    The environment wins when both are set. A secrets file that group or
-    others can read gives a warning (not an error: some platforms mount
-    secrets that way), naming the fix.
+    ``client`` names one of ``[[genesys.clients]]`` (a cluster's instance);
+    its variables and secrets file are read instead of the defaults. The
+    environment wins when both are set. A secrets file that group or others
+    can read gives a warning (not an error: some platforms mount secrets
+    that way), naming the fix.
     """
     env = os.environ if environ is None else environ
+    spec = genesys.client(client) if client is not None else None
+    id_env = spec.id_env if spec else "GENESYSCLOUD_OAUTHCLIENT_ID"
+    secret_env = spec.secret_env if spec else "GENESYSCLOUD_OAUTHCLIENT_SECRET"
+    secrets_file = spec.secrets_file if spec else genesys.secrets_file
     warnings: list[str] = []
-    client_id = env.get("GENESYSCLOUD_OAUTHCLIENT_ID")
-    secret = env.get("GENESYSCLOUD_OAUTHCLIENT_SECRET")
-    if (not client_id or not secret) and genesys.secrets_file:
-        path = Path(genesys.secrets_file)
-        try:
-            mode = path.stat().st_mode
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(
-                f"cannot read the secrets file {path}: {type(exc).__name__}; it must be TOML "
-                "with client_id and client_secret"
-            ) from exc
-        if mode & (stat.S_IRGRP | stat.S_IROTH):
-            warnings.append(
-                f"secrets file {path} can be read by other users; restrict it with chmod 600"
-            )
-        file_id, file_secret = data.get("client_id"), data.get("client_secret")
-        if not isinstance(file_id, str) or not isinstance(file_secret, str):
-            raise ConfigError(
-                f"the secrets file {path} needs string keys client_id and client_secret"
-            )
+    client_id = env.get(id_env)
+    secret = env.get(secret_env)
+    if (not client_id or not secret) and secrets_file:
+        file_id, file_secret, warnings = _read_secrets_file(Path(secrets_file))
         client_id = client_id or file_id
         secret = secret or file_secret
     if not client_id or not secret:
+        where = "[genesys]" if spec is None else f"client {spec.name} of [[genesys.clients]]"
         raise ConfigError(
-            "no OAuth client credentials: set GENESYSCLOUD_OAUTHCLIENT_ID and "
-            "GENESYSCLOUD_OAUTHCLIENT_SECRET, or name a secrets_file in [genesys]"
+            f"no OAuth client credentials: set {id_env} and {secret_env}, or name a "
+            f"secrets_file in {where}"
         )
     return Credentials(client_id, secret), warnings
+
+
+def _read_secrets_file(path: Path) -> tuple[str, str, list[str]]:
+    """client_id and client_secret from a TOML secrets file, and a warning if others can read it."""
+    try:
+        mode = path.stat().st_mode
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the secrets file {path}: {type(exc).__name__}; it must be TOML "
+            "with client_id and client_secret"
+        ) from exc
+    warnings = []
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.append(
+            f"secrets file {path} can be read by other users; restrict it with chmod 600"
+        )
+    file_id, file_secret = data.get("client_id"), data.get("client_secret")
+    if not isinstance(file_id, str) or not isinstance(file_secret, str):
+        raise ConfigError(f"the secrets file {path} needs string keys client_id and client_secret")
+    return file_id, file_secret, warnings
 
 
 def json_schema() -> dict[str, Any]:

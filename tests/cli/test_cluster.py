@@ -13,17 +13,18 @@ import json
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import redis
 
-from genesys_mux.emulator import Emulator
+from genesys_mux.emulator import ClientApp, Emulator
 from genesys_mux.sinks.base import EventRecord, GapRecord, decode_record
 from tests.cli.conftest import run_cli, start_cli
 from tests.cli.test_run import DEMO_CREDENTIALS
+from tests.net.test_multiplexer import org_settings
 from tests.sinks.conftest import RedisServer, free_port
 
 STREAMS = ("s0", "s1", "s2", "s3")
@@ -169,3 +170,123 @@ async def test_cluster_status_needs_a_cluster_section(tmp_path: Path) -> None:
     shown = await run_cli("cluster", "status", "-c", "mux.toml", cwd=tmp_path)
     assert shown.code == 2, shown.why()
     assert "has no [cluster] section" in shown.output
+
+
+TWO_CLIENTS = {
+    "GENESYS_A_ID": "client-a",
+    "GENESYS_A_SECRET": "secret-a",
+    "GENESYS_B_ID": "client-b",
+    "GENESYS_B_SECRET": "secret-b",
+}
+
+
+def budget_config(redis_url: str, users: list[str]) -> str:
+    """Four streams of 4 user topics and one of 12; two channels' worth of topics each... at 2."""
+    groups = {f"s{i}": users[4 * i : 4 * i + 4] for i in range(4)}
+    groups["huge"] = users[16:28]
+    streams = "".join(
+        f'\n[[streams]]\nid = "{stream_id}"\n'
+        f"topics = {json.dumps([f'v2.users.{u}.conversations' for u in ids])}\n"
+        for stream_id, ids in groups.items()
+    )
+    return f"""\
+[genesys]
+[[genesys.clients]]
+name = "a"
+id_env = "GENESYS_A_ID"
+secret_env = "GENESYS_A_SECRET"
+channels = 6
+
+[[genesys.clients]]
+name = "b"
+id_env = "GENESYS_B_ID"
+secret_env = "GENESYS_B_SECRET"
+channels = 4
+
+[settings]
+dlq_path = "dlq.jsonl"
+topics_per_channel = 2
+
+[cluster]
+url = "{redis_url}"
+name = "budgets"
+lease_ttl_s = 2
+heartbeat_s = 0.3
+{streams}"""
+
+
+async def test_two_oauth_clients_each_keep_to_their_channel_budget(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """At 2 topics a channel, a may use 6 channels and b 4 (its platform allows 5).
+
+    Four streams of 4 topics: a can carry two (4 channels and a spare), b
+    only one (2 and a spare); balance alone would give each two. The fourth
+    and a stream of 12 topics fit nowhere and are reported.
+    """
+    settings = org_settings(
+        agents=28,
+        rate=5.0,
+        clients=[ClientApp("client-a", "secret-a"), ClientApp("client-b", "secret-b", channels=5)],
+    )
+    async with Emulator(settings) as emulator:
+        users = [u["id"] for u in emulator.centre.org()["users"]]
+        (tmp_path / "mux.toml").write_text(budget_config(redis_server.url, users))
+        port = free_port()
+        args = ("run", "-c", "mux.toml", "--base-url", emulator.base_url)
+        a = await start_cli(
+            *args, "--admin-port", str(port), env={**TWO_CLIENTS, "GENESYS_MUX_CLIENT": "a"},
+            cwd=tmp_path,
+        )  # fmt: skip
+        b = await start_cli(*args, env={**TWO_CLIENTS, "GENESYS_MUX_CLIENT": "b"}, cwd=tmp_path)
+        try:
+            shown: dict[str, Any] = {}
+
+            async def placed() -> bool:
+                result = await run_cli(
+                    "cluster", "status", "-c", "mux.toml", "--json", cwd=tmp_path
+                )
+                shown.update(json.loads(result.stdout))
+                rows = {r["stream_id"]: r for r in shown["streams"]}
+                held = [r["holder"] for r in rows.values() if r["holder"]]
+                return len(shown["members"]) == 2 and len(held) == 3
+
+            await until_async(placed, "both clients' instances carry their streams")
+            rows = {r["stream_id"]: r for r in shown["streams"]}
+            clients = {m["id"]: m["client"] for m in shown["members"]}
+            per_client: dict[str, int] = defaultdict(int)
+            for row in rows.values():
+                if row["holder"] is not None:
+                    per_client[clients[row["holder"]]] += 4
+            assert dict(per_client) == {"a": 8, "b": 4}
+            unplaced = {s for s, row in rows.items() if row["unplaced"]}
+            assert "huge" in unplaced
+            assert len(unplaced) == 2
+            assert all("fit on no instance" in rows[s]["unplaced"] for s in unplaced)
+            # Each client stayed within its budget: b below what its platform allows.
+            channels: dict[str, int] = defaultdict(int)
+            for channel in emulator.platform.channels.values():
+                channels[channel.client_id] += 1
+            assert channels["client-a"] <= 6
+            assert channels["client-b"] <= 3
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/readyz") as resp,
+            ):
+                assert resp.status == 503
+                assert "fit on no instance:" in await resp.text()
+        finally:
+            for process in (a, b):
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+            errs = [await asyncio.wait_for(p.communicate(), DEADLINE_S) for p in (a, b)]
+    assert "STREAM_UNPLACED" in errs[0][1].decode()
+    assert "secret-a" not in errs[0][1].decode() + errs[1][1].decode()
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE_S} s: {what}")
+        await asyncio.sleep(0.2)  # polling towards a deadline, not synchronisation

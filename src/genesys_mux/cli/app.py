@@ -279,7 +279,9 @@ def run(
     configure_logging(level="WARNING" if tui else "INFO", json=log_json)
     try:
         loaded = load_config(config)
-        credentials, warnings = load_credentials(loaded.genesys)
+        # A cluster's instance uses its own OAuth client (see [[genesys.clients]]).
+        client = loaded.cluster.client_name() if loaded.cluster is not None else None
+        credentials, warnings = load_credentials(loaded.genesys, client=client)
     except ConfigFileError as exc:
         tools.validate(config, console)
         raise typer.Exit(2) from exc

@@ -144,6 +144,14 @@ def event_line(item: StreamEvent | Gap) -> bytes:
     )
 
 
+def client_budgets(config: ConfigFile) -> dict[str, int]:
+    """Each OAuth client's channel budget, for the cluster's placement."""
+    if config.genesys.clients:
+        return {c.name: c.channels for c in config.genesys.clients}
+    assert config.cluster is not None
+    return {config.cluster.client_name(): config.settings.max_channels}
+
+
 #: How long a cluster's Redis sinks remember an idempotency key: longer than
 #: any handover or failover takes to replay what it overlapped.
 _CLUSTER_DEDUPE_S = 3600.0
@@ -401,8 +409,9 @@ class Runtime:
             self.mux,
             table,
             self.config.streams,
-            client=cluster.client,
-            budgets={cluster.client: self.config.settings.max_channels},
+            client=cluster.client_name(),
+            budgets=client_budgets(self.config),
+            topics_per_channel=self.config.settings.topics_per_channel,
             heartbeat_s=cluster.heartbeat_s,
             host=f"{socket.gethostname()}:{os.getpid()}",
             on_ownership=ownership,

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from genesys_mux.cli.runtime import build_sink
+from genesys_mux.cli.runtime import build_sink, client_budgets
 from genesys_mux.configfile import (
     ConfigFile,
     GenesysSection,
@@ -533,7 +533,8 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
             (StreamDemand(s, weights[s]) for s in ids),
             [Member(m.id, m.client) for m in members],
             {s: lease.holder for s, lease in leases.items()},
-            {cluster.client: config.settings.max_channels},
+            client_budgets(config),
+            topics_per_channel=config.settings.topics_per_channel,
         )
         return {
             "cluster": cluster.name,

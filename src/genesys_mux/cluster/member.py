@@ -48,7 +48,9 @@ from genesys_mux.core.events import (
     LeaseAcquired,
     LeaseLost,
     LeaseReleased,
+    StreamUnplaced,
 )
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.placement import Member, Placement, StreamDemand, place
 from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError
 from genesys_mux.net.multiplexer import Multiplexer
@@ -107,6 +109,7 @@ class ClusterMember:
         client: str,
         budgets: Mapping[str, int] | None = None,
         heartbeat_s: float | None = None,
+        topics_per_channel: int = PLATFORM.topics_per_channel,
         weights: Mapping[str, int] | None = None,
         host: str = "",
         on_ownership: OwnershipHook | None = None,
@@ -116,6 +119,7 @@ class ClusterMember:
         self.streams = {s.id: s for s in streams}
         self.client = client
         self.budgets = dict(budgets or {})
+        self.topics_per_channel = topics_per_channel
         ttl_s = table.lease_ttl_ms / 1000
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else ttl_s / 3
         if not 0 < self.heartbeat_s < ttl_s:
@@ -218,7 +222,12 @@ class ClusterMember:
             members,
             current,
             self.budgets,
+            topics_per_channel=self.topics_per_channel,
         )
+        for stream_id, why in placement.unplaced.items():
+            if stream_id not in status.placement.unplaced:
+                log.warning("stream %s fits on no instance: %s", stream_id, why)
+                self._report(StreamUnplaced(stream_id, why))
         status.placement = placement
         mine = placement.streams_of(self.info.id)
         busy = False

@@ -48,6 +48,7 @@ __all__ = [
     "StreamAdded",
     "StreamRemoved",
     "StreamStateReset",
+    "StreamUnplaced",
     "SubscriptionsLost",
     "TokenRefreshed",
     "TopicRejected",
@@ -209,6 +210,16 @@ class LeaseLost(_Fact):
 
 
 @dataclass(frozen=True, slots=True)
+class StreamUnplaced(_Fact):
+    """A stream fits on no instance of the cluster (every OAuth client's budget is used)."""
+
+    kind: ClassVar[str] = "stream_unplaced"
+    level: ClassVar[Level] = "ERROR"
+    stream_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterUnreachable(_Fact):
     """The cluster's Redis failed; streams are carried while their leases may hold."""
 
@@ -324,6 +335,7 @@ ControlEvent = (
     | LeaseReleased
     | LeaseLost
     | ClusterUnreachable
+    | StreamUnplaced
     | QueuesRefreshed
     | GapReported
     | Backfilled

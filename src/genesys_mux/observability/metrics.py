@@ -204,6 +204,10 @@ def readiness(mux: Multiplexer, member: ClusterMember | None = None) -> Readines
         return Readiness(False, "starting: no token and no channel yet")
     if member is not None and member.status.trouble is not None:
         return Readiness(False, f"cluster: {member.status.trouble}")
+    if member is not None and member.status.placement.unplaced:
+        # Every instance says so: the cluster as a whole cannot carry them.
+        unplaced = sorted(member.status.placement.unplaced)
+        return Readiness(False, f"streams fit on no instance: {', '.join(unplaced)}")
     if member is not None and not mux.streams():
         return Readiness(True)
     if not mux.streams():
