@@ -290,3 +290,67 @@ async def until_async(check: Callable[[], Awaitable[bool]], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {DEADLINE_S} s: {what}")
         await asyncio.sleep(0.2)  # polling towards a deadline, not synchronisation
+
+
+async def test_a_frozen_owner_is_fenced_when_it_wakes_up(
+    emulator: Emulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SIGSTOP past the lease, the other takes over, SIGCONT: nothing it writes lands."""
+    (tmp_path / "mux.toml").write_text(cluster_config(redis_server.url))
+    client = redis.Redis.from_url(redis_server.url)
+    ports = [free_port(), free_port()]
+    args = ("run", "-c", "mux.toml", "--base-url", emulator.base_url, "--admin-port")
+    first = await start_cli(*args, str(ports[0]), env=DEMO_CREDENTIALS, cwd=tmp_path)
+    await until(lambda: len(holders(client)) == 4, "the first process carries every stream")
+    second = await start_cli(*args, str(ports[1]), env=DEMO_CREDENTIALS, cwd=tmp_path)
+    try:
+        await until(lambda: len(set(holders(client).values())) == 2, "the second takes its share")
+        frozen = {s for s, h in holders(client).items() if h.endswith(str(first.pid))}
+        first.send_signal(signal.SIGSTOP)
+        # Its leases expire (2 s) and the second fails them over.
+        await until(
+            lambda: (
+                all(h.endswith(str(second.pid)) for h in holders(client).values())
+                and len(holders(client)) == 4
+            ),
+            "the second process carries every stream",
+        )
+        counts = {s: len(records(client, s)) for s in STREAMS}
+        await until(
+            lambda: all(len(records(client, s)) > counts[s] for s in frozen),
+            "the new owner writes",
+        )
+        first.send_signal(signal.SIGCONT)
+        # It wakes up, finds it lost its leases and rejoins as a member.
+        async with aiohttp.ClientSession() as session:
+
+            async def rejoined() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{ports[0]}/status") as resp:
+                        status = await resp.json()
+                except aiohttp.ClientError:
+                    return False
+                return "lost" in status["cluster"]["changes"]
+
+            await until_async(rejoined, "the woken process learns it lost its leases")
+    finally:
+        for process in (first, second):
+            if process.returncode is None:
+                process.send_signal(signal.SIGCONT)
+                process.send_signal(signal.SIGTERM)
+        outputs = [await asyncio.wait_for(p.communicate(), DEADLINE_S) for p in (first, second)]
+    woken = outputs[0][1].decode()
+    assert "LEASE_LOST" in woken
+    for stream_id in STREAMS:
+        events = [r for r in records(client, stream_id) if isinstance(r, EventRecord)]
+        keys = [e.idempotency_key for e in events]
+        # Nothing stored twice, whatever the woken process tried to write.
+        assert len(keys) == len(set(keys)), stream_id
+        if stream_id in frozen:
+            # Once the new owner wrote, nothing of the frozen one's run lands
+            # (what it tried was refused by fencing, and counted).
+            epochs = [e.epoch for e in events]
+            old = epochs[0]
+            first_new = next(i for i, epoch in enumerate(epochs) if epoch != old)
+            assert old not in epochs[first_new:], (stream_id, epochs)
+    client.close()
