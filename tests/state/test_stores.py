@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from genesys_mux.core.checkpoint import (
+    DIGEST_SIZE,
     SCHEMA_VERSION,
     Remembered,
     StreamCheckpoint,
@@ -278,6 +279,115 @@ async def test_incremental_checkpoints_write_only_what_changed_and_load_whole(
             again = Stream("calls", dead_letter=letters.append, memory=25)
             again.restore((await store.load())["calls"])
             assert memory_of(again) == memory_of(stream)
+
+
+def a_remembered(key: str, rank: int) -> Remembered:
+    digests = bytes([rank % 256]) * DIGEST_SIZE * (1 + rank % 3)
+    return Remembered(key, 1000.0 + rank, digests, rank % 2 == 0, rank)
+
+
+async def test_large_checkpoints_are_written_and_forgotten_in_slices(
+    kind: str, server: RedisServer | None, tmp_path: Path
+) -> None:
+    """More keys than a slice, keys that are not ASCII and one longer than most: all come back."""
+    keys = [f"conversation-{i:05d}" for i in range(4_500)] + ["é-ünï-☎", "x" * 5_000]
+    complete = StreamCheckpoint(
+        "big", "f", 10, 1.0, "run-1", 1.0, [a_remembered(k, r) for r, k in enumerate(keys, 1)]
+    )
+    # Later: 2,101 keys forgotten (the non-ASCII one among them), 2,500 new
+    # ones, and the long key and a few others seen again.
+    seen_again = ["x" * 5_000, *keys[3_000:3_010]]
+    fresh = [f"later-{i:05d}-ß" for i in range(2_500)]
+    changed = [a_remembered(k, r) for r, k in enumerate([*seen_again, *fresh], 10_000)]
+    later = StreamCheckpoint(
+        "big",
+        "f",
+        20,
+        2.0,
+        "run-1",
+        2.0,
+        changed,
+        complete=False,
+        forgotten=[*keys[:2_100], "é-ünï-☎"],
+    )
+    async with a_store(kind, tmp_path, server) as store:
+        await store.save([complete])
+        assert (await store.load())["big"] == complete
+        await store.save([later])
+        loaded = (await store.load())["big"]
+    expected = apply_checkpoint(complete, later)
+    assert len(expected.memory) == 4_502 - 2_101 + 2_500
+    assert loaded == expected
+
+
+async def test_a_redis_store_writes_again_after_the_server_restarted(
+    redis_server: RedisServer,
+) -> None:
+    """Both its connections (the pool's, and the one that writes keys) come back."""
+    first = StreamCheckpoint(
+        "s", "f", 10, 1.0, "run-1", 1.0, [a_remembered(f"k{i}", i) for i in range(1, 3_001)]
+    )
+    later = StreamCheckpoint(
+        "s",
+        "f",
+        20,
+        2.0,
+        "run-1",
+        2.0,
+        [a_remembered(f"n{i}", 5_000 + i) for i in range(2_500)],
+        complete=False,
+        forgotten=[f"k{i}" for i in range(1, 2_101)],
+    )
+    store = RedisStateStore(redis_server.url, prefix="test:")
+    await store.open()
+    try:
+        await store.save([first])
+        await redis_server.restart()  # keeps the data; the connections are closed
+        failed = 0
+        while True:
+            try:
+                await store.save([later])
+                break
+            except StateError:
+                failed += 1  # what reaches the store is unknown; the same again is fine
+                assert failed == 1, "a restart costs one checkpoint at most"
+        assert (await store.load())["s"] == apply_checkpoint(first, later)
+    finally:
+        await store.close()
+
+
+def test_keys_with_unsettled_changes_are_written_again_once_settled() -> None:
+    """A checkpoint leaves unsettled changes out; the next one writes those keys as they are."""
+    bodies = real_bodies(80)
+    stream = a_stream()
+    for topic, body, _ in bodies[:40]:
+        stream.offer(topic, body, None, 1.0, 1.0, event_facts(topic, body))
+    settle_all(stream)
+    first = stream.checkpoint(fingerprint="f", watermark=1.0, saved_at=1.0)
+    events = []
+    for topic, body, _ in bodies[40:]:
+        event = stream.offer(topic, body, None, 2.0, 2.0, event_facts(topic, body))
+        if event is not None:
+            events.append(event)
+    while stream.take(3.0, 3.0) is not None:
+        pass
+    stream.settle(events[9].sequence)  # the first ten acknowledged, the rest not yet
+    unsettled = events[10:]
+    second = stream.checkpoint(fingerprint="f", watermark=2.0, saved_at=2.0)
+    assert not second.complete
+    assert second.next_sequence == unsettled[0].sequence
+    # One of those keys is seen again before the next checkpoint (a
+    # duplicate of its unsettled state): it is written once.
+    again = unsettled[-1]
+    facts = event_facts(again.topic, again.raw)
+    assert stream.offer(again.topic, again.raw, None, 4.0, 4.0, facts) is None
+    settle_all(stream)
+    third = stream.checkpoint(fingerprint="f", watermark=4.0, saved_at=4.0)
+    written = [r.key for r in third.memory]
+    assert sorted(written) == sorted({e.content_key for e in unsettled})
+    assert [r.rank for r in third.memory] == sorted(r.rank for r in third.memory)
+    whole = apply_checkpoint(apply_checkpoint(first, second), third)
+    assert whole.memory == memory_records(stream)
 
 
 def v1_blob(checkpoint: StreamCheckpoint) -> bytes:

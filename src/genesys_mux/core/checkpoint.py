@@ -34,6 +34,7 @@ refused, clearly.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import msgspec
 
@@ -48,6 +49,7 @@ __all__ = [
     "decode_checkpoint",
     "decode_remembered",
     "encode_checkpoint",
+    "encode_memory",
     "encode_remembered",
     "fingerprint",
 ]
@@ -174,6 +176,15 @@ def decode_checkpoint(data: bytes, where: str) -> StreamCheckpoint:
 def encode_remembered(remembered: Remembered) -> bytes:
     """One remembered key as bytes (the store's schema version covers its layout)."""
     return _ENCODER.encode(remembered)
+
+
+def encode_memory(memory: Iterable[Remembered]) -> list[bytes]:
+    """Each remembered key as :func:`encode_remembered` encodes it, in one pass.
+
+    A store encodes every key a checkpoint carries: mapping the encoder's
+    own method saves a Python call per key.
+    """
+    return list(map(_ENCODER.encode, memory))
 
 
 def decode_remembered(data: bytes, where: str) -> Remembered:

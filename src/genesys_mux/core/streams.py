@@ -42,6 +42,7 @@ Nothing here reads a clock: receive times come with the notification, and
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ BACKLOG_FACTOR = 10
 _UNPARSED: Any = object()
 #: Handed-out events remembered until settled, at most (see Stream.settle).
 _MAX_UNSETTLED = 100_000
+#: Keys seen logged for the next checkpoint, at most: 1.6 intervals' worth
+#: at 10,000 events/s and the default checkpoint_interval_s (see Stream._log).
+_LOG_LIMIT = 16_384
 
 
 @dataclass(slots=True, eq=False)
@@ -250,6 +254,12 @@ class CheckpointBuild:
     left to the next checkpoint (it is marked as seen for it), and one
     forgotten meanwhile is too (marked forgotten): each entry written is the
     key as of the checkpoint's start, or newer.
+
+    The keys to build are ``keys``, then ``log``, least recently seen first,
+    so the memory is built in the order it is written in. ``log`` is every
+    key seen since the previous checkpoint, once per time it was seen: the
+    one seen at stamp ``base + 1`` first. A key is built where its stamp
+    says it was seen last.
     """
 
     def __init__(
@@ -257,12 +267,16 @@ class CheckpointBuild:
         seen: Mapping[str, _Seen],
         header: StreamCheckpoint,
         keys: list[str],
+        log: list[str],
+        base: int,
         undone: dict[str, Remembered],
         clock: int,
     ) -> None:
         self._seen = seen
         self._header = header
         self._keys = keys
+        self._log = log
+        self._base = base
         self._undone = undone
         self._clock = clock
         self._next = 0
@@ -270,29 +284,48 @@ class CheckpointBuild:
 
     def step(self, limit: int) -> bool:
         """Build up to ``limit`` more keys; True once every key is built."""
-        seen_now, undone, clock, memory = self._seen, self._undone, self._clock, self._memory
-        end = min(self._next + limit, len(self._keys))
-        for key in self._keys[self._next : end]:
-            entry = undone.get(key)
-            if entry is None:
-                seen = seen_now.get(key)
-                if seen is None or seen.stamp > clock:
-                    continue  # forgotten, or seen again: the next checkpoint has it
-                entry = Remembered(
-                    key, seen.version, b"".join(seen.hashes), seen.in_state, seen.stamp
-                )
-            memory.append(entry)
+        get, undone, join = self._seen.get, self._undone, b"".join
+        keys, log, start = self._keys, self._log, self._next
+        # Comprehensions, not loops of appends: this runs for every key that
+        # changed, every checkpoint. A key forgotten meanwhile, or seen again
+        # (its stamp is newer than the checkpoint's clock), is left to the
+        # next checkpoint; a key with unsettled changes has its own entry
+        # (see result).
+        if start < len(keys):
+            end = min(start + limit, len(keys))
+            clock = self._clock
+            self._memory += [
+                Remembered(key, seen.version, join(seen.hashes), seen.in_state, seen.stamp)
+                for key in keys[start:end]
+                if key not in undone and (seen := get(key)) is not None and seen.stamp <= clock
+            ]
+        else:
+            at = start - len(keys)
+            end = len(keys) + min(at + limit, len(log))
+            # log[at] was seen at stamp base + at + 1: built there only if
+            # that is when the key was seen last.
+            self._memory += [
+                Remembered(key, seen.version, join(seen.hashes), seen.in_state, stamp)
+                for stamp, key in enumerate(log[at : end - len(keys)], self._base + at + 1)
+                if key not in undone and (seen := get(key)) is not None and seen.stamp == stamp
+            ]
         self._next = end
-        return end == len(self._keys)
+        return end == len(keys) + len(log)
 
     def result(self) -> StreamCheckpoint:
         """The checkpoint, its memory least recently seen first (call once :meth:`step` is done)."""
-        self._memory.sort(key=_rank)
-        return msgspec.structs.replace(self._header, memory=self._memory)
+        memory = self._memory  # in that order already: so were the keys
+        if self._undone:
+            # Keys with unsettled changes, as they were before them. There
+            # is nearly always one (the event a reader holds), and rarely
+            # many: sorting a list sorted but for a short run is cheap.
+            memory += self._undone.values()
+            memory.sort(key=_rank)
+        return msgspec.structs.replace(self._header, memory=memory)
 
 
-def _rank(remembered: Remembered) -> int:
-    return remembered.rank
+#: A remembered key's rank (a C getter: the sort calls it once per key).
+_rank = operator.attrgetter("rank")
 
 
 class Stream:
@@ -332,9 +365,18 @@ class Stream:
         self._memory = memory
         self._hashes_per_key = hashes_per_key
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
-        # For incremental checkpoints: keys seen, and keys forgotten, since
-        # the last one.
-        self._touched: set[str] = set()
+        # For incremental checkpoints: every key seen since the last one, in
+        # order, once per time (the one seen at stamp _checkpointed + 1
+        # first; _checkpointed is the clock the last one was built at). An
+        # append per event, and no set to sort: its keys are in the order a
+        # checkpoint writes them. Bounded (a stream with no store is never
+        # checkpointed): if more were seen, the oldest are dropped and the
+        # checkpoint finds the keys in _seen instead. Also kept: keys whose
+        # unsettled changes the last checkpoint left out (to be written
+        # again), and keys forgotten since.
+        self._log: deque[str] = deque(maxlen=min(memory, _LOG_LIMIT))
+        self._checkpointed = 0
+        self._rewrite: set[str] = set()
         self._forgotten: set[str] = set()
         # The next checkpoint carries the whole memory (the first of a run,
         # and the one after a write failed).
@@ -488,12 +530,24 @@ class Stream:
                     hashes.remove(digest)
                 undone[key] = Remembered(key, version, b"".join(hashes), in_state, seen.stamp)
         complete = self._complete_due
-        keys = list(self._seen) if complete else list(self._touched)
+        last, log = self._checkpointed, self._log
+        keys: list[str] = []
+        logged: list[str] = []
+        if complete:
+            keys = list(self._seen)
+        else:
+            keys = self._again(last)
+            if len(log) == self._clock - last:
+                logged = list(log)
+            else:  # more keys were seen than the log holds
+                keys += self._tail(last)
         forgotten = [] if complete else list(self._forgotten)
         # Keys with unsettled changes are written again once those settle.
-        self._touched = set(undone)
+        self._rewrite = set(undone)
         self._forgotten = set()
         self._complete_due = False
+        self._checkpointed = self._clock
+        log.clear()
         header = StreamCheckpoint(
             stream_id=self.id,
             fingerprint=fingerprint,
@@ -504,7 +558,32 @@ class Stream:
             complete=complete,
             forgotten=forgotten,
         )
-        return CheckpointBuild(self._seen, header, keys, undone, self._clock)
+        return CheckpointBuild(self._seen, header, keys, logged, last, undone, self._clock)
+
+    def _again(self, last: int) -> list[str]:
+        """Keys to write again that were not seen since the last checkpoint, by stamp."""
+        seen_map = self._seen
+        again = [
+            (kept.stamp, key)
+            for key in self._rewrite
+            if (kept := seen_map.get(key)) is not None and kept.stamp <= last
+        ]
+        again.sort()
+        return [key for _, key in again]
+
+    def _tail(self, last: int) -> list[str]:
+        """Keys seen since the last checkpoint, least recently seen first, from _seen.
+
+        _seen keeps keys least recently seen first, so they are its tail:
+        the keys stamped after ``last``.
+        """
+        tail: list[str] = []
+        for key, seen in reversed(self._seen.items()):
+            if seen.stamp <= last:
+                break  # and so is every key before it
+            tail.append(key)
+        tail.reverse()
+        return tail
 
     def checkpoint_failed(self) -> None:
         """The last checkpoint was not written: the next one carries the whole memory."""
@@ -513,7 +592,11 @@ class Stream:
     @property
     def memory_changed(self) -> bool:
         """True when keys were seen or forgotten since the last checkpoint."""
-        return bool(self._touched or self._forgotten or self._complete_due)
+        return (
+            self._clock > self._checkpointed
+            or bool(self._rewrite or self._forgotten)
+            or self._complete_due
+        )
 
     def restore(self, checkpoint: StreamCheckpoint) -> None:
         """Continue from ``checkpoint``: its numbering and its memory (call before any offer)."""
@@ -546,8 +629,8 @@ class Stream:
             self._buffer.append(gap)
 
     def _remember(self, key: str) -> _Seen:
-        self._touched.add(key)
         self._clock += 1
+        self._log.append(key)
         seen = self._seen.get(key)
         if seen is None:
             seen = _Seen(None, [])
@@ -555,7 +638,6 @@ class Stream:
             self._forgotten.discard(key)
             if len(self._seen) > self._memory:
                 old, _ = self._seen.popitem(last=False)
-                self._touched.discard(old)
                 self._forgotten.add(old)
         else:
             self._seen.move_to_end(key)
