@@ -116,3 +116,11 @@ async def test_a_redis_that_went_away_is_a_cluster_error(
     await redis_server.stop(save=False)
     with pytest.raises(ClusterError, match=r"cannot acquire the lease of calls.*stops forwarding"):
         await a.acquire("calls")
+
+
+async def test_holders_are_read_in_one_round_trip(client: aioredis.Redis) -> None:
+    a, b = table(client, "a"), table(client, "b")
+    assert await a.acquire("calls") is not None
+    assert await b.acquire("chats") is not None
+    assert await a.holders(["calls", "chats", "none"]) == {"calls": "a", "chats": "b"}
+    assert await a.holders([]) == {}
