@@ -564,6 +564,8 @@ class Multiplexer:
         if state is None or state.standby is None:
             raise InvalidStateError(f"stream {stream_id!r} is not on standby")
         saved = (await self.state_store.load()).get(stream_id)
+        # The store's checkpoint now, never one read when this process started.
+        self._checkpoints.pop(stream_id, None)
         if saved is not None:
             self._checkpoints[stream_id] = saved
         if state.standby is None or self._streams.get(stream_id) is not state:
