@@ -18,7 +18,8 @@ The rules, in order:
 2. Streams without an owner (new, or their owner left) go, largest first,
    to the least loaded member whose client has room; ties go to the member
    id that sorts first.
-3. Then the load is evened out: the largest stream of the most loaded
+3. Then the load is evened out (and 2 is tried again for what did not fit,
+   since evening out can make room, until nothing changes): the largest stream of the most loaded
    member moves to the least loaded one while that lowers the larger of
    the two loads, i.e. while the stream weighs at most half their
    difference. A member that joins takes its share this way; a balanced
@@ -121,25 +122,36 @@ def place(
             put(owner, demand)
         else:
             homeless.append(demand)
-    # 2. The rest, largest first, on the least loaded member with room.
-    for demand in homeless:
-        fits = [x for x in loads.values() if room(x, demand.topics)]
-        if not fits:
-            placement.unplaced[demand.stream_id] = (
-                f"{demand.topics} topics fit on no instance: every OAuth client's "
-                "channel budget is used"
-            )
-            continue
-        put(min(fits, key=lambda x: (x.topics, x.member.id)), demand)
-    # 3. Even out: move a stream while that lowers the larger of two loads.
+    # 2. The rest, largest first, on the least loaded member with room; then
+    # 3. even out: move a stream while that lowers the larger of two loads.
+    # Evening out can make room for a stream that fitted nowhere before, so
+    # both run until neither changes anything: placing again from this
+    # answer then moves nothing (the placement is stable).
     while True:
-        move = _best_move(loads.values(), room)
-        if move is None:
-            return placement
-        source, target, stream_id = move
-        weight = source.streams.pop(stream_id)
-        source.topics -= weight
-        put(target, StreamDemand(stream_id, weight))
+        still: list[StreamDemand] = []
+        for demand in homeless:
+            fits = [x for x in loads.values() if room(x, demand.topics)]
+            if fits:
+                put(min(fits, key=lambda x: (x.topics, x.member.id)), demand)
+            else:
+                still.append(demand)
+        placed_some = len(still) < len(homeless)
+        homeless = still
+        moved = False
+        while (move := _best_move(loads.values(), room)) is not None:
+            source, target, stream_id = move
+            weight = source.streams.pop(stream_id)
+            source.topics -= weight
+            put(target, StreamDemand(stream_id, weight))
+            moved = True
+        if not homeless or not (placed_some or moved):
+            break
+    for demand in homeless:
+        placement.unplaced[demand.stream_id] = (
+            f"{demand.topics} topics fit on no instance: every OAuth client's "
+            "channel budget is used"
+        )
+    return placement
 
 
 def _best_move(
