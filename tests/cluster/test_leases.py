@@ -124,3 +124,46 @@ async def test_holders_are_read_in_one_round_trip(client: aioredis.Redis) -> Non
     assert await b.acquire("chats") is not None
     assert await a.holders(["calls", "chats", "none"]) == {"calls": "a", "chats": "b"}
     assert await a.holders([]) == {}
+
+
+async def test_one_member_at_a_time_stands_by_and_a_promise_keeps_it(
+    client: aioredis.Redis,
+) -> None:
+    holder, s, i = table(client, "h"), table(client, "s"), table(client, "i")
+    lease = await holder.acquire("calls")
+    assert lease is not None
+    assert await s.signal_ready("calls")
+    # Another member cannot take its place as the one ready.
+    assert not await i.signal_ready("calls")
+    assert await holder.ready_for(["calls"]) == {"calls": "s"}
+    # A promise only to the member ready, and only by the lease's holder.
+    assert not await holder.promise(lease, "i")
+    assert not await i.promise(lease, "s")
+    assert await holder.promise(lease, "s")
+    assert await holder.ready_for(["calls"]) == {"calls": "s"}
+    # Promised, it cannot withdraw (its standby must stay); its signal renews it.
+    assert not await s.withdraw_ready("calls")
+    assert await s.signal_ready("calls")
+    assert not await i.signal_ready("calls")
+    assert await holder.release(lease)
+    assert await holder.ready_for(["calls"]) == {"calls": "s"}
+    # Taken: the promise is spent; then anyone may stand by for the next move.
+    await s.clear_ready("calls")
+    assert await holder.ready_for(["calls"]) == {}
+    assert await i.signal_ready("calls")
+    assert await i.withdraw_ready("calls")
+    assert await s.withdraw_ready("calls")  # not ready: nothing to withdraw
+    assert await holder.ready_for(["calls"]) == {}
+
+
+async def test_a_promise_needs_the_lease_still_held(client: aioredis.Redis) -> None:
+    holder, s = table(client, "h", ttl_s=0.2), table(client, "s")
+    lease = await holder.acquire("calls")
+    assert lease is not None
+    assert await s.signal_ready("calls")
+
+    async def expired() -> bool:
+        return await holder.leases(["calls"]) == {}
+
+    await eventually(expired)
+    assert not await holder.promise(lease, "s")

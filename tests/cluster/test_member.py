@@ -52,6 +52,37 @@ async def cluster(redis_server: RedisServer) -> AsyncIterator[tuple[Emulator, As
         yield emulator, stack
 
 
+async def a_member(
+    stack: AsyncExitStack,
+    emulator: Emulator,
+    redis_server: RedisServer,
+    name: str,
+    history: History,
+    streams: list[StreamConfig] = STREAMS,
+    lease_ttl_s: float = 1.0,
+    *,
+    settle: bool = True,
+) -> ClusterMember:
+    """A member on its own started Multiplexer; nothing runs its rounds yet.
+
+    Without ``settle`` its readers leave what they read unsettled until the
+    test settles it (:meth:`Multiplexer.settle`): a handover then waits.
+    """
+    mux: Multiplexer = a_mux(emulator, RedisStateStore(redis_server.url, prefix="shared:"))
+    await mux.start()
+    stack.push_async_callback(mux.stop, drain=False)
+    client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+    stack.push_async_callback(client.aclose)
+    table = LeaseTable(client, cluster="test", instance=name, lease_ttl_s=lease_ttl_s)
+
+    async def ownership(stream_id: str, lease: Lease | None) -> None:
+        # What a sink runner would do: read the stream while it is carried here.
+        if lease is not None:
+            history.append((stream_id, name, Collector(mux.stream(stream_id, settle=settle))))
+
+    return ClusterMember(mux, table, streams, client="c1", heartbeat_s=0.2, on_ownership=ownership)
+
+
 async def join(
     stack: AsyncExitStack,
     emulator: Emulator,
@@ -59,21 +90,7 @@ async def join(
     name: str,
     history: History,
 ) -> Node:
-    mux: Multiplexer = a_mux(emulator, RedisStateStore(redis_server.url, prefix="shared:"))
-    await mux.start()
-    stack.push_async_callback(mux.stop, drain=False)
-    client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
-    stack.push_async_callback(client.aclose)
-    table = LeaseTable(client, cluster="test", instance=name, lease_ttl_s=1.0)
-
-    async def ownership(stream_id: str, lease: Lease | None) -> None:
-        # What a sink runner would do: read the stream while it is carried here.
-        if lease is not None:
-            history.append((stream_id, name, Collector(mux.stream(stream_id))))
-
-    member = ClusterMember(
-        mux, table, STREAMS, client="c1", heartbeat_s=0.2, on_ownership=ownership
-    )
+    member = await a_member(stack, emulator, redis_server, name, history)
     node = Node(name, member, asyncio.create_task(member.run(), name=f"member-{name}"))
 
     async def stop() -> None:
@@ -165,3 +182,97 @@ async def test_a_member_that_cannot_reach_redis_stops_after_one_lease_and_comes_
         assert a.member.status.trouble is None
         # Ready again once the state store took a checkpoint too.
         await eventually(lambda: readiness(mux, a.member).ready)
+
+
+async def test_a_stream_handed_over_goes_to_the_member_that_stood_by(
+    redis_server: RedisServer,
+) -> None:
+    """Between the holder's release and the take, the stream stays placed where it was handed.
+
+    ``h`` carries x0 and x1; ``s`` joins and stands by for x0; ``h`` hands x0
+    over and releases its lease. Then ``i`` joins: placed afresh, x0 would go
+    to it (as light as ``s``, and its id sorts first), which would subscribe
+    it only then, after a window without an owner (a gap). The member that
+    stood by takes it instead, with no gap. Rounds are run by hand, in this
+    order, with leases that outlive the test.
+    """
+    streams = [StreamConfig(id=f"x{i}", filter={}, buffer_size=5000) for i in range(2)]
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        h, s, i = [
+            await a_member(stack, emulator, redis_server, name, history, streams, 30.0)
+            for name in ("h", "s", "i")
+        ]
+        await h.tick()
+        assert set(h.status.held) == {"x0", "x1"}
+        await s.tick()
+        assert s.status.standby == {"x0"}
+        await h.tick()
+        assert set(h.status.held) == {"x1"}
+        assert await h.table.ready_for(["x0"]) == {"x0": "s"}
+        await i.tick()
+        assert i.status.held == {}
+        assert i.status.standby == set()
+        assert i.status.placement.owners == {"x0": "s", "x1": "h"}
+        await s.tick()
+        assert set(s.status.held) == {"x0"}
+        assert s.status.changes == {"handover": 1}
+        ((_, _, carried),) = [(sid, name, seen) for sid, name, seen in history if name == "s"]
+        await eventually(lambda: len(carried.events()) >= 1)
+        assert carried.gaps() == []
+
+
+async def test_a_member_promised_a_stream_keeps_its_standby_and_takes_it(
+    redis_server: RedisServer,
+) -> None:
+    """Placements computed while a handover is under way cannot take the stream elsewhere.
+
+    ``h`` carries x0 and x1, ``s`` stands by for x0 and is ready, and ``h``
+    starts handing x0 over (it waits for its reader, which the test holds
+    back). Meanwhile ``i`` joins: with x0 still leased to ``h``, every
+    placement now puts x0 on ``i``. ``i`` subscribes it on standby but
+    cannot take ``s``'s place as the ready member, and ``s``, to which
+    ``h`` promised x0, keeps its standby although no longer placed. Once
+    ``h`` let go, ``s`` takes x0 from its standby, with no gap, and ``i``
+    nothing.
+    """
+    streams = [StreamConfig(id=f"x{i}", filter={}, buffer_size=5000) for i in range(2)]
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        h = await a_member(stack, emulator, redis_server, "h", history, streams, 30.0, settle=False)
+        s, i = [
+            await a_member(stack, emulator, redis_server, name, history, streams, 30.0)
+            for name in ("s", "i")
+        ]
+        await h.tick()
+        assert set(h.status.held) == {"x0", "x1"}
+        ((_, _, held_back),) = [seen for seen in history if seen[:2] == ("x0", "h")]
+        await eventually(lambda: len(held_back.events()) >= 1)
+        await s.tick()
+        assert s.status.standby == {"x0"}
+        handing = asyncio.create_task(h.tick())
+        # Promised and handing over: waiting for its reader to settle.
+        await eventually(lambda: "x0" not in h.status.held)
+        assert not handing.done()
+        assert await h.table.ready_for(["x0"]) == {"x0": "s"}
+        await i.tick()
+        assert i.status.placement.owners["x0"] == "i"
+        assert i.status.standby == {"x0"}
+        assert await h.table.ready_for(["x0"]) == {"x0": "s"}
+        await s.tick()
+        assert s.status.placement.owners["x0"] == "i"
+        assert s.status.standby == {"x0"}
+        h.mux.settle("x0", max(e.sequence for e in held_back.events()))
+        await handing
+        assert set(h.status.held) == {"x1"}
+        await i.tick()
+        await s.tick()
+        await i.tick()
+        assert set(s.status.held) == {"x0"}
+        assert s.status.changes == {"handover": 1}
+        assert i.status.held == {}
+        assert i.status.standby == set()
+        ((_, _, carried),) = [seen for seen in history if seen[:2] == ("x0", "s")]
+        await eventually(lambda: len(carried.events()) >= 1)
+        assert carried.gaps() == []
+        assert carried.events()[0].sequence == held_back.events()[-1].sequence + 1

@@ -506,7 +506,7 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
         import redis.asyncio as aioredis
 
         from genesys_mux.cluster import LeaseTable
-        from genesys_mux.cluster.member import stream_weights
+        from genesys_mux.cluster.member import placement_owners, stream_weights
         from genesys_mux.core.placement import Member, StreamDemand, place
         from genesys_mux.state.redis import redis_name
 
@@ -525,6 +525,7 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
             members = await table.members()
             ids = [s.id for s in config.streams]
             leases = await table.leases(ids)
+            ready = await table.ready_for(s for s in ids if s not in leases)
             fences = {s: await table.fence(s) for s in ids}
         finally:
             await client.aclose()
@@ -532,7 +533,7 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
         placement = place(
             (StreamDemand(s, weights[s]) for s in ids),
             [Member(m.id, m.client) for m in members],
-            {s: lease.holder for s, lease in leases.items()},
+            placement_owners(leases, ready, {m.id for m in members}),
             client_budgets(config),
             topics_per_channel=config.settings.topics_per_channel,
         )

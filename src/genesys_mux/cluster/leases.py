@@ -15,6 +15,16 @@ own: an instance owns a stream exactly while Redis holds its lease.
   acquisition, by anyone, gets a larger token than all before it. Renewing
   checks the holder in the same script, so an instance whose lease expired
   and was taken cannot renew it back: it learns it lost the stream.
+- A **ready** key per stream (``ready:{stream}``) names the member that
+  stands by to take the stream over (subscribed, keeping what arrives):
+  one member at a time, never overwritten by another. Before the holder
+  hands the stream over it *promises* it to that member (``{id}|promised``,
+  in one script that checks it still holds the lease and the member is
+  still ready); a member that was promised a stream keeps its standby
+  whatever placement it computes meanwhile, and takes the stream when the
+  holder lets go. Without the promise the holder could check the
+  readiness, hand over, and find the stream taken by a member that never
+  subscribed it: a window without an owner, on a planned move.
 - Sinks are given the token with every write. A sink that keeps the
   largest token it has seen per stream refuses a write with a smaller one,
   so an ex-owner that was frozen past its lease cannot write once the new
@@ -77,9 +87,50 @@ end
 return held
 """
 
-# KEYS: a key. ARGV: the value it must hold to be deleted.
-_DELETE_IF = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+# KEYS: ready. ARGV: instance, ttl ms. Says this instance stands by, unless
+# another one does. Returns 1 when the key is ours (promised or not), else 0.
+_SIGNAL_READY = """
+local value = redis.call('GET', KEYS[1])
+if not value or value == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if value == ARGV[1] .. '|promised' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: ready, lease. ARGV: successor, holder, token, ttl ms. The holder's
+# promise: only while the lease is still its own and the successor still ready.
+_PROMISE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] .. '|' .. ARGV[3] then return 0 end
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] or value == ARGV[1] .. '|promised' then
+  redis.call('SET', KEYS[1], ARGV[1] .. '|promised', 'PX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+# KEYS: ready. ARGV: instance, ttl ms. Withdraws this instance's readiness
+# unless the stream was promised to it: 1 withdrawn (or not ours), 0 promised
+# to it (the promise is kept for one more TTL, the holder may still be at it).
+_WITHDRAW_READY = """
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] .. '|promised' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+if value == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: ready. ARGV: instance. Clears this instance's readiness, promised or not.
+_CLEAR_READY = """
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] or value == ARGV[1] .. '|promised' then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -163,7 +214,10 @@ class LeaseTable:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
-        self._delete_if = client.register_script(_DELETE_IF)
+        self._signal_ready = client.register_script(_SIGNAL_READY)
+        self._promise = client.register_script(_PROMISE)
+        self._withdraw_ready = client.register_script(_WITHDRAW_READY)
+        self._clear_ready = client.register_script(_CLEAR_READY)
 
     # -- keys --------------------------------------------------------------------
 
@@ -281,27 +335,69 @@ class LeaseTable:
             found[stream_id] = Lease(stream_id, holder, int(token), int(ttl))
         return found
 
-    async def signal_ready(self, stream_id: str) -> None:
-        """Say this instance is subscribed to the stream on standby and can take it over."""
-        await self._call(
-            f"signal readiness for {stream_id}",
-            self._redis.set(self._ready(stream_id), self.instance, px=self.lease_ttl_ms),
-        )
+    async def signal_ready(self, stream_id: str) -> bool:
+        """Say this instance stands by for the stream and can take it over.
 
-    async def withdraw_ready(self, stream_id: str) -> None:
-        """Take back this instance's readiness for the stream (its standby was given up)."""
-        await self._call(
+        Renews the signal (and a promise made to it) for one lease TTL.
+        False when another instance stands by for it already: the holder
+        hands over to one member at a time, so this one is not ready yet.
+        """
+        ours = await self._call(
+            f"signal readiness for {stream_id}",
+            self._signal_ready(
+                keys=[self._ready(stream_id)], args=[self.instance, self.lease_ttl_ms]
+            ),
+        )
+        return bool(int(ours))
+
+    async def promise(self, lease: Lease, successor: str) -> bool:
+        """Promise the stream of ``lease`` (held here) to ``successor``, which is ready for it.
+
+        From then on the successor keeps its standby and takes the stream
+        once this instance lets go. False, with nothing changed, when the
+        lease is no longer ours or the successor no longer ready: do not
+        hand over then.
+        """
+        promised = await self._call(
+            f"promise {lease.stream_id} to {successor}",
+            self._promise(
+                keys=[self._ready(lease.stream_id), self._lease(lease.stream_id)],
+                args=[successor, self.instance, lease.token, self.lease_ttl_ms],
+            ),
+        )
+        return bool(int(promised))
+
+    async def withdraw_ready(self, stream_id: str) -> bool:
+        """Take back this instance's readiness for the stream (it gives up its standby).
+
+        False when the stream was promised to this instance: its holder is
+        handing it over, so the standby must stay (and take the stream); the
+        promise is then renewed for one lease TTL.
+        """
+        withdrawn = await self._call(
             f"withdraw readiness for {stream_id}",
-            self._delete_if(keys=[self._ready(stream_id)], args=[self.instance]),
+            self._withdraw_ready(
+                keys=[self._ready(stream_id)], args=[self.instance, self.lease_ttl_ms]
+            ),
+        )
+        return bool(int(withdrawn))
+
+    async def clear_ready(self, stream_id: str) -> None:
+        """Forget this instance's readiness for the stream, promised or not (it took the stream)."""
+        await self._call(
+            f"clear readiness for {stream_id}",
+            self._clear_ready(keys=[self._ready(stream_id)], args=[self.instance]),
         )
 
     async def ready_for(self, stream_ids: Iterable[str]) -> dict[str, str]:
-        """Which instance, if any, is ready to take over each of these streams."""
+        """Which instance, if any, stands by to take over each of these streams."""
         ids = list(stream_ids)
         if not ids:
             return {}
         values = await self._call("read readiness", self._redis.mget([self._ready(s) for s in ids]))
-        return {s: _text(v) for s, v in zip(ids, values, strict=True) if v is not None}
+        return {
+            s: _text(v).partition("|")[0] for s, v in zip(ids, values, strict=True) if v is not None
+        }
 
     async def fence(self, stream_id: str) -> int:
         """The stream's latest fencing token (0 if it was never leased)."""

@@ -19,11 +19,17 @@ Every ``heartbeat_s`` (faster while a handover is under way) a member:
      standby (subscribed, keeping what arrives) and says it is ready. The
      holder then hands the stream over and releases the lease; this member
      takes the lease and activates the stream (``handover``): make before
-     break, with no gap and nothing delivered twice.
+     break, with no gap and nothing delivered twice. Between the release
+     and the take, the member standing by counts as the stream's owner for
+     the placement (:func:`placement_owners`): placed afresh, the stream
+     could go to a member that never subscribed it, which would take it
+     only after a window without an owner.
 
 4. for a stream it holds that is placed elsewhere: once the new owner said
-   it is ready, hands the stream over (final checkpoint) and releases the
-   lease.
+   it is ready, promises it the stream (see
+   :mod:`genesys_mux.cluster.leases`: a member promised a stream keeps its
+   standby whatever placement it computes meanwhile), hands the stream
+   over (final checkpoint) and releases the lease.
 
 If Redis cannot be reached, the member keeps carrying its streams while its
 leases may still be valid (one lease TTL after the last renewal), then
@@ -37,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from genesys_mux.cluster.leases import Lease, LeaseTable, MemberInfo
@@ -55,7 +61,7 @@ from genesys_mux.core.placement import Member, Placement, StreamDemand, place
 from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError
 from genesys_mux.net.multiplexer import Multiplexer
 
-__all__ = ["ClusterMember", "MemberStatus", "stream_weights"]
+__all__ = ["ClusterMember", "MemberStatus", "placement_owners", "stream_weights"]
 
 log = logging.getLogger("genesys_mux.cluster")
 
@@ -88,6 +94,23 @@ def stream_weights(streams: Sequence[StreamConfig]) -> dict[str, int]:
     found out (the org's queues, say).
     """
     return {s.id: max(1, len(s.topics or ())) for s in streams}
+
+
+def placement_owners(
+    leases: Mapping[str, Lease], ready: Mapping[str, str], members: Collection[str]
+) -> dict[str, str]:
+    """Each stream's current owner, as the placement should see it.
+
+    A stream's lease holder; for a stream whose lease is free, the live
+    member that stands by for it (``ready``): its holder let go to that
+    member, which takes the lease at its next round. Every member (and
+    ``cluster status``) must compute this the same way.
+    """
+    owners = {s: lease.holder for s, lease in leases.items()}
+    for stream_id, member in ready.items():
+        if stream_id not in owners and member in members:
+            owners[stream_id] = member
+    return owners
 
 
 class ClusterMember:
@@ -192,7 +215,8 @@ class ClusterMember:
                 break
             waiting = [s for s in self.status.held if ready.get(s, self.info.id) != self.info.id]
             for stream_id in waiting:
-                await self._let_go(stream_id, "released")
+                if await self._promise(stream_id, ready[stream_id]):
+                    await self._let_go(stream_id, "released")
             await asyncio.sleep(0.1)  # polling the others' readiness towards a deadline
         for stream_id in list(self.status.held):
             await self._let_go(stream_id, "released")
@@ -216,7 +240,9 @@ class ClusterMember:
         if self.info.id not in {m.id for m in members}:
             members.append(Member(self.info.id, self.client))
         leases = await table.leases(self.streams)
-        current = {s: lease.holder for s, lease in leases.items()}
+        # A free lease with a member standing by: a handover under way.
+        ready = await table.ready_for(s for s in self.streams if s not in leases)
+        current = placement_owners(leases, ready, {m.id for m in members})
         placement = place(
             (StreamDemand(s, self.weights[s]) for s in self.streams),
             members,
@@ -244,7 +270,8 @@ class ClusterMember:
         if handing:
             ready = await table.ready_for(handing)
             for stream_id in handing:
-                if ready.get(stream_id) == placement.owners[stream_id]:
+                owner = placement.owners[stream_id]
+                if ready.get(stream_id) == owner and await self._promise(stream_id, owner):
                     await self._let_go(stream_id, "handover")
                 else:
                     busy = True
@@ -271,6 +298,10 @@ class ClusterMember:
             raise
         self.status.standby.discard(stream_id)
         self.status.held[stream_id] = lease
+        with contextlib.suppress(ClusterError):
+            # Its readiness (or the promise made to it) is spent; left, it
+            # would expire within a lease TTL.
+            await self.table.clear_ready(stream_id)
         reason = "handover" if on_standby else "acquired"
         self._count(reason)
         self._report(LeaseAcquired(stream_id, lease.token, reason))
@@ -283,6 +314,10 @@ class ClusterMember:
             await self.mux.add_stream(self.streams[stream_id], standby=True)
             self.status.standby.add(stream_id)
         await self.table.signal_ready(stream_id)
+
+    async def _promise(self, stream_id: str, successor: str) -> bool:
+        """Promise a stream held here to the member ready for it (then hand it over)."""
+        return await self.table.promise(self.status.held[stream_id], successor)
 
     async def _let_go(self, stream_id: str, reason: str) -> None:
         """Hand a stream over: stop it here with a final checkpoint, then release its lease."""
@@ -308,8 +343,11 @@ class ClusterMember:
         self._report(LeaseLost(stream_id, reason))
 
     async def _drop_standby(self, stream_id: str) -> None:
-        # First the signal: a holder must never hand over to a standby that is gone.
-        await self.table.withdraw_ready(stream_id)
+        # First the signal: a holder must never hand over to a standby that is
+        # gone. A stream promised here keeps its standby (unless this member
+        # leaves): its holder is handing it over, and this member takes it.
+        if not await self.table.withdraw_ready(stream_id) and not self._leaving:
+            return
         self.status.standby.discard(stream_id)
         await self.mux.handover(stream_id, checkpoint=False)
 
