@@ -64,7 +64,7 @@ import json
 import signal
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,6 +326,59 @@ class Delivered:
         # Back-fill offers REST snapshots, which have no CorrelationId.
         return self.correlation_id is None and not self.dead
 
+    @classmethod
+    def of_letter(cls, letter: DeadLetter, epoch: str) -> Delivered:
+        return cls(
+            None,
+            epoch,
+            letter.sequence,
+            letter.topic,
+            letter.correlation_id,
+            letter.received_at,
+            letter.idempotency_key,
+            event_facts(letter.topic, letter.raw),
+        )
+
+
+def checked_record(
+    line: int, record: EventRecord, stream_id: str, topics: Collection[str], out: Outcome
+) -> Delivered:
+    """A sink's event record, read back: of the stream's topics, keyed by its content."""
+    facts = event_facts(record.topic, record.raw)
+    if record.stream_id != stream_id or record.topic not in topics:
+        out.problem(f"line {line}: a record of {record.stream_id} on {record.topic}")
+    # The key names the content: stream, conversation, state digest.
+    expected = f"{stream_id}:{facts.key}:{facts.hash.hex()}"
+    if record.idempotency_key != expected:
+        out.problem(f"line {line}: idempotency key {record.idempotency_key}, not {expected}")
+    return Delivered(
+        line,
+        record.epoch,
+        record.sequence,
+        record.topic,
+        record.correlation_id,
+        record.received_at,
+        record.idempotency_key,
+        facts,
+    )
+
+
+def split_ledger(
+    ledger: Iterable[LedgerEntry], witness_channel: str, topics: Collection[str] | None = None
+) -> tuple[dict[Key, float], dict[Key, list[float]]]:
+    """The ledger's sends (of ``topics``, default all): first to the witness, all to the mux."""
+    to_witness: dict[Key, float] = {}
+    to_mux: dict[Key, list[float]] = defaultdict(list)
+    for e in ledger:
+        if topics is not None and e.topic not in topics:
+            continue
+        key = (e.topic, e.correlation_id)
+        if e.channel_id == witness_channel:
+            to_witness.setdefault(key, e.time)
+        else:
+            to_mux[key].append(e.time)
+    return to_witness, to_mux
+
 
 @dataclass
 class Evidence:
@@ -369,25 +422,7 @@ def read_books(ev: Evidence, out: Outcome) -> Books | None:
         if isinstance(record, GapRecord):
             gaps.append((line, record))
             continue
-        facts = event_facts(record.topic, record.raw)
-        delivered.append(
-            Delivered(
-                line,
-                record.epoch,
-                record.sequence,
-                record.topic,
-                record.correlation_id,
-                record.received_at,
-                record.idempotency_key,
-                facts,
-            )
-        )
-        if record.stream_id != STREAM or record.topic not in ev.topics:
-            out.problem(f"line {line}: a record of {record.stream_id} on {record.topic}")
-        # The key names the content: stream, conversation, state digest.
-        expected = f"{STREAM}:{facts.key}:{facts.hash.hex()}"
-        if record.idempotency_key != expected:
-            out.problem(f"line {line}: idempotency key {record.idempotency_key}, not {expected}")
+        delivered.append(checked_record(line, record, STREAM, ev.topics, out))
     epochs = list(dict.fromkeys(d.epoch for d in delivered))
     if len(epochs) != 2 or not all(epochs):
         out.problem(f"expected the events of two runs, got epochs {epochs}")
@@ -395,26 +430,8 @@ def read_books(ev: Evidence, out: Outcome) -> Books | None:
     # Dead letters carry no epoch: they belong to the run that was up when received.
     for letter in ev.letters:
         run = 0 if letter.received_at < ev.story.second.spawned_at else 1
-        delivered.append(
-            Delivered(
-                None,
-                epochs[run],
-                letter.sequence,
-                letter.topic,
-                letter.correlation_id,
-                letter.received_at,
-                letter.idempotency_key,
-                event_facts(letter.topic, letter.raw),
-            )
-        )
-    to_witness: dict[Key, float] = {}
-    to_mux: dict[Key, list[float]] = defaultdict(list)
-    for e in ev.ledger:
-        key = (e.topic, e.correlation_id)
-        if e.channel_id == ev.witness_channel:
-            to_witness.setdefault(key, e.time)
-        else:
-            to_mux[key].append(e.time)
+        delivered.append(Delivered.of_letter(letter, epochs[run]))
+    to_witness, to_mux = split_ledger(ev.ledger, ev.witness_channel)
     if not to_mux:
         out.problem("the ledger has nothing sent to the mux")
         return None
@@ -454,10 +471,46 @@ def measured_margin(books: Books) -> float:
 
 def account_for_notifications(ev: Evidence, books: Books, out: Outcome) -> None:
     """Every notification sent on the stream's topics: delivered, or accounted for."""
-    counts = out.counts[STREAM]
-    story, margin = ev.story, books.margin
+    story = ev.story
     # From the first send to the mux (run 1 subscribed) to run 2's SIGTERM.
-    start = min(t for ts in books.to_mux.values() for t in ts) + margin
+    start = min(t for ts in books.to_mux.values() for t in ts) + books.margin
+    out.notes.append(
+        f"{story.signal.name}: {len(books.to_witness)} notifications to the witness, "
+        f"{sum(map(len, books.to_mux.values()))} to the mux; reconciled "
+        f"{story.stopped_at - start:.1f} s; margin {books.margin * 1000:.0f} ms"
+    )
+    account_for_sends(
+        books,
+        out,
+        STREAM,
+        topics=ev.topics,
+        frames=ev.witness_frames,
+        window=(start, story.stopped_at),
+        phase=story.phase,
+    )
+
+
+def account_for_sends(
+    books: Books,
+    out: Outcome,
+    stream_id: str,
+    *,
+    topics: Collection[str],
+    frames: Mapping[Key, str],
+    window: tuple[float, float],
+    phase: Callable[[float], str],
+) -> None:
+    """Every notification the witness was sent on ``topics`` within ``window``, accounted for.
+
+    Delivered, dead-lettered, a duplicate or stale (a state as new delivered
+    before it was sent), or inside a gap of its topic and then covered; else
+    a problem (a loss) for ``out``, counted under ``stream_id``. Also: nothing
+    delivered that the platform did not send to the mux. ``phase`` names the
+    part of the story a send time falls in, for the messages.
+    """
+    counts = out.counts[stream_id]
+    margin = books.margin
+    start, end = window
     by_notification: dict[Key, list[Delivered]] = defaultdict(list)
     first_of_state: dict[tuple[str, bytes], float] = {}
     by_conversation: dict[str, list[Delivered]] = defaultdict(list)
@@ -466,22 +519,17 @@ def account_for_notifications(ev: Evidence, books: Books, out: Outcome) -> None:
             by_notification[(d.topic, d.correlation_id)].append(d)
         first_of_state[d.state] = min(first_of_state.get(d.state, d.received_at), d.received_at)
         by_conversation[d.facts.key].append(d)
-    out.notes.append(
-        f"{story.signal.name}: {len(books.to_witness)} notifications to the witness, "
-        f"{sum(map(len, books.to_mux.values()))} to the mux; reconciled "
-        f"{story.stopped_at - start:.1f} s; margin {margin * 1000:.0f} ms"
-    )
 
     for key, sent_at in sorted(books.to_witness.items(), key=lambda kv: kv[1]):
         topic, correlation_id = key
-        if topic not in ev.topics or not start <= sent_at <= story.stopped_at:
+        if topic not in topics or not start <= sent_at <= end:
             continue
-        frame = ev.witness_frames.get(key)
+        frame = frames.get(key)
         if frame is None:
             out.problem(f"the witness never read {key}, which the ledger says it was sent")
             continue
         facts = event_facts(topic, bytes(msgspec.json.decode(frame, type=_Frame).eventBody))
-        about = f"conversation {facts.key}: {topic} sent at {sent_at:.3f} ({story.phase(sent_at)})"
+        about = f"conversation {facts.key}: {topic} sent at {sent_at:.3f} ({phase(sent_at)})"
         found = by_notification.get(key)
         if found:
             counts["dead_lettered" if found[0].dead else "delivered"] += 1
@@ -665,6 +713,11 @@ def check_repeats(story: Story, books: Books, first2: int, gap: GapRecord, out: 
             out.problem(f"after SIGKILL {what}, which was acknowledged by the last checkpoint")
         elif before.idempotency_key != d.idempotency_key:
             out.problem(f"{what} under another idempotency key, {d.idempotency_key}")
+    check_versions(books, out)
+
+
+def check_versions(books: Books, out: Outcome) -> None:
+    """No conversation goes back to an older version in the sink, in the sink's order."""
     newest: dict[str, float] = {}
     for d in sorted((d for d in books.delivered if not d.dead), key=lambda d: d.line or 0):
         version = d.facts.version
