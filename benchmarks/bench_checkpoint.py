@@ -2,17 +2,19 @@
 
 Run from the project root::
 
-    .venv/bin/python -m benchmarks.bench_checkpoint [--count N] [--repeat R] [--rate FPS]
+    .venv/bin/python -m benchmarks.bench_checkpoint [--count N] [--repeat R] [--rate FPS] [--update]
 
 A multiplexer given a state store (``Multiplexer(state=...)``) writes every
 stream's checkpoint every ``checkpoint_interval_s`` (1 s by default): its
-next sequence number, its watermark, and its de-duplication memory, up to
-50,000 remembered conversations per stream (``Stream``'s default bound;
-``StreamConfig`` has no setting for it). The checkpoint is built and
-encoded on the event loop, so its cost is paid by the process that
-receives the events, once per interval, whatever the event rate. This
-benchmark measures that cost against the durable-state target: under 1 µs
-per event amortised, and no effect on p99 latency at 10,000 events/s.
+next sequence number, its watermark, and what changed in its
+de-duplication memory since the last one (up to 50,000 remembered
+conversations per stream, ``Stream``'s default bound; ``StreamConfig`` has
+no setting for it). The checkpoint is built on the event loop, and with
+Redis also encoded and sent from it (SQLite encodes and writes in a worker
+thread), so its cost is paid by the process that receives the events, once
+per interval. This benchmark measures that cost against the durable-state
+target: under 1 µs per event amortised, and no effect on p99 latency at
+10,000 events/s.
 
 One run starts one emulator (bench_streams' snapshot blast: every frame a
 real queue conversation snapshot, the largest of at most ``--max-body``
@@ -26,10 +28,13 @@ of its own:
   periodic checkpoints), with a SQLite store (a file in a temporary
   directory) and with a Redis store (the local redis-server). Before the
   measured blast, the stream's memory is filled with ``--remember``
-  conversations (50,000: full) by an unpaced blast of other conversation
-  ids, so a checkpoint has a full memory to write; the measured blast then
-  brings ``--count`` further distinct conversations at ``--rate`` events/s
-  (10,000 by default), and the memory stays full.
+  conversations (50,000: full) by an unpaced blast; the measured blast then
+  brings ``--count`` events at ``--rate`` events/s (10,000 by default).
+  By default every event is a further new conversation, so the memory
+  stays full and forgets one for each (the worst case: each event changes
+  two keys). With ``--update``, the fill is the measured conversations'
+  first snapshots and every measured event is the next snapshot of one of
+  them: each changes one key and nothing is forgotten.
 
 Columns: client CPU µs/event is this process's user + system CPU
 (``getrusage``, every thread: the SQLite store writes from a worker
@@ -41,18 +46,19 @@ emulator ledger's send time to the moment the consumer got the event.
 
 Then, for each store, one process fills a stream's memory the same way
 (periodic checkpoints off: the interval is an hour) and times ``await
-mux.checkpoint()`` directly: the first one after the fill (under
-:mod:`cProfile`, for the table of where the time goes), then
+mux.checkpoint()`` directly: the first (complete) one after the fill; then
 ``--checkpoints`` more, each after one interval's worth of new
 conversations at ``--rate`` (10,000 at the defaults), as a periodic
-checkpoint sees them in the runs above. A store that wrote only what
-changed would show the difference between the two. Each gets its wall time, this process's CPU,
-the store's ``save`` (encoding and writing, wall), the garbage collector's
-time during it and the bytes written (the SQLite file's ``write()`` calls
-from ``/proc/self/io``; what redis-server received, from ``INFO``). This
-is done with one state digest per remembered conversation (as in the runs
-above); then the same conversations' later snapshots are blasted, so that
-each remembers several digests, and the next checkpoint is timed too.
+checkpoint sees them in the runs above; one more of those under
+:mod:`cProfile`, for the table of where the time goes; then
+``--checkpoints`` after one interval's worth of updates to remembered
+conversations each; and one after as many new conversations as the fill,
+each in every snapshot of the template's conversation (several state
+digests per key). Each gets its wall time, this process's CPU (every
+thread) and the event loop's thread's alone, the store's ``save`` (wall),
+the garbage collector's time during it, the keys written and forgotten,
+and the bytes written (the SQLite file's ``write()`` calls from
+``/proc/self/io``; what redis-server received, from ``INFO``).
 
 The Markdown tables go to stdout, progress to stderr.
 """
@@ -67,6 +73,7 @@ import cProfile
 import dataclasses
 import functools
 import gc
+import inspect
 import itertools
 import os
 import platform
@@ -120,6 +127,7 @@ from benchmarks.bench_streams import (
     snapshot_history,
 )
 from genesys_mux import Gap, Multiplexer, StreamEvent
+from genesys_mux.core.streams import Stream
 from genesys_mux.emulator import Emulator, EmulatorSettings
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 from genesys_mux.state import StateStore, open_store
@@ -216,6 +224,8 @@ class TimedStore:
         self.name = inner.name
         #: (perf_counter at the start, seconds) of every save.
         self.saves: list[tuple[float, float]] = []
+        #: (remembered keys written, keys forgotten) by every save.
+        self.sizes: list[tuple[int, int]] = []
 
     async def open(self) -> None:
         """Open the inner store."""
@@ -230,6 +240,9 @@ class TimedStore:
         started = time.perf_counter()
         await self.inner.save(checkpoints)
         self.saves.append((started, time.perf_counter() - started))
+        self.sizes.append(
+            (sum(len(c.memory) for c in checkpoints), sum(len(c.forgotten) for c in checkpoints))
+        )
 
     async def remove(self, stream_ids: Iterable[str]) -> None:
         """Remove through the inner store."""
@@ -263,7 +276,10 @@ class Setup:
     redis_pid: int
     remember: int
     interval_s: float
-    #: Snapshots of the conversation's life to remember (the direct timing's second phase).
+    #: The measured events update the conversations the fill remembered
+    #: (the fill is the measured blast's ids, one snapshot earlier).
+    update: bool = False
+    #: Snapshots of the conversation's life (the direct timing's last row: every one).
     states: int = 1
     checkpoints: int = 5
     #: New conversations between two directly timed checkpoints.
@@ -355,7 +371,8 @@ async def _measure_store(job: Job, setup: Setup, directory: Path) -> dict[str, A
         session: aiohttp.ClientSession, mux: Multiplexer, items: AsyncIterator[StreamEvent | Gap]
     ) -> int:
         nonlocal filled_at
-        n = await _fill(session, job, items, setup.remember)
+        namespace = MEASURED if setup.update else FILL
+        n = await _fill(session, job, items, setup.remember, namespace=namespace)
         filled_at = time.perf_counter()
         return n
 
@@ -420,12 +437,18 @@ class Timed:
     """One directly timed checkpoint."""
 
     wall_ms: float
+    #: This process's CPU, every thread (SQLite writes from a worker thread).
     cpu_ms: float
+    #: The event loop's thread alone: what the events wait behind.
+    loop_ms: float
     save_ms: float
     gc_ms: float
     #: Full (generation 2) collections among them.
     gc_full: int
     written: int
+    #: Remembered keys the checkpoint wrote, and keys it had the store forget.
+    keys: int
+    forgotten: int
 
 
 @dataclass(slots=True)
@@ -439,24 +462,29 @@ class _Timing:
     store: TimedStore
     written: WrittenBytes
     nudges: Iterator[int] = field(default_factory=lambda: itertools.count(FIRST_NUDGE))
+    #: Namespaces nudged so far, oldest first.
+    nudged: list[int] = field(default_factory=list)
     consumed: int = 0
     between: int = 1
 
-    async def fill(self, count: int, state: int = 0) -> None:
-        """Blast ``count`` conversations (the fill's) in snapshot ``state`` through the stream."""
-        self.consumed += await _fill(self.session, self.job, self.items, count, state=state)
+    async def fill(self, count: int, state: int = 0, namespace: int = FILL) -> None:
+        """Blast ``count`` conversations of ``namespace`` in snapshot ``state``; take them."""
+        self.consumed += await _fill(
+            self.session, self.job, self.items, count, namespace=namespace, state=state
+        )
 
     async def nudge(self, count: int) -> None:
         """``count`` new conversations through the stream (one interval's worth)."""
         namespace = next(self.nudges)
-        self.consumed += await _fill(self.session, self.job, self.items, count, namespace=namespace)
+        self.nudged.append(namespace)
+        await self.fill(count, namespace=namespace)
 
-    async def checkpoint(self, profiler: cProfile.Profile | None = None) -> Timed:
-        """``await mux.checkpoint()``, timed; it must write the one stream."""
+    async def checkpoint(self, profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+        """``await mux.checkpoint()``, timed (a :class:`Timed`); it must write the one stream."""
         saves = len(self.store.saves)
         written = await self.written.now()
         with _collections() as collected:
-            cpu, started = _cpu_s(), time.perf_counter()
+            cpu, loop, started = _cpu_s(), time.thread_time(), time.perf_counter()
             if profiler is not None:
                 profiler.enable()
             try:
@@ -465,28 +493,24 @@ class _Timing:
                 if profiler is not None:
                     profiler.disable()
             wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
+            loop = time.thread_time() - loop
         written = await self.written.now() - written
         if count != 1 or len(self.store.saves) != saves + 1:
             raise BenchError(f"the checkpoint wrote {count} streams, not the one")
         save_ms = self.store.saves[-1][1] * 1000
-        return Timed(
-            wall * 1000, cpu * 1000, save_ms, collected.seconds * 1000, collected.full, written
+        keys, forgotten = self.store.sizes[-1]
+        timed = Timed(
+            wall * 1000,
+            cpu * 1000,
+            loop * 1000,
+            save_ms,
+            collected.seconds * 1000,
+            collected.full,
+            written,
+            keys,
+            forgotten,
         )
-
-    async def phase(self, digests: int, count: int, profile: bool) -> dict[str, Any]:
-        """The checkpoint right after a fill (profiled if asked), then ``count`` more."""
-        profiler = cProfile.Profile() if profile else None
-        first = await self.checkpoint(profiler)
-        steady = []
-        for _ in range(count):
-            await self.nudge(self.between)
-            steady.append(dataclasses.asdict(await self.checkpoint()))
-        return {
-            "digests": digests,
-            "first": dataclasses.asdict(first),
-            "steady": steady,
-            "profile": None if profiler is None else _top_functions(profiler),
-        }
+        return dataclasses.asdict(timed)
 
 
 def _top_functions(profiler: cProfile.Profile, top: int = 8) -> list[tuple[str, int, float, float]]:
@@ -512,13 +536,26 @@ def _function_name(where: tuple[str, int, str]) -> str:
     return f"{path.parent.name}/{path.name}:{line} `{name}`"
 
 
+#: Conversations a stream remembers (``Stream``'s default; StreamConfig has no setting).
+MEMORY: int = inspect.signature(Stream).parameters["memory"].default
+
+
 async def _time_checkpoints(job: Job, setup: Setup, directory: Path) -> dict[str, Any]:
-    """Fill a stream's memory, then time ``mux.checkpoint()`` with one and with more digests."""
+    """Fill a stream's memory, then time ``mux.checkpoint()`` after each kind of interval.
+
+    The rows, in order: the first (complete) checkpoint after the fill;
+    ``checkpoints`` after one interval of new conversations each (the worst
+    case); ``checkpoints`` after one interval of updates to remembered
+    conversations each (no key forgotten); one after the fill's
+    conversations came back in ``states`` snapshots each. One more after
+    new conversations runs under :mod:`cProfile`, for the profile alone.
+    """
     store_name = job.scenario.removeprefix("timing-")
     store = _open_timed_store(store_name, setup, directory)
     written = WrittenBytes(store_name, setup)
     dlq = MemoryDeadLetterQueue()
-    phases: list[dict[str, Any]] = []
+    rows: dict[str, list[dict[str, Any]]] = {}
+    profile: dict[str, Any] = {}
     timeout = aiohttp.ClientTimeout(total=SETUP_TIMEOUT_S)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
@@ -540,19 +577,34 @@ async def _time_checkpoints(job: Job, setup: Setup, directory: Path) -> dict[str
         timing = _Timing(session, job, mux, items, store, written, between=setup.between)
         try:
             await timing.fill(setup.remember)
-            phases.append(await timing.phase(1, setup.checkpoints, profile=True))
+            rows["first"] = [await timing.checkpoint()]
+            rows["new"] = []
+            for _ in range(setup.checkpoints):
+                await timing.nudge(setup.between)
+                rows["new"].append(await timing.checkpoint())
+            await timing.nudge(setup.between)
+            profiler = cProfile.Profile()
+            profile = await timing.checkpoint(profiler)
+            profile["functions"] = _top_functions(profiler)
+            # The nudges' conversations still remembered, most recent first.
+            remembered = timing.nudged[::-1][: MEMORY // setup.between]
+            rows["updates"] = []
+            for namespace in remembered[: setup.checkpoints]:
+                await timing.fill(setup.between, state=1, namespace=namespace)
+                rows["updates"].append(await timing.checkpoint())
             if setup.states > 1:
-                for state in range(1, setup.states):
-                    await timing.fill(setup.remember, state)
-                # Only the first: new conversations would bring the digests back down.
-                phases.append(await timing.phase(setup.states, 0, profile=False))
+                # As many new conversations as the fill, each in every state.
+                namespace = next(timing.nudges)
+                for state in range(setup.states):
+                    await timing.fill(setup.remember, state, namespace)
+                rows["states"] = [await timing.checkpoint()]
         finally:
             with contextlib.suppress(Exception):
                 await timing.items.aclose()  # type: ignore[attr-defined]
             await _stop_blast(session, job.base_url)
             await written.close()
         check_mux(mux, dlq, timing.consumed)
-    return {"phases": phases}
+    return {"rows": rows, "profile": profile}
 
 
 # --------------------------------------------------------------------------
@@ -583,7 +635,8 @@ def _job_process(job: Job, setup: Setup, conn: Connection) -> None:
 async def _measure(job: Job, setup: Setup) -> dict[str, Any]:
     child = _Child(_job_process, job, setup, name=f"measure-{job.scenario}")
     # Every blast (fills included) has its own deadline of job.timeout_s.
-    deadline = job.timeout_s * (2 + 2 * setup.states) + 4 * SETUP_TIMEOUT_S + GRACE_S
+    blasts = 2 + 2 * setup.checkpoints + setup.states
+    deadline = job.timeout_s * blasts + 4 * SETUP_TIMEOUT_S + GRACE_S
     answered = False
     try:
         status, payload = await child.answer(deadline)
@@ -627,13 +680,19 @@ def _throughput_table(
 ) -> list[str]:
     frame_bytes = max(r.result.frame_bytes for rs in results.values() for r in rs)
     reference = _median([r.result.cpu_us for r in results[NO_STORE]])
+    if args.update:
+        events = "each a remembered conversation's next snapshot"
+        fill = f"the first snapshots of {args.remember:,} conversations, those updated included"
+    else:
+        events = "each a new conversation's snapshot"
+        fill = f"{args.remember:,} other conversations"
     lines = [
-        f"{args.count:,} events per measurement, each a distinct conversation snapshot "
+        f"{args.count:,} events per measurement, {events} "
         f"(`eventBody` {len(template.body):,} B, {frame_bytes:,} B per frame on the wire) "
         f"on one queue conversation topic, blast "
         f"{'unpaced' if args.rate <= 0 else f'at {args.rate:,.0f} events/s'}. Before each "
-        f"multiplexer measurement the stream's memory was filled with {args.remember:,} other "
-        f"conversations (unpaced, not measured); `checkpoint_interval_s` {args.interval:g}; "
+        f"multiplexer measurement the stream's memory was filled with {fill} "
+        f"(unpaced, not measured); `checkpoint_interval_s` {args.interval:g}; "
         f"median of {args.repeat} interleaved repetitions"
         f"{', emulator and client pinned to separate cores' if args.pin else ''}.",
         "",
@@ -675,55 +734,49 @@ def _timing_table(
     args: argparse.Namespace, results: dict[str, list[Run]], timings: dict[str, dict[str, Any]]
 ) -> list[str]:
     rate = args.rate if args.rate > 0 else _median([r.result.fps for r in results[NO_STORE]])
+    between = _between(args)
+    labels = {
+        "first": "the first after the fill (complete)",
+        "new": f"after {between:,} new conversations (median of {{n}})",
+        "updates": f"after {between:,} updates of remembered conversations (median of {{n}})",
+        "states": f"after {args.remember:,} new conversations, each in every snapshot",
+    }
     lines = [
         f"`await mux.checkpoint()` timed directly in a process of its own per store: one "
         f"stream, its memory filled with {args.remember:,} conversations, periodic checkpoints "
-        f"off. First the checkpoint right after the fill, then {args.checkpoints} checkpoints, "
-        f"each after {_between(args):,} new conversations (one interval's worth; median, "
-        f"*slowest* is their maximum). *Written*: bytes "
-        f"the SQLite store handed to `write()` (its WAL pages), or that redis-server received. "
-        f"*Amortised*: the checkpoint's CPU at one checkpoint every {args.interval:g} s, "
-        f"spread over {rate:,.0f} events/s.",
+        f"off, after each kind of interval in turn. *Keys*: remembered keys written / "
+        f"forgotten. *CPU*: the process, every thread; *loop*: the event loop's thread alone. "
+        f"*Written*: bytes the SQLite store handed to `write()` (its WAL pages), or that "
+        f"redis-server received. *Amortised*: CPU (process / loop) at one checkpoint every "
+        f"{args.interval:g} s, spread over {rate:,.0f} events/s.",
         "",
-        "| store | state digests per conversation | checkpoint | written | wall | slowest "
-        "| CPU | of which `save()` (encode + write), wall "
-        "| garbage collection (full collections) | amortised CPU µs/event |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| store | checkpoint | keys | written | wall (slowest) | CPU | loop "
+        "| `save()` wall | GC (full) | amortised µs/event |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for store in STORES:
-        for phase in timings[store]["phases"]:
-            first, steady = phase["first"], phase["steady"]
-            if phase["digests"] == 1:
-                first_label = "first after the fill"
-            else:
-                first_label = "after blasting the later snapshots over them"
-            if phase["profile"] is not None:
-                first_label += " (under `cProfile`)"
-            lines.append(_timing_row(store, phase["digests"], first_label, [first]))
-            if not steady:
+        for kind, timed in timings[store]["rows"].items():
+            if not timed:
                 continue
-            cpu = _median([t["cpu_ms"] for t in steady])
-            amortised = f"{cpu * 1000 / (args.interval * rate):.2f}"
-            label = f"after {_between(args):,} new conversations (median of {len(steady)})"
-            lines.append(_timing_row(store, phase["digests"], label, steady, amortised))
+            label = labels[kind].format(n=len(timed))
+            amortised = kind in ("new", "updates")
+            lines.append(_timing_row(store, label, timed, args.interval * rate, amortised))
     for store in STORES:
-        phase = timings[store]["phases"][0]
-        first = phase["first"]
+        profile = timings[store]["profile"]
         lines += [
             "",
-            f"{store}: the first checkpoint after the fill ({args.remember:,} conversations, one "
-            f"digest each) under `cProfile`: {first['wall_ms']:.1f} ms wall, "
-            f"{first['cpu_ms']:.1f} ms CPU, `save()` {first['save_ms']:.1f} ms, garbage "
-            f"collection {first['gc_ms']:.1f} ms ({first['gc_full']} full). The functions with "
-            "the most own time in the event loop's thread (a worker thread's time shows as "
-            "the loop's wait in `epoll`; garbage collection as the own time of the function "
-            "that allocated when it ran):",
+            f"{store}: one more checkpoint after {between:,} new conversations under "
+            f"`cProfile` ({profile['keys']:,} keys written, {profile['forgotten']:,} "
+            f"forgotten): {profile['wall_ms']:.1f} ms wall, {profile['cpu_ms']:.1f} ms CPU, "
+            f"{profile['loop_ms']:.1f} ms in the loop's thread. The functions with the most "
+            "own time in the loop's thread (a worker thread's time shows as the loop's wait "
+            "in `epoll`):",
             "",
             "| function | calls | own time | cumulative |",
             "|---|--:|--:|--:|",
             *(
                 f"| {name} | {calls:,} | {own:.2f} ms | {cumulative:.2f} ms |"
-                for name, calls, own, cumulative in phase["profile"]
+                for name, calls, own, cumulative in profile["functions"]
             ),
         ]
     return lines
@@ -736,23 +789,28 @@ def _between(args: argparse.Namespace) -> int:
 
 
 def _timing_row(
-    store: str, digests: int, label: str, timed: list[dict[str, Any]], amortised: str = "n/a"
+    store: str, label: str, timed: list[dict[str, Any]], events: float, amortised: bool
 ) -> str:
     def median(key: str) -> float:
         return _median([t[key] for t in timed])
 
     full = sum(t["gc_full"] for t in timed)
+    slowest = f" ({max(t['wall_ms'] for t in timed):.1f})" if len(timed) > 1 else ""
+    per_event = "n/a"
+    if amortised:
+        cpu, loop = (median(key) * 1000 / events for key in ("cpu_ms", "loop_ms"))
+        per_event = f"{cpu:.2f} / {loop:.2f}"
     cells = [
         store,
-        str(digests),
         label,
+        f"{median('keys'):,.0f} / {median('forgotten'):,.0f}",
         f"{median('written'):,.0f} B",
-        _ms(median("wall_ms")),
-        _ms(max(t["wall_ms"] for t in timed)) if len(timed) > 1 else "n/a",
+        f"{median('wall_ms'):.1f} ms{slowest}",
         _ms(median("cpu_ms")),
+        _ms(median("loop_ms")),
         _ms(median("save_ms")),
-        f"{_ms(median('gc_ms'))} ({full})",
-        amortised,
+        f"{median('gc_ms'):.1f} ms ({full})",
+        per_event,
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -779,7 +837,7 @@ async def _main(args: argparse.Namespace) -> int:
         emulator, stopper, base_url = await _start_emulator(
             emulator_cpus, functools.partial(_emulator_process, make)
         )
-        setup = Setup(url, redis_process.pid, args.remember, args.interval)
+        setup = Setup(url, redis_process.pid, args.remember, args.interval, update=args.update)
 
         def job(scenario: str, rate: float) -> Job:
             return Job(
@@ -787,7 +845,8 @@ async def _main(args: argparse.Namespace) -> int:
                 base_url=base_url,
                 topic=f"v2.routing.queues.{uuid.uuid4()}.conversations",
                 count=args.count,
-                size=blast_size(MEASURED),
+                # --update: the fill sends these conversations' first snapshot.
+                size=blast_size(MEASURED, 1 if args.update else 0),
                 rate=rate,
                 timeout_s=args.timeout,
                 emulator_pid=emulator.process.pid or 0,
@@ -820,14 +879,16 @@ async def _main(args: argparse.Namespace) -> int:
                 if store == "redis":
                     _flush_redis(url)
                 timings[store] = await _measure(job(f"timing-{store}", 0.0), timing_setup)
-                for phase in timings[store]["phases"]:
-                    timed = [phase["first"], *phase["steady"]]
+                for kind, timed in timings[store]["rows"].items():
                     _progress(
-                        f"checkpoint {store:<6} {phase['digests']} digest(s) per conversation,"
-                        f" first, then after {_between(args):,} new conversations each: wall "
+                        f"checkpoint {store:<6} {kind:<7} keys "
+                        + " ".join(f"{t['keys']:,}/{t['forgotten']:,}" for t in timed)
+                        + ": wall "
                         + " ".join(f"{t['wall_ms']:.1f}" for t in timed)
                         + " ms, CPU "
                         + " ".join(f"{t['cpu_ms']:.1f}" for t in timed)
+                        + " ms, loop "
+                        + " ".join(f"{t['loop_ms']:.1f}" for t in timed)
                         + " ms, GC "
                         + " ".join(f"{t['gc_ms']:.1f}" for t in timed)
                         + " ms, written "
@@ -838,14 +899,13 @@ async def _main(args: argparse.Namespace) -> int:
             stopper.close()
             await emulator.stop()
     lines = [
-        *_throughput_table(args, history[0], results),
+        *_throughput_table(args, history[1 if args.update else 0], results),
         "",
         *_timing_table(args, results, timings),
         "",
-        f"The later snapshots are the {len(history) - 1} states the template's conversation "
-        f"goes through after the template's in the simulation (all of them: "
-        f"{', '.join(f'{len(t.body):,} B' for t in history)}), blasted over the same "
-        f"{args.remember:,} conversations, so that each remembers {len(history)} digests.",
+        f"Every snapshot: the {len(history)} states the template's conversation goes through "
+        f"in the simulation ({', '.join(f'{len(t.body):,} B' for t in history)}); updates "
+        f"send a remembered conversation's second.",
     ]
     print("\n".join(lines))
     return 0
@@ -901,9 +961,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=2048,
         help="the template is the largest queue snapshot of at most this many bytes",
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="the measured events update conversations the fill remembered, instead of being "
+        "new ones (needs --count <= --remember)",
+    )
     add_blast_arguments(parser)
     parser.set_defaults(rate=10_000.0)
     args = parser.parse_args(argv)
+    if args.update and not args.count <= args.remember <= MEMORY:
+        parser.error(f"--update needs --count <= --remember <= {MEMORY:,}")
     if (
         args.count < 2
         or args.remember < 1
