@@ -276,3 +276,52 @@ async def test_a_member_promised_a_stream_keeps_its_standby_and_takes_it(
         await eventually(lambda: len(carried.events()) >= 1)
         assert carried.gaps() == []
         assert carried.events()[0].sequence == held_back.events()[-1].sequence + 1
+
+
+async def test_a_stream_let_go_to_a_member_is_taken_even_if_placed_elsewhere_since(
+    redis_server: RedisServer,
+) -> None:
+    """A free lease with a member standing by is never left without an owner.
+
+    ``h`` carries x0..x3; ``s`` stands by for x0 and x1, and ``h`` hands both
+    over. Before ``s`` takes them, ``i`` joins: with ``s`` counted as the
+    owner of both, evening out moves x0 on to ``i``, which subscribes it
+    on standby but cannot take ``s``'s place as the ready member. ``s``
+    takes x0 all the same (placed elsewhere or not, the lease is free and
+    only it may take it), then hands it on to ``i`` like any other stream:
+    no window without an owner, no gap. Rounds are run by hand.
+    """
+    streams = [StreamConfig(id=f"x{i}", filter={}, buffer_size=5000) for i in range(4)]
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        h, s, i = [
+            await a_member(stack, emulator, redis_server, name, history, streams, 30.0)
+            for name in ("h", "s", "i")
+        ]
+        await h.tick()
+        assert set(h.status.held) == {"x0", "x1", "x2", "x3"}
+        await s.tick()
+        assert s.status.standby == {"x0", "x1"}
+        await h.tick()
+        assert set(h.status.held) == {"x2", "x3"}
+        assert await h.table.ready_for(["x0", "x1"]) == {"x0": "s", "x1": "s"}
+        await i.tick()
+        assert i.status.placement.owners["x0"] == "i"
+        assert i.status.standby == {"x0"}
+        await s.tick()
+        assert s.status.placement.owners["x0"] == "i"
+        assert set(s.status.held) == {"x0", "x1"}
+        assert await h.table.holders(["x0"]) == {"x0": "s"}
+        # Now placed on ``i`` and held by ``s``: an ordinary planned move.
+        await i.tick()
+        assert await i.table.ready_for(["x0"]) == {"x0": "i"}
+        await s.tick()
+        assert set(s.status.held) == {"x1"}
+        await i.tick()
+        assert set(i.status.held) == {"x0"}
+        assert s.status.changes == {"handover": 3}
+        assert i.status.changes == {"handover": 1}
+        carried = [seen for sid, _, seen in history if sid == "x0"]
+        assert len(carried) == 3
+        await eventually(lambda: len(carried[-1].events()) >= 1)
+        assert all(seen.gaps() == [] for seen in carried)

@@ -256,6 +256,13 @@ class ClusterMember:
                 self._report(StreamUnplaced(stream_id, why))
         status.placement = placement
         mine = placement.streams_of(self.info.id)
+        # A free lease this member stands by for is its to take, whatever
+        # the placement says now: its holder let go to it, nobody else may
+        # take its place as the ready member, and a placement that moved the
+        # stream on (evening out, after members joined) would otherwise
+        # leave it without an owner for as long as that placement holds.
+        # Taken, it is handed on next round like any other stream.
+        mine |= {s for s, m in ready.items() if m == self.info.id and s in status.standby}
         busy = False
         for stream_id in sorted(mine):
             holder = current.get(stream_id)
