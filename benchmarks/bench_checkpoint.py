@@ -84,7 +84,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -231,9 +231,13 @@ class TimedStore:
         """Open the inner store."""
         await self.inner.open()
 
-    async def load(self) -> Mapping[str, Any]:
+    async def load(self, only: Collection[str] | None = None) -> Mapping[str, Any]:
         """The inner store's checkpoints."""
-        return await self.inner.load()
+        return await self.inner.load(only)
+
+    async def claim(self, stream_id: str, fence: int) -> None:
+        """Claim through the inner store."""
+        await self.inner.claim(stream_id, fence)
 
     async def save(self, checkpoints: Sequence[Any]) -> None:
         """Save through the inner store (it encodes, then writes), timed."""

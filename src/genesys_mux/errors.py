@@ -24,7 +24,9 @@ The tree, split by what the caller can do about it::
     ├── InvalidStateError           a method called when the object cannot serve it
     │                               (before ``start()``, after ``stop()``)
     ├── StateError                  the state store cannot be used (corrupt, foreign,
-    │                               a newer schema, unreachable); nothing is overwritten
+    │   │                           a newer schema, unreachable); nothing is overwritten
+    │   └── FencedStateError        checkpoints refused: a newer owner claimed the
+    │                               streams (a cluster's fencing token)
     ├── ClusterError                the cluster's Redis cannot be reached or used; an
     │                               instance then stops forwarding what it cannot prove
     │                               it owns
@@ -54,6 +56,7 @@ __all__ = [
     "ConfigError",
     "ConfigFileError",
     "FencedError",
+    "FencedStateError",
     "FrameError",
     "GenesysMuxError",
     "InvalidIdError",
@@ -192,6 +195,20 @@ class InvalidStateError(GenesysMuxError):
 
 class StateError(GenesysMuxError):
     """The state store cannot be used as it is; the message names it and says what to do."""
+
+
+class FencedStateError(StateError):
+    """The store refused checkpoints: a newer owner claimed their streams (a larger fence).
+
+    ``streams`` maps each refused stream to the fencing token that claimed
+    it. This instance lost those streams (a lease that expired while it was
+    frozen, say): its checkpoints of them must stop, and nothing it wrote
+    for them was kept.
+    """
+
+    def __init__(self, message: str, streams: dict[str, int]) -> None:
+        super().__init__(message)
+        self.streams = streams
 
 
 class ClusterError(GenesysMuxError):

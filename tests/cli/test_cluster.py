@@ -20,6 +20,7 @@ from typing import Any, cast
 import aiohttp
 import redis
 
+from genesys_mux.core.checkpoint import decode_checkpoint
 from genesys_mux.emulator import ClientApp, Emulator
 from genesys_mux.sinks.base import EventRecord, GapRecord, decode_record
 from tests.cli.conftest import run_cli, start_cli
@@ -353,4 +354,10 @@ async def test_a_frozen_owner_is_fenced_when_it_wakes_up(
             old = epochs[0]
             first_new = next(i for i, epoch in enumerate(epochs) if epoch != old)
             assert old not in epochs[first_new:], (stream_id, epochs)
+        # The shared state too: its last checkpoint is the newest claimant's.
+        header = client.get(f"genesys-mux:state:stream:{stream_id}")
+        claim = client.get(f"genesys-mux:state:fence:{stream_id}")
+        assert isinstance(header, bytes), stream_id
+        assert isinstance(claim, bytes), stream_id
+        assert decode_checkpoint(header, stream_id).fence == int(claim) > 0, stream_id
     client.close()

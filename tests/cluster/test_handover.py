@@ -16,7 +16,7 @@ import pytest
 from genesys_mux import Gap, Multiplexer, StreamEvent
 from genesys_mux.core.events import ControlEvent, StreamActivated
 from genesys_mux.emulator import Emulator
-from genesys_mux.errors import InvalidStateError
+from genesys_mux.errors import FencedStateError, InvalidStateError
 from genesys_mux.state import RedisStateStore
 from tests.net.test_multiplexer import Collector, org_settings
 from tests.sinks.conftest import RedisServer
@@ -107,6 +107,46 @@ async def test_a_failover_continues_from_the_last_checkpoint(redis_server: Redis
     assert after.events()[0].sequence == acknowledged[-1].sequence + 1
     assert not keys(acknowledged) & keys(after.events())
     assert all(g.reason == "failover" for g in after.gaps())
+
+
+async def test_an_owner_that_lost_the_stream_cannot_write_its_state(
+    redis_server: RedisServer,
+) -> None:
+    """Fencing of the shared state: the new owner's claim turns the old one's checkpoints away.
+
+    The old owner (fencing token 1) is "frozen" past its lease: the new
+    owner (token 2) activates, claiming the stream, and checkpoints. When
+    the old one wakes up, its checkpoint is refused and the stream's
+    checkpoints stop there; the state stays the new owner's. An owner with
+    an older token cannot activate the stream any more either.
+    """
+    async with two_members(redis_server) as (old, new):
+        await old.add_stream(STREAM, standby=True)
+        await old.activate("all", fence=1)
+        before = Collector(old.stream("all"))
+        await eventually(lambda: len(before.events()) >= 5)
+        assert await old.checkpoint() == 1
+        await new.add_stream(STREAM, standby=True)
+        after = Collector(new.stream("all"))
+        await new.activate("all", fence=2)
+        await eventually(lambda: len(after.events()) >= 5)
+        assert await new.checkpoint() == 1
+        ours = (await new.state_store.load())["all"]
+        assert ours.fence == 2
+        await eventually(lambda: len(before.events()) >= 10)  # the old one carries on, unaware
+        with pytest.raises(FencedStateError) as caught:
+            await old.checkpoint()
+        assert caught.value.streams == {"all": 2}
+        assert await old.checkpoint() == 0  # fenced off: no more attempts
+        assert await old.handover("all") is None  # nor a final checkpoint
+        assert (await new.state_store.load())["all"] == ours
+        await old.add_stream(STREAM, standby=True)
+        with pytest.raises(FencedStateError):
+            await old.activate("all", fence=1)
+        # Still on standby: with a newer token (a lease taken again), it activates.
+        await old.activate("all", fence=3)
+        assert await old.checkpoint() == 1
+        assert (await old.state_store.load(only=["all"]))["all"].fence == 3
 
 
 async def test_activating_a_stream_not_on_standby_is_refused(redis_server: RedisServer) -> None:

@@ -28,7 +28,7 @@ from genesys_mux.core.checkpoint import (
 )
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Stream
-from genesys_mux.errors import StateError
+from genesys_mux.errors import FencedStateError, StateError
 from genesys_mux.state import (
     MemoryStateStore,
     RedisStateStore,
@@ -107,6 +107,47 @@ async def test_a_stream_continues_from_its_checkpoint(
         assert after.offer(topic, body, None, 2.0, 2.0, event_facts(topic, body)) is None
     assert after.counters.duplicates + after.counters.stale > 0
     assert after.counters.dead_lettered == 0
+
+
+def fenced(checkpoint: StreamCheckpoint, fence: int, **changes: object) -> StreamCheckpoint:
+    return msgspec.structs.replace(checkpoint, fence=fence, **changes)
+
+
+async def test_a_claimed_stream_refuses_an_older_owners_checkpoints(
+    kind: str, server: RedisServer | None, tmp_path: Path
+) -> None:
+    """After ``claim(s, 2)``, nothing of a checkpoint with fence 1 lands, whole or incremental."""
+    async with a_store(kind, tmp_path, server) as store:
+        first = fenced(
+            fed(a_stream("a"), 5).checkpoint(fingerprint="x", watermark=1.0, saved_at=1.0), 1
+        )
+        await store.save([first])
+        await store.claim("a", 2)
+        other = fed(a_stream("b"), 3).checkpoint(fingerprint="x", watermark=2.0, saved_at=2.0)
+        later = fed(a_stream("a"), 9).checkpoint(fingerprint="x", watermark=3.0, saved_at=3.0)
+        assert later.memory[-1] not in first.memory
+        stale = [
+            fenced(later, 1),
+            fenced(later, 1, complete=False, forgotten=[first.memory[0].key]),
+        ]
+        for attempt in stale:
+            with pytest.raises(FencedStateError) as caught:
+                await store.save([other, attempt])
+            assert caught.value.streams == {"a": 2}
+            assert "a (fencing token 1, claimed by 2)" in str(caught.value)
+            # All or none: neither the fenced stream nor the other was written.
+            assert await store.load() == {"a": first}
+        with pytest.raises(FencedStateError):
+            await store.claim("a", 1)
+        if server is not None:
+            # A restarted (or flushed) server forgot the fencing script: taught again.
+            redis.Redis.from_url(server.url).script_flush()
+        # The owner that claimed it writes; so does one outside a cluster (fence 0).
+        await store.save([fenced(later, 2), other])
+        assert await store.load() == {"a": fenced(later, 2), "b": other}
+        await store.save([fenced(first, 0)])
+        assert await store.load(only=["a", "nobody"]) == {"a": fenced(first, 0)}
+        assert await store.load(only=[]) == {}
 
 
 async def test_saves_replace_and_removes_forget(

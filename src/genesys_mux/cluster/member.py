@@ -291,17 +291,22 @@ class ClusterMember:
         if lease is None:
             return  # taken meanwhile by another member: the next round sees it
         on_standby = stream_id in self.status.standby
-        if not on_standby:
-            await self.mux.add_stream(self.streams[stream_id], standby=True)
         try:
+            if not on_standby:
+                await self.mux.add_stream(self.streams[stream_id], standby=True)
+                # Known from here, so a failure below leaves nothing untracked:
+                # a later round takes it again, or drops it if placed elsewhere.
+                self.status.standby.add(stream_id)
             # With a handover, what was kept on standby covers everything
             # after the owner's checkpoint; a window it does not is a
-            # failover's (the owner went without handing over).
-            await self.mux.activate(stream_id, reason="failover")
+            # failover's (the owner went without handing over). The lease's
+            # token fences the stream's state off from its previous owners.
+            await self.mux.activate(stream_id, reason="failover", fence=lease.token)
         except GenesysMuxError:
-            # Its state cannot be read: let the lease go, someone (maybe us)
-            # tries again next round.
-            await self.table.release(lease)
+            # It cannot be subscribed, or its state read or claimed: let the
+            # lease go, someone (maybe us) tries again next round.
+            with contextlib.suppress(ClusterError):
+                await self.table.release(lease)
             raise
         self.status.standby.discard(stream_id)
         self.status.held[stream_id] = lease

@@ -107,6 +107,10 @@ class StreamCheckpoint(msgspec.Struct, frozen=True):
     complete: bool = True
     #: Keys forgotten since the previous checkpoint (only when not ``complete``).
     forgotten: list[str] = []
+    #: The fencing token of the writer's lease (a cluster's); 0 outside a
+    #: cluster. A store refuses a checkpoint older than the stream's claim
+    #: (see ``StateStore.claim``).
+    fence: int = 0
 
 
 class _RememberedV1(msgspec.Struct, array_like=True):

@@ -500,7 +500,7 @@ class Stream:
         return build.result()
 
     def begin_checkpoint(
-        self, *, fingerprint: str, watermark: float | None, saved_at: float
+        self, *, fingerprint: str, watermark: float | None, saved_at: float, fence: int = 0
     ) -> CheckpointBuild:
         """Start a checkpoint of the stream as of its *settled* events.
 
@@ -557,6 +557,7 @@ class Stream:
             saved_at=saved_at,
             complete=complete,
             forgotten=forgotten,
+            fence=fence,
         )
         return CheckpointBuild(self._seen, header, keys, logged, last, undone, self._clock)
 

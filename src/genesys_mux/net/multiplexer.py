@@ -81,6 +81,7 @@ from genesys_mux.core.topics import TopicFamily, parse_topic
 from genesys_mux.errors import (
     AuthenticationError,
     ConfigError,
+    FencedStateError,
     GenesysMuxError,
     InvalidStateError,
     InvalidTopicError,
@@ -159,6 +160,10 @@ class _StreamState:
         self.standby_since: float | None = None
         #: Being handed over: readers stop taking from it.
         self.leaving = False
+        #: The fencing token its checkpoints carry (a cluster lease's; 0 outside one).
+        self.fence = 0
+        #: A newer owner claimed the stream in the store: its checkpoints stop here.
+        self.fenced_off = False
 
 
 class Multiplexer:
@@ -545,7 +550,7 @@ class Multiplexer:
             only=state,
         )
 
-    async def activate(self, stream_id: str, *, reason: str = "failover") -> None:
+    async def activate(self, stream_id: str, *, reason: str = "failover", fence: int = 0) -> None:
         """Start delivering a stream added on standby, from its owner's last checkpoint.
 
         The stream's checkpoint is read again from the state store (the
@@ -556,20 +561,32 @@ class Multiplexer:
         :class:`Gap` with ``reason`` (``failover``: the previous owner
         vanished; ``handover``: it let go).
 
+        ``fence`` is the fencing token of the lease this process holds for
+        the stream (a cluster's). The stream is claimed with it in the store
+        before its checkpoint is read, so a previous owner that wakes up
+        from a freeze cannot write the stream's state any more, and every
+        checkpoint written from here carries it.
+
         Raises :class:`~genesys_mux.errors.InvalidStateError` for a stream
-        not on standby, and :class:`~genesys_mux.errors.StateError` when the
-        store cannot be read (the stream stays on standby).
+        not on standby, :class:`~genesys_mux.errors.FencedStateError` when a
+        newer owner claimed the stream already, and
+        :class:`~genesys_mux.errors.StateError` when the store cannot be
+        used (the stream stays on standby in each case).
         """
         state = self._streams.get(stream_id)
         if state is None or state.standby is None:
             raise InvalidStateError(f"stream {stream_id!r} is not on standby")
-        saved = (await self.state_store.load()).get(stream_id)
+        # Claimed first: a checkpoint the previous owner writes after the
+        # read below would otherwise be lost to this owner, or overwrite it.
+        await self.state_store.claim(stream_id, fence)
+        saved = (await self.state_store.load(only=(stream_id,))).get(stream_id)
         # The store's checkpoint now, never one read when this process started.
         self._checkpoints.pop(stream_id, None)
         if saved is not None:
             self._checkpoints[stream_id] = saved
         if state.standby is None or self._streams.get(stream_id) is not state:
             return  # activated or removed meanwhile
+        state.fence = fence
         restored = self._restore(state)
         kept, state.standby = state.standby, None
         if restored is not None:
@@ -616,7 +633,7 @@ class Multiplexer:
                 await asyncio.wait_for(self._settled.wait(), deadline - loop.time())
         saved: list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]] = []
         try:
-            if checkpoint:
+            if checkpoint and not state.fenced_off:
                 if self.pool is not None:
                     # A quiet socket's last frame may be a heartbeat old: a
                     # pong now brings the watermark up to the handover, past
@@ -674,8 +691,13 @@ class Multiplexer:
         """
         async with self._checkpoint_lock:
             # A stream on standby has no state of its own yet (its owner's is
-            # in the store), and one leaving wrote its last.
-            states = [s for s in self._streams.values() if s.standby is None and not s.leaving]
+            # in the store), one leaving wrote its last, and one fenced off
+            # belongs to another process now.
+            states = [
+                s
+                for s in self._streams.values()
+                if s.standby is None and not s.leaving and not s.fenced_off
+            ]
             return len(await self._checkpoint_streams(states))
 
     async def _checkpoint_streams(
@@ -692,7 +714,10 @@ class Multiplexer:
                 if not force and mark == state.saved and not state.stream.memory_changed:
                     continue
                 build = state.stream.begin_checkpoint(
-                    fingerprint=state.fingerprint, watermark=mark[1], saved_at=now
+                    fingerprint=state.fingerprint,
+                    watermark=mark[1],
+                    saved_at=now,
+                    fence=state.fence,
                 )
                 begun.append(state)
                 # Not a wait for anything: a yield, so events go through between slices.
@@ -701,6 +726,15 @@ class Multiplexer:
                 due.append((state, mark, build.result()))
             if due:
                 await self.state_store.save([c for _, _, c in due])
+        except FencedStateError as exc:
+            for state in begun:
+                state.stream.checkpoint_failed()
+                if state.config.id in exc.streams:
+                    # Lost while this process was not looking (frozen past
+                    # its lease): whoever owns it now writes its state.
+                    state.fenced_off = True
+                    log.warning("stream %s: %s", state.config.id, exc)
+            raise
         except BaseException:
             # Whatever reached the store is unknown: write everything next time.
             for state in begun:

@@ -2,10 +2,19 @@
 
 Keys: ``{prefix}state:meta`` (a hash with ``application`` and
 ``schema_version``, checked on every open), ``{prefix}state:stream:{id}``
-(the checkpoint's header) and ``{prefix}state:memory:{id}`` (a hash of the
+(the checkpoint's header), ``{prefix}state:memory:{id}`` (a hash of the
 stream's remembered keys, so that an incremental checkpoint writes only the
-keys that changed). A batch is one ``MULTI``/``EXEC`` transaction. The URL
-may carry a password; ``name`` (used in every message) never does.
+keys that changed) and ``{prefix}state:fence:{id}`` (the fencing token of
+the latest owner that claimed the stream, in a cluster). The headers of a
+batch are written by one script, all or none. The URL may carry a
+password; ``name`` (used in every message) never does.
+
+Fencing: several instances of a cluster share this store, and one that was
+frozen past its lease may wake up in the middle of a checkpoint. Every
+write of a checkpoint with a fence (remembered keys and headers alike)
+goes through a script that first compares it with the stream's claim, so
+once a new owner claimed the stream (before it reads the checkpoint it
+continues from) nothing of its predecessor's lands any more.
 
 Keys of an older schema are migrated on open by the steps in
 ``_MIGRATIONS`` (one per version), written in one transaction; a newer
@@ -14,10 +23,11 @@ schema is refused.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import operator
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import msgspec
@@ -35,7 +45,8 @@ from genesys_mux.core.checkpoint import (
     encode_memory,
     encode_remembered,
 )
-from genesys_mux.errors import StateError
+from genesys_mux.errors import FencedStateError, StateError
+from genesys_mux.state.store import refused_message
 
 __all__ = ["RedisStateStore", "redis_name"]
 
@@ -43,7 +54,58 @@ _APPLICATION = b"genesys-mux"
 _ERRORS = (rexc.RedisError, OSError, TimeoutError)
 log = logging.getLogger("genesys_mux.state")
 #: Remembered keys per HSET: a round trip each, so the loop is never held long.
+#: (Under 4,000: a fenced slice passes through Lua's ``unpack``, which takes 8,000.)
 _SLICE = 2000
+
+# KEYS: fence. ARGV: token. Raises the stream's claim to the token; returns
+# the claim found when it is newer (nothing changed then), else 0.
+_CLAIM = """
+local claimed = tonumber(redis.call('GET', KEYS[1]) or '0')
+if claimed > tonumber(ARGV[1]) then return claimed end
+redis.call('SET', KEYS[1], ARGV[1])
+return 0
+"""
+
+# KEYS: fence, memory. ARGV: token, HSET or HDEL, then its arguments. One
+# slice of remembered keys, unless a newer owner claimed the stream.
+_FENCED_SLICE = """
+local claimed = tonumber(redis.call('GET', KEYS[1]) or '0')
+if claimed > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED ' .. claimed)
+end
+return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
+"""
+
+# KEYS: per stream its fence, header, memory and new memory keys. ARGV: per
+# stream its token (0: not fenced), header, and how its memory ends: 'n'ew
+# (the complete checkpoint's, renamed over), 'e'mpty, or 'k'ept (updated in
+# place). Writes every header, or none when one stream's claim is newer
+# than its token: then returns {index, claim} pairs of the refused ones.
+_COMMIT = """
+local refused = {}
+for i = 1, #KEYS, 4 do
+  local token = tonumber(ARGV[(i - 1) / 4 * 3 + 1])
+  if token > 0 then
+    local claimed = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if claimed > token then
+      table.insert(refused, (i - 1) / 4)
+      table.insert(refused, claimed)
+    end
+  end
+end
+if #refused > 0 then return refused end
+for i = 1, #KEYS, 4 do
+  local a = (i - 1) / 4 * 3
+  local memory = ARGV[a + 3]
+  if memory == 'n' then
+    redis.call('RENAME', KEYS[i + 3], KEYS[i + 2])
+  elseif memory == 'e' then
+    redis.call('DEL', KEYS[i + 2])
+  end
+  redis.call('SET', KEYS[i + 1], ARGV[a + 2])
+end
+return refused
+"""
 
 
 def redis_name(url: str) -> str:
@@ -73,6 +135,9 @@ class RedisStateStore:
 
     def _memory_key(self, stream_id: str) -> str:
         return f"{self.prefix}state:memory:{stream_id}"
+
+    def _fence_key(self, stream_id: str) -> str:
+        return f"{self.prefix}state:fence:{stream_id}"
 
     async def open(self) -> None:
         """Connect; create the metadata, or check the one there; StateError if unusable."""
@@ -142,10 +207,10 @@ class RedisStateStore:
                     mapping={r.key: encode_remembered(r) for r in old.memory},
                 )
 
-    async def load(self) -> Mapping[str, StreamCheckpoint]:
-        """Every stream's checkpoint, by stream id, with its whole memory."""
+    async def load(self, only: Collection[str] | None = None) -> Mapping[str, StreamCheckpoint]:
+        """Every stream's checkpoint (or those of ``only``), by stream id, with its whole memory."""
         client = self._connect()
-        headers = await self._headers(client)
+        headers = await self._headers(client, only)
         ids = list(headers)
         try:
             async with client.pipeline(transaction=True) as pipe:
@@ -161,11 +226,16 @@ class RedisStateStore:
             found[stream_id] = msgspec.structs.replace(headers[stream_id], memory=kept)
         return found
 
-    async def _headers(self, client: aioredis.Redis) -> dict[str, StreamCheckpoint]:
-        """Every stream's stored header (schema 1: its whole checkpoint), by stream id."""
+    async def _headers(
+        self, client: aioredis.Redis, only: Collection[str] | None = None
+    ) -> dict[str, StreamCheckpoint]:
+        """Every stream's stored header (or those of ``only``; schema 1: the whole checkpoint)."""
         prefix = self._key("")
         try:
-            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
+            if only is None:
+                keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
+            else:
+                keys = [self._key(s).encode() for s in only]
             values = await client.mget(keys) if keys else []
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot read the state: {exc}") from exc
@@ -193,41 +263,80 @@ class RedisStateStore:
         client = self._connect()
         try:
             for checkpoint in checkpoints:
-                memory = self._memory_key(checkpoint.stream_id)
-                if checkpoint.complete:
-                    # Built aside, then renamed over the old memory below.
-                    memory += ":new"
-                    await client.delete(memory)
-                name = memory.encode()
-                forgotten = checkpoint.forgotten
-                for start in range(0, len(forgotten), _SLICE):
-                    await self._bulk(_hdel(name, forgotten[start : start + _SLICE]))
-                entries = checkpoint.memory
-                for start in range(0, len(entries), _SLICE):
-                    await self._bulk(_hset(name, entries[start : start + _SLICE]))
-            async with client.pipeline(transaction=True) as pipe:
-                for checkpoint in checkpoints:
-                    memory = self._memory_key(checkpoint.stream_id)
-                    if checkpoint.complete:
-                        if checkpoint.memory:
-                            pipe.rename(memory + ":new", memory)
-                        else:
-                            pipe.delete(memory)
-                    pipe.set(self._key(checkpoint.stream_id), encode_checkpoint(checkpoint))
-                await pipe.execute()
+                await self._save_memory(checkpoint)
+            keys: list[str] = []
+            args: list[bytes | int | str] = []
+            for c in checkpoints:
+                memory = self._memory_key(c.stream_id)
+                keys += (
+                    self._fence_key(c.stream_id),
+                    self._key(c.stream_id),
+                    memory,
+                    memory + ":new",
+                )
+                ending = ("n" if c.memory else "e") if c.complete else "k"
+                args += (c.fence, encode_checkpoint(c), ending)
+            refused = await client.register_script(_COMMIT)(keys=keys, args=args)
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot write the state: {exc}") from exc
+        if refused:
+            pairs = zip(refused[::2], refused[1::2], strict=True)
+            self._fenced(checkpoints, {checkpoints[int(i)].stream_id: int(t) for i, t in pairs})
+
+    async def _save_memory(self, checkpoint: StreamCheckpoint) -> None:
+        """Write a checkpoint's remembered and forgotten keys, a slice per round trip."""
+        stream_id = checkpoint.stream_id
+        memory = self._memory_key(stream_id)
+        fence = None
+        if checkpoint.fence:
+            fence = (self._fence_key(stream_id).encode(), checkpoint.fence)
+        if checkpoint.complete:
+            # Built aside, then renamed over the old memory by the headers' script.
+            memory += ":new"
+        name = memory.encode()
+        commands = [_packed(b"DEL", name, (0, b""), fence)] if checkpoint.complete else []
+        forgotten = checkpoint.forgotten
+        for start in range(0, len(forgotten), _SLICE):
+            commands.append(_packed(b"HDEL", name, _keys(forgotten[start : start + _SLICE]), fence))
+        entries = checkpoint.memory
+        for start in range(0, len(entries), _SLICE):
+            commands.append(_packed(b"HSET", name, _fields(entries[start : start + _SLICE]), fence))
+        for command in commands:
+            try:
+                await self._bulk(command)
+            except rexc.ResponseError as exc:
+                claimed = str(exc).removeprefix("FENCED ")
+                if not claimed.isdigit():
+                    raise
+                self._fenced([checkpoint], {stream_id: int(claimed)})
+
+    def _fenced(self, checkpoints: Sequence[StreamCheckpoint], refused: dict[str, int]) -> None:
+        fences = {c.stream_id: c.fence for c in checkpoints}
+        raise FencedStateError(refused_message(self.name, fences, refused), refused)
+
+    async def claim(self, stream_id: str, fence: int) -> None:
+        """Raise the stream's claim to ``fence``: older fences are refused from now on."""
+        if not fence:
+            return
+        try:
+            script = self._connect().register_script(_CLAIM)
+            claimed = int(await script(keys=[self._fence_key(stream_id)], args=[fence]))
+        except _ERRORS as exc:
+            raise StateError(f"{self.name}: cannot claim stream {stream_id}: {exc}") from exc
+        if claimed:
+            self._fenced([], {stream_id: claimed})
 
     async def _bulk(self, command: bytes) -> None:
-        """Send one command packed by :func:`_hset` or :func:`_hdel`, and wait for its reply.
+        """Send one command packed by :func:`_packed`, and wait for its reply.
 
         On a connection of its own, made like the pool's: redis-py packs a
         command in Python, argument by argument (several µs per remembered
         key), which was most of what a checkpoint cost the event loop.
         An error reply is raised. A connection that fails is closed (by
         redis-py) and opened again for a second try: the server may have
-        closed it since the last checkpoint (a restart), and HSET and HDEL
-        can be sent twice.
+        closed it since the last checkpoint (a restart), and these commands
+        can be sent twice. A server that does not know the fencing script
+        (restarted since, or flushed) is taught it, and asked again.
         """
         if self._writer is None:
             pool = self._connect().connection_pool
@@ -237,6 +346,10 @@ class RedisStateStore:
                 await self._writer.send_packed_command(command)
                 await self._writer.read_response()
                 return
+            except rexc.NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._connect().script_load(_FENCED_SLICE)
             except rexc.ConnectionError:
                 if attempt == 2:
                     raise
@@ -247,7 +360,12 @@ class RedisStateStore:
         keys = [
             k
             for s in ids
-            for k in (self._key(s), self._memory_key(s), self._memory_key(s) + ":new")
+            for k in (
+                self._key(s),
+                self._memory_key(s),
+                self._memory_key(s) + ":new",
+                self._fence_key(s),
+            )
         ]
         if not keys:
             return
@@ -308,25 +426,50 @@ _HEAD = _Heads()
 _KEY = operator.attrgetter("key")
 
 
-def _hset(name: bytes, entries: Sequence[Remembered]) -> bytes:
-    """``HSET name key entry...`` in the Redis protocol, one field per remembered key."""
+_FENCED_SLICE_SHA = hashlib.sha1(_FENCED_SLICE.encode(), usedforsecurity=False).hexdigest().encode()
+
+
+def _bulk_string(data: bytes) -> bytes:
+    return b"".join((_HEAD[len(data)], data, b"\r\n"))
+
+
+def _packed(
+    verb: bytes, name: bytes, arguments: tuple[int, bytes], fence: tuple[bytes, int] | None
+) -> bytes:
+    """``verb name arguments...`` in the Redis protocol, itself or through the fencing script.
+
+    ``arguments`` is their count and their bulk strings; ``fence`` the
+    stream's fence key and the writer's token, for a checkpoint with one
+    (:data:`_FENCED_SLICE` then runs the command unless a newer owner
+    claimed the stream).
+    """
+    count, packed = arguments
+    if fence is None:
+        return b"".join((b"*%d\r\n" % (2 + count), _bulk_string(verb), _bulk_string(name), packed))
+    fence_key, token = fence
+    parts = (b"EVALSHA", _FENCED_SLICE_SHA, b"2", fence_key, name, b"%d" % token, verb)
+    return b"".join((b"*%d\r\n" % (len(parts) + count), *map(_bulk_string, parts), packed))
+
+
+def _fields(entries: Sequence[Remembered]) -> tuple[int, bytes]:
+    """HSET's field and value pairs, one per remembered key, in the Redis protocol."""
     head = _HEAD
-    out = [b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(entries)), head[len(name)], name, b"\r\n"]
+    out: list[bytes] = []
     add = out.extend
     keys = map(str.encode, map(_KEY, entries))
     for key, entry in zip(keys, encode_memory(entries), strict=True):
         add((head[len(key)], key, b"\r\n", head[len(entry)], entry, b"\r\n"))
-    return b"".join(out)
+    return 2 * len(entries), b"".join(out)
 
 
-def _hdel(name: bytes, keys: Sequence[str]) -> bytes:
-    """``HDEL name key...`` in the Redis protocol."""
+def _keys(keys: Sequence[str]) -> tuple[int, bytes]:
+    """HDEL's fields (remembered keys) in the Redis protocol."""
     head = _HEAD
-    out = [b"*%d\r\n$4\r\nHDEL\r\n" % (2 + len(keys)), head[len(name)], name, b"\r\n"]
+    out: list[bytes] = []
     add = out.extend
     for key in map(str.encode, keys):
         add((head[len(key)], key, b"\r\n"))
-    return b"".join(out)
+    return len(keys), b"".join(out)
 
 
 #: How to bring keys of schema N to N + 1: reads go through the client, the

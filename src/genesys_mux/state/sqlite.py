@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,7 @@ from genesys_mux.core.checkpoint import (
     encode_remembered,
 )
 from genesys_mux.errors import StateError
+from genesys_mux.state.store import fenced
 
 try:
     import fcntl
@@ -68,6 +69,9 @@ _SAVE_HEADER = (
 )
 _SAVE_KEY = "INSERT OR REPLACE INTO genesys_mux_memory (stream_id, key, entry) VALUES (?, ?, ?)"
 _FORGET_KEY = "DELETE FROM genesys_mux_memory WHERE stream_id = ? AND key = ?"
+_LOAD_HEADERS = "SELECT stream_id, checkpoint FROM genesys_mux_streams"
+_LOAD_MEMORY = "SELECT stream_id, entry FROM genesys_mux_memory"
+_OF_STREAM = " WHERE stream_id = ?"
 _KEY = operator.attrgetter("key")
 #: Remembered keys encoded per call (see save).
 _SLICE = 2000
@@ -110,6 +114,7 @@ class SqliteStateStore:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._owner: int | None = None  # the lock file's descriptor, while we hold it
+        self._fences: dict[str, int] = {}
 
     async def open(self) -> None:
         """Create the file and schema, or check the ones there; StateError if unusable.
@@ -124,14 +129,19 @@ class SqliteStateStore:
             self._give_up_ownership()
             raise
 
-    async def load(self) -> Mapping[str, StreamCheckpoint]:
-        """Every stream's checkpoint, by stream id, with its whole memory."""
+    async def load(self, only: Collection[str] | None = None) -> Mapping[str, StreamCheckpoint]:
+        """Every stream's checkpoint (or those of ``only``), by stream id, with its whole memory."""
 
         def read(db: sqlite3.Connection) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
             with db:  # one read transaction: headers and keys of the same moment
-                headers = db.execute("SELECT stream_id, checkpoint FROM genesys_mux_streams")
-                keys = db.execute("SELECT stream_id, entry FROM genesys_mux_memory")
-                return headers.fetchall(), keys.fetchall()
+                if only is None:
+                    headers = db.execute(_LOAD_HEADERS).fetchall()
+                    return headers, db.execute(_LOAD_MEMORY).fetchall()
+                headers, keys = [], []
+                for stream_id in only:
+                    headers += db.execute(_LOAD_HEADERS + _OF_STREAM, (stream_id,)).fetchall()
+                    keys += db.execute(_LOAD_MEMORY + _OF_STREAM, (stream_id,)).fetchall()
+                return headers, keys
 
         headers, keys = await self._run(read)
         memory: dict[str, list[Remembered]] = {}
@@ -145,8 +155,18 @@ class SqliteStateStore:
             found[stream_id] = msgspec.structs.replace(header, memory=kept)
         return found
 
+    async def claim(self, stream_id: str, fence: int) -> None:
+        """Refuse the stream's checkpoints older than ``fence`` from now on.
+
+        Kept in this process only: the file has one writer at a time (its
+        lock), so there is no other process to fence off.
+        """
+        fenced({stream_id: fence}, self._fences, self.name)
+        self._fences[stream_id] = max(fence, self._fences.get(stream_id, 0))
+
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
         """Write these streams' checkpoints (each whole or incremental) in one transaction."""
+        fenced({c.stream_id: c.fence for c in checkpoints}, self._fences, self.name)
         headers = [(c.stream_id, encode_checkpoint(c), c.saved_at) for c in checkpoints]
         cleared = [(c.stream_id,) for c in checkpoints if c.complete]
 
