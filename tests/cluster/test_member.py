@@ -62,6 +62,7 @@ async def a_member(
     lease_ttl_s: float = 1.0,
     *,
     settle: bool = True,
+    handover_timeout_s: float = 5.0,
 ) -> ClusterMember:
     """A member on its own started Multiplexer; nothing runs its rounds yet.
 
@@ -80,7 +81,15 @@ async def a_member(
         if lease is not None:
             history.append((stream_id, name, Collector(mux.stream(stream_id, settle=settle))))
 
-    return ClusterMember(mux, table, streams, client="c1", heartbeat_s=0.2, on_ownership=ownership)
+    return ClusterMember(
+        mux,
+        table,
+        streams,
+        client="c1",
+        heartbeat_s=0.2,
+        on_ownership=ownership,
+        handover_timeout_s=handover_timeout_s,
+    )
 
 
 async def join(
@@ -325,3 +334,40 @@ async def test_a_stream_let_go_to_a_member_is_taken_even_if_placed_elsewhere_sin
         assert len(carried) == 3
         await eventually(lambda: len(carried[-1].events()) >= 1)
         assert all(seen.gaps() == [] for seen in carried)
+
+
+async def test_a_slow_handover_does_not_let_the_member_s_other_leases_expire(
+    redis_server: RedisServer,
+) -> None:
+    """``h`` hands x0 over while its reader holds events back: 2 s, with 0.6 s leases.
+
+    The round waits for the reader that long; meanwhile ``h`` keeps renewing
+    the lease of x1, which it keeps: the same lease, never lost.
+    """
+    streams = [StreamConfig(id=f"x{i}", filter={}, buffer_size=5000) for i in range(2)]
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        h = await a_member(
+            stack, emulator, redis_server, "h", history, streams, 0.6,
+            settle=False, handover_timeout_s=2.0,
+        )  # fmt: skip
+        s = await a_member(stack, emulator, redis_server, "s", history, streams, 30.0)
+        await h.tick()
+        assert set(h.status.held) == {"x0", "x1"}
+        ((_, _, held_back),) = [seen for seen in history if seen[:2] == ("x0", "h")]
+        await eventually(lambda: len(held_back.events()) >= 1)
+        await s.tick()
+        assert s.status.standby == {"x0"}
+        kept = h.status.held["x1"]
+        running = asyncio.create_task(h.run())
+        stack.push_async_callback(lambda: asyncio.gather(running, return_exceptions=True))
+        stack.callback(running.cancel)
+        await eventually(lambda: "x0" not in h.status.held)
+        handing_since = asyncio.get_running_loop().time()
+        await eventually(lambda: h.status.changes.get("handover") == 1, within=10.0)
+        assert asyncio.get_running_loop().time() - handing_since > 1.0  # it did wait
+        await h.tick()  # a round after the slow one: it renews x1, or finds it lost
+        assert "lost" not in h.status.changes
+        assert h.status.held == {"x1": kept}
+        assert await h.table.holders(["x1"]) == {"x1": "h"}
+        assert (await h.table.leases(["x1"]))["x1"].token == kept.token

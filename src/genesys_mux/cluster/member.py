@@ -31,6 +31,12 @@ Every ``heartbeat_s`` (faster while a handover is under way) a member:
    standby whatever placement it computes meanwhile), hands the stream
    over (final checkpoint) and releases the lease.
 
+A round may take long: a handover waits (``handover_timeout_s``) for the
+stream's readers to settle what they took, and a subscription for the
+platform. Meanwhile :meth:`ClusterMember.run` keeps renewing the leases
+held, every ``heartbeat_s``, so that a slow round never lets the member's
+other streams expire. A lease found lost then is stopped by the next round.
+
 If Redis cannot be reached, the member keeps carrying its streams while its
 leases may still be valid (one lease TTL after the last renewal), then
 stops them: it can no longer prove it owns them. It carries on trying, and
@@ -121,6 +127,9 @@ class ClusterMember:
     topics each names, at least 1). ``on_ownership`` is awaited when a
     stream starts being carried here (with its lease, whose fencing token
     the sinks should send) and when it stops (with None).
+    ``handover_timeout_s`` is how long a handover waits for the stream's
+    readers to settle what they took (what they did not is left to the
+    next owner, which delivers it again under the same idempotency keys).
     """
 
     def __init__(
@@ -136,6 +145,7 @@ class ClusterMember:
         weights: Mapping[str, int] | None = None,
         host: str = "",
         on_ownership: OwnershipHook | None = None,
+        handover_timeout_s: float = 5.0,
     ) -> None:
         self.mux = mux
         self.table = table
@@ -150,6 +160,7 @@ class ClusterMember:
                 f"heartbeat_s ({self.heartbeat_s:g}) must be positive and shorter than "
                 f"lease_ttl_s ({ttl_s:g}), or leases expire between renewals"
             )
+        self.handover_timeout_s = handover_timeout_s
         self.weights = {**stream_weights(streams), **(weights or {})}
         self.info = MemberInfo(table.instance, client, time.time(), host)
         self.status = MemberStatus()
@@ -166,13 +177,40 @@ class ClusterMember:
 
     async def run(self) -> None:
         """Take part until cancelled or :meth:`leave` is called."""
-        while not self._leaving:
-            busy = await self.tick()
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                # While a handover is under way, look again soon: the next
-                # owner's standby buffer is bounded.
-                await asyncio.wait_for(self._wake.wait(), 0.1 if busy else self.heartbeat_s)
+        renewing = asyncio.create_task(self._renew_during_rounds(), name="cluster-renew")
+        try:
+            while not self._leaving:
+                busy = await self.tick()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    # While a handover is under way, look again soon: the next
+                    # owner's standby buffer is bounded.
+                    await asyncio.wait_for(self._wake.wait(), 0.1 if busy else self.heartbeat_s)
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _renew_during_rounds(self) -> None:
+        """Renew the member key and the leases held while a round (or a leave) runs long."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)  # the renewal period, not synchronisation
+            renewed = self._renewed_at
+            if not self._round.locked() or (
+                renewed is not None and time.monotonic() - renewed < self.heartbeat_s
+            ):
+                continue  # the rounds renew on their own
+            held = list(self.status.held.values())
+            try:
+                if not self._leaving:
+                    await self.table.heartbeat(self.info)
+                lost = await self.table.renew(held)
+            except ClusterError:
+                continue  # the round under way, or the next, reports it
+            # Lost leases are stopped by the next round, which finds them
+            # lost again: the round under way may be using those streams.
+            self._renewed_at = time.monotonic()
+            if lost:
+                log.warning("lost the leases of %s", ", ".join(x.stream_id for x in lost))
 
     async def tick(self) -> bool:
         """One round; True when a handover is under way (look again soon)."""
@@ -210,6 +248,10 @@ class ClusterMember:
         deadline = loop.time() + timeout_s
         while self.status.held and loop.time() < deadline:
             try:
+                # Renewed while waiting for the next owners: expired, a stream
+                # would fail over (a gap) instead of being handed over.
+                for lease in await self.table.renew(list(self.status.held.values())):
+                    await self._stop_here(lease.stream_id, "expired or taken")
                 ready = await self.table.ready_for(self.status.held)
             except ClusterError:
                 break
@@ -337,7 +379,7 @@ class ClusterMember:
         if self._on_ownership is not None:
             await self._on_ownership(stream_id, None)
         try:
-            await self.mux.handover(stream_id)
+            await self.mux.handover(stream_id, timeout_s=self.handover_timeout_s)
         finally:
             with contextlib.suppress(ClusterError):
                 await self.table.release(lease)
