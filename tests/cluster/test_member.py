@@ -371,3 +371,25 @@ async def test_a_slow_handover_does_not_let_the_member_s_other_leases_expire(
         assert h.status.held == {"x1": kept}
         assert await h.table.holders(["x1"]) == {"x1": "h"}
         assert (await h.table.leases(["x1"]))["x1"].token == kept.token
+
+
+async def test_the_last_member_leaves_at_once_with_a_checkpoint(redis_server: RedisServer) -> None:
+    """No member is left to stand by: leaving does not wait for one (a whole-cluster stop)."""
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        a = await a_member(stack, emulator, redis_server, "a", history)
+        await a.tick()
+        assert len(a.status.held) == len(STREAMS)
+        seen = [collected for _, _, collected in history]
+        await eventually(lambda: all(len(c.events()) >= 1 for c in seen))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await a.leave(timeout_s=30.0)
+        assert loop.time() - started < 10.0, "waited for a successor that cannot come"
+        assert a.status.held == {}
+        assert a.status.changes == {"acquired": len(STREAMS), "released": len(STREAMS)}
+        assert await a.table.holders(s.id for s in STREAMS) == {}
+        # Each stream's final checkpoint follows what its reader was given.
+        saved = await a.mux.state_store.load()
+        for stream_id, _, collected in history:
+            assert saved[stream_id].next_sequence > collected.events()[0].sequence

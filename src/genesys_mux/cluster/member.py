@@ -233,8 +233,9 @@ class ClusterMember:
 
         Leaves the membership first, so the others place the streams
         elsewhere and subscribe them on standby; hands each over once its
-        next owner is ready (or at ``timeout_s``, letting its lease go: the
-        next owner then fails over from the checkpoint written here).
+        next owner is ready (or at ``timeout_s``, or at once when no member
+        is left, letting its lease go: the next owner then fails over from
+        the checkpoint written here).
         """
         self._leaving = True
         self._wake.set()
@@ -252,6 +253,10 @@ class ClusterMember:
                 # would fail over (a gap) instead of being handed over.
                 for lease in await self.table.renew(list(self.status.held.values())):
                     await self._stop_here(lease.stream_id, "expired or taken")
+                if not await self.table.members():
+                    # No one is left to stand by (the whole cluster stops):
+                    # waiting would only delay the stop.
+                    break
                 ready = await self.table.ready_for(self.status.held)
             except ClusterError:
                 break
