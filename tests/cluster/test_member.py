@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from genesys_mux import Multiplexer, StreamConfig
 from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
+from genesys_mux.core.events import ControlEvent, StreamActivated
 from genesys_mux.emulator import Emulator
 from genesys_mux.observability.metrics import readiness
 from genesys_mux.state import RedisStateStore
@@ -223,9 +224,12 @@ async def test_a_stream_handed_over_goes_to_the_member_that_stood_by(
         assert i.status.held == {}
         assert i.status.standby == set()
         assert i.status.placement.owners == {"x0": "s", "x1": "h"}
+        facts: list[ControlEvent] = []
+        s.mux.on_control.append(facts.append)
         await s.tick()
         assert set(s.status.held) == {"x0"}
         assert s.status.changes == {"handover": 1}
+        assert [f.reason for f in facts if isinstance(f, StreamActivated)] == ["handover"]
         ((_, _, carried),) = [(sid, name, seen) for sid, name, seen in history if name == "s"]
         await eventually(lambda: len(carried.events()) >= 1)
         assert carried.gaps() == []

@@ -399,6 +399,13 @@ class LeaseTable:
             s: _text(v).partition("|")[0] for s, v in zip(ids, values, strict=True) if v is not None
         }
 
+    async def promised_here(self, stream_id: str) -> bool:
+        """Whether the stream's holder promised it to this instance (it is handing it over)."""
+        value = await self._call(
+            f"read readiness for {stream_id}", self._redis.get(self._ready(stream_id))
+        )
+        return value is not None and _text(value) == f"{self.instance}|promised"
+
     async def fence(self, stream_id: str) -> int:
         """The stream's latest fencing token (0 if it was never leased)."""
         value = await self._call("read a fencing token", self._redis.get(self._fence(stream_id)))

@@ -339,6 +339,9 @@ class ClusterMember:
             return  # taken meanwhile by another member: the next round sees it
         on_standby = stream_id in self.status.standby
         try:
+            # Promised: its holder handed it over (the standby covers what
+            # its checkpoint does not). Otherwise the holder vanished.
+            handed = on_standby and await self.table.promised_here(stream_id)
             if not on_standby:
                 await self.mux.add_stream(self.streams[stream_id], standby=True)
                 # Known from here, so a failure below leaves nothing untracked:
@@ -348,7 +351,8 @@ class ClusterMember:
             # after the owner's checkpoint; a window it does not is a
             # failover's (the owner went without handing over). The lease's
             # token fences the stream's state off from its previous owners.
-            await self.mux.activate(stream_id, reason="failover", fence=lease.token)
+            reason = "handover" if handed else "failover"
+            await self.mux.activate(stream_id, reason=reason, fence=lease.token)
         except GenesysMuxError:
             # It cannot be subscribed, or its state read or claimed: let the
             # lease go, someone (maybe us) tries again next round.
@@ -361,7 +365,7 @@ class ClusterMember:
             # Its readiness (or the promise made to it) is spent; left, it
             # would expire within a lease TTL.
             await self.table.clear_ready(stream_id)
-        reason = "handover" if on_standby else "acquired"
+        reason = "handover" if handed else "acquired"
         self._count(reason)
         self._report(LeaseAcquired(stream_id, lease.token, reason))
         log.info("carrying stream %s (fencing token %d, %s)", stream_id, lease.token, reason)
