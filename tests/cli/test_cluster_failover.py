@@ -180,6 +180,13 @@ class Cluster:
         await run.ready(self.session)
         return run
 
+    async def start_three(self) -> None:
+        """Three processes at once, settled on three streams each, every stream delivering."""
+        await asyncio.gather(*(self.start(f"process {n}") for n in (1, 2, 3)))
+        await self.wait_settled("three processes carry three streams each")
+        await self.assert_carried_once()
+        await self.each_delivers(list(self.topics), "every stream delivers")
+
     def live(self) -> list[RunProcess]:
         return [r for r in self.runs if r.process.returncode is None]
 
@@ -590,10 +597,7 @@ async def test_a_killed_instance_s_streams_fail_over_without_silent_loss(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async with cluster_story(redis_server, tmp_path) as cluster:
-        await asyncio.gather(*(cluster.start(f"process {n}") for n in (1, 2, 3)))
-        await cluster.wait_settled("three processes carry three streams each")
-        await cluster.assert_carried_once()
-        await cluster.each_delivers(list(cluster.topics), "every stream delivers")
+        await cluster.start_three()
 
         # SIGKILL mid-traffic: no handover, no last checkpoint.
         dead = cluster.runs[1]
@@ -656,10 +660,7 @@ async def test_a_join_and_a_sigterm_move_streams_make_before_break(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async with cluster_story(redis_server, tmp_path) as cluster:
-        await asyncio.gather(*(cluster.start(f"process {n}") for n in (1, 2, 3)))
-        await cluster.wait_settled("three processes carry three streams each")
-        await cluster.assert_carried_once()
-        await cluster.each_delivers(list(cluster.topics), "every stream delivers")
+        await cluster.start_three()
         uncovered: list[tuple[float, str]] = []
         sampler = asyncio.create_task(sample_coverage(cluster, uncovered))
         try:
