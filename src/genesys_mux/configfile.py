@@ -46,6 +46,7 @@ from genesys_mux.core.limits import PLATFORM
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import resolve_region
 from genesys_mux.sinks.base import Batching
+from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
 
 __all__ = [
     "ConfigFile",
@@ -183,6 +184,12 @@ class Settings(BaseModel):
     )
     dlq_path: PathField = Field(
         default="genesys-mux-dlq.jsonl", description="JSON-lines dead-letter file."
+    )
+    dlq_max_bytes: int | None = Field(
+        default=DEFAULT_DLQ_MAX_BYTES,
+        ge=0,
+        description="The dead-letter file's size cap; further letters are counted, not "
+        "written (none: no cap).",
     )
     audit_path: PathField = Field(default="-", description="Audit log file; '-' is stderr.")
     metric_interval_s: float = Field(

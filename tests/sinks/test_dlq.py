@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -299,3 +300,68 @@ def test_a_purge_while_letters_are_written_loses_none(tmp_path: Path) -> None:
         d.sequence for d in written if d.stream_id == "b"
     ]
     assert purges > 1
+
+
+async def test_in_an_event_loop_letters_are_written_together_when_the_iteration_ends(
+    tmp_path: Path, real_bodies: list[bytes]
+) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    batch = [letter(i, body) for i, body in enumerate(real_bodies[:50], 1)]
+    for item in batch:
+        queue.write(item)
+    assert not path.exists()  # pending: one write for the whole burst
+    await asyncio.sleep(0)  # the iteration ends: the flush scheduled with call_soon runs
+    assert list(read_dead_letters(path)) == batch
+    # flush() writes what is pending at once (before a checkpoint, say).
+    queue.write(letter(99, b"{}"))
+    queue.flush()
+    assert len(path.read_bytes().splitlines()) == len(batch) + 1
+    queue.close()
+
+
+def test_past_its_cap_the_file_counts_letters_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "dlq.jsonl"
+    probe = tmp_path / "probe.jsonl"
+    sizing = JsonlDeadLetterQueue(probe)
+    sizing.write(letter(1, b'{"id":"a"}'))
+    sizing.close()
+    line = probe.stat().st_size
+    queue = JsonlDeadLetterQueue(path, max_bytes=2 * line + line // 2)
+    with caplog.at_level(logging.ERROR, logger="genesys_mux.dlq"):
+        for sequence in range(1, 2006):
+            queue.write(letter(sequence, b'{"id":"a"}'))
+    assert [x.sequence for x in read_dead_letters(path)] == [1, 2]
+    assert path.stat().st_size == queue.size == 2 * line
+    assert queue.dropped == 2003
+    # Loud, but not once per letter: the first, then each thousandth.
+    full = [r for r in caplog.records if "is full" in r.getMessage()]
+    assert len(full) == 3
+    assert "raise the cap" in full[0].getMessage()
+    # Emptied by an operator (a purge rewrites the file): there is room again.
+    path.write_bytes(b"")
+    queue.write(letter(3000, b'{"id":"a"}'))
+    assert [x.sequence for x in read_dead_letters(path)] == [3000]
+    assert queue.dropped == 2003
+    queue.close()
+
+
+def test_a_batch_left_by_an_event_loop_that_ended_is_written_by_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+
+    async def burst(first: int, *, stop: bool = False) -> None:
+        queue.write(letter(first, b"{}"))
+        queue.write(letter(first + 1, b"{}"))
+        if stop:  # the loop ends with this iteration, before the flush scheduled for the next
+            asyncio.get_running_loop().stop()
+
+    ended = asyncio.new_event_loop()
+    ended.run_until_complete(burst(1, stop=True))
+    ended.close()
+    assert not path.exists()
+    asyncio.run(burst(3))
+    assert [x.sequence for x in read_dead_letters(path)] == [1, 2, 3, 4]
+    queue.close()

@@ -14,7 +14,7 @@ from genesys_mux.core.snapshot import event_facts
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import StateError
 from genesys_mux.observability.metrics import readiness
-from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
+from genesys_mux.sinks.dlq import MemoryDeadLetterQueue, read_dead_letters
 from genesys_mux.state import MemoryStateStore, RedisStateStore, SqliteStateStore, StateStore
 from tests.net.test_multiplexer import FAST_POOL, Collector, org_settings
 from tests.sinks.conftest import RedisServer
@@ -24,13 +24,16 @@ STREAM = {"id": "all", "filter": {}}
 
 
 def a_mux(emulator: Emulator, state: Any, **options: Any) -> Multiplexer:
-    settings: dict[str, Any] = {"checkpoint_interval_s": 0.2, **options}
+    settings: dict[str, Any] = {
+        "checkpoint_interval_s": 0.2,
+        "dlq": MemoryDeadLetterQueue(),
+        **options,
+    }
     return Multiplexer(
         client_id="demo-client",
         client_secret="demo-secret",
         base_url=emulator.base_url,
         pool_settings=FAST_POOL,
-        dlq=MemoryDeadLetterQueue(),
         state=state,
         **settings,
     )
@@ -272,3 +275,36 @@ async def test_a_checkpoint_leaves_out_what_was_not_settled(tmp_path: Path) -> N
 def queue_ids(event: StreamEvent) -> frozenset[str]:
     conversation = event_facts(event.topic, event.raw).conversation
     return conversation.queue_ids if conversation is not None else frozenset()
+
+
+class DeadLettersAtSave(MemoryStateStore):
+    """Counts, at every save, the dead letters already on file."""
+
+    def __init__(self, dlq: Path) -> None:
+        super().__init__()
+        self.dlq = dlq
+        self.on_file: list[int] = []
+
+    async def save(self, checkpoints: Any) -> None:
+        self.on_file.append(len(list(read_dead_letters(self.dlq))) if self.dlq.exists() else 0)
+        await super().save(checkpoints)
+
+
+async def test_dead_letters_are_on_file_before_a_checkpoint_counts_them_settled(
+    tmp_path: Path,
+) -> None:
+    """The file queue batches its writes; a checkpoint flushes it before it saves."""
+    path = tmp_path / "dlq.jsonl"
+    store = DeadLettersAtSave(path)
+    async with Emulator(org_settings(rate=30.0)) as emulator:
+        mux = a_mux(emulator, store, dlq=path, checkpoint_interval_s=3600)
+        await mux.start()
+        await mux.add_stream(STREAM)  # nobody reads it: its events stay buffered
+        await eventually(lambda: mux.stats()["streams"]["all"].buffered >= 5)
+        # Buffered events become dead letters ("stopped"), then the final checkpoint.
+        await mux.stop(drain=False)
+    letters = list(read_dead_letters(path))
+    assert letters
+    assert {x.reason for x in letters} == {"stopped"}
+    assert store.on_file[-1] == len(letters)
+    assert (await store.load())["all"].next_sequence == letters[-1].sequence + 1

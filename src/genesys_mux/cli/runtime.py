@@ -58,6 +58,7 @@ from genesys_mux.observability.admin import AdminServer, status_snapshot
 from genesys_mux.observability.audit import AUDIT_LOGGER, AuditLog
 from genesys_mux.observability.metrics import MuxMetrics
 from genesys_mux.sinks.base import Sink
+from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
 from genesys_mux.sinks.fanout import StreamDelivery, deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
 from genesys_mux.sinks.redis_streams import RedisStreamSink
@@ -261,7 +262,7 @@ class Runtime:
             queue_refresh_s=settings.queue_refresh_s,
             requests_per_minute=settings.requests_per_minute,
             backfill=settings.backfill,
-            dlq=settings.dlq_path,
+            dlq=JsonlDeadLetterQueue(settings.dlq_path, max_bytes=settings.dlq_max_bytes),
             pool_settings=self.pool_settings,
             state=open_store(self.config.state.target(), prefix=self.config.state.prefix),
             checkpoint_interval_s=self.config.state.checkpoint_interval_s,

@@ -725,6 +725,11 @@ class Multiplexer:
                     await asyncio.sleep(0)
                 due.append((state, mark, build.result()))
             if due:
+                # A dead-lettered event counts as settled: its letter must be
+                # on file before a checkpoint says so (the queue batches).
+                flush = getattr(self._dlq, "flush", None)
+                if flush is not None:
+                    flush()
                 await self.state_store.save([c for _, _, c in due])
         except FencedStateError as exc:
             for state in begun:
@@ -1188,6 +1193,8 @@ class Multiplexer:
         stats: dict[str, Any] = {"streams": streams, "channels": channels}
         if isinstance(self._dlq, MemoryDeadLetterQueue):
             stats["dlq"] = {"held": len(self._dlq.letters), "dropped": self._dlq.dropped}
+        elif isinstance(self._dlq, JsonlDeadLetterQueue):
+            stats["dlq"] = {"bytes": self._dlq.size, "dropped": self._dlq.dropped}
         return stats
 
     @property

@@ -259,7 +259,7 @@ class _MuxCollector:
 
     def describe(self) -> Iterable[Metric]:
         # Names only: lets the registry detect clashes without reading the mux.
-        return list(self._families({}, {}, Readiness(False), {}))
+        return [*self._families({}, {}, Readiness(False), {}), *self._dlq_families({})]
 
     def collect(self) -> Iterable[Metric]:
         mux = self._owner.mux
@@ -275,7 +275,21 @@ class _MuxCollector:
         families += self._sink_families(self._owner.sink_runners)
         families += self._cluster_families(self._owner.member)
         families += self._rest_families(mux)
+        families += self._dlq_families(stats.get("dlq", {}))
         return families
+
+    def _dlq_families(self, dlq: Mapping[str, int]) -> Iterator[Metric]:
+        """The dead-letter queue's size and what its cap turned away."""
+        yield GaugeMetricFamily(
+            "genesys_mux_dlq_bytes",
+            "Size of the dead-letter file (0 for an in-memory queue).",
+            value=dlq.get("bytes", 0),
+        )
+        yield CounterMetricFamily(
+            "genesys_mux_dlq_dropped",
+            "Dead letters counted but not kept: the queue was at its cap (alert on any).",
+            value=dlq.get("dropped", 0),
+        )
 
     def _sink_families(self, runners: Mapping[str, StreamDelivery]) -> Iterator[Metric]:
         """Per stream and sink: what went out, what failed, what is failing now."""

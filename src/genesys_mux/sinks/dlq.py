@@ -1,7 +1,12 @@
 """The dead-letter queue: every event a stream could not deliver, with why.
 
-The default is a JSON-lines file, one dead letter per line, flushed as it is
-written so a crash loses nothing already reported. The raw ``eventBody`` is
+The default is a JSON-lines file, one dead letter per line. Letters are
+written in batches: those of one event-loop iteration together, at the end
+of it (a stalled consumer dead-letters thousands a second, and a lock, a
+write and a flush per letter cost more than the letter), and always before
+a checkpoint counts them as settled, so a crash loses nothing a checkpoint
+relies on. The file has a size cap: past it letters are counted and
+logged, never silently lost, and the operator is told what to do. The raw ``eventBody`` is
 stored verbatim as JSON text when it is compact JSON (the common case) so the
 file stays readable with ``jq``; any other body (not JSON, not UTF-8, nested
 too deeply to decode, or spread over lines) is stored base64-encoded. Either
@@ -15,7 +20,9 @@ line keeps the file.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import bisect
 import contextlib
 import fcntl
 import logging
@@ -33,6 +40,7 @@ from genesys_mux.errors import ConfigError
 log = logging.getLogger("genesys_mux.dlq")
 
 __all__ = [
+    "DEFAULT_DLQ_MAX_BYTES",
     "DeadLetterQueue",
     "JsonlDeadLetterQueue",
     "MemoryDeadLetterQueue",
@@ -85,14 +93,34 @@ class MemoryDeadLetterQueue:
             )
 
 
-class JsonlDeadLetterQueue:
-    """Dead letters appended to a JSON-lines file.
+#: The JSON-lines file's default size cap: about half a million 2 KB letters.
+DEFAULT_DLQ_MAX_BYTES = 1 << 30
+#: Letters held for one batch at most; a burst larger than this is written in several.
+_BATCH_BYTES = 1 << 20
 
-    ``fsync`` forces each line to disk; without it a line survives a crash
-    of this process but not of the machine.
+
+class JsonlDeadLetterQueue:
+    """Dead letters appended to a JSON-lines file, in batches, up to ``max_bytes``.
+
+    In an event loop, the letters of one iteration are written together
+    when it ends (or once a megabyte is pending); outside one, each at
+    once. :meth:`flush` writes what is pending now (the multiplexer calls
+    it before every checkpoint). ``fsync`` forces each batch to disk;
+    without it a batch survives a crash of this process but not of the
+    machine. Once the file holds ``max_bytes`` (None: no cap), further
+    letters are counted in :attr:`dropped` and logged, not written: a
+    consumer stalled for hours must not fill the disk the state lives on.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        max_bytes: int | None = DEFAULT_DLQ_MAX_BYTES,
+    ) -> None:
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be at least 0, not {max_bytes}")
         self.path = Path(path)
         directory = self.path.parent
         if not directory.is_dir() or not os.access(directory, os.W_OK):
@@ -100,33 +128,100 @@ class JsonlDeadLetterQueue:
                 f"cannot write the dead-letter file {self.path}: {directory} is not a writable "
                 "directory; choose another path for the dead-letter queue"
             )
+        self.max_bytes = max_bytes
+        #: Letters not written because the file reached ``max_bytes``: counted, logged.
+        self.dropped = 0
+        #: The file's size as last written (what the cap compares with).
+        self.size = 0
         # Opened on the first dead letter, so a healthy run leaves no empty file.
         self._file: BinaryIO | None = None
         self._fsync = fsync
         self._lock = threading.Lock()
+        # The batch: its lines one after another, and where each one ends.
+        self._pending = bytearray()
+        self._ends: list[int] = []
+        self._flush_due: asyncio.Handle | None = None
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
 
     def write(self, letter: DeadLetter) -> None:
-        """Append one line and flush it.
+        """Add one line to the batch; written at the end of this loop iteration (see the class).
 
         Safe beside ``dlq purge`` and ``dlq replay`` in another process: both
         hold the file's lock while they rewrite it, and a writer that finds
         the file replaced under it reopens it, so no letter lands in a file
         that is gone.
         """
-        line = msgspec.json.encode(_record(letter)) + b"\n"
-        with self._lock, file_lock(self.path):
-            if self._file is not None and _replaced(self.path, self._file):
-                self._file.close()
-                self._file = None
-            if self._file is None:
-                self._file = self.path.open("ab")
-            self._file.write(line)
-            self._file.flush()
-            if self._fsync:
-                os.fsync(self._file.fileno())
+        record = _record(letter)
+        with self._lock:
+            pending = self._pending
+            # Encoded in place at the end of the batch: no copy per line.
+            _ENCODER.encode_into(record, pending, -1)
+            pending += b"\n"
+            self._ends.append(len(pending))
+            full = len(pending) >= _BATCH_BYTES
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # a thread of its own, or no loop: written now
+        if loop is None or full:
+            self.flush()
+        elif self._flush_due is None or self._flush_loop is not loop:
+            # (A flush left scheduled on a loop that has ended never runs.)
+            self._flush_due = loop.call_soon(self.flush)
+            self._flush_loop = loop
+
+    def flush(self) -> None:
+        """Write the pending letters now (those past the size cap are counted instead)."""
+        with self._lock:
+            if self._flush_due is not None:
+                self._flush_due.cancel()
+                self._flush_due = None
+            pending, ends = self._pending, self._ends
+            if not ends:
+                return
+            self._pending, self._ends = bytearray(), []
+            with file_lock(self.path):
+                if self._file is not None and _replaced(self.path, self._file):
+                    self._file.close()
+                    self._file = None
+                if self._file is None:
+                    self._file = self.path.open("ab")
+                # Read at every batch: an operator may have emptied the file.
+                self.size = os.fstat(self._file.fileno()).st_size
+                kept = self._within_cap(ends)
+                if kept:
+                    self._file.write(memoryview(pending)[:kept])
+                    self._file.flush()
+                    self.size += kept
+                    if self._fsync:
+                        os.fsync(self._file.fileno())
+
+    def _within_cap(self, ends: list[int]) -> int:
+        """Bytes of the batch that fit under ``max_bytes``, in whole lines; the rest is counted."""
+        if self.max_bytes is None:
+            return ends[-1]
+        room = self.max_bytes - self.size
+        # The lines that end within the room are written, in order.
+        lines = bisect.bisect_right(ends, room)
+        over = len(ends) - lines
+        if over:
+            before, self.dropped = self.dropped, self.dropped + over
+            # The first time, then every thousandth: loud, never a flood.
+            if before == 0 or before // 1000 != self.dropped // 1000:
+                log.error(
+                    "dead-letter file %s is full (%d bytes, max_bytes %d): %d letter(s) "
+                    "counted but not written; replay or purge it (genesys-mux dlq), or "
+                    "raise the cap",
+                    self.path,
+                    self.size,
+                    self.max_bytes,
+                    self.dropped,
+                )
+        return ends[lines - 1] if lines else 0
 
     def close(self) -> None:
-        """Close the file."""
+        """Write what is pending, then close the file."""
+        self.flush()
         with self._lock:
             if self._file is not None:
                 self._file.close()
@@ -157,6 +252,9 @@ def _replaced(path: Path, file: BinaryIO) -> bool:
         return True
     mine = os.fstat(file.fileno())
     return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
+
+
+_ENCODER = msgspec.json.Encoder()
 
 
 def _record(letter: DeadLetter) -> dict[str, Any]:
@@ -194,7 +292,11 @@ def _fits_on_the_line(raw: bytes) -> bool:
     if not raw or raw != raw.strip() or b"\n" in raw or b"\r" in raw:
         return False
     try:
-        msgspec.json.decode(raw)
+        # Checked, not built: decoding as Raw only walks the JSON, several
+        # times cheaper than decoding it, but it does not check the text.
+        msgspec.json.decode(raw, type=msgspec.Raw)
+        if not raw.isascii():
+            raw.decode("utf-8")
     except _DECODE_ERRORS:
         return False
     return True
