@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from genesys_mux.net.connection import ChannelPool
+from genesys_mux.core.channel import Outage
+from genesys_mux.net.connection import ChannelPool, InboundNotification
 from tests.net.conftest import eventually, fast_pool_settings, fast_settings
 
 
@@ -57,3 +58,54 @@ async def test_socket_closing_rotation_loses_nothing(make_stack: Any) -> None:
             assert list(stack.pool.outages) == []
         finally:
             consumer.cancel()
+
+
+async def test_a_reader_that_falls_behind_sheds_and_reports_every_shed_notification(
+    make_stack: Any,
+) -> None:
+    """``inbound_limit`` bounds what waits for the reader; what is shed is inside a gap.
+
+    Nobody reads the pool while the platform sends: the queue stops at the
+    limit and the socket sheds (counted). Then the traffic stops and the
+    reader catches up: the shed window is reported (reason ``overload``)
+    after the notifications read before it, and every notification the
+    ledger has on the channel was either read or sent inside that window
+    (the window's ends are receive times: the margin is the largest delay
+    between a send and its receipt measured in this run).
+    """
+    async with make_stack(fast_settings(rate=40.0), fast_pool_settings(inbound_limit=10)) as stack:
+        topics = await stack.queue_topics()
+        seen: list[InboundNotification | Outage] = []
+        stack.pool.on_outage.append(seen.append)
+        await stack.pool.set_topics(topics)
+        await eventually(lambda: sum(s.shed for s in stack.pool.stats().values()) >= 30)
+        assert stack.pool._inbound.qsize() <= 10
+        await stack.control("traffic", {"running": False})
+
+        async def read() -> None:
+            async for note in stack.pool.frames():
+                seen.append(note)
+
+        reader = asyncio.create_task(read())
+        try:
+            await eventually(lambda: any(isinstance(x, Outage) for x in seen))
+            ledger = (await stack.control("ledger"))["entries"]
+            counted = sum(s.shed for s in stack.pool.stats().values())
+        finally:
+            reader.cancel()
+    (channel,) = {e["channel_id"] for e in ledger if e["topic"] in topics}
+    notes = [x for x in seen if isinstance(x, InboundNotification)]
+    (outage,) = [x for x in seen if isinstance(x, Outage)]
+    assert outage.reason == "overload"
+    assert outage.channel_id == channel
+    assert set(topics) <= outage.topics
+    # Reported behind the notifications read before the shedding began.
+    assert seen.index(outage) == len(notes) > 0
+    assert all(n.received_at <= outage.start for n in notes)
+    sent = {(e["topic"], e["correlation_id"]): e["time"] for e in ledger if e["topic"] in topics}
+    read_at = {(n.topic, n.correlation_id): n.received_at for n in notes}
+    margin = max(read_at[key] - sent[key] for key in read_at) + 0.001
+    shed = {key: at for key, at in sent.items() if key not in read_at}
+    assert len(shed) == counted
+    outside = {k: at for k, at in shed.items() if not outage.start - margin <= at <= outage.end}
+    assert not outside, (outage, margin, outside)

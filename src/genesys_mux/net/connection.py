@@ -146,6 +146,12 @@ class PoolSettings:
     reconnect_cap_s: float = 60.0
     #: None: never give up (the default; a contact centre feed should not).
     max_reconnect_attempts: int | None = None
+    #: Notifications read but not yet taken by the reader of ``frames()``, at
+    #: most. Past it a socket sheds what it reads, until the queue is half as
+    #: long again, and reports the window as an ``overload`` outage: memory
+    #: stays bounded when the reader cannot keep up, and nothing shed is
+    #: silent (the gap is back-filled like any other).
+    inbound_limit: int = 10_000
 
     def watchdog(self) -> WatchdogSettings:
         """The timers each link runs with."""
@@ -194,6 +200,9 @@ class SlotStats:
     #: Notifications read after a drain's pong: the platform does not promise
     #: that a pong follows every notification sent before it. Delivered as usual.
     after_drain: int = 0
+    #: Notifications read but shed: the reader was ``inbound_limit`` behind
+    #: (each window reported as an ``overload`` outage).
+    shed: int = 0
     connected_since: float | None = None
     #: A live socket serves the slot (also true while a rotation is under way).
     live: bool = False
@@ -239,6 +248,10 @@ class _Socket:
         self.drained = False
         #: The channel is gone but the socket works: read it to its close frame.
         self.read_on = False
+        #: Receive time of the last notification queued for the reader.
+        self.queued_at: float | None = None
+        #: While shedding (see PoolSettings.inbound_limit): [from, to, count].
+        self.shedding: list[float] | None = None
         #: The topics the channel should have (expanded, lower case), and the
         #: Unix time they were last known to be there (a PUT or a check).
         self.expected: frozenset[str] = frozenset()
@@ -252,7 +265,10 @@ class _Socket:
     async def _read(self) -> None:
         pool, slot, link = self.pool, self.slot, self.link
         channel_id = self.info.id
-        put = pool._inbound.put_nowait
+        inbound = pool._inbound
+        put = inbound.put_nowait
+        limit = pool.settings.inbound_limit
+        resume = limit // 2
         delivering = False
         try:
             async for message in self.ws:
@@ -275,6 +291,15 @@ class _Socket:
                     slot.stats.notifications += 1
                     if self.drained:
                         slot.stats.after_drain += 1
+                    if self.shedding is not None:
+                        if inbound.qsize() >= resume:
+                            self._shed(received_at)
+                            continue
+                        self._end_shedding()
+                    elif inbound.qsize() >= limit:
+                        self._shed(received_at)
+                        continue
+                    self.queued_at = received_at
                     put(
                         InboundNotification(
                             frame.topic,
@@ -291,6 +316,7 @@ class _Socket:
                         self.pong.set()
                     self._act(link.receive(frame, mono))
         finally:
+            self._end_shedding()
             self._act(link.socket_closed(time.monotonic()))
             if self.lost_at is None:
                 self.lost_at = _wall(link.last_frame_at)
@@ -325,6 +351,52 @@ class _Socket:
                     self.lost_at = _wall(since if since is not None else self.link.last_frame_at)
                 self.signals.put_nowait(action)
         self._wake.set()
+
+    def _shed(self, received_at: float) -> None:
+        """Count a notification read but not queued (the reader is behind)."""
+        shed = self.shedding
+        if shed is None:
+            # From the last notification queued: what was published after it
+            # may be in what is shed.
+            start = self.queued_at if self.queued_at is not None else received_at
+            self.shedding = [start, received_at, 1]
+            self.pool._shedding.add(self)
+            log.warning(
+                "slot %d: %d notifications wait for the reader; shedding what channel %s "
+                "reads until they are half as many (the window is reported as a gap)",
+                self.slot.index,
+                self.pool._inbound.qsize(),
+                self.info.id,
+            )
+        else:
+            shed[1] = received_at
+            shed[2] += 1
+        self.slot.stats.shed += 1
+
+    def _end_shedding(self) -> None:
+        """Queue the shed window as an outage, behind what was queued before it."""
+        shed, self.shedding = self.shedding, None
+        if shed is None:
+            return
+        self.pool._shedding.discard(self)
+        start, end, count = shed
+        outage = Outage(
+            slot=self.slot.index,
+            channel_id=self.info.id,
+            # Every topic of the slot: a superset of what was shed.
+            topics=frozenset(self.slot.desired),
+            start=float(start),
+            end=float(end),
+            reason="overload",
+        )
+        log.warning(
+            "slot %d: shed %d notifications of channel %s over %.3f s",
+            self.slot.index,
+            count,
+            self.info.id,
+            end - start,
+        )
+        self.pool._inbound.put_nowait(_Shed(outage))
 
     @property
     def last_frame_wall(self) -> float:
@@ -431,6 +503,17 @@ class _Marker:
     reached: asyncio.Event
 
 
+@dataclass(frozen=True, slots=True)
+class _Shed:
+    """A socket's shed window, queued behind the notifications read before it.
+
+    Reported (``on_outage``) when the reader reaches it, so that the gap
+    comes after the events that were read before it, as it happened.
+    """
+
+    outage: Outage
+
+
 #: Socket keys, unique in the process.
 _SOCKET_KEYS = itertools.count(1)
 #: The payload of a close frame with status 1000 (normal closure).
@@ -496,7 +579,9 @@ class ChannelPool:
         self._planner = Planner(self.settings.planner_limits())
         self._slots: dict[int, _Slot] = {}
         # None is the end-of-stream marker put there by close().
-        self._inbound: asyncio.Queue[InboundNotification | _Marker | None] = asyncio.Queue()
+        self._inbound: asyncio.Queue[InboundNotification | _Marker | _Shed | None] = asyncio.Queue()
+        #: Sockets shedding what they read (the reader was behind).
+        self._shedding: set[_Socket] = set()
         self._rotations = asyncio.Semaphore(self.settings.reserved_channels or 1)
         self._backoff = backoff or Backoff(
             self.settings.reconnect_base_s, self.settings.reconnect_cap_s
@@ -572,6 +657,8 @@ class ChannelPool:
         notifications already read, once the credentials were refused.
         """
         while True:
+            if self._shedding and not self._inbound.qsize():
+                self._caught_up()
             note = await self._inbound.get()
             if note is None:
                 self._inbound.put_nowait(None)  # for any other reader
@@ -581,6 +668,9 @@ class ChannelPool:
             if isinstance(note, _Marker):
                 note.reached.set()
                 continue
+            if isinstance(note, _Shed):
+                self._report_outage(note.outage)
+                continue
             yield note
 
     def next_frame_nowait(self) -> InboundNotification | None:
@@ -589,13 +679,28 @@ class ChannelPool:
             try:
                 note = self._inbound.get_nowait()
             except asyncio.QueueEmpty:
-                return None
+                if not self._shedding:
+                    return None
+                self._caught_up()
+                continue
             if isinstance(note, _Marker):
                 note.reached.set()
+                continue
+            if isinstance(note, _Shed):
+                self._report_outage(note.outage)
                 continue
             if note is None:
                 self._inbound.put_nowait(None)
             return note
+
+    def _caught_up(self) -> None:
+        """The reader took everything queued: sockets shedding stop, and say what they shed.
+
+        A quiet channel may read nothing more for a long time; its shed
+        window must not wait for that to be reported.
+        """
+        for socket in list(self._shedding):
+            socket._end_shedding()
 
     async def flushed(self, timeout_s: float) -> bool:
         """Wait until the reader of :meth:`frames` has taken every notification queued so far.
@@ -709,7 +814,7 @@ class ChannelPool:
         read are still queued. A caller that has taken everything queued
         has then seen every notification received before that time.
         """
-        if self._inbound.qsize() or not self._slots or not self.live:
+        if self._inbound.qsize() or self._shedding or not self._slots or not self.live:
             return None
         return min(s.socket.last_frame_wall for s in self._slots.values() if s.socket is not None)
 
@@ -1131,7 +1236,6 @@ class ChannelPool:
 
     def _outage(self, slot: _Slot, window: OutageWindow) -> None:
         outage = self._outage_of(slot, window)
-        self.outages.append(outage)
         log.warning(
             "slot %d: outage of %.3f s on channel %s (%d topics)",
             slot.index,
@@ -1139,6 +1243,10 @@ class ChannelPool:
             outage.channel_id,
             len(outage.topics),
         )
+        self._report_outage(outage)
+
+    def _report_outage(self, outage: Outage) -> None:
+        self.outages.append(outage)
         for callback in self.on_outage:
             callback(outage)
 

@@ -177,6 +177,11 @@ _CHANNEL_COUNTERS = (
     ),
     ("bad_frames", "genesys_mux_channel_bad_frames", "Frames that were not JSON, ignored."),
     (
+        "shed",
+        "genesys_mux_channel_shed",
+        "Notifications shed because the reader was inbound_limit behind (reported as gaps).",
+    ),
+    (
         "after_drain",
         "genesys_mux_channel_after_drain",
         "Notifications read after a closing socket's drain pong (delivered).",
