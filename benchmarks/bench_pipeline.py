@@ -18,14 +18,15 @@ in a ring buffer (:class:`FrameRing`) of eight slots of about 256 KiB;
 before a slot is written again, only the twelve-digit counter of each frame
 is patched in place, twice (the conversation id in the body and the
 ``CorrelationId``), so every frame is a distinct conversation and writing a
-frame costs the source a slice assignment and a ledger entry. Unpaced, the
+frame costs the source two slice assignments. Unpaced, the
 firehose writes until the transport holds six slots, then waits for it to
 drain; paced, every write carries the frames due since the last one (at
 10,000 frames/s, about ten a millisecond). Heartbeats and pongs still go
 out through the socket's writer, between two writes, never inside one.
 
 Every frame is recorded in the emulator's ledger with the time its write
-was handed to the transport, as the built-in blast records its frames, so
+was handed to the transport, as the built-in blast records its frames
+(:class:`ChunkLedger` takes a write as one record and expands it when read), so
 the clients' checks and latencies are bench_pool's: ``N`` frames sent and
 received, in send order, and send→consumer latency from the ledger's time
 (``time.time()``, one clock on one host) to the consumer's.
@@ -33,8 +34,8 @@ received, in send order, and send→consumer latency from the ledger's time
 The bodies are real conversation snapshots from the emulator's simulated
 contact centre (bench_streams' template: the largest general-topic queue
 snapshot of two simulated minutes within ``--max-body`` bytes, moved to the
-measurement's queue). The defaults give the median size of those
-snapshots (2,294 B, ``--max-body 2300``) and the largest (7,268 B, ``8000``).
+measurement's queue). The defaults give about the median size of those
+snapshots (``--max-body 2300``: 2.3 KB) and the largest (``8000``: 7.3 KB).
 
 The clients
 -----------
@@ -85,6 +86,8 @@ import sys
 import time
 import uuid
 from base64 import b64encode
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -133,7 +136,7 @@ from benchmarks.bench_streams import _measure as _measure_streams_client
 from genesys_mux import Multiplexer, StreamEvent
 from genesys_mux.emulator import Emulator, EmulatorSettings
 from genesys_mux.emulator.control import ControlSurface
-from genesys_mux.emulator.sockets import LedgerEntry, envelope
+from genesys_mux.emulator.sockets import Ledger, LedgerEntry, Pending, envelope
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 
 #: Throughput scenario key -> label, in the order they run and are shown.
@@ -237,6 +240,69 @@ class FrameRing:
         return memoryview(buffer)[start:at]
 
 
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """One firehose write to one socket: frames ``first`` to ``first + n - 1``."""
+
+    seq: int
+    time: float
+    channel_id: str
+    topic: str
+    conversation_prefix: str
+    first: int
+    n: int
+
+    def entries(self) -> Iterator[LedgerEntry]:
+        """The ledger entry of each frame in the write."""
+        for k, i in enumerate(range(self.first, self.first + self.n)):
+            counter = f"{i:012d}"
+            yield LedgerEntry(
+                self.seq + k,
+                self.time,
+                self.channel_id,
+                self.topic,
+                CORRELATION_PREFIX + counter,
+                self.conversation_prefix + counter,
+                False,
+            )
+
+
+class ChunkLedger(Ledger):
+    """The emulator's ledger, which takes a whole firehose write as one record.
+
+    A write's entries (one per frame, all with the write's time) are built
+    only when the ledger is read, so that recording them costs the source
+    next to nothing while it writes. Read, it is the emulator's ledger: the
+    same entries, in the same order, with the same bound.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._chunks: list[_Chunk] = []
+        super().__init__(size)
+
+    @property
+    def entries(self) -> deque[LedgerEntry]:
+        """Every entry, the firehose's writes expanded."""
+        for chunk in self._chunks:
+            self._entries.extend(chunk.entries())
+        self._chunks.clear()
+        return self._entries
+
+    @entries.setter
+    def entries(self, entries: deque[LedgerEntry]) -> None:
+        self._entries = entries
+
+    def record(self, channel_id: str, item: Pending) -> None:
+        """A frame the socket's writer sent, after every firehose write before it."""
+        self.entries  # noqa: B018 (expands the writes, to keep the order)
+        super().record(channel_id, item)
+
+    def record_chunk(self, chunk: _Chunk) -> None:
+        """A firehose write, handed to the transport at ``chunk.time``."""
+        self._chunks.append(chunk)
+        self.next_seq += chunk.n
+
+
 async def firehose(
     emulator: Emulator, topic: str, rate: float, count: int | None, size: int
 ) -> None:
@@ -254,7 +320,9 @@ async def firehose(
         if link is not None and link.transport is not None:
             transports.append((channel_id, link.transport))
     loop = asyncio.get_running_loop()
-    entries, ledger = emulator.ledger.entries, emulator.ledger
+    ledger = emulator.ledger
+    if not isinstance(ledger, ChunkLedger):
+        raise BenchError("the firehose needs a ChunkLedger")
     limit = BUFFERED_SLOTS * ring.per_slot * ring.frame_bytes
     started = loop.time()
     sent = slot = 0
@@ -270,22 +338,7 @@ async def firehose(
         now = time.time()
         for channel_id, transport in transports:
             transport.write(chunk)
-            seq = ledger.next_seq
-            for i in range(sent, sent + n):
-                counter = f"{i:012d}"
-                entries.append(
-                    LedgerEntry(
-                        seq,
-                        now,
-                        channel_id,
-                        topic,
-                        CORRELATION_PREFIX + counter,
-                        prefix + counter,
-                        False,
-                    )
-                )
-                seq += 1
-            ledger.next_seq = seq
+            ledger.record_chunk(_Chunk(ledger.next_seq, now, channel_id, topic, prefix, sent, n))
         sent += n
         slot = (slot + 1) % RING_SLOTS
         transports = [(c, t) for c, t in transports if not t.is_closing()]
@@ -319,6 +372,10 @@ class PipelineSource(Emulator):
         self.templates = {size: snapshot_template(size) for size in sizes}
         # Before start(), which routes /__emulator__/traffic to it.
         self._control = _FirehoseControl(self)
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self.ledger = ChunkLedger(self.settings.ledger_size)
 
     def blast_body(self, topic: str, size: int) -> tuple[bytes, bytes, str]:
         """The template snapshot ``size`` picks, moved to the blasted queue."""
@@ -921,7 +978,7 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         for repetition in range(1, args.repeat + 1):
             for size in sizes:
-                for scenario in SCENARIOS:
+                for scenario in args.clients:
                     if scenario in skipped:
                         continue
                     j = job(scenario, size, args.count, args.rate, args.timeout)
@@ -1017,6 +1074,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="profile the Multiplexer.stream() client at the largest size (default: on)",
     )
     parser.add_argument("--top", type=int, default=15, help="profile rows shown")
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        choices=list(SCENARIOS),
+        default=list(SCENARIOS),
+        help="the throughput clients to run (default: all)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
