@@ -809,7 +809,7 @@ def _throughput_table(
     frame_bytes = max((r.frame_bytes for rs in results.values() for r in rs), default=0)
     naive, node = cpu.get("naive"), cpu.get("node")
     lines = [
-        f"### `eventBody` {body_bytes:,} B ({_size_name(args, size)}; "
+        f"##### `eventBody` {body_bytes:,} B ({_size_name(args, size)}; "
         f"{frame_bytes:,} B of JSON per frame)",
         "",
         f"{args.count:,} distinct conversation snapshots per measurement, "
@@ -863,7 +863,7 @@ def _latency_table(
     args: argparse.Namespace, bodies: dict[int, int], results: dict[int, dict[str, list[Result]]]
 ) -> list[str]:
     lines = [
-        f"Paced at {args.latency_rate:g} frames/s, {args.latency_count:,} frames per "
+        f"Paced at {args.latency_rate:,.0f} frames/s, {args.latency_count:,} frames per "
         f"measurement, median of {args.repeat} repetitions; send time is the ledger's "
         f"(the write that carried the frame), receive time the consumer's.",
         "",
@@ -892,7 +892,7 @@ def _stall_table(
 ) -> list[str]:
     lines = [
         f"A `Multiplexer.stream()` nobody reads for {args.stall:g} s while the source sends "
-        f"{args.latency_rate:g} frames/s (stream buffer {args.buffer:,}, in-memory dead-letter "
+        f"{args.latency_rate:,.0f} frames/s (stream buffer {args.buffer:,}, in-memory dead-letter "
         "queue): RSS growth over the stall, and what the stream counted.",
         "",
         "| `eventBody` | frames sent | received | delivered | overflowed | dead-lettered "
