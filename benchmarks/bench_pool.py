@@ -299,10 +299,8 @@ async def _stop_blast(session: aiohttp.ClientSession, base_url: str) -> None:
 # --------------------------------------------------------------------------
 
 
-async def _raw_connect(
-    session: aiohttp.ClientSession, base_url: str, topic: str
-) -> aiohttp.ClientWebSocketResponse:
-    """Token, channel, one topic, socket, and a pong to prove the socket is registered."""
+async def _open_channel(session: aiohttp.ClientSession, base_url: str, topic: str) -> str:
+    """Token, channel and one topic, as a naive client sets up; returns the ``connectUri``."""
     async with asyncio.timeout(SETUP_TIMEOUT_S):
         async with session.post(
             f"{base_url}/oauth/token",
@@ -327,7 +325,16 @@ async def _raw_connect(
         rejected = [e for e in answer.get("entities", []) if e.get("state") == "Rejected"]
         if rejected:
             raise BenchError(f"topic rejected: {rejected}")
-        ws = await session.ws_connect(channel["connectUri"])
+        return str(channel["connectUri"])
+
+
+async def _raw_connect(
+    session: aiohttp.ClientSession, base_url: str, topic: str
+) -> aiohttp.ClientWebSocketResponse:
+    """Token, channel, one topic, socket, and a pong to prove the socket is registered."""
+    connect_uri = await _open_channel(session, base_url, topic)
+    async with asyncio.timeout(SETUP_TIMEOUT_S):
+        ws = await session.ws_connect(connect_uri)
         try:
             # The server writes in order: once our pong is back, the socket is
             # registered and gets every frame the blast publishes.
@@ -652,8 +659,13 @@ async def _silence(base_url: str) -> None:
         raise BenchError(f"the emulator would not fall silent: {state}")
 
 
-async def _measure(job: Job) -> Result:
-    child = _Child(_job_process, job, name=f"measure-{job.scenario}")
+async def _child_answer(job: Job, target: Callable[..., None], *args: Any) -> Any:
+    """Run ``target(job, *args, conn)`` in a fresh process; the payload of its ``"ok"`` answer.
+
+    The process gets the job's deadline plus the setup steps' and a grace
+    period; an ``("error", message)`` answer becomes a :class:`BenchError`.
+    """
+    child = _Child(target, job, *args, name=f"measure-{job.scenario}")
     answered = False
     try:
         status, payload = await child.answer(job.timeout_s + 4 * SETUP_TIMEOUT_S + GRACE_S)
@@ -662,7 +674,11 @@ async def _measure(job: Job) -> Result:
         await child.stop(terminate=not answered)
     if status != "ok":
         raise BenchError(f"{job.scenario}: {payload}")
-    return Result(**payload)
+    return payload
+
+
+async def _measure(job: Job) -> Result:
+    return Result(**await _child_answer(job, _job_process))
 
 
 # --------------------------------------------------------------------------

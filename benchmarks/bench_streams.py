@@ -71,14 +71,13 @@ import msgspec
 from benchmarks.bench_pool import (
     CLIENT_ID,
     CLIENT_SECRET,
-    GRACE_S,
     SAMPLE_MASK,
     SETUP_TIMEOUT_S,
     BenchError,
     Job,
     Result,
     _blast,
-    _Child,
+    _child_answer,
     _child_setup,
     _Consumed,
     _ledger_mark,
@@ -147,6 +146,11 @@ class Template:
         if not sep or self.conversation_id.encode() in tail:
             raise BenchError("the template must name its conversation exactly once")
         return head, tail
+
+    def blast_parts(self, topic: str) -> tuple[bytes, bytes, str]:
+        """What :meth:`Emulator.blast_body` returns for a blast of this snapshot on ``topic``."""
+        head, tail = self.parts(_queue_of(topic) or self.queue_id)
+        return head + CONVERSATION_PREFIX.encode(), tail, CONVERSATION_PREFIX
 
     def body_for(self, queue_id: str, index: int) -> bytes:
         """Frame ``index``'s body, as the blast sends it."""
@@ -227,8 +231,7 @@ class SnapshotBlastEmulator(Emulator):
 
     def blast_body(self, topic: str, size: int) -> tuple[bytes, bytes, str]:
         """The real snapshot, moved to the blasted queue, with a counter for its id."""
-        head, tail = self.template.parts(_queue_of(topic) or self.template.queue_id)
-        return head + CONVERSATION_PREFIX.encode(), tail, CONVERSATION_PREFIX
+        return self.template.blast_parts(topic)
 
 
 def snapshot_emulator(max_bytes: int, settings: EmulatorSettings) -> Emulator:
@@ -345,16 +348,22 @@ async def _measure_mux(
     return out, usage
 
 
-def check_mux(mux: Multiplexer, dlq: MemoryDeadLetterQueue, count: int) -> None:
-    """The stream received and delivered ``count`` events, all of them, and the pool was calm."""
+def check_mux(
+    mux: Multiplexer,
+    dlq: MemoryDeadLetterQueue,
+    count: int,
+    stream_ids: tuple[str, ...] = (STREAM_ID,),
+) -> None:
+    """Each stream received and delivered ``count`` events, all of them, and the pool was calm."""
     stats = mux.stats()
-    stream = stats["streams"][STREAM_ID]
-    lost = (
-        stream.duplicates + stream.stale + stream.filtered + stream.overflowed,
-        stream.dead_lettered + len(dlq.letters),
-    )
-    if any(lost) or stream.received != count or stream.delivered != count:
-        raise BenchError(f"the stream did not deliver every frame once: {stream}")
+    for stream_id in stream_ids:
+        stream = stats["streams"][stream_id]
+        lost = (
+            stream.duplicates + stream.stale + stream.filtered + stream.overflowed,
+            stream.dead_lettered + len(dlq.letters),
+        )
+        if any(lost) or stream.received != count or stream.delivered != count:
+            raise BenchError(f"stream {stream_id} did not deliver every frame once: {stream}")
     channels = stats["channels"].values()
     bad = sum(c.bad_frames for c in channels)
     changes = sum(c.reconnects + c.rotations for c in channels)
@@ -393,16 +402,7 @@ def _job_process(job: Job, buffer: int, conn: Connection) -> None:
 
 
 async def _measure(job: Job, buffer: int) -> StreamResult:
-    child = _Child(_job_process, job, buffer, name=f"measure-{job.scenario}")
-    answered = False
-    try:
-        status, payload = await child.answer(job.timeout_s + 4 * SETUP_TIMEOUT_S + GRACE_S)
-        answered = True
-    finally:
-        await child.stop(terminate=not answered)
-    if status != "ok":
-        raise BenchError(f"{job.scenario}: {payload}")
-    return StreamResult(**payload)
+    return StreamResult(**await _child_answer(job, _job_process, buffer))
 
 
 # --------------------------------------------------------------------------

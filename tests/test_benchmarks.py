@@ -1,0 +1,113 @@
+"""The benchmarks' own machinery: bench_pipeline's source, and a smoke run of it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("websockets")
+
+from benchmarks.bench_pipeline import (
+    CORRELATION_PREFIX,
+    RING_SLOTS,
+    ChunkLedger,
+    FrameRing,
+    _Chunk,
+)
+
+from genesys_mux.emulator.sockets import Pending
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPIC = "v2.routing.queues.00000000-0000-4000-8000-000000000001.conversations"
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """Split unmasked server frames, checking each header."""
+    frames, at = [], 0
+    while at < len(data):
+        assert data[at] == 0x81  # final text frame
+        length, header = data[at + 1], 2
+        assert length & 0x80 == 0  # a server never masks
+        if length == 126:
+            length, header = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        frames.append(data[at + header : at + header + length])
+        at += header + length
+    assert at == len(data)
+    return frames
+
+
+@pytest.mark.parametrize("body_bytes", [100, 2_000, 70_000])
+def test_the_firehose_ring_numbers_every_frame_in_place(body_bytes: int) -> None:
+    head, tail = b'{"id":"conv-', b'","pad":"' + b"x" * body_bytes + b'"}'
+    ring = FrameRing.build(TOPIC, head, tail)
+    assert len(ring.buffer) == ring.frame_bytes * ring.per_slot * RING_SLOTS
+    n = min(3, ring.per_slot)
+    for slot, first in ((0, 0), (RING_SLOTS - 1, 10**6 + 7)):
+        frames = _frames(bytes(ring.fill(slot, first, n)))
+        assert len(frames) == n
+        for i, frame in enumerate(frames, start=first):
+            doc = json.loads(frame)
+            assert doc["topicName"] == TOPIC
+            assert doc["eventBody"]["id"] == f"conv-{i:012d}"
+            assert doc["metadata"]["CorrelationId"] == f"{CORRELATION_PREFIX}{i:012d}"
+
+
+def test_the_chunk_ledger_reads_as_the_emulator_ledger_in_send_order() -> None:
+    ledger = ChunkLedger(size=4)
+    ledger.record_chunk(_Chunk(ledger.next_seq, 1.0, "ch", TOPIC, "c-", 0, 2))
+    # A frame the socket's writer sent between two firehose writes.
+    ledger.record("ch", Pending(b"{}", TOPIC, "pong-like", None))
+    ledger.record_chunk(_Chunk(ledger.next_seq, 2.0, "ch", TOPIC, "c-", 2, 2))
+    assert ledger.next_seq == 6
+    entries = list(ledger.entries)
+    # Bounded as the emulator's ledger is: the oldest entry fell out.
+    assert [e.seq for e in entries] == [2, 3, 4, 5]
+    assert [e.correlation_id for e in entries] == [
+        f"{CORRELATION_PREFIX}{1:012d}",
+        "pong-like",
+        f"{CORRELATION_PREFIX}{2:012d}",
+        f"{CORRELATION_PREFIX}{3:012d}",
+    ]
+    assert [e.conversation_id for e in entries] == [
+        f"c-{1:012d}",
+        None,
+        f"c-{2:012d}",
+        f"c-{3:012d}",
+    ]
+    assert [entries[0].time, entries[2].time, entries[3].time] == [1.0, 2.0, 2.0]
+
+
+@pytest.mark.timeout(180)
+def test_bench_pipeline_quick_run_produces_its_tables() -> None:
+    """A smoke run with tiny counts, one body size: every table, every check passed."""
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_pipeline", "--quick", "--max-body", "2300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    out = process.stdout
+    for heading in ("Throughput and CPU per event", "Latency", "Memory: a stalled consumer"):
+        assert f"#### {heading}" in out
+    mux = re.search(r"^\| `Multiplexer.stream\(\)`, 1 stream \| ([\d,]+) \| ([\d.]+) \|", out, re.M)
+    assert mux is not None, out
+    assert float(mux.group(2)) > 0
+    assert re.search(r"`Multiplexer.stream\(\)` ≤ 0.5x naive Python: [\d.]+x, \*\*", out)
+    assert re.search(r"10 streams ≤ 1.25x one stream: [\d.]+x, \*\*", out)
+    assert len(re.findall(r"^\| [\d,]+ B \| .* ms \| .* ms \| .* ms \|", out, re.M)) == 3
+    # The stall: 0.5 s at 10,000/s is 5,000 frames, all received, none read,
+    # and all but the buffer's 500 pushed out and dead-lettered.
+    stall = re.search(
+        r"^\| [\d,]+ B \| 5,000 \| 5,000 \| 0 \| 4,500 \| 4,500 \| 4,500 \|", out, re.M
+    )
+    assert stall is not None, out
