@@ -87,7 +87,7 @@ import time
 import uuid
 from base64 import b64encode
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -655,9 +655,13 @@ def _profile_label(key: tuple[str, int, str]) -> str:
 
 
 async def _profiled_mux(job: Job, buffer: int, top: int) -> dict[str, Any]:
-    """bench_streams' ``Multiplexer.stream()`` client under cProfile; the top own-time rows."""
-    latencies = array.array("d", bytes(8 * job.count))
-    measure = functools.partial(_measure_mux, buffer=buffer, latencies=latencies)
+    """A multiplexer client under cProfile (``profile:mux`` or ``profile:mux10``); top rows."""
+    measure: Callable[[aiohttp.ClientSession, Job], Awaitable[tuple[_Consumed, _Usage]]]
+    if job.scenario == "profile:mux10":
+        measure = _measure_mux10
+    else:
+        latencies = array.array("d", bytes(8 * job.count))
+        measure = functools.partial(_measure_mux, buffer=buffer, latencies=latencies)
     profiler = cProfile.Profile()
     profiler.enable()
     try:
@@ -688,7 +692,7 @@ def _job_process(job: Job, buffer: int, top: int, conn: Connection) -> None:
             payload = dataclasses.asdict(asyncio.run(_measure_ceiling(job)))
         elif job.scenario == "stall":
             payload = asyncio.run(_measure_stall(job, buffer))
-        elif job.scenario == "profile":
+        elif job.scenario.startswith("profile:"):
             payload = asyncio.run(_profiled_mux(job, buffer, top))
         else:
             measure = {"naive": _measure_naive, "mux10": _measure_mux10}[job.scenario]
@@ -911,7 +915,7 @@ def _stall_table(
 
 def _profile_table(args: argparse.Namespace, body_bytes: int, profile: dict[str, Any]) -> list[str]:
     lines = [
-        f"cProfile of the `Multiplexer.stream()` client, `eventBody` {body_bytes:,} B, "
+        f"cProfile of the {SCENARIOS[args.profile_client]} client, `eventBody` {body_bytes:,} B, "
         f"{args.count:,} frames unpaced ({profile['cpu_us']:.2f} µs/event under the profiler); "
         f"top {args.top} by own time:",
         "",
@@ -1009,7 +1013,8 @@ async def _main(args: argparse.Namespace) -> int:
             stalls[size] = await _child_answer(j, _job_process, args.buffer, args.top)
             _progress(f"stall {size:>5}: {stalls[size]}")
         if args.profile:
-            j = job("profile", max(sizes), args.count, args.rate, 3 * args.timeout)
+            scenario = f"profile:{args.profile_client}"
+            j = job(scenario, max(sizes), args.count, args.rate, 3 * args.timeout)
             profile = await _child_answer(j, _job_process, args.buffer, args.top)
             _progress(f"profile: {profile['cpu_us']:.2f} µs/event under cProfile")
     finally:
@@ -1074,6 +1079,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="profile the Multiplexer.stream() client at the largest size (default: on)",
     )
     parser.add_argument("--top", type=int, default=15, help="profile rows shown")
+    parser.add_argument(
+        "--profile-client",
+        choices=("mux", "mux10"),
+        default="mux",
+        help="the client profiled: Multiplexer.stream(), or events() over 10 streams",
+    )
     parser.add_argument(
         "--clients",
         nargs="+",

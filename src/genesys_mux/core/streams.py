@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -357,6 +357,8 @@ class Stream:
         #: The run this stream belongs to; stamped on every event.
         self.epoch = epoch
         self.priority = priority
+        #: Turns per round in a priority merge (:func:`weight`).
+        self.weight = weight(priority)
         self.rules = rules or StreamRules()
         self.buffer_size = buffer_size
         self.overflow = overflow
@@ -685,6 +687,16 @@ class Stream:
         return len(self._buffer)
 
     @property
+    def items(self) -> deque[StreamEvent | Gap]:
+        """The buffer itself, oldest first, for a merge that only asks whether it is empty.
+
+        (Testing the deque costs a fraction of ``len(stream)``, a call into
+        Python; merging ten streams asks for every item.) Read only: items
+        leave through :meth:`take`.
+        """
+        return self._buffer
+
+    @property
     def events_buffered(self) -> int:
         """Events (not gaps) waiting in the buffer."""
         return self._events_buffered
@@ -779,24 +791,28 @@ class PriorityMerge:
     def __init__(self) -> None:
         self._current: dict[str, int] = {}
 
-    def pick(self, ready: Iterable[Stream]) -> Stream | None:
+    def pick(self, ready: Sequence[Stream]) -> Stream | None:
         """The stream to serve next among ``ready`` (streams with items)."""
+        if len(ready) == 1:
+            # Its credit would gain its weight and lose it again: unchanged.
+            return ready[0]
         best: Stream | None = None
-        total = 0
+        best_score = best_priority = total = 0
         current = self._current
         for stream in ready:
-            w = weight(stream.priority)
+            w = stream.weight
             total += w
-            score = current.get(stream.id, 0) + w
-            current[stream.id] = score
+            stream_id = stream.id
+            score = current.get(stream_id, 0) + w
+            current[stream_id] = score
             if (
                 best is None
-                or score > current[best.id]
-                or (score == current[best.id] and stream.priority < best.priority)
+                or score > best_score
+                or (score == best_score and stream.priority < best_priority)
             ):
-                best = stream
+                best, best_score, best_priority = stream, score, stream.priority
         if best is not None:
-            current[best.id] -= total
+            current[best.id] = best_score - total
         return best
 
     def forget(self, stream_id: str) -> None:

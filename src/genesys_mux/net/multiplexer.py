@@ -138,6 +138,8 @@ class _StreamState:
     def __init__(self, config: StreamConfig, stream: Stream) -> None:
         self.config = config
         self.stream = stream
+        #: The stream's buffer (``stream.items``): is anything waiting?
+        self.items = stream.items
         self.topics: frozenset[str] = frozenset()
         #: The topics that come from the filter: client-side rules apply to these.
         self.filter_topics: frozenset[str] = frozenset()
@@ -1068,7 +1070,7 @@ class Multiplexer:
         returns.
         """
         while True:
-            ready = [s.stream for s in self._streams.values() if len(s.stream) and not s.leaving]
+            ready = [s.stream for s in self._streams.values() if s.items and not s.leaving]
             chosen = self._merge.pick(ready)
             if chosen is not None:
                 state = self._streams[chosen.id]
