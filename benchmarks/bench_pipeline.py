@@ -813,7 +813,7 @@ def _throughput_table(
     frame_bytes = max((r.frame_bytes for rs in results.values() for r in rs), default=0)
     naive, node = cpu.get("naive"), cpu.get("node")
     lines = [
-        f"##### `eventBody` {body_bytes:,} B ({_size_name(args, size)}; "
+        f"##### `eventBody` {_bytes(body_bytes)} ({_size_name(args, size)}; "
         f"{frame_bytes:,} B of JSON per frame)",
         "",
         f"{args.count:,} distinct conversation snapshots per measurement, "
@@ -884,7 +884,7 @@ def _latency_table(
             met = p99 <= target
             reference = key == "naive"
             lines.append(
-                f"| {bodies[size]:,} B | {label} | {_median([r.cpu_us for r in runs]):.2f} "
+                f"| {_bytes(bodies[size])} | {label} | {_median([r.cpu_us for r in runs]):.2f} "
                 f"| {p50:.2f} ms | {p99:.2f} ms | {p999:.2f} ms "
                 f"| {'(reference)' if reference else f'≤ {target:g} ms: ' + _verdict(met)} |"
             )
@@ -905,7 +905,7 @@ def _stall_table(
     ]
     for size, s in stalls.items():
         lines.append(
-            f"| {bodies[size]:,} B | {round(args.stall * args.latency_rate):,} "
+            f"| {_bytes(bodies[size])} | {round(args.stall * args.latency_rate):,} "
             f"| {s['received']:,} | {s['delivered']:,} | {s['overflowed']:,} "
             f"| {s['dead_lettered']:,} | {s['in_dlq']:,} | {s['rss_growth_kib'] / 1024:.1f} MiB "
             f"| {s['peak_rss_delta_kib'] / 1024:.1f} MiB | {s['cpu_us']:.2f} |"
@@ -915,7 +915,8 @@ def _stall_table(
 
 def _profile_table(args: argparse.Namespace, body_bytes: int, profile: dict[str, Any]) -> list[str]:
     lines = [
-        f"cProfile of the {SCENARIOS[args.profile_client]} client, `eventBody` {body_bytes:,} B, "
+        f"cProfile of the {SCENARIOS[args.profile_client]} client, "
+        f"`eventBody` {_bytes(body_bytes)}, "
         f"{args.count:,} frames unpaced ({profile['cpu_us']:.2f} µs/event under the profiler); "
         f"top {args.top} by own time:",
         "",
@@ -933,6 +934,11 @@ def _profile_table(args: argparse.Namespace, body_bytes: int, profile: dict[str,
 # --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
+
+
+def _bytes(size: int) -> str:
+    """A body size for the tables; unknown when no client of the run sampled a frame."""
+    return f"{size:,} B" if size > 0 else "(size not sampled)"
 
 
 def _body_bytes(frame_bytes: int) -> int:
@@ -1022,7 +1028,9 @@ async def _main(args: argparse.Namespace) -> int:
         await source.stop()
 
     bodies = {
-        size: _body_bytes(max(r.frame_bytes for rs in throughput[size].values() for r in rs))
+        size: _body_bytes(
+            max((r.frame_bytes for rs in throughput[size].values() for r in rs), default=0)
+        )
         for size in sizes
     }
     out = [
