@@ -61,7 +61,8 @@ tables show medians of interleaved repetitions.
 Then a paced run at ``--latency-rate`` (10,000 frames/s) for the pool, the
 multiplexer and the naive client; a stalled consumer (a stream nobody reads
 while ``--stall`` seconds of frames arrive at that rate: RSS and what the
-stream counted); and, with ``--profile``, a cProfile of the
+stream counted, dead letters going to a JSON-lines file as with ``run``);
+and, with ``--profile``, a cProfile of the
 ``Multiplexer.stream()`` client at the largest size (top own-time functions).
 
 The Markdown tables go to stdout, progress to stderr.
@@ -83,6 +84,7 @@ import pstats
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from base64 import b64encode
@@ -137,7 +139,7 @@ from genesys_mux import Multiplexer, StreamEvent
 from genesys_mux.emulator import Emulator, EmulatorSettings
 from genesys_mux.emulator.control import ControlSurface
 from genesys_mux.emulator.sockets import Ledger, LedgerEntry, Pending, envelope
-from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
+from genesys_mux.sinks.dlq import JsonlDeadLetterQueue, MemoryDeadLetterQueue, read_dead_letters
 
 #: Throughput scenario key -> label, in the order they run and are shown.
 SCENARIOS: dict[str, str] = {
@@ -598,9 +600,21 @@ def _current_rss_kib() -> int:
 
 
 async def _measure_stall(job: Job, buffer: int) -> dict[str, Any]:
-    """A stream nobody reads while the job's frames arrive: RSS and the stream's counters."""
+    """A stream nobody reads while the job's frames arrive: RSS and the stream's counters.
+
+    Dead letters go to a JSON-lines file, as with ``genesys-mux run``: held
+    in memory, they alone would make the RSS grow with the stall.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-dlq-") as directory:
+        path = Path(directory) / "dlq.jsonl"
+        found = await _stall(job, buffer, JsonlDeadLetterQueue(path))
+        # Written when the multiplexer stopped, at the latest.
+        found["in_dlq"] = sum(1 for _ in read_dead_letters(path)) if path.exists() else 0
+    return found
+
+
+async def _stall(job: Job, buffer: int, dlq: JsonlDeadLetterQueue) -> dict[str, Any]:
     queue_id = _queue_of(job.topic)
-    dlq = MemoryDeadLetterQueue()
     async with (
         aiohttp.ClientSession() as session,
         Multiplexer(
@@ -633,7 +647,6 @@ async def _measure_stall(job: Job, buffer: int) -> dict[str, Any]:
             "delivered": stream.delivered,
             "overflowed": stream.overflowed,
             "dead_lettered": stream.dead_lettered,
-            "in_dlq": len(dlq.letters),
             "rss_growth_kib": after - before,
             "peak_rss_delta_kib": usage.rss_delta_kib,
             "cpu_us": usage.cpu_s / job.count * 1e6,
@@ -896,8 +909,10 @@ def _stall_table(
 ) -> list[str]:
     lines = [
         f"A `Multiplexer.stream()` nobody reads for {args.stall:g} s while the source sends "
-        f"{args.latency_rate:,.0f} frames/s (stream buffer {args.buffer:,}, in-memory dead-letter "
-        "queue): RSS growth over the stall, and what the stream counted.",
+        f"{args.latency_rate:,.0f} frames/s (stream buffer {args.buffer:,}, dead letters to a "
+        "JSON-lines file as with `genesys-mux run`): RSS growth over the stall, what the stream "
+        "counted, and the letters in the file (which also holds the buffered events, "
+        "dead-lettered as `stopped` when the multiplexer stops).",
         "",
         "| `eventBody` | frames sent | received | delivered | overflowed | dead-lettered "
         "| in the DLQ | RSS growth | peak RSS Δ | CPU µs/event |",
