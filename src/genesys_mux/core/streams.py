@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -241,8 +241,16 @@ class _Seen:
     # when nearly empty, and one of these exists per remembered key.
     hashes: list[bytes]
     in_state: bool = False
-    #: When the key was last seen, on the stream's own clock (a checkpoint's rank).
+    #: When the key was last seen, on the stream's own clock (a checkpoint's rank);
+    #: :data:`_FORGOTTEN` once the memory bound pushed it out.
     stamp: int = 0
+    #: The key it is remembered under: a checkpoint builds from these
+    #: directly, without looking each key up again.
+    key: str = ""
+
+
+#: The stamp of a :class:`_Seen` the memory has forgotten (below every real one).
+_FORGOTTEN = -1
 
 
 class CheckpointBuild:
@@ -259,20 +267,20 @@ class CheckpointBuild:
     so the memory is built in the order it is written in. ``log`` is every
     key seen since the previous checkpoint, once per time it was seen: the
     one seen at stamp ``base + 1`` first. A key is built where its stamp
-    says it was seen last.
+    says it was seen last. Both hold the keys' memory records themselves,
+    not their names: a record's stamp says whether it is still current, so
+    building needs no lookup per key.
     """
 
     def __init__(
         self,
-        seen: Mapping[str, _Seen],
         header: StreamCheckpoint,
-        keys: list[str],
-        log: list[str],
+        keys: list[_Seen],
+        log: list[_Seen],
         base: int,
         undone: dict[str, Remembered],
         clock: int,
     ) -> None:
-        self._seen = seen
         self._header = header
         self._keys = keys
         self._log = log
@@ -284,31 +292,41 @@ class CheckpointBuild:
 
     def step(self, limit: int) -> bool:
         """Build up to ``limit`` more keys; True once every key is built."""
-        get, undone, join = self._seen.get, self._undone, b"".join
+        undone, join = self._undone, b"".join
         keys, log, start = self._keys, self._log, self._next
         # Comprehensions, not loops of appends: this runs for every key that
-        # changed, every checkpoint. A key forgotten meanwhile, or seen again
-        # (its stamp is newer than the checkpoint's clock), is left to the
-        # next checkpoint; a key with unsettled changes has its own entry
-        # (see result).
+        # changed, every checkpoint. A key forgotten meanwhile (its stamp is
+        # _FORGOTTEN), or seen again (its stamp is newer than the
+        # checkpoint's clock), is left to the next checkpoint; a key with
+        # unsettled changes has its own entry (see result). The test for
+        # those is left out when there are none, as there usually are.
         if start < len(keys):
             end = min(start + limit, len(keys))
             clock = self._clock
             self._memory += [
-                Remembered(key, seen.version, join(seen.hashes), seen.in_state, seen.stamp)
-                for key in keys[start:end]
-                if key not in undone and (seen := get(key)) is not None and seen.stamp <= clock
+                Remembered(s.key, s.version, join(s.hashes), s.in_state, s.stamp)
+                for s in keys[start:end]
+                if 0 <= s.stamp <= clock and (not undone or s.key not in undone)
             ]
         else:
             at = start - len(keys)
             end = len(keys) + min(at + limit, len(log))
             # log[at] was seen at stamp base + at + 1: built there only if
-            # that is when the key was seen last.
-            self._memory += [
-                Remembered(key, seen.version, join(seen.hashes), seen.in_state, stamp)
-                for stamp, key in enumerate(log[at : end - len(keys)], self._base + at + 1)
-                if key not in undone and (seen := get(key)) is not None and seen.stamp == stamp
-            ]
+            # that is when the key was seen last (a forgotten key's stamp
+            # matches none).
+            sliced = enumerate(log[at : end - len(keys)], self._base + at + 1)
+            if undone:
+                self._memory += [
+                    Remembered(s.key, s.version, join(s.hashes), s.in_state, stamp)
+                    for stamp, s in sliced
+                    if s.stamp == stamp and s.key not in undone
+                ]
+            else:
+                self._memory += [
+                    Remembered(s.key, s.version, join(s.hashes), s.in_state, stamp)
+                    for stamp, s in sliced
+                    if s.stamp == stamp
+                ]
         self._next = end
         return end == len(keys) + len(log)
 
@@ -324,8 +342,10 @@ class CheckpointBuild:
         return msgspec.structs.replace(self._header, memory=memory)
 
 
-#: A remembered key's rank (a C getter: the sort calls it once per key).
+#: A remembered key's rank, and a memory record's stamp (C getters: a sort
+#: calls them once per key).
 _rank = operator.attrgetter("rank")
+_stamp = operator.attrgetter("stamp")
 
 
 class Stream:
@@ -374,7 +394,7 @@ class Stream:
         # checkpoint finds the keys in _seen instead. Also kept: keys whose
         # unsettled changes the last checkpoint left out (to be written
         # again), and keys forgotten since.
-        self._log: deque[str] = deque(maxlen=min(memory, _LOG_LIMIT))
+        self._log: deque[_Seen] = deque(maxlen=min(memory, _LOG_LIMIT))
         self._checkpointed = 0
         self._rewrite: set[str] = set()
         self._forgotten: set[str] = set()
@@ -531,10 +551,10 @@ class Stream:
                 undone[key] = Remembered(key, version, b"".join(hashes), in_state, seen.stamp)
         complete = self._complete_due
         last, log = self._checkpointed, self._log
-        keys: list[str] = []
-        logged: list[str] = []
+        keys: list[_Seen] = []
+        logged: list[_Seen] = []
         if complete:
-            keys = list(self._seen)
+            keys = list(self._seen.values())
         else:
             keys = self._again(last)
             if len(log) == self._clock - last:
@@ -558,30 +578,30 @@ class Stream:
             complete=complete,
             forgotten=forgotten,
         )
-        return CheckpointBuild(self._seen, header, keys, logged, last, undone, self._clock)
+        return CheckpointBuild(header, keys, logged, last, undone, self._clock)
 
-    def _again(self, last: int) -> list[str]:
+    def _again(self, last: int) -> list[_Seen]:
         """Keys to write again that were not seen since the last checkpoint, by stamp."""
         seen_map = self._seen
         again = [
-            (kept.stamp, key)
+            kept
             for key in self._rewrite
             if (kept := seen_map.get(key)) is not None and kept.stamp <= last
         ]
-        again.sort()
-        return [key for _, key in again]
+        again.sort(key=_stamp)
+        return again
 
-    def _tail(self, last: int) -> list[str]:
+    def _tail(self, last: int) -> list[_Seen]:
         """Keys seen since the last checkpoint, least recently seen first, from _seen.
 
         _seen keeps keys least recently seen first, so they are its tail:
         the keys stamped after ``last``.
         """
-        tail: list[str] = []
-        for key, seen in reversed(self._seen.items()):
+        tail: list[_Seen] = []
+        for seen in reversed(self._seen.values()):
             if seen.stamp <= last:
                 break  # and so is every key before it
-            tail.append(key)
+            tail.append(seen)
         tail.reverse()
         return tail
 
@@ -607,6 +627,7 @@ class Stream:
                 remembered.digests()[-self._hashes_per_key :],
                 remembered.in_state,
                 remembered.rank,
+                remembered.key,
             )
         if checkpoint.memory:
             self._clock = max(self._clock, checkpoint.memory[-1].rank)
@@ -630,18 +651,19 @@ class Stream:
 
     def _remember(self, key: str) -> _Seen:
         self._clock += 1
-        self._log.append(key)
         seen = self._seen.get(key)
         if seen is None:
-            seen = _Seen(None, [])
+            seen = _Seen(None, [], False, 0, key)
             self._seen[key] = seen
             self._forgotten.discard(key)
             if len(self._seen) > self._memory:
-                old, _ = self._seen.popitem(last=False)
+                old, gone = self._seen.popitem(last=False)
+                gone.stamp = _FORGOTTEN  # the log and a checkpoint being built may hold it
                 self._forgotten.add(old)
         else:
             self._seen.move_to_end(key)
         seen.stamp = self._clock
+        self._log.append(seen)
         return seen
 
     def _add_hash(self, seen: _Seen, digest: bytes) -> None:
