@@ -683,6 +683,9 @@ class Multiplexer:
     ) -> list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]]:
         """Build and write these streams' checkpoints (those that moved, or all with ``force``)."""
         now = time.time()
+        # A store that keeps checkpoints as a log asks for its oldest keys
+        # to be written again now and then (see Stream.begin_checkpoint).
+        refresh = int(getattr(self.state_store, "refresh", 0))
         begun: list[_StreamState] = []
         due: list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]] = []
         try:
@@ -692,7 +695,10 @@ class Multiplexer:
                 if not force and mark == state.saved and not state.stream.memory_changed:
                     continue
                 build = state.stream.begin_checkpoint(
-                    fingerprint=state.fingerprint, watermark=mark[1], saved_at=now
+                    fingerprint=state.fingerprint,
+                    watermark=mark[1],
+                    saved_at=now,
+                    refresh=refresh,
                 )
                 begun.append(state)
                 # Not a wait for anything: a yield, so events go through between slices.
