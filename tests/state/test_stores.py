@@ -809,3 +809,12 @@ async def test_keys_forgotten_stay_forgotten_while_an_older_block_holds_them(
             assert await store.load() == {"s": model}
     assert model is not None
     assert [r.key for r in model.memory] == ["l", "m"]
+
+
+async def test_a_new_state_file_has_large_pages_in_wal_mode(tmp_path: Path) -> None:
+    async with a_store("sqlite", tmp_path, None):
+        pass
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("PRAGMA page_size").fetchone() == (sqlite_store._PAGE_BYTES,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()

@@ -124,6 +124,8 @@ _RANK = operator.attrgetter("rank")
 _SLICE = 2000
 _KEYS = msgspec.msgpack.Decoder(list[str])
 _NO_KEYS = msgspec.msgpack.encode([])
+#: A new file's page size (SQLite's default is 4,096).
+_PAGE_BYTES = 16_384
 #: The page cache, in KiB (SQLite's default is 2,000): a stream's full
 #: memory takes 3 to 9 MB of pages, and a save that rewrites a stream's log
 #: reads them all. Pages are only cached as they are read, so a small
@@ -508,6 +510,11 @@ class SqliteStateStore:
                 f"{', '.join(sorted(tables)[:5])}); point [state] path at a file of its own"
             )
         if not tables:
+            # Only a new file's page size can be set (before WAL and its first
+            # table): blocks span many pages, and SQLite's work per page (the
+            # WAL's frames and checksums, overflow chains) took a fifth to a
+            # third less CPU per save with 16 KiB pages than with 4 KiB.
+            db.execute(f"PRAGMA page_size = {_PAGE_BYTES}")
             with db:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("CREATE TABLE genesys_mux_meta (key TEXT PRIMARY KEY, value TEXT)")
