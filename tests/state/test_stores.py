@@ -663,8 +663,11 @@ def test_checkpoints_built_while_keys_are_forgotten_and_seen_again_add_up(
         while not done:
             done = build.step(limit)
         checkpoint = build.result()
-        # Each key once, each as it was when the checkpoint started.
+        # Each key once, each as it was when the checkpoint started, least
+        # recently seen first.
         assert [at_start[r.key] for r in checkpoint.memory] == checkpoint.memory
+        ranks = [r.rank for r in checkpoint.memory]
+        assert ranks == sorted(ranks)
         assert not {r.key for r in checkpoint.memory} & set(checkpoint.forgotten)
         gone = [] if model is None else [r for r in model.memory if r.key in checkpoint.forgotten]
         model = apply_checkpoint(model, checkpoint)

@@ -42,6 +42,7 @@ Nothing here reads a clock: receive times come with the notification, and
 
 from __future__ import annotations
 
+import bisect
 import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -372,13 +373,20 @@ class CheckpointBuild:
             # is nearly always one (the event a reader holds), and rarely
             # many.
             extra += self._undone.values()
-        if extra:
+        if len(extra) <= _FEW:
+            # Each into its place: sorting would call the key getter once
+            # per entry, thousands of times, for one or two out of place.
+            for remembered in extra:
+                bisect.insort(memory, remembered, key=_rank)
+        else:
             # Sorting a list sorted but for a short run is cheap.
             memory += extra
             memory.sort(key=_rank)
         return msgspec.structs.replace(self._header, memory=memory)
 
 
+#: Entries out of order a checkpoint puts in place one by one (more: a sort).
+_FEW = 16
 #: A remembered key's rank, and a memory record's stamp (C getters: a sort
 #: calls them once per key).
 _rank = operator.attrgetter("rank")
