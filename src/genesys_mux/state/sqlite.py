@@ -148,9 +148,13 @@ class _Block:
 def _block(
     stream_id: str, number: int, memory: Sequence[Remembered], forgotten: bytes = _NO_KEYS
 ) -> tuple[tuple[str, int, int, int, int, bytes, bytes], _Block]:
-    """A block's row, and what the store keeps track of it."""
-    # Ranks by a C-level getter: this runs for every key written.
-    lo, hi = (min(map(_RANK, memory)), max(map(_RANK, memory))) if memory else (1, 0)
+    """A block's row, and what the store keeps track of it.
+
+    ``memory`` is least recently seen first, as a checkpoint's is: its
+    first and last entries rank lowest and highest. (The ranks only count
+    for checkpoints that say their floor, which streams make, in order.)
+    """
+    lo, hi = (memory[0].rank, memory[-1].rank) if memory else (1, 0)
     row = (stream_id, number, lo, hi, len(memory), encode_memory_block(memory), forgotten)
     return row, _Block(lo, hi, len(memory), forgotten != _NO_KEYS)
 
