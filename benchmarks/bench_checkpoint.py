@@ -52,9 +52,13 @@ conversations at ``--rate`` (10,000 at the defaults), as a periodic
 checkpoint sees them in the runs above; one more of those under
 :mod:`cProfile`, for the table of where the time goes; then
 ``--checkpoints`` after one interval's worth of updates to remembered
-conversations each; and one after as many new conversations as the fill,
-each in every snapshot of the template's conversation (several state
-digests per key). Each gets its wall time, this process's CPU (every
+conversations each; ``--checkpoints`` after one interval's worth of
+events in which each new conversation comes in every snapshot of its
+life (the template conversation's 3: closer to real traffic, where a
+conversation is seen several times an interval, than the worst case);
+and one after as many new conversations as the fill, each in every
+snapshot of the template's conversation (several state digests per
+key). Each gets its wall time, this process's CPU (every
 thread) and the event loop's thread's alone, the store's ``save`` (wall),
 the garbage collector's time during it, the keys written and forgotten,
 and the bytes written (the SQLite file's ``write()`` calls from
@@ -550,9 +554,11 @@ async def _time_checkpoints(job: Job, setup: Setup, directory: Path) -> dict[str
     The rows, in order: the first (complete) checkpoint after the fill;
     ``checkpoints`` after one interval of new conversations each (the worst
     case); ``checkpoints`` after one interval of updates to remembered
-    conversations each (no key forgotten); one after the fill's
-    conversations came back in ``states`` snapshots each. One more after
-    new conversations runs under :mod:`cProfile`, for the profile alone.
+    conversations each (no key forgotten); ``checkpoints`` after one
+    interval of new conversations in all their ``states`` snapshots each
+    (realistic traffic); one after as many new conversations as the fill,
+    each in ``states`` snapshots. One more after new conversations runs
+    under :mod:`cProfile`, for the profile alone.
     """
     store_name = job.scenario.removeprefix("timing-")
     store = _open_timed_store(store_name, setup, directory)
@@ -596,6 +602,16 @@ async def _time_checkpoints(job: Job, setup: Setup, directory: Path) -> dict[str
             for namespace in remembered[: setup.checkpoints]:
                 await timing.fill(setup.between, state=1, namespace=namespace)
                 rows["updates"].append(await timing.checkpoint())
+            # Closer to real traffic: a conversation is seen several times an
+            # interval. Each new conversation in every snapshot of its life,
+            # as many events as one interval's.
+            rows["snapshots"] = []
+            per = max(1, setup.between // setup.states)
+            for _ in range(setup.checkpoints):
+                namespace = next(timing.nudges)
+                for state in range(setup.states):
+                    await timing.fill(per, state, namespace)
+                rows["snapshots"].append(await timing.checkpoint())
             if setup.states > 1:
                 # As many new conversations as the fill, each in every state.
                 namespace = next(timing.nudges)
@@ -639,7 +655,7 @@ def _job_process(job: Job, setup: Setup, conn: Connection) -> None:
 async def _measure(job: Job, setup: Setup) -> dict[str, Any]:
     child = _Child(_job_process, job, setup, name=f"measure-{job.scenario}")
     # Every blast (fills included) has its own deadline of job.timeout_s.
-    blasts = 2 + 2 * setup.checkpoints + setup.states
+    blasts = 2 + (2 + setup.states) * setup.checkpoints + setup.states
     deadline = job.timeout_s * blasts + 4 * SETUP_TIMEOUT_S + GRACE_S
     answered = False
     try:
@@ -735,14 +751,20 @@ def _throughput_table(
 
 
 def _timing_table(
-    args: argparse.Namespace, results: dict[str, list[Run]], timings: dict[str, dict[str, Any]]
+    args: argparse.Namespace,
+    results: dict[str, list[Run]],
+    timings: dict[str, dict[str, Any]],
+    states: int,
 ) -> list[str]:
     rate = args.rate if args.rate > 0 else _median([r.result.fps for r in results[NO_STORE]])
     between = _between(args)
+    per = max(1, between // states)
     labels = {
         "first": "the first after the fill (complete)",
         "new": f"after {between:,} new conversations (median of {{n}})",
         "updates": f"after {between:,} updates of remembered conversations (median of {{n}})",
+        "snapshots": f"**realistic traffic**: after {between:,} events, {per:,} new conversations "
+        f"each in its {states} snapshots (median of {{n}})",
         "states": f"after {args.remember:,} new conversations, each in every snapshot",
     }
     lines = [
@@ -763,8 +785,9 @@ def _timing_table(
             if not timed:
                 continue
             label = labels[kind].format(n=len(timed))
-            amortised = kind in ("new", "updates")
-            lines.append(_timing_row(store, label, timed, args.interval * rate, amortised))
+            amortised = kind in ("new", "updates", "snapshots")
+            events = args.interval * rate if kind != "snapshots" else per * states
+            lines.append(_timing_row(store, label, timed, events, amortised))
     for store in STORES:
         profile = timings[store]["profile"]
         lines += [
@@ -905,7 +928,7 @@ async def _main(args: argparse.Namespace) -> int:
     lines = [
         *_throughput_table(args, history[1 if args.update else 0], results),
         "",
-        *_timing_table(args, results, timings),
+        *_timing_table(args, results, timings, len(history)),
         "",
         f"Every snapshot: the {len(history)} states the template's conversation goes through "
         f"in the simulation ({', '.join(f'{len(t.body):,} B' for t in history)}); updates "

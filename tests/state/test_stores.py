@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import itertools
 import os
 import random
 import sqlite3
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from unittest import mock
 
 import msgspec
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genesys_mux.core.checkpoint import (
     DIGEST_SIZE,
@@ -26,7 +32,7 @@ from genesys_mux.core.checkpoint import (
     encode_remembered,
     fingerprint,
 )
-from genesys_mux.core.snapshot import event_facts
+from genesys_mux.core.snapshot import EventFacts, event_facts
 from genesys_mux.core.streams import DeadLetter, Stream
 from genesys_mux.errors import FencedStateError, StateError
 from genesys_mux.state import (
@@ -36,6 +42,8 @@ from genesys_mux.state import (
     StateStore,
     open_store,
 )
+from genesys_mux.state import sqlite as sqlite_store
+from genesys_mux.state.sqlite import FILE_SCHEMA_VERSION
 from tests.sinks.conftest import RedisServer, real_bodies
 
 STORES = ["memory", "sqlite", "redis"]
@@ -252,7 +260,7 @@ def test_settings_become_stores(tmp_path: Path) -> None:
 
 def test_checkpoint_of_a_fresh_stream() -> None:
     checkpoint = a_stream().checkpoint(fingerprint="f", watermark=None, saved_at=0.0)
-    assert checkpoint == StreamCheckpoint("calls", "f", 1, None, "run-1", 0.0, [])
+    assert checkpoint == StreamCheckpoint("calls", "f", 1, None, "run-1", 0.0, [], floor=1)
 
 
 def memory_of(stream: Stream) -> list[tuple[str, float | None, bytes, bool]]:
@@ -482,8 +490,88 @@ async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute(
             "SELECT value FROM genesys_mux_meta WHERE key = 'schema_version'"
-        ).fetchone() == (str(SCHEMA_VERSION),)
+        ).fetchone() == (str(FILE_SCHEMA_VERSION),)
     db.close()
+
+
+def a_schema_2_file(path: Path, checkpoints: list[StreamCheckpoint]) -> None:
+    """A state file as schema 2 wrote it: a row per stream, a row per remembered key."""
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE genesys_mux_meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute(
+            "CREATE TABLE genesys_mux_streams (stream_id TEXT PRIMARY KEY, "
+            "checkpoint BLOB NOT NULL, saved_at REAL NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE genesys_mux_memory (stream_id TEXT NOT NULL, key TEXT NOT NULL, "
+            "entry BLOB NOT NULL, PRIMARY KEY (stream_id, key)) WITHOUT ROWID"
+        )
+        db.executemany(
+            "INSERT INTO genesys_mux_meta VALUES (?, ?)",
+            [("application", "genesys-mux"), ("schema_version", "2")],
+        )
+        for checkpoint in checkpoints:
+            db.execute(
+                "INSERT INTO genesys_mux_streams VALUES (?, ?, ?)",
+                (checkpoint.stream_id, encode_checkpoint(checkpoint), checkpoint.saved_at),
+            )
+            # In an order of their own (by key), as schema 2's table kept them.
+            db.executemany(
+                "INSERT INTO genesys_mux_memory VALUES (?, ?, ?)",
+                [(checkpoint.stream_id, r.key, encode_remembered(r)) for r in checkpoint.memory],
+            )
+    db.close()
+
+
+async def test_a_schema_2_file_is_migrated_on_open(tmp_path: Path) -> None:
+    """Its rows of keys become blocks; the streams load as before, and carry on from there."""
+    path = tmp_path / "state.db"
+    keys = [f"conversation-{i:05d}" for i in range(4_500)]
+    big = StreamCheckpoint(
+        "big", "f", 10, 1.0, "run-1", 1.0, [a_remembered(k, r) for r, k in enumerate(keys[::-1])]
+    )
+    small = fed(a_stream(), 30).checkpoint(fingerprint="f", watermark=5.0, saved_at=6.0)
+    a_schema_2_file(path, [big, small])
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO genesys_mux_memory VALUES ('big', 'broken', x'c1')")
+    db.close()
+    before = path.read_bytes()
+    # One unreadable entry: the migration is refused, and leaves the file as it was.
+    with pytest.raises(StateError, match=r"cannot migrate it from schema 2.*--reset-state"):
+        await SqliteStateStore(path).open()
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM genesys_mux_memory WHERE key = 'broken'")
+    db.close()
+    store = SqliteStateStore(path)
+    await store.open()
+    try:
+        assert await store.load() == {"big": big, "calls": small}
+        # An incremental checkpoint over the migrated blocks.
+        later = StreamCheckpoint(
+            "big",
+            "f",
+            11,
+            2.0,
+            "run-1",
+            2.0,
+            [a_remembered("new", 9_999)],
+            complete=False,
+            forgotten=keys[-100:],
+        )
+        await store.save([later])
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute(
+            "SELECT value FROM genesys_mux_meta WHERE key = 'schema_version'"
+        ).fetchone() == (str(FILE_SCHEMA_VERSION),)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "genesys_mux_memory_2" not in tables
+    db.close()
+    async with a_store("sqlite", tmp_path, None) as reopened:
+        assert (await reopened.load())["big"] == apply_checkpoint(big, later)
 
 
 async def test_schema_1_redis_keys_are_migrated_on_open(redis_server: RedisServer) -> None:
@@ -567,3 +655,210 @@ def memory_records(stream: Stream) -> list[Remembered]:
     look = copy.deepcopy(stream)
     look.checkpoint_failed()
     return look.checkpoint(fingerprint="f", watermark=None, saved_at=0.0).memory
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rounds=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 11), max_size=8),
+            st.integers(1, 4),
+            st.lists(st.integers(0, 11), max_size=4),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    refresh=st.sampled_from([0, 1, 2]),
+)
+def test_checkpoints_built_while_keys_are_forgotten_and_seen_again_add_up(
+    rounds: list[tuple[list[int], int, list[int]]], refresh: int
+) -> None:
+    """Whatever is seen, forgotten and seen again between and during slices, nothing is lost.
+
+    A memory of 6 among 12 keys forgets often; keys arrive before a
+    checkpoint starts and between its slices, mostly fewer than the log of
+    keys seen holds (6), sometimes more. Applied one over the other, the
+    checkpoints end as the stream's memory; each says a floor that every
+    key remembered reaches and every key forgotten does not, refreshed or
+    not.
+    """
+    stream = Stream("s", dead_letter=lambda _: None, buffer_size=1000, memory=6)
+    version = itertools.count(1)
+
+    def offer(keys: list[int]) -> None:
+        for key in keys:
+            n = next(version)
+            facts = EventFacts(f"k{key}", float(n), n.to_bytes(DIGEST_SIZE, "big"))
+            stream.offer("t", b"{}", None, 1.0, 1.0, facts)
+        settle_all(stream)
+
+    model: StreamCheckpoint | None = None
+    for before, limit, meanwhile in rounds:
+        offer(before)
+        at_start = {r.key: r for r in memory_records(stream)}
+        build = stream.begin_checkpoint(
+            fingerprint="f", watermark=None, saved_at=1.0, refresh=refresh
+        )
+        done = build.step(limit)
+        offer(meanwhile)
+        while not done:
+            done = build.step(limit)
+        checkpoint = build.result()
+        # Each key once, each as it was when the checkpoint started, least
+        # recently seen first.
+        assert [at_start[r.key] for r in checkpoint.memory] == checkpoint.memory
+        ranks = [r.rank for r in checkpoint.memory]
+        assert ranks == sorted(ranks)
+        assert not {r.key for r in checkpoint.memory} & set(checkpoint.forgotten)
+        gone = [] if model is None else [r for r in model.memory if r.key in checkpoint.forgotten]
+        model = apply_checkpoint(model, checkpoint)
+        # What a store may drop below the floor is only what it no longer needs.
+        written = {r.key for r in checkpoint.memory}
+        assert all(r.rank >= checkpoint.floor or r.key in written for r in model.memory)
+        assert all(r.rank < checkpoint.floor for r in gone)
+        assert {r.key for r in model.memory} <= set(at_start)
+    # One more with nothing arriving meanwhile: the model catches up.
+    last = stream.checkpoint(fingerprint="f", watermark=None, saved_at=2.0)
+    model = apply_checkpoint(model, last)
+    assert model.memory == memory_records(stream)
+
+
+def offer_keys(stream: Stream, keys: Iterable[int], version: Iterator[int]) -> None:
+    """Offer a snapshot of each key (each one new), then deliver and settle them."""
+    for key in keys:
+        n = next(version)
+        facts = EventFacts(f"k{key}", float(n), n.to_bytes(DIGEST_SIZE, "big"))
+        stream.offer("t", b"{}", None, 1.0, 1.0, facts)
+    settle_all(stream)
+
+
+def stored_entries(path: Path) -> tuple[int, int]:
+    """(entries, blocks) in a state file's log of blocks."""
+    with sqlite3.connect(path) as db:
+        entries, blocks = db.execute(
+            "SELECT sum(size), count(*) FROM genesys_mux_memory"
+        ).fetchone()
+    db.close()
+    return entries or 0, blocks
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rounds=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 11), max_size=8),
+            st.integers(1, 4),
+            st.lists(st.integers(0, 11), max_size=4),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    refresh=st.sampled_from([0, 1, 2]),
+    block=st.sampled_from([1, 3, 2000]),
+)
+def test_a_sqlite_log_of_blocks_loads_what_the_checkpoints_add_up_to(
+    rounds: list[tuple[list[int], int, list[int], bool]], refresh: int, block: int
+) -> None:
+    """Blocks pruned by floor, forgotten keys left out or not, the store opened again: exact.
+
+    Blocks as small as one key, so that a checkpoint spans several.
+    """
+
+    async def run(directory: Path) -> None:
+        stream = Stream("s", dead_letter=lambda _: None, buffer_size=1000, memory=6)
+        version = itertools.count(1)
+        model: StreamCheckpoint | None = None
+        store = SqliteStateStore(directory / "state.db")
+        await store.open()
+        try:
+            for before, limit, meanwhile, reopen in rounds:
+                offer_keys(stream, before, version)
+                build = stream.begin_checkpoint(
+                    fingerprint="f", watermark=None, saved_at=1.0, refresh=refresh
+                )
+                done = build.step(limit)
+                offer_keys(stream, meanwhile, version)
+                while not done:
+                    done = build.step(limit)
+                checkpoint = build.result()
+                await store.save([checkpoint])
+                model = apply_checkpoint(model, checkpoint)
+                if reopen:  # what it knows of the blocks is read from the file again
+                    await store.close()
+                    await store.open()
+                assert await store.load() == {"s": model}
+        finally:
+            await store.close()
+
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        mock.patch.object(sqlite_store, "_SLICE", block),
+    ):
+        asyncio.run(run(Path(directory)))
+
+
+@pytest.mark.parametrize("refresh", [0, SqliteStateStore.refresh])
+async def test_a_sqlite_log_stays_bounded_when_some_keys_are_never_seen_again(
+    tmp_path: Path, refresh: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quiet keys hold the floor back: refreshed, or the log written whole, it stays small."""
+    monkeypatch.setattr(sqlite_store, "_SLICE", 10)
+    rng = random.Random(5)
+    stream = Stream("s", dead_letter=lambda _: None, buffer_size=10_000, memory=200)
+    version = itertools.count(1)
+    offer_keys(stream, range(200), version)  # keys 0 to 49 are never seen again
+    model: StreamCheckpoint | None = None
+    most = 0
+    async with a_store("sqlite", tmp_path, None) as store:
+        for _ in range(150):
+            offer_keys(stream, rng.sample(range(50, 200), 30), version)
+            checkpoint = stream.checkpoint(
+                fingerprint="f", watermark=None, saved_at=1.0, refresh=refresh
+            )
+            await store.save([checkpoint])
+            model = apply_checkpoint(model, checkpoint)
+            most = max(most, stored_entries(tmp_path / "state.db")[0])
+        assert await store.load() == {"s": model}
+    assert model is not None
+    assert len(model.memory) == 200
+    # 150 checkpoints wrote 4,700 entries: without pruning, all would be kept.
+    bound = 3 * 200 + 30 + 10 if refresh else 4 * 200 + 4 * 10
+    assert most <= bound, most
+
+
+async def test_keys_forgotten_stay_forgotten_while_an_older_block_holds_them(
+    tmp_path: Path,
+) -> None:
+    """A block of forgotten keys outlives its own entries while an older block holds theirs."""
+
+    def later(memory: list[Remembered], floor: int, forgotten: list[str]) -> StreamCheckpoint:
+        return StreamCheckpoint(
+            "s", "f", 1, None, "run-1", 1.0, memory, False, forgotten, floor=floor
+        )
+
+    first = StreamCheckpoint(
+        "s", "f", 1, None, "run-1", 1.0, [a_remembered("k", 1), a_remembered("l", 10)], floor=1
+    )
+    # "k" forgotten; "m" written at a low rank (as a refreshed key is).
+    second = later([a_remembered("m", 3)], 5, ["k"])
+    # "m" seen again: the second block holds nothing current, but "k"'s
+    # entry is still in the first, which "l" keeps.
+    third = later([a_remembered("m", 11)], 10, [])
+    model: StreamCheckpoint | None = None
+    async with a_store("sqlite", tmp_path, None) as store:
+        for checkpoint in (first, second, third):
+            await store.save([checkpoint])
+            model = apply_checkpoint(model, checkpoint)
+            assert await store.load() == {"s": model}
+    assert model is not None
+    assert [r.key for r in model.memory] == ["l", "m"]
+
+
+async def test_a_new_state_file_has_large_pages_in_wal_mode(tmp_path: Path) -> None:
+    async with a_store("sqlite", tmp_path, None):
+        pass
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("PRAGMA page_size").fetchone() == (sqlite_store._PAGE_BYTES,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()

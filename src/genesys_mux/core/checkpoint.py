@@ -22,7 +22,10 @@ previous one (``complete`` false) and the keys it has forgotten since
 (``forgotten``); the first checkpoint of a run, and the one after a failed
 write, carries the whole memory (``complete`` true). Each remembered key
 has a ``rank`` that grows with every checkpoint, so a store can keep the
-keys one by one and give them back least recently seen first.
+keys one by one and give them back least recently seen first. The
+checkpoint's ``floor`` tells a store that keeps them as a log which of
+the entries earlier checkpoints wrote it no longer needs: those ranked
+below it.
 
 The header and each remembered key are encoded with msgpack; the header
 behind a one-byte schema version. Each store records the schema version of
@@ -34,7 +37,7 @@ refused, clearly.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -47,9 +50,11 @@ __all__ = [
     "StreamCheckpoint",
     "apply_checkpoint",
     "decode_checkpoint",
+    "decode_memory_block",
     "decode_remembered",
     "encode_checkpoint",
     "encode_memory",
+    "encode_memory_block",
     "encode_remembered",
     "fingerprint",
 ]
@@ -111,6 +116,11 @@ class StreamCheckpoint(msgspec.Struct, frozen=True):
     #: cluster. A store refuses a checkpoint older than the stream's claim
     #: (see ``StateStore.claim``).
     fence: int = 0
+    #: Once this checkpoint is written, every remembered key's newest entry
+    #: is in it or has at least this rank, and every key forgotten so far
+    #: had a lower one: a store may drop the entries ranked below it that
+    #: earlier checkpoints wrote. 0: not known (not made by a stream).
+    floor: int = 0
 
 
 class _RememberedV1(msgspec.Struct, array_like=True):
@@ -141,6 +151,7 @@ def _upgraded(data: bytes) -> StreamCheckpoint:
 
 
 _REMEMBERED = msgspec.msgpack.Decoder(Remembered)
+_BLOCK = msgspec.msgpack.Decoder(list[Remembered])
 
 
 def encode_checkpoint(checkpoint: StreamCheckpoint) -> bytes:
@@ -189,6 +200,24 @@ def encode_memory(memory: Iterable[Remembered]) -> list[bytes]:
     own method saves a Python call per key.
     """
     return list(map(_ENCODER.encode, memory))
+
+
+def encode_memory_block(memory: Sequence[Remembered]) -> bytes:
+    """Many remembered keys as one value: a msgpack array of what :func:`encode_remembered` makes.
+
+    For a store that keeps keys in groups rather than one by one: one
+    encoder call for the lot costs about half as much per key as a call
+    per key, and the store handles one value instead of thousands.
+    """
+    return _ENCODER.encode(memory)
+
+
+def decode_memory_block(data: bytes, where: str) -> list[Remembered]:
+    """Read bytes written by :func:`encode_memory_block`; ``where`` names them in errors."""
+    try:
+        return _BLOCK.decode(data)
+    except msgspec.DecodeError as exc:
+        raise StateError(f"{where}: not a block of remembered keys ({exc})") from exc
 
 
 def decode_remembered(data: bytes, where: str) -> Remembered:

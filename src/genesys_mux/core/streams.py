@@ -42,6 +42,7 @@ Nothing here reads a clock: receive times come with the notification, and
 
 from __future__ import annotations
 
+import bisect
 import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -241,8 +242,16 @@ class _Seen:
     # when nearly empty, and one of these exists per remembered key.
     hashes: list[bytes]
     in_state: bool = False
-    #: When the key was last seen, on the stream's own clock (a checkpoint's rank).
+    #: When the key was last seen, on the stream's own clock (a checkpoint's rank);
+    #: :data:`_FORGOTTEN` once the memory bound pushed it out.
     stamp: int = 0
+    #: The key it is remembered under: a checkpoint builds from these
+    #: directly, without looking each key up again.
+    key: str = ""
+
+
+#: The stamp of a :class:`_Seen` the memory has forgotten (below every real one).
+_FORGOTTEN = -1
 
 
 class CheckpointBuild:
@@ -250,82 +259,138 @@ class CheckpointBuild:
 
     Building 50,000 remembered keys in one go would hold an event loop for
     tens of milliseconds; :meth:`step` builds ``limit`` keys, so the shell
-    can let events through between slices. A key seen again meanwhile is
-    left to the next checkpoint (it is marked as seen for it), and one
-    forgotten meanwhile is too (marked forgotten): each entry written is the
-    key as of the checkpoint's start, or newer.
+    can let events through between slices. Every entry is its key as of the
+    checkpoint's start: a key seen again, or forgotten, before its slice is
+    kept as it was just before that (:meth:`keep`, called by the stream),
+    and the next checkpoint carries what changed.
 
     The keys to build are ``keys``, then ``log``, least recently seen first,
     so the memory is built in the order it is written in. ``log`` is every
     key seen since the previous checkpoint, once per time it was seen: the
     one seen at stamp ``base + 1`` first. A key is built where its stamp
-    says it was seen last.
+    says it was seen last. Both hold the keys' memory records themselves,
+    not their names: a record's stamp says whether it is still current, so
+    building needs no lookup per key. ``again`` names the keys among
+    ``keys`` stamped ``base`` or earlier (None: every key is to be built,
+    a complete checkpoint).
     """
 
     def __init__(
         self,
-        seen: Mapping[str, _Seen],
         header: StreamCheckpoint,
-        keys: list[str],
-        log: list[str],
+        keys: list[_Seen],
+        log: list[_Seen],
         base: int,
         undone: dict[str, Remembered],
         clock: int,
+        again: set[str] | None = None,
+        finished: Callable[[CheckpointBuild], None] | None = None,
     ) -> None:
-        self._seen = seen
         self._header = header
         self._keys = keys
         self._log = log
         self._base = base
         self._undone = undone
         self._clock = clock
+        self._again = again
+        self._finished = finished
         self._next = 0
         self._memory: list[Remembered] = []
+        #: Keys seen again or forgotten before their slice, as they were.
+        self._kept: list[Remembered] = []
+        #: Every key to build stamped below this is built (or kept) already.
+        self._done = 0
+
+    def keep(self, seen: _Seen) -> None:
+        """``seen`` is about to change (seen again, or forgotten): keep it if still to build."""
+        stamp = seen.stamp
+        if stamp > self._clock or stamp < self._done:
+            return  # changed since the start (kept then), or built already
+        key = seen.key
+        if stamp <= self._base and self._again is not None and key not in self._again:
+            return  # not this checkpoint's: unchanged since the previous one
+        if key in self._undone:
+            return  # has its own entry
+        hashes = b"".join(seen.hashes)
+        self._kept.append(Remembered(key, seen.version, hashes, seen.in_state, stamp))
 
     def step(self, limit: int) -> bool:
         """Build up to ``limit`` more keys; True once every key is built."""
-        get, undone, join = self._seen.get, self._undone, b"".join
+        undone, join = self._undone, b"".join
         keys, log, start = self._keys, self._log, self._next
+        memory = self._memory
+        built = len(memory)
         # Comprehensions, not loops of appends: this runs for every key that
-        # changed, every checkpoint. A key forgotten meanwhile, or seen again
-        # (its stamp is newer than the checkpoint's clock), is left to the
-        # next checkpoint; a key with unsettled changes has its own entry
-        # (see result).
+        # changed, every checkpoint. A key seen again since the start (its
+        # stamp is newer than the checkpoint's clock) or forgotten (its
+        # stamp is _FORGOTTEN) was kept as it was; a key with unsettled
+        # changes has its own entry (see result). The test for those is
+        # left out when there are none, as there usually are.
         if start < len(keys):
             end = min(start + limit, len(keys))
             clock = self._clock
-            self._memory += [
-                Remembered(key, seen.version, join(seen.hashes), seen.in_state, seen.stamp)
-                for key in keys[start:end]
-                if key not in undone and (seen := get(key)) is not None and seen.stamp <= clock
+            memory += [
+                Remembered(s.key, s.version, join(s.hashes), s.in_state, s.stamp)
+                for s in keys[start:end]
+                if 0 <= s.stamp <= clock and (not undone or s.key not in undone)
             ]
+            if len(memory) > built:
+                # Keys passed over after it were kept, or are not to build.
+                self._done = memory[-1].rank + 1
         else:
             at = start - len(keys)
             end = len(keys) + min(at + limit, len(log))
             # log[at] was seen at stamp base + at + 1: built there only if
             # that is when the key was seen last.
-            self._memory += [
-                Remembered(key, seen.version, join(seen.hashes), seen.in_state, stamp)
-                for stamp, key in enumerate(log[at : end - len(keys)], self._base + at + 1)
-                if key not in undone and (seen := get(key)) is not None and seen.stamp == stamp
-            ]
+            sliced = enumerate(log[at : end - len(keys)], self._base + at + 1)
+            if undone:
+                memory += [
+                    Remembered(s.key, s.version, join(s.hashes), s.in_state, stamp)
+                    for stamp, s in sliced
+                    if s.stamp == stamp and s.key not in undone
+                ]
+            else:
+                memory += [
+                    Remembered(s.key, s.version, join(s.hashes), s.in_state, stamp)
+                    for stamp, s in sliced
+                    if s.stamp == stamp
+                ]
+            self._done = self._base + end - len(keys) + 1
         self._next = end
-        return end == len(keys) + len(log)
+        done = end == len(keys) + len(log)
+        if done:
+            self._done = self._clock + 1  # nothing left to keep
+            if self._finished is not None:
+                self._finished(self)
+        return done
 
     def result(self) -> StreamCheckpoint:
         """The checkpoint, its memory least recently seen first (call once :meth:`step` is done)."""
         memory = self._memory  # in that order already: so were the keys
+        extra = self._kept
         if self._undone:
             # Keys with unsettled changes, as they were before them. There
             # is nearly always one (the event a reader holds), and rarely
-            # many: sorting a list sorted but for a short run is cheap.
-            memory += self._undone.values()
+            # many.
+            extra += self._undone.values()
+        if len(extra) <= _FEW:
+            # Each into its place: sorting would call the key getter once
+            # per entry, thousands of times, for one or two out of place.
+            for remembered in extra:
+                bisect.insort(memory, remembered, key=_rank)
+        else:
+            # Sorting a list sorted but for a short run is cheap.
+            memory += extra
             memory.sort(key=_rank)
         return msgspec.structs.replace(self._header, memory=memory)
 
 
-#: A remembered key's rank (a C getter: the sort calls it once per key).
+#: Entries out of order a checkpoint puts in place one by one (more: a sort).
+_FEW = 16
+#: A remembered key's rank, and a memory record's stamp (C getters: a sort
+#: calls them once per key).
 _rank = operator.attrgetter("rank")
+_stamp = operator.attrgetter("stamp")
 
 
 class Stream:
@@ -376,13 +441,16 @@ class Stream:
         # checkpoint finds the keys in _seen instead. Also kept: keys whose
         # unsettled changes the last checkpoint left out (to be written
         # again), and keys forgotten since.
-        self._log: deque[str] = deque(maxlen=min(memory, _LOG_LIMIT))
+        self._log: deque[_Seen] = deque(maxlen=min(memory, _LOG_LIMIT))
         self._checkpointed = 0
         self._rewrite: set[str] = set()
         self._forgotten: set[str] = set()
         # The next checkpoint carries the whole memory (the first of a run,
         # and the one after a write failed).
         self._complete_due = True
+        # The checkpoint being built, if any: it keeps keys as they were
+        # before they change (see CheckpointBuild.keep).
+        self._build: CheckpointBuild | None = None
         # Counts keys seen: each key's stamp, and its rank in checkpoints.
         self._clock = 0
         self._buffer: deque[StreamEvent | Gap] = deque()
@@ -488,21 +556,27 @@ class Stream:
         return self._push(event)
 
     def checkpoint(
-        self, *, fingerprint: str, watermark: float | None, saved_at: float
+        self, *, fingerprint: str, watermark: float | None, saved_at: float, refresh: int = 0
     ) -> StreamCheckpoint:
         """What the stream needs to continue after a restart, built in one go.
 
         See :meth:`begin_checkpoint`, which builds it a slice at a time.
         """
         build = self.begin_checkpoint(
-            fingerprint=fingerprint, watermark=watermark, saved_at=saved_at
+            fingerprint=fingerprint, watermark=watermark, saved_at=saved_at, refresh=refresh
         )
         while not build.step(1 << 30):
             pass
         return build.result()
 
     def begin_checkpoint(
-        self, *, fingerprint: str, watermark: float | None, saved_at: float, fence: int = 0
+        self,
+        *,
+        fingerprint: str,
+        watermark: float | None,
+        saved_at: float,
+        refresh: int = 0,
+        fence: int = 0,
     ) -> CheckpointBuild:
         """Start a checkpoint of the stream as of its *settled* events.
 
@@ -515,6 +589,14 @@ class Stream:
         those states again (with the same idempotency keys) instead of
         dropping them as already delivered. If the store cannot write the
         checkpoint, call :meth:`checkpoint_failed`.
+
+        With ``refresh``, it also carries, unchanged, the keys not seen for
+        ``refresh`` times as many sightings as the memory holds keys. A
+        store that keeps checkpoints as a log drops the entries ranked
+        below the checkpoint's ``floor``, the oldest remembered key's rank;
+        a key remembered but never seen again would keep the floor, and so
+        the whole log after it, from moving (see
+        :mod:`genesys_mux.state.sqlite`).
         """
         next_sequence = self._next_sequence
         undone: dict[str, Remembered] = {}
@@ -533,12 +615,21 @@ class Stream:
                 undone[key] = Remembered(key, version, b"".join(hashes), in_state, seen.stamp)
         complete = self._complete_due
         last, log = self._checkpointed, self._log
-        keys: list[str] = []
-        logged: list[str] = []
+        keys: list[_Seen] = []
+        logged: list[_Seen] = []
+        again: set[str] | None = None
+        # Every key remembered was seen at or after the oldest one's stamp,
+        # and is written at that rank or later; every key forgotten was seen
+        # before it (the memory forgets the least recently seen first).
+        floor = next(iter(self._seen.values())).stamp if self._seen else self._clock + 1
         if complete:
-            keys = list(self._seen)
+            keys = list(self._seen.values())
         else:
             keys = self._again(last)
+            below = self._clock - refresh * len(self._seen)
+            if refresh > 0 and floor < below:
+                floor, keys = self._refreshed(keys, undone, below)
+            again = {s.key for s in keys}
             if len(log) == self._clock - last:
                 logged = list(log)
             else:  # more keys were seen than the log holds
@@ -560,37 +651,68 @@ class Stream:
             complete=complete,
             forgotten=forgotten,
             fence=fence,
+            floor=floor,
         )
-        return CheckpointBuild(self._seen, header, keys, logged, last, undone, self._clock)
+        build = CheckpointBuild(header, keys, logged, last, undone, self._clock, again, self._built)
+        self._build = build
+        return build
 
-    def _again(self, last: int) -> list[str]:
+    def _built(self, build: CheckpointBuild) -> None:
+        """Every key of ``build`` is built: none needs keeping any more."""
+        if self._build is build:
+            self._build = None
+
+    def _refreshed(
+        self, again: list[_Seen], undone: Mapping[str, Remembered], below: int
+    ) -> tuple[int, list[_Seen]]:
+        """The floor once the keys last seen before stamp ``below`` are written, and those keys.
+
+        They are the oldest in the memory: its head. Those seen since the
+        last checkpoint, or to be written again anyway, are left where
+        they are (written once). The floor is the stamp of the first key
+        not written.
+        """
+        last = self._checkpointed
+        skip = {s.key for s in again}.union(undone)
+        refreshed: list[_Seen] = []
+        floor = self._clock + 1
+        for seen in self._seen.values():
+            if seen.stamp >= below:
+                floor = seen.stamp
+                break
+            if seen.stamp <= last and seen.key not in skip:
+                refreshed.append(seen)
+        return floor, sorted(again + refreshed, key=_stamp)
+
+    def _again(self, last: int) -> list[_Seen]:
         """Keys to write again that were not seen since the last checkpoint, by stamp."""
         seen_map = self._seen
         again = [
-            (kept.stamp, key)
+            kept
             for key in self._rewrite
             if (kept := seen_map.get(key)) is not None and kept.stamp <= last
         ]
-        again.sort()
-        return [key for _, key in again]
+        again.sort(key=_stamp)
+        return again
 
-    def _tail(self, last: int) -> list[str]:
+    def _tail(self, last: int) -> list[_Seen]:
         """Keys seen since the last checkpoint, least recently seen first, from _seen.
 
         _seen keeps keys least recently seen first, so they are its tail:
         the keys stamped after ``last``.
         """
-        tail: list[str] = []
-        for key, seen in reversed(self._seen.items()):
+        tail: list[_Seen] = []
+        for seen in reversed(self._seen.values()):
             if seen.stamp <= last:
                 break  # and so is every key before it
-            tail.append(key)
+            tail.append(seen)
         tail.reverse()
         return tail
 
     def checkpoint_failed(self) -> None:
         """The last checkpoint was not written: the next one carries the whole memory."""
         self._complete_due = True
+        self._build = None
 
     @property
     def memory_changed(self) -> bool:
@@ -610,6 +732,7 @@ class Stream:
                 remembered.digests()[-self._hashes_per_key :],
                 remembered.in_state,
                 remembered.rank,
+                remembered.key,
             )
         if checkpoint.memory:
             self._clock = max(self._clock, checkpoint.memory[-1].rank)
@@ -633,18 +756,23 @@ class Stream:
 
     def _remember(self, key: str) -> _Seen:
         self._clock += 1
-        self._log.append(key)
         seen = self._seen.get(key)
         if seen is None:
-            seen = _Seen(None, [])
+            seen = _Seen(None, [], False, 0, key)
             self._seen[key] = seen
             self._forgotten.discard(key)
             if len(self._seen) > self._memory:
-                old, _ = self._seen.popitem(last=False)
+                old, gone = self._seen.popitem(last=False)
+                if self._build is not None:
+                    self._build.keep(gone)
+                gone.stamp = _FORGOTTEN  # the log may hold it: not to be built
                 self._forgotten.add(old)
         else:
+            if self._build is not None:
+                self._build.keep(seen)  # before it changes
             self._seen.move_to_end(key)
         seen.stamp = self._clock
+        self._log.append(seen)
         return seen
 
     def _add_hash(self, seen: _Seen, digest: bytes) -> None:

@@ -707,6 +707,9 @@ class Multiplexer:
     ) -> list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]]:
         """Build and write these streams' checkpoints (those that moved, or all with ``force``)."""
         now = time.time()
+        # A store that keeps checkpoints as a log asks for its oldest keys
+        # to be written again now and then (see Stream.begin_checkpoint).
+        refresh = int(getattr(self.state_store, "refresh", 0))
         begun: list[_StreamState] = []
         due: list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]] = []
         try:
@@ -720,6 +723,7 @@ class Multiplexer:
                     watermark=mark[1],
                     saved_at=now,
                     fence=state.fence,
+                    refresh=refresh,
                 )
                 begun.append(state)
                 # Not a wait for anything: a yield, so events go through between slices.
