@@ -698,7 +698,7 @@ async def _profiled_mux(job: Job, buffer: int, top: int) -> dict[str, Any]:
 
 def _job_process(job: Job, buffer: int, top: int, conn: Connection) -> None:
     """One measurement of this module's own clients, in a process of its own."""
-    _child_setup(job.cpus)
+    _child_setup(job.cpus, job.loop)
     try:
         payload: Any
         if job.scenario == "ceiling":
@@ -831,7 +831,8 @@ def _throughput_table(
         "",
         f"{args.count:,} distinct conversation snapshots per measurement, "
         f"{'unpaced' if args.rate <= 0 else f'at {args.rate:g} frames/s'}, "
-        f"median of {args.repeat} interleaved repetitions; CPU per frame sent.",
+        f"median of {args.repeat} interleaved repetitions; CPU per frame sent; "
+        f"Python clients on the {args.loop} event loop.",
         "",
         "| client | frames/s | CPU µs/event | x naive Python | x Node | client busy "
         "| source busy | peak RSS Δ |",
@@ -970,7 +971,9 @@ async def _main(args: argparse.Namespace) -> int:
     _progress(
         f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
         f"msgspec {msgspec.__version__}, websockets {websockets_version}, "
-        f"{os.cpu_count()} CPUs" + (", source and clients pinned apart" if args.pin else "")
+        f"{os.cpu_count()} CPUs"
+        + (", source and clients pinned apart" if args.pin else "")
+        + f", Python clients on the {args.loop} loop"
     )
     sizes = tuple(args.max_body)
     # The templates are built in the source process only: simulating the
@@ -992,6 +995,7 @@ async def _main(args: argparse.Namespace) -> int:
             timeout_s=timeout_s,
             emulator_pid=source.process.pid or 0,
             cpus=client_cpus,
+            loop=args.loop,
         )
 
     throughput = {size: {key: list[Result]() for key in SCENARIOS} for size in sizes}
@@ -1102,6 +1106,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="profile the Multiplexer.stream() client at the largest size (default: on)",
     )
     parser.add_argument("--top", type=int, default=15, help="profile rows shown")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the Python clients' event loop (uvloop: the speed extra, as the command line uses)",
+    )
     parser.add_argument(
         "--profile-client",
         choices=("mux", "mux10"),

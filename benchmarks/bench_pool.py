@@ -121,6 +121,8 @@ class Job:
     timeout_s: float
     emulator_pid: int
     cpus: frozenset[int] | None
+    #: The client's event loop: ``asyncio`` (the default loop) or ``uvloop``.
+    loop: str = "asyncio"
 
 
 @dataclass(slots=True)
@@ -242,9 +244,17 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
-def _child_setup(cpus: frozenset[int] | None) -> None:
-    """Pin a child process, and leave Ctrl-C to the parent, which stops the children."""
+def _child_setup(cpus: frozenset[int] | None, loop: str = "asyncio") -> None:
+    """Pin a child process, leave Ctrl-C to the parent (which stops the children), pick its loop.
+
+    ``loop="uvloop"`` makes ``asyncio.run`` in this process run on uvloop
+    (the ``speed`` extra), as the command line does when it is installed.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
 
@@ -553,7 +563,7 @@ async def _run_job(job: Job, measure: Measure | None = None) -> Result:
 
 
 def _job_process(job: Job, conn: Connection) -> None:
-    _child_setup(job.cpus)
+    _child_setup(job.cpus, job.loop)
     try:
         # A dict: classes of a spawned __main__ module do not unpickle in the parent.
         answer: tuple[str, Any] = ("ok", dataclasses.asdict(asyncio.run(_run_job(job))))

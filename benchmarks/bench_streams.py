@@ -377,7 +377,7 @@ def check_mux(
 
 
 def _job_process(job: Job, buffer: int, conn: Connection) -> None:
-    _child_setup(job.cpus)
+    _child_setup(job.cpus, job.loop)
     try:
         extra: dict[str, Any] = {}
         if job.scenario == "mux":
