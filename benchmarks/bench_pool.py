@@ -57,6 +57,7 @@ import array
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import multiprocessing
 import os
 import platform
@@ -248,12 +249,12 @@ def _child_setup(cpus: frozenset[int] | None, loop: str = "asyncio") -> None:
     """Pin a child process, leave Ctrl-C to the parent (which stops the children), pick its loop.
 
     ``loop="uvloop"`` makes ``asyncio.run`` in this process run on uvloop
-    (the ``speed`` extra), as the command line does when it is installed.
+    (not a dependency: ``pip install uvloop`` to measure it).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if loop == "uvloop":
-        import uvloop
-
+        # Imported by name: uvloop is not a dependency of the project.
+        uvloop = importlib.import_module("uvloop")
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)

@@ -102,8 +102,6 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
             assert metrics[0] == 200, metrics
             health = await poll(session, f"{base}/healthz", deadline, finished)
             assert health[0] == 200, health
-            status = await poll(session, f"{base}/status", deadline, finished)
-            assert status[0] == 200, status
         out, err = await asyncio.wait_for(finished, DEADLINE_S)
     finally:
         if process.returncode is None:
@@ -111,8 +109,6 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
         await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
     result = Result(process.returncode or 0, out.decode(), err.decode())
     assert process.returncode == 0, result.why()
-    # The speed extra is installed with the tests' dependencies: the command ran on it.
-    assert json.loads(status[1])["event_loop"] == "uvloop"
 
     # /metrics is Prometheus text with both streams as labels.
     families = {f.name: f for f in text_string_to_metric_families(metrics[1])}

@@ -18,7 +18,6 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from genesys_mux.cli import loop as event_loop
 from genesys_mux.cli import tools
 from genesys_mux.cli.demo import run_demo
 from genesys_mux.cli.logs import configure_logging
@@ -119,7 +118,7 @@ def emulator(
                 channel_lifetime_s=channel_lifetime, requests_per_minute=requests_per_minute
             ),
         )
-        event_loop.run(_serve_emulator(settings, client_id))
+        asyncio.run(_serve_emulator(settings, client_id))
     except GenesysMuxError as exc:
         tools.print_error(console, exc)
         raise typer.Exit(2) from None
@@ -204,7 +203,7 @@ def _run_async(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         return await main(stop)
 
     try:
-        return event_loop.run(runner())
+        return asyncio.run(runner())
     except GenesysMuxError as exc:
         tools.print_error(console, exc)
         return 2

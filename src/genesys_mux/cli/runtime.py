@@ -37,7 +37,6 @@ from rich.console import Console
 from rich.live import Live
 
 from genesys_mux.cli.dashboard import AuditTail, Dashboard
-from genesys_mux.cli.loop import loop_name
 from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
 from genesys_mux.config import StreamConfig
 from genesys_mux.configfile import (
@@ -441,7 +440,6 @@ class Runtime:
 
     def _status_extra(self) -> dict[str, Any]:
         extra = self._sink_status()
-        extra["event_loop"] = loop_name()
         member = self.member
         if member is not None:
             extra["cluster"] = {
