@@ -43,6 +43,7 @@ from genesys_mux.state import (
     open_store,
 )
 from genesys_mux.state import sqlite as sqlite_store
+from genesys_mux.state.redis import KEYS_SCHEMA_VERSION
 from genesys_mux.state.sqlite import FILE_SCHEMA_VERSION
 from tests.sinks.conftest import RedisServer, real_bodies
 
@@ -586,7 +587,7 @@ async def test_schema_1_redis_keys_are_migrated_on_open(redis_server: RedisServe
     assert client.get("old:state:stream:calls") == v1_blob(checkpoint)
     client.delete("old:state:stream:broken")
     await assert_migrated(RedisStateStore(redis_server.url, prefix="old:"), checkpoint)
-    assert client.hget("old:state:meta", "schema_version") == str(SCHEMA_VERSION).encode()
+    assert client.hget("old:state:meta", "schema_version") == str(KEYS_SCHEMA_VERSION).encode()
     client.close()
 
 
