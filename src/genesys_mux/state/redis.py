@@ -106,8 +106,9 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 0
 """
 
-# KEYS: fence, memory. ARGV: token, HSET or HDEL, then its arguments. One
-# slice of remembered keys, unless a newer owner claimed the stream.
+# KEYS: fence, memory. ARGV: token, HSET, HDEL or DEL, then its arguments.
+# One write of the stream's blocks (blocks written or deleted, the memory
+# written aside cleared), unless a newer owner claimed the stream.
 _FENCED_SLICE = """
 local claimed = tonumber(redis.call('GET', KEYS[1]) or '0')
 if claimed > tonumber(ARGV[1]) then
@@ -521,8 +522,10 @@ class RedisStateStore:
         """Send one command packed by :func:`_packed`, and wait for its reply.
 
         On a connection of its own, made like the pool's: redis-py packs a
-        command in Python, argument by argument (several µs per remembered
-        key), which was most of what a checkpoint cost the event loop.
+        command in Python, argument by argument, copying each (with a hash
+        field per remembered key, as schema 2 had, several µs per key, most
+        of what a checkpoint cost the event loop; a block is one argument
+        of about 100 KB, packed here with one join).
         An error reply is raised. A connection that fails is closed (by
         redis-py) and opened again for a second try: the server may have
         closed it since the last checkpoint (a restart), and these commands
@@ -611,7 +614,7 @@ class _Heads(dict[int, bytes]):
 
     def __missing__(self, size: int) -> bytes:
         head = b"$%d\r\n" % size
-        if size < 4096:  # the usual sizes of keys and entries; others are rare
+        if size < 4096:  # names, block numbers, scripts' arguments; blocks vary
             self[size] = head
         return head
 
