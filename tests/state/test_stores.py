@@ -840,10 +840,11 @@ def stored_entries(
         return entries or 0, blocks
     assert server is not None
     client = redis.Redis.from_url(server.url)
-    values = [
+    values: list[bytes] = [
         value
         for key in client.scan_iter(match=f"{prefix}state:memory:*")
         for value in client.hvals(key)
+        if isinstance(value, bytes)
     ]
     client.close()
     # A block's value: lowest and highest rank, size, forgotten keys, entries.

@@ -441,10 +441,7 @@ class RedisStateStore:
             await self._send(checkpoint, _packed(b"HDEL", name, numbers, fence))
         if known.due(_SLICE):
             # Replayed from what Redis holds (this checkpoint's blocks included).
-            try:
-                fields = await self._connect().hgetall(name)
-            except _ERRORS as exc:
-                raise StateError(f"{self.name}: cannot read the state: {exc}") from exc
+            fields = await self._connect().hgetall(name)
             memory = sorted(self._replay(stream_id, fields).values(), key=_RANK)
             return await self._write_whole(checkpoint, memory, fence)
         return "k"
