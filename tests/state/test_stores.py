@@ -17,7 +17,7 @@ from unittest import mock
 import msgspec
 import pytest
 import redis
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from genesys_mux.core.checkpoint import (
@@ -42,25 +42,33 @@ from genesys_mux.state import (
     StateStore,
     open_store,
 )
+from genesys_mux.state import redis as redis_store
 from genesys_mux.state import sqlite as sqlite_store
+from genesys_mux.state.redis import KEYS_SCHEMA_VERSION
 from genesys_mux.state.sqlite import FILE_SCHEMA_VERSION
 from tests.sinks.conftest import RedisServer, real_bodies
 
 STORES = ["memory", "sqlite", "redis"]
+#: The stores that keep each stream's memory as a log of blocks, and their modules.
+LOGS = {"sqlite": sqlite_store, "redis": redis_store}
+
+
+def new_store(
+    kind: str, tmp_path: Path, server: RedisServer | None, prefix: str = "test:"
+) -> StateStore:
+    if kind == "memory":
+        return MemoryStateStore()
+    if kind == "sqlite":
+        return SqliteStateStore(tmp_path / "state.db")
+    assert server is not None
+    return RedisStateStore(server.url, prefix=prefix)
 
 
 @asynccontextmanager
 async def a_store(
     kind: str, tmp_path: Path, server: RedisServer | None
 ) -> AsyncIterator[StateStore]:
-    store: StateStore
-    if kind == "memory":
-        store = MemoryStateStore()
-    elif kind == "sqlite":
-        store = SqliteStateStore(tmp_path / "state.db")
-    else:
-        assert server is not None
-        store = RedisStateStore(server.url, prefix="test:")
+    store = new_store(kind, tmp_path, server)
     await store.open()
     try:
         yield store
@@ -586,8 +594,82 @@ async def test_schema_1_redis_keys_are_migrated_on_open(redis_server: RedisServe
     assert client.get("old:state:stream:calls") == v1_blob(checkpoint)
     client.delete("old:state:stream:broken")
     await assert_migrated(RedisStateStore(redis_server.url, prefix="old:"), checkpoint)
-    assert client.hget("old:state:meta", "schema_version") == str(SCHEMA_VERSION).encode()
+    assert client.hget("old:state:meta", "schema_version") == str(KEYS_SCHEMA_VERSION).encode()
     client.close()
+
+
+async def test_schema_2_redis_keys_are_migrated_on_open(redis_server: RedisServer) -> None:
+    """Its hashes of keys become blocks; the streams load as before, and carry on from there."""
+    keys = [f"conversation-{i:05d}" for i in range(4_500)]
+    big = StreamCheckpoint(
+        "big", "f", 10, 1.0, "run-1", 1.0, [a_remembered(k, r) for r, k in enumerate(keys[::-1])]
+    )
+    small = fed(a_stream(), 30).checkpoint(fingerprint="f", watermark=5.0, saved_at=6.0)
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("old:state:meta", mapping={"application": "genesys-mux", "schema_version": "2"})
+    for checkpoint in (big, small):
+        client.set(f"old:state:stream:{checkpoint.stream_id}", encode_checkpoint(checkpoint))
+        client.hset(
+            f"old:state:memory:{checkpoint.stream_id}",
+            mapping={r.key: encode_remembered(r) for r in checkpoint.memory},
+        )
+    client.hset("old:state:memory:big", "broken", b"\xc1")
+    before = client.hgetall("old:state:memory:big")
+    # One unreadable entry: the migration is refused, and leaves the keys as they were.
+    with pytest.raises(StateError, match=r"cannot migrate it from schema 2.*--reset-state"):
+        await RedisStateStore(redis_server.url, prefix="old:").open()
+    assert client.hget("old:state:meta", "schema_version") == b"2"
+    assert client.hgetall("old:state:memory:big") == before
+    client.hdel("old:state:memory:big", "broken")
+    store = RedisStateStore(redis_server.url, prefix="old:")
+    await store.open()
+    try:
+        assert client.hget("old:state:meta", "schema_version") == str(KEYS_SCHEMA_VERSION).encode()
+        # Blocks of up to 2,000 keys, by number.
+        assert sorted(client.hkeys("old:state:memory:big")) == [b"1", b"2", b"3"]
+        assert client.hkeys("old:state:memory:calls") == [b"1"]
+        assert await store.load() == {"big": big, "calls": small}
+        # An incremental checkpoint over the migrated blocks.
+        later = StreamCheckpoint(
+            "big",
+            "f",
+            11,
+            2.0,
+            "run-1",
+            2.0,
+            [a_remembered("new", 9_999)],
+            complete=False,
+            forgotten=keys[-100:],
+        )
+        await store.save([later])
+    finally:
+        await store.close()
+    reopened = RedisStateStore(redis_server.url, prefix="old:")
+    await reopened.open()
+    try:
+        assert (await reopened.load())["big"] == apply_checkpoint(big, later)
+    finally:
+        await reopened.close()
+    client.close()
+
+
+async def test_a_fenced_checkpoint_deletes_no_blocks(
+    kind: str, server: RedisServer | None, tmp_path: Path
+) -> None:
+    """A stale owner's checkpoint that would only prune old blocks leaves them all."""
+    first = StreamCheckpoint(
+        "s", "f", 1, None, "run-1", 1.0, [a_remembered(f"k{i}", i) for i in range(1, 5)], fence=1
+    )
+    # Everything first wrote is forgotten: its block could go.
+    stale = StreamCheckpoint(
+        "s", "f", 2, None, "run-1", 2.0, [], False, [r.key for r in first.memory], 1, floor=100
+    )
+    async with a_store(kind, tmp_path, server) as store:
+        await store.save([first])
+        await store.claim("s", 2)
+        with pytest.raises(FencedStateError):
+            await store.save([stale])
+        assert await store.load() == {"s": first}
 
 
 async def test_one_process_at_a_time_writes_a_state_file(tmp_path: Path) -> None:
@@ -732,44 +814,59 @@ def offer_keys(stream: Stream, keys: Iterable[int], version: Iterator[int]) -> N
     settle_all(stream)
 
 
-def stored_entries(path: Path) -> tuple[int, int]:
-    """(entries, blocks) in a state file's log of blocks."""
-    with sqlite3.connect(path) as db:
-        entries, blocks = db.execute(
-            "SELECT sum(size), count(*) FROM genesys_mux_memory"
-        ).fetchone()
-    db.close()
-    return entries or 0, blocks
+@pytest.fixture(params=list(LOGS))
+def log_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    rounds=st.lists(
-        st.tuples(
-            st.lists(st.integers(0, 11), max_size=8),
-            st.integers(1, 4),
-            st.lists(st.integers(0, 11), max_size=4),
-            st.booleans(),
-        ),
-        min_size=1,
-        max_size=8,
-    ),
-    refresh=st.sampled_from([0, 1, 2]),
-    block=st.sampled_from([1, 3, 2000]),
-)
-def test_a_sqlite_log_of_blocks_loads_what_the_checkpoints_add_up_to(
-    rounds: list[tuple[list[int], int, list[int], bool]], refresh: int, block: int
+@pytest.fixture
+def log_server(log_kind: str, request: pytest.FixtureRequest) -> RedisServer | None:
+    if log_kind != "redis":
+        return None
+    found: RedisServer = request.getfixturevalue("redis_server")
+    return found
+
+
+def stored_entries(
+    kind: str, tmp_path: Path, server: RedisServer | None, prefix: str = "test:"
+) -> tuple[int, int]:
+    """(entries, blocks) in a store's logs of blocks."""
+    if kind == "sqlite":
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            entries, blocks = db.execute(
+                "SELECT sum(size), count(*) FROM genesys_mux_memory"
+            ).fetchone()
+        db.close()
+        return entries or 0, blocks
+    assert server is not None
+    client = redis.Redis.from_url(server.url)
+    values: list[bytes] = [
+        value
+        for key in client.scan_iter(match=f"{prefix}state:memory:*")
+        for value in client.hvals(key)
+        if isinstance(value, bytes)
+    ]
+    client.close()
+    # A block's value: lowest and highest rank, size, forgotten keys, entries.
+    return sum(msgspec.msgpack.decode(value)[2] for value in values), len(values)
+
+
+def test_a_log_of_blocks_loads_what_the_checkpoints_add_up_to(
+    log_kind: str, log_server: RedisServer | None
 ) -> None:
     """Blocks pruned by floor, forgotten keys left out or not, the store opened again: exact.
 
     Blocks as small as one key, so that a checkpoint spans several.
     """
+    prefixes = itertools.count()
 
-    async def run(directory: Path) -> None:
+    async def run(
+        directory: Path, rounds: list[tuple[list[int], int, list[int], bool]], refresh: int
+    ) -> None:
         stream = Stream("s", dead_letter=lambda _: None, buffer_size=1000, memory=6)
         version = itertools.count(1)
         model: StreamCheckpoint | None = None
-        store = SqliteStateStore(directory / "state.db")
+        store = new_store(log_kind, directory, log_server, f"test-{next(prefixes)}:")
         await store.open()
         try:
             for before, limit, meanwhile, reopen in rounds:
@@ -784,33 +881,58 @@ def test_a_sqlite_log_of_blocks_loads_what_the_checkpoints_add_up_to(
                 checkpoint = build.result()
                 await store.save([checkpoint])
                 model = apply_checkpoint(model, checkpoint)
-                if reopen:  # what it knows of the blocks is read from the file again
+                if reopen:  # what it knows of the blocks is read from the store again
                     await store.close()
                     await store.open()
                 assert await store.load() == {"s": model}
         finally:
             await store.close()
 
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        mock.patch.object(sqlite_store, "_SLICE", block),
-    ):
-        asyncio.run(run(Path(directory)))
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        rounds=st.lists(
+            st.tuples(
+                st.lists(st.integers(0, 11), max_size=8),
+                st.integers(1, 4),
+                st.lists(st.integers(0, 11), max_size=4),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        refresh=st.sampled_from([0, 1, 2]),
+        block=st.sampled_from([1, 3, 2000]),
+    )
+    def check(
+        rounds: list[tuple[list[int], int, list[int], bool]], refresh: int, block: int
+    ) -> None:
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            mock.patch.object(LOGS[log_kind], "_SLICE", block),
+        ):
+            asyncio.run(run(Path(directory), rounds, refresh))
+
+    check()
 
 
-@pytest.mark.parametrize("refresh", [0, SqliteStateStore.refresh])
-async def test_a_sqlite_log_stays_bounded_when_some_keys_are_never_seen_again(
-    tmp_path: Path, refresh: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("refresh", [0, 2])
+async def test_a_log_stays_bounded_when_some_keys_are_never_seen_again(
+    log_kind: str,
+    log_server: RedisServer | None,
+    tmp_path: Path,
+    refresh: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Quiet keys hold the floor back: refreshed, or the log written whole, it stays small."""
-    monkeypatch.setattr(sqlite_store, "_SLICE", 10)
+    monkeypatch.setattr(LOGS[log_kind], "_SLICE", 10)
     rng = random.Random(5)
     stream = Stream("s", dead_letter=lambda _: None, buffer_size=10_000, memory=200)
     version = itertools.count(1)
     offer_keys(stream, range(200), version)  # keys 0 to 49 are never seen again
     model: StreamCheckpoint | None = None
     most = 0
-    async with a_store("sqlite", tmp_path, None) as store:
+    async with a_store(log_kind, tmp_path, log_server) as store:
+        assert getattr(store, "refresh", 0) == 2  # what the stores ask of streams
         for _ in range(150):
             offer_keys(stream, rng.sample(range(50, 200), 30), version)
             checkpoint = stream.checkpoint(
@@ -818,7 +940,7 @@ async def test_a_sqlite_log_stays_bounded_when_some_keys_are_never_seen_again(
             )
             await store.save([checkpoint])
             model = apply_checkpoint(model, checkpoint)
-            most = max(most, stored_entries(tmp_path / "state.db")[0])
+            most = max(most, stored_entries(log_kind, tmp_path, log_server)[0])
         assert await store.load() == {"s": model}
     assert model is not None
     assert len(model.memory) == 200
@@ -828,7 +950,7 @@ async def test_a_sqlite_log_stays_bounded_when_some_keys_are_never_seen_again(
 
 
 async def test_keys_forgotten_stay_forgotten_while_an_older_block_holds_them(
-    tmp_path: Path,
+    log_kind: str, log_server: RedisServer | None, tmp_path: Path
 ) -> None:
     """A block of forgotten keys outlives its own entries while an older block holds theirs."""
 
@@ -846,7 +968,7 @@ async def test_keys_forgotten_stay_forgotten_while_an_older_block_holds_them(
     # entry is still in the first, which "l" keeps.
     third = later([a_remembered("m", 11)], 10, [])
     model: StreamCheckpoint | None = None
-    async with a_store("sqlite", tmp_path, None) as store:
+    async with a_store(log_kind, tmp_path, log_server) as store:
         for checkpoint in (first, second, third):
             await store.save([checkpoint])
             model = apply_checkpoint(model, checkpoint)

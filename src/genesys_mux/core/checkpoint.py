@@ -59,8 +59,10 @@ __all__ = [
     "fingerprint",
 ]
 
-#: The version of the state layout this release writes. 1: one blob per
-#: stream, memory included; 2: a header per stream and a record per key.
+#: The version of the checkpoint header's encoding (its first byte). 1: one
+#: blob per stream, memory included; 2: the header alone, the store keeping
+#: the memory apart. Each store versions its own layout besides (SQLite's
+#: ``FILE_SCHEMA_VERSION``, Redis's ``KEYS_SCHEMA_VERSION``).
 SCHEMA_VERSION = 2
 
 #: Header encodings this release can read (1's blobs are read to migrate them).
@@ -157,8 +159,8 @@ _BLOCK = msgspec.msgpack.Decoder(list[Remembered])
 def encode_checkpoint(checkpoint: StreamCheckpoint) -> bytes:
     """The checkpoint's header as bytes: a schema-version byte, then msgpack.
 
-    The memory is left out: stores keep it key by key
-    (:func:`encode_remembered`).
+    The memory is left out: stores keep it apart, in blocks
+    (:func:`encode_memory_block`).
     """
     header = msgspec.structs.replace(checkpoint, memory=[], forgotten=[], complete=True)
     return bytes((SCHEMA_VERSION,)) + _ENCODER.encode(header)

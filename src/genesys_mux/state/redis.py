@@ -2,17 +2,30 @@
 
 Keys: ``{prefix}state:meta`` (a hash with ``application`` and
 ``schema_version``, checked on every open), ``{prefix}state:stream:{id}``
-(the checkpoint's header), ``{prefix}state:memory:{id}`` (a hash of the
-stream's remembered keys, so that an incremental checkpoint writes only the
-keys that changed) and ``{prefix}state:fence:{id}`` (the fencing token of
-the latest owner that claimed the stream, in a cluster). The headers of a
-batch are written by one script, all or none. The URL may carry a
-password; ``name`` (used in every message) never does.
+(the checkpoint's header), ``{prefix}state:memory:{id}`` (the stream's
+remembered keys, as a log of blocks: see below) and
+``{prefix}state:fence:{id}`` (the fencing token of the latest owner that
+claimed the stream, in a cluster). The headers of a batch are written by
+one script, all or none. The URL may carry a password; ``name`` (used in
+every message) never does.
+
+The memory is a log of blocks (schema 3), kept as SQLite keeps it (see
+:mod:`genesys_mux.state.blocks`): a hash whose fields are block numbers,
+each value one block of up to 2,000 remembered keys (the lowest and
+highest rank in it, how many, the keys forgotten before it, and the
+entries, in one msgpack value). A checkpoint appends its keys as new
+blocks, an HSET each, and deletes by number the old blocks that hold
+nothing current any more; loading replays the blocks in order. A hash
+field per key (schema 2) cost the event loop about 1 µs per key written
+and 0.5 per key forgotten, packing each into the commands; a block is one
+encoder call and one argument. A complete checkpoint, and a log that grew
+to four times what it held when last written whole, is written aside
+(``:new``) and renamed over the memory with the headers.
 
 Fencing: several instances of a cluster share this store, and one that was
 frozen past its lease may wake up in the middle of a checkpoint. Every
-write of a checkpoint with a fence (remembered keys and headers alike)
-goes through a script that first compares it with the stream's claim, so
+write of a checkpoint with a fence (blocks written or deleted, and headers
+alike) goes through a script that first compares it with the stream's claim, so
 once a new owner claimed the stream (before it reads the checkpoint it
 continues from) nothing of its predecessor's lands any more.
 
@@ -36,26 +49,53 @@ import redis.exceptions as rexc
 from redis.asyncio.connection import AbstractConnection
 
 from genesys_mux.core.checkpoint import (
-    SCHEMA_VERSION,
     Remembered,
     StreamCheckpoint,
     decode_checkpoint,
+    decode_memory_block,
     decode_remembered,
     encode_checkpoint,
-    encode_memory,
-    encode_remembered,
+    encode_memory_block,
 )
 from genesys_mux.errors import FencedStateError, StateError
+from genesys_mux.state.blocks import Block, Blocks, ranks
 from genesys_mux.state.store import refused_message
 
-__all__ = ["RedisStateStore", "redis_name"]
+__all__ = ["KEYS_SCHEMA_VERSION", "RedisStateStore", "redis_name"]
+
+#: The layout of the keys this release writes: 1, one value per stream, its
+#: memory inside; 2, a hash field per remembered key; 3, the memory in
+#: blocks. The checkpoint header's encoding is versioned apart from it
+#: (:data:`~genesys_mux.core.checkpoint.SCHEMA_VERSION`, shared with SQLite).
+KEYS_SCHEMA_VERSION = 3
 
 _APPLICATION = b"genesys-mux"
 _ERRORS = (rexc.RedisError, OSError, TimeoutError)
 log = logging.getLogger("genesys_mux.state")
-#: Remembered keys per HSET: a round trip each, so the loop is never held long.
-#: (Under 4,000: a fenced slice passes through Lua's ``unpack``, which takes 8,000.)
+#: Remembered keys per block: one encoder call, and one HSET (a round trip)
+#: each, so the loop is never held long. Also the most block numbers per
+#: HDEL (under 4,000: a fenced command's arguments pass through Lua's
+#: ``unpack``, which takes 8,000).
 _SLICE = 2000
+
+
+class _StoredBlock(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One block of a stream's memory as the hash keeps it (a field's value)."""
+
+    #: The lowest and highest rank of its entries (lo > hi: it has none).
+    lo: int
+    hi: int
+    size: int
+    #: Keys forgotten since the blocks before it were written.
+    forgotten: list[str]
+    #: What :func:`~genesys_mux.core.checkpoint.encode_memory_block` made of
+    #: its entries: kept as bytes, so that reading a block's ranks does not
+    #: decode them.
+    entries: msgspec.Raw
+
+
+_BLOCK_ENCODER = msgspec.msgpack.Encoder()
+_BLOCK_DECODER = msgspec.msgpack.Decoder(_StoredBlock)
 
 # KEYS: fence. ARGV: token. Raises the stream's claim to the token; returns
 # the claim found when it is newer (nothing changed then), else 0.
@@ -66,8 +106,9 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 0
 """
 
-# KEYS: fence, memory. ARGV: token, HSET or HDEL, then its arguments. One
-# slice of remembered keys, unless a newer owner claimed the stream.
+# KEYS: fence, memory. ARGV: token, HSET, HDEL or DEL, then its arguments.
+# One write of the stream's blocks (blocks written or deleted, the memory
+# written aside cleared), unless a newer owner claimed the stream.
 _FENCED_SLICE = """
 local claimed = tonumber(redis.call('GET', KEYS[1]) or '0')
 if claimed > tonumber(ARGV[1]) then
@@ -117,14 +158,22 @@ def redis_name(url: str) -> str:
 class RedisStateStore:
     """Checkpoints on the Redis server at ``url``, keys under ``prefix``."""
 
+    #: Asks streams to write again, unchanged, the keys they have not seen
+    #: for twice as many sightings as they remember keys, so that the floor
+    #: of their checkpoints moves and old blocks go (as SQLite does).
+    refresh = 2
+
     def __init__(self, url: str, *, prefix: str = "genesys-mux:", timeout_s: float = 5.0) -> None:
         self.name = redis_name(url)
         self.prefix = prefix
         self._url = url
         self._timeout_s = timeout_s
         self._client: aioredis.Redis | None = None
-        #: Writes the remembered keys (see _bulk).
+        #: Writes the blocks (see _bulk).
         self._writer: AbstractConnection | None = None
+        #: By stream id: what is known of its blocks, as this store last
+        #: wrote them (read from Redis again when missing).
+        self._blocks: dict[str, Blocks] = {}
 
     @property
     def _meta(self) -> str:
@@ -154,7 +203,10 @@ class RedisStateStore:
             if not meta:
                 await client.hset(
                     self._meta,
-                    mapping={"application": _APPLICATION, "schema_version": str(SCHEMA_VERSION)},
+                    mapping={
+                        "application": _APPLICATION,
+                        "schema_version": str(KEYS_SCHEMA_VERSION),
+                    },
                 )
                 return
         except _ERRORS as exc:
@@ -168,23 +220,27 @@ class RedisStateStore:
                 f"{self.name}: {self._meta} is not genesys-mux's; choose another [state] prefix"
             )
         found = int(version)
-        if found > SCHEMA_VERSION or found not in (SCHEMA_VERSION, *_MIGRATIONS):
-            newer = found > SCHEMA_VERSION
+        if found > KEYS_SCHEMA_VERSION or found not in (KEYS_SCHEMA_VERSION, *_MIGRATIONS):
+            newer = found > KEYS_SCHEMA_VERSION
             raise StateError(
-                f"{self.name}: state schema {found}, this release reads {SCHEMA_VERSION}"
+                f"{self.name}: state schema {found}, this release reads {KEYS_SCHEMA_VERSION}"
                 + ("; it was written by a newer release: upgrade" if newer else "")
                 + " (or start afresh with --reset-state, which moves the keys aside)"
             )
-        if found < SCHEMA_VERSION:
+        if found < KEYS_SCHEMA_VERSION:
             await self._migrate(client, found)
 
     async def _migrate(self, client: aioredis.Redis, version: int) -> None:
         """Bring the keys from ``version`` to this release's schema, in one transaction."""
         try:
             async with client.pipeline(transaction=True) as pipe:
-                for step in range(version, SCHEMA_VERSION):
-                    await _MIGRATIONS[step](self, client, pipe)
-                pipe.hset(self._meta, "schema_version", str(SCHEMA_VERSION))
+                # Each stream's memory as the steps so far left it: the
+                # writes wait in the transaction, where the next step
+                # cannot read them.
+                staged: dict[str, list[Remembered]] = {}
+                for step in range(version, KEYS_SCHEMA_VERSION):
+                    await _MIGRATIONS[step](self, client, pipe, staged)
+                pipe.hset(self._meta, "schema_version", str(KEYS_SCHEMA_VERSION))
                 await pipe.execute()
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot migrate the state: {exc}") from exc
@@ -194,18 +250,42 @@ class RedisStateStore:
                 "changed: start afresh with --reset-state, which moves the keys aside"
             ) from exc
         log.warning(
-            "%s: migrated the state from schema %d to %d", self.name, version, SCHEMA_VERSION
+            "%s: migrated the state from schema %d to %d", self.name, version, KEYS_SCHEMA_VERSION
         )
 
-    async def _migrate_1_to_2(self, client: aioredis.Redis, pipe: _Pipeline) -> None:
-        """Schema 1 kept each stream's memory inside its checkpoint: a hash of keys now."""
+    async def _migrate_1_to_2(
+        self, client: aioredis.Redis, pipe: _Pipeline, staged: dict[str, list[Remembered]]
+    ) -> None:
+        """Schema 1 kept each stream's memory inside its checkpoint: its own key now.
+
+        Only the headers are written here: the memory goes straight to
+        schema 3's blocks (the next step), a hash of keys being of no use
+        to this release.
+        """
         for stream_id, old in (await self._headers(client)).items():
             pipe.set(self._key(stream_id), encode_checkpoint(old))
-            if old.memory:
-                pipe.hset(
-                    self._memory_key(stream_id),
-                    mapping={r.key: encode_remembered(r) for r in old.memory},
-                )
+            staged[stream_id] = sorted(old.memory, key=_RANK)
+
+    async def _migrate_2_to_3(
+        self, client: aioredis.Redis, pipe: _Pipeline, staged: dict[str, list[Remembered]]
+    ) -> None:
+        """Schema 2 kept a hash field per remembered key: blocks of them now, least recent first."""
+        for stream_id in await self._headers(client):
+            key = self._memory_key(stream_id)
+            memory = staged.get(stream_id)
+            if memory is None:
+                try:
+                    entries = await client.hvals(key)
+                except _ERRORS as exc:
+                    raise StateError(f"cannot read {key!r}: {exc}") from exc
+                where = f"key {key!r}"
+                memory = sorted((decode_remembered(_bytes(e), where) for e in entries), key=_RANK)
+            pipe.delete(key)
+            if memory:
+                pairs: list[int | bytes] = []
+                for number, start in enumerate(range(0, len(memory), _SLICE), 1):
+                    pairs += (number, _encoded_block(memory[start : start + _SLICE], [])[0])
+                pipe.hset(key, items=pairs)
 
     async def load(self, only: Collection[str] | None = None) -> Mapping[str, StreamCheckpoint]:
         """Every stream's checkpoint (or those of ``only``), by stream id, with its whole memory."""
@@ -215,16 +295,57 @@ class RedisStateStore:
         try:
             async with client.pipeline(transaction=True) as pipe:
                 for stream_id in ids:
-                    pipe.hvals(self._memory_key(stream_id))
-                memories: list[list[bytes]] = await pipe.execute() if ids else []
+                    pipe.hgetall(self._memory_key(stream_id))
+                memories: list[dict[bytes | str, bytes | str]] = await pipe.execute() if ids else []
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot read the state: {exc}") from exc
         found: dict[str, StreamCheckpoint] = {}
-        for stream_id, entries in zip(ids, memories, strict=True):
-            where = f"{self.name} key {self._memory_key(stream_id)!r}"
-            kept = sorted((decode_remembered(e, where) for e in entries), key=lambda r: r.rank)
+        for stream_id, blocks in zip(ids, memories, strict=True):
+            kept = sorted(self._replay(stream_id, blocks).values(), key=_RANK)
             found[stream_id] = msgspec.structs.replace(headers[stream_id], memory=kept)
         return found
+
+    def _where(self, stream_id: str) -> str:
+        return f"{self.name} key {self._memory_key(stream_id)!r}"
+
+    def _layout(
+        self, stream_id: str, fields: Mapping[bytes | str, bytes | str]
+    ) -> list[tuple[int, _StoredBlock]]:
+        """A stream's blocks by number, oldest first (their entries still encoded)."""
+        where = self._where(stream_id)
+        blocks = []
+        for number, value in fields.items():
+            try:
+                blocks.append((int(number), _BLOCK_DECODER.decode(_bytes(value))))
+            except (ValueError, msgspec.DecodeError) as exc:
+                raise StateError(f"{where}: field {number!r:.40} is not a block ({exc})") from exc
+        blocks.sort(key=_NUMBER)
+        return blocks
+
+    def _replay(
+        self, stream_id: str, fields: Mapping[bytes | str, bytes | str]
+    ) -> dict[str, Remembered]:
+        """A stream's memory from its blocks, oldest first: each key's newest entry."""
+        where = self._where(stream_id)
+        kept: dict[str, Remembered] = {}
+        for _, block in self._layout(stream_id, fields):
+            for key in block.forgotten:
+                kept.pop(key, None)
+            memory = decode_memory_block(bytes(block.entries), where)
+            kept.update(zip(map(_KEY, memory), memory, strict=True))
+        return kept
+
+    async def _blocks_of(self, stream_id: str) -> Blocks:
+        """What is known of a stream's blocks; read from Redis if nothing is."""
+        known = self._blocks.get(stream_id)
+        if known is None:
+            fields = await self._connect().hgetall(self._memory_key(stream_id))
+            known = Blocks()
+            for number, block in self._layout(stream_id, fields):
+                known.add(number, Block(block.lo, block.hi, block.size, bool(block.forgotten)))
+            known.whole = known.stored
+            self._blocks[stream_id] = known
+        return known
 
     async def _headers(
         self, client: aioredis.Redis, only: Collection[str] | None = None
@@ -251,22 +372,22 @@ class RedisStateStore:
     async def save(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
         """Write these streams' checkpoints (each whole or incremental).
 
-        The remembered keys go first, a slice per round trip so that the
-        event loop is never held for long; the headers last, in one
-        transaction with the switch to a complete checkpoint's new memory.
-        A write cut short leaves each stream's header as it was, and
-        memory entries at least as settled as it (see
-        :mod:`genesys_mux.core.checkpoint`).
+        The blocks go first, one per round trip so that the event loop is
+        never held for long; the headers last, in one transaction with the
+        switch to a memory written whole. A write cut short leaves each
+        stream's header as it was, and memory entries at least as settled
+        as it (see :mod:`genesys_mux.core.checkpoint`): a block is deleted
+        only after the blocks that hold what it did were written.
         """
         if not checkpoints:
             return
         client = self._connect()
+        refused = None
         try:
-            for checkpoint in checkpoints:
-                await self._save_memory(checkpoint)
+            endings = [await self._save_memory(c) for c in checkpoints]
             keys: list[str] = []
             args: list[bytes | int | str] = []
-            for c in checkpoints:
+            for c, ending in zip(checkpoints, endings, strict=True):
                 memory = self._memory_key(c.stream_id)
                 keys += (
                     self._fence_key(c.stream_id),
@@ -274,41 +395,106 @@ class RedisStateStore:
                     memory,
                     memory + ":new",
                 )
-                ending = ("n" if c.memory else "e") if c.complete else "k"
                 args += (c.fence, encode_checkpoint(c), ending)
             refused = await client.register_script(_COMMIT)(keys=keys, args=args)
         except _ERRORS as exc:
+            self._forget(checkpoints)
             raise StateError(f"{self.name}: cannot write the state: {exc}") from exc
+        except BaseException:
+            self._forget(checkpoints)
+            raise
         if refused:
+            self._forget(checkpoints)
             pairs = zip(refused[::2], refused[1::2], strict=True)
             self._fenced(checkpoints, {checkpoints[int(i)].stream_id: int(t) for i, t in pairs})
 
-    async def _save_memory(self, checkpoint: StreamCheckpoint) -> None:
-        """Write a checkpoint's remembered and forgotten keys, a slice per round trip."""
-        stream_id = checkpoint.stream_id
-        memory = self._memory_key(stream_id)
+    def _forget(self, checkpoints: Sequence[StreamCheckpoint]) -> None:
+        """What was learnt of these streams' blocks may not be so: a write failed."""
+        for checkpoint in checkpoints:
+            self._blocks.pop(checkpoint.stream_id, None)
+
+    async def _save_memory(self, checkpoint: StreamCheckpoint) -> str:
+        """Write a checkpoint's blocks, and delete those it leaves with nothing current.
+
+        Returns how the headers' script ends the stream's memory: ``n``,
+        the memory written aside renamed over it; ``e``, deleted; ``k``,
+        kept as updated.
+        """
+        stream_id, floor = checkpoint.stream_id, checkpoint.floor
         fence = None
         if checkpoint.fence:
             fence = (self._fence_key(stream_id).encode(), checkpoint.fence)
         if checkpoint.complete:
-            # Built aside, then renamed over the old memory by the headers' script.
-            memory += ":new"
-        name = memory.encode()
-        commands = [_packed(b"DEL", name, (0, b""), fence)] if checkpoint.complete else []
-        forgotten = checkpoint.forgotten
-        for start in range(0, len(forgotten), _SLICE):
-            commands.append(_packed(b"HDEL", name, _keys(forgotten[start : start + _SLICE]), fence))
-        entries = checkpoint.memory
-        for start in range(0, len(entries), _SLICE):
-            commands.append(_packed(b"HSET", name, _fields(entries[start : start + _SLICE]), fence))
-        for command in commands:
-            try:
-                await self._bulk(command)
-            except rexc.ResponseError as exc:
-                claimed = str(exc).removeprefix("FENCED ")
-                if not claimed.isdigit():
-                    raise
-                self._fenced([checkpoint], {stream_id: int(claimed)})
+            return await self._write_whole(checkpoint, checkpoint.memory, fence)
+        known = await self._blocks_of(stream_id)
+        name = self._memory_key(stream_id).encode()
+        gone = known.prune(floor)
+        forgotten: list[str] = []
+        if checkpoint.forgotten and known.holding_forgotten(floor):
+            # Only while a block may still hold their entries: when every
+            # event is a new conversation, the keys forgotten are the
+            # oldest blocks' whole, and those go.
+            forgotten = checkpoint.forgotten
+        await self._append(checkpoint, name, known, checkpoint.memory, forgotten, fence)
+        for start in range(0, len(gone), _SLICE):
+            numbers = _numbers(gone[start : start + _SLICE])
+            await self._send(checkpoint, _packed(b"HDEL", name, numbers, fence))
+        if known.due(_SLICE):
+            # Replayed from what Redis holds (this checkpoint's blocks included).
+            fields = await self._connect().hgetall(name)
+            memory = sorted(self._replay(stream_id, fields).values(), key=_RANK)
+            return await self._write_whole(checkpoint, memory, fence)
+        return "k"
+
+    async def _write_whole(
+        self,
+        checkpoint: StreamCheckpoint,
+        memory: Sequence[Remembered],
+        fence: tuple[bytes, int] | None,
+    ) -> str:
+        """Write ``memory`` aside, in blocks: the headers' script renames it over the stream's."""
+        stream_id = checkpoint.stream_id
+        name = (self._memory_key(stream_id) + ":new").encode()
+        known = self._blocks[stream_id] = Blocks()
+        await self._send(checkpoint, _packed(b"DEL", name, (0, b""), fence))
+        await self._append(checkpoint, name, known, memory, [], fence)
+        known.whole = known.stored
+        return "n" if known.blocks else "e"
+
+    async def _append(
+        self,
+        checkpoint: StreamCheckpoint,
+        name: bytes,
+        known: Blocks,
+        memory: Sequence[Remembered],
+        forgotten: list[str],
+        fence: tuple[bytes, int] | None,
+    ) -> None:
+        """Write ``memory`` (and the keys ``forgotten``, with the first) as the log's next blocks.
+
+        Each block is encoded only once the one before was sent: the event
+        loop runs between.
+        """
+        for number, start in enumerate(range(0, max(len(memory), 1), _SLICE), known.next):
+            part = memory[start : start + _SLICE]
+            if not part and not forgotten:
+                break
+            value, block = _encoded_block(part, forgotten)
+            forgotten = []  # with the first block only
+            known.add(number, block)
+            pair = b"%d" % number
+            fields = b"".join((_bulk_string(pair), _bulk_string(value)))
+            await self._send(checkpoint, _packed(b"HSET", name, (2, fields), fence))
+
+    async def _send(self, checkpoint: StreamCheckpoint, command: bytes) -> None:
+        """Send one of a checkpoint's commands; FencedStateError if its stream was claimed."""
+        try:
+            await self._bulk(command)
+        except rexc.ResponseError as exc:
+            claimed = str(exc).removeprefix("FENCED ")
+            if not claimed.isdigit():
+                raise
+            self._fenced([checkpoint], {checkpoint.stream_id: int(claimed)})
 
     def _fenced(self, checkpoints: Sequence[StreamCheckpoint], refused: dict[str, int]) -> None:
         fences = {c.stream_id: c.fence for c in checkpoints}
@@ -316,6 +502,9 @@ class RedisStateStore:
 
     async def claim(self, stream_id: str, fence: int) -> None:
         """Raise the stream's claim to ``fence``: older fences are refused from now on."""
+        # Its new owner may write the stream from now on: what this store
+        # knows of its blocks is read again when next needed.
+        self._blocks.pop(stream_id, None)
         if not fence:
             return
         try:
@@ -330,8 +519,10 @@ class RedisStateStore:
         """Send one command packed by :func:`_packed`, and wait for its reply.
 
         On a connection of its own, made like the pool's: redis-py packs a
-        command in Python, argument by argument (several µs per remembered
-        key), which was most of what a checkpoint cost the event loop.
+        command in Python, argument by argument, copying each (with a hash
+        field per remembered key, as schema 2 had, several µs per key, most
+        of what a checkpoint cost the event loop; a block is one argument
+        of about 100 KB, packed here with one join).
         An error reply is raised. A connection that fails is closed (by
         redis-py) and opened again for a second try: the server may have
         closed it since the last checkpoint (a restart), and these commands
@@ -357,6 +548,8 @@ class RedisStateStore:
     async def remove(self, stream_ids: Iterable[str]) -> None:
         """Forget these streams."""
         ids = list(stream_ids)
+        for stream_id in ids:
+            self._blocks.pop(stream_id, None)
         keys = [
             k
             for s in ids
@@ -391,7 +584,8 @@ class RedisStateStore:
         return f"{self.name} keys {new}*"
 
     async def close(self) -> None:
-        """Close the connection pool, and the connection that writes remembered keys."""
+        """Close the connection pool, and the connection that writes blocks."""
+        self._blocks.clear()
         client, self._client = self._client, None
         writer, self._writer = self._writer, None
         if writer is not None:
@@ -417,13 +611,15 @@ class _Heads(dict[int, bytes]):
 
     def __missing__(self, size: int) -> bytes:
         head = b"$%d\r\n" % size
-        if size < 4096:  # the usual sizes of keys and entries; others are rare
+        if size < 4096:  # names, block numbers, scripts' arguments; blocks vary
             self[size] = head
         return head
 
 
 _HEAD = _Heads()
 _KEY = operator.attrgetter("key")
+_RANK = operator.attrgetter("rank")
+_NUMBER = operator.itemgetter(0)
 
 
 _FENCED_SLICE_SHA = hashlib.sha1(_FENCED_SLICE.encode(), usedforsecurity=False).hexdigest().encode()
@@ -451,29 +647,38 @@ def _packed(
     return b"".join((b"*%d\r\n" % (len(parts) + count), *map(_bulk_string, parts), packed))
 
 
-def _fields(entries: Sequence[Remembered]) -> tuple[int, bytes]:
-    """HSET's field and value pairs, one per remembered key, in the Redis protocol."""
-    head = _HEAD
-    out: list[bytes] = []
-    add = out.extend
-    keys = map(str.encode, map(_KEY, entries))
-    for key, entry in zip(keys, encode_memory(entries), strict=True):
-        add((head[len(key)], key, b"\r\n", head[len(entry)], entry, b"\r\n"))
-    return 2 * len(entries), b"".join(out)
+def _encoded_block(memory: Sequence[Remembered], forgotten: list[str]) -> tuple[bytes, Block]:
+    """A block's value in the hash, and what the store keeps track of it.
+
+    ``memory`` is least recently seen first; ``forgotten``, the keys
+    forgotten before it.
+    """
+    lo, hi = ranks(memory)
+    entries = msgspec.Raw(encode_memory_block(memory))
+    value = _BLOCK_ENCODER.encode(_StoredBlock(lo, hi, len(memory), forgotten, entries))
+    return value, Block(lo, hi, len(memory), bool(forgotten))
 
 
-def _keys(keys: Sequence[str]) -> tuple[int, bytes]:
-    """HDEL's fields (remembered keys) in the Redis protocol."""
-    head = _HEAD
-    out: list[bytes] = []
-    add = out.extend
-    for key in map(str.encode, keys):
-        add((head[len(key)], key, b"\r\n"))
-    return len(keys), b"".join(out)
+def _bytes(value: bytes | str) -> bytes:
+    """A value read from Redis (bytes: the client does not decode responses)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _numbers(numbers: Sequence[int]) -> tuple[int, bytes]:
+    """HDEL's fields (block numbers) in the Redis protocol."""
+    return len(numbers), b"".join(_bulk_string(b"%d" % n) for n in numbers)
 
 
 #: How to bring keys of schema N to N + 1: reads go through the client, the
 #: writes into the one transaction that also records the new version.
-_MIGRATIONS: dict[int, Callable[[RedisStateStore, aioredis.Redis, _Pipeline], Awaitable[None]]] = {
-    1: RedisStateStore._migrate_1_to_2
+#: Each step adds to ``staged`` the memories it wrote, by stream id.
+_MIGRATIONS: dict[
+    int,
+    Callable[
+        [RedisStateStore, aioredis.Redis, _Pipeline, dict[str, list[Remembered]]],
+        Awaitable[None],
+    ],
+] = {
+    1: RedisStateStore._migrate_1_to_2,
+    2: RedisStateStore._migrate_2_to_3,
 }

@@ -50,7 +50,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,6 +66,7 @@ from genesys_mux.core.checkpoint import (
     encode_remembered,
 )
 from genesys_mux.errors import StateError
+from genesys_mux.state.blocks import Block, Blocks, ranks
 from genesys_mux.state.store import fenced
 
 try:
@@ -137,96 +137,13 @@ _PAGE_BYTES = 16_384
 _CACHE_KIB = 65_536
 
 
-@dataclass(slots=True)
-class _Block:
-    """One block of a stream's memory, as the store keeps track of it."""
-
-    #: The lowest and highest rank of its entries (lo > hi: it has none).
-    lo: int
-    hi: int
-    size: int
-    #: It carries keys forgotten (for the blocks before it).
-    marked: bool
-
-
 def _block(
     stream_id: str, number: int, memory: Sequence[Remembered], forgotten: bytes = _NO_KEYS
-) -> tuple[tuple[str, int, int, int, int, bytes, bytes], _Block]:
-    """A block's row, and what the store keeps track of it.
-
-    ``memory`` is least recently seen first, as a checkpoint's is: its
-    first and last entries rank lowest and highest. (The ranks only count
-    for checkpoints that say their floor, which streams make, in order.)
-    """
-    lo, hi = (memory[0].rank, memory[-1].rank) if memory else (1, 0)
+) -> tuple[tuple[str, int, int, int, int, bytes, bytes], Block]:
+    """A block's row, and what the store keeps track of it (``memory`` least recent first)."""
+    lo, hi = ranks(memory)
     row = (stream_id, number, lo, hi, len(memory), encode_memory_block(memory), forgotten)
-    return row, _Block(lo, hi, len(memory), forgotten != _NO_KEYS)
-
-
-@dataclass(slots=True, eq=False)
-class _Blocks:
-    """What the store knows of one stream's blocks, to tell which can go.
-
-    Kept by the worker thread (under the store's lock); read again from
-    the file whenever in doubt (a block's ranks and size are columns).
-    Nothing here is per key: the stream's checkpoints say, with their
-    ``floor``, which ranks are no longer anyone's newest entry.
-    """
-
-    #: By number, oldest first.
-    blocks: dict[int, _Block] = field(default_factory=dict)
-    #: Entries in all blocks.
-    stored: int = 0
-    #: Entries right after the log was last written whole: it is written
-    #: whole again once it has grown to four times that (see _Blocks.due).
-    whole: int = 0
-    #: The number the next block gets.
-    next: int = 1
-
-    def add(self, number: int, block: _Block) -> None:
-        """Block ``number`` was written."""
-        self.blocks[number] = block
-        self.stored += block.size
-        self.next = number + 1
-
-    def holding_forgotten(self, floor: int) -> bool:
-        """True if some block may still hold an entry of a key forgotten since."""
-        if floor <= 0:
-            return bool(self.blocks)  # not known: any may
-        return any(b.size and b.lo < floor for b in self.blocks.values())
-
-    def prune(self, floor: int) -> list[int]:
-        """Forget the blocks that can go (by their numbers, returned) at this floor.
-
-        A block can go once every entry in it ranks below the floor (each
-        was written again later, with a rank at least the floor, or its
-        key was forgotten) and, if it carries forgotten keys, once no
-        block before it may hold their entries (those rank below the
-        floor too).
-        """
-        if floor <= 0:
-            return []
-        gone: list[int] = []
-        holding = False  # some block kept before this one may hold forgotten entries
-        for number, block in self.blocks.items():
-            if block.hi < floor and not (block.marked and holding):
-                gone.append(number)
-            elif block.size and block.lo < floor:
-                holding = True
-        for number in gone:
-            self.stored -= self.blocks.pop(number).size
-        return gone
-
-    def due(self) -> bool:
-        """True when the log is to be written whole: four times what it held then, and more.
-
-        With checkpoints that say their floor, and refresh, the log holds
-        about three entries per key remembered at most; this is for those
-        that do not. Written whole, the log holds one entry per key again;
-        at four times, that costs about a third of an entry copied per
-        entry written, at worst.
-        """
-        return self.stored > 4 * self.whole + 4 * _SLICE
+    return row, Block(lo, hi, len(memory), forgotten != _NO_KEYS)
 
 
 def _migrate_1_to_2(db: sqlite3.Connection) -> None:
@@ -262,7 +179,7 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
 
 def _blocks(
     stream_id: str, memory: Sequence[Remembered], first: int
-) -> Iterator[tuple[tuple[str, int, int, int, int, bytes, bytes], _Block]]:
+) -> Iterator[tuple[tuple[str, int, int, int, int, bytes, bytes], Block]]:
     """``memory`` in blocks numbered from ``first``: their rows, and what to keep track of."""
     for number, start in enumerate(range(0, len(memory), _SLICE), first):
         yield _block(stream_id, number, memory[start : start + _SLICE])
@@ -294,8 +211,8 @@ class SqliteStateStore:
         self._lock = threading.Lock()
         self._owner: int | None = None  # the lock file's descriptor, while we hold it
         self._fences: dict[str, int] = {}
-        #: By stream id: what is known of its blocks (see _Blocks).
-        self._blocks: dict[str, _Blocks] = {}
+        #: By stream id: what is known of its blocks (see Blocks).
+        self._blocks: dict[str, Blocks] = {}
 
     async def open(self) -> None:
         """Create the file and schema, or check the ones there; StateError if unusable.
@@ -440,13 +357,13 @@ class SqliteStateStore:
             kept.update(zip(map(_KEY, memory), memory, strict=True))
         return kept
 
-    def _blocks_of(self, db: sqlite3.Connection, stream_id: str) -> _Blocks:
+    def _blocks_of(self, db: sqlite3.Connection, stream_id: str) -> Blocks:
         """What is known of a stream's blocks; read from the file if nothing is."""
         known = self._blocks.get(stream_id)
         if known is None:
-            known = _Blocks()
+            known = Blocks()
             for number, lo, hi, size, marked in db.execute(_READ_LAYOUT, (stream_id,)):
-                known.add(number, _Block(lo, hi, size, bool(marked)))
+                known.add(number, Block(lo, hi, size, bool(marked)))
             known.whole = known.stored
             self._blocks[stream_id] = known
         return known
@@ -456,7 +373,7 @@ class SqliteStateStore:
         stream_id, floor = checkpoint.stream_id, checkpoint.floor
         if checkpoint.complete:
             db.execute(_DROP_MEMORY, (stream_id,))
-            known = self._blocks[stream_id] = _Blocks()
+            known = self._blocks[stream_id] = Blocks()
         else:
             known = self._blocks_of(db, stream_id)
         gone = known.prune(floor)
@@ -480,10 +397,10 @@ class SqliteStateStore:
         db.executemany(_SAVE_BLOCK, rows)
         if checkpoint.complete:
             known.whole = known.stored
-        elif known.due():
+        elif known.due(_SLICE):
             self._rewrite(db, stream_id, known)
 
-    def _rewrite(self, db: sqlite3.Connection, stream_id: str, known: _Blocks) -> None:
+    def _rewrite(self, db: sqlite3.Connection, stream_id: str, known: Blocks) -> None:
         """Write a stream's log whole: one entry per remembered key, least recently seen first."""
         kept = self._replay(stream_id, db.execute(_READ_BLOCKS, (stream_id,)))
         memory = sorted(kept.values(), key=_RANK)
