@@ -653,6 +653,74 @@ async def _stall(job: Job, buffer: int, dlq: JsonlDeadLetterQueue) -> dict[str, 
         }
 
 
+#: The memory run: topics (one queue's conversations, the rest users'
+#: presence), i.e. 19 full channels of one OAuth client (and its spare).
+MEMORY_TOPICS = 19_000
+#: The memory run: conversations the stream remembers (its memory's bound).
+MEMORY_CONVERSATIONS = 50_000
+#: Issue 13's bound on the process's RSS in that run, in MB.
+MEMORY_TARGET_MB = 100
+
+
+async def _measure_memory(job: Job, buffer: int) -> dict[str, Any]:
+    """RSS with ``MEMORY_TOPICS`` topics subscribed and ``job.count`` conversations remembered.
+
+    One stream: its queue's conversations (the job's topic, which the
+    source blasts: every frame a new conversation) and the presence of
+    ``MEMORY_TOPICS - 1`` users, read by a consumer that keeps nothing.
+    """
+    queue_id = _queue_of(job.topic)
+    presence = [f"v2.users.{uuid.UUID(int=i + 1)}.presence" for i in range(MEMORY_TOPICS - 1)]
+    before = _current_rss_kib()
+    async with Multiplexer(
+        base_url=job.base_url,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        buffer_threshold=buffer,
+        dlq=MemoryDeadLetterQueue(),
+    ) as mux:
+        async with asyncio.timeout(3 * SETUP_TIMEOUT_S):
+            rejected = await mux.add_stream(
+                {"id": STREAM_ID, "filter": {"queueId": queue_id}, "topics": presence}
+            )
+        channels = mux.stats()["channels"]
+        if rejected or not mux.live:
+            raise BenchError(f"the multiplexer is not live on the topics: rejected={rejected}")
+        await _consume_all(mux, job)
+        stream = mux.stats()["streams"][STREAM_ID]
+        return {
+            "topics": stream.topics,
+            "channels": len(channels),
+            # Every frame a new conversation: each one delivered is remembered.
+            "delivered": stream.delivered,
+            "rss_before_kib": before,
+            "rss_kib": _current_rss_kib(),
+        }
+
+
+async def _consume_all(mux: Multiplexer, job: Job) -> None:
+    """Blast the job's frames and read every one of them off the stream."""
+    async with aiohttp.ClientSession() as session:
+        delivered = 0
+
+        async def read() -> None:
+            nonlocal delivered
+            async for item in mux.stream(STREAM_ID):
+                if isinstance(item, StreamEvent):
+                    delivered += 1
+                    if delivered >= job.count:
+                        return
+
+        reader = asyncio.create_task(read())
+        try:
+            await _blast(session, job)
+            async with asyncio.timeout(job.timeout_s):
+                await reader
+        finally:
+            reader.cancel()
+            await _stop_blast(session, job.base_url)
+
+
 def _profile_label(key: tuple[str, int, str]) -> str:
     """A cProfile key as ``module-relative path:line(function)``, with no machine's paths."""
     path, line, name = key
@@ -703,6 +771,8 @@ def _job_process(job: Job, buffer: int, top: int, conn: Connection) -> None:
         payload: Any
         if job.scenario == "ceiling":
             payload = dataclasses.asdict(asyncio.run(_measure_ceiling(job)))
+        elif job.scenario == "memory":
+            payload = asyncio.run(_measure_memory(job, buffer))
         elif job.scenario == "stall":
             payload = asyncio.run(_measure_stall(job, buffer))
         elif job.scenario.startswith("profile:"):
@@ -929,6 +999,23 @@ def _stall_table(
     return [*lines, ""]
 
 
+def _memory_table(body_bytes: int, memory: dict[str, Any]) -> list[str]:
+    rss, before = memory["rss_kib"] / 1024, memory["rss_before_kib"] / 1024
+    return [
+        f"One `Multiplexer.stream()` subscribed to {memory['topics']:,} topics (a queue's "
+        f"conversations and {memory['topics'] - 1:,} users' presence) on {memory['channels']} "
+        f"channels, after {memory['delivered']:,} new conversations (`eventBody` "
+        f"{_bytes(body_bytes)}) were delivered and remembered (the memory's bound is "
+        f"{MEMORY_CONVERSATIONS:,}): the process's RSS (target: at most {MEMORY_TARGET_MB} MB).",
+        "",
+        "| RSS before the multiplexer | RSS after | growth | target |",
+        "|--:|--:|--:|---|",
+        f"| {before:.1f} MiB | {rss:.1f} MiB | {rss - before:.1f} MiB "
+        f"| ≤ {MEMORY_TARGET_MB} MB: {_verdict(rss * 1.048576 <= MEMORY_TARGET_MB)} |",
+        "",
+    ]
+
+
 def _profile_table(args: argparse.Namespace, body_bytes: int, profile: dict[str, Any]) -> list[str]:
     lines = [
         f"cProfile of the {SCENARIOS[args.profile_client]} client, "
@@ -1037,6 +1124,12 @@ async def _main(args: argparse.Namespace) -> int:
             j = job("stall", size, stall_count, args.latency_rate, args.stall + args.timeout)
             stalls[size] = await _child_answer(j, _job_process, args.buffer, args.top)
             _progress(f"stall {size:>5}: {stalls[size]}")
+        memory: dict[str, Any] | None = None
+        if args.memory:
+            size = min(sizes)
+            j = job("memory", size, MEMORY_CONVERSATIONS, 0.0, 6 * args.timeout)
+            memory = await _child_answer(j, _job_process, args.buffer, args.top)
+            _progress(f"memory: {memory}")
         if args.profile:
             scenario = f"profile:{args.profile_client}"
             j = job(scenario, max(sizes), args.count, args.rate, 3 * args.timeout)
@@ -1067,6 +1160,12 @@ async def _main(args: argparse.Namespace) -> int:
         "",
         *_stall_table(args, bodies, stalls),
     ]
+    if memory is not None:
+        out += [
+            "#### Memory: 19,000 topics and 50,000 remembered conversations",
+            "",
+            *_memory_table(bodies[min(sizes)], memory),
+        ]
     if profile is not None:
         out += [
             "#### Where the multiplexer's time goes",
@@ -1099,6 +1198,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--stall", type=float, default=5.0, help="seconds the stalled consumer reads nothing"
     )
     parser.add_argument("--buffer", type=int, default=500, help="the streams' buffer")
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the memory run: 19,000 topics and 50,000 remembered conversations (default: on)",
+    )
     parser.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
@@ -1135,7 +1240,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.repeat, args.latency_count = 2_000, 1, 2_000
-        args.stall, args.profile = 0.5, False
+        args.stall, args.profile, args.memory = 0.5, False, False
     if (
         args.count < 2
         or args.latency_count < 2
