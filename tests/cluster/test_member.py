@@ -111,6 +111,21 @@ async def join(
     return node
 
 
+async def hand_run_members(
+    stack: AsyncExitStack,
+    emulator: Emulator,
+    redis_server: RedisServer,
+    history: History,
+    streams: int,
+) -> list[ClusterMember]:
+    """Members ``h``, ``s``, ``i`` on streams x0.., leases outliving the test: rounds by hand."""
+    configs = [StreamConfig(id=f"x{n}", filter={}, buffer_size=5000) for n in range(streams)]
+    return [
+        await a_member(stack, emulator, redis_server, name, history, configs, 30.0)
+        for name in ("h", "s", "i")
+    ]
+
+
 def exactly_once(*nodes: Node) -> bool:
     """Every stream carried by exactly one of ``nodes``."""
     held = [s for n in nodes for s in n.held]
@@ -206,13 +221,9 @@ async def test_a_stream_handed_over_goes_to_the_member_that_stood_by(
     stood by takes it instead, with no gap. Rounds are run by hand, in this
     order, with leases that outlive the test.
     """
-    streams = [StreamConfig(id=f"x{i}", filter={}, buffer_size=5000) for i in range(2)]
     history: History = []
     async with cluster(redis_server) as (emulator, stack):
-        h, s, i = [
-            await a_member(stack, emulator, redis_server, name, history, streams, 30.0)
-            for name in ("h", "s", "i")
-        ]
+        h, s, i = await hand_run_members(stack, emulator, redis_server, history, 2)
         await h.tick()
         assert set(h.status.held) == {"x0", "x1"}
         await s.tick()
@@ -304,13 +315,9 @@ async def test_a_stream_let_go_to_a_member_is_taken_even_if_placed_elsewhere_sin
     only it may take it), then hands it on to ``i`` like any other stream:
     no window without an owner, no gap. Rounds are run by hand.
     """
-    streams = [StreamConfig(id=f"x{i}", filter={}, buffer_size=5000) for i in range(4)]
     history: History = []
     async with cluster(redis_server) as (emulator, stack):
-        h, s, i = [
-            await a_member(stack, emulator, redis_server, name, history, streams, 30.0)
-            for name in ("h", "s", "i")
-        ]
+        h, s, i = await hand_run_members(stack, emulator, redis_server, history, 4)
         await h.tick()
         assert set(h.status.held) == {"x0", "x1", "x2", "x3"}
         await s.tick()

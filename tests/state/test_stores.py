@@ -343,6 +343,21 @@ def a_remembered(key: str, rank: int) -> Remembered:
     return Remembered(key, 1000.0 + rank, digests, rank % 2 == 0, rank)
 
 
+def after_migration(keys: list[str]) -> StreamCheckpoint:
+    """An incremental checkpoint of stream "big" over its migrated memory."""
+    return StreamCheckpoint(
+        "big",
+        "f",
+        11,
+        2.0,
+        "run-1",
+        2.0,
+        [a_remembered("new", 9_999)],
+        complete=False,
+        forgotten=keys[-100:],
+    )
+
+
 async def test_large_checkpoints_are_written_and_forgotten_in_slices(
     kind: str, server: RedisServer | None, tmp_path: Path
 ) -> None:
@@ -557,17 +572,7 @@ async def test_a_schema_2_file_is_migrated_on_open(tmp_path: Path) -> None:
     try:
         assert await store.load() == {"big": big, "calls": small}
         # An incremental checkpoint over the migrated blocks.
-        later = StreamCheckpoint(
-            "big",
-            "f",
-            11,
-            2.0,
-            "run-1",
-            2.0,
-            [a_remembered("new", 9_999)],
-            complete=False,
-            forgotten=keys[-100:],
-        )
+        later = after_migration(keys)
         await store.save([later])
     finally:
         await store.close()
@@ -630,17 +635,7 @@ async def test_schema_2_redis_keys_are_migrated_on_open(redis_server: RedisServe
         assert client.hkeys("old:state:memory:calls") == [b"1"]
         assert await store.load() == {"big": big, "calls": small}
         # An incremental checkpoint over the migrated blocks.
-        later = StreamCheckpoint(
-            "big",
-            "f",
-            11,
-            2.0,
-            "run-1",
-            2.0,
-            [a_remembered("new", 9_999)],
-            complete=False,
-            forgotten=keys[-100:],
-        )
+        later = after_migration(keys)
         await store.save([later])
     finally:
         await store.close()
