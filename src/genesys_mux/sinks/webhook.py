@@ -97,8 +97,12 @@ from genesys_mux.sinks.base import (
 )
 
 __all__ = [
+    "DEFAULT_TOLERANCE_S",
     "FENCE_HEADER",
     "IDEMPOTENCY_HEADER",
+    "MAX_SECRET_BYTES",
+    "MIN_SECRET_BYTES",
+    "SECRET_PREFIX",
     "SIGNATURE_HEADER",
     "SIGNING_SCHEMES",
     "TIMESTAMP_HEADER",
@@ -109,8 +113,8 @@ __all__ = [
     "WebhookSink",
     "WebhookVerificationError",
     "generate_secret",
-    "redact_url",
     "parse_secrets",
+    "redact_url",
     "sign",
     "sign_webhook",
     "verify",
