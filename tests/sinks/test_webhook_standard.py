@@ -393,6 +393,13 @@ def test_genesys_mux_signing_takes_one_secret_of_any_text() -> None:
         WebhookSink("https://crm.example.test/hook", SECRET, signing="hmac")  # type: ignore[arg-type]
 
 
+def test_extra_headers_may_not_override_the_standard_ones() -> None:
+    for header in ("Webhook-Signature", "webhook-id", "WEBHOOK-TIMESTAMP", "idempotency-key"):
+        with pytest.raises(ConfigError, match="headers may not set"):
+            WebhookSink("https://crm.example.test/hook", SECRET, headers={header: "x"})
+    WebhookSink("https://crm.example.test/hook", SECRET, headers={"X-Tenant": "t1"})
+
+
 def test_generated_secrets_are_valid_and_different() -> None:
     first, second = generate_secret(), generate_secret()
     assert first != second
