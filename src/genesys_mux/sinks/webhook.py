@@ -290,7 +290,8 @@ def verify(
     :class:`WebhookVerificationError` saying which check failed: a missing
     header, a timestamp further than ``tolerance_s`` from ``now`` (default:
     the current time; this refuses replays), or no matching signature.
-    Signatures are compared in constant time.
+    Signatures are compared in constant time. A ``secret`` that is not a
+    valid one raises :class:`~genesys_mux.errors.ConfigError` instead.
     """
     keys = parse_secrets(secret, label="the verifying secret")
     lowered = {name.lower(): value for name, value in headers.items()}
