@@ -47,6 +47,7 @@ from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
+from genesys_mux.sinks.webhook import SigningScheme, parse_secrets, redact_url
 
 __all__ = [
     "ConfigFile",
@@ -264,9 +265,35 @@ class WebhookSinkSpec(_SinkBase):
 
     type: Literal["webhook"]
     url: str = Field(pattern=r"^https?://")
-    secret_env: str = Field(description="Environment variable holding the HMAC secret.")
+    secret_env: str = Field(
+        description=(
+            'Environment variable holding the HMAC secret: for signing = "standard" one or '
+            "more whsec_<base64> secrets separated by spaces (each signs, for rotation); "
+            'for "genesys-mux" any text.'
+        )
+    )
+    signing: SigningScheme = Field(
+        default="standard",
+        description=(
+            "standard: Standard Webhooks headers (webhook-id, webhook-timestamp, "
+            "webhook-signature); genesys-mux: X-Genesys-Mux-Timestamp and "
+            "X-Genesys-Mux-Signature, as in earlier releases."
+        ),
+    )
     timeout_s: float = Field(default=10.0, gt=0)
     max_attempts: int | None = Field(default=5, ge=1)
+
+    def secret_problem(self, secret: str) -> str | None:
+        """What is wrong with ``secret`` for this sink's scheme (None: nothing); never quotes it."""
+        if not secret:
+            return f"{self.secret_env} is empty"
+        if self.signing != "standard":
+            return None
+        try:
+            parse_secrets(secret, label=self.secret_env)
+        except ConfigError as exc:
+            return str(exc)
+        return None
 
 
 SinkSpec = Annotated[
@@ -652,6 +679,12 @@ def check_environment(
                     f"sink {spec.type} of stream {stream_id}: {variable} is not set here; "
                     "set it where it runs"
                 )
+            elif isinstance(spec, WebhookSinkSpec):
+                problem = spec.secret_problem(env.get(spec.secret_env, ""))
+                if problem is not None:
+                    errors.append(
+                        (f"sinks of {stream_id}: webhook {redact_url(spec.url)}", problem)
+                    )
     return errors, warnings
 
 
