@@ -20,7 +20,7 @@ import enum
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -77,7 +77,7 @@ def _code(text: object) -> str:
     return f"`{_cell(text)}`"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -129,7 +129,9 @@ def _type_name(annotation: Any) -> str:
     annotation = _unwrap(annotation)
     origin = get_origin(annotation)
     if origin is Literal:
-        name = " | ".join(f'`"{v}"`' if isinstance(v, str) else f"`{v}`" for v in get_args(annotation))
+        name = " | ".join(
+            f'`"{v}"`' if isinstance(v, str) else f"`{v}`" for v in get_args(annotation)
+        )
     elif origin in (list, tuple):
         args = [a for a in get_args(annotation) if a is not Ellipsis]
         models = _models_in(annotation)
@@ -140,9 +142,7 @@ def _type_name(annotation: Any) -> str:
     elif origin in (Union, types.UnionType):
         models = _models_in(annotation)
         name = "table" if models else " or ".join(_type_name(a) for a in get_args(annotation))
-    elif origin is dict:
-        name = "table"
-    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    elif origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
         name = "table"
     elif annotation is bool:
         name = "boolean"
@@ -226,21 +226,30 @@ def _constraints(info: FieldInfo) -> list[str]:
 
 
 def _field_rows(model: type[BaseModel]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, info in model.model_fields.items():
         key = info.alias or name
         description = info.description or ""
         limits = _constraints(info)
         if limits:
-            description = f"{description} ({'; '.join(limits)})" if description else "; ".join(limits)
+            description = (
+                f"{description} ({'; '.join(limits)})" if description else "; ".join(limits)
+            )
         rows.append(
-            (_code(key), _cell(_type_name(info.annotation)), _cell(_default(info)), _cell(description))
+            (
+                _code(key),
+                _cell(_type_name(info.annotation)),
+                _cell(_default(info)),
+                _cell(description),
+            )
         )
     return rows
 
 
 def _sections(
-    title: str, model: type[BaseModel], substitutes: dict[tuple[type[BaseModel], str], list[tuple[str, type[BaseModel]]]]
+    title: str,
+    model: type[BaseModel],
+    substitutes: Mapping[tuple[type[BaseModel], str], Sequence[tuple[str, type[BaseModel]]]],
 ) -> Iterator[tuple[str, type[BaseModel]]]:
     """(TOML table name, model) for a model and every model nested in it, depth first."""
     yield title, model
@@ -275,8 +284,9 @@ def config_reference() -> str:
     # A file's streams are validated in a second pass (to report every stream's
     # mistakes at once), so the root model holds them as plain tables: the
     # real models stand in for them here.
+    stream: type[BaseModel] = StreamConfig
     substitutes = {
-        (document, "streams"): [("[[streams]]", StreamConfig)],
+        (document, "streams"): [("[[streams]]", stream)],
     }
     out: list[str] = []
     sections = list(_sections("", document, substitutes))
@@ -290,7 +300,9 @@ def config_reference() -> str:
         if title == "[[streams]]":
             # buffer_size's default is the [settings] buffer_threshold, not the model's.
             rows = [
-                (key, kind, "`buffer_threshold`", text) if key == "`buffer_size`" else (key, kind, default, text)
+                (key, kind, "`buffer_threshold`", text)
+                if key == "`buffer_size`"
+                else (key, kind, default, text)
                 for key, kind, default, text in rows
             ]
         if title.endswith(".filter]"):
@@ -394,7 +406,9 @@ def cli_reference() -> str:
             _argument_name(p) for p in params if getattr(p, "param_type_name", "") == "argument"
         )
         suffix = " COMMAND [ARGS]..." if is_group else ""
-        out.append(f"```\n{title} [OPTIONS]{(' ' + usage_args) if usage_args else ''}{suffix}\n```\n")
+        out.append(
+            f"```\n{title} [OPTIONS]{(' ' + usage_args) if usage_args else ''}{suffix}\n```\n"
+        )
         if params:
             rows = [_param_row(p) for p in params]
             out.append(_table(("argument or option", "type", "default", "meaning"), rows) + "\n")
@@ -425,7 +439,11 @@ def metrics_reference() -> str:
 
     # Nothing is started: no socket is opened and no Redis is reached; the
     # registry is complete as soon as the parts are wired together.
-    mux = Multiplexer(client_id="docs", client_secret="docs", base_url="http://127.0.0.1:9")
+    mux = Multiplexer(
+        client_id="docs",
+        client_secret="docs",  # noqa: S106 - never sent: nothing is started
+        base_url="http://127.0.0.1:9",
+    )
     metrics = MuxMetrics(mux)
     redis = aioredis.Redis()
     member = ClusterMember(
