@@ -137,6 +137,9 @@ def test_the_cli_reference_has_every_command_and_option(site: Path) -> None:
     # The defaults come from the code: the emulator's port and demo client.
     assert "<code>8080</code>" in text
     assert "<code>demo-client</code>" in text
+    # A pipe escaped for a Markdown table reads as a pipe.
+    assert "[--region R | --base-url URL]" in text
+    assert "\\|" not in text
 
 
 def test_the_metrics_reference_has_every_family_of_a_real_registry(site: Path) -> None:

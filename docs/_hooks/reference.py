@@ -57,8 +57,18 @@ def _short(match: re.Match[str]) -> str:
     return f"<code>{name.rsplit('.', 1)[-1] if match.group(1) else name}</code>"
 
 
+# In a table, a pipe inside inline code is escaped with a backslash (as
+# GitHub reads it); Python-Markdown keeps the backslash in the code.
+_ESCAPED_PIPE_IN_CODE = re.compile(r"<code>([^<]*\\\|[^<]*)</code>")
+
+
+def _unescape_pipes(match: re.Match[str]) -> str:
+    return "<code>" + match.group(1).replace("\\|", "|") + "</code>"
+
+
 def on_page_content(html: str, **_: Any) -> str:
-    """Render Sphinx cross-reference roles of docstrings as plain code."""
+    """Render Sphinx roles of docstrings as plain code, and table pipes in code as pipes."""
+    html = _ESCAPED_PIPE_IN_CODE.sub(_unescape_pipes, html)
     return _ROLE.sub(_short, html)
 
 
