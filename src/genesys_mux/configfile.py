@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-A file has three parts (see the README's configuration reference for an
-annotated example)::
+A file has three parts (the documentation's configuration page, docs/configuration.md,
+has an annotated example)::
 
     [genesys]            region or base_url; optionally a secrets_file
     [settings]           the Multiplexer's settings, the DLQ, audit log and admin server
