@@ -279,8 +279,11 @@ def _sections(
             if len(models) > 1:
                 # A tagged union (the sinks): one table per member, named by its tag.
                 tag = nested.model_fields.get("type")
-                value = get_args(_unwrap(tag.annotation))[0] if tag is not None else nested.__name__
-                label = f'{label} type = "{value}"'
+                literal = _unwrap(tag.annotation) if tag is not None else None
+                if get_origin(literal) is Literal:
+                    label = f'{label} type = "{get_args(literal)[0]}"'
+                else:
+                    label = f"{label} ({nested.__name__})"
             yield from _sections(label, nested, substitutes)
 
 
@@ -318,7 +321,7 @@ def config_reference() -> str:
         if title.endswith(".filter]"):
             title = "filter (inline table of a stream)"
         anchor = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-        out.append(f"### `{title}` {{#{anchor}}}\n")
+        out.append(f"## `{title}` {{#{anchor}}}\n")
         doc = _first_paragraph(model.__doc__)
         if doc:
             out.append(doc + "\n")
