@@ -60,13 +60,43 @@ async def test_the_library_quickstart_runs_against_the_emulator(tmp_path: Path) 
     assert all(line.split()[0] in ("voice-main", "chat-support") for line in lines)
 
 
-def test_the_readme_configuration_example_is_valid() -> None:
+# Pages written and tested elsewhere (their examples may be fragments of a file).
+_PAGES_TESTED_ELSEWHERE = frozenset(
+    {
+        "operations/dashboards-and-alerts.md",
+        "operations/deployment.md",
+        "sinks/webhook.md",
+        "sinks/nats.md",
+        "sinks/plugins.md",
+    }
+)
+
+
+def _documents() -> list[Path]:
+    docs = EXAMPLES.parent / "docs"
+    pages = [
+        page
+        for page in sorted(docs.rglob("*.md"))
+        if page.relative_to(docs).as_posix() not in _PAGES_TESTED_ELSEWHERE
+    ]
+    return [EXAMPLES.parent / "README.md", *pages]
+
+
+def test_the_configuration_examples_of_the_readme_and_the_docs_are_valid() -> None:
+    checked = 0
+    for document in _documents():
+        text = document.read_text(encoding="utf-8")
+        for block in re.findall(r"```toml\n(.*?)```", text, re.DOTALL):
+            try:
+                config = parse_config(tomllib.loads(block), source=document.name)
+            except Exception as exc:
+                raise AssertionError(f"a TOML example of {document} is not valid: {exc}") from exc
+            assert config.streams, f"a TOML example of {document} has no stream"
+            checked += 1
     readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
-    assert blocks, "the README lost its configuration example"
-    for block in blocks:
-        config = parse_config(tomllib.loads(block))
-        assert config.streams
+    assert "```toml\n" in readme, "the README lost its configuration example"
+    # The README's, the annotated file's, the first file's, the sinks' and the cluster's.
+    assert checked >= 5
 
 
 async def _line(stream: asyncio.StreamReader, within: float = 10.0) -> str:
