@@ -624,7 +624,8 @@ class MuxMetrics:
             self.mux.on_delivered.remove(self._observe)
         with contextlib.suppress(ValueError):
             self.mux.on_control.remove(self._control)
-        for collector in (self._collector, self._latency, self._age, *self._runtime):
+        collectors: list[Collector] = [self._collector, self._latency, self._age, *self._runtime]
+        for collector in collectors:
             with contextlib.suppress(KeyError):
                 self.registry.unregister(collector)
 
