@@ -560,13 +560,21 @@ class MuxMetrics:
         self.version = package_version()
         #: Process, platform and GC collectors this object registered (see :meth:`close`).
         self._runtime: list[Collector] = []
-        for make in (ProcessCollector, PlatformCollector, GCCollector):
-            try:
-                self._runtime.append(make(registry=self.registry))
-            except ValueError:
-                # Already there (the process-wide default registry has all
-                # three): the registry's own serve, a second copy would clash.
+        # A registry of the caller's may have them already (the process-wide
+        # default has all three): its own serve, as a second copy would
+        # repeat their series. Only a registry with auto_describe refuses a
+        # duplicate itself, hence the look at what it already exports.
+        present = set() if registry is None else {m.name for m in registry.collect()}
+        runtime = (
+            (ProcessCollector, "process_cpu_seconds"),
+            (PlatformCollector, "python_info"),
+            (GCCollector, "python_gc_objects_collected"),
+        )
+        for make, family in runtime:
+            if family in present:
                 continue
+            with contextlib.suppress(ValueError):
+                self._runtime.append(make(registry=self.registry))
         #: Control-event kind → count, from ``mux.on_control``.
         self.control_events: dict[str, int] = {}
         #: (stream id, gap reason) → gaps reported, from ``mux.on_control``.
