@@ -25,6 +25,7 @@ from tests.deploy.promql import Exposition, matchers, metric_names, template_nam
 DASHBOARD = DEPLOY / "grafana" / "genesys-mux.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
+RUNBOOK = DEPLOY.parent / "docs" / "operations" / "dashboards-and-alerts.md"
 
 #: Labels the scrape cannot show: Prometheus adds them to every series of a target.
 TARGET_LABELS = {"job", "instance"}
@@ -199,6 +200,10 @@ def test_every_alert_says_how_bad_for_how_long_and_what_to_do() -> None:
         assert rule["labels"]["service"] == "genesys-mux", name
         for key in ("summary", "description", "runbook"):
             assert rule["annotations"].get(key, "").strip(), (name, key)
+    # Each alert's runbook hint points at its section of the operations page.
+    guide = RUNBOOK.read_text(encoding="utf-8")
+    sections = set(re.findall(r"^### (\w+)$", guide, re.MULTILINE))
+    assert sections == {rule["alert"] for rule in rules}, "runbook sections and alerts differ"
     tested = yaml.safe_load(ALERT_TESTS.read_text(encoding="utf-8"))
     covered = {case["alertname"] for test in tested["tests"] for case in test["alert_rule_test"]}
     assert covered <= {rule["alert"] for rule in rules}
