@@ -219,6 +219,15 @@ def test_the_dashboard_follows_its_datasource_job_and_instance_variables() -> No
     all_panels = list(panels(board["panels"]))
     ids = [panel["id"] for panel in all_panels]
     assert len(ids) == len(set(ids)), "panel ids repeat"
+    # Grafana would push overlapping panels around: the layout must tile.
+    cells: dict[tuple[int, int], str] = {}
+    for panel in all_panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
     for panel in all_panels:
         if panel["type"] == "row":
             continue
