@@ -169,6 +169,9 @@ async def test_promtool_finds_nothing_to_lint_in_a_real_scrape(scrape: Scrape) -
     code, output = await run_tool(promtool(), "check", "metrics", stdin=scrape.text.encode())
     assert code == 0, output
     assert output.strip() == "", output
+    # No credential of the run reaches the metrics.
+    for secret in ("demo-secret", "hook-secret-for-the-test"):
+        assert secret not in scrape.text
     # The scrape is the whole of it: build info, process and runtime collectors.
     names = Exposition.parse(scrape.text).series
     assert {"genesys_mux_build_info", "process_resident_memory_bytes", "python_info"} <= names
