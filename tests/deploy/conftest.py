@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from genesys_mux.emulator import Emulator
 from tests.cli.conftest import emulator, redis_server, start_cli
 from tests.cli.test_run import DEMO_CREDENTIALS
 from tests.sinks.conftest import RedisServer, free_port
@@ -135,12 +136,9 @@ def _ready(scrape: Scrape) -> bool:
 
 @pytest.fixture
 async def scrape(
-    emulator: object, redis_server: RedisServer, tmp_path: Path
+    emulator: Emulator, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[Scrape]:
     """A ``/metrics`` scrape of a real ``genesys-mux run`` with traffic on every family."""
-    from genesys_mux.emulator import Emulator
-
-    assert isinstance(emulator, Emulator)
     app = web.Application()
     app.router.add_post("/hook", _unavailable)
     runner = web.AppRunner(app, access_log=None)

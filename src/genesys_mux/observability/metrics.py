@@ -561,7 +561,7 @@ class MuxMetrics:
         #: Process, platform and GC collectors this object registered (see :meth:`close`).
         self._runtime: list[Collector] = []
         # A registry of the caller's may have them already (the process-wide
-        # default has all three): its own serve, as a second copy would
+        # default has all three): those then serve, as a second copy would
         # repeat their series. Only a registry with auto_describe refuses a
         # duplicate itself, hence the look at what it already exports.
         present = set() if registry is None else {m.name for m in registry.collect()}
