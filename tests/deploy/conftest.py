@@ -29,6 +29,8 @@ from tests.sinks.conftest import RedisServer, free_port
 __all__ = ["emulator", "redis_server"]  # fixtures, re-exported for this directory
 
 DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
+#: The failing webhook's signing secret (Standard Webhooks form); must never reach /metrics.
+HOOK_SECRET = "whsec_ZGVwbG95LXRlc3Qtc2lnbmluZy1rZXktMzItYnl0ZXM="
 DEADLINE_S = 30.0
 
 
@@ -158,16 +160,19 @@ async def scrape(
         emulator.base_url,
         "--admin-port",
         str(admin_port),
-        env={**DEMO_CREDENTIALS, "HOOK_SECRET": "hook-secret-for-the-test"},
+        env={**DEMO_CREDENTIALS, "HOOK_SECRET": HOOK_SECRET},
         cwd=tmp_path,
     )
     try:
         url = f"http://127.0.0.1:{admin_port}/metrics"
         deadline = time.monotonic() + DEADLINE_S
         last = Scrape("")
+        problem = None
         async with aiohttp.ClientSession() as session:
-            while True:
-                assert process.returncode is None, "genesys-mux run ended early"
+            while problem is None:
+                if process.returncode is not None:
+                    problem = "genesys-mux run ended early"
+                    break
                 try:
                     async with session.get(url) as resp:
                         if resp.status == 200:
@@ -177,8 +182,14 @@ async def scrape(
                 if last.text and _ready(last):
                     break
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"no complete scrape within {DEADLINE_S} s:\n{last.text}")
+                    problem = f"no complete scrape within {DEADLINE_S} s:\n{last.text[-3000:]}"
+                    break
                 await asyncio.sleep(0.2)  # polling a separate process towards a deadline
+        if problem is not None:
+            if process.returncode is None:
+                process.kill()
+            _, err = await process.communicate()
+            raise AssertionError(f"{problem}\n--- its stderr ---\n{err.decode()[-3000:]}")
         yield last
     finally:
         if process.returncode is None:

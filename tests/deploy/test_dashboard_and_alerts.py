@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from genesys_mux.core.events import ControlEvent
-from tests.deploy.conftest import DEPLOY, Scrape, promtool, run_tool
+from tests.deploy.conftest import DEPLOY, HOOK_SECRET, Scrape, promtool, run_tool
 from tests.deploy.promql import Exposition, matchers, metric_names, template_names
 
 DASHBOARD = DEPLOY / "grafana" / "genesys-mux.json"
@@ -170,7 +170,7 @@ async def test_promtool_finds_nothing_to_lint_in_a_real_scrape(scrape: Scrape) -
     assert code == 0, output
     assert output.strip() == "", output
     # No credential of the run reaches the metrics.
-    for secret in ("demo-secret", "hook-secret-for-the-test"):
+    for secret in ("demo-secret", HOOK_SECRET, HOOK_SECRET.removeprefix("whsec_")):
         assert secret not in scrape.text
     # The scrape is the whole of it: build info, process and runtime collectors.
     names = Exposition.parse(scrape.text).series
