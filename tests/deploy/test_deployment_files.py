@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -208,7 +208,7 @@ async def _listening(port: int) -> bool:
     return True
 
 
-async def _until(check: Any, what: str) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not await check():
         if time.monotonic() > deadline:
