@@ -446,8 +446,21 @@ class ClusterSection(_RedisLocation):
         """
         return (os.environ if env is None else env).get("GENESYS_MUX_CLIENT") or self.client
 
-    def member_id(self) -> str:
-        """``instance_id``, or host name and process id."""
+    def member_id(self, env: Mapping[str, str] | None = None) -> str:
+        """``GENESYS_MUX_INSTANCE_ID`` if set, else ``instance_id``, else host name and process id.
+
+        The variable lets instances that share one file tell themselves apart
+        where host name and process id do not (containers sharing a network
+        namespace share a host name, and each runs as process 1).
+        """
+        named = (os.environ if env is None else env).get("GENESYS_MUX_INSTANCE_ID")
+        if named:
+            if not re.fullmatch(_NAME_PATTERN, named):
+                raise ConfigError(
+                    f"GENESYS_MUX_INSTANCE_ID={named[:140]!r} is not a usable instance id: "
+                    "give 1-128 letters, digits or _ . : @ -, starting with a letter or digit"
+                )
+            return named
         if self.instance_id is not None:
             return self.instance_id
         host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:100] or "host"
