@@ -91,6 +91,8 @@ _NO_LONGER_SUBSCRIBED: Final = "v2.system.no_longer_subscribed"
 _TOKEN_REVOKED: Final = "v2.system.token_revoked"  # noqa: S105  (a topic, not a secret)
 _SUBSCRIPTION_UPDATED: Final = "v2.subscription.updated"
 _SYSTEM_PREFIX: Final = "v2.system."
+# Every topic _system_type recognises starts with one of these.
+_SYSTEM_PREFIXES: Final = (_SYSTEM_PREFIX, _SUBSCRIPTION_UPDATED)
 
 
 # --------------------------------------------------------------------------
@@ -386,6 +388,9 @@ def _channel_metadata(env: _Envelope, data: bytes | str) -> Frame:
 
 
 def _system_type(topic: str) -> _SystemKind | None:
+    # Nearly every frame is a notification: one prefix test answers for it.
+    if not topic.startswith(_SYSTEM_PREFIXES):
+        return None
     if topic == _SOCKET_CLOSING:
         return SocketClosing
     if topic == _SUBSCRIPTION_UPDATED:
