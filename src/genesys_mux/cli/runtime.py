@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -44,6 +44,8 @@ from genesys_mux.configfile import (
     ConfigFile,
     Credentials,
     JsonlSinkSpec,
+    NatsSinkSpec,
+    PluginSinkSpec,
     RedisSinkSpec,
     SinkSpec,
     StdoutSinkSpec,
@@ -61,6 +63,7 @@ from genesys_mux.sinks.base import Sink
 from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
 from genesys_mux.sinks.fanout import StreamDelivery, deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
+from genesys_mux.sinks.plugins import SinkContext, build_plugin_sink
 from genesys_mux.sinks.redis_streams import RedisStreamSink
 from genesys_mux.sinks.stdout import StdoutSink
 from genesys_mux.sinks.webhook import WebhookSink
@@ -83,15 +86,17 @@ class Output:
 
 def build_sink(
     spec: SinkSpec,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     *,
     fence: int = 0,
     dedupe_ttl_s: float = 0.0,
+    stream_id: str = "",
 ) -> Sink:
     """The sink a spec describes; secrets are read from the environment here.
 
     ``fence`` (a cluster lease's fencing token) and ``dedupe_ttl_s`` guard
-    the sinks that can enforce them (Redis Streams).
+    the sinks that can enforce them (Redis Streams; plugins are told both).
+    ``stream_id`` is the stream the sink serves (plugins are told it).
     """
     env = os.environ if environ is None else environ
     if isinstance(spec, StdoutSinkSpec):
@@ -112,7 +117,47 @@ def build_sink(
         if not secret:
             raise ConfigError(f"webhook sink: environment variable {spec.secret_env} is not set")
         return WebhookSink(spec.url, secret, timeout_s=spec.timeout_s, fence=fence)
+    if isinstance(spec, NatsSinkSpec):
+        return nats_sink(spec, env)
+    if isinstance(spec, PluginSinkSpec):
+        context = SinkContext(
+            name=spec.type,
+            stream_id=stream_id,
+            environ=env,
+            fence=fence,
+            dedupe_ttl_s=dedupe_ttl_s,
+        )
+        return build_plugin_sink(spec.plugin, spec.options, context)
     raise ConfigError(f"unknown sink type {spec!r}")
+
+
+def nats_sink(spec: NatsSinkSpec, env: Mapping[str, str]) -> Sink:
+    """The NATS JetStream sink of a spec, its secrets read from ``env`` (imports nats-py)."""
+    from genesys_mux.sinks.nats import NatsJetStreamSink
+
+    secrets: dict[str, str] = {}
+    for key, variable in (("password", spec.password_env), ("token", spec.token_env)):
+        if variable is not None:
+            value = env.get(variable)
+            if not value:
+                raise ConfigError(f"nats sink: environment variable {variable} is not set")
+            secrets[key] = value
+    return NatsJetStreamSink(
+        spec.servers,
+        subject=spec.subject,
+        stream=spec.stream,
+        create_stream=spec.create_stream,
+        stream_subjects=spec.stream_subjects,
+        duplicate_window_s=spec.duplicate_window_s,
+        storage=spec.storage,
+        ack_timeout_s=spec.ack_timeout_s,
+        connect_timeout_s=spec.connect_timeout_s,
+        user=spec.user,
+        creds_file=spec.creds_file,
+        nkey_seed_file=spec.nkey_seed_file,
+        tls_ca_file=spec.tls_ca_file,
+        **secrets,
+    )
 
 
 def event_line(item: StreamEvent | Gap) -> bytes:
@@ -365,6 +410,7 @@ class Runtime:
                         spec,
                         fence=lease.token if lease else 0,
                         dedupe_ttl_s=_CLUSTER_DEDUPE_S if lease else 0.0,
+                        stream_id=stream_id,
                     ),
                     spec.batching,
                 )
