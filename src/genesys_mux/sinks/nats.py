@@ -34,9 +34,10 @@ set, checks that the stream exists (or creates it with ``create_stream``).
 A server that cannot be reached is not fatal there: ``send`` connects again
 on every attempt, as a retryable failure, until it can. A stream that does
 not exist is fatal at start (a clear :class:`~genesys_mux.errors.SinkError`)
-and a non-retryable failure on a later connection. Once connected, the NATS
-client reconnects by itself; while it does, ``send`` fails fast (retryable)
-rather than piling messages up in the client's buffer.
+and a non-retryable failure on a later connection. A lost connection fails
+the batch in flight at once (retryable); the next attempt connects anew. The
+client's own reconnection loop is off, so the runner's backoff is the only
+retry loop and every failure is reported as it happens.
 
 The ``nats-py`` package is imported only when a sink is made, so importing
 genesys-mux does not need it; without it, making a sink raises a
@@ -323,14 +324,16 @@ class NatsJetStreamSink:
             "servers": self.servers,
             "name": f"genesys-mux {self.name}",
             "connect_timeout": self.connect_timeout_s,
-            # Reconnect for ever once connected: the runner's retries decide
-            # what happens to the batches meanwhile.
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
+            # One connection attempt per server and send: the runner's backoff
+            # is the only retry loop, so a server that is down is reported at
+            # once (the client's own loop would retry for minutes, or for
+            # ever, inside a single send), and a lost connection fails the
+            # batch in flight at once rather than after its ack timeout.
+            "allow_reconnect": False,
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.1,
             "error_cb": self._on_error,
-            "disconnected_cb": self._on_disconnected,
-            "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
         }
         tls = self._tls_context()
         if tls is not None:
@@ -351,22 +354,22 @@ class NatsJetStreamSink:
         # credentials: those are refused in server URLs).
         log.debug("NATS client of sink %s: %s: %s", self.name, type(exc).__name__, exc)
 
-    async def _on_disconnected(self) -> None:
-        log.warning("sink %s: disconnected from NATS; reconnecting", self.name)
-
-    async def _on_reconnected(self) -> None:
-        log.info("sink %s: reconnected to NATS", self.name)
+    async def _on_closed(self) -> None:
+        # The acknowledgements still awaited will never come on this connection.
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the connection to NATS was lost"))
 
     async def _ready(self) -> Client:
         """The connected client, connecting (and checking the stream) first if needed."""
         async with self._connecting:
             client = self._client
-            if client is not None and not client.is_closed:
-                if not client.is_connected:
-                    raise SinkError(
-                        f"sink {self.name}: not connected to NATS (reconnecting)", retryable=True
-                    )
+            if client is not None and client.is_connected:
                 return client
+            if client is not None:
+                # Lost since the last send: a fresh connection replaces it.
+                log.warning("sink %s: the connection to NATS was lost; reconnecting", self.name)
+                await _close_quietly(client)
             self._client = None
             client = await self._connect()
             try:
@@ -381,10 +384,12 @@ class NatsJetStreamSink:
             return client
 
     async def _connect(self) -> Client:
-        nats = self._nats
+        client: Client = importlib.import_module("nats.aio.client").Client()
         try:
-            client: Client = await nats.connect(**self._connect_options())
+            await client.connect(**self._connect_options())
         except Exception as exc:
+            # A refused login leaves the socket open otherwise.
+            await _close_quietly(client)
             raise self._translate(exc, "cannot connect to NATS") from exc
         return client
 
@@ -491,6 +496,9 @@ class NatsJetStreamSink:
         for item, waiter in zip(batch, waiters, strict=True):
             if waiter not in answered:
                 missing += 1
+                continue
+            if waiter.exception() is not None:
+                retryable.append(f"{idempotency_key(item)}: {waiter.exception()}")
                 continue
             problem, can_retry, duplicate = self._judge(waiter.result())
             if problem is None:
