@@ -13,6 +13,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.api import DiscardPolicy
 from nats.js.errors import NotFoundError
 
 from genesys_mux.cli.runtime import build_sink
@@ -268,6 +269,30 @@ async def test_a_message_for_another_stream_is_refused_and_dead_lettered(
     assert [d.sequence for d in dead] == [1, 2, 3]
     assert "JetStream refused 3 of 3" in dead[0].reason
     assert runner.retries == 0
+
+
+async def test_a_full_stream_is_waited_for_and_an_oversized_message_is_not(
+    nats_server: NatsServer,
+) -> None:
+    async with jetstream(nats_server) as js:
+        await js.add_stream(
+            name=STREAM, subjects=["genesys.>"], max_msgs=2, discard=DiscardPolicy.NEW
+        )
+        await js.add_stream(name="TINY", subjects=["tiny.>"], max_msg_size=16)
+    dead: list[DeadLetter] = []
+    # "maximum messages exceeded" (503): a consumer or a purge may free room.
+    full = a_runner(real_events(3), a_sink(nats_server), dead, max_attempts=3)
+    await full.run()
+    assert full.retries == 2
+    assert "maximum messages exceeded" in dead[0].reason
+    # "message size exceeds maximum allowed" (400): it never will fit.
+    dead.clear()
+    tiny = a_sink(nats_server, stream="TINY", subject="tiny.{stream}")
+    oversized = a_runner(real_events(2), tiny, dead, max_attempts=3)
+    await oversized.run()
+    assert oversized.retries == 0
+    assert [d.sequence for d in dead] == [1, 2]
+    assert "message size exceeds maximum allowed" in dead[0].reason
 
 
 async def test_credentials_are_used_and_never_shown(

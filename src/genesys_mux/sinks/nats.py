@@ -94,8 +94,10 @@ _TOKEN: Final = re.compile(r"^[^\s.*>]+$")
 _SCHEMES: Final = ("nats", "tls")
 
 # JetStream error codes (err_code) for limits that a consumer or a trim can
-# free again: worth waiting for, like a Redis that is out of memory.
-_RESOURCE_ERR_CODES: Final = frozenset({10023, 10028, 10047, 10054, 10077})
+# free again: worth waiting for, like a Redis that is out of memory. The
+# server sends these with code 503 too; a message over the stream's size
+# limit (10054) or the wrong stream (10060) come as 400 and are final.
+_RESOURCE_ERR_CODES: Final = frozenset({10023, 10077})
 
 
 class _ApiError(msgspec.Struct):
