@@ -199,6 +199,8 @@ class NatsServer:
     directory: Path
     user: str | None = None
     password: str | None = None
+    #: More command-line options (TLS, say).
+    options: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -216,6 +218,7 @@ class NatsServer:
         argv += ["-sd", str(self.directory / "store"), "-l", str(self.log_path)]
         if self.user is not None and self.password is not None:
             argv += ["--user", self.user, "--pass", self.password]
+        argv += self.options
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, binary found by shutil.which
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -320,6 +321,61 @@ async def test_credentials_are_used_and_never_shown(
         await bad.close()
         for text in (str(refused.value), repr(bad), caplog.text):
             assert PASSWORD not in text
+    finally:
+        server.stop_sync()
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: the TLS test makes its certificates with it")
+
+    def run(*args: str) -> None:
+        subprocess.run(  # noqa: S603 - fixed argv, binary found by shutil.which
+            [openssl, *args], cwd=directory, check=True, capture_output=True, timeout=60
+        )
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=genesys-mux test CA")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")  # fmt: skip
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+async def test_tls_servers_are_verified(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    server = NatsServer(
+        nats_binary(),
+        free_port(),
+        directory,
+        options=("--tlscert", str(cert), "--tlskey", str(key)),
+    )
+    server.start_sync()
+    try:
+        tls_url = f"tls://127.0.0.1:{server.port}"
+        # A certificate no trusted CA signed is refused, for good, whichever
+        # scheme was written: a server that asks for TLS gets it verified.
+        for url in (tls_url, server.url):
+            untrusted = NatsJetStreamSink([url], stream=STREAM, create_stream=True)
+            with pytest.raises(SinkError) as refused:
+                await untrusted.start()
+            assert not refused.value.retryable
+            assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+            await untrusted.close()
+
+        trusted = NatsJetStreamSink(
+            [tls_url], stream=STREAM, create_stream=True, tls_ca_file=str(ca)
+        )
+        await trusted.start()
+        await trusted.send(real_events(3))
+        await trusted.close()
+        assert trusted.published == 3
     finally:
         server.stop_sync()
 

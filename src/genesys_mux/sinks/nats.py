@@ -53,8 +53,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import itertools
 import logging
+import os
 import re
 import ssl
 from collections.abc import Iterable, Sequence
@@ -240,6 +242,16 @@ class NatsJetStreamSink:
             raise ConfigError(
                 f"NATS sink {name}: give one kind of credentials, not {' and '.join(kinds)}"
             )
+        for key, path in (("creds_file", creds_file), ("nkey_seed_file", nkey_seed_file)):
+            if path is None:
+                continue
+            if importlib.util.find_spec("nkeys") is None:
+                raise ConfigError(
+                    f"NATS sink {name}: {key} needs the nkeys package, which is not "
+                    "installed: run pip install nkeys"
+                )
+            if not os.path.isfile(path):
+                raise ConfigError(f"NATS sink {name}: {key} {path} does not exist or is not a file")
         if (user is None) != (password is None):
             raise ConfigError(f"NATS sink {name}: user and password go together")
         if create_stream and stream is None:
@@ -390,8 +402,10 @@ class NatsJetStreamSink:
         try:
             await client.connect(**self._connect_options())
         except Exception as exc:
-            # A refused login leaves the socket open otherwise.
-            await _close_quietly(client)
+            # A refused login leaves the socket open otherwise. After a failed
+            # TLS handshake the client's close waits for a goodbye that never
+            # comes: a short bound keeps the failure quick to report.
+            await _close_quietly(client, timeout_s=0.5)
             raise self._translate(exc, "cannot connect to NATS") from exc
         return client
 
@@ -599,9 +613,9 @@ class NatsJetStreamSink:
             await _close_quietly(client)
 
 
-async def _close_quietly(client: Client) -> None:
+async def _close_quietly(client: Client, timeout_s: float = 5.0) -> None:
     try:
-        await asyncio.wait_for(client.close(), 5.0)
+        await asyncio.wait_for(client.close(), timeout_s)
     except Exception as exc:
         log.debug("closing a NATS connection: %s", type(exc).__name__)
 
