@@ -426,7 +426,20 @@ class Runtime:
         self.runners[stream_id] = runner
         if self._metrics is not None:
             self._metrics.watch_sinks(stream_id, runner)
-        self._tasks.append(asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream_id}"))
+        task = asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream_id}")
+        task.add_done_callback(functools.partial(self._sinks_ended, stream_id))
+        self._tasks.append(task)
+
+    def _sinks_ended(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        """Say why a stream's sinks stopped early (a sink that could not start, say)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._say(
+            logging.ERROR,
+            f"the sinks of stream {stream_id} stopped: {task.exception()}; its events wait in "
+            "its buffer and go to the dead-letter queue when the run stops",
+            stream_id=stream_id,
+        )
 
     async def _join(
         self, stack: contextlib.AsyncExitStack, cluster: ClusterSection
