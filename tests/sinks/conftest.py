@@ -10,8 +10,10 @@
 * ``nats_server`` starts ``nats-server -js`` the same way, with a
   temporary store directory that survives a stop and start.
 * :class:`Receiver` is an aiohttp.web server on 127.0.0.1:0 that checks the
-  HMAC of every request independently of the sink's own code, and answers
-  according to a script: fail N times, hang, or refuse.
+  HMAC of every request independently of the sink's own code (Standard
+  Webhooks with the ``standardwebhooks`` package, the genesys-mux scheme
+  with the stdlib), and answers according to a script: fail N times, hang,
+  or refuse.
 * :func:`real_events` builds events from the emulator's simulated contact
   centre, so bodies are real Genesys snapshots.
 """
@@ -33,11 +35,13 @@ from typing import Any
 
 import msgspec
 import pytest
+import standardwebhooks
 from aiohttp import web
 
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import Gap, StreamEvent
 from genesys_mux.emulator.org import ContactCentre
+from genesys_mux.sinks.webhook import SigningScheme
 
 EPOCH = 1_800_000_000.0
 START_DEADLINE_S = 10.0
@@ -331,7 +335,10 @@ async def source(items: Iterable[StreamEvent | Gap]) -> AsyncIterator[StreamEven
 
 # -- webhook receivers ---------------------------------------------------------------
 
-SECRET = "canary-webhook-secret-5f1e2d"
+#: A Standard Webhooks secret (``whsec_`` and base64); the genesys-mux scheme
+#: takes it too, as text. Its key is ``SECRET_KEY``: neither may leak.
+SECRET = "whsec_Y2FuYXJ5LXdlYmhvb2stc2VjcmV0LTVmMWUyZC1rZXkx"
+SECRET_KEY = b"canary-webhook-secret-5f1e2d-key1"
 
 
 @dataclass
@@ -342,6 +349,12 @@ class Request:
     body: bytes
     idempotency_key: str
     at: float
+    #: Every header as sent (names in lower case).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers.get("webhook-id", "")
 
 
 @dataclass
@@ -350,11 +363,13 @@ class Receiver:
 
     ``fail_first``: answer that many requests with ``fail_status``;
     ``hang``: never answer (until teardown); ``status``: the answer after
-    that (200 accepts). Every request's signature is verified with the
-    stdlib, independently of the sink, before anything else.
+    that (200 accepts). Every request's signature is verified
+    independently of the sink, before anything else: ``signing`` says
+    which scheme is expected.
     """
 
     secret: str = SECRET
+    signing: SigningScheme = "standard"
     fail_first: int = 0
     fail_status: int = 500
     fail_headers: dict[str, str] = field(default_factory=dict)
@@ -372,6 +387,15 @@ class Receiver:
     url: str = ""
 
     def _signature_ok(self, request: web.Request, body: bytes) -> bool:
+        if self.signing == "standard":
+            try:
+                # The standard's reference library (it checks the 5-minute tolerance too).
+                standardwebhooks.Webhook(self.secret).verify(
+                    body, dict(request.headers), json_parse=False
+                )
+            except standardwebhooks.WebhookVerificationError:
+                return False
+            return True
         timestamp = request.headers.get("X-Genesys-Mux-Timestamp", "")
         signature = request.headers.get("X-Genesys-Mux-Signature", "")
         expected = hmac.new(
@@ -386,7 +410,13 @@ class Receiver:
             self.bad_signatures += 1
             return web.Response(status=401)
         items = msgspec.json.decode(body)["items"]
-        got = Request(items, body, request.headers.get("Idempotency-Key", ""), time.monotonic())
+        got = Request(
+            items,
+            body,
+            request.headers.get("Idempotency-Key", ""),
+            time.monotonic(),
+            {name.lower(): value for name, value in request.headers.items()},
+        )
         self.requests.append(got)
         self.got_request.set()
         if self.hang:
