@@ -297,3 +297,25 @@ async def test_genesys_mux_run_feeds_an_installed_plugin(
     sequences = [r.sequence for r in events]
     assert sequences == list(range(1, len(sequences) + 1))
     assert not (tmp_path / "dlq.jsonl").exists()
+
+
+async def test_run_stops_with_the_plugins_own_config_error(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    Site(site).install("bad-build", {"bad": "bad_build"}, {"bad_build": NOT_A_SINK})
+    (tmp_path / "mux.toml").write_text(
+        RUN_CONFIG.replace('type = "lines"', 'type = "bad"').replace(
+            'path = "out/{stream}.jsonl"\n', ""
+        )
+    )
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    result = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3",
+        env={**DEMO_CREDENTIALS, "PYTHONPATH": path, "BREAK": "config"},
+        cwd=tmp_path,
+        timeout=60.0,
+    )  # fmt: skip
+    assert result.code == 2, result.why()
+    assert "plugin: BREAK asks for a ConfigError" in result.stderr, result.why()
