@@ -18,7 +18,7 @@ from nats.js.api import DiscardPolicy
 from nats.js.errors import NotFoundError
 
 from genesys_mux.cli.runtime import build_sink
-from genesys_mux.configfile import NatsSinkSpec, parse_config
+from genesys_mux.configfile import NatsSinkSpec, check_environment, parse_config
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, StreamEvent
 from genesys_mux.errors import ConfigError, ConfigFileError, SinkError
@@ -434,6 +434,48 @@ def test_bad_configuration_is_reported_with_paths() -> None:
             )
         assert message in dict(error.value.errors)["streams[0].sinks[0]"], (wrong, error.value)
         assert "secret" not in str(error.value)
+
+
+async def test_a_token_is_used_and_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = NatsServer(nats_binary(), free_port(), tmp_path, options=("--auth", PASSWORD))
+    server.start_sync()
+    try:
+        good = a_sink(server, token=PASSWORD)
+        await good.start()
+        await good.send(real_events(1))
+        await good.close()
+        assert good.published == 1
+        bad = a_sink(server, token="not-" + PASSWORD)
+        with pytest.raises(SinkError) as refused:
+            await bad.start()
+        assert not refused.value.retryable
+        await bad.close()
+        for text in (str(refused.value), repr(good), repr(bad), caplog.text):
+            assert PASSWORD not in text
+    finally:
+        server.stop_sync()
+
+
+def test_validate_warns_about_a_secret_variable_that_is_not_set() -> None:
+    config = parse_config(
+        {
+            "streams": [
+                {
+                    "id": "calls",
+                    "topics": ["v2.users.u1.presence"],
+                    "sinks": [{"type": "nats", "token_env": "NATS_TOKEN"}],
+                }
+            ]
+        }
+    )
+    errors, warnings = check_environment(config, {})
+    assert errors == []
+    assert any("NATS_TOKEN is not set" in w for w in warnings), warnings
+    _, warnings = check_environment(config, {"NATS_TOKEN": "t"})
+    assert not any("NATS_TOKEN" in w for w in warnings)
 
 
 def test_a_password_comes_from_the_environment_only() -> None:
