@@ -338,11 +338,12 @@ class NatsJetStreamSink:
             "servers": self.servers,
             "name": f"genesys-mux {self.name}",
             "connect_timeout": self.connect_timeout_s,
-            # One connection attempt per server and send: the runner's backoff
-            # is the only retry loop, so a server that is down is reported at
-            # once (the client's own loop would retry for minutes, or for
-            # ever, inside a single send), and a lost connection fails the
-            # batch in flight at once rather than after its ack timeout.
+            # A short, bounded connect per send (two tries per server, the
+            # fewest the client allows): the runner's backoff is the only
+            # retry loop, so a server that is down is reported at once (the
+            # client's own loop would retry for minutes, or for ever, inside
+            # a single send), and a lost connection fails the batch in flight
+            # at once rather than after its ack timeout.
             "allow_reconnect": False,
             "max_reconnect_attempts": 1,
             "reconnect_time_wait": 0.1,
