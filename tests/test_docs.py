@@ -102,7 +102,7 @@ def test_the_configuration_reference_has_every_key_of_every_model(site: Path) ->
                 )
     for title in ("[genesys]", "[[genesys.clients]]", "[settings]", "[state]", "[cluster]"):
         assert title in shown
-    for sink in ("stdout", "jsonl", "redis", "webhook"):
+    for sink in ("stdout", "jsonl", "redis", "webhook", "nats"):
         assert f'[[streams.sinks]] type = "{sink}"' in shown
     # A default, a limit and a type, as the models have them.
     assert re.search(

@@ -30,13 +30,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -47,6 +48,8 @@ from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
+from genesys_mux.sinks.nats import DEFAULT_SUBJECT, check_subject_template, stream_subjects_for
+from genesys_mux.sinks.plugins import ENTRY_POINT_GROUP, LoadedPlugin, load_plugin, plugin_types
 from genesys_mux.sinks.webhook import SigningScheme, parse_secrets, redact_url
 
 __all__ = [
@@ -54,7 +57,9 @@ __all__ = [
     "Credentials",
     "GenesysSection",
     "JsonlSinkSpec",
+    "NatsSinkSpec",
     "OAuthClientSpec",
+    "PluginSinkSpec",
     "RedisSinkSpec",
     "Settings",
     "SinkSpec",
@@ -341,9 +346,131 @@ class WebhookSinkSpec(_SinkBase):
         return None
 
 
-SinkSpec = Annotated[
-    StdoutSinkSpec | JsonlSinkSpec | RedisSinkSpec | WebhookSinkSpec, Field(discriminator="type")
-]
+class NatsSinkSpec(_SinkBase):
+    """NATS JetStream: one message per item, de-duplicated by ``Nats-Msg-Id``."""
+
+    type: Literal["nats"] = Field(description="Selects this sink.")
+    servers: list[str] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        min_length=1,
+        description="nats:// or tls:// URLs, without credentials.",
+    )
+    subject: str = Field(
+        default=DEFAULT_SUBJECT,
+        min_length=1,
+        description="Subject template; {stream} is the genesys-mux stream id.",
+    )
+    stream: str | None = Field(
+        default=None,
+        pattern=r"^[^\s.*>/\\]{1,255}$",
+        description="JetStream stream the messages must land in; checked at start.",
+    )
+    create_stream: bool = Field(
+        default=False, description="Create the stream at start when it does not exist."
+    )
+    stream_subjects: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Subjects of a created stream; by default the template's ({stream} as >).",
+    )
+    duplicate_window_s: float = Field(
+        default=120.0, gt=0, le=86_400, description="De-duplication window of a created stream."
+    )
+    storage: Literal["file", "memory"] = Field(
+        default="file", description="Storage of a created stream."
+    )
+    ack_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="Seconds a batch's acknowledgements may take."
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="Seconds each connection attempt may take."
+    )
+    user: str | None = Field(
+        default=None, min_length=1, description="User name (with password_env)."
+    )
+    password_env: str | None = Field(
+        default=None, min_length=1, description="Variable holding the password."
+    )
+    token_env: str | None = Field(
+        default=None, min_length=1, description="Variable holding an authentication token."
+    )
+    creds_file: PathField | None = Field(
+        default=None, description="A .creds file (JWT and nkey seed); needs the nkeys package."
+    )
+    nkey_seed_file: PathField | None = Field(
+        default=None, description="An nkey seed file; needs the nkeys package."
+    )
+    tls_ca_file: PathField | None = Field(
+        default=None, description="CA bundle to verify tls:// servers with (besides the system's)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NatsSinkSpec:
+        for server in self.servers:
+            if not server.startswith(("nats://", "tls://")):
+                raise ValueError(f"server {server!r} must be a nats:// or tls:// URL")
+            if "@" in server:
+                raise ValueError(
+                    "a server URL holds credentials; use user with password_env, token_env, "
+                    "creds_file or nkey_seed_file"
+                )
+        problem = check_subject_template(self.subject)
+        if problem is not None:
+            raise ValueError(f"subject: {problem}")
+        kinds = [
+            key
+            for key in ("password_env", "token_env", "creds_file", "nkey_seed_file")
+            if getattr(self, key) is not None
+        ]
+        if len(kinds) > 1:
+            raise ValueError(f"give one kind of credentials, not {' and '.join(kinds)}")
+        if (self.user is None) != (self.password_env is None):
+            raise ValueError("user and password_env go together")
+        if self.create_stream and self.stream is None:
+            raise ValueError("create_stream needs the stream's name (stream)")
+        if (
+            self.create_stream
+            and self.stream_subjects is None
+            and stream_subjects_for(self.subject) is None
+        ):
+            raise ValueError(
+                "no wildcard covers the subject template; give stream_subjects for the stream "
+                "to create"
+            )
+        return self
+
+
+SinkSpecModel = StdoutSinkSpec | JsonlSinkSpec | RedisSinkSpec | WebhookSinkSpec | NatsSinkSpec
+#: The sink types genesys-mux has itself: they win over plugins of the same name.
+BUILTIN_SINK_TYPES: frozenset[str] = frozenset(
+    get_args(model.model_fields["type"].annotation)[0]
+    for model in (StdoutSinkSpec, JsonlSinkSpec, RedisSinkSpec, WebhookSinkSpec, NatsSinkSpec)
+)
+BuiltinSinkSpec = Annotated[SinkSpecModel, Field(discriminator="type")]
+_BUILTIN_SINK: TypeAdapter[SinkSpecModel] = TypeAdapter(BuiltinSinkSpec)
+#: The keys every sink has, plugins' too: the runner's, not the sink's.
+_COMMON_SINK_KEYS = frozenset({"type", "batch_size", "linger_s", "max_attempts"})
+
+
+class _PluginBatching(_SinkBase):
+    """The keys of a plugin sink that genesys-mux itself reads."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSinkSpec:
+    """A sink from an installed plugin: its type, validated options and batching."""
+
+    type: str
+    #: The plugin's options model, validated (unknown keys refused).
+    options: BaseModel
+    plugin: LoadedPlugin
+    batching: Batching = field(default_factory=Batching)
+
+
+#: A configured sink: a built-in spec or a plugin's.
+SinkSpec = SinkSpecModel | PluginSinkSpec
 
 
 class _RedisLocation(BaseModel):
@@ -478,9 +605,11 @@ class _Document(BaseModel):
 
 
 class _SinkList(BaseModel):
+    """The built-in sinks' schema (plugin sinks are validated by :func:`_parse_sinks`)."""
+
     model_config = _STRICT
 
-    sinks: list[SinkSpec] = Field(default_factory=list)
+    sinks: list[BuiltinSinkSpec] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,13 +691,10 @@ def parse_config(
         item = dict(raw)
         raw_sinks = item.pop("sinks", [])
         stream_items.append(item)
-        try:
-            parsed = _SinkList.model_validate({"sinks": raw_sinks})
-        except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, f"streams[{i}]"))
-            continue
-        if isinstance(item.get("id"), str):
-            sinks[item["id"]] = tuple(parsed.sinks)
+        parsed, sink_errors = _parse_sinks(raw_sinks, f"streams[{i}]", item.get("id"))
+        errors.extend(sink_errors)
+        if not sink_errors and isinstance(item.get("id"), str):
+            sinks[item["id"]] = tuple(parsed)
     streams: list[StreamConfig] = []
     try:
         streams = parse_streams(stream_items, max_streams=document.settings.max_streams)
@@ -635,15 +761,18 @@ def _resolved(
     if settings.audit_path != "-":
         updates["audit_path"] = under(settings.audit_path)
     settings = settings.model_copy(update=updates)
-    resolved = {
-        stream_id: tuple(
-            spec.model_copy(update={"path": under(spec.path)})
-            if isinstance(spec, JsonlSinkSpec)
-            else spec
-            for spec in specs
-        )
-        for stream_id, specs in sinks.items()
-    }
+
+    def sink_paths(spec: SinkSpec) -> SinkSpec:
+        if isinstance(spec, JsonlSinkSpec):
+            return spec.model_copy(update={"path": under(spec.path)})
+        if isinstance(spec, NatsSinkSpec):
+            keys = ("creds_file", "nkey_seed_file", "tls_ca_file")
+            return spec.model_copy(
+                update={k: under(getattr(spec, k)) for k in keys if getattr(spec, k) is not None}
+            )
+        return spec
+
+    resolved = {stream_id: tuple(map(sink_paths, specs)) for stream_id, specs in sinks.items()}
     return genesys, settings, resolved
 
 
@@ -677,6 +806,71 @@ def _stream_list(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def _parse_sinks(
+    raw_sinks: Any, prefix: str, stream_id: Any
+) -> tuple[list[SinkSpec], list[tuple[str, str]]]:
+    """The sinks of one stream, built-in or from plugins, and every mistake with its path.
+
+    A plugin is imported only here, and only when a sink names its type.
+    """
+    if not isinstance(raw_sinks, list):
+        try:
+            _SinkList.model_validate({"sinks": raw_sinks})
+        except ValidationError as exc:
+            return [], _pydantic_errors(exc, prefix)
+        return [], []
+    specs: list[SinkSpec] = []
+    errors: list[tuple[str, str]] = []
+    for j, raw in enumerate(raw_sinks):
+        where = f"{prefix}.sinks[{j}]"
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        if not isinstance(kind, str) or kind in BUILTIN_SINK_TYPES:
+            try:
+                specs.append(_BUILTIN_SINK.validate_python(raw))
+            except ValidationError as exc:
+                errors.extend(_pydantic_errors(exc, where))
+                continue
+            spec = specs[-1]
+            if isinstance(spec, NatsSinkSpec) and isinstance(stream_id, str):
+                problem = check_subject_template(spec.subject, stream_id)
+                if problem is not None:
+                    errors.append((f"{where}.subject", problem))
+            continue
+        assert isinstance(raw, dict)
+        try:
+            loaded = load_plugin(kind)
+        except ConfigError as exc:
+            errors.append((f"{where}.type", str(exc)))
+            continue
+        if loaded is None:
+            installed = plugin_types(BUILTIN_SINK_TYPES)
+            errors.append(
+                (
+                    f"{where}.type",
+                    f"unknown sink type {kind!r}: the built-in types are "
+                    f"{', '.join(sorted(BUILTIN_SINK_TYPES))}; installed plugins: "
+                    f"{', '.join(installed) or 'none'}. A plugin type needs its package "
+                    f"installed (it registers in the {ENTRY_POINT_GROUP} entry-point group)",
+                )
+            )
+            continue
+        common = {k: v for k, v in raw.items() if k in _COMMON_SINK_KEYS}
+        own = {k: v for k, v in raw.items() if k not in _COMMON_SINK_KEYS}
+        batching: _PluginBatching | None = None
+        options: BaseModel | None = None
+        try:
+            batching = _PluginBatching.model_validate(common)
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, where))
+        try:
+            options = loaded.options.model_validate(own)
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, where))
+        if batching is not None and options is not None:
+            specs.append(PluginSinkSpec(kind, options, loaded, batching.batching))
+    return specs, errors
+
+
 def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
     out = []
     for error in exc.errors():
@@ -684,7 +878,7 @@ def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]
         for part in error["loc"]:
             if isinstance(part, int):
                 path += f"[{part}]"
-            elif part in {"stdout", "jsonl", "redis", "webhook"} and path.endswith("]"):
+            elif part in BUILTIN_SINK_TYPES and path.endswith("]"):
                 continue  # pydantic names the union member; the index says enough
             else:
                 path = f"{path}.{part}" if path else str(part)
@@ -739,6 +933,8 @@ def check_environment(
                 if isinstance(spec, WebhookSinkSpec)
                 else spec.url_env
                 if isinstance(spec, RedisSinkSpec)
+                else (spec.password_env or spec.token_env)
+                if isinstance(spec, NatsSinkSpec)
                 else None
             )
             if variable is not None and not env.get(variable):

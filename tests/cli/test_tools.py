@@ -124,7 +124,7 @@ async def test_schema_is_json_with_streams_sinks_and_filter() -> None:
         for d in schema["$defs"].values()
         if "type" in d.get("properties", {}) and "Sink" in d.get("title", "")
     }
-    assert sink_types == {"stdout", "jsonl", "redis", "webhook"}
+    assert sink_types == {"stdout", "jsonl", "redis", "webhook", "nats"}
 
 
 def _walk(value: Any) -> Any:

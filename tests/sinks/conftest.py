@@ -1,4 +1,4 @@
-"""Fixtures for the sink tests: a real redis-server, real webhook receivers, real events.
+"""Fixtures for the sink tests: real redis-server and nats-server, webhook receivers, events.
 
 * ``redis_server`` starts ``redis-server`` on a free loopback port with no
   automatic persistence, waits (to a deadline) until it answers PING, and
@@ -7,6 +7,8 @@
   deployment's Redis would, so "everything arrives" can be checked across
   it. The test is skipped, with the reason, when redis-server is missing
   (``scripts/test`` installs it).
+* ``nats_server`` starts ``nats-server -js`` the same way, with a
+  temporary store directory that survives a stop and start.
 * :class:`Receiver` is an aiohttp.web server on 127.0.0.1:0 that checks the
   HMAC of every request independently of the sink's own code (Standard
   Webhooks with the ``standardwebhooks`` package, the genesys-mux scheme
@@ -26,7 +28,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,28 @@ def _command(port: int, *words: str, timeout: float = 1.0) -> bytes:
             return sock.recv(1024)
         except ConnectionResetError:
             return b""
+
+
+def wait_until_up(
+    process: subprocess.Popen[bytes], probe: Callable[[], bool], log_path: Path, what: str
+) -> None:
+    """Poll ``probe`` until it is true; fail with the server's log if it exits or is too slow.
+
+    ``probe`` may raise OSError while the server is not listening yet.
+    """
+    deadline = time.monotonic() + START_DEADLINE_S
+    while True:
+        if process.poll() is not None:
+            log = log_path.read_text() if log_path.exists() else ""
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log}")
+        try:
+            if probe():
+                return
+        except OSError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {START_DEADLINE_S} s")
+        time.sleep(0.02)  # polling towards a deadline, not synchronisation
 
 
 @dataclass
@@ -107,19 +131,12 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         self.starts += 1
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
-            if self.process.poll() is not None:
-                log = self.log_path.read_text() if self.log_path.exists() else ""
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
-            try:
-                if _command(self.port, "PING").startswith(b"+PONG"):
-                    return
-            except OSError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not answer PING within {START_DEADLINE_S} s")
-            time.sleep(0.02)  # polling towards a deadline, not synchronisation
+        wait_until_up(
+            self.process,
+            lambda: _command(self.port, "PING").startswith(b"+PONG"),
+            self.log_path,
+            "redis-server",
+        )
 
     def stop_sync(self, *, save: bool = True) -> None:
         process, self.process = self.process, None
@@ -164,6 +181,95 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop_sync(save=False)
+
+
+def _nats_info(port: int) -> bytes:
+    """The INFO line a NATS server greets a client with."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+        return sock.recv(4096)
+
+
+@dataclass
+class NatsServer:
+    """A ``nats-server -js`` child process on a fixed loopback port with its own store.
+
+    ``user``/``password`` make it require them. A stop is a SIGTERM, after
+    which the server has written its file store; the next start on the same
+    directory finds every stream and message again.
+    """
+
+    binary: str
+    port: int
+    directory: Path
+    user: str | None = None
+    password: str | None = None
+    #: More command-line options (TLS, say).
+    options: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "nats.log"
+
+    def start_sync(self) -> None:
+        assert self.process is None, "already running"
+        argv = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        argv += ["-sd", str(self.directory / "store"), "-l", str(self.log_path)]
+        if self.user is not None and self.password is not None:
+            argv += ["--user", self.user, "--pass", self.password]
+        argv += self.options
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, binary found by shutil.which
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.starts += 1
+        wait_until_up(
+            self.process,
+            lambda: b'"jetstream":true' in _nats_info(self.port),
+            self.log_path,
+            "nats-server",
+        )
+
+    def stop_sync(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        process.wait(timeout=START_DEADLINE_S)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.start_sync)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.stop_sync)
+
+
+def nats_binary() -> str:
+    """The nats-server binary; skips the test (saying how to install it) when missing."""
+    binary = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
+    if binary is None:
+        pytest.skip(
+            "nats-server is not installed: the NATS sink tests need a real one "
+            "(apt-get install nats-server; scripts/test installs it)"
+        )
+    return binary
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A running ``nats-server -js`` on a free port with a temporary store, stopped after."""
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    server = NatsServer(nats_binary(), free_port(), directory)
+    server.start_sync()
+    try:
+        yield server
+    finally:
+        server.stop_sync()
 
 
 # -- events ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -44,6 +44,8 @@ from genesys_mux.configfile import (
     ConfigFile,
     Credentials,
     JsonlSinkSpec,
+    NatsSinkSpec,
+    PluginSinkSpec,
     RedisSinkSpec,
     SinkSpec,
     StdoutSinkSpec,
@@ -61,6 +63,7 @@ from genesys_mux.sinks.base import Sink
 from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
 from genesys_mux.sinks.fanout import StreamDelivery, deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
+from genesys_mux.sinks.plugins import SinkContext, build_plugin_sink
 from genesys_mux.sinks.redis_streams import RedisStreamSink
 from genesys_mux.sinks.stdout import StdoutSink
 from genesys_mux.sinks.webhook import WebhookSink
@@ -83,15 +86,17 @@ class Output:
 
 def build_sink(
     spec: SinkSpec,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     *,
     fence: int = 0,
     dedupe_ttl_s: float = 0.0,
+    stream_id: str = "",
 ) -> Sink:
     """The sink a spec describes; secrets are read from the environment here.
 
     ``fence`` (a cluster lease's fencing token) and ``dedupe_ttl_s`` guard
-    the sinks that can enforce them (Redis Streams).
+    the sinks that can enforce them (Redis Streams; plugins are told both).
+    ``stream_id`` is the stream the sink serves (plugins are told it).
     """
     env = os.environ if environ is None else environ
     if isinstance(spec, StdoutSinkSpec):
@@ -119,7 +124,47 @@ def build_sink(
             fence=fence,
             secret_label=f"environment variable {spec.secret_env}",
         )
+    if isinstance(spec, NatsSinkSpec):
+        return nats_sink(spec, env)
+    if isinstance(spec, PluginSinkSpec):
+        context = SinkContext(
+            name=spec.type,
+            stream_id=stream_id,
+            environ=env,
+            fence=fence,
+            dedupe_ttl_s=dedupe_ttl_s,
+        )
+        return build_plugin_sink(spec.plugin, spec.options, context)
     raise ConfigError(f"unknown sink type {spec!r}")
+
+
+def nats_sink(spec: NatsSinkSpec, env: Mapping[str, str]) -> Sink:
+    """The NATS JetStream sink of a spec, its secrets read from ``env`` (imports nats-py)."""
+    from genesys_mux.sinks.nats import NatsJetStreamSink
+
+    secrets: dict[str, str] = {}
+    for key, variable in (("password", spec.password_env), ("token", spec.token_env)):
+        if variable is not None:
+            value = env.get(variable)
+            if not value:
+                raise ConfigError(f"nats sink: environment variable {variable} is not set")
+            secrets[key] = value
+    return NatsJetStreamSink(
+        spec.servers,
+        subject=spec.subject,
+        stream=spec.stream,
+        create_stream=spec.create_stream,
+        stream_subjects=spec.stream_subjects,
+        duplicate_window_s=spec.duplicate_window_s,
+        storage=spec.storage,
+        ack_timeout_s=spec.ack_timeout_s,
+        connect_timeout_s=spec.connect_timeout_s,
+        user=spec.user,
+        creds_file=spec.creds_file,
+        nkey_seed_file=spec.nkey_seed_file,
+        tls_ca_file=spec.tls_ca_file,
+        **secrets,
+    )
 
 
 def event_line(item: StreamEvent | Gap) -> bytes:
@@ -372,6 +417,7 @@ class Runtime:
                         spec,
                         fence=lease.token if lease else 0,
                         dedupe_ttl_s=_CLUSTER_DEDUPE_S if lease else 0.0,
+                        stream_id=stream_id,
                     ),
                     spec.batching,
                 )
@@ -387,7 +433,20 @@ class Runtime:
         self.runners[stream_id] = runner
         if self._metrics is not None:
             self._metrics.watch_sinks(stream_id, runner)
-        self._tasks.append(asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream_id}"))
+        task = asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream_id}")
+        task.add_done_callback(functools.partial(self._sinks_ended, stream_id))
+        self._tasks.append(task)
+
+    def _sinks_ended(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        """Say why a stream's sinks stopped early (a sink that could not start, say)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._say(
+            logging.ERROR,
+            f"the sinks of stream {stream_id} stopped: {task.exception()}; its events wait in "
+            "its buffer and go to the dead-letter queue when the run stops",
+            stream_id=stream_id,
+        )
 
     async def _join(
         self, stack: contextlib.AsyncExitStack, cluster: ClusterSection

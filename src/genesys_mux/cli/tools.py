@@ -334,7 +334,7 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
         if not specs:
             raise ConfigError(f"stream {stream!r} has no sinks in {config_path} to replay into")
         letters = _letters(path, stream)
-        sinks = [build_sink(spec) for spec in specs]
+        sinks = [build_sink(spec, stream_id=stream) for spec in specs]
     except ConfigError as exc:
         print_error(console, exc)
         return 2
@@ -367,7 +367,7 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
     runner = deliver_stream(
         items(),
         [
-            (sink, Batching(spec.batch_size, 0.0, spec.max_attempts or 5))
+            (sink, Batching(spec.batching.batch_size, 0.0, spec.batching.max_attempts or 5))
             for sink, spec in zip(sinks, specs, strict=True)
         ],
         failed.append,

@@ -65,7 +65,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Batching:
-    """How a sink wants its batches sent: what its runner applies to every sink it serves."""
+    """How a sink wants its batches sent: what its runner applies to every sink it serves.
+
+    Configured per sink (``batch_size``, ``linger_s``, ``max_attempts``, for
+    plugin sinks too); sinks of one stream that batch differently get a
+    runner each (see :mod:`genesys_mux.sinks.fanout`).
+    """
 
     batch_size: int = 100
     #: How long a batch waits for more items once it has one.
@@ -76,13 +81,32 @@ class Batching:
 
 @runtime_checkable
 class Sink(Protocol):
-    """Somewhere downstream to forward a stream's items to.
+    """Somewhere downstream to forward a stream's items to: the contract every sink keeps.
 
-    ``send`` takes a whole batch or raises
-    :class:`~genesys_mux.errors.SinkError`; it may be called again with the
-    same batch after a retryable failure, so anything it half-sent is sent
-    again (at-least-once). ``start`` opens connections or files and ``close``
-    releases them; both may be called more than once.
+    Built-in sinks and third-party plugins (see
+    :mod:`genesys_mux.sinks.plugins` and ``docs/sinks/plugins.md``) alike:
+
+    * ``name`` labels the sink in logs, metrics and dead-letter reasons
+      (``sink_failed:<name>: ...``); unique among one stream's sinks.
+    * ``start`` opens connections or files. It raises
+      :class:`~genesys_mux.errors.SinkError` (``retryable=False``) only for
+      what no wait can fix (a refused login, a missing destination); a
+      service that is briefly down is left for ``send`` to retry.
+    * ``send`` takes a whole batch, in order, or raises ``SinkError``: with
+      ``retryable=True`` the runner backs off (or waits ``retry_after``)
+      and calls ``send`` again with the *same* batch, up to the sink's
+      ``max_attempts``; with ``retryable=False``, or when the attempts run
+      out, the batch's events go to the dead-letter queue. Anything it
+      half-sent is therefore sent again (at-least-once): give the
+      downstream each item's :func:`idempotency_key` so it can drop
+      repeats. Any other exception counts as a bug: one batch
+      dead-lettered, the stream goes on.
+    * ``close`` releases what ``start`` opened and does not raise.
+
+    ``start`` and ``close`` may each be called more than once. The runner
+    calls ``send`` for one batch at a time per sink; how big and how
+    patient batches are is the configuration's (:class:`Batching`), not
+    the sink's.
     """
 
     name: str
