@@ -46,16 +46,21 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-
+from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.core.events import ControlEvent, StreamAdded, StreamRemoved
 from genesys_mux.sinks.runner import SEND_BUCKETS
+
+try:
+    from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+except ModuleNotFoundError as exc:  # pip install 'genesys-mux[metrics]'
+    raise_if_extra_missing(exc, "the Prometheus metrics (MuxMetrics)")
+    raise
 
 if TYPE_CHECKING:
     from genesys_mux.cluster.member import ClusterMember
