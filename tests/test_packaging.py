@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.parser
+import importlib
 import importlib.metadata
 import json
 import os
@@ -129,6 +130,20 @@ def test_the_library_imports_without_any_extra() -> None:
     # bare ModuleNotFoundError for the user to decode.
     other = {n: v for n, v in found.items() if n not in NEEDS_EXTRA and v is not None}
     assert all(v["extra"] is not None for v in other.values()), other
+
+
+@pytest.mark.parametrize(
+    "package", ["genesys_mux", "genesys_mux.state", "genesys_mux.observability"]
+)
+def test_the_lazy_names_of_a_package_all_resolve(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        value = getattr(module, name)
+        assert value is not None, name
+        assert name in vars(module)  # cached: the next read is a dictionary lookup
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'Nope'"):
+        module.Nope  # noqa: B018 - the read is the test
 
 
 async def test_a_multiplexer_runs_without_any_extra(tmp_path: Path) -> None:

@@ -64,19 +64,20 @@ __all__ = [
     "__version__",
 ]
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    globals(),
-    {
-        "DeadLetter": "genesys_mux.core.streams",
-        "Gap": "genesys_mux.core.streams",
-        "Multiplexer": "genesys_mux.net.multiplexer",
-        "Outage": "genesys_mux.core.channel",
-        "Rejection": "genesys_mux.net.rest",
-        "StreamConfig": "genesys_mux.config",
-        "StreamEvent": "genesys_mux.core.streams",
-        "StreamFilter": "genesys_mux.config",
-        "StreamStats": "genesys_mux.net.multiplexer",
-        "__version__": "genesys_mux._version",
-    },
-)
+if not TYPE_CHECKING:  # type checkers read the imports above, name by name
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        globals(),
+        {
+            "DeadLetter": "genesys_mux.core.streams",
+            "Gap": "genesys_mux.core.streams",
+            "Multiplexer": "genesys_mux.net.multiplexer",
+            "Outage": "genesys_mux.core.channel",
+            "Rejection": "genesys_mux.net.rest",
+            "StreamConfig": "genesys_mux.config",
+            "StreamEvent": "genesys_mux.core.streams",
+            "StreamFilter": "genesys_mux.config",
+            "StreamStats": "genesys_mux.net.multiplexer",
+            "__version__": "genesys_mux._version",
+        },
+    )

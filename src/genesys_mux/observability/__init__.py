@@ -40,14 +40,15 @@ __all__ = ["AdminServer", "AuditLog", "MuxMetrics", "Readiness", "readiness", "s
 
 # prometheus-client comes with the [metrics] extra: imported when first
 # used, so the audit log works without it.
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    globals(),
-    {
-        "AdminServer": "genesys_mux.observability.admin",
-        "MuxMetrics": "genesys_mux.observability.metrics",
-        "Readiness": "genesys_mux.observability.metrics",
-        "readiness": "genesys_mux.observability.metrics",
-        "stream_label": "genesys_mux.observability.metrics",
-    },
-)
+if not TYPE_CHECKING:  # type checkers read the imports above, name by name
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        globals(),
+        {
+            "AdminServer": "genesys_mux.observability.admin",
+            "MuxMetrics": "genesys_mux.observability.metrics",
+            "Readiness": "genesys_mux.observability.metrics",
+            "readiness": "genesys_mux.observability.metrics",
+            "stream_label": "genesys_mux.observability.metrics",
+        },
+    )

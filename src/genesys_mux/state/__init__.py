@@ -46,6 +46,7 @@ __all__ = [
 
 # Redis comes with the [redis] extra: imported when first used, so the
 # Multiplexer (which imports this package) runs without it.
-__getattr__, __dir__ = lazy_exports(
-    __name__, globals(), {"RedisStateStore": "genesys_mux.state.redis"}
-)
+if not TYPE_CHECKING:  # type checkers read the imports above, name by name
+    __getattr__, __dir__ = lazy_exports(
+        __name__, globals(), {"RedisStateStore": "genesys_mux.state.redis"}
+    )
