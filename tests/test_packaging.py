@@ -206,7 +206,7 @@ def test_the_command_line_without_its_extra_says_what_to_install() -> None:
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip() == (
         "error: the genesys-mux command line needs the Python package 'typer', which is not "
-        "installed: install the extra with: pip install 'genesys-mux[cli]'"
+        "installed; install it with: pip install 'genesys-mux[cli]'"
     )
 
 
