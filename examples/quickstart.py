@@ -1,4 +1,4 @@
-"""The README's library example, runnable against the emulator.
+"""The library example of docs/getting-started.md, runnable against the emulator.
 
     genesys-mux emulator --port 8080 &
     GENESYSCLOUD_OAUTHCLIENT_ID=demo-client GENESYSCLOUD_OAUTHCLIENT_SECRET=demo-secret \\

@@ -36,7 +36,7 @@ from genesys_mux.errors import (
 )
 
 if TYPE_CHECKING:
-    from genesys_mux._version import __version__
+    from genesys_mux._version import __version__ as __version__
     from genesys_mux.config import StreamConfig, StreamFilter
     from genesys_mux.core.channel import Outage
     from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
@@ -61,7 +61,6 @@ __all__ = [
     "StreamFilter",
     "StreamStats",
     "TransportError",
-    "__version__",
 ]
 
 if not TYPE_CHECKING:  # type checkers read the imports above, name by name

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-A file has three parts (see the README's configuration reference for an
-annotated example)::
+A file has three parts (the documentation's configuration page, docs/configuration.md,
+has an annotated example)::
 
     [genesys]            region or base_url; optionally a secrets_file
     [settings]           the Multiplexer's settings, the DLQ, audit log and admin server
@@ -47,6 +47,7 @@ from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
+from genesys_mux.sinks.webhook import SigningScheme, parse_secrets, redact_url
 
 __all__ = [
     "ConfigFile",
@@ -161,10 +162,22 @@ class Settings(BaseModel):
 
     model_config = _STRICT
 
-    max_streams: int = Field(default=10, ge=1, le=1000)
-    buffer_threshold: int = Field(default=500, ge=1, le=1_000_000)
-    heartbeat_timeout: float = Field(default=75.0, ge=1, le=3600)
-    pong_timeout: float = Field(default=10.0, ge=0.1, le=600)
+    max_streams: int = Field(default=10, ge=1, le=1000, description="Streams allowed at once.")
+    buffer_threshold: int = Field(
+        default=500,
+        ge=1,
+        le=1_000_000,
+        description="Buffer size of streams that do not set their own buffer_size.",
+    )
+    heartbeat_timeout: float = Field(
+        default=75.0, ge=1, le=3600, description="Seconds of silence before the watchdog pings."
+    )
+    pong_timeout: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=600,
+        description="Seconds to wait for the pong before the socket is declared dead.",
+    )
     subscription_check_s: float = Field(
         default=300.0,
         ge=10,
@@ -172,13 +185,29 @@ class Settings(BaseModel):
         description="How often each channel's subscriptions are read back and compared.",
     )
     topics_per_channel: int = Field(
-        default=PLATFORM.topics_per_channel, ge=1, le=PLATFORM.topics_per_channel
+        default=PLATFORM.topics_per_channel,
+        ge=1,
+        le=PLATFORM.topics_per_channel,
+        description="Topics per channel (the platform's limit; combined topics count as parts).",
     )
     max_channels: int = Field(
-        default=PLATFORM.channels_per_client, ge=2, le=PLATFORM.channels_per_client
+        default=PLATFORM.channels_per_client,
+        ge=2,
+        le=PLATFORM.channels_per_client,
+        description="Channels per OAuth client (the platform's limit); one is kept for rotation.",
     )
-    queue_refresh_s: float = Field(default=300.0, ge=10, le=86_400)
-    requests_per_minute: int = Field(default=PLATFORM.requests_per_minute, ge=1, le=100_000)
+    queue_refresh_s: float = Field(
+        default=300.0,
+        ge=10,
+        le=86_400,
+        description="How often streams of every queue re-read the org's queue list.",
+    )
+    requests_per_minute: int = Field(
+        default=PLATFORM.requests_per_minute,
+        ge=1,
+        le=100_000,
+        description="REST budget per token.",
+    )
     backfill: bool = Field(
         default=False, description="After a gap, fetch the current snapshots of its conversations."
     )
@@ -210,10 +239,17 @@ class Settings(BaseModel):
 class _SinkBase(BaseModel):
     model_config = _STRICT
 
-    batch_size: int = Field(default=100, ge=1, le=10_000)
-    linger_s: float = Field(default=0.05, ge=0, le=60)
+    batch_size: int = Field(default=100, ge=1, le=10_000, description="Events per batch, at most.")
+    linger_s: float = Field(
+        default=0.05, ge=0, le=60, description="Seconds a batch waits for more events."
+    )
     #: None: retry retryable failures forever (the stream's buffer absorbs it).
-    max_attempts: int | None = Field(default=None, ge=1)
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        description="Attempts at a batch before its events are dead-lettered; not set: retry "
+        "retryable failures for ever, holding back only this stream.",
+    )
 
     @property
     def batching(self) -> Batching:
@@ -224,29 +260,37 @@ class _SinkBase(BaseModel):
 class StdoutSinkSpec(_SinkBase):
     """JSON lines on standard output."""
 
-    type: Literal["stdout"]
+    type: Literal["stdout"] = Field(description="Selects this sink.")
 
 
 class JsonlSinkSpec(_SinkBase):
     """A JSON-lines file, rotated by size."""
 
-    type: Literal["jsonl"]
-    path: PathField
-    max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
-    backups: int = Field(default=5, ge=0, le=1000)
-    fsync: Literal["never", "batch", "always"] = "batch"
+    type: Literal["jsonl"] = Field(description="Selects this sink.")
+    path: PathField = Field(description="The file, relative to the configuration file.")
+    max_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1024, description="Size at which the file is rotated."
+    )
+    backups: int = Field(default=5, ge=0, le=1000, description="Rotated files kept.")
+    fsync: Literal["never", "batch", "always"] = Field(
+        default="batch", description="When the file is synced to disk."
+    )
 
 
 class RedisSinkSpec(_SinkBase):
     """A Redis stream per genesys-mux stream."""
 
-    type: Literal["redis"]
+    type: Literal["redis"] = Field(description="Selects this sink.")
     url: str | None = Field(default=None, description="redis://host:port/db (no password here).")
     url_env: str | None = Field(
         default=None, description="Variable holding the URL, if it has a password."
     )
-    prefix: str = "genesys-mux:"
-    maxlen: int = Field(default=100_000, ge=1)
+    prefix: str = Field(
+        default="genesys-mux:", description="Key prefix: the key is the prefix and the stream id."
+    )
+    maxlen: int = Field(
+        default=100_000, ge=1, description="Approximate length cap (XADD MAXLEN ~)."
+    )
 
     @model_validator(mode="after")
     def _one_url(self) -> RedisSinkSpec:
@@ -262,11 +306,39 @@ class RedisSinkSpec(_SinkBase):
 class WebhookSinkSpec(_SinkBase):
     """Batched, HMAC-signed JSON POSTs."""
 
-    type: Literal["webhook"]
-    url: str = Field(pattern=r"^https?://")
-    secret_env: str = Field(description="Environment variable holding the HMAC secret.")
-    timeout_s: float = Field(default=10.0, gt=0)
-    max_attempts: int | None = Field(default=5, ge=1)
+    type: Literal["webhook"] = Field(description="Selects this sink.")
+    url: str = Field(pattern=r"^https?://", description="Where batches are POSTed.")
+    secret_env: str = Field(
+        description=(
+            'Environment variable holding the HMAC secret: for signing = "standard" one or '
+            "more whsec_<base64> secrets separated by spaces (each signs, for rotation); "
+            'for "genesys-mux" any text.'
+        )
+    )
+    signing: SigningScheme = Field(
+        default="standard",
+        description=(
+            "standard: Standard Webhooks headers (webhook-id, webhook-timestamp, "
+            "webhook-signature); genesys-mux: X-Genesys-Mux-Timestamp and "
+            "X-Genesys-Mux-Signature, as in earlier releases."
+        ),
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="Seconds allowed per request.")
+    max_attempts: int | None = Field(
+        default=5, ge=1, description="Attempts at a batch before its events are dead-lettered."
+    )
+
+    def secret_problem(self, secret: str) -> str | None:
+        """What is wrong with ``secret`` for this sink's scheme (None: nothing); never quotes it."""
+        if not secret:
+            return f"{self.secret_env} is empty"
+        if self.signing != "standard":
+            return None
+        try:
+            parse_secrets(secret, label=self.secret_env)
+        except ConfigError as exc:
+            return str(exc)
+        return None
 
 
 SinkSpec = Annotated[
@@ -318,8 +390,12 @@ class StateSection(_RedisLocation):
     path: PathField = Field(
         default="genesys-mux-state.db", description="SQLite file (when no url is given)."
     )
-    prefix: str = Field(default="genesys-mux:", min_length=1, max_length=200)
-    checkpoint_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
+    prefix: str = Field(
+        default="genesys-mux:", min_length=1, max_length=200, description="Redis key prefix."
+    )
+    checkpoint_interval_s: float = Field(
+        default=1.0, ge=0.05, le=3600, description="Seconds between checkpoints."
+    )
 
     def target(self, env: Mapping[str, str] | None = None) -> str:
         """The store to open: the Redis URL (from ``url`` or ``url_env``), else the file path."""
@@ -339,7 +415,12 @@ class ClusterSection(_RedisLocation):
         pattern=_NAME_PATTERN,
         description="This instance's id; by default host name and process id.",
     )
-    lease_ttl_s: float = Field(default=10.0, ge=1, le=300)
+    lease_ttl_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=300,
+        description="Seconds after which a stream whose holder stopped renewing moves.",
+    )
     heartbeat_s: float | None = Field(
         default=None, gt=0, description="Lease renewal period; by default a third of lease_ttl_s."
     )
@@ -365,8 +446,21 @@ class ClusterSection(_RedisLocation):
         """
         return (os.environ if env is None else env).get("GENESYS_MUX_CLIENT") or self.client
 
-    def member_id(self) -> str:
-        """``instance_id``, or host name and process id."""
+    def member_id(self, env: Mapping[str, str] | None = None) -> str:
+        """``GENESYS_MUX_INSTANCE_ID`` if set, else ``instance_id``, else host name and process id.
+
+        The variable lets instances that share one file tell themselves apart
+        where host name and process id do not (containers sharing a network
+        namespace share a host name, and each runs as process 1).
+        """
+        named = (os.environ if env is None else env).get("GENESYS_MUX_INSTANCE_ID")
+        if named:
+            if not re.fullmatch(_NAME_PATTERN, named):
+                raise ConfigError(
+                    f"GENESYS_MUX_INSTANCE_ID={named[:140]!r} is not a usable instance id: "
+                    "give 1-128 letters, digits or _ . : @ -, starting with a letter or digit"
+                )
+            return named
         if self.instance_id is not None:
             return self.instance_id
         host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:100] or "host"
@@ -652,6 +746,12 @@ def check_environment(
                     f"sink {spec.type} of stream {stream_id}: {variable} is not set here; "
                     "set it where it runs"
                 )
+            elif isinstance(spec, WebhookSinkSpec):
+                problem = spec.secret_problem(env.get(spec.secret_env, ""))
+                if problem is not None:
+                    errors.append(
+                        (f"sinks of {stream_id}: webhook {redact_url(spec.url)}", problem)
+                    )
     return errors, warnings
 
 

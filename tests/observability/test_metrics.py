@@ -123,10 +123,11 @@ async def test_metrics_agree_with_stats_and_carry_no_raw_ids() -> None:
                 }
                 assert buckets["+Inf"] == latency
 
-            # Every family has HELP text and the genesys_mux_ prefix.
+            # Every family has HELP text and the genesys_mux_ prefix, but
+            # prometheus-client's process and Python runtime collectors'.
             _, text = await get(f"{admin.base_url}/metrics")
             for family in text_string_to_metric_families(text):
-                assert family.name.startswith("genesys_mux_"), family.name
+                assert family.name.startswith(("genesys_mux_", "process_", "python_")), family.name
                 assert family.documentation, family.name
 
             # No label value is a raw Genesys id.

@@ -8,8 +8,10 @@
   it. The test is skipped, with the reason, when redis-server is missing
   (``scripts/test`` installs it).
 * :class:`Receiver` is an aiohttp.web server on 127.0.0.1:0 that checks the
-  HMAC of every request independently of the sink's own code, and answers
-  according to a script: fail N times, hang, or refuse.
+  HMAC of every request independently of the sink's own code (Standard
+  Webhooks with the ``standardwebhooks`` package, the genesys-mux scheme
+  with the stdlib), and answers according to a script: fail N times, hang,
+  or refuse.
 * :func:`real_events` builds events from the emulator's simulated contact
   centre, so bodies are real Genesys snapshots.
 """
@@ -31,11 +33,13 @@ from typing import Any
 
 import msgspec
 import pytest
+import standardwebhooks
 from aiohttp import web
 
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import Gap, StreamEvent
 from genesys_mux.emulator.org import ContactCentre
+from genesys_mux.sinks.webhook import SigningScheme
 
 EPOCH = 1_800_000_000.0
 START_DEADLINE_S = 10.0
@@ -225,7 +229,10 @@ async def source(items: Iterable[StreamEvent | Gap]) -> AsyncIterator[StreamEven
 
 # -- webhook receivers ---------------------------------------------------------------
 
-SECRET = "canary-webhook-secret-5f1e2d"
+#: A Standard Webhooks secret (``whsec_`` and base64); the genesys-mux scheme
+#: takes it too, as text. Its key is ``SECRET_KEY``: neither may leak.
+SECRET = "whsec_Y2FuYXJ5LXdlYmhvb2stc2VjcmV0LTVmMWUyZC1rZXkx"
+SECRET_KEY = b"canary-webhook-secret-5f1e2d-key1"
 
 
 @dataclass
@@ -236,6 +243,12 @@ class Request:
     body: bytes
     idempotency_key: str
     at: float
+    #: Every header as sent (names in lower case).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers.get("webhook-id", "")
 
 
 @dataclass
@@ -244,11 +257,13 @@ class Receiver:
 
     ``fail_first``: answer that many requests with ``fail_status``;
     ``hang``: never answer (until teardown); ``status``: the answer after
-    that (200 accepts). Every request's signature is verified with the
-    stdlib, independently of the sink, before anything else.
+    that (200 accepts). Every request's signature is verified
+    independently of the sink, before anything else: ``signing`` says
+    which scheme is expected.
     """
 
     secret: str = SECRET
+    signing: SigningScheme = "standard"
     fail_first: int = 0
     fail_status: int = 500
     fail_headers: dict[str, str] = field(default_factory=dict)
@@ -266,6 +281,15 @@ class Receiver:
     url: str = ""
 
     def _signature_ok(self, request: web.Request, body: bytes) -> bool:
+        if self.signing == "standard":
+            try:
+                # The standard's reference library (it checks the 5-minute tolerance too).
+                standardwebhooks.Webhook(self.secret).verify(
+                    body, dict(request.headers), json_parse=False
+                )
+            except standardwebhooks.WebhookVerificationError:
+                return False
+            return True
         timestamp = request.headers.get("X-Genesys-Mux-Timestamp", "")
         signature = request.headers.get("X-Genesys-Mux-Signature", "")
         expected = hmac.new(
@@ -280,7 +304,13 @@ class Receiver:
             self.bad_signatures += 1
             return web.Response(status=401)
         items = msgspec.json.decode(body)["items"]
-        got = Request(items, body, request.headers.get("Idempotency-Key", ""), time.monotonic())
+        got = Request(
+            items,
+            body,
+            request.headers.get("Idempotency-Key", ""),
+            time.monotonic(),
+            {name.lower(): value for name, value in request.headers.items()},
+        )
         self.requests.append(got)
         self.got_request.set()
         if self.hang:

@@ -141,7 +141,7 @@ def test_every_sink_satisfies_the_protocol(tmp_path: object) -> None:
         StdoutSink(),
         JsonlSink(f"{tmp_path}/out.jsonl"),
         RedisStreamsSink("redis://127.0.0.1:1/0"),
-        WebhookSink("http://127.0.0.1:1/hook", "s3cret"),
+        WebhookSink("http://127.0.0.1:1/hook", "s3cret", signing="genesys-mux"),
     ]
     for sink in sinks:
         assert isinstance(sink, Sink)

@@ -114,7 +114,14 @@ def build_sink(
         secret = env.get(spec.secret_env)
         if not secret:
             raise ConfigError(f"webhook sink: environment variable {spec.secret_env} is not set")
-        return WebhookSink(spec.url, secret, timeout_s=spec.timeout_s, fence=fence)
+        return WebhookSink(
+            spec.url,
+            secret,
+            signing=spec.signing,
+            timeout_s=spec.timeout_s,
+            fence=fence,
+            secret_label=f"environment variable {spec.secret_env}",
+        )
     raise ConfigError(f"unknown sink type {spec!r}")
 
 

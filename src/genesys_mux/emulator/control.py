@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Tests, demos and benchmarks drive the emulator through these routes (the
-README's control-surface table lists them): register clients, look at and
+control-surface table in docs/emulator.md lists them): register clients, look at and
 change the org, set, freeze or blast traffic, inject faults, read the ledger
 and the request log, and reset. :class:`ControlSurface` holds one handler
 per route, bound to the emulator it controls, and the blast task it starts.

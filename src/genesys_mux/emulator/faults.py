@@ -20,7 +20,7 @@ by the middleware of :mod:`genesys_mux.emulator.app`; ``duplicate``,
 :meth:`SocketLink.notify <genesys_mux.emulator.sockets.SocketLink.notify>`
 applies to each notification.
 
-The README's fault table documents every name and parameter.
+The emulator page of the docs (docs/emulator.md) documents every name and parameter.
 """
 
 from __future__ import annotations

@@ -279,8 +279,8 @@ class Multiplexer:
         self._stopping = False
         self._stopped = False
         #: This run's id, on every event and record: a crash may give a
-        #: sequence number again in the next run (see the README's
-        #: "Restarts and deploys"), and the epoch says which run it is from.
+        #: sequence number again in the next run (see "Restarts and deploys" in
+        #: the docs), and the epoch says which run it is from.
         self.epoch = uuid.uuid4().hex[:16]
         #: The error that stopped the feed for good (refused credentials).
         self._failure: AuthenticationError | None = None

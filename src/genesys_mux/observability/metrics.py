@@ -28,7 +28,12 @@ configuration can smuggle a raw entity id into a label.
 
 Everything is registered in the registry passed in, or in a private
 :class:`~prometheus_client.CollectorRegistry`, so two multiplexers (or a
-test suite) never collide in the process-wide default registry.
+test suite) never collide in the process-wide default registry. A private
+registry also gets prometheus-client's process, platform and garbage
+collector collectors (``process_*``, ``python_info``, ``python_gc_*``: the
+trio the default registry has), so ``/metrics`` shows memory, CPU and file
+descriptors next to the feed; a registry that already has them keeps its
+own. ``genesys_mux_build_info`` names the installed version.
 
 The collector reads the multiplexer without locking: call
 ``generate_latest`` on the event loop that runs the multiplexer (the admin
@@ -40,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import platform
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,17 +53,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from genesys_mux._extras import raise_if_extra_missing
-from genesys_mux.core.events import ControlEvent, StreamAdded, StreamRemoved
+from genesys_mux._version import __version__
+from genesys_mux.core.events import ControlEvent, GapReported, StreamAdded, StreamRemoved
 from genesys_mux.sinks.runner import SEND_BUCKETS
 
 try:
-    from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        Histogram,
+        PlatformCollector,
+        ProcessCollector,
+    )
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
         Metric,
     )
+    from prometheus_client.registry import Collector
 except ModuleNotFoundError as exc:  # pip install 'genesys-mux[metrics]'
     raise_if_extra_missing(exc, "the Prometheus metrics (MuxMetrics)")
     raise
@@ -74,6 +88,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "MuxMetrics",
     "Readiness",
+    "package_version",
     "readiness",
     "stream_label",
 ]
@@ -120,6 +135,10 @@ AGE_BUCKETS = (
     1800.0,
     3600.0,
 )
+
+#: Distinct gap reasons kept as label values; any further one is counted as ``other``.
+_MAX_GAP_REASONS = 32
+_GAP_REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 _CHANNEL_ID = re.compile(r"streaming-\d+-[a-z0-9]{8,}", re.I)
@@ -192,6 +211,15 @@ _CHANNEL_COUNTERS = (
         "Notifications read after a closing socket's drain pong (delivered).",
     ),
 )
+
+
+def package_version() -> str:
+    """The installed distribution's version, or ``0+unknown`` for an uninstalled source tree.
+
+    ``genesys_mux.__version__``: read from the package metadata, the one
+    place a release writes it.
+    """
+    return __version__
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +297,13 @@ class _MuxCollector:
 
     def describe(self) -> Iterable[Metric]:
         # Names only: lets the registry detect clashes without reading the mux.
-        return [*self._families({}, {}, Readiness(False), {}), *self._dlq_families({})]
+        return [
+            *self._families({}, {}, Readiness(False), {}),
+            *self._dlq_families({}),
+            *self._build_families(),
+            *self._token_families(None),
+            *self._gap_families({}),
+        ]
 
     def collect(self) -> Iterable[Metric]:
         mux = self._owner.mux
@@ -286,7 +320,57 @@ class _MuxCollector:
         families += self._cluster_families(self._owner.member)
         families += self._rest_families(mux)
         families += self._dlq_families(stats.get("dlq", {}))
+        families += self._build_families()
+        families += self._token_families(mux)
+        families += self._gap_families(self._owner.gap_reasons)
         return families
+
+    def _gap_families(self, reasons: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
+        """Gaps by stream and by what caused them (the reason of their outage window)."""
+        gaps = CounterMetricFamily(
+            "genesys_mux_gap_reports",
+            "Gaps reported to the stream, by reason: reconnect, rotation, overload, restart, "
+            "failover, subscriptions_replaced... (other: past the first 32 distinct reasons).",
+            labels=["stream", "reason"],
+        )
+        for (stream_id, reason), count in sorted(reasons.items()):
+            gaps.add_metric([stream_label(stream_id), reason], count)
+        yield gaps
+
+    def _build_families(self) -> Iterator[Metric]:
+        """Which release runs on which Python: a constant 1 whose labels are the point."""
+        info = GaugeMetricFamily(
+            "genesys_mux_build_info",
+            "The genesys-mux version and Python version of this process (always 1).",
+            labels=["version", "python"],
+        )
+        info.add_metric([self._owner.version, platform.python_version()], 1)
+        yield info
+
+    def _token_families(self, mux: Multiplexer | None) -> Iterator[Metric]:
+        """The access token in use: how long it has left, and how long it was granted for.
+
+        A refresh that keeps failing shows as the remaining time falling
+        below the refresh margin (10 % of the lifetime) and on towards 0,
+        while the cached token is still used; no token at all (before the
+        first one) gives no sample.
+        """
+        expires = GaugeMetricFamily(
+            "genesys_mux_token_expires_in_seconds",
+            "Seconds until the OAuth access token in use expires (refreshed at about 10 % left).",
+        )
+        lifetime = GaugeMetricFamily(
+            "genesys_mux_token_lifetime_seconds",
+            "Lifetime the platform granted the OAuth access token in use.",
+        )
+        tokens = mux.tokens if mux is not None else None
+        token = tokens.current if tokens is not None else None
+        if token is not None:
+            # AccessToken times are monotonic seconds (TokenProvider's clock).
+            expires.add_metric([], token.expires_at - time.monotonic())
+            lifetime.add_metric([], token.lifetime_s)
+        yield expires
+        yield lifetime
 
     def _dlq_families(self, dlq: Mapping[str, int]) -> Iterator[Metric]:
         """The dead-letter queue's size and what its cap turned away."""
@@ -475,8 +559,29 @@ class MuxMetrics:
     def __init__(self, mux: Multiplexer, registry: CollectorRegistry | None = None) -> None:
         self.mux = mux
         self.registry = registry if registry is not None else CollectorRegistry()
+        #: The installed genesys-mux version (``genesys_mux_build_info``).
+        self.version = package_version()
+        #: Process, platform and GC collectors this object registered (see :meth:`close`).
+        self._runtime: list[Collector] = []
+        # A registry of the caller's may have them already (the process-wide
+        # default has all three): those then serve, as a second copy would
+        # repeat their series. Only a registry with auto_describe refuses a
+        # duplicate itself, hence the look at what it already exports.
+        present = set() if registry is None else {m.name for m in registry.collect()}
+        runtime = (
+            (ProcessCollector, "process_cpu_seconds"),
+            (PlatformCollector, "python_info"),
+            (GCCollector, "python_gc_objects_collected"),
+        )
+        for make, family in runtime:
+            if family in present:
+                continue
+            with contextlib.suppress(ValueError):
+                self._runtime.append(make(registry=self.registry))
         #: Control-event kind → count, from ``mux.on_control``.
         self.control_events: dict[str, int] = {}
+        #: (stream id, gap reason) → gaps reported, from ``mux.on_control``.
+        self.gap_reasons: dict[tuple[str, str], int] = {}
         self._latency = Histogram(
             "genesys_mux_event_latency_seconds",
             "Internal latency of delivered events: socket read to hand-over to the consumer.",
@@ -530,7 +635,8 @@ class MuxMetrics:
             self.mux.on_delivered.remove(self._observe)
         with contextlib.suppress(ValueError):
             self.mux.on_control.remove(self._control)
-        for collector in (self._collector, self._latency, self._age):
+        collectors: list[Collector] = [self._collector, self._latency, self._age, *self._runtime]
+        for collector in collectors:
             with contextlib.suppress(KeyError):
                 self.registry.unregister(collector)
 
@@ -568,6 +674,21 @@ class MuxMetrics:
                 self._bind(event.stream_id)
         elif isinstance(event, StreamRemoved):
             self._unbind(event.stream_id)
+            for key in [key for key in self.gap_reasons if key[0] == event.stream_id]:
+                del self.gap_reasons[key]
+        elif isinstance(event, GapReported):
+            self._count_gap(event.stream_id, event.reason)
+
+    def _count_gap(self, stream_id: str, reason: str) -> None:
+        # Reasons are short codes, but the label must stay bounded whatever
+        # a future reason looks like: odd shapes and any past the cap are "other".
+        known = {r for _, r in self.gap_reasons}
+        if not _GAP_REASON.fullmatch(reason) or (
+            reason not in known and len(known) >= _MAX_GAP_REASONS
+        ):
+            reason = "other"
+        key = (stream_id, reason)
+        self.gap_reasons[key] = self.gap_reasons.get(key, 0) + 1
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:

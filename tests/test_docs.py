@@ -1,0 +1,201 @@
+"""The documentation site builds, strictly and offline, and its generated references are whole.
+
+The configuration, command-line and metrics references are generated at
+build time (``docs/_hooks/reference.py``); these tests read the built HTML
+and check that what the code has (every model field, every command and
+option, every metric family, every public name) is really on the pages, so
+a generator cannot quietly produce an empty or partial page.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import typer.main
+from pydantic import BaseModel
+
+import genesys_mux
+from genesys_mux import Multiplexer, StreamConfig, StreamFilter, configfile
+from genesys_mux.cli.app import app
+from genesys_mux.observability.metrics import MuxMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A full build takes a few seconds; a loaded machine may need more.
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built with ``mkdocs build --strict`` (a warning fails it)."""
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    # No proxy and no network needed: the build must work offline.
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env.pop(variable, None)
+    result = subprocess.run(  # noqa: S603 - our own interpreter and arguments
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", "mkdocs.yml", "-d", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        "mkdocs build --strict failed (install the docs extra: pip install -e '.[docs]'):\n"
+        + result.stderr[-4000:]
+    )
+    return out
+
+
+def page(site: Path, name: str) -> str:
+    """A built page's HTML, its entities decoded."""
+    return html.unescape((site / name / "index.html").read_text(encoding="utf-8"))
+
+
+def codes(text: str) -> set[str]:
+    """Everything set as code on a page."""
+    return set(re.findall(r"<code>([^<]*)</code>", text))
+
+
+def models_of(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models inside a type annotation (lists, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from models_of(arg)
+
+
+def test_the_configuration_reference_has_every_key_of_every_model(site: Path) -> None:
+    text = page(site, "reference/configuration")
+    shown = codes(text)
+    models: list[type[BaseModel]] = [
+        configfile.GenesysSection,
+        configfile.OAuthClientSpec,
+        configfile.Settings,
+        configfile.StateSection,
+        configfile.ClusterSection,
+        StreamConfig,
+        StreamFilter,
+        *models_of(configfile.SinkSpec),
+    ]
+    assert len(models) >= 11, "the sink union lost its members"
+    for model in models:
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            assert key in shown, f"{model.__name__}.{key} is missing from the configuration page"
+            if info.description:
+                assert html.unescape(info.description) in text, (
+                    f"the description of {model.__name__}.{key} is missing"
+                )
+    for title in ("[genesys]", "[[genesys.clients]]", "[settings]", "[state]", "[cluster]"):
+        assert title in shown
+    for sink in ("stdout", "jsonl", "redis", "webhook"):
+        assert f'[[streams.sinks]] type = "{sink}"' in shown
+    # A default, a limit and a type, as the models have them.
+    assert re.search(
+        r"<code>max_streams</code></td>\s*<td>integer</td>\s*<td><code>10</code>", text
+    )
+    assert "≤ 65535" in text
+    assert "<!-- generated:" not in text
+
+
+def test_the_cli_reference_has_every_command_and_option(site: Path) -> None:
+    text = page(site, "reference/cli")
+    shown = codes(text)
+    stack: list[tuple[str, Any]] = [("genesys-mux", typer.main.get_command(app))]
+    commands = 0
+    while stack:
+        path, command = stack.pop()
+        commands += 1
+        assert path in shown, f"command {path!r} is missing from the CLI page"
+        for param in command.params:
+            if param.param_type_name == "option":
+                for opt in param.opts:
+                    assert opt in shown, f"{path} {opt} is missing from the CLI page"
+            else:
+                assert (param.name or "").upper() + "..." in shown or (
+                    param.name or ""
+                ).upper() in shown
+            if param.help:
+                assert html.unescape(param.help) in text
+        sub = getattr(command, "commands", None) or {}
+        stack += [(f"{path} {name}", c) for name, c in sub.items()]
+    assert commands >= 14, "the command tree looks short"
+    # The defaults come from the code: the emulator's port and demo client.
+    assert "<code>8080</code>" in text
+    assert "<code>demo-client</code>" in text
+    # A pipe escaped for a Markdown table reads as a pipe.
+    assert "[--region R | --base-url URL]" in text
+    assert "\\|" not in text
+
+
+def test_the_metrics_reference_has_every_family_of_a_real_registry(site: Path) -> None:
+    text = page(site, "reference/metrics")
+    shown = codes(text)
+    mux = Multiplexer(client_id="test", client_secret="test", base_url="http://127.0.0.1:9")
+    metrics = MuxMetrics(mux)
+    try:
+        families = list(metrics.registry.collect())
+    finally:
+        metrics.close()
+    assert len(families) > 30
+    for family in families:
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert name in shown, f"metric {name} is missing from the metrics page"
+        assert html.unescape(family.documentation) in text
+    # Only a cluster's instances export these; the page still lists them.
+    assert "genesys_mux_cluster_handovers_total" in shown
+
+
+def test_the_api_reference_documents_every_public_name(site: Path) -> None:
+    text = page(site, "reference/api")
+    for name in genesys_mux.__all__:
+        assert f'id="genesys_mux.{name}"' in text, f"genesys_mux.{name} has no API entry"
+    assert 'id="genesys_mux.Multiplexer.add_stream"' in text
+    # Sphinx roles of the docstrings are rendered, not shown raw.
+    assert ":class:" not in text
+
+
+def test_every_page_in_the_navigation_is_built_and_nothing_is_left_unexpanded(
+    site: Path,
+) -> None:
+    pages = [p for p in site.rglob("index.html") if "search" not in p.parts]
+    assert len(pages) >= 18
+    for built in pages:
+        assert "<!-- generated:" not in built.read_text(encoding="utf-8"), built
+    # Offline: no web fonts are fetched by the pages.
+    assert "fonts.googleapis.com" not in (site / "index.html").read_text(encoding="utf-8")
+
+
+def load_hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "docs_reference_hook", ROOT / "docs" / "_hooks" / "reference.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_marker_nobody_knows_fails_the_build() -> None:
+    hook = load_hook()
+    with pytest.raises(ValueError, match="unknown generated section 'confg'"):
+        hook.on_page_markdown("# Page\n\n<!-- generated: confg -->\n")
+    # A known marker is replaced, and text around it is kept.
+    out = hook.on_page_markdown("before\n<!-- generated: metrics -->\nafter\n")
+    assert out.startswith("before\n| metric |")
+    assert out.rstrip().endswith("after")
