@@ -10,22 +10,38 @@ The public API::
             ...
 
 Everything raised on purpose derives from :class:`GenesysMuxError`.
+
+The names below are imported on first use (see :mod:`genesys_mux._lazy`):
+importing any module of the package, the command line's included, runs this
+file, and should not pay for aiohttp and pydantic unless it uses them.
 """
 
-from genesys_mux.config import StreamConfig, StreamFilter
-from genesys_mux.core.channel import Outage
-from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from genesys_mux._lazy import lazy_exports
+
+# The exceptions cost nothing to import (the standard library's only), and
+# the root one is what callers reach for first.
 from genesys_mux.errors import (
     ApiError,
     AuthenticationError,
     CapacityError,
     ConfigError,
     GenesysMuxError,
+    MissingExtraError,
     StreamConfigError,
     TransportError,
 )
-from genesys_mux.net.multiplexer import Multiplexer, StreamStats
-from genesys_mux.net.rest import Rejection
+
+if TYPE_CHECKING:
+    from genesys_mux._version import __version__ as __version__
+    from genesys_mux.config import StreamConfig, StreamFilter
+    from genesys_mux.core.channel import Outage
+    from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
+    from genesys_mux.net.multiplexer import Multiplexer, StreamStats
+    from genesys_mux.net.rest import Rejection
 
 __all__ = [
     "ApiError",
@@ -35,6 +51,7 @@ __all__ = [
     "DeadLetter",
     "Gap",
     "GenesysMuxError",
+    "MissingExtraError",
     "Multiplexer",
     "Outage",
     "Rejection",
@@ -46,4 +63,20 @@ __all__ = [
     "TransportError",
 ]
 
-__version__ = "0.1.0"
+if not TYPE_CHECKING:  # type checkers read the imports above, name by name
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        globals(),
+        {
+            "DeadLetter": "genesys_mux.core.streams",
+            "Gap": "genesys_mux.core.streams",
+            "Multiplexer": "genesys_mux.net.multiplexer",
+            "Outage": "genesys_mux.core.channel",
+            "Rejection": "genesys_mux.net.rest",
+            "StreamConfig": "genesys_mux.config",
+            "StreamEvent": "genesys_mux.core.streams",
+            "StreamFilter": "genesys_mux.config",
+            "StreamStats": "genesys_mux.net.multiplexer",
+            "__version__": "genesys_mux._version",
+        },
+    )

@@ -1,5 +1,5 @@
 """``python -m genesys_mux`` runs the command line."""
 
-from genesys_mux.cli.app import main
+from genesys_mux.cli import main
 
 main()

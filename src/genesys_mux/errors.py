@@ -23,6 +23,9 @@ The tree, split by what the caller can do about it::
     │                               the connection carries on, the frame is reported
     ├── InvalidStateError           a method called when the object cannot serve it
     │                               (before ``start()``, after ``stop()``)
+    ├── MissingExtraError           a feature needs a package of an optional extra that
+    │                               is not installed; names the ``pip install`` to run
+    │                               (also an ImportError)
     ├── StateError                  the state store cannot be used (corrupt, foreign,
     │   │                           a newer schema, unreachable); nothing is overwritten
     │   └── FencedStateError        checkpoints refused: a newer owner claimed the
@@ -62,6 +65,7 @@ __all__ = [
     "InvalidIdError",
     "InvalidStateError",
     "InvalidTopicError",
+    "MissingExtraError",
     "RateLimitedError",
     "SinkError",
     "StateError",
@@ -191,6 +195,29 @@ class FrameError(GenesysMuxError):
 
 class InvalidStateError(GenesysMuxError):
     """A method was called in a state that cannot serve it; the message says what to do."""
+
+
+class MissingExtraError(GenesysMuxError, ImportError):
+    """A feature needs a package that comes with an optional extra, and it is not installed.
+
+    ``pip install genesys-mux`` is the library alone; the Redis sink, state
+    store and cluster need ``[redis]``, the NATS sink ``[nats]``, the Prometheus metrics and admin
+    server ``[metrics]``, the command line ``[cli]``. The message names the
+    feature, the missing package and the command that installs it. It is
+    also an :class:`ImportError` (raised while importing the module that
+    needs the package), so ``except ImportError`` around an optional import
+    keeps working.
+    """
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs the Python package {package!r}, which is not installed; "
+            f"install it with: pip install 'genesys-mux[{extra}]'",
+            name=package,
+        )
+        self.feature = feature
+        self.package = package
+        self.extra = extra
 
 
 class StateError(GenesysMuxError):

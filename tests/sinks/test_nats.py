@@ -496,10 +496,10 @@ sys.modules["nats"] = None
 import genesys_mux, genesys_mux.configfile, genesys_mux.sinks.nats
 from genesys_mux.cli.runtime import build_sink
 from genesys_mux.configfile import NatsSinkSpec
-from genesys_mux.errors import ConfigError
+from genesys_mux.errors import MissingExtraError
 try:
     build_sink(NatsSinkSpec(type="nats"))
-except ConfigError as exc:
+except MissingExtraError as exc:
     print(exc)
 """
     done = subprocess.run(  # noqa: S603 - our own interpreter and script

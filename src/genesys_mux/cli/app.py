@@ -1,30 +1,34 @@
-"""``genesys-mux``: the command-line entry point."""
+"""``genesys-mux``: the command-line entry point.
+
+Only typer (and the standard library it loads anyway) is imported at the
+top. Each command imports what it runs (asyncio, the emulator, aiohttp, the
+runtime, structlog, rich's widgets) inside its function, so ``genesys-mux
+--help``, ``--version`` and shell completion pay for none of it: they answer
+in a fraction of the time a full import takes.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import importlib.metadata
+import functools
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import structlog
 import typer
-from rich.console import Console
-from rich.panel import Panel
 
-from genesys_mux.cli import tools
-from genesys_mux.cli.demo import run_demo
-from genesys_mux.cli.logs import configure_logging
-from genesys_mux.cli.runtime import Output, Runtime
-from genesys_mux.configfile import load_config, load_credentials
-from genesys_mux.emulator import ClientApp, Emulator, EmulatorSettings, PlatformLimits
-from genesys_mux.errors import ConfigFileError, GenesysMuxError
+from genesys_mux.errors import GenesysMuxError, MissingExtraError
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Awaitable, Callable
+
+    from rich.console import Console
+
+    from genesys_mux.emulator import EmulatorSettings
 
 __all__ = ["app", "main"]
 
@@ -32,17 +36,33 @@ app = typer.Typer(
     name="genesys-mux",
     help="Multiplex Genesys Cloud interaction streams over a few Notifications-API WebSockets.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion and --show-completion for bash, zsh, fish, PowerShell.
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-log = structlog.get_logger("genesys_mux.cli")
+
+
+@functools.cache
+def _console() -> Console:
+    """The stderr console, made on first use (rich's import is not free)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _log() -> Any:
+    """The command line's structlog logger, imported on first use."""
+    import structlog
+
+    return structlog.get_logger("genesys_mux.cli")
 
 
 def _print_version(value: bool) -> None:
     if value:
         # Read from the installed package's metadata: one place for the version.
-        print(f"genesys-mux {importlib.metadata.version('genesys-mux')}")
+        from genesys_mux._version import __version__
+
+        print(f"genesys-mux {__version__}")
         raise typer.Exit(0)
 
 
@@ -103,6 +123,13 @@ def emulator(
     ] = False,
 ) -> None:
     """Run the Genesys Cloud emulator: OAuth, channels, sockets, simulated traffic, faults."""
+    import asyncio
+
+    from genesys_mux.cli import tools
+    from genesys_mux.cli.logs import configure_logging
+    from genesys_mux.emulator import ClientApp, EmulatorSettings, PlatformLimits
+
+    console = _console()
     configure_logging(json=log_json)
     try:
         settings = EmulatorSettings(
@@ -128,6 +155,14 @@ def emulator(
 
 
 async def _serve_emulator(settings: EmulatorSettings, client_id: str) -> None:
+    import asyncio
+
+    from rich.panel import Panel
+
+    from genesys_mux.emulator import Emulator
+
+    console = _console()
+    log = _log()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -166,12 +201,16 @@ def validate(
     ] = False,
 ) -> None:
     """Check a configuration file (and what run needs beyond it); print every problem."""
-    raise typer.Exit(tools.validate(config, console, as_json=as_json))
+    from genesys_mux.cli import tools
+
+    raise typer.Exit(tools.validate(config, _console(), as_json=as_json))
 
 
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the configuration file."""
+    from genesys_mux.cli import tools
+
     raise typer.Exit(tools.print_schema())
 
 
@@ -185,14 +224,20 @@ def listen(
     ] = None,
 ) -> None:
     """Print raw notifications of some topics as JSON lines (credentials from GENESYSCLOUD_*)."""
+    from genesys_mux.cli import tools
+    from genesys_mux.cli.logs import configure_logging
+
     configure_logging()
     raise typer.Exit(
-        tools.listen(topics, region=region, base_url=base_url, console=console, count=count)
+        tools.listen(topics, region=region, base_url=base_url, console=_console(), count=count)
     )
 
 
 def _run_async(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     """Run ``main`` with an event that Ctrl-C and SIGTERM set, for a clean stop."""
+    import asyncio
+
+    from genesys_mux.cli import tools
 
     async def runner() -> int:
         stop = asyncio.Event()
@@ -205,7 +250,7 @@ def _run_async(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     try:
         return asyncio.run(runner())
     except GenesysMuxError as exc:
-        tools.print_error(console, exc)
+        tools.print_error(_console(), exc)
         return 2
 
 
@@ -230,6 +275,10 @@ def demo(
     ] = None,
 ) -> None:
     """Run the whole product against the embedded emulator, with a live dashboard."""
+    from genesys_mux.cli.demo import run_demo
+    from genesys_mux.cli.logs import configure_logging
+
+    console = _console()
     configure_logging(level="WARNING", json=as_json)
 
     async def main(stop: asyncio.Event) -> int:
@@ -276,6 +325,14 @@ def run(
     ] = False,
 ) -> None:
     """Run a configuration file's streams against a tenant (credentials from the environment)."""
+    from genesys_mux.cli import tools
+    from genesys_mux.cli.logs import configure_logging
+    from genesys_mux.cli.runtime import Output, Runtime
+    from genesys_mux.configfile import load_config, load_credentials
+    from genesys_mux.errors import ConfigFileError
+
+    console = _console()
+    log = _log()
     configure_logging(level="WARNING" if tui else "INFO", json=log_json)
     try:
         loaded = load_config(config)
@@ -340,10 +397,13 @@ def _dlq_file(file: Path | None, config: Path | None) -> Path:
     if file is not None:
         return file
     if config is not None:
+        from genesys_mux.cli import tools
+        from genesys_mux.configfile import load_config
+
         try:
             return Path(load_config(config).settings.dlq_path)
         except GenesysMuxError as exc:
-            tools.print_error(console, exc)
+            tools.print_error(_console(), exc)
             raise typer.Exit(2) from None
     return Path("genesys-mux-dlq.jsonl")
 
@@ -356,7 +416,9 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List dead letters: stream, sequence, reason, conversation."""
-    raise typer.Exit(tools.dlq_list(_dlq_file(file, config), stream, as_json, console))
+    from genesys_mux.cli import tools
+
+    raise typer.Exit(tools.dlq_list(_dlq_file(file, config), stream, as_json, _console()))
 
 
 @dlq_app.command("replay")
@@ -366,8 +428,11 @@ def dlq_replay(
     file: DlqFile = None,
 ) -> None:
     """Send a stream's dead letters through its sinks; delivered ones leave the file."""
+    from genesys_mux.cli import tools
+    from genesys_mux.cli.logs import configure_logging
+
     configure_logging(level="WARNING")
-    raise typer.Exit(tools.dlq_replay(_dlq_file(file, config), config, stream, console))
+    raise typer.Exit(tools.dlq_replay(_dlq_file(file, config), config, stream, _console()))
 
 
 @dlq_app.command("purge")
@@ -381,7 +446,9 @@ def dlq_purge(
     path = _dlq_file(file, config)
     if not yes and not typer.confirm(f"Delete dead letters from {path}?"):
         raise typer.Exit(1)
-    raise typer.Exit(tools.dlq_purge(path, stream, console))
+    from genesys_mux.cli import tools
+
+    raise typer.Exit(tools.dlq_purge(path, stream, _console()))
 
 
 state_app = typer.Typer(
@@ -396,15 +463,21 @@ def state_show(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Each stream's saved state: next sequence, watermark, remembered keys, the store."""
+    from genesys_mux.cli import tools
+    from genesys_mux.cli.logs import configure_logging
+
     configure_logging(level="WARNING")
-    raise typer.Exit(tools.state_show(config, as_json, console))
+    raise typer.Exit(tools.state_show(config, as_json, _console()))
 
 
 @state_app.command("prune")
 def state_prune(config: ConfigOption) -> None:
     """Forget the saved state of streams no longer in the configuration."""
+    from genesys_mux.cli import tools
+    from genesys_mux.cli.logs import configure_logging
+
     configure_logging(level="WARNING")
-    raise typer.Exit(tools.state_prune(config, console))
+    raise typer.Exit(tools.state_prune(config, _console()))
 
 
 cluster_app = typer.Typer(
@@ -419,10 +492,21 @@ def cluster_status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Members, and each stream's holder, lease, fencing token and placement."""
+    from genesys_mux.cli import tools
+    from genesys_mux.cli.logs import configure_logging
+
     configure_logging(level="WARNING")
-    raise typer.Exit(tools.cluster_status(config, as_json, console))
+    raise typer.Exit(tools.cluster_status(config, as_json, _console()))
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Run the command line (see :func:`genesys_mux.cli.main`, the console script)."""
+    try:
+        # The name the user types, also under ``python -m genesys_mux``: what
+        # --help shows and what completion scripts are registered for.
+        app(prog_name="genesys-mux")
+    except MissingExtraError as exc:
+        # A command that needs an extra not installed (a Redis sink without
+        # [redis]): one line saying what to install, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

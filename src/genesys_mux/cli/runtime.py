@@ -29,15 +29,14 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.live import Live
 
+from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.cli.dashboard import AuditTail, Dashboard
-from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
 from genesys_mux.config import StreamConfig
 from genesys_mux.configfile import (
     ClusterSection,
@@ -64,11 +63,12 @@ from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
 from genesys_mux.sinks.fanout import StreamDelivery, deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
 from genesys_mux.sinks.plugins import SinkContext, build_plugin_sink
-from genesys_mux.sinks.redis_streams import RedisStreamSink
 from genesys_mux.sinks.stdout import StdoutSink
 from genesys_mux.sinks.webhook import WebhookSink
 from genesys_mux.state import open_store
-from genesys_mux.state.redis import redis_name
+
+if TYPE_CHECKING:
+    from genesys_mux.cluster import ClusterMember, Lease
 
 __all__ = ["Output", "Runtime", "build_sink"]
 
@@ -106,6 +106,9 @@ def build_sink(
             spec.path, max_bytes=spec.max_bytes, backups=spec.backups, fsync=spec.fsync
         )
     if isinstance(spec, RedisSinkSpec):
+        # Redis comes with the [redis] extra: imported only when a sink uses it.
+        from genesys_mux.sinks.redis_streams import RedisStreamSink
+
         url = spec.url if spec.url is not None else env.get(spec.url_env or "")
         if not url:
             raise ConfigError(f"redis sink: environment variable {spec.url_env} is not set")
@@ -452,6 +455,15 @@ class Runtime:
         self, stack: contextlib.AsyncExitStack, cluster: ClusterSection
     ) -> ClusterMember:
         """Join the cluster: its Redis, its lease table, and this instance's member loop."""
+        from genesys_mux.cluster import ClusterMember, LeaseTable
+        from genesys_mux.state.redis import redis_name
+
+        try:
+            import redis.asyncio as aioredis
+        except ModuleNotFoundError as exc:  # the [redis] extra is not installed
+            raise_if_extra_missing(exc, "a cluster (leases in Redis)")
+            raise
+
         assert self.mux is not None
         url = cluster.redis_url("cluster")
         assert url is not None  # the section requires one

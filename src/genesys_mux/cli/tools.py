@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.cli.runtime import build_sink, client_budgets
 from genesys_mux.configfile import (
     ConfigFile,
@@ -503,12 +504,16 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
         return 2
 
     async def read() -> dict[str, Any]:
-        import redis.asyncio as aioredis
-
         from genesys_mux.cluster import LeaseTable
         from genesys_mux.cluster.member import placement_owners, stream_weights
         from genesys_mux.core.placement import Member, StreamDemand, place
         from genesys_mux.state.redis import redis_name
+
+        try:
+            import redis.asyncio as aioredis
+        except ModuleNotFoundError as exc:  # the [redis] extra is not installed
+            raise_if_extra_missing(exc, "genesys-mux cluster status")
+            raise
 
         url = cluster.redis_url("cluster")
         assert url is not None  # the section requires one

@@ -43,10 +43,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
-import redis.asyncio as aioredis
-import redis.exceptions as rexc
 
+from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.errors import ClusterError, ConfigError
+
+try:
+    import redis.asyncio as aioredis
+    import redis.exceptions as rexc
+except ModuleNotFoundError as exc:  # pip install 'genesys-mux[redis]'
+    raise_if_extra_missing(exc, "a cluster (leases in Redis)")
+    raise
 
 __all__ = ["Lease", "LeaseTable", "MemberInfo"]
 

@@ -39,7 +39,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from genesys_mux._extras import raise_if_extra_missing
+
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+except ModuleNotFoundError as exc:  # pip install 'genesys-mux[metrics]'
+    raise_if_extra_missing(exc, "the admin server (/metrics)")
+    raise
 
 from genesys_mux.observability.metrics import MuxMetrics, Readiness, readiness
 from genesys_mux.observability.sanitize import redact

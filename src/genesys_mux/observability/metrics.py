@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import logging
 import platform
 import re
@@ -53,23 +52,29 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
-
+from genesys_mux._extras import raise_if_extra_missing
+from genesys_mux._version import __version__
 from genesys_mux.core.events import ControlEvent, GapReported, StreamAdded, StreamRemoved
 from genesys_mux.sinks.runner import SEND_BUCKETS
+
+try:
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        Histogram,
+        PlatformCollector,
+        ProcessCollector,
+    )
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+    from prometheus_client.registry import Collector
+except ModuleNotFoundError as exc:  # pip install 'genesys-mux[metrics]'
+    raise_if_extra_missing(exc, "the Prometheus metrics (MuxMetrics)")
+    raise
 
 if TYPE_CHECKING:
     from genesys_mux.cluster.member import ClusterMember
@@ -209,14 +214,12 @@ _CHANNEL_COUNTERS = (
 
 
 def package_version() -> str:
-    """The installed distribution's version, or ``unknown`` for an uninstalled source tree.
+    """The installed distribution's version, or ``0+unknown`` for an uninstalled source tree.
 
-    Read from the package metadata, the one place a release writes it.
+    ``genesys_mux.__version__``: read from the package metadata, the one
+    place a release writes it.
     """
-    try:
-        return importlib.metadata.version("genesys-mux")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ retry loop and every failure is reported as it happens.
 
 The ``nats-py`` package is imported only when a sink is made, so importing
 genesys-mux does not need it; without it, making a sink raises a
-:class:`~genesys_mux.errors.ConfigError` naming ``pip install
+:class:`~genesys_mux.errors.MissingExtraError` naming ``pip install
 'genesys-mux[nats]'``. Credentials (a password, a token, a credentials or
 nkey seed file's contents) are kept in :class:`~genesys_mux.sinks.base.Hidden`
 and never appear in reprs, logs or errors; servers are given without
@@ -66,6 +66,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
 
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SUBJECT",
-    "INSTALL_HINT",
     "NatsJetStreamSink",
     "check_subject_template",
     "render_subject",
@@ -87,8 +87,6 @@ log = logging.getLogger("genesys_mux.sinks.nats")
 
 #: The subject template by default: one subject per genesys-mux stream.
 DEFAULT_SUBJECT: Final = "genesys.{stream}"
-#: What to run when nats-py is missing.
-INSTALL_HINT: Final = "pip install 'genesys-mux[nats]'"
 
 _PLACEHOLDER: Final = "{stream}"
 # A subject token: no whitespace, no wildcard, not empty (a..b or a trailing dot).
@@ -159,13 +157,12 @@ def stream_subjects_for(template: str) -> list[str] | None:
 
 
 def _import_nats() -> ModuleType:
-    """The ``nats`` package, or a ConfigError saying how to install it."""
+    """The ``nats`` package, or a MissingExtraError saying how to install it."""
     try:
         return importlib.import_module("nats")
-    except ImportError as exc:
-        raise ConfigError(
-            f"the NATS sink needs the nats-py package, which is not installed: run {INSTALL_HINT}"
-        ) from exc
+    except ModuleNotFoundError as exc:
+        raise_if_extra_missing(exc, "the NATS sink")
+        raise
 
 
 class NatsJetStreamSink:

@@ -46,13 +46,18 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-import redis.exceptions as rexc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
+from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
+
+try:
+    import redis.asyncio as aioredis
+    import redis.exceptions as rexc
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ModuleNotFoundError as exc:  # pip install 'genesys-mux[redis]'
+    raise_if_extra_missing(exc, "the Redis Streams sink")
+    raise
 
 __all__ = ["DEFAULT_PREFIX", "RedisStreamSink", "RedisStreamsSink", "redact_url"]
 

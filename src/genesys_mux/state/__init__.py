@@ -27,9 +27,14 @@ changes nothing. :func:`open_store` turns a configuration value (a path, a
 
 from __future__ import annotations
 
-from genesys_mux.state.redis import RedisStateStore
+from typing import TYPE_CHECKING
+
+from genesys_mux._lazy import lazy_exports
 from genesys_mux.state.sqlite import SqliteStateStore
 from genesys_mux.state.store import MemoryStateStore, StateStore, open_store
+
+if TYPE_CHECKING:
+    from genesys_mux.state.redis import RedisStateStore
 
 __all__ = [
     "MemoryStateStore",
@@ -38,3 +43,10 @@ __all__ = [
     "StateStore",
     "open_store",
 ]
+
+# Redis comes with the [redis] extra: imported when first used, so the
+# Multiplexer (which imports this package) runs without it.
+if not TYPE_CHECKING:  # type checkers read the imports above, name by name
+    __getattr__, __dir__ = lazy_exports(
+        __name__, globals(), {"RedisStateStore": "genesys_mux.state.redis"}
+    )

@@ -44,10 +44,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from urllib.parse import urlsplit
 
 import msgspec
-import redis.asyncio as aioredis
-import redis.exceptions as rexc
-from redis.asyncio.connection import AbstractConnection
 
+from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.core.checkpoint import (
     Remembered,
     StreamCheckpoint,
@@ -60,6 +58,14 @@ from genesys_mux.core.checkpoint import (
 from genesys_mux.errors import FencedStateError, StateError
 from genesys_mux.state.blocks import Block, Blocks, ranks
 from genesys_mux.state.store import refused_message
+
+try:
+    import redis.asyncio as aioredis
+    import redis.exceptions as rexc
+    from redis.asyncio.connection import AbstractConnection
+except ModuleNotFoundError as exc:  # pip install 'genesys-mux[redis]'
+    raise_if_extra_missing(exc, "the Redis state store")
+    raise
 
 __all__ = ["KEYS_SCHEMA_VERSION", "RedisStateStore", "redis_name"]
 

@@ -1,0 +1,37 @@
+"""Which optional extra brings which package, and the error when one is missing.
+
+``pip install genesys-mux`` installs the library's core only (aiohttp,
+msgspec, pydantic). A module that needs a package of an extra imports it at
+its top inside ``try``, and on :class:`ModuleNotFoundError` calls
+:func:`raise_if_extra_missing`, so a user who configures, say, a Redis state
+store without ``[redis]`` is told which ``pip install`` fixes it instead of
+reading a bare ``No module named 'redis'``.
+"""
+
+from __future__ import annotations
+
+from genesys_mux.errors import MissingExtraError
+
+__all__ = ["EXTRA_OF", "raise_if_extra_missing"]
+
+#: Top-level module -> (the distribution to install, the extra that brings it).
+EXTRA_OF: dict[str, tuple[str, str]] = {
+    "redis": ("redis", "redis"),
+    "nats": ("nats-py", "nats"),
+    "prometheus_client": ("prometheus-client", "metrics"),
+    "typer": ("typer", "cli"),
+    "rich": ("rich", "cli"),
+    "structlog": ("structlog", "cli"),
+}
+
+
+def raise_if_extra_missing(exc: ModuleNotFoundError, feature: str) -> None:
+    """Raise :class:`MissingExtraError` for ``feature`` if ``exc`` is an extra's package missing.
+
+    Returns when the missing module belongs to no extra (a broken install, a
+    typo): the caller then re-raises the original error unchanged.
+    """
+    top = (exc.name or "").partition(".")[0]
+    if top in EXTRA_OF:
+        package, extra = EXTRA_OF[top]
+        raise MissingExtraError(feature, package, extra) from exc
