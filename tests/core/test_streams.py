@@ -9,6 +9,7 @@ the overflow accounting of every policy against a model of the buffer.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from collections import Counter, defaultdict, deque
@@ -1095,6 +1096,27 @@ def test_memory_is_bounded() -> None:
     assert stream.counters.duplicates == 2
     assert offer(stream, bodies[0]) is not None
     assert len(stream._seen) == 100
+
+
+def test_the_memory_is_out_of_the_garbage_collectors_sight() -> None:
+    # A stream remembers up to 50,000 conversations; were each record
+    # tracked, every full collection would walk them all and stall the feed.
+    stream = make_stream(memory=1000, buffer_size=1, hashes_per_key=2)
+    for i in range(200):
+        offer(stream, snapshot(conv=f"conv-{i}"))
+        offer(stream, snapshot(customer(), conv=f"conv-{i}"))
+        offer(stream, snapshot(customer(), customer(), conv=f"conv-{i}"))
+    gc.collect()  # tuples holding only bytes are untracked by a collection
+    records = list(stream._seen.values())
+    assert len(records) == 200
+    assert all(len(seen.hashes) == 2 for seen in records)  # the newest two kept
+    assert not any(gc.is_tracked(seen) for seen in records)
+    assert not any(gc.is_tracked(seen.hashes) for seen in records)
+
+
+def test_a_stream_keeps_at_least_one_hash_per_key() -> None:
+    with pytest.raises(ValueError, match="hashes_per_key"):
+        make_stream(hashes_per_key=0)
 
 
 def test_the_least_recently_seen_key_is_forgotten_first() -> None:
