@@ -339,7 +339,7 @@ class Runtime:
         self.mux = mux
         audit.attach(mux)
         mux.on_control.append(self.tail)
-        metrics = MuxMetrics(mux)
+        metrics = MuxMetrics(mux, dlq_max_bytes=settings.dlq_max_bytes)
         tasks: list[asyncio.Task[Any]] = []
         async with contextlib.AsyncExitStack() as stack:
             # Closed last, after the multiplexer's own closing facts, however it ends.
