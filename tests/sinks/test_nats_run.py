@@ -147,9 +147,10 @@ def sample(metrics: str, name: str, **labels: str) -> float | None:
 
 
 def until_down(config: str) -> str:
-    """``config`` whose sinks count as failing for /readyz after one second."""
+    """``config`` whose sinks count as failing for /readyz after one second, audited to a file."""
     return config.replace(
-        'dlq_path = "dlq.jsonl"', 'dlq_path = "dlq.jsonl"\nsink_unready_after_s = 1'
+        'dlq_path = "dlq.jsonl"',
+        'dlq_path = "dlq.jsonl"\nsink_unready_after_s = 1\naudit_path = "audit.jsonl"',
     )
 
 
@@ -200,8 +201,13 @@ async def test_run_waits_for_a_nats_server_that_comes_up_late_then_delivers_ever
         await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
     result = Result(process.returncode or 0, out.decode(), err.decode())
     assert process.returncode == 0, result.why()
-    # The audit log recorded the failed starts.
-    assert "cannot start: cannot connect to NATS" in result.stderr, result.why()
+    # The audit log recorded the failed starts, each with the retry to come.
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    failures = [a for a in audit if a["event"] == "SINK_FAILURE"]
+    assert failures, result.why()
+    assert all(a["stream_id"] == "calls" and a["sink"] == "nats" for a in failures)
+    assert all(a["error"].startswith("cannot start: cannot connect to NATS") for a in failures)
+    assert "retrying in" in failures[0]["error"]
     # Everything the stream produced was delivered, from the first event on, and nothing was lost.
     messages = await stored(nats_server)
     events = [r for r in (decode_record(p) for _s, _h, p in messages) if isinstance(r, EventRecord)]
