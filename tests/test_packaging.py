@@ -430,3 +430,85 @@ def test_the_wheel_requires_only_the_library_core_outside_extras(tmp_path: Path)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "genesys_mux/py.typed" in names
     assert re.search(r"^genesys-mux = genesys_mux\.cli:main$", entry_points, re.M)
+
+
+EVERY_REDIS_AND_NATS_FEATURE = """\
+[genesys]
+region = "mypurecloud.ie"
+
+[state]
+url = "redis://127.0.0.1:6379/0"
+
+[cluster]
+url = "redis://127.0.0.1:6379/0"
+name = "t"
+
+[[streams]]
+id = "voice"
+filter = { channelType = "voice" }
+
+  [[streams.sinks]]
+  type = "redis"
+  url = "redis://127.0.0.1:6379/0"
+
+  [[streams.sinks]]
+  type = "nats"
+  servers = ["nats://127.0.0.1:4222"]
+"""
+
+
+def test_validate_reports_each_feature_whose_extra_is_missing(tmp_path: Path) -> None:
+    config = tmp_path / "mux.toml"
+    config.write_text(EVERY_REDIS_AND_NATS_FEATURE, encoding="utf-8")
+    # With every extra installed, the file is valid.
+    done = python("-m", "genesys_mux", "validate", "-c", str(config), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["problems"] == []
+
+    # Without redis and nats-py: one problem per feature, each naming its pip install.
+    code = (
+        "import sys\nsys.modules['redis'] = None\nsys.modules['nats'] = None\n"
+        "import runpy\nrunpy.run_module('genesys_mux', run_name='__main__')\n"
+    )
+    done = python("validate", "-c", str(config), "--json", code=code)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    assert report["valid"] is False
+    problems = {p["path"]: p["problem"] for p in report["problems"]}
+    redis_fix = "needs the Python package 'redis', which is not installed; install it with: "
+    redis_fix += "pip install 'genesys-mux[redis]'"
+    assert problems == {
+        "sinks of voice: redis": f"the Redis Streams sink {redis_fix}",
+        "sinks of voice: nats": "the NATS sink needs the Python package 'nats-py', which is "
+        "not installed; install it with: pip install 'genesys-mux[nats]'",
+        "state": f"the Redis state store {redis_fix}",
+        "cluster": f"a cluster (leases in Redis) {redis_fix}",
+    }
+
+    # The table says the same to a person.
+    done = python("validate", "-c", str(config), code=code, env={"COLUMNS": "400"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "4 problem(s)" in done.stdout
+    assert "pip install 'genesys-mux[nats]'" in done.stdout
+
+
+def test_run_refuses_to_start_without_an_extra_the_configuration_needs(tmp_path: Path) -> None:
+    config = tmp_path / "mux.toml"
+    config.write_text(EVERY_REDIS_AND_NATS_FEATURE, encoding="utf-8")
+    code = (
+        "import sys\nsys.modules['nats'] = None\n"
+        "import runpy\nrunpy.run_module('genesys_mux', run_name='__main__')\n"
+    )
+    # Nothing listens at the base URL: the refusal comes before any connection.
+    done = python(
+        "run", "-c", str(config), "--base-url", "http://127.0.0.1:9", "--duration", "5",
+        code=code,
+        env={"COLUMNS": "400"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (
+        "error: sinks of voice: nats: the NATS sink needs the Python package 'nats-py', which "
+        "is not installed; install it with: pip install 'genesys-mux[nats]'"
+    )

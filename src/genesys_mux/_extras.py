@@ -10,9 +10,11 @@ reading a bare ``No module named 'redis'``.
 
 from __future__ import annotations
 
+import importlib.util
+
 from genesys_mux.errors import MissingExtraError
 
-__all__ = ["EXTRA_OF", "raise_if_extra_missing"]
+__all__ = ["EXTRA_OF", "missing_extra", "raise_if_extra_missing"]
 
 #: Top-level module -> (the distribution to install, the extra that brings it).
 EXTRA_OF: dict[str, tuple[str, str]] = {
@@ -35,3 +37,21 @@ def raise_if_extra_missing(exc: ModuleNotFoundError, feature: str) -> None:
     if top in EXTRA_OF:
         package, extra = EXTRA_OF[top]
         raise MissingExtraError(feature, package, extra) from exc
+
+
+def missing_extra(module: str, feature: str) -> MissingExtraError | None:
+    """The error :func:`raise_if_extra_missing` would raise for ``feature``, or None.
+
+    None when ``module`` (a top-level module of :data:`EXTRA_OF`) is
+    installed. It is looked for, not imported: ``genesys-mux validate``
+    reports every missing extra of a configuration at once, cheaply.
+    """
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        # A module blocked in sys.modules, or a broken one: not importable either.
+        found = False
+    if found:
+        return None
+    package, extra = EXTRA_OF[module]
+    return MissingExtraError(feature, package, extra)

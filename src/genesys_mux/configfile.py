@@ -42,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from genesys_mux._extras import missing_extra
 from genesys_mux.config import StreamConfig, parse_streams
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
@@ -70,6 +71,7 @@ __all__ = [
     "json_schema",
     "load_config",
     "load_credentials",
+    "missing_extras",
     "parse_config",
 ]
 
@@ -948,7 +950,34 @@ def check_environment(
                     errors.append(
                         (f"sinks of {stream_id}: webhook {redact_url(spec.url)}", problem)
                     )
+    errors.extend(missing_extras(config))
     return errors, warnings
+
+
+def missing_extras(config: ConfigFile) -> list[tuple[str, str]]:
+    """Where the configuration uses a feature whose optional package is not installed.
+
+    As ``(where, message)`` pairs; the message names the ``pip install``
+    that fixes it. ``validate`` reports them with the file's other problems;
+    ``run`` refuses to start on them rather than fail once it is connected.
+    """
+    needs: list[tuple[str, str, str]] = []
+    for stream_id, specs in config.sinks.items():
+        for spec in specs:
+            if isinstance(spec, RedisSinkSpec):
+                needs.append((f"sinks of {stream_id}: redis", "redis", "the Redis Streams sink"))
+            elif isinstance(spec, NatsSinkSpec):
+                needs.append((f"sinks of {stream_id}: nats", "nats", "the NATS sink"))
+    if config.state.url is not None or config.state.url_env is not None:
+        needs.append(("state", "redis", "the Redis state store"))
+    if config.cluster is not None:
+        needs.append(("cluster", "redis", "a cluster (leases in Redis)"))
+    errors = []
+    for where, module, feature in needs:
+        error = missing_extra(module, feature)
+        if error is not None:
+            errors.append((where, str(error)))
+    return errors
 
 
 def load_credentials(

@@ -35,8 +35,10 @@ The tree, split by what the caller can do about it::
     │                               it owns
     └── SinkError                   a sink could not take a batch; ``retryable`` says
         │                           whether sending the same batch again may succeed
-        └── FencedError             the sink refused the batch: another instance owns
-                                    the stream now (a newer fencing token wrote there)
+        ├── FencedError             the sink refused the batch: another instance owns
+        │                           the stream now (a newer fencing token wrote there)
+        └── SinkStartError          a sink cannot start, and waiting will not fix it (a
+                                    missing destination, a refused login)
 
 Errors from third-party libraries (aiohttp, redis, msgspec, pydantic, the OS)
 are translated into this tree at the boundary where they happen, so callers
@@ -68,6 +70,7 @@ __all__ = [
     "MissingExtraError",
     "RateLimitedError",
     "SinkError",
+    "SinkStartError",
     "StateError",
     "StreamConfigError",
     "TransportError",
@@ -268,3 +271,21 @@ class FencedError(SinkError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
+
+
+class SinkStartError(SinkError):
+    """A sink of a stream cannot start, and no wait will fix it: its configuration must change.
+
+    A missing destination (a NATS stream that does not exist and may not be
+    created), a refused login, a file that cannot be created. ``stream_id``
+    and ``sink_name`` say which; ``reason`` is the sink's own short message.
+    The stream cannot be delivered, so ``genesys-mux run`` stops on it.
+    """
+
+    def __init__(self, stream_id: str, sink_name: str, reason: str) -> None:
+        super().__init__(
+            f"stream {stream_id}: sink {sink_name} cannot start: {reason}", retryable=False
+        )
+        self.stream_id = stream_id
+        self.sink_name = sink_name
+        self.reason = reason

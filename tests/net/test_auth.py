@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.errors import AuthenticationError, TransportError
@@ -290,6 +291,53 @@ async def test_persistent_5xx_is_a_transient_transport_error(make_stack: Any) ->
         # Not latched like a refusal: once the server recovers, it works.
         assert (await tokens.token()).value
         assert await token_statuses(stack) == [503, 503, 503, 200]
+
+
+async def test_failed_token_requests_are_counted_by_reason(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        tokens = provider(stack, max_attempts=2)
+        assert tokens.failures == {"refused": 0, "unavailable": 0, "invalid_answer": 0}
+        # Throttled, then a server error: each failed request counts, retries included.
+        await stack.fault("http_429", retry_after_s=0, count=1, path=TOKEN_PATH)
+        await stack.fault("http_5xx", status=503, count=2, path=TOKEN_PATH)
+        with pytest.raises(TransportError):
+            await tokens.token()
+        assert tokens.failures == {"refused": 0, "unavailable": 2, "invalid_answer": 0}
+        first = await tokens.token()  # one more 503, then a token
+        assert tokens.failures["unavailable"] == 3
+        assert await token_statuses(stack) == [429, 503, 503, 200]
+
+        # The client's secret is rotated on the platform: the refresh is refused,
+        # once; the latched refusal raised again costs no request and no count.
+        await register(stack, "demo-client", "rotated-secret")
+        for _ in range(3):
+            with pytest.raises(AuthenticationError):
+                await tokens.refresh(first)
+        assert tokens.failures == {"refused": 1, "unavailable": 3, "invalid_answer": 0}
+        assert await token_statuses(stack) == [429, 503, 503, 200, 401]
+
+
+async def test_a_token_answer_without_a_token_is_counted_as_invalid() -> None:
+    async def garbage(_request: web.Request) -> web.Response:
+        return web.Response(text="<html>a captive portal</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post(TOKEN_PATH, garbage)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with aiohttp.ClientSession() as session:
+            tokens = TokenProvider(
+                session, Endpoints.custom(f"http://{host}:{port}"), "id", "secret-x"
+            )
+            with pytest.raises(TransportError, match="without a usable token body"):
+                await tokens.token()
+            assert tokens.failures == {"refused": 0, "unavailable": 0, "invalid_answer": 1}
+    finally:
+        await runner.cleanup()
 
 
 async def test_unreachable_login_host_is_a_transport_error() -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
+import pytest
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from genesys_mux.core.events import GapReported
+from genesys_mux.errors import AuthenticationError
 from genesys_mux.observability import AdminServer, MuxMetrics, stream_label
 from genesys_mux.observability.metrics import package_version
 from tests.net.conftest import eventually
@@ -59,6 +61,58 @@ async def test_gaps_by_reason_token_and_build_info_from_a_live_multiplexer() -> 
         await h.mux.remove_stream("voice")
         assert "genesys_mux_gap_reports_total{" not in generate_latest(metrics.registry).decode()
         metrics.close()
+
+
+async def test_failed_token_requests_are_counted_by_reason() -> None:
+    async with harness() as h:
+        metrics = MuxMetrics(h.mux)
+        async with AdminServer(h.mux, metrics) as admin:
+            # Every reason is there from the start, at 0.
+            before = (await scrape(admin.base_url))["genesys_mux_token_refresh_failures_total"]
+            assert before == {
+                (("reason", "refused"),): 0,
+                (("reason", "unavailable"),): 0,
+                (("reason", "invalid_answer"),): 0,
+            }
+            # The login host fails two refreshes, then answers: two failures.
+            tokens = h.mux.tokens
+            assert tokens is not None
+            stale = tokens.current
+            for status in (503, 502):
+                await h.control(
+                    "faults",
+                    {"fault": "http_5xx", "status": status, "count": 1, "path": "/oauth/token"},
+                )
+            fresh = await tokens.refresh(stale)
+            assert fresh is not stale
+            after = (await scrape(admin.base_url))["genesys_mux_token_refresh_failures_total"]
+            assert after[(("reason", "unavailable"),)] == 2
+            assert after[(("reason", "refused"),)] == 0
+
+            # The client's secret is rotated on the platform: the next refresh is refused.
+            await h.control(
+                "clients", {"client_id": "demo-client", "client_secret": "rotated-secret"}
+            )
+            with pytest.raises(AuthenticationError):
+                await tokens.refresh(fresh)
+            refused = (await scrape(admin.base_url))["genesys_mux_token_refresh_failures_total"]
+            assert refused[(("reason", "refused"),)] == 1
+            assert refused[(("reason", "unavailable"),)] == 2
+        metrics.close()
+
+
+async def test_the_dead_letter_cap_is_exported_when_there_is_one() -> None:
+    async with harness() as h:
+        capped = MuxMetrics(h.mux, dlq_max_bytes=123_456)
+        uncapped = MuxMetrics(h.mux)
+        async with AdminServer(h.mux, capped) as admin:
+            assert (await scrape(admin.base_url))["genesys_mux_dlq_max_bytes"] == {(): 123_456}
+        text = generate_latest(uncapped.registry).decode()
+        # Described (so the name is known), but without a sample: no cap, no ratio.
+        assert "# TYPE genesys_mux_dlq_max_bytes gauge" in text
+        assert "\ngenesys_mux_dlq_max_bytes " not in text
+        capped.close()
+        uncapped.close()
 
 
 async def test_gap_reasons_stay_a_bounded_label() -> None:

@@ -203,15 +203,19 @@ async def test_a_restart_between_attempts_still_stores_each_message_once(
 async def test_a_server_that_is_down_costs_retries_then_the_dlq_nothing_lost(
     nats_server: NatsServer,
 ) -> None:
-    await nats_server.stop()
     events = real_events(12)
     sink = a_sink(nats_server, connect_timeout_s=0.5)
+    # Started while the server is up; it goes down before the first send.
+    await sink.start()
+    await nats_server.stop()
     failures: list[str] = []
     dead: list[DeadLetter] = []
-    runner = a_runner(events, sink, dead, batch_size=5, max_attempts=3)
+    runner = a_runner(events, sink, dead, batch_size=5, max_attempts=3, own_sinks=False)
     runner.on_failure.append(lambda _sink, text: failures.append(text))
-    # start() does not fail on a server that is down: send keeps trying.
-    await runner.run()
+    try:
+        await runner.run()
+    finally:
+        await sink.close()
 
     assert sorted(d.sequence for d in dead) == [e.sequence for e in events]
     assert {d.reason.split(":")[0] for d in dead} == {"sink_failed"}
@@ -231,14 +235,25 @@ async def test_the_server_coming_back_lets_the_runner_deliver_everything(
     failures: list[str] = []
     dead: list[DeadLetter] = []
     runner = a_runner(events, sink, dead, batch_size=8)
-    # Restarted after the first failure: the same batch then goes through.
+    # The server comes up late: the start is retried, counted as a failure
+    # meanwhile, and the stream is delivered once it has started.
     runner.on_failure.append(lambda _sink, text: failures.append(text))
     task = asyncio.ensure_future(runner.run())
-    await eventually(lambda: failures)
+    await eventually(lambda: len(failures) >= 2)
+    counters = runner.per_sink["nats"]
+    assert counters.failing_since is not None
+    assert counters.last_error is not None
+    assert counters.last_error.startswith("nats: cannot start: cannot connect to NATS")
+    assert failures[0].startswith("cannot start: cannot connect to NATS")
+    assert "retrying in" in failures[0]
+    assert sink.published == 0
     await nats_server.start()
     await asyncio.wait_for(task, 20.0)
 
     assert dead == []
+    assert counters.failing_since is None
+    assert counters.last_error is None
+    assert counters.retries >= 2
     assert sink.published == 8
     assert [h["Nats-Msg-Id"] for _s, h, _p in await stored(nats_server)] == [
         e.idempotency_key for e in events

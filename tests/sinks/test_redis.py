@@ -12,13 +12,13 @@ import redis.asyncio as aioredis
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.errors import ConfigError, SinkError, SinkStartError
 from genesys_mux.sinks.base import EventRecord, decode_record
 from genesys_mux.sinks.redis_streams import RedisStreamsSink
 from genesys_mux.sinks.runner import SinkRunner
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import harness, org_settings
-from tests.sinks.conftest import RedisServer, a_gap, real_events
+from tests.sinks.conftest import RedisServer, a_gap, real_events, source
 
 
 async def entries(
@@ -126,6 +126,43 @@ async def test_a_redis_that_is_down_is_a_retryable_failure(redis_server: RedisSe
     got = await entries(redis_server, "genesys-mux:voice-main")
     assert [r.sequence for _k, r, _f in got if r is not None] == [1, 3]
     assert [k for k, _r, _f in got] == [first[0].idempotency_key, third[0].idempotency_key]
+
+
+async def test_start_tells_a_redis_that_is_down_from_a_refused_password(
+    redis_server: RedisServer,
+) -> None:
+    # Down: worth starting again later.
+    await redis_server.stop()
+    sink = RedisStreamsSink(redis_server.url, socket_timeout_s=1.0, connect_timeout_s=1.0)
+    with pytest.raises(SinkError) as down:
+        await sink.start()
+    assert down.value.retryable
+    await sink.close()
+    await redis_server.start()
+    await sink.start()
+    await sink.close()
+
+    # A password Redis refuses: no wait fixes that, so the runner stops on it.
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await admin.config_set("requirepass", "the-right-one")
+    finally:
+        await admin.aclose()
+    wrong = "redis://:hunter2-canary@" + redis_server.url.removeprefix("redis://")
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(
+        source(real_events(2)),
+        [RedisStreamsSink(wrong, name="cache")],
+        letters.append,
+        name="calls",
+    )
+    with pytest.raises(SinkStartError) as refused:
+        await asyncio.wait_for(runner.run(), 10)
+    assert not refused.value.retryable
+    assert str(refused.value).startswith("stream calls: sink cache cannot start: Redis Authentic")
+    assert "hunter2-canary" not in str(refused.value)
+    # Nothing was read from the stream, so nothing was dead-lettered here.
+    assert letters == []
 
 
 async def test_a_wrong_key_type_is_a_permanent_failure(redis_server: RedisServer) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError, SinkError
+from genesys_mux.errors import ConfigError, SinkError, SinkStartError
 from genesys_mux.sinks.base import Item
 from genesys_mux.sinks.runner import SinkRunner
 from genesys_mux.sinks.webhook import WebhookSink
@@ -120,6 +120,108 @@ async def test_retryable_failures_are_retried_with_the_same_batch() -> None:
     assert runner.per_sink["list"].last_error is None
     assert [name for name, _ in failures] == ["list", "list"]
     assert failures[0][1].startswith("down (attempt 1, retrying in ")
+
+
+class LateSink(ListSink):
+    """A sink whose ``start`` raises each of ``start_errors`` in turn before it starts."""
+
+    def __init__(self, name: str = "late", start_errors: Sequence[BaseException] = ()) -> None:
+        super().__init__(name)
+        self.start_errors = list(start_errors)
+        self.start_attempts = 0
+
+    async def start(self) -> None:
+        self.start_attempts += 1
+        if self.start_errors:
+            raise self.start_errors.pop(0)
+        await super().start()
+
+
+async def counted(items: Sequence[StreamEvent | Gap], taken: list[int]) -> AsyncIterator[Item]:
+    """``items``, counting in ``taken`` how many were read."""
+    for item in items:
+        taken.append(1)
+        yield item
+
+
+async def test_a_sink_that_cannot_start_yet_is_retried_counted_then_delivers() -> None:
+    down = SinkError("sink late: connection refused", retryable=True)
+    sink = LateSink(start_errors=[down, down, down])
+    taken: list[int] = []
+    failures: list[tuple[str, str]] = []
+    failing: list[float | None] = []
+    runner = SinkRunner(counted(real_events(6), taken), [sink], discard, backoff=FAST)
+    # What /readyz and the metrics see at each failure: a sink failing since then.
+    runner.on_failure.append(lambda name, text: failures.append((name, text)))
+    runner.on_failure.append(lambda _n, _t: failing.append(runner.per_sink["late"].failing_since))
+    read_meanwhile: list[int] = []
+    runner.on_failure.append(lambda _n, _t: read_meanwhile.append(len(taken)))
+    await asyncio.wait_for(runner.run(), 10)
+
+    assert sink.start_attempts == 4
+    assert sink.sequences() == [1, 2, 3, 4, 5, 6]
+    # Nothing was read while the sink could not start.
+    assert read_meanwhile == [0, 0, 0]
+    assert [name for name, _ in failures] == ["late"] * 3
+    assert failures[0][1].startswith("cannot start: connection refused (attempt 1, retrying in ")
+    assert failing[0] is not None
+    assert failing == [failing[0]] * 3
+    assert runner.retries == runner.per_sink["late"].retries == 3
+    # Started: no longer failing.
+    assert runner.per_sink["late"].failing_since is None
+    assert runner.last_error is None
+    assert runner.dead_lettered == 0
+    assert (sink.started, sink.closed) == (1, 1)
+
+
+async def test_a_sink_that_cannot_start_for_good_stops_the_runner_before_reading() -> None:
+    refused = SinkError("sink late: the stream 'NOPE' does not exist", retryable=False)
+    sink = LateSink(start_errors=[refused])
+    other = ListSink("other")
+    taken: list[int] = []
+    failures: list[str] = []
+    runner = SinkRunner(
+        counted(real_events(3), taken), [other, sink], discard, backoff=FAST, name="calls"
+    )
+    runner.on_failure.append(lambda _name, text: failures.append(text))
+    with pytest.raises(SinkStartError) as caught:
+        await asyncio.wait_for(runner.run(), 10)
+
+    error = caught.value
+    assert str(error) == "stream calls: sink late cannot start: the stream 'NOPE' does not exist"
+    assert (error.stream_id, error.sink_name, error.retryable) == ("calls", "late", False)
+    assert error.__cause__ is refused
+    assert sink.start_attempts == 1
+    assert failures == ["cannot start: the stream 'NOPE' does not exist (not retryable)"]
+    # Nothing was taken from the stream: its buffer keeps every event.
+    assert taken == []
+    # Both sinks are closed, the one that failed to start included.
+    assert (other.closed, sink.closed) == (1, 1)
+
+
+async def test_a_sink_bug_on_start_is_not_retried() -> None:
+    sink = LateSink(start_errors=[KeyError("servers")])
+    runner = SinkRunner(source(real_events(2)), [sink], discard, backoff=FAST, name="calls")
+    with pytest.raises(SinkStartError, match="sink late cannot start: unexpected KeyError"):
+        await asyncio.wait_for(runner.run(), 10)
+    assert sink.start_attempts == 1
+
+
+async def test_a_stop_ends_the_retries_of_a_start() -> None:
+    # The server asked for 30 s: far longer than the test waits.
+    down = SinkError("down", retryable=True, retry_after=30.0)
+    sink = LateSink(start_errors=[down] * 1000)
+    failures: list[str] = []
+    runner = SinkRunner(source(real_events(2)), [sink], discard, backoff=FAST)
+    runner.on_failure.append(lambda _name, text: failures.append(text))
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: failures)
+    runner.stop()
+    # Stopped at once, not after the 30 s backoff.
+    await asyncio.wait_for(task, 5)
+    assert sink.start_attempts == 1
+    assert sink.batches == []
+    assert sink.closed == 1
 
 
 async def test_exhausted_attempts_dead_letter_the_events_not_the_gaps(

@@ -328,7 +328,7 @@ def run(
     from genesys_mux.cli import tools
     from genesys_mux.cli.logs import configure_logging
     from genesys_mux.cli.runtime import Output, Runtime
-    from genesys_mux.configfile import load_config, load_credentials
+    from genesys_mux.configfile import load_config, load_credentials, missing_extras
     from genesys_mux.errors import ConfigFileError
 
     console = _console()
@@ -336,6 +336,12 @@ def run(
     configure_logging(level="WARNING" if tui else "INFO", json=log_json)
     try:
         loaded = load_config(config)
+        # A feature whose package is not installed: said now, not once connected.
+        missing = missing_extras(loaded)
+        if missing:
+            for where, problem in missing:
+                tools.print_error(console, f"{where}: {problem}")
+            raise typer.Exit(2)
         # A cluster's instance uses its own OAuth client (see [[genesys.clients]]).
         client = loaded.cluster.client_name() if loaded.cluster is not None else None
         credentials, warnings = load_credentials(loaded.genesys, client=client)

@@ -16,6 +16,12 @@ into running parts and tears them down in order:
    when ``admin_port`` is set, and the periodic ``STREAM_METRIC`` lines;
 5. on stop: the runners finish their batch, the Multiplexer drains, and
    whatever is still buffered goes to the dead-letter queue.
+
+A sink that cannot start for good (:class:`~genesys_mux.errors.SinkStartError`:
+a missing destination, a refused login) stops the whole run the same way,
+then :meth:`Runtime.run` raises it: a stream that can never be delivered is a
+configuration to fix, not something to keep running without. A sink that
+cannot start *yet* is retried by its runner and shows as failing meanwhile.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from genesys_mux.configfile import (
 )
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import Gap, StreamEvent
-from genesys_mux.errors import ConfigError
+from genesys_mux.errors import ConfigError, SinkStartError
 from genesys_mux.net.connection import PoolSettings
 from genesys_mux.net.multiplexer import Multiplexer
 from genesys_mux.observability.admin import AdminServer, status_snapshot
@@ -248,15 +254,23 @@ class Runtime:
         self._audit: AuditLog | None = None
         self._metrics: MuxMetrics | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        #: The first sink that could not start for good; it stops the run.
+        self._fatal: SinkStartError | None = None
+        self._fatal_event = asyncio.Event()
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> int:
         """Run until ``stop`` is set or ``duration_s`` has passed; returns an exit code.
+
+        Raises :class:`~genesys_mux.errors.SinkStartError`, after the same
+        orderly stop, when a sink could not start for good.
 
         A stop that comes while still starting (a token that cannot be had, a
         tenant that does not answer) cancels the start-up at once rather than
         waiting for its retries to run out: there is nothing to drain yet.
         """
         self._started = False
+        self._fatal = None
+        self._fatal_event.clear()
         work = asyncio.ensure_future(self._run(stop, duration_s))
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -325,7 +339,7 @@ class Runtime:
         self.mux = mux
         audit.attach(mux)
         mux.on_control.append(self.tail)
-        metrics = MuxMetrics(mux)
+        metrics = MuxMetrics(mux, dlq_max_bytes=settings.dlq_max_bytes)
         tasks: list[asyncio.Task[Any]] = []
         async with contextlib.AsyncExitStack() as stack:
             # Closed last, after the multiplexer's own closing facts, however it ends.
@@ -383,6 +397,10 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._fatal is not None:
+            # Raised once everything buffered is dead-lettered and the last
+            # checkpoint is written: the command line prints it and exits 2.
+            raise self._fatal
         return 0
 
     async def _add(self, stream: StreamConfig) -> None:
@@ -441,8 +459,19 @@ class Runtime:
         self._tasks.append(task)
 
     def _sinks_ended(self, stream_id: str, task: asyncio.Task[None]) -> None:
-        """Say why a stream's sinks stopped early (a sink that could not start, say)."""
+        """Say why a stream's sinks stopped early; a sink that cannot start stops the run."""
         if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if isinstance(error, SinkStartError):
+            if self._fatal is None:
+                self._fatal = error
+            self._say(
+                logging.ERROR,
+                f"{error}; stopping the run (the buffered events go to the dead-letter queue)",
+                stream_id=stream_id,
+            )
+            self._fatal_event.set()
             return
         self._say(
             logging.ERROR,
@@ -555,7 +584,7 @@ class Runtime:
 
     async def _wait(self, stop: asyncio.Event, duration_s: float | None) -> None:
         assert self.mux is not None
-        waiter = asyncio.ensure_future(stop.wait())
+        waiter = asyncio.ensure_future(self._stopped_or_failed(stop))
         try:
             if self.output.mode == "dashboard":
                 dashboard = Dashboard(self.mux, self.tail)
@@ -565,6 +594,18 @@ class Runtime:
                 await self._tick(waiter, duration_s, self._flush)
         finally:
             waiter.cancel()
+
+    async def _stopped_or_failed(self, stop: asyncio.Event) -> None:
+        """Return once ``stop`` is set or a sink could not start for good."""
+        waits = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._fatal_event.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _flush(self) -> None:
         with contextlib.suppress(ValueError, OSError):

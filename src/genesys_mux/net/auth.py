@@ -13,6 +13,10 @@ Bad credentials are fatal and raised once as :class:`AuthenticationError`;
 retrying them would only feed a lock-out. Throttling and server errors are
 retried with backoff, honouring ``Retry-After``.
 
+Every failed token request is counted in :attr:`TokenProvider.failures`,
+by why it failed (:data:`TOKEN_FAILURE_REASONS`), for the metrics: a refresh
+that keeps failing is visible long before the token in use runs out.
+
 Neither the secret nor any token ever appears in a repr, a log line or an
 exception message.
 """
@@ -25,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import aiohttp
 import msgspec
@@ -34,9 +39,15 @@ from genesys_mux.core.redaction import scrub
 from genesys_mux.errors import AuthenticationError, TransportError
 from genesys_mux.regions import Endpoints
 
-__all__ = ["AccessToken", "TokenProvider"]
+__all__ = ["TOKEN_FAILURE_REASONS", "AccessToken", "TokenProvider"]
 
 log = logging.getLogger("genesys_mux.auth")
+
+#: Why a token request failed, the keys of :attr:`TokenProvider.failures`:
+#: ``refused`` (the credentials were refused: 400, 401, 403), ``unavailable``
+#: (no answer, or any other error status: throttled, a server error) and
+#: ``invalid_answer`` (a 200 without a usable token).
+TOKEN_FAILURE_REASONS: Final = ("refused", "unavailable", "invalid_answer")
 
 #: A token this close to expiry is not handed out even when refreshing fails.
 _LAST_RESORT_S = 5.0
@@ -118,6 +129,10 @@ class TokenProvider:
         self._failed: AuthenticationError | None = None
         #: Called with each new token, e.g. to reset a request budget or audit.
         self.on_refresh: list[Callable[[AccessToken], None]] = []
+        #: Token requests that failed, by reason (every one of
+        #: :data:`TOKEN_FAILURE_REASONS`, from 0). Each attempt counts, retries
+        #: included; a refusal that is raised again without a request does not.
+        self.failures: dict[str, int] = dict.fromkeys(TOKEN_FAILURE_REASONS, 0)
 
     def __repr__(self) -> str:
         return f"TokenProvider(client_id={self._client_id!r}, url={self._url!r})"
@@ -201,10 +216,16 @@ class TokenProvider:
             else:
                 problem = f"{self._url} answered HTTP {status}"
             if status == 200:
-                return self._accept(body, started)
+                try:
+                    return self._accept(body, started)
+                except TransportError:
+                    self.failures["invalid_answer"] += 1
+                    raise
             if status in (400, 401, 403):
+                self.failures["refused"] += 1
                 self._failed = self._refused(status, body)
                 raise self._failed
+            self.failures["unavailable"] += 1
             verdict = Verdict.RETRY if status == 0 else classify_status(status)
             wait = retries.failed(
                 problem,

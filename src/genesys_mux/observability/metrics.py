@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux._version import __version__
 from genesys_mux.core.events import ControlEvent, GapReported, StreamAdded, StreamRemoved
+from genesys_mux.net.auth import TOKEN_FAILURE_REASONS
 from genesys_mux.sinks.runner import SEND_BUCKETS
 
 try:
@@ -299,7 +300,7 @@ class _MuxCollector:
         # Names only: lets the registry detect clashes without reading the mux.
         return [
             *self._families({}, {}, Readiness(False), {}),
-            *self._dlq_families({}),
+            *self._dlq_families({}, None),
             *self._build_families(),
             *self._token_families(None),
             *self._gap_families({}),
@@ -319,7 +320,7 @@ class _MuxCollector:
         families += self._sink_families(self._owner.sink_runners)
         families += self._cluster_families(self._owner.member)
         families += self._rest_families(mux)
-        families += self._dlq_families(stats.get("dlq", {}))
+        families += self._dlq_families(stats.get("dlq", {}), self._owner.dlq_max_bytes)
         families += self._build_families()
         families += self._token_families(mux)
         families += self._gap_families(self._owner.gap_reasons)
@@ -371,14 +372,33 @@ class _MuxCollector:
             lifetime.add_metric([], token.lifetime_s)
         yield expires
         yield lifetime
+        # Every reason from the start, at 0: rate() and increase() need a
+        # series before the first failure, and the label set stays bounded.
+        failures = CounterMetricFamily(
+            "genesys_mux_token_refresh_failures",
+            "Failed OAuth token requests, retries included, by reason: refused (the "
+            "credentials), unavailable (no answer or an error status), invalid_answer.",
+            labels=["reason"],
+        )
+        counts = tokens.failures if tokens is not None else {}
+        for reason in TOKEN_FAILURE_REASONS:
+            failures.add_metric([reason], counts.get(reason, 0))
+        yield failures
 
-    def _dlq_families(self, dlq: Mapping[str, int]) -> Iterator[Metric]:
-        """The dead-letter queue's size and what its cap turned away."""
+    def _dlq_families(self, dlq: Mapping[str, int], max_bytes: int | None) -> Iterator[Metric]:
+        """The dead-letter queue's size, its cap, and what its cap turned away."""
         yield GaugeMetricFamily(
             "genesys_mux_dlq_bytes",
             "Size of the dead-letter file (0 for an in-memory queue).",
             value=dlq.get("bytes", 0),
         )
+        cap = GaugeMetricFamily(
+            "genesys_mux_dlq_max_bytes",
+            "The dead-letter file's size cap (dlq_max_bytes); no sample when it has none.",
+        )
+        if max_bytes is not None:
+            cap.add_metric([], max_bytes)
+        yield cap
         yield CounterMetricFamily(
             "genesys_mux_dlq_dropped",
             "Dead letters counted but not kept: the queue was at its cap (alert on any).",
@@ -554,10 +574,21 @@ class MuxMetrics:
     (control-event counters) on construction; :meth:`close` unhooks and
     unregisters. ``registry`` is where everything is registered: a private
     :class:`~prometheus_client.CollectorRegistry` unless one is given.
+    ``dlq_max_bytes`` is the dead-letter file's configured cap, exported as
+    ``genesys_mux_dlq_max_bytes`` so an alert can compare the file's size
+    with it (None: no cap, or none known; then no sample).
     """
 
-    def __init__(self, mux: Multiplexer, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        mux: Multiplexer,
+        registry: CollectorRegistry | None = None,
+        *,
+        dlq_max_bytes: int | None = None,
+    ) -> None:
         self.mux = mux
+        #: The dead-letter file's cap in bytes, or None (see the class docstring).
+        self.dlq_max_bytes = dlq_max_bytes
         self.registry = registry if registry is not None else CollectorRegistry()
         #: The installed genesys-mux version (``genesys_mux_build_info``).
         self.version = package_version()

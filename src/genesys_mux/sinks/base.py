@@ -88,10 +88,12 @@ class Sink(Protocol):
 
     * ``name`` labels the sink in logs, metrics and dead-letter reasons
       (``sink_failed:<name>: ...``); unique among one stream's sinks.
-    * ``start`` opens connections or files. It raises
-      :class:`~genesys_mux.errors.SinkError` (``retryable=False``) only for
-      what no wait can fix (a refused login, a missing destination); a
-      service that is briefly down is left for ``send`` to retry.
+    * ``start`` opens connections or files, or raises
+      :class:`~genesys_mux.errors.SinkError`: ``retryable=True`` for a
+      service that is briefly down (the runner starts the sink again after
+      its backoff, and delivers once it has started), ``retryable=False``
+      for what no wait can fix (a refused login, a missing destination: the
+      stream cannot be delivered, and ``genesys-mux run`` stops).
     * ``send`` takes a whole batch, in order, or raises ``SinkError``: with
       ``retryable=True`` the runner backs off (or waits ``retry_after``)
       and calls ``send`` again with the *same* batch, up to the sink's

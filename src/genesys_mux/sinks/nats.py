@@ -312,17 +312,13 @@ class NatsJetStreamSink:
     # -- connecting --------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect and check (or create) the stream.
+        """Connect and check (or create) the stream, or raise ``SinkError``.
 
-        A server that cannot be reached is logged and left for ``send`` to
-        retry; a refused login or a missing stream raises ``SinkError``.
+        A server that cannot be reached is retryable (the sink runner starts
+        the sink again after its backoff); a refused login or a missing
+        stream is not.
         """
-        try:
-            await self._ready()
-        except SinkError as exc:
-            if not exc.retryable:
-                raise
-            log.warning("%s; sends will keep trying to connect", exc)
+        await self._ready()
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not any(urlsplit(s).scheme == "tls" for s in self.servers) and not self.tls_ca_file:

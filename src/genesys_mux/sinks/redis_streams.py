@@ -189,7 +189,21 @@ class RedisStreamsSink:
         return f"{self.prefix}{stream_id}"
 
     async def start(self) -> None:
-        """Create the client. It connects lazily, so a Redis that is down does not fail this."""
+        """Create the client and check that Redis answers, or raise ``SinkError``.
+
+        A Redis that is down (or still loading) is retryable: the sink
+        runner starts the sink again after its backoff. A refused password
+        or user is not: no wait fixes a credential.
+        """
+        self._create_client()
+        assert self._client is not None
+        try:
+            await self._client.ping()
+        except (rexc.RedisError, OSError, TimeoutError) as exc:
+            raise self._translate(exc) from exc
+
+    def _create_client(self) -> None:
+        """The client, created once; it connects lazily, on its first command."""
         if self._client is None:
             self._client = aioredis.Redis.from_url(
                 self._url.value,
@@ -206,8 +220,8 @@ class RedisStreamsSink:
         """``XADD`` every item of the batch in one pipeline, or raise ``SinkError``."""
         if not batch:
             return
-        if self._client is None:
-            await self.start()
+        # Lazily: a send after close, or without start, connects on its own.
+        self._create_client()
         assert self._client is not None
         if self.fence or self.dedupe_ttl_s:
             await self._send_guarded(batch)

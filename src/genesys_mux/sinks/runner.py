@@ -43,6 +43,14 @@ a re-sent batch may reach the service twice (identified by
 ``idempotency_key``), and an event can be dead-lettered once per failing
 sink.
 
+Starting: the runner starts its sinks before it reads anything. A sink
+whose ``start`` fails retryably (its server is not up yet) is started again
+after the same backoff, for as long as it takes; each failure is counted and
+reported like a failed send, so the sink shows as failing on ``/readyz``, in
+the metrics and in the audit log, and the stream's items wait in its buffer.
+A non-retryable failure (a missing destination, a refused login) raises
+:class:`~genesys_mux.errors.SinkStartError`: no wait fixes configuration.
+
 Stopping: :meth:`SinkRunner.stop` lets the current batch finish. A batch
 still being retried then gets ``stop_grace_s`` more before it is
 dead-lettered, so a stop never hangs on a dead service. Items not yet read
@@ -60,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -68,7 +77,7 @@ from typing import Final
 
 from genesys_mux.core.backoff import Backoff, Retries
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError, FencedError, SinkError
+from genesys_mux.errors import ConfigError, FencedError, SinkError, SinkStartError
 from genesys_mux.sinks.base import Item, Sink
 
 __all__ = ["SEND_BUCKETS", "SinkCounters", "SinkRunner"]
@@ -243,7 +252,10 @@ class SinkRunner:
         """Deliver until the stream ends or :meth:`stop` is called.
 
         Returns once the last batch is delivered or dead-lettered. A sink
-        whose ``start`` fails makes this raise before anything is read.
+        whose ``start`` fails retryably is started again with the backoff
+        until it works (nothing is read meanwhile; a stop ends the wait); one
+        that fails for good makes this raise :class:`SinkStartError` before
+        anything is read, the stream's items left in its buffer.
         """
         if self._running:
             raise RuntimeError(f"sink runner {self.name} is already running")
@@ -252,8 +264,11 @@ class SinkRunner:
         try:
             if self._own_sinks:
                 for sink in self.sinks:
-                    await sink.start()
+                    # Closed at the end even when a stop interrupted its start:
+                    # a start that failed half-way may hold a socket or a file.
                     started.append(sink)
+                    if not await self._start(sink):
+                        return
             self._reader = asyncio.create_task(self._read(), name=f"sink-runner-{self.name}-read")
             while not self._exhausted and not self._stopping.is_set():
                 batch = await self._next_batch()
@@ -272,6 +287,65 @@ class SinkRunner:
                     await sink.close()
                 except Exception:
                     self._log.exception("closing sink %s of %s failed", sink.name, self.name)
+
+    async def _start(self, sink: Sink) -> bool:
+        """Start ``sink``, again and again while it fails retryably; False if stopped first.
+
+        Each failed attempt is counted and reported like a failed send (the
+        sink's ``last_error`` and ``failing_since``, ``retries``, the
+        ``on_failure`` callbacks), so ``/readyz``, the metrics and the audit
+        log show a sink that cannot start as one that is failing. A
+        non-retryable failure (a missing destination, a refused login: a
+        configuration to fix) raises :class:`SinkStartError`; so does an
+        unexpected exception, which no wait would fix either.
+        """
+        counters = self.per_sink[sink.name]
+        retries = Retries(
+            f"start of sink {sink.name} of {self.name}", self.backoff, logger=self._log
+        )
+        while not self._stopping.is_set():
+            try:
+                await sink.start()
+            except SinkError as exc:
+                error = exc
+            except Exception as exc:
+                self._log.exception("sink %s of %s raised on start", sink.name, self.name)
+                error = SinkError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+            else:
+                if retries.attempts:
+                    self._log.info(
+                        "sink %s of %s started after %d attempts",
+                        sink.name,
+                        self.name,
+                        retries.attempts + 1,
+                    )
+                    counters.last_error = counters.failing_since = None
+                    self.last_error = next(
+                        (c.last_error for c in self.per_sink.values() if c.last_error), None
+                    )
+                return True
+            reason = _short_reason(sink.name, error)
+            counters.last_error = self.last_error = f"{sink.name}: cannot start: {reason}"
+            if counters.failing_since is None:
+                counters.failing_since = time.monotonic()
+            wait = retries.failed(
+                f"cannot start: {reason}",
+                retry_after_s=error.retry_after,
+                retryable=error.retryable,
+            )
+            if wait is None:
+                self._notify(sink.name, f"cannot start: {reason} (not retryable)")
+                raise SinkStartError(self.name, sink.name, reason) from error
+            counters.retries += 1
+            self.retries += 1
+            self._notify(
+                sink.name,
+                f"cannot start: {reason} (attempt {retries.attempts}, retrying in {wait:.2f} s)",
+            )
+            # A stop ends the wait at once: there is no batch in hand to finish.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+        return False
 
     async def _read(self) -> None:
         """The reader task: fill ``_buffer`` from the source while ``_want`` is set.
