@@ -129,7 +129,10 @@ SCRIPTS = {
         ("acquire", leases._ACQUIRE),
         ("renew", leases._RENEW),
         ("release", leases._RELEASE),
-        ("delete-if", leases._DELETE_IF),
+        ("signal-ready", leases._SIGNAL_READY),
+        ("promise", leases._PROMISE),
+        ("withdraw-ready", leases._WITHDRAW_READY),
+        ("clear-ready", leases._CLEAR_READY),
     )
 }
 

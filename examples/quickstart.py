@@ -47,9 +47,10 @@ async def main(base_url: str | None, queue_id: str, events: int) -> None:
                 )
                 continue
             purposes = [p["purpose"] for p in item.body["participants"]]
+            latency_ms = (item.latency_s or 0.0) * 1000  # set when a stream hands it over
             print(
                 f"{item.stream_id:<13} #{item.sequence:<4} {item.transition or '-':<6} "
-                f"{item.conversation_id} {'/'.join(purposes)} {item.latency_s * 1000:.1f} ms"
+                f"{item.conversation_id} {'/'.join(purposes)} {latency_ms:.1f} ms"
             )
             seen += 1
             if seen >= events:
