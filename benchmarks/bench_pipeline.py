@@ -940,9 +940,16 @@ def _throughput_table(
     elif "node" in skipped:
         lines.append(f"- `Multiplexer.stream()` against Node: not measured ({skipped['node']}).")
     if mux and mux10 is not None:
+        # The table's row is CPU per frame; each frame is an event of every
+        # one of the ten streams. Issue 13 states the target per event: its
+        # own table had ten streams at 1.37x one stream per event, which only
+        # reads as per delivered event. Both are given.
+        per_event = mux10 / TEN_STREAMS
         lines.append(
-            f"- 10 streams ≤ {TARGET_TEN_STREAMS}x one stream: {mux10 / mux:.2f}x, "
-            f"{_verdict(mux10 / mux <= TARGET_TEN_STREAMS)}."
+            f"- 10 streams ≤ {TARGET_TEN_STREAMS}x one stream per event: "
+            f"{per_event:.2f} µs per delivered event, {per_event / mux:.2f}x, "
+            f"{_verdict(per_event / mux <= TARGET_TEN_STREAMS)} "
+            f"(per frame, which delivers {TEN_STREAMS} events: {mux10 / mux:.2f}x)."
         )
     return [*lines, ""]
 

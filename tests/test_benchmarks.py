@@ -103,7 +103,11 @@ def test_bench_pipeline_quick_run_produces_its_tables() -> None:
     assert mux is not None, out
     assert float(mux.group(2)) > 0
     assert re.search(r"`Multiplexer.stream\(\)` ≤ 0.5x naive Python: [\d.]+x, \*\*", out)
-    assert re.search(r"10 streams ≤ 1.25x one stream: [\d.]+x, \*\*", out)
+    assert re.search(
+        r"10 streams ≤ 1.25x one stream per event: [\d.]+ µs per delivered event, "
+        r"[\d.]+x, \*\*(met|not met)\*\* \(per frame, which delivers 10 events: [\d.]+x\)",
+        out,
+    )
     assert len(re.findall(r"^\| [\d,]+ B \| .* ms \| .* ms \| .* ms \|", out, re.M)) == 3
     # The stall: 0.5 s at 10,000/s is 5,000 frames, all received, none read,
     # all but the buffer's 500 pushed out and dead-lettered, and the file
@@ -112,3 +116,34 @@ def test_bench_pipeline_quick_run_produces_its_tables() -> None:
         r"^\| [\d,]+ B \| 5,000 \| 5,000 \| 0 \| 4,500 \| 4,500 \| 5,000 \|", out, re.M
     )
     assert stall is not None, out
+
+
+def test_bench_hotpath_times_every_stage_against_the_baseline() -> None:
+    """A smoke run: every stage has a row, and the decode alone costs least."""
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_hotpath",
+            "--count",
+            "200",
+            "--repeat",
+            "3",
+            "--max-body",
+            "2300",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \(([\d.]+)x\) \|$", process.stdout, re.M)
+    firsts = [label.split()[0] for label, _, _ in rows]
+    assert firsts == ["`json.loads`", "`decode_frame`", "…", "…"]
+    assert float(rows[0][2]) == 1.0  # the baseline against itself
+    envelope, facts, stream = (float(us) for _, us, _ in rows[1:])
+    # The later stages add several times the envelope's work: an order that
+    # holds whatever the machine does (facts against stream is too close).
+    assert 0 < envelope < min(facts, stream)
