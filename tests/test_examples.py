@@ -106,11 +106,9 @@ async def _line(stream: asyncio.StreamReader, within: float = 10.0) -> str:
     return line.decode().strip()
 
 
-async def test_the_webhook_receiver_example_verifies_the_real_sink() -> None:
-    """The example receiver, run as documented, against the webhook sink over real HTTP."""
-    events = real_events(6)
-    env = {**os.environ, "WEBHOOK_SECRET": f"{SECRET} {generate_secret()}"}
-    process = await asyncio.create_subprocess_exec(
+async def _start_receiver(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``examples/webhook_receiver.py`` on a free port, its output piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         str(EXAMPLES / "webhook_receiver.py"),
         "--port",
@@ -119,6 +117,13 @@ async def test_the_webhook_receiver_example_verifies_the_real_sink() -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_the_webhook_receiver_example_verifies_the_real_sink() -> None:
+    """The example receiver, run as documented, against the webhook sink over real HTTP."""
+    events = real_events(6)
+    env = {**os.environ, "WEBHOOK_SECRET": f"{SECRET} {generate_secret()}"}
+    process = await _start_receiver(env)
     assert process.stdout is not None
     good = wrong = None
     try:
@@ -169,15 +174,7 @@ async def test_the_webhook_receiver_example_verifies_the_real_sink() -> None:
 
 async def test_the_webhook_receiver_example_refuses_a_bad_secret_at_start() -> None:
     env = {**os.environ, "WEBHOOK_SECRET": "canary-plain-secret"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLES / "webhook_receiver.py"),
-        "--port",
-        "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _start_receiver(env)
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert out == b""

@@ -10,6 +10,7 @@ overrides, so the output is what a pipe gets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -96,6 +97,24 @@ async def run_cli(
             await process.wait()
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
+
+
+@contextlib.asynccontextmanager
+async def communicating(
+    process: asyncio.subprocess.Process, timeout: float
+) -> AsyncIterator[asyncio.Future[tuple[bytes, bytes]]]:
+    """``process.communicate()`` as a future, for a test that talks to the process meanwhile.
+
+    On leaving, the process is killed if it still runs, and its output is
+    read to the end (within ``timeout``) so that no pipe is left open.
+    """
+    finished = asyncio.ensure_future(process.communicate())
+    try:
+        yield finished
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await asyncio.wait_for(asyncio.shield(finished), timeout)
 
 
 @pytest.fixture

@@ -22,7 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
-from tests.cli.conftest import CANARY_CLIENT, CANARY_SECRET, Result, run_cli, start_cli
+from tests.cli.conftest import (
+    CANARY_CLIENT,
+    CANARY_SECRET,
+    Result,
+    communicating,
+    run_cli,
+    start_cli,
+)
 from tests.sinks.conftest import free_port
 
 DEMO_CREDENTIALS = {
@@ -89,8 +96,7 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
         env=DEMO_CREDENTIALS,
         cwd=tmp_path,
     )  # fmt: skip
-    finished = asyncio.ensure_future(process.communicate())
-    try:
+    async with communicating(process, DEADLINE_S) as finished:
         base = f"http://127.0.0.1:{port}"
         # --duration counts from the end of start-up, so the admin server
         # answers for 5 s once it is up; the deadline only bounds a hang.
@@ -103,10 +109,6 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
             health = await poll(session, f"{base}/healthz", deadline, finished)
             assert health[0] == 200, health
         out, err = await asyncio.wait_for(finished, DEADLINE_S)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
     result = Result(process.returncode or 0, out.decode(), err.decode())
     assert process.returncode == 0, result.why()
 
@@ -317,8 +319,7 @@ async def test_the_admin_server_answers_while_the_platform_cannot_be_reached(
         "--admin-port", str(port), "--admin-host", "127.0.0.1",
         env=DEMO_CREDENTIALS, cwd=tmp_path,
     )  # fmt: skip
-    finished = asyncio.ensure_future(process.communicate())
-    try:
+    async with communicating(process, DEADLINE_S) as finished:
         deadline = time.monotonic() + DEADLINE_S
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
@@ -328,10 +329,6 @@ async def test_the_admin_server_answers_while_the_platform_cannot_be_reached(
                 assert resp.status == 503
                 assert "starting" in (await resp.json())["reason"]
         process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
-    finally:
-        if process.returncode is None:
-            process.kill()
         await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
     assert process.returncode == 0
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
-from tests.cli.conftest import Result, emulator, run_cli, start_cli
+from tests.cli.conftest import Result, communicating, emulator, run_cli, start_cli
 from tests.sinks.conftest import NatsServer, free_port
 from tests.sinks.test_nats import STREAM, count, stored
 from tests.waiting import eventually
@@ -87,8 +87,7 @@ async def test_run_stops_with_a_clear_error_when_the_stream_is_missing_and_loses
         env=DEMO_CREDENTIALS,
         cwd=tmp_path,
     )  # fmt: skip
-    finished = asyncio.ensure_future(process.communicate())
-    try:
+    async with communicating(process, DEADLINE_S) as finished:
         async with aiohttp.ClientSession() as session:
             received = 0.0
             deadline = time.monotonic() + DEADLINE_S
@@ -106,10 +105,6 @@ async def test_run_stops_with_a_clear_error_when_the_stream_is_missing_and_loses
         # It stops by itself, long before its --duration.
         out, err = await asyncio.wait_for(finished, DEADLINE_S)
         stopped_after = time.monotonic() - started
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
     result = Result(process.returncode or 0, out.decode(), err.decode())
     # A configuration error: the command line's exit code for those.
     assert process.returncode == 2, result.why()
@@ -168,8 +163,7 @@ async def test_run_waits_for_a_nats_server_that_comes_up_late_then_delivers_ever
         env=DEMO_CREDENTIALS,
         cwd=tmp_path,
     )  # fmt: skip
-    finished = asyncio.ensure_future(process.communicate())
-    try:
+    async with communicating(process, DEADLINE_S) as finished:
         async with aiohttp.ClientSession() as session:
             # The sink cannot start: after a second of that, the feed is not ready, and says why.
             status, body = 0, "no answer"
@@ -195,10 +189,6 @@ async def test_run_waits_for_a_nats_server_that_comes_up_late_then_delivers_ever
             assert status == 200, body
         process.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(finished, DEADLINE_S)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
     result = Result(process.returncode or 0, out.decode(), err.decode())
     assert process.returncode == 0, result.why()
     # The audit log recorded the failed starts, each with the retry to come.

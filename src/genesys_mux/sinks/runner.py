@@ -310,7 +310,7 @@ class SinkRunner:
                 error = exc
             except Exception as exc:
                 self._log.exception("sink %s of %s raised on start", sink.name, self.name)
-                error = SinkError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+                error = _unexpected(exc)
             else:
                 if retries.attempts:
                     self._log.info(
@@ -500,7 +500,7 @@ class SinkRunner:
             except Exception as exc:
                 # A bug in a sink must cost one batch, not the whole stream.
                 self._log.exception("sink %s of %s raised unexpectedly", sink.name, self.name)
-                error = SinkError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+                error = _unexpected(exc)
             else:
                 counters.observe_send(time.perf_counter() - started)
                 if attempt > 1:
@@ -630,6 +630,11 @@ def _release(waiter: asyncio.Future[bool] | None, timed_out: bool) -> None:
     """Wake whoever sleeps on ``waiter``, if anyone still does."""
     if waiter is not None and not waiter.done():
         waiter.set_result(timed_out)
+
+
+def _unexpected(exc: Exception) -> SinkError:
+    """A sink's bug as a final failure: no retry fixes it."""
+    return SinkError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
 
 
 def _short_reason(sink_name: str, error: SinkError) -> str:
