@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import typing
 from typing import Any
 
@@ -29,6 +30,8 @@ from genesys_mux.core.frames import (
     encode_ping,
     encode_subscribe,
     encode_unsubscribe,
+    join_notification,
+    split_notification,
 )
 from genesys_mux.errors import ConfigError, FrameError
 
@@ -538,6 +541,163 @@ def test_any_notification_body_round_trips(topic: str, body: Any) -> None:
     assert isinstance(frame, Notification)
     assert frame.body == encoded_body
     assert msgspec.json.decode(frame.body) == body
+
+
+# --------------------------------------------------------------------------
+# The fast split of a notification in the platform's layout
+# --------------------------------------------------------------------------
+
+TOPIC = f"v2.routing.queues.{QUEUE_ID}.conversations"
+BODY = b'{"id":"c-1","participants":[{"purpose":"customer","calls":[{"state":"connected"}]}]}'
+
+
+def platform_frame(
+    topic: str = TOPIC, body: bytes = BODY, version: str = "2", correlation_id: str = CORRELATION
+) -> bytes:
+    """A notification as the platform writes it: compact, its members in its order."""
+    return (
+        b'{"topicName":"'
+        + topic.encode()
+        + b'","version":"'
+        + version.encode()
+        + b'","eventBody":'
+        + body
+        + b',"metadata":{"CorrelationId":"'
+        + correlation_id.encode()
+        + b'"}}'
+    )
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_platform_frame_splits_to_what_decode_frame_gives(as_text: bool) -> None:
+    data = platform_frame()
+    frame = split_notification(data.decode() if as_text else data)
+    assert frame == Notification(TOPIC, "2", BODY, CORRELATION)
+    assert frame == decode_frame(data)
+
+
+def test_a_non_ascii_body_splits_to_its_utf8_bytes() -> None:
+    body = '{"id":"c-1","name":"José Ñúñez 日本"}'.encode()
+    data = platform_frame(body=body)
+    assert split_notification(data) == split_notification(data.decode()) == decode_frame(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # The reference's own example is spaced out: decode_frame reads it.
+        NOTIFICATION,
+        platform_frame().replace(b'"eventBody":', b'"eventBody": '),
+        platform_frame().replace(b',"metadata"', b' ,"metadata"'),
+        platform_frame() + b" ",
+        # Another member order, or a member missing.
+        b'{"version":"2","topicName":"' + TOPIC.encode() + b'","eventBody":{}}',
+        platform_frame().replace(b',"metadata":{"CorrelationId":"' + CORRELATION.encode(), b""),
+        # Escapes or control characters where the split would take text as is.
+        platform_frame(topic="v2.routing.queues.a\\u0062.conversations"),
+        platform_frame(correlation_id='a\\"b'),
+        platform_frame(correlation_id='a"b'),
+        platform_frame(version="2\u0001"),
+        platform_frame(topic=""),
+        # Frames that are not notifications.
+        platform_frame(topic="channel.metadata", body=b'{"message":"WebSocket Heartbeat"}'),
+        platform_frame(topic="v2.system.socket_closing"),
+        platform_frame(topic="v2.subscription.updated"),
+        # Not UTF-8.
+        platform_frame(body=b'{"id":"\xff"}'),
+        b"",
+        b"{}",
+    ],
+)
+def test_other_layouts_are_left_to_decode_frame(data: bytes) -> None:
+    assert split_notification(data) is None
+    with contextlib.suppress(UnicodeDecodeError):
+        assert split_notification(data.decode()) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id":"c-1"',  # truncated
+        b'{"id":"c-1",}',  # not JSON
+        b'{"id":"c-1"},"extra":1',  # JSON, with a member the platform does not send
+        b'{"id":"c-1"},"eventBody":{"id":"c-2"}',  # a repeated member
+        b'{"id":"c-1"},"topicName":"v2.system.socket_closing"',  # a system frame after all
+    ],
+)
+def test_a_body_that_is_not_one_json_value_is_split_unchecked(body: bytes) -> None:
+    """The split does not read the body: the consumer's decode finds it broken, and rechecks."""
+    frame = split_notification(platform_frame(body=body))
+    assert frame is not None
+    assert frame.body == body
+    with pytest.raises(msgspec.DecodeError):
+        msgspec.json.decode(frame.body)
+
+
+_RAW_TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from('"\\{}[],: \x00'), max_size=12)
+_BODY_TEXT = (
+    JSON_VALUES.map(msgspec.json.encode)
+    | st.lists(_JSON_FRAGMENTS | JSON_VALUES.map(msgspec.json.encode), max_size=6).map(b"".join)
+    | st.binary(max_size=20)
+)
+
+
+@settings(max_examples=500)
+@given(
+    topic=_RAW_TEXT | st.just(TOPIC),
+    version=_RAW_TEXT | st.just("2"),
+    body=_BODY_TEXT,
+    correlation_id=_RAW_TEXT | st.just(CORRELATION),
+    as_text=st.booleans(),
+)
+def test_a_split_frame_whose_body_decodes_is_what_decode_frame_gives(
+    topic: str, version: str, body: bytes, correlation_id: str, as_text: bool
+) -> None:
+    """Whatever the parts, even quotes and escapes, a split is either refused or exact.
+
+    Exact: when its body is one JSON value, the full decoder gives the same
+    notification; when it is not, the consumer falls back to the full
+    decoder, which then decides.
+    """
+    data = platform_frame(topic, body, version, correlation_id)
+    if as_text:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return
+        frame = split_notification(text)
+    else:
+        frame = split_notification(data)
+    if frame is None:
+        return
+    # The parts give the frame back, so it can be rechecked without keeping it.
+    assert (
+        join_notification(frame.topic, frame.version or "", frame.body, frame.correlation_id or "")
+        == data
+    )
+    try:
+        msgspec.json.decode(frame.body)
+    except msgspec.DecodeError:
+        return  # the consumer rechecks the whole frame
+    assert decode_frame(data) == frame
+
+
+@settings(max_examples=200)
+@given(
+    body=JSON_VALUES,
+    topic=st.text(st.characters(codec="ascii")) | st.text(st.characters(codec="utf-8")),
+)
+def test_every_platform_frame_with_a_json_body_takes_the_fast_path(body: Any, topic: str) -> None:
+    """Unless its topic is empty, not plain ASCII, or names no notification."""
+    encoded = msgspec.json.encode(body)
+    data = platform_frame(topic=topic.replace('"', "").replace("\\", ""), body=encoded)
+    frame = split_notification(data)
+    topic = topic.replace('"', "").replace("\\", "")
+    plain = topic and all(" " <= c <= "~" for c in topic)
+    if not plain or topic.startswith(("channel.metadata", "v2.system.", "v2.subscription.updated")):
+        assert frame is None
+        return
+    assert frame == decode_frame(data) == Notification(topic, "2", encoded, CORRELATION)
 
 
 # --------------------------------------------------------------------------

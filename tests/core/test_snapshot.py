@@ -983,8 +983,34 @@ def test_other_topics_key_on_themselves_without_version(topic: str) -> None:
 
 def test_conversation_topic_with_malformed_body_keys_on_the_topic() -> None:
     topic = f"v2.routing.queues.{QUEUE}.conversations.calls"
-    for body in (b"", b"{}", b'{"id": 5}', b"garbage"):
+    for body in (b"{}", b'{"id": 5}', b"[]"):
         assert event_facts(topic, body) == EventFacts(topic, None, canonical_hash(body))
+    # Not JSON at all: so marked, for a consumer that has not checked it yet.
+    for body in (b"", b"garbage", b'{"id": "c"', b'{"id": "c"} {}', b"[" * 5000):
+        assert event_facts(topic, body) == EventFacts(
+            topic, None, content_hash(body), malformed=True
+        )
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        f"v2.users.{USER}.presence",
+        f"v2.users.{USER}.routingStatus",
+        f"v2.detail.events.conversation.{CONV}.acd.start",
+        "v2.analytics.anything",
+        "not a topic at all",
+    ],
+)
+def test_a_body_that_is_not_json_is_marked_malformed_on_every_topic(topic: str) -> None:
+    good, bad = b'{"modifiedDate": "2026-01-01T00:00:00Z"}', b'{"modifiedDate": '
+    assert not event_facts(topic, good).malformed
+    facts = event_facts(topic, bad)
+    assert facts.malformed
+    assert facts.version is None
+    assert facts.hash == content_hash(bad)
+    # Its key is the one a good body on the topic would have.
+    assert facts.key == event_facts(topic, good).key
 
 
 def test_user_and_presence_keys_do_not_collide() -> None:

@@ -235,6 +235,63 @@ async def test_reserialised_duplicates_are_delivered_once() -> None:
             assert all(n == 1 for n in states.values()), "a state was delivered twice"
 
 
+async def test_frames_split_unread_are_rechecked_when_their_body_is_not_json() -> None:
+    """The pool splits the platform's frames without reading the bodies; a broken one is caught.
+
+    Over a real socket: a frame in the platform's layout whose body is not
+    JSON is a bad frame (counted on its channel, not delivered, not counted
+    as a notification); a valid frame with a member the platform never sends
+    reads as the full decoder reads it, and is delivered once.
+    """
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        await h.control("traffic", {"running": False})
+        seen = Collector(h.mux.stream("all"))
+        topic = sorted(h.mux._streams["all"].topics)[0]
+        pool = h.mux.pool
+        assert pool is not None
+        assert not pool.check_bodies
+
+        def frame(body: str, tail: str = "") -> str:
+            return (
+                f'{{"topicName":"{topic}","version":"2","eventBody":{body}{tail},'
+                '"metadata":{"CorrelationId":"9f1c3a52-8a0e-4b1f-9d0d-2f6b1c7e8a90"}}'
+            )
+
+        async def quiet() -> bool:
+            stats = h.mux.stats()
+            return not stats["streams"]["all"].buffered and not pool._inbound.qsize()
+
+        await eventually(quiet)
+        before = h.mux.stats()
+        received: int = before["streams"]["all"].received
+        bad: int = sum(c.bad_frames for c in before["channels"].values())
+        notes: int = sum(c.notifications for c in before["channels"].values())
+        good = '{"id":"0f6bd0a3-6d67-4c1e-8e38-3c0f0f7d6a11","participants":[]}'
+        answer = await h.control(
+            "faults", {"fault": "garbage_frame", "data": frame('{"id":"c-1",}')}
+        )
+        sockets = len(answer["applied"])
+        assert sockets >= 1
+        await h.control("faults", {"fault": "garbage_frame", "data": frame(good, ',"extra":1')})
+
+        async def settled() -> bool:
+            stats = h.mux.stats()
+            stream: StreamStats = stats["streams"]["all"]
+            bad_now: int = sum(c.bad_frames for c in stats["channels"].values())
+            return stream.received == received + sockets and bad_now == bad + sockets
+
+        await eventually(settled)
+        after = h.mux.stats()
+        assert sum(c.notifications for c in after["channels"].values()) == notes + sockets
+        await eventually(lambda: len(seen.events("all")) >= 1)
+        seen.stop()
+        delivered = [e for e in seen.events("all") if e.raw == good.encode()]
+        assert len(delivered) == 1
+        assert delivered[0].topic == topic
+        assert delivered[0].correlation_id == "9f1c3a52-8a0e-4b1f-9d0d-2f6b1c7e8a90"
+
+
 async def test_no_older_snapshot_after_a_newer_one_under_reordering() -> None:
     async with harness(org_settings(rate=3.0)) as h:
         await h.mux.add_stream({"id": "all", "filter": {}})

@@ -52,6 +52,7 @@ decides how to send them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final, TypeAlias
 
@@ -79,6 +80,8 @@ __all__ = [
     "encode_ping",
     "encode_subscribe",
     "encode_unsubscribe",
+    "join_notification",
+    "split_notification",
 ]
 
 #: The ``topicName`` of heartbeats and pongs.
@@ -341,6 +344,99 @@ def decode_frame(data: bytes | str) -> Frame:
     except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:
         raise _not_json(data, exc) from exc
     return _classify(envelope, data)
+
+
+# The platform writes a notification compactly, its four members always in
+# this order (reference §5): {"topicName":T,"version":V,"eventBody":B,
+# "metadata":{"CorrelationId":C}}. T, V and C are ASCII with no escape, so
+# their text is their value: printable ASCII other than '"' and '\'.
+_PLAIN: Final = rb"[\x20\x21\x23-\x5b\x5d-\x7e]"
+# A Raw value excludes the whitespace around it, so a body beginning or
+# ending with some would differ from the full decoder's: left to it.
+_SPLIT_HEAD: Final = re.compile(
+    rb'\{"topicName":"(' + _PLAIN + rb'+)","version":"(' + _PLAIN + rb'*)",'
+    rb'"eventBody":(?![ \t\r\n])'
+).match
+_SPLIT_TAIL: Final = b',"metadata":{"CorrelationId":"'
+_SPLIT_END: Final = b'"}}'
+_PLAIN_TEXT: Final = re.compile(_PLAIN + b"*").fullmatch
+_SPACES: Final = b" \t\r\n"
+_NOT_NOTIFICATIONS: Final = (CHANNEL_METADATA_TOPIC, *_SYSTEM_PREFIXES)
+
+
+def split_notification(data: bytes | str) -> Notification | None:
+    """A notification frame in the platform's own layout, split without reading its body.
+
+    A fast path for a consumer that decodes every ``eventBody`` anyway:
+    :func:`decode_frame` scans the whole frame to find where the body ends,
+    and the consumer's own decode then scans the body again. Here the frame
+    is cut at its fixed head and tail instead, so the body is read once.
+
+    **The body is not checked.** The result equals :func:`decode_frame`'s
+    whenever the body is one JSON value; when it is not (the frame is
+    broken, or is valid JSON laid out otherwise, say with a member
+    added), the consumer must decode the whole frame with
+    :func:`decode_frame` and go by that. ``None`` when the frame is not in
+    this layout (key order, whitespace, a topic, version or correlation id
+    that is not plain ASCII, a system or ``channel.metadata`` topic, text
+    that is not UTF-8): decode it with :func:`decode_frame`.
+    """
+    if isinstance(data, str):
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: decode_frame says so
+            return None
+    elif not isinstance(data, bytes):
+        return None
+    head = _SPLIT_HEAD(data)
+    if head is None or not data.endswith(_SPLIT_END):
+        return None
+    body_start = head.end()
+    tail = data.rfind(_SPLIT_TAIL, body_start)
+    id_start, id_end = tail + len(_SPLIT_TAIL), len(data) - len(_SPLIT_END)
+    if (
+        tail <= body_start
+        or data[tail - 1] in _SPACES
+        or _PLAIN_TEXT(data, id_start, id_end) is None
+    ):
+        return None
+    if not data.isascii():
+        # msgspec checks the UTF-8 of the strings it decodes, not of those
+        # it skips: the whole frame is checked here, as decode_frame does.
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    topic = head.group(1).decode("ascii")
+    if topic.startswith(_NOT_NOTIFICATIONS):
+        return None
+    return Notification(
+        topic,
+        head.group(2).decode("ascii"),
+        data[body_start:tail],
+        data[id_start:id_end].decode("ascii"),
+    )
+
+
+def join_notification(topic: str, version: str, body: bytes, correlation_id: str) -> bytes:
+    """The frame :func:`split_notification` split into these parts, byte for byte.
+
+    So a consumer need not keep each frame beside its body to recheck the
+    few whose body does not decode.
+    """
+    return b"".join(
+        (
+            b'{"topicName":"',
+            topic.encode("ascii"),
+            b'","version":"',
+            version.encode("ascii"),
+            b'","eventBody":',
+            body,
+            _SPLIT_TAIL,
+            correlation_id.encode("ascii"),
+            _SPLIT_END,
+        )
+    )
 
 
 def _classify(env: _Envelope, data: bytes | str) -> Frame:

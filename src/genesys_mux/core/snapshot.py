@@ -162,10 +162,20 @@ def canonical_hash(body: bytes) -> bytes:
     encoded again with sorted keys. A body that is not JSON is hashed as
     its bytes. Never raises.
     """
+    digest = _canonical_hash(body)
+    return content_hash(body) if digest is None else digest
+
+
+def _canonical_hash(body: bytes) -> bytes | None:
+    """:func:`canonical_hash`, or None when ``body`` is not one JSON value."""
     try:
         value = _ANY_DECODER.decode(body)
+    except _DECODE_ERRORS:
+        return None
+    try:
         canonical = _encode_sorted(value)
-    except (*_DECODE_ERRORS, OverflowError, TypeError):
+    except (OverflowError, TypeError, RecursionError):
+        # JSON, but not re-encodable in sorted form: its bytes stand for it.
         return content_hash(body)
     return content_hash(canonical)
 
@@ -239,6 +249,11 @@ class EventFacts(msgspec.Struct, frozen=True, gc=False):
     version: float | None
     hash: bytes
     conversation: ConversationFacts | None = None
+    #: The body is not one JSON value (or is nested too deeply to read).
+    #: Never true of a body :func:`~genesys_mux.core.frames.decode_frame`
+    #: returned; a consumer of :func:`~genesys_mux.core.frames.split_notification`
+    #: decodes the whole frame when it is.
+    malformed: bool = False
 
 
 # --------------------------------------------------------------------------
@@ -856,7 +871,8 @@ def event_facts(topic: str, body: bytes) -> EventFacts:
 
     Conversation topics give the snapshot's facts and version; detail
     events, presence and routing status their own version; any other or
-    unknown topic is keyed by itself with no version. Never raises.
+    unknown topic is keyed by itself with no version. A body that is not
+    JSON has no version and is marked ``malformed``. Never raises.
     """
     parsed = _parse(topic)
     family = parsed.family if parsed is not None else None
@@ -866,25 +882,34 @@ def event_facts(topic: str, body: bytes) -> EventFacts:
         media = parsed.media
         facts = _conversation_facts(body, None if media is None else media.value)
         if facts is None:
-            return EventFacts(key=topic, version=None, hash=canonical_hash(body))
+            return _opaque(topic, body)
         return EventFacts(
             key=facts.conversation_id, version=facts.version, hash=facts.hash, conversation=facts
         )
-    digest = canonical_hash(body)
+    digest = _canonical_hash(body)
+    malformed = digest is None
+    if digest is None:
+        digest = content_hash(body)
     if parsed is None:
-        return EventFacts(key=topic, version=None, hash=digest)
+        return EventFacts(topic, None, digest, None, malformed)
     if family is TopicFamily.CONVERSATION_DETAIL_EVENTS:
         # Detail events are separate happenings, not successive states of one
         # thing: an older one is never superseded by a newer one. So they get
         # a key of their own (never the snapshot's) and no version to order
         # on: only exact duplicates are removed.
-        return EventFacts(key=f"detail:{topic}", version=None, hash=digest)
+        return EventFacts(f"detail:{topic}", None, digest, None, malformed)
     if family is TopicFamily.USER_PRESENCE:
-        return EventFacts(
-            key=f"presence:{parsed.entity_id}", version=presence_version(body), hash=digest
-        )
-    if family is TopicFamily.USER_ROUTING_STATUS:
-        return EventFacts(
-            key=f"routing:{parsed.entity_id}", version=routing_status_version(body), hash=digest
-        )
-    return EventFacts(key=topic, version=None, hash=digest)
+        key, version = f"presence:{parsed.entity_id}", presence_version(body)
+    elif family is TopicFamily.USER_ROUTING_STATUS:
+        key, version = f"routing:{parsed.entity_id}", routing_status_version(body)
+    else:
+        key, version = topic, None
+    return EventFacts(key, version, digest, None, malformed)
+
+
+def _opaque(topic: str, body: bytes) -> EventFacts:
+    """The facts of a body nothing is known about: keyed by its topic, hashed canonically."""
+    digest = _canonical_hash(body)
+    if digest is None:
+        return EventFacts(topic, None, content_hash(body), None, True)
+    return EventFacts(topic, None, digest)

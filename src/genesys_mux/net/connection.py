@@ -51,6 +51,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import aiohttp
 import msgspec
@@ -78,7 +79,15 @@ from genesys_mux.core.events import (
     ControlEvent,
     SubscriptionsLost,
 )
-from genesys_mux.core.frames import PING, Notification, Pong, decode_frame
+from genesys_mux.core.frames import (
+    PING,
+    Frame,
+    Notification,
+    Pong,
+    decode_frame,
+    join_notification,
+    split_notification,
+)
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.planner import (
     CloseSlot,
@@ -175,6 +184,12 @@ class InboundNotification(msgspec.Struct, frozen=True, gc=False):
 
     ``body`` is the raw ``eventBody`` JSON. ``received_at`` is Unix time,
     ``received_mono`` the monotonic clock at the same moment (for latency).
+
+    ``version`` is the topic's schema version from the envelope.
+    ``unchecked`` says the pool was told not to check bodies
+    (``ChannelPool(check_bodies=False)``) and split the frame without
+    reading its body: ``body`` may then not be JSON at all, and a consumer
+    whose decode of it fails hands the note to :meth:`ChannelPool.recheck`.
     """
 
     topic: str
@@ -184,6 +199,8 @@ class InboundNotification(msgspec.Struct, frozen=True, gc=False):
     slot: int
     received_at: float
     received_mono: float
+    version: str | None = None
+    unchecked: bool = False
 
 
 @dataclass(slots=True)
@@ -217,7 +234,7 @@ class _Socket:
         slot: _Slot,
         info: ChannelInfo,
         token: AccessToken,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: aiohttp.ClientWebSocketResponse[Literal[False]],
     ) -> None:
         self.pool = pool
         self.slot = slot
@@ -270,17 +287,26 @@ class _Socket:
         limit = pool.settings.inbound_limit
         resume = limit // 2
         delivering = False
+        split = None if pool.check_bodies else split_notification
         try:
             async for message in self.ws:
                 if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     continue
                 mono = time.monotonic()
-                try:
-                    frame = decode_frame(message.data)
-                except FrameError as exc:
-                    slot.stats.bad_frames += 1
-                    log.warning("slot %d: ignored a frame that is not JSON: %s", slot.index, exc)
-                    continue
+                data = message.data
+                frame: Frame | None = None
+                if split is not None:
+                    frame = split(data)
+                unchecked = frame is not None
+                if frame is None:
+                    try:
+                        frame = decode_frame(data)
+                    except FrameError as exc:
+                        slot.stats.bad_frames += 1
+                        log.warning(
+                            "slot %d: ignored a frame that is not JSON: %s", slot.index, exc
+                        )
+                        continue
                 if isinstance(frame, Notification):
                     received_at = time.time()
                     if not delivering:
@@ -309,6 +335,8 @@ class _Socket:
                             slot.index,
                             received_at,
                             mono,
+                            frame.version,
+                            unchecked,
                         )
                     )
                 else:
@@ -571,8 +599,14 @@ class ChannelPool:
         settings: PoolSettings | None = None,
         *,
         backoff: Backoff | None = None,
+        check_bodies: bool = True,
     ) -> None:
         self.settings = settings or PoolSettings()
+        #: False: notifications in the platform's layout are split without
+        #: reading their body (see :func:`~genesys_mux.core.frames.split_notification`),
+        #: which saves a scan of every body for a consumer that decodes them
+        #: all anyway; that consumer checks them (see :meth:`recheck`).
+        self.check_bodies = check_bodies
         self._session = session
         self._rest = rest
         self._tokens = tokens
@@ -692,6 +726,54 @@ class ChannelPool:
             if note is None:
                 self._inbound.put_nowait(None)
             return note
+
+    def recheck(self, note: InboundNotification) -> InboundNotification | None:
+        """Decode the whole frame of a note whose body did not decode; what it really holds.
+
+        For a consumer of a pool with ``check_bodies=False`` (see
+        :attr:`InboundNotification.unchecked`). The frame is either valid
+        JSON laid out otherwise than the platform does (a member added, say),
+        and this is the notification it holds, with its body checked; or it
+        is broken, or not a notification after all, and it is counted as the
+        socket's reader would have counted it (a bad frame, not a
+        notification), logged, and None is returned.
+        """
+        if not note.unchecked:
+            return note
+        frame = join_notification(
+            note.topic, note.version or "", note.body, note.correlation_id or ""
+        )
+        stats = self._slots[note.slot].stats if note.slot in self._slots else None
+        try:
+            decoded = decode_frame(frame)
+        except FrameError as exc:
+            if stats is not None:
+                stats.notifications -= 1
+                stats.bad_frames += 1
+            log.warning("slot %d: ignored a frame that is not JSON: %s", note.slot, exc)
+            return None
+        if isinstance(decoded, Notification):
+            return InboundNotification(
+                decoded.topic,
+                decoded.body,
+                decoded.correlation_id,
+                note.channel_id,
+                note.slot,
+                note.received_at,
+                note.received_mono,
+                decoded.version,
+            )
+        # Valid JSON in a notification's layout that is something else once
+        # read whole (a repeated member overriding the topic): the link has
+        # no use for such a frame either.
+        if stats is not None:
+            stats.notifications -= 1
+        log.warning(
+            "slot %d: ignored a frame that reads as a notification but is a %s",
+            note.slot,
+            type(decoded).__name__,
+        )
+        return None
 
     def _caught_up(self) -> None:
         """The reader took everything queued: sockets shedding stop, and say what they shed.
@@ -1108,6 +1190,10 @@ class ChannelPool:
                 # have aiohttp answer it inside receive(): a drain reads
                 # through the close handshake (see _Socket._close_reading).
                 autoclose=False,
+                # Text frames as their UTF-8 bytes: msgspec reads bytes as
+                # fast as text, and aiohttp need not decode each frame into
+                # a str first (decode_frame checks the UTF-8 itself).
+                decode_text=False,
                 max_msg_size=0,
                 heartbeat=None,
                 timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),

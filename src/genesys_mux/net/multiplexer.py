@@ -68,7 +68,7 @@ from genesys_mux.core.events import (
     TopicRejected,
 )
 from genesys_mux.core.limits import PLATFORM
-from genesys_mux.core.snapshot import event_facts
+from genesys_mux.core.snapshot import EventFacts, event_facts
 from genesys_mux.core.streams import (
     DeadLetter,
     Gap,
@@ -342,7 +342,11 @@ class Multiplexer:
             self.tokens,
             requests_per_minute=self._requests_per_minute,
         )
-        self.pool = ChannelPool(self._session, self.rest, self.tokens, self._pool_settings)
+        # Every body is decoded here anyway (event_facts): the pool need not
+        # scan each one first to check it; _offer has a broken one rechecked.
+        self.pool = ChannelPool(
+            self._session, self.rest, self.tokens, self._pool_settings, check_bodies=False
+        )
         self.pool.on_outage.append(self._outage)
         self.pool.on_rejection.append(self._rejected)
         self.pool.on_control.append(self._report)
@@ -601,7 +605,12 @@ class Multiplexer:
             self._resume_gap(state, restored, reason, covered)
         for note in kept:
             # Each stream's topics decide whether client-side rules apply.
-            self._offer(note.topic, note, ((state, note.topic in state.filter_topics),))
+            self._offer(
+                note.topic,
+                note,
+                ((state, note.topic in state.filter_topics),),
+                event_facts(note.topic, note.body),
+            )
         self._report(StreamActivated(stream_id, len(kept), reason))
 
     async def handover(
@@ -856,23 +865,34 @@ class Multiplexer:
         assert self.pool is not None
         async for note in self.pool.frames():
             self._dispatched_at = note.received_at
-            targets = self._by_topic.get(note.topic)
-            if not targets:
-                continue  # a topic just removed: its last events are not wanted
             try:
-                self._offer(note.topic, note, targets)
+                self._dispatch_one(note)
             except Exception:
                 # One bad notification (a bug, not bad input: facts never
                 # raise) must not stop the feed; say which one it was.
                 log.exception("dispatching a notification on %s failed", note.topic)
+
+    def _dispatch_one(self, note: InboundNotification) -> None:
+        targets = self._by_topic.get(note.topic)
+        if not targets:
+            return  # a topic just removed: its last events are not wanted
+        facts = event_facts(note.topic, note.body)
+        if facts.malformed and note.unchecked:
+            # The pool split the frame without reading the body, and the
+            # body is not JSON: the whole frame says what it really is.
+            checked = self.pool.recheck(note) if self.pool is not None else None
+            if checked is not None:
+                self._dispatch_one(checked)
+            return
+        self._offer(note.topic, note, targets, facts)
 
     def _offer(
         self,
         topic: str,
         note: InboundNotification,
         targets: tuple[tuple[_StreamState, bool], ...],
+        facts: EventFacts,
     ) -> None:
-        facts = event_facts(topic, note.body)
         delivered = False
         for state, filtered_topic in targets:
             standby = state.standby
