@@ -52,7 +52,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from benchmarks.bench_streams import snapshot_template
+from benchmarks.bench_streams import add_body_sizes_argument, snapshot_template
 from genesys_mux.core.frames import Notification, decode_frame
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Stream
@@ -221,13 +221,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--count", type=int, default=5_000, help="frames per pass")
     parser.add_argument("--repeat", type=int, default=7, help="passes; the best counts")
-    parser.add_argument(
-        "--max-body",
-        type=int,
-        nargs="+",
-        default=[2300, 8000],
-        help="body sizes: each the largest queue snapshot of at most this many bytes",
-    )
+    add_body_sizes_argument(parser)
     parser.add_argument(
         "--instructions",
         action="store_true",

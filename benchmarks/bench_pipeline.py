@@ -131,6 +131,7 @@ from benchmarks.bench_streams import (
     _emulator_process,
     _measure_mux,
     _queue_of,
+    add_body_sizes_argument,
     check_mux,
     snapshot_template,
 )
@@ -1190,13 +1191,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "(issue 13), on a firehose source.",
     )
     parser.add_argument("--count", type=int, default=50_000, help="frames per throughput run")
-    parser.add_argument(
-        "--max-body",
-        type=int,
-        nargs="+",
-        default=[2300, 8000],
-        help="body sizes: each the largest queue snapshot of at most this many bytes",
-    )
+    add_body_sizes_argument(parser)
     parser.add_argument("--latency-rate", type=float, default=10_000.0, help="paced runs' frames/s")
     parser.add_argument(
         "--latency-count", type=int, default=30_000, help="frames per paced latency run"

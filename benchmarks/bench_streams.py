@@ -165,6 +165,17 @@ def _queue_of(topic: str) -> str | None:
     return None
 
 
+def add_body_sizes_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-body``, for a benchmark run at several body sizes (see :func:`snapshot_template`)."""
+    parser.add_argument(
+        "--max-body",
+        type=int,
+        nargs="+",
+        default=[2300, 8000],
+        help="body sizes: each the largest queue snapshot of at most this many bytes",
+    )
+
+
 @functools.cache
 def snapshot_template(max_bytes: int) -> Template:
     """The largest general-topic queue snapshot of two simulated minutes within ``max_bytes``.
