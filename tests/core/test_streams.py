@@ -1087,15 +1087,15 @@ def test_memory_is_bounded() -> None:
     bodies = [snapshot(conv=f"conv-{i}") for i in range(10_000)]
     for body in bodies:
         assert offer(stream, body) is not None
-        assert len(stream._seen) <= 100
+        assert len(stream.key_memory) <= 100
 
-    assert len(stream._seen) == 100
+    assert len(stream.key_memory) == 100
     # The newest keys are remembered; the oldest were forgotten.
     assert offer(stream, bodies[-1]) is None
     assert offer(stream, bodies[-100]) is None
     assert stream.counters.duplicates == 2
     assert offer(stream, bodies[0]) is not None
-    assert len(stream._seen) == 100
+    assert len(stream.key_memory) == 100
 
 
 def test_the_memory_is_out_of_the_garbage_collectors_sight() -> None:
@@ -1107,7 +1107,7 @@ def test_the_memory_is_out_of_the_garbage_collectors_sight() -> None:
         offer(stream, snapshot(customer(), conv=f"conv-{i}"))
         offer(stream, snapshot(customer(), customer(), conv=f"conv-{i}"))
     gc.collect()  # tuples holding only bytes are untracked by a collection
-    records = list(stream._seen.values())
+    records = list(stream.key_memory.records())
     assert len(records) == 200
     assert all(len(seen.hashes) == 2 for seen in records)  # the newest two kept
     assert not any(gc.is_tracked(seen) for seen in records)

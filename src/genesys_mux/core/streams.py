@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import bisect
 import operator
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,6 +52,7 @@ from typing import Any, Literal
 import msgspec
 
 from genesys_mux.core.checkpoint import Remembered, StreamCheckpoint
+from genesys_mux.core.memory import KeyMemory, Record
 from genesys_mux.core.snapshot import EventFacts
 
 __all__ = [
@@ -76,9 +77,6 @@ BACKLOG_FACTOR = 10
 _UNPARSED: Any = object()
 #: Handed-out events remembered until settled, at most (see Stream.settle).
 _MAX_UNSETTLED = 100_000
-#: Keys seen logged for the next checkpoint, at most: 1.6 intervals' worth
-#: at 10,000 events/s and the default checkpoint_interval_s (see Stream._log).
-_LOG_LIMIT = 16_384
 
 
 @dataclass(slots=True, eq=False)
@@ -237,29 +235,6 @@ class StreamCounters:
     handed_over: int = 0
 
 
-# gc=False, and a tuple of hashes rather than a list: a stream remembers up
-# to 50,000 of these, and every full collection of the cyclic GC walks each
-# object it tracks. Tracked, they made that pause tens of milliseconds,
-# stalling the feed (the p99 latency); untracked, it is a few. They cannot
-# form a cycle: they hold a float, bytes, a bool, an int and a str.
-class _Seen(msgspec.Struct, gc=False):
-    version: float | None
-    #: The newest few state digests, oldest first. A tuple of bytes, which
-    #: the GC stops tracking too; a short one is also smaller than a deque.
-    hashes: tuple[bytes, ...]
-    in_state: bool = False
-    #: When the key was last seen, on the stream's own clock (a checkpoint's rank);
-    #: :data:`_FORGOTTEN` once the memory bound pushed it out.
-    stamp: int = 0
-    #: The key it is remembered under: a checkpoint builds from these
-    #: directly, without looking each key up again.
-    key: str = ""
-
-
-#: The stamp of a :class:`_Seen` the memory has forgotten (below every real one).
-_FORGOTTEN = -1
-
-
 class CheckpointBuild:
     """A stream's checkpoint, built a slice of keys at a time (:meth:`Stream.begin_checkpoint`).
 
@@ -267,14 +242,19 @@ class CheckpointBuild:
     tens of milliseconds; :meth:`step` builds ``limit`` keys, so the shell
     can let events through between slices. Every entry is its key as of the
     checkpoint's start: a key seen again, or forgotten, before its slice is
-    kept as it was just before that (:meth:`keep`, called by the stream),
+    kept as it was just before that (:meth:`keep`, called by the memory),
     and the next checkpoint carries what changed.
+
+    The records are shared by the streams of one
+    :class:`~genesys_mux.core.memory.KeyMemory`; the build writes the view
+    of the stream whose bit is ``bit``, and passes over the records that
+    stream does not remember.
 
     The keys to build are ``keys``, then ``log``, least recently seen first,
     so the memory is built in the order it is written in. ``log`` is every
-    key seen since the previous checkpoint, once per time it was seen: the
-    one seen at stamp ``base + 1`` first. A key is built where its stamp
-    says it was seen last. Both hold the keys' memory records themselves,
+    sighting since the stream's previous checkpoint (clock value ``base``),
+    the one at clock value ``base + 1`` first. A key is built where its
+    stamp says it was seen last. Both hold the keys' records themselves,
     not their names: a record's stamp says whether it is still current, so
     building needs no lookup per key. ``again`` names the keys among
     ``keys`` stamped ``base`` or earlier (None: every key is to be built,
@@ -284,8 +264,9 @@ class CheckpointBuild:
     def __init__(
         self,
         header: StreamCheckpoint,
-        keys: list[_Seen],
-        log: list[_Seen],
+        bit: int,
+        keys: list[Record],
+        log: list[Record],
         base: int,
         undone: dict[str, Remembered],
         clock: int,
@@ -293,6 +274,7 @@ class CheckpointBuild:
         finished: Callable[[CheckpointBuild], None] | None = None,
     ) -> None:
         self._header = header
+        self._bit = bit
         self._keys = keys
         self._log = log
         self._base = base
@@ -307,38 +289,37 @@ class CheckpointBuild:
         #: Every key to build stamped below this is built (or kept) already.
         self._done = 0
 
-    def keep(self, seen: _Seen) -> None:
-        """``seen`` is about to change (seen again, or forgotten): keep it if still to build."""
-        stamp = seen.stamp
-        if stamp > self._clock or stamp < self._done:
-            return  # changed since the start (kept then), or built already
-        key = seen.key
+    def keep(self, record: Record) -> None:
+        """``record`` is about to change (seen again, or forgotten): keep it if still to build."""
+        stamp = record.stamp
+        if stamp > self._clock or stamp < self._done or not record.streams & self._bit:
+            return  # changed since the start (kept then), built already, or not this stream's
+        key = record.key
         if stamp <= self._base and self._again is not None and key not in self._again:
             return  # not this checkpoint's: unchanged since the previous one
         if key in self._undone:
             return  # has its own entry
-        hashes = b"".join(seen.hashes)
-        self._kept.append(Remembered(key, seen.version, hashes, seen.in_state, stamp))
+        self._kept.append(record.remembered(self._bit, stamp))
 
     def step(self, limit: int) -> bool:
         """Build up to ``limit`` more keys; True once every key is built."""
-        undone, join = self._undone, b"".join
+        undone, bit = self._undone, self._bit
         keys, log, start = self._keys, self._log, self._next
         memory = self._memory
         built = len(memory)
         # Comprehensions, not loops of appends: this runs for every key that
         # changed, every checkpoint. A key seen again since the start (its
         # stamp is newer than the checkpoint's clock) or forgotten (its
-        # stamp is _FORGOTTEN) was kept as it was; a key with unsettled
+        # stamp is FORGOTTEN) was kept as it was; a key with unsettled
         # changes has its own entry (see result). The test for those is
         # left out when there are none, as there usually are.
         if start < len(keys):
             end = min(start + limit, len(keys))
             clock = self._clock
             memory += [
-                Remembered(s.key, s.version, join(s.hashes), s.in_state, s.stamp)
-                for s in keys[start:end]
-                if 0 <= s.stamp <= clock and (not undone or s.key not in undone)
+                r.remembered(bit, r.stamp)
+                for r in keys[start:end]
+                if 0 <= r.stamp <= clock and (not undone or r.key not in undone)
             ]
             if len(memory) > built:
                 # Keys passed over after it were kept, or are not to build.
@@ -346,20 +327,21 @@ class CheckpointBuild:
         else:
             at = start - len(keys)
             end = len(keys) + min(at + limit, len(log))
-            # log[at] was seen at stamp base + at + 1: built there only if
-            # that is when the key was seen last.
+            # log[at] was seen at clock value base + at + 1: built there only
+            # if that is when the key was seen last, and only if it is this
+            # stream's.
             sliced = enumerate(log[at : end - len(keys)], self._base + at + 1)
             if undone:
                 memory += [
-                    Remembered(s.key, s.version, join(s.hashes), s.in_state, stamp)
-                    for stamp, s in sliced
-                    if s.stamp == stamp and s.key not in undone
+                    r.remembered(bit, stamp)
+                    for stamp, r in sliced
+                    if r.stamp == stamp and r.streams & bit and r.key not in undone
                 ]
             else:
                 memory += [
-                    Remembered(s.key, s.version, join(s.hashes), s.in_state, stamp)
-                    for stamp, s in sliced
-                    if s.stamp == stamp
+                    r.remembered(bit, stamp)
+                    for stamp, r in sliced
+                    if r.stamp == stamp and r.streams & bit
                 ]
             self._done = self._base + end - len(keys) + 1
         self._next = end
@@ -405,6 +387,10 @@ class Stream:
     ``dead_letter`` receives every event the buffer pushes out. ``memory``
     bounds how many keys (conversations, users, topics) are remembered for
     de-duplication and ordering; the least recently seen are forgotten first.
+    Streams given one ``key_memory`` share one record per key (see
+    :mod:`genesys_mux.core.memory`: its ``hashes_per_key`` is theirs, and
+    their bounds add up); without one, the stream has a memory of its own.
+    Call :meth:`close` when a stream sharing a memory is done with.
     """
 
     def __init__(
@@ -419,6 +405,7 @@ class Stream:
         memory: int = 50_000,
         hashes_per_key: int = 8,
         epoch: str = "",
+        key_memory: KeyMemory | None = None,
     ) -> None:
         if buffer_size < 1:
             # With no room at all, drop_oldest would have nothing to push out
@@ -437,30 +424,28 @@ class Stream:
         self.overflow = overflow
         self.counters = StreamCounters()
         self._dead_letter = dead_letter
-        self._memory = memory
-        self._hashes_per_key = hashes_per_key
-        self._seen: OrderedDict[str, _Seen] = OrderedDict()
-        # For incremental checkpoints: every key seen since the last one, in
-        # order, once per time (the one seen at stamp _checkpointed + 1
-        # first; _checkpointed is the clock the last one was built at). An
-        # append per event, and no set to sort: its keys are in the order a
-        # checkpoint writes them. Bounded (a stream with no store is never
-        # checkpointed): if more were seen, the oldest are dropped and the
-        # checkpoint finds the keys in _seen instead. Also kept: keys whose
-        # unsettled changes the last checkpoint left out (to be written
-        # again), and keys forgotten since.
-        self._log: deque[_Seen] = deque(maxlen=min(memory, _LOG_LIMIT))
+        if key_memory is None:
+            key_memory = KeyMemory(hashes_per_key=hashes_per_key)
+        #: The memory this stream remembers keys in (perhaps with others).
+        self.key_memory = key_memory
+        #: This stream's bit in the memory's masks.
+        self._bound = memory
+        self._bit = key_memory.join(memory)
+        # For incremental checkpoints: the memory's clock when the last one
+        # was built (the memory logs every sighting since, in order, and
+        # stamps each record when seen), whether this stream saw a key since,
+        # and the keys whose unsettled changes the last checkpoint left out
+        # (to be written again).
         self._checkpointed = 0
+        self._touched = False
         self._rewrite: set[str] = set()
-        self._forgotten: set[str] = set()
         # The next checkpoint carries the whole memory (the first of a run,
         # and the one after a write failed).
         self._complete_due = True
-        # The checkpoint being built, if any: it keeps keys as they were
-        # before they change (see CheckpointBuild.keep).
+        # The checkpoint being built, if any: the memory tells it of keys
+        # about to change (see CheckpointBuild.keep).
         self._build: CheckpointBuild | None = None
-        # Counts keys seen: each key's stamp, and its rank in checkpoints.
-        self._clock = 0
+        self._closed = False
         self._buffer: deque[StreamEvent | Gap] = deque()
         # (sequence, received_at) of events handed out and not yet settled:
         # the restart watermark may not pass them (see unsettled_since).
@@ -511,13 +496,17 @@ class Stream:
                 counters.filtered += 1
                 return None
 
-        seen = self._remember(facts.key)
-        prior_version, prior_in_state = seen.version, seen.in_state
-        if facts.hash in seen.hashes:
+        bit, keys = self._bit, self.key_memory
+        seen = keys.touch(facts.key, bit)
+        self._touched = True
+        prior_version = seen.version
+        prior_in_state = bool(seen.in_state & bit)
+        digest = facts.hash
+        if digest in seen.hashes and seen.holds(digest, bit):
             counters.duplicates += 1
             return None
         version = facts.version
-        if version is not None and seen.version is not None and version < seen.version:
+        if version is not None and prior_version is not None and version < prior_version:
             counters.stale += 1
             return None
 
@@ -526,20 +515,20 @@ class Stream:
             assert conversation is not None
             now_in = getattr(conversation, rules.state)
             if now_in:
-                transition = "update" if seen.in_state else "enter"
-            elif seen.in_state:
+                transition = "update" if prior_in_state else "enter"
+            elif prior_in_state:
                 transition = "exit"
             else:
                 # Not in the state and never was: not this stream's business,
                 # but remember the content so a repeat is not counted twice.
-                self._add_hash(seen, facts.hash)
+                keys.add_digest(seen, digest, bit)
                 if version is not None:
                     seen.version = version
                 counters.filtered += 1
                 return None
-            seen.in_state = bool(now_in)
+            keys.set_in_state(seen, bit, bool(now_in))
 
-        self._add_hash(seen, facts.hash)
+        keys.add_digest(seen, digest, bit)
         if version is not None:
             seen.version = version
         # Positional, in field order: a dataclass's generated __init__ binds
@@ -611,48 +600,49 @@ class Stream:
         :mod:`genesys_mux.state.sqlite`).
         """
         next_sequence = self._next_sequence
+        memory, bit = self.key_memory, self._bit
         undone: dict[str, Remembered] = {}
         if self._unsettled:
             next_sequence = next(iter(self._unsettled))
             # Newest first, so each key ends as it was before its oldest
             # unsettled event.
             for key, digest, version, in_state in reversed(self._unsettled.values()):
-                seen = self._seen.get(key)
-                if seen is None:
+                seen = memory.get(key)
+                if seen is None or not seen.streams & bit:
                     continue  # forgotten since (the memory bound)
                 before = undone.get(key)
-                hashes = before.digests() if before is not None else list(seen.hashes)
+                hashes = before.digests() if before is not None else seen.digests_of(bit)
                 if digest in hashes:
                     hashes.remove(digest)
                 undone[key] = Remembered(key, version, b"".join(hashes), in_state, seen.stamp)
         complete = self._complete_due
-        last, log = self._checkpointed, self._log
-        keys: list[_Seen] = []
-        logged: list[_Seen] = []
+        last, clock = self._checkpointed, memory.clock
+        keys: list[Record] = []
+        logged: list[Record] = []
         again: set[str] | None = None
         # Every key remembered was seen at or after the oldest one's stamp,
         # and is written at that rank or later; every key forgotten was seen
         # before it (the memory forgets the least recently seen first).
-        floor = next(iter(self._seen.values())).stamp if self._seen else self._clock + 1
+        floor = memory.floor()
         if complete:
-            keys = list(self._seen.values())
+            keys = memory.records_of(bit)
         else:
             keys = self._again(last)
-            below = self._clock - refresh * len(self._seen)
+            below = clock - refresh * len(memory)
             if refresh > 0 and floor < below:
                 floor, keys = self._refreshed(keys, undone, below)
             again = {s.key for s in keys}
-            if len(log) == self._clock - last:
-                logged = list(log)
+            since = memory.logged_since(last)
+            if since is not None:
+                logged = since
             else:  # more keys were seen than the log holds
-                keys += self._tail(last)
-        forgotten = [] if complete else list(self._forgotten)
+                keys += memory.seen_since(last, bit)
+        forgotten = memory.take_forgotten(bit)
         # Keys with unsettled changes are written again once those settle.
         self._rewrite = set(undone)
-        self._forgotten = set()
         self._complete_due = False
-        self._checkpointed = self._clock
-        log.clear()
+        self._touched = False
+        self._checkpointed = clock
         header = StreamCheckpoint(
             stream_id=self.id,
             fingerprint=fingerprint,
@@ -661,93 +651,92 @@ class Stream:
             epoch=self.epoch,
             saved_at=saved_at,
             complete=complete,
-            forgotten=forgotten,
+            forgotten=[] if complete else list(forgotten),
             fence=fence,
             floor=floor,
         )
-        build = CheckpointBuild(header, keys, logged, last, undone, self._clock, again, self._built)
+        build = CheckpointBuild(header, bit, keys, logged, last, undone, clock, again, self._built)
+        if self._build is not None:
+            memory.end_build(self._build)
         self._build = build
+        memory.begin_build(build)
         return build
 
     def _built(self, build: CheckpointBuild) -> None:
         """Every key of ``build`` is built: none needs keeping any more."""
+        self.key_memory.end_build(build)
         if self._build is build:
             self._build = None
 
     def _refreshed(
-        self, again: list[_Seen], undone: Mapping[str, Remembered], below: int
-    ) -> tuple[int, list[_Seen]]:
+        self, again: list[Record], undone: Mapping[str, Remembered], below: int
+    ) -> tuple[int, list[Record]]:
         """The floor once the keys last seen before stamp ``below`` are written, and those keys.
 
         They are the oldest in the memory: its head. Those seen since the
         last checkpoint, or to be written again anyway, are left where
-        they are (written once). The floor is the stamp of the first key
-        not written.
+        they are (written once); those of other streams are not this
+        stream's to write. The floor is the stamp of the first key not
+        written.
         """
-        last = self._checkpointed
+        last, bit = self._checkpointed, self._bit
         skip = {s.key for s in again}.union(undone)
-        refreshed: list[_Seen] = []
-        floor = self._clock + 1
-        for seen in self._seen.values():
+        refreshed: list[Record] = []
+        floor = self.key_memory.clock + 1
+        for seen in self.key_memory.records():
             if seen.stamp >= below:
                 floor = seen.stamp
                 break
-            if seen.stamp <= last and seen.key not in skip:
+            if seen.stamp <= last and seen.streams & bit and seen.key not in skip:
                 refreshed.append(seen)
         return floor, sorted(again + refreshed, key=_stamp)
 
-    def _again(self, last: int) -> list[_Seen]:
+    def _again(self, last: int) -> list[Record]:
         """Keys to write again that were not seen since the last checkpoint, by stamp."""
-        seen_map = self._seen
+        memory, bit = self.key_memory, self._bit
         again = [
             kept
             for key in self._rewrite
-            if (kept := seen_map.get(key)) is not None and kept.stamp <= last
+            if (kept := memory.get(key)) is not None and kept.streams & bit and kept.stamp <= last
         ]
         again.sort(key=_stamp)
         return again
 
-    def _tail(self, last: int) -> list[_Seen]:
-        """Keys seen since the last checkpoint, least recently seen first, from _seen.
-
-        _seen keeps keys least recently seen first, so they are its tail:
-        the keys stamped after ``last``.
-        """
-        tail: list[_Seen] = []
-        for seen in reversed(self._seen.values()):
-            if seen.stamp <= last:
-                break  # and so is every key before it
-            tail.append(seen)
-        tail.reverse()
-        return tail
-
     def checkpoint_failed(self) -> None:
         """The last checkpoint was not written: the next one carries the whole memory."""
         self._complete_due = True
-        self._build = None
+        if self._build is not None:
+            self.key_memory.end_build(self._build)
+            self._build = None
 
     @property
     def memory_changed(self) -> bool:
         """True when keys were seen or forgotten since the last checkpoint."""
         return (
-            self._clock > self._checkpointed
-            or bool(self._rewrite or self._forgotten)
+            self._touched
+            or bool(self._rewrite)
+            or self.key_memory.has_forgotten(self._bit)
             or self._complete_due
         )
 
     def restore(self, checkpoint: StreamCheckpoint) -> None:
         """Continue from ``checkpoint``: its numbering and its memory (call before any offer)."""
         self._next_sequence = max(self._next_sequence, checkpoint.next_sequence)
-        for remembered in checkpoint.memory[-self._memory :]:
-            self._seen[remembered.key] = _Seen(
-                remembered.version,
-                tuple(remembered.digests()[-self._hashes_per_key :]),
-                remembered.in_state,
-                remembered.rank,
-                remembered.key,
-            )
-        if checkpoint.memory:
-            self._clock = max(self._clock, checkpoint.memory[-1].rank)
+        self.key_memory.restore(self._bit, checkpoint.memory[-self._bound :])
+        self._touched = True
+
+    def close(self) -> None:
+        """Leave the shared memory: what only this stream remembered is forgotten.
+
+        Idempotent; the stream must not be offered events afterwards.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._build is not None:
+            self.key_memory.end_build(self._build)
+            self._build = None
+        self.key_memory.leave(self._bit)
 
     @property
     def next_sequence(self) -> int:
@@ -765,34 +754,6 @@ class Stream:
             self._buffer.appendleft(gap)
         else:
             self._buffer.append(gap)
-
-    def _remember(self, key: str) -> _Seen:
-        self._clock += 1
-        seen = self._seen.get(key)
-        if seen is None:
-            seen = _Seen(None, (), False, 0, key)
-            self._seen[key] = seen
-            self._forgotten.discard(key)
-            if len(self._seen) > self._memory:
-                old, gone = self._seen.popitem(last=False)
-                if self._build is not None:
-                    self._build.keep(gone)
-                gone.stamp = _FORGOTTEN  # the log may hold it: not to be built
-                self._forgotten.add(old)
-        else:
-            if self._build is not None:
-                self._build.keep(seen)  # before it changes
-            self._seen.move_to_end(key)
-        seen.stamp = self._clock
-        self._log.append(seen)
-        return seen
-
-    def _add_hash(self, seen: _Seen, digest: bytes) -> None:
-        hashes = seen.hashes
-        if len(hashes) < self._hashes_per_key:
-            seen.hashes = (*hashes, digest)
-        else:
-            seen.hashes = (*hashes[len(hashes) - self._hashes_per_key + 1 :], digest)
 
     def _push(self, event: StreamEvent) -> StreamEvent | None:
         if self._events_buffered < self._limit:

@@ -68,6 +68,7 @@ from genesys_mux.core.events import (
     TopicRejected,
 )
 from genesys_mux.core.limits import PLATFORM
+from genesys_mux.core.memory import KeyMemory
 from genesys_mux.core.snapshot import EventFacts, event_facts
 from genesys_mux.core.streams import (
     DeadLetter,
@@ -265,6 +266,8 @@ class Multiplexer:
         self._by_topic: dict[str, tuple[tuple[_StreamState, bool], ...]] = {}
         self._queue_ids: list[str] | None = None
         self._merge = PriorityMerge()
+        # One record per remembered key, shared by every stream that sees it.
+        self._key_memory = KeyMemory()
         self._anything = asyncio.Event()
         self._emptied = asyncio.Event()
         self._settled = asyncio.Event()
@@ -500,25 +503,15 @@ class Multiplexer:
                 overflow=config.overflow,
                 dead_letter=self.dead_letter,
                 epoch=self.epoch,
+                key_memory=self._key_memory,
             )
-            state = _StreamState(config, stream)
-            # On standby, the saved state is read at activation: its
-            # current owner is still writing it.
-            restored = None if standby else self._restore(state)
-            if standby:
-                state.standby = deque()
-            if needs_all_queues(config) and self._queue_ids is None:
-                self._queue_ids = await self._list_queues()
-            self._set_topics(state)
-            self._streams[config.id] = state
             try:
-                await self._apply_topics()
-            except GenesysMuxError:
-                del self._streams[config.id]
-                self._reindex()
+                state, restored = await self._install(config, stream, standby=standby)
+            except BaseException:
+                installed = self._streams.get(config.id)
+                if installed is None or installed.stream is not stream:
+                    stream.close()  # never added: it remembers nothing
                 raise
-            if standby:
-                state.standby_since = time.time()
         self._report(StreamAdded(config.id, len(state.topics)))
         if restored is not None:
             # What the platform sent while no process ran (from the last
@@ -526,6 +519,30 @@ class Multiplexer:
             # the first event received since proves) is missing.
             self._resume_gap(state, restored, "restart", state.stream.unsettled_since())
         return [r for t, r in self.rejections.items() if t in state.topics]
+
+    async def _install(
+        self, config: StreamConfig, stream: Stream, *, standby: bool
+    ) -> tuple[_StreamState, StreamCheckpoint | None]:
+        """Restore ``stream`` (unless on standby) and subscribe its topics; its state."""
+        state = _StreamState(config, stream)
+        # On standby, the saved state is read at activation: its
+        # current owner is still writing it.
+        restored = None if standby else self._restore(state)
+        if standby:
+            state.standby = deque()
+        if needs_all_queues(config) and self._queue_ids is None:
+            self._queue_ids = await self._list_queues()
+        self._set_topics(state)
+        self._streams[config.id] = state
+        try:
+            await self._apply_topics()
+        except GenesysMuxError:
+            del self._streams[config.id]
+            self._reindex()
+            raise
+        if standby:
+            state.standby_since = time.time()
+        return state, restored
 
     def _resume_gap(
         self,
@@ -659,6 +676,7 @@ class Multiplexer:
                     self._merge.forget(stream_id)
                     await self._apply_topics()
             state.stream.hand_over()
+            state.stream.close()
             self._report(StreamRemoved(stream_id))
         return saved[0][2] if saved else None
 
@@ -797,6 +815,7 @@ class Multiplexer:
                 )
             self._merge.forget(stream_id)
             state.stream.flush_to_dead_letters("stream_removed")
+            state.stream.close()
             state.ready.set()
             await self._apply_topics()
         self._report(StreamRemoved(stream_id))
