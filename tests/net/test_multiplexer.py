@@ -419,3 +419,41 @@ async def test_max_streams_and_duplicate_ids_are_clear_errors() -> None:
             await h.mux.add_stream({"id": "one", "filter": {"channelType": "chat"}})
         with pytest.raises(ConfigError, match="max_streams is 1"):
             await h.mux.add_stream({"id": "two", "filter": {"channelType": "chat"}})
+
+
+async def test_streams_over_the_same_conversations_share_one_record_per_conversation() -> None:
+    """Two streams over overlapping topics remember each conversation once; each leaves its own."""
+    async with harness(org_settings(rate=20.0)) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        await h.mux.add_stream({"id": "calls", "filter": {"channelType": "voice"}})
+        seen = Collector(h.mux.events())
+        topics = {s.id: h.mux._streams[s.id].topics for s in h.mux.streams()}
+        await eventually(lambda: len(seen.events("calls")) >= 10, within=20)
+        await h.control("traffic", {"running": False})
+
+        async def drained() -> bool:
+            entries = (await h.control("ledger"))["entries"]
+            stats = h.mux.stats()["streams"]
+            return all(
+                stats[sid].received == sum(1 for e in entries if e["topic"] in wanted)
+                and not stats[sid].buffered
+                for sid, wanted in topics.items()
+            )
+
+        await eventually(drained)
+        seen.stop()
+        memory = h.mux._key_memory
+        everything = {e.conversation_id for e in seen.events("all")}
+        calls = {e.conversation_id for e in seen.events("calls")}
+        assert calls
+        assert calls <= everything
+        # One record per conversation, whichever streams carry it.
+        assert {r.key for r in memory.records()} == everything
+        assert len(memory) == h.mux.stats()["memory"]["keys"] == len(everything)
+        assert {r.key for r in memory.records() if r.streams.bit_count() == 2} == calls
+
+        await h.mux.remove_stream("all")
+        assert {r.key for r in memory.records()} == calls  # what only "all" had is gone
+        assert all(r.streams.bit_count() == 1 for r in memory.records())
+        await h.mux.remove_stream("calls")
+        assert len(memory) == 0

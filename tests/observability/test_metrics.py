@@ -57,6 +57,7 @@ def _counters(stats: dict[str, Any]) -> dict[str, Any]:
             index: {attr: getattr(c, attr) for attr in CHANNEL_COUNTERS} | {"state": c.state}
             for index, c in stats["channels"].items()
         },
+        "memory": dict(stats["memory"]),
     }
 
 
@@ -104,6 +105,9 @@ async def test_metrics_agree_with_stats_and_carry_no_raw_ids() -> None:
             assert sum(c["bad_frames"] for c in before["channels"].values()) >= 1
             assert samples["genesys_mux_ready"][()] == 1
             assert samples["genesys_mux_streams"][()] == 2
+            # One record per conversation, shared by the two streams; their bounds add up.
+            assert samples["genesys_mux_remembered_keys"][()] == before["memory"]["keys"] > 0
+            assert samples["genesys_mux_remembered_keys_limit"][()] == 2 * 50_000
 
             # Histograms: one latency observation per delivered event (the
             # metrics were attached before the streams existed). With the

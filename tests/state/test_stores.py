@@ -32,6 +32,7 @@ from genesys_mux.core.checkpoint import (
     encode_remembered,
     fingerprint,
 )
+from genesys_mux.core.memory import KeyMemory
 from genesys_mux.core.snapshot import EventFacts, event_facts
 from genesys_mux.core.streams import DeadLetter, Stream
 from genesys_mux.errors import FencedStateError, StateError
@@ -798,6 +799,75 @@ def test_checkpoints_built_while_keys_are_forgotten_and_seen_again_add_up(
     last = stream.checkpoint(fingerprint="f", watermark=None, saved_at=2.0)
     model = apply_checkpoint(model, last)
     assert model.memory == memory_records(stream)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rounds=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, 11), st.sets(st.integers(0, 2), min_size=1))),
+            st.integers(0, 2),
+            st.integers(1, 4),
+            st.lists(st.tuples(st.integers(0, 11), st.sets(st.integers(0, 2), min_size=1))),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    refresh=st.sampled_from([0, 2]),
+)
+def test_checkpoints_of_streams_sharing_one_memory_each_add_up_to_the_streams_own(
+    rounds: list[tuple[list[tuple[int, set[int]]], int, int, list[tuple[int, set[int]]]]],
+    refresh: int,
+) -> None:
+    """Three streams share records; each one's checkpoints end as that stream's memory.
+
+    Keys reach some of the streams, so records are shared by some, one or
+    all; a bound of 4 each over 12 keys forgets often. Each checkpoint
+    holds only its stream's keys, as they were at its start, with a floor
+    that holds for that stream's store.
+    """
+    shared = KeyMemory()
+    streams = [
+        Stream(f"s{i}", dead_letter=lambda _: None, buffer_size=1000, memory=4, key_memory=shared)
+        for i in range(3)
+    ]
+    version = itertools.count(1)
+
+    def offer(events: list[tuple[int, set[int]]]) -> None:
+        for key, targets in events:
+            n = next(version)
+            facts = EventFacts(f"k{key}", float(n), n.to_bytes(DIGEST_SIZE, "big"))
+            for target in sorted(targets):
+                streams[target].offer("t", b"{}", None, 1.0, 1.0, facts)
+        for stream in streams:
+            settle_all(stream)
+
+    models: list[StreamCheckpoint | None] = [None, None, None]
+    for before, which, limit, meanwhile in rounds:
+        offer(before)
+        stream = streams[which]
+        at_start = {r.key: r for r in memory_records(stream)}
+        build = stream.begin_checkpoint(
+            fingerprint="f", watermark=None, saved_at=1.0, refresh=refresh
+        )
+        done = build.step(limit)
+        offer(meanwhile)
+        while not done:
+            done = build.step(limit)
+        checkpoint = build.result()
+        assert [at_start[r.key] for r in checkpoint.memory] == checkpoint.memory
+        ranks = [r.rank for r in checkpoint.memory]
+        assert ranks == sorted(ranks)
+        model = models[which]
+        gone = [] if model is None else [r for r in model.memory if r.key in checkpoint.forgotten]
+        model = models[which] = apply_checkpoint(model, checkpoint)
+        written = {r.key for r in checkpoint.memory}
+        assert all(r.rank >= checkpoint.floor or r.key in written for r in model.memory)
+        assert all(r.rank < checkpoint.floor for r in gone)
+        assert {r.key for r in model.memory} <= set(at_start)
+    for which, stream in enumerate(streams):
+        last = stream.checkpoint(fingerprint="f", watermark=None, saved_at=2.0)
+        assert apply_checkpoint(models[which], last).memory == memory_records(stream)
 
 
 def offer_keys(stream: Stream, keys: Iterable[int], version: Iterator[int]) -> None:

@@ -105,6 +105,8 @@ class Record(msgspec.Struct, gc=False):
     def digests_of(self, bit: int) -> list[bytes]:
         """The digests the stream of ``bit`` took in, oldest first."""
         holders = self.holders
+        if not self.streams & bit:
+            return []
         if holders is None:
             return list(self.hashes)
         return [h for h, held in zip(self.hashes, holders, strict=True) if held & bit]
@@ -208,6 +210,11 @@ class KeyMemory:
             self._records.pop(key).stamp = FORGOTTEN
         self._evict()
 
+    @property
+    def limit(self) -> int:
+        """The streams' bounds added up: memberships past it are forgotten."""
+        return self._capacity
+
     def __len__(self) -> int:
         """How many keys are remembered (by any stream)."""
         return len(self._records)
@@ -251,11 +258,18 @@ class KeyMemory:
         return record
 
     def _add_member(self, record: Record, bit: int) -> None:
-        if record.holders is None and record.streams and record.hashes:
-            # The digests are the other members', not this stream's.
-            record.holders = (record.streams,) * len(record.hashes)
-        record.streams = self._mask(record.streams | bit)
-        self._forgotten[bit].discard(record.key)
+        members = record.streams
+        if members:
+            if record.holders is None and record.hashes:
+                # The digests are the other members', not this stream's.
+                record.holders = (members,) * len(record.hashes)
+            members |= bit
+            record.streams = members if members < 256 else self._masks.setdefault(members, members)
+        else:
+            record.streams = bit
+        forgotten = self._forgotten[bit]
+        if forgotten:
+            forgotten.discard(record.key)
         self._memberships += 1
         if self._memberships > self._capacity:
             self._evict()
@@ -301,17 +315,21 @@ class KeyMemory:
 
     def _evict(self) -> None:
         """Forget the least recently seen keys while the streams remember more than their bounds."""
-        records = self._records
+        records, keepers, forgotten = self._records, self._keepers, self._forgotten
         while self._memberships > self._capacity and records:
             key, record = records.popitem(last=False)
-            for keeper in self._keepers:
+            for keeper in keepers:
                 keeper.keep(record)
             streams = record.streams
-            self._memberships -= streams.bit_count()
-            while streams:
-                low = streams & -streams
-                self._forgotten[low].add(key)
-                streams ^= low
+            if streams in forgotten:  # one member, as with one stream
+                self._memberships -= 1
+                forgotten[streams].add(key)
+            else:
+                self._memberships -= streams.bit_count()
+                while streams:
+                    low = streams & -streams
+                    forgotten[low].add(key)
+                    streams ^= low
             record.stamp = FORGOTTEN  # the log may hold it: not to be built
 
     # -- checkpoints -------------------------------------------------------------

@@ -1212,7 +1212,12 @@ class Multiplexer:
         return self.pool is not None and self.pool.live
 
     def stats(self) -> dict[str, Any]:
-        """Per-stream and per-channel counters."""
+        """Per-stream and per-channel counters, the memory's size and the dead-letter queue's.
+
+        ``memory`` holds ``keys`` (keys remembered for de-duplication and
+        ordering, one record each however many streams share it) and
+        ``limit`` (the streams' bounds added up).
+        """
         streams = {}
         for stream_id, state in self._streams.items():
             c = state.stream.counters
@@ -1236,6 +1241,8 @@ class Multiplexer:
             )
         channels = self.pool.stats() if self.pool is not None else {}
         stats: dict[str, Any] = {"streams": streams, "channels": channels}
+        memory = self._key_memory
+        stats["memory"] = {"keys": len(memory), "limit": memory.limit}
         if isinstance(self._dlq, MemoryDeadLetterQueue):
             stats["dlq"] = {"held": len(self._dlq.letters), "dropped": self._dlq.dropped}
         elif isinstance(self._dlq, JsonlDeadLetterQueue):

@@ -301,6 +301,7 @@ class _MuxCollector:
         return [
             *self._families({}, {}, Readiness(False), {}),
             *self._dlq_families({}, None),
+            *self._memory_families({}),
             *self._build_families(),
             *self._token_families(None),
             *self._gap_families({}),
@@ -321,6 +322,7 @@ class _MuxCollector:
         families += self._cluster_families(self._owner.member)
         families += self._rest_families(mux)
         families += self._dlq_families(stats.get("dlq", {}), self._owner.dlq_max_bytes)
+        families += self._memory_families(stats.get("memory", {}))
         families += self._build_families()
         families += self._token_families(mux)
         families += self._gap_families(self._owner.gap_reasons)
@@ -403,6 +405,21 @@ class _MuxCollector:
             "genesys_mux_dlq_dropped",
             "Dead letters counted but not kept: the queue was at its cap (alert on any).",
             value=dlq.get("dropped", 0),
+        )
+
+    def _memory_families(self, memory: Mapping[str, int]) -> Iterator[Metric]:
+        """The de-duplication and ordering memory: one record per key, whatever the streams."""
+        yield GaugeMetricFamily(
+            "genesys_mux_remembered_keys",
+            "Keys (conversations, users' presence...) remembered for de-duplication and "
+            "ordering: one record each, however many streams share it.",
+            value=memory.get("keys", 0),
+        )
+        yield GaugeMetricFamily(
+            "genesys_mux_remembered_keys_limit",
+            "What the streams may remember together: the sum of their bounds, a key "
+            "counting once per stream that remembers it.",
+            value=memory.get("limit", 0),
         )
 
     def _sink_families(self, runners: Mapping[str, StreamDelivery]) -> Iterator[Metric]:

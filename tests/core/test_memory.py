@@ -1,0 +1,270 @@
+"""One record per key shared by streams: what each stream sees, what is kept, what is forgotten."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genesys_mux.core.checkpoint import DIGEST_SIZE, Remembered, StreamCheckpoint
+from genesys_mux.core.memory import FORGOTTEN, KeyMemory
+from genesys_mux.core.snapshot import EventFacts
+from genesys_mux.core.streams import Stream, StreamEvent
+
+
+def digest(n: int) -> bytes:
+    return n.to_bytes(DIGEST_SIZE, "big")
+
+
+def facts(key: str, version: float | None, n: int) -> EventFacts:
+    return EventFacts(key, version, digest(n))
+
+
+def sharing(count: int, *, memory: int = 50_000, hashes_per_key: int = 8) -> list[Stream]:
+    shared = KeyMemory(hashes_per_key=hashes_per_key)
+    return [
+        Stream(
+            f"s{i}",
+            dead_letter=lambda _: None,
+            buffer_size=100_000,
+            memory=memory,
+            key_memory=shared,
+        )
+        for i in range(count)
+    ]
+
+
+def offer(stream: Stream, fact: EventFacts) -> StreamEvent | None:
+    return stream.offer("t", b"{}", None, 1.0, 1.0, fact)
+
+
+# --------------------------------------------------------------------------
+# What each stream sees: the documented rules, as a plain model
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _ModelKey:
+    version: float | None = None
+    #: [digest, streams that took it in], oldest first.
+    ring: list[tuple[bytes, set[int]]] = field(default_factory=list)
+
+
+def _model_offer(model: dict[str, _ModelKey], stream: int, fact: EventFacts, ring_size: int) -> str:
+    record = model.setdefault(fact.key, _ModelKey())
+    if any(d == fact.hash and stream in holders for d, holders in record.ring):
+        return "duplicate"
+    if fact.version is not None and record.version is not None and fact.version < record.version:
+        return "stale"
+    for d, holders in record.ring:
+        if d == fact.hash:
+            holders.add(stream)
+            break
+    else:
+        record.ring.append((fact.hash, {stream}))
+        del record.ring[:-ring_size]
+    if fact.version is not None:
+        record.version = fact.version
+    return "delivered"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # key
+            st.integers(0, 5),  # version (None for 0)
+            st.integers(0, 6),  # digest
+            st.sets(st.integers(0, 2), min_size=1),  # the streams it is routed to
+        ),
+        max_size=40,
+    ),
+    ring=st.sampled_from([1, 2, 8]),
+)
+def test_shared_records_decide_as_the_rules_say(
+    events: list[tuple[int, int, int, set[int]]], ring: int
+) -> None:
+    """Duplicates per stream, staleness per key, the newest ``ring`` digests per key."""
+    streams = sharing(3, hashes_per_key=ring)
+    model: dict[str, _ModelKey] = {}
+    for key, version, n, targets in events:
+        fact = facts(f"k{key}", float(version) if version else None, n)
+        for target in sorted(targets):
+            stream = streams[target]
+            before = (stream.counters.duplicates, stream.counters.stale)
+            delivered = offer(stream, fact) is not None
+            after = (stream.counters.duplicates, stream.counters.stale)
+            outcome = (
+                "delivered"
+                if delivered
+                else "duplicate"
+                if after[0] > before[0]
+                else "stale"
+                if after[1] > before[1]
+                else "?"
+            )
+            assert outcome == _model_offer(model, target, fact, ring)
+    memory = streams[0].key_memory
+    assert len(memory) == len(model)
+    for record in memory.records():
+        wanted = model[record.key]
+        assert record.version == wanted.version
+        for bit_index in range(3):
+            held = [d for d, holders in wanted.ring if bit_index in holders]
+            assert record.digests_of(1 << bit_index) == held
+
+
+def test_one_record_per_key_and_nothing_per_stream_for_streams_over_the_same_traffic() -> None:
+    streams = sharing(10)
+    for n in range(200):
+        fact = facts(f"conv-{n % 50}", float(n), n)
+        for stream in streams:
+            assert offer(stream, fact) is not None
+        for stream in streams:  # the same notification again, on another channel
+            assert offer(stream, fact) is None
+    memory = streams[0].key_memory
+    assert len(memory) == 50
+    records = list(memory.records())
+    assert all(r.holders is None for r in records)  # every member holds every digest
+    assert all(r.streams == (1 << 10) - 1 for r in records)
+    # Ten streams' masks are one int object, not one per record.
+    assert len({id(r.streams) for r in records}) == 1
+    assert all(s.counters.delivered == 0 and s.counters.duplicates == 200 for s in streams)
+
+
+def _remembering(streams: int, keys: int) -> int:
+    """Bytes allocated for ``streams`` streams over the same ``keys`` conversations."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        group = sharing(streams, memory=keys)
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(keys):
+            fact = facts(f"{n:08d}-0000-4000-8000-000000000000", 1000.0 + n, n)
+            for stream in group:
+                offer(stream, fact)
+                stream.take(2.0, 2.0)
+            for stream in group:
+                stream.settle(stream.next_sequence - 1)
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_ten_streams_over_the_same_traffic_remember_in_at_most_1_2_times_one_streams_memory() -> (
+    None
+):
+    # Issue 13's target: one de-dup and ordering record per conversation,
+    # shared by every stream that carries it.
+    one, ten = _remembering(1, 5_000), _remembering(10, 5_000)
+    assert ten <= 1.2 * one, (one, ten)
+
+
+def test_the_records_are_out_of_the_garbage_collectors_sight() -> None:
+    streams = sharing(3, hashes_per_key=2)
+    for n in range(100):
+        offer(streams[n % 3], facts(f"k{n % 20}", float(n), n))
+        offer(streams[(n + 1) % 3], facts(f"k{n % 20}", float(n), n))
+    gc.collect()
+    records = list(streams[0].key_memory.records())
+    assert records
+    assert any(r.holders is not None for r in records)  # per-stream digests too
+    assert not any(gc.is_tracked(r) for r in records)
+    assert not any(gc.is_tracked(r.hashes) or gc.is_tracked(r.holders) for r in records)
+
+
+# --------------------------------------------------------------------------
+# Bounds, leaving, restoring
+# --------------------------------------------------------------------------
+
+
+def test_streams_over_the_same_traffic_each_keep_their_bound() -> None:
+    streams = sharing(3, memory=10)
+    for n in range(100):
+        for stream in streams:
+            offer(stream, facts(f"k{n}", 1.0, n))
+    memory = streams[0].key_memory
+    assert [r.key for r in memory.records()] == [f"k{n}" for n in range(90, 100)]
+    # The ten newest are duplicates for each stream; the one before is forgotten.
+    for stream in streams:
+        assert offer(stream, facts("k90", 1.0, 90)) is None
+        assert offer(stream, facts("k89", 1.0, 89)) is not None
+
+
+def test_streams_over_different_traffic_share_their_bounds_total() -> None:
+    busy, quiet = sharing(2, memory=10)
+    for n in range(5):
+        offer(quiet, facts(f"quiet-{n}", 1.0, n))
+    for n in range(15):
+        offer(busy, facts(f"busy-{n}", 1.0, n))
+    memory = busy.key_memory
+    # 20 keys fit the two bounds: the busy stream keeps 15 while the quiet one has 5.
+    assert len(memory) == 20
+    for n in range(5, 10):
+        offer(busy, facts(f"busy-{n + 10}", 1.0, n))
+    # Past the total, the least recently seen go first: the quiet stream's.
+    assert len(memory) == 20
+    assert not any(r.key.startswith("quiet") for r in memory.records())
+    checkpoint = quiet.checkpoint(fingerprint="f", watermark=None, saved_at=0.0)
+    assert checkpoint.memory == []
+
+
+def test_a_stream_that_leaves_takes_what_only_it_remembered() -> None:
+    first, second = sharing(2)
+    offer(first, facts("both", 1.0, 1))
+    offer(second, facts("both", 1.0, 1))
+    offer(first, facts("first-only", 1.0, 2))
+    offer(second, facts("both", 2.0, 3))  # a digest only the second holds
+    memory = first.key_memory
+
+    second.close()
+    second.close()  # idempotent: it does not free a bit someone else now has
+    assert [r.key for r in memory.records()] == ["first-only", "both"]
+    both = memory.get("both")
+    assert both is not None
+    assert both.hashes == (digest(1),)
+    assert both.holders is None
+    assert both.streams == 1
+    # A stream joining later gets the freed bit and remembers nothing.
+    third = Stream("s2", dead_letter=lambda _: None, key_memory=memory)
+    assert third.checkpoint(fingerprint="f", watermark=None, saved_at=0.0).memory == []
+    assert offer(third, facts("both", 2.0, 1)) is not None
+
+    first.close()
+    third.close()
+    assert len(memory) == 0
+
+
+def test_a_stream_restored_beside_a_live_one_keeps_the_memory_in_stamp_order() -> None:
+    live, restored = sharing(2)
+    for n in range(5):
+        offer(live, facts(f"k{n}", float(n), n))
+    old = [
+        Remembered("k1", 0.5, digest(100), False, 3),
+        Remembered("old", 9.0, digest(101), True, 4),
+    ]
+    restored.restore(a_checkpoint(old))
+    memory = live.key_memory
+    stamps = [r.stamp for r in memory.records()]
+    assert stamps == sorted(stamps)
+    assert FORGOTTEN not in stamps
+    assert [r.key for r in memory.records()][-2:] == ["k1", "old"]
+    k1 = memory.get("k1")
+    assert k1 is not None
+    # The key's version is the newest of the two; each stream keeps its own digests.
+    assert k1.version == 1.0
+    assert k1.digests_of(1) == [digest(1)]
+    assert k1.digests_of(2) == [digest(100)]
+    old_record = memory.get("old")
+    assert old_record is not None
+    assert old_record.in_state == 2
+    assert old_record.streams == 2
+    assert offer(restored, facts("old", 9.0, 101)) is None  # remembered across the restart
+    assert offer(live, facts("old", 9.0, 101)) is not None  # not the live stream's
+
+
+def a_checkpoint(memory: list[Remembered]) -> StreamCheckpoint:
+    return StreamCheckpoint("s1", "f", 7, None, "run-0", 0.0, memory)
