@@ -51,10 +51,12 @@ class _ModelKey:
     version: float | None = None
     #: [digest, streams that took it in], oldest first.
     ring: list[tuple[bytes, set[int]]] = field(default_factory=list)
+    members: set[int] = field(default_factory=set)
 
 
 def _model_offer(model: dict[str, _ModelKey], stream: int, fact: EventFacts, ring_size: int) -> str:
     record = model.setdefault(fact.key, _ModelKey())
+    record.members.add(stream)
     if any(d == fact.hash and stream in holders for d, holders in record.ring):
         return "duplicate"
     if fact.version is not None and record.version is not None and fact.version < record.version:
@@ -71,26 +73,49 @@ def _model_offer(model: dict[str, _ModelKey], stream: int, fact: EventFacts, rin
     return "delivered"
 
 
+def _model_leave(model: dict[str, _ModelKey], stream: int) -> None:
+    for key, record in list(model.items()):
+        record.members.discard(stream)
+        if not record.members:
+            del model[key]
+            continue
+        for _, holders in record.ring:
+            holders.discard(stream)
+        record.ring = [(d, holders) for d, holders in record.ring if holders]
+
+
+_OFFER = st.tuples(
+    st.integers(0, 3),  # key
+    st.integers(0, 5),  # version (None for 0)
+    st.integers(0, 6),  # digest
+    st.sets(st.integers(0, 2), min_size=1),  # the streams it is routed to
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    events=st.lists(
-        st.tuples(
-            st.integers(0, 3),  # key
-            st.integers(0, 5),  # version (None for 0)
-            st.integers(0, 6),  # digest
-            st.sets(st.integers(0, 2), min_size=1),  # the streams it is routed to
-        ),
-        max_size=40,
-    ),
+    events=st.lists(st.one_of(_OFFER, st.integers(0, 2)), max_size=40),
     ring=st.sampled_from([1, 2, 8]),
 )
 def test_shared_records_decide_as_the_rules_say(
-    events: list[tuple[int, int, int, set[int]]], ring: int
+    events: list[tuple[int, int, int, set[int]] | int], ring: int
 ) -> None:
-    """Duplicates per stream, staleness per key, the newest ``ring`` digests per key."""
+    """Duplicates per stream, staleness per key, the newest ``ring`` digests per key.
+
+    An integer among the events replaces that stream with a new one (it
+    leaves, the memory is swept, a new stream joins in its place).
+    """
     streams = sharing(3, hashes_per_key=ring)
+    memory = streams[0].key_memory
     model: dict[str, _ModelKey] = {}
-    for key, version, n, targets in events:
+    for event in events:
+        if isinstance(event, int):
+            streams[event].close()
+            assert memory.sweep(1_000)
+            _model_leave(model, event)
+            streams[event] = Stream(f"n{event}", dead_letter=lambda _: None, key_memory=memory)
+            continue
+        key, version, n, targets = event
         fact = facts(f"k{key}", float(version) if version else None, n)
         for target in sorted(targets):
             stream = streams[target]
@@ -107,14 +132,14 @@ def test_shared_records_decide_as_the_rules_say(
                 else "?"
             )
             assert outcome == _model_offer(model, target, fact, ring)
-    memory = streams[0].key_memory
     assert len(memory) == len(model)
     for record in memory.records():
         wanted = model[record.key]
         assert record.version == wanted.version
-        for bit_index in range(3):
-            held = [d for d, holders in wanted.ring if bit_index in holders]
-            assert record.digests_of(1 << bit_index) == held
+        for index, stream in enumerate(streams):
+            held = [d for d, holders in wanted.ring if index in holders]
+            assert record.digests_of(stream._bit) == held
+            assert bool(record.streams & stream._bit) == (index in wanted.members)
 
 
 def test_one_record_per_key_and_nothing_per_stream_for_streams_over_the_same_traffic() -> None:
@@ -218,10 +243,19 @@ def test_a_stream_that_leaves_takes_what_only_it_remembered() -> None:
     offer(second, facts("both", 1.0, 1))
     offer(first, facts("first-only", 1.0, 2))
     offer(second, facts("both", 2.0, 3))  # a digest only the second holds
+    offer(second, facts("second-only", 1.0, 4))
     memory = first.key_memory
 
     second.close()
     second.close()  # idempotent: it does not free a bit someone else now has
+    assert memory.limit == 50_000
+    # Not swept yet: the bit is not given away.
+    early = Stream("early", dead_letter=lambda _: None, key_memory=memory)
+    assert early._bit == 4
+    early.close()
+    assert memory.sweeping
+    assert memory.sweep(1_000)
+    assert not memory.sweeping
     assert [r.key for r in memory.records()] == ["first-only", "both"]
     both = memory.get("both")
     assert both is not None
@@ -230,12 +264,47 @@ def test_a_stream_that_leaves_takes_what_only_it_remembered() -> None:
     assert both.streams == 1
     # A stream joining later gets the freed bit and remembers nothing.
     third = Stream("s2", dead_letter=lambda _: None, key_memory=memory)
+    assert third._bit == 2
     assert third.checkpoint(fingerprint="f", watermark=None, saved_at=0.0).memory == []
     assert offer(third, facts("both", 2.0, 1)) is not None
 
     first.close()
     third.close()
+    assert memory.sweep(1_000)
     assert len(memory) == 0
+
+
+def _accounted(memory: KeyMemory, streams: list[Stream]) -> None:
+    """Each stream's count of keys is what the records say, and the total is their sum."""
+    live = {s._bit for s in streams if not s._closed}
+    for bit in live:
+        assert memory._counts[bit] == sum(1 for r in memory.records() if r.streams & bit)
+    assert memory._memberships == sum(memory._counts.values())
+    assert memory._memberships <= memory.limit
+
+
+def test_a_memory_is_swept_a_slice_at_a_time_while_the_others_go_on() -> None:
+    streams = sharing(3, memory=40)
+    memory = streams[0].key_memory
+    n = 0
+    for n in range(60):
+        for stream in streams[: 1 + n % 3]:
+            offer(stream, facts(f"k{n}", float(n), n))
+    streams[1].close()
+    assert memory.limit == 80  # its share went at once
+    _accounted(memory, streams)
+    slices = 0
+    while not memory.sweep(7):
+        slices += 1
+        # Events go on between slices, evicting as the bounds say.
+        n += 1
+        offer(streams[0], facts(f"k{n}", float(n), n))
+        offer(streams[2], facts(f"k{n % 50}", float(n), n))
+        _accounted(memory, streams)
+    assert slices >= 3
+    assert not any(r.streams & 2 or r.in_state & 2 for r in memory.records())
+    assert all(r.streams for r in memory.records())
+    _accounted(memory, streams)
 
 
 def test_a_stream_restored_beside_a_live_one_keeps_the_memory_in_stamp_order() -> None:

@@ -46,6 +46,12 @@ stream does, in one record per key; streams over different traffic share
 the total, so a busy stream may keep more than its bound while a quiet
 one's oldest keys go first.
 
+A stream that leaves (removed, or handed to another instance) gives back
+its share of the bound at once; its bit is cleared from the records by
+:meth:`KeyMemory.sweep`, a slice at a time, and a record only it
+remembered is forgotten then. Until the sweep is done, its bit is given to
+no other stream.
+
 Checkpoints
 ...........
 Streams checkpoint their own view of the shared records (see
@@ -78,6 +84,8 @@ FORGOTTEN = -1
 #: intervals' worth at 10,000 events/s and the default checkpoint interval.
 #: A checkpoint that needs older ones reads the records' stamps instead.
 LOG_LIMIT = 16_384
+#: Distinct masks above 255 kept as one object each, at most.
+_MAX_MASKS = 4096
 
 
 # gc=False, and tuples rather than lists: the memory holds up to 50,000 of
@@ -158,8 +166,14 @@ class KeyMemory:
         self._log: deque[Record] = deque(maxlen=LOG_LIMIT)
         self._bounds: dict[int, int] = {}  # bit -> bound
         self._capacity = 0
+        # Keys remembered, counted once per member: in all, and per bit.
         self._memberships = 0
+        self._counts: dict[int, int] = {}
         self._forgotten: dict[int, set[str]] = {}
+        # Bits of streams that left, still set on some records (see sweep),
+        # and the records still to clear of them.
+        self._retired = 0
+        self._sweeping: list[Record] = []
         self._keepers: list[Keeper] = []
         # Masks above the small-int cache, one object each (ten streams'
         # masks would otherwise cost an int object per record).
@@ -170,45 +184,73 @@ class KeyMemory:
     def join(self, bound: int) -> int:
         """A new stream remembering up to ``bound`` keys; its bit."""
         slot = 0
-        while (1 << slot) in self._bounds:
+        while (1 << slot) in self._bounds or (1 << slot) & self._retired:
             slot += 1
         bit = 1 << slot
         self._bounds[bit] = bound
         self._capacity += bound
+        self._counts[bit] = 0
         self._forgotten[bit] = set()
         return bit
 
     def leave(self, bit: int) -> None:
-        """The stream of ``bit`` is gone: forget what it alone remembered, free its bit.
+        """The stream of ``bit`` is gone: what it alone remembered is to be forgotten.
 
-        One pass over every record: a stream leaves rarely.
+        Its share of the bound goes at once; its bit is cleared from the
+        records by :meth:`sweep`, a slice at a time (a memory may hold
+        hundreds of thousands of records), and is not given to a stream
+        that joins until then. Other streams see no difference meanwhile.
         """
         bound = self._bounds.pop(bit, None)
         if bound is None:
             return
         self._capacity -= bound
+        self._memberships -= self._counts.pop(bit)
         del self._forgotten[bit]
-        gone: list[str] = []
-        for record in self._records.values():
-            if not record.streams & bit:
+        self._retired |= bit
+        # From the start again, for every bit retired so far: a record
+        # already cleared of the others costs one test.
+        self._sweeping = list(self._records.values())
+
+    @property
+    def sweeping(self) -> bool:
+        """True while records still carry the bits of streams that left."""
+        return bool(self._retired)
+
+    def sweep(self, limit: int) -> bool:
+        """Clear up to ``limit`` more records of the bits of streams that left; True once done.
+
+        A record only they remembered is forgotten (it is no stream's);
+        a digest only they took in is dropped.
+        """
+        retired, sweeping, records = self._retired, self._sweeping, self._records
+        if not retired:
+            return True
+        kept = ~retired
+        chunk = sweeping[-limit:]
+        del sweeping[-limit:]
+        for record in chunk:
+            if not record.streams & retired or record.stamp == FORGOTTEN:
                 continue
-            self._memberships -= 1
-            record.streams = self._mask(record.streams & ~bit)
-            record.in_state = self._mask(record.in_state & ~bit)
+            record.streams = streams = self._mask(record.streams & kept)
+            record.in_state = self._mask(record.in_state & kept)
             holders = record.holders
             if holders is not None:
-                kept = [
-                    (h, self._mask(held & ~bit))
+                left = [
+                    (h, self._mask(held & kept))
                     for h, held in zip(record.hashes, holders, strict=True)
-                    if held & ~bit
+                    if held & kept
                 ]
-                record.hashes = tuple(h for h, _ in kept)
-                record.holders = self._normal(tuple(held for _, held in kept), record.streams)
-            if not record.streams:
-                gone.append(record.key)
-        for key in gone:
-            self._records.pop(key).stamp = FORGOTTEN
+                record.hashes = tuple(h for h, _ in left)
+                record.holders = self._normal(tuple(held for _, held in left), streams)
+            if not streams and records.get(record.key) is record:
+                del records[record.key]
+                record.stamp = FORGOTTEN
+        if sweeping:
+            return False
+        self._retired = 0
         self._evict()
+        return True
 
     @property
     def limit(self) -> int:
@@ -264,12 +306,13 @@ class KeyMemory:
                 # The digests are the other members', not this stream's.
                 record.holders = (members,) * len(record.hashes)
             members |= bit
-            record.streams = members if members < 256 else self._masks.setdefault(members, members)
+            record.streams = members if members < 256 else self._mask(members)
         else:
             record.streams = bit
         forgotten = self._forgotten[bit]
         if forgotten:
             forgotten.discard(record.key)
+        self._counts[bit] += 1
         self._memberships += 1
         if self._memberships > self._capacity:
             self._evict()
@@ -311,11 +354,15 @@ class KeyMemory:
     def _mask(self, mask: int) -> int:
         if mask < 256:
             return mask  # CPython keeps one object per small int already
-        return self._masks.setdefault(mask, mask)
+        masks = self._masks
+        if len(masks) >= _MAX_MASKS:
+            masks.clear()  # only an economy: never let it grow without bound
+        return masks.setdefault(mask, mask)
 
     def _evict(self) -> None:
         """Forget the least recently seen keys while the streams remember more than their bounds."""
-        records, keepers, forgotten = self._records, self._keepers, self._forgotten
+        records, keepers = self._records, self._keepers
+        forgotten, counts = self._forgotten, self._counts
         while self._memberships > self._capacity and records:
             key, record = records.popitem(last=False)
             for keeper in keepers:
@@ -323,11 +370,14 @@ class KeyMemory:
             streams = record.streams
             if streams in forgotten:  # one member, as with one stream
                 self._memberships -= 1
+                counts[streams] -= 1
                 forgotten[streams].add(key)
             else:
+                streams &= ~self._retired  # left: counted out already
                 self._memberships -= streams.bit_count()
                 while streams:
                     low = streams & -streams
+                    counts[low] -= 1
                     forgotten[low].add(key)
                     streams ^= low
             record.stamp = FORGOTTEN  # the log may hold it: not to be built

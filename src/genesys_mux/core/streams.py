@@ -735,9 +735,11 @@ class Stream:
         self._touched = True
 
     def close(self) -> None:
-        """Leave the shared memory: what only this stream remembered is forgotten.
+        """Leave the shared memory: what only this stream remembered is to be forgotten.
 
-        Idempotent; the stream must not be offered events afterwards.
+        Idempotent; the stream must not be offered events afterwards. The
+        memory clears the stream's bit from its records as it is swept
+        (:meth:`~genesys_mux.core.memory.KeyMemory.sweep`).
         """
         if self._closed:
             return

@@ -108,6 +108,8 @@ EventCallback = Callable[[StreamEvent], Awaitable[None] | None]
 GapCallback = Callable[[Gap], Awaitable[None] | None]
 #: Remembered keys built per slice of a checkpoint, between which events go through.
 _CHECKPOINT_SLICE = 2000
+#: Records cleared per slice of the memory of a stream that left (see _forget_left).
+_SWEEP_SLICE = 5000
 _CALLBACKS = "genesys-mux-callbacks"
 _DISPATCH = "genesys-mux-dispatch"
 
@@ -475,6 +477,8 @@ class Multiplexer:
         """
         config = parse_stream(config)
         self._running_pool()
+        # A hand-over that failed half-way may have left a stream's bit to clear.
+        await self._forget_left()
         async with self._change_lock:
             if config.id in self._streams:
                 raise ConfigError(
@@ -511,6 +515,7 @@ class Multiplexer:
                 installed = self._streams.get(config.id)
                 if installed is None or installed.stream is not stream:
                     stream.close()  # never added: it remembers nothing
+                    self._key_memory.sweep(_SWEEP_SLICE)
                 raise
         self._report(StreamAdded(config.id, len(state.topics)))
         if restored is not None:
@@ -678,6 +683,7 @@ class Multiplexer:
             state.stream.hand_over()
             state.stream.close()
             self._report(StreamRemoved(stream_id))
+        await self._forget_left()
         return saved[0][2] if saved else None
 
     def _restore(self, state: _StreamState) -> StreamCheckpoint | None:
@@ -819,6 +825,18 @@ class Multiplexer:
             state.ready.set()
             await self._apply_topics()
         self._report(StreamRemoved(stream_id))
+        await self._forget_left()
+
+    async def _forget_left(self) -> None:
+        """Clear the streams that left from the memory, a slice at a time, events going through.
+
+        (Hundreds of thousands of records at once would hold the event
+        loop for a good part of a second.)
+        """
+        memory = self._key_memory
+        # Not a wait for anything: a yield, so events go through between slices.
+        while not memory.sweep(_SWEEP_SLICE):  # noqa: ASYNC110
+            await asyncio.sleep(0)
 
     def streams(self) -> list[StreamConfig]:
         """The configs of the current streams."""
