@@ -6,6 +6,7 @@ import gc
 import tracemalloc
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from genesys_mux.core.checkpoint import DIGEST_SIZE, Remembered, StreamCheckpoin
 from genesys_mux.core.memory import FORGOTTEN, KeyMemory
 from genesys_mux.core.snapshot import EventFacts
 from genesys_mux.core.streams import Stream, StreamEvent
+from genesys_mux.errors import InvalidStateError
 
 
 def digest(n: int) -> bytes:
@@ -272,6 +274,8 @@ def test_a_stream_that_leaves_takes_what_only_it_remembered() -> None:
     third.close()
     assert memory.sweep(1_000)
     assert len(memory) == 0
+    with pytest.raises(InvalidStateError, match="stream 's0' is closed"):
+        offer(first, facts("both", 3.0, 5))
 
 
 def _accounted(memory: KeyMemory, streams: list[Stream]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import cast
 
 from genesys_mux import Gap, StreamStats
@@ -183,3 +185,33 @@ async def test_no_longer_subscribed_is_a_gap_and_is_backfilled() -> None:
         # The window is filled from REST like any gap (states the stream
         # already has are dropped as duplicates).
         await eventually(backfilled)
+
+
+async def test_a_stream_removed_while_its_backfill_waits_on_rest_is_left_alone() -> None:
+    """The back-fill offers nothing to a stream that left meanwhile, and the others go on."""
+    async with harness(org_settings(rate=10.0)) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        await h.mux.add_stream({"id": "calls", "filter": {"channelType": "voice"}})
+        seen = Collector(h.mux.events())
+        await eventually(lambda: len(seen.events("all")) >= 5)
+        seen.stop()
+        now = time.time()
+        gap = Gap("all", now - 60, now, frozenset(h.mux._streams["all"].topics), "c", "test")
+        # The first snapshot fetched is answered 429: the back-fill waits.
+        path = "/api/v2/conversations/"
+        await h.control(
+            "faults", {"fault": "http_429", "retry_after_s": 1, "count": 1, "path": path}
+        )
+        backfill = asyncio.create_task(h.mux.backfill(gap))
+
+        async def throttled() -> bool:
+            log = (await h.control("requests"))["requests"]
+            return any(r["status"] == 429 and r["path"].startswith(path) for r in log)
+
+        await eventually(throttled)
+        assert not backfill.done()
+        await h.mux.remove_stream("all")
+        assert await backfill == 0  # nothing offered to the stream that left
+        # What only "all" remembered is gone; "calls" keeps its own.
+        calls = h.mux._streams["calls"].stream
+        assert all(r.streams == calls._bit for r in h.mux._key_memory.records())

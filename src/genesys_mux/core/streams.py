@@ -54,6 +54,7 @@ import msgspec
 from genesys_mux.core.checkpoint import Remembered, StreamCheckpoint
 from genesys_mux.core.memory import KeyMemory, Record
 from genesys_mux.core.snapshot import EventFacts
+from genesys_mux.errors import InvalidStateError
 
 __all__ = [
     "DeadLetter",
@@ -489,6 +490,10 @@ class Stream:
         client-side rules apply; events on a stream's raw topics (presence,
         detail events...) pass through them untouched.
         """
+        if self._closed:
+            raise InvalidStateError(
+                f"stream {self.id!r} is closed (removed or handed over): offer to its successor"
+            )
         counters = self.counters
         counters.received += 1
         rules = self.rules if filtered_topic else _NO_RULES

@@ -1061,6 +1061,8 @@ class Multiplexer:
             facts = None
             for (family, entity_id), pairs in targets.items():
                 for state, topic in pairs:
+                    if self._streams.get(state.config.id) is not state:
+                        continue  # removed or handed over while REST answered
                     facts = facts or event_facts(topic, body)
                     conversation = facts.conversation
                     if conversation is None or entity_id not in (
