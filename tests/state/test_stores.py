@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import itertools
 import os
 import random
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from unittest import mock
@@ -735,6 +736,42 @@ def memory_records(stream: Stream) -> list[Remembered]:
     return look.checkpoint(fingerprint="f", watermark=None, saved_at=0.0).memory
 
 
+def checkpoint_in_slices(
+    stream: Stream,
+    model: StreamCheckpoint | None,
+    *,
+    limit: int,
+    refresh: int,
+    meanwhile: Callable[[], object],
+) -> StreamCheckpoint:
+    """Checkpoint ``stream`` ``limit`` keys a slice, ``meanwhile`` after the first; the model after.
+
+    Checks what any checkpoint must be: each key once, as it was when the
+    checkpoint started, least recently seen first, none both written and
+    forgotten; and a floor a store may drop below without losing a key
+    remembered or keeping one forgotten.
+    """
+    at_start = {r.key: r for r in memory_records(stream)}
+    build = stream.begin_checkpoint(fingerprint="f", watermark=None, saved_at=1.0, refresh=refresh)
+    done = build.step(limit)
+    meanwhile()
+    while not done:
+        done = build.step(limit)
+    checkpoint = build.result()
+    assert [at_start[r.key] for r in checkpoint.memory] == checkpoint.memory
+    ranks = [r.rank for r in checkpoint.memory]
+    assert ranks == sorted(ranks)
+    assert not {r.key for r in checkpoint.memory} & set(checkpoint.forgotten)
+    gone = [] if model is None else [r for r in model.memory if r.key in checkpoint.forgotten]
+    model = apply_checkpoint(model, checkpoint)
+    # What a store may drop below the floor is only what it no longer needs.
+    written = {r.key for r in checkpoint.memory}
+    assert all(r.rank >= checkpoint.floor or r.key in written for r in model.memory)
+    assert all(r.rank < checkpoint.floor for r in gone)
+    assert {r.key for r in model.memory} <= set(at_start)
+    return model
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     rounds=st.lists(
@@ -773,28 +810,8 @@ def test_checkpoints_built_while_keys_are_forgotten_and_seen_again_add_up(
     model: StreamCheckpoint | None = None
     for before, limit, meanwhile in rounds:
         offer(before)
-        at_start = {r.key: r for r in memory_records(stream)}
-        build = stream.begin_checkpoint(
-            fingerprint="f", watermark=None, saved_at=1.0, refresh=refresh
-        )
-        done = build.step(limit)
-        offer(meanwhile)
-        while not done:
-            done = build.step(limit)
-        checkpoint = build.result()
-        # Each key once, each as it was when the checkpoint started, least
-        # recently seen first.
-        assert [at_start[r.key] for r in checkpoint.memory] == checkpoint.memory
-        ranks = [r.rank for r in checkpoint.memory]
-        assert ranks == sorted(ranks)
-        assert not {r.key for r in checkpoint.memory} & set(checkpoint.forgotten)
-        gone = [] if model is None else [r for r in model.memory if r.key in checkpoint.forgotten]
-        model = apply_checkpoint(model, checkpoint)
-        # What a store may drop below the floor is only what it no longer needs.
-        written = {r.key for r in checkpoint.memory}
-        assert all(r.rank >= checkpoint.floor or r.key in written for r in model.memory)
-        assert all(r.rank < checkpoint.floor for r in gone)
-        assert {r.key for r in model.memory} <= set(at_start)
+        later = functools.partial(offer, meanwhile)
+        model = checkpoint_in_slices(stream, model, limit=limit, refresh=refresh, meanwhile=later)
     # One more with nothing arriving meanwhile: the model catches up.
     last = stream.checkpoint(fingerprint="f", watermark=None, saved_at=2.0)
     model = apply_checkpoint(model, last)
@@ -845,26 +862,13 @@ def test_checkpoints_of_streams_sharing_one_memory_each_add_up_to_the_streams_ow
     models: list[StreamCheckpoint | None] = [None, None, None]
     for before, which, limit, meanwhile in rounds:
         offer(before)
-        stream = streams[which]
-        at_start = {r.key: r for r in memory_records(stream)}
-        build = stream.begin_checkpoint(
-            fingerprint="f", watermark=None, saved_at=1.0, refresh=refresh
+        models[which] = checkpoint_in_slices(
+            streams[which],
+            models[which],
+            limit=limit,
+            refresh=refresh,
+            meanwhile=functools.partial(offer, meanwhile),
         )
-        done = build.step(limit)
-        offer(meanwhile)
-        while not done:
-            done = build.step(limit)
-        checkpoint = build.result()
-        assert [at_start[r.key] for r in checkpoint.memory] == checkpoint.memory
-        ranks = [r.rank for r in checkpoint.memory]
-        assert ranks == sorted(ranks)
-        model = models[which]
-        gone = [] if model is None else [r for r in model.memory if r.key in checkpoint.forgotten]
-        model = models[which] = apply_checkpoint(model, checkpoint)
-        written = {r.key for r in checkpoint.memory}
-        assert all(r.rank >= checkpoint.floor or r.key in written for r in model.memory)
-        assert all(r.rank < checkpoint.floor for r in gone)
-        assert {r.key for r in model.memory} <= set(at_start)
     for which, stream in enumerate(streams):
         last = stream.checkpoint(fingerprint="f", watermark=None, saved_at=2.0)
         assert apply_checkpoint(models[which], last).memory == memory_records(stream)
