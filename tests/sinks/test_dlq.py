@@ -287,7 +287,9 @@ def test_a_purge_while_letters_are_written_loses_none(tmp_path: Path) -> None:
     writer = threading.Thread(target=write_all)
     writer.start()
     purges = 0
-    while writer.is_alive() or purges == 0:
+    # At least two purges whatever the machine's speed (a loaded one may
+    # finish the writes before a second); most run while letters are written.
+    while writer.is_alive() or purges < 2:
         if path.exists():
             present = [d for d in read_dead_letters(path) if d.stream_id == "a"]
             rewrite_without(path, present)

@@ -114,6 +114,11 @@ path read it. Only a body that is not a JSON object with a non-empty string
 ``id`` (or that cannot be decoded at all, such as one nested too deeply)
 has no conversation facts.
 
+The walk over the decoded participants (:func:`_walk`) is also compiled,
+when the optional C extension ``_speedups`` was built: it returns what
+:func:`_walk` returns, and gives way to it for any input not made of this
+module's structs. :func:`_walk` is the specification either way.
+
 Nothing here raises for any input: facts are needed for every event the
 pipeline sees, and a malformed body must cost only its own precision.
 """
@@ -121,7 +126,9 @@ pipeline sees, and a malformed body must cost only its own precision.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from operator import attrgetter, itemgetter
@@ -131,6 +138,8 @@ import msgspec
 
 from genesys_mux.core.topics import Media, Topic, TopicFamily, parse_topic
 from genesys_mux.errors import InvalidTopicError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ConversationFacts",
@@ -428,6 +437,50 @@ _MESSAGES: Final = Media.MESSAGES.value
 _CONNECTED: Final = "connected"
 
 
+def _load_native_walk() -> Callable[[list[_Participant | None], str | None], _Walked | None] | None:
+    """The compiled :func:`_walk`, bound to this module's structs; None to walk in Python.
+
+    The extension is optional: a build without a C compiler, or
+    ``GENESYS_MUX_NO_EXTENSIONS`` set to anything but ``0`` or empty, walks
+    in Python, with the same results (see :mod:`genesys_mux.core._speedups`).
+    """
+    if os.environ.get("GENESYS_MUX_NO_EXTENSIONS", "") not in ("", "0"):
+        return None
+    try:
+        from genesys_mux.core import _speedups
+    except ImportError:
+        return None
+    try:
+        _speedups.bind(
+            _Participant,
+            _Communication,
+            _MessageDetail,
+            _Ref,
+            _Wrapup,
+            _AfterCallWork,
+            (
+                _CALLS,
+                _CALLBACKS,
+                _CHATS,
+                _EMAILS,
+                _MESSAGES,
+                _VIDEOS,
+                _COBROWSE_SESSIONS,
+                _SCREENSHARES,
+                _SOCIAL_EXPRESSIONS,
+            ),
+        )
+    except TypeError as exc:
+        # msgspec laid its structs out otherwise than the walk reads them:
+        # slower, not wrong.
+        log.warning("the compiled snapshot walk is disabled, walking in Python: %s", exc)
+        return None
+    return _speedups.walk
+
+
+_native_walk: Final = _load_native_walk()
+
+
 # --------------------------------------------------------------------------
 # Conversation snapshots
 # --------------------------------------------------------------------------
@@ -462,7 +515,63 @@ def _conversation_facts(body: bytes, media: str | None) -> ConversationFacts | N
     return _facts(conversation, media)
 
 
+# What a walk over a snapshot's participants finds: the media lists' states,
+# the newest timestamp, the message types, queue and user ids, whether an acd
+# participant, an agent, an active and a monitoring one is connected, and the
+# state digest's parts.
+_Walked = tuple[
+    dict[str, list[str]],
+    datetime | None,
+    set[str],
+    set[str],
+    set[str],
+    bool,
+    bool,
+    bool,
+    bool,
+    list[tuple[object, ...]],
+]
+
+
 def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
+    participants = conversation.participants or []
+    walked = None if _native_walk is None else _native_walk(participants, media)
+    if walked is None:
+        walked = _walk(participants, media)
+    (
+        states,
+        newest,
+        message_types,
+        queue_ids,
+        user_ids,
+        acd_connected,
+        agent_connected,
+        active,
+        monitoring,
+        digest_parts,
+    ) = walked
+    version = 0.0 if newest is None else newest.timestamp()
+    return ConversationFacts(
+        conversation_id=conversation.id,
+        media=frozenset(states),
+        states={name: tuple(found) for name, found in states.items()},
+        message_types=frozenset(message_types),
+        queue_ids=frozenset(queue_ids),
+        user_ids=frozenset(user_ids),
+        queued=acd_connected and not agent_connected,
+        active=active,
+        monitoring=monitoring,
+        version=version,
+        hash=_state_digest(conversation.id, version, digest_parts),
+    )
+
+
+def _walk(participants: list[_Participant | None], media: str | None) -> _Walked:
+    """One pass over the participants: what :class:`ConversationFacts` is made of.
+
+    The specification of the native walk (``_walk.c``), which must return
+    equal values for every input; a test holds the two to it.
+    """
     states: dict[str, list[str]] = {}
     stamps: list[datetime | None] = []
     add_stamp = stamps.append
@@ -473,7 +582,7 @@ def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
     digest_parts: list[tuple[object, ...]] = []
     acd_connected = agent_connected = active = monitoring = False
 
-    for participant in conversation.participants or ():
+    for participant in participants:
         if participant is None:
             continue
         comms: list[tuple[object, ...]] = []
@@ -571,19 +680,21 @@ def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
                 )
             )
 
-    version = _newest(stamps)
-    return ConversationFacts(
-        conversation_id=conversation.id,
-        media=frozenset(states),
-        states={name: tuple(found) for name, found in states.items()},
-        message_types=frozenset(message_types),
-        queue_ids=frozenset(queue_ids),
-        user_ids=frozenset(user_ids),
-        queued=acd_connected and not agent_connected,
-        active=active,
-        monitoring=monitoring,
-        version=version,
-        hash=_state_digest(conversation.id, version, digest_parts),
+    # filter(None, ...) drops the Nones in C; a datetime is never falsy. All
+    # are zone-aware, so any two compare, and neither comparing nor
+    # timestamp() can overflow even at the ends of the calendar.
+    newest = max(filter(None, stamps), default=None)
+    return (
+        states,
+        newest,
+        message_types,
+        queue_ids,
+        user_ids,
+        acd_connected,
+        agent_connected,
+        active,
+        monitoring,
+        digest_parts,
     )
 
 
@@ -648,15 +759,6 @@ def _details(
         for d in details
         if d is not None
     ]
-
-
-def _newest(stamps: list[datetime | None]) -> float:
-    """The newest of ``stamps`` in Unix seconds; 0.0 when there is none."""
-    # filter(None, ...) drops the Nones in C; a datetime is never falsy. All
-    # are zone-aware, so any two compare, and neither comparing nor
-    # timestamp() can overflow even at the ends of the calendar.
-    newest = max(filter(None, stamps), default=None)
-    return 0.0 if newest is None else newest.timestamp()
 
 
 # -- the tolerant path -------------------------------------------------------

@@ -1,0 +1,230 @@
+"""The compiled snapshot walk against its specification, ``snapshot._walk``.
+
+The extension is optional; where it was not built these tests skip and say
+so. Each comparison is strict: the same values, the same dict order, the
+same newest timestamp object, and the same facts and state digest.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genesys_mux.core import snapshot
+from genesys_mux.core.snapshot import conversation_facts
+from genesys_mux.emulator.org import ContactCentre
+from tests.core.test_snapshot import EPOCH, LISTS, T0, T1, T2, T3, topic_media
+
+native = snapshot._native_walk
+pytestmark = pytest.mark.skipif(
+    native is None, reason="the compiled walk is not built (no C compiler at install?)"
+)
+
+
+def decoded(body: bytes) -> snapshot._Conversation:
+    """The structs the facts are computed from, by whichever path reads ``body``."""
+    try:
+        return snapshot._CONVERSATION_DECODER.decode(body)
+    except msgspec.ValidationError:
+        tolerant = snapshot._tolerant_conversation(body)
+        assert tolerant is not None
+        return tolerant
+
+
+def assert_same_walk(conversation: snapshot._Conversation, media: str | None) -> None:
+    assert native is not None
+    participants = conversation.participants or []
+    compiled = native(participants, media)
+    spec = snapshot._walk(participants, media)
+    assert compiled is not None
+    assert compiled == spec
+    # Equal is not enough where order or identity could differ unseen.
+    assert list(compiled[0]) == list(spec[0])
+    assert compiled[1] is spec[1]
+    assert [type(v) for v in compiled] == [type(v) for v in spec]
+
+
+def facts_in_python(
+    monkeypatch: pytest.MonkeyPatch, body: bytes, media: str | None
+) -> snapshot.ConversationFacts | None:
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot, "_native_walk", None)
+        return conversation_facts(body, media)
+
+
+def test_every_emulator_snapshot_walks_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    centre = ContactCentre(seed=11, queues=6, agents=30, rate=6.0, epoch=EPOCH)
+    seen = 0
+    for pub in centre.advance(60.0):
+        if pub.conversation_id is None or ".conversations" not in pub.topics[0]:
+            continue
+        media = topic_media(pub)
+        assert_same_walk(decoded(pub.body), media)
+        assert conversation_facts(pub.body, media) == facts_in_python(monkeypatch, pub.body, media)
+        seen += 1
+    assert seen > 2000
+
+
+# Snapshot-shaped bodies: the fields the walk reads, in every combination of
+# present, null and (now and then) mistyped, so that both the typed decode
+# and the tolerant path feed the walk.
+MISTYPED = st.sampled_from([3, [], {}, True])
+TEXT = st.none() | st.sampled_from(["connected", "disconnected", "alerting", "", "sms", "x"])
+PURPOSE = st.none() | st.sampled_from(["acd", "agent", "user", "customer", "ivr", ""])
+ID = st.none() | st.sampled_from(["", "p1", "p2", "p3", "u1", "q1"])
+STAMP = st.none() | st.sampled_from(
+    [T0, T1, T2, T3, "2027-01-15T09:00:01.000+01:00", "2027-01-15T08:00:01Z", "garbage"]
+)
+FLAG = st.none() | st.booleans()
+
+
+def maybe_mistyped(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return values | MISTYPED
+
+
+def optional(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional=fields)
+
+
+REF = st.none() | optional({"id": ID})
+WRAPUP = st.none() | optional({"code": TEXT, "endTime": STAMP})
+DETAIL = optional({"messageId": ID, "message": REF, "messageStatus": TEXT})
+STATE = {
+    "state": TEXT,
+    "held": FLAG,
+    "startHoldTime": STAMP,
+    "disconnectType": TEXT,
+    "type": TEXT,
+    "muted": FLAG,
+    "recording": FLAG,
+    "recordingState": TEXT,
+}
+COMMUNICATION = optional(
+    {
+        **STATE,
+        "messages": st.none() | st.lists(st.none() | DETAIL, max_size=3),
+        "messageId": ID,
+        "message": REF,
+        "messageStatus": TEXT,
+        "connectedTime": maybe_mistyped(STAMP),
+        "disconnectedTime": STAMP,
+        "afterCallWork": st.none() | optional({"startTime": STAMP, "endTime": STAMP}),
+        "wrapup": WRAPUP,
+    }
+)
+PARTICIPANT = optional(
+    {
+        "id": ID,
+        "purpose": maybe_mistyped(PURPOSE),
+        "userId": ID,
+        "queueId": ID,
+        "user": REF,
+        "queue": REF,
+        **STATE,
+        "attributes": st.none()
+        | st.dictionaries(st.sampled_from(["b", "a", "c"]), st.sampled_from(["1", "2"])),
+        "monitoredParticipantId": ID,
+        "connectedTime": STAMP,
+        "endTime": STAMP,
+        "startAcwTime": STAMP,
+        "endAcwTime": STAMP,
+        "wrapup": WRAPUP,
+        **{name: st.none() | st.lists(st.none() | COMMUNICATION, max_size=3) for name in LISTS},
+    }
+)
+MEDIA = st.none() | st.sampled_from(["calls", "messages", "chats"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.none() | PARTICIPANT, max_size=5), MEDIA)
+def test_snapshot_shaped_bodies_walk_the_same(
+    participants: list[dict[str, Any] | None], media: str | None
+) -> None:
+    body = json.dumps({"id": "c1", "participants": participants}).encode()
+    assert_same_walk(decoded(body), media)
+    with pytest.MonkeyPatch.context() as patch:
+        compiled = conversation_facts(body, media)
+        patch.setattr(snapshot, "_native_walk", None)
+        assert conversation_facts(body, media) == compiled
+
+
+def test_an_unexpected_shape_is_left_to_the_python_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert native is not None
+    participant = snapshot._Participant(id="p1", purpose="agent", calls=[snapshot._Communication()])
+    # Not the bound types, or a list that is not a list: None, never a guess.
+    assert native([{"id": "p1"}], None) is None  # type: ignore[list-item]
+    assert native((participant,), None) is None  # type: ignore[arg-type]
+    odd = snapshot._Participant(id="p1", calls=(snapshot._Communication(state="connected"),))  # type: ignore[arg-type]
+    assert native([odd], None) is None
+    assert native([participant], 3) is None  # type: ignore[arg-type]
+    # conversation_facts then walks in Python and says the same.
+    conversation = snapshot._Conversation(id="c1", participants=[odd])
+    facts = snapshot._facts(conversation, None)
+    monkeypatch.setattr(snapshot, "_native_walk", None)
+    assert snapshot._facts(conversation, None) == facts
+    assert facts.states == {"calls": ("connected",)}
+
+
+def test_bind_refuses_types_it_cannot_read() -> None:
+    from genesys_mux.core import _speedups
+
+    class NotAStruct:
+        id = None
+
+    with pytest.raises(TypeError, match="not a slot"):
+        _speedups.bind(
+            NotAStruct,
+            snapshot._Communication,
+            snapshot._MessageDetail,
+            snapshot._Ref,
+            snapshot._Wrapup,
+            snapshot._AfterCallWork,
+            ("calls",) * 9,
+        )
+    # The failed bind left nothing half-bound: bind again as the module did.
+    assert snapshot._load_native_walk() is native
+
+
+@pytest.mark.parametrize(("value", "disabled"), [("1", True), ("0", False), ("", False)])
+def test_the_environment_can_turn_the_compiled_walk_off(
+    monkeypatch: pytest.MonkeyPatch, value: str, disabled: bool
+) -> None:
+    monkeypatch.setenv("GENESYS_MUX_NO_EXTENSIONS", value)
+    assert (snapshot._load_native_walk() is None) == disabled
+
+
+def test_walking_holds_no_memory_afterwards() -> None:
+    """A reference leaked per walk (a tuple, a list) would show as growth here."""
+    assert native is not None
+    centre = ContactCentre(seed=3, queues=2, agents=8, rate=4.0, epoch=EPOCH)
+    bodies = [
+        (decoded(p.body), topic_media(p))
+        for p in centre.advance(30.0)
+        if p.conversation_id is not None and ".conversations" in p.topics[0]
+    ][:200]
+    assert bodies
+
+    def walk_all() -> None:
+        for conversation, media in bodies:
+            native(conversation.participants or [], media)
+
+    walk_all()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(50):
+            walk_all()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 10,000 walks: one leaked object each would be several hundred KB.
+    assert grown < 20_000
