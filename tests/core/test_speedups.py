@@ -1,12 +1,16 @@
-"""The compiled snapshot walk against its specification, ``snapshot._walk``.
+"""The compiled helpers against their specifications.
+
+The snapshot walk against ``snapshot._walk``, and the notification split
+against ``frames._split_in_python``.
 
 The extension is optional; where it was not built these tests skip and say
-so. Each comparison is strict: the same values, the same dict order, the
-same newest timestamp object, and the same facts and state digest.
+so. Each comparison is strict: the same values of the same types, the same
+dict order, and the same facts and state digest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import tracemalloc
@@ -17,9 +21,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genesys_mux.core import snapshot
+from genesys_mux.core import frames, snapshot
+from genesys_mux.core.frames import Notification
 from genesys_mux.core.snapshot import conversation_facts
 from genesys_mux.emulator.org import ContactCentre
+from genesys_mux.emulator.sockets import envelope, system_frame
+from tests.core.test_frames import (
+    _BODY_TEXT,
+    _RAW_TEXT,
+    BODY,
+    CORRELATION,
+    TOPIC,
+    platform_frame,
+)
 from tests.core.test_snapshot import EPOCH, LISTS, T0, T1, T2, T3, topic_media
 
 native = snapshot._native_walk
@@ -45,10 +59,12 @@ def assert_same_walk(conversation: snapshot._Conversation, media: str | None) ->
     spec = snapshot._walk(participants, media)
     assert compiled is not None
     assert compiled == spec
-    # Equal is not enough where order or identity could differ unseen.
-    assert list(compiled[0]) == list(spec[0])
-    assert compiled[1] is spec[1]
+    # Equal is not enough where order or type could differ unseen: the
+    # states' media order, a list for a tuple, a set for a frozenset.
+    assert list(compiled[1]) == list(spec[1])
     assert [type(v) for v in compiled] == [type(v) for v in spec]
+    for found in compiled[1].values():
+        assert type(found) is tuple
 
 
 def facts_in_python(
@@ -227,4 +243,169 @@ def test_walking_holds_no_memory_afterwards() -> None:
     finally:
         tracemalloc.stop()
     # 10,000 walks: one leaked object each would be several hundred KB.
+    assert grown < 20_000
+
+
+# --------------------------------------------------------------------------
+# The notification split
+# --------------------------------------------------------------------------
+
+native_split = frames._native_split
+
+
+def assert_same_split(data: object) -> Notification | None:
+    """The compiled split of ``data`` (and of its text) is the specification's."""
+    assert native_split is not None
+    spec = frames._split_in_python(data)  # type: ignore[arg-type]
+    compiled = native_split(data)  # type: ignore[arg-type]
+    assert compiled == spec
+    assert type(compiled) is type(spec)
+    if isinstance(data, bytes):
+        with contextlib.suppress(UnicodeDecodeError):
+            text = data.decode()
+            assert native_split(text) == frames._split_in_python(text) == compiled
+    return compiled
+
+
+def test_every_emulator_frame_splits_the_same() -> None:
+    centre = ContactCentre(seed=5, queues=3, agents=10, rate=4.0, epoch=EPOCH)
+    published = centre.advance(60.0)
+    assert len(published) > 100
+    for index, pub in enumerate(published):
+        data = envelope(pub.topics[0], pub.body, f"corr-{index}")
+        frame = assert_same_split(data)
+        assert frame == Notification(pub.topics[0], "2", pub.body, f"corr-{index}")
+    assert (
+        assert_same_split(system_frame("v2.system.socket_closing", "ch-1", "closing", "going away"))
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        platform_frame(),
+        platform_frame(body='{"name":"José 日本"}'.encode()),
+        platform_frame(version=""),
+        platform_frame(correlation_id=""),
+        platform_frame().replace(b'"eventBody":', b'"eventBody": '),
+        platform_frame().replace(b'"eventBody":', b'"eventBody":\t'),
+        platform_frame().replace(b',"metadata"', b'\n,"metadata"'),
+        platform_frame().replace(b',"metadata"', b'\x00,"metadata"'),
+        platform_frame().replace(b'"eventBody":', b'"eventBody":\x00'),
+        platform_frame(body=b""),
+        platform_frame(body=b'{"id":"\xff"}'),
+        platform_frame(body=b'{"id":"\xed\xa0\x80"}'),  # a surrogate's UTF-8
+        platform_frame(topic="channel.metadata"),
+        platform_frame(topic="channel.metadatas"),
+        platform_frame(topic="v2.system."),
+        platform_frame(topic="v2.system"),
+        platform_frame(topic="v2.subscription.updated.x"),
+        platform_frame(topic="~"),
+        platform_frame(correlation_id="a\x7fb"),
+        # A tail that ends inside the end, and tails in the body.
+        b'{"topicName":"t","version":"2","eventBody":1,"metadata":{"CorrelationId":"}}',
+        b'{"topicName":"t","version":"2","eventBody":,"metadata":{"CorrelationId":"x"}}',
+        platform_frame(body=b'{"a":",\\"metadata\\":{\\"CorrelationId\\":\\""}'),
+        platform_frame(body=b',"metadata":{"CorrelationId":"x"}}'),
+        b'{"topicName":"t","version":"2","eventBody":',
+        b'{"topicName":"t","version":"2"',
+        b'{"topicName":"',
+        b'"}}',
+        b"",
+    ],
+)
+def test_edge_frames_split_the_same(data: bytes) -> None:
+    assert_same_split(data)
+
+
+def test_other_types_split_the_same() -> None:
+    assert native_split is not None
+    data = platform_frame()
+    for other in (bytearray(data), memoryview(data), None, 3, [data]):
+        assert native_split(other) is frames._split_in_python(other) is None  # type: ignore[arg-type]
+
+    class Frame(bytes):
+        pass
+
+    class Text(str):
+        pass
+
+    assert assert_same_split(Frame(data)) == Notification(TOPIC, "2", BODY, CORRELATION)
+    assert assert_same_split(Text(data.decode())) is not None
+    # A str that has no UTF-8 (a lone surrogate) is not split.
+    assert native_split(data.decode().replace("c-1", "\ud800")) is None
+
+
+_EDITS = st.lists(
+    st.tuples(
+        st.integers(min_value=0),
+        st.sampled_from(["insert", "delete", "replace"]),
+        st.binary(min_size=1, max_size=3),
+    ),
+    max_size=3,
+)
+
+
+def _edited(data: bytes, edits: list[tuple[int, str, bytes]]) -> bytes:
+    for at, kind, chunk in edits:
+        at %= len(data) + 1
+        if kind == "insert":
+            data = data[:at] + chunk + data[at:]
+        elif kind == "delete":
+            data = data[:at] + data[at + len(chunk) :]
+        else:
+            data = data[:at] + chunk + data[at + len(chunk) :]
+    return data
+
+
+@settings(max_examples=1_000)
+@given(
+    topic=_RAW_TEXT | st.just(TOPIC) | st.sampled_from(frames._NOT_NOTIFICATIONS),
+    version=_RAW_TEXT | st.just("2"),
+    body=_BODY_TEXT,
+    correlation_id=_RAW_TEXT | st.just(CORRELATION),
+    edits=_EDITS,
+)
+def test_frames_near_the_platform_layout_split_the_same(
+    topic: str, version: str, body: bytes, correlation_id: str, edits: list[tuple[int, str, bytes]]
+) -> None:
+    """Any parts, then a few bytes inserted, deleted or replaced anywhere."""
+    assert_same_split(_edited(platform_frame(topic, body, version, correlation_id), edits))
+
+
+def test_bind_split_refuses_what_it_cannot_use() -> None:
+    from genesys_mux.core import _speedups
+
+    for excluded in (["v2.system."], ("v2.system.", 3), ("v2.systém.",)):
+        with pytest.raises(TypeError, match="tuple of ASCII str"):
+            _speedups.bind_split(Notification, excluded)  # type: ignore[arg-type]
+    # The module's binding still holds.
+    assert assert_same_split(platform_frame(topic="v2.system.x")) is None
+    assert assert_same_split(platform_frame()) is not None
+
+
+def test_splitting_holds_no_memory_afterwards() -> None:
+    assert native_split is not None
+    frames_ = [platform_frame(correlation_id=f"c-{i}") for i in range(200)]
+    texts = [data.decode() for data in frames_]
+
+    def split_all() -> None:
+        for data, text in zip(frames_, texts, strict=True):
+            native_split(data)
+            native_split(text)
+            native_split(data[:-1])
+
+    split_all()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(25):
+            split_all()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 15,000 splits: one leaked object each would be several hundred KB.
     assert grown < 20_000

@@ -1,10 +1,12 @@
 /*
- * The participant walk of genesys_mux.core.snapshot, compiled.
+ * Two hot loops of the pipeline, compiled: the participant walk of
+ * genesys_mux.core.snapshot, and the notification split of
+ * genesys_mux.core.frames (at the end of this file).
  *
- * snapshot._walk (Python) is the specification: walk() here must return a
- * value equal to it for every input, and tests/core/test_speedups.py holds
- * the two to that. Everything around the walk (the typed decode, the state
- * digest, the facts themselves) stays in Python.
+ * snapshot._walk (Python) is the walk's specification: walk() here must
+ * return a value equal to it for every input, and tests/core/test_speedups.py
+ * holds the two to that. The typed decode and the state digest stay in
+ * Python.
  *
  * Why it exists: the walk reads some thirty fields of each participant and
  * communication and builds the digest's tuples. In the interpreter that is
@@ -28,6 +30,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
+#include <string.h>
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -96,7 +100,7 @@ typedef struct {
 
 static Layout participant, communication, detail, ref, wrapup, after_call_work;
 static PyObject *media_names[MEDIA_LISTS];
-static PyObject *str_connected, *str_acd, *str_agent, *str_user, *str_empty;
+static PyObject *str_connected, *str_acd, *str_agent, *str_user, *str_empty, *str_timestamp;
 static int bound = 0;
 
 /* A field of an object of exactly the layout's type, borrowed. An empty slot
@@ -148,11 +152,11 @@ bind_layout(Layout *layout, PyObject *type, const char *const *names, int count)
 
 /* Everything the walk gathers (snapshot._walk's locals). */
 typedef struct {
-    PyObject *states;        /* dict[str, list[str]] */
+    PyObject *states;        /* dict[str, list[str]], tuples once done */
     PyObject *newest;        /* borrowed datetime or NULL */
-    PyObject *message_types; /* set[str] */
-    PyObject *queue_ids;     /* set[str] */
-    PyObject *user_ids;      /* set[str] */
+    PyObject *message_types; /* frozenset[str], filled while only the walk holds it */
+    PyObject *queue_ids;     /* frozenset[str], likewise */
+    PyObject *user_ids;      /* frozenset[str], likewise */
     PyObject *digest_parts;  /* list[tuple] */
 } Walk;
 
@@ -577,6 +581,24 @@ fail:
     return status;
 }
 
+/* Each media name's list of states, as a tuple (the dict's keys stay). */
+static int
+freeze_states(PyObject *states)
+{
+    Py_ssize_t position = 0;
+    PyObject *name, *found;
+    while (PyDict_Next(states, &position, &name, &found)) {
+        PyObject *frozen = PyList_AsTuple(found);
+        /* Replacing the value of a key the dict has is safe while iterating. */
+        if (frozen == NULL || PyDict_SetItem(states, name, frozen) < 0) {
+            Py_XDECREF(frozen);
+            return -1;
+        }
+        Py_DECREF(frozen);
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(walk_doc,
 "walk(participants, media, /)\n--\n\n"
 "snapshot._walk, compiled: the same tuple, or None when an input is not of\n"
@@ -600,9 +622,13 @@ walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Walk w = {0};
     int acd_connected = 0, agent_connected = 0, active = 0, monitoring = 0;
     int status = 0;
-    PyObject *result = NULL;
-    if ((w.states = PyDict_New()) == NULL || (w.message_types = PySet_New(NULL)) == NULL ||
-        (w.queue_ids = PySet_New(NULL)) == NULL || (w.user_ids = PySet_New(NULL)) == NULL ||
+    PyObject *result = NULL, *media_names = NULL, *version = NULL;
+    /* The sets are frozensets from the start: PySet_Add fills a frozenset
+     * that nothing else references yet, which saves a copy of each. */
+    if ((w.states = PyDict_New()) == NULL ||
+        (w.message_types = PyFrozenSet_New(NULL)) == NULL ||
+        (w.queue_ids = PyFrozenSet_New(NULL)) == NULL ||
+        (w.user_ids = PyFrozenSet_New(NULL)) == NULL ||
         (w.digest_parts = PyList_New(0)) == NULL) {
         goto done;
     }
@@ -623,14 +649,24 @@ walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (status == UNEXPECTED) {
         result = Py_NewRef(Py_None);
+        goto done;
     }
-    else if (status == 0) {
-        result = PyTuple_Pack(10, w.states, w.newest ? w.newest : Py_None, w.message_types,
-                              w.queue_ids, w.user_ids, acd_connected ? Py_True : Py_False,
-                              agent_connected ? Py_True : Py_False, active ? Py_True : Py_False,
-                              monitoring ? Py_True : Py_False, w.digest_parts);
+    if (status != 0 || freeze_states(w.states) < 0 ||
+        (media_names = PyFrozenSet_New(w.states)) == NULL) {
+        goto done;
     }
+    version = w.newest ? PyObject_CallMethodNoArgs(w.newest, str_timestamp)
+                       : PyFloat_FromDouble(0.0);
+    if (version == NULL) {
+        goto done;
+    }
+    result = PyTuple_Pack(10, media_names, w.states, w.message_types, w.queue_ids, w.user_ids,
+                          acd_connected && !agent_connected ? Py_True : Py_False,
+                          active ? Py_True : Py_False, monitoring ? Py_True : Py_False, version,
+                          w.digest_parts);
 done:
+    Py_XDECREF(media_names);
+    Py_XDECREF(version);
     Py_XDECREF(w.states);
     Py_XDECREF(w.message_types);
     Py_XDECREF(w.queue_ids);
@@ -690,16 +726,229 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* -- the notification split -------------------------------------------------
+ *
+ * frames._split_in_python (Python) is the specification: split() must return
+ * an equal Notification, or None, for every input, and the tests hold the two
+ * to that. It is the pool's first look at every frame, so the regular
+ * expression, slices and decodes it takes in Python (about 1.5 us a frame)
+ * are worth a few dozen lines here.
+ */
+
+static PyObject *notification_type; /* frames.Notification, or NULL before bind_split() */
+static PyObject *excluded_topics;   /* tuple of ASCII str: topics that are not notifications */
+
+static const char HEAD_TOPIC[] = "{\"topicName\":\"";
+static const char HEAD_VERSION[] = "\",\"version\":\"";
+static const char HEAD_BODY[] = "\",\"eventBody\":";
+static const char TAIL[] = ",\"metadata\":{\"CorrelationId\":\"";
+static const char END[] = "\"}}";
+#define SIZE(literal) ((Py_ssize_t)sizeof(literal) - 1)
+
+/* frames._PLAIN: printable ASCII other than '"' and '\'. */
+static inline int
+is_plain(unsigned char c)
+{
+    return c >= 0x20 && c <= 0x7e && c != '"' && c != '\\';
+}
+
+/* frames._SPACES: JSON's whitespace. */
+static inline int
+is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static inline Py_ssize_t
+plain_run(const char *s, Py_ssize_t at, Py_ssize_t end)
+{
+    while (at < end && is_plain((unsigned char)s[at])) {
+        at++;
+    }
+    return at;
+}
+
+static inline int
+has_at(const char *s, Py_ssize_t n, Py_ssize_t at, const char *literal, Py_ssize_t size)
+{
+    return at >= 0 && n - at >= size && memcmp(s + at, literal, (size_t)size) == 0;
+}
+
+/* bytes.isascii(), eight bytes at a time. */
+static int
+is_ascii(const char *s, Py_ssize_t n)
+{
+    uint64_t bits = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, s + i, 8);
+        bits |= word;
+    }
+    for (; i < n; i++) {
+        bits |= (unsigned char)s[i];
+    }
+    return (bits & UINT64_C(0x8080808080808080)) == 0;
+}
+
+/* The last start of TAIL at or after from, as bytes.rfind; -1 when none. */
+static Py_ssize_t
+rfind_tail(const char *s, Py_ssize_t n, Py_ssize_t from)
+{
+    for (Py_ssize_t at = n - SIZE(TAIL); at >= from; at--) {
+        if (s[at] == ',' && memcmp(s + at, TAIL, (size_t)SIZE(TAIL)) == 0) {
+            return at;
+        }
+    }
+    return -1;
+}
+
+PyDoc_STRVAR(split_doc,
+"split(data, /)\n--\n\n"
+"frames._split_in_python, compiled: the same Notification, or None.");
+
+static PyObject *
+split(PyObject *module, PyObject *data)
+{
+    if (notification_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "split() before bind_split()");
+        return NULL;
+    }
+    const char *s;
+    Py_ssize_t n;
+    int check_utf8 = 0;
+    if (PyBytes_Check(data)) {
+        s = PyBytes_AS_STRING(data);
+        n = PyBytes_GET_SIZE(data);
+        check_utf8 = 1;
+    }
+    else if (PyUnicode_Check(data)) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(data) < 0) {
+            return NULL;
+        }
+#endif
+        if (PyUnicode_IS_ASCII(data)) {
+            /* A str of ASCII characters keeps them one byte each: its bytes. */
+            s = (const char *)PyUnicode_DATA(data);
+            n = PyUnicode_GET_LENGTH(data);
+        }
+        else if ((s = PyUnicode_AsUTF8AndSize(data, &n)) == NULL) {
+            /* Lone surrogates have no UTF-8: decode_frame says what is wrong. */
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    }
+    else {
+        Py_RETURN_NONE;
+    }
+
+    /* {"topicName":"T","version":"V","eventBody": */
+    if (!has_at(s, n, 0, HEAD_TOPIC, SIZE(HEAD_TOPIC))) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t topic_start = SIZE(HEAD_TOPIC);
+    Py_ssize_t topic_end = plain_run(s, topic_start, n);
+    if (topic_end == topic_start || !has_at(s, n, topic_end, HEAD_VERSION, SIZE(HEAD_VERSION))) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t version_start = topic_end + SIZE(HEAD_VERSION);
+    Py_ssize_t version_end = plain_run(s, version_start, n);
+    if (!has_at(s, n, version_end, HEAD_BODY, SIZE(HEAD_BODY))) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t body_start = version_end + SIZE(HEAD_BODY);
+    if (body_start < n && is_space(s[body_start])) {
+        Py_RETURN_NONE;
+    }
+    /* ...,"metadata":{"CorrelationId":"C"}} */
+    if (!has_at(s, n, n - SIZE(END), END, SIZE(END))) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t tail = rfind_tail(s, n, body_start);
+    Py_ssize_t id_start = tail + SIZE(TAIL), id_end = n - SIZE(END);
+    if (tail <= body_start || is_space(s[tail - 1]) ||
+        id_start > id_end || plain_run(s, id_start, id_end) != id_end) {
+        Py_RETURN_NONE;
+    }
+    if (check_utf8 && !is_ascii(s, n)) {
+        PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
+        if (text == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(text);
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(excluded_topics); i++) {
+        PyObject *prefix = PyTuple_GET_ITEM(excluded_topics, i);
+        Py_ssize_t size = PyUnicode_GET_LENGTH(prefix);
+        if (topic_end - topic_start >= size &&
+            memcmp(s + topic_start, PyUnicode_DATA(prefix), (size_t)size) == 0) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *args[4] = {
+        PyUnicode_DecodeASCII(s + topic_start, topic_end - topic_start, NULL),
+        PyUnicode_DecodeASCII(s + version_start, version_end - version_start, NULL),
+        PyBytes_FromStringAndSize(s + body_start, tail - body_start),
+        PyUnicode_DecodeASCII(s + id_start, id_end - id_start, NULL),
+    };
+    PyObject *result = NULL;
+    if (args[0] != NULL && args[1] != NULL && args[2] != NULL && args[3] != NULL) {
+        result = PyObject_Vectorcall(notification_type, args, 4, NULL);
+    }
+    for (int i = 0; i < 4; i++) {
+        Py_XDECREF(args[i]);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(bind_split_doc,
+"bind_split(notification, excluded_topics, /)\n--\n\n"
+"The type split() builds (called with topic, version, body, correlation id)\n"
+"and the topic prefixes it leaves to the full decoder (a tuple of ASCII str).");
+
+static PyObject *
+bind_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "bind_split() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *type = args[0], *excluded = args[1];
+    int ok = PyType_Check(type) && PyTuple_CheckExact(excluded);
+    for (Py_ssize_t i = 0; ok && i < PyTuple_GET_SIZE(excluded); i++) {
+        PyObject *prefix = PyTuple_GET_ITEM(excluded, i);
+        ok = PyUnicode_CheckExact(prefix) && PyUnicode_IS_ASCII(prefix);
+    }
+    if (!ok) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bind_split() expects a type and a tuple of ASCII str prefixes");
+        return NULL;
+    }
+    Py_XSETREF(notification_type, Py_NewRef(type));
+    Py_XSETREF(excluded_topics, Py_NewRef(excluded));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL, walk_doc},
+    {"bind_split", (PyCFunction)(void (*)(void))bind_split, METH_FASTCALL, bind_split_doc},
+    {"split", (PyCFunction)split, METH_O, split_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "genesys_mux.core._speedups",
-    "The participant walk of genesys_mux.core.snapshot, compiled (optional).",
+    "The snapshot walk and the notification split, compiled (optional).",
     -1,
     methods,
 };
@@ -711,7 +960,8 @@ PyInit__speedups(void)
         (str_acd = PyUnicode_InternFromString("acd")) == NULL ||
         (str_agent = PyUnicode_InternFromString("agent")) == NULL ||
         (str_user = PyUnicode_InternFromString("user")) == NULL ||
-        (str_empty = PyUnicode_InternFromString("")) == NULL) {
+        (str_empty = PyUnicode_InternFromString("")) == NULL ||
+        (str_timestamp = PyUnicode_InternFromString("timestamp")) == NULL) {
         return NULL;
     }
     return PyModule_Create(&module_def);

@@ -1,7 +1,11 @@
-"""Types of the optional compiled walk (``_speedups.c``); see ``snapshot._walk``."""
+"""Types of the optional compiled helpers (``_speedups.c``).
+
+See ``snapshot._walk`` and ``frames._split_in_python``, their specifications.
+"""
 
 from typing import Any
 
+from genesys_mux.core.frames import Notification
 from genesys_mux.core.snapshot import _Walked
 
 def bind(
@@ -15,3 +19,5 @@ def bind(
     /,
 ) -> None: ...
 def walk(participants: list[Any], media: str | None, /) -> _Walked | None: ...
+def bind_split(notification: type[Notification], excluded_topics: tuple[str, ...], /) -> None: ...
+def split(data: bytes | str, /) -> Notification | None: ...

@@ -53,11 +53,12 @@ decides how to send them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, TypeAlias
 
 import msgspec
 
+from genesys_mux.core._native import extensions_enabled
 from genesys_mux.errors import ConfigError, FrameError
 
 __all__ = [
@@ -381,6 +382,11 @@ def split_notification(data: bytes | str) -> Notification | None:
     that is not plain ASCII, a system or ``channel.metadata`` topic, text
     that is not UTF-8): decode it with :func:`decode_frame`.
     """
+    return _split(data)
+
+
+def _split_in_python(data: bytes | str) -> Notification | None:
+    """:func:`split_notification` in Python: the specification of the compiled one."""
     if isinstance(data, str):
         try:
             data = data.encode("utf-8")
@@ -416,6 +422,22 @@ def split_notification(data: bytes | str) -> Notification | None:
         data[body_start:tail],
         data[id_start:id_end].decode("ascii"),
     )
+
+
+def _load_native_split() -> Callable[[bytes | str], Notification | None] | None:
+    """The compiled :func:`_split_in_python`; None to split in Python."""
+    if not extensions_enabled():
+        return None
+    try:
+        from genesys_mux.core import _speedups
+    except ImportError:
+        return None
+    _speedups.bind_split(Notification, _NOT_NOTIFICATIONS)
+    return _speedups.split
+
+
+_native_split: Final = _load_native_split()
+_split: Final = _split_in_python if _native_split is None else _native_split
 
 
 def join_notification(topic: str, version: str, body: bytes, correlation_id: str) -> bytes:

@@ -127,7 +127,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -136,6 +135,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from genesys_mux.core._native import extensions_enabled
 from genesys_mux.core.topics import Media, Topic, TopicFamily, parse_topic
 from genesys_mux.errors import InvalidTopicError
 
@@ -444,7 +444,7 @@ def _load_native_walk() -> Callable[[list[_Participant | None], str | None], _Wa
     ``GENESYS_MUX_NO_EXTENSIONS`` set to anything but ``0`` or empty, walks
     in Python, with the same results (see :mod:`genesys_mux.core._speedups`).
     """
-    if os.environ.get("GENESYS_MUX_NO_EXTENSIONS", "") not in ("", "0"):
+    if not extensions_enabled():
         return None
     try:
         from genesys_mux.core import _speedups
@@ -515,20 +515,19 @@ def _conversation_facts(body: bytes, media: str | None) -> ConversationFacts | N
     return _facts(conversation, media)
 
 
-# What a walk over a snapshot's participants finds: the media lists' states,
-# the newest timestamp, the message types, queue and user ids, whether an acd
-# participant, an agent, an active and a monitoring one is connected, and the
-# state digest's parts.
+# What a walk over a snapshot's participants finds, as ConversationFacts holds
+# it: the media, their states, the message types, queue and user ids, the
+# three predicates, the version, and the state digest's parts.
 _Walked = tuple[
-    dict[str, list[str]],
-    datetime | None,
-    set[str],
-    set[str],
-    set[str],
+    frozenset[str],
+    dict[str, tuple[str, ...]],
+    frozenset[str],
+    frozenset[str],
+    frozenset[str],
     bool,
     bool,
     bool,
-    bool,
+    float,
     list[tuple[object, ...]],
 ]
 
@@ -539,37 +538,37 @@ def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
     if walked is None:
         walked = _walk(participants, media)
     (
+        media_names,
         states,
-        newest,
         message_types,
         queue_ids,
         user_ids,
-        acd_connected,
-        agent_connected,
+        queued,
         active,
         monitoring,
+        version,
         digest_parts,
     ) = walked
-    version = 0.0 if newest is None else newest.timestamp()
+    conversation_id = conversation.id
     return ConversationFacts(
-        conversation_id=conversation.id,
-        media=frozenset(states),
-        states={name: tuple(found) for name, found in states.items()},
-        message_types=frozenset(message_types),
-        queue_ids=frozenset(queue_ids),
-        user_ids=frozenset(user_ids),
-        queued=acd_connected and not agent_connected,
-        active=active,
-        monitoring=monitoring,
-        version=version,
-        hash=_state_digest(conversation.id, version, digest_parts),
+        conversation_id,
+        media_names,
+        states,
+        message_types,
+        queue_ids,
+        user_ids,
+        queued,
+        active,
+        monitoring,
+        version,
+        _state_digest(conversation_id, version, digest_parts),
     )
 
 
 def _walk(participants: list[_Participant | None], media: str | None) -> _Walked:
     """One pass over the participants: what :class:`ConversationFacts` is made of.
 
-    The specification of the native walk (``_walk.c``), which must return
+    The specification of the native walk (``_speedups.c``), which must return
     equal values for every input; a test holds the two to it.
     """
     states: dict[str, list[str]] = {}
@@ -685,15 +684,15 @@ def _walk(participants: list[_Participant | None], media: str | None) -> _Walked
     # timestamp() can overflow even at the ends of the calendar.
     newest = max(filter(None, stamps), default=None)
     return (
-        states,
-        newest,
-        message_types,
-        queue_ids,
-        user_ids,
-        acd_connected,
-        agent_connected,
+        frozenset(states),
+        {name: tuple(found) for name, found in states.items()},
+        frozenset(message_types),
+        frozenset(queue_ids),
+        frozenset(user_ids),
+        acd_connected and not agent_connected,
         active,
         monitoring,
+        0.0 if newest is None else newest.timestamp(),
         digest_parts,
     )
 
