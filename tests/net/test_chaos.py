@@ -66,7 +66,7 @@ import random
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,13 +177,16 @@ class Tap:
 
 def install_taps(monkeypatch: pytest.MonkeyPatch) -> Tap:
     tap = Tap()
-    original_frames = ChannelPool.frames
+    original_next_frame = ChannelPool.next_frame_nowait
 
-    async def frames(self: ChannelPool) -> AsyncIterator[InboundNotification]:
-        async for note in original_frames(self):
+    # Every notification the mux reads passes here: frames() takes each
+    # through it, and the dispatcher drains what is queued with it.
+    def next_frame_nowait(self: ChannelPool) -> InboundNotification | None:
+        note = original_next_frame(self)
+        if note is not None:
             tap.reads.append((note.channel_id, note.topic, note.correlation_id, note.received_at))
             tap.read[(note.channel_id, note.topic, note.correlation_id)] += 1
-            yield note
+        return note
 
     original_offer = Stream.offer
     signature = inspect.signature(original_offer)
@@ -201,7 +204,7 @@ def install_taps(monkeypatch: pytest.MonkeyPatch) -> Tap:
         tap.offers[self.id].append(Offer(arguments["topic"], arguments["correlation_id"], outcome))
         return event
 
-    monkeypatch.setattr(ChannelPool, "frames", frames)
+    monkeypatch.setattr(ChannelPool, "next_frame_nowait", next_frame_nowait)
     monkeypatch.setattr(Stream, "offer", offer)
     return tap
 

@@ -397,6 +397,7 @@ _CONVERSATION_DECODER: Final = msgspec.json.Decoder(_Conversation)
 _encode_state: Final = msgspec.json.Encoder().encode
 _encode_sorted: Final = msgspec.json.Encoder(order="sorted").encode
 _first: Final = itemgetter(0)
+_sha256: Final = hashlib.sha256
 # What the state digest keeps of a communication, read in C: a general
 # communication and a media participant spell these fields alike.
 # startHoldTime stays a datetime, which the encoder writes in one canonical
@@ -705,7 +706,8 @@ def _state_digest(conversation_id: str, version: float, parts: list[tuple[object
     that differs between shapes does not make a different state.
     """
     parts.sort(key=_first)
-    return content_hash(_encode_state((conversation_id, version, parts)))
+    # content_hash, without its call: this runs once per snapshot.
+    return _sha256(_encode_state((conversation_id, version, parts))).digest()[:16]
 
 
 def _communications(
@@ -959,12 +961,19 @@ def _milliseconds(value: float | None) -> float | None:
 # one costs more than a microsecond of regular expressions; a bounded cache
 # keeps the per-event cost to a dict lookup. Detail-event topics name a
 # conversation, so they keep churning through it; that only costs a parse.
+# Beside the parse: for a conversation topic, its media suffix as a plain
+# str, or "" for a general one (an enum's value is a property, read in
+# Python); None for any other topic.
 @lru_cache(maxsize=8192)
-def _parse(topic: str) -> Topic | None:
+def _parse(topic: str) -> tuple[Topic | None, str | None]:
     try:
-        return parse_topic(topic)
+        parsed = parse_topic(topic)
     except InvalidTopicError:  # outside the grammar: an "other" topic
-        return None
+        return None, None
+    family = parsed.family
+    if family is TopicFamily.QUEUE_CONVERSATIONS or family is TopicFamily.USER_CONVERSATIONS:
+        return parsed, "" if parsed.media is None else parsed.media.value
+    return parsed, None
 
 
 def event_facts(topic: str, body: bytes) -> EventFacts:
@@ -975,18 +984,13 @@ def event_facts(topic: str, body: bytes) -> EventFacts:
     unknown topic is keyed by itself with no version. A body that is not
     JSON has no version and is marked ``malformed``. Never raises.
     """
-    parsed = _parse(topic)
-    family = parsed.family if parsed is not None else None
-
-    if family is TopicFamily.QUEUE_CONVERSATIONS or family is TopicFamily.USER_CONVERSATIONS:
-        assert parsed is not None
-        media = parsed.media
-        facts = _conversation_facts(body, None if media is None else media.value)
+    parsed, media = _parse(topic)
+    if media is not None:
+        facts = _conversation_facts(body, media or None)
         if facts is None:
             return _opaque(topic, body)
-        return EventFacts(
-            key=facts.conversation_id, version=facts.version, hash=facts.hash, conversation=facts
-        )
+        return EventFacts(facts.conversation_id, facts.version, facts.hash, facts)
+    family = parsed.family if parsed is not None else None
     digest = _canonical_hash(body)
     malformed = digest is None
     if digest is None:

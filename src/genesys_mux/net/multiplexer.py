@@ -900,14 +900,21 @@ class Multiplexer:
 
     async def _dispatch(self) -> None:
         assert self.pool is not None
-        async for note in self.pool.frames():
-            self._dispatched_at = note.received_at
-            try:
-                self._dispatch_one(note)
-            except Exception:
-                # One bad notification (a bug, not bad input: facts never
-                # raise) must not stop the feed; say which one it was.
-                log.exception("dispatching a notification on %s failed", note.topic)
+        next_frame = self.pool.next_frame_nowait
+        async for first in self.pool.frames():
+            # Everything else queued behind it too, without a step of the
+            # generator each (the loop was not given a turn between them
+            # either way).
+            note: InboundNotification | None = first
+            while note is not None:
+                self._dispatched_at = note.received_at
+                try:
+                    self._dispatch_one(note)
+                except Exception:
+                    # One bad notification (a bug, not bad input: facts never
+                    # raise) must not stop the feed; say which one it was.
+                    log.exception("dispatching a notification on %s failed", note.topic)
+                note = next_frame()
 
     def _dispatch_one(self, note: InboundNotification) -> None:
         targets = self._by_topic.get(note.topic)
@@ -1110,8 +1117,9 @@ class Multiplexer:
     # -- consumption ------------------------------------------------------------
 
     def _take(self, state: _StreamState) -> Item | None:
-        item = state.stream.take(time.time(), time.monotonic())
-        if not len(state.stream):
+        stream = state.stream
+        item = stream.take(time.time(), time.monotonic())
+        if not stream.items:
             self._emptied.set()
         if isinstance(item, StreamEvent) and item.latency_s is not None:
             latencies = state.latencies
