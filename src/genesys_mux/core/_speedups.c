@@ -893,14 +893,15 @@ split(PyObject *module, PyObject *data)
             Py_RETURN_NONE;
         }
     }
-    PyObject *args[4] = {
-        PyUnicode_DecodeASCII(s + topic_start, topic_end - topic_start, NULL),
-        PyUnicode_DecodeASCII(s + version_start, version_end - version_start, NULL),
-        PyBytes_FromStringAndSize(s + body_start, tail - body_start),
-        PyUnicode_DecodeASCII(s + id_start, id_end - id_start, NULL),
-    };
+    /* Built one by one, stopping at the first failure (no call may run
+     * with an exception already set). */
+    PyObject *args[4] = {NULL, NULL, NULL, NULL};
     PyObject *result = NULL;
-    if (args[0] != NULL && args[1] != NULL && args[2] != NULL && args[3] != NULL) {
+    if ((args[0] = PyUnicode_DecodeASCII(s + topic_start, topic_end - topic_start, NULL)) &&
+        (args[1] = PyUnicode_DecodeASCII(s + version_start, version_end - version_start,
+                                         NULL)) &&
+        (args[2] = PyBytes_FromStringAndSize(s + body_start, tail - body_start)) &&
+        (args[3] = PyUnicode_DecodeASCII(s + id_start, id_end - id_start, NULL))) {
         result = PyObject_Vectorcall(notification_type, args, 4, NULL);
     }
     for (int i = 0; i < 4; i++) {
