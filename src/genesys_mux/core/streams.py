@@ -429,7 +429,11 @@ class Stream:
         self.priority = priority
         #: Turns per round in a priority merge (:func:`weight`).
         self.weight = weight(priority)
-        self.rules = rules or StreamRules()
+        self._rules = rules = rules or StreamRules()
+        # Whether any client-side rule applies, decided once: offer asks per event.
+        self._filtering = bool(
+            rules.media is not None or rules.sms or rules.queue_id is not None or rules.state
+        )
         self.buffer_size = buffer_size
         self.overflow = overflow
         self.counters = StreamCounters()
@@ -470,6 +474,11 @@ class Stream:
         limit = buffer_size * (BACKLOG_FACTOR if overflow == "backlog" else 1)
         self._limit = limit
 
+    @property
+    def rules(self) -> StreamRules:
+        """The client-side part of the stream's filter (fixed for its lifetime)."""
+        return self._rules
+
     # -- intake ------------------------------------------------------------------
 
     def offer(
@@ -496,9 +505,10 @@ class Stream:
             )
         counters = self.counters
         counters.received += 1
-        rules = self.rules if filtered_topic else _NO_RULES
+        filtering = filtered_topic and self._filtering
+        rules = self._rules if filtering else _NO_RULES
         conversation = facts.conversation
-        if rules.media is not None or rules.sms or rules.queue_id is not None or rules.state:
+        if filtering:
             if conversation is None:
                 counters.filtered += 1
                 return None
@@ -568,7 +578,12 @@ class Stream:
         )
         self._unsettled[event.sequence] = (facts.key, facts.hash, prior_version, prior_in_state)
         self._next_sequence += 1
-        return self._push(event)
+        if self._events_buffered < self._limit:
+            # Room in the buffer (the usual case), without a call.
+            self._buffer.append(event)
+            self._events_buffered += 1
+            return event
+        return self._overflow(event)
 
     def checkpoint(
         self, *, fingerprint: str, watermark: float | None, saved_at: float, refresh: int = 0
@@ -771,11 +786,8 @@ class Stream:
         else:
             self._buffer.append(gap)
 
-    def _push(self, event: StreamEvent) -> StreamEvent | None:
-        if self._events_buffered < self._limit:
-            self._buffer.append(event)
-            self._events_buffered += 1
-            return event
+    def _overflow(self, event: StreamEvent) -> StreamEvent | None:
+        """``event`` arrives at a full buffer: the overflow policy decides."""
         self.counters.overflowed += 1
         if self.overflow == "drop_oldest":
             self._drop_oldest_event()
