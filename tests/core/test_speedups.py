@@ -38,7 +38,9 @@ from tests.core.test_snapshot import EPOCH, LISTS, T0, T1, T2, T3, topic_media
 
 native = snapshot._native_walk
 pytestmark = pytest.mark.skipif(
-    native is None, reason="the compiled walk is not built (no C compiler at install?)"
+    native is None or frames._native_split is None,
+    reason="the compiled helpers are not built (no C compiler at install?) "
+    "or are turned off (GENESYS_MUX_NO_EXTENSIONS)",
 )
 
 
@@ -214,6 +216,7 @@ def test_the_environment_can_turn_the_compiled_walk_off(
 ) -> None:
     monkeypatch.setenv("GENESYS_MUX_NO_EXTENSIONS", value)
     assert (snapshot._load_native_walk() is None) == disabled
+    assert (frames._load_native_split() is None) == disabled
 
 
 def test_walking_holds_no_memory_afterwards() -> None:
