@@ -14,6 +14,7 @@ import contextlib
 import gc
 import json
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -67,6 +68,21 @@ def assert_same_walk(conversation: snapshot._Conversation, media: str | None) ->
     assert [type(v) for v in compiled] == [type(v) for v in spec]
     for found in compiled[1].values():
         assert type(found) is tuple
+
+
+def memory_grown_by(run: Callable[[], None], times: int) -> int:
+    """Bytes still allocated after ``run`` ran ``times`` more times (after a warm-up run)."""
+    run()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(times):
+            run()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 def facts_in_python(
@@ -234,19 +250,8 @@ def test_walking_holds_no_memory_afterwards() -> None:
         for conversation, media in bodies:
             native(conversation.participants or [], media)
 
-    walk_all()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(50):
-            walk_all()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
     # 10,000 walks: one leaked object each would be several hundred KB.
-    assert grown < 20_000
+    assert memory_grown_by(walk_all, 50) < 20_000
 
 
 # --------------------------------------------------------------------------
@@ -399,16 +404,5 @@ def test_splitting_holds_no_memory_afterwards() -> None:
             native_split(text)
             native_split(data[:-1])
 
-    split_all()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(25):
-            split_all()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
     # 15,000 splits: one leaked object each would be several hundred KB.
-    assert grown < 20_000
+    assert memory_grown_by(split_all, 25) < 20_000

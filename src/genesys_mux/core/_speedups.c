@@ -182,6 +182,26 @@ add_stamp(Walk *w, PyObject *stamp)
     return 0;
 }
 
+/* The stamps of an optional part (a wrapup, after-call work): fields first
+ * to last of its layout, inclusive. 0, -1 on error, UNEXPECTED when the
+ * part is neither None nor of the layout's type. */
+static int
+part_stamps(Walk *w, PyObject *part, const Layout *layout, int first, int last)
+{
+    if (part == Py_None) {
+        return 0;
+    }
+    if (!Py_IS_TYPE(part, layout->type)) {
+        return UNEXPECTED;
+    }
+    for (int i = first; i <= last; i++) {
+        if (add_stamp(w, field(part, layout, i)) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The list of states of one media name in w->states, created when missing;
  * borrowed. */
 static PyObject *
@@ -356,24 +376,11 @@ communications(Walk *w, PyObject *name, PyObject *list, PyObject *comms, int *co
             add_stamp(w, field(comm, &communication, C_DISCONNECTED_TIME)) < 0) {
             return -1;
         }
-        PyObject *acw = field(comm, &communication, C_AFTER_CALL_WORK);
-        if (acw != Py_None) {
-            if (!Py_IS_TYPE(acw, after_call_work.type)) {
-                return UNEXPECTED;
-            }
-            if (add_stamp(w, field(acw, &after_call_work, A_START_TIME)) < 0 ||
-                add_stamp(w, field(acw, &after_call_work, A_END_TIME)) < 0) {
-                return -1;
-            }
-        }
-        PyObject *comm_wrapup = field(comm, &communication, C_WRAPUP);
-        if (comm_wrapup != Py_None) {
-            if (!Py_IS_TYPE(comm_wrapup, wrapup.type)) {
-                return UNEXPECTED;
-            }
-            if (add_stamp(w, field(comm_wrapup, &wrapup, W_END_TIME)) < 0) {
-                return -1;
-            }
+        if ((status = part_stamps(w, field(comm, &communication, C_AFTER_CALL_WORK),
+                                  &after_call_work, A_START_TIME, A_END_TIME)) != 0 ||
+            (status = part_stamps(w, field(comm, &communication, C_WRAPUP), &wrapup,
+                                  W_END_TIME, W_END_TIME)) != 0) {
+            return status;
         }
         /* A general participant's messages[] gives the message types. */
         if (messages_list) {
@@ -469,14 +476,8 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
         goto error;
     }
     PyObject *participant_wrapup = field(p, &participant, P_WRAPUP);
-    if (participant_wrapup != Py_None) {
-        if (!Py_IS_TYPE(participant_wrapup, wrapup.type)) {
-            status = UNEXPECTED;
-            goto fail;
-        }
-        if (add_stamp(w, field(participant_wrapup, &wrapup, W_END_TIME)) < 0) {
-            goto error;
-        }
+    if ((status = part_stamps(w, participant_wrapup, &wrapup, W_END_TIME, W_END_TIME)) != 0) {
+        goto fail;
     }
     PyObject *purpose = field(p, &participant, P_PURPOSE);
     PyObject *user_id, *queue_id;

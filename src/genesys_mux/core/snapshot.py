@@ -538,6 +538,8 @@ def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
     walked = None if _native_walk is None else _native_walk(participants, media)
     if walked is None:
         walked = _walk(participants, media)
+    # The walk's values are the struct's fields in order; unpacked by name,
+    # because that measured cheaper than slicing or star-unpacking them.
     (
         media_names,
         states,
