@@ -18,7 +18,9 @@ from benchmarks.bench_pipeline import (
     ChunkLedger,
     FrameRing,
     _Chunk,
+    _paired,
 )
+from benchmarks.bench_pool import Result
 
 from genesys_mux.emulator.sockets import Pending
 
@@ -85,6 +87,28 @@ def test_the_chunk_ledger_reads_as_the_emulator_ledger_in_send_order() -> None:
 
 
 @pytest.mark.timeout(180)
+def _run(scenario: str, cpu_us: float) -> Result:
+    return Result(scenario, 1000, 2300, 1.0, 1.0, cpu_us / 1000, None, 0, None, None, 0)
+
+
+def test_paired_ratios_say_where_the_target_lies_in_the_spread() -> None:
+    """Repetition i of stream() against repetition i of the baseline, not the medians."""
+    naive = [_run("naive", us) for us in (20.0, 40.0, 30.0)]
+    mux = [_run("mux", us) for us in (12.0, 16.0, 12.0)]
+    # Ratios 0.60, 0.40, 0.40: two of three within 0.5, though the medians
+    # (12/30) alone would say 0.40.
+    assert _paired({"mux": mux, "naive": naive}, "naive", 0.5) == (
+        " (per repetition: median 0.40x, 0.40x to 0.60x; 2 of 3 within the target)"
+    )
+    assert _paired({"mux": mux, "naive": naive}, "naive", 0.7).endswith(
+        "every one within the target)"
+    )
+    assert _paired({"mux": mux, "naive": naive}, "naive", 0.3).endswith("none within the target)")
+    # One repetition, or a baseline not run: nothing to add.
+    assert _paired({"mux": mux[:1], "naive": naive[:1]}, "naive", 0.5) == ""
+    assert _paired({"mux": mux}, "node", 1.0) == ""
+
+
 def test_bench_pipeline_quick_run_produces_its_tables() -> None:
     """A smoke run with tiny counts, one body size: every table, every check passed."""
     process = subprocess.run(
