@@ -462,6 +462,24 @@ def test_digest_changes_with_every_covered_field(index: int, field: str, value: 
     assert digest(changed) != digest(MEDIA_BODY)
 
 
+def test_digest_bytes_do_not_change_between_versions() -> None:
+    """Digests are persisted (checkpoints) and sent (idempotency keys): pinned.
+
+    A new version that digested the same state otherwise would deliver every
+    remembered conversation's state again after an upgrade, under new keys
+    that sinks could not recognise. Changing these values must be a decision.
+    """
+    odd = dict(
+        MEDIA_BODY,
+        participants=[
+            dict(p, attributes={"é": 'q"x', "a": "1"}) for p in MEDIA_BODY["participants"]
+        ],
+    )
+    assert digest(MEDIA_BODY).hex() == "30b266e651bc30807e44156e35096da6"
+    assert digest(MEDIA_BODY, None).hex() == "c61b6e098ecf4dbefec3017e712f0432"
+    assert digest(odd).hex() == "0804d8d386e5e0432947378f3d6127eb"
+
+
 def test_digest_changes_with_the_media_and_the_conversation() -> None:
     assert digest(MEDIA_BODY, "chats") != digest(MEDIA_BODY, "calls")
     assert digest(dict(MEDIA_BODY, id="another")) != digest(MEDIA_BODY)

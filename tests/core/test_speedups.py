@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from genesys_mux.core import frames, snapshot
@@ -58,8 +58,8 @@ def decoded(body: bytes) -> snapshot._Conversation:
 def assert_same_walk(conversation: snapshot._Conversation, media: str | None) -> None:
     assert native is not None
     participants = conversation.participants or []
-    compiled = native(participants, media)
-    spec = snapshot._walk(participants, media)
+    compiled = native(conversation.id, participants, media)
+    spec = snapshot._walk(conversation.id, participants, media)
     assert compiled is not None
     assert compiled == spec
     # Equal is not enough where order or type could differ unseen: the
@@ -110,9 +110,20 @@ def test_every_emulator_snapshot_walks_the_same(monkeypatch: pytest.MonkeyPatch)
 # present, null and (now and then) mistyped, so that both the typed decode
 # and the tolerant path feed the walk.
 MISTYPED = st.sampled_from([3, [], {}, True])
-TEXT = st.none() | st.sampled_from(["connected", "disconnected", "alerting", "", "sms", "x"])
+# Text the compiled walk writes into the digest itself (plain ASCII) and text
+# it hands to the encoder (quotes, backslashes, control characters, DEL,
+# beyond ASCII), so both make the same bytes. (A lone surrogate does not
+# decode: such a body has no facts either way.)
+ODD_TEXT = st.sampled_from(
+    ['a"b', "a\\b", "tab\there", "\x00", "\x7f", "é", "\u2028", "😀", "/<>&'"]
+) | st.text(st.characters(exclude_categories=["Cs"]), max_size=4)
+TEXT = (
+    st.none()
+    | st.sampled_from(["connected", "disconnected", "alerting", "", "sms", "x"])
+    | ODD_TEXT
+)
 PURPOSE = st.none() | st.sampled_from(["acd", "agent", "user", "customer", "ivr", ""])
-ID = st.none() | st.sampled_from(["", "p1", "p2", "p3", "u1", "q1"])
+ID = st.none() | st.sampled_from(["", "p1", "p2", "p3", "u1", "q1"]) | ODD_TEXT
 STAMP = st.none() | st.sampled_from(
     [T0, T1, T2, T3, "2027-01-15T09:00:01.000+01:00", "2027-01-15T08:00:01Z", "garbage"]
 )
@@ -163,7 +174,9 @@ PARTICIPANT = optional(
         "queue": REF,
         **STATE,
         "attributes": st.none()
-        | st.dictionaries(st.sampled_from(["b", "a", "c"]), st.sampled_from(["1", "2"])),
+        | st.dictionaries(
+            st.sampled_from(["b", "a", "c"]) | ODD_TEXT, st.sampled_from(["1", "2"]) | ODD_TEXT
+        ),
         "monitoredParticipantId": ID,
         "connectedTime": STAMP,
         "endTime": STAMP,
@@ -177,11 +190,12 @@ MEDIA = st.none() | st.sampled_from(["calls", "messages", "chats"])
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.none() | PARTICIPANT, max_size=5), MEDIA)
+@given(st.lists(st.none() | PARTICIPANT, max_size=5), MEDIA, st.sampled_from(["c1"]) | ODD_TEXT)
 def test_snapshot_shaped_bodies_walk_the_same(
-    participants: list[dict[str, Any] | None], media: str | None
+    participants: list[dict[str, Any] | None], media: str | None, conversation_id: str
 ) -> None:
-    body = json.dumps({"id": "c1", "participants": participants}).encode()
+    assume(conversation_id)
+    body = json.dumps({"id": conversation_id, "participants": participants}).encode()
     assert_same_walk(decoded(body), media)
     with pytest.MonkeyPatch.context() as patch:
         compiled = conversation_facts(body, media)
@@ -193,17 +207,38 @@ def test_an_unexpected_shape_is_left_to_the_python_walk(monkeypatch: pytest.Monk
     assert native is not None
     participant = snapshot._Participant(id="p1", purpose="agent", calls=[snapshot._Communication()])
     # Not the bound types, or a list that is not a list: None, never a guess.
-    assert native([{"id": "p1"}], None) is None  # type: ignore[list-item]
-    assert native((participant,), None) is None  # type: ignore[arg-type]
+    assert native("c1", [{"id": "p1"}], None) is None  # type: ignore[list-item]
+    assert native("c1", (participant,), None) is None  # type: ignore[arg-type]
     odd = snapshot._Participant(id="p1", calls=(snapshot._Communication(state="connected"),))  # type: ignore[arg-type]
-    assert native([odd], None) is None
-    assert native([participant], 3) is None  # type: ignore[arg-type]
+    assert native("c1", [odd], None) is None
+    assert native("c1", [participant], 3) is None  # type: ignore[arg-type]
     # conversation_facts then walks in Python and says the same.
     conversation = snapshot._Conversation(id="c1", participants=[odd])
     facts = snapshot._facts(conversation, None)
     monkeypatch.setattr(snapshot, "_native_walk", None)
     assert snapshot._facts(conversation, None) == facts
     assert facts.states == {"calls": ("connected",)}
+
+
+def test_a_value_the_encoder_refuses_fails_both_walks_alike() -> None:
+    """Only a struct built by hand can hold one; the error is the encoder's, nothing leaks."""
+    assert native is not None
+    weird = snapshot._Participant(
+        id="p1",
+        calls=[snapshot._Communication(state="connected", held=object())],  # type: ignore[arg-type]
+    )
+    with pytest.raises(TypeError) as compiled:
+        native("c1", [weird], None)
+    with pytest.raises(TypeError) as spec:
+        snapshot._walk("c1", [weird], None)
+    assert str(compiled.value) == str(spec.value)
+
+    def fail_many() -> None:
+        for _ in range(200):
+            with contextlib.suppress(TypeError):
+                native("c1", [weird], None)
+
+    assert memory_grown_by(fail_many, 20) < 20_000
 
 
 def test_bind_refuses_types_it_cannot_read() -> None:
@@ -248,7 +283,7 @@ def test_walking_holds_no_memory_afterwards() -> None:
 
     def walk_all() -> None:
         for conversation, media in bodies:
-            native(conversation.participants or [], media)
+            native(conversation.id, conversation.participants or [], media)
 
     # 10,000 walks: one leaked object each would be several hundred KB.
     assert memory_grown_by(walk_all, 50) < 20_000

@@ -5,13 +5,15 @@
  *
  * snapshot._walk (Python) is the walk's specification: walk() here must
  * return a value equal to it for every input, and tests/core/test_speedups.py
- * holds the two to that. The typed decode and the state digest stay in
- * Python.
+ * holds the two to that. The typed decode stays in Python, and so do the
+ * state digest's encoder and hash, which the walk calls (bind_digest()).
  *
  * Why it exists: the walk reads some thirty fields of each participant and
- * communication and builds the digest's tuples. In the interpreter that is
- * about a third of the pipeline's CPU per event; here it is a few hundred
- * nanoseconds. mypyc was measured first and gained 3 %, because it reads a
+ * communication, and the state digest covers most of them. In the
+ * interpreter that was about a third of the pipeline's CPU per event; here
+ * it is a few hundred nanoseconds, and the digest's JSON is written as the
+ * fields are read rather than built as tuples for the encoder to walk
+ * again. mypyc was measured first and gained 3 %, because it reads a
  * msgspec struct's fields through generic attribute lookup.
  *
  * How it reads fields: bind() is given the snapshot's private msgspec struct
@@ -25,7 +27,8 @@
  * References: every field read is borrowed from the conversation tree the
  * caller holds for the whole call, and nothing here runs Python code that
  * could change that tree (comparisons are of str, datetime and tuples of
- * str; sorting is of tuples of str).
+ * str; sorting is of tuples of str and of exact str ids; the encoder and the
+ * hash are msgspec's and OpenSSL's C, with no hooks).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -150,6 +153,127 @@ bind_layout(Layout *layout, PyObject *type, const char *const *names, int count)
 /* Sentinel result of the helpers below: the input is not of the bound shape. */
 #define UNEXPECTED 1
 
+/* -- the state digest's JSON --------------------------------------------------
+ *
+ * snapshot._state_digest hashes the msgspec JSON of (conversation id,
+ * version, the participants' digest parts sorted by id). Building those
+ * parts as tuples for the encoder to walk again cost more than the walk
+ * itself, so the walk here writes their JSON as it goes, in the bytes the
+ * encoder writes: brackets, commas, null, true, false and plain ASCII text
+ * are written here; every other value (the version, a hold time, text with
+ * an escape or beyond ASCII, anything unforeseen) is handed to the bound
+ * encoder itself, so its bytes are the encoder's by construction.
+ */
+
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+} Buffer;
+
+static int
+buffer_reserve(Buffer *b, Py_ssize_t extra)
+{
+    if (b->size + extra <= b->capacity) {
+        return 0;
+    }
+    Py_ssize_t capacity = b->capacity ? b->capacity : 1024;
+    while (capacity < b->size + extra) {
+        if (capacity > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        capacity *= 2;
+    }
+    char *data = PyMem_Realloc(b->data, (size_t)capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->capacity = capacity;
+    return 0;
+}
+
+static int
+buffer_write(Buffer *b, const char *s, Py_ssize_t n)
+{
+    if (buffer_reserve(b, n) < 0) {
+        return -1;
+    }
+    memcpy(b->data + b->size, s, (size_t)n);
+    b->size += n;
+    return 0;
+}
+
+static inline int
+buffer_char(Buffer *b, char c)
+{
+    if (b->size == b->capacity && buffer_reserve(b, 1) < 0) {
+        return -1;
+    }
+    b->data[b->size++] = c;
+    return 0;
+}
+
+static PyObject *encode_value; /* snapshot._encode_state, or NULL before bind_digest() */
+static PyObject *sha256;       /* hashlib.sha256 */
+static PyObject *str_digest;
+/* snapshot._state_digest keeps the first 16 bytes of the SHA-256. */
+#define DIGEST_SIZE 16
+
+/* One value, as the encoder writes it. */
+static int
+write_value(Buffer *b, PyObject *v)
+{
+    if (v == Py_None) {
+        return buffer_write(b, "null", 4);
+    }
+    if (v == Py_True) {
+        return buffer_write(b, "true", 4);
+    }
+    if (v == Py_False) {
+        return buffer_write(b, "false", 5);
+    }
+    if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        const unsigned char *text = PyUnicode_1BYTE_DATA(v);
+        Py_ssize_t i = 0;
+        while (i < n && text[i] >= 0x20 && text[i] < 0x7f && text[i] != '"' && text[i] != '\\') {
+            i++;
+        }
+        if (i == n) {
+            if (buffer_reserve(b, n + 2) < 0) {
+                return -1;
+            }
+            b->data[b->size++] = '"';
+            memcpy(b->data + b->size, text, (size_t)n);
+            b->size += n;
+            b->data[b->size++] = '"';
+            return 0;
+        }
+    }
+    PyObject *encoded = PyObject_CallOneArg(encode_value, v);
+    if (encoded == NULL) {
+        return -1;
+    }
+    int status;
+    if (!PyBytes_CheckExact(encoded)) {
+        PyErr_SetString(PyExc_TypeError, "the bound encoder did not return bytes");
+        status = -1;
+    }
+    else {
+        status = buffer_write(b, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded));
+    }
+    Py_DECREF(encoded);
+    return status;
+}
+
+/* A participant's digest part in Walk.parts, and the id it is sorted by. */
+typedef struct {
+    PyObject *id; /* borrowed exact str */
+    Py_ssize_t start, length, index;
+} Part;
+
 /* Everything the walk gathers (snapshot._walk's locals). */
 typedef struct {
     PyObject *states;        /* dict[str, list[str]], tuples once done */
@@ -157,7 +281,11 @@ typedef struct {
     PyObject *message_types; /* frozenset[str], filled while only the walk holds it */
     PyObject *queue_ids;     /* frozenset[str], likewise */
     PyObject *user_ids;      /* frozenset[str], likewise */
-    PyObject *digest_parts;  /* list[tuple] */
+    Buffer comms;            /* the current participant's communications' JSON */
+    Py_ssize_t comm_count;
+    Buffer parts;            /* the digest parts' JSON, one after another */
+    Part *part_index;
+    Py_ssize_t part_count, part_capacity;
 } Walk;
 
 /* Keep the newest of the stamps seen, as max() does: a later one replaces
@@ -220,34 +348,18 @@ bucket_of(Walk *w, PyObject *name)
     return failed ? NULL : bucket;
 }
 
-/* The digest's state of a communication (or media participant): a tuple of
- * its first STATE_FIELDS fields, as attrgetter builds it. */
-static PyObject *
-state_tuple(PyObject *obj, const Layout *layout, int first)
-{
-    PyObject *result = PyTuple_New(STATE_FIELDS);
-    if (result == NULL) {
-        return NULL;
-    }
-    for (int i = 0; i < STATE_FIELDS; i++) {
-        PyObject *value = field(obj, layout, first + i);
-        Py_INCREF(value);
-        PyTuple_SET_ITEM(result, i, value);
-    }
-    return result;
-}
-
-/* snapshot._details: each message's id (messageId, else message.id) and status. */
+/* snapshot._details: each message's id (messageId, else message.id) and
+ * status, as [[id, status], ...]. */
 static int
-details(PyObject *items, PyObject **out)
+write_details(Buffer *b, PyObject *items)
 {
     if (!PyList_CheckExact(items)) {
         return UNEXPECTED;
     }
-    PyObject *result = PyList_New(0);
-    if (result == NULL) {
+    if (buffer_char(b, '[') < 0) {
         return -1;
     }
+    int first = 1;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
         PyObject *d = PyList_GET_ITEM(items, i);
         if (d == Py_None) {
@@ -264,13 +376,11 @@ details(PyObject *items, PyObject **out)
             message_id = C_MESSAGE_ID, message = C_MESSAGE, message_status = C_MESSAGE_STATUS;
         }
         else {
-            Py_DECREF(result);
             return UNEXPECTED;
         }
         PyObject *id = field(d, layout, message_id);
         int truthy = PyObject_IsTrue(id);
         if (truthy < 0) {
-            Py_DECREF(result);
             return -1;
         }
         if (!truthy) {
@@ -282,62 +392,58 @@ details(PyObject *items, PyObject **out)
                 id = field(ref_object, &ref, R_ID);
             }
             else {
-                Py_DECREF(result);
                 return UNEXPECTED;
             }
         }
-        PyObject *pair = PyTuple_Pack(2, id, field(d, layout, message_status));
-        if (pair == NULL || PyList_Append(result, pair) < 0) {
-            Py_XDECREF(pair);
-            Py_DECREF(result);
+        if ((!first && buffer_char(b, ',') < 0) || buffer_char(b, '[') < 0 ||
+            write_value(b, id) < 0 || buffer_char(b, ',') < 0 ||
+            write_value(b, field(d, layout, message_status)) < 0 || buffer_char(b, ']') < 0) {
             return -1;
         }
-        Py_DECREF(pair);
+        first = 0;
     }
-    *out = result;
-    return 0;
+    return buffer_char(b, ']');
 }
 
-/* One digest entry: (media, state tuple, details or None), appended to comms. */
+/* One digest entry, [media, [its STATE_FIELDS state fields], details or
+ * null], appended to the participant's communications. */
 static int
-add_comm(PyObject *comms, PyObject *name, PyObject *obj, const Layout *layout, int first,
+add_comm(Walk *w, PyObject *name, PyObject *obj, const Layout *layout, int first,
          PyObject *messages)
 {
-    PyObject *state = state_tuple(obj, layout, first);
-    if (state == NULL) {
+    Buffer *b = &w->comms;
+    if ((w->comm_count > 0 && buffer_char(b, ',') < 0) || buffer_char(b, '[') < 0 ||
+        write_value(b, name) < 0 || buffer_write(b, ",[", 2) < 0) {
         return -1;
     }
-    PyObject *found = Py_None;
+    for (int i = 0; i < STATE_FIELDS; i++) {
+        if ((i > 0 && buffer_char(b, ',') < 0) || write_value(b, field(obj, layout, first + i)) < 0) {
+            return -1;
+        }
+    }
+    if (buffer_write(b, "],", 2) < 0) {
+        return -1;
+    }
     int truthy = PyObject_IsTrue(messages);
     if (truthy < 0) {
-        Py_DECREF(state);
         return -1;
     }
     if (truthy) {
-        int status = details(messages, &found);
+        int status = write_details(b, messages);
         if (status != 0) {
-            Py_DECREF(state);
             return status;
         }
     }
-    else {
-        Py_INCREF(found);
-    }
-    PyObject *entry = PyTuple_Pack(3, name, state, found);
-    Py_DECREF(state);
-    Py_DECREF(found);
-    if (entry == NULL) {
+    else if (buffer_write(b, "null", 4) < 0) {
         return -1;
     }
-    int failed = PyList_Append(comms, entry);
-    Py_DECREF(entry);
-    return failed ? -1 : 0;
+    w->comm_count++;
+    return buffer_char(b, ']');
 }
 
 /* snapshot._communications: one media list; *connected set when one is. */
 static int
-communications(Walk *w, PyObject *name, PyObject *list, PyObject *comms, int *connected,
-               int messages_list)
+communications(Walk *w, PyObject *name, PyObject *list, int *connected, int messages_list)
 {
     if (!PyList_CheckExact(list)) {
         return UNEXPECTED;
@@ -367,7 +473,7 @@ communications(Walk *w, PyObject *name, PyObject *list, PyObject *comms, int *co
                 *connected = 1;
             }
         }
-        int status = add_comm(comms, name, comm, &communication, C_STATE,
+        int status = add_comm(w, name, comm, &communication, C_STATE,
                               field(comm, &communication, C_MESSAGES));
         if (status != 0) {
             return status;
@@ -417,6 +523,140 @@ equals(PyObject *value, PyObject *constant)
     return PyObject_RichCompareBool(value, constant, Py_EQ);
 }
 
+/* A participant's digest part, [id or "", purpose, user id, queue id, wrapup
+ * code, sorted attributes or null, [communications]], appended to w->parts
+ * and indexed by its id for the sort. */
+static int
+add_part(Walk *w, PyObject *p, PyObject *purpose, PyObject *user_id, PyObject *queue_id,
+         PyObject *participant_wrapup)
+{
+    PyObject *id = field(p, &participant, P_ID);
+    int has_id = PyObject_IsTrue(id);
+    if (has_id < 0) {
+        return -1;
+    }
+    if (!has_id) {
+        id = str_empty;
+    }
+    else if (!PyUnicode_CheckExact(id)) {
+        /* Sorting by it could run Python code (or fail): Python sorts it. */
+        return UNEXPECTED;
+    }
+    PyObject *attributes = field(p, &participant, P_ATTRIBUTES);
+    int truthy = PyObject_IsTrue(attributes);
+    if (truthy < 0) {
+        return -1;
+    }
+    if (truthy && !PyDict_CheckExact(attributes)) {
+        return UNEXPECTED;
+    }
+    PyObject *code = Py_None;
+    if (participant_wrapup != Py_None) {
+        code = field(participant_wrapup, &wrapup, W_CODE);
+    }
+    if (w->part_count == w->part_capacity) {
+        Py_ssize_t capacity = w->part_capacity ? 2 * w->part_capacity : 8;
+        Part *index = PyMem_Realloc(w->part_index, (size_t)capacity * sizeof(Part));
+        if (index == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        w->part_index = index;
+        w->part_capacity = capacity;
+    }
+    Buffer *b = &w->parts;
+    Py_ssize_t start = b->size;
+    if (buffer_char(b, '[') < 0 || write_value(b, id) < 0 || buffer_char(b, ',') < 0 ||
+        write_value(b, purpose) < 0 || buffer_char(b, ',') < 0 || write_value(b, user_id) < 0 ||
+        buffer_char(b, ',') < 0 || write_value(b, queue_id) < 0 || buffer_char(b, ',') < 0 ||
+        write_value(b, code) < 0 || buffer_char(b, ',') < 0) {
+        return -1;
+    }
+    if (truthy) {
+        /* sorted(attributes.items()): the keys differ, so only they are compared. */
+        PyObject *items = PyDict_Items(attributes);
+        if (items == NULL) {
+            return -1;
+        }
+        int failed = PyList_Sort(items) < 0 || buffer_char(b, '[') < 0;
+        for (Py_ssize_t i = 0; !failed && i < PyList_GET_SIZE(items); i++) {
+            PyObject *pair = PyList_GET_ITEM(items, i);
+            failed = (i > 0 && buffer_char(b, ',') < 0) || buffer_char(b, '[') < 0 ||
+                     write_value(b, PyTuple_GET_ITEM(pair, 0)) < 0 || buffer_char(b, ',') < 0 ||
+                     write_value(b, PyTuple_GET_ITEM(pair, 1)) < 0 || buffer_char(b, ']') < 0;
+        }
+        Py_DECREF(items);
+        if (failed || buffer_char(b, ']') < 0) {
+            return -1;
+        }
+    }
+    else if (buffer_write(b, "null", 4) < 0) {
+        return -1;
+    }
+    if (buffer_write(b, ",[", 2) < 0 || buffer_write(b, w->comms.data, w->comms.size) < 0 ||
+        buffer_write(b, "]]", 2) < 0) {
+        return -1;
+    }
+    w->part_index[w->part_count] = (Part){id, start, b->size - start, w->part_count};
+    w->part_count++;
+    return 0;
+}
+
+/* Python's sort of the parts by id: code point order, stable. The ids are
+ * exact str, so the comparison cannot fail or run Python code. */
+static int
+compare_parts(const void *a, const void *b)
+{
+    const Part *x = a, *y = b;
+    if (x->id != y->id) {
+        int order = PyUnicode_Compare(x->id, y->id);
+        if (order != 0) {
+            return order;
+        }
+    }
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* The 16-byte state digest: SHA-256 of [conversation id, version, [parts by id]]. */
+static PyObject *
+state_digest(Walk *w, PyObject *conversation_id, PyObject *version)
+{
+    Buffer out = {0};
+    PyObject *encoded = NULL, *hash = NULL, *full = NULL, *result = NULL;
+    if (w->part_count > 1) {
+        qsort(w->part_index, (size_t)w->part_count, sizeof(Part), compare_parts);
+    }
+    if (buffer_reserve(&out, w->parts.size + 128) < 0 || buffer_char(&out, '[') < 0 ||
+        write_value(&out, conversation_id) < 0 || buffer_char(&out, ',') < 0 ||
+        write_value(&out, version) < 0 || buffer_write(&out, ",[", 2) < 0) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < w->part_count; i++) {
+        const Part *part = &w->part_index[i];
+        if ((i > 0 && buffer_char(&out, ',') < 0) ||
+            buffer_write(&out, w->parts.data + part->start, part->length) < 0) {
+            goto done;
+        }
+    }
+    if (buffer_write(&out, "]]", 2) < 0 ||
+        (encoded = PyBytes_FromStringAndSize(out.data, out.size)) == NULL ||
+        (hash = PyObject_CallOneArg(sha256, encoded)) == NULL ||
+        (full = PyObject_CallMethodNoArgs(hash, str_digest)) == NULL) {
+        goto done;
+    }
+    if (!PyBytes_CheckExact(full) || PyBytes_GET_SIZE(full) < DIGEST_SIZE) {
+        PyErr_SetString(PyExc_TypeError, "the bound hash gave no digest of 16 bytes or more");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(PyBytes_AS_STRING(full), DIGEST_SIZE);
+done:
+    PyMem_Free(out.data);
+    Py_XDECREF(encoded);
+    Py_XDECREF(hash);
+    Py_XDECREF(full);
+    return result;
+}
+
 /* One participant, as the loop body of snapshot._walk. */
 static int
 walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
@@ -424,10 +664,8 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
 {
     int status;
     int connected = 0;
-    PyObject *comms = PyList_New(0);
-    if (comms == NULL) {
-        return -1;
-    }
+    w->comms.size = 0;
+    w->comm_count = 0;
     PyObject *state = field(p, &participant, P_STATE);
     if (state != Py_None) {
         /* A media participant: it is its one communication, of the topic's media. */
@@ -446,7 +684,7 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
         if (type != Py_None && PySet_Add(w->message_types, type) < 0) {
             goto error;
         }
-        status = add_comm(comms, media, p, &participant, P_STATE,
+        status = add_comm(w, media, p, &participant, P_STATE,
                           field(p, &participant, P_MESSAGES));
         if (status != 0) {
             goto fail;
@@ -460,7 +698,7 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
                 goto error;
             }
             if (truthy) {
-                status = communications(w, media_names[i], list, comms, &connected,
+                status = communications(w, media_names[i], list, &connected,
                                         P_CALLS + i == P_MESSAGES);
                 if (status != 0) {
                     goto fail;
@@ -528,57 +766,16 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
             *monitoring = 1;
         }
     }
-    if (PyList_GET_SIZE(comms) > 0) {
-        PyObject *id = field(p, &participant, P_ID);
-        int has_id = PyObject_IsTrue(id);
-        if (has_id < 0) {
-            goto error;
-        }
-        PyObject *attributes = field(p, &participant, P_ATTRIBUTES);
-        PyObject *sorted_attributes;
-        truthy = PyObject_IsTrue(attributes);
-        if (truthy < 0) {
-            goto error;
-        }
-        if (truthy) {
-            if (!PyDict_CheckExact(attributes)) {
-                status = UNEXPECTED;
-                goto fail;
-            }
-            sorted_attributes = PyDict_Items(attributes);
-            if (sorted_attributes == NULL) {
-                goto error;
-            }
-            if (PyList_Sort(sorted_attributes) < 0) {
-                Py_DECREF(sorted_attributes);
-                goto error;
-            }
-        }
-        else {
-            sorted_attributes = Py_NewRef(Py_None);
-        }
-        PyObject *code = Py_None;
-        if (participant_wrapup != Py_None) {
-            code = field(participant_wrapup, &wrapup, W_CODE);
-        }
-        PyObject *part = PyTuple_Pack(7, has_id ? id : str_empty, purpose, user_id,
-                                      queue_id, code, sorted_attributes, comms);
-        Py_DECREF(sorted_attributes);
-        if (part == NULL) {
-            goto error;
-        }
-        int failed = PyList_Append(w->digest_parts, part);
-        Py_DECREF(part);
-        if (failed) {
-            goto error;
+    if (w->comm_count > 0) {
+        status = add_part(w, p, purpose, user_id, queue_id, participant_wrapup);
+        if (status != 0) {
+            return status;
         }
     }
-    Py_DECREF(comms);
     return 0;
 error:
-    status = -1;
+    return -1;
 fail:
-    Py_DECREF(comms);
     return status;
 }
 
@@ -601,36 +798,35 @@ freeze_states(PyObject *states)
 }
 
 PyDoc_STRVAR(walk_doc,
-"walk(participants, media, /)\n--\n\n"
+"walk(conversation_id, participants, media, /)\n--\n\n"
 "snapshot._walk, compiled: the same tuple, or None when an input is not of\n"
 "the bound types (the caller then walks in Python).");
 
 static PyObject *
 walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "walk() takes 2 arguments (%zd given)", nargs);
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "walk() takes 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (!bound) {
-        PyErr_SetString(PyExc_RuntimeError, "walk() before bind()");
+    if (!bound || encode_value == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "walk() before bind() and bind_digest()");
         return NULL;
     }
-    PyObject *participants = args[0], *media = args[1];
+    PyObject *conversation_id = args[0], *participants = args[1], *media = args[2];
     if (!PyList_CheckExact(participants) || (media != Py_None && !PyUnicode_CheckExact(media))) {
         Py_RETURN_NONE;
     }
     Walk w = {0};
     int acd_connected = 0, agent_connected = 0, active = 0, monitoring = 0;
     int status = 0;
-    PyObject *result = NULL, *media_names = NULL, *version = NULL;
+    PyObject *result = NULL, *media_names = NULL, *version = NULL, *digest = NULL;
     /* The sets are frozensets from the start: PySet_Add fills a frozenset
      * that nothing else references yet, which saves a copy of each. */
     if ((w.states = PyDict_New()) == NULL ||
         (w.message_types = PyFrozenSet_New(NULL)) == NULL ||
         (w.queue_ids = PyFrozenSet_New(NULL)) == NULL ||
-        (w.user_ids = PyFrozenSet_New(NULL)) == NULL ||
-        (w.digest_parts = PyList_New(0)) == NULL) {
+        (w.user_ids = PyFrozenSet_New(NULL)) == NULL) {
         goto done;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(participants); i++) {
@@ -658,25 +854,49 @@ walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     version = w.newest ? PyObject_CallMethodNoArgs(w.newest, str_timestamp)
                        : PyFloat_FromDouble(0.0);
-    if (version == NULL) {
+    if (version == NULL || (digest = state_digest(&w, conversation_id, version)) == NULL) {
         goto done;
     }
     result = PyTuple_Pack(10, media_names, w.states, w.message_types, w.queue_ids, w.user_ids,
                           acd_connected && !agent_connected ? Py_True : Py_False,
                           active ? Py_True : Py_False, monitoring ? Py_True : Py_False, version,
-                          w.digest_parts);
+                          digest);
 done:
     Py_XDECREF(media_names);
     Py_XDECREF(version);
+    Py_XDECREF(digest);
     Py_XDECREF(w.states);
     Py_XDECREF(w.message_types);
     Py_XDECREF(w.queue_ids);
     Py_XDECREF(w.user_ids);
-    Py_XDECREF(w.digest_parts);
+    PyMem_Free(w.comms.data);
+    PyMem_Free(w.parts.data);
+    PyMem_Free(w.part_index);
     return result;
 }
 
 /* -- binding ---------------------------------------------------------------- */
+
+PyDoc_STRVAR(bind_digest_doc,
+"bind_digest(encode, sha256, /)\n--\n\n"
+"The state digest's JSON encoder and hash, as snapshot._state_digest calls\n"
+"them: the walk hands the encoder every value it does not write itself.");
+
+static PyObject *
+bind_digest(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "bind_digest() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "bind_digest() expects two callables");
+        return NULL;
+    }
+    Py_XSETREF(encode_value, Py_NewRef(args[0]));
+    Py_XSETREF(sha256, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
 
 PyDoc_STRVAR(bind_doc,
 "bind(participant, communication, detail, ref, wrapup, after_call_work, media_names, /)\n--\n\n"
@@ -941,6 +1161,7 @@ bind_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
+    {"bind_digest", (PyCFunction)(void (*)(void))bind_digest, METH_FASTCALL, bind_digest_doc},
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL, walk_doc},
     {"bind_split", (PyCFunction)(void (*)(void))bind_split, METH_FASTCALL, bind_split_doc},
     {"split", (PyCFunction)split, METH_O, split_doc},
@@ -963,7 +1184,8 @@ PyInit__speedups(void)
         (str_agent = PyUnicode_InternFromString("agent")) == NULL ||
         (str_user = PyUnicode_InternFromString("user")) == NULL ||
         (str_empty = PyUnicode_InternFromString("")) == NULL ||
-        (str_timestamp = PyUnicode_InternFromString("timestamp")) == NULL) {
+        (str_timestamp = PyUnicode_InternFromString("timestamp")) == NULL ||
+        (str_digest = PyUnicode_InternFromString("digest")) == NULL) {
         return NULL;
     }
     return PyModule_Create(&module_def);

@@ -438,7 +438,9 @@ _MESSAGES: Final = Media.MESSAGES.value
 _CONNECTED: Final = "connected"
 
 
-def _load_native_walk() -> Callable[[list[_Participant | None], str | None], _Walked | None] | None:
+def _load_native_walk() -> (
+    Callable[[str, list[_Participant | None], str | None], _Walked | None] | None
+):
     """The compiled :func:`_walk`, bound to this module's structs; None to walk in Python.
 
     The extension is optional: a build without a C compiler, or
@@ -476,6 +478,9 @@ def _load_native_walk() -> Callable[[list[_Participant | None], str | None], _Wa
         # slower, not wrong.
         log.warning("the compiled snapshot walk is disabled, walking in Python: %s", exc)
         return None
+    # The values it does not write itself go to the very encoder that
+    # _state_digest uses, and its bytes to the same hash.
+    _speedups.bind_digest(_encode_state, _sha256)
     return _speedups.walk
 
 
@@ -518,7 +523,7 @@ def _conversation_facts(body: bytes, media: str | None) -> ConversationFacts | N
 
 # What a walk over a snapshot's participants finds, as ConversationFacts holds
 # it: the media, their states, the message types, queue and user ids, the
-# three predicates, the version, and the state digest's parts.
+# three predicates, the version, and the state digest.
 _Walked = tuple[
     frozenset[str],
     dict[str, tuple[str, ...]],
@@ -529,15 +534,16 @@ _Walked = tuple[
     bool,
     bool,
     float,
-    list[tuple[object, ...]],
+    bytes,
 ]
 
 
 def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
     participants = conversation.participants or []
-    walked = None if _native_walk is None else _native_walk(participants, media)
+    conversation_id = conversation.id
+    walked = None if _native_walk is None else _native_walk(conversation_id, participants, media)
     if walked is None:
-        walked = _walk(participants, media)
+        walked = _walk(conversation_id, participants, media)
     # The walk's values are the struct's fields in order; unpacked by name,
     # because that measured cheaper than slicing or star-unpacking them.
     (
@@ -550,9 +556,8 @@ def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
         active,
         monitoring,
         version,
-        digest_parts,
+        digest,
     ) = walked
-    conversation_id = conversation.id
     return ConversationFacts(
         conversation_id,
         media_names,
@@ -564,15 +569,19 @@ def _facts(conversation: _Conversation, media: str | None) -> ConversationFacts:
         active,
         monitoring,
         version,
-        _state_digest(conversation_id, version, digest_parts),
+        digest,
     )
 
 
-def _walk(participants: list[_Participant | None], media: str | None) -> _Walked:
+def _walk(
+    conversation_id: str, participants: list[_Participant | None], media: str | None
+) -> _Walked:
     """One pass over the participants: what :class:`ConversationFacts` is made of.
 
     The specification of the native walk (``_speedups.c``), which must return
-    equal values for every input; a test holds the two to it.
+    equal values for every input; a test holds the two to it. The native
+    walk writes the state digest's JSON as it goes instead of building the
+    parts below for the encoder: the digest is the same bytes.
     """
     states: dict[str, list[str]] = {}
     stamps: list[datetime | None] = []
@@ -686,6 +695,7 @@ def _walk(participants: list[_Participant | None], media: str | None) -> _Walked
     # are zone-aware, so any two compare, and neither comparing nor
     # timestamp() can overflow even at the ends of the calendar.
     newest = max(filter(None, stamps), default=None)
+    version = 0.0 if newest is None else newest.timestamp()
     return (
         frozenset(states),
         {name: tuple(found) for name, found in states.items()},
@@ -695,8 +705,8 @@ def _walk(participants: list[_Participant | None], media: str | None) -> _Walked
         acd_connected and not agent_connected,
         active,
         monitoring,
-        0.0 if newest is None else newest.timestamp(),
-        digest_parts,
+        version,
+        _state_digest(conversation_id, version, digest_parts),
     )
 
 
