@@ -41,7 +41,10 @@ The clients
 -----------
 Each measurement runs in a fresh process; CPU is ``getrusage`` (user +
 system, every thread) over the consuming stretch, per frame sent; the
-tables show medians of interleaved repetitions.
+tables show medians of interleaved repetitions. The target lines also give
+``stream()`` against each baseline repetition by repetition (each pair ran
+back to back), since on a shared machine the ratio of the medians can hide
+a spread that straddles the target.
 
 * ``source ceiling``: a raw TCP socket that does the WebSocket handshake
   and then only counts frame headers in 1 MiB reads: how fast the source
