@@ -114,10 +114,13 @@ path read it. Only a body that is not a JSON object with a non-empty string
 ``id`` (or that cannot be decoded at all, such as one nested too deeply)
 has no conversation facts.
 
-The walk over the decoded participants (:func:`_walk`) is also compiled,
-when the optional C extension ``_speedups`` was built: it returns what
-:func:`_walk` returns, and gives way to it for any input not made of this
-module's structs. :func:`_walk` is the specification either way.
+The walk over the decoded participants (:func:`_walk`, which ends with the
+state digest) is also compiled, when the optional C extension ``_speedups``
+was built: it returns what :func:`_walk` returns, and gives way to it for
+any input not made of this module's structs. It writes the digest's JSON
+as it reads the fields, handing every value but plain text to the same
+msgspec encoder, so the digest is the same bytes. :func:`_walk` is the
+specification either way.
 
 Nothing here raises for any input: facts are needed for every event the
 pipeline sees, and a malformed body must cost only its own precision.
