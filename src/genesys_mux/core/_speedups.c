@@ -671,23 +671,23 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
         /* A media participant: it is its one communication, of the topic's media. */
         int equal = equals(state, str_connected);
         if (equal < 0) {
-            goto error;
+            return -1;
         }
         connected = equal;
         if (media != Py_None) {
             PyObject *bucket = bucket_of(w, media);
             if (bucket == NULL || PyList_Append(bucket, state) < 0) {
-                goto error;
+                return -1;
             }
         }
         PyObject *type = field(p, &participant, P_TYPE);
         if (type != Py_None && PySet_Add(w->message_types, type) < 0) {
-            goto error;
+            return -1;
         }
         status = add_comm(w, media, p, &participant, P_STATE,
                           field(p, &participant, P_MESSAGES));
         if (status != 0) {
-            goto fail;
+            return status;
         }
     }
     else {
@@ -695,13 +695,13 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
             PyObject *list = field(p, &participant, P_CALLS + i);
             int truthy = PyObject_IsTrue(list);
             if (truthy < 0) {
-                goto error;
+                return -1;
             }
             if (truthy) {
                 status = communications(w, media_names[i], list, &connected,
                                         P_CALLS + i == P_MESSAGES);
                 if (status != 0) {
-                    goto fail;
+                    return status;
                 }
             }
         }
@@ -711,36 +711,36 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
         add_stamp(w, field(p, &participant, P_END_TIME)) < 0 ||
         add_stamp(w, field(p, &participant, P_START_ACW_TIME)) < 0 ||
         add_stamp(w, field(p, &participant, P_END_ACW_TIME)) < 0) {
-        goto error;
+        return -1;
     }
     PyObject *participant_wrapup = field(p, &participant, P_WRAPUP);
     if ((status = part_stamps(w, participant_wrapup, &wrapup, W_END_TIME, W_END_TIME)) != 0) {
-        goto fail;
+        return status;
     }
     PyObject *purpose = field(p, &participant, P_PURPOSE);
     PyObject *user_id, *queue_id;
     if ((status = id_of(p, P_USER_ID, P_USER, &user_id)) != 0 ||
         (status = id_of(p, P_QUEUE_ID, P_QUEUE, &queue_id)) != 0) {
-        goto fail;
+        return status;
     }
     int truthy = PyObject_IsTrue(user_id);
     if (truthy < 0 || (truthy && PySet_Add(w->user_ids, user_id) < 0)) {
-        goto error;
+        return -1;
     }
     truthy = PyObject_IsTrue(queue_id);
     if (truthy < 0) {
-        goto error;
+        return -1;
     }
     int is_acd = equals(purpose, str_acd);
     if (is_acd < 0) {
-        goto error;
+        return -1;
     }
     int is_agent = is_acd ? 0 : equals(purpose, str_agent);
     if (is_agent < 0) {
-        goto error;
+        return -1;
     }
     if (truthy && (is_acd || is_agent) && PySet_Add(w->queue_ids, queue_id) < 0) {
-        goto error;
+        return -1;
     }
     if (connected) {
         if (is_acd) {
@@ -752,7 +752,7 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
         else {
             int is_user = equals(purpose, str_user);
             if (is_user < 0) {
-                goto error;
+                return -1;
             }
             if (is_user) {
                 *active = 1;
@@ -760,23 +760,13 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
         }
         truthy = PyObject_IsTrue(field(p, &participant, P_MONITORED_PARTICIPANT_ID));
         if (truthy < 0) {
-            goto error;
+            return -1;
         }
         if (truthy) {
             *monitoring = 1;
         }
     }
-    if (w->comm_count > 0) {
-        status = add_part(w, p, purpose, user_id, queue_id, participant_wrapup);
-        if (status != 0) {
-            return status;
-        }
-    }
-    return 0;
-error:
-    return -1;
-fail:
-    return status;
+    return w->comm_count > 0 ? add_part(w, p, purpose, user_id, queue_id, participant_wrapup) : 0;
 }
 
 /* Each media name's list of states, as a tuple (the dict's keys stay). */
