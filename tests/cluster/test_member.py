@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import pytest
 import redis.asyncio as aioredis
 
 from genesys_mux import Multiplexer, StreamConfig
@@ -404,3 +406,79 @@ async def test_the_last_member_leaves_at_once_with_a_checkpoint(redis_server: Re
         saved = await a.mux.state_store.load()
         for stream_id, _, collected in history:
             assert saved[stream_id].next_sequence > collected.events()[0].sequence
+
+
+async def test_a_round_that_fails_on_a_defect_is_reported_and_the_loop_goes_on(
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not Redis, a bug: it must neither end the member's loop nor pass unsaid.
+
+    The defect is injected (no real one is known): listing the members
+    raises, after the leases were renewed, in every round until it is
+    taken away. The streams stay carried (their leases are renewed), the
+    member is not ready and says why, the traceback is logged once, and
+    the first round that runs to its end clears it.
+    """
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        a = await join(stack, emulator, redis_server, "a", history)
+        await eventually(lambda: exactly_once(a))
+        mux, member = a.member.mux, a.member
+        failed_rounds = 0
+
+        async def defect() -> list[object]:
+            nonlocal failed_rounds
+            failed_rounds += 1
+            raise RuntimeError("a defect")
+
+        with caplog.at_level(logging.ERROR, logger="genesys_mux.cluster.member"):
+            monkeypatch.setattr(member.table, "members", defect)
+            await eventually(lambda: failed_rounds >= 3)
+            assert not a.task.done()
+            assert exactly_once(a)
+            state = readiness(mux, member)
+            assert not state.ready
+            assert state.reason == "cluster: a round failed: RuntimeError: a defect"
+            monkeypatch.undo()
+            await eventually(lambda: member.status.trouble is None)
+        assert readiness(mux, member).ready
+        assert exactly_once(a)
+        logged = [r for r in caplog.records if "a round failed" in r.getMessage()]
+        assert len(logged) == 1
+        assert logged[0].exc_info is not None
+
+
+async def test_a_failing_ownership_callback_does_not_stop_the_round(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leases are taken whatever the callback does; its failure is logged with the stream."""
+    async with cluster(redis_server) as (emulator, stack):
+        mux: Multiplexer = a_mux(emulator, RedisStateStore(redis_server.url, prefix="shared:"))
+        await mux.start()
+        stack.push_async_callback(mux.stop, drain=False)
+        client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+        stack.push_async_callback(client.aclose)
+        told: list[str] = []
+
+        async def ownership(stream_id: str, lease: Lease | None) -> None:
+            told.append(stream_id)
+            if stream_id == "s1":
+                raise RuntimeError("cannot start its sinks")
+
+        member = ClusterMember(
+            mux,
+            LeaseTable(client, cluster="test", instance="a", lease_ttl_s=30.0),
+            STREAMS,
+            client="c1",
+            on_ownership=ownership,
+        )
+        with caplog.at_level(logging.ERROR, logger="genesys_mux.cluster.member"):
+            assert await member.tick() is False
+        assert sorted(member.status.held) == sorted(s.id for s in STREAMS)
+        assert sorted(told) == sorted(s.id for s in STREAMS)
+        assert member.status.trouble is None
+        (failure,) = [r for r in caplog.records if "on_ownership" in r.getMessage()]
+        assert "stream s1" in failure.getMessage()
+        assert failure.exc_info is not None

@@ -126,7 +126,9 @@ class ClusterMember:
     ``weights`` their topic counts for the placement (default: the number of
     topics each names, at least 1). ``on_ownership`` is awaited when a
     stream starts being carried here (with its lease, whose fencing token
-    the sinks should send) and when it stops (with None).
+    the sinks should send) and when it stops (with None); if it raises,
+    the error is logged and the stream stays carried (or stopped): the
+    callback is not called again for that change.
     ``handover_timeout_s`` is how long a handover waits for the stream's
     readers to settle what they took (what they did not is left to the
     next owner, which delivers it again under the same idempotency keys).
@@ -172,6 +174,9 @@ class ClusterMember:
         # One round at a time; leave() waits for the round under way.
         self._round = asyncio.Lock()
         self._leaving = False
+        # Why the last round failed on something other than Redis (a
+        # defect); None once a round runs to its end.
+        self._defect: str | None = None
 
     # -- the loop ----------------------------------------------------------------
 
@@ -227,6 +232,18 @@ class ClusterMember:
             # cannot be read or written): the next round tries again.
             log.warning("cluster: %s", exc)
             return False
+        except Exception as exc:
+            # A defect, not Redis: left to end the loop, it would leave the
+            # streams held here delivering with nobody renewing their
+            # leases or handing them over, and nothing said. Reported like
+            # an outage instead (readiness fails, the streams stop once the
+            # leases can no longer be proven) until a round succeeds.
+            why = f"a round failed: {type(exc).__name__}: {exc}"
+            if why != self._defect:
+                log.exception("cluster: %s", why)  # with its traceback, once
+            self._defect = why
+            await self._cannot_prove(why)
+            return False
 
     async def leave(self, timeout_s: float = 30.0) -> None:
         """Stop carrying anything: hand each stream over to the member placed on it.
@@ -277,7 +294,7 @@ class ClusterMember:
         await table.heartbeat(self.info)
         lost = await table.renew(list(status.held.values()))
         self._renewed_at = time.monotonic()
-        if status.trouble is not None:
+        if status.trouble is not None and self._defect is None:
             log.info("cluster: Redis answers again")
             status.trouble = None
         for lease in lost:
@@ -331,6 +348,9 @@ class ClusterMember:
                     busy = True
         for stream_id in [s for s in status.standby if s not in mine]:
             await self._drop_standby(stream_id)
+        if self._defect is not None:
+            log.info("cluster: a round succeeds again")
+            self._defect = status.trouble = None
         return busy
 
     async def _take(self, stream_id: str) -> None:
@@ -369,8 +389,7 @@ class ClusterMember:
         self._count(reason)
         self._report(LeaseAcquired(stream_id, lease.token, reason))
         log.info("carrying stream %s (fencing token %d, %s)", stream_id, lease.token, reason)
-        if self._on_ownership is not None:
-            await self._on_ownership(stream_id, lease)
+        await self._tell_ownership(stream_id, lease)
 
     async def _stand_by(self, stream_id: str) -> None:
         if stream_id not in self.status.standby:
@@ -385,8 +404,7 @@ class ClusterMember:
     async def _let_go(self, stream_id: str, reason: str) -> None:
         """Hand a stream over: stop it here with a final checkpoint, then release its lease."""
         lease = self.status.held.pop(stream_id)
-        if self._on_ownership is not None:
-            await self._on_ownership(stream_id, None)
+        await self._tell_ownership(stream_id, None)
         try:
             await self.mux.handover(stream_id, timeout_s=self.handover_timeout_s)
         finally:
@@ -399,8 +417,7 @@ class ClusterMember:
     async def _stop_here(self, stream_id: str, reason: str) -> None:
         """Stop a stream that is no longer ours: no checkpoint, the lease is not ours to give."""
         self.status.held.pop(stream_id, None)
-        if self._on_ownership is not None:
-            await self._on_ownership(stream_id, None)
+        await self._tell_ownership(stream_id, None)
         await self.mux.handover(stream_id, checkpoint=False)
         self._count("lost")
         self._report(LeaseLost(stream_id, reason))
@@ -429,6 +446,16 @@ class ClusterMember:
             return
         for stream_id in list(self.status.held):
             await self._stop_here(stream_id, "cannot be renewed")
+
+    async def _tell_ownership(self, stream_id: str, lease: Lease | None) -> None:
+        if self._on_ownership is None:
+            return
+        try:
+            await self._on_ownership(stream_id, lease)
+        except Exception:
+            # The lease is taken (or given up) whatever the callback does:
+            # failing the round here would leave the change half made.
+            log.exception("on_ownership callback failed for stream %s", stream_id)
 
     def _report(self, event: ControlEvent) -> None:
         for callback in self.on_control:
