@@ -161,6 +161,20 @@ def test_a_failed_topic_change_is_tried_again_after_the_backoff() -> None:
     assert slot.check_due()
 
 
+def test_waiting_as_long_as_put_wait_says_finds_the_change_due_despite_rounding() -> None:
+    """Found by Hypothesis: ``now + (retry_at - now)`` can round to just below ``retry_at``."""
+    slot = live_slot()
+    slot.put_answered(0)
+    slot.topics_changed()
+    slot.put_failed(1.796003785559234, retry_in=9.0)
+    now = 2.036678871477389
+    wait = slot.put_wait(now)
+    assert wait is not None
+    assert (slot.put_retry_at - now) + now < slot.put_retry_at  # the case at hand
+    assert slot.put_due(now + wait) == PutTopics(1)
+    assert wait - (slot.put_retry_at - now) < 1e-14  # a rounding error later, no more
+
+
 def test_a_change_waits_for_a_live_socket() -> None:
     slot = live_slot()
     slot.lost(1, since=20.0, at=21.0)

@@ -61,6 +61,7 @@ were put back, or at the stop.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -331,7 +332,14 @@ class SlotMachine:
         """
         if self.in_sync or self.state is not SlotState.LIVE:
             return None
-        return max(0.0, self.put_retry_at - at)
+        due = self.put_retry_at
+        wait = max(0.0, due - at)
+        # In floats `at + (due - at)` may round to just below `due`: a
+        # caller that waits this long must find the change due, not wake
+        # for nothing and wait one rounding error more.
+        while at + wait < due:
+            wait = math.nextafter(wait, math.inf)
+        return wait
 
     def put_answered(self, version: int) -> None:
         """The platform answered a PUT of the topic set as of ``version``."""
