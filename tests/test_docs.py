@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import typing
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +29,9 @@ from pydantic import BaseModel
 import genesys_mux
 from genesys_mux import Multiplexer, StreamConfig, StreamFilter, configfile
 from genesys_mux.cli.app import app
+from genesys_mux.core.snapshot import event_facts
+from genesys_mux.core.streams import StreamEvent
+from genesys_mux.emulator.org import ContactCentre
 from genesys_mux.observability.metrics import MuxMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,3 +203,40 @@ def test_a_marker_nobody_knows_fails_the_build() -> None:
     out = hook.on_page_markdown("before\n<!-- generated: metrics -->\nafter\n")
     assert out.startswith("before\n| metric |")
     assert out.rstrip().endswith("after")
+
+
+def test_the_library_page_s_typed_body_example_reads_both_shapes_of_real_snapshots() -> None:
+    """The struct the library page suggests for reading ``raw`` reads what the platform sends.
+
+    Run as written on the emulator's snapshots in both shapes: it finds
+    the ids the generic decode finds, and the same queues as the
+    multiplexer's own facts.
+    """
+    text = (ROOT / "docs" / "library.md").read_text(encoding="utf-8")
+    section = text[text.index("**Reading the body cheaply.**") :]
+    example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert example is not None
+    # As a reader would run it: not under this module's postponed annotations.
+    code = compile(example.group(1), "docs/library.md", "exec", dont_inherit=True)
+    org = ContactCentre(seed=5, queues=3, agents=8, rate=6.0, epoch=1_700_000_000.0)
+    shapes: Counter[str] = Counter()
+    for publication in org.advance(120.0):
+        topic = publication.topics[0]
+        facts = event_facts(topic, publication.body).conversation
+        if facts is None:
+            continue  # presence, routing status, detail events
+        shape = "general" if topic.endswith(".conversations") else "media"
+        shapes[shape] += 1
+        item = StreamEvent(
+            "s", 1, 1, topic, None, publication.conversation_id, None, publication.body, 0.0
+        )
+        namespace: dict[str, Any] = {"item": item}
+        exec(code, namespace)  # noqa: S102 - the documentation's own example
+        conversation, generic = namespace["conversation"], item.body
+        assert conversation.id == generic["id"] == publication.conversation_id
+        assert [p.id for p in conversation.participants] == [
+            p["id"] for p in generic["participants"]
+        ]
+        assert namespace["queues"] == facts.queue_ids, (shape, topic)
+    assert shapes["general"] >= 20
+    assert shapes["media"] >= 20
