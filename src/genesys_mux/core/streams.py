@@ -121,7 +121,12 @@ class StreamEvent:
 
     @property
     def body(self) -> Any:
-        """The decoded ``eventBody`` (parsed once, on first access)."""
+        """The decoded ``eventBody`` (parsed once, on first access).
+
+        A generic decode builds the whole snapshot as dicts and lists; to
+        read a few fields, decode :attr:`raw` into a msgspec struct naming
+        only those, about ten times cheaper ("Using the library", Events).
+        """
         if self._body is _UNPARSED:
             self._body = msgspec.json.decode(self.raw)
         return self._body
