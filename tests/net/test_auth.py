@@ -108,6 +108,22 @@ async def test_token_is_obtained_once_and_cached(make_stack: Any) -> None:
 # -- refresh ahead of expiry --------------------------------------------------------
 
 
+async def test_the_lifetime_is_exactly_what_the_server_granted(make_stack: Any) -> None:
+    """Not the difference of two clock readings, which float rounding can make 86399.00000000006.
+
+    The lifetime is a metric (``genesys_mux_token_lifetime_seconds``), where
+    a value the server never sent reads as a bug. The clock is pinned to a
+    reading where ``(t + 86399) - t`` is not 86399.
+    """
+    clock_reading = 500_000.3
+    assert (clock_reading + 86399) - clock_reading != 86399
+    async with make_stack() as stack:
+        tokens = provider(stack, clock=lambda: clock_reading)
+        token = await tokens.token()
+        assert token.lifetime_s == 86399
+        assert token.expires_at == clock_reading + 86399
+
+
 @pytest.mark.parametrize(
     ("lifetime_s", "override_s", "margin_s"),
     [
@@ -131,7 +147,7 @@ async def test_refresh_margin(lifetime_s: float, override_s: float | None, margi
             "secret",
             refresh_margin_s=override_s,
         )
-        token = AccessToken("opaque", 1000.0, 1000.0 + lifetime_s)
+        token = AccessToken("opaque", 1000.0, lifetime_s)
         assert tokens.refresh_due(token) == pytest.approx(1000.0 + lifetime_s - margin_s)
 
 

@@ -60,20 +60,24 @@ _CREDENTIAL_HINT = (
 
 @dataclass(frozen=True, slots=True)
 class AccessToken:
-    """A bearer token and when it stops being usable (monotonic seconds).
+    """A bearer token, when it was asked for and for how long the server granted it.
 
-    The value is hidden from ``repr`` so a token can never leak through a
-    log line or a traceback.
+    ``issued_at`` is on the provider's monotonic clock. The value is hidden
+    from ``repr`` so a token can never leak through a log line or a
+    traceback.
     """
 
     value: str = field(repr=False)
     issued_at: float
-    expires_at: float
+    #: The lifetime the server granted (``expires_in``), as it said it: kept
+    #: rather than worked out from the two instants, whose difference float
+    #: rounding can leave a hair off.
+    lifetime_s: float
 
     @property
-    def lifetime_s(self) -> float:
-        """The lifetime the server granted."""
-        return self.expires_at - self.issued_at
+    def expires_at(self) -> float:
+        """When the token stops being usable (monotonic seconds)."""
+        return self.issued_at + self.lifetime_s
 
     @property
     def authorization(self) -> str:
@@ -248,7 +252,7 @@ class TokenProvider:
             ) from exc
         if answer.expires_in <= 0:
             raise TransportError(f"{self._url} issued a token with expires_in={answer.expires_in}")
-        token = AccessToken(answer.access_token, started, started + answer.expires_in)
+        token = AccessToken(answer.access_token, started, answer.expires_in)
         self._token = token
         log.info("OAuth token obtained, valid for %.0f s", answer.expires_in)
         for callback in self.on_refresh:
