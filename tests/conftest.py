@@ -8,7 +8,7 @@ on which examples this run happened to draw or on how busy the machine was.
 ``explore`` draws fresh examples on every run and keeps the failures it
 finds in the local example database, to be replayed first next time::
 
-    .venv/bin/pytest tests/core --hypothesis-profile=explore
+    .venv/bin/pytest tests --hypothesis-profile=explore
     .venv/bin/pytest tests/core --hypothesis-profile=explore --hypothesis-seed=1234
 
 Run it after touching a module with property tests, and turn what it finds
