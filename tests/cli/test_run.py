@@ -307,6 +307,25 @@ async def test_a_wrong_secret_exits_2_with_one_clear_line(
     assert "Traceback" not in result.stderr
 
 
+async def test_an_admin_port_in_use_exits_2_with_one_clear_line(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The port is the emulator's own: taken, so the run cannot start its admin server."""
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    taken = emulator.base_url.rsplit(":", 1)[1]
+    result = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--admin-port", taken,
+        env=DEMO_CREDENTIALS, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 2, result.why()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.why()
+    assert f"cannot listen on 127.0.0.1:{taken}" in errors[0]
+    assert "admin_port" in errors[0]
+    assert "pick another port" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
 async def test_the_admin_server_answers_while_the_platform_cannot_be_reached(
     tmp_path: Path,
 ) -> None:

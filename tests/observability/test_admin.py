@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from genesys_mux.errors import ConfigError, InvalidStateError
 from genesys_mux.observability import AdminServer, MuxMetrics
 from genesys_mux.observability.sanitize import REDACTED
 from tests.net.conftest import eventually
@@ -132,6 +133,22 @@ async def test_a_failing_status_extra_does_not_break_the_page() -> None:
         assert status == 200
         assert json.loads(body)["extra_error"] == "RuntimeError"
         assert "secret detail" not in body
-        with pytest.raises(RuntimeError, match="not running"):
+        with pytest.raises(InvalidStateError, match="not running"):
             _ = admin.base_url
         metrics.close()
+
+
+async def test_a_port_that_cannot_be_bound_is_a_config_error_naming_it() -> None:
+    async with harness() as h:
+        metrics = MuxMetrics(h.mux)
+        async with AdminServer(h.mux, metrics) as first:
+            taken = int(first.base_url.rsplit(":", 1)[1])
+            second = AdminServer(h.mux, metrics, port=taken)
+            with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{taken}") as caught:
+                await second.start()
+            assert "admin_port" in str(caught.value)
+            assert isinstance(caught.value.__cause__, OSError)
+            # Nothing half-started is left behind, and the first still answers.
+            with pytest.raises(InvalidStateError):
+                second.base_url  # noqa: B018
+            assert (await get(f"{first.base_url}/healthz"))[0] == 200

@@ -48,6 +48,7 @@ except ModuleNotFoundError as exc:  # pip install 'genesys-mux[metrics]'
     raise_if_extra_missing(exc, "the admin server (/metrics)")
     raise
 
+from genesys_mux.errors import ConfigError, InvalidStateError
 from genesys_mux.observability.metrics import MuxMetrics, Readiness, readiness
 from genesys_mux.observability.sanitize import redact
 from genesys_mux.regions import is_loopback_host
@@ -137,7 +138,11 @@ class AdminServer:
         await self.stop()
 
     async def start(self) -> None:
-        """Bind and start serving."""
+        """Bind and start serving.
+
+        Raises :class:`~genesys_mux.errors.ConfigError` when the host and
+        port cannot be bound (taken, not this host's, not resolvable).
+        """
         if self._runner is not None:
             return
         if not is_loopback_host(self.host):
@@ -156,9 +161,16 @@ class AdminServer:
         site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
+            # Taken, not an address of this host, or a name that does not
+            # resolve: the operator's choice of host and port, so a
+            # ConfigError that says which and what to do, not a traceback.
             await runner.cleanup()
-            raise
+            raise ConfigError(
+                f"the admin server cannot listen on {self.host}:{self.port} "
+                f"(admin_host / admin_port): {exc.strerror or exc}; pick another port, "
+                "or stop the process that holds it"
+            ) from exc
         self._runner = runner
         address = runner.addresses[0]
         host, port = address[0], address[1]
@@ -178,7 +190,7 @@ class AdminServer:
     def base_url(self) -> str:
         """``http://host:port`` of the running server."""
         if self._base_url is None:
-            raise RuntimeError("the admin server is not running; start it first")
+            raise InvalidStateError("the admin server is not running; start it first")
         return self._base_url
 
     # -- handlers ------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Final
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError
+from genesys_mux.errors import ConfigError, InvalidStateError
 from genesys_mux.sinks.base import Batching, Item, Sink
 from genesys_mux.sinks.runner import SinkCounters, SinkRunner
 
@@ -159,7 +159,7 @@ class SinkFanOut:
         its exception is raised here, after what was queued is dead-lettered.
         """
         if self._running:
-            raise RuntimeError(f"sink fan-out {self.name} is already running")
+            raise InvalidStateError(f"sink fan-out {self.name} is already running")
         self._running = True
         tee = asyncio.create_task(self._tee(), name=f"sink-fanout-{self.name}-tee")
         tasks = [

@@ -77,7 +77,13 @@ from typing import Final
 
 from genesys_mux.core.backoff import Backoff, Retries
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError, FencedError, SinkError, SinkStartError
+from genesys_mux.errors import (
+    ConfigError,
+    FencedError,
+    InvalidStateError,
+    SinkError,
+    SinkStartError,
+)
 from genesys_mux.sinks.base import Item, Sink
 
 __all__ = ["SEND_BUCKETS", "SinkCounters", "SinkRunner"]
@@ -258,7 +264,7 @@ class SinkRunner:
         anything is read, the stream's items left in its buffer.
         """
         if self._running:
-            raise RuntimeError(f"sink runner {self.name} is already running")
+            raise InvalidStateError(f"sink runner {self.name} is already running")
         self._running = True
         started: list[Sink] = []
         try:
