@@ -285,6 +285,10 @@ async def test_ctrl_c_while_still_connecting_stops_at_once(tmp_path: Path) -> No
     assert process.returncode == 0, (seen + err).decode()
     assert took < 3.0, f"Ctrl-C took {took:.1f} s to stop a run that was still connecting"
     assert b"Traceback" not in err
+    # The cancelled start-up closed what it had opened: asyncio's
+    # "Unclosed client session" is an ERROR line that log alerts fire on.
+    assert b"Unclosed" not in err, err.decode()
+    assert b"[ERROR" not in err, err.decode()
 
 
 async def test_a_wrong_secret_exits_2_with_one_clear_line(

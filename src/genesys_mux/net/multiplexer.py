@@ -323,7 +323,8 @@ class Multiplexer:
         :class:`~genesys_mux.errors.StateError` when the state store cannot
         be used (nothing is changed in it then). An unreachable login host
         is retried (a warning per attempt) and then left to the channels,
-        which keep retrying.
+        which keep retrying. A start that fails or is cancelled leaves
+        nothing open.
         """
         # The saved state first: a store that cannot be read stops us before
         # anything is subscribed, rather than after events were numbered anew.
@@ -367,7 +368,11 @@ class Multiplexer:
         # reached is not: the channels keep retrying, and log each retry.
         try:
             await self.tokens.token()
-        except AuthenticationError:
+        except (AuthenticationError, asyncio.CancelledError):
+            # Refused, or cancelled while the first login was still being
+            # retried (a stop, a start-up deadline): no ``__aexit__`` follows
+            # a failed ``__aenter__``, so close what was opened here (the
+            # session, the tasks, the state store) before the error goes on.
             await self.stop(drain=False)
             raise
         except TransportError as exc:
