@@ -147,10 +147,22 @@ def socket_closing(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 
 
 def _kill(emulator: Emulator, data: dict[str, Any], reason: str) -> list[str]:
+    # ``announce: false``: the {"result":"404"} frame is optional on the
+    # platform [O], so the channel may die without a word. Its socket then
+    # goes silent (no heartbeats, no events, no close), and the first the
+    # client can learn of it is a 404 from the REST API, or its watchdog.
+    announce = data.get("announce", True)
+    if not isinstance(announce, bool):
+        raise ValueError("announce must be true or false")
     applied = []
     for channel in _targets(emulator, data, connected=False):
         emulator.platform.remove_channel(channel.id)
-        emulator.channel_died(channel, reason)
+        if announce:
+            emulator.channel_died(channel, reason)
+        else:
+            link = emulator.links.pop(channel.id, None)
+            if link is not None:
+                link.go_silent()
         applied.append(channel.id)
     return applied
 
