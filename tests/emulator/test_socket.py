@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ import aiohttp
 import pytest
 
 from genesys_mux.emulator import Emulator
+from genesys_mux.emulator.sockets import envelope, rewritten
 from tests.emulator.conftest import small_settings
 from tests.emulator.genesys import DEADLINE_S, GenesysClient, is_heartbeat, is_notification
 
@@ -177,6 +179,20 @@ async def notifications(
         frame = await read(ws, deadline)
         if is_notification(frame):
             found.append(frame)
+    return found
+
+
+async def raw_notifications(
+    ws: aiohttp.ClientWebSocketResponse, count: int, within: float = DEADLINE_S
+) -> list[str]:
+    """Read until ``count`` notifications have arrived; return their text as sent."""
+    deadline = deadline_in(within)
+    found: list[str] = []
+    while len(found) < count:
+        msg = await receive(ws, deadline)
+        assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg.type}"
+        if is_notification(json.loads(msg.data)):
+            found.append(msg.data)
     return found
 
 
@@ -536,6 +552,74 @@ async def test_socket_closing_warns_then_closes_1001(client: GenesysClient) -> N
         pass
 
 
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_close_socket_closes_cleanly_without_a_warning(
+    client: GenesysClient, code: int
+) -> None:
+    """The warning is not guaranteed: a clean close may come with no socket_closing first."""
+    channel = await client.create_channel()
+    cid = channel["id"]
+    async with socket(client, channel["connectUri"]) as ws:
+        status, body, _ = await client.subscribe(cid, await queue_topics(client))
+        assert status == 200, body
+        frames = await notifications(ws, 5)
+        assert await fault(client, "close_socket", channel_id=cid, code=code) == [cid]
+        rest, end = await until_closed(ws)
+        frames += rest
+        # No warning and no other system frame: notifications and heartbeats, then the close.
+        assert all(is_notification(f) or is_heartbeat(f) for f in frames), [
+            f for f in frames if not (is_notification(f) or is_heartbeat(f))
+        ]
+        # A close frame with the code. (Like the emulator's other closes, it
+        # then ends the connection without waiting for our reply, so aiohttp
+        # may report ws.close_code as 1006 when its reply finds it gone.)
+        assert end.type == aiohttp.WSMsgType.CLOSE
+        assert end.data == code
+        # What was sent before the close frame arrived, and nothing after it.
+        assert ledger_keys(await ledger(client, cid)) == keys(frames)
+    # The channel survives, subscriptions and all.
+    assert await head(client, cid) == 200
+    sent = len(await ledger(client, cid))
+    async with socket(client, channel["connectUri"]) as again:
+        await notifications(again, 1)
+        listed = {c["id"]: c for c in await client.control("channels")}
+        assert listed[cid]["connected"] is True
+    assert len(await ledger(client, cid)) > sent
+
+
+async def test_close_socket_without_a_channel_closes_every_connected_socket(
+    client: GenesysClient,
+) -> None:
+    first, second, idle = [await client.create_channel() for _ in range(3)]
+    async with (
+        socket(client, first["connectUri"]) as a,
+        socket(client, second["connectUri"]) as b,
+    ):
+        applied = await fault(client, "close_socket")
+        assert set(applied) == {first["id"], second["id"]}
+        for ws in (a, b):
+            frames, end = await until_closed(ws)
+            assert all(is_heartbeat(f) for f in frames), frames
+            assert end.type == aiohttp.WSMsgType.CLOSE
+            assert end.data == 1000
+    assert [await head(client, c["id"]) for c in (first, second, idle)] == [200, 200, 200]
+
+
+@pytest.mark.parametrize("code", [1006, 4000, 999, "1000", True, None])
+async def test_close_socket_takes_only_1000_or_1001(client: GenesysClient, code: Any) -> None:
+    channel = await client.create_channel()
+    async with socket(client, channel["connectUri"]) as ws:
+        async with client.session.post(
+            f"{client.base}/__emulator__/faults",
+            json={"fault": "close_socket", "channel_id": channel["id"], "code": code},
+        ) as resp:
+            assert resp.status == 400
+            assert "code must be 1000 or 1001" in await resp.text()
+        # Nothing happened to the socket.
+        await sync(ws)
+        await heartbeats_only(ws, 1)
+
+
 async def test_revoke_token_warns_then_kills_the_channel(client: GenesysClient) -> None:
     channel = await client.create_channel()
     async with socket(client, channel["connectUri"]) as ws:
@@ -708,6 +792,79 @@ async def test_reserialised_duplicates_are_the_same_notification_written_anew(
         assert [e["correlation_id"] for e in entries] == [
             json.loads(r)["metadata"]["CorrelationId"] for r in raw
         ]
+
+
+async def test_reserialise_fault_sends_the_same_notifications_in_other_bytes(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with emulated(session, traffic=False) as (_, api):
+        topics = await queue_topics(api)
+        # Two channels on the same topics: the control one shows each frame
+        # as the platform lays it out.
+        control = await subscribed_channel(api, topics)
+        rewritten = await subscribed_channel(api, topics)
+        async with (
+            socket(api, control["connectUri"]) as cws,
+            socket(api, rewritten["connectUri"]) as rws,
+        ):
+            assert await fault(api, "reserialise", channel_id=rewritten["id"], probability=1.0) == [
+                rewritten["id"]
+            ]
+            await traffic(api, running=True)
+            plain = await raw_notifications(cws, 30)
+            await traffic(api, running=False)
+            plain += [r for r in await sync_raw(cws) if is_notification(json.loads(r))]
+            got = [r for r in await sync_raw(rws) if is_notification(json.loads(r))]
+            assert [key(json.loads(r)) for r in got] == [key(json.loads(r)) for r in plain]
+            slashes = 0
+            for original, copy in zip(plain, got, strict=True):
+                # The same JSON value, other bytes: keys, whitespace, escapes.
+                assert json.loads(copy) == json.loads(original)
+                assert copy != original
+                assert copy.isascii()
+                assert not copy.startswith('{"topicName":"'), copy[:40]
+                assert "/" not in copy.replace("\\/", "")
+                slashes += "/" in original
+            assert slashes, "no frame had a '/' to escape"
+            # Recorded in the ledger as usual: same keys, not duplicates.
+            entries = await ledger(api, rewritten["id"])
+            assert ledger_keys(entries) == [key(json.loads(r)) for r in got]
+            assert not any(e["duplicate"] for e in entries)
+
+            # Probability 0 turns it off: the platform's layout again.
+            await fault(api, "reserialise", channel_id=rewritten["id"], probability=0)
+            await traffic(api, running=True)
+            later = await raw_notifications(cws, 5)
+            await traffic(api, running=False)
+            later += [r for r in await sync_raw(cws) if is_notification(json.loads(r))]
+            got_later = [r for r in await sync_raw(rws) if is_notification(json.loads(r))]
+            assert got_later == later
+
+
+def test_a_rewritten_frame_escapes_non_ascii_and_slashes_and_keeps_its_value() -> None:
+    """The traffic is ASCII: the escapes of other characters are checked on a frame of our own."""
+    frame = envelope(
+        "v2.users.u-1.conversations",
+        json.dumps(
+            {"id": "c-1", "name": "Zoë Ångström 𝄞 中文", "uri": "/api/v2/x", "n": [1, 2.5, None]},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode(),
+        "9f1c3a52-8a0e-4b1f-9d0d-2f6b1c7e8a90",
+    )
+    rng = random.Random(11)
+    spellings = set()
+    for _ in range(40):
+        copy = rewritten(frame, rng)
+        assert json.loads(copy) == json.loads(frame)
+        assert copy != frame
+        assert copy.isascii()
+        text = copy.decode()
+        assert "\\ud834\\udd1e" in text.lower()  # the G clef, as a surrogate pair
+        assert "\\u00eb" in text.lower()
+        assert "/" not in text.replace("\\/", "")
+        spellings.add(copy)
+    assert len(spellings) > 20, "the rewrites hardly vary"
 
 
 async def test_reorder_fault_delivers_frames_behind_the_next(

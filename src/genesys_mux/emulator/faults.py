@@ -14,8 +14,8 @@ Most faults act on the spot through the emulator's sockets
 (:attr:`Emulator.links <genesys_mux.emulator.app.Emulator.links>`) and its
 platform. Three kinds are left in force instead and act later: the HTTP
 faults are :class:`HttpFault` entries in ``Emulator.http_faults``, consumed
-by the middleware of :mod:`genesys_mux.emulator.app`; ``duplicate``,
-``reorder`` and ``delay`` set a channel's (or every channel's)
+by the middleware of :mod:`genesys_mux.emulator.app`; ``reserialise``,
+``duplicate``, ``reorder`` and ``delay`` set a channel's (or every channel's)
 :class:`~genesys_mux.emulator.sockets.FrameFaults`, which
 :meth:`SocketLink.notify <genesys_mux.emulator.sockets.SocketLink.notify>`
 applies to each notification.
@@ -141,6 +141,31 @@ def socket_closing(emulator: Emulator, data: dict[str, Any]) -> list[str]:
         asyncio.get_running_loop().call_later(delay_s, link.close_after_flush, 1001)
         applied.append(channel.id)
     return applied
+
+
+@fault("close_socket")
+def close_socket(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """A clean close with ``code`` (1000 or 1001) and no warning; the channel survives."""
+    # The reference: socket_closing is "not guaranteed", and the close codes
+    # to expect are 1000, 1001 and 1006. 1006 is drop_socket's (no close
+    # frame at all); a close frame carries one of the other two.
+    code = data.get("code", 1000)
+    if isinstance(code, bool) or code not in _CLEAN_CLOSE_CODES:
+        raise ValueError("code must be 1000 or 1001")
+    applied = []
+    for channel in _targets(emulator, data, connected=True):
+        link = emulator.links.get(channel.id)
+        if link is None:
+            continue
+        # What was already sent its way goes out first, as on a real
+        # connection; what comes after the close is never sent (nor entered
+        # in the ledger). The socket handler forgets the link once it ends.
+        link.close_after_flush(int(code))
+        applied.append(channel.id)
+    return applied
+
+
+_CLEAN_CLOSE_CODES = (1000, 1001)
 
 
 # -- channels and tokens ------------------------------------------------------
@@ -309,6 +334,15 @@ def _frame_faults(emulator: Emulator, data: dict[str, Any]) -> tuple[str | None,
     """The named channel's frame faults, or every channel's (``None``), made if missing."""
     key = str(data["channel_id"]) if data.get("channel_id") is not None else None
     return key, emulator.frame_faults.setdefault(key, FrameFaults())
+
+
+@fault("reserialise")
+def reserialise(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """Notifications written anew before they are sent: the same JSON value in other bytes."""
+    probability = _probability(data)
+    key, faults = _frame_faults(emulator, data)
+    faults.rewrite = probability
+    return [key or "*"]
 
 
 @fault("duplicate")

@@ -10,7 +10,7 @@ dropped instead). A second task queues a heartbeat every interval.
 
 Notifications enter as :class:`Pending` frames through
 :meth:`SocketLink.notify`, which applies the socket's :class:`FrameFaults`
-(duplicate, reorder, delay) on the way in; every other frame enters through
+(rewrite, duplicate, reorder, delay) on the way in; every other frame enters through
 :meth:`SocketLink.send` and is never held back. A notification is written
 to the :class:`Ledger` only once it has been handed to the transport, so the
 ledger is the truth about what was *sent*.
@@ -107,6 +107,10 @@ class FrameFaults:
     #: Send duplicates re-serialised (other key order, whitespace, a new
     #: CorrelationId), as the reference allows, instead of byte for byte.
     reserialise: bool = False
+    #: The share of notifications written anew before they are sent (other
+    #: key order, whitespace, ``\u`` escapes; the same JSON value and
+    #: CorrelationId), so the platform's compact layout is not a given.
+    rewrite: float = 0.0
     reorder: float = 0.0
     #: How many later frames overtake a held one.
     reorder_depth: int = 1
@@ -176,7 +180,7 @@ class SocketLink:
         self.queue.put_nowait(frame)
 
     def notify(self, pending: Pending, rng: random.Random, faults: FrameFaults) -> None:
-        """Queue a notification, applying the duplicate and reorder faults."""
+        """Queue a notification, applying the rewrite, duplicate and reorder faults."""
         if self.queue.qsize() > _MAX_PENDING_FRAMES:
             log.warning(
                 "dropping socket of %s: %d frames behind", self.channel.id, self.queue.qsize()
@@ -184,6 +188,16 @@ class SocketLink:
             self.drop()
             return
         delay = faults.delay_s
+        if faults.rewrite and rng.random() < faults.rewrite:
+            # The same notification in other bytes; a duplicate of it below
+            # repeats these bytes (or writes them anew again, reserialise).
+            pending = Pending(
+                rewritten(pending.frame, rng),
+                pending.topic,
+                pending.correlation_id,
+                pending.conversation_id,
+                pending.duplicate,
+            )
         if faults.reorder and self.held is None and rng.random() < faults.reorder:
             # Hold this frame back; it goes out after the next `depth` frames.
             self.held = pending
@@ -309,6 +323,53 @@ def _reversed_keys(value: Any) -> Any:
         return {key: _reversed_keys(value[key]) for key in reversed(value)}
     if isinstance(value, list):
         return [_reversed_keys(item) for item in value]
+    return value
+
+
+#: The separators of a rewritten frame without indentation: always some space.
+_SPACED: tuple[tuple[str, str], ...] = ((", ", ": "), (" ,", " :"), (" , ", " : "))
+#: The indentations of a rewritten frame.
+_INDENTS: tuple[int | str, ...] = (1, 2, "\t")
+#: How a rewritten frame writes ``/``: both are valid JSON escapes of it.
+_SLASHES = ("\\/", "\\u002f", "\\u002F")
+
+
+def rewritten(frame: bytes, rng: random.Random) -> bytes:
+    """The same JSON value as ``frame`` in other bytes, as a platform may re-serialise it.
+
+    Every object's keys are shuffled (the envelope's never stay in the
+    platform's order), there is whitespace between tokens (indentation or
+    spaced separators, sometimes a trailing newline), every non-ASCII
+    character is a ``\\u`` escape (a surrogate pair beyond the BMP) and
+    every ``/`` an escape (``\\/`` or ``\\u002f``). Nothing else changes:
+    numbers, strings and the CorrelationId decode to what they were. The
+    frame always grows (whitespace is added, none removed from the compact
+    original), so it always differs in bytes.
+    """
+    parsed = json.loads(frame)
+    shuffled = _shuffled_keys(parsed, rng)
+    if isinstance(parsed, dict) and list(shuffled) == list(parsed) and len(parsed) > 1:
+        shuffled = {key: shuffled[key] for key in reversed(shuffled)}
+    if rng.random() < 0.5:
+        text = json.dumps(shuffled, indent=rng.choice(_INDENTS))
+    else:
+        text = json.dumps(shuffled, separators=rng.choice(_SPACED))
+    # ensure_ascii (the default) wrote every non-ASCII character as \uXXXX.
+    # A '/' can only stand inside a string in JSON text, so each one found
+    # is in a string, where an escape of it is the same character.
+    text = text.replace("/", rng.choice(_SLASHES))
+    if rng.random() < 0.25:
+        text += "\n"
+    return text.encode("ascii")
+
+
+def _shuffled_keys(value: Any, rng: random.Random) -> Any:
+    if isinstance(value, dict):
+        keys = list(value)
+        rng.shuffle(keys)
+        return {key: _shuffled_keys(value[key], rng) for key in keys}
+    if isinstance(value, list):
+        return [_shuffled_keys(item, rng) for item in value]
     return value
 
 
