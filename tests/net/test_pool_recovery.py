@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any, cast
 
 import aiohttp
@@ -115,6 +116,34 @@ async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:
         assert len(stack.pool.outages) == 1
         assert stack.pool.outages[0].channel_id == old
         await assert_fully_served(stack, topics)
+
+
+async def test_a_put_that_finds_the_channel_gone_replaces_it_once(make_stack: Any) -> None:
+    """The 404 frame is optional [O]: a PUT's 404 may be the first sign that a channel died.
+
+    The watchdog is made slow, so only the PUT can tell. The slot must act on
+    that 404 (a new channel, the window reported from the last frame read),
+    not PUT the dead channel again and again on the shared request budget.
+    """
+    pool_settings = fast_pool_settings(heartbeat_timeout_s=60.0)
+    async with make_stack(fast_settings(), pool_settings) as stack:
+        topics, old = await start(stack)
+        died_at = time.time()
+        await stack.fault("expire_channel", channel_id=old, announce=False)
+        wanted = [*topics, f"v2.users.{uuid.UUID(int=7)}.presence"]
+        await asyncio.wait_for(stack.pool.set_topics(wanted), 15)
+        assert stack.pool.channel_ids()[0] not in (None, old)
+        (outage,) = stack.pool.outages
+        assert outage.channel_id == old
+        assert outage.start <= died_at, "the window starts at the last frame read, not later"
+        assert outage.end >= outage.start
+        gone = [
+            r
+            for r in (await stack.control("requests"))["requests"]
+            if r["method"] == "PUT" and old in r["path"]
+        ]
+        assert [r["status"] for r in gone].count(404) == 1, gone
+        await assert_fully_served(stack, wanted)
 
 
 async def test_channel_expiring_soon_is_rotated_without_outage(make_stack: Any) -> None:

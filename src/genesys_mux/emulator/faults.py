@@ -185,7 +185,8 @@ def _kill(emulator: Emulator, data: dict[str, Any], reason: str) -> list[str]:
         if announce:
             emulator.channel_died(channel, reason)
         else:
-            link = emulator.links.pop(channel.id, None)
+            # Left among the links, so that a stop or a reset still drops it.
+            link = emulator.links.get(channel.id)
             if link is not None:
                 link.go_silent()
         applied.append(channel.id)

@@ -1054,12 +1054,18 @@ class ChannelPool:
             put = machine.put_due(time.time())
             if put is not None:
                 try:
-                    await self._sync(slot, socket, put.version)
+                    gone = await self._sync(slot, socket, put.version)
                     changes.succeeded()
                 except GenesysMuxError as exc:
                     delay = changes.failed(exc)
                     assert delay is not None  # no attempt limit
                     machine.put_failed(time.time(), delay)
+                    continue
+                if gone is not None:
+                    # At once: the change is still due, so going round the
+                    # loop would PUT the dead channel again before any signal
+                    # is read.
+                    return gone
                 continue
             wait_s = machine.put_wait(time.time())
             signal_wait = asyncio.ensure_future(socket.signals.get())
@@ -1267,16 +1273,24 @@ class ChannelPool:
         self._report(ChannelConnected(slot.index, info.id))
         return socket
 
-    async def _sync(self, slot: _Slot, socket: _Socket, version: int) -> None:
+    async def _sync(self, slot: _Slot, socket: _Socket, version: int) -> Recreate | None:
+        """PUT the slot's topics on its socket's channel; a Recreate if the channel is gone.
+
+        The platform's 404 frame is optional, so a PUT's 404 may be the first
+        sign that the channel died (expired, evicted, its token revoked).
+        Events may have gone missing since the last frame read on its socket.
+        """
         try:
             socket.expected = await self._put(slot, socket.info.id, slot.desired)
         except ApiError as exc:
             if exc.status == 404:
-                socket.signals.put_nowait(Recreate("channel_gone"))
-                return
+                if socket.lost_at is None:
+                    socket.lost_at = socket.last_frame_wall
+                return Recreate("channel_gone")
             raise
         socket.verified_at = time.time()
         await self._mark_synced(slot, version)
+        return None
 
     async def _check_subscriptions(
         self, slot: _Slot, socket: _Socket, check: CheckSubscriptions
