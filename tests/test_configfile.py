@@ -74,7 +74,7 @@ def test_files_in_missing_directories_are_found_by_validate(tmp_path: Path) -> N
     with pytest.raises(ConfigFileError) as caught:
         parse_config(data)
     where = [w for w, _ in caught.value.errors]
-    assert where == ["settings.dlq_path", "settings.audit_path", "sinks of s: jsonl path"]
+    assert where == ["settings.dlq_path", "settings.audit_path", "streams[0].sinks[0].path"]
     assert all("does not exist" in m for _, m in caught.value.errors)
     (missing).mkdir()
     assert parse_config(data).settings.audit_path.endswith("audit.jsonl")
@@ -153,3 +153,25 @@ def test_each_instance_reads_the_oauth_client_it_is_told_to_use() -> None:
     assert any("client names must be unique" in text for _, text in found)
     found = problems({"genesys": {"clients": [{**clients[0], "channels": 21}]}})
     assert any(path == "genesys.clients[0].channels" for path, _ in found)
+
+
+def test_our_own_messages_come_without_pydantics_prefix() -> None:
+    found = problems({"streams": [{"id": "s", "filter": {}, "sinks": [{"type": "redis"}]}]})
+    assert found == (("streams[0].sinks[0]", "give exactly one of url or url_env"),)
+
+
+def test_a_redis_sink_url_must_be_a_redis_url() -> None:
+    found = problems(
+        {"streams": [{"id": "s", "filter": {}, "sinks": [{"type": "redis", "url": "http://h"}]}]}
+    )
+    assert found == (("streams[0].sinks[0]", "url must be a redis://, rediss:// or unix:// URL"),)
+
+
+def test_a_url_env_that_holds_no_redis_url_is_refused_without_quoting_it() -> None:
+    config = parse_config({**STREAM, "state": {"url_env": "MUX_STATE"}})
+    with pytest.raises(ConfigError) as caught:
+        config.state.target({"MUX_STATE": "http://:pw-canary@h:1/0"})
+    assert "[state] url_env: MUX_STATE holds a http:// URL" in str(caught.value)
+    assert "pw-canary" not in str(caught.value)
+    # Not a SQLite file named like a URL, as it was before the check.
+    assert config.state.target({"MUX_STATE": "unix:///run/redis.sock"}).startswith("unix://")

@@ -22,6 +22,7 @@ named by the environment variable that holds them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -30,7 +31,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -51,10 +52,11 @@ from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
 from genesys_mux.sinks.nats import DEFAULT_SUBJECT, check_subject_template, stream_subjects_for
 from genesys_mux.sinks.plugins import ENTRY_POINT_GROUP, LoadedPlugin, load_plugin, plugin_types
-from genesys_mux.sinks.webhook import SigningScheme, parse_secrets, redact_url
+from genesys_mux.sinks.webhook import SigningScheme, parse_secrets
 
 __all__ = [
     "ConfigFile",
+    "ConfigReport",
     "Credentials",
     "GenesysSection",
     "JsonlSinkSpec",
@@ -67,13 +69,20 @@ __all__ = [
     "StateSection",
     "StdoutSinkSpec",
     "WebhookSinkSpec",
+    "check_config",
     "check_environment",
+    "configured_region",
     "json_schema",
     "load_config",
     "load_credentials",
     "missing_extras",
     "parse_config",
 ]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+#: What a Redis URL may start with (the client takes these three).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 # strict: TOML already has types, so `true` is never a number and "5" never
 # an int; no infinities or NaN: every number here is a real bound.
@@ -303,6 +312,8 @@ class RedisSinkSpec(_SinkBase):
     def _one_url(self) -> RedisSinkSpec:
         if (self.url is None) == (self.url_env is None):
             raise ValueError("give exactly one of url or url_env")
+        if self.url is not None and not self.url.startswith(REDIS_SCHEMES):
+            raise ValueError("url must be a redis://, rediss:// or unix:// URL")
         if self.url is not None and "@" in self.url:
             raise ValueError(
                 "the url holds credentials; put it in an environment variable named by url_env"
@@ -509,6 +520,9 @@ class _RedisLocation(BaseModel):
                     f"[{section}] url_env names {self.url_env}, which is not set; set it to "
                     "a redis:// URL"
                 )
+            problem = _redis_url_problem(self.url_env, value)
+            if problem is not None:
+                raise ConfigError(f"[{section}] url_env: {problem}")
             return value
         return None
 
@@ -642,9 +656,14 @@ class Credentials:
 
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read and validate a TOML file; raises :class:`ConfigFileError` listing every mistake."""
+    return parse_config(_read_toml(path), source=str(path), base_dir=Path(path).parent)
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's TOML; ConfigError when it cannot be read, ConfigFileError when it is not TOML."""
     source = str(path)
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"configuration file {source} does not exist") from exc
     except OSError as exc:
@@ -660,7 +679,6 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             [("(file)", "nested too deeply to read; a configuration needs a few levels at most")],
             source,
         ) from None
-    return parse_config(data, source=source, base_dir=Path(path).parent)
 
 
 def parse_config(
@@ -674,29 +692,132 @@ def parse_config(
     With ``base_dir`` (the file's directory, as :func:`load_config` passes
     it), relative paths (``dlq_path``, ``audit_path``, ``secrets_file``,
     JSON-lines sinks) are taken from there, not from the working directory,
-    so ``validate`` and ``run`` agree wherever they are started.
+    so ``validate`` and ``run`` agree wherever they are started. Raises
+    :class:`ConfigFileError` listing every mistake, a missing directory
+    among them.
     """
+    parsed = _parse(data, source=source, base_dir=base_dir)
+    errors = parsed.errors + [(where, message) for where, message, _ in parsed.directories]
+    if errors:
+        raise ConfigFileError(errors, source)
+    return parsed.config
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What ``genesys-mux validate`` says about a configuration file (see :func:`check_config`).
+
+    ``problems`` are ``(path, problem)`` pairs: ``run`` would refuse the file
+    here. ``warnings`` are what may well be set only where the service runs
+    (credentials, a sink's secret variable, a directory named by an absolute
+    path). ``not_checked`` says which checks could not run because the part
+    they read has a problem of its own. ``config`` is the configuration when
+    there is no problem, else None.
+    """
+
+    problems: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...] = ()
+    not_checked: tuple[str, ...] = ()
+    config: ConfigFile | None = None
+
+
+def check_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    here: bool = False,
+) -> ConfigReport:
+    """Every problem of a configuration file and of what ``run`` needs beyond it, in one go.
+
+    The schema, the directories of the files the run writes and the
+    environment (region, secrets file, credentials, sink variables, optional
+    packages) are all checked, also when an earlier part has problems: the
+    parts of a section that did parse are checked further, so a file is
+    fixed in one round. A directory named by an absolute path that is not
+    here is a warning: the path names the machine it runs on, which may not
+    be this one (a build machine checking a container's file). ``here``
+    says it is the machine it runs on: such a directory, or secrets file, is
+    then a problem like any other.
+    """
+    source = str(path)
+    try:
+        data = _read_toml(path)
+    except ConfigFileError as exc:
+        return ConfigReport(problems=exc.errors)
+    except ConfigError as exc:
+        return ConfigReport(problems=(("(file)", str(exc)),))
+    parsed = _parse(data, source=source, base_dir=Path(path).parent)
+    env_errors, warnings = _environment_problems(parsed.config, environ, parsed, here=here)
+    problems = list(parsed.errors)
+    for where, message, absolute in parsed.directories:
+        if absolute and not here:
+            warnings.append(f"{where}: {message} here; it must exist where it runs")
+        else:
+            problems.append((where, message))
+    problems += env_errors
+    return ConfigReport(
+        problems=tuple(problems),
+        warnings=tuple(warnings),
+        not_checked=tuple(parsed.not_checked),
+        config=None if problems else parsed.config,
+    )
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """A configuration as far as it parsed, with what was wrong and what could not be checked."""
+
+    #: The parts that parsed (a section with problems keeps its good keys).
+    config: ConfigFile
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    #: Missing directories of files the run writes: (path, problem, the path is absolute).
+    directories: list[tuple[str, str, bool]] = field(default_factory=list)
+    not_checked: list[str] = field(default_factory=list)
+    #: The file path of each sink: (stream id, position in config.sinks) -> streams[i].sinks[j].
+    sink_paths: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: Sections whose problems leave nothing to check further.
+    skipped: set[str] = field(default_factory=set)
+
+
+_AFTER_THE_SCHEMA = {
+    "genesys": "the region, the secrets file and the credentials",
+    "settings": "the directories of dlq_path and audit_path",
+    "state": "the state store (its directory or url_env, and the redis package)",
+    "cluster": "the cluster's url_env and the redis package",
+}
+
+
+def _parse(data: Mapping[str, Any], *, source: str, base_dir: Path | None) -> _Parsed:
+    """Validate ``data`` as far as it goes, every problem collected (see :func:`parse_config`)."""
     errors: list[tuple[str, str]] = []
+    skipped: set[str] = set()
     try:
         document = _Document.model_validate(data)
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, ""))
-        document = _Document.model_construct(
-            genesys=GenesysSection(),
-            settings=Settings(),
-            state=StateSection(),
-            streams=_stream_list(data),
-        )
+        document = _salvage_document(data, exc, skipped)
+    parsed = _Parsed(config=ConfigFile(GenesysSection(), Settings(), (), {}), skipped=skipped)
     stream_items: list[dict[str, Any]] = []
     sinks: dict[str, tuple[SinkSpec, ...]] = {}
     for i, raw in enumerate(document.streams):
         item = dict(raw)
         raw_sinks = item.pop("sinks", [])
         stream_items.append(item)
-        parsed, sink_errors = _parse_sinks(raw_sinks, f"streams[{i}]", item.get("id"))
+        prefix = f"streams[{i}]"
+        found, sink_errors, unchecked = _parse_sinks(raw_sinks, prefix, item.get("id"))
         errors.extend(sink_errors)
-        if not sink_errors and isinstance(item.get("id"), str):
-            sinks[item["id"]] = tuple(parsed)
+        parsed.not_checked += [
+            f"{where}: its directory, environment variables and package are checked once "
+            "its problems are fixed"
+            for where in unchecked
+        ]
+        stream_id = item.get("id")
+        # The sinks of a stream whose id is already taken are reported with
+        # the duplicate; they are not checked a second time.
+        if isinstance(stream_id, str) and stream_id not in sinks:
+            sinks[stream_id] = tuple(spec for _, spec in found)
+            for position, (j, _) in enumerate(found):
+                parsed.sink_paths[(stream_id, position)] = f"{prefix}.sinks[{j}]"
     streams: list[StreamConfig] = []
     try:
         streams = parse_streams(stream_items, max_streams=document.settings.max_streams)
@@ -712,32 +833,83 @@ def parse_config(
                 "[state] out: the cluster's Redis keeps it)",
             )
         )
+        skipped.add("state")
     elif cluster is not None and state.url is None and state.url_env is None:
         # The cluster's Redis keeps the state, shared by every instance.
         state = state.model_copy(update={"url": cluster.url, "url_env": cluster.url_env})
-    if base_dir is not None and not errors:
+    # Checked before the paths are resolved: whether a path was absolute
+    # decides whether a missing directory is this machine's problem.
+    base = Path() if base_dir is None else base_dir
+    if "settings" not in skipped:
+        parsed.directories += _missing_directories(settings, sinks, parsed.sink_paths, base)
+    if "state" not in skipped and state.url is None and state.url_env is None:
+        parsed.directories += _missing_directory("state.path", state.path, base)
+    if base_dir is not None:
         genesys, settings, sinks = _resolved(base_dir, genesys, settings, sinks)
         if not Path(state.path).is_absolute():
             state = state.model_copy(update={"path": str(base_dir / state.path)})
-    if not errors:
-        errors.extend(_missing_directories(settings, sinks))
-        if state.url is None and state.url_env is None:
-            directory = Path(state.path).parent
-            if not directory.is_dir():
-                errors.append(
-                    ("state.path", f"directory {directory} of {state.path!r} does not exist")
-                )
-    if errors:
-        raise ConfigFileError(errors, source)
-    return ConfigFile(
+    parsed.not_checked += [
+        f"[{name}]: {_AFTER_THE_SCHEMA[name]} are checked once its problems are fixed"
+        for name in _AFTER_THE_SCHEMA
+        if name in skipped
+    ]
+    parsed.errors = errors
+    parsed.config = ConfigFile(
         genesys=genesys,
         settings=settings,
         streams=tuple(streams),
-        sinks={s.id: sinks.get(s.id, ()) for s in streams},
+        sinks=sinks if errors else {s.id: sinks.get(s.id, ()) for s in streams},
         source=source,
         state=state,
         cluster=cluster,
     )
+    return parsed
+
+
+def _salvage_document(data: Mapping[str, Any], exc: ValidationError, skipped: set[str]) -> Any:
+    """The document's sections without the keys that have problems, for the later checks.
+
+    A section whose problem is not one key (region and base_url both given,
+    say) is left at its defaults and named in ``skipped``: what reads it is
+    not checked until it is fixed.
+    """
+    failed: dict[str, list[tuple[int | str, ...]]] = {}
+    for error in exc.errors():
+        loc = error["loc"]
+        if loc and isinstance(loc[0], str):
+            failed.setdefault(loc[0], []).append(loc[1:])
+    raw_data: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+
+    def section(name: str, model: type[_M]) -> _M | None:
+        raw = raw_data.get(name, {})
+        if name not in failed:
+            return model.model_validate(raw)
+        kept = _without_failed_keys(raw, failed[name])
+        if kept is not None:
+            with contextlib.suppress(ValidationError):
+                return model.model_validate(kept)
+        skipped.add(name)
+        return None
+
+    genesys = section("genesys", GenesysSection) or GenesysSection()
+    settings = section("settings", Settings) or Settings()
+    state = section("state", StateSection) or StateSection()
+    cluster = section("cluster", ClusterSection) if "cluster" in raw_data else None
+    return _Document.model_construct(
+        genesys=genesys,
+        settings=settings,
+        state=state,
+        cluster=cluster,
+        streams=_stream_list(raw_data),
+    )
+
+
+def _without_failed_keys(raw: Any, locations: list[tuple[int | str, ...]]) -> dict[str, Any] | None:
+    """``raw`` without the keys the errors point into; None if an error is not about one key."""
+    if not isinstance(raw, Mapping) or any(not loc for loc in locations):
+        return None
+    bad = {loc[0] for loc in locations}
+    return {key: value for key, value in raw.items() if key not in bad}
 
 
 def _resolved(
@@ -778,27 +950,51 @@ def _resolved(
     return genesys, settings, resolved
 
 
+def _sink_path(stream_id: str, position: int, paths: Mapping[tuple[str, int], str]) -> str:
+    return paths.get((stream_id, position), f"sinks of stream {stream_id}: [{position}]")
+
+
 def _missing_directories(
-    settings: Settings, sinks: Mapping[str, tuple[SinkSpec, ...]]
-) -> list[tuple[str, str]]:
-    """Files the run will write, whose directory is not there: found now, not at run time."""
+    settings: Settings,
+    sinks: Mapping[str, tuple[SinkSpec, ...]],
+    paths: Mapping[tuple[str, int], str],
+    base: Path,
+) -> list[tuple[str, str, bool]]:
+    """Files the run will write, whose directory is not there: found now, not at run time.
+
+    Relative paths are taken from ``base``; each problem comes as (path in
+    the file, problem, the file's path is absolute).
+    """
     wanted = [("settings.dlq_path", settings.dlq_path)]
     if settings.audit_path != "-":
         wanted.append(("settings.audit_path", settings.audit_path))
     for stream_id, specs in sinks.items():
         wanted += [
-            (f"sinks of {stream_id}: jsonl path", spec.path)
-            for spec in specs
+            (f"{_sink_path(stream_id, j, paths)}.path", spec.path)
+            for j, spec in enumerate(specs)
             if isinstance(spec, JsonlSinkSpec)
         ]
-    errors = []
-    for where, path in wanted:
-        directory = Path(path).parent
-        if not directory.is_dir():
-            errors.append(
-                (where, f"directory {directory} of {path!r} does not exist; create it first")
-            )
-    return errors
+    return [problem for where, path in wanted for problem in _missing_directory(where, path, base)]
+
+
+def _missing_directory(where: str, path: str, base: Path) -> list[tuple[str, str, bool]]:
+    """The problem of a file whose directory is not there, if it is not (see above).
+
+    An absolute path says so: it names the machine the service runs on,
+    which may not be this one, where a relative one is read from the
+    configuration file's own directory.
+    """
+    absolute = Path(path).is_absolute()
+    full = Path(path) if absolute else base / path
+    if full.parent.is_dir():
+        return []
+    return [
+        (
+            where,
+            f"directory {full.parent} of {str(full)!r} does not exist; create it first",
+            absolute,
+        )
+    ]
 
 
 def _stream_list(data: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -810,29 +1006,45 @@ def _stream_list(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _parse_sinks(
     raw_sinks: Any, prefix: str, stream_id: Any
-) -> tuple[list[SinkSpec], list[tuple[str, str]]]:
+) -> tuple[list[tuple[int, SinkSpec]], list[tuple[str, str]], list[str]]:
     """The sinks of one stream, built-in or from plugins, and every mistake with its path.
 
-    A plugin is imported only here, and only when a sink names its type.
+    Returns the sinks that parsed, each with its index in the list (a
+    built-in sink with problems is kept without its bad keys, for the later
+    checks, when that leaves a valid sink), the mistakes, and the paths of
+    the sinks that could not be kept. A plugin is imported only here, and
+    only when a sink names its type.
     """
     if not isinstance(raw_sinks, list):
         try:
             _SinkList.model_validate({"sinks": raw_sinks})
         except ValidationError as exc:
-            return [], _pydantic_errors(exc, prefix)
-        return [], []
-    specs: list[SinkSpec] = []
+            return [], _pydantic_errors(exc, prefix), []
+        return [], [], []
+    specs: list[tuple[int, SinkSpec]] = []
     errors: list[tuple[str, str]] = []
+    unchecked: list[str] = []
     for j, raw in enumerate(raw_sinks):
         where = f"{prefix}.sinks[{j}]"
         kind = raw.get("type") if isinstance(raw, dict) else None
         if not isinstance(kind, str) or kind in BUILTIN_SINK_TYPES:
             try:
-                specs.append(_BUILTIN_SINK.validate_python(raw))
+                spec = _BUILTIN_SINK.validate_python(raw)
             except ValidationError as exc:
                 errors.extend(_pydantic_errors(exc, where))
+                # pydantic names the union member first: ("webhook", "timeout_s").
+                kept = _without_failed_keys(raw, [e["loc"][1:] for e in exc.errors()])
+                salvaged = None
+                if kept is not None and isinstance(kind, str):
+                    with contextlib.suppress(ValidationError):
+                        salvaged = _BUILTIN_SINK.validate_python(kept)
+                if salvaged is None:
+                    if kind != "stdout":
+                        unchecked.append(where)
+                else:
+                    specs.append((j, salvaged))
                 continue
-            spec = specs[-1]
+            specs.append((j, spec))
             if isinstance(spec, NatsSinkSpec) and isinstance(stream_id, str):
                 problem = check_subject_template(spec.subject, stream_id)
                 if problem is not None:
@@ -869,8 +1081,8 @@ def _parse_sinks(
         except ValidationError as exc:
             errors.extend(_pydantic_errors(exc, where))
         if batching is not None and options is not None:
-            specs.append(PluginSinkSpec(kind, options, loaded, batching.batching))
-    return specs, errors
+            specs.append((j, PluginSinkSpec(kind, options, loaded, batching.batching)))
+    return specs, errors, unchecked
 
 
 def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
@@ -887,8 +1099,32 @@ def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] == "value_error":
+            # Our own validators' messages, without pydantic's "Value error, ".
+            message = str(error.get("ctx", {}).get("error", message.removeprefix("Value error, ")))
         out.append((path or "(file)", message))
     return out
+
+
+def configured_region(config: ConfigFile, environ: Mapping[str, str] | None = None) -> str | None:
+    """The region ``run`` connects to: ``[genesys] region``, else ``GENESYSCLOUD_REGION``.
+
+    None when the file gives a ``base_url`` or neither is set. Raises
+    :class:`~genesys_mux.errors.UnknownRegionError` for a region that is not
+    one, saying where the value came from, since that is where it must be
+    fixed: the file's key wins over the variable.
+    """
+    genesys = config.genesys
+    if genesys.base_url is not None:
+        return None
+    if genesys.region is not None:
+        resolve_region(genesys.region, origin=f"[genesys] region in {config.source}")
+        return genesys.region
+    value = (os.environ if environ is None else environ).get("GENESYSCLOUD_REGION")
+    if not value:
+        return None
+    resolve_region(value, origin="GENESYSCLOUD_REGION in the environment")
+    return value
 
 
 def check_environment(
@@ -897,26 +1133,74 @@ def check_environment(
     """What ``run`` would reject beyond the file's own values: (errors, warnings).
 
     Errors are wrong whatever the environment (an unknown region, a secrets
-    file that is not there). Warnings are what may well be set only where
-    the service runs (the credentials, a sink's secret variable): ``run``
-    fails if they are still missing then.
+    file that is not there, a variable that holds a value ``run`` refuses).
+    Warnings are what may well be set only where the service runs (the
+    credentials, a sink's secret variable): ``run`` fails if they are still
+    missing then. No value of a secret variable is ever quoted.
     """
+    return _environment_problems(config, environ, None)
+
+
+def _environment_problems(
+    config: ConfigFile,
+    environ: Mapping[str, str] | None,
+    parsed: _Parsed | None,
+    *,
+    here: bool = False,
+) -> tuple[list[tuple[str, str]], list[str]]:
     env = os.environ if environ is None else environ
+    skipped = parsed.skipped if parsed is not None else set()
+    paths = parsed.sink_paths if parsed is not None else _sink_paths(config)
     errors: list[tuple[str, str]] = []
     warnings: list[str] = []
     genesys = config.genesys
-    if genesys.region is not None:
+    if "genesys" not in skipped:
         try:
-            resolve_region(genesys.region)
+            configured_region(config, env)
         except ConfigError as exc:
-            errors.append(("genesys.region", str(exc)))
-    elif genesys.base_url is None and not env.get("GENESYSCLOUD_REGION"):
-        warnings.append("no region: set genesys.region, or GENESYSCLOUD_REGION where it runs")
-    if genesys.secrets_file is not None and not Path(genesys.secrets_file).is_file():
-        errors.append(
-            ("genesys.secrets_file", f"{genesys.secrets_file} does not exist or is not a file")
-        )
-    elif genesys.secrets_file is None and not (
+            where = "genesys.region" if genesys.region is not None else "GENESYSCLOUD_REGION"
+            errors.append((where, str(exc)))
+        if (
+            genesys.region is None
+            and genesys.base_url is None
+            and not env.get("GENESYSCLOUD_REGION")
+        ):
+            warnings.append("no region: set genesys.region, or GENESYSCLOUD_REGION where it runs")
+        _check_credentials(genesys, env, errors, warnings, here=here)
+    for stream_id, specs in config.sinks.items():
+        for j, spec in enumerate(specs):
+            _check_sink(spec, _sink_path(stream_id, j, paths), stream_id, env, errors, warnings)
+    for name, section in (("state", config.state), ("cluster", config.cluster)):
+        if section is None or name in skipped or section.url_env is None:
+            continue
+        value = env.get(section.url_env)
+        if not value:
+            warnings.append(
+                f"[{name}] url_env: {section.url_env} is not set here; set it where it runs"
+            )
+        elif (problem := _redis_url_problem(section.url_env, value)) is not None:
+            errors.append((f"{name}.url_env", problem))
+    errors.extend(_missing_extras(config, paths, skipped))
+    return errors, warnings
+
+
+def _check_credentials(
+    genesys: GenesysSection,
+    env: Mapping[str, str],
+    errors: list[tuple[str, str]],
+    warnings: list[str],
+    *,
+    here: bool,
+) -> None:
+    secrets_file = genesys.secrets_file
+    if secrets_file is not None and not Path(secrets_file).is_file():
+        message = f"{secrets_file} does not exist or is not a file"
+        if Path(secrets_file).is_absolute() and not here:
+            # Mounted where it runs (a Kubernetes Secret, say), like the variables.
+            warnings.append(f"genesys.secrets_file: {message} here; it must exist where it runs")
+        else:
+            errors.append(("genesys.secrets_file", message))
+    elif secrets_file is None and not (
         env.get("GENESYSCLOUD_OAUTHCLIENT_ID") and env.get("GENESYSCLOUD_OAUTHCLIENT_SECRET")
     ):
         warnings.append(
@@ -928,30 +1212,68 @@ def check_environment(
             warnings.extend(load_credentials(genesys, env)[1])
         except ConfigError as exc:
             errors.append(("genesys.secrets_file", str(exc)))
-    for stream_id, specs in config.sinks.items():
-        for spec in specs:
-            variable = (
-                spec.secret_env
-                if isinstance(spec, WebhookSinkSpec)
-                else spec.url_env
-                if isinstance(spec, RedisSinkSpec)
-                else (spec.password_env or spec.token_env)
-                if isinstance(spec, NatsSinkSpec)
-                else None
-            )
-            if variable is not None and not env.get(variable):
-                warnings.append(
-                    f"sink {spec.type} of stream {stream_id}: {variable} is not set here; "
-                    "set it where it runs"
-                )
-            elif isinstance(spec, WebhookSinkSpec):
-                problem = spec.secret_problem(env.get(spec.secret_env, ""))
-                if problem is not None:
-                    errors.append(
-                        (f"sinks of {stream_id}: webhook {redact_url(spec.url)}", problem)
-                    )
-    errors.extend(missing_extras(config))
-    return errors, warnings
+
+
+def _check_sink(
+    spec: SinkSpec,
+    where: str,
+    stream_id: str,
+    env: Mapping[str, str],
+    errors: list[tuple[str, str]],
+    warnings: list[str],
+) -> None:
+    """A sink's variable: a warning when it is not set here, an error when its value is refused."""
+    key, variable = (
+        ("secret_env", spec.secret_env)
+        if isinstance(spec, WebhookSinkSpec)
+        else ("url_env", spec.url_env)
+        if isinstance(spec, RedisSinkSpec)
+        else ("password_env", spec.password_env)
+        if isinstance(spec, NatsSinkSpec) and spec.password_env
+        else ("token_env", spec.token_env)
+        if isinstance(spec, NatsSinkSpec)
+        else ("", None)
+    )
+    if variable is None:
+        return
+    value = env.get(variable)
+    if not value:
+        warnings.append(
+            f"{where}.{key}: {variable} is not set here (sink {spec.type} of stream "
+            f"{stream_id}); set it where it runs"
+        )
+    elif isinstance(spec, WebhookSinkSpec):
+        problem = spec.secret_problem(value)
+        if problem is not None:
+            errors.append((f"{where}.{key}", problem))
+    elif isinstance(spec, RedisSinkSpec):
+        problem = _redis_url_problem(variable, value)
+        if problem is not None:
+            errors.append((f"{where}.{key}", problem))
+
+
+def _redis_url_problem(variable: str, value: str) -> str | None:
+    """What is wrong with a Redis URL read from ``variable`` (None: nothing).
+
+    Never quotes the value, which may hold a password: only its scheme.
+    """
+    if value.startswith(REDIS_SCHEMES):
+        return None
+    scheme = value.split("://", 1)[0] if "://" in value else None
+    got = f"holds a {scheme}:// URL" if scheme and scheme.isalnum() else "does not hold a URL"
+    return (
+        f"{variable} {got}; set it to a redis://, rediss:// or unix:// URL "
+        "(redis://[:password@]host:port/db)"
+    )
+
+
+def _sink_paths(config: ConfigFile) -> dict[tuple[str, int], str]:
+    """Each sink's path in a valid file: its stream's and its own position."""
+    return {
+        (stream.id, j): f"streams[{i}].sinks[{j}]"
+        for i, stream in enumerate(config.streams)
+        for j in range(len(config.sinks.get(stream.id, ())))
+    }
 
 
 def missing_extras(config: ConfigFile) -> list[tuple[str, str]]:
@@ -961,16 +1283,24 @@ def missing_extras(config: ConfigFile) -> list[tuple[str, str]]:
     that fixes it. ``validate`` reports them with the file's other problems;
     ``run`` refuses to start on them rather than fail once it is connected.
     """
+    return _missing_extras(config, _sink_paths(config), frozenset())
+
+
+def _missing_extras(
+    config: ConfigFile, paths: Mapping[tuple[str, int], str], skipped: set[str] | frozenset[str]
+) -> list[tuple[str, str]]:
     needs: list[tuple[str, str, str]] = []
     for stream_id, specs in config.sinks.items():
-        for spec in specs:
+        for j, spec in enumerate(specs):
             if isinstance(spec, RedisSinkSpec):
-                needs.append((f"sinks of {stream_id}: redis", "redis", "the Redis Streams sink"))
+                needs.append((_sink_path(stream_id, j, paths), "redis", "the Redis Streams sink"))
             elif isinstance(spec, NatsSinkSpec):
-                needs.append((f"sinks of {stream_id}: nats", "nats", "the NATS sink"))
-    if config.state.url is not None or config.state.url_env is not None:
+                needs.append((_sink_path(stream_id, j, paths), "nats", "the NATS sink"))
+    if "state" not in skipped and (
+        config.state.url is not None or config.state.url_env is not None
+    ):
         needs.append(("state", "redis", "the Redis state store"))
-    if config.cluster is not None:
+    if config.cluster is not None and "cluster" not in skipped:
         needs.append(("cluster", "redis", "a cluster (leases in Redis)"))
     errors = []
     for where, module, feature in needs:

@@ -113,10 +113,13 @@ class Endpoints:
         return cls(login=base, api=base, streaming=ws + base[len(parts.scheme) :])
 
 
-def resolve_region(value: str) -> Region:
+def resolve_region(value: str, *, origin: str | None = None) -> Region:
     """Find a region by name (``eu_west_1``, ``eu-west-1``) or domain (``mypurecloud.ie``).
 
     Raises :class:`UnknownRegionError` listing the accepted values.
+    ``origin`` says where the value came from (``[genesys] region in
+    mux.toml``); the message then names it as the place to fix, instead of
+    advising ``GENESYSCLOUD_REGION``, which does not win over it.
     """
     key = value.strip().lower()
     for prefix in ("https://", "http://"):
@@ -127,6 +130,10 @@ def resolve_region(value: str) -> Region:
     region = _BY_KEY.get(key) or _BY_KEY.get(key.replace("-", "_"))
     if region is None:
         known = ", ".join(f"{r.name} ({r.domain})" for r in REGIONS)
+        if origin is not None:
+            raise UnknownRegionError(
+                f"{origin}: unknown Genesys Cloud region {value!r}; use one of: {known}"
+            )
         raise UnknownRegionError(
             f"unknown Genesys Cloud region {value!r}; set GENESYSCLOUD_REGION to one of: {known}"
         )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tests.cli.conftest import run_cli
 
+REPO = Path(__file__).resolve().parents[2]
+
 STREAM = """
 [[streams]]
 id = "calls"
@@ -74,3 +76,161 @@ async def test_relative_paths_are_read_from_the_config_files_directory(tmp_path:
     env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
     from_elsewhere = await run_cli("validate", "-c", "conf/mux.toml", cwd=tmp_path, env=env)
     assert from_elsewhere.code == 0, from_elsewhere.why()
+
+
+BAD_SECRET_ENV = {"CRM_WEBHOOK_SECRET_FOR_THIS_TEST": "plain-text-not-whsec"}
+
+
+async def test_every_problem_of_every_phase_is_reported_in_one_round(tmp_path: Path) -> None:
+    """A typo, a missing directory and a bad sink secret: one run of validate shows all three."""
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\n'
+        '[settings]\nmax_stream = 5\ndlq_path = "missing-dir/dlq.jsonl"\n' + STREAM + WEBHOOK
+    )
+    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=BAD_SECRET_ENV)
+    assert result.code == 1, result.why()
+    report = json.loads(result.stdout)
+    where = {p["path"]: p["problem"] for p in report["problems"]}
+    assert sorted(where) == [
+        "settings.dlq_path",
+        "settings.max_stream",
+        "streams[0].sinks[0].secret_env",
+    ], where
+    assert "missing-dir" in where["settings.dlq_path"]
+    assert "whsec_" in where["streams[0].sinks[0].secret_env"]
+    assert "plain-text-not-whsec" not in result.output
+    assert report["not_checked"] == []
+
+
+async def test_a_sink_with_a_bad_key_still_has_its_secret_checked(tmp_path: Path) -> None:
+    (tmp_path / "mux.toml").write_text(STREAM + WEBHOOK + "  timeout_s = -1\n  colour = 1\n")
+    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=BAD_SECRET_ENV)
+    assert result.code == 1, result.why()
+    where = [p["path"] for p in json.loads(result.stdout)["problems"]]
+    assert where == [
+        "streams[0].sinks[0].timeout_s",
+        "streams[0].sinks[0].colour",
+        "streams[0].sinks[0].secret_env",
+    ]
+
+
+async def test_what_cannot_be_checked_until_a_section_is_fixed_is_said(tmp_path: Path) -> None:
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\nbase_url = "http://127.0.0.1:1"\n'
+        + STREAM
+        + '\n  [[streams.sinks]]\n  type = "redis"\n'
+    )
+    result = await run_cli("validate", "-c", "mux.toml", cwd=tmp_path, env={})
+    assert result.code == 1, result.why()
+    assert "give region or base_url, not both" in result.stdout
+    assert "Value error" not in result.output
+    assert "not checked yet: [genesys]: the region, the secrets file and the credentials" in (
+        result.stderr
+    )
+    assert "not checked yet: streams[0].sinks[0]:" in result.stderr
+    report = json.loads(
+        (await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})).stdout
+    )
+    assert len(report["not_checked"]) == 2
+    assert "streams[0].sinks[0]" in {p["path"] for p in report["problems"]}
+
+
+async def test_the_region_from_the_environment_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "mux.toml").write_text(STREAM)
+    result = await run_cli(
+        "validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={"GENESYSCLOUD_REGION": "nowhere"}
+    )
+    assert result.code == 1, result.why()
+    ((problem,),) = [json.loads(result.stdout)["problems"]]
+    assert problem["path"] == "GENESYSCLOUD_REGION"
+    assert problem["problem"].startswith(
+        "GENESYSCLOUD_REGION in the environment: unknown Genesys Cloud region 'nowhere'; use one of"
+    )
+    good = await run_cli(
+        "validate", "-c", "mux.toml", cwd=tmp_path, env={"GENESYSCLOUD_REGION": "eu-west-1"}
+    )
+    assert good.code == 0, good.why()
+
+
+async def test_a_bad_region_in_the_file_is_to_be_fixed_in_the_file(tmp_path: Path) -> None:
+    """The file wins over GENESYSCLOUD_REGION, so the advice names the file's key, in both."""
+    (tmp_path / "mux.toml").write_text('[genesys]\nregion = "mypurecloud.cm"\n' + STREAM)
+    env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
+    checked = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env)
+    assert checked.code == 1, checked.why()
+    ((problem,),) = [json.loads(checked.stdout)["problems"]]
+    expected = "[genesys] region in mux.toml: unknown Genesys Cloud region 'mypurecloud.cm'; use"
+    assert (problem["path"], problem["problem"][: len(expected)]) == ("genesys.region", expected)
+    assert "GENESYSCLOUD_REGION" not in problem["problem"]
+    ran = await run_cli("run", "-c", "mux.toml", "--duration", "5", cwd=tmp_path, env=env)
+    assert ran.code == 2, ran.why()
+    assert ran.stderr.startswith(f"error: {expected}"), ran.why()
+    assert "set GENESYSCLOUD_REGION" not in ran.output
+
+
+async def test_a_redis_url_env_that_holds_no_redis_url_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\n'
+        + STREAM
+        + '\n  [[streams.sinks]]\n  type = "redis"\n  url_env = "EVENTS_REDIS_FOR_THIS_TEST"\n'
+        '\n[state]\nurl_env = "STATE_REDIS_FOR_THIS_TEST"\n'
+    )
+    password = "canary-redis-password-5d1e"
+    env = {
+        "EVENTS_REDIS_FOR_THIS_TEST": f"http://:{password}@127.0.0.1:6391/0",
+        "STATE_REDIS_FOR_THIS_TEST": f"{password}",
+    }
+    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env)
+    assert result.code == 1, result.why()
+    where = {p["path"]: p["problem"] for p in json.loads(result.stdout)["problems"]}
+    assert sorted(where) == ["state.url_env", "streams[0].sinks[0].url_env"]
+    assert "EVENTS_REDIS_FOR_THIS_TEST holds a http:// URL" in where["streams[0].sinks[0].url_env"]
+    assert "redis://" in where["state.url_env"]
+    assert password not in result.output
+    env = dict.fromkeys(env, "redis://127.0.0.1:6391/0")
+    good = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env)
+    assert json.loads(good.stdout)["problems"] == [], good.why()
+
+
+async def test_a_missing_absolute_directory_is_a_warning_for_where_it_runs(
+    tmp_path: Path,
+) -> None:
+    """A deployment's file names directories of the machine it runs on, not of this one.
+
+    A relative path is read from the file's own directory, here, so its
+    missing directory stays a problem.
+    """
+    elsewhere = tmp_path / "not-here" / "dlq.jsonl"
+    (tmp_path / "mux.toml").write_text(
+        f'[genesys]\nregion = "eu_west_1"\n[settings]\ndlq_path = "{elsewhere}"\n' + STREAM
+    )
+    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})
+    assert result.code == 0, result.why()
+    report = json.loads(result.stdout)
+    assert report["valid"] is True
+    (warning,) = [w for w in report["warnings"] if w.startswith("settings.dlq_path")]
+    assert str(elsewhere.parent) in warning
+    assert warning.endswith("it must exist where it runs")
+    # On the machine it runs on, --here makes it a problem, as run finds it.
+    here = await run_cli("validate", "-c", "mux.toml", "--here", "--json", cwd=tmp_path, env={})
+    assert here.code == 1, here.why()
+    assert [p["path"] for p in json.loads(here.stdout)["problems"]] == ["settings.dlq_path"]
+    env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
+    ran = await run_cli("run", "-c", "mux.toml", "--duration", "5", cwd=tmp_path, env=env)
+    assert ran.code == 2, ran.why()
+    assert "settings.dlq_path" in ran.stdout
+    assert "valid" not in ran.stdout
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\n[settings]\ndlq_path = "not-here/dlq.jsonl"\n' + STREAM
+    )
+    relative = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})
+    assert relative.code == 1, relative.why()
+
+
+async def test_the_deployment_files_validate_on_a_build_machine() -> None:
+    """As docs/operations/deployment.md says to, before shipping them."""
+    result = await run_cli(
+        "validate", "-c", str(REPO / "deploy/compose/genesys-mux.toml"), "--json", env={}
+    )
+    assert result.code == 0, result.why()
+    assert any("REDIS_URL is not set" in w for w in json.loads(result.stdout)["warnings"])

@@ -199,11 +199,19 @@ def validate(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object on stdout instead of tables.")
     ] = False,
+    here: Annotated[
+        bool,
+        typer.Option(
+            "--here",
+            help="This is the machine it runs on: a missing directory or secrets file named by "
+            "an absolute path is a problem, not a warning.",
+        ),
+    ] = False,
 ) -> None:
     """Check a configuration file (and what run needs beyond it); print every problem."""
     from genesys_mux.cli import tools
 
-    raise typer.Exit(tools.validate(config, _console(), as_json=as_json))
+    raise typer.Exit(tools.validate(config, _console(), as_json=as_json, here=here))
 
 
 @app.command()
@@ -328,7 +336,12 @@ def run(
     from genesys_mux.cli import tools
     from genesys_mux.cli.logs import configure_logging
     from genesys_mux.cli.runtime import Output, Runtime
-    from genesys_mux.configfile import load_config, load_credentials, missing_extras
+    from genesys_mux.configfile import (
+        configured_region,
+        load_config,
+        load_credentials,
+        missing_extras,
+    )
     from genesys_mux.errors import ConfigFileError
 
     console = _console()
@@ -342,11 +355,16 @@ def run(
             for where, problem in missing:
                 tools.print_error(console, f"{where}: {problem}")
             raise typer.Exit(2)
+        if base_url is None:
+            # Said now, naming where the region came from (the file wins over
+            # GENESYSCLOUD_REGION), rather than once the multiplexer starts.
+            configured_region(loaded)
         # A cluster's instance uses its own OAuth client (see [[genesys.clients]]).
         client = loaded.cluster.client_name() if loaded.cluster is not None else None
         credentials, warnings = load_credentials(loaded.genesys, client=client)
     except ConfigFileError as exc:
-        tools.validate(config, console)
+        # Every problem at once, as validate shows them, for this machine.
+        tools.validate(config, console, here=True)
         raise typer.Exit(2) from exc
     except GenesysMuxError as exc:
         tools.print_error(console, exc)

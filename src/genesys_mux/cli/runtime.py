@@ -55,6 +55,7 @@ from genesys_mux.configfile import (
     SinkSpec,
     StdoutSinkSpec,
     WebhookSinkSpec,
+    configured_region,
 )
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import Gap, StreamEvent
@@ -311,11 +312,8 @@ class Runtime:
                 else settings.audit_path
             )
         audit = AuditLog(audit_target)
-        region = (
-            None
-            if self.base_url
-            else (self.config.genesys.region or os.environ.get("GENESYSCLOUD_REGION"))
-        )
+        # Checked here too, so an unknown region names where it came from.
+        region = None if self.base_url else configured_region(self.config)
         mux = Multiplexer(
             client_id=self.credentials.client_id,
             client_secret=self.credentials.client_secret,

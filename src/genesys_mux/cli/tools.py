@@ -28,7 +28,7 @@ from genesys_mux.cli.runtime import build_sink, client_budgets
 from genesys_mux.configfile import (
     ConfigFile,
     GenesysSection,
-    check_environment,
+    check_config,
     json_schema,
     load_config,
     load_credentials,
@@ -38,7 +38,7 @@ from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.core.timestamps import format_iso
 from genesys_mux.core.topics import expand_topic
-from genesys_mux.errors import ConfigError, ConfigFileError, GenesysMuxError
+from genesys_mux.errors import ConfigError, GenesysMuxError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool
 from genesys_mux.net.rest import RestClient
@@ -68,24 +68,24 @@ def print_error(console: Console, problem: object) -> None:
     console.print(Text.assemble(("error:", "red"), " ", str(problem)), soft_wrap=True)
 
 
-def validate(path: Path, console: Console, *, as_json: bool = False) -> int:
+def validate(path: Path, console: Console, *, as_json: bool = False, here: bool = False) -> int:
     """Check a configuration file and what ``run`` would need beyond it; 0 if valid.
 
-    The result goes to stdout (a table, or one JSON object with ``--json``):
-    ``valid``, ``problems`` (path and problem: the file is wrong), ``warnings``
-    (what may be set only where it runs) and ``streams``. Problems exit 1.
+    Every problem is reported in one go (see
+    :func:`~genesys_mux.configfile.check_config`). The result goes to stdout
+    (a table, or one JSON object with ``--json``): ``valid``, ``problems``
+    (path and problem: ``run`` would refuse it here), ``warnings`` (what may
+    be set only where it runs), ``not_checked`` (checks that wait for a
+    problem to be fixed) and ``streams``. Problems exit 1. ``here``: this
+    is the machine it runs on, so a missing directory or secrets file named
+    by an absolute path is a problem, not a warning.
     """
     out = Console(soft_wrap=True)
-    warnings: list[str] = []
+    report = check_config(path, here=here)
+    problems, warnings, not_checked = report.problems, report.warnings, report.not_checked
     streams: list[dict[str, Any]] = []
-    try:
-        config = load_config(path)
-    except ConfigFileError as exc:
-        problems = list(exc.errors)
-    except ConfigError as exc:
-        problems = [("(file)", str(exc))]
-    else:
-        problems, warnings = check_environment(config)
+    if report.config is not None:
+        config = report.config
         for stream in config.streams:
             flt = (
                 stream.filter.model_dump(by_alias=True, exclude_none=True)
@@ -102,14 +102,15 @@ def validate(path: Path, console: Console, *, as_json: bool = False) -> int:
                 }
             )
     if as_json:
-        report = {
+        result = {
             "file": str(path),
             "valid": not problems,
             "problems": [{"path": where, "problem": message} for where, message in problems],
-            "warnings": warnings,
+            "warnings": list(warnings),
+            "not_checked": list(not_checked),
             "streams": streams,
         }
-        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.write(json.dumps(result) + "\n")
         return 1 if problems else 0
     for warning in warnings:
         console.print(Text.assemble(("warning:", "yellow"), " ", warning), soft_wrap=True)
@@ -121,6 +122,8 @@ def validate(path: Path, console: Console, *, as_json: bool = False) -> int:
             # Text, not markup: a message may quote "[genesys]" or a value.
             table.add_row(Text(where), Text(message))
         out.print(table)
+        for note in not_checked:
+            console.print(Text.assemble(("not checked yet:", "yellow"), " ", note), soft_wrap=True)
         console.print(
             "Fix each value and run validate again; `genesys-mux schema` lists every key."
         )
