@@ -282,6 +282,33 @@ async def test_5xx_when_creating_channels_is_retried(make_stack: Any) -> None:
         await assert_fully_served(stack, topics)
 
 
+async def test_a_subscription_put_failing_while_establishing_reuses_the_new_channel(
+    make_stack: Any,
+) -> None:
+    """Each retry of the slot's set-up must not create another channel.
+
+    Channels cannot be deleted, and a client has 20: one made per failed
+    attempt would soon make the platform evict the live ones.
+    """
+    async with make_stack() as stack:
+        topics = await stack.queue_topics()
+        # More failures in a row than one REST call retries: the set-up
+        # fails a few times over.
+        await stack.fault("http_5xx", path="/subscriptions", method="PUT", status=503, count=12)
+        assert await asyncio.wait_for(stack.pool.set_topics(topics), 30) == []
+        log = (await stack.control("requests"))["requests"]
+        created = [
+            r["status"]
+            for r in log
+            if r["method"] == "POST" and r["path"] == "/api/v2/notifications/channels"
+        ]
+        assert created == [200], f"one channel, reused by every retry; got {created}"
+        puts = [r["status"] for r in log if r["method"] == "PUT"]
+        assert puts.count(503) == 12
+        assert puts[-1] == 200
+        await assert_fully_served(stack, topics)
+
+
 async def test_one_forbidden_topic_among_many(make_stack: Any) -> None:
     client = ClientApp("limited", "limited-secret", permissions=frozenset({"routing:queue:view"}))
     async with make_stack(

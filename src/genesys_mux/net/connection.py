@@ -618,6 +618,10 @@ class _Slot:
     machine: SlotMachine = field(init=False)
     #: The machine's last request for a socket (whether to reuse the channel).
     wanted: OpenSocket | None = None
+    #: A channel created by a set-up attempt that then failed: the next
+    #: attempt of the same set-up takes it up. Channels cannot be deleted and a client has 20,
+    #: so one per failed attempt would soon get live channels evicted.
+    unused_channel: ChannelInfo | None = None
 
     def __post_init__(self) -> None:
         self.machine = SlotMachine(self.index)
@@ -1188,6 +1192,9 @@ class ChannelPool:
             max_attempts=self.settings.max_reconnect_attempts,
             logger=log,
         )
+        # Only this call's attempts take up a channel one of them made: an
+        # older one may belong to a token that is being replaced.
+        slot.unused_channel = None
         while not slot.closing and not self._closed:
             try:
                 return await self._establish(slot, reuse)
@@ -1201,7 +1208,9 @@ class ChannelPool:
                     self._give_up(slot, reuse, exc)
                     return None
                 if isinstance(exc, ApiError) and exc.status == 404:
-                    reuse = None
+                    reuse = slot.unused_channel = None
+                elif slot.unused_channel is not None:
+                    reuse = slot.unused_channel
                 await asyncio.sleep(delay)
         return None
 
@@ -1230,6 +1239,8 @@ class ChannelPool:
         if info is None:
             info = await self._rest.create_channel()
             self._report(ChannelCreated(slot.index, info.id))
+        # Until the socket is live; a HEAD before reuse still checks it exists.
+        slot.unused_channel = info
         version = slot.machine.desired_version
         expected = await self._put(slot, info.id, slot.desired)
         put_at = time.time()
@@ -1267,6 +1278,7 @@ class ChannelPool:
                 f"channel {info.id} did not answer within {self.settings.live_timeout_s:g} s"
             ) from exc
         await self._mark_synced(slot, version)
+        slot.unused_channel = None
         slot.stats.channel_id = info.id
         slot.stats.state = "live"
         slot.stats.connected_since = time.time()
