@@ -1,0 +1,295 @@
+"""A clean close with no warning: the platform's ``socket_closing`` is not guaranteed.
+
+The reference says of the ``v2.system.socket_closing`` warning: "Not
+guaranteed. A silent close must be handled the same way", and of close codes:
+"Expect 1000, 1001 and 1006". The emulator's ``close_socket`` fault closes a
+socket with 1000 or 1001 and no warning, the channel surviving.
+
+A Multiplexer stream runs over the simulated org while the fault closes its
+socket. Beside it a *witness* (its own OAuth client and channel on the same
+topics, read with plain aiohttp through ``tests.emulator.genesys``, sharing
+no code with the library, never faulted) shows what the platform meant for
+the stream. Reconciled against the emulator's ledger, every notification
+sent on the stream's topics, to the mux or to the witness, is:
+
+* read by the mux: then the stream's counters account for it (delivered,
+  duplicate, stale, filtered or dead-lettered), and they add up to what the
+  ledger sent to the mux's channels, so none was read and dropped;
+* or never sent to the mux (its socket was closed, no successor subscribed
+  yet): then its send time lies inside a :class:`Gap` reported to the
+  stream for its topic, within margins measured in the same run (see
+  :func:`margins`).
+
+And the window without a socket is reported as a gap in any case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from genesys_mux import Gap, StreamEvent
+from tests.emulator.genesys import GenesysClient, is_notification
+from tests.net.test_multiplexer import Collector, Harness, harness, org_settings
+from tests.waiting import eventually
+
+WITNESS_CLIENT = ("witness-client", "witness-secret")
+#: Large enough that nothing overflows: every dead letter would need explaining.
+BUFFER = 1_000_000
+#: Notifications in the blast the socket closes in the middle of: fewer than
+#: the pool's inbound limit, so that a slow reader cannot make it shed (a gap
+#: of another kind).
+BLAST = 6_000
+
+Key = tuple[str, str]  # (topic, CorrelationId)
+
+
+class Witness:
+    """An independent, never-faulted subscriber to the same topics, with plain aiohttp."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.client = GenesysClient(session, base_url)
+        self.channel_id = ""
+        #: (topic, CorrelationId) -> the notification frame as read (the first copy).
+        self.frames: dict[Key, str] = {}
+        #: Anything but notifications and channel.metadata frames.
+        self.trouble: list[str] = []
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, topics: set[str]) -> None:
+        await self.client.control(
+            "clients", {"client_id": WITNESS_CLIENT[0], "client_secret": WITNESS_CLIENT[1]}
+        )
+        await self.client.login(*WITNESS_CLIENT)
+        channel = await self.client.create_channel()
+        self.channel_id = channel["id"]
+        status, body, _ = await self.client.subscribe(self.channel_id, sorted(topics))
+        assert status == 200, body
+        self._ws = await self.client.connect(channel["connectUri"])
+        self._task = asyncio.create_task(self._read(self._ws), name="witness")
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
+            frame = json.loads(message.data)
+            if is_notification(frame):
+                self.frames.setdefault(
+                    (frame["topicName"], frame["metadata"]["CorrelationId"]), message.data
+                )
+            elif not (isinstance(frame, dict) and frame.get("topicName") == "channel.metadata"):
+                self.trouble.append(str(message.data)[:200])
+        self.trouble.append(f"the witness socket closed ({ws.close_code})")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._ws is not None:
+            await self._ws.close()
+
+
+async def mux_channels(h: Harness) -> set[str]:
+    """Every channel the mux's client ever had (the mux may open new ones)."""
+    return {c["id"] for c in await h.control("channels") if c["client_id"] == "demo-client"}
+
+
+async def drain(
+    h: Harness, witness: Witness, stream_id: str, topics: frozenset[str]
+) -> list[dict[str, Any]]:
+    """With the traffic frozen, wait until the mux and the witness read all the ledger sent.
+
+    Returns the ledger entries on ``topics``. The mux has read everything
+    once its stream has received as many notifications as the ledger sent
+    to the mux's channels and holds none in its buffer.
+    """
+    await h.control("traffic", {"running": False})
+    found: list[dict[str, Any]] = []
+
+    async def settled() -> bool:
+        entries = [e for e in (await h.control("ledger"))["entries"] if e["topic"] in topics]
+        ours = await mux_channels(h)
+        to_mux = sum(1 for e in entries if e["channel_id"] in ours)
+        to_witness = {
+            (e["topic"], e["correlation_id"])
+            for e in entries
+            if e["channel_id"] == witness.channel_id
+        }
+        stats = h.mux.stats()["streams"][stream_id]
+        if stats.received != to_mux or stats.buffered or not to_witness <= witness.frames.keys():
+            return False
+        found[:] = entries
+        return True
+
+    await eventually(settled)
+    return found
+
+
+@dataclass(frozen=True)
+class Margins:
+    """How far outside a gap's bounds a lost notification's send time may lie.
+
+    A gap starts at the last frame the mux *read* on the closed socket. A
+    notification published after the close was queued went to the witness
+    only; its witness send time may precede that read by the mux's read
+    latency (the largest ledger-to-read delay measured) plus the largest
+    lead of the witness's writer over the mux's (``late``). Past the gap's
+    end by at most the witness's largest lag (``early``).
+    """
+
+    read_latency: float
+    late: float
+    early: float
+
+
+def margins(entries: list[dict[str, Any]], events: list[StreamEvent], witness: str) -> Margins:
+    mux_sent = {
+        (e["topic"], e["correlation_id"]): e["time"]
+        for e in entries
+        if e["channel_id"] != witness and not e["duplicate"]
+    }
+    witness_sent = {
+        (e["topic"], e["correlation_id"]): e["time"] for e in entries if e["channel_id"] == witness
+    }
+    read_latency = max(
+        (
+            e.received_at - mux_sent[(e.topic, e.correlation_id)]
+            for e in events
+            if e.correlation_id is not None and (e.topic, e.correlation_id) in mux_sent
+        ),
+        default=0.0,
+    )
+    late = early = 0.0
+    for key, sent in mux_sent.items():
+        w = witness_sent.get(key)
+        if w is not None:
+            late = max(late, sent - w)
+            early = max(early, w - sent)
+    # The ledger records a frame once it is handed to the transport: a read
+    # may come a hair before that record.
+    slack = 0.05
+    return Margins(max(read_latency, 0.0) + slack, late + slack, early + slack)
+
+
+def lost(entries: list[dict[str, Any]], witness: str) -> list[dict[str, Any]]:
+    """The ledger's entries sent to the witness and never to the mux."""
+    read = {(e["topic"], e["correlation_id"]) for e in entries if e["channel_id"] != witness}
+    return [
+        e
+        for e in entries
+        if e["channel_id"] == witness and (e["topic"], e["correlation_id"]) not in read
+    ]
+
+
+def reconcile(
+    entries: list[dict[str, Any]],
+    events: list[StreamEvent],
+    gaps: list[Gap],
+    witness: str,
+) -> list[str]:
+    """What the ledger sent on the stream's topics that is neither read nor in a gap."""
+    m = margins(entries, events, witness)
+    problems = []
+    for e in lost(entries, witness):
+        key = (e["topic"], e["correlation_id"])
+        sent = e["time"]
+        if not any(
+            e["topic"] in g.topics and g.start - m.read_latency - m.late <= sent <= g.end + m.early
+            for g in gaps
+        ):
+            problems.append(f"{key} sent at {sent:.3f} to the witness only, in no gap ({m})")
+    return problems
+
+
+def assert_stream_accounts(h: Harness, stream_id: str, events: list[StreamEvent]) -> None:
+    """The stream's counters add up, sequences have no holes, nothing is delivered twice."""
+    stats = h.mux.stats()["streams"][stream_id]
+    assert stats.received == (stats.delivered + stats.filtered + stats.duplicates + stats.stale), (
+        stats
+    )
+    assert stats.dead_lettered == 0, stats
+    assert stats.delivered == len(events), (stats, len(events))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    twice = [k for k, n in Counter((e.topic, e.correlation_id) for e in events).items() if n > 1]
+    assert not twice, f"delivered twice: {twice}"
+
+
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_a_close_without_warning_is_followed_by_a_reconnect_and_a_gap(code: int) -> None:
+    async with (
+        harness(org_settings(rate=20.0)) as h,
+        aiohttp.ClientSession() as session,
+    ):
+        await h.mux.add_stream(
+            {"id": "calls", "filter": {"channelType": "voice"}, "buffer_size": BUFFER}
+        )
+        seen = Collector(h.mux.stream("calls"))
+        await eventually(lambda: len(seen.events()) >= 10)
+        topics = h.mux._streams["calls"].topics
+        witness = Witness(session, h.emulator.base_url)
+        await witness.start(set(topics))
+        try:
+            pool = h.mux.pool
+            assert pool is not None
+            # The witness is live before the fault: it has read a notification.
+            await eventually(lambda: len(witness.frames) >= 3)
+            reconnects = sum(s.reconnects for s in pool.stats().values())
+            serving = {c for c in pool.channel_ids().values() if c is not None}
+            assert serving
+            # A blast on one of the stream's topics, as fast as the sockets
+            # drain, so that the platform is certainly sending when the
+            # socket closes: whatever it sends before the successor is
+            # subscribed reaches the witness alone, and must be in a gap.
+            received = h.mux.stats()["streams"]["calls"].received
+            blast = {"topic": min(topics), "rate": 0, "count": BLAST}
+            await h.control("traffic", {"blast": blast})
+            await eventually(
+                lambda: h.mux.stats()["streams"]["calls"].received >= received + BLAST // 10
+            )
+            faulted_at = time.time()
+            for channel_id in serving:
+                answer = await h.control(
+                    "faults", {"fault": "close_socket", "channel_id": channel_id, "code": code}
+                )
+                assert answer["applied"] == [channel_id]
+
+            # The client reconnects, and events keep flowing on the successor.
+            await eventually(lambda: sum(s.reconnects for s in pool.stats().values()) > reconnects)
+            reconnected = time.time()
+            await eventually(lambda: sum(e.received_at > reconnected for e in seen.events()) >= 10)
+            await eventually(lambda: h.mux.live)
+
+            async def blasted() -> bool:
+                return not (await h.control("traffic", {}))["blasting"]
+
+            await eventually(blasted, within=60)
+            entries = await drain(h, witness, "calls", topics)
+        finally:
+            await witness.stop()
+        seen.stop()
+
+    assert not witness.trouble, witness.trouble
+    events, gaps = seen.events(), seen.gaps()
+    assert_stream_accounts(h, "calls", events)
+    # The window with no subscribed socket is a gap, however it came about:
+    # one, from the last frame read on the closed socket (no earlier than
+    # the last event read before the fault) to the successor's first frame.
+    (gap,) = gaps
+    assert gap.reason == "reconnect", gap
+    assert gap.topics == topics, gap
+    assert gap.start >= max(e.received_at for e in events if e.received_at <= faulted_at), gap
+    assert gap.end >= gap.start, gap
+    assert any(e.received_at >= gap.end for e in events), "nothing was read after the gap"
+    # Every notification the platform sent on the stream's topics was read
+    # by the mux (and accounted for above), or is inside the reported gap;
+    # and some were sent to the witness alone while no socket was subscribed.
+    assert reconcile(entries, events, gaps, witness.channel_id) == []
+    assert lost(entries, witness.channel_id), "the platform sent nothing during the window"
