@@ -329,8 +329,31 @@ def test_neither_filter_nor_topics_is_rejected(data: dict[str, Any]) -> None:
 
 
 def test_neither_rule_on_the_constructor() -> None:
-    with pytest.raises(ValueError, match="filter"):
+    with pytest.raises(StreamConfigError, match="filter"):
         StreamConfig(id="s")
+
+
+def test_building_a_model_directly_raises_our_error_with_every_mistake() -> None:
+    """Not pydantic's ValidationError: what the docs promise, as add_stream({...}) does."""
+    with pytest.raises(StreamConfigError) as info:
+        StreamConfig(id="voice-main", filter={"channelType": "voice"}, priority=9)
+    assert info.value.errors == (("priority", "Input should be less than or equal to 5 (got 9)"),)
+    assert info.value.__cause__ is None
+    with pytest.raises(StreamConfigError) as info:
+        StreamConfig.model_validate({"id": "bad id", "filter": {"channelType": "voce", "x": 1}})
+    assert [path for path, _ in info.value.errors] == ["id", "filter.channelType", "filter.x"]
+    with pytest.raises(StreamConfigError) as info:
+        StreamConfig.model_validate_json('{"id": "s"}')
+    assert info.value.errors[0][0] == "(stream)"
+    with pytest.raises(StreamConfigError) as info:
+        StreamFilter(channel_type="fax")
+    ((path, message),) = info.value.errors
+    assert path == "channel_type"  # the spelling the caller used
+    assert "'fax'" in message
+    with pytest.raises(StreamConfigError, match="allowed keys are channelType, queueId"):
+        StreamFilter.model_validate({"colour": "red"})
+    # Valid input is unchanged.
+    assert StreamConfig(id="s", filter={}).filter == StreamFilter()
 
 
 def test_neither_rule_reported_alongside_field_errors() -> None:

@@ -175,3 +175,17 @@ def test_a_url_env_that_holds_no_redis_url_is_refused_without_quoting_it() -> No
     assert "pw-canary" not in str(caught.value)
     # Not a SQLite file named like a URL, as it was before the check.
     assert config.state.target({"MUX_STATE": "unix:///run/redis.sock"}).startswith("unix://")
+
+
+def test_building_a_file_model_directly_raises_our_error() -> None:
+    from genesys_mux.configfile import ClusterSection, RedisSinkSpec, Settings
+
+    with pytest.raises(ConfigFileError) as caught:
+        Settings(max_streams=0, colour="red")
+    assert [where for where, _ in caught.value.errors] == ["max_streams", "colour"]
+    assert str(caught.value).startswith("2 errors in Settings:")
+    with pytest.raises(ConfigFileError, match="give exactly one of url or url_env"):
+        RedisSinkSpec(type="redis")
+    with pytest.raises(ConfigFileError, match="give the cluster's Redis"):
+        ClusterSection.model_validate({})
+    assert Settings(max_streams=3).max_streams == 3

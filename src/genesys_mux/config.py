@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -157,7 +157,64 @@ _GenesysId = Annotated[
 _RawTopic = Annotated[str, AfterValidator(_raw_topic)]
 
 
-class StreamFilter(BaseModel):
+class _ConfigModel(BaseModel):
+    """A public configuration model whose failures are a :class:`ConfigError`, not pydantic's.
+
+    Building one (``StreamConfig(...)``, ``model_validate``,
+    ``model_validate_json``, ``model_validate_strings``) raises what
+    :meth:`_config_error` makes of pydantic's report, with every mistake
+    and its path, so callers handle one exception tree and never need
+    pydantic. Validation as a field of another model stays pydantic's, so
+    the outer model still collects every mistake of every part.
+    """
+
+    @classmethod
+    def _config_error(cls, exc: ValidationError, data: object) -> ConfigError:
+        """The error to raise for ``exc``, a failure to validate ``data``."""
+        raise NotImplementedError
+
+    @classmethod
+    def _pydantic_validate(cls, obj: Any) -> Self:
+        """pydantic's own model_validate, raising ValidationError, for code that collects them."""
+        return super().model_validate(obj)
+
+    # Hidden from type checkers, which keep the typed keyword signature
+    # pydantic gives the constructor.
+    if not TYPE_CHECKING:
+
+        def __init__(self, /, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise self._config_error(exc, data) from None
+
+        # Tells pydantic this is not a custom __init__: nested models are
+        # then validated without it, their errors collected with the rest.
+        __init__.__pydantic_base_init__ = True
+
+        @classmethod
+        def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+            try:
+                return super().model_validate(obj, *args, **kwargs)
+            except ValidationError as exc:
+                raise cls._config_error(exc, obj) from None
+
+        @classmethod
+        def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Self:
+            try:
+                return super().model_validate_json(json_data, *args, **kwargs)
+            except ValidationError as exc:
+                raise cls._config_error(exc, None) from None
+
+        @classmethod
+        def model_validate_strings(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+            try:
+                return super().model_validate_strings(obj, *args, **kwargs)
+            except ValidationError as exc:
+                raise cls._config_error(exc, obj) from None
+
+
+class StreamFilter(_ConfigModel):
     """Which conversations a stream receives; every key is optional.
 
     The public (JSON, TOML) names are the Genesys camelCase ones:
@@ -189,8 +246,14 @@ class StreamFilter(BaseModel):
         description="Only conversations in this state; entering and leaving it are marked.",
     )
 
+    @classmethod
+    def _config_error(cls, exc: ValidationError, data: object) -> ConfigError:
+        return StreamConfigError(
+            (_render_path("", e["loc"]), _render_message(e, StreamFilter)) for e in exc.errors()
+        )
 
-class StreamConfig(BaseModel):
+
+class StreamConfig(_ConfigModel):
     """One stream: its id, what it receives, and how it is buffered.
 
     A stream needs a ``filter``, raw ``topics``, or both. ``priority`` runs
@@ -247,6 +310,10 @@ class StreamConfig(BaseModel):
             raise PydanticCustomError("filter_or_topics", _NOTHING_TO_RECEIVE)
         return self
 
+    @classmethod
+    def _config_error(cls, exc: ValidationError, data: object) -> ConfigError:
+        return StreamConfigError(_stream_errors(exc, data, ""))
+
 
 _NOTHING_TO_RECEIVE: Final = (
     'a stream needs a "filter", raw "topics", or both; '
@@ -270,22 +337,27 @@ def parse_stream(data: Mapping[str, Any] | StreamConfig, *, path: str = "") -> S
     if isinstance(data, StreamConfig):
         return data
     try:
-        return StreamConfig.model_validate(data)
+        return StreamConfig._pydantic_validate(data)
     except ValidationError as exc:
-        errors = [(_render_path(path, e["loc"]), _render_message(e)) for e in exc.errors()]
-        # pydantic skips model validators once a field has failed, which
-        # would hide this mistake until the next run; check it by hand.
-        if (
-            isinstance(data, Mapping)
-            and data.get("filter") is None
-            and not data.get("topics")
-            and not any(e["type"] == "filter_or_topics" for e in exc.errors())
-        ):
-            errors.append((path or "(stream)", _NOTHING_TO_RECEIVE))
-        # Not chained: ``errors`` holds all of pydantic's report, as plain
+        # Not chained: the errors hold all of pydantic's report, as plain
         # text, and callers must not need pydantic to read it (the I/O
         # boundaries, where a cause helps debugging, do chain theirs).
-        raise StreamConfigError(errors) from None
+        raise StreamConfigError(_stream_errors(exc, data, path)) from None
+
+
+def _stream_errors(exc: ValidationError, data: object, path: str) -> list[tuple[str, str]]:
+    """pydantic's report on a stream as (path, message) pairs, ``path`` before each."""
+    errors = [(_render_path(path, e["loc"]), _render_message(e)) for e in exc.errors()]
+    # pydantic skips model validators once a field has failed, which
+    # would hide this mistake until the next run; check it by hand.
+    if (
+        isinstance(data, Mapping)
+        and data.get("filter") is None
+        and not data.get("topics")
+        and not any(e["type"] == "filter_or_topics" for e in exc.errors())
+    ):
+        errors.append((path or "(stream)", _NOTHING_TO_RECEIVE))
+    return errors
 
 
 def parse_streams(
@@ -363,12 +435,15 @@ def _allowed_keys(model: type[BaseModel]) -> str:
     return ", ".join(f.alias or name for name, f in model.model_fields.items())
 
 
-def _render_message(error: ErrorDetails) -> str:
+def _render_message(error: ErrorDetails, model: type[BaseModel] | None = None) -> str:
     kind, loc = error["type"], error["loc"]
     if kind == "extra_forbidden":
-        model = StreamFilter if len(loc) == 2 and loc[0] == "filter" else StreamConfig
+        if model is None:
+            model = StreamFilter if len(loc) == 2 and loc[0] == "filter" else StreamConfig
         return f"unknown key; allowed keys are {_allowed_keys(model)}"
     message = error["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
     value = error.get("input")
     # Echo short scalar inputs so the user sees what was read (TOML and
     # JSON typing surprises are common); our own messages already do.

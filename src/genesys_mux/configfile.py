@@ -44,7 +44,7 @@ from pydantic import (
 )
 
 from genesys_mux._extras import missing_extra
-from genesys_mux.config import StreamConfig, parse_streams
+from genesys_mux.config import StreamConfig, _ConfigModel, parse_streams
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import resolve_region
@@ -79,7 +79,7 @@ __all__ = [
     "parse_config",
 ]
 
-_M = TypeVar("_M", bound=BaseModel)
+_M = TypeVar("_M", bound=_ConfigModel)
 
 #: What a Redis URL may start with (the client takes these three).
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -103,7 +103,15 @@ PathField = Annotated[str, AfterValidator(_usable_path)]
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 
 
-class OAuthClientSpec(BaseModel):
+class _FileModel(_ConfigModel):
+    """A model of the file's: built directly, it raises :class:`ConfigFileError`, not pydantic's."""
+
+    @classmethod
+    def _config_error(cls, exc: ValidationError, data: object) -> ConfigError:
+        return ConfigFileError(_pydantic_errors(exc, ""), cls.__name__)
+
+
+class OAuthClientSpec(_FileModel):
     """One of several OAuth clients a cluster's instances use (``[[genesys.clients]]``)."""
 
     model_config = _STRICT
@@ -126,7 +134,7 @@ class OAuthClientSpec(BaseModel):
     )
 
 
-class GenesysSection(BaseModel):
+class GenesysSection(_FileModel):
     """Where Genesys Cloud is: a region, or a base URL (the emulator)."""
 
     model_config = _STRICT
@@ -173,7 +181,7 @@ class GenesysSection(BaseModel):
         )
 
 
-class Settings(BaseModel):
+class Settings(_FileModel):
     """Runtime settings (every one optional)."""
 
     model_config = _STRICT
@@ -252,7 +260,7 @@ class Settings(BaseModel):
     )
 
 
-class _SinkBase(BaseModel):
+class _SinkBase(_FileModel):
     model_config = _STRICT
 
     batch_size: int = Field(default=100, ge=1, le=10_000, description="Events per batch, at most.")
@@ -486,7 +494,7 @@ class PluginSinkSpec:
 SinkSpec = SinkSpecModel | PluginSinkSpec
 
 
-class _RedisLocation(BaseModel):
+class _RedisLocation(_FileModel):
     """A Redis server given by ``url`` or, when it holds a password, by ``url_env``."""
 
     model_config = _STRICT
@@ -883,11 +891,11 @@ def _salvage_document(data: Mapping[str, Any], exc: ValidationError, skipped: se
     def section(name: str, model: type[_M]) -> _M | None:
         raw = raw_data.get(name, {})
         if name not in failed:
-            return model.model_validate(raw)
+            return model._pydantic_validate(raw)
         kept = _without_failed_keys(raw, failed[name])
         if kept is not None:
             with contextlib.suppress(ValidationError):
-                return model.model_validate(kept)
+                return model._pydantic_validate(kept)
         skipped.add(name)
         return None
 
@@ -1073,7 +1081,7 @@ def _parse_sinks(
         batching: _PluginBatching | None = None
         options: BaseModel | None = None
         try:
-            batching = _PluginBatching.model_validate(common)
+            batching = _PluginBatching._pydantic_validate(common)
         except ValidationError as exc:
             errors.extend(_pydantic_errors(exc, where))
         try:
