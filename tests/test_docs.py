@@ -240,3 +240,27 @@ def test_the_library_page_s_typed_body_example_reads_both_shapes_of_real_snapsho
         assert namespace["queues"] == facts.queue_ids, (shape, topic)
     assert shapes["general"] >= 20
     assert shapes["media"] >= 20
+
+
+_ALTERNATIVES = re.compile(r'^(\s*\w+ = )"([a-z_]+)"(\s+# or )([a-z_]+(?:, [a-z_]+)*)\s*$')
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_every_value_an_example_comment_offers_is_accepted(path: Path) -> None:
+    """``overflow = "drop_oldest"  # or drop_newest, backlog``: each of them must validate."""
+    import tomllib
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    offered = 0
+    for number, line in enumerate(lines):
+        match = _ALTERNATIVES.match(line)
+        if match is None:
+            continue
+        for value in match[4].split(", "):
+            offered += 1
+            edited = [*lines[:number], f'{match[1]}"{value}"', *lines[number + 1 :]]
+            try:
+                configfile.parse_config(tomllib.loads("\n".join(edited)), base_dir=path.parent)
+            except configfile.ConfigFileError as exc:
+                pytest.fail(f"{path.name}:{number + 1} offers {value!r}, which is refused: {exc}")
+    assert offered or "genesys-mux.toml" not in path.name
