@@ -32,6 +32,7 @@ from genesys_mux.cli.app import app
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import StreamEvent
 from genesys_mux.emulator.org import ContactCentre
+from genesys_mux.errors import ConfigFileError
 from genesys_mux.observability.metrics import MuxMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +262,6 @@ def test_every_value_an_example_comment_offers_is_accepted(path: Path) -> None:
             edited = [*lines[:number], f'{match[1]}"{value}"', *lines[number + 1 :]]
             try:
                 configfile.parse_config(tomllib.loads("\n".join(edited)), base_dir=path.parent)
-            except configfile.ConfigFileError as exc:
+            except ConfigFileError as exc:
                 pytest.fail(f"{path.name}:{number + 1} offers {value!r}, which is refused: {exc}")
     assert offered or "genesys-mux.toml" not in path.name
