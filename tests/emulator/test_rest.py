@@ -568,6 +568,15 @@ async def test_subscriptions_get_post_put_delete(client: GenesysClient) -> None:
     [
         pytest.param("v2.nonsense.topic", id="unknown-family"),
         pytest.param(f"v2.users.{uuid.UUID(int=5)}.favouriteColour", id="unknown-suffix"),
+        # The grammar allows any event name; the platform only has the ones it lists.
+        pytest.param(
+            f"v2.detail.events.conversation.{uuid.UUID(int=5)}.agent.start",
+            id="unlisted-detail-event",
+        ),
+        pytest.param(
+            f"v2.detail.events.conversation.{uuid.UUID(int=5)}?acd.start&acdStart",
+            id="unlisted-detail-event-combined",
+        ),
         pytest.param(f"v2.routing.queues.{uuid.UUID(int=5)}.conversations.faxes", id="bad-media"),
         pytest.param("v2.routing.queues..conversations", id="empty-id"),
         pytest.param("v2.users.a/b.presence", id="slash-in-id"),
@@ -592,6 +601,22 @@ async def test_invalid_topic_fails_the_whole_request(
         )
         assert_problem(status, body, 400, "notification.invalid.topic")
     assert await topics_of(client, channel) == kept
+
+
+async def test_every_listed_detail_event_and_queue_observations_are_accepted(
+    client: GenesysClient,
+) -> None:
+    channel = (await client.create_channel())["id"]
+    conversation = uuid.UUID(int=9)
+    events = [
+        "acd.start", "acd.end", "acw", "customer.start", "customer.end", "user.start",
+        "user.end", "wrapup", "flow.start", "flow.end", "voicemail.start", "voicemail.end",
+    ]  # fmt: skip
+    wanted = [f"v2.detail.events.conversation.{conversation}.{e}" for e in events]
+    wanted.append(f"v2.analytics.queues.{uuid.UUID(int=3)}.observations")
+    status, body, _ = await client.subscribe(channel, wanted)
+    assert status == 200, body
+    assert sorted(await topics_of(client, channel)) == sorted(wanted)
 
 
 async def test_topic_limit_is_a_setting(session: aiohttp.ClientSession) -> None:

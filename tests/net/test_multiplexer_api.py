@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
+from genesys_mux.core.events import TopicRejected
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import ConfigError, InvalidStateError
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue, read_dead_letters
@@ -320,3 +321,24 @@ async def test_calls_before_start_say_what_to_do() -> None:
     with pytest.raises(InvalidStateError, match="not started"):
         await mux.backfill(gap)
     assert mux.streams() == []
+
+
+async def test_a_raw_topic_the_platform_does_not_have_is_reported_and_the_stream_flows() -> None:
+    """A mistyped detail-event name is in the grammar, so only the platform can refuse it."""
+    async with harness() as h:
+        reported: list[object] = []
+        h.mux.on_control.append(reported.append)
+        queue = (await h.control("org"))["queues"][0]["id"]
+        typo = f"v2.detail.events.conversation.{uuid.UUID(int=5)}.acdStart"
+        config = {
+            "id": "calls",
+            "filter": {"channelType": "voice", "queueId": queue},
+            "topics": [typo],
+        }
+        rejected = await asyncio.wait_for(h.mux.add_stream(config), 20)
+        assert [r.topic for r in rejected] == [typo]
+        (event,) = [e for e in reported if isinstance(e, TopicRejected)]
+        assert event.topic == typo
+        assert event.streams == ("calls",)
+        seen = Collector(h.mux.stream("calls"))
+        await eventually(lambda: len(seen.events()) >= 1)

@@ -327,3 +327,51 @@ async def test_one_forbidden_topic_among_many(make_stack: Any) -> None:
         assert channels[channel_id]["topic_count"] == len(queue_topics)
         note: InboundNotification = await asyncio.wait_for(anext(aiter(stack.pool.frames())), 10)
         assert note.topic in queue_topics
+
+
+def _unlisted(n: int) -> str:
+    """A detail-event topic in the grammar that the platform does not have."""
+    return f"v2.detail.events.conversation.{uuid.UUID(int=100 + n)}.agent.start"
+
+
+async def test_a_topic_the_platform_does_not_have_is_rejected_and_the_rest_flow(
+    make_stack: Any,
+) -> None:
+    """One such topic fails the whole PUT (400): it is found and left out, not retried forever."""
+    async with make_stack() as stack:
+        queue_topics = await stack.queue_topics()
+        invalid = _unlisted(1)
+        rejected = await asyncio.wait_for(stack.pool.set_topics([*queue_topics, invalid]), 20)
+        assert [r.topic for r in rejected] == [invalid]
+        assert "not a topic the platform has" in rejected[0].reason
+        log = (await stack.control("requests"))["requests"]
+        created = [r for r in log if r["method"] == "POST" and r["path"].endswith("/channels")]
+        assert len(created) == 1
+        # The failed PUT, the search (about two calls per halving), the PUT that sticks.
+        changes = [r for r in log if r["path"].endswith("/subscriptions")]
+        assert len(changes) <= 4 + 2 * len(queue_topics).bit_length(), changes
+        await assert_fully_served(stack, queue_topics)
+        assert stack.pool.stats()[0].reconnects == 0
+
+
+async def test_invalid_topics_added_to_a_live_channel_take_nothing_away(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        topics, channel_id = await start(stack)
+        invalid = [_unlisted(1), _unlisted(2)]
+        valid = f"v2.users.{uuid.UUID(int=7)}.presence"
+        rejected = await asyncio.wait_for(
+            stack.pool.set_topics([*topics, invalid[0], valid, invalid[1]]), 20
+        )
+        assert sorted(r.topic for r in rejected) == sorted(invalid)
+        assert stack.pool.channel_ids()[0] == channel_id
+        assert list(stack.pool.outages) == []
+        assert stack.pool.stats()[0].reconnects == 0
+        await assert_fully_served(stack, [*topics, valid])
+        # Later changes leave the invalid ones out without another search.
+        before = len((await stack.control("requests"))["requests"])
+        more = f"v2.users.{uuid.UUID(int=8)}.presence"
+        rejected = await stack.pool.set_topics([*topics, *invalid, valid, more])
+        assert sorted(r.topic for r in rejected) == sorted(invalid)
+        after = (await stack.control("requests"))["requests"][before:]
+        assert [r["method"] for r in after if r["path"].endswith("/subscriptions")] == ["PUT"]
+        await assert_fully_served(stack, [*topics, valid, more])

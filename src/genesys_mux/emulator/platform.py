@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from genesys_mux.core.limits import PlatformLimits as CoreLimits
 from genesys_mux.core.topics import TopicFamily, expand_topic, parse_topic
+from genesys_mux.emulator.schemas import is_platform_topic
 from genesys_mux.errors import InvalidTopicError
 
 __all__ = [
@@ -337,12 +338,7 @@ class Platform:
         permitted: list[str] = []
         rejected: list[dict[str, Any]] = []
         for topic_id in topic_ids:
-            try:
-                parts = expand_topic(topic_id)
-            except InvalidTopicError as exc:
-                raise ApiProblem(
-                    400, "notification.invalid.topic", f"Invalid topic {topic_id!r}: {exc}"
-                ) from None
+            parts = _expand(topic_id)
             missing = sorted(
                 {p for part in parts for p in client.missing_permissions(parse_topic(part).family)}
             )
@@ -381,12 +377,7 @@ class Platform:
         """Remove topics from a channel (invalid topics raise 400)."""
         gone: set[str] = set()
         for topic_id in topic_ids:
-            try:
-                gone.update(expand_topic(topic_id))
-            except InvalidTopicError as exc:
-                raise ApiProblem(
-                    400, "notification.invalid.topic", f"Invalid topic {topic_id!r}: {exc}"
-                ) from None
+            gone.update(_expand(topic_id))
         self._set_topics(channel, [t for t in channel.topics if t not in gone])
         self._touch(channel, now)
 
@@ -419,3 +410,21 @@ class Platform:
 def new_context_id() -> str:
     """A fresh ``contextId`` for an error body, as Genesys includes in every one."""
     return str(uuid.uuid4())
+
+
+def _expand(topic_id: str) -> tuple[str, ...]:
+    """The topics a (possibly combined) topic id subscribes; 400 if any is not the platform's."""
+    try:
+        parts = expand_topic(topic_id)
+    except InvalidTopicError as exc:
+        raise ApiProblem(
+            400, "notification.invalid.topic", f"Invalid topic {topic_id!r}: {exc}"
+        ) from None
+    unknown = [part for part in parts if not is_platform_topic(part)]
+    if unknown:
+        raise ApiProblem(
+            400,
+            "notification.invalid.topic",
+            f"Invalid topic {topic_id!r}: {unknown[0]!r} is not an available topic",
+        )
+    return parts

@@ -12,15 +12,19 @@ hold the emulator's bodies to them, and ``GET
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from genesys_mux.core.topics import TopicFamily, parse_topic
-from genesys_mux.emulator.platform import TOPIC_PERMISSIONS
 
-__all__ = ["available_topics", "schema_document", "topic_schema"]
+__all__ = ["available_topics", "is_platform_topic", "schema_document", "topic_schema"]
+
+#: Topics the reference names that the vendor's SDK has no model for (the
+#: emulator publishes nothing on them, but a subscription is accepted).
+_UNMODELLED_TEMPLATES = ("v2.analytics.queues.{id}.observations",)
 
 _DESCRIPTIONS: dict[TopicFamily, str] = {
     TopicFamily.QUEUE_CONVERSATIONS: "Conversations routed through a queue",
@@ -78,6 +82,27 @@ def _refs(schema: Any) -> list[str]:
     return []
 
 
+@cache
+def _platform_topic_pattern() -> re.Pattern[str]:
+    # Written from the vendor's templates, not from genesys_mux.core.topics:
+    # the platform, not the client's own grammar, decides what is a topic.
+    templates = [*schema_document()["topics"], *_UNMODELLED_TEMPLATES]
+    entity_id = "[A-Za-z0-9][A-Za-z0-9_-]*"
+    return re.compile(
+        "|".join(re.escape(t).replace(re.escape("{id}"), entity_id) for t in templates)
+    )
+
+
+def is_platform_topic(topic: str) -> bool:
+    """Whether ``topic`` (one expanded topic) is one the platform has.
+
+    Detail events, for one, are only the events the vendor lists
+    (``acd.start``, ``user.end``, ``wrapup``...): any other name gets 400
+    ``notification.invalid.topic``, as the platform answers.
+    """
+    return _platform_topic_pattern().fullmatch(topic) is not None
+
+
 def available_topics(expand: Collection[str]) -> list[dict[str, Any]]:
     """The entities of ``GET /api/v2/notifications/availabletopics``.
 
@@ -85,6 +110,9 @@ def available_topics(expand: Collection[str]) -> list[dict[str, Any]]:
     ``description``; ``expand`` adds ``requiresPermissions``, ``transports``
     and ``schema``, as the platform's ``expand`` parameter does.
     """
+    # Here, not at the top: the platform model checks topics with this module.
+    from genesys_mux.emulator.platform import TOPIC_PERMISSIONS
+
     entities = []
     for template in schema_document()["topics"]:
         family = parse_topic(template.replace("{id}", "x")).family

@@ -590,6 +590,8 @@ class _Shed:
 
 #: Socket keys, unique in the process.
 _SOCKET_KEYS = itertools.count(1)
+#: The platform's code for a subscription list with a topic it does not have.
+_INVALID_TOPIC = "notification.invalid.topic"
 #: The payload of a close frame with status 1000 (normal closure).
 _NORMAL_CLOSURE = (1000).to_bytes(2, "big")
 
@@ -675,6 +677,9 @@ class ChannelPool:
         self._retiring: set[asyncio.Task[None]] = set()
         self.outages: deque[Outage] = deque(maxlen=1000)
         self.rejections: dict[str, Rejection] = {}
+        # Topics the platform answered 400 notification.invalid.topic for:
+        # left out of every later PUT (see _put).
+        self._invalid_topics: dict[str, Rejection] = {}
         self.on_outage: list[Callable[[Outage], None]] = []
         self.on_rejection: list[Callable[[Rejection], None]] = []
         self.on_control: list[Callable[[ControlEvent], None]] = []
@@ -1293,7 +1298,9 @@ class ChannelPool:
         Events may have gone missing since the last frame read on its socket.
         """
         try:
-            socket.expected = await self._put(slot, socket.info.id, slot.desired)
+            socket.expected = await self._put(
+                slot, socket.info.id, slot.desired, on_channel=socket.expected
+            )
         except ApiError as exc:
             if exc.status == 404:
                 if socket.lost_at is None:
@@ -1348,7 +1355,9 @@ class ChannelPool:
         )
         self._report(SubscriptionsLost(slot.index, socket.info.id, len(missing), check.reason))
         try:
-            socket.expected = await self._put(slot, socket.info.id, slot.desired)
+            socket.expected = await self._put(
+                slot, socket.info.id, slot.desired, on_channel=expanded_topics(found)
+            )
         except GenesysMuxError as exc:
             log.warning("slot %d: could not restore its subscriptions: %s", slot.index, exc)
             socket.lost_at = start
@@ -1360,12 +1369,37 @@ class ChannelPool:
             slot.machine.subscriptions_restored(socket.key, start, socket.verified_at, lost.topics),
         )
 
-    async def _put(self, slot: _Slot, channel_id: str, topics: list[str]) -> frozenset[str]:
-        """PUT the slot's topics; returns those now on the channel (expanded, lower case)."""
-        result = await self._rest.put_subscriptions(
-            channel_id, combine_topics(topics), ignore_errors=True
-        )
-        for rejection in result.rejected:
+    async def _put(
+        self,
+        slot: _Slot,
+        channel_id: str,
+        topics: list[str],
+        on_channel: frozenset[str] = frozenset(),
+    ) -> frozenset[str]:
+        """PUT the slot's topics; returns those now on the channel (expanded, lower case).
+
+        ``on_channel`` is what the channel carries now (expanded, lower case),
+        for a channel whose socket delivers. A topic the platform does not
+        have fails the whole PUT (400 ``notification.invalid.topic``): it is
+        found (see :meth:`_find_invalid`), reported as rejected like a
+        forbidden one, and left out, so the slot's other topics still flow.
+        """
+        invalid = self._invalid_topics
+        wanted = [t for t in topics if t not in invalid]
+        try:
+            result = await self._rest.put_subscriptions(
+                channel_id, combine_topics(wanted), ignore_errors=True
+            )
+        except ApiError as exc:
+            if exc.code != _INVALID_TOPIC:
+                raise
+            found = await self._find_invalid(slot, channel_id, wanted, on_channel, exc)
+            wanted = [t for t in wanted if t not in found]
+            result = await self._rest.put_subscriptions(
+                channel_id, combine_topics(wanted), ignore_errors=True
+            )
+        refused = [invalid[t] for t in topics if t in invalid]
+        for rejection in [*result.rejected, *refused]:
             if self.rejections.get(rejection.topic) != rejection:
                 self.rejections[rejection.topic] = rejection
                 log.warning(
@@ -1377,7 +1411,63 @@ class ChannelPool:
                 )
                 for callback in self.on_rejection:
                     callback(rejection)
-        return expanded_topics(topics) - expanded_topics(r.topic for r in result.rejected)
+        return expanded_topics(wanted) - expanded_topics(r.topic for r in result.rejected)
+
+    async def _find_invalid(
+        self,
+        slot: _Slot,
+        channel_id: str,
+        topics: list[str],
+        on_channel: frozenset[str],
+        refusal: ApiError,
+    ) -> set[str]:
+        """Which of ``topics`` the platform does not have, after a PUT of them got 400.
+
+        The answer need not name the topic, so the suspects (the topics not
+        on the channel yet) are added in halves with POST, which never takes
+        a topic away: about two requests per invalid topic per halving.
+        First the channel is set to the wanted topics it already carries, so
+        that the additions cannot take it past its limit, and nothing its
+        socket delivers is taken away meanwhile. Raises ``refusal`` if no
+        single topic is to blame.
+        """
+        carried = [t for t in topics if expanded_topics((t,)) <= on_channel]
+        suspects = [t for t in topics if t not in set(carried)]
+        log.warning(
+            "slot %d: the platform refused the subscription list as invalid (%s); "
+            "looking for the topic among %d new ones",
+            slot.index,
+            refusal,
+            len(suspects),
+        )
+        await self._rest.put_subscriptions(channel_id, combine_topics(carried), ignore_errors=True)
+        found = await self._invalid_among(channel_id, suspects)
+        if not found:
+            raise refusal
+        for topic in found:
+            self._invalid_topics[topic] = Rejection(
+                topic, f"not a topic the platform has (HTTP 400 {_INVALID_TOPIC})"
+            )
+        return set(found)
+
+    async def _invalid_among(self, channel_id: str, suspects: list[str]) -> list[str]:
+        if not suspects:
+            return []
+        try:
+            await self._rest.post_subscriptions(
+                channel_id, combine_topics(suspects), ignore_errors=True
+            )
+        except ApiError as exc:
+            if exc.code != _INVALID_TOPIC:
+                raise
+            if len(suspects) == 1:
+                return suspects
+            half = len(suspects) // 2
+            return [
+                *await self._invalid_among(channel_id, suspects[:half]),
+                *await self._invalid_among(channel_id, suspects[half:]),
+            ]
+        return []
 
     # -- reporting ------------------------------------------------------------
 
