@@ -301,3 +301,39 @@ def test_the_operations_page_lists_every_audit_event() -> None:
     codes = {kind.kind.upper() for kind in typing.get_args(ControlEvent)} | {"STREAM_METRIC"}
     assert codes - listed == set(), "audit events the page does not list"
     assert listed - codes == set(), "codes the page lists that the audit log never writes"
+
+
+def test_the_sinks_page_says_how_a_sinkless_streams_lines_differ_from_the_record() -> None:
+    """docs/sinks/index.md names the keys of both shapes; hold it to the code that writes them."""
+    import json
+
+    from genesys_mux.cli.runtime import event_line
+    from genesys_mux.core.streams import Gap
+    from genesys_mux.sinks.base import encode_record
+
+    event = StreamEvent(
+        stream_id="s",
+        sequence=1,
+        priority=1,
+        topic="v2.users.u1.conversations",
+        transition=None,
+        conversation_id="c1",
+        correlation_id="k1",
+        raw=b"{}",
+        received_at=1.0,
+        epoch="e1",
+    )
+    gap = Gap(
+        stream_id="s", start=1.0, end=2.0, topics=frozenset({"t"}), channel_id="ch", reason="r"
+    )
+    page = (ROOT / "docs/sinks/index.md").read_text(encoding="utf-8")
+    about = " ".join(page.split("A stream with no\nsinks", 1)[1].split("```", 1)[0].split())
+    event_part, gap_part = about.split("a gap's line has", 1)
+    for item, text in ((event, event_part), (gap, gap_part)):
+        line = set(json.loads(event_line(item)))
+        record = set(json.loads(encode_record(item)))
+        has, lacks = text.split(" but no " if item is event else " (no ", 1)
+        mentioned_has = set(re.findall(r"`([a-z_]+)`", has))
+        mentioned_lacks = set(re.findall(r"`([a-z_]+)`", lacks.split(";")[0].split(")")[0]))
+        assert mentioned_has == line, text
+        assert mentioned_lacks == record - line, text
