@@ -189,3 +189,25 @@ def test_building_a_file_model_directly_raises_our_error() -> None:
     with pytest.raises(ConfigFileError, match="give the cluster's Redis"):
         ClusterSection.model_validate({})
     assert Settings(max_streams=3).max_streams == 3
+
+
+def test_a_section_that_cannot_be_read_stops_only_its_own_checks(tmp_path: Path) -> None:
+    from genesys_mux.configfile import check_config
+
+    path = tmp_path / "mux.toml"
+    path.write_text(
+        'settings = 5\n[genesys]\nregion = "eu_west_1"\n[[streams]]\nid = "s"\nfilter = {}\n'
+        '  [[streams.sinks]]\n  type = "jsonl"\n  path = "no-dir/s.jsonl"\n  fsync = "often"\n'
+    )
+    report = check_config(path, {})
+    assert [where for where, _ in report.problems] == [
+        "settings",
+        "streams[0].sinks[0].fsync",
+        "streams[0].sinks[0].path",
+    ]
+    assert report.problems[2][1].endswith("does not exist; create it first")
+    assert report.not_checked == (
+        "[settings]: the directories of dlq_path and audit_path are checked once its problems "
+        "are fixed",
+    )
+    assert report.config is None

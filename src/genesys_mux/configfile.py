@@ -11,6 +11,10 @@ has an annotated example)::
 
 Everything is validated in one pass and *every* mistake is reported with
 its path (``streams[1].sinks[0].url``) in a :class:`ConfigFileError`.
+:func:`check_config` (``genesys-mux validate``) goes on past the schema in
+the same pass: the parts that parsed, a section's good keys among them,
+have their directories and environment checked too, so a file is fixed in
+one round; what a problem keeps from being checked is said.
 
 Secrets never live in this file and never on a command line. The OAuth
 client comes from ``GENESYSCLOUD_OAUTHCLIENT_ID`` /
@@ -705,7 +709,9 @@ def parse_config(
     among them.
     """
     parsed = _parse(data, source=source, base_dir=base_dir)
-    errors = parsed.errors + [(where, message) for where, message, _ in parsed.directories]
+    errors = parsed.errors + [
+        (where, f"{message}; create it first") for where, message, _ in parsed.directories
+    ]
     if errors:
         raise ConfigFileError(errors, source)
     return parsed.config
@@ -761,7 +767,7 @@ def check_config(
         if absolute and not here:
             warnings.append(f"{where}: {message} here; it must exist where it runs")
         else:
-            problems.append((where, message))
+            problems.append((where, f"{message}; create it first"))
     problems += env_errors
     return ConfigReport(
         problems=tuple(problems),
@@ -848,8 +854,9 @@ def _parse(data: Mapping[str, Any], *, source: str, base_dir: Path | None) -> _P
     # Checked before the paths are resolved: whether a path was absolute
     # decides whether a missing directory is this machine's problem.
     base = Path() if base_dir is None else base_dir
-    if "settings" not in skipped:
-        parsed.directories += _missing_directories(settings, sinks, parsed.sink_paths, base)
+    parsed.directories += _missing_directories(
+        None if "settings" in skipped else settings, sinks, parsed.sink_paths, base
+    )
     if "state" not in skipped and state.url is None and state.url_env is None:
         parsed.directories += _missing_directory("state.path", state.path, base)
     if base_dir is not None:
@@ -874,7 +881,9 @@ def _parse(data: Mapping[str, Any], *, source: str, base_dir: Path | None) -> _P
     return parsed
 
 
-def _salvage_document(data: Mapping[str, Any], exc: ValidationError, skipped: set[str]) -> Any:
+def _salvage_document(
+    data: Mapping[str, Any], exc: ValidationError, skipped: set[str]
+) -> _Document:
     """The document's sections without the keys that have problems, for the later checks.
 
     A section whose problem is not one key (region and base_url both given,
@@ -963,7 +972,7 @@ def _sink_path(stream_id: str, position: int, paths: Mapping[tuple[str, int], st
 
 
 def _missing_directories(
-    settings: Settings,
+    settings: Settings | None,
     sinks: Mapping[str, tuple[SinkSpec, ...]],
     paths: Mapping[tuple[str, int], str],
     base: Path,
@@ -971,11 +980,14 @@ def _missing_directories(
     """Files the run will write, whose directory is not there: found now, not at run time.
 
     Relative paths are taken from ``base``; each problem comes as (path in
-    the file, problem, the file's path is absolute).
+    the file, problem, the file's path is absolute). ``settings`` is None
+    when that section could not be read: its files are not checked.
     """
-    wanted = [("settings.dlq_path", settings.dlq_path)]
-    if settings.audit_path != "-":
-        wanted.append(("settings.audit_path", settings.audit_path))
+    wanted = []
+    if settings is not None:
+        wanted.append(("settings.dlq_path", settings.dlq_path))
+        if settings.audit_path != "-":
+            wanted.append(("settings.audit_path", settings.audit_path))
     for stream_id, specs in sinks.items():
         wanted += [
             (f"{_sink_path(stream_id, j, paths)}.path", spec.path)
@@ -996,13 +1008,7 @@ def _missing_directory(where: str, path: str, base: Path) -> list[tuple[str, str
     full = Path(path) if absolute else base / path
     if full.parent.is_dir():
         return []
-    return [
-        (
-            where,
-            f"directory {full.parent} of {str(full)!r} does not exist; create it first",
-            absolute,
-        )
-    ]
+    return [(where, f"directory {full.parent} of {str(full)!r} does not exist", absolute)]
 
 
 def _stream_list(data: Mapping[str, Any]) -> list[dict[str, Any]]:
