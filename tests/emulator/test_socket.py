@@ -605,6 +605,46 @@ async def test_close_socket_without_a_channel_closes_every_connected_socket(
     assert [await head(client, c["id"]) for c in (first, second, idle)] == [200, 200, 200]
 
 
+async def test_close_socket_next_closes_the_sockets_that_follow_before_their_first_frame(
+    client: GenesysClient,
+) -> None:
+    channel = await subscribed_channel(client, await queue_topics(client))
+    cid = channel["id"]
+    async with socket(client, channel["connectUri"]) as ws:
+        assert await fault(client, "close_socket", channel_id=cid, code=1001, next=2) == [cid]
+        _, end = await until_closed(ws)
+        assert end.type == aiohttp.WSMsgType.CLOSE
+        assert end.data == 1001
+    for _ in range(2):
+        # Opened, then closed before anything else: no pong, no heartbeat,
+        # no notification, although the channel is subscribed and busy.
+        async with client.session.ws_connect(channel["connectUri"]) as again:
+            await again.send_str('{"message":"ping"}')
+            frames, end = await until_closed(again)
+            assert frames == []
+            assert end.type == aiohttp.WSMsgType.CLOSE
+            assert end.data == 1001
+    # The third socket after the fault is left alone.
+    async with socket(client, channel["connectUri"]) as ok:
+        await notifications(ok, 1)
+    assert await head(client, cid) == 200
+
+
+@pytest.mark.parametrize("extra", [{"next": -1}, {"next": 1.5}, {"next": True}, {"next": 101}])
+async def test_close_socket_next_takes_a_small_whole_number(
+    client: GenesysClient, extra: dict[str, Any]
+) -> None:
+    channel = await client.create_channel()
+    async with socket(client, channel["connectUri"]) as ws:
+        async with client.session.post(
+            f"{client.base}/__emulator__/faults",
+            json={"fault": "close_socket", "channel_id": channel["id"], **extra},
+        ) as resp:
+            assert resp.status == 400
+            assert "next must be" in await resp.text()
+        await sync(ws)
+
+
 @pytest.mark.parametrize("code", [1006, 4000, 999, "1000", True, None])
 async def test_close_socket_takes_only_1000_or_1001(client: GenesysClient, code: Any) -> None:
     channel = await client.create_channel()

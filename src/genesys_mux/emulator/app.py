@@ -203,6 +203,8 @@ class Emulator:
         self.http_faults: list[HttpFault] = []
         #: Frame faults by channel id; under ``None``, those of every other channel.
         self.frame_faults: dict[str | None, FrameFaults] = {}
+        #: Called with each socket as it opens, before it sends anything (faults that wait for one).
+        self.socket_opened: list[Callable[[SocketLink], None]] = []
         # Its own sequence, not the org's: a re-serialised duplicate's new
         # CorrelationId must never be one the org gives a real notification.
         self._fault_rng = random.Random(f"faults:{s.seed}")
@@ -557,6 +559,8 @@ class Emulator:
         channel.connected = True
         channel.last_used = time.time()
         link.start()
+        for opened in list(self.socket_opened):
+            opened(link)
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:

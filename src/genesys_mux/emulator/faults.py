@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from aiohttp import web
 
 from genesys_mux.emulator.platform import ApiProblem, Channel
-from genesys_mux.emulator.sockets import FrameFaults, system_frame
+from genesys_mux.emulator.sockets import FrameFaults, SocketLink, system_frame
 
 if TYPE_CHECKING:
     from genesys_mux.emulator.app import Emulator
@@ -145,13 +145,22 @@ def socket_closing(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 
 @fault("close_socket")
 def close_socket(emulator: Emulator, data: dict[str, Any]) -> list[str]:
-    """A clean close with ``code`` (1000 or 1001) and no warning; the channel survives."""
+    """A clean close with ``code`` (1000 or 1001) and no warning; the channel survives.
+
+    With ``next``: the channel's next ``next`` sockets are closed the same
+    way as soon as they open, before they send anything (not even the pong
+    a client waits for), as a platform closing for maintenance may do to a
+    client that comes straight back.
+    """
     # The reference: socket_closing is "not guaranteed", and the close codes
     # to expect are 1000, 1001 and 1006. 1006 is drop_socket's (no close
     # frame at all); a close frame carries one of the other two.
     code = data.get("code", 1000)
     if isinstance(code, bool) or code not in _CLEAN_CLOSE_CODES:
         raise ValueError("code must be 1000 or 1001")
+    again = data.get("next", 0)
+    if isinstance(again, bool) or not isinstance(again, int) or not 0 <= again <= 100:
+        raise ValueError("next must be a whole number of sockets from 0 to 100")
     applied = []
     for channel in _targets(emulator, data, connected=True):
         link = emulator.links.get(channel.id)
@@ -162,7 +171,25 @@ def close_socket(emulator: Emulator, data: dict[str, Any]) -> list[str]:
         # in the ledger). The socket handler forgets the link once it ends.
         link.close_after_flush(int(code))
         applied.append(channel.id)
+    if again and applied:
+        _close_on_open(emulator, dict.fromkeys(applied, again), int(code))
     return applied
+
+
+def _close_on_open(emulator: Emulator, armed: dict[str, int], code: int) -> None:
+    """Close the next sockets of the ``armed`` channels (id -> how many) as they open."""
+
+    def opened(link: SocketLink) -> None:
+        left = armed.get(link.channel.id, 0)
+        if left <= 0:
+            return
+        armed[link.channel.id] = left - 1
+        # The link's queue is empty: the close frame is the first frame.
+        link.close_after_flush(code)
+        if not any(armed.values()):
+            emulator.socket_opened.remove(opened)
+
+    emulator.socket_opened.append(opened)
 
 
 _CLEAN_CLOSE_CODES = (1000, 1001)
