@@ -42,7 +42,7 @@ from genesys_mux.errors import ConfigError, GenesysMuxError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool
 from genesys_mux.net.rest import RestClient
-from genesys_mux.regions import endpoints_for
+from genesys_mux.regions import endpoints_for, resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import file_lock, read_dead_letters
 from genesys_mux.sinks.fanout import deliver_stream
@@ -165,9 +165,12 @@ def listen(
         wanted = [part for topic in topics for part in expand_topic(topic)]
         credentials, warnings = load_credentials(GenesysSection())
         if base_url is None:
+            origin = "--region" if region else "GENESYSCLOUD_REGION in the environment"
             region = region or os.environ.get("GENESYSCLOUD_REGION")
             if region is None:
                 raise ConfigError("give --region or --base-url, or set GENESYSCLOUD_REGION")
+            # Named where it came from: --region wins over the variable.
+            resolve_region(region, origin=origin)
         endpoints = endpoints_for(region=region if base_url is None else None, base_url=base_url)
     except ConfigError as exc:
         print_error(console, exc)
