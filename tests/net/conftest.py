@@ -25,7 +25,9 @@ __all__ = ["DEADLINE_S", "eventually"]
 @asynccontextmanager
 async def stand_in(app: web.Application, port: int) -> AsyncIterator[str]:
     """Serve ``app`` on loopback ``port`` (a stand-in platform or proxy); yields its URL."""
-    runner = web.AppRunner(app)
+    # A stand-in may hold requests unanswered on purpose: its stop cancels
+    # them after a second instead of aiohttp's minute.
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:

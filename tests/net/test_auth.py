@@ -26,7 +26,8 @@ from genesys_mux.errors import AuthenticationError, TransportError
 from genesys_mux.net.auth import AccessToken, TokenProvider
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import Endpoints
-from tests.net.conftest import Stack, eventually, fast_settings
+from tests.net.conftest import Stack, eventually, fast_settings, stand_in
+from tests.sinks.conftest import free_port
 
 TOKEN_PATH = "/oauth/token"
 ENV_VARS = (
@@ -372,6 +373,66 @@ async def test_unreachable_login_host_is_a_transport_error() -> None:
         with pytest.raises(TransportError, match="could not reach") as caught:
             await tokens.token()
         assert "secret-never-sent" not in str(caught.value)
+
+
+def hanging_login(answered: int) -> tuple[web.Application, list[float]]:
+    """A login host that issues ``answered`` tokens, then takes requests and never answers."""
+    calls: list[float] = []
+    never = asyncio.Event()
+
+    async def token(request: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        if len(calls) > answered:
+            await never.wait()
+        return web.json_response({"access_token": f"token-{len(calls)}", "expires_in": 1000})
+
+    app = web.Application()
+    app.router.add_post(TOKEN_PATH, token)
+    return app, calls
+
+
+async def test_a_login_host_that_never_answers_times_out_and_is_retried() -> None:
+    app, calls = hanging_login(answered=0)
+    async with stand_in(app, free_port()) as base, aiohttp.ClientSession() as session:
+        tokens = TokenProvider(
+            session,
+            Endpoints.custom(base),
+            "id",
+            "secret",
+            backoff=Backoff(0.01, 0.02),
+            max_attempts=2,
+            timeout_s=0.3,
+        )
+        with pytest.raises(TransportError, match="could not reach") as caught:
+            await asyncio.wait_for(tokens.token(), 10)
+        assert "TimeoutError" in str(caught.value)
+        assert len(calls) == 2
+
+
+async def test_a_hanging_early_refresh_holds_nobody_while_the_token_has_life() -> None:
+    """Until the last few seconds of the cached token: then there is nothing else to use."""
+    app, calls = hanging_login(answered=1)
+    now = [0.0]
+    async with stand_in(app, free_port()) as base, aiohttp.ClientSession() as session:
+        tokens = TokenProvider(
+            session,
+            Endpoints.custom(base),
+            "id",
+            "secret",
+            backoff=Backoff(0.01, 0.02),
+            max_attempts=2,
+            timeout_s=0.3,
+            early_wait_s=0.2,
+            clock=lambda: now[0],
+        )
+        first = await tokens.token()
+        now[0] = tokens.refresh_due(first)
+        assert await asyncio.wait_for(tokens.token(), 5) is first
+        assert len(calls) == 2, "the early refresh was asked for"
+        # Past the last resort, callers wait for a new token, and get the failure.
+        now[0] = first.expires_at - 1.0
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(tokens.token(), 10)
 
 
 # -- bad credentials ---------------------------------------------------------------

@@ -13,11 +13,17 @@ import uuid
 from typing import Any, cast
 
 import aiohttp
+from aiohttp import web
 
+from genesys_mux.core.backoff import Backoff
 from genesys_mux.emulator import ClientApp, PlatformLimits
-from genesys_mux.net.connection import InboundNotification
+from genesys_mux.net.auth import TokenProvider
+from genesys_mux.net.connection import ChannelPool, InboundNotification
+from genesys_mux.net.rest import RestClient
+from genesys_mux.regions import Endpoints
 from tests.emulator.genesys import basic_auth
-from tests.net.conftest import Stack, eventually, fast_pool_settings, fast_settings
+from tests.net.conftest import Stack, eventually, fast_pool_settings, fast_settings, stand_in
+from tests.sinks.conftest import free_port
 
 
 async def assert_fully_served(stack: Stack, topics: list[str]) -> None:
@@ -375,3 +381,53 @@ async def test_invalid_topics_added_to_a_live_channel_take_nothing_away(make_sta
         after = (await stack.control("requests"))["requests"][before:]
         assert [r["method"] for r in after if r["path"].endswith("/subscriptions")] == ["PUT"]
         await assert_fully_served(stack, [*topics, valid, more])
+
+
+async def test_a_socket_upgrade_that_is_never_answered_is_given_up_in_time() -> None:
+    """A dead link answers nothing, not even the WebSocket handshake.
+
+    A stand-in platform hands out channels whose socket address takes the
+    connection and never answers: each attempt ends after ``live_timeout_s``
+    (not aiohttp's five minutes), and the slot moves on to the next.
+    """
+    upgrades: list[float] = []
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "opaque-token", "expires_in": 3600})
+
+    async def create_channel(request: web.Request) -> web.Response:
+        port = request.url.port
+        return web.json_response(
+            {"id": "c1", "connectUri": f"ws://127.0.0.1:{port}/channels/c1", "expires": None}
+        )
+
+    async def subscriptions(request: web.Request) -> web.Response:
+        topics = [{"id": t["id"], "state": "Permitted"} for t in await request.json()]
+        return web.json_response({"entities": topics})
+
+    async def channel_exists(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def upgrade(request: web.Request) -> web.Response:
+        upgrades.append(time.monotonic())
+        await asyncio.Event().wait()  # cancelled when the stand-in stops
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    app.router.add_post("/api/v2/notifications/channels", create_channel)
+    app.router.add_route("HEAD", "/api/v2/notifications/channels/c1", channel_exists)
+    app.router.add_put("/api/v2/notifications/channels/c1/subscriptions", subscriptions)
+    app.router.add_get("/channels/c1", upgrade)
+    settings = fast_pool_settings(live_timeout_s=0.5, max_reconnect_attempts=2)
+    async with stand_in(app, free_port()) as base, aiohttp.ClientSession() as session:
+        endpoints = Endpoints.custom(base)
+        backoff = Backoff(0.01, 0.02)
+        tokens = TokenProvider(session, endpoints, "id", "secret", backoff=backoff)
+        rest = RestClient(session, endpoints, tokens, backoff=backoff)
+        async with ChannelPool(session, rest, tokens, settings) as pool:
+            started = time.monotonic()
+            await asyncio.wait_for(pool.set_topics([f"v2.users.{uuid.UUID(int=1)}.presence"]), 10)
+            assert pool.stats()[0].state == "failed"
+    assert len(upgrades) == 2
+    assert upgrades[1] - started < 0.5 + 1.0

@@ -100,8 +100,11 @@ class _OAuthError(msgspec.Struct):
 class TokenProvider:
     """Hands out a valid access token, refreshing it before it expires.
 
-    ``refresh_margin_s`` overrides the default margin. ``clock`` is a
-    monotonic clock, injectable for tests.
+    ``refresh_margin_s`` overrides the default margin. Each token request
+    may take ``timeout_s``. While the cached token still has life in it, a
+    caller waits at most ``early_wait_s`` for its early refresh, then gets
+    the cached token (the refresh goes on). ``clock`` is a monotonic clock,
+    injectable for tests.
     """
 
     def __init__(
@@ -114,6 +117,8 @@ class TokenProvider:
         refresh_margin_s: float | None = None,
         backoff: Backoff | None = None,
         max_attempts: int = 6,
+        timeout_s: float = 30.0,
+        early_wait_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not client_id or not client_secret:
@@ -127,6 +132,10 @@ class TokenProvider:
         self._margin = refresh_margin_s
         self._backoff = backoff or Backoff()
         self._max_attempts = max_attempts
+        # A login host that takes the connection and never answers must not
+        # hold a request for aiohttp's default five minutes per attempt.
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._early_wait_s = early_wait_s
         self._clock = clock
         self._token: AccessToken | None = None
         self._refreshing: asyncio.Task[AccessToken] | None = None
@@ -161,15 +170,25 @@ class TokenProvider:
         token = self._token
         if token is not None and self._clock() < self.refresh_due(token):
             return token
-        try:
+        if token is None or self._clock() >= token.expires_at - _LAST_RESORT_S:
             return await self._single_flight()
+        # Refreshing early is a precaution: while the cached token still has
+        # life in it, a login outage, or a login host that does not answer,
+        # must not stop everything else.
+        try:
+            return await asyncio.wait_for(self._single_flight(), self._early_wait_s)
+        except TimeoutError:
+            if self._clock() >= token.expires_at - _LAST_RESORT_S:
+                return await self._single_flight()
+            log.warning(
+                "token refresh is taking more than %g s; using the current token meanwhile",
+                self._early_wait_s,
+            )
         except TransportError:
-            # Refreshing early is a precaution: while the cached token still
-            # has life in it, a login outage must not stop everything else.
-            if token is not None and self._clock() < token.expires_at - _LAST_RESORT_S:
-                log.warning("token refresh failed; using the current token until it expires")
-                return token
-            raise
+            if self._clock() >= token.expires_at - _LAST_RESORT_S:
+                raise
+            log.warning("token refresh failed; using the current token until it expires")
+        return token
 
     async def refresh(self, stale: AccessToken | None = None) -> AccessToken:
         """Force a new token, e.g. after a 401.
@@ -191,6 +210,9 @@ class TokenProvider:
         task = self._refreshing
         if task is None or task.done():
             task = asyncio.create_task(self._fetch(), name="genesys-mux-token-refresh")
+            # Its callers may all have stopped waiting (see token()): its
+            # failure is theirs to see, not asyncio's to log as unretrieved.
+            task.add_done_callback(_retrieve)
             self._refreshing = task
         # shield: one impatient caller being cancelled must not cancel the
         # refresh every other caller is waiting for.
@@ -208,6 +230,7 @@ class TokenProvider:
                     self._url,
                     data={"grant_type": "client_credentials"},
                     headers={"Authorization": self._basic, "Accept": "application/json"},
+                    timeout=self._timeout,
                 ) as resp:
                     status, body, retry_after = (
                         resp.status,
@@ -272,3 +295,8 @@ class TokenProvider:
             f"Genesys Cloud refused the client credentials for client id {self._client_id!r}: "
             f"HTTP {status} {detail}; {_CREDENTIAL_HINT}"
         )
+
+
+def _retrieve(task: asyncio.Task[AccessToken]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -136,7 +136,8 @@ class PoolSettings:
     #: How often each channel's subscription list is read back and compared
     #: with what was put (None: only on ``v2.subscription.updated``).
     subscription_check_s: float | None = 300.0
-    #: How long a new socket may take to prove itself live before we retry.
+    #: How long a new socket may take to open, and then to prove itself live,
+    #: before we retry.
     live_timeout_s: float = 30.0
     #: During a rotation the old channel is kept until the new one has
     #: delivered its first notification (at most ``rotation_overlap_s``), and
@@ -1250,21 +1251,25 @@ class ChannelPool:
         expected = await self._put(slot, info.id, slot.desired)
         put_at = time.time()
         try:
-            ws = await self._session.ws_connect(
-                info.connect_uri,
-                autoping=True,
-                # The reader must see the platform's close frame rather than
-                # have aiohttp answer it inside receive(): a drain reads
-                # through the close handshake (see _Socket._close_reading).
-                autoclose=False,
-                # Text frames as their UTF-8 bytes: msgspec reads bytes as
-                # fast as text, and aiohttp need not decode each frame into
-                # a str first (decode_frame checks the UTF-8 itself).
-                decode_text=False,
-                max_msg_size=0,
-                heartbeat=None,
-                timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
-            )
+            # Bounded: a host that takes the connection and never answers
+            # the upgrade would hold this slot for the session's default
+            # timeout (five minutes) per attempt.
+            async with asyncio.timeout(self.settings.live_timeout_s):
+                ws = await self._session.ws_connect(
+                    info.connect_uri,
+                    autoping=True,
+                    # The reader must see the platform's close frame rather than
+                    # have aiohttp answer it inside receive(): a drain reads
+                    # through the close handshake (see _Socket._close_reading).
+                    autoclose=False,
+                    # Text frames as their UTF-8 bytes: msgspec reads bytes as
+                    # fast as text, and aiohttp need not decode each frame into
+                    # a str first (decode_frame checks the UTF-8 itself).
+                    decode_text=False,
+                    max_msg_size=0,
+                    heartbeat=None,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(
                 f"cannot open the socket of channel {info.id}: {type(exc).__name__}"
