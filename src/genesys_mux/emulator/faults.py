@@ -18,7 +18,9 @@ by the middleware of :mod:`genesys_mux.emulator.app`; ``reserialise``,
 ``duplicate``, ``reorder`` and ``delay`` set a channel's (or every channel's)
 :class:`~genesys_mux.emulator.sockets.FrameFaults`, which
 :meth:`SocketLink.notify <genesys_mux.emulator.sockets.SocketLink.notify>`
-applies to each notification.
+applies to each notification. ``close_socket`` with ``next`` also waits:
+it registers a callback in ``Emulator.socket_opened``, which the socket
+handler calls with each new socket before that sends anything.
 
 The emulator page of the docs (docs/emulator.md) documents every name and parameter.
 """

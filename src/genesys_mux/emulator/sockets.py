@@ -10,13 +10,14 @@ dropped instead). A second task queues a heartbeat every interval.
 
 Notifications enter as :class:`Pending` frames through
 :meth:`SocketLink.notify`, which applies the socket's :class:`FrameFaults`
-(rewrite, duplicate, reorder, delay) on the way in; every other frame enters through
-:meth:`SocketLink.send` and is never held back. A notification is written
-to the :class:`Ledger` only once it has been handed to the transport, so the
-ledger is the truth about what was *sent*.
+(rewrite, duplicate, reorder, delay) on the way in; every other frame
+enters through :meth:`SocketLink.send` and is never held back. A
+notification is written to the :class:`Ledger` only once it has been handed
+to the transport, so the ledger is the truth about what was *sent*.
 
 The frames themselves are built here too: :func:`envelope` wraps a
-notification body, :func:`system_frame` builds the ``v2.system.*`` and
+notification body, :func:`rewritten` writes a frame anew (the ``reserialise``
+fault), :func:`system_frame` builds the ``v2.system.*`` and
 ``v2.subscription.updated`` frames, and :data:`HEARTBEAT` and :data:`PONG`
 are sent as they are. Opening a link, and routing notifications to it, is
 :mod:`genesys_mux.emulator.app`'s business.
@@ -49,6 +50,7 @@ __all__ = [
     "Pending",
     "SocketLink",
     "envelope",
+    "rewritten",
     "system_frame",
 ]
 
@@ -342,9 +344,10 @@ def rewritten(frame: bytes, rng: random.Random) -> bytes:
     spaced separators, sometimes a trailing newline), every non-ASCII
     character is a ``\\u`` escape (a surrogate pair beyond the BMP) and
     every ``/`` an escape (``\\/`` or ``\\u002f``). Nothing else changes:
-    numbers, strings and the CorrelationId decode to what they were. The
-    frame always grows (whitespace is added, none removed from the compact
-    original), so it always differs in bytes.
+    numbers, strings and the CorrelationId decode to what they were. It
+    always differs in bytes from a compact original (the platform's layout,
+    as :func:`envelope` builds it): byte-equal texts have the same
+    whitespace between their tokens, and the rewrite always has some.
     """
     parsed = json.loads(frame)
     shuffled = _shuffled_keys(parsed, rng)
