@@ -630,6 +630,19 @@ async def test_close_socket_next_closes_the_sockets_that_follow_before_their_fir
     assert await head(client, cid) == 200
 
 
+async def test_close_socket_leaves_a_half_open_socket_alone(client: GenesysClient) -> None:
+    channel = await client.create_channel()
+    # A dead link never answers our close frame either: give up on it at once.
+    async with client.session.ws_connect(
+        channel["connectUri"], timeout=aiohttp.ClientWSTimeout(ws_close=0.01)
+    ) as ws:
+        await sync(ws)
+        assert await fault(client, "pause_heartbeats", channel_id=channel["id"]) == [channel["id"]]
+        # Nothing travels on a dead link, a close frame no more than the rest.
+        assert await fault(client, "close_socket", channel_id=channel["id"]) == []
+        assert await fault(client, "close_socket") == []
+
+
 @pytest.mark.parametrize("extra", [{"next": -1}, {"next": 1.5}, {"next": True}, {"next": 101}])
 async def test_close_socket_next_takes_a_small_whole_number(
     client: GenesysClient, extra: dict[str, Any]

@@ -166,8 +166,8 @@ def close_socket(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     applied = []
     for channel in _targets(emulator, data, connected=True):
         link = emulator.links.get(channel.id)
-        if link is None:
-            continue
+        if link is None or link.paused:
+            continue  # a half-open socket (pause_heartbeats) carries no close frame
         # What was already sent its way goes out first, as on a real
         # connection; what comes after the close is never sent (nor entered
         # in the ledger). The socket handler forgets the link once it ends.
