@@ -260,6 +260,34 @@ async def test_token_expiry_rotates_before_the_channel_dies(make_stack: Any) -> 
         await assert_fully_served(stack, topics)
 
 
+async def test_a_reused_channel_is_rotated_before_the_token_that_created_it_dies(
+    make_stack: Any,
+) -> None:
+    """A channel dies with the token that created it [O], not with today's token.
+
+    The token is refreshed, then the socket drops: the reconnect reuses the
+    channel, made with the old token. It must be rotated ahead of that
+    token's expiry, or it dies then with a second outage.
+    """
+    settings = fast_settings(clients=[ClientApp("short", "short-secret", token_lifetime_s=8)])
+    pool_settings = fast_pool_settings(rotation_lead_s=1.0)
+    async with make_stack(
+        settings, pool_settings, client_id="short", client_secret="short-secret"
+    ) as stack:
+        creator = await stack.tokens.token()
+        topics, channel_id = await start(stack)
+        await eventually(lambda: time.monotonic() >= stack.tokens.refresh_due(creator), within=10)
+        assert (await stack.tokens.token()) is not creator
+        await stack.fault("drop_socket", channel_id=channel_id)
+        await eventually(lambda: len(stack.pool.outages) == 1)
+        assert stack.pool.channel_ids()[0] == channel_id, "the channel was reused"
+        await eventually(lambda: time.monotonic() >= creator.expires_at + 1.0, within=10)
+        assert stack.pool.stats()[0].rotations >= 1
+        assert stack.pool.channel_ids()[0] != channel_id
+        assert len(stack.pool.outages) == 1, list(stack.pool.outages)
+        await assert_fully_served(stack, topics)
+
+
 async def test_429_on_subscribe_waits_for_retry_after(make_stack: Any) -> None:
     async with make_stack() as stack:
         topics = await stack.queue_topics()

@@ -115,7 +115,7 @@ from genesys_mux.errors import (
     GenesysMuxError,
     TransportError,
 )
-from genesys_mux.net.auth import AccessToken, TokenProvider
+from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.rest import ChannelInfo, Rejection, RestClient
 
 __all__ = ["ChannelPool", "InboundNotification", "PoolSettings", "SlotStats"]
@@ -234,7 +234,7 @@ class _Socket:
         pool: ChannelPool,
         slot: _Slot,
         info: ChannelInfo,
-        token: AccessToken,
+        token_expires_at: float,
         ws: aiohttp.ClientWebSocketResponse[Literal[False]],
     ) -> None:
         self.pool = pool
@@ -251,7 +251,7 @@ class _Socket:
             info.id,
             opened_at=now,
             channel_expires_at=channel_expires,
-            token_expires_at=token.expires_at,
+            token_expires_at=token_expires_at,
             settings=pool.settings.watchdog(),
         )
         self.live = asyncio.Event()
@@ -681,6 +681,9 @@ class ChannelPool:
         # Topics the platform answered 400 notification.invalid.topic for:
         # left out of every later PUT (see _put).
         self._invalid_topics: dict[str, Rejection] = {}
+        # When the token each channel was created with expires (monotonic),
+        # by channel id, for the channels a slot may still reuse.
+        self._creator_expiry: dict[str, float] = {}
         self.on_outage: list[Callable[[Outage], None]] = []
         self.on_rejection: list[Callable[[Rejection], None]] = []
         self.on_control: list[Callable[[ControlEvent], None]] = []
@@ -1245,6 +1248,10 @@ class ChannelPool:
         if info is None:
             info = await self._rest.create_channel()
             self._report(ChannelCreated(slot.index, info.id))
+            self._creator_expiry[info.id] = token.expires_at
+        # A channel dies with the token that created it [O]: a reused one
+        # goes with its creator's, which may be older than today's token.
+        token_expires_at = self._creator_expiry.get(info.id, token.expires_at)
         # Until the socket is live; a HEAD before reuse still checks it exists.
         slot.unused_channel = info
         version = slot.machine.desired_version
@@ -1274,7 +1281,7 @@ class ChannelPool:
             raise TransportError(
                 f"cannot open the socket of channel {info.id}: {type(exc).__name__}"
             ) from exc
-        socket = _Socket(self, slot, info, token, ws)
+        socket = _Socket(self, slot, info, token_expires_at, ws)
         socket.expected, socket.verified_at = expected, put_at
         slot.sockets[socket.key] = socket
         slot.channels[socket.key] = info.id
@@ -1292,6 +1299,10 @@ class ChannelPool:
         slot.stats.channel_id = info.id
         slot.stats.state = "live"
         slot.stats.connected_since = time.time()
+        # A channel whose creator has expired is dead: nothing reuses it.
+        now = time.monotonic()
+        for channel_id in [c for c, end in self._creator_expiry.items() if end <= now]:
+            del self._creator_expiry[channel_id]
         self._report(ChannelConnected(slot.index, info.id))
         return socket
 
