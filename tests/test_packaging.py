@@ -479,8 +479,8 @@ def test_validate_reports_each_feature_whose_extra_is_missing(tmp_path: Path) ->
     redis_fix = "needs the Python package 'redis', which is not installed; install it with: "
     redis_fix += "pip install 'genesys-mux[redis]'"
     assert problems == {
-        "sinks of voice: redis": f"the Redis Streams sink {redis_fix}",
-        "sinks of voice: nats": "the NATS sink needs the Python package 'nats-py', which is "
+        "streams[0].sinks[0]": f"the Redis Streams sink {redis_fix}",
+        "streams[0].sinks[1]": "the NATS sink needs the Python package 'nats-py', which is "
         "not installed; install it with: pip install 'genesys-mux[nats]'",
         "state": f"the Redis state store {redis_fix}",
         "cluster": f"a cluster (leases in Redis) {redis_fix}",
@@ -509,6 +509,6 @@ def test_run_refuses_to_start_without_an_extra_the_configuration_needs(tmp_path:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip() == (
-        "error: sinks of voice: nats: the NATS sink needs the Python package 'nats-py', which "
+        "error: streams[0].sinks[1]: the NATS sink needs the Python package 'nats-py', which "
         "is not installed; install it with: pip install 'genesys-mux[nats]'"
     )

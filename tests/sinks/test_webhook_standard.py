@@ -475,7 +475,7 @@ def test_check_environment_reports_a_bad_secret_without_quoting_it() -> None:
     base = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
     errors, _ = check_environment(config, {**base, "CRM_HOOK_SECRET": "canary-plain-secret"})
     [(where, problem)] = errors
-    assert where == "sinks of calls: webhook https://crm.example.test/hook"
+    assert where == "streams[0].sinks[0].secret_env"
     assert problem.startswith("CRM_HOOK_SECRET is not a Standard Webhooks secret")
     assert "canary" not in where + problem
     assert check_environment(config, {**base, "CRM_HOOK_SECRET": SECRET})[0] == []
