@@ -37,6 +37,7 @@ import aiohttp
 import pytest
 
 from genesys_mux import Gap, StreamEvent
+from genesys_mux.core.snapshot import event_facts
 from tests.emulator.genesys import GenesysClient, is_notification
 from tests.net.test_multiplexer import FAST_POOL, Collector, Harness, harness, org_settings
 from tests.waiting import DEADLINE_S, eventually
@@ -210,6 +211,28 @@ def reconcile(
     return problems
 
 
+def undelivered_changes(
+    entries: list[dict[str, Any]], events: list[StreamEvent], witness: Witness
+) -> list[Key]:
+    """Notifications the mux was sent whose state no delivered event carries.
+
+    Judged by content, with the witness's copy of each body: a notification
+    the stream counted as a duplicate carries a state delivered under
+    another notification, which is what de-duplication is for.
+    """
+    delivered = {(e.content_key, e.digest) for e in events}
+    missing = []
+    for e in entries:
+        key = (e["topic"], e["correlation_id"])
+        if e["channel_id"] == witness.channel_id or e["duplicate"] or key not in witness.frames:
+            continue
+        body = json.dumps(json.loads(witness.frames[key])["eventBody"]).encode()
+        facts = event_facts(e["topic"], body)
+        if (facts.key, facts.hash) not in delivered:
+            missing.append(key)
+    return missing
+
+
 #: A gap's bounds are monotonic readings turned into Unix time, an event's
 #: receive time a Unix clock reading: the two may disagree by microseconds.
 CLOCKS = 0.005
@@ -304,6 +327,8 @@ async def test_a_close_without_warning_is_followed_by_a_reconnect_and_a_gap(code
     # and some were sent to the witness alone while no socket was subscribed.
     assert reconcile(entries, events, gaps, witness.channel_id) == []
     assert lost(entries, witness.channel_id), "the platform sent nothing during the window"
+    # And what the mux was sent, it delivered (its state, if not itself).
+    assert undelivered_changes(entries, events, witness) == []
 
 
 #: How long the pool waits for a new socket's first frame in the test below:
@@ -368,6 +393,7 @@ async def test_a_socket_closed_before_its_first_frame_is_replaced_at_once() -> N
     events, gaps = seen.events(), seen.gaps()
     assert_stream_accounts(h, "calls", events)
     assert reconcile(entries, events, gaps, witness.channel_id) == []
+    assert undelivered_changes(entries, events, witness) == []
     # One window, reported as one gap or as one per socket.
     assert gaps, "no gap"
     assert all(g.reason == "reconnect" for g in gaps), gaps
