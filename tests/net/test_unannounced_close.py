@@ -336,15 +336,6 @@ async def test_a_close_without_warning_is_followed_by_a_reconnect_and_a_gap(code
 LIVE_TIMEOUT_S = 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="A socket the platform closes before its first frame is not noticed while the "
-    "pool waits for it to become live: ChannelPool._establish waits on socket.live for "
-    "live_timeout_s (30 s by default) although the socket's reader has already ended, so "
-    "the slot stays 'connecting' with no socket, and the gap lasts live_timeout_s instead "
-    "of a reconnect's few milliseconds",
-)
 async def test_a_socket_closed_before_its_first_frame_is_replaced_at_once() -> None:
     """The platform may close the socket a client comes straight back with, too.
 

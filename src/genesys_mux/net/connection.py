@@ -441,6 +441,11 @@ class _Socket:
         since = self.link.unsubscribed_since
         return None if since is None else _wall(since)
 
+    @property
+    def reader(self) -> asyncio.Task[None]:
+        """The task reading the socket: done once the socket is closed or lost."""
+        return self._tasks[0]
+
     async def _ping(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
             await self.ws.send_str(PING.decode())
@@ -484,7 +489,7 @@ class _Socket:
         frame it repeats is one the peer discards (RFC 6455 forbids only data
         frames after a close).
         """
-        reader = self._tasks[0]
+        reader = self.reader
         try:
             await self.ws.send_frame(_NORMAL_CLOSURE, aiohttp.WSMsgType.CLOSE)
         except (ConnectionError, RuntimeError, aiohttp.ClientError):
@@ -522,9 +527,7 @@ class _Socket:
 
     async def _read_on_then_close(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.shield(self._tasks[0]), self.pool.settings.close_timeout_s
-            )
+            await asyncio.wait_for(asyncio.shield(self.reader), self.pool.settings.close_timeout_s)
         await self.close()
 
 
@@ -1286,14 +1289,26 @@ class ChannelPool:
         slot.sockets[socket.key] = socket
         slot.channels[socket.key] = info.id
         await socket._ping()
+        # Live (its first frame), or closed before it: the platform may close
+        # a socket at once, and waiting out the timeout then only makes the
+        # gap longer.
+        live = asyncio.ensure_future(socket.live.wait())
         try:
-            await asyncio.wait_for(socket.live.wait(), self.settings.live_timeout_s)
-        except TimeoutError as exc:
+            await asyncio.wait(
+                {live, socket.reader},
+                timeout=self.settings.live_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            live.cancel()
+        if not socket.live.is_set():
             slot.sockets.pop(socket.key, None)
             await socket.close()
+            if socket.reader.done():
+                raise TransportError(f"channel {info.id}: the socket closed before its first frame")
             raise TransportError(
                 f"channel {info.id} did not answer within {self.settings.live_timeout_s:g} s"
-            ) from exc
+            )
         await self._mark_synced(slot, version)
         slot.unused_channel = None
         slot.stats.channel_id = info.id
