@@ -216,6 +216,7 @@ class Emulator:
         and ledger entry is forgotten, and the org is rebuilt from the seed.
         """
         self._control.stop_blast()
+        self.socket_opened.clear()  # faults still waiting for a socket
         for link in list(self.links.values()):
             link.drop()
         self._reset_state()
