@@ -100,12 +100,15 @@ async def new_client(
     *,
     permissions: list[str] | None = None,
     token_lifetime_s: int | None = None,
+    scopes: list[str] | None = None,
 ) -> tuple[GenesysClient, dict[str, Any]]:
     """Register an OAuth client through the control surface and log in as it."""
     api = GenesysClient(session, base_url)
     spec: dict[str, Any] = {"client_id": client_id, "client_secret": f"{client_id}-secret"}
     if permissions is not None:
         spec["permissions"] = permissions
+    if scopes is not None:
+        spec["scopes"] = scopes
     if token_lifetime_s is not None:
         spec["token_lifetime_s"] = token_lifetime_s
     await api.control("clients", spec)
@@ -720,6 +723,25 @@ async def test_combined_topic_longer_than_200_characters_is_refused(
     status, body, _ = await client.subscribe(channel, [fits])
     assert status == 200, body
     assert await topics_of(client, channel) == [f"{prefix}.{s}" for s in suffixes[:7]]
+
+
+async def test_the_notifications_endpoints_need_the_notifications_scope(
+    emulator: Emulator, session: aiohttp.ClientSession
+) -> None:
+    granted, _ = await new_client(session, emulator.base_url, "granted", scopes=["notifications"])
+    channel = (await granted.create_channel())["id"]
+    denied, _ = await new_client(session, emulator.base_url, "denied", scopes=["routing"])
+    status, body, _ = await denied.call("POST", CHANNELS)
+    assert_problem(status, body, 403, "missing.scope")
+    assert "'notifications'" in body["message"]
+    status, body, _ = await denied.call("GET", CHANNELS)
+    assert_problem(status, body, 403, "missing.scope")
+    status, body, _ = await denied.call("GET", "/api/v2/notifications/availabletopics")
+    assert_problem(status, body, 403, "missing.scope")
+    # Other endpoints do not ask for it.
+    status, _, _ = await denied.call("GET", "/api/v2/routing/queues")
+    assert status == 200
+    assert await head(granted, channel) == 200
 
 
 async def test_forbidden_topic_fails_the_whole_request_unless_errors_are_ignored(

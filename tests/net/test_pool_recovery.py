@@ -13,10 +13,12 @@ import uuid
 from typing import Any, cast
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.emulator import ClientApp, PlatformLimits
+from genesys_mux.errors import AuthenticationError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool, InboundNotification
 from genesys_mux.net.rest import RestClient
@@ -459,3 +461,22 @@ async def test_a_socket_upgrade_that_is_never_answered_is_given_up_in_time() -> 
             assert pool.stats()[0].state == "failed"
     assert len(upgrades) == 2
     assert upgrades[1] - started < 0.5 + 1.0
+
+
+async def test_a_client_without_the_notifications_scope_fails_loudly_at_once(
+    make_stack: Any,
+) -> None:
+    """Its credentials work, but no channel can be had: a refusal that does not heal."""
+    client = ClientApp("no-scope", "no-scope-secret", scopes=frozenset({"routing"}))
+    async with make_stack(
+        fast_settings(clients=[client]), client_id="no-scope", client_secret="no-scope-secret"
+    ) as stack:
+        with pytest.raises(AuthenticationError, match="needs the 'notifications' scope") as caught:
+            await asyncio.wait_for(
+                stack.pool.set_topics([f"v2.users.{uuid.UUID(int=1)}.presence"]), 10
+            )
+        assert "HTTP 403" in str(caught.value)
+        assert stack.pool.failure is caught.value
+        log = (await stack.control("requests"))["requests"]
+        created = [r["status"] for r in log if r["path"] == "/api/v2/notifications/channels"]
+        assert created == [403], "refused for good: not retried"

@@ -47,6 +47,7 @@ import base64
 import binascii
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import random
@@ -178,15 +179,9 @@ class Emulator:
         s = self.settings
         self.platform = Platform(s.limits)
         for client in s.clients:
-            self.platform.register_client(
-                ClientApp(
-                    client.client_id,
-                    client.client_secret,
-                    client.permissions,
-                    client.token_lifetime_s,
-                    client.channels,
-                )
-            )
+            # A copy, every field of it: the control surface may replace a
+            # client, and the settings must still rebuild the first ones.
+            self.platform.register_client(dataclasses.replace(client))
         self.epoch = time.time()
         self._frozen_s = 0.0
         self._frozen_since: float | None = None if s.traffic else self.epoch
@@ -399,11 +394,15 @@ class Emulator:
                 fault.remaining -= 1
                 raise fault.problem()
 
-    def _authorized(self, request: web.Request) -> tuple[Token, dict[str, str]]:
+    def _authorized(
+        self, request: web.Request, scope: str | None = None
+    ) -> tuple[Token, dict[str, str]]:
         now = time.time()
         token = self.platform.authenticate(request.headers.get("Authorization"), now)
         headers = self.platform.charge(token, now)
         _RATELIMIT_HEADERS.set(headers)
+        if scope is not None:
+            self.platform.require_scope(token, scope)
         return token, headers
 
     # -- OAuth ------------------------------------------------------------
@@ -446,14 +445,14 @@ class Emulator:
         }
 
     async def _create_channel(self, request: web.Request) -> web.Response:
-        token, headers = self._authorized(request)
+        token, headers = self._authorized(request, "notifications")
         channel, evicted = self.platform.create_channel(token, time.time())
         for victim in evicted:
             self.channel_died(victim, "evicted: the client created more channels than allowed")
         return json_response(self._channel_json(channel, request), 200, headers)
 
     async def _list_channels(self, request: web.Request) -> web.Response:
-        token, headers = self._authorized(request)
+        token, headers = self._authorized(request, "notifications")
         scope = request.query.get("includechannels", "token")
         if scope not in ("token", "oauthclient"):
             raise ApiProblem(400, "bad.request", "includechannels must be 'token' or 'oauthclient'")
@@ -474,7 +473,7 @@ class Emulator:
         return self.platform.channel_for(token, channel_id)
 
     async def _head_channel(self, request: web.Request) -> web.Response:
-        token, headers = self._authorized(request)
+        token, headers = self._authorized(request, "notifications")
         try:
             self._own_channel(request, token)
         except ApiProblem as problem:
@@ -482,7 +481,7 @@ class Emulator:
         return web.Response(status=200, headers=headers)
 
     async def _get_subscriptions(self, request: web.Request) -> web.Response:
-        token, headers = self._authorized(request)
+        token, headers = self._authorized(request, "notifications")
         channel = self._own_channel(request, token)
         return json_response(
             {"entities": [{"id": t, "state": "Permitted"} for t in channel.topics]}, 200, headers
@@ -495,7 +494,7 @@ class Emulator:
         return await self._change_subscriptions(request, replace=True)
 
     async def _change_subscriptions(self, request: web.Request, *, replace: bool) -> web.Response:
-        token, headers = self._authorized(request)
+        token, headers = self._authorized(request, "notifications")
         channel = self._own_channel(request, token)
         ignore = request.query.get("ignoreErrors", "false").lower() == "true"
         topics = _topic_ids(await request.read())
@@ -519,7 +518,7 @@ class Emulator:
             )
 
     async def _delete_subscriptions(self, request: web.Request) -> web.Response:
-        token, headers = self._authorized(request)
+        token, headers = self._authorized(request, "notifications")
         channel = self._own_channel(request, token)
         self.platform.clear(channel, time.time())
         self._subscriptions_changed(channel)
@@ -661,7 +660,7 @@ class Emulator:
         return json_response(body, 200, headers)
 
     async def _available_topics(self, request: web.Request) -> web.Response:
-        _, headers = self._authorized(request)
+        _, headers = self._authorized(request, "notifications")
         expand = {
             part.strip()
             for value in request.query.getall("expand", [])

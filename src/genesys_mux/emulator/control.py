@@ -77,6 +77,9 @@ class ControlSurface:
                 permissions=frozenset(str(p) for p in data.get("permissions", ["*"])),
                 token_lifetime_s=int(data.get("token_lifetime_s", 86399)),
                 channels=None if data.get("channels") is None else int(data["channels"]),
+                scopes=None
+                if data.get("scopes") is None
+                else frozenset(str(scope) for scope in data["scopes"]),
             )
             if client.channels is not None and client.channels < 1:
                 raise ValueError("channels must be at least 1")

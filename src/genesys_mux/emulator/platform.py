@@ -124,6 +124,9 @@ class ClientApp:
     #: (Budgets are per client on the platform; a smaller one lets tests run
     #: against a client that cannot have 20.)
     channels: int | None = None
+    #: The OAuth scopes its tokens carry; None: every scope. The notifications
+    #: endpoints need ``notifications``.
+    scopes: frozenset[str] | None = None
 
     def missing_permissions(self, family: TopicFamily) -> list[str]:
         """Permissions this client lacks to subscribe to a topic of ``family``."""
@@ -244,6 +247,21 @@ class Platform:
         token.revoked = True
 
     # -- channels --------------------------------------------------------
+
+    def require_scope(self, token: Token, scope: str) -> None:
+        """403 unless the token's client was granted ``scope``.
+
+        The reference says which scope the notifications endpoints need, not
+        how the platform words the refusal: the code here is the emulator's.
+        """
+        client = self.clients.get(token.client_id)
+        if client is not None and client.scopes is not None and scope not in client.scopes:
+            raise ApiProblem(
+                403,
+                "missing.scope",
+                f"This request requires the OAuth scope {scope!r}, which the client "
+                f"{token.client_id!r} was not granted",
+            )
 
     def create_channel(self, token: Token, now: float) -> tuple[Channel, list[Channel]]:
         """Create a channel for the token's client; returns it and any evicted ones."""

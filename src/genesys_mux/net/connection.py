@@ -1249,7 +1249,18 @@ class ChannelPool:
         if reuse is not None and await self._rest.channel_exists(reuse.id):
             info = reuse
         if info is None:
-            info = await self._rest.create_channel()
+            try:
+                info = await self._rest.create_channel()
+            except ApiError as exc:
+                if exc.status == 403:
+                    # Accepted credentials that may not use the notifications
+                    # API: as lasting as a wrong secret, so as fatal.
+                    raise AuthenticationError(
+                        f"the platform refused to create a notification channel ({exc}); "
+                        "the OAuth client needs the 'notifications' scope: grant it in "
+                        "Genesys Cloud (Admin > Integrations > OAuth), then start again"
+                    ) from exc
+                raise
             self._report(ChannelCreated(slot.index, info.id))
             self._creator_expiry[info.id] = token.expires_at
         # A channel dies with the token that created it [O]: a reused one
