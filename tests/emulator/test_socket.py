@@ -20,6 +20,7 @@ import contextlib
 import json
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from genesys_mux.emulator import Emulator
+from genesys_mux.emulator import Emulator, PlatformLimits
 from genesys_mux.emulator.sockets import envelope, rewritten
 from tests.emulator.conftest import small_settings
 from tests.emulator.genesys import DEADLINE_S, GenesysClient, is_heartbeat, is_notification
@@ -374,6 +375,29 @@ async def test_socket_subscribe_invalid_topic_gets_error_ack(client: GenesysClie
         # One bad topic fails the whole request: the good one was not added.
         assert await topics_of(client, channel["id"]) == []
         await sync(ws)  # and the socket is still fine
+
+
+async def test_socket_subscriptions_count_against_the_rate_limit(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Charged to the channel's token like REST calls; over budget the ack says 429."""
+    async with Emulator(small_settings(limits=PlatformLimits(requests_per_minute=3))) as emu:
+        api = GenesysClient(session, emu.base_url)
+        await api.login("demo-client", "demo-secret")
+        channel = await api.create_channel()  # the first of the token's 3
+        topics = [f"v2.users.{uuid.UUID(int=n)}.presence" for n in range(1, 4)]
+        async with socket(api, channel["connectUri"]) as ws:
+            results = []
+            for n, topic in enumerate(topics):
+                cid = f"sub{n}"
+                message = {"message": "subscribe", "topics": [topic], "correlationId": cid}
+                await ws.send_json(message)
+                _, ack = await read_until(ws, ack_for(cid))
+                results.append(ack["result"])
+            assert results == ["200", "200", "429"]
+        path = f"/api/v2/notifications/channels/{channel['id']}/subscriptions"
+        status, body, _ = await api.call("GET", path)
+        assert status == 429, body
 
 
 async def test_socket_unsubscribe_acks_and_removes_topic(client: GenesysClient) -> None:

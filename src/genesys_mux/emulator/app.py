@@ -602,6 +602,13 @@ class Emulator:
                 raise ApiProblem(400, "bad.request", "topics must be a list of topic strings")
             if channel.id not in self.platform.channels:
                 raise ApiProblem(404, "not.found", "channel no longer exists")
+            # Subscription calls count against the REST rate limit, over the
+            # socket too: charged to the token that made the channel. Over
+            # budget the ack says 429 (how the platform words that ack is
+            # not documented).
+            token = self.platform.tokens.get(channel.token)
+            if token is not None:
+                self.platform.charge(token, time.time())
             if kind == "subscribe":
                 self.platform.subscribe(
                     channel, topics, replace=False, ignore_errors=False, now=time.time()
