@@ -30,8 +30,9 @@ in the assertion message, counts each category per stream.
 with the publication's ``CorrelationId`` and hands the same bytes to every
 subscribed channel (``Emulator.publish``), so ``(topic, CorrelationId)``
 names one notification on every channel, the witness's and the mux's alike.
-Only the ``duplicate`` fault with ``reserialise`` writes a copy with a new
-``CorrelationId``; the ledger flags those copies (``duplicate``), and they
+(The ``reserialise`` fault writes a notification in other bytes, with the
+same ``CorrelationId``.) Only the ``duplicate`` fault with ``reserialise``
+writes a copy with a new ``CorrelationId``; the ledger flags those copies (``duplicate``), and they
 are counted as copies, not as notifications of their own.
 
 **The taps.** What the mux did is observed through two public methods,
@@ -268,6 +269,7 @@ class Witness:
 #: Every step of the injector; each runs once per shuffled deck.
 STEPS = (
     "drop_socket",
+    "close_socket",
     "socket_closing",
     "expire_channel",
     "evict_channel",
@@ -279,6 +281,7 @@ STEPS = (
     "garbage_frame",
     "duplicate",
     "duplicate_reserialised",
+    "reserialise",
     "reorder",
     "delay",
     "http_5xx_on_subscriptions",
@@ -289,6 +292,7 @@ ENDS = frozenset(STEPS) - {
     "garbage_frame",
     "duplicate",
     "duplicate_reserialised",
+    "reserialise",
     "reorder",
     "delay",
 }
@@ -428,6 +432,8 @@ class Chaos:
             return await self.fault(step, channel_id=channel)
         if step == "no_longer_subscribed":
             return await self.fault(step, channel_id=channel)
+        if step == "close_socket":  # a clean close with no warning
+            return await self.fault(step, channel_id=channel, code=rng.choice((1000, 1001)))
         if step == "socket_closing":
             return await self.fault(step, channel_id=channel, delay_s=rng.uniform(0.1, 1.5))
         if step == "revoke_token":
@@ -461,6 +467,9 @@ class Chaos:
                 reserialise=step == "duplicate_reserialised",
             )
             off = {"fault": "duplicate", "probability": 0}
+        elif step == "reserialise":  # every frame in other bytes: no fast split
+            applied = await self.fault("reserialise", channel_id=channel, probability=1.0)
+            off = {"fault": "reserialise", "probability": 0}
         elif step == "reorder":
             window.depth = rng.randint(1, 3)
             applied = await self.fault(
