@@ -391,18 +391,24 @@ def hanging_login(answered: int) -> tuple[web.Application, list[float]]:
     return app, calls
 
 
+def impatient_provider(session: aiohttp.ClientSession, base: str, **kwargs: Any) -> TokenProvider:
+    """A provider that tries twice, 0.3 s each, against the stand-in at ``base``."""
+    return TokenProvider(
+        session,
+        Endpoints.custom(base),
+        "id",
+        "secret",
+        backoff=Backoff(0.01, 0.02),
+        max_attempts=2,
+        timeout_s=0.3,
+        **kwargs,
+    )
+
+
 async def test_a_login_host_that_never_answers_times_out_and_is_retried() -> None:
     app, calls = hanging_login(answered=0)
     async with stand_in(app, free_port()) as base, aiohttp.ClientSession() as session:
-        tokens = TokenProvider(
-            session,
-            Endpoints.custom(base),
-            "id",
-            "secret",
-            backoff=Backoff(0.01, 0.02),
-            max_attempts=2,
-            timeout_s=0.3,
-        )
+        tokens = impatient_provider(session, base)
         with pytest.raises(TransportError, match="could not reach") as caught:
             await asyncio.wait_for(tokens.token(), 10)
         assert "TimeoutError" in str(caught.value)
@@ -414,17 +420,7 @@ async def test_a_hanging_early_refresh_holds_nobody_while_the_token_has_life() -
     app, calls = hanging_login(answered=1)
     now = [0.0]
     async with stand_in(app, free_port()) as base, aiohttp.ClientSession() as session:
-        tokens = TokenProvider(
-            session,
-            Endpoints.custom(base),
-            "id",
-            "secret",
-            backoff=Backoff(0.01, 0.02),
-            max_attempts=2,
-            timeout_s=0.3,
-            early_wait_s=0.2,
-            clock=lambda: now[0],
-        )
+        tokens = impatient_provider(session, base, early_wait_s=0.2, clock=lambda: now[0])
         first = await tokens.token()
         now[0] = tokens.refresh_due(first)
         assert await asyncio.wait_for(tokens.token(), 5) is first

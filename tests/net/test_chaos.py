@@ -230,6 +230,9 @@ class Witness:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, topics: set[str]) -> None:
+        # Registered here too, for runs whose emulator settings lack it.
+        client_id, secret = WITNESS_CLIENT
+        await self.client.control("clients", {"client_id": client_id, "client_secret": secret})
         await self.client.login(*WITNESS_CLIENT)
         channel = await self.client.create_channel()
         self.channel_id = channel["id"]

@@ -25,11 +25,12 @@ And the window without a socket is reported as a gap in any case.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import dataclasses
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,65 +39,17 @@ import pytest
 
 from genesys_mux import Gap, StreamEvent
 from genesys_mux.core.snapshot import event_facts
-from tests.emulator.genesys import GenesysClient, is_notification
+from genesys_mux.net.connection import ChannelPool, PoolSettings
+from tests.net.test_chaos import Key, Witness
 from tests.net.test_multiplexer import FAST_POOL, Collector, Harness, harness, org_settings
 from tests.waiting import DEADLINE_S, eventually
 
-WITNESS_CLIENT = ("witness-client", "witness-secret")
 #: Large enough that nothing overflows: every dead letter would need explaining.
 BUFFER = 1_000_000
 #: Notifications in the blast the socket closes in the middle of: fewer than
 #: the pool's inbound limit, so that a slow reader cannot make it shed (a gap
 #: of another kind).
 BLAST = 6_000
-
-Key = tuple[str, str]  # (topic, CorrelationId)
-
-
-class Witness:
-    """An independent, never-faulted subscriber to the same topics, with plain aiohttp."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
-        self.client = GenesysClient(session, base_url)
-        self.channel_id = ""
-        #: (topic, CorrelationId) -> the notification frame as read (the first copy).
-        self.frames: dict[Key, str] = {}
-        #: Anything but notifications and channel.metadata frames.
-        self.trouble: list[str] = []
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, topics: set[str]) -> None:
-        await self.client.control(
-            "clients", {"client_id": WITNESS_CLIENT[0], "client_secret": WITNESS_CLIENT[1]}
-        )
-        await self.client.login(*WITNESS_CLIENT)
-        channel = await self.client.create_channel()
-        self.channel_id = channel["id"]
-        status, body, _ = await self.client.subscribe(self.channel_id, sorted(topics))
-        assert status == 200, body
-        self._ws = await self.client.connect(channel["connectUri"])
-        self._task = asyncio.create_task(self._read(self._ws), name="witness")
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            frame = json.loads(message.data)
-            if is_notification(frame):
-                self.frames.setdefault(
-                    (frame["topicName"], frame["metadata"]["CorrelationId"]), message.data
-                )
-            elif not (isinstance(frame, dict) and frame.get("topicName") == "channel.metadata"):
-                self.trouble.append(str(message.data)[:200])
-        self.trouble.append(f"the witness socket closed ({ws.close_code})")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._ws is not None:
-            await self._ws.close()
 
 
 async def mux_channels(h: Harness) -> set[str]:
@@ -256,10 +209,22 @@ def assert_stream_accounts(h: Harness, stream_id: str, events: list[StreamEvent]
     assert not twice, f"delivered twice: {twice}"
 
 
-@pytest.mark.parametrize("code", [1000, 1001])
-async def test_a_close_without_warning_is_followed_by_a_reconnect_and_a_gap(code: int) -> None:
+@dataclass
+class Watched:
+    """A voice stream flowing, its reader, and a witness live on the same topics."""
+
+    h: Harness
+    seen: Collector
+    witness: Witness
+    topics: frozenset[str]
+    pool: ChannelPool
+
+
+@contextlib.asynccontextmanager
+async def watched_calls(pool_settings: PoolSettings = FAST_POOL) -> AsyncIterator[Watched]:
+    """The stream ``calls`` delivering, and the witness having read a few frames."""
     async with (
-        harness(org_settings(rate=20.0)) as h,
+        harness(org_settings(rate=20.0), pool_settings=pool_settings) as h,
         aiohttp.ClientSession() as session,
     ):
         await h.mux.add_stream(
@@ -271,44 +236,50 @@ async def test_a_close_without_warning_is_followed_by_a_reconnect_and_a_gap(code
         witness = Witness(session, h.emulator.base_url)
         await witness.start(set(topics))
         try:
-            pool = h.mux.pool
-            assert pool is not None
-            # The witness is live before the fault: it has read a notification.
+            assert h.mux.pool is not None
+            # The witness is live before any fault: it has read notifications.
             await eventually(lambda: len(witness.frames) >= 3)
-            reconnects = sum(s.reconnects for s in pool.stats().values())
-            serving = {c for c in pool.channel_ids().values() if c is not None}
-            assert serving
-            # A blast on one of the stream's topics, as fast as the sockets
-            # drain, so that the platform is certainly sending when the
-            # socket closes: whatever it sends before the successor is
-            # subscribed reaches the witness alone, and must be in a gap.
-            received = h.mux.stats()["streams"]["calls"].received
-            blast = {"topic": min(topics), "rate": 0, "count": BLAST}
-            await h.control("traffic", {"blast": blast})
-            await eventually(
-                lambda: h.mux.stats()["streams"]["calls"].received >= received + BLAST // 10
-            )
-            faulted_at = time.time()
-            for channel_id in serving:
-                answer = await h.control(
-                    "faults", {"fault": "close_socket", "channel_id": channel_id, "code": code}
-                )
-                assert answer["applied"] == [channel_id]
-
-            # The client reconnects, and events keep flowing on the successor.
-            await eventually(lambda: sum(s.reconnects for s in pool.stats().values()) > reconnects)
-            reconnected = time.time()
-            await eventually(lambda: sum(e.received_at > reconnected for e in seen.events()) >= 10)
-            await eventually(lambda: h.mux.live)
-
-            async def blasted() -> bool:
-                return not (await h.control("traffic", {}))["blasting"]
-
-            await eventually(blasted, within=60)
-            entries = await drain(h, witness, "calls", topics)
+            yield Watched(h, seen, witness, topics, h.mux.pool)
         finally:
             await witness.stop()
         seen.stop()
+
+
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_a_close_without_warning_is_followed_by_a_reconnect_and_a_gap(code: int) -> None:
+    async with watched_calls() as w:
+        h, seen, witness, topics, pool = w.h, w.seen, w.witness, w.topics, w.pool
+        reconnects = sum(s.reconnects for s in pool.stats().values())
+        serving = {c for c in pool.channel_ids().values() if c is not None}
+        assert serving
+        # A blast on one of the stream's topics, as fast as the sockets
+        # drain, so that the platform is certainly sending when the socket
+        # closes: whatever it sends before the successor is subscribed
+        # reaches the witness alone, and must be in a gap.
+        received = h.mux.stats()["streams"]["calls"].received
+        blast = {"topic": min(topics), "rate": 0, "count": BLAST}
+        await h.control("traffic", {"blast": blast})
+        await eventually(
+            lambda: h.mux.stats()["streams"]["calls"].received >= received + BLAST // 10
+        )
+        faulted_at = time.time()
+        for channel_id in serving:
+            answer = await h.control(
+                "faults", {"fault": "close_socket", "channel_id": channel_id, "code": code}
+            )
+            assert answer["applied"] == [channel_id]
+
+        # The client reconnects, and events keep flowing on the successor.
+        await eventually(lambda: sum(s.reconnects for s in pool.stats().values()) > reconnects)
+        reconnected = time.time()
+        await eventually(lambda: sum(e.received_at > reconnected for e in seen.events()) >= 10)
+        await eventually(lambda: h.mux.live)
+
+        async def blasted() -> bool:
+            return not (await h.control("traffic", {}))["blasting"]
+
+        await eventually(blasted, within=60)
+        entries = await drain(h, witness, "calls", topics)
 
     assert not witness.trouble, witness.trouble
     events, gaps = seen.events(), seen.gaps()
@@ -346,39 +317,22 @@ async def test_a_socket_closed_before_its_first_frame_is_replaced_at_once() -> N
     Every notification is still read or inside the gap.
     """
     pool_settings = dataclasses.replace(FAST_POOL, live_timeout_s=LIVE_TIMEOUT_S)
-    async with (
-        harness(org_settings(rate=20.0), pool_settings=pool_settings) as h,
-        aiohttp.ClientSession() as session,
-    ):
-        await h.mux.add_stream(
-            {"id": "calls", "filter": {"channelType": "voice"}, "buffer_size": BUFFER}
-        )
-        seen = Collector(h.mux.stream("calls"))
-        await eventually(lambda: len(seen.events()) >= 10)
-        topics = h.mux._streams["calls"].topics
-        witness = Witness(session, h.emulator.base_url)
-        await witness.start(set(topics))
-        try:
-            pool = h.mux.pool
-            assert pool is not None
-            await eventually(lambda: len(witness.frames) >= 3)
-            serving = {c for c in pool.channel_ids().values() if c is not None}
-            faulted_at = time.time()
-            for channel_id in serving:
-                answer = await h.control(
-                    "faults",
-                    {"fault": "close_socket", "channel_id": channel_id, "code": 1000, "next": 1},
-                )
-                assert answer["applied"] == [channel_id]
-            # Back, whether at once or after the live timeout: the verdict is the gap's.
-            await eventually(lambda: bool(seen.gaps()), within=LIVE_TIMEOUT_S + DEADLINE_S)
-            await eventually(lambda: h.mux.live)
-            reconnected = time.time()
-            await eventually(lambda: sum(e.received_at > reconnected for e in seen.events()) >= 3)
-            entries = await drain(h, witness, "calls", topics)
-        finally:
-            await witness.stop()
-        seen.stop()
+    async with watched_calls(pool_settings) as w:
+        h, seen, witness, topics, pool = w.h, w.seen, w.witness, w.topics, w.pool
+        serving = {c for c in pool.channel_ids().values() if c is not None}
+        faulted_at = time.time()
+        for channel_id in serving:
+            answer = await h.control(
+                "faults",
+                {"fault": "close_socket", "channel_id": channel_id, "code": 1000, "next": 1},
+            )
+            assert answer["applied"] == [channel_id]
+        # Back, whether at once or after the live timeout: the verdict is the gap's.
+        await eventually(lambda: bool(seen.gaps()), within=LIVE_TIMEOUT_S + DEADLINE_S)
+        await eventually(lambda: h.mux.live)
+        reconnected = time.time()
+        await eventually(lambda: sum(e.received_at > reconnected for e in seen.events()) >= 3)
+        entries = await drain(h, witness, "calls", topics)
 
     assert not witness.trouble, witness.trouble
     events, gaps = seen.events(), seen.gaps()
