@@ -27,10 +27,10 @@ import pytest
 
 from genesys_mux.core.frames import split_notification
 from genesys_mux.core.snapshot import event_facts
+from tests.net.test_chaos import Witness
 from tests.net.test_multiplexer import Collector, harness, org_settings
 from tests.net.test_unannounced_close import (
     BUFFER,
-    Witness,
     assert_stream_accounts,
     drain,
     mux_channels,
