@@ -139,6 +139,7 @@ class TokenProvider:
         self._clock = clock
         self._token: AccessToken | None = None
         self._refreshing: asyncio.Task[AccessToken] | None = None
+        self._slow_refresh: asyncio.Task[AccessToken] | None = None
         self._failed: AuthenticationError | None = None
         #: Called with each new token, e.g. to reset a request budget or audit.
         self.on_refresh: list[Callable[[AccessToken], None]] = []
@@ -180,10 +181,13 @@ class TokenProvider:
         except TimeoutError:
             if self._clock() >= token.expires_at - _LAST_RESORT_S:
                 return await self._single_flight()
-            log.warning(
-                "token refresh is taking more than %g s; using the current token meanwhile",
-                self._early_wait_s,
-            )
+            if self._slow_refresh is not self._refreshing:
+                # Once per refresh, not once per caller that stopped waiting.
+                self._slow_refresh = self._refreshing
+                log.warning(
+                    "token refresh is taking more than %g s; using the current token meanwhile",
+                    self._early_wait_s,
+                )
         except TransportError:
             if self._clock() >= token.expires_at - _LAST_RESORT_S:
                 raise

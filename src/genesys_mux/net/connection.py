@@ -625,8 +625,9 @@ class _Slot:
     #: The machine's last request for a socket (whether to reuse the channel).
     wanted: OpenSocket | None = None
     #: A channel created by a set-up attempt that then failed: the next
-    #: attempt of the same set-up takes it up. Channels cannot be deleted and a client has 20,
-    #: so one per failed attempt would soon get live channels evicted.
+    #: attempt of the same set-up takes it up. Channels cannot be deleted and
+    #: a client has 20, so one per failed attempt would soon get live
+    #: channels evicted.
     unused_channel: ChannelInfo | None = None
 
     def __post_init__(self) -> None:
