@@ -15,7 +15,7 @@ import pytest
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Stream, StreamEvent
 from genesys_mux.emulator.org import ContactCentre
-from genesys_mux.errors import ConfigError
+from genesys_mux.errors import ConfigError, StateError
 from genesys_mux.sinks.dlq import (
     DeadLetterQueue,
     JsonlDeadLetterQueue,
@@ -367,3 +367,50 @@ def test_a_batch_left_by_an_event_loop_that_ended_is_written_by_the_next(tmp_pat
     asyncio.run(burst(3))
     assert [x.sequence for x in read_dead_letters(path)] == [1, 2, 3, 4]
     queue.close()
+
+
+async def test_letters_that_cannot_be_written_are_kept_and_block_the_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "dlq"
+    directory.mkdir()
+    path = directory / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    queue.write(letter(1, b"{}"))
+    await asyncio.sleep(0)  # the iteration ends: letter 1 is on file
+    assert [x.sequence for x in read_dead_letters(path)] == [1]
+    for child in directory.iterdir():
+        child.unlink()
+    directory.rmdir()  # removed (or unmounted) under a running feed
+    with caplog.at_level(logging.ERROR, logger="genesys_mux.dlq"):
+        for sequence in (2, 3, 4):
+            queue.write(letter(sequence, b"{}"))
+        await asyncio.sleep(0)  # the scheduled write fails: the letters are held, not lost
+        # What a checkpoint calls first: it must not pass letters that are not on file.
+        with pytest.raises(StateError, match=r"sequence 2-4.*no checkpoint.*make the directory"):
+            queue.flush()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1  # loud once, not once per attempt
+    assert "cannot write 3 dead letter(s) (stream=voice-main sequence 2-4)" in said[0]
+    assert queue.dropped == 0
+    directory.mkdir()
+    queue.flush()
+    assert [x.sequence for x in read_dead_letters(path)] == [2, 3, 4]
+    queue.close()
+
+
+def test_letters_past_the_memory_bound_are_counted_when_the_file_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "dlq"
+    directory.mkdir()
+    path = directory / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    monkeypatch.setattr("genesys_mux.sinks.dlq._HELD_BYTES", 0)  # no room to hold any
+    directory.rmdir()
+    queue.write(letter(1, b"{}"))  # no event loop: written at once, or held, or counted
+    assert queue.dropped == 1
+    queue.flush()  # nothing is held: a checkpoint may pass the counted letter
+    directory.mkdir()
+    queue.close()
+    assert not path.exists()

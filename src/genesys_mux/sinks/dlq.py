@@ -6,7 +6,12 @@ of it (a stalled consumer dead-letters thousands a second, and a lock, a
 write and a flush per letter cost more than the letter), and always before
 a checkpoint counts them as settled, so a crash loses nothing a checkpoint
 relies on. The file has a size cap: past it letters are counted and
-logged, never silently lost, and the operator is told what to do. The raw ``eventBody`` is
+logged, never silently lost, and the operator is told what to do. A file
+that cannot be written (its directory gone, no permission, no descriptor
+left, disk full) loses nothing either: the letters are held in memory
+(bounded, the rest counted), said once by stream and sequence, and
+:meth:`JsonlDeadLetterQueue.flush` raises until they are on file, so no
+checkpoint counts them as settled before. The raw ``eventBody`` is
 stored verbatim as JSON text when it is compact JSON (the common case) so the
 file stays readable with ``jq``; any other body (not JSON, not UTF-8, nested
 too deeply to decode, or spread over lines) is stored base64-encoded. Either
@@ -35,7 +40,7 @@ from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 import msgspec
 
 from genesys_mux.core.streams import DeadLetter
-from genesys_mux.errors import ConfigError
+from genesys_mux.errors import ConfigError, StateError
 
 log = logging.getLogger("genesys_mux.dlq")
 
@@ -97,6 +102,8 @@ class MemoryDeadLetterQueue:
 DEFAULT_DLQ_MAX_BYTES = 1 << 30
 #: Letters held for one batch at most; a burst larger than this is written in several.
 _BATCH_BYTES = 1 << 20
+#: Letters held in memory at most while the file cannot be written; past it they are counted.
+_HELD_BYTES = 64 * _BATCH_BYTES
 
 
 class JsonlDeadLetterQueue:
@@ -140,6 +147,12 @@ class JsonlDeadLetterQueue:
         # The batch: its lines one after another, and where each one ends.
         self._pending = bytearray()
         self._ends: list[int] = []
+        # Who each line is for (stream, sequence): named when they cannot be written.
+        self._ids: list[tuple[str, int]] = []
+        # Bytes of the batch held back by a failed write (retried, not re-tried per letter).
+        self._held = 0
+        # The last write failed (said once, until one succeeds).
+        self._failing = False
         self._flush_due: asyncio.Handle | None = None
         self._flush_loop: asyncio.AbstractEventLoop | None = None
 
@@ -149,7 +162,8 @@ class JsonlDeadLetterQueue:
         Safe beside ``dlq purge`` and ``dlq replay`` in another process: both
         hold the file's lock while they rewrite it, and a writer that finds
         the file replaced under it reopens it, so no letter lands in a file
-        that is gone.
+        that is gone. Never raises for a file it cannot write: the letters
+        are held and retried (see :meth:`flush`).
         """
         record = _record(letter)
         with self._lock:
@@ -158,43 +172,122 @@ class JsonlDeadLetterQueue:
             _ENCODER.encode_into(record, pending, -1)
             pending += b"\n"
             self._ends.append(len(pending))
-            full = len(pending) >= _BATCH_BYTES
+            self._ids.append((letter.stream_id, letter.sequence))
+            full = len(pending) - self._held >= _BATCH_BYTES
+            if full:
+                self._held = len(pending)  # one attempt per batch while the file fails
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None  # a thread of its own, or no loop: written now
         if loop is None or full:
-            self.flush()
+            self._write_pending()
         elif self._flush_due is None or self._flush_loop is not loop:
             # (A flush left scheduled on a loop that has ended never runs.)
-            self._flush_due = loop.call_soon(self.flush)
+            self._flush_due = loop.call_soon(self._write_pending)
             self._flush_loop = loop
 
     def flush(self) -> None:
-        """Write the pending letters now (those past the size cap are counted instead)."""
+        """Write the pending letters now (those past the size cap are counted instead).
+
+        Raises :class:`StateError` while letters cannot be written (the
+        directory is gone, no permission, no descriptor left, disk full):
+        they stay pending, retried at the next write or flush, so a
+        checkpoint that flushes first does not count them as settled.
+        """
+        error = self._write_pending()
+        if error is not None:
+            raise StateError(error)
+
+    def _write_pending(self) -> str | None:
+        """Write the pending letters; on failure keep them (bounded) and say why."""
         with self._lock:
             if self._flush_due is not None:
                 self._flush_due.cancel()
                 self._flush_due = None
-            pending, ends = self._pending, self._ends
+            pending, ends, ids = self._pending, self._ends, self._ids
             if not ends:
+                return None
+            self._pending, self._ends, self._ids, self._held = bytearray(), [], [], 0
+            try:
+                self._write(pending, ends)
+            except _WriteFailed as failed:
+                # Lines past the cap were counted already: only those before it are held.
+                kept = bisect.bisect_right(ends, failed.kept)
+                return self._hold(pending, ends[:kept], ids[:kept], failed.error)
+            except OSError as exc:
+                return self._hold(pending, ends, ids, exc)
+            if self._failing:
+                self._failing = False
+                log.warning(
+                    "dead-letter file %s is writable again: the held letters are on file", self.path
+                )
+            return None
+
+    def _write(self, pending: bytearray, ends: list[int]) -> None:
+        """Append the batch under the file's lock; on OSError the file is as it was."""
+        with file_lock(self.path):
+            if self._file is not None and _replaced(self.path, self._file):
+                self._file.close()
+                self._file = None
+            if self._file is None:
+                self._file = self.path.open("ab", buffering=0)
+            fd = self._file.fileno()
+            # Read at every batch: an operator may have emptied the file.
+            self.size = os.fstat(fd).st_size
+            kept = self._within_cap(ends)
+            if not kept:
                 return
-            self._pending, self._ends = bytearray(), []
-            with file_lock(self.path):
-                if self._file is not None and _replaced(self.path, self._file):
-                    self._file.close()
-                    self._file = None
-                if self._file is None:
-                    self._file = self.path.open("ab")
-                # Read at every batch: an operator may have emptied the file.
-                self.size = os.fstat(self._file.fileno()).st_size
-                kept = self._within_cap(ends)
-                if kept:
-                    self._file.write(memoryview(pending)[:kept])
-                    self._file.flush()
-                    self.size += kept
-                    if self._fsync:
-                        os.fsync(self._file.fileno())
+            try:
+                view = memoryview(pending)[:kept]
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self._fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                # No partial line left behind: the batch is written again whole.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self.size)
+                raise _WriteFailed(exc, kept) from exc
+            self.size += kept
+
+    def _hold(
+        self,
+        pending: bytearray,
+        ends: list[int],
+        ids: list[tuple[str, int]],
+        exc: OSError,
+    ) -> str:
+        """Keep the letters that failed (up to ``_HELD_BYTES``), count the rest; log; say why."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None  # reopened (the path may name a new file) next time
+        keep = bisect.bisect_right(ends, _HELD_BYTES)
+        lost = len(ends) - keep
+        self._pending = pending[: ends[keep - 1]] if keep else bytearray()
+        self._ends, self._ids = ends[:keep], ids[:keep]
+        self._held = len(self._pending)
+        before, self.dropped = self.dropped, self.dropped + lost
+        message = (
+            f"cannot write {len(ends)} dead letter(s) ({_ranges(ids)}) to {self.path}: "
+            f"{exc.strerror or type(exc).__name__}; "
+        )
+        if lost:
+            message += f"{keep} held in memory, {lost} counted as dropped ({_ranges(ids[keep:])}); "
+        else:
+            message += "held in memory and written when the file can be; "
+        if keep:
+            message += "no checkpoint is saved until they are written; "
+        message += (
+            "make the directory "
+            f"{self.path.parent} exist and writable (or free disk space and file descriptors)"
+        )
+        # Loud once per outage, then per thousand dropped: never a line per letter.
+        if not self._failing or (lost and before // 1000 != self.dropped // 1000):
+            log.error("%s", message)
+        self._failing = True
+        return message
 
     def _within_cap(self, ends: list[int]) -> int:
         """Bytes of the batch that fit under ``max_bytes``, in whole lines; the rest is counted."""
@@ -220,8 +313,23 @@ class JsonlDeadLetterQueue:
         return ends[lines - 1] if lines else 0
 
     def close(self) -> None:
-        """Write what is pending, then close the file."""
-        self.flush()
+        """Write what is pending, then close the file.
+
+        Letters that still cannot be written are counted in :attr:`dropped`
+        and logged (by stream and sequence), not raised: nothing holds them after.
+        """
+        if self._write_pending() is not None:
+            with self._lock:
+                if self._ends:
+                    self.dropped += len(self._ends)
+                    log.error(
+                        "dead-letter queue %s closed with %d letter(s) unwritten (%s): "
+                        "counted as dropped; replay them from the source if you can",
+                        self.path,
+                        len(self._ends),
+                        _ranges(self._ids),
+                    )
+                self._pending, self._ends, self._ids, self._held = bytearray(), [], [], 0
         with self._lock:
             if self._file is not None:
                 self._file.close()
@@ -242,6 +350,30 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+class _WriteFailed(Exception):
+    """A write that failed after ``kept`` bytes of the batch fitted under the cap."""
+
+    def __init__(self, error: OSError, kept: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.kept = kept
+
+
+def _ranges(ids: list[tuple[str, int]]) -> str:
+    """``stream=a sequence 3-9, stream=b sequence 4``: which letters, in a few words."""
+    spans: dict[str, tuple[int, int]] = {}
+    for stream_id, sequence in ids:
+        low, high = spans.get(stream_id, (sequence, sequence))
+        spans[stream_id] = (min(low, sequence), max(high, sequence))
+    parts = [
+        f"stream={stream_id} sequence {low}" + (f"-{high}" if high != low else "")
+        for stream_id, (low, high) in sorted(spans.items())
+    ]
+    if len(parts) > 5:
+        parts = [*parts[:5], f"and {len(parts) - 5} more stream(s)"]
+    return ", ".join(parts)
 
 
 def _replaced(path: Path, file: BinaryIO) -> bool:
