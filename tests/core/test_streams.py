@@ -1330,3 +1330,57 @@ def test_user_streams_deliver_the_same_in_both_shapes(
         assert feed(rules, general) == from_media
         checked += bool(from_media)
     assert checked >= 3
+
+
+# --------------------------------------------------------------------------
+# Gaps and the watermark
+# --------------------------------------------------------------------------
+
+
+def a_gap(start: float, end: float) -> Gap:
+    return Gap("s", start, end, frozenset({QUEUE_TOPIC}), "", "reconnect")
+
+
+def test_a_gap_holds_the_watermark_until_the_event_after_it_is_settled() -> None:
+    stream = make_stream()
+    first = offer(stream, snapshot(customer(), conv=CONV), at=EPOCH + 10.0)
+    # A window reported after the event, that began before it.
+    stream.add_gap(a_gap(EPOCH + 5.0, EPOCH + 9.0))
+    second = offer(stream, snapshot(customer(), conv=OTHER_CONV), at=EPOCH + 12.0)
+    assert first is not None
+    assert second is not None
+    assert stream.unsettled_since() == EPOCH + 5.0  # buffered
+    assert stream.take(EPOCH + 20.0, 200.0) is first
+    stream.settle(first.sequence)
+    assert isinstance(stream.take(EPOCH + 20.0, 200.0), Gap)
+    assert stream.unsettled_since() == EPOCH + 5.0  # handed out, not done with
+    # A reader that settles as it goes settles it with the event after it.
+    stream.settle(first.sequence)
+    assert stream.unsettled_since() == EPOCH + 5.0
+    assert stream.take(EPOCH + 20.0, 200.0) is second
+    stream.settle(second.sequence)
+    assert stream.unsettled_since() is None
+
+
+def test_settle_gaps_is_for_a_reader_that_is_done_with_what_it_took() -> None:
+    stream = make_stream()
+    stream.add_gap(a_gap(EPOCH + 5.0, EPOCH + 9.0))
+    assert isinstance(stream.take(EPOCH + 20.0, 200.0), Gap)
+    assert stream.unsettled_since() == EPOCH + 5.0
+    stream.settle_gaps()
+    assert stream.unsettled_since() is None
+
+
+@pytest.mark.parametrize("drop", ["flush", "hand_over"])
+def test_a_gap_dropped_unread_holds_the_watermark_for_good(drop: str) -> None:
+    letters: list[DeadLetter] = []
+    stream = make_stream(letters)
+    stream.add_gap(a_gap(EPOCH + 5.0, EPOCH + 9.0))
+    assert offer(stream, snapshot(customer()), at=EPOCH + 10.0) is not None
+    if drop == "flush":
+        assert stream.flush_to_dead_letters("stopped") == 1
+        assert [letter.reason for letter in letters] == ["stopped"]
+    else:
+        assert stream.hand_over() == 1
+    assert len(stream) == 0
+    assert stream.unsettled_since() == EPOCH + 5.0

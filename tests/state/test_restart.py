@@ -308,3 +308,63 @@ async def test_dead_letters_are_on_file_before_a_checkpoint_counts_them_settled(
     assert {x.reason for x in letters} == {"stopped"}
     assert store.on_file[-1] == len(letters)
     assert (await store.load())["all"].next_sequence == letters[-1].sequence + 1
+
+
+async def saved_watermark(path: Path) -> float | None:
+    """The watermark of stream ``all`` in the state file, read with a store of its own."""
+    store = SqliteStateStore(path)
+    await store.open()
+    try:
+        return (await store.load())["all"].watermark
+    finally:
+        await store.close()
+
+
+async def test_a_gap_not_done_with_holds_the_watermark_at_its_start(tmp_path: Path) -> None:
+    """A restart must not report a window later than a gap nobody has had yet.
+
+    The second run's restart gap waits in the buffer, unread, while events
+    arrive and checkpoints are written: the watermark stays at its start, so
+    that a crash now would report its window again. Once a reader has gone
+    past it, the watermark moves on. A gap still unread at a stop cannot be
+    dead-lettered: the final checkpoint keeps the watermark at its start.
+    """
+    path = tmp_path / "state.db"
+    async with Emulator(org_settings(rate=20.0)) as emulator:
+        await run_once(emulator, path, at_least=5)
+
+        mux = a_mux(emulator, path)
+        await mux.start()
+        try:
+            await mux.add_stream(STREAM)
+            buffered = mux._streams["all"].stream.items
+            gap = buffered[0]
+            assert isinstance(gap, Gap)
+            assert gap.reason == "restart"
+            await eventually(lambda: mux.stats()["streams"]["all"].received >= 5)
+            assert mux.watermark("all") <= gap.start
+            await mux.checkpoint()
+            saved = (await mux.state_store.load())["all"].watermark
+            assert saved is not None
+            assert saved <= gap.start
+
+            # Read past it: the gap, then an event, then ask for more.
+            items = mux.stream("all")
+            assert await anext(items) is gap
+            assert isinstance(await anext(items), StreamEvent)
+            assert isinstance(await anext(items), StreamEvent)
+            assert mux.watermark("all") > gap.start
+        finally:
+            await mux.stop(drain=False)
+
+        mux = a_mux(emulator, path)
+        await mux.start()
+        try:
+            await mux.add_stream(STREAM)
+            (gap,) = [i for i in mux._streams["all"].stream.items if isinstance(i, Gap)]
+            await eventually(lambda: mux.stats()["streams"]["all"].received >= 5)
+        finally:
+            await mux.stop(drain=True, timeout_s=0.2)
+    saved = await saved_watermark(path)
+    assert saved is not None
+    assert saved <= gap.start, "the stop dropped an unread gap and moved the watermark past it"

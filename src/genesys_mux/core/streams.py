@@ -469,6 +469,15 @@ class Stream:
         # (sequence, received_at) of events handed out and not yet settled:
         # the restart watermark may not pass them (see unsettled_since).
         self._handed: deque[tuple[int, float]] = deque()
+        # Gaps hold the watermark back too, until they are done with: a
+        # restart must not report a window later than one never delivered.
+        # Those buffered; those handed out, as (the sequence whose settling
+        # settles it: the event after it, start); the earliest start of
+        # those dropped (a stop, a hand-over), which holds it for good.
+        self._buffered_gaps: list[Gap] = []
+        self._handed_gaps: deque[tuple[int, float]] = deque()
+        self._dropped_gaps_since: float | None = None
+        self._last_taken = 0
         # What accepting each event not settled yet (buffered, or handed out
         # and not acknowledged) changed in its key's memory, by sequence,
         # oldest first: (key, digest, the key's version and in-state before).
@@ -786,6 +795,7 @@ class Stream:
         before they were received (a restart's) comes before them.
         """
         self.counters.gaps += 1
+        self._buffered_gaps.append(gap)
         if first:
             self._buffer.appendleft(gap)
         else:
@@ -856,6 +866,12 @@ class Stream:
             item.latency_s = now_mono - item.received_mono
             if item.version:
                 item.age_s = now - item.version
+            self._last_taken = item.sequence
+        else:
+            # Done with once the event after it is settled (the consumer,
+            # or its sinks, went past it), or settle_gaps() says so.
+            self._buffered_gaps.remove(item)
+            self._handed_gaps.append((self._last_taken + 1, item.start))
         return item
 
     def settle(self, through: int) -> None:
@@ -868,12 +884,22 @@ class Stream:
         handed, unsettled = self._handed, self._unsettled
         while handed and handed[0][0] <= through:
             unsettled.pop(handed.popleft()[0], None)
+        gaps = self._handed_gaps
+        while gaps and gaps[0][0] <= through:
+            gaps.popleft()
+
+    def settle_gaps(self) -> None:
+        """The gaps handed out so far are done with (a consumer that settles as it reads)."""
+        self._handed_gaps.clear()
 
     def unsettled_since(self) -> float | None:
         """The receive time of the oldest event whose fate is not settled yet, if any.
 
         Buffered events and handed-out unsettled ones count; dead-lettered
         ones are settled. Everything received before this time is settled.
+        A gap not done with yet (buffered, handed out and not settled, or
+        dropped at a stop) holds it at its start, so that a restart's gap
+        covers its window.
         """
         oldest = self._handed[0][1] if self._handed else None
         for item in self._buffer:
@@ -881,6 +907,14 @@ class Stream:
                 if oldest is None or item.received_at < oldest:
                     oldest = item.received_at
                 break
+        if self._buffered_gaps or self._handed_gaps or self._dropped_gaps_since is not None:
+            starts = [g.start for g in self._buffered_gaps]
+            starts += [start for _, start in self._handed_gaps]
+            if self._dropped_gaps_since is not None:
+                starts.append(self._dropped_gaps_since)
+            if oldest is not None:
+                starts.append(oldest)
+            oldest = min(starts)
         return oldest
 
     @property
@@ -900,11 +934,18 @@ class Stream:
             if isinstance(item, StreamEvent):
                 self._events_buffered -= 1
                 count += 1
+            else:
+                self._gap_dropped(item)
         self.counters.handed_over += count
         return count
 
     def flush_to_dead_letters(self, reason: str) -> int:
-        """Dead-letter every buffered event (gaps are dropped); returns how many."""
+        """Dead-letter every buffered event; returns how many.
+
+        Gaps cannot be dead-lettered: they are dropped, and the earliest of
+        their starts holds the watermark from then on, so that the next
+        run's restart gap covers their windows.
+        """
         count = 0
         while self._buffer:
             item = self._buffer.popleft()
@@ -912,7 +953,14 @@ class Stream:
                 self._events_buffered -= 1
                 self._dead(item, reason)
                 count += 1
+            else:
+                self._gap_dropped(item)
         return count
+
+    def _gap_dropped(self, gap: Gap) -> None:
+        self._buffered_gaps.remove(gap)
+        since = self._dropped_gaps_since
+        self._dropped_gaps_since = gap.start if since is None else min(since, gap.start)
 
 
 def weight(priority: int) -> int:

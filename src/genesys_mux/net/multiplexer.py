@@ -1155,6 +1155,8 @@ class Multiplexer:
                     yield item
                     if isinstance(item, StreamEvent):
                         state.stream.settle(item.sequence)
+                    else:
+                        state.stream.settle_gaps()
                 continue
             if self._failure is not None:
                 raise self._failure
@@ -1180,8 +1182,11 @@ class Multiplexer:
             item = self._take(state)
             if item is not None:
                 yield item
-                if settle and isinstance(item, StreamEvent):
-                    state.stream.settle(item.sequence)
+                if settle:
+                    if isinstance(item, StreamEvent):
+                        state.stream.settle(item.sequence)
+                    else:
+                        state.stream.settle_gaps()
                 continue
             if self._failure is not None:
                 raise self._failure
