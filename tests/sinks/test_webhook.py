@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -282,3 +282,62 @@ async def test_a_receiver_that_fences_shuts_out_an_ex_owner() -> None:
         events[4].sequence,
     ]
     assert receiver.fences == {events[0].stream_id: 4}
+
+
+def collect_into(failures: list[tuple[str, str]]) -> Callable[[str, str], None]:
+    return lambda sink, text: failures.append((sink, text))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+    ],
+    ids=["bad status code", "no status line", "bad header"],
+)
+async def test_a_malformed_answer_does_not_echo_the_url_s_credentials(
+    answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's error texts carry the URL normalised (a "/" path, the host lower-cased)."""
+    caplog.set_level(logging.DEBUG)
+    canary = "tk-canary-Q7x"
+
+    async def answer_badly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_badly, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    urls = (
+        f"http://127.0.0.1:{port}?token={canary}",
+        f"http://LOCALHOST:{port}/h?token={canary}",
+        f"http://user:{canary}@127.0.0.1:{port}/h#{canary}",
+    )
+    async with server:
+        for url in urls:
+            letters: list[DeadLetter] = []
+            sink = WebhookSink(url, SECRET, timeout_s=5.0, name="odd")
+            runner = SinkRunner(
+                source(real_events(3)), [sink], letters.append, max_attempts=2, backoff=FAST
+            )
+            failures: list[tuple[str, str]] = []
+            runner.on_failure.append(collect_into(failures))
+            await asyncio.wait_for(runner.run(), 20)
+            assert len(letters) == 3
+            assert all("ClientResponseError posting to" in d.reason for d in letters)
+            assert len(failures) == 2
+            texts = [
+                caplog.text,
+                repr(runner),
+                str(vars(sink)),
+                str(runner.last_error),
+                str(runner.stats()),
+                *(text for _sink, text in failures),
+                *(letter.reason for letter in letters),
+            ]
+            for text in texts:
+                assert canary not in text

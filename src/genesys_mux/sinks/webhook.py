@@ -78,6 +78,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -87,6 +88,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from genesys_mux.core.backoff import parse_retry_after
+from genesys_mux.core.redaction import REDACTED
 from genesys_mux.errors import ConfigError, FencedError, GenesysMuxError, SinkError
 from genesys_mux.sinks.base import (
     Hidden,
@@ -380,6 +382,43 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+# A URL in free text: a scheme, "://", then anything up to white space or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+
+
+def _redact_url_text(text: str) -> str:
+    """A URL's text without user info, query or fragment; never raises, whatever the text.
+
+    The user info ends at the *last* ``@`` (a password may hold ``/``, ``?`` or
+    ``#`` not percent-encoded), so it is cut before the query and fragment are.
+    """
+    scheme, _, rest = text.partition("://")
+    rest = rest.rsplit("@", 1)[-1]
+    for mark in ("?", "#"):
+        rest = rest.split(mark, 1)[0]
+    return f"{scheme}://{rest}"
+
+
+def scrub_urls(text: str) -> str:
+    """``text`` with every URL in it stripped of user info, query and fragment."""
+    return _URL_IN_TEXT.sub(lambda m: _redact_url_text(m.group()), text)
+
+
+def _url_secrets(url: str) -> tuple[str, ...]:
+    """The parts of ``url`` that may be credentials (user info, query, fragment), as sent."""
+    _scheme, _, rest = url.partition("://")
+    parts: list[str] = []
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        parts += [userinfo, *userinfo.split(":", 1)]
+    for mark in ("?", "#"):
+        if mark in rest:
+            parts.append(rest.split(mark, 1)[1])
+    # Longest first, so a part inside another is not replaced half-way; short
+    # pieces (a one-letter user name) would blank out unrelated text.
+    return tuple(sorted({p for p in parts if len(p) >= 4}, key=len, reverse=True))
+
+
 class WebhookSink:
     """Batches POSTed as signed JSON to ``url``.
 
@@ -428,6 +467,8 @@ class WebhookSink:
         self.timeout_s = timeout_s
         # Both can carry credentials: kept where no repr or dump shows them.
         self._url = Hidden(url, self.display_url)
+        # The query, fragment and user info, should a text carry them in any other form.
+        self._url_secrets = Hidden(_url_secrets(url))
         keys: tuple[bytes, ...]
         if signing == "standard":
             keys = parse_secrets(secret, label=f"webhook sink {name}: {secret_label}")
@@ -520,12 +561,22 @@ class WebhookSink:
                 retryable=True,
             ) from exc
         except aiohttp.ClientError as exc:
-            detail = str(exc).replace(self._url.value, self.display_url)[:200]
+            # aiohttp puts the URL in its texts, normalised (a "/" path added,
+            # the host lower-cased): every URL in them is redacted, not just ours.
+            detail = " ".join(self._scrub(str(exc)).split())[:200]
+            # Not chained: a traceback would print aiohttp's own text, URL and all.
             raise SinkError(
                 f"sink {self.name}: {type(exc).__name__} posting to {self.display_url}: {detail}",
                 retryable=True,
-            ) from exc
+            ) from None
         raise self._status_error(status, reason, retry_after_header)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with every URL redacted and any part of our URL's credentials removed."""
+        text = scrub_urls(text)
+        for secret in self._url_secrets.value:
+            text = text.replace(secret, REDACTED)
+        return text
 
     def _status_error(self, status: int, reason: str, retry_after: str | None) -> SinkError:
         if status == 409 and self.fence:
