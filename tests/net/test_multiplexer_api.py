@@ -342,3 +342,29 @@ async def test_a_raw_topic_the_platform_does_not_have_is_reported_and_the_stream
         assert event.streams == ("calls",)
         seen = Collector(h.mux.stream("calls"))
         await eventually(lambda: len(seen.events()) >= 1)
+
+
+async def test_a_settler_ignores_a_late_acknowledgement_for_an_earlier_activation() -> None:
+    """The stream went away and came back, numbered again: the old reader's ack is not for it."""
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        old_reader, old_settle = h.mux.stream("all", settle=False), h.mux.settler("all")
+        taken = [await anext(old_reader) for _ in range(5)]
+        last = max(i.sequence for i in taken if isinstance(i, StreamEvent))
+
+        await h.mux.remove_stream("all")
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        new_reader = h.mux.stream("all", settle=False)
+        mine = [await anext(new_reader) for _ in range(3)]
+        assert next(i.sequence for i in mine if isinstance(i, StreamEvent)) == 1
+        state = h.mux._streams["all"].stream
+        held = h.mux.watermark("all")
+        assert state.unacknowledged == 3
+
+        old_settle(last)  # the earlier runner's batch, written at last
+        assert state.unacknowledged == 3
+        assert h.mux.watermark("all") == held
+        h.mux.settler("all")(last)  # this activation's own acknowledgement
+        assert state.unacknowledged == 0
+        with pytest.raises(ConfigError, match="no stream with id 'gone'"):
+            h.mux.settler("gone")

@@ -448,7 +448,9 @@ class Runtime:
             name=stream_id,
         )
         runner.on_failure.append(functools.partial(audit.sink_failure, stream_id))
-        runner.on_settled.append(functools.partial(mux.settle, stream_id))
+        # Bound to this activation of the stream: an earlier runner's late
+        # acknowledgement must not settle what this one has not delivered.
+        runner.on_settled.append(mux.settler(stream_id))
         self.runners[stream_id] = runner
         if self._metrics is not None:
             self._metrics.watch_sinks(stream_id, runner)

@@ -1206,6 +1206,26 @@ class Multiplexer:
             state.stream.settle(through)
             self._settled.set()
 
+    def settler(self, stream_id: str) -> Callable[[int], None]:
+        """:meth:`settle` for the stream as it is now, for a reader made at the same time.
+
+        Once the stream is removed, or stopped here and started again (a
+        cluster that took it away and gave it back numbers its events again
+        from the checkpoint), the callable does nothing: a late
+        acknowledgement from an earlier reader would otherwise settle
+        sequence numbers that the new one has taken but not delivered.
+        """
+        state = self._streams.get(stream_id)
+        if state is None:
+            raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
+
+        def settle(through: int) -> None:
+            if self._streams.get(stream_id) is state:
+                state.stream.settle(through)
+                self._settled.set()
+
+        return settle
+
     def on_event(self, callback: EventCallback) -> None:
         """Call ``callback`` (sync or async) for every event, priority-merged."""
         self._event_callbacks.append(callback)
