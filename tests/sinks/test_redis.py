@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import cast
+from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
@@ -185,6 +186,27 @@ def test_the_password_is_never_shown() -> None:
     with pytest.raises(ConfigError) as caught:
         RedisStreamsSink("http://app:hunter2-canary@127.0.0.1/")
     assert "hunter2-canary" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["Xk9#pQ2/zz", "Xk9/pQ2zz", "Xk9?pQ2zz", "Xk9pQ2:zz/w1x"],
+    ids=["#/", "/", "?", ":/"],
+)
+def test_a_password_not_percent_encoded_is_refused_without_echoing_it(password: str) -> None:
+    url = f"redis://app:{password}@127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match="percent-encode") as caught:
+        RedisStreamsSink(url, name="cache")
+    assert "Redis sink cache" in str(caught.value)
+    assert "%2F" in str(caught.value)
+    pieces = {p for p in password.replace("#", "/").replace("?", "/").split("/") if p}
+    for piece in {password, *pieces}:
+        assert piece not in str(caught.value)
+    encoded = quote(password, safe="")
+    sink = RedisStreamsSink(f"redis://app:{encoded}@127.0.0.1:6379/0")
+    for text in (repr(sink), str(vars(sink)), sink.display_url):
+        for piece in {encoded, *pieces}:
+            assert piece not in text
 
 
 async def test_everything_delivered_during_a_redis_restart_arrives(

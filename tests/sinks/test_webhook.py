@@ -20,7 +20,7 @@ from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import batch_idempotency_key
 from genesys_mux.sinks.runner import SinkRunner
-from genesys_mux.sinks.webhook import WebhookSink, sign, verify_signature
+from genesys_mux.sinks.webhook import WebhookSink, redact_url, sign, verify_signature
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import harness, org_settings
 from tests.sinks.conftest import SECRET, Receiver, a_gap, real_events, source
@@ -237,6 +237,21 @@ def test_settings_are_checked_without_echoing_secrets() -> None:
         assert SECRET not in text
         assert "pw-canary" not in text
         assert "tk-canary" not in text
+
+
+@pytest.mark.parametrize(
+    "password", ["s3cr/et-canary", "s3cr#et-canary", "s3cr?et-canary"], ids=["/", "#", "?"]
+)
+def test_a_password_not_percent_encoded_is_refused_without_echoing_it(password: str) -> None:
+    pieces = {p for p in password.replace("#", "/").replace("?", "/").split("/") if p}
+    with pytest.raises(ConfigError, match="percent-encode") as caught:
+        WebhookSink(f"https://user:{password}@example.test/x", SECRET, name="hook")
+    assert "webhook sink hook" in str(caught.value)
+    for piece in {password, *pieces}:
+        assert piece not in str(caught.value)
+    # The redaction itself takes such a URL without raising, and shows none of it.
+    shown = redact_url(f"https://user:{password}@example.test/x?token=tk-canary")
+    assert shown == "https://example.test/x"
 
 
 def assert_secret_nowhere(

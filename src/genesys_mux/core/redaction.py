@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["REDACTED", "looks_secret", "scrub"]
+__all__ = ["REDACTED", "URL_USERINFO_HINT", "looks_secret", "scrub", "userinfo_not_encoded"]
 
 REDACTED: Final = "[REDACTED]"
 
@@ -60,3 +60,32 @@ def scrub(text: str) -> str:
     text = _AUTH_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _JWT.sub(REDACTED, text)
     return _OPAQUE_RUN.sub(lambda m: REDACTED if _opaque(m.group()) else m.group(), text)
+
+
+#: What to do about :func:`userinfo_not_encoded` (for the error that refuses the URL).
+URL_USERINFO_HINT: Final = (
+    "the user name or password in the url holds '/', '?' or '#' not percent-encoded, "
+    "so the url cannot be read (a piece of the password would be taken for the host, port "
+    "or path); percent-encode them (in Python urllib.parse.quote(password, safe=''): "
+    "'/' is %2F, '?' %3F, '#' %23, '@' %40)"
+)
+
+
+def userinfo_not_encoded(url: str) -> bool:
+    """True when ``url``'s user info holds ``/``, ``?`` or ``#`` not percent-encoded.
+
+    Such a URL reads as something else (``redis://:ab#c@host`` is the host
+    ``ab`` with a fragment), and the parsers then put a piece of the password
+    where a host, port or path is expected, and so into error messages. An
+    ``@`` after the first ``/``, ``?`` or ``#`` is taken for such user info
+    (a stray ``@`` in a path or query errs on the safe side: the URL is
+    refused, and nothing of it is echoed).
+    """
+    _scheme, sep, rest = url.partition("://")
+    if not sep:
+        return False
+    at = rest.rfind("@")
+    if at < 0:
+        return False
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return end < at

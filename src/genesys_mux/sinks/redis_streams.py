@@ -37,6 +37,10 @@ batch's token otherwise. It then adds only the records whose
 unacknowledged window) is stored once.
 
 The URL may carry a password; it never appears in reprs, logs or errors.
+A password must be percent-encoded where it holds ``/``, ``?`` or ``#``
+(otherwise it reads as the URL's path, query or fragment, and a piece of it
+as the port): such a URL is refused when the sink is built, with a
+:class:`~genesys_mux.errors.ConfigError` that says so and echoes none of it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from genesys_mux._extras import raise_if_extra_missing
+from genesys_mux.core.redaction import URL_USERINFO_HINT, userinfo_not_encoded
 from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
 
@@ -113,13 +118,24 @@ _PERMANENT_CONNECTION_ERRORS = (rexc.AuthenticationError, rexc.AuthorizationErro
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for reprs and logs)."""
+    """``url`` with any password replaced by ``***`` (for reprs and logs).
+
+    A URL whose user info cannot be read (a ``/``, ``?`` or ``#`` not
+    percent-encoded in it) or whose port is not a number gives
+    ``<scheme>://***``: nothing of it is echoed.
+    """
+    if userinfo_not_encoded(url):
+        return f"{urlsplit(url).scheme}://***"
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return f"{parts.scheme}://***"
     if parts.password is None:
         return url
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    if port is not None:
+        host = f"{host}:{port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
@@ -154,11 +170,20 @@ class RedisStreamsSink:
             raise ConfigError("Redis sink timeouts must be positive")
         if fence < 0 or dedupe_ttl_s < 0:
             raise ConfigError("Redis sink fence and dedupe_ttl_s must not be negative")
+        if userinfo_not_encoded(url):
+            raise ConfigError(f"Redis sink {name}: {URL_USERINFO_HINT}")
         if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
                 f"Redis sink url must start with redis://, rediss:// or unix://, "
                 f"not {redact_url(url)!r}"
             )
+        try:
+            urlsplit(url).port  # noqa: B018 - read to check it
+        except ValueError:
+            raise ConfigError(
+                f"Redis sink {name}: the port in the url is not a number from 0 to 65535 "
+                "(if the url holds a password, percent-encode any '/', '?', '#' or ':' in it)"
+            ) from None
         self.name = name
         self.prefix = prefix
         self.maxlen = maxlen

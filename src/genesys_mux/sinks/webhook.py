@@ -88,7 +88,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from genesys_mux.core.backoff import parse_retry_after
-from genesys_mux.core.redaction import REDACTED
+from genesys_mux.core.redaction import REDACTED, URL_USERINFO_HINT, userinfo_not_encoded
 from genesys_mux.errors import ConfigError, FencedError, GenesysMuxError, SinkError
 from genesys_mux.sinks.base import (
     Hidden,
@@ -374,11 +374,22 @@ def verify_signature(
 
 
 def redact_url(url: str) -> str:
-    """``url`` without user info, query or fragment: safe for logs and errors."""
+    """``url`` without user info, query or fragment: safe for logs and errors.
+
+    Never raises: user info that cannot be read (a ``/``, ``?`` or ``#`` not
+    percent-encoded in the password) is cut at its last ``@``, and a port
+    that is not a number is left out.
+    """
+    if userinfo_not_encoded(url):
+        url = _redact_url_text(url)
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        host = f"{host}:{port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -448,6 +459,8 @@ class WebhookSink:
         fence: int = 0,
         secret_label: str = "the signing secret",  # noqa: S107 - a label, not a secret
     ) -> None:
+        if userinfo_not_encoded(url):
+            raise ConfigError(f"webhook sink {name}: {URL_USERINFO_HINT}")
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise ConfigError(
                 f"webhook sink url must be an http:// or https:// URL, not {redact_url(url)!r}"
