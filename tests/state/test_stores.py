@@ -246,6 +246,26 @@ async def test_redis_keys_of_someone_else_are_refused(redis_server: RedisServer)
         await RedisStateStore(redis_server.url, prefix="theirs:").open()
 
 
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
+async def test_a_redis_that_may_evict_any_key_is_refused(
+    redis_server: RedisServer, policy: str
+) -> None:
+    """Evicted state restarts a stream at 1 with no gap; an evicted fence reissues tokens."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.config_set("maxmemory-policy", policy)
+    client.close()
+    store = RedisStateStore(redis_server.url, prefix="evicting:")
+    with pytest.raises(StateError, match=f"maxmemory-policy {policy}") as caught:
+        await store.open()
+    assert "noeviction" in str(caught.value)
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.keys("evicting:*") == [], "nothing was written"
+    client.config_set("maxmemory-policy", "volatile-lru")
+    client.close()
+    await store.open()  # keys with no TTL are never evicted under volatile-*
+    await store.close()
+
+
 async def test_an_unreachable_redis_is_a_clear_error_without_the_password(
     redis_server: RedisServer,
 ) -> None:

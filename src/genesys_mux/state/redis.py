@@ -204,6 +204,7 @@ class RedisStateStore:
 
     async def _open(self) -> None:
         client = self._connect()
+        await self._check_eviction(client)
         try:
             meta = await client.hgetall(self._meta)
             if not meta:
@@ -501,6 +502,35 @@ class RedisStateStore:
             if not claimed.isdigit():
                 raise
             self._fenced([checkpoint], {checkpoint.stream_id: int(claimed)})
+
+    async def _check_eviction(self, client: aioredis.Redis) -> None:
+        """StateError when the server may evict any key under memory pressure.
+
+        The state and its fencing counters have no TTL and must never go: an
+        evicted header restarts a stream at 1 with no restart gap, and an
+        evicted counter gives out fencing tokens that were given out before.
+        A server that will not say (CONFIG renamed or not allowed, as some
+        managed services do) gets a warning: the operator must check it.
+        """
+        try:
+            answer = await client.config_get("maxmemory-policy")
+        except _ERRORS as exc:
+            log.warning(
+                "%s: cannot read Redis's maxmemory-policy (%s); make sure it is noeviction "
+                "(or a volatile-* policy): genesys-mux's state keys must never be evicted",
+                self.name,
+                exc,
+            )
+            return
+        found = next(iter(answer.values()), b"") if answer else b""
+        policy = found.decode() if isinstance(found, bytes) else str(found)
+        if policy.startswith("allkeys-"):
+            raise StateError(
+                f"{self.name}: Redis evicts any key under memory pressure (maxmemory-policy "
+                f"{policy}), and genesys-mux's state and fencing keys must never be evicted: "
+                "set maxmemory-policy to noeviction (or a volatile-* policy), or give "
+                "genesys-mux a Redis of its own"
+            )
 
     def _fenced(self, checkpoints: Sequence[StreamCheckpoint], refused: dict[str, int]) -> None:
         fences = {c.stream_id: c.fence for c in checkpoints}
