@@ -284,6 +284,30 @@ async def test_a_state_already_stored_is_stored_once(redis_server: RedisServer) 
     assert (first.deduplicated, again.deduplicated) == (0, 2)
 
 
+async def test_a_batch_that_failed_is_stored_in_full_when_sent_again(
+    redis_server: RedisServer,
+) -> None:
+    """A record is marked seen only once stored: a failed XADD must not hide it from a replay."""
+    events = real_events(5, stream_id="calls")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.set("genesys-mux:calls", "not a stream")
+        sink = RedisStreamsSink(redis_server.url, dedupe_ttl_s=3600, name="cache")
+        with pytest.raises(SinkError, match="WRONGTYPE") as caught:
+            await sink.send(events)
+        assert not caught.value.retryable
+        await client.delete("genesys-mux:calls")  # the operator fixes the key, then replays
+        await sink.send(events)
+        await sink.close()
+        assert await client.xlen("genesys-mux:calls") == len(events)
+        assert sink.deduplicated == 0
+        assert await client.zcard("genesys-mux:calls:seen") == len(events)
+    finally:
+        await client.aclose()
+    got = await entries(redis_server, "genesys-mux:calls")
+    assert [k for k, _r, _f in got] == [e.idempotency_key for e in events]
+
+
 async def test_a_fenced_ex_owner_cannot_write_and_nothing_is_dead_lettered(
     redis_server: RedisServer,
 ) -> None:

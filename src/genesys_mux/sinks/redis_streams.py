@@ -34,7 +34,10 @@ its lease cannot write once the new owner has), and raises the key to the
 batch's token otherwise. It then adds only the records whose
 ``idempotency_key`` the sorted set ``{key}:seen`` has not had within
 ``dedupe_ttl_s``, so a state delivered twice (a handover, a crash's
-unacknowledged window) is stored once.
+unacknowledged window) is stored once. A key is marked seen only after its
+``XADD`` succeeded (Redis does not roll a script back), so a batch that
+failed part-way (a key of the wrong type, out of memory) is stored in full
+when it is sent again.
 
 The URL may carry a password; it never appears in reprs, logs or errors.
 A password must be percent-encoded where it holds ``/``, ``?`` or ``#``
@@ -98,7 +101,7 @@ if ARGV[2] ~= '0' then
 end
 local added = 0
 for i = 6, #ARGV, 2 do
-  if ttl == 0 or redis.call('ZADD', KEYS[3], 'NX', now, ARGV[i]) == 1 then
+  if ttl == 0 or not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
     local args = {KEYS[1]}
     for _, v in ipairs(trim) do args[#args + 1] = v end
     args[#args + 1] = '*'
@@ -107,6 +110,9 @@ for i = 6, #ARGV, 2 do
     args[#args + 1] = 'idempotency_key'
     args[#args + 1] = ARGV[i]
     redis.call('XADD', unpack(args))
+    -- Seen only once stored: a script is not rolled back, so a key marked
+    -- before an XADD that failed (WRONGTYPE, OOM) would be skipped for good.
+    if ttl > 0 then redis.call('ZADD', KEYS[3], now, ARGV[i]) end
     added = added + 1
   end
 end
