@@ -143,6 +143,24 @@ async def test_jsonl_appends_to_an_existing_file(tmp_path: Path) -> None:
     assert [r["sequence"] for r in lines_of(path)] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("after", ["deleted", "moved"])
+async def test_jsonl_a_file_moved_or_deleted_under_the_sink_is_opened_again(
+    tmp_path: Path, after: str
+) -> None:
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path)
+    await sink.send(real_events(2))
+    moved = tmp_path / "out.jsonl.old"
+    os.rename(path, moved)  # what logrotate does without copytruncate
+    if after == "deleted":
+        moved.unlink()
+    await sink.send(real_events(3, start=3))
+    await sink.close()
+    assert [r["sequence"] for r in lines_of(path)] == [3, 4, 5]
+    if after == "moved":
+        assert [r["sequence"] for r in lines_of(moved)] == [1, 2]
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [("never", lambda batches, lines: 0), ("batch", lambda b, n: b), ("always", lambda b, n: n)],

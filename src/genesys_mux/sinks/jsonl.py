@@ -22,6 +22,10 @@ Durability is a choice, ``fsync``:
 
 ``fsyncs`` and ``rotations`` count what was done, for metrics and tests.
 
+A file moved or deleted under the sink (``logrotate`` without
+``copytruncate``, an operator) is noticed at the next batch: the sink opens
+a new file at ``path`` rather than keep writing to one that is gone.
+
 The file is written through a raw descriptor (no user-space buffer) from a
 worker thread, so a slow disk or a long ``fsync`` holds back only the stream
 this sink serves, never the event loop. A write that fails half-way is cut
@@ -144,6 +148,11 @@ class JsonlSink:
         return self._fd
 
     def _write_batch(self, lines: list[bytes]) -> None:
+        if self._fd is not None and self._replaced():
+            # Moved or deleted under us (logrotate, an operator): lines
+            # written to the old file would be lost with it.
+            log.info("%s was moved or deleted: writing to a new one at that path", self.path)
+            self._close_fd()
         self._ensure_open()
         pending: list[bytes] = []
         pending_size = 0
@@ -162,6 +171,16 @@ class JsonlSink:
         self._write(pending)
         if self.fsync == "batch":
             self._sync()
+
+    def _replaced(self) -> bool:
+        """True when ``path`` no longer names the file that is open."""
+        assert self._fd is not None
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(self._fd)
+        return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
 
     def _write(self, chunks: list[bytes]) -> None:
         if not chunks:
