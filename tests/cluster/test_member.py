@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -482,3 +483,33 @@ async def test_a_failing_ownership_callback_does_not_stop_the_round(
         (failure,) = [r for r in caplog.records if "on_ownership" in r.getMessage()]
         assert "stream s1" in failure.getMessage()
         assert failure.exc_info is not None
+
+
+async def test_a_lease_is_counted_from_when_its_renewal_was_asked_for(
+    redis_server: RedisServer,
+) -> None:
+    """Redis renews a lease when it gets the request: a slow answer must not stretch it here.
+
+    Counted from the answer, a member would go on carrying its streams for
+    as long as the answer took after Redis had last renewed them, while
+    another member may take them once they expire there.
+    """
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        member = await a_member(stack, emulator, redis_server, "slow", history, lease_ttl_s=30.0)
+        await member.tick()
+        assert member.status.held
+        renew = member.table.renew
+        asked: list[float] = []
+
+        async def answered_late(leases: Sequence[Lease]) -> list[Lease]:
+            asked.append(time.monotonic())
+            lost = await renew(leases)
+            await asyncio.sleep(0.3)  # the answer's way back: latency, not synchronisation
+            return lost
+
+        member.table.renew = answered_late  # type: ignore[method-assign]
+        await member.tick()
+        assert asked
+        assert member._renewed_at is not None
+        assert member._renewed_at <= asked[-1]

@@ -205,15 +205,20 @@ class ClusterMember:
             ):
                 continue  # the rounds renew on their own
             held = list(self.status.held.values())
+            # From before the request: Redis may have renewed the leases as
+            # soon as it got it, and a slow answer must not make them seem
+            # to last longer here than they do there.
+            asked_at = time.monotonic()
             try:
                 if not self._leaving:
                     await self.table.heartbeat(self.info)
+                    asked_at = time.monotonic()
                 lost = await self.table.renew(held)
             except ClusterError:
                 continue  # the round under way, or the next, reports it
             # Lost leases are stopped by the next round, which finds them
             # lost again: the round under way may be using those streams.
-            self._renewed_at = time.monotonic()
+            self._renewed_at = asked_at
             if lost:
                 log.warning("lost the leases of %s", ", ".join(x.stream_id for x in lost))
 
@@ -292,8 +297,9 @@ class ClusterMember:
     async def _tick(self) -> bool:
         table, status = self.table, self.status
         await table.heartbeat(self.info)
+        asked_at = time.monotonic()  # before the renewal: see _renew_during_rounds
         lost = await table.renew(list(status.held.values()))
-        self._renewed_at = time.monotonic()
+        self._renewed_at = asked_at
         if status.trouble is not None and self._defect is None:
             log.info("cluster: Redis answers again")
             status.trouble = None
