@@ -155,8 +155,9 @@ async def test_a_claimed_stream_refuses_an_older_owners_checkpoints(
             assert "a (fencing token 1, claimed by 2)" in str(caught.value)
             # All or none: neither the fenced stream nor the other was written.
             assert await store.load() == {"a": first}
-        with pytest.raises(FencedStateError):
+        with pytest.raises(FencedStateError) as caught:
             await store.claim("a", 1)
+        assert "a (fencing token 1, claimed by 2)" in str(caught.value)
         if server is not None:
             # A restarted (or flushed) server forgot the fencing script: taught again.
             redis.Redis.from_url(server.url).script_flush()

@@ -549,7 +549,8 @@ class RedisStateStore:
         except _ERRORS as exc:
             raise StateError(f"{self.name}: cannot claim stream {stream_id}: {exc}") from exc
         if claimed:
-            self._fenced([], {stream_id: claimed})
+            refused = {stream_id: claimed}
+            raise FencedStateError(refused_message(self.name, {stream_id: fence}, refused), refused)
 
     async def _bulk(self, command: bytes) -> None:
         """Send one command packed by :func:`_packed`, and wait for its reply.
