@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from genesys_mux.sinks.base import (
     GapRecord,
     Item,
     decode_record,
+    encode_record,
     idempotency_key,
 )
 from genesys_mux.sinks.nats import NatsJetStreamSink
@@ -309,6 +311,43 @@ async def test_a_full_stream_is_waited_for_and_an_oversized_message_is_not(
     assert oversized.retries == 0
     assert [d.sequence for d in dead] == [1, 2]
     assert "message size exceeds maximum allowed" in dead[0].reason
+
+
+async def test_a_record_over_max_payload_with_its_headers_is_dead_lettered_at_once(
+    tmp_path: Path,
+) -> None:
+    """Under max_payload alone but over it with the headers: the server would cut the connection."""
+    max_payload = 2048
+    config = tmp_path / "nats.conf"
+    config.write_text(f"max_payload: {max_payload}\n")
+    server = NatsServer(nats_binary(), free_port(), tmp_path, options=("-c", str(config)))
+    await server.start()
+    try:
+        event = real_events(1)[0]
+        body = b'{"pad":"' + b"x" * max_payload + b'"}'
+        while len(encode_record(dataclasses.replace(event, raw=body))) > max_payload - 20:
+            body = body[:-3] + b'"}'
+        event = dataclasses.replace(event, raw=body)
+        assert len(encode_record(event)) in range(max_payload - 22, max_payload - 19)
+        dead: list[DeadLetter] = []
+        failures: list[str] = []
+        runner = a_runner([event, *real_events(1, start=2)], a_sink(server), dead, max_attempts=5)
+        runner.on_failure.append(lambda _sink, text: failures.append(text))
+        await asyncio.wait_for(runner.run(), 20)
+        assert runner.retries == 0
+        assert [d.sequence for d in dead] == [1, 2]  # the batch, refused before any was sent
+        size = len(encode_record(event))
+        assert f"a record of {size} bytes plus" in dead[0].reason
+        assert f"max_payload of {max_payload} bytes" in dead[0].reason
+        assert "raise max_payload" in dead[0].reason
+        assert len(failures) == 1
+        # The connection was not lost: the next batch goes through it.
+        sink = a_sink(server)
+        await sink.send(real_events(1, start=3))
+        await sink.close()
+        assert await count(server) == 1
+    finally:
+        await server.stop()
 
 
 async def test_credentials_are_used_and_never_shown(

@@ -27,7 +27,11 @@ stream's duplicate window (two minutes unless the stream says otherwise) the
 server drops the ones it stored the first time: a timed-out or cut-off batch
 does not leave duplicates in the stream. Errors that waiting cannot fix (a
 refused login, a message larger than the server's limit, the wrong stream,
-a bad subject) are not retryable, and the runner dead-letters the batch.
+a bad subject) are not retryable, and the runner dead-letters the batch. The
+server's ``max_payload`` counts the headers too (and a message over it makes
+the server close the connection, which would read as a retryable lost
+connection): the sink checks every message of a batch, headers included,
+before it publishes any, and refuses the batch when one is too large.
 
 Connecting: :meth:`NatsJetStreamSink.start` connects and, when ``stream`` is
 set, checks that the stream exists (or creates it with ``create_stream``).
@@ -459,24 +463,27 @@ class NatsJetStreamSink:
         if not batch:
             return
         client = await self._ready()
+        messages = [(item, encode_record(item), self._headers(item)) for item in batch]
+        # Before anything is published: the server closes the connection on a
+        # message over its limit (headers included), and that reads as a lost
+        # connection, retried for ever. nats-py checks the payload alone.
+        for _item, payload, headers in messages:
+            self._check_size(client, payload, headers)
         loop = asyncio.get_running_loop()
         waiters: list[asyncio.Future[Msg]] = []
         tokens: list[str] = []
         try:
-            for item in batch:
+            for item, payload, headers in messages:
                 token = str(next(self._tokens))
                 waiter: asyncio.Future[Msg] = loop.create_future()
                 self._waiting[token] = waiter
                 tokens.append(token)
                 waiters.append(waiter)
-                headers = {"Nats-Msg-Id": idempotency_key(item)}
-                if self.stream is not None:
-                    headers["Nats-Expected-Stream"] = self.stream
                 # Each publish only appends to the client's buffer, in order;
                 # its flusher writes them out while the next ones are added.
                 await client.publish(
                     self.subject_for(item.stream_id),
-                    encode_record(item),
+                    payload,
                     reply=f"{self._inbox}.{token}",
                     headers=headers,
                 )
@@ -491,6 +498,26 @@ class NatsJetStreamSink:
             for waiter in waiters:
                 waiter.cancel()
         self._account(batch, waiters, done)
+
+    def _headers(self, item: Item) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": idempotency_key(item)}
+        if self.stream is not None:
+            headers["Nats-Expected-Stream"] = self.stream
+        return headers
+
+    def _check_size(self, client: Client, payload: bytes, headers: dict[str, str]) -> None:
+        """Refuse (not retryable) a message the server would take for a protocol violation."""
+        limit = client.max_payload
+        header_size = _header_size(headers)
+        if len(payload) + header_size <= limit:
+            return
+        # Short, to fit a dead letter's reason; the letter names the record.
+        raise SinkError(
+            f"sink {self.name}: a record of {len(payload)} bytes plus {header_size} of headers "
+            f"is over the server's max_payload of {limit} bytes; raise max_payload on the "
+            "NATS servers to send events this large",
+            retryable=False,
+        )
 
     def _account(
         self,
@@ -605,6 +632,14 @@ class NatsJetStreamSink:
         self._waiting.clear()
         if client is not None:
             await _close_quietly(client)
+
+
+def _header_size(headers: dict[str, str]) -> int:
+    """The bytes nats-py writes for ``headers``: ``NATS/1.0``, one line each, a blank line."""
+    size = len(b"NATS/1.0\r\n") + len(b"\r\n")
+    for key, value in headers.items():
+        size += len(key.encode()) + len(b": ") + len(value.encode()) + len(b"\r\n")
+    return size
 
 
 async def _close_quietly(client: Client, timeout_s: float = 5.0) -> None:
