@@ -254,6 +254,19 @@ def test_a_password_not_percent_encoded_is_refused_without_echoing_it(password: 
     assert shown == "https://example.test/x"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.test/x?notify=ops@example.test",
+        "https://hooks.example.test:8443/x?notify=ops@example.test",
+        "https://hooks.example.test/@team/hook",
+    ],
+)
+def test_an_at_sign_in_the_path_or_query_is_not_taken_for_a_password(url: str) -> None:
+    sink = WebhookSink(url, SECRET, name="hook")
+    assert sink.display_url.startswith("https://hooks.example.test")
+
+
 def assert_secret_nowhere(
     runner: SinkRunner,
     caplog: pytest.LogCaptureFixture,

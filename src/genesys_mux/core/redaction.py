@@ -76,10 +76,11 @@ def userinfo_not_encoded(url: str) -> bool:
 
     Such a URL reads as something else (``redis://:ab#c@host`` is the host
     ``ab`` with a fragment), and the parsers then put a piece of the password
-    where a host, port or path is expected, and so into error messages. An
-    ``@`` after the first ``/``, ``?`` or ``#`` is taken for such user info
-    (a stray ``@`` in a path or query errs on the safe side: the URL is
-    refused, and nothing of it is echoed).
+    where a host, port or path is expected, and so into error messages. It
+    is told by an ``@`` after the first ``/``, ``?`` or ``#``, with a
+    ``user:password``-like start before that delimiter (a colon not followed
+    by a port number): an ``@`` in a path or query (``?notify=ops@example.com``)
+    is not user info, and is left alone.
     """
     _scheme, sep, rest = url.partition("://")
     if not sep:
@@ -88,4 +89,7 @@ def userinfo_not_encoded(url: str) -> bool:
     if at < 0:
         return False
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    return end < at
+    if end > at:
+        return False
+    _, colon, tail = rest[:end].rpartition(":")
+    return bool(colon) and not tail.isdigit()
