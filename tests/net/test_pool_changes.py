@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
+
 from genesys_mux.emulator import PlatformLimits
 from tests.net.conftest import eventually, fast_pool_settings, fast_settings
 
@@ -110,3 +112,41 @@ async def test_a_failing_subscription_change_keeps_the_socket_and_retries(make_s
         ]
         assert statuses.count(503) == 10
         assert statuses[-1] == 200
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "taking-turns"])
+async def test_rotations_borrow_every_free_channel_unless_told_to_take_turns(
+    make_stack: Any, parallel: bool
+) -> None:
+    """3 slots of a 10-channel budget: 7 free, so the 3 rotations may run at once.
+
+    The channels are quiet, so each rotation waits its whole overlap for the
+    successor's first notification: taking turns, the last one would start
+    two overlaps late. A cluster member takes turns (its share of the
+    client's channels is counted with one spare). Never more sockets than
+    the budget, either way.
+    """
+    emulator_settings = fast_settings(rate=0.0, limits=PlatformLimits(channels_per_client=10))
+    pool_settings = fast_pool_settings(
+        topics_per_channel=2, max_channels=10, rotation_overlap_s=1.0, parallel_rotations=parallel
+    )
+    async with make_stack(emulator_settings, pool_settings) as stack:
+        await stack.pool.set_topics(presence(6))
+        before = dict(stack.pool.channel_ids())
+        assert len(before) == 3
+        peak = 0
+
+        async def rotated() -> bool:
+            nonlocal peak
+            connected = [c for c in await stack.control("channels") if c["connected"]]
+            peak = max(peak, len(connected))
+            return all(stack.pool.channel_ids()[i] not in (None, before[i]) for i in before)
+
+        await stack.fault("socket_closing", delay_s=30)
+        await eventually(rotated, within=20, interval=0.05)
+        assert list(stack.pool.outages) == []
+        assert peak <= 10
+        if parallel:
+            assert peak > 3 + 1, f"at most {peak} sockets at once: the rotations took turns"
+        else:
+            assert peak <= 3 + 1, f"{peak} sockets at once: more than one spare borrowed"

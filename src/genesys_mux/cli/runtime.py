@@ -326,6 +326,9 @@ class Runtime:
             subscription_check_s=settings.subscription_check_s,
             topics_per_channel=settings.topics_per_channel,
             max_channels=settings.max_channels,
+            # A cluster member's share of the client's channels is counted
+            # with one spare (see core/placement.py): rotations take turns.
+            parallel_rotations=self.config.cluster is None,
             queue_refresh_s=settings.queue_refresh_s,
             requests_per_minute=settings.requests_per_minute,
             backfill=settings.backfill,

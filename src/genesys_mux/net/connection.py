@@ -132,6 +132,13 @@ class PoolSettings:
     topics_per_channel: int = PLATFORM.topics_per_channel
     max_channels: int = PLATFORM.channels_per_client
     reserved_channels: int = 1
+    #: Rotations at once: as many as there are channels free within
+    #: ``max_channels`` beside one per slot (True), or ``reserved_channels``
+    #: (False: a cluster member, whose share of the client's channels is
+    #: counted with one spare). After a maintenance warning to every socket,
+    #: each rotation waits up to ``rotation_overlap_s``, and taking turns
+    #: with one spare, 19 channels need most of the platform's minute.
+    parallel_rotations: bool = True
     rotation_lead_s: float = 300.0
     #: How often each channel's subscription list is read back and compared
     #: with what was put (None: only on ``v2.subscription.updated``).
@@ -673,7 +680,9 @@ class ChannelPool:
         self._inbound = _Inbound()
         #: Sockets shedding what they read (the reader was behind).
         self._shedding: set[_Socket] = set()
-        self._rotations = asyncio.Semaphore(self.settings.reserved_channels or 1)
+        # Rotations under way, each borrowing a channel (see _rotation_turn).
+        self._rotating = 0
+        self._rotation_done = asyncio.Condition()
         self._backoff = backoff or Backoff(
             self.settings.reconnect_base_s, self.settings.reconnect_cap_s
         )
@@ -1125,7 +1134,7 @@ class ChannelPool:
         """
         log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
         machine = slot.machine
-        async with self._rotations:
+        async with self._rotation_turn():
             machine.rotate(action.reason)
             if action.reauth:
                 with contextlib.suppress(GenesysMuxError):
@@ -1153,6 +1162,30 @@ class ChannelPool:
             for drain in drains:
                 await self._drain(slot, drain.socket)
         return True
+
+    def _spare_channels(self) -> int:
+        """Channels a rotation may borrow now: beside one per slot, within the budget."""
+        reserved = self.settings.reserved_channels or 1
+        if not self.settings.parallel_rotations:
+            return reserved
+        return max(reserved, self.settings.max_channels - len(self._slots))
+
+    @contextlib.asynccontextmanager
+    async def _rotation_turn(self) -> AsyncIterator[None]:
+        """Wait for a spare channel, and hold it until the rotation gave it back.
+
+        More sockets than the budget would make the platform evict a channel
+        (those without a socket first, and then a live one).
+        """
+        async with self._rotation_done:
+            await self._rotation_done.wait_for(lambda: self._rotating < self._spare_channels())
+            self._rotating += 1
+        try:
+            yield
+        finally:
+            async with self._rotation_done:
+                self._rotating -= 1
+                self._rotation_done.notify_all()
 
     def _old_lost(self, slot: _Slot, old: _Socket) -> None:
         """Tell the machine if the old socket died during its rotation."""

@@ -198,6 +198,7 @@ class Multiplexer:
         subscription_check_s: float | None = 300.0,
         topics_per_channel: int = PLATFORM.topics_per_channel,
         max_channels: int = PLATFORM.channels_per_client,
+        parallel_rotations: bool = True,
         queue_refresh_s: float = 300.0,
         requests_per_minute: int = PLATFORM.requests_per_minute,
         dlq: DeadLetterQueue | str | os.PathLike[str] | None = None,
@@ -243,6 +244,7 @@ class Multiplexer:
             subscription_check_s=subscription_check_s,
             topics_per_channel=topics_per_channel,
             max_channels=max_channels,
+            parallel_rotations=parallel_rotations,
         )
         if isinstance(dlq, DeadLetterQueue):
             self._dlq: DeadLetterQueue = dlq
