@@ -204,10 +204,14 @@ class RedisStateStore:
 
     async def _open(self) -> None:
         client = self._connect()
-        await self._check_eviction(client)
         try:
             meta = await client.hgetall(self._meta)
-            if not meta:
+        except _ERRORS as exc:
+            raise self._unreachable(exc) from exc
+        # Before anything is written: a server that may evict it is refused.
+        await self._check_eviction(client)
+        if not meta:
+            try:
                 await client.hset(
                     self._meta,
                     mapping={
@@ -215,12 +219,9 @@ class RedisStateStore:
                         "schema_version": str(KEYS_SCHEMA_VERSION),
                     },
                 )
-                return
-        except _ERRORS as exc:
-            raise StateError(
-                f"{self.name}: cannot reach the state store ({exc}); check that Redis runs "
-                "there, or fix [state] url"
-            ) from exc
+            except _ERRORS as exc:
+                raise self._unreachable(exc) from exc
+            return
         version = meta.get(b"schema_version", b"")
         if meta.get(b"application") != _APPLICATION or not version.isdigit():
             raise StateError(
@@ -502,6 +503,12 @@ class RedisStateStore:
             if not claimed.isdigit():
                 raise
             self._fenced([checkpoint], {checkpoint.stream_id: int(claimed)})
+
+    def _unreachable(self, exc: BaseException) -> StateError:
+        return StateError(
+            f"{self.name}: cannot reach the state store ({exc}); check that Redis runs "
+            "there, or fix [state] url"
+        )
 
     async def _check_eviction(self, client: aioredis.Redis) -> None:
         """StateError when the server may evict any key under memory pressure.
