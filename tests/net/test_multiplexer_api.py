@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -368,3 +369,27 @@ async def test_a_settler_ignores_a_late_acknowledgement_for_an_earlier_activatio
         assert state.unacknowledged == 0
         with pytest.raises(ConfigError, match="no stream with id 'gone'"):
             h.mux.settler("gone")
+
+
+async def test_a_reader_is_bound_to_the_stream_it_was_made_for() -> None:
+    """Made, then the stream removed and added again before it was read: it reads nothing.
+
+    Bound only when first read, it would take the new stream's items from
+    under the reader made for that one (as a sink runner whose sinks were
+    slow to start would, after its lease was lost and won back).
+    """
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        early = h.mux.stream("all", settle=False)
+        await h.mux.remove_stream("all")
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        late = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(late.events()) >= 3)
+        leftovers = await asyncio.wait_for(alist(early), 5)
+        assert leftovers == []
+        with pytest.raises(ConfigError, match="no stream with id 'nope'"):
+            h.mux.stream("nope")  # at once, not at the first read
+
+
+async def alist(items: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in items]

@@ -1167,19 +1167,30 @@ class Multiplexer:
             self._anything.clear()
             await self._anything.wait()
 
-    async def stream(self, stream_id: str, *, settle: bool = True) -> AsyncIterator[Item]:
+    def stream(self, stream_id: str, *, settle: bool = True) -> AsyncIterator[Item]:
         """One stream's events and gaps, in order, until it is removed or the mux stops.
 
         An event is settled when the consumer asks for the next item; with
         ``settle=False`` the consumer says so itself with :meth:`settle`
         (a sink runner does, once every sink has the event), and
         :meth:`stop` gives it its ``timeout_s`` to settle what it took.
+
+        The iterator is bound to the stream as it is when this is called
+        (a :class:`~genesys_mux.errors.ConfigError` at once if there is no
+        such stream): if the stream is removed, or taken away and given
+        back, before it is first read, it ends instead of reading the new
+        one, whose items belong to whoever read it since.
         """
         state = self._streams.get(stream_id)
         if state is None:
             raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
         if not settle:
             state.settles_explicitly = True
+        return self._read_stream(state, stream_id, settle)
+
+    async def _read_stream(
+        self, state: _StreamState, stream_id: str, settle: bool
+    ) -> AsyncIterator[Item]:
         while not state.leaving:
             item = self._take(state)
             if item is not None:
