@@ -23,6 +23,12 @@ async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
         await found.aclose()
 
 
+async def server_ms(client: aioredis.Redis) -> int:
+    """Redis's clock in milliseconds, as the acquisition script reads it."""
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def table(client: aioredis.Redis, instance: str, ttl_s: float = 10.0) -> LeaseTable:
     return LeaseTable(client, cluster="prod", instance=instance, lease_ttl_s=ttl_s)
 
@@ -31,17 +37,21 @@ async def test_a_free_lease_is_taken_with_a_token_and_refused_to_others(
     client: aioredis.Redis,
 ) -> None:
     a, b = table(client, "a"), table(client, "b")
+    before = await server_ms(client)
     lease = await a.acquire("calls")
     assert lease is not None
-    assert (lease.holder, lease.token) == ("a", 1)
+    assert lease.holder == "a"
+    # Never below the server's clock (see the next test but one), and exact.
+    assert before <= lease.token <= await server_ms(client)
+    assert await client.get("genesys-mux:cluster:{prod}:fence:calls") == b"%d" % lease.token
     assert await b.acquire("calls") is None
     # Acquiring again is a renewal: the same token.
     again = await a.acquire("calls")
     assert again is not None
-    assert again.token == 1
+    assert again.token == lease.token
     held = await b.leases(["calls", "chats"])
     assert set(held) == {"calls"}
-    assert (held["calls"].holder, held["calls"].token) == ("a", 1)
+    assert (held["calls"].holder, held["calls"].token) == ("a", lease.token)
     assert 0 < held["calls"].ttl_ms <= 10_000
     # Every key of the cluster shares one hash tag (one slot on a Redis Cluster).
     keys = [k.decode() async for k in client.scan_iter(match="*")]
@@ -64,6 +74,39 @@ async def test_every_acquisition_gets_a_larger_token(client: aioredis.Redis) -> 
     assert await a.acquire("calls") is None
 
 
+async def test_tokens_stay_larger_when_redis_loses_the_counter(client: aioredis.Redis) -> None:
+    """A Redis restarted without persistence (or flushed) forgets the fencing counters.
+
+    The sinks and the state store remember the last token they saw, and
+    refuse smaller ones: tokens starting again at 1 would be refused for
+    ever, with nobody newer to deliver the stream.
+    """
+    a, b = table(client, "a"), table(client, "b")
+    first = await a.acquire("calls")
+    assert first is not None
+    # Many acquisitions within one millisecond still get a token each.
+    assert await a.release(first)
+    burst = []
+    for _ in range(50):
+        lease = await b.acquire("calls")
+        assert lease is not None
+        burst.append(lease.token)
+        assert await b.release(lease)
+    assert burst == sorted(set(burst))
+    assert burst[0] > first.token
+    await client.flushall()
+
+    # The tokens given out are at most the clock of their time plus the
+    # burst; once the clock passed the last, a lost counter cannot matter.
+    async def clock_passed() -> bool:
+        return await server_ms(client) > burst[-1]
+
+    await eventually(clock_passed)
+    after = await a.acquire("calls")
+    assert after is not None
+    assert after.token > burst[-1]
+
+
 async def test_an_expired_lease_goes_to_the_next_and_the_old_holder_cannot_renew_it(
     client: aioredis.Redis,
 ) -> None:
@@ -74,7 +117,7 @@ async def test_an_expired_lease_goes_to_the_next_and_the_old_holder_cannot_renew
     # Not renewed: once it expires, the next one takes it.
     taken = await eventually(lambda: b.acquire("calls"), within=5.0)
     assert taken is not None
-    assert taken.token == first.token + 1
+    assert taken.token > first.token
     assert await a.renew([first]) == [first]
     assert await b.renew([taken]) == []
 

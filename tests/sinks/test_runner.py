@@ -14,7 +14,7 @@ import pytest
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
-from genesys_mux.errors import ConfigError, SinkError, SinkStartError
+from genesys_mux.errors import ConfigError, FencedError, SinkError, SinkStartError
 from genesys_mux.sinks.base import Item
 from genesys_mux.sinks.runner import SinkRunner
 from genesys_mux.sinks.webhook import WebhookSink
@@ -443,3 +443,31 @@ async def test_last_error_shows_a_failure_while_it_lasts() -> None:
     assert runner.last_error is None  # cleared by the next success
     release.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_a_sink_refusing_the_fence_is_failing_until_the_runner_ends() -> None:
+    """Fenced batches are left to the new owner; if the runner goes on, readiness must see it.
+
+    Normally the stream stops here within a round (its lease is lost). A
+    runner refused for longer has nobody newer behind it; only its end (the
+    stream stopped or moved) clears the failure.
+    """
+    sink = ListSink("hook", errors=[FencedError("refused fencing token 3")] * 2)
+    release = asyncio.Event()
+    runner = SinkRunner(
+        held_open(real_events(2), release, real_events(2, start=3)),
+        [sink],
+        discard,
+        batch_size=2,
+        linger_s=0.0,
+    )
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: sink.attempts == 1)
+    counters = runner.per_sink["hook"]
+    assert counters.fenced == 2
+    assert counters.failing_since is not None
+    assert runner.last_error == "hook: refused fencing token 3"
+    release.set()
+    await asyncio.wait_for(task, 10)
+    assert counters.fenced == 4
+    assert counters.failing_since is None

@@ -12,7 +12,11 @@ own: an instance owns a stream exactly while Redis holds its lease.
 - A **lease** key per stream (``lease:{stream}``) holds ``{instance}|{token}``
   with a TTL of ``lease_ttl_s``. Acquiring a free lease increments the
   stream's **fencing token** (``fence:{stream}``, never reset): every
-  acquisition, by anyone, gets a larger token than all before it. Renewing
+  acquisition, by anyone, gets a larger token than all before it. A token
+  is also never below Redis's clock in milliseconds, so a Redis that lost
+  the counter (restarted without persistence, flushed) still gives out
+  tokens larger than those the sinks and the state store have seen,
+  rather than 1, 2, 3 that they would refuse for ever. Renewing
   checks the holder in the same script, so an instance whose lease expired
   and was taken cannot renew it back: it learns it lost the stream.
 - A **ready** key per stream (``ready:{stream}``) names the member that
@@ -62,7 +66,12 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 
 # KEYS: lease, fence. ARGV: instance, ttl ms.
 # Returns the token held (a new one when the lease was free), or 0 when
-# another instance holds it.
+# another instance holds it. A new token is the counter plus one, and at
+# least the server's clock in milliseconds: should the counter be lost (a
+# restart without persistence, a flush), the next token is still larger
+# than every one given out before, which the sinks and the state store
+# remember. Written with %d: Lua's default formatting of a number that
+# large is an exponent.
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder then
@@ -74,7 +83,13 @@ if holder then
   return 0
 end
 local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if token < floor then
+  token = floor
+  redis.call('SET', KEYS[2], string.format('%d', token))
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', token), 'PX', ARGV[2])
 return token
 """
 

@@ -288,6 +288,10 @@ class SinkRunner:
             if self._reader is not None and not self._reader.done():
                 self._reader.cancel()
             self._running = False
+            # Ended (its stream stopped here, or moved to another instance):
+            # no longer failing, or readiness would say so for ever.
+            for counters in self.per_sink.values():
+                counters.failing_since = None
             for sink in started:
                 try:
                     await sink.close()
@@ -498,6 +502,13 @@ class SinkRunner:
                 events = sum(1 for item in batch if isinstance(item, StreamEvent))
                 counters.fenced += events
                 counters.last_error = self.last_error = f"{sink.name}: {exc}"
+                # Failing, for readiness: a stream whose lease is lost stops
+                # here within a round, and its runner with it. One refused
+                # for longer is held by nobody newer (a fencing counter that
+                # went back, two deployments on one sink): its events would
+                # pile up unseen behind a ready instance.
+                if counters.failing_since is None:
+                    counters.failing_since = time.monotonic()
                 self._log.warning("%s; %d events left to the new owner", exc, events)
                 self._notify(sink.name, str(exc))
                 return False
