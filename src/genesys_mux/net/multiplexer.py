@@ -1282,6 +1282,15 @@ class Multiplexer:
         """True when every channel is live and subscribed."""
         return self.pool is not None and self.pool.live
 
+    @property
+    def failure(self) -> AuthenticationError | None:
+        """What stopped the feed for good (refused credentials), once it has; else None.
+
+        The readers raise it too; a supervisor that only watches (the CLI)
+        reads it here, to stop and say why.
+        """
+        return self._failure
+
     def stats(self) -> dict[str, Any]:
         """Per-stream and per-channel counters, the memory's size and the dead-letter queue's.
 
