@@ -439,6 +439,33 @@ async def test_a_hanging_early_refresh_holds_nobody_while_the_token_has_life(
             await asyncio.wait_for(tokens.token(), 10)
 
 
+async def test_credentials_refused_at_an_early_refresh_leave_the_token_in_hand(
+    make_stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret revoked mid-run: the token in hand still works until it expires.
+
+    Every event it carries until then is one not lost; the refusal is said
+    once, at ERROR, and raised at the last resort (the feed stops then).
+    """
+    now = [0.0]
+    async with make_stack(fast_settings()) as stack:
+        tokens = provider(stack, clock=lambda: now[0])
+        first = await tokens.token()
+        await stack.fault("http_5xx", path=TOKEN_PATH, status=401, count=100)
+        now[0] = tokens.refresh_due(first)
+        with caplog.at_level(logging.WARNING, logger="genesys_mux.auth"):
+            answers = [await tokens.token() for _ in range(3)]
+        assert all(answer is first for answer in answers)
+        assert await token_statuses(stack) == [200, 401], "refused once: never asked again"
+        said = [r for r in caplog.records if "refused the client credentials" in r.getMessage()]
+        assert len(said) == 1
+        assert said[0].levelno == logging.ERROR
+        assert "using the current token until it expires" in said[0].getMessage()
+        now[0] = first.expires_at - 1.0
+        with pytest.raises(AuthenticationError):
+            await tokens.token()
+
+
 # -- bad credentials ---------------------------------------------------------------
 
 

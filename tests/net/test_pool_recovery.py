@@ -480,3 +480,38 @@ async def test_a_client_without_the_notifications_scope_fails_loudly_at_once(
         log = (await stack.control("requests"))["requests"]
         created = [r["status"] for r in log if r["path"] == "/api/v2/notifications/channels"]
         assert created == [403], "refused for good: not retried"
+
+
+@pytest.mark.parametrize(("status", "lifetime_s"), [(503, 16), (401, 12)])
+async def test_without_a_newer_token_the_channel_ends_with_its_own(
+    make_stack: Any, status: int, lifetime_s: int
+) -> None:
+    """A rotation ahead of the token's expiry needs a newer token to rotate onto.
+
+    With the login down (503) or refusing the credentials (401), the early
+    refresh fails and the current token is used until it expires. A
+    successor made with that same token would die at the same moment: each
+    one was rotated again at half the time left, creating channels ever
+    faster (every one an eviction risk) until the end. Now the channel
+    serves on and ends with its token; a refusal stops the pool then, not
+    at the first failed refresh.
+    """
+    # Refreshed early and rotated half-way through; the last resort (5 s
+    # before the end) leaves the early refresh time to fail (a 503 is
+    # retried for about a second first).
+    client = ClientApp("short", "short-secret", token_lifetime_s=lifetime_s)
+    settings = fast_settings(clients=[client])
+    async with make_stack(settings, client_id="short", client_secret="short-secret") as stack:
+        _, channel_id = await start(stack)
+        creator = await stack.tokens.token()
+        await stack.fault("http_5xx", path="/oauth/token", status=status, count=100_000)
+        await eventually(lambda: time.monotonic() >= creator.expires_at - 1.0, within=20)
+        assert stack.pool.failure is None
+        assert stack.pool.channel_ids()[0] == channel_id
+        assert list(stack.pool.outages) == []
+        log = (await stack.control("requests"))["requests"]
+        created = [r for r in log if r["path"] == "/api/v2/notifications/channels"]
+        assert len(created) == 1, [r["time"] for r in created]
+        if status == 401:
+            await eventually(lambda: stack.pool.failure is not None, within=10)
+            assert isinstance(stack.pool.failure, AuthenticationError)

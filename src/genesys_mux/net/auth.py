@@ -141,6 +141,7 @@ class TokenProvider:
         self._refreshing: asyncio.Task[AccessToken] | None = None
         self._slow_refresh: asyncio.Task[AccessToken] | None = None
         self._failed: AuthenticationError | None = None
+        self._refusal_said: AuthenticationError | None = None
         #: Called with each new token, e.g. to reset a request budget or audit.
         self.on_refresh: list[Callable[[AccessToken], None]] = []
         #: Token requests that failed, by reason (every one of
@@ -192,6 +193,21 @@ class TokenProvider:
             if self._clock() >= token.expires_at - _LAST_RESORT_S:
                 raise
             log.warning("token refresh failed; using the current token until it expires")
+        except AuthenticationError as exc:
+            # Refused (a secret rotated or revoked): lasting, but the token
+            # in hand still works, and every event it carries until it
+            # expires is one not lost. The refusal is said once, loudly;
+            # at the last resort it is raised, and the feed stops.
+            if self._clock() >= token.expires_at - _LAST_RESORT_S:
+                raise
+            if self._refusal_said is not exc:
+                self._refusal_said = exc
+                log.error(
+                    "%s; using the current token until it expires in %.0f s, then the "
+                    "feed stops",
+                    exc,
+                    token.expires_at - self._clock(),
+                )
         return token
 
     async def refresh(self, stale: AccessToken | None = None) -> AccessToken:

@@ -248,6 +248,8 @@ class _Socket:
         self.slot = slot
         self.info = info
         self.ws = ws
+        #: When the token that created the channel expires (monotonic): the channel dies then.
+        self.token_expires_at = token_expires_at
         #: This socket's name for the slot's machine (a channel can have several sockets).
         self.key = next(_SOCKET_KEYS)
         now = time.monotonic()
@@ -1132,6 +1134,15 @@ class ChannelPool:
         back: with two sockets per slot for longer, the platform would evict
         a live channel.
         """
+        if action.reason == "token_expiring" and not await self._newer_token(old):
+            log.warning(
+                "slot %d: no newer OAuth token to move channel %s onto (see the token "
+                "warnings); it serves on and ends with its token in %.0f s",
+                slot.index,
+                old.info.id,
+                max(0.0, old.token_expires_at - time.monotonic()),
+            )
+            return True
         log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
         machine = slot.machine
         async with self._rotation_turn():
@@ -1162,6 +1173,20 @@ class ChannelPool:
             for drain in drains:
                 await self._drain(slot, drain.socket)
         return True
+
+    async def _newer_token(self, old: _Socket) -> bool:
+        """Whether a token outliving the one that made ``old``'s channel can be had now.
+
+        Without one (the login down or refusing, the current token kept
+        until it expires), a successor would be made with the same token
+        and die at the same moment: rotated again at half the time left,
+        and again, each rotation a channel more, for nothing.
+        """
+        try:
+            token = await self._tokens.token()
+        except GenesysMuxError:
+            return True  # the rotation's own attempt says what is wrong
+        return token.expires_at > old.token_expires_at
 
     def _spare_channels(self) -> int:
         """Channels a rotation may borrow now: beside one per slot, within the budget."""
