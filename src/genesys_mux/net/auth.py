@@ -203,8 +203,7 @@ class TokenProvider:
             if self._refusal_said is not exc:
                 self._refusal_said = exc
                 log.error(
-                    "%s; using the current token until it expires in %.0f s, then the "
-                    "feed stops",
+                    "%s; using the current token until it expires in %.0f s, then the feed stops",
                     exc,
                     token.expires_at - self._clock(),
                 )
