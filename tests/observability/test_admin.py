@@ -17,7 +17,7 @@ from genesys_mux.errors import ConfigError, InvalidStateError
 from genesys_mux.observability import AdminServer, MuxMetrics
 from genesys_mux.observability.sanitize import REDACTED
 from tests.net.conftest import eventually
-from tests.net.test_multiplexer import Collector, harness
+from tests.net.test_multiplexer import Collector, harness, org_settings
 from tests.observability.conftest import get, scrape
 
 
@@ -84,6 +84,61 @@ async def test_healthz_is_down_once_the_multiplexer_stops() -> None:
             status, body = await get(f"{admin.base_url}/healthz")
             assert status == 503
             assert json.loads(body)["status"] == "down"
+
+
+async def test_refused_credentials_mid_run_make_every_readiness_signal_say_not_ready() -> None:
+    """The secret is rotated under a running feed, then its token revoked: a fatal failure.
+
+    /healthz, /readyz, genesys_mux_ready and /status's ready must all say so,
+    with a reason naming the failure.
+    """
+    async with harness(org_settings(rate=10.0)) as h:
+        metrics = MuxMetrics(h.mux)
+        async with AdminServer(h.mux, metrics) as admin:
+            await h.mux.add_stream({"id": "all", "filter": {}})
+            seen = Collector(h.mux.stream("all"))
+            await eventually(lambda: len(seen.events()) >= 3)
+            assert (await get(f"{admin.base_url}/readyz"))[0] == 200
+            assert (await scrape(admin.base_url))["genesys_mux_ready"][()] == 1
+
+            await h.control("clients", {"client_id": "demo-client", "client_secret": "rotated"})
+            await h.control("faults", {"fault": "revoke_token", "client_id": "demo-client"})
+            await eventually(lambda: metrics.control_events.get("fatal", 0) == 1)
+
+            status, body = await get(f"{admin.base_url}/readyz")
+            assert status == 503, body
+            reason = json.loads(body)["reason"]
+            assert reason.startswith("failed: ")
+            assert "refused the client credentials" in reason
+            assert "rotated" not in reason
+            assert "demo-secret" not in reason
+            assert (await get(f"{admin.base_url}/healthz"))[0] == 503
+            assert (await scrape(admin.base_url))["genesys_mux_ready"][()] == 0
+            status, body = await get(f"{admin.base_url}/status")
+            snapshot = json.loads(body)
+            assert (snapshot["running"], snapshot["ready"]) == (False, False)
+            assert snapshot["reason"] == reason
+            seen.stop()
+        metrics.close()
+
+
+async def test_a_stopped_multiplexer_is_not_ready() -> None:
+    async with harness() as h:
+        metrics = MuxMetrics(h.mux)
+        await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}})
+        seen = Collector(h.mux.stream("voice"))
+        await eventually(lambda: len(seen.events()) >= 1)
+        async with AdminServer(h.mux, metrics) as admin:
+            assert (await get(f"{admin.base_url}/readyz"))[0] == 200
+            await h.mux.stop(drain=False)
+            status, body = await get(f"{admin.base_url}/readyz")
+            assert status == 503
+            assert json.loads(body)["reason"].startswith("stopped: ")
+            assert (await scrape(admin.base_url))["genesys_mux_ready"][()] == 0
+            snapshot = json.loads((await get(f"{admin.base_url}/status"))[1])
+            assert (snapshot["running"], snapshot["ready"]) == (False, False)
+        seen.stop()
+        metrics.close()
 
 
 async def test_status_is_a_json_snapshot_with_extras_redacted() -> None:

@@ -247,6 +247,9 @@ async def test_a_failing_sink_shows_in_metrics_and_makes_readyz_503() -> None:
                     return status == 503 and "sink failing: voice/crm" in body
 
                 await eventually(unready)
+                # The gauge an alert reads is the same judgement as the probe.
+                assert (await scrape(admin.base_url))["genesys_mux_ready"][()] == 0
+                assert metrics.sink_unready_after_s == admin.sink_unready_after_s == 0.3
         finally:
             runner.stop()
             task.cancel()

@@ -12,10 +12,13 @@ locks, between two of its steps:
 * ``/healthz``: 200 while the multiplexer's dispatcher task runs. If it
   died, restarting the process is the fix, which is what a liveness probe
   does.
-* ``/readyz``: 200 when every channel is live and subscribed and at least
-  one stream is configured; otherwise 503 with a JSON reason. During an
-  outage (a lost socket, a channel being recreated) it is 503 until the
-  replacement is live: a load balancer or an orchestrator can act on it.
+* ``/readyz``: 200 when the feed runs, every channel is live and subscribed
+  and at least one stream is configured; otherwise 503 with a JSON reason.
+  During an outage (a lost socket, a channel being recreated) it is 503
+  until the replacement is live: a load balancer or an orchestrator can act
+  on it. A feed that stopped for good (refused credentials) or whose
+  dispatcher ended is not ready either. ``genesys_mux_ready`` is the same
+  judgement (:meth:`MuxMetrics.readiness`), so the gauge and the probe agree.
 * ``/status``: a JSON snapshot of streams and channels (the dashboard's
   data), plus whatever ``status_extra()`` returns (sinks, build info...).
   Channel ids are fine here; Prometheus labels never carry them. The extra
@@ -49,7 +52,7 @@ except ModuleNotFoundError as exc:  # pip install 'genesys-mux[metrics]'
     raise
 
 from genesys_mux.errors import ConfigError, InvalidStateError
-from genesys_mux.observability.metrics import MuxMetrics, Readiness, readiness
+from genesys_mux.observability.metrics import MuxMetrics, Readiness
 from genesys_mux.observability.sanitize import redact
 from genesys_mux.regions import is_loopback_host
 
@@ -103,6 +106,9 @@ class AdminServer:
     ``port=0`` picks a free port; :attr:`base_url` tells which.
     ``status_extra`` is called on every ``/status`` request and its mapping
     is merged into the answer (the built-in keys win).
+    ``sink_unready_after_s``, when given, sets how long a sink may fail
+    without a break before ``/readyz`` (and ``genesys_mux_ready``) say not
+    ready; by default the metrics' own setting holds.
     """
 
     def __init__(
@@ -113,14 +119,15 @@ class AdminServer:
         host: str = "127.0.0.1",
         port: int = 0,
         status_extra: Callable[[], Mapping[str, Any]] | None = None,
-        sink_unready_after_s: float = 60.0,
+        sink_unready_after_s: float | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is not between 0 and 65535")
         self.mux = mux
         self.metrics = metrics
-        #: A sink failing without a break for longer than this makes /readyz 503.
-        self.sink_unready_after_s = sink_unready_after_s
+        if sink_unready_after_s is not None:
+            # Set on the metrics, whose judgement /readyz and genesys_mux_ready share.
+            metrics.sink_unready_after_s = sink_unready_after_s
         self.host = host
         self.port = port
         self._status_extra = status_extra
@@ -211,15 +218,14 @@ class AdminServer:
             return _json_response({"status": "ready"})
         return _json_response({"status": "not_ready", "reason": state.reason}, 503)
 
+    @property
+    def sink_unready_after_s(self) -> float:
+        """A sink failing without a break for longer than this makes /readyz 503."""
+        return self.metrics.sink_unready_after_s
+
     def _readiness(self) -> Readiness:
-        """The feed's readiness, and its sinks': events that cannot leave are not a ready feed."""
-        state = readiness(self.mux, self.metrics.member)
-        if not state.ready:
-            return state
-        failing = self.metrics.failing_sinks(self.sink_unready_after_s)
-        if failing:
-            return Readiness(False, "sink failing: " + "; ".join(failing))
-        return state
+        """The feed's readiness, and its sinks': the same judgement as ``genesys_mux_ready``."""
+        return self.metrics.readiness()
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json_response(self.snapshot())

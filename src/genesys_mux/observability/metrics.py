@@ -56,6 +56,7 @@ from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux._version import __version__
 from genesys_mux.core.events import ControlEvent, GapReported, StreamAdded, StreamRemoved
 from genesys_mux.net.auth import TOKEN_FAILURE_REASONS
+from genesys_mux.observability.sanitize import sanitize_value
 from genesys_mux.sinks.runner import SEND_BUCKETS
 
 try:
@@ -232,14 +233,26 @@ class Readiness:
 
 
 def readiness(mux: Multiplexer, member: ClusterMember | None = None) -> Readiness:
-    """Ready means at least one stream and every channel live and subscribed.
+    """Ready means a running feed, at least one stream and every channel live and subscribed.
 
+    A multiplexer that stopped for good (the platform refused the
+    credentials: no channel can be had until they are fixed) or whose
+    dispatcher ended is never ready, whatever its channels still say: its
+    slots can read live a while after nothing reaches the streams any more.
     ``mux.live`` alone is true for a multiplexer with no channels at all,
     which is not a useful feed, hence the stream check. A cluster
     ``member`` is ready while it can prove its leases; one that carries no
     stream (the others have them all) is a ready spare.
     """
-    if mux.pool is None or not mux.started:
+    if mux.pool is None:
+        return Readiness(False, "starting: no token and no channel yet")
+    if mux.pool.failure is not None:
+        # The error text was scrubbed of credentials where it was made;
+        # sanitized again here because /readyz is read by anyone who can reach it.
+        return Readiness(False, f"failed: {sanitize_value(str(mux.pool.failure))}")
+    if not mux.running:
+        return Readiness(False, "stopped: the multiplexer is stopped or its dispatcher has ended")
+    if not mux.started:
         return Readiness(False, "starting: no token and no channel yet")
     if member is not None and member.status.trouble is not None:
         return Readiness(False, f"cluster: {member.status.trouble}")
@@ -314,7 +327,7 @@ class _MuxCollector:
             self._families(
                 stats["streams"],
                 stats["channels"],
-                readiness(mux, self._owner.member),
+                self._owner.readiness(),
                 dict(self._owner.control_events),
             )
         )
@@ -564,7 +577,8 @@ class _MuxCollector:
 
         yield GaugeMetricFamily(
             "genesys_mux_ready",
-            "1 when every channel is live and subscribed and at least one stream runs.",
+            "1 when /readyz answers 200: the feed runs, every channel is live and subscribed, "
+            "at least one stream runs and nothing (state store, sink, cluster) is failing.",
             value=1 if ready.ready else 0,
         )
         yield GaugeMetricFamily("genesys_mux_streams", "Streams configured.", value=len(streams))
@@ -594,6 +608,8 @@ class MuxMetrics:
     ``dlq_max_bytes`` is the dead-letter file's configured cap, exported as
     ``genesys_mux_dlq_max_bytes`` so an alert can compare the file's size
     with it (None: no cap, or none known; then no sample).
+    ``sink_unready_after_s`` is how long a sink may fail without a break
+    before the instance is not ready (see :meth:`readiness`).
     """
 
     def __init__(
@@ -602,8 +618,11 @@ class MuxMetrics:
         registry: CollectorRegistry | None = None,
         *,
         dlq_max_bytes: int | None = None,
+        sink_unready_after_s: float = 60.0,
     ) -> None:
         self.mux = mux
+        #: A sink failing without a break for longer than this makes the instance not ready.
+        self.sink_unready_after_s = sink_unready_after_s
         #: The dead-letter file's cap in bytes, or None (see the class docstring).
         self.dlq_max_bytes = dlq_max_bytes
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -666,6 +685,22 @@ class MuxMetrics:
         """Export this instance's part in a cluster, and make ``/readyz`` follow its leases."""
         self.member = member
         member.on_control.append(self._control)
+
+    def readiness(self) -> Readiness:
+        """The instance's readiness: what ``/readyz`` answers and ``genesys_mux_ready`` exports.
+
+        The feed's (:func:`readiness`: running, channels, streams, state
+        store, cluster), then its sinks': events that cannot leave are not a
+        ready feed. One judgement for both, so the gauge an alert reads never
+        says ready while the probe says not.
+        """
+        state = readiness(self.mux, self.member)
+        if not state.ready:
+            return state
+        failing = self.failing_sinks(self.sink_unready_after_s)
+        if failing:
+            return Readiness(False, "sink failing: " + "; ".join(failing))
+        return state
 
     def failing_sinks(self, longer_than_s: float, now: float | None = None) -> list[str]:
         """``stream/sink failing for N s: error`` per sink failing for over ``longer_than_s``."""
