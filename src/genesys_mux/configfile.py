@@ -57,6 +57,7 @@ from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
 from genesys_mux.sinks.nats import DEFAULT_SUBJECT, check_subject_template, stream_subjects_for
 from genesys_mux.sinks.plugins import ENTRY_POINT_GROUP, LoadedPlugin, load_plugin, plugin_types
 from genesys_mux.sinks.webhook import SigningScheme, parse_secrets
+from genesys_mux.state.redis_server import redis_url_problem
 
 __all__ = [
     "ConfigFile",
@@ -84,9 +85,6 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=_ConfigModel)
-
-#: What a Redis URL may start with (the client takes these three).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 # strict: TOML already has types, so `true` is never a number and "5" never
 # an int; no infinities or NaN: every number here is a real bound.
@@ -324,12 +322,8 @@ class RedisSinkSpec(_SinkBase):
     def _one_url(self) -> RedisSinkSpec:
         if (self.url is None) == (self.url_env is None):
             raise ValueError("give exactly one of url or url_env")
-        if self.url is not None and not self.url.startswith(REDIS_SCHEMES):
-            raise ValueError("url must be a redis://, rediss:// or unix:// URL")
-        if self.url is not None and "@" in self.url:
-            raise ValueError(
-                "the url holds credentials; put it in an environment variable named by url_env"
-            )
+        if self.url is not None:
+            _check_file_redis_url(self.url)
         return self
 
 
@@ -513,12 +507,7 @@ class _RedisLocation(_FileModel):
         if self.url is not None and self.url_env is not None:
             raise ValueError("give url or url_env, not both")
         if self.url is not None:
-            if not self.url.startswith(("redis://", "rediss://")):
-                raise ValueError("url must be a redis:// or rediss:// URL")
-            if "@" in self.url:
-                raise ValueError(
-                    "the url holds credentials; put it in an environment variable named by url_env"
-                )
+            _check_file_redis_url(self.url)
         return self
 
     def redis_url(self, section: str, env: Mapping[str, str] | None = None) -> str | None:
@@ -1269,16 +1258,27 @@ def _check_sink(
 def _redis_url_problem(variable: str, value: str) -> str | None:
     """What is wrong with a Redis URL read from ``variable`` (None: nothing).
 
-    Never quotes the value, which may hold a password: only its scheme.
+    The policy of every Redis genesys-mux uses, in its words (see
+    :func:`~genesys_mux.state.redis_server.redis_url_problem`); never quotes
+    the value, which may hold a password.
     """
-    if value.startswith(REDIS_SCHEMES):
-        return None
-    scheme = value.split("://", 1)[0] if "://" in value else None
-    got = f"holds a {scheme}:// URL" if scheme and scheme.isalnum() else "does not hold a URL"
-    return (
-        f"{variable} {got}; set it to a redis://, rediss:// or unix:// URL "
-        "(redis://[:password@]host:port/db)"
-    )
+    problem = redis_url_problem(value)
+    return None if problem is None else f"{variable}: {problem}"
+
+
+def _check_file_redis_url(url: str) -> None:
+    """ValueError for a Redis ``url`` written in the file: one with credentials, or one refused.
+
+    Credentials never live in the file (they go in the variable ``url_env``
+    names); the rest is the policy of every Redis genesys-mux uses.
+    """
+    if "@" in url:
+        raise ValueError(
+            "the url holds credentials; put it in an environment variable named by url_env"
+        )
+    problem = redis_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _sink_paths(config: ConfigFile) -> dict[tuple[str, int], str]:

@@ -184,7 +184,8 @@ async def test_a_redis_url_env_that_holds_no_redis_url_is_a_problem(tmp_path: Pa
     assert result.code == 1, result.why()
     where = {p["path"]: p["problem"] for p in json.loads(result.stdout)["problems"]}
     assert sorted(where) == ["state.url_env", "streams[0].sinks[0].url_env"]
-    assert "EVENTS_REDIS_FOR_THIS_TEST holds a http:// URL" in where["streams[0].sinks[0].url_env"]
+    sink_problem = where["streams[0].sinks[0].url_env"]
+    assert "EVENTS_REDIS_FOR_THIS_TEST: the url is a http:// URL" in sink_problem
     assert "redis://" in where["state.url_env"]
     assert password not in result.output
     env = dict.fromkeys(env, "redis://127.0.0.1:6391/0")

@@ -58,8 +58,9 @@ from genesys_mux.configfile import (
     configured_region,
 )
 from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.events import ControlEvent, Fatal
 from genesys_mux.core.streams import Gap, StreamEvent
-from genesys_mux.errors import ConfigError, SinkStartError
+from genesys_mux.errors import AuthenticationError, ConfigError, GenesysMuxError, SinkStartError
 from genesys_mux.net.connection import PoolSettings
 from genesys_mux.net.multiplexer import Multiplexer
 from genesys_mux.observability.admin import AdminServer, status_snapshot
@@ -255,15 +256,19 @@ class Runtime:
         self._audit: AuditLog | None = None
         self._metrics: MuxMetrics | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        #: The first sink that could not start for good; it stops the run.
-        self._fatal: SinkStartError | None = None
+        #: What stops the run for good: the first sink that could not start,
+        #: or credentials the platform refused once the token in hand expired.
+        self._fatal: GenesysMuxError | None = None
         self._fatal_event = asyncio.Event()
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> int:
         """Run until ``stop`` is set or ``duration_s`` has passed; returns an exit code.
 
         Raises :class:`~genesys_mux.errors.SinkStartError`, after the same
-        orderly stop, when a sink could not start for good.
+        orderly stop, when a sink could not start for good, and
+        :class:`~genesys_mux.errors.AuthenticationError` when the platform
+        refused the credentials and the feed stopped (``run`` exits 2: a
+        supervisor must not see a process that lives on delivering nothing).
 
         A stop that comes while still starting (a token that cannot be had, a
         tenant that does not answer) cancels the start-up at once rather than
@@ -340,6 +345,7 @@ class Runtime:
         self.mux = mux
         audit.attach(mux)
         mux.on_control.append(self.tail)
+        mux.on_control.append(self._stop_when_fatal)
         metrics = MuxMetrics(mux, dlq_max_bytes=settings.dlq_max_bytes)
         tasks: list[asyncio.Task[Any]] = []
         async with contextlib.AsyncExitStack() as stack:
@@ -461,6 +467,15 @@ class Runtime:
         task.add_done_callback(functools.partial(self._sinks_ended, stream_id))
         self._tasks.append(task)
 
+    def _stop_when_fatal(self, event: ControlEvent) -> None:
+        """The feed stopped for good (credentials refused): the run stops, and exits 2."""
+        if not isinstance(event, Fatal) or self._fatal is not None:
+            return
+        failure = self.mux.failure if self.mux is not None else None
+        self._fatal = failure or AuthenticationError(event.error)
+        self._say(logging.ERROR, f"{self._fatal}; stopping the run")
+        self._fatal_event.set()
+
     def _sinks_ended(self, stream_id: str, task: asyncio.Task[None]) -> None:
         """Say why a stream's sinks stopped early; a sink that cannot start stops the run."""
         if task.cancelled() or task.exception() is None:
@@ -488,10 +503,10 @@ class Runtime:
     ) -> ClusterMember:
         """Join the cluster: its Redis, its lease table, and this instance's member loop."""
         from genesys_mux.cluster import ClusterMember, LeaseTable
-        from genesys_mux.state.redis import redis_name
+        from genesys_mux.state.redis_server import connect, redis_name
 
         try:
-            import redis.asyncio as aioredis
+            import redis.asyncio  # noqa: F401 - to name the extra when it is missing
         except ModuleNotFoundError as exc:  # the [redis] extra is not installed
             raise_if_extra_missing(exc, "a cluster (leases in Redis)")
             raise
@@ -499,7 +514,7 @@ class Runtime:
         assert self.mux is not None
         url = cluster.redis_url("cluster")
         assert url is not None  # the section requires one
-        client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        client = connect(url, "[cluster]", socket_timeout=5.0, socket_connect_timeout=5.0)
         stack.push_async_callback(client.aclose)
         table = LeaseTable(
             client,

@@ -513,17 +513,17 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
         from genesys_mux.cluster import LeaseTable
         from genesys_mux.cluster.member import placement_owners, stream_weights
         from genesys_mux.core.placement import Member, StreamDemand, place
-        from genesys_mux.state.redis import redis_name
+        from genesys_mux.state.redis_server import connect, redis_name
 
         try:
-            import redis.asyncio as aioredis
+            import redis.asyncio  # noqa: F401 - to name the extra when it is missing
         except ModuleNotFoundError as exc:  # the [redis] extra is not installed
             raise_if_extra_missing(exc, "genesys-mux cluster status")
             raise
 
         url = cluster.redis_url("cluster")
         assert url is not None  # the section requires one
-        client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        client = connect(url, "[cluster]", socket_timeout=5.0, socket_connect_timeout=5.0)
         try:
             table = LeaseTable(
                 client,

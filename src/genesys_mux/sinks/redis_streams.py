@@ -40,10 +40,13 @@ failed part-way (a key of the wrong type, out of memory) is stored in full
 when it is sent again.
 
 The URL may carry a password; it never appears in reprs, logs or errors.
-A password must be percent-encoded where it holds ``/``, ``?`` or ``#``
-(otherwise it reads as the URL's path, query or fragment, and a piece of it
-as the port): such a URL is refused when the sink is built, with a
-:class:`~genesys_mux.errors.ConfigError` that says so and echoes none of it.
+It follows the URL policy of every Redis genesys-mux uses
+(:func:`~genesys_mux.state.redis_server.redis_url_problem`): a password
+must be percent-encoded where it holds ``/``, ``?`` or ``#`` (otherwise it
+reads as the URL's path, query or fragment, and a piece of it as the port),
+and TLS verification stays on. A URL it refuses is refused when the sink is
+built, with a :class:`~genesys_mux.errors.ConfigError` that says why and
+echoes none of it.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from genesys_mux._extras import raise_if_extra_missing
-from genesys_mux.core.redaction import URL_USERINFO_HINT, userinfo_not_encoded
+from genesys_mux.core.redaction import userinfo_not_encoded
 from genesys_mux.errors import ConfigError, FencedError, SinkError
 from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
+from genesys_mux.state.redis_server import check_redis_url, connect
 
 try:
     import redis.asyncio as aioredis
@@ -176,20 +180,8 @@ class RedisStreamsSink:
             raise ConfigError("Redis sink timeouts must be positive")
         if fence < 0 or dedupe_ttl_s < 0:
             raise ConfigError("Redis sink fence and dedupe_ttl_s must not be negative")
-        if userinfo_not_encoded(url):
-            raise ConfigError(f"Redis sink {name}: {URL_USERINFO_HINT}")
-        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(
-                f"Redis sink url must start with redis://, rediss:// or unix://, "
-                f"not {redact_url(url)!r}"
-            )
-        try:
-            urlsplit(url).port  # noqa: B018 - read to check it
-        except ValueError:
-            raise ConfigError(
-                f"Redis sink {name}: the port in the url is not a number from 0 to 65535 "
-                "(if the url holds a password, percent-encode any '/', '?', '#' or ':' in it)"
-            ) from None
+        # The policy the state store and a cluster's Redis follow too.
+        check_redis_url(url, f"Redis sink {name}")
         self.name = name
         self.prefix = prefix
         self.maxlen = maxlen
@@ -236,8 +228,9 @@ class RedisStreamsSink:
     def _create_client(self) -> None:
         """The client, created once; it connects lazily, on its first command."""
         if self._client is None:
-            self._client = aioredis.Redis.from_url(
+            self._client = connect(
                 self._url.value,
+                f"Redis sink {self.name}",
                 socket_timeout=self._socket_timeout_s,
                 socket_connect_timeout=self._connect_timeout_s,
                 # The runner owns retrying: it re-sends the whole batch with

@@ -41,7 +41,6 @@ import logging
 import operator
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -57,6 +56,7 @@ from genesys_mux.core.checkpoint import (
 )
 from genesys_mux.errors import FencedStateError, StateError
 from genesys_mux.state.blocks import Block, Blocks, ranks
+from genesys_mux.state.redis_server import check_redis_url, connect, redis_name
 from genesys_mux.state.store import refused_message
 
 try:
@@ -76,6 +76,8 @@ __all__ = ["KEYS_SCHEMA_VERSION", "RedisStateStore", "redis_name"]
 KEYS_SCHEMA_VERSION = 3
 
 _APPLICATION = b"genesys-mux"
+#: Starts the messages about the store's URL.
+_WHERE = "the Redis state store"
 _ERRORS = (rexc.RedisError, OSError, TimeoutError)
 log = logging.getLogger("genesys_mux.state")
 #: Remembered keys per block: one encoder call, and one HSET (a round trip)
@@ -155,14 +157,13 @@ return refused
 """
 
 
-def redis_name(url: str) -> str:
-    """A Redis URL for messages: host, port and database only, never the password."""
-    parts = urlsplit(url)
-    return f"redis:{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or ''}"
-
-
 class RedisStateStore:
-    """Checkpoints on the Redis server at ``url``, keys under ``prefix``."""
+    """Checkpoints on the Redis server at ``url``, keys under ``prefix``.
+
+    A URL that :func:`~genesys_mux.state.redis_server.redis_url_problem`
+    refuses raises :class:`~genesys_mux.errors.ConfigError` here, quoting
+    none of it.
+    """
 
     #: Asks streams to write again, unchanged, the keys they have not seen
     #: for twice as many sightings as they remember keys, so that the floor
@@ -170,6 +171,7 @@ class RedisStateStore:
     refresh = 2
 
     def __init__(self, url: str, *, prefix: str = "genesys-mux:", timeout_s: float = 5.0) -> None:
+        check_redis_url(url, _WHERE)
         self.name = redis_name(url)
         self.prefix = prefix
         self._url = url
@@ -639,8 +641,9 @@ class RedisStateStore:
 
     def _connect(self) -> aioredis.Redis:
         if self._client is None:
-            self._client = aioredis.Redis.from_url(
+            self._client = connect(
                 self._url,
+                _WHERE,
                 socket_timeout=self._timeout_s,
                 socket_connect_timeout=self._timeout_s,
             )
