@@ -20,7 +20,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from genesys_mux.core.snapshot import event_facts
-from genesys_mux.emulator import Emulator
+from genesys_mux.emulator import ClientApp, Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
 from tests.cli.conftest import (
     CANARY_CLIENT,
@@ -30,6 +30,7 @@ from tests.cli.conftest import (
     run_cli,
     start_cli,
 )
+from tests.net.test_multiplexer import org_settings
 from tests.sinks.conftest import free_port
 
 DEMO_CREDENTIALS = {
@@ -309,6 +310,56 @@ async def test_a_wrong_secret_exits_2_with_one_clear_line(
     assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in errors[0]
     assert "not-the-secret" not in result.output
     assert "Traceback" not in result.stderr
+
+
+async def test_credentials_refused_mid_run_stop_it_with_2_once_the_token_in_hand_expires(
+    tmp_path: Path,
+) -> None:
+    """A secret revoked while running: delivery goes on with the token in hand, then exit 2.
+
+    A process that lived on delivering nothing would look healthy to
+    systemd or Docker (neither probes readiness), and never be restarted.
+    """
+    client = ClientApp("short", "short-secret", token_lifetime_s=12)
+    (tmp_path / "mux.toml").write_text(TWO_STREAMS)
+    credentials = {
+        "GENESYSCLOUD_OAUTHCLIENT_ID": "short",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET": "short-secret",
+    }
+    async with Emulator(org_settings(rate=20.0, clients=[client])) as emulator:
+        process = await start_cli(
+            "run", "-c", "mux.toml", "--base-url", emulator.base_url,
+            env=credentials,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert process.stdout is not None
+        try:
+            first = await asyncio.wait_for(process.stdout.readline(), DEADLINE_S)
+            assert json.loads(first)["kind"] == "event"
+            refused_at = time.monotonic()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{emulator.base_url}/__emulator__/faults",
+                    json={"fault": "http_5xx", "path": "/oauth/token", "status": 401},
+                ) as resp,
+            ):
+                assert resp.status == 200
+            out, err = await asyncio.wait_for(process.communicate(), 30.0)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        took = time.monotonic() - refused_at
+    stderr = err.decode()
+    assert process.returncode == 2, stderr[-3000:]
+    # Not at the first refused refresh (6 s into the token's 12), but at its end.
+    assert took > 3.0, f"stopped {took:.1f} s after the refusal, with a token still valid"
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr[-3000:]
+    assert "refused the client credentials" in errors[0]
+    assert "short-secret" not in stderr + out.decode()
+    assert "Traceback" not in stderr
 
 
 async def test_an_admin_port_in_use_exits_2_with_one_clear_line(
