@@ -56,7 +56,13 @@ from genesys_mux.core.checkpoint import (
 )
 from genesys_mux.errors import FencedStateError, StateError
 from genesys_mux.state.blocks import Block, Blocks, ranks
-from genesys_mux.state.redis_server import check_redis_url, connect, redis_name
+from genesys_mux.state.redis_server import (
+    TLS_REFUSED,
+    check_redis_url,
+    connect,
+    redis_name,
+    tls_refused,
+)
 from genesys_mux.state.store import refused_message
 
 try:
@@ -507,6 +513,8 @@ class RedisStateStore:
             self._fenced([checkpoint], {checkpoint.stream_id: int(claimed)})
 
     def _unreachable(self, exc: BaseException) -> StateError:
+        if tls_refused(exc):
+            return StateError(f"{self.name}: {TLS_REFUSED} ({exc})")
         return StateError(
             f"{self.name}: cannot reach the state store ({exc}); check that Redis runs "
             "there, or fix [state] url"

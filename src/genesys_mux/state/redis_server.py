@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,12 +36,14 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 __all__ = [
+    "TLS_REFUSED",
     "URL_OPTIONS",
     "URL_TLS_OPTIONS",
     "check_redis_url",
     "connect",
     "redis_name",
     "redis_url_problem",
+    "tls_refused",
 ]
 
 #: The schemes redis-py connects with: TCP, TCP with TLS, a Unix socket.
@@ -223,6 +226,29 @@ def redis_name(url: str) -> str:
     # Only a database number: whatever else a path holds is not the name's to show.
     db = parts.path if parts.path.strip("/").isdigit() else ""
     return f"redis:{parts.hostname or 'localhost'}:{port or 6379}{db}"
+
+
+#: What to do when :func:`tls_refused` (a sentence after the server's name).
+TLS_REFUSED: Final = (
+    "its TLS certificate was not accepted: give the CA that signed it with "
+    "ssl_ca_certs=/path/to/ca.pem in the url, and connect by a host name or address "
+    "that the certificate holds"
+)
+
+
+def tls_refused(exc: BaseException) -> bool:
+    """Whether a failed connection is the server's TLS certificate, not accepted here.
+
+    redis-py raises its ConnectionError for it, with the ssl module's error
+    as the cause (or only its words): told apart, the message can say what
+    to fix instead of "check that Redis runs there".
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def connect(url: str, where: str, **options: Any) -> aioredis.Redis:
