@@ -192,6 +192,26 @@ async def test_the_alert_rules_pass_their_unit_tests() -> None:
 # -- the files' shape -----------------------------------------------------------
 
 
+def test_dead_letter_signals_count_the_sinks_letters_too() -> None:
+    """A stream's dead letters are in two counters: whatever reads one reads both.
+
+    ``genesys_mux_stream_dead_lettered_total`` counts the buffer's letters
+    (overflow, stop), ``genesys_mux_sink_dead_lettered_total`` those a sink
+    gave up on; an alert or a panel reading the first alone missed every
+    letter of a failing sink.
+    """
+    queries = dashboard_queries() + alert_queries()
+    readers = [
+        (where, expr)
+        for where, expr in queries
+        if "genesys_mux_stream_dead_lettered_total" in metric_names(expr)
+    ]
+    assert any("GenesysMuxDeadLetters" in where for where, _ in readers)
+    assert len(readers) >= 3
+    for where, expr in readers:
+        assert "genesys_mux_sink_dead_lettered_total" in metric_names(expr), where
+
+
 def test_every_alert_says_how_bad_for_how_long_and_what_to_do() -> None:
     rules = alert_rules()
     assert len({rule["alert"] for rule in rules}) == len(rules), "alert names repeat"

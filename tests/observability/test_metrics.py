@@ -23,7 +23,7 @@ from genesys_mux.observability import AdminServer, MuxMetrics, stream_label
 from genesys_mux.observability.metrics import _cumulative
 from genesys_mux.sinks.runner import SinkCounters, SinkRunner
 from tests.net.conftest import eventually
-from tests.net.test_multiplexer import Collector, harness
+from tests.net.test_multiplexer import Collector, harness, org_settings
 from tests.observability.conftest import get, sample_events, scrape
 
 STREAM_COUNTERS = {
@@ -254,6 +254,93 @@ async def test_a_failing_sink_shows_in_metrics_and_makes_readyz_503() -> None:
             runner.stop()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+class _StuckSink:
+    """A sink whose downstream never answers: its first send hangs until cancelled."""
+
+    name = "stuck"
+
+    def __init__(self) -> None:
+        self.sending = asyncio.Event()
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, batch: object) -> None:
+        self.sending.set()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_stream_and_sink_dead_letter_counters_add_up_to_every_letter() -> None:
+    """Every dead letter is in one of the two counters, and in /status, exactly once.
+
+    Three sources: a stream's buffer overflowing (nobody reads ``small``), a
+    sink that gives up on batches (``hooks``), and a runner cancelled with a
+    batch in hand and items already read for the next (``stuck``): the last
+    ones no sink's own counter holds.
+    """
+    async with harness(org_settings(rate=40.0)) as h:
+        metrics = MuxMetrics(h.mux)
+        admin = AdminServer(h.mux, metrics)
+        await h.mux.add_stream({"id": "small", "filter": {}, "buffer_size": 1})
+        await h.mux.add_stream({"id": "hooks", "filter": {}})
+        await h.mux.add_stream({"id": "stuck", "filter": {}})
+        failing = SinkRunner(
+            h.mux.stream("hooks", settle=False),
+            [_BrokenSink()],
+            h.mux.dead_letter,
+            max_attempts=1,
+            backoff=Backoff(0.01, 0.02),
+        )
+        stuck_sink = _StuckSink()
+        stuck = SinkRunner(
+            h.mux.stream("stuck", settle=False), [stuck_sink], h.mux.dead_letter, batch_size=5
+        )
+        metrics.watch_sinks("hooks", failing)
+        metrics.watch_sinks("stuck", stuck)
+        tasks = [asyncio.create_task(failing.run()), asyncio.create_task(stuck.run())]
+        try:
+            await stuck_sink.sending.wait()
+            # Items wait in the stream, so the reader has one for the next batch.
+            await eventually(lambda: h.mux.stats()["streams"]["stuck"].buffered > 3)
+            tasks[1].cancel()
+            await asyncio.gather(tasks[1], return_exceptions=True)
+            assert stuck.dead_lettered > stuck.per_sink["stuck"].dead_lettered, (
+                "no letter outside the sink's own counter: the case this test is for"
+            )
+            await eventually(lambda: failing.dead_lettered >= 5)
+            await eventually(lambda: h.mux.stats()["streams"]["small"].dead_lettered >= 5)
+
+            # No await from here on: the scrape, /status and the queue agree exactly.
+            text = generate_latest(metrics.registry).decode()
+            snapshot = admin.snapshot()
+            letters: dict[str, int] = {}
+            for letter in h.dlq.letters:
+                letters[letter.stream_id] = letters.get(letter.stream_id, 0) + 1
+        finally:
+            failing.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            metrics.close()
+
+    counted: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("genesys_mux_stream_dead_lettered", "genesys_mux_sink_dead_lettered"):
+            for sample in family.samples:
+                stream = sample.labels["stream"]
+                counted[stream] = counted.get(stream, 0) + sample.value
+    assert counted == {stream: float(n) for stream, n in letters.items()}
+    assert set(letters) == {"small", "hooks", "stuck"}
+    for stream, n in letters.items():
+        status = snapshot["streams"][stream]
+        assert status["dead_lettered"] + status["sink_dead_lettered"] == n, stream
+    assert snapshot["streams"]["hooks"]["sink_dead_lettered"] > 0
+    assert snapshot["streams"]["small"]["sink_dead_lettered"] == 0
 
 
 def test_sink_send_times_fall_in_prometheus_buckets() -> None:

@@ -231,7 +231,12 @@ class AdminServer:
         return _json_response(self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
-        """What ``/status`` answers: readiness, streams, channels, control-event counts."""
+        """What ``/status`` answers: readiness, streams, channels, control-event counts.
+
+        Each stream has ``dead_lettered`` (events its buffer dead-lettered)
+        and ``sink_dead_lettered`` (events its sinks gave up on): together,
+        every dead letter of the stream.
+        """
         stats = self.mux.stats()
         state = self._readiness()
         running, _ = _dispatcher_state(self.mux)
@@ -244,6 +249,11 @@ class AdminServer:
             **status_snapshot(self.mux, stats),
             "control_events": dict(self.metrics.control_events),
         }
+        for stream_id, stream in status["streams"].items():
+            # A stream's dead_lettered is its buffer's (as in the metric of that
+            # name); what its sinks gave up on is beside it, so neither is missed.
+            delivery = self.metrics.sink_runners.get(stream_id)
+            stream["sink_dead_lettered"] = delivery.dead_lettered if delivery is not None else 0
         if self._status_extra is not None:
             try:
                 extra = redact(self._status_extra())

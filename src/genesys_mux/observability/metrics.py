@@ -57,6 +57,7 @@ from genesys_mux._version import __version__
 from genesys_mux.core.events import ControlEvent, GapReported, StreamAdded, StreamRemoved
 from genesys_mux.net.auth import TOKEN_FAILURE_REASONS
 from genesys_mux.observability.sanitize import sanitize_value
+from genesys_mux.sinks.fanout import SinkFanOut
 from genesys_mux.sinks.runner import SEND_BUCKETS
 
 try:
@@ -148,7 +149,14 @@ _CHANNEL_ID = re.compile(r"streaming-\d+-[a-z0-9]{8,}", re.I)
 _SINK_COUNTERS = (
     ("sent", "genesys_mux_sink_records_sent", "Records the sink took."),
     ("failed_batches", "genesys_mux_sink_failed_batches", "Batches the sink finally failed."),
-    ("dead_lettered", "genesys_mux_sink_dead_lettered", "Events dead-lettered for this sink."),
+    (
+        "dead_lettered",
+        "genesys_mux_sink_dead_lettered",
+        "Events the stream's sink delivery wrote to the dead-letter queue, by the sink that "
+        "gave up on them (events taken but not yet batched when delivery stopped count under "
+        "the first sink their letter names). The stream's own buffer's are "
+        "genesys_mux_stream_dead_lettered_total: the two add up to every dead letter.",
+    ),
     ("retries", "genesys_mux_sink_retries", "Failed attempts that were tried again."),
     (
         "fenced",
@@ -180,7 +188,9 @@ _STREAM_COUNTERS = (
     (
         "dead_lettered",
         "genesys_mux_stream_dead_lettered",
-        "Events written to the dead-letter queue.",
+        "Events the stream's buffer wrote to the dead-letter queue (overflow, stop, stream "
+        "removed). Those its sinks gave up on are genesys_mux_sink_dead_lettered_total: the "
+        "two add up to every dead letter.",
     ),
     ("gaps", "genesys_mux_stream_gaps", "Outage windows reported to the stream as gaps."),
 )
@@ -442,10 +452,18 @@ class _MuxCollector:
             for stream_id, runner in sorted(runners.items())
             for name, counters in sorted(runner.per_sink.items())
         ]
+        unattributed = {
+            (stream_label(stream_id), sink): count
+            for stream_id, runner in runners.items()
+            for sink, count in _unattributed_dead_letters(runner)
+        }
         for attr, name, doc in _SINK_COUNTERS:
             counter = CounterMetricFamily(name, doc, labels=["stream", "sink"])
             for stream, sink, c in rows:
-                counter.add_metric([stream, sink], getattr(c, attr))
+                value = getattr(c, attr)
+                if attr == "dead_lettered":
+                    value += unattributed.get((stream, sink), 0)
+                counter.add_metric([stream, sink], value)
             yield counter
         failing = GaugeMetricFamily(
             "genesys_mux_sink_failing",
@@ -772,6 +790,27 @@ class MuxMetrics:
             reason = "other"
         key = (stream_id, reason)
         self.gap_reasons[key] = self.gap_reasons.get(key, 0) + 1
+
+
+def _unattributed_dead_letters(delivery: StreamDelivery) -> Iterator[tuple[str, int]]:
+    """(sink, count) of a delivery's dead letters that no sink's own counter holds.
+
+    A runner counts per sink the batches a sink gave up on, but the events it
+    had taken from the stream and not yet batched when it stopped (and, in a
+    fan-out, those queued for a group) are counted only in the runner's total.
+    Their letters name the runner's first sink, so they are exported under
+    it: the sink counters then add up to every letter the delivery wrote,
+    and each series still only grows (both counts only grow, and the
+    runner's total holds every per-sink count).
+    """
+    runners = delivery.runners if isinstance(delivery, SinkFanOut) else (delivery,)
+    for runner in runners:
+        if not runner.sinks:
+            continue
+        counted = sum(runner.per_sink[sink.name].dead_lettered for sink in runner.sinks)
+        extra = runner.dead_lettered - counted
+        if extra > 0:
+            yield runner.sinks[0].name, extra
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
