@@ -10,6 +10,7 @@ second whose counts add up to the dead letters written.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import itertools
 import json
@@ -17,6 +18,7 @@ import re
 import typing
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from genesys_mux.core.events import (
     ChannelCreated,
@@ -24,9 +26,13 @@ from genesys_mux.core.events import (
     ControlEvent,
     DeadLettered,
     GapReported,
+    LeaseAcquired,
+    StreamActivated,
     TopicRejected,
 )
+from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability import AuditLog
+from genesys_mux.observability.audit import WITHHELD
 from genesys_mux.observability.sanitize import REDACTED
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import Collector, harness, org_settings
@@ -282,3 +288,129 @@ def test_every_control_event_type_is_audited() -> None:
         line = written[event.kind.upper()]
         assert line["level"] == event.level
         assert line["logger"] == "genesys_mux.audit"
+
+
+def _distinct_sample(kind: Any, serial: int) -> ControlEvent:
+    """``kind`` with a value per field that no other field has, so each can be found."""
+    hints = typing.get_type_hints(kind)
+    values: dict[str, Any] = {}
+    for number, f in enumerate(dataclasses.fields(kind)):
+        hint = hints[f.name]
+        unique = 1000 * serial + number + 1
+        if hint is int:
+            values[f.name] = unique
+        elif hint is float:
+            values[f.name] = float(unique)
+        elif hint is str:
+            values[f.name] = f"{f.name}-{unique}"
+        elif hint == tuple[str, ...]:
+            values[f.name] = (f"{f.name}-{unique}",)
+        else:
+            raise AssertionError(f"{kind.__name__}.{f.name}: no sample for {hint}")
+    event: ControlEvent = kind(**values)
+    return event
+
+
+def _written_values(line: object) -> list[object]:
+    """Every value of a decoded line, nested ones and mapping keys too."""
+    if isinstance(line, dict):
+        return [v for key, value in line.items() for v in (key, *_written_values(value))]
+    if isinstance(line, list):
+        return [v for item in line for v in _written_values(item)]
+    return [line]
+
+
+def test_every_field_of_every_control_event_is_written_or_deliberately_withheld() -> None:
+    """Walks each ControlEvent dataclass: each field's value reaches the line, or WITHHELD says why.
+
+    A new field (or a new event) that nobody added to the audit's allow-list
+    fails here instead of being dropped without a word, as a lease's fencing
+    token and an activation's ``kept`` count once were.
+    """
+    kinds = typing.get_args(ControlEvent)
+    known = {f"{k.__name__}.{f.name}" for k in kinds for f in dataclasses.fields(k)}
+    assert set(WITHHELD) <= known, "WITHHELD names fields that do not exist"
+    problems = []
+    for serial, kind in enumerate(kinds, 1):
+        event = _distinct_sample(kind, serial)
+        out = io.StringIO()
+        with AuditLog(out) as audit:
+            audit.record(event)
+        lines = audit_lines(out)
+        assert len(lines) == 1, (kind.__name__, lines)
+        written = _written_values({k: v for k, v in lines[0].items() if k != "ts"})
+        for f in dataclasses.fields(kind):
+            name = f"{kind.__name__}.{f.name}"
+            value = getattr(event, f.name)
+            expected: list[object]
+            if isinstance(value, tuple):
+                expected = list(value)
+            elif isinstance(value, float):
+                expected = [format_iso(value)]  # times are written as ISO-8601
+            else:
+                expected = [value]
+            shown = all(v in written for v in expected)
+            if name in WITHHELD:
+                if shown:
+                    problems.append(f"{name} is withheld but written")
+            elif not shown:
+                problems.append(f"{name} is neither written nor in WITHHELD")
+            if REDACTED in written:
+                problems.append(f"{kind.__name__}: a field was redacted")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_lease_s_fencing_token_and_an_activation_s_kept_count_are_written() -> None:
+    out = io.StringIO()
+    with AuditLog(out) as audit:
+        audit.record(LeaseAcquired("voice", 1_700_000_000_123, "acquired"))
+        audit.record(StreamActivated("voice", 42, "failover"))
+    acquired, activated = audit_lines(out)
+    assert acquired["event"] == "LEASE_ACQUIRED"
+    assert acquired["fence"] == 1_700_000_000_123
+    assert "token" not in acquired
+    assert (activated["event"], activated["kept"], activated["reason"]) == (
+        "STREAM_ACTIVATED",
+        42,
+        "failover",
+    )
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations" / "index.md"
+_DOC_ROW = re.compile(r"^\| `([A-Z_]+)` \| (INFO|WARNING|ERROR) \| (.*) \|$", re.MULTILINE)
+
+
+def documented_fields() -> dict[str, tuple[str, set[str]]]:
+    """The operations page's table: event → (level, field names), asides in brackets left out."""
+    text = DOCS.read_text(encoding="utf-8")
+    return {
+        code: (level, set(re.findall(r"`([a-z0-9_]+)`", re.sub(r"\([^)]*\)", "", fields))))
+        for code, level, fields in _DOC_ROW.findall(text)
+    }
+
+
+def audit_scenario_lines() -> list[dict[str, object]]:
+    """Lines of every event, each field the audit writes present in at least one of them."""
+    out = io.StringIO()
+    with AuditLog(out) as audit:
+        for event in sample_events():
+            audit.record(event)
+    return audit_lines(out)
+
+
+async def test_the_operations_page_lists_the_fields_of_every_event() -> None:
+    lines = audit_scenario_lines()
+    out = io.StringIO()
+    async with harness() as h:
+        await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}})
+        AuditLog(out).stream_metrics(h.mux)
+    lines += audit_lines(out)
+    observed: dict[str, tuple[str, set[str]]] = {}
+    for line in lines:
+        level, fields = observed.setdefault(str(line["event"]), (str(line["level"]), set()))
+        assert line["level"] == level
+        fields.update(k for k in line if k not in ("ts", "level", "logger", "event"))
+    documented = documented_fields()
+    assert set(documented) == set(observed), "events the table and the audit log disagree on"
+    for code, (level, fields) in observed.items():
+        assert documented[code] == (level, fields), code
