@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from genesys_mux.core.backoff import Backoff
+from genesys_mux.core.events import ChannelLost, ControlEvent
 from genesys_mux.emulator import ClientApp, PlatformLimits
 from genesys_mux.errors import AuthenticationError
 from genesys_mux.net.auth import TokenProvider
@@ -515,3 +516,38 @@ async def test_without_a_newer_token_the_channel_ends_with_its_own(
         if status == 401:
             await eventually(lambda: stack.pool.failure is not None, within=10)
             assert isinstance(stack.pool.failure, AuthenticationError)
+
+
+async def test_a_socket_lost_while_its_successor_cannot_be_made_is_lost_at_once(
+    make_stack: Any,
+) -> None:
+    """A maintenance close during a rotation whose new channel the platform refuses (5xx).
+
+    The old socket closing is a loss like any other: the slot is not live
+    and the channel is reported lost at once, not once a successor exists
+    (the platform may refuse for minutes, with /readyz saying ready).
+    """
+    async with make_stack() as stack:
+        topics, old = await start(stack)
+        facts: list[ControlEvent] = []
+        stack.pool.on_control.append(facts.append)
+        await stack.fault(
+            "http_5xx", path="/api/v2/notifications/channels", method="POST", status=503, count=40
+        )
+        await stack.fault("socket_closing", channel_id=old, delay_s=0.5)
+        await eventually(lambda: any(isinstance(f, ChannelLost) for f in facts), within=5.0)
+        lost = next(f for f in facts if isinstance(f, ChannelLost))
+        assert lost.channel_id == old
+        assert not stack.pool.live
+        assert stack.pool.stats()[0].live is False
+        log = (await stack.control("requests"))["requests"]
+        created = [r["status"] for r in log if r["path"] == "/api/v2/notifications/channels"]
+        # The first channel, then the successor attempted, and not made yet.
+        assert created[0] == 200
+        assert created[1:]
+        assert set(created[1:]) == {503}
+        # Once the platform gives channels again, the successor closes the window.
+        await eventually(lambda: stack.pool.live, within=30.0)
+        (outage,) = stack.pool.outages
+        assert outage.channel_id == old
+        await assert_fully_served(stack, topics)

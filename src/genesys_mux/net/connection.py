@@ -269,6 +269,8 @@ class _Socket:
         self.signals: asyncio.Queue[Action] = asyncio.Queue()
         #: Unix time from which events may be missing, once the socket is lost.
         self.lost_at: float | None = None
+        #: Set with ``lost_at``: a rotation waiting for a successor watches it.
+        self.gone = asyncio.Event()
         #: Unix time of the first notification read on this socket.
         self.first_notification_at: float | None = None
         #: Set once a drain's pong has been read (or waited for in vain).
@@ -361,6 +363,7 @@ class _Socket:
             self._act(link.socket_closed(time.monotonic()))
             if self.lost_at is None:
                 self.lost_at = _wall(link.last_frame_at)
+            self.gone.set()
 
     async def _watch(self) -> None:
         while True:
@@ -390,6 +393,7 @@ class _Socket:
                     # started to go missing"), not the moment we noticed.
                     since = self.link.lost_since
                     self.lost_at = _wall(since if since is not None else self.link.last_frame_at)
+                    self.gone.set()
                 self.signals.put_nowait(action)
         self._wake.set()
 
@@ -607,6 +611,14 @@ _SOCKET_KEYS = itertools.count(1)
 _INVALID_TOPIC = "notification.invalid.topic"
 #: The payload of a close frame with status 1000 (normal closure).
 _NORMAL_CLOSURE = (1000).to_bytes(2, "big")
+
+
+def _drain_queue(queue: asyncio.Queue[Action]) -> list[Action]:
+    """Everything waiting in ``queue``, taken out."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 def _wall(monotonic: float) -> float:
@@ -1150,7 +1162,7 @@ class ChannelPool:
             if action.reauth:
                 with contextlib.suppress(GenesysMuxError):
                     await self._tokens.refresh(stale=self._tokens.current)
-            successor = await self._establish_with_retry(slot, None)
+            successor = await self._successor(slot, old)
             self._old_lost(slot, old)
             if successor is None:
                 self._perform(slot, machine.rotation_failed())
@@ -1173,6 +1185,45 @@ class ChannelPool:
             for drain in drains:
                 await self._drain(slot, drain.socket)
         return True
+
+    async def _successor(self, slot: _Slot, old: _Socket) -> _Socket | None:
+        """Make a rotation's successor, saying at once if the old socket dies meanwhile.
+
+        Making it can take as long as the platform refuses to (channels
+        answering 5xx, the login down). The old socket dying then is a
+        channel lost like any other: the slot is down, its window open,
+        ``/readyz`` must say so, and the audit log too, now rather than
+        once a successor exists.
+        """
+        building = asyncio.ensure_future(self._establish_with_retry(slot, None))
+        gone = asyncio.ensure_future(old.gone.wait())
+        try:
+            await asyncio.wait({building, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not building.done() and old.key in slot.sockets:
+                reason = next(
+                    (
+                        a.reason
+                        for a in _drain_queue(old.signals)
+                        if isinstance(a, Reconnect | Recreate)
+                    ),
+                    "socket_closed",
+                )
+                log.warning(
+                    "slot %d: channel %s lost while its successor was being made (%s)",
+                    slot.index,
+                    old.info.id,
+                    reason,
+                )
+                self._report(ChannelLost(slot.index, old.info.id, reason))
+                slot.stats.state = "reconnecting"
+                self._old_lost(slot, old)
+            return await building
+        finally:
+            gone.cancel()
+            if not building.done():
+                # Cancelled (the pool closing): the attempt goes with it.
+                building.cancel()
+                await asyncio.gather(building, return_exceptions=True)
 
     async def _newer_token(self, old: _Socket) -> bool:
         """Whether a token outliving the one that made ``old``'s channel can be had now.
