@@ -23,16 +23,29 @@ from typing import TYPE_CHECKING
 from genesys_mux._lazy import lazy_exports
 
 # The exceptions cost nothing to import (the standard library's only), and
-# the root one is what callers reach for first.
+# callers catch them by name: every one of the tree (errors.py) is here.
 from genesys_mux.errors import (
     ApiError,
     AuthenticationError,
     CapacityError,
+    ClusterError,
     ConfigError,
+    ConfigFileError,
+    FencedError,
+    FencedStateError,
+    FrameError,
     GenesysMuxError,
+    InvalidIdError,
+    InvalidStateError,
+    InvalidTopicError,
     MissingExtraError,
+    RateLimitedError,
+    SinkError,
+    SinkStartError,
+    StateError,
     StreamConfigError,
     TransportError,
+    UnknownRegionError,
 )
 
 if TYPE_CHECKING:
@@ -47,20 +60,33 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "CapacityError",
+    "ClusterError",
     "ConfigError",
+    "ConfigFileError",
     "DeadLetter",
+    "FencedError",
+    "FencedStateError",
+    "FrameError",
     "Gap",
     "GenesysMuxError",
+    "InvalidIdError",
+    "InvalidStateError",
+    "InvalidTopicError",
     "MissingExtraError",
     "Multiplexer",
     "Outage",
+    "RateLimitedError",
     "Rejection",
+    "SinkError",
+    "SinkStartError",
+    "StateError",
     "StreamConfig",
     "StreamConfigError",
     "StreamEvent",
     "StreamFilter",
     "StreamStats",
     "TransportError",
+    "UnknownRegionError",
 ]
 
 if not TYPE_CHECKING:  # type checkers read the imports above, name by name
