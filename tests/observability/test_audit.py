@@ -14,11 +14,14 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 import re
 import typing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from genesys_mux.core.events import (
     ChannelCreated,
@@ -28,6 +31,8 @@ from genesys_mux.core.events import (
     GapReported,
     LeaseAcquired,
     StreamActivated,
+    StreamAdded,
+    StreamRemoved,
     TopicRejected,
 )
 from genesys_mux.core.timestamps import format_iso
@@ -414,3 +419,48 @@ async def test_the_operations_page_lists_the_fields_of_every_event() -> None:
     assert set(documented) == set(observed), "events the table and the audit log disagree on"
     for code, (level, fields) in observed.items():
         assert documented[code] == (level, fields), code
+
+
+def _file_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_rotated_audit_file_is_reopened_at_its_path(tmp_path: Path) -> None:
+    """logrotate without copytruncate: the file is moved away, or deleted; lines follow the path."""
+    path = tmp_path / "audit.jsonl"
+    rotated = tmp_path / "audit.jsonl.1"
+    with AuditLog(path) as audit:
+        audit.record(StreamAdded("voice", 3))
+        path.rename(rotated)
+        audit.record(StreamRemoved("voice"))
+        assert [line["event"] for line in _file_lines(rotated)] == ["STREAM_ADDED"]
+        assert [line["event"] for line in _file_lines(path)] == ["STREAM_REMOVED"]
+        # Deleted outright: a new file again, nothing written into the unlinked one.
+        path.unlink()
+        audit.record(StreamAdded("chat", 1))
+        assert [line["stream_id"] for line in _file_lines(path)] == ["chat"]
+        # Truncated in place (copytruncate): appended at the new end, no hole.
+        path.write_bytes(b"")
+        audit.record(StreamRemoved("chat"))
+        assert [line["event"] for line in _file_lines(path)] == ["STREAM_REMOVED"]
+    assert [line["event"] for line in _file_lines(rotated)] == ["STREAM_ADDED"]
+
+
+def test_an_audit_file_whose_directory_vanished_loses_lines_not_the_feed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    path = directory / "audit.jsonl"
+    with AuditLog(path) as audit:
+        audit.record(StreamAdded("voice", 3))
+        path.unlink()
+        directory.rmdir()
+        with caplog.at_level(logging.WARNING, logger="genesys_mux.observability.audit"):
+            audit.record(StreamRemoved("voice"))  # lost, said once, never raised
+            audit.record(StreamRemoved("voice"))
+        said = [r for r in caplog.records if "cannot write the audit log" in r.getMessage()]
+        assert len(said) == 1
+        directory.mkdir()
+        audit.record(StreamAdded("chat", 1))
+    assert [line["stream_id"] for line in _file_lines(path)] == ["chat"]

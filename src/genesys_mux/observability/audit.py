@@ -38,9 +38,17 @@ anything held, e.g. at shutdown). Throughput is summarised instead:
 :meth:`run_periodic` writes one ``STREAM_METRIC`` line per stream per
 interval with its counters, rate and latency percentiles.
 
-**Failure.** A log that cannot be written (disk full, closed pipe) must not
-take the feed down: write errors are reported once through stdlib logging
-and the line is lost.
+**Rotation.** A file the log opened itself is checked before every line:
+when its path names another file, or none (``logrotate`` moved it away, an
+operator deleted it), the old one is closed and a new one opened at the
+path, so lines never go on into a file that was rotated away. No signal or
+restart is needed; ``copytruncate`` works as well, the file being opened
+for appending.
+
+**Failure.** A log that cannot be written (disk full, closed pipe, a
+directory that is gone) must not take the feed down: write errors are
+reported once through stdlib logging and the line is lost; a file is
+opened again at the next line.
 """
 
 from __future__ import annotations
@@ -57,7 +65,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from genesys_mux.core.events import (
     ControlEvent,
@@ -69,6 +78,10 @@ from genesys_mux.core.events import (
 )
 from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability.sanitize import MAX_STRING, REDACTED, looks_secret, redact
+
+# The dead-letter queue's check that its path still names the file it has
+# open (the JSONL sink does the same): one implementation for all three.
+from genesys_mux.sinks.dlq import _replaced as _path_replaced
 
 if TYPE_CHECKING:
     from genesys_mux.net.multiplexer import Multiplexer
@@ -223,7 +236,8 @@ class _Previous:
 class AuditLog:
     """JSON-lines audit log of one or more multiplexers.
 
-    ``target`` is a path (appended to, created if missing), an open text
+    ``target`` is a path (appended to, created if missing, opened again
+    when it is rotated away: see the module documentation), an open text
     stream, or None for the process's current ``sys.stderr``. ``clock`` is a
     monotonic clock for the DLQ rate limit, injectable for tests.
     """
@@ -237,7 +251,9 @@ class AuditLog:
     ) -> None:
         if dlq_interval_s <= 0:
             raise ValueError("dlq_interval_s must be positive")
-        self._owned: TextIO | None = None
+        #: The file this log opened itself (a path target), and its path.
+        self._path: Path | None = None
+        self._file: BinaryIO | None = None
         self._stream: TextIO | None = None
         self._logger: logging.Logger | None = None
         if isinstance(target, logging.Logger):
@@ -245,8 +261,9 @@ class AuditLog:
         elif target is None:
             self._stream = None  # sys.stderr, looked up per write
         elif isinstance(target, str | os.PathLike):
-            self._owned = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-            self._stream = self._owned
+            self._path = Path(target)
+            # Opened now, so a path that cannot be written fails here, at start.
+            self._file = self._open()
         else:
             self._stream = target
         self.dlq_interval_s = dlq_interval_s
@@ -282,8 +299,10 @@ class AuditLog:
             return
         self.flush()
         self._closed = True
-        if self._owned is not None:
-            self._owned.close()
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     # -- facts -------------------------------------------------------------------
 
@@ -434,11 +453,14 @@ class AuditLog:
             if name not in record:
                 record[name] = value
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
-        stream = self._stream if self._stream is not None else sys.stderr
         try:
             with self._lock:
-                stream.write(line)
-                stream.flush()
+                if self._path is not None:
+                    self._write_file(self._path, line.encode())
+                else:
+                    stream = self._stream if self._stream is not None else sys.stderr
+                    stream.write(line)
+                    stream.flush()
         except (OSError, ValueError) as exc:
             # Never let a broken log take the feed down; say so once per outage.
             if not self._write_failed:
@@ -446,3 +468,29 @@ class AuditLog:
                 log.warning("cannot write the audit log: %s", type(exc).__name__)
         else:
             self._write_failed = False
+
+    def _open(self) -> BinaryIO:
+        """The log's file, opened for appending (created if missing)."""
+        assert self._path is not None
+        # Unbuffered: each line is one write, whole, at the end of the file.
+        return self._path.open("ab", buffering=0)
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Append ``data`` to the file at ``path``, reopening it if it was rotated away."""
+        file = self._file
+        if file is not None and _path_replaced(path, file):
+            # Moved or deleted (logrotate, an operator): lines written to the
+            # old file would go wherever it went, or be lost with it.
+            self._file = None
+            with contextlib.suppress(OSError):
+                file.close()
+            file = None
+        if file is None:
+            file = self._file = self._open()
+        view = memoryview(data)
+        while view:
+            # A write may take less than asked (a signal, a nearly full disk).
+            written = file.write(view)
+            if not written:
+                raise OSError("the audit file took nothing")
+            view = view[written:]
