@@ -256,10 +256,10 @@ def readiness(mux: Multiplexer, member: ClusterMember | None = None) -> Readines
     """
     if mux.pool is None:
         return Readiness(False, "starting: no token and no channel yet")
-    if mux.pool.failure is not None:
+    if mux.failure is not None:
         # The error text was scrubbed of credentials where it was made;
         # sanitized again here because /readyz is read by anyone who can reach it.
-        return Readiness(False, f"failed: {sanitize_value(str(mux.pool.failure))}")
+        return Readiness(False, f"failed: {sanitize_value(str(mux.failure))}")
     if not mux.running:
         return Readiness(False, "stopped: the multiplexer is stopped or its dispatcher has ended")
     if not mux.started:
