@@ -10,8 +10,14 @@ The tree, split by what the caller can do about it::
     │   ├── StreamConfigError       one or more stream definitions are invalid;
     │   │   │                       carries every error with its path
     │   │   └── ConfigFileError     the same, for a whole configuration file
-    │   └── CapacityError           the desired topics do not fit in the channels
-    │                               the platform allows
+    │   ├── CapacityError           the desired topics do not fit in the channels
+    │   │                           the platform allows
+    │   └── RedisPermissionError    Redis refused a command to the URL's user (its
+    │                               ACL): grant the permission; waiting will not help.
+    │                               Each Redis role raises it as one of its own kind:
+    │                               StatePermissionError (also a StateError),
+    │                               ClusterPermissionError (also a ClusterError),
+    │                               SinkPermissionError (also a SinkError)
     ├── AuthenticationError         the OAuth client credentials were refused: fatal,
     │                               fix the id, secret or region; never retried
     ├── ApiError                    a REST call failed for good; carries the Genesys
@@ -58,6 +64,7 @@ __all__ = [
     "AuthenticationError",
     "CapacityError",
     "ClusterError",
+    "ClusterPermissionError",
     "ConfigError",
     "ConfigFileError",
     "FencedError",
@@ -69,9 +76,12 @@ __all__ = [
     "InvalidTopicError",
     "MissingExtraError",
     "RateLimitedError",
+    "RedisPermissionError",
     "SinkError",
+    "SinkPermissionError",
     "SinkStartError",
     "StateError",
+    "StatePermissionError",
     "StreamConfigError",
     "TransportError",
     "UnknownRegionError",
@@ -268,6 +278,38 @@ class FencedError(SinkError):
     Another instance holds the stream now: the batch is its to deliver, so
     it is neither retried nor dead-lettered here, only counted.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class RedisPermissionError(ConfigError):
+    """Redis refused a command to the user of its URL: a permission its ACL lacks.
+
+    A ``NOPERM`` answer (a command, a script or a key pattern the user may
+    not use) is a configuration to fix, not an outage: no retry succeeds
+    until the user is granted what the message lists. Raised as the kind of
+    error of the part that met it (:class:`StatePermissionError`,
+    :class:`ClusterPermissionError`, :class:`SinkPermissionError`), so that
+    code catching that part's errors catches it too.
+    """
+
+
+class StatePermissionError(RedisPermissionError, StateError):
+    """The Redis state store was refused a command: its user needs the permissions listed."""
+
+
+class ClusterPermissionError(RedisPermissionError, ClusterError):
+    """A cluster's Redis refused a command to its user: grant the permissions listed.
+
+    Also a :class:`ClusterError`, so code that treats that as an outage stays
+    safe (it stops forwarding what it cannot prove it owns); code that knows
+    better stops on it, as waiting does not help.
+    """
+
+
+class SinkPermissionError(RedisPermissionError, SinkError):
+    """The Redis Streams sink was refused a command: never retryable."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)

@@ -96,6 +96,8 @@ class RedisServer:
     binary: str
     port: int
     directory: Path
+    #: More command-line options (``--cluster-enabled yes``, say).
+    options: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -126,6 +128,7 @@ class RedisServer:
                 "dump.rdb",
                 "--logfile",
                 str(self.log_path),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -524,6 +524,10 @@ class Runtime:
             prefix=self.config.state.prefix,
             where=redis_name(url),
         )
+        # Before joining: a Redis that cannot carry a cluster (a Redis
+        # Cluster, one that evicts, a user without the permissions) stops
+        # the run with what to fix, instead of a member failing every round.
+        await table.check_server()
 
         async def ownership(stream_id: str, lease: Lease | None) -> None:
             # A stream taken starts delivering here; one let go ends by

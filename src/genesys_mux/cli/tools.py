@@ -533,6 +533,7 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
                 prefix=config.state.prefix,
                 where=redis_name(url),
             )
+            await table.check_server(scripts=False)  # a reader: it runs no script
             members = await table.members()
             ids = [s.id for s in config.streams]
             leases = await table.leases(ids)

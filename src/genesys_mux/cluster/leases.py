@@ -34,8 +34,10 @@ own: an instance owns a stream exactly while Redis holds its lease.
   so an ex-owner that was frozen past its lease cannot write once the new
   owner has (see the sinks' fencing).
 
-All keys share the hash tag ``{cluster name}``, so the scripts' keys are in
-one slot on a Redis Cluster too. Ids are validated before they go into a
+All keys share the hash tag ``{cluster name}``. Redis Cluster is not
+supported all the same (the client talks to one server):
+:meth:`LeaseTable.check_server` refuses it, and a server that may evict any
+key, before an instance takes part. Ids are validated before they go into a
 key: an instance id or a stream id never contains ``|`` or braces.
 """
 
@@ -49,7 +51,7 @@ from typing import TypeVar
 import msgspec
 
 from genesys_mux._extras import raise_if_extra_missing
-from genesys_mux.errors import ClusterError, ConfigError
+from genesys_mux.errors import ClusterError, ClusterPermissionError, ConfigError
 
 try:
     import redis.asyncio as aioredis
@@ -57,6 +59,13 @@ try:
 except ModuleNotFoundError as exc:  # pip install 'genesys-mux[redis]'
     raise_if_extra_missing(exc, "a cluster (leases in Redis)")
     raise
+
+from genesys_mux.state.redis_server import (
+    CLUSTER,
+    is_permission_error,
+    permission_problem,
+    server_problem,
+)
 
 __all__ = ["Lease", "LeaseTable", "MemberInfo"]
 
@@ -432,16 +441,56 @@ class LeaseTable:
         value = await self._call("read a fencing token", self._redis.get(self._fence(stream_id)))
         return int(value or 0)
 
+    # -- the server --------------------------------------------------------------
+
+    async def check_server(self, *, scripts: bool = True) -> None:
+        """Check, before taking part, that this Redis can carry a cluster.
+
+        A Redis Cluster, or a server that may evict any key, raises
+        :class:`~genesys_mux.errors.ClusterError` saying so (the same checks
+        as the state store's and the sink's); the scripts are loaded (unless
+        ``scripts`` is False: a reader such as ``cluster status`` runs
+        none), so that a user who may not run them is told now, by a
+        :class:`~genesys_mux.errors.ClusterPermissionError`.
+        """
+        problem = await self._call(
+            "check the server", server_problem(self._redis, CLUSTER, self.where)
+        )
+        if problem is not None:
+            raise ClusterError(problem)
+        if scripts:
+            for script in (
+                self._acquire,
+                self._renew,
+                self._release,
+                self._signal_ready,
+                self._promise,
+                self._withdraw_ready,
+                self._clear_ready,
+            ):
+                await self._call(
+                    "load the cluster's scripts", self._redis.script_load(script.script)
+                )
+
     # -- internals ---------------------------------------------------------------
 
     async def _scan(self, pattern: str) -> list[bytes]:
         return [key async for key in self._redis.scan_iter(match=pattern, count=500)]
 
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
-        """Await ``call``; a Redis failure becomes a ClusterError naming the server and the step."""
+        """Await ``call``; a Redis failure becomes a ClusterError naming the server and the step.
+
+        A permission the user lacks is a :class:`~genesys_mux.errors.ClusterPermissionError`
+        (a ClusterError too), saying what to grant: no retry fixes it.
+        """
         try:
             return await call
         except _ERRORS as exc:
+            if is_permission_error(exc):
+                keys = f"{self._base}*"
+                raise ClusterPermissionError(
+                    permission_problem(exc, CLUSTER, self.where, keys, what)
+                ) from exc
             raise ClusterError(
                 f"{self.where}: cannot {what} ({type(exc).__name__}: {exc}); "
                 "this instance stops forwarding what it cannot prove it owns"

@@ -22,8 +22,11 @@ backs off and sends the *whole* batch again; redis-py reconnects on the next
 command. A pipeline cut off by the connection may have been applied in part,
 so the re-send can add some entries twice: delivery is at-least-once and
 consumers drop repeats by ``idempotency_key``. Errors that waiting cannot
-fix (bad credentials, missing ACL permission, a key of the wrong type) are
-not retryable.
+fix (bad credentials, a key of the wrong type) are not retryable; a command
+the user's ACL refuses is a :class:`~genesys_mux.errors.SinkPermissionError`
+saying what to grant. :meth:`RedisStreamsSink.start` also checks the server
+as every Redis of genesys-mux is checked: a Redis Cluster, or one that may
+evict any key (these records have no TTL), is refused, not retryably.
 
 Fencing and de-duplication (a cluster's instances sharing the streams):
 with a ``fence`` token, or a ``dedupe_ttl_s``, a batch goes through one Lua
@@ -58,9 +61,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from genesys_mux._extras import raise_if_extra_missing
 from genesys_mux.core.redaction import userinfo_not_encoded
-from genesys_mux.errors import ConfigError, FencedError, SinkError
+from genesys_mux.errors import ConfigError, FencedError, SinkError, SinkPermissionError
 from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
-from genesys_mux.state.redis_server import check_redis_url, connect
+from genesys_mux.state.redis_server import (
+    SINK,
+    check_redis_url,
+    connect,
+    is_permission_error,
+    permission_problem,
+    redis_name,
+    server_problem,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -187,6 +198,8 @@ class RedisStreamsSink:
         self.maxlen = maxlen
         self.approximate = approximate
         self.display_url = redact_url(url)
+        #: Names the server in the checks' messages and warnings.
+        self._where = redis_name(url)
         # The real URL may hold a password: kept where no repr or dump shows it.
         self._url = Hidden(url, self.display_url)
         self._socket_timeout_s = socket_timeout_s
@@ -212,18 +225,29 @@ class RedisStreamsSink:
         return f"{self.prefix}{stream_id}"
 
     async def start(self) -> None:
-        """Create the client and check that Redis answers, or raise ``SinkError``.
+        """Create the client and check that Redis answers and suits, or raise ``SinkError``.
 
         A Redis that is down (or still loading) is retryable: the sink
         runner starts the sink again after its backoff. A refused password
-        or user is not: no wait fixes a credential.
+        or user is not: no wait fixes a credential. Nor is a server that
+        cannot keep the records (a Redis Cluster, one that may evict any
+        key: the checks every Redis of genesys-mux gets), or a user that
+        may not run the sink's commands
+        (:class:`~genesys_mux.errors.SinkPermissionError`).
         """
         self._create_client()
         assert self._client is not None
         try:
             await self._client.ping()
+            problem = await server_problem(self._client, SINK, self._where)
+            if problem is None and (self.fence or self.dedupe_ttl_s):
+                # Loaded now: a user who may not run scripts is told at the
+                # start, not by every batch going to the dead-letter queue.
+                await self._client.script_load(_FENCED_XADD)
         except (rexc.RedisError, OSError, TimeoutError) as exc:
-            raise self._translate(exc) from exc
+            raise self._translate(exc, "start") from exc
+        if problem is not None:
+            raise SinkError(f"sink {self.name}: {problem}", retryable=False)
 
     def _create_client(self) -> None:
         """The client, created once; it connects lazily, on its first command."""
@@ -261,7 +285,7 @@ class RedisStreamsSink:
                     )
                 await pipe.execute()
         except (rexc.RedisError, OSError, TimeoutError) as exc:
-            raise self._translate(exc) from exc
+            raise self._translate(exc, "send a batch") from exc
 
     async def _send_guarded(self, batch: Sequence[Item]) -> None:
         """The batch through the fencing and de-duplication script, one per genesys-mux stream."""
@@ -284,7 +308,7 @@ class RedisStreamsSink:
             try:
                 added = int(await script(keys=[key, f"{key}:fence", f"{key}:seen"], args=args))
             except (rexc.RedisError, OSError, TimeoutError) as exc:
-                raise self._translate(exc) from exc
+                raise self._translate(exc, "send a batch") from exc
             if added < 0:
                 self.fenced += len(items)
                 raise FencedError(
@@ -293,7 +317,14 @@ class RedisStreamsSink:
                 )
             self.deduplicated += len(items) - added
 
-    def _translate(self, exc: Exception) -> SinkError:
+    def _translate(self, exc: Exception, doing: str) -> SinkError:
+        if is_permission_error(exc):
+            # Before the other answers: a refused command is a configuration
+            # to fix, and its message says which permission to grant.
+            keys = f"{self.prefix}*"
+            return SinkPermissionError(
+                f"sink {self.name}: {permission_problem(exc, SINK, self._where, keys, doing)}"
+            )
         if isinstance(exc, _PERMANENT_CONNECTION_ERRORS):
             retryable = False
         elif isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError | TimeoutError):

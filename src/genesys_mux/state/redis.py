@@ -54,13 +54,17 @@ from genesys_mux.core.checkpoint import (
     encode_checkpoint,
     encode_memory_block,
 )
-from genesys_mux.errors import FencedStateError, StateError
+from genesys_mux.errors import FencedStateError, StateError, StatePermissionError
 from genesys_mux.state.blocks import Block, Blocks, ranks
 from genesys_mux.state.redis_server import (
+    STATE,
     TLS_REFUSED,
     check_redis_url,
     connect,
+    is_permission_error,
+    permission_problem,
     redis_name,
+    server_problem,
     tls_refused,
 )
 from genesys_mux.state.store import refused_message
@@ -213,11 +217,19 @@ class RedisStateStore:
     async def _open(self) -> None:
         client = self._connect()
         try:
+            # First: a Redis Cluster would answer the keys' commands with
+            # MOVED, and a server that may evict them is refused before
+            # anything is written.
+            problem = await server_problem(client, STATE, self.name)
+            if problem is not None:
+                raise StateError(problem)
             meta = await client.hgetall(self._meta)
+            # Loaded now, so that a user who may not run scripts is told at
+            # the start, not at the first checkpoint.
+            for script in (_CLAIM, _FENCED_SLICE, _COMMIT):
+                await client.script_load(script)
         except _ERRORS as exc:
             raise self._unreachable(exc) from exc
-        # Before anything is written: a server that may evict it is refused.
-        await self._check_eviction(client)
         if not meta:
             try:
                 await client.hset(
@@ -259,7 +271,9 @@ class RedisStateStore:
                 pipe.hset(self._meta, "schema_version", str(KEYS_SCHEMA_VERSION))
                 await pipe.execute()
         except _ERRORS as exc:
-            raise StateError(f"{self.name}: cannot migrate the state: {exc}") from exc
+            raise self._error("migrate the state", exc) from exc
+        except StatePermissionError:
+            raise
         except StateError as exc:
             raise StateError(
                 f"{self.name}: cannot migrate it from schema {version} ({exc}); nothing was "
@@ -293,7 +307,7 @@ class RedisStateStore:
                 try:
                     entries = await client.hvals(key)
                 except _ERRORS as exc:
-                    raise StateError(f"cannot read {key!r}: {exc}") from exc
+                    raise self._error(f"read {key!r}", exc) from exc
                 where = f"key {key!r}"
                 memory = sorted((decode_remembered(_bytes(e), where) for e in entries), key=_RANK)
             pipe.delete(key)
@@ -314,7 +328,7 @@ class RedisStateStore:
                     pipe.hgetall(self._memory_key(stream_id))
                 memories: list[dict[bytes | str, bytes | str]] = await pipe.execute() if ids else []
         except _ERRORS as exc:
-            raise StateError(f"{self.name}: cannot read the state: {exc}") from exc
+            raise self._error("read the state", exc) from exc
         found: dict[str, StreamCheckpoint] = {}
         for stream_id, blocks in zip(ids, memories, strict=True):
             kept = sorted(self._replay(stream_id, blocks).values(), key=_RANK)
@@ -375,7 +389,7 @@ class RedisStateStore:
                 keys = [self._key(s).encode() for s in only]
             values = await client.mget(keys) if keys else []
         except _ERRORS as exc:
-            raise StateError(f"{self.name}: cannot read the state: {exc}") from exc
+            raise self._error("read the state", exc) from exc
         found: dict[str, StreamCheckpoint] = {}
         for key, value in zip(keys, values, strict=True):
             if value is None:
@@ -415,7 +429,7 @@ class RedisStateStore:
             refused = await client.register_script(_COMMIT)(keys=keys, args=args)
         except _ERRORS as exc:
             self._forget(checkpoints)
-            raise StateError(f"{self.name}: cannot write the state: {exc}") from exc
+            raise self._error("write the state", exc) from exc
         except BaseException:
             self._forget(checkpoints)
             raise
@@ -513,6 +527,9 @@ class RedisStateStore:
             self._fenced([checkpoint], {checkpoint.stream_id: int(claimed)})
 
     def _unreachable(self, exc: BaseException) -> StateError:
+        """The error for a store that could not be opened: refused, not trusted, or unreachable."""
+        if is_permission_error(exc):
+            return self._error("open the state store", exc)
         if tls_refused(exc):
             return StateError(f"{self.name}: {TLS_REFUSED} ({exc})")
         return StateError(
@@ -520,34 +537,17 @@ class RedisStateStore:
             "there, or fix [state] url"
         )
 
-    async def _check_eviction(self, client: aioredis.Redis) -> None:
-        """StateError when the server may evict any key under memory pressure.
+    def _error(self, doing: str, exc: BaseException) -> StateError:
+        """The error for a Redis command that failed while ``doing`` something.
 
-        The state and its fencing counters have no TTL and must never go: an
-        evicted header restarts a stream at 1 with no restart gap, and an
-        evicted counter gives out fencing tokens that were given out before.
-        A server that will not say (CONFIG renamed or not allowed, as some
-        managed services do) gets a warning: the operator must check it.
+        A permission the user lacks is a configuration to fix, told apart
+        (:class:`~genesys_mux.errors.StatePermissionError`, saying what to
+        grant); anything else is the store failing, which may pass.
         """
-        try:
-            answer = await client.config_get("maxmemory-policy")
-        except _ERRORS as exc:
-            log.warning(
-                "%s: cannot read Redis's maxmemory-policy (%s); make sure it is noeviction "
-                "(or a volatile-* policy): genesys-mux's state keys must never be evicted",
-                self.name,
-                exc,
-            )
-            return
-        found = next(iter(answer.values()), b"") if answer else b""
-        policy = found.decode() if isinstance(found, bytes) else str(found)
-        if policy.startswith("allkeys-"):
-            raise StateError(
-                f"{self.name}: Redis evicts any key under memory pressure (maxmemory-policy "
-                f"{policy}), and genesys-mux's state and fencing keys must never be evicted: "
-                "set maxmemory-policy to noeviction (or a volatile-* policy), or give "
-                "genesys-mux a Redis of its own"
-            )
+        if is_permission_error(exc):
+            keys = f"{self.prefix}state*"  # and state-moved-*, for --reset-state
+            return StatePermissionError(permission_problem(exc, STATE, self.name, keys, doing))
+        return StateError(f"{self.name}: cannot {doing}: {exc}")
 
     def _fenced(self, checkpoints: Sequence[StreamCheckpoint], refused: dict[str, int]) -> None:
         fences = {c.stream_id: c.fence for c in checkpoints}
@@ -564,7 +564,7 @@ class RedisStateStore:
             script = self._connect().register_script(_CLAIM)
             claimed = int(await script(keys=[self._fence_key(stream_id)], args=[fence]))
         except _ERRORS as exc:
-            raise StateError(f"{self.name}: cannot claim stream {stream_id}: {exc}") from exc
+            raise self._error(f"claim stream {stream_id}", exc) from exc
         if claimed:
             refused = {stream_id: claimed}
             raise FencedStateError(refused_message(self.name, {stream_id: fence}, refused), refused)
@@ -619,7 +619,7 @@ class RedisStateStore:
         try:
             await self._connect().delete(*keys)
         except _ERRORS as exc:
-            raise StateError(f"{self.name}: cannot write the state: {exc}") from exc
+            raise self._error("write the state", exc) from exc
 
     async def move_aside(self) -> str:
         """Rename every state key to ``{prefix}state-moved-<time>:...``; returns that prefix."""
@@ -632,7 +632,7 @@ class RedisStateStore:
                 name = key.decode()
                 await client.rename(name, new + name[len(old) :])
         except _ERRORS as exc:
-            raise StateError(f"{self.name}: cannot move the state aside: {exc}") from exc
+            raise self._error("move the state aside", exc) from exc
         finally:
             await self.close()
         return f"{self.name} keys {new}*"

@@ -16,6 +16,16 @@ the same ones, with the same words, from here:
   hold a password.
 - :func:`redis_name` names a server in messages: host, port and database,
   never the password; it never raises, whatever the URL.
+- :func:`server_problem` is what each role checks when it opens, once the
+  server answered: Redis Cluster is not supported (genesys-mux's client
+  talks to one server, and its scripts change several keys at once), and
+  a server that may evict any key (``maxmemory-policy allkeys-*``) would
+  drop keys that have no TTL and must never go (checkpoints, fencing
+  counters, records). A server that will not say (``INFO`` or ``CONFIG``
+  renamed or not allowed, as some managed services do) is warned about.
+- :func:`permission_problem` words a ``NOPERM`` refusal as the
+  configuration problem it is: what was refused, and the commands the
+  role's ACL user needs (:attr:`RedisRole.commands`), on which keys.
 
 This module imports redis only in what talks to a server, so that the
 configuration can be validated without the ``[redis]`` extra.
@@ -23,9 +33,11 @@ configuration can be validated without the ``[redis]`` extra.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,15 +48,25 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 __all__ = [
+    "CHECK_COMMANDS",
+    "CLUSTER",
+    "SINK",
+    "STATE",
     "TLS_REFUSED",
     "URL_OPTIONS",
     "URL_TLS_OPTIONS",
+    "RedisRole",
     "check_redis_url",
     "connect",
+    "is_permission_error",
+    "permission_problem",
     "redis_name",
     "redis_url_problem",
+    "server_problem",
     "tls_refused",
 ]
+
+log = logging.getLogger("genesys_mux.redis")
 
 #: The schemes redis-py connects with: TCP, TCP with TLS, a Unix socket.
 SCHEMES: Final = ("redis", "rediss", "unix")
@@ -264,3 +286,186 @@ def connect(url: str, where: str, **options: Any) -> aioredis.Redis:
     import redis.asyncio as aioredis  # the [redis] extra: the callers imported it already
 
     return aioredis.Redis.from_url(url, **options)
+
+
+# -- what each role asks of the server ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisRole:
+    """One of genesys-mux's uses of Redis: its name, what it keeps, what its user must run."""
+
+    #: In messages: "the state store", "a cluster", "the Redis Streams sink".
+    name: str
+    #: What an eviction would lose, and what that costs (for the refusal).
+    keeps: str
+    #: Every command it sends, its scripts' included, in ACL terms (``script|load``
+    #: is SCRIPT LOAD): what the URL's user must be allowed to run.
+    commands: tuple[str, ...]
+
+
+#: Checks at open that may be refused (then a warning): a user that may not
+#: run them works, unchecked.
+CHECK_COMMANDS: Final = ("info", "config|get")
+
+STATE: Final = RedisRole(
+    "the state store",
+    "checkpoints and fencing claims, with no TTL: an evicted checkpoint restarts its "
+    "stream at 1 with no restart gap",
+    (
+        "get",
+        "set",
+        "mget",
+        "del",
+        "rename",
+        "scan",
+        "hgetall",
+        "hset",
+        "hdel",
+        "hvals",
+        "multi",
+        "exec",
+        "evalsha",
+        "script|load",
+    ),
+)
+CLUSTER: Final = RedisRole(
+    "a cluster",
+    "members, leases and fencing counters: an evicted lease lets a second instance take a "
+    "stream its holder still carries",
+    (
+        "get",
+        "set",
+        "mget",
+        "del",
+        "scan",
+        "pttl",
+        "pexpire",
+        "incr",
+        "time",
+        "evalsha",
+        "script|load",
+    ),
+)
+SINK: Final = RedisRole(
+    "the Redis Streams sink",
+    "records and their fence and de-duplication keys, with no TTL: an evicted record is "
+    "an event lost without a word",
+    (
+        "ping",
+        "xadd",
+        "get",
+        "set",
+        "zadd",
+        "zscore",
+        "zremrangebyscore",
+        "evalsha",
+        "script|load",
+    ),
+)
+
+
+async def server_problem(client: aioredis.Redis, role: RedisRole, where: str) -> str | None:
+    """What makes the server at ``client`` unfit for ``role`` (None: nothing found).
+
+    ``where`` names the server (:func:`redis_name`) and starts the answer.
+    Asks ``INFO cluster`` and ``CONFIG GET maxmemory-policy``; one that is
+    refused or unknown (renamed, not allowed to this user) gets a warning
+    saying what to check by hand. A connection that fails raises redis-py's
+    error: the caller says the server cannot be reached.
+    """
+    import redis.exceptions as rexc  # the [redis] extra: the callers imported it already
+
+    unchecked: list[str] = []
+    try:
+        info = await client.info("cluster")
+    except rexc.ResponseError as exc:
+        unchecked.append(f"whether it runs as a Redis Cluster (INFO: {exc})")
+    else:
+        if str(info.get("cluster_enabled", 0)) == "1":
+            return (
+                f"{where}: this Redis runs as a Redis Cluster (cluster_enabled:1), and "
+                f"genesys-mux does not support Redis Cluster for {role.name} (its client "
+                "talks to one server, and its scripts change several keys at once): give it "
+                "a standalone Redis server, or a primary with replicas"
+            )
+    try:
+        answer = await client.config_get("maxmemory-policy")
+    except rexc.ResponseError as exc:
+        unchecked.append(f"its maxmemory-policy (CONFIG GET: {exc})")
+    else:
+        found = next(iter(answer.values()), b"") if answer else b""
+        policy = found.decode() if isinstance(found, bytes) else str(found)
+        if policy.startswith("allkeys-"):
+            # A cluster's leases have a TTL: volatile-* may evict them (see below).
+            also = "" if role is CLUSTER else " (or a volatile-* policy)"
+            return (
+                f"{where}: Redis evicts any key under memory pressure (maxmemory-policy "
+                f"{policy}), and the keys of {role.name} must never be evicted ({role.keeps}): "
+                f"set maxmemory-policy to noeviction{also}, or give genesys-mux a Redis of "
+                "its own"
+            )
+        if role is CLUSTER and policy.startswith("volatile-"):
+            log.warning(
+                "%s: maxmemory-policy %s may evict keys with a TTL under memory pressure, "
+                "and a cluster's leases and member keys have one: each lease evicted moves "
+                "its stream (a failover gap). Prefer noeviction",
+                where,
+                policy,
+            )
+    if unchecked:
+        log.warning(
+            "%s: cannot tell %s; make sure it is a standalone Redis (not a Redis Cluster) "
+            "that evicts no key without a TTL (maxmemory-policy noeviction, or volatile-*): "
+            "the keys of %s must never be evicted",
+            where,
+            " nor ".join(unchecked),
+            role.name,
+        )
+    return None
+
+
+#: How Redis names the command it refused (NOPERM).
+_REFUSED_COMMAND: Final = re.compile(r"run the '([a-z|_-]+)' command")
+
+
+def is_permission_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a command or key to the URL's user (its ACL).
+
+    redis-py raises ``NoPermissionError`` for a command it sent; a command
+    refused inside a script comes back as a plain error reply saying so.
+    """
+    import redis.exceptions as rexc  # the [redis] extra: the callers imported it already
+
+    if isinstance(exc, rexc.NoPermissionError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, rexc.ResponseError) and (
+        "no permissions" in text or "can't run this command" in text
+    )
+
+
+def permission_problem(
+    exc: BaseException, role: RedisRole, where: str, keys: str, doing: str
+) -> str:
+    """The message for a refusal :func:`is_permission_error` told: a configuration to fix.
+
+    Says what could not be done (``doing``, as in "cannot write the
+    state"), what was refused (the command, when Redis names it), and what
+    to grant: the role's commands on ``keys`` (the pattern of its keys).
+    """
+    said = str(exc)
+    named = _REFUSED_COMMAND.search(said)
+    if named is not None:
+        refused = f"the command {named[1].upper()}"
+    elif "key" in said.lower():
+        refused = f"access to a key under {keys}"
+    else:
+        refused = "a command of genesys-mux's script"
+    grant = " ".join(f"+{c}" for c in (*role.commands, *CHECK_COMMANDS))
+    return (
+        f"{where}: cannot {doing}: Redis refused {refused} to the url's user ({said}). "
+        f"That is the user's ACL, not an outage, and no retry fixes it: allow it what "
+        f"{role.name} runs ({grant}) on the keys {keys} (see Redis permissions in the "
+        "configuration documentation)"
+    )
