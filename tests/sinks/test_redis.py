@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
@@ -339,3 +340,77 @@ async def test_a_fenced_ex_owner_cannot_write_and_nothing_is_dead_lettered(
     assert runner.per_sink["old"].retries == 0
     got = await entries(redis_server, "genesys-mux:calls")
     assert [k for k, _r, _f in got] == [e.idempotency_key for e in events[:4]]
+
+
+async def fill_up(client: aioredis.Redis) -> None:
+    """Give Redis a 4 MB limit under noeviction, and fill it until it refuses a SET."""
+    await client.config_set("maxmemory-policy", "noeviction")
+    await client.config_set("maxmemory", "4mb")
+    for filled in range(10_000):
+        try:
+            await client.set(f"filler:{filled}", b"x" * 10_000)
+        except OutOfMemoryError:
+            return
+    raise AssertionError("Redis took 100 MB past its 4 MB maxmemory")
+
+
+async def test_a_full_redis_refuses_a_guarded_batch_retryably_and_stores_none_of_it(
+    redis_server: RedisServer,
+) -> None:
+    """Redis checks maxmemory at a script's first write only: that must be one it refuses.
+
+    The fence is already the sink's (no SET), so the script's first write
+    is its own: pruning the :seen set first (not a command Redis refuses
+    when full) let every XADD of the batch through a full Redis.
+    """
+    events = real_events(41, stream_id="calls")
+    sink = RedisStreamsSink(redis_server.url, fence=3, dedupe_ttl_s=3600, name="cache")
+    plain = RedisStreamsSink(redis_server.url, name="plain")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await sink.send(events[:1])
+        await fill_up(client)
+        for batch in (events[1:21], events[21:]):
+            with pytest.raises(SinkError, match="OutOfMemoryError") as caught:
+                await sink.send(batch)
+            assert caught.value.retryable
+        with pytest.raises(SinkError, match="OutOfMemoryError") as caught:
+            await plain.send(events[1:3])
+        assert caught.value.retryable
+        assert await client.xlen("genesys-mux:calls") == 1
+        assert await client.zcard("genesys-mux:calls:seen") == 1
+        # Room again: the batches sent again are stored, each record once.
+        await client.config_set("maxmemory", "0")
+        await sink.send(events[1:21])
+        await sink.send(events[21:])
+    finally:
+        await sink.close()
+        await plain.close()
+        await client.aclose()
+    got = await entries(redis_server, "genesys-mux:calls")
+    assert [k for k, _r, _f in got] == [e.idempotency_key for e in events]
+    assert sink.deduplicated == 0
+
+
+async def test_a_key_seen_longer_ago_than_the_ttl_is_stored_again_and_pruned(
+    redis_server: RedisServer,
+) -> None:
+    events = real_events(3, stream_id="calls")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        # Seen 1 ms after the epoch: long past any TTL, and not yet pruned.
+        old = {events[0].idempotency_key: 1, "seen-long-ago": 1}
+        await client.zadd("genesys-mux:calls:seen", old)
+        sink = RedisStreamsSink(redis_server.url, dedupe_ttl_s=60)
+        await sink.send(events)
+        await sink.close()
+        assert sink.deduplicated == 0
+        assert await client.xlen("genesys-mux:calls") == 3
+        seen = cast(
+            list[tuple[bytes, float]],
+            await client.zrange("genesys-mux:calls:seen", 0, -1, withscores=True),
+        )
+    finally:
+        await client.aclose()
+    assert sorted(k.decode() for k, _ in seen) == sorted(e.idempotency_key for e in events)
+    assert all(score > 1 for _, score in seen), "each marked seen now"

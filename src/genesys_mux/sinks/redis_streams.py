@@ -40,7 +40,12 @@ batch's token otherwise. It then adds only the records whose
 unacknowledged window) is stored once. A key is marked seen only after its
 ``XADD`` succeeded (Redis does not roll a script back), so a batch that
 failed part-way (a key of the wrong type, out of memory) is stored in full
-when it is sent again.
+when it is sent again. The script's first write is one that Redis refuses
+when it is out of memory (the fence's ``SET`` or an ``XADD``; the expired
+keys are pruned last), so a full Redis under ``noeviction`` refuses the
+batch with a retryable ``OOM`` like a plain ``XADD``: Redis checks
+``maxmemory`` at a script's first write only, and an earlier prune let
+every later ``XADD`` through.
 
 The URL may carry a password; it never appears in reprs, logs or errors.
 It follows the URL policy of every Redis genesys-mux uses
@@ -101,6 +106,14 @@ _TRANSIENT_RESPONSES = (
 # KEYS: stream, fence, seen. ARGV: token (0: none), maxlen (0: none),
 # approximate (1/0), now ms, dedupe ttl ms (0: none), then (key, record) pairs.
 # Returns the number of records added, or -1 when a newer token wrote here.
+#
+# Out of memory: Redis checks maxmemory (under noeviction) at a script's
+# first write only, and only for a command that may grow memory (SET, XADD,
+# ZADD: "deny-oom"); once a script has written, the rest goes through. So
+# the first write must be one of those, the fence's SET or the first XADD,
+# and the expired keys of the :seen set are pruned last (ZREMRANGEBYSCORE
+# is not deny-oom, and written first it let every XADD of a batch through a
+# full Redis). Until pruned, an expired key is told by its score.
 _FENCED_XADD = """
 local token = tonumber(ARGV[1])
 if token > 0 then
@@ -109,14 +122,15 @@ if token > 0 then
   if token > current then redis.call('SET', KEYS[2], ARGV[1]) end
 end
 local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-if ttl > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl) end
+local expired = now - ttl
 local trim = {}
 if ARGV[2] ~= '0' then
   trim = ARGV[3] == '1' and {'MAXLEN', '~', ARGV[2]} or {'MAXLEN', ARGV[2]}
 end
 local added = 0
 for i = 6, #ARGV, 2 do
-  if ttl == 0 or not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+  local seen = ttl > 0 and redis.call('ZSCORE', KEYS[3], ARGV[i])
+  if not seen or tonumber(seen) <= expired then
     local args = {KEYS[1]}
     for _, v in ipairs(trim) do args[#args + 1] = v end
     args[#args + 1] = '*'
@@ -131,6 +145,7 @@ for i = 6, #ARGV, 2 do
     added = added + 1
   end
 end
+if ttl > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', expired) end
 return added
 """
 
