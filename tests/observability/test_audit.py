@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.events import (
     ChannelCreated,
     ChannelFailed,
@@ -39,9 +41,12 @@ from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability import AuditLog
 from genesys_mux.observability.audit import WITHHELD
 from genesys_mux.observability.sanitize import REDACTED
+from genesys_mux.sinks.runner import SinkRunner
+from genesys_mux.sinks.webhook import WebhookSink
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import Collector, harness, org_settings
 from tests.observability.conftest import audit_lines, client_harness, events, sample_events
+from tests.sinks.conftest import SECRET, Receiver
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 CONTROL_INFO = {
@@ -396,10 +401,14 @@ def documented_fields() -> dict[str, tuple[str, set[str]]]:
 
 def audit_scenario_lines() -> list[dict[str, object]]:
     """Lines of every event, each field the audit writes present in at least one of them."""
+    now = [0.0]
     out = io.StringIO()
-    with AuditLog(out) as audit:
+    with AuditLog(out, clock=lambda: now[0]) as audit:
         for event in sample_events():
             audit.record(event)
+        # Collapsed facts: a summary line has what a first one has not.
+        for error in ("HTTP 503", "HTTP 502", "timed out"):
+            audit.sink_failure("voice-main", "hook", error)
     return audit_lines(out)
 
 
@@ -464,3 +473,83 @@ def test_an_audit_file_whose_directory_vanished_loses_lines_not_the_feed(
         directory.mkdir()
         audit.record(StreamAdded("chat", 1))
     assert [line["stream_id"] for line in _file_lines(path)] == ["chat"]
+
+
+def test_sink_failures_collapse_with_a_fake_clock() -> None:
+    """The first failure at once; those within the interval held, then one line with their count."""
+    now = [100.0]
+    out = io.StringIO()
+    audit = AuditLog(out, clock=lambda: now[0])
+    audit.sink_failure("voice", "hook", "HTTP 503 (attempt 1)")
+    audit.sink_failure("chat", "hook", "HTTP 503")  # another stream: its own line at once
+    for attempt in range(2, 52):
+        now[0] += 0.01
+        audit.sink_failure("voice", "hook", f"HTTP 503 (attempt {attempt})")
+    lines = events(audit_lines(out), "SINK_FAILURE")
+    assert [(f["stream_id"], f["count"], f["error"]) for f in lines] == [
+        ("voice", 1, "HTTP 503 (attempt 1)"),
+        ("chat", 1, "HTTP 503"),
+    ]
+    assert "last_error" not in lines[0]
+    now[0] = 101.0
+    audit.sink_failure("voice", "hook", "timed out (attempt 52)")
+    lines = events(audit_lines(out), "SINK_FAILURE")
+    assert len(lines) == 3
+    summary = lines[2]
+    assert summary["level"] == "WARNING"
+    assert (summary["stream_id"], summary["sink"], summary["count"]) == ("voice", "hook", 51)
+    # The first error of the interval is kept, and the latest beside it.
+    assert summary["error"] == "HTTP 503 (attempt 2)"
+    assert summary["last_error"] == "timed out (attempt 52)"
+    audit.flush()
+    assert len(events(audit_lines(out), "SINK_FAILURE")) == 3  # nothing was held
+
+
+async def test_a_webhook_that_is_down_is_one_sink_failure_line_per_second() -> None:
+    """A real webhook answering 503 under a live stream: every attempt counted, few lines."""
+    out = io.StringIO()
+    audit = AuditLog(out)
+    attempts: list[str] = []
+    loop = asyncio.get_running_loop()
+    async with (
+        Receiver(signing="genesys-mux", status=503) as receiver,
+        harness(org_settings(rate=20.0)) as h,
+    ):
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        runner = SinkRunner(
+            h.mux.stream("all", settle=False),
+            [WebhookSink(receiver.url, SECRET, signing="genesys-mux", name="hook")],
+            h.mux.dead_letter,
+            max_attempts=2,
+            backoff=Backoff(0.02, 0.05),
+        )
+        # Wired as the command line wires it.
+        runner.on_failure.append(functools.partial(audit.sink_failure, "all"))
+        runner.on_failure.append(lambda sink, text: attempts.append(text))
+        started = loop.time()
+        task = asyncio.create_task(runner.run())
+        try:
+            await eventually(
+                lambda: len(attempts) >= 40 and loop.time() - started >= 2.0, within=30
+            )
+        finally:
+            runner.stop()
+            await asyncio.gather(task, return_exceptions=True)
+        elapsed = loop.time() - started
+    audit.flush()
+
+    lines = events(audit_lines(out), "SINK_FAILURE")
+    check_shape(lines)
+    assert len(lines) <= elapsed + 2, "not collapsed to a line per second"
+    assert len(lines) < len(attempts) / 3
+    assert sum(int(line["count"]) for line in lines) == len(attempts)
+    # Each line stands for a run of attempts, in order: its first error is that run's first.
+    start = 0
+    for line in lines:
+        run = attempts[start : start + int(line["count"])]
+        assert line["error"] == run[0]
+        assert line.get("last_error", run[0]) == run[-1]
+        assert "503" in str(line["error"])
+        start += len(run)
+    assert lines[0]["count"] == 1  # the first one at once
+    assert SECRET not in out.getvalue()

@@ -27,16 +27,23 @@ token, secret, password or authorization is redacted, and so is a string
 value shaped like a credential. Token refreshes are recorded as the fact
 alone, never the token.
 
-**Volume.** The audit log never writes a line per event at INFO. The only
-per-event facts are dead-letter writes, which are WARNING-level and
-rate-limited: at most one ``DLQ_WRITE`` line per stream per
-``dlq_interval_s`` (1 s), carrying the ``count`` of writes it stands for,
-their first and last sequence and the reasons. A write inside the window is
-held, and a timer on the running loop writes the held count when the window
-ends, so the last burst of a storm is reported too (and :meth:`flush` writes
-anything held, e.g. at shutdown). Throughput is summarised instead:
-:meth:`run_periodic` writes one ``STREAM_METRIC`` line per stream per
-interval with its counters, rate and latency percentiles.
+**Volume.** The audit log never writes a line per event at INFO. Facts
+that can come once per event or per attempt are WARNING-level and
+collapsed: the first at once, then at most one line per interval (1 s)
+standing for everything held since, with its ``count``:
+
+* ``DLQ_WRITE``, per stream, every ``dlq_interval_s``: the first and last
+  sequence of the letters it stands for and their reasons;
+* ``SINK_FAILURE``, per stream and sink, every ``sink_failure_interval_s``:
+  the first ``error`` of the interval (never lost, however many follow)
+  and, when it differs, the ``last_error``.
+
+A fact inside the interval is held, and a timer on the running loop writes
+the held count when the interval ends, so the last burst of a storm is
+reported too (and :meth:`flush` writes anything held, e.g. at shutdown).
+Throughput is summarised instead: :meth:`run_periodic` writes one
+``STREAM_METRIC`` line per stream per interval with its counters, rate and
+latency percentiles.
 
 **Rotation.** A file the log opened itself is checked before every line:
 when its path names another file, or none (``logrotate`` moved it away, an
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -193,16 +201,33 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 WITHHELD: Mapping[str, str] = {}
 
 
+#: Windows of each kind held at most; past it everything held is written and forgotten.
+_MAX_WINDOWS = 1000
+
+#: One line to write: level, event kind, fields.
+_Line = tuple[Level, str, dict[str, Any]]
+
+
 @dataclass(slots=True)
-class _DlqWindow:
-    """Dead-letter writes of one stream held back by the rate limit."""
+class _Window:
+    """Repeated facts about one subject, held back by the rate limit: a line per interval."""
 
     last_line_at: float = -math.inf
+    timer: asyncio.TimerHandle | None = None
+
+    def take(self) -> list[_Line]:
+        """The lines standing for what is held (none if nothing is), which is then let go."""
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class _Letters:
+    """Dead letters of one stream: how many, their first and last sequence, their reasons."""
+
     count: int = 0
     first_sequence: int | None = None
     last_sequence: int | None = None
     reasons: dict[str, int] = field(default_factory=dict)
-    timer: asyncio.TimerHandle | None = None
 
     def add(self, sequence: int | None, reason: str | None) -> None:
         self.count += 1
@@ -228,6 +253,53 @@ class _DlqWindow:
 
 
 @dataclass(slots=True)
+class _LetterWindow(_Window):
+    """Dead-letter writes of one stream (``DLQ_WRITE``)."""
+
+    stream_id: str = ""
+    written: _Letters = field(default_factory=_Letters)
+
+    def take(self) -> list[_Line]:
+        if not self.written.count:
+            return []
+        return [("WARNING", "dlq_write", {"stream_id": self.stream_id, **self.written.take()})]
+
+
+@dataclass(slots=True)
+class _FailureWindow(_Window):
+    """Failed attempts of one sink of one stream (``SINK_FAILURE``)."""
+
+    stream_id: str = ""
+    sink: str = ""
+    count: int = 0
+    #: The window's first error, never lost however many follow it.
+    error: str | None = None
+    #: Its latest, written when it differs from the first.
+    last_error: str | None = None
+
+    def add(self, error: str | None) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.error = error
+        self.last_error = error
+
+    def take(self) -> list[_Line]:
+        if not self.count:
+            return []
+        fields: dict[str, Any] = {
+            "stream_id": self.stream_id,
+            "sink": self.sink,
+            "count": self.count,
+            "error": self.error,
+        }
+        if self.last_error != self.error:
+            fields["last_error"] = self.last_error
+        self.count = 0
+        self.error = self.last_error = None
+        return [("WARNING", "sink_failure", fields)]
+
+
+@dataclass(slots=True)
 class _Previous:
     delivered: int
     at: float
@@ -238,8 +310,10 @@ class AuditLog:
 
     ``target`` is a path (appended to, created if missing, opened again
     when it is rotated away: see the module documentation), an open text
-    stream, or None for the process's current ``sys.stderr``. ``clock`` is a
-    monotonic clock for the DLQ rate limit, injectable for tests.
+    stream, or None for the process's current ``sys.stderr``.
+    ``dlq_interval_s`` and ``sink_failure_interval_s`` space the collapsed
+    ``DLQ_WRITE`` and ``SINK_FAILURE`` lines of one stream (and sink).
+    ``clock`` is a monotonic clock for those rate limits, injectable for tests.
     """
 
     def __init__(
@@ -247,10 +321,13 @@ class AuditLog:
         target: str | os.PathLike[str] | TextIO | logging.Logger | None = None,
         *,
         dlq_interval_s: float = 1.0,
+        sink_failure_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if dlq_interval_s <= 0:
             raise ValueError("dlq_interval_s must be positive")
+        if sink_failure_interval_s <= 0:
+            raise ValueError("sink_failure_interval_s must be positive")
         #: The file this log opened itself (a path target), and its path.
         self._path: Path | None = None
         self._file: BinaryIO | None = None
@@ -267,9 +344,11 @@ class AuditLog:
         else:
             self._stream = target
         self.dlq_interval_s = dlq_interval_s
+        self.sink_failure_interval_s = sink_failure_interval_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._dlq: dict[str, _DlqWindow] = {}
+        self._letters: dict[str, _LetterWindow] = {}
+        self._failures: dict[tuple[str, str], _FailureWindow] = {}
         self._previous: dict[str, _Previous] = {}
         self._write_failed = False
         self._closed = False
@@ -311,6 +390,9 @@ class AuditLog:
         fields = fields_of(event)
         if isinstance(event, DeadLettered):
             self._dead_letter(fields)
+            return
+        if isinstance(event, SinkFailed):
+            self._sink_failed(fields)
             return
         clean = self._known(fields)
         if isinstance(event, GapReported):
@@ -384,41 +466,67 @@ class AuditLog:
             self.stream_metrics(mux)
 
     def flush(self) -> None:
-        """Write every dead-letter count held back by the rate limit."""
-        for stream_id in list(self._dlq):
-            self._flush_dlq(stream_id)
+        """Write everything the rate limits hold back (dead letters, sink failures)."""
+        for letters in list(self._letters.values()):
+            self._write_window(letters)
+        for failures in list(self._failures.values()):
+            self._write_window(failures)
 
-    # -- dead letters, rate-limited -------------------------------------------------
+    # -- repeated facts, collapsed ------------------------------------------------
 
-    def _dead_letter(self, fields: Mapping[str, Any]) -> None:
-        stream_id = _stream_id(fields.get("stream_id")) or "unknown"
-        window = self._dlq.get(stream_id)
-        if window is None:
-            if len(self._dlq) >= 1000:
-                self.flush()
-                self._dlq.clear()
-            window = self._dlq[stream_id] = _DlqWindow()
-        window.add(_int(fields.get("sequence")), _text(fields.get("reason")))
+    def _offer(self, window: _Window, interval_s: float, write: Callable[[], None]) -> None:
+        """``window`` holds a new fact: its line now if ``interval_s`` has passed since the last.
+
+        Otherwise a timer on the running loop writes it when the interval
+        ends, so the last burst of a storm is reported too (without a
+        running loop it waits for the next fact or :meth:`flush`).
+        """
         now = self._clock()
-        if now - window.last_line_at >= self.dlq_interval_s:
-            self._flush_dlq(stream_id)
+        if now - window.last_line_at >= interval_s:
+            write()
         elif window.timer is None:
             with contextlib.suppress(RuntimeError):  # no running loop: flushed later
                 loop = asyncio.get_running_loop()
-                delay = window.last_line_at + self.dlq_interval_s - now
-                window.timer = loop.call_later(delay, self._flush_dlq, stream_id)
+                window.timer = loop.call_later(window.last_line_at + interval_s - now, write)
 
-    def _flush_dlq(self, stream_id: str) -> None:
-        window = self._dlq.get(stream_id)
-        if window is None:
-            return
+    def _write_window(self, window: _Window) -> None:
         if window.timer is not None:
             window.timer.cancel()
             window.timer = None
-        if window.count == 0:
+        lines = window.take()
+        if not lines:
             return
         window.last_line_at = self._clock()
-        self.write("WARNING", "dlq_write", {"stream_id": stream_id, **window.take()})
+        for level, kind, fields in lines:
+            self.write(level, kind, fields)
+
+    def _dead_letter(self, fields: Mapping[str, Any]) -> None:
+        stream_id = _stream_id(fields.get("stream_id")) or "unknown"
+        window = self._letters.get(stream_id)
+        if window is None:
+            if len(self._letters) >= _MAX_WINDOWS:
+                self.flush()
+                self._letters.clear()
+            window = self._letters[stream_id] = _LetterWindow(stream_id=stream_id)
+        window.written.add(_int(fields.get("sequence")), _text(fields.get("reason")))
+        self._offer(window, self.dlq_interval_s, functools.partial(self._write_window, window))
+
+    def _sink_failed(self, fields: Mapping[str, Any]) -> None:
+        # One line per attempt flooded the log (a webhook down at a few events
+        # a second wrote hundreds): the first at once, then a count per interval.
+        stream_id = _stream_id(fields.get("stream_id")) or "unknown"
+        sink = _text(fields.get("sink")) or "unknown"
+        key = (stream_id, sink)
+        window = self._failures.get(key)
+        if window is None:
+            if len(self._failures) >= _MAX_WINDOWS:
+                self.flush()
+                self._failures.clear()
+            window = self._failures[key] = _FailureWindow(stream_id=stream_id, sink=sink)
+        window.add(_text(fields.get("error")))
+        self._offer(
+            window, self.sink_failure_interval_s, functools.partial(self._write_window, window)
+        )
 
     # -- output --------------------------------------------------------------------
 
