@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import time
 import uuid
@@ -112,6 +113,9 @@ _CHECKPOINT_SLICE = 2000
 _SWEEP_SLICE = 5000
 _CALLBACKS = "genesys-mux-callbacks"
 _DISPATCH = "genesys-mux-dispatch"
+_STOP = "genesys-mux-stop"
+#: Says how a Multiplexer runs once (see start and stop).
+_RUNS_ONCE = "a Multiplexer runs once; make a new one"
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +289,17 @@ class Multiplexer:
         self._gap_callbacks: list[GapCallback] = []
         self._stopping = False
         self._stopped = False
+        #: start() was called (and has not failed before opening anything).
+        self._start_begun = False
+        #: The one stop in progress (or done): every stop() call awaits it.
+        self._stopper: asyncio.Task[None] | None = None
+        #: Loop time until which the stop waits for consumers; a later
+        #: stop() may bring it forward, and sets _stop_wake to say so.
+        self._stop_deadline = math.inf
+        self._stop_wake = asyncio.Event()
+        #: Tasks awaiting the stop: it must not wait for, or cancel, those
+        #: among its own (a callback that called stop()).
+        self._stop_callers: set[asyncio.Task[Any]] = set()
         #: This run's id, on every event and record: a crash may give a
         #: sequence number again in the next run (see "Restarts and deploys" in
         #: the docs), and the epoch says which run it is from.
@@ -327,14 +342,36 @@ class Multiplexer:
         is retried (a warning per attempt) and then left to the channels,
         which keep retrying. A start that fails or is cancelled leaves
         nothing open.
+
+        A Multiplexer starts once: a second call raises
+        :class:`~genesys_mux.errors.InvalidStateError` ("already running"),
+        and so does a call after :meth:`stop`, or after a start that failed
+        or was cancelled once the store was read (it stopped what it had
+        opened). Only a start refused by the state store may be tried again.
         """
-        # The saved state first: a store that cannot be read stops us before
-        # anything is subscribed, rather than after events were numbered anew.
-        await self.state_store.open()
+        if self._stopper is not None:
+            raise InvalidStateError(
+                "the multiplexer is not running: it was stopped (by stop(), or by a start "
+                f"that failed), and {_RUNS_ONCE}"
+            )
+        if self._start_begun:
+            raise InvalidStateError(
+                "the multiplexer is already running: start() was called already "
+                "(`async with Multiplexer(...)` calls it)"
+            )
+        self._start_begun = True
         try:
-            self._checkpoints = dict(await self.state_store.load())
-        except StateError:
-            await self.state_store.close()
+            # The saved state first: a store that cannot be read stops us before
+            # anything is subscribed, rather than after events were numbered anew.
+            await self.state_store.open()
+            try:
+                self._checkpoints = dict(await self.state_store.load())
+            except BaseException:
+                await self.state_store.close()
+                raise
+        except BaseException:
+            # Nothing else is open yet: the start may be tried again.
+            self._start_begun = False
             raise
         if self._session is None:
             # trust_env: HTTPS_PROXY, NO_PROXY and .netrc as other HTTP tools
@@ -393,9 +430,36 @@ class Multiplexer:
         Readers that settle explicitly (``stream(settle=False)``, as sink
         runners do) get the same ``timeout_s`` to settle what they took, so
         that the final checkpoint comes after their acknowledgements.
+
+        There is one stop: a call while one is in progress (a signal
+        handler's, then leaving ``async with``) waits for it to end, and
+        brings its deadline for consumers forward to its own (``drain=False``:
+        now). A call once stopped returns at once. A caller that is cancelled
+        stops waiting; the stop itself goes on.
         """
-        if self._stopped:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout_s if drain else 0.0)
+        if deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+            self._stop_wake.set()
+        if self._stopper is None:
+            self._stopper = asyncio.create_task(self._stop(timeout_s), name=_STOP)
+        stopper = self._stopper
+        if stopper.done():
             return
+        caller = asyncio.current_task()
+        if caller is not None:
+            self._stop_callers.add(caller)
+        try:
+            # Shielded: a caller cancelled while it waits (a start-up deadline,
+            # a second Ctrl-C) must not leave the session and the store half closed.
+            await asyncio.shield(stopper)
+        finally:
+            if caller is not None:
+                self._stop_callers.discard(caller)
+
+    async def _stop(self, timeout_s: float) -> None:
+        """The stop itself, in a task of its own (see :meth:`stop`)."""
         # No new back-fills or queue refreshes; the dispatcher keeps running
         # while the sockets are drained, so what they still hold is delivered.
         self._draining = True
@@ -422,23 +486,17 @@ class Multiplexer:
         self._anything.set()
         for state in self._streams.values():
             state.ready.set()
-        if drain:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
-            while self._buffered() and loop.time() < deadline:
-                self._emptied.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._emptied.wait(), deadline - loop.time())
-            # Readers that settle explicitly (sink runners) still hold what
-            # they took: the final checkpoint waits for their acknowledgements,
-            # so that the next run's restart gap does not repeat them.
-            while self._unsettled() and loop.time() < deadline:
-                self._settled.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled.wait(), deadline - loop.time())
-        for task in self._tasks:
+        await self._until_deadline(lambda: not self._buffered(), self._emptied)
+        # Readers that settle explicitly (sink runners) still hold what
+        # they took: the final checkpoint waits for their acknowledgements,
+        # so that the next run's restart gap does not repeat them.
+        await self._until_deadline(lambda: not self._unsettled(), self._settled)
+        # A callback that called stop() waits for it: cancelling it would
+        # break its own wait (it ends by itself once its callback returns).
+        ending = [t for t in self._tasks if t not in self._stop_callers]
+        for task in ending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*ending, return_exceptions=True)
         self._tasks.clear()
         for state in self._streams.values():
             state.stream.flush_to_dead_letters("stopped")
@@ -446,7 +504,7 @@ class Multiplexer:
         # checkpoint lets the next run continue from here.
         if self._checkpointing:
             try:
-                await self.checkpoint()
+                await self._checkpoint_all()
             except StateError as exc:
                 self._report(StateStoreFailed(self.state_store.name, str(exc)))
         await self.state_store.close()
@@ -455,6 +513,47 @@ class Multiplexer:
             self._dlq.close()
         if self._own_session and self._session is not None:
             await self._session.close()
+
+    async def _until_deadline(self, done: Callable[[], bool], signal: asyncio.Event) -> None:
+        """Wait, woken by ``signal``, until ``done()`` or the stop's deadline for consumers.
+
+        A later :meth:`stop` may bring the deadline forward; it sets
+        ``_stop_wake`` so that the wait looks at it again.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            # Cleared before looking: a change after the look sets them again.
+            signal.clear()
+            self._stop_wake.clear()
+            remaining = self._stop_deadline - loop.time()
+            if done() or remaining <= 0:
+                return
+            waits = [
+                asyncio.ensure_future(signal.wait()),
+                asyncio.ensure_future(self._stop_wake.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+
+    def _refuse_unless_running(self) -> None:
+        """InvalidStateError unless started and not stopping (for calls that need the pool)."""
+        if self._stopper is not None:
+            if self._stopper.done():
+                raise InvalidStateError(
+                    f"the multiplexer is not running: it was stopped, and {_RUNS_ONCE}"
+                )
+            raise InvalidStateError(
+                f"the multiplexer is not running: it is stopping, and {_RUNS_ONCE}"
+            )
+        if self.pool is None:
+            raise InvalidStateError(
+                "the multiplexer is not started: call `await mux.start()` first, "
+                "or use it as `async with Multiplexer(...) as mux:`"
+            )
 
     def _buffered(self) -> bool:
         return any(len(s.stream) for s in self._streams.values())
@@ -480,13 +579,16 @@ class Multiplexer:
 
         Raises :class:`~genesys_mux.errors.ConfigError` for an invalid config,
         a duplicate id or more than ``max_streams`` streams, and
-        :class:`~genesys_mux.errors.InvalidStateError` before :meth:`start`.
+        :class:`~genesys_mux.errors.InvalidStateError` before :meth:`start`
+        and once :meth:`stop` was called.
         """
         config = parse_stream(config)
         self._running_pool()
         # A hand-over that failed half-way may have left a stream's bit to clear.
         await self._forget_left()
         async with self._change_lock:
+            # A stop may have begun while this waited for its turn.
+            self._refuse_unless_running()
             if config.id in self._streams:
                 raise ConfigError(
                     f"a stream with id {config.id!r} already exists; ids must be unique"
@@ -606,8 +708,10 @@ class Multiplexer:
         not on standby, :class:`~genesys_mux.errors.FencedStateError` when a
         newer owner claimed the stream already, and
         :class:`~genesys_mux.errors.StateError` when the store cannot be
-        used (the stream stays on standby in each case).
+        used (the stream stays on standby in each case), and
+        :class:`~genesys_mux.errors.InvalidStateError` once :meth:`stop` was called.
         """
+        self._refuse_unless_running()
         state = self._streams.get(stream_id)
         if state is None or state.standby is None:
             raise InvalidStateError(f"stream {stream_id!r} is not on standby")
@@ -621,6 +725,7 @@ class Multiplexer:
             self._checkpoints[stream_id] = saved
         if state.standby is None or self._streams.get(stream_id) is not state:
             return  # activated or removed meanwhile
+        self._refuse_unless_running()  # the stop began while the store answered
         state.fence = fence
         restored = self._restore(state)
         kept, state.standby = state.standby, None
@@ -658,7 +763,11 @@ class Multiplexer:
         Without ``checkpoint`` (the stream is no longer ours: a lost lease,
         or a standby given up) nothing is waited for or written: another
         process may be writing the stream's state already. Returns None.
+
+        :class:`~genesys_mux.errors.InvalidStateError` once :meth:`stop` was
+        called: the stop writes the last checkpoint of every stream itself.
         """
+        self._refuse_unless_running()
         state = self._streams.get(stream_id)
         if state is None:
             raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
@@ -729,8 +838,16 @@ class Multiplexer:
         a slice at a time so that the event path never waits for it (see
         :mod:`genesys_mux.core.checkpoint`). Raises
         :class:`~genesys_mux.errors.StateError` when the store fails (the
-        periodic checkpoints report it and try again).
+        periodic checkpoints report it and try again), and
+        :class:`~genesys_mux.errors.InvalidStateError` once :meth:`stop` was
+        called (the stop writes the last one; the store is closed after it).
         """
+        if self._stopper is not None:
+            self._refuse_unless_running()
+        return await self._checkpoint_all()
+
+    async def _checkpoint_all(self) -> int:
+        """:meth:`checkpoint`, for the stop and the periodic checkpoints."""
         async with self._checkpoint_lock:
             # A stream on standby has no state of its own yet (its owner's is
             # in the store), one leaving wrote its last, and one fenced off
@@ -801,7 +918,7 @@ class Multiplexer:
         while True:
             await asyncio.sleep(self.checkpoint_interval_s)
             try:
-                await self.checkpoint()
+                await self._checkpoint_all()
             except StateError as exc:
                 self.state_failure = str(exc)
                 self._report(StateStoreFailed(self.state_store.name, str(exc)))
@@ -819,8 +936,12 @@ class Multiplexer:
         """Remove a stream; its topics are unsubscribed unless another stream needs them.
 
         Events still buffered for it go to the dead-letter queue (``stream_removed``).
+        :class:`~genesys_mux.errors.InvalidStateError` before :meth:`start`
+        and once :meth:`stop` was called (a stop dead-letters them all).
         """
+        self._refuse_unless_running()
         async with self._change_lock:
+            self._refuse_unless_running()
             state = self._streams.pop(stream_id, None)
             if state is None:
                 raise ConfigError(
@@ -851,14 +972,16 @@ class Multiplexer:
 
     async def _apply_topics(self) -> None:
         self._reindex()
+        if self._stopper is not None:
+            # A change that was under way when the stop began (a hand-over's
+            # removal): the pool closes every channel anyway, and a closed
+            # pool would open new ones that nobody closes.
+            return
         await self._running_pool().set_topics(self._by_topic)
 
     def _running_pool(self) -> ChannelPool:
-        if self.pool is None:
-            raise InvalidStateError(
-                "the multiplexer is not started: call `await mux.start()` first, "
-                "or use it as `async with Multiplexer(...) as mux:`"
-            )
+        self._refuse_unless_running()
+        assert self.pool is not None  # set by start, never unset
         return self.pool
 
     def _running_rest(self) -> RestClient:
@@ -881,7 +1004,12 @@ class Multiplexer:
         return [q.id for q in await self._running_rest().list_queues()]
 
     async def refresh_queues(self) -> None:
-        """Re-read the org's queues and update every all-queues stream, incrementally."""
+        """Re-read the org's queues and update every all-queues stream, incrementally.
+
+        :class:`~genesys_mux.errors.InvalidStateError` before :meth:`start`
+        and once :meth:`stop` was called.
+        """
+        self._refuse_unless_running()
         if not any(needs_all_queues(s.config) for s in self._streams.values()):
             return
         queue_ids = await self._list_queues()
@@ -1241,11 +1369,15 @@ class Multiplexer:
 
     def on_event(self, callback: EventCallback) -> None:
         """Call ``callback`` (sync or async) for every event, priority-merged."""
+        if self._stopper is not None:
+            self._refuse_unless_running()  # it would never be called
         self._event_callbacks.append(callback)
         self._ensure_callback_task()
 
     def on_gap(self, callback: GapCallback) -> None:
         """Call ``callback`` (sync or async) for every gap."""
+        if self._stopper is not None:
+            self._refuse_unless_running()  # it would never be called
         self._gap_callbacks.append(callback)
         self._ensure_callback_task()
 
