@@ -294,11 +294,12 @@ def test_the_cli_overview_names_every_option_of_each_command() -> None:
 
 def test_the_operations_page_lists_every_audit_event() -> None:
     from genesys_mux.core.events import ControlEvent
+    from genesys_mux.observability.audit import OWN_EVENTS
 
     page = (ROOT / "docs/operations/index.md").read_text(encoding="utf-8")
     section = page.split("The audit log (`audit_path`", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"`([A-Z][A-Z_]+)`", section))
-    codes = {kind.kind.upper() for kind in typing.get_args(ControlEvent)} | {"STREAM_METRIC"}
+    codes = {kind.kind.upper() for kind in typing.get_args(ControlEvent)} | set(OWN_EVENTS)
     assert codes - listed == set(), "audit events the page does not list"
     assert listed - codes == set(), "codes the page lists that the audit log never writes"
 

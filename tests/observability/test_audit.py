@@ -41,6 +41,7 @@ from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability import AuditLog
 from genesys_mux.observability.audit import WITHHELD
 from genesys_mux.observability.sanitize import REDACTED
+from genesys_mux.sinks.dlq import JsonlDeadLetterQueue, MemoryDeadLetterQueue, file_lock
 from genesys_mux.sinks.runner import SinkRunner
 from genesys_mux.sinks.webhook import WebhookSink
 from tests.net.conftest import eventually
@@ -61,6 +62,7 @@ CONTROL_INFO = {
     "STREAM_METRIC",
 }
 WARNINGS = {"GAP", "DLQ_WRITE", "SUBSCRIBE_REJECTED", "CHANNEL_LOST", "SINK_FAILURE"}
+ERRORS = {"DLQ_DROPPED"}
 
 
 def check_shape(lines: list[dict[str, object]]) -> None:
@@ -73,7 +75,7 @@ def check_shape(lines: list[dict[str, object]]) -> None:
         event = line["event"]
         assert isinstance(event, str)
         assert event == event.upper()
-        expected = "WARNING" if event in WARNINGS else "INFO"
+        expected = "WARNING" if event in WARNINGS else "ERROR" if event in ERRORS else "INFO"
         assert line["level"] == expected, line
 
 
@@ -223,6 +225,56 @@ async def test_an_overflow_storm_collapses_into_one_dlq_line_per_second() -> Non
     sequences = [(int(d["first_sequence"]), int(d["last_sequence"])) for d in dlq]
     for (_, last), (first, _) in itertools.pairwise(sequences):
         assert first > last  # consecutive windows, nothing counted twice
+
+
+def _counts(lines: list[dict[str, Any]], event: str) -> int:
+    return sum(int(line["count"]) for line in events(lines, event))
+
+
+async def test_letters_a_full_dead_letter_file_drops_are_audited_as_dropped(
+    tmp_path: Path,
+) -> None:
+    """A real file queue at its dlq_max_bytes: DLQ_WRITE for what it kept, DLQ_DROPPED for the rest.
+
+    The file takes a dozen letters of an overflow storm, then drops them
+    (a small one may still fit after a large one did not); it is emptied
+    (as ``dlq purge`` does) and takes letters again. Every letter is in
+    exactly one line: the writes add up to the letters the files got, the
+    drops to the queue's own count, and each line's first and last letter
+    really had that fate.
+    """
+    path = tmp_path / "dlq.jsonl"
+    dlq = JsonlDeadLetterQueue(path, max_bytes=20_000)
+    out = io.StringIO()
+    audit = AuditLog(out)
+
+    def on_file() -> list[int]:
+        return [json.loads(line)["sequence"] for line in path.read_text().splitlines()]
+
+    async with harness(org_settings(rate=40.0), dlq=dlq) as h:
+        audit.attach(h.mux)
+        # A one-event buffer nobody reads: nearly every event is dead-lettered.
+        await h.mux.add_stream({"id": "small", "filter": {}, "buffer_size": 1})
+        await eventually(lambda: dlq.dropped >= 30, within=30)
+        with file_lock(path):  # what dlq purge does, under the writer's lock
+            purged = on_file()
+            path.write_bytes(b"")
+        await eventually(lambda: _counts(audit_lines(out), "DLQ_WRITE") > len(purged), within=30)
+        await h.mux.stop(drain=False)  # the last letters, and the queue closed
+        audit.detach(h.mux)
+
+    lines = audit_lines(out)
+    check_shape(lines)
+    kept = set(purged) | set(on_file())
+    assert _counts(lines, "DLQ_WRITE") == len(purged) + len(on_file())
+    assert _counts(lines, "DLQ_DROPPED") == dlq.dropped >= 30
+    for line in events(lines, "DLQ_WRITE"):
+        assert {line["first_sequence"], line["last_sequence"]} <= kept, line
+    for line in events(lines, "DLQ_DROPPED"):
+        assert line["stream_id"] == "small"
+        assert not {line["first_sequence"], line["last_sequence"]} & kept, line
+    # Collapsed: a line per kind per second at most, not one per letter.
+    assert len(events(lines, "DLQ_DROPPED")) < dlq.dropped / 5
 
 
 def test_the_rate_limit_with_a_fake_clock() -> None:
@@ -415,9 +467,15 @@ def audit_scenario_lines() -> list[dict[str, object]]:
 async def test_the_operations_page_lists_the_fields_of_every_event() -> None:
     lines = audit_scenario_lines()
     out = io.StringIO()
-    async with harness() as h:
+    audit = AuditLog(out)
+    # A queue that keeps one letter: the rest of an overflow are dropped.
+    async with harness(org_settings(rate=40.0), dlq=MemoryDeadLetterQueue(limit=1)) as h:
+        audit.attach(h.mux)
         await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}})
-        AuditLog(out).stream_metrics(h.mux)
+        await h.mux.add_stream({"id": "small", "filter": {}, "buffer_size": 1})
+        await eventually(lambda: events(audit_lines(out), "DLQ_DROPPED"))
+        audit.stream_metrics(h.mux)
+        audit.detach(h.mux)
     lines += audit_lines(out)
     observed: dict[str, tuple[str, set[str]]] = {}
     for line in lines:

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 The multiplexer offers every control-plane fact to ``mux.on_control`` as a
 typed :data:`~genesys_mux.core.events.ControlEvent`; :meth:`AuditLog.attach`
-subscribes :meth:`AuditLog.record` there. The event's type gives its code
-(``kind``) and level. Each fact becomes one line::
+subscribes there (:meth:`AuditLog.record` takes facts from anywhere else,
+such as a cluster member). The event's type gives its code (``kind``) and
+level. Each fact becomes one line::
 
     {"ts": "2025-01-01T12:00:00.000Z", "level": "INFO", "logger": "genesys_mux.audit",
      "event": "CHANNEL_ROTATED", ...}
@@ -28,12 +29,14 @@ value shaped like a credential. Token refreshes are recorded as the fact
 alone, never the token.
 
 **Volume.** The audit log never writes a line per event at INFO. Facts
-that can come once per event or per attempt are WARNING-level and
+that can come once per event or per attempt are WARNING-level or worse and
 collapsed: the first at once, then at most one line per interval (1 s)
 standing for everything held since, with its ``count``:
 
-* ``DLQ_WRITE``, per stream, every ``dlq_interval_s``: the first and last
-  sequence of the letters it stands for and their reasons;
+* ``DLQ_WRITE`` (WARNING) and ``DLQ_DROPPED`` (ERROR), per stream, every
+  ``dlq_interval_s``: the letters the dead-letter queue wrote, and those it
+  counted but did not keep (its file at ``dlq_max_bytes``), each with the
+  first and last sequence of the letters it stands for and their reasons;
 * ``SINK_FAILURE``, per stream and sink, every ``sink_failure_interval_s``:
   the first ``error`` of the interval (never lost, however many follow)
   and, when it differs, the ``last_error``.
@@ -44,6 +47,22 @@ reported too (and :meth:`flush` writes anything held, e.g. at shutdown).
 Throughput is summarised instead: :meth:`run_periodic` writes one
 ``STREAM_METRIC`` line per stream per interval with its counters, rate and
 latency percentiles.
+
+**Written or dropped.** A multiplexer reports a dead letter as it hands it
+to its queue, which writes a loop turn's letters together at the start of
+the next and only then knows which fit under its cap. So the letter waits
+for that turn: a callback scheduled by the same letter runs right after the
+queue's write, and the growth of the queue's count of dropped letters says
+how many of the letters it processed it dropped, the last ones, as it keeps
+a write's letters in order while they fit and drops the rest. The
+``DLQ_DROPPED`` counts add up to the queue's own count, and the
+``DLQ_WRITE`` counts to the letters it kept. Two rare cases blur which
+letters: letters the queue wrote out of turn (a turn's letters filling a
+megabyte, or a checkpoint's flush, with more letters after it in the same
+turn) may have their drops given to the next turn's letters; and letters
+held in memory while the file cannot be written, counted as written and
+lost later, are counted again in a ``DLQ_DROPPED`` line without a stream
+(the queue's own error log names them).
 
 **Rotation.** A file the log opened itself is checked before every line:
 when its path names another file, or none (``logrotate`` moved it away, an
@@ -94,7 +113,7 @@ from genesys_mux.sinks.dlq import _replaced as _path_replaced
 if TYPE_CHECKING:
     from genesys_mux.net.multiplexer import Multiplexer
 
-__all__ = ["AUDIT_LOGGER", "WITHHELD", "AuditLog", "Level"]
+__all__ = ["AUDIT_LOGGER", "OWN_EVENTS", "WITHHELD", "AuditLog", "Level"]
 
 log = logging.getLogger("genesys_mux.observability.audit")
 
@@ -195,6 +214,9 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "kept": ("kept", _int),
 }
 
+#: Event codes the audit log writes of its own, besides each control event's kind.
+OWN_EVENTS = ("STREAM_METRIC", "DLQ_DROPPED")
+
 #: Control-event fields deliberately not written: ``"Class.field"`` → why.
 #: Empty: every field of every :data:`ControlEvent` is a fact worth keeping.
 #: A field added to an event must be given a line in ``_FIELDS`` or here.
@@ -254,15 +276,72 @@ class _Letters:
 
 @dataclass(slots=True)
 class _LetterWindow(_Window):
-    """Dead-letter writes of one stream (``DLQ_WRITE``)."""
+    """Dead letters of one stream the queue wrote (``DLQ_WRITE``) and dropped (``DLQ_DROPPED``).
+
+    The stream ``""`` holds drops of letters already counted as written (see
+    ``_settle``): their line has a count and nothing else.
+    """
 
     stream_id: str = ""
     written: _Letters = field(default_factory=_Letters)
+    dropped: _Letters = field(default_factory=_Letters)
 
     def take(self) -> list[_Line]:
-        if not self.written.count:
-            return []
-        return [("WARNING", "dlq_write", {"stream_id": self.stream_id, **self.written.take()})]
+        lines: list[_Line] = []
+        if self.written.count:
+            lines.append(
+                ("WARNING", "dlq_write", {"stream_id": self.stream_id, **self.written.take()})
+            )
+        if self.dropped.count:
+            if self.stream_id:
+                fields = {"stream_id": self.stream_id, **self.dropped.take()}
+            else:
+                fields = {"count": self.dropped.take()["count"]}
+            # Lost events: as loud as the queue's own log line about them.
+            lines.append(("ERROR", "dlq_dropped", fields))
+        return lines
+
+
+#: A dead letter reported, its fate not known yet: stream id, sequence, reason.
+_Pending = tuple[str, int | None, str | None]
+
+
+@dataclass(slots=True)
+class _Source:
+    """One attached multiplexer, and the dead letters its queue has not been asked about yet.
+
+    A multiplexer reports each letter (``DeadLettered``) as it hands it to
+    its queue; a file queue writes the letters of a loop turn together, in
+    order, at the start of the next, and only then knows which fitted under
+    its ``dlq_max_bytes`` (the first ones) and which it dropped (the rest).
+    A queue in memory keeps or drops each at once.
+    """
+
+    mux: Multiplexer | None
+    #: Letters reported, in order, whose fate is not known yet.
+    pending: list[_Pending] = field(default_factory=list)
+    #: The queue's count of dropped letters when last read (None: it has none).
+    dropped_seen: int | None = None
+    #: The next turn's callback, while one is scheduled.
+    turn: asyncio.Handle | None = None
+    #: What the multiplexer calls (``mux.on_control``).
+    callback: Callable[[ControlEvent], None] | None = None
+
+
+def _dropped_count(mux: Multiplexer) -> int | None:
+    """The multiplexer's queue's count of letters counted but not kept, if it keeps one.
+
+    Read once per loop turn that had dead letters. ``mux.stats()`` has it
+    too, but also sorts every stream's latencies: too dear that often in a
+    dead-letter storm. Both queue kinds keep it as a public ``dropped``, so
+    the multiplexer's queue is asked directly; ``stats()`` stands in if it
+    cannot be found.
+    """
+    value = getattr(getattr(mux, "_dlq", None), "dropped", None)
+    if value is None:
+        dlq = mux.stats().get("dlq")
+        value = dlq.get("dropped") if isinstance(dlq, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(slots=True)
@@ -348,6 +427,9 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._letters: dict[str, _LetterWindow] = {}
+        # Facts given to record() directly, from no multiplexer: no queue to ask.
+        self._unattached = _Source(None)
+        self._sources: list[_Source] = []
         self._failures: dict[tuple[str, str], _FailureWindow] = {}
         self._previous: dict[str, _Previous] = {}
         self._write_failed = False
@@ -357,13 +439,22 @@ class AuditLog:
 
     def attach(self, mux: Multiplexer) -> None:
         """Record every control-plane fact ``mux`` reports."""
-        if self.record not in mux.on_control:
-            mux.on_control.append(self.record)
+        if any(source.mux is mux for source in self._sources):
+            return
+        # Letters its queue dropped before now are not this log's to report.
+        source = _Source(mux, dropped_seen=_dropped_count(mux))
+        source.callback = functools.partial(self._record_from, source)
+        self._sources.append(source)
+        mux.on_control.append(source.callback)
 
     def detach(self, mux: Multiplexer) -> None:
         """Stop recording ``mux``'s facts (anything held back is written first)."""
-        with contextlib.suppress(ValueError):
-            mux.on_control.remove(self.record)
+        for source in [s for s in self._sources if s.mux is mux]:
+            self._sources.remove(source)
+            if source.callback is not None:
+                with contextlib.suppress(ValueError):
+                    mux.on_control.remove(source.callback)
+            self._settle(source)
         self.flush()
 
     def __enter__(self) -> AuditLog:
@@ -386,10 +477,17 @@ class AuditLog:
     # -- facts -------------------------------------------------------------------
 
     def record(self, event: ControlEvent) -> None:
-        """Write one fact (the ``mux.on_control`` callback)."""
+        """Write one fact (a cluster member's ``on_control`` callback, or by hand).
+
+        A dead letter recorded here, from no attached multiplexer, is
+        written as ``DLQ_WRITE``: there is no queue to ask whether it kept it.
+        """
+        self._record_from(self._unattached, event)
+
+    def _record_from(self, source: _Source, event: ControlEvent) -> None:
         fields = fields_of(event)
         if isinstance(event, DeadLettered):
-            self._dead_letter(fields)
+            self._dead_letter(source, fields)
             return
         if isinstance(event, SinkFailed):
             self._sink_failed(fields)
@@ -466,7 +564,16 @@ class AuditLog:
             self.stream_metrics(mux)
 
     def flush(self) -> None:
-        """Write everything the rate limits hold back (dead letters, sink failures)."""
+        """Write everything the rate limits hold back (dead letters, sink failures).
+
+        Dead letters whose queue has not said yet whether it kept them are
+        taken as written by now (at shutdown, the queue was closed first).
+        """
+        for source in (*self._sources, self._unattached):
+            self._settle(source)
+        self._write_all()
+
+    def _write_all(self) -> None:
         for letters in list(self._letters.values()):
             self._write_window(letters)
         for failures in list(self._failures.values()):
@@ -500,16 +607,84 @@ class AuditLog:
         for level, kind, fields in lines:
             self.write(level, kind, fields)
 
-    def _dead_letter(self, fields: Mapping[str, Any]) -> None:
-        stream_id = _stream_id(fields.get("stream_id")) or "unknown"
+    # -- dead letters: written or dropped ------------------------------------------
+
+    def _letter_window(self, stream_id: str) -> _LetterWindow:
         window = self._letters.get(stream_id)
         if window is None:
             if len(self._letters) >= _MAX_WINDOWS:
-                self.flush()
+                self._write_all()
                 self._letters.clear()
             window = self._letters[stream_id] = _LetterWindow(stream_id=stream_id)
-        window.written.add(_int(fields.get("sequence")), _text(fields.get("reason")))
-        self._offer(window, self.dlq_interval_s, functools.partial(self._write_window, window))
+        return window
+
+    def _dead_letter(self, source: _Source, fields: Mapping[str, Any]) -> None:
+        """A letter handed to the queue: its line waits until the queue has written or dropped it.
+
+        The queue writes a turn's letters at the start of the next (see
+        :class:`_Source`); the turn callback scheduled here runs right after
+        that write, as both are scheduled by the same letter, and the
+        letters the queue dropped in it are the last of those it processed.
+        """
+        stream_id = _stream_id(fields.get("stream_id")) or "unknown"
+        source.pending.append(
+            (stream_id, _int(fields.get("sequence")), _text(fields.get("reason")))
+        )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or source.mux is None:
+            # Outside a loop the queue has written it already; without a
+            # multiplexer there is no queue to ask. Its fate is known now.
+            self._settle(source)
+        elif source.turn is None:
+            source.turn = loop.call_soon(self._turn, source)
+
+    def _turn(self, source: _Source) -> None:
+        """The queue has had its turn at every letter reported so far: sort them."""
+        source.turn = None
+        self._settle(source)
+
+    def _settle(self, source: _Source) -> None:
+        """Sort the letters reported so far into written and dropped; offer their lines.
+
+        Within one write the queue keeps the letters that fit under its cap,
+        in order, and drops the rest, so the ones it dropped since the last
+        look (one turn ago) are the last of those reported since. Drops
+        beyond them are of letters an earlier line counted as written (see
+        the module documentation): a ``DLQ_DROPPED`` line without a stream
+        counts them.
+        """
+        letters, source.pending = source.pending, []
+        dropped = self._newly_dropped(source)
+        kept = max(0, len(letters) - dropped)
+        untold = dropped - (len(letters) - kept)
+        touched: dict[str, _LetterWindow] = {}
+        for stream_id, sequence, reason in letters[:kept]:
+            window = touched[stream_id] = self._letter_window(stream_id)
+            window.written.add(sequence, reason)
+        for stream_id, sequence, reason in letters[kept:]:
+            window = touched[stream_id] = self._letter_window(stream_id)
+            window.dropped.add(sequence, reason)
+        if untold > 0:
+            window = touched[""] = self._letter_window("")
+            window.dropped.count += untold
+        for window in touched.values():
+            self._offer(window, self.dlq_interval_s, functools.partial(self._write_window, window))
+
+    @staticmethod
+    def _newly_dropped(source: _Source) -> int:
+        """Letters the source's queue dropped since the last look."""
+        if source.mux is None:
+            return 0
+        now = _dropped_count(source.mux)
+        before, source.dropped_seen = source.dropped_seen, now
+        if now is None or before is None or now < before:
+            return 0  # no count to go by (yet), or another queue's
+        return now - before
+
+    # -- sink failures -----------------------------------------------------------------
 
     def _sink_failed(self, fields: Mapping[str, Any]) -> None:
         # One line per attempt flooded the log (a webhook down at a few events
