@@ -513,3 +513,28 @@ async def test_a_lease_is_counted_from_when_its_renewal_was_asked_for(
         assert asked
         assert member._renewed_at is not None
         assert member._renewed_at <= asked[-1]
+
+
+async def test_a_member_cancelled_as_it_is_woken_stops(redis_server: RedisServer) -> None:
+    """A cancellation that lands as the member's wait between rounds ends must not be lost.
+
+    Python 3.11's ``asyncio.wait_for`` returns the inner result, swallowing
+    the cancellation, when both happen in one turn of the loop: the member
+    went on with its rounds (renewing its leases for ever), and whoever
+    awaited its task after cancelling it hung. Seen in CI, under load.
+    """
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        member = await a_member(stack, emulator, redis_server, "a", history)
+        task = asyncio.create_task(member.run())
+        await eventually(lambda: len(member.status.held) == len(STREAMS))
+        # In its wait between rounds now: woken and cancelled in the same turn.
+        await eventually(lambda: not member._round.locked())
+        member._wake.set()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5.0)
+        if not done:
+            task.cancel()  # let the test end; the member ignored the first one
+            await asyncio.wait({task}, timeout=5.0)
+        assert done, "the member carried on after its task was cancelled"
+        assert task.cancelled()

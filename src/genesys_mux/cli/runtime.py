@@ -643,7 +643,8 @@ class Runtime:
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - loop.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(waiter)
             refresh()
             if deadline is not None and loop.time() >= deadline:
                 return

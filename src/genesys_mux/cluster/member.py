@@ -183,14 +183,20 @@ class ClusterMember:
     async def run(self) -> None:
         """Take part until cancelled or :meth:`leave` is called."""
         renewing = asyncio.create_task(self._renew_during_rounds(), name="cluster-renew")
+        task = asyncio.current_task()
         try:
             while not self._leaving:
                 busy = await self.tick()
+                if task is not None and task.cancelling():
+                    # A library that swallowed the cancellation in the middle
+                    # of its call (redis-py can): the cancel still wins.
+                    raise asyncio.CancelledError
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     # While a handover is under way, look again soon: the next
                     # owner's standby buffer is bounded.
-                    await asyncio.wait_for(self._wake.wait(), 0.1 if busy else self.heartbeat_s)
+                    async with asyncio.timeout(0.1 if busy else self.heartbeat_s):
+                        await self._wake.wait()
         finally:
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)

@@ -571,7 +571,8 @@ class Emulator:
                 # written before a close do on a real connection.
                 link.close_after_flush(1000)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(link.tasks[0]), _CLOSE_FLUSH_S)
+                    async with asyncio.timeout(_CLOSE_FLUSH_S):
+                        await asyncio.shield(link.tasks[0])
         finally:
             link.stop_tasks()
             if self.links.get(channel.id) is link:

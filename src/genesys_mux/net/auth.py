@@ -178,7 +178,8 @@ class TokenProvider:
         # life in it, a login outage, or a login host that does not answer,
         # must not stop everything else.
         try:
-            return await asyncio.wait_for(self._single_flight(), self._early_wait_s)
+            async with asyncio.timeout(self._early_wait_s):
+                return await self._single_flight()
         except TimeoutError:
             if self._clock() >= token.expires_at - _LAST_RESORT_S:
                 return await self._single_flight()

@@ -372,7 +372,8 @@ class _Socket:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._wake.wait()
             actions = self.link.poll(time.monotonic())
             if any(isinstance(a, SendPing) for a in actions):
                 await self._ping()
@@ -480,11 +481,13 @@ class _Socket:
             # Bounded: a platform that keeps answering 429 or 503 must not
             # hold a rotation (and the permit other slots wait for) for long.
             with contextlib.suppress(GenesysMuxError, TimeoutError):
-                await asyncio.wait_for(rest.delete_subscriptions(self.info.id), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await rest.delete_subscriptions(self.info.id)
             self.pong.clear()
             await self._ping()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.pong.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self.pong.wait()
                 drained = True
             self.drained = True
             drained = await self._close_reading() and drained
@@ -508,7 +511,8 @@ class _Socket:
         except (ConnectionError, RuntimeError, aiohttp.ClientError):
             return reader.done()
         try:
-            await asyncio.wait_for(asyncio.shield(reader), self.pool.settings.close_timeout_s)
+            async with asyncio.timeout(self.pool.settings.close_timeout_s):
+                await asyncio.shield(reader)
         except TimeoutError:
             return False
         return True
@@ -540,7 +544,8 @@ class _Socket:
 
     async def _read_on_then_close(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.reader), self.pool.settings.close_timeout_s)
+            async with asyncio.timeout(self.pool.settings.close_timeout_s):
+                await asyncio.shield(self.reader)
         await self.close()
 
 
@@ -879,7 +884,8 @@ class ChannelPool:
         marker = _Marker(asyncio.Event())
         self._inbound.put_nowait(marker)
         try:
-            await asyncio.wait_for(marker.reached.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await marker.reached.wait()
         except TimeoutError:
             return False
         return True
@@ -898,9 +904,8 @@ class ChannelPool:
             socket.pong.clear()
             await socket._ping()
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(socket.pong.wait() for socket in sockets)), timeout_s
-            )
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(socket.pong.wait() for socket in sockets))
         except TimeoutError:
             return False
         return await self.flushed(timeout_s)
@@ -934,9 +939,8 @@ class ChannelPool:
             try:
                 # Bounded as a whole: the unsubscribe is a REST call, and a
                 # platform that does not answer must not hold up a shutdown.
-                ok = await asyncio.wait_for(
-                    socket.drain_and_close(self._rest, timeout_s), 2 * timeout_s + 1.0
-                )
+                async with asyncio.timeout(2 * timeout_s + 1.0):
+                    ok = await socket.drain_and_close(self._rest, timeout_s)
             except TimeoutError:
                 await socket.abandon()
                 ok = False
@@ -1173,9 +1177,8 @@ class ChannelPool:
                 # Both sockets deliver: the overlap lasts until the successor
                 # has proved it delivers (or we stopped waiting for it to).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        successor.delivering.wait(), self.settings.rotation_overlap_s
-                    )
+                    async with asyncio.timeout(self.settings.rotation_overlap_s):
+                        await successor.delivering.wait()
                 self._old_lost(slot, old)
                 if slot.socket is old:
                     end = successor.first_notification_at or time.time()

@@ -779,7 +779,8 @@ class Multiplexer:
         while state.stream.unacknowledged and loop.time() < deadline:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), deadline - loop.time())
+                async with asyncio.timeout(deadline - loop.time()):
+                    await self._settled.wait()
         saved: list[tuple[_StreamState, tuple[int, float], StreamCheckpoint]] = []
         try:
             if checkpoint and not state.fenced_off:

@@ -644,7 +644,8 @@ def _header_size(headers: dict[str, str]) -> int:
 
 async def _close_quietly(client: Client, timeout_s: float = 5.0) -> None:
     try:
-        await asyncio.wait_for(client.close(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await client.close()
     except Exception as exc:
         log.debug("closing a NATS connection: %s", type(exc).__name__)
 

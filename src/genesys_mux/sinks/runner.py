@@ -354,7 +354,8 @@ class SinkRunner:
             )
             # A stop ends the wait at once: there is no batch in hand to finish.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._stopping.wait()
         return False
 
     async def _read(self) -> None:
@@ -572,7 +573,8 @@ class SinkRunner:
         end = time.monotonic() + delay
         if not self._stopping.is_set():
             try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
             except TimeoutError:
                 return
         # Stopping: the caller checked the delay fits the grace; a stop that
