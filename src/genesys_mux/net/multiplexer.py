@@ -33,7 +33,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ _CHECKPOINT_SLICE = 2000
 #: Records cleared per slice of the memory of a stream that left (see _forget_left).
 _SWEEP_SLICE = 5000
 _CALLBACKS = "genesys-mux-callbacks"
+_GAP_CALLBACKS = "genesys-mux-gap-callbacks"
 _DISPATCH = "genesys-mux-dispatch"
 _STOP = "genesys-mux-stop"
 #: Says how a Multiplexer runs once (see start and stop).
@@ -173,6 +174,9 @@ class _StreamState:
         self.fence = 0
         #: A newer owner claimed the stream in the store: its checkpoints stop here.
         self.fenced_off = False
+        #: Its gaps not yet told to every gap callback: each holds the
+        #: watermark at its start, as a gap not done with does.
+        self.untold: list[Gap] = []
 
 
 class Multiplexer:
@@ -287,6 +291,14 @@ class Multiplexer:
         self._backfills: set[asyncio.Task[None]] = set()
         self._event_callbacks: list[EventCallback] = []
         self._gap_callbacks: list[GapCallback] = []
+        #: Who takes the items: "callbacks" (on_event) or "readers"
+        #: (events(), stream()); never both, as each item is handed out once.
+        self._consumers: str | None = None
+        #: Gaps reported and not yet told to the gap callbacks, oldest first.
+        self._untold: deque[tuple[_StreamState, Gap]] = deque()
+        self._gap_reported = asyncio.Event()
+        #: Set when a callback task ends (a draining stop waits for them).
+        self._callbacks_ended = asyncio.Event()
         self._stopping = False
         self._stopped = False
         #: start() was called (and has not failed before opening anything).
@@ -463,9 +475,9 @@ class Multiplexer:
         # No new back-fills or queue refreshes; the dispatcher keeps running
         # while the sockets are drained, so what they still hold is delivered.
         self._draining = True
-        side = [t for t in self._tasks if t.get_name() not in (_CALLBACKS, _DISPATCH)] + list(
-            self._backfills
-        )
+        side = [
+            t for t in self._tasks if t.get_name() not in (_CALLBACKS, _GAP_CALLBACKS, _DISPATCH)
+        ] + list(self._backfills)
         for task in side:
             task.cancel()
         await asyncio.gather(*side, return_exceptions=True)
@@ -484,13 +496,25 @@ class Multiplexer:
             await self.pool.close()
         # Wake every reader: iterators end once their buffers are empty.
         self._anything.set()
+        self._gap_reported.set()
         for state in self._streams.values():
             state.ready.set()
-        await self._until_deadline(lambda: not self._buffered(), self._emptied)
+        callbacks = [
+            t
+            for t in self._tasks
+            if t.get_name() in (_CALLBACKS, _GAP_CALLBACKS) and t not in self._stop_callers
+        ]
+        # An event callback awaiting this stop cannot take what is left: no
+        # point waiting for it to (that is dead-lettered below).
+        stuck = any(t.get_name() == _CALLBACKS for t in self._stop_callers)
+        await self._until_deadline(lambda: stuck or not self._buffered(), self._emptied)
         # Readers that settle explicitly (sink runners) still hold what
         # they took: the final checkpoint waits for their acknowledgements,
         # so that the next run's restart gap does not repeat them.
         await self._until_deadline(lambda: not self._unsettled(), self._settled)
+        # The callbacks finish what they were given (the last event's, the
+        # last gaps'): their tasks end by themselves once nothing is left.
+        await self._until_deadline(lambda: all(t.done() for t in callbacks), self._callbacks_ended)
         # A callback that called stop() waits for it: cancelling it would
         # break its own wait (it ends by itself once its callback returns).
         ending = [t for t in self._tasks if t not in self._stop_callers]
@@ -820,6 +844,10 @@ class Multiplexer:
         """Receive time before which every event of the stream is settled (for checkpoints)."""
         state = self._streams[stream_id]
         pending = state.stream.unsettled_since()
+        if state.untold:
+            # A gap the gap callbacks were not told of yet is not done with.
+            told_from = min(gap.start for gap in state.untold)
+            pending = told_from if pending is None else min(pending, told_from)
         if pending is not None:
             return pending
         # Nothing pending: everything dispatched so far is settled, and what
@@ -1137,6 +1165,10 @@ class Multiplexer:
                 )
                 state.stream.add_gap(gap, first=only is not None)
                 gaps.append(gap)
+                if self._gap_callbacks:
+                    self._untold.append((state, gap))
+                    state.untold.append(gap)
+                    self._gap_reported.set()
                 state.ready.set()
                 self._anything.set()
                 self._report(
@@ -1269,13 +1301,20 @@ class Multiplexer:
                     log.exception("on_delivered callback failed")
         return item
 
-    async def events(self) -> AsyncIterator[Item]:
+    def events(self) -> AsyncIterator[Item]:
         """Every stream's events and gaps, merged by priority, until :meth:`stop`.
 
         An event is settled (done with, as far as restarts are concerned)
         when the consumer asks for the next item, or the callback given it
-        returns.
+        returns. Raises :class:`~genesys_mux.errors.InvalidStateError` once
+        :meth:`on_event` callbacks read the streams (each item is handed out
+        once).
         """
+        self._consume_with("readers")
+        return self._merged()
+
+    async def _merged(self) -> AsyncIterator[Item]:
+        """:meth:`events`, for its readers and for the event callbacks."""
         while True:
             ready = [s.stream for s in self._streams.values() if s.items and not s.leaving]
             chosen = self._merge.pick(ready)
@@ -1309,10 +1348,15 @@ class Multiplexer:
         such stream): if the stream is removed, or taken away and given
         back, before it is first read, it ends instead of reading the new
         one, whose items belong to whoever read it since.
+
+        Raises :class:`~genesys_mux.errors.InvalidStateError` once
+        :meth:`on_event` callbacks read the streams (each item is handed out
+        once).
         """
         state = self._streams.get(stream_id)
         if state is None:
             raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
+        self._consume_with("readers")
         if not settle:
             state.settles_explicitly = True
         return self._read_stream(state, stream_id, settle)
@@ -1369,37 +1413,96 @@ class Multiplexer:
         return settle
 
     def on_event(self, callback: EventCallback) -> None:
-        """Call ``callback`` (sync or async) for every event, priority-merged."""
+        """Call ``callback`` (sync or async) for every event of every stream, priority-merged.
+
+        A task of the multiplexer reads every stream as :meth:`events` does
+        and calls the event callbacks in turn; an event is settled once they
+        returned. They are the streams' consumer, so they do not go with
+        :meth:`events` or :meth:`stream` readers: registering one after a
+        reader was made, or making a reader after, raises
+        :class:`~genesys_mux.errors.InvalidStateError` (each item is handed
+        out once, and they would split the items between them). Gaps go to
+        :meth:`on_gap` callbacks. A draining :meth:`stop` lets the callback
+        given the last event return.
+        """
         if self._stopper is not None:
             self._refuse_unless_running()  # it would never be called
+        self._consume_with("callbacks")
         self._event_callbacks.append(callback)
-        self._ensure_callback_task()
+        self._ensure_task(_CALLBACKS, self._run_callbacks)
 
     def on_gap(self, callback: GapCallback) -> None:
-        """Call ``callback`` (sync or async) for every gap."""
+        """Call ``callback`` (sync or async) with every gap of every stream, as it is reported.
+
+        A task of the multiplexer calls the gap callbacks in the order the
+        gaps are reported. They take nothing: each gap still reaches the
+        stream's reader (or the event callbacks) in its place, and events
+        stay where they are, so a gap callback goes with any consumer. A gap
+        not yet told to every gap callback holds the stream's watermark at
+        its start (a restart's gap covers it). Only gaps reported after the
+        first gap callback is registered are told.
+        """
         if self._stopper is not None:
             self._refuse_unless_running()  # it would never be called
         self._gap_callbacks.append(callback)
-        self._ensure_callback_task()
+        self._ensure_task(_GAP_CALLBACKS, self._tell_gaps)
 
-    def _ensure_callback_task(self) -> None:
-        if not any(t.get_name() == "genesys-mux-callbacks" for t in self._tasks):
-            self._tasks.append(
-                asyncio.create_task(self._run_callbacks(), name="genesys-mux-callbacks")
+    def _consume_with(self, consumers: str) -> None:
+        """Say who takes the items (``callbacks`` or ``readers``); the other kind is refused."""
+        if self._consumers not in (None, consumers):
+            if consumers == "callbacks":
+                raise InvalidStateError(
+                    "on_event callbacks read every stream, and events()/stream() readers were "
+                    "made already: each item is handed out once, so the two would split the "
+                    "items between them. Use callbacks or readers, not both (on_gap callbacks "
+                    "take nothing and go with either)"
+                )
+            raise InvalidStateError(
+                "on_event callbacks read every stream already: each item is handed out once, "
+                "so a reader would take items from them. Use events()/stream() or callbacks, "
+                "not both (on_gap callbacks take nothing and go with either)"
             )
+        self._consumers = consumers
+
+    def _ensure_task(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if not any(t.get_name() == name for t in self._tasks):
+            task = asyncio.create_task(run(), name=name)
+            task.add_done_callback(lambda _: self._callbacks_ended.set())
+            self._tasks.append(task)
 
     async def _run_callbacks(self) -> None:
-        async for item in self.events():
-            callbacks: Iterable[Callable[[Any], Awaitable[None] | None]] = (
-                self._event_callbacks if isinstance(item, StreamEvent) else self._gap_callbacks
-            )
-            for callback in callbacks:
+        async for item in self._merged():
+            if not isinstance(item, StreamEvent):
+                # The gap callbacks were told of it when it was reported.
+                continue
+            for callback in list(self._event_callbacks):
                 try:
                     result = callback(item)
                     if inspect.isawaitable(result):
                         await result
                 except Exception:
-                    log.exception("stream callback failed")
+                    log.exception("event callback failed")
+
+    async def _tell_gaps(self) -> None:
+        untold = self._untold
+        while True:
+            while untold:
+                state, gap = untold[0]
+                for callback in list(self._gap_callbacks):
+                    try:
+                        result = callback(gap)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception:
+                        log.exception("gap callback failed")
+                # Told: it no longer holds the watermark. (Left in place when
+                # a stop cancels this: the next run's restart gap covers it.)
+                untold.popleft()
+                state.untold.remove(gap)
+            if self._stopping:
+                return
+            self._gap_reported.clear()
+            await self._gap_reported.wait()
 
     # -- introspection -----------------------------------------------------------
 
