@@ -23,10 +23,11 @@ import redis
 from genesys_mux.core.checkpoint import decode_checkpoint
 from genesys_mux.emulator import ClientApp, Emulator
 from genesys_mux.sinks.base import EventRecord, GapRecord, decode_record
-from tests.cli.conftest import run_cli, start_cli
+from tests.cli.conftest import communicating, run_cli, start_cli
 from tests.cli.test_run import DEMO_CREDENTIALS
 from tests.net.test_multiplexer import org_settings
 from tests.sinks.conftest import RedisServer, free_port
+from tests.state.test_redis_checks import a_user
 
 STREAMS = ("s0", "s1", "s2", "s3")
 DEADLINE_S = 30.0
@@ -361,3 +362,41 @@ async def test_a_frozen_owner_is_fenced_when_it_wakes_up(
         assert isinstance(claim, bytes), stream_id
         assert decode_checkpoint(header, stream_id).fence == int(claim) > 0, stream_id
     client.close()
+
+
+async def test_a_cluster_user_refused_a_command_mid_run_stops_it_with_2(
+    emulator: Emulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An ACL changed under a running instance: it stops (exit 2), saying what to allow.
+
+    Retried as an outage, it carried nothing for ever while its process
+    looked alive to systemd or Docker.
+    """
+    user_url = a_user(redis_server, "mux", "~*", "+@all")
+    # A URL with a password is given through the environment, never the file.
+    config = cluster_config(redis_server.url).replace(
+        f'[cluster]\nurl = "{redis_server.url}"', '[cluster]\nurl_env = "MUX_CLUSTER_URL"'
+    )
+    assert "MUX_CLUSTER_URL" in config
+    (tmp_path / "mux.toml").write_text(config)
+    client = redis.Redis.from_url(redis_server.url)
+    process = await start_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url,
+        env={**DEMO_CREDENTIALS, "MUX_CLUSTER_URL": user_url},
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        async with communicating(process, DEADLINE_S) as finished:
+            await until(lambda: len(holders(client)) == 4, "the instance carries the streams")
+            a_user(redis_server, "mux", "~*", "+@all", "-@scripting")
+            _, err = await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
+    finally:
+        client.close()
+    stderr = err.decode()
+    assert process.returncode == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr[-3000:]
+    assert "EVALSHA" in errors[0]
+    assert "allow it what a cluster runs" in errors[0]
+    assert ":pw@" not in stderr
+    assert "Traceback" not in stderr

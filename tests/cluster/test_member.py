@@ -23,10 +23,12 @@ from genesys_mux import Multiplexer, StreamConfig
 from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
 from genesys_mux.core.events import ControlEvent, StreamActivated
 from genesys_mux.emulator import Emulator
+from genesys_mux.errors import ClusterPermissionError
 from genesys_mux.observability.metrics import readiness
 from genesys_mux.state import RedisStateStore
 from tests.net.test_multiplexer import Collector, org_settings
 from tests.sinks.conftest import RedisServer
+from tests.state.test_redis_checks import a_user
 from tests.state.test_restart import a_mux
 from tests.waiting import eventually
 
@@ -538,3 +540,36 @@ async def test_a_member_cancelled_as_it_is_woken_stops(redis_server: RedisServer
             await asyncio.wait({task}, timeout=5.0)
         assert done, "the member carried on after its task was cancelled"
         assert task.cancelled()
+
+
+async def test_a_member_refused_a_command_stops_its_streams_and_says_why(
+    redis_server: RedisServer,
+) -> None:
+    """An ACL changed under a running cluster: no retry can fix it, so none is made.
+
+    Taken for an outage, it was reported as Redis being unreachable for
+    ever while the instance carried nothing. Now the member stops what it
+    carries and ends with a ClusterPermissionError naming what to grant.
+    """
+    url = a_user(redis_server, "mux", "~*", "+@all")
+    async with cluster(redis_server) as (emulator, stack):
+        mux: Multiplexer = a_mux(emulator, RedisStateStore(redis_server.url, prefix="shared:"))
+        await mux.start()
+        stack.push_async_callback(mux.stop, drain=False)
+        client = aioredis.Redis.from_url(url, socket_timeout=1.0)
+        stack.push_async_callback(client.aclose)
+        table = LeaseTable(client, cluster="test", instance="a", lease_ttl_s=1.0)
+        member = ClusterMember(mux, table, STREAMS, client="c1", heartbeat_s=0.2)
+        task = asyncio.create_task(member.run())
+        stack.push_async_callback(asyncio.wait, {task}, timeout=5.0)
+        await eventually(lambda: len(member.status.held) == len(STREAMS))
+        a_user(redis_server, "mux", "~*", "+@all", "-@scripting")
+        done, _ = await asyncio.wait({task}, timeout=10.0)
+        assert done, "the member kept retrying a refused command"
+        with pytest.raises(ClusterPermissionError, match=r"NOPERM|permission") as caught:
+            task.result()
+        assert "EVALSHA" in str(caught.value)
+        assert "allow it what a cluster runs" in str(caught.value)
+        assert member.status.held == {}
+        assert member.status.standby == set()
+        assert mux.streams() == []

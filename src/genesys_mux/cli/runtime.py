@@ -383,7 +383,9 @@ class Runtime:
                 # The members decide who carries what: this instance delivers
                 # the streams whose leases it holds (see cluster/member.py).
                 member = await self._join(stack, cluster)
-                tasks.append(asyncio.create_task(member.run(), name="genesys-mux-cluster"))
+                membership = asyncio.create_task(member.run(), name="genesys-mux-cluster")
+                membership.add_done_callback(self._member_ended)
+                tasks.append(membership)
             background = [asyncio.create_task(audit.run_periodic(mux, settings.metric_interval_s))]
             background += [asyncio.create_task(side(self)) for side in self.side_tasks]
             # From here a stop drains (below) instead of cancelling the start-up.
@@ -473,6 +475,24 @@ class Runtime:
             return
         failure = self.mux.failure if self.mux is not None else None
         self._fatal = failure or AuthenticationError(event.error)
+        self._say(logging.ERROR, f"{self._fatal}; stopping the run")
+        self._fatal_event.set()
+
+    def _member_ended(self, task: asyncio.Task[None]) -> None:
+        """The cluster member gave up (Redis refused it a command): the run stops, exit 2.
+
+        Carrying nothing, and unable to take anything, the instance would
+        otherwise look alive to its supervisor for ever.
+        """
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if self._fatal is None:
+            self._fatal = (
+                error
+                if isinstance(error, GenesysMuxError)
+                else GenesysMuxError(f"the cluster member stopped: {error!r}")
+            )
         self._say(logging.ERROR, f"{self._fatal}; stopping the run")
         self._fatal_event.set()
 

@@ -64,7 +64,7 @@ from genesys_mux.core.events import (
 )
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.placement import Member, Placement, StreamDemand, place
-from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError
+from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError, RedisPermissionError
 from genesys_mux.net.multiplexer import Multiplexer
 
 __all__ = ["ClusterMember", "MemberStatus", "placement_owners", "stream_weights"]
@@ -181,7 +181,12 @@ class ClusterMember:
     # -- the loop ----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Take part until cancelled or :meth:`leave` is called."""
+        """Take part until cancelled or :meth:`leave` is called.
+
+        Raises :class:`~genesys_mux.errors.RedisPermissionError` (having
+        stopped every stream carried here) when Redis refuses the user a
+        command it needs: no retry can fix that.
+        """
         renewing = asyncio.create_task(self._renew_during_rounds(), name="cluster-renew")
         task = asyncio.current_task()
         try:
@@ -235,6 +240,15 @@ class ClusterMember:
                 if self._leaving:
                     return False
                 return await self._tick()
+        except RedisPermissionError as exc:
+            # No round can succeed until the Redis user may do what it must
+            # (an ACL changed under a running cluster): say so, stop what is
+            # carried here (its leases cannot be renewed), and end the loop
+            # with the error, for the run to stop on. Retried, it would look
+            # like an outage for ever.
+            log.error("cluster: %s", exc)
+            await self._stop_everything("permission refused")
+            raise
         except ClusterError as exc:
             await self._cannot_prove(str(exc))
             return False
@@ -442,6 +456,14 @@ class ClusterMember:
             return
         self.status.standby.discard(stream_id)
         await self.mux.handover(stream_id, checkpoint=False)
+
+    async def _stop_everything(self, reason: str) -> None:
+        """Stop every stream held or on standby here, asking Redis nothing."""
+        for stream_id in list(self.status.held):
+            await self._stop_here(stream_id, reason)
+        for stream_id in list(self.status.standby):
+            self.status.standby.discard(stream_id)
+            await self.mux.handover(stream_id, checkpoint=False)
 
     async def _cannot_prove(self, why: str) -> None:
         """Redis failed: keep the streams while the leases may hold, then stop them."""
