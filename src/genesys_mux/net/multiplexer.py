@@ -604,7 +604,10 @@ class Multiplexer:
         Raises :class:`~genesys_mux.errors.ConfigError` for an invalid config,
         a duplicate id or more than ``max_streams`` streams, and
         :class:`~genesys_mux.errors.InvalidStateError` before :meth:`start`
-        and once :meth:`stop` was called.
+        and once :meth:`stop` was called. A call that fails or is cancelled
+        (a deadline around it) leaves no stream behind: it may be tried
+        again, and its retry continues from the stream's checkpoint and
+        reports the restart gap as the first call would have.
         """
         config = parse_stream(config)
         self._running_pool()
@@ -645,38 +648,53 @@ class Multiplexer:
             try:
                 state, restored = await self._install(config, stream, standby=standby)
             except BaseException:
-                installed = self._streams.get(config.id)
-                if installed is None or installed.stream is not stream:
-                    stream.close()  # never added: it remembers nothing
-                    self._key_memory.sweep(_SWEEP_SLICE)
+                stream.close()  # never added (_install undid it): it remembers nothing
+                self._key_memory.sweep(_SWEEP_SLICE)
                 raise
-        self._report(StreamAdded(config.id, len(state.topics)))
-        if restored is not None:
-            # What the platform sent while no process ran (from the last
-            # settled event to when the topics were subscribed again, which
-            # the first event received since proves) is missing.
-            self._resume_gap(state, restored, "restart", state.stream.unsettled_since())
+            # No await from the install to here: a cancellation cannot come
+            # between the stream being there and its restart gap.
+            self._report(StreamAdded(config.id, len(state.topics)))
+            if restored is not None:
+                # What the platform sent while no process ran (from the last
+                # settled event to when the topics were subscribed again, which
+                # the first event received since proves) is missing.
+                self._resume_gap(state, restored, "restart", state.stream.unsettled_since())
         return [r for t, r in self.rejections.items() if t in state.topics]
 
     async def _install(
         self, config: StreamConfig, stream: Stream, *, standby: bool
     ) -> tuple[_StreamState, StreamCheckpoint | None]:
-        """Restore ``stream`` (unless on standby) and subscribe its topics; its state."""
+        """Restore ``stream`` (unless on standby) and subscribe its topics; its state.
+
+        A failure or a cancellation (a deadline around ``add_stream``) undoes
+        it all: the stream is not there, so that a retry is not refused, and
+        its checkpoint is back, so that the retry (or the next run) still
+        reports the restart gap from it.
+        """
         state = _StreamState(config, stream)
         # On standby, the saved state is read at activation: its
         # current owner is still writing it.
+        saved = None if standby else self._checkpoints.get(config.id)
         restored = None if standby else self._restore(state)
         if standby:
             state.standby = deque()
-        if needs_all_queues(config) and self._queue_ids is None:
-            self._queue_ids = await self._list_queues()
-        self._set_topics(state)
-        self._streams[config.id] = state
         try:
+            if needs_all_queues(config) and self._queue_ids is None:
+                self._queue_ids = await self._list_queues()
+            self._set_topics(state)
+            self._streams[config.id] = state
             await self._apply_topics()
-        except GenesysMuxError:
-            del self._streams[config.id]
-            self._reindex()
+        except BaseException:
+            if saved is not None:
+                self._checkpoints.setdefault(config.id, saved)
+            if self._streams.get(config.id) is state:
+                del self._streams[config.id]
+                self._merge.forget(config.id)
+                state.ready.set()  # a reader made meanwhile ends
+                # Its notifications are dropped from here. The pool keeps its
+                # topics until the next change (a retry wants them anyway):
+                # nothing here awaits, as a cancelled caller must not wait.
+                self._reindex()
             raise
         if standby:
             state.standby_since = time.time()
