@@ -220,10 +220,12 @@ class StreamFilter(_ConfigModel):
     The public (JSON, TOML) names are the Genesys camelCase ones:
     ``channelType``, ``queueId``, ``userId``, ``state``. The Python attributes
     are snake_case; both spellings are accepted on input, and dumps use the
-    camelCase names. (Type checkers know only the snake_case keywords:
-    ``StreamFilter(channel_type="chat")``, or pass a dict to
-    :class:`StreamConfig`.) An empty filter, ``{}``, means every
-    conversation of every queue in the org.
+    camelCase names. (Type checkers know the snake_case keywords,
+    ``StreamFilter(channel_type="chat")``, only with pydantic's mypy
+    plugin, and the camelCase ones only without it;
+    ``StreamFilter.model_validate({"channelType": "chat"})`` type-checks
+    either way: see "Type checking" in the library's documentation.) An
+    empty filter, ``{}``, means every conversation of every queue in the org.
     """
 
     model_config = ConfigDict(
