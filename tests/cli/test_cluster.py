@@ -400,3 +400,35 @@ async def test_a_cluster_user_refused_a_command_mid_run_stops_it_with_2(
     assert "allow it what a cluster runs" in errors[0]
     assert ":pw@" not in stderr
     assert "Traceback" not in stderr
+
+
+async def test_a_second_cluster_on_the_same_state_keys_is_refused(
+    emulator: Emulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two deployments differing only in their cluster's name, on one Redis.
+
+    Each would take every stream with tokens from its own counters, and
+    both would write the same state and sink streams, in turn.
+    """
+    (tmp_path / "mux.toml").write_text(cluster_config(redis_server.url))
+    other = cluster_config(redis_server.url).replace('name = "t"', 'name = "u"')
+    (tmp_path / "other.toml").write_text(other)
+    client = redis.Redis.from_url(redis_server.url)
+    first = await start_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, env=DEMO_CREDENTIALS, cwd=tmp_path
+    )  # fmt: skip
+    try:
+        async with communicating(first, DEADLINE_S):
+            await until(lambda: len(holders(client)) == 4, "the first cluster carries the streams")
+            second = await run_cli(
+                "run", "-c", "other.toml", "--base-url", emulator.base_url, "--duration", "20",
+                env=DEMO_CREDENTIALS,
+                cwd=tmp_path,
+            )  # fmt: skip
+    finally:
+        client.close()
+    assert second.code == 2, second.why()
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, second.why()
+    assert "is cluster 't'" in errors[0]
+    assert "this instance is in cluster 'u'" in errors[0]

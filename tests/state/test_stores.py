@@ -247,6 +247,32 @@ async def test_redis_keys_of_someone_else_are_refused(redis_server: RedisServer)
         await RedisStateStore(redis_server.url, prefix="theirs:").open()
 
 
+async def test_a_clusters_redis_state_is_refused_to_another_cluster(
+    redis_server: RedisServer,
+) -> None:
+    """Two deployments on one Redis and one prefix would write each other's streams.
+
+    Each cluster's fencing tokens come from its own counters: the claims of
+    one cannot order the other's, and both were accepted in turn.
+    """
+    alpha = RedisStateStore(redis_server.url, prefix="shared:", cluster="alpha")
+    await alpha.open()
+    await alpha.close()
+    beta = RedisStateStore(redis_server.url, prefix="shared:", cluster="beta")
+    with pytest.raises(StateError, match="cluster 'alpha'") as caught:
+        await beta.open()
+    assert "this instance is in cluster 'beta'" in str(caught.value)
+    assert "[state] prefix of its own" in str(caught.value)
+    # The same cluster again, and a prefix of its own for the other, open.
+    for store in (
+        RedisStateStore(redis_server.url, prefix="shared:", cluster="alpha"),
+        RedisStateStore(redis_server.url, prefix="beta:", cluster="beta"),
+        RedisStateStore(redis_server.url, prefix="shared:"),  # a reader: state show
+    ):
+        await store.open()
+        await store.close()
+
+
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
 async def test_a_redis_that_may_evict_any_key_is_refused(
     redis_server: RedisServer, policy: str

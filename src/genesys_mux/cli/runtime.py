@@ -339,7 +339,12 @@ class Runtime:
             backfill=settings.backfill,
             dlq=JsonlDeadLetterQueue(settings.dlq_path, max_bytes=settings.dlq_max_bytes),
             pool_settings=self.pool_settings,
-            state=open_store(self.config.state.target(), prefix=self.config.state.prefix),
+            state=open_store(
+                self.config.state.target(),
+                prefix=self.config.state.prefix,
+                # A cluster's instances share the keys; another cluster's are refused.
+                cluster=self.config.cluster.name if self.config.cluster is not None else None,
+            ),
             checkpoint_interval_s=self.config.state.checkpoint_interval_s,
         )
         self.mux = mux

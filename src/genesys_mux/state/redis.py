@@ -1,7 +1,8 @@
 """Checkpoints in Redis, under a prefix: the store several instances can share.
 
 Keys: ``{prefix}state:meta`` (a hash with ``application`` and
-``schema_version``, checked on every open), ``{prefix}state:stream:{id}``
+``schema_version``, checked on every open, and ``cluster``, the name of the
+cluster whose instances write here, if one does), ``{prefix}state:stream:{id}``
 (the checkpoint's header), ``{prefix}state:memory:{id}`` (the stream's
 remembered keys, as a log of blocks: see below) and
 ``{prefix}state:fence:{id}`` (the fencing token of the latest owner that
@@ -180,10 +181,20 @@ class RedisStateStore:
     #: of their checkpoints moves and old blocks go (as SQLite does).
     refresh = 2
 
-    def __init__(self, url: str, *, prefix: str = "genesys-mux:", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "genesys-mux:",
+        timeout_s: float = 5.0,
+        cluster: str | None = None,
+    ) -> None:
         check_redis_url(url, _WHERE)
         self.name = redis_name(url)
         self.prefix = prefix
+        #: The cluster this instance belongs to, if any: the first to open
+        #: the keys owns them, and another is refused (see :meth:`open`).
+        self.cluster = cluster
         self._url = url
         self._timeout_s = timeout_s
         self._client: aioredis.Redis | None = None
@@ -207,7 +218,14 @@ class RedisStateStore:
         return f"{self.prefix}state:fence:{stream_id}"
 
     async def open(self) -> None:
-        """Connect; create the metadata, or check the one there; StateError if unusable."""
+        """Connect; create the metadata, or check the one there; StateError if unusable.
+
+        With ``cluster``, the keys are that cluster's: the first instance to
+        open them says so in the metadata, and an instance of another
+        cluster is refused. Two clusters under one prefix would write each
+        other's streams, each with fencing tokens of its own counter, which
+        the other's claims cannot order.
+        """
         try:
             await self._open()
         except StateError:
@@ -241,6 +259,7 @@ class RedisStateStore:
                 )
             except _ERRORS as exc:
                 raise self._unreachable(exc) from exc
+            await self._check_cluster(client)
             return
         version = meta.get(b"schema_version", b"")
         if meta.get(b"application") != _APPLICATION or not version.isdigit():
@@ -257,6 +276,25 @@ class RedisStateStore:
             )
         if found < KEYS_SCHEMA_VERSION:
             await self._migrate(client, found)
+        await self._check_cluster(client)
+
+    async def _check_cluster(self, client: aioredis.Redis) -> None:
+        """Claim the keys for this instance's cluster, or refuse another cluster's."""
+        if self.cluster is None:
+            return
+        try:
+            await client.hsetnx(self._meta, "cluster", self.cluster)
+            owner = await client.hget(self._meta, "cluster")
+        except _ERRORS as exc:
+            raise self._error("read the state's cluster", exc) from exc
+        owner = owner.decode() if isinstance(owner, bytes) else owner
+        if owner is not None and owner != self.cluster:
+            raise StateError(
+                f"{self.name}: the state under prefix {self.prefix!r} is cluster "
+                f"{owner!r}'s, and this instance is in cluster {self.cluster!r}; "
+                "give each cluster a [state] prefix of its own (and its sinks prefixes of "
+                f"their own). A cluster renamed: delete the field cluster of {self._meta} first"
+            )
 
     async def _migrate(self, client: aioredis.Redis, version: int) -> None:
         """Bring the keys from ``version`` to this release's schema, in one transaction."""
