@@ -466,6 +466,21 @@ async def test_credentials_refused_at_an_early_refresh_leave_the_token_in_hand(
             await tokens.token()
 
 
+async def test_close_stops_a_token_request_that_nobody_waits_for_any_more() -> None:
+    """A start cancelled during its first login: the shielded request must not live on."""
+    app, calls = hanging_login(answered=0)
+    async with stand_in(app, free_port()) as base, aiohttp.ClientSession() as session:
+        tokens = impatient_provider(session, base)
+        caller = asyncio.create_task(tokens.token())
+        await eventually(lambda: len(calls) == 1)
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        running = [t for t in asyncio.all_tasks() if t.get_name() == "genesys-mux-token-refresh"]
+        assert running, "shielded from its caller: still running"
+        await tokens.close()
+        assert all(t.done() for t in running)
+
+
 # -- bad credentials ---------------------------------------------------------------
 
 

@@ -210,6 +210,18 @@ class TokenProvider:
                 )
         return token
 
+    async def close(self) -> None:
+        """Stop a token request under way (its session is about to close).
+
+        The request is shielded from its callers, so that one impatient
+        caller cannot cancel it for the others; nothing else would stop it,
+        and it would go on retrying against a closed session.
+        """
+        task = self._refreshing
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def refresh(self, stale: AccessToken | None = None) -> AccessToken:
         """Force a new token, e.g. after a 401.
 
