@@ -157,3 +157,22 @@ async def test_a_gap_the_gap_callbacks_are_still_given_holds_the_watermark() -> 
         await eventually(lambda: told == [gap])
         await eventually(lambda: h.mux.watermark("all") > gap.end)
         seen.stop()
+
+
+async def test_a_callback_may_stop_the_multiplexer_while_a_stop_is_under_way() -> None:
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        called: list[int] = []
+
+        async def handle(event: StreamEvent) -> None:
+            await asyncio.sleep(0.1)  # the callback's own work, not synchronisation
+            if not h.mux.running and not called:
+                called.append(event.sequence)
+                await h.mux.stop(drain=True, timeout_s=30)
+
+        h.mux.on_event(handle)
+        await eventually(lambda: h.mux.stats()["streams"]["all"].delivered >= 3)
+        begun = time.monotonic()
+        await h.mux.stop(drain=True, timeout_s=30)
+        assert called
+        assert time.monotonic() - begun < 15, "the stop waited for the callback that awaited it"

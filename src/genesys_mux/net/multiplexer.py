@@ -462,6 +462,8 @@ class Multiplexer:
         caller = asyncio.current_task()
         if caller is not None:
             self._stop_callers.add(caller)
+            # The stop's waits look again: it must not wait for this caller.
+            self._stop_wake.set()
         try:
             # Shielded: a caller cancelled while it waits (a start-up deadline,
             # a second Ctrl-C) must not leave the session and the store half closed.
@@ -499,22 +501,26 @@ class Multiplexer:
         self._gap_reported.set()
         for state in self._streams.values():
             state.ready.set()
-        callbacks = [
-            t
-            for t in self._tasks
-            if t.get_name() in (_CALLBACKS, _GAP_CALLBACKS) and t not in self._stop_callers
-        ]
-        # An event callback awaiting this stop cannot take what is left: no
-        # point waiting for it to (that is dead-lettered below).
-        stuck = any(t.get_name() == _CALLBACKS for t in self._stop_callers)
-        await self._until_deadline(lambda: stuck or not self._buffered(), self._emptied)
+        callbacks = [t for t in self._tasks if t.get_name() in (_CALLBACKS, _GAP_CALLBACKS)]
+
+        def emptied() -> bool:
+            # An event callback awaiting this stop cannot take what is left:
+            # no point waiting for it to (that is dead-lettered below).
+            stuck = any(t.get_name() == _CALLBACKS for t in self._stop_callers)
+            return stuck or not self._buffered()
+
+        await self._until_deadline(emptied, self._emptied)
         # Readers that settle explicitly (sink runners) still hold what
         # they took: the final checkpoint waits for their acknowledgements,
         # so that the next run's restart gap does not repeat them.
         await self._until_deadline(lambda: not self._unsettled(), self._settled)
         # The callbacks finish what they were given (the last event's, the
-        # last gaps'): their tasks end by themselves once nothing is left.
-        await self._until_deadline(lambda: all(t.done() for t in callbacks), self._callbacks_ended)
+        # last gaps'): their tasks end by themselves once nothing is left,
+        # but for one awaiting this stop, which ends once it returns.
+        await self._until_deadline(
+            lambda: all(t.done() or t in self._stop_callers for t in callbacks),
+            self._callbacks_ended,
+        )
         # A callback that called stop() waits for it: cancelling it would
         # break its own wait (it ends by itself once its callback returns).
         ending = [t for t in self._tasks if t not in self._stop_callers]
