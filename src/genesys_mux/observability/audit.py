@@ -95,6 +95,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
+# The dead-letter queue's check that its path still names the file it has
+# open (the JSONL sink does the same): one implementation for all three.
+from genesys_mux._files import path_replaced
 from genesys_mux.core.events import (
     ControlEvent,
     DeadLettered,
@@ -105,10 +108,6 @@ from genesys_mux.core.events import (
 )
 from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability.sanitize import MAX_STRING, REDACTED, looks_secret, redact
-
-# The dead-letter queue's check that its path still names the file it has
-# open (the JSONL sink does the same): one implementation for all three.
-from genesys_mux.sinks.dlq import _replaced as _path_replaced
 
 if TYPE_CHECKING:
     from genesys_mux.net.multiplexer import Multiplexer
@@ -761,7 +760,7 @@ class AuditLog:
     def _write_file(self, path: Path, data: bytes) -> None:
         """Append ``data`` to the file at ``path``, reopening it if it was rotated away."""
         file = self._file
-        if file is not None and _path_replaced(path, file):
+        if file is not None and path_replaced(path, file.fileno()):
             # Moved or deleted (logrotate, an operator): lines written to the
             # old file would go wherever it went, or be lost with it.
             self._file = None

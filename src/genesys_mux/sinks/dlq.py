@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from genesys_mux._files import path_replaced
 from genesys_mux.core.streams import DeadLetter
 from genesys_mux.errors import ConfigError, StateError
 
@@ -227,7 +228,7 @@ class JsonlDeadLetterQueue:
     def _write(self, pending: bytearray, ends: list[int]) -> None:
         """Append the batch under the file's lock; on OSError the file is as it was."""
         with file_lock(self.path):
-            if self._file is not None and _replaced(self.path, self._file):
+            if self._file is not None and path_replaced(self.path, self._file.fileno()):
                 self._file.close()
                 self._file = None
             if self._file is None:
@@ -374,16 +375,6 @@ def _ranges(ids: list[tuple[str, int]]) -> str:
     if len(parts) > 5:
         parts = [*parts[:5], f"and {len(parts) - 5} more stream(s)"]
     return ", ".join(parts)
-
-
-def _replaced(path: Path, file: BinaryIO) -> bool:
-    """True when ``path`` no longer names the file ``file`` has open."""
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return True
-    mine = os.fstat(file.fileno())
-    return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
 
 
 _ENCODER = msgspec.json.Encoder()

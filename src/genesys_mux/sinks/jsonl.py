@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
+from genesys_mux._files import path_replaced
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import Item, encode_record
 
@@ -175,12 +176,7 @@ class JsonlSink:
     def _replaced(self) -> bool:
         """True when ``path`` no longer names the file that is open."""
         assert self._fd is not None
-        try:
-            current = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        mine = os.fstat(self._fd)
-        return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
+        return path_replaced(self.path, self._fd)
 
     def _write(self, chunks: list[bytes]) -> None:
         if not chunks:
