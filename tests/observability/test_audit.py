@@ -611,3 +611,16 @@ async def test_a_webhook_that_is_down_is_one_sink_failure_line_per_second() -> N
         start += len(run)
     assert lines[0]["count"] == 1  # the first one at once
     assert SECRET not in out.getvalue()
+
+
+async def test_stream_metric_counts_the_letters_of_the_streams_sinks_too() -> None:
+    """A stream's dead letters are its buffer's and its sinks': the summary gives both."""
+    out = io.StringIO()
+    audit = AuditLog(out)
+    async with harness() as h:
+        await h.mux.add_stream({"id": "voice", "filter": {"channelType": "voice"}})
+        audit.stream_metrics(h.mux, lambda stream_id: 7 if stream_id == "voice" else 0)
+        audit.stream_metrics(h.mux)
+    first, second = events(audit_lines(out), "STREAM_METRIC")
+    assert (first["dead_lettered"], first["sink_dead_lettered"]) == (0, 7)
+    assert second["sink_dead_lettered"] == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +44,23 @@ def _ms(value: float | None) -> str:
 class Dashboard:
     """Builds the renderable for one refresh; keeps rates between refreshes."""
 
-    def __init__(self, mux: Multiplexer, audit: AuditTail, title: str = "genesys-mux") -> None:
+    def __init__(
+        self,
+        mux: Multiplexer,
+        audit: AuditTail,
+        title: str = "genesys-mux",
+        sink_dead_lettered: Callable[[str], int] | None = None,
+    ) -> None:
         self.mux = mux
         self.audit = audit
         self.title = title
+        #: Events a stream's sinks gave up on (the buffer's own are in the
+        #: multiplexer's counters): the DLQ column shows both.
+        self.sink_dead_lettered = sink_dead_lettered
         self._last: dict[str, tuple[float, int]] = {}
+
+    def _sink_letters(self, stream_id: str) -> int:
+        return 0 if self.sink_dead_lettered is None else self.sink_dead_lettered(stream_id)
 
     def render(self) -> Group:
         """The dashboard as it is now."""
@@ -102,7 +115,7 @@ class Dashboard:
                 str(s["duplicates"]),
                 str(s["stale"]),
                 str(s["overflowed"]),
-                str(s["dead_lettered"]),
+                str(s["dead_lettered"] + self._sink_letters(sid)),
                 str(s["gaps"]),
                 _ms(s["latency_p50_s"]),
                 _ms(s["latency_p99_s"]),

@@ -391,7 +391,11 @@ class Runtime:
                 membership = asyncio.create_task(member.run(), name="genesys-mux-cluster")
                 membership.add_done_callback(self._member_ended)
                 tasks.append(membership)
-            background = [asyncio.create_task(audit.run_periodic(mux, settings.metric_interval_s))]
+            background = [
+                asyncio.create_task(
+                    audit.run_periodic(mux, settings.metric_interval_s, self._sink_dead_lettered)
+                )
+            ]
             background += [asyncio.create_task(side(self)) for side in self.side_tasks]
             # From here a stop drains (below) instead of cancelling the start-up.
             self._started = True
@@ -482,6 +486,11 @@ class Runtime:
         self._fatal = failure or AuthenticationError(event.error)
         self._say(logging.ERROR, f"{self._fatal}; stopping the run")
         self._fatal_event.set()
+
+    def _sink_dead_lettered(self, stream_id: str) -> int:
+        """Events the sinks of ``stream_id`` gave up on (dead-lettered), for the audit and TUI."""
+        runner = self.runners.get(stream_id)
+        return 0 if runner is None else runner.dead_lettered
 
     def _member_ended(self, task: asyncio.Task[None]) -> None:
         """The cluster member gave up (Redis refused it a command): the run stops, exit 2.
@@ -634,7 +643,9 @@ class Runtime:
         waiter = asyncio.ensure_future(self._stopped_or_failed(stop))
         try:
             if self.output.mode == "dashboard":
-                dashboard = Dashboard(self.mux, self.tail)
+                dashboard = Dashboard(
+                    self.mux, self.tail, sink_dead_lettered=self._sink_dead_lettered
+                )
                 with Live(dashboard.render(), console=self.console, refresh_per_second=4) as live:
                     await self._tick(waiter, duration_s, lambda: live.update(dashboard.render()))
             else:

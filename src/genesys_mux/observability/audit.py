@@ -514,8 +514,14 @@ class AuditLog:
             message = error
         self.record(SinkFailed(stream_id, sink, message))
 
-    def stream_metrics(self, mux: Multiplexer) -> None:
-        """Write one ``STREAM_METRIC`` line per stream of ``mux``, now."""
+    def stream_metrics(
+        self, mux: Multiplexer, sink_dead_lettered: Callable[[str], int] | None = None
+    ) -> None:
+        """Write one ``STREAM_METRIC`` line per stream of ``mux``, now.
+
+        ``sink_dead_lettered`` gives the events a stream's sinks gave up on
+        (``dead_lettered`` is its buffer's); without it they count as 0.
+        """
         now = self._clock()
         streams = mux.stats()["streams"]
         for stream_id, s in streams.items():
@@ -539,6 +545,9 @@ class AuditLog:
                     "stale": s.stale,
                     "overflowed": s.overflowed,
                     "dead_lettered": s.dead_lettered,
+                    "sink_dead_lettered": (
+                        0 if sink_dead_lettered is None else sink_dead_lettered(stream_id)
+                    ),
                     "gaps": s.gaps,
                     "rejected_topics": len(s.rejected_topics),
                     "delivered_per_s": rate,
@@ -549,7 +558,12 @@ class AuditLog:
         for gone in set(self._previous) - set(streams):
             del self._previous[gone]
 
-    async def run_periodic(self, mux: Multiplexer, interval_s: float = 60.0) -> None:
+    async def run_periodic(
+        self,
+        mux: Multiplexer,
+        interval_s: float = 60.0,
+        sink_dead_lettered: Callable[[str], int] | None = None,
+    ) -> None:
         """Write :meth:`stream_metrics` every ``interval_s`` until cancelled."""
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -560,7 +574,7 @@ class AuditLog:
         }
         while True:
             await asyncio.sleep(interval_s)
-            self.stream_metrics(mux)
+            self.stream_metrics(mux, sink_dead_lettered)
 
     def flush(self) -> None:
         """Write everything the rate limits hold back (dead letters, sink failures).
