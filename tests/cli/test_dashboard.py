@@ -11,11 +11,9 @@ from tests.net.test_multiplexer import harness
 
 
 def rendered(dashboard: Dashboard) -> str:
-    console = Console(file=io.StringIO(), width=120, color_system=None)
-    console.print(dashboard.render())
-    output = console.file.getvalue()
-    assert isinstance(output, str)
-    return output
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(dashboard.render())
+    return out.getvalue()
 
 
 def streams_row(text: str, stream_id: str) -> list[str]:
