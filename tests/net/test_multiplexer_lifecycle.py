@@ -16,8 +16,10 @@ import pytest
 from genesys_mux import Gap, InvalidStateError, Multiplexer
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
-from tests.net.conftest import eventually
+from tests.net.conftest import eventually, stand_in
+from tests.net.test_auth import hanging_login
 from tests.net.test_multiplexer import FAST_POOL, Collector, org_settings
+from tests.sinks.conftest import free_port
 
 
 def a_mux(emulator: Emulator, **options: Any) -> Multiplexer:
@@ -138,3 +140,24 @@ async def test_a_multiplexer_starts_once() -> None:
             await mux.start()
         assert mux.pool is not None
         assert not mux.running
+
+
+async def test_a_start_cancelled_during_its_first_login_leaves_no_token_request() -> None:
+    """The request is shielded from its callers; the stop that follows must end it.
+
+    Left running, it retried against the closed session and logged a
+    spurious warning for each attempt.
+    """
+    app, calls = hanging_login(answered=0)
+    async with stand_in(app, free_port()) as base:
+        mux = Multiplexer(client_id="id", client_secret="secret", base_url=base)
+        starting = asyncio.create_task(mux.start())
+        await eventually(lambda: len(calls) == 1)
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        left = [
+            t
+            for t in asyncio.all_tasks()
+            if t.get_name() == "genesys-mux-token-refresh" and not t.done()
+        ]
+        assert left == []

@@ -496,6 +496,10 @@ class Multiplexer:
         await asyncio.gather(*intake, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
+        if self.tokens is not None:
+            # A token request under way is shielded from its callers: a
+            # start cancelled during its first login leaves one retrying.
+            await self.tokens.close()
         # Wake every reader: iterators end once their buffers are empty.
         self._anything.set()
         self._gap_reported.set()
