@@ -33,9 +33,15 @@ async def main(base_url: str | None, queue_id: str, events: int) -> None:
                 "priority": 1,
             }
         )
+        # Built and validated ahead: model_validate takes the same dict, and
+        # type-checks without pydantic's mypy plugin (see docs/library.md).
         await mux.add_stream(
-            StreamConfig(
-                id="chat-support", filter={"channelType": "chat", "queueId": queue_id}, priority=2
+            StreamConfig.model_validate(
+                {
+                    "id": "chat-support",
+                    "filter": {"channelType": "chat", "queueId": queue_id},
+                    "priority": 2,
+                }
             )
         )
         seen = 0
