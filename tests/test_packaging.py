@@ -310,7 +310,11 @@ def test_a_source_tree_never_installed_says_its_version_is_unknown(tmp_path: Pat
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_bash_completion_completes_commands(tmp_path: Path) -> None:
-    done = python("-m", "genesys_mux", "--show-completion", "bash")
+    # Typer takes the shell named after --show-completion only with this set;
+    # otherwise it looks for one among the parent processes, and a test run
+    # whose parent is not a shell (a CI runner, timeout) finds none.
+    detection_off = {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    done = python("-m", "genesys_mux", "--show-completion", "bash", env=detection_off)
     assert done.returncode == 0, done.stderr
     script = done.stdout
     assert "complete -o default -F _genesys_mux_completion genesys-mux" in script
