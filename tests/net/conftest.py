@@ -98,6 +98,7 @@ def make_stack() -> Callable[..., Any]:
         client_id: str = "demo-client",
         client_secret: str = "demo-secret",
         requests_per_minute: int = 300,
+        token_attempts: int | None = None,
     ) -> AsyncIterator[Stack]:
         async with (
             Emulator(emulator_settings or fast_settings()) as emulator,
@@ -105,7 +106,14 @@ def make_stack() -> Callable[..., Any]:
         ):
             endpoints = Endpoints.custom(emulator.base_url)
             backoff = Backoff(0.05, 0.5)
-            tokens = TokenProvider(session, endpoints, client_id, client_secret, backoff=backoff)
+            tokens = TokenProvider(
+                session,
+                endpoints,
+                client_id,
+                client_secret,
+                backoff=backoff,
+                max_attempts=6 if token_attempts is None else token_attempts,
+            )
             rest = RestClient(
                 session, endpoints, tokens, requests_per_minute=requests_per_minute, backoff=backoff
             )

@@ -483,9 +483,9 @@ async def test_a_client_without_the_notifications_scope_fails_loudly_at_once(
         assert created == [403], "refused for good: not retried"
 
 
-@pytest.mark.parametrize(("status", "lifetime_s"), [(503, 16), (401, 12)])
+@pytest.mark.parametrize("status", [503, 401])
 async def test_without_a_newer_token_the_channel_ends_with_its_own(
-    make_stack: Any, status: int, lifetime_s: int
+    make_stack: Any, status: int
 ) -> None:
     """A rotation ahead of the token's expiry needs a newer token to rotate onto.
 
@@ -497,16 +497,23 @@ async def test_without_a_newer_token_the_channel_ends_with_its_own(
     serves on and ends with its token; a refusal stops the pool then, not
     at the first failed refresh.
     """
-    # Refreshed early and rotated half-way through; the last resort (5 s
-    # before the end) leaves the early refresh time to fail (a 503 is
-    # retried for about a second first).
-    client = ClientApp("short", "short-secret", token_lifetime_s=lifetime_s)
-    settings = fast_settings(clients=[client])
-    async with make_stack(settings, client_id="short", client_secret="short-secret") as stack:
+    # Refreshed early and rotated half-way through (6 s in); the last resort
+    # comes 5 s before the end, so the refresh fails (once: no retries)
+    # with a second of the token's life left to use.
+    client = ClientApp("short", "short-secret", token_lifetime_s=12)
+    async with make_stack(
+        fast_settings(clients=[client]),
+        client_id="short",
+        client_secret="short-secret",
+        token_attempts=1,
+    ) as stack:
         _, channel_id = await start(stack)
         creator = await stack.tokens.token()
         await stack.fault("http_5xx", path="/oauth/token", status=status, count=100_000)
-        await eventually(lambda: time.monotonic() >= creator.expires_at - 1.0, within=20)
+        # Past the rotation, and past where a successor made with the same
+        # token would have been made (at once, the refresh failing at once).
+        half_way = creator.expires_at - creator.lifetime_s / 2
+        await eventually(lambda: time.monotonic() >= half_way + 1.5, within=15)
         assert stack.pool.failure is None
         assert stack.pool.channel_ids()[0] == channel_id
         assert list(stack.pool.outages) == []
@@ -516,6 +523,7 @@ async def test_without_a_newer_token_the_channel_ends_with_its_own(
         if status == 401:
             await eventually(lambda: stack.pool.failure is not None, within=10)
             assert isinstance(stack.pool.failure, AuthenticationError)
+            assert time.monotonic() >= creator.expires_at - 5.0, "not before the last resort"
 
 
 async def test_a_socket_lost_while_its_successor_cannot_be_made_is_lost_at_once(
@@ -532,7 +540,7 @@ async def test_a_socket_lost_while_its_successor_cannot_be_made_is_lost_at_once(
         facts: list[ControlEvent] = []
         stack.pool.on_control.append(facts.append)
         await stack.fault(
-            "http_5xx", path="/api/v2/notifications/channels", method="POST", status=503, count=40
+            "http_5xx", path="/api/v2/notifications/channels", method="POST", status=503, count=15
         )
         await stack.fault("socket_closing", channel_id=old, delay_s=0.5)
         await eventually(lambda: any(isinstance(f, ChannelLost) for f in facts), within=5.0)
