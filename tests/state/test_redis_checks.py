@@ -250,7 +250,8 @@ async def test_a_user_with_the_documented_permissions_runs_every_role(
 ) -> None:
     url = a_user(redis_server, "genesys-mux", *(w for w in documented_acl() if w != ">PASSWORD"))
     with caplog.at_level(logging.WARNING, logger="genesys_mux.redis"):
-        store = RedisStateStore(url)
+        # As a cluster's instance opens it: its cluster's name goes in the metadata.
+        store = RedisStateStore(url, cluster="docs")
         await store.open()
         try:
             await store.claim("calls", 2)

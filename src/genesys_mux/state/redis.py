@@ -279,15 +279,20 @@ class RedisStateStore:
         await self._check_cluster(client)
 
     async def _check_cluster(self, client: aioredis.Redis) -> None:
-        """Claim the keys for this instance's cluster, or refuse another cluster's."""
+        """Claim the keys for this instance's cluster, or refuse another cluster's.
+
+        HSETNX, so that of two clusters that start at once only the first
+        to write goes on.
+        """
         if self.cluster is None:
             return
         try:
             await client.hsetnx(self._meta, "cluster", self.cluster)
-            owner = await client.hget(self._meta, "cluster")
+            meta = await client.hgetall(self._meta)
         except _ERRORS as exc:
             raise self._error("read the state's cluster", exc) from exc
-        owner = owner.decode() if isinstance(owner, bytes) else owner
+        found = meta.get(b"cluster")
+        owner = found.decode() if isinstance(found, bytes) else found
         if owner is not None and owner != self.cluster:
             raise StateError(
                 f"{self.name}: the state under prefix {self.prefix!r} is cluster "

@@ -321,6 +321,7 @@ STATE: Final = RedisRole(
         "scan",
         "hgetall",
         "hset",
+        "hsetnx",
         "hdel",
         "hvals",
         "multi",
