@@ -483,8 +483,15 @@ class Runtime:
         if not isinstance(event, Fatal) or self._fatal is not None:
             return
         failure = self.mux.failure if self.mux is not None else None
-        self._fatal = failure or AuthenticationError(event.error)
-        self._say(logging.ERROR, f"{self._fatal}; stopping the run")
+        self._stop_for(failure or AuthenticationError(event.error))
+
+    def _stop_for(
+        self, error: GenesysMuxError, why: str = "", stream_id: str | None = None
+    ) -> None:
+        """Stop the run for good: the first such error is what it ends with (exit 2)."""
+        if self._fatal is None:
+            self._fatal = error
+        self._say(logging.ERROR, f"{error}; stopping the run{why}", stream_id=stream_id)
         self._fatal_event.set()
 
     def _sink_dead_lettered(self, stream_id: str) -> int:
@@ -501,14 +508,11 @@ class Runtime:
         if task.cancelled() or task.exception() is None:
             return
         error = task.exception()
-        if self._fatal is None:
-            self._fatal = (
-                error
-                if isinstance(error, GenesysMuxError)
-                else GenesysMuxError(f"the cluster member stopped: {error!r}")
-            )
-        self._say(logging.ERROR, f"{self._fatal}; stopping the run")
-        self._fatal_event.set()
+        self._stop_for(
+            error
+            if isinstance(error, GenesysMuxError)
+            else GenesysMuxError(f"the cluster member stopped: {error!r}")
+        )
 
     def _sinks_ended(self, stream_id: str, task: asyncio.Task[None]) -> None:
         """Say why a stream's sinks stopped early; a sink that cannot start stops the run."""
@@ -516,14 +520,9 @@ class Runtime:
             return
         error = task.exception()
         if isinstance(error, SinkStartError):
-            if self._fatal is None:
-                self._fatal = error
-            self._say(
-                logging.ERROR,
-                f"{error}; stopping the run (the buffered events go to the dead-letter queue)",
-                stream_id=stream_id,
+            self._stop_for(
+                error, " (the buffered events go to the dead-letter queue)", stream_id=stream_id
             )
-            self._fatal_event.set()
             return
         self._say(
             logging.ERROR,

@@ -1503,26 +1503,14 @@ class Multiplexer:
             if not isinstance(item, StreamEvent):
                 # The gap callbacks were told of it when it was reported.
                 continue
-            for callback in list(self._event_callbacks):
-                try:
-                    result = callback(item)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    log.exception("event callback failed")
+            await _call_each(self._event_callbacks, item, "event")
 
     async def _tell_gaps(self) -> None:
         untold = self._untold
         while True:
             while untold:
                 state, gap = untold[0]
-                for callback in list(self._gap_callbacks):
-                    try:
-                        result = callback(gap)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception:
-                        log.exception("gap callback failed")
+                await _call_each(self._gap_callbacks, gap, "gap")
                 # Told: it no longer holds the watermark. (Left in place when
                 # a stop cancels this: the next run's restart gap covers it.)
                 untold.popleft()
@@ -1599,6 +1587,23 @@ class Multiplexer:
         if isinstance(self._dlq, MemoryDeadLetterQueue):
             return self._dlq.letters
         return []
+
+
+async def _call_each(
+    callbacks: list[Callable[[Any], Awaitable[None] | None]], item: StreamEvent | Gap, kind: str
+) -> None:
+    """Call each of ``callbacks`` with ``item`` in turn, awaiting those that are async.
+
+    One that raises is logged and the others still run: a user's bug must
+    not stop the feed. The list is copied, as a callback may register more.
+    """
+    for callback in list(callbacks):
+        try:
+            result = callback(item)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("%s callback failed", kind)
 
 
 def _conversation_entity(topic: str) -> tuple[TopicFamily, str] | None:
