@@ -114,6 +114,8 @@ async def test_two_processes_share_the_streams_and_hand_over_on_sigterm(
         for row in status["streams"]:
             assert row["holder"] == holders(client)[row["stream_id"]] == row["placed_on"]
             assert row["token"] >= 1
+            # An all-queues stream weighs the org's queues, as the members count them.
+            assert row["weight"] == len(emulator.centre.queues) > 1
         # Each instance says what it carries, and is ready.
         async with aiohttp.ClientSession() as session:
             for port, process in zip(ports, processes, strict=True):

@@ -541,7 +541,8 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
             fences = {s: await table.fence(s) for s in ids}
         finally:
             await client.aclose()
-        weights = stream_weights(config.streams)
+        # As the members weigh them: with what each publishes it subscribes.
+        weights = stream_weights(config.streams, members)
         placement = place(
             (StreamDemand(s, weights[s]) for s in ids),
             [Member(m.id, m.client) for m in members],
@@ -585,12 +586,14 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
         members.add_row(m["id"], m["client"], m["host"], format_iso(m["since"]))
     out.print(members)
     streams = Table(title="streams")
-    for column in ("stream", "holder", "lease left", "fencing token", "placed on", "note"):
+    columns = ("stream", "topics", "holder", "lease left", "fencing token", "placed on", "note")
+    for column in columns:
         streams.add_column(column)
     for row in found["streams"]:
         ttl = row["lease_ttl_ms"]
         streams.add_row(
             row["stream_id"],
+            str(row["weight"]),
             row["holder"] or "-",
             "-" if ttl is None else f"{ttl / 1000:.1f} s",
             str(row["token"]),

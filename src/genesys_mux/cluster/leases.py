@@ -185,6 +185,13 @@ class MemberInfo(msgspec.Struct, frozen=True):
     since: float
     #: Its address for humans (host name and pid).
     host: str = ""
+    #: How many plain topics each stream it carries or stands by for
+    #: subscribes: what the placement weighs those streams by, when more
+    #: than their configuration says (see ``cluster.member.stream_weights``).
+    topics: dict[str, int] = msgspec.field(default_factory=dict)
+    #: How many queues the org has, as it last listed them (None: never):
+    #: the weight of an all-queues stream that nobody carries yet.
+    queues: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

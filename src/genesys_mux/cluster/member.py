@@ -49,11 +49,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from genesys_mux.cluster.leases import Lease, LeaseTable, MemberInfo
-from genesys_mux.config import StreamConfig
+from genesys_mux.config import StreamConfig, filter_topics, needs_all_queues, raw_topics
 from genesys_mux.core.events import (
     ClusterUnreachable,
     ControlEvent,
@@ -92,14 +94,33 @@ class MemberStatus:
     changes: dict[str, int] = field(default_factory=dict)
 
 
-def stream_weights(streams: Sequence[StreamConfig]) -> dict[str, int]:
-    """Each stream's weight for the placement: the topics it names, at least 1.
+def stream_weights(
+    streams: Iterable[StreamConfig], members: Iterable[MemberInfo] = ()
+) -> dict[str, int]:
+    """Each stream's weight for the placement: how many plain topics it subscribes, at least 1.
 
-    Every member (and ``cluster status``) must compute the same weights, so
-    they come from the configuration only, never from what one instance
-    found out (the org's queues, say).
+    Counted first from the configuration: the raw topics (a combined topic
+    as its parts, as the planner counts them) and the filter's topic. A
+    filter that names neither a queue nor a user subscribes every queue of
+    the org: it counts as the largest queue count a member published (1
+    while none has). Then what the members publish: a member carrying a
+    stream, or standing by for it, says how many topics it subscribes
+    (:meth:`Multiplexer.topic_counts`), and the largest count said wins
+    where it is more. Every member (and ``cluster status``) reads the same
+    member records, so all compute the same weights.
     """
-    return {s.id: max(1, len(s.topics or ())) for s in streams}
+    published = list(members)
+    queues = max((m.queues for m in published if m.queues is not None), default=1)
+    counted: dict[str, int] = {}
+    for member in published:
+        for stream_id, topics in member.topics.items():
+            counted[stream_id] = max(counted.get(stream_id, 0), topics)
+    weights = {}
+    for stream in streams:
+        named = raw_topics(stream) | filter_topics(stream)
+        configured = len(named) + (queues if needs_all_queues(stream) else 0)
+        weights[stream.id] = max(1, configured, counted.get(stream.id, 0))
+    return weights
 
 
 def placement_owners(
@@ -123,12 +144,13 @@ class ClusterMember:
     """Runs one instance's part of a cluster on a started :class:`Multiplexer`.
 
     ``streams`` are the configuration's streams (every member has the same);
-    ``weights`` their topic counts for the placement (default: the number of
-    topics each names, at least 1). ``on_ownership`` is awaited when a
-    stream starts being carried here (with its lease, whose fencing token
-    the sinks should send) and when it stops (with None); if it raises,
-    the error is logged and the stream stays carried (or stopped): the
-    callback is not called again for that change.
+    ``weights`` their topic counts for the placement, where known better
+    than :func:`stream_weights` counts them (which it does by default).
+    ``on_ownership`` is awaited when a stream starts being carried here
+    (with its lease, whose fencing token the sinks should send) and when
+    it stops (with None); if it raises, the error is logged and the stream
+    stays carried (or stopped): the callback is not called again for that
+    change.
     ``handover_timeout_s`` is how long a handover waits for the stream's
     readers to settle what they took (what they did not is left to the
     next owner, which delivers it again under the same idempotency keys).
@@ -163,7 +185,14 @@ class ClusterMember:
                 f"lease_ttl_s ({ttl_s:g}), or leases expire between renewals"
             )
         self.handover_timeout_s = handover_timeout_s
-        self.weights = {**stream_weights(streams), **(weights or {})}
+        self._given_weights = dict(weights or {})
+        #: The weights of the last placement (see :func:`stream_weights`).
+        self.weights = {**stream_weights(streams), **self._given_weights}
+        # Whether the org's queue count is worth publishing: an all-queues
+        # stream's weight rests on it before anyone carries the stream.
+        self._count_queues = any(needs_all_queues(s) for s in streams)
+        self._queues_failing = False
+        self._counting: asyncio.Task[int] | None = None
         self.info = MemberInfo(table.instance, client, time.time(), host)
         self.status = MemberStatus()
         self._on_ownership = on_ownership
@@ -204,7 +233,12 @@ class ClusterMember:
                         await self._wake.wait()
         finally:
             renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
+            counting, self._counting = self._counting, None
+            if counting is not None:
+                counting.cancel()
+            await asyncio.gather(
+                renewing, *([counting] if counting is not None else []), return_exceptions=True
+            )
 
     async def _renew_during_rounds(self) -> None:
         """Renew the member key and the leases held while a round (or a leave) runs long."""
@@ -314,8 +348,52 @@ class ClusterMember:
 
     # -- one round ---------------------------------------------------------------
 
+    async def _describe(self) -> None:
+        """Update what the member key says: each stream's topics here, the org's queues.
+
+        The other members weigh streams by it (:func:`stream_weights`): the
+        configuration alone cannot say how many queues an all-queues stream
+        subscribes, and a placement that counted it as one topic would open
+        more of the OAuth client's channels than it has, and the platform
+        would evict the least recently used of them, another member's.
+        """
+        mux = self.mux
+        queues = mux.queue_count
+        if queues is None and self._count_queues:
+            queues = await self._queues_counted()
+        self.info = msgspec.structs.replace(self.info, topics=mux.topic_counts(), queues=queues)
+
+    async def _queues_counted(self) -> int | None:
+        """The org's queue count, waiting at most a heartbeat for it; None if not known yet.
+
+        The listing goes on in the background past that (a large org's
+        queues take many pages), for a later round to use.
+        """
+        task = self._counting
+        if task is None:
+            task = self._counting = asyncio.create_task(
+                self.mux.count_queues(), name="cluster-count-queues"
+            )
+        await asyncio.wait({task}, timeout=self.heartbeat_s)
+        if not task.done():
+            return None
+        self._counting = None  # the next round asks again if this failed
+        error = None if task.cancelled() else task.exception()
+        if error is None and not task.cancelled():
+            self._queues_failing = False
+            return task.result()
+        if not self._queues_failing:
+            log.warning(
+                "cluster: cannot count the org's queues (all-queues streams weigh what "
+                "their carriers say until it can): %s",
+                error or "cancelled",
+            )
+        self._queues_failing = True
+        return None
+
     async def _tick(self) -> bool:
         table, status = self.table, self.status
+        await self._describe()
         await table.heartbeat(self.info)
         asked_at = time.monotonic()  # before the renewal: see _renew_during_rounds
         lost = await table.renew(list(status.held.values()))
@@ -326,9 +404,12 @@ class ClusterMember:
         for lease in lost:
             log.warning("lost the lease of stream %s; it stops here", lease.stream_id)
             await self._stop_here(lease.stream_id, "expired or taken")
-        members = [Member(m.id, m.client) for m in await table.members()]
+        published = await table.members()
+        members = [Member(m.id, m.client) for m in published]
         if self.info.id not in {m.id for m in members}:
             members.append(Member(self.info.id, self.client))
+            published.append(self.info)
+        self.weights = {**stream_weights(self.streams.values(), published), **self._given_weights}
         leases = await table.leases(self.streams)
         # A free lease with a member standing by: a handover under way.
         ready = await table.ready_for(s for s in self.streams if s not in leases)

@@ -1027,6 +1027,34 @@ class Multiplexer:
         """The configs of the current streams."""
         return [s.config for s in self._streams.values()]
 
+    def topic_counts(self) -> dict[str, int]:
+        """How many plain topics each current stream subscribes, standby ones included.
+
+        A combined topic counts as its parts; an all-queues stream as the
+        queues last listed. Two streams that share a topic each count it.
+        """
+        return {stream_id: len(state.topics) for stream_id, state in self._streams.items()}
+
+    @property
+    def queue_count(self) -> int | None:
+        """How many queues the org had when they were last listed; None if never."""
+        return None if self._queue_ids is None else len(self._queue_ids)
+
+    async def count_queues(self) -> int:
+        """The org's queue count, listing the queues now if they never were.
+
+        The list is kept, as an all-queues stream's would be, for a stream
+        added later. :class:`~genesys_mux.errors.InvalidStateError` before
+        :meth:`start` and once :meth:`stop` was called; the REST client's
+        errors as they come.
+        """
+        rest = self._running_rest()
+        if self._queue_ids is None:
+            queue_ids = [q.id for q in await rest.list_queues()]
+            if self._queue_ids is None:  # a stream added meanwhile may have listed them
+                self._queue_ids = queue_ids
+        return len(self._queue_ids)
+
     async def _apply_topics(self) -> None:
         self._reindex()
         if self._stopper is not None:

@@ -1,0 +1,201 @@
+"""Streams weigh what they subscribe, so a cluster never opens more channels than its client has.
+
+The placement keeps each OAuth client's channels within its budget by
+counting the topics of the streams it places. An all-queues stream (a
+filter naming neither a queue nor a user) subscribes one topic per queue of
+the org, which its configuration cannot say: counted as one topic, two such
+streams on two members opened more channels than the client may hold, and
+the platform evicted the least recently used of them, another member's
+live channel (reference §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from genesys_mux import Multiplexer, StreamConfig
+from genesys_mux.cluster import ClusterMember, LeaseTable
+from genesys_mux.cluster.leases import MemberInfo
+from genesys_mux.cluster.member import stream_weights
+from genesys_mux.core.events import ControlEvent, StreamUnplaced
+from genesys_mux.emulator import Emulator
+from genesys_mux.emulator.platform import Channel, ClientApp, PlatformLimits, Token
+from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
+from tests.net.test_multiplexer import FAST_POOL, org_settings
+from tests.sinks.conftest import RedisServer
+from tests.waiting import eventually
+
+QUEUE = "8f0b7b8e-1c1a-4c2e-9a53-1d1f2a3b4c5d"
+USER = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
+
+
+def member(stream_id: str, *, topics: int | None = None, queues: int | None = None) -> MemberInfo:
+    """A member record as another instance publishes it."""
+    return MemberInfo(
+        f"m-{stream_id}-{topics}-{queues}",
+        "c1",
+        0.0,
+        topics={} if topics is None else {stream_id: topics},
+        queues=queues,
+    )
+
+
+def test_a_stream_weighs_the_plain_topics_its_configuration_names() -> None:
+    streams = [
+        # A queue's topic, and a combined user topic: three plain topics.
+        StreamConfig(
+            id="a",
+            filter={"queueId": QUEUE},
+            topics=[f"v2.users.{USER}?presence&routingStatus"],
+        ),
+        # A raw topic that is the filter's own counts once.
+        StreamConfig(
+            id="b",
+            filter={"queueId": QUEUE},
+            topics=[f"v2.routing.queues.{QUEUE}.conversations"],
+        ),
+        StreamConfig(id="c", filter={"userId": USER}),
+    ]
+    assert stream_weights(streams) == {"a": 3, "b": 1, "c": 1}
+
+
+def test_an_all_queues_stream_weighs_the_org_s_queues_as_the_members_counted_them() -> None:
+    streams = [
+        StreamConfig(id="all", filter={}),
+        StreamConfig(
+            id="all-plus", filter={"channelType": "voice"}, topics=[f"v2.users.{USER}.presence"]
+        ),
+    ]
+    # Nobody has counted the queues yet: they count as one.
+    assert stream_weights(streams) == {"all": 1, "all-plus": 2}
+    # The largest count published wins (one member may have listed them
+    # before a queue was added).
+    published = [member("x", queues=40), member("y", queues=42), member("z")]
+    assert stream_weights(streams, published) == {"all": 42, "all-plus": 43}
+
+
+def test_what_a_carrier_publishes_raises_a_weight_and_never_lowers_it() -> None:
+    streams = [StreamConfig(id="all", filter={}), StreamConfig(id="q", filter={"queueId": QUEUE})]
+    # The carrier listed more queues than the others had counted.
+    assert stream_weights(streams, [member("all", topics=57), member("other", queues=50)]) == {
+        "all": 57,
+        "q": 1,
+    }
+    # A count below what the configuration names does not lower it.
+    assert stream_weights(streams, [member("q", topics=0), member("all", queues=9)]) == {
+        "all": 9,
+        "q": 1,
+    }
+
+
+def test_a_member_record_of_an_older_release_still_reads() -> None:
+    import msgspec
+
+    old = msgspec.json.encode({"id": "a", "client": "c1", "since": 1.0, "host": "h"})
+    info = msgspec.json.decode(old, type=MemberInfo)
+    assert (info.topics, info.queues) == ({}, None)
+
+
+# -- on the emulator ------------------------------------------------------------
+
+
+async def stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+#: Four topics a channel and five channels for the client: an all-queues
+#: stream over the org's ten queues takes three channels, and a member
+#: keeps one more spare for its rotations.
+TOPICS_PER_CHANNEL = 4
+BUDGET = 5
+QUEUES = 10
+
+
+async def test_two_all_queues_streams_never_open_more_channels_than_the_client_has(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = org_settings(
+        queues=QUEUES,
+        rate=20.0,
+        clients=[ClientApp("demo-client", "demo-secret", channels=BUDGET)],
+        limits=PlatformLimits(topics_per_channel=TOPICS_PER_CHANNEL),
+    )
+    streams = [
+        StreamConfig(id="voice", filter={"channelType": "voice"}),
+        StreamConfig(id="chat", filter={"channelType": "chat"}),
+    ]
+    async with Emulator(settings) as emulator, AsyncExitStack() as stack:
+        # Every channel the platform evicts to make room for a newer one.
+        evicted: list[str] = []
+        create = emulator.platform.create_channel
+
+        def creating(token: Token, now: float) -> tuple[Channel, list[Channel]]:
+            channel, victims = create(token, now)
+            evicted.extend(v.id for v in victims)
+            return channel, victims
+
+        monkeypatch.setattr(emulator.platform, "create_channel", creating)
+
+        told: list[ControlEvent] = []
+        members = []
+        for name in ("a", "b"):
+            mux = Multiplexer(
+                client_id="demo-client",
+                client_secret="demo-secret",
+                base_url=emulator.base_url,
+                pool_settings=dataclasses.replace(
+                    FAST_POOL,
+                    topics_per_channel=TOPICS_PER_CHANNEL,
+                    max_channels=BUDGET,
+                    parallel_rotations=False,
+                ),
+                dlq=MemoryDeadLetterQueue(),
+            )
+            await mux.start()
+            stack.push_async_callback(mux.stop, drain=False)
+            client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+            stack.push_async_callback(client.aclose)
+            options: dict[str, Any] = {"budgets": {"c1": BUDGET}, "heartbeat_s": 0.2}
+            node = ClusterMember(
+                mux,
+                LeaseTable(client, cluster="weights", instance=name, lease_ttl_s=1.0),
+                streams,
+                client="c1",
+                topics_per_channel=TOPICS_PER_CHANNEL,
+                **options,
+            )
+            node.on_control.append(told.append)
+            task = asyncio.create_task(node.run(), name=f"member-{name}")
+            stack.push_async_callback(stopped, task)
+            members.append(node)
+        a, b = members
+
+        def settled() -> bool:
+            assert evicted == [], f"the platform evicted {len(evicted)} channels"
+            held = [s for m in members for s in m.status.held]
+            unplaced = [set(m.status.placement.unplaced) for m in members]
+            return len(held) == 1 and all(len(u) == 1 and not u & set(held) for u in unplaced)
+
+        # One stream fits the client's five channels (three and a spare); the
+        # other is reported, on every member, rather than carried beyond them.
+        await eventually(settled, within=20.0)
+        (carried,) = [s for m in members for s in m.status.held]
+        carrier = a if carried in a.status.held else b
+        await eventually(lambda: carrier.mux.live)
+        for m in members:
+            assert m.weights == {"voice": QUEUES, "chat": QUEUES}
+            assert m.info.queues == QUEUES
+        # What it carries, it publishes from its next round on.
+        await eventually(lambda: carrier.info.topics == {carried: QUEUES})
+        assert any(isinstance(e, StreamUnplaced) for e in told)
+        # The platform never had to evict a channel, and the client holds no more than it may.
+        assert evicted == []
+        own = [c for c in emulator.platform.channels.values() if c.client_id == "demo-client"]
+        assert len(own) <= BUDGET
