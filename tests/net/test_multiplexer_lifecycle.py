@@ -91,6 +91,7 @@ async def test_every_call_that_needs_a_running_multiplexer_says_so_after_stop() 
             "handover": lambda: mux.handover("all"),
             "backfill": lambda: mux.backfill(gap),
             "refresh_queues": lambda: mux.refresh_queues(),
+            "count_queues": lambda: mux.count_queues(),
             "checkpoint": lambda: mux.checkpoint(),
         }
         for name, call in calls.items():
@@ -105,6 +106,8 @@ async def test_every_call_that_needs_a_running_multiplexer_says_so_after_stop() 
         # Reading what is left, and looking, still work.
         assert [item async for item in mux.stream("all")] == []
         assert "all" in mux.stats()["streams"]
+        queues = len(emulator.centre.queues)
+        assert (mux.topic_counts(), mux.queue_count) == ({"all": queues}, queues)
 
 
 async def test_add_stream_while_stopping_says_so() -> None:
