@@ -6,8 +6,10 @@ import asyncio
 import io
 import json
 import logging
+import signal
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -21,7 +23,17 @@ from genesys_mux.net.auth import AccessToken
 DEMO_STREAMS = {"voice-main", "chat-support", "waiting-calls", "sms-inbox", "team-presence"}
 
 
-async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, list[dict[str, Any]], list[str]]:
+async def run_cli(
+    *args: str,
+    timeout: float = 45.0,
+    until: Callable[[list[dict[str, Any]]], bool] | None = None,
+) -> tuple[int, list[dict[str, Any]], list[str]]:
+    """Run ``genesys-mux ARGS``; its JSON lines on stdout, its exit code and stderr lines.
+
+    With ``until``, the process is sent SIGINT (Ctrl-C) as soon as the lines
+    printed so far satisfy it; if it exits first, what it printed is returned
+    as is, for the test's assertions to say what was missing.
+    """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -30,9 +42,26 @@ async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, list[dict[str
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    lines: list[dict[str, Any]] = []
+    errors = asyncio.ensure_future(process.stderr.read())
+    try:
+        async with asyncio.timeout(timeout):
+            while raw := await process.stdout.readline():
+                if raw.strip():
+                    lines.append(json.loads(raw))
+                if until is not None and process.returncode is None and until(lines):
+                    process.send_signal(signal.SIGINT)
+                    until = None
+            err = await errors
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        errors.cancel()
     assert process.returncode is not None
-    lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     return process.returncode, lines, err.decode().splitlines()
 
 
@@ -48,8 +77,16 @@ def audit_events(stderr: list[str]) -> list[dict[str, Any]]:
     return events
 
 
+def every_stream_printed(lines: list[dict[str, Any]]) -> bool:
+    return {line["stream_id"] for line in lines if line["kind"] == "event"} >= DEMO_STREAMS
+
+
 async def test_demo_json_prints_events_for_every_stream_and_exits_zero() -> None:
-    code, lines, stderr = await run_cli("demo", "--json", "--duration", "10")
+    # Ctrl-C, as the demo tells its user, once every stream has printed an
+    # event (the last, chat-support, about 6 s in); --duration bounds a hang.
+    code, lines, stderr = await run_cli(
+        "demo", "--json", "--duration", "30", until=every_stream_printed
+    )
     assert code == 0, "\n".join(stderr[-20:])
     counts = Counter(line["stream_id"] for line in lines if line["kind"] == "event")
     assert set(counts) == DEMO_STREAMS
@@ -68,8 +105,10 @@ async def test_demo_json_prints_events_for_every_stream_and_exits_zero() -> None
 
 
 async def test_demo_with_chaos_recovers_and_keeps_flowing() -> None:
+    # A fault a second: the eighth, the token revoked, comes 8 s in, inside
+    # the run, which ends by itself (the demo's --duration).
     code, lines, stderr = await run_cli(
-        "demo", "--json", "--chaos", "--chaos-interval", "1.5", "--duration", "14"
+        "demo", "--json", "--chaos", "--chaos-interval", "1", "--duration", "10"
     )
     assert code == 0, "\n".join(stderr[-20:])
     audit = audit_events(stderr)
@@ -146,7 +185,9 @@ async def test_canary_secret_and_tokens_appear_nowhere(caplog: pytest.LogCapture
         json_lines=True,
         stdout=stdout,
         console=Console(file=io.StringIO()),
-        chaos_every_s=1.0,
+        # The token is revoked by the eighth fault, 4 s in, after the seven
+        # others; the run stops once it has scraped, well before its 11 s.
+        chaos_every_s=0.5,
         audit=audit,
         admin_port=0,
         client_secret=canary,
