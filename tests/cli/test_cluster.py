@@ -111,6 +111,12 @@ async def test_two_processes_share_the_streams_and_hand_over_on_sigterm(
         assert sorted(m["id"].rpartition("-")[2] for m in status["members"]) == sorted(
             str(p.pid) for p in processes
         )
+        # Each carries streams on channels of its own, added up by OAuth client.
+        assert all(m["channels"] >= 1 for m in status["members"])
+        assert status["clients"] == {
+            m["client"]: {"channels": sum(x["channels"] for x in status["members"]), "budget": 20}
+            for m in status["members"]
+        }
         for row in status["streams"]:
             assert row["holder"] == holders(client)[row["stream_id"]] == row["placed_on"]
             assert row["token"] >= 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -26,6 +27,7 @@ from genesys_mux.cluster.member import stream_weights
 from genesys_mux.core.events import ControlEvent, StreamUnplaced
 from genesys_mux.emulator import Emulator
 from genesys_mux.emulator.platform import Channel, ClientApp, PlatformLimits, Token
+from genesys_mux.observability.metrics import MuxMetrics
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 from tests.net.test_multiplexer import FAST_POOL, org_settings
 from tests.sinks.conftest import RedisServer
@@ -199,3 +201,68 @@ async def test_two_all_queues_streams_never_open_more_channels_than_the_client_h
         assert evicted == []
         own = [c for c in emulator.platform.channels.values() if c.client_id == "demo-client"]
         assert len(own) <= BUDGET
+
+
+async def test_a_client_s_members_add_up_their_channels_and_say_when_over_its_budget(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every member publishes the sockets it holds; each adds up its client's and warns once."""
+    async with Emulator(org_settings(queues=3, rate=5.0)) as emulator, AsyncExitStack() as stack:
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=dataclasses.replace(FAST_POOL, topics_per_channel=2),
+            dlq=MemoryDeadLetterQueue(),
+        )
+        await mux.start()
+        stack.push_async_callback(mux.stop, drain=False)
+        # Three topics on two topics a channel: two sockets.
+        await mux.add_stream(StreamConfig(id="here", filter={}))
+        await eventually(lambda: mux.live)
+        assert mux.channels_open == 2
+
+        async def table(instance: str) -> LeaseTable:
+            client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+            stack.push_async_callback(client.aclose)
+            return LeaseTable(client, cluster="sum", instance=instance, lease_ttl_s=30.0)
+
+        # Others on the same client and on another one, as their member keys say.
+        for name, client, channels in (("o1", "c1", 3), ("o2", "c1", 1), ("o3", "c2", 9)):
+            await (await table(name)).heartbeat(MemberInfo(name, client, 0.0, channels=channels))
+        member = ClusterMember(
+            mux, await table("me"), [], client="c1", budgets={"c1": 6}, heartbeat_s=0.2
+        )
+        metrics = MuxMetrics(mux)
+        metrics.watch_cluster(member)
+
+        def exported() -> dict[str, float]:
+            return {
+                s.name: s.value
+                for family in metrics.registry.collect()
+                if family.name.startswith("genesys_mux_cluster_client_channel")
+                for s in family.samples
+                if s.labels == {"client": "c1"}
+            }
+
+        with caplog.at_level(logging.WARNING, logger="genesys_mux.cluster"):
+            await member.tick()
+            # 2 here, 3 and 1 on the others of c1: the other client's do not count.
+            assert member.info.channels == 2
+            assert (member.status.client_channels, member.status.channel_budget) == (6, 6)
+            assert exported() == {
+                "genesys_mux_cluster_client_channels": 6,
+                "genesys_mux_cluster_client_channel_budget": 6,
+            }
+            assert not [r for r in caplog.records if "more than its" in r.message]
+            # One more channel elsewhere: over the budget, said once however long it lasts.
+            await (await table("o2")).heartbeat(MemberInfo("o2", "c1", 0.0, channels=2))
+            await member.tick()
+            await member.tick()
+        assert member.status.client_channels == 7
+        assert exported()["genesys_mux_cluster_client_channels"] == 7
+        warned = [r.getMessage() for r in caplog.records if "more than its" in r.message]
+        assert warned == [
+            "cluster: the members of OAuth client c1 hold 7 channels, more than its 6: the "
+            "platform evicts the least recently used of them (see cluster status)"
+        ]

@@ -34,6 +34,7 @@ from genesys_mux.configfile import (
     load_credentials,
 )
 from genesys_mux.core.checkpoint import StreamCheckpoint
+from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.core.timestamps import format_iso
@@ -543,19 +544,35 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
             await client.aclose()
         # As the members weigh them: with what each publishes it subscribes.
         weights = stream_weights(config.streams, members)
+        budgets = client_budgets(config)
         placement = place(
             (StreamDemand(s, weights[s]) for s in ids),
             [Member(m.id, m.client) for m in members],
             placement_owners(leases, ready, {m.id for m in members}),
-            client_budgets(config),
+            budgets,
             topics_per_channel=config.settings.topics_per_channel,
         )
         return {
             "cluster": cluster.name,
             "redis": table.where,
             "members": [
-                {"id": m.id, "client": m.client, "host": m.host, "since": m.since} for m in members
+                {
+                    "id": m.id,
+                    "client": m.client,
+                    "host": m.host,
+                    "since": m.since,
+                    "channels": m.channels,
+                }
+                for m in members
             ],
+            # Each client's channels as its members hold them, against its budget.
+            "clients": {
+                client: {
+                    "channels": sum(m.channels for m in members if m.client == client),
+                    "budget": budgets.get(client, PLATFORM.channels_per_client),
+                }
+                for client in sorted({m.client for m in members})
+            },
             "streams": [
                 {
                     "stream_id": s,
@@ -580,10 +597,17 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
         return 0
     out = Console()
     members = Table(title=f"cluster {found['cluster']} on {found['redis']}: members")
-    for column in ("instance", "OAuth client", "host", "since"):
+    for column in ("instance", "OAuth client", "channels", "host", "since"):
         members.add_column(column)
     for m in found["members"]:
-        members.add_row(m["id"], m["client"], m["host"], format_iso(m["since"]))
+        client = found["clients"][m["client"]]
+        members.add_row(
+            m["id"],
+            m["client"],
+            f"{m['channels']} (client: {client['channels']} of {client['budget']})",
+            m["host"],
+            format_iso(m["since"]),
+        )
     out.print(members)
     streams = Table(title="streams")
     columns = ("stream", "topics", "holder", "lease left", "fencing token", "placed on", "note")

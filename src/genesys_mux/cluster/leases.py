@@ -192,6 +192,8 @@ class MemberInfo(msgspec.Struct, frozen=True):
     #: How many queues the org has, as it last listed them (None: never):
     #: the weight of an all-queues stream that nobody carries yet.
     queues: int | None = None
+    #: Channel sockets it holds open: its part of its OAuth client's channels.
+    channels: int = 0
 
 
 @dataclass(frozen=True, slots=True)

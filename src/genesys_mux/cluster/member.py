@@ -92,6 +92,11 @@ class MemberStatus:
     #: Streams taken and let go, by how: acquired (a free lease), handover
     #: (taken from or given to another member), released (leaving), lost.
     changes: dict[str, int] = field(default_factory=dict)
+    #: Channels every member sharing this one's OAuth client holds open, as
+    #: they last said, and the client's budget: more than that, and the
+    #: platform is evicting their channels.
+    client_channels: int = 0
+    channel_budget: int = PLATFORM.channels_per_client
 
 
 def stream_weights(
@@ -361,7 +366,31 @@ class ClusterMember:
         queues = mux.queue_count
         if queues is None and self._count_queues:
             queues = await self._queues_counted()
-        self.info = msgspec.structs.replace(self.info, topics=mux.topic_counts(), queues=queues)
+        self.info = msgspec.structs.replace(
+            self.info, topics=mux.topic_counts(), queues=queues, channels=mux.channels_open
+        )
+
+    def _count_channels(self, published: Sequence[MemberInfo]) -> None:
+        """Add up the channels of the members sharing this one's client; say when too many.
+
+        The placement keeps their estimate within the budget, but cannot
+        see everything that opens channels: a member's plan that never
+        compacts after streams left it, a handover's standby beside its
+        holder. The sum of what they hold is the fact to watch.
+        """
+        status = self.status
+        budget = self.budgets.get(self.client, PLATFORM.channels_per_client)
+        used = sum(m.channels for m in published if m.client == self.client)
+        over = used > budget
+        if over and status.client_channels <= status.channel_budget:
+            log.warning(
+                "cluster: the members of OAuth client %s hold %d channels, more than its "
+                "%d: the platform evicts the least recently used of them (see cluster status)",
+                self.client,
+                used,
+                budget,
+            )
+        status.client_channels, status.channel_budget = used, budget
 
     async def _queues_counted(self) -> int | None:
         """The org's queue count, waiting at most a heartbeat for it; None if not known yet.
@@ -410,6 +439,7 @@ class ClusterMember:
             members.append(Member(self.info.id, self.client))
             published.append(self.info)
         self.weights = {**stream_weights(self.streams.values(), published), **self._given_weights}
+        self._count_channels(published)
         leases = await table.leases(self.streams)
         # A free lease with a member standing by: a handover under way.
         ready = await table.ready_for(s for s in self.streams if s not in leases)

@@ -995,6 +995,16 @@ class ChannelPool:
             slot.stats.live = slot.socket is not None and slot.socket.live.is_set()
         return {i: s.stats for i, s in sorted(self._slots.items())}
 
+    @property
+    def sockets_open(self) -> int:
+        """Channel sockets open now, a rotation's successor included.
+
+        What this pool takes of its OAuth client's channels: the platform
+        evicts channels without a socket first, so those left behind by a
+        reconnect or a rotation cost nothing while the client has room.
+        """
+        return sum(len(s.sockets) for s in self._slots.values())
+
     def channel_ids(self) -> dict[int, str | None]:
         """The channel currently serving each slot."""
         return {i: (s.socket.info.id if s.socket else None) for i, s in sorted(self._slots.items())}

@@ -1036,6 +1036,11 @@ class Multiplexer:
         return {stream_id: len(state.topics) for stream_id, state in self._streams.items()}
 
     @property
+    def channels_open(self) -> int:
+        """Channel sockets open now (a rotation's successor included); 0 before :meth:`start`."""
+        return 0 if self.pool is None else self.pool.sockets_open
+
+    @property
     def queue_count(self) -> int | None:
         """How many queues the org had when they were last listed; None if never."""
         return None if self._queue_ids is None else len(self._queue_ids)

@@ -502,6 +502,23 @@ class _MuxCollector:
             "Streams that fit on no instance (every OAuth client's channel budget is used).",
             value=len(status.placement.unplaced),
         )
+        # The same two numbers from every member sharing the client: an alert
+        # takes the max over them, by client.
+        channels = GaugeMetricFamily(
+            "genesys_mux_cluster_client_channels",
+            "Channels the members sharing this instance's OAuth client hold open, as they "
+            "last said (over the budget, the platform evicts some).",
+            labels=["client"],
+        )
+        channels.add_metric([member.client], status.client_channels)
+        yield channels
+        budget = GaugeMetricFamily(
+            "genesys_mux_cluster_client_channel_budget",
+            "The channels this instance's OAuth client may hold (its budget).",
+            labels=["client"],
+        )
+        budget.add_metric([member.client], status.channel_budget)
+        yield budget
         yield GaugeMetricFamily(
             "genesys_mux_cluster_reachable",
             "1 while the cluster's Redis answers, 0 while this instance cannot prove its leases.",
