@@ -12,14 +12,19 @@ import asyncio
 import json
 import signal
 import time
+import tomllib
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import pytest
 import redis
 
+from genesys_mux.cli.runtime import Runtime
+from genesys_mux.configfile import Credentials, parse_config
 from genesys_mux.core.checkpoint import decode_checkpoint
 from genesys_mux.emulator import ClientApp, Emulator
 from genesys_mux.sinks.base import EventRecord, GapRecord, decode_record
@@ -273,6 +278,9 @@ async def test_two_oauth_clients_each_keep_to_their_channel_budget(
             assert "huge" in unplaced
             assert len(unplaced) == 2
             assert all("fit on no instance" in rows[s]["unplaced"] for s in unplaced)
+            # cluster status adds up each client's channels against its budget.
+            assert {c: v["budget"] for c, v in shown["clients"].items()} == {"a": 6, "b": 4}
+            assert all(v["channels"] <= v["budget"] for v in shown["clients"].values())
             # Each client stayed within its budget: b below what its platform allows.
             channels: dict[str, int] = defaultdict(int)
             for channel in emulator.platform.channels.values():
@@ -292,6 +300,25 @@ async def test_two_oauth_clients_each_keep_to_their_channel_budget(
             errs = [await asyncio.wait_for(p.communicate(), DEADLINE_S) for p in (a, b)]
     assert "STREAM_UNPLACED" in errs[0][1].decode()
     assert "secret-a" not in errs[0][1].decode() + errs[1][1].decode()
+
+
+@pytest.mark.parametrize(
+    ("client", "cap"), [("a", 6), ("b", 4), (None, 20)], ids=["a", "b", "no-clients"]
+)
+def test_an_instance_never_opens_more_channels_than_its_client_may_hold(
+    client: str | None, cap: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's own limit is its client's budget, whatever the placement estimated."""
+    users = [str(uuid.UUID(int=i + 1)) for i in range(28)]
+    text = budget_config("redis://127.0.0.1:6379/0", users)
+    if client is None:
+        # One client, the default: the pool keeps to max_channels.
+        text = text[text.index("[settings]") :]
+    config = parse_config(tomllib.loads(text))
+    if client is not None:
+        monkeypatch.setenv("GENESYS_MUX_CLIENT", client)
+    runtime = Runtime(config, Credentials("id", "secret"))
+    assert runtime.channel_cap() == cap
 
 
 async def until_async(check: Callable[[], Awaitable[bool]], what: str) -> None:

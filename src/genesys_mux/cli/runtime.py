@@ -305,6 +305,15 @@ class Runtime:
             if not work.done():
                 work.cancel()
 
+    def channel_cap(self) -> int:
+        """The channels this instance may open: ``max_channels``, or its client's budget if less."""
+        cap = self.config.settings.max_channels
+        if self.config.cluster is not None:
+            budget = client_budgets(self.config).get(self.config.cluster.client_name())
+            if budget is not None:
+                cap = min(cap, budget)
+        return cap
+
     async def _run(self, stop: asyncio.Event, duration_s: float | None) -> int:
         settings = self.config.settings
         audit_target: Any = self.audit_target
@@ -330,7 +339,10 @@ class Runtime:
             pong_timeout=settings.pong_timeout,
             subscription_check_s=settings.subscription_check_s,
             topics_per_channel=settings.topics_per_channel,
-            max_channels=settings.max_channels,
+            # Never more than this instance's OAuth client may hold, whatever
+            # the placement estimated (a plan that never compacts can need
+            # more): a channel past it would evict one of the client's own.
+            max_channels=self.channel_cap(),
             # A cluster member's share of the client's channels is counted
             # with one spare (see core/placement.py): rotations take turns.
             parallel_rotations=self.config.cluster is None,
