@@ -1,8 +1,9 @@
 """Helpers for running ``genesys-mux`` as a user does: a real process, real output.
 
 :func:`run_cli` runs ``python -m genesys_mux ARGS`` to completion under a
-deadline; :func:`start_cli` starts it for tests that talk to it while it
-runs. Both start from a clean environment: no ``GENESYSCLOUD_*`` variables
+deadline; :func:`run_cli_until` stops it (SIGTERM) once it has printed what
+a test needs; :func:`start_cli` starts it for tests that talk to it while
+it runs. Both start from a clean environment: no ``GENESYSCLOUD_*`` variables
 leak in from the developer's shell, and no terminal-width or colour
 overrides, so the output is what a pipe gets.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +100,49 @@ async def run_cli(
             await process.wait()
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
+
+
+async def run_cli_until(
+    *args: str,
+    until: Callable[[str], bool],
+    sig: signal.Signals = signal.SIGTERM,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> Result:
+    """Run ``genesys-mux ARGS``; send it ``sig`` once a line it printed satisfies ``until``.
+
+    Returns once it has exited, with all it printed. A process that exits
+    before printing such a line is returned as it ended, for the test's
+    assertions to say what is missing; one that outlives ``timeout`` is killed.
+    """
+    process = await start_cli(*args, env=env, cwd=cwd)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    err = asyncio.ensure_future(process.stderr.read())
+    out: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while raw := await process.stdout.readline():
+                out.append(raw)
+                if process.returncode is None and until(raw.decode()):
+                    process.send_signal(sig)
+                    out.append(await process.stdout.read())
+                    break
+            await process.wait()
+            stderr = await err
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        err.cancel()
+    assert process.returncode is not None
+    return Result(process.returncode, b"".join(out).decode(), stderr.decode())
+
+
+def prints_an_event(line: str) -> bool:
+    """Whether a line of ``run``'s JSON output is an event (as :func:`run_cli_until` asks)."""
+    return bool(line.strip()) and json.loads(line)["kind"] == "event"
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,9 @@ from tests.cli.conftest import (
     CANARY_SECRET,
     Result,
     communicating,
+    prints_an_event,
     run_cli,
+    run_cli_until,
     start_cli,
 )
 from tests.net.test_multiplexer import org_settings
@@ -204,8 +206,10 @@ async def test_a_world_readable_secrets_file_warns_and_still_runs(
     secrets.write_text(f'client_id = "{CANARY_CLIENT}"\nclient_secret = "{CANARY_SECRET}"\n')
     secrets.chmod(0o644)
     (tmp_path / "mux.toml").write_text('[genesys]\nsecrets_file = "client.toml"\n' + TWO_STREAMS)
-    result = await run_cli(
-        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3",
+    # Stopped (SIGTERM) once it has delivered: the warning comes before that.
+    result = await run_cli_until(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url,
+        until=prints_an_event,
         cwd=tmp_path,
         timeout=DEADLINE_S,
     )  # fmt: skip

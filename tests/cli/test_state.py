@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from genesys_mux.emulator import Emulator
-from tests.cli.conftest import run_cli, start_cli
-from tests.cli.test_run import DEADLINE_S, DEMO_CREDENTIALS, TWO_STREAMS, json_lines
+from tests.cli.conftest import prints_an_event, run_cli, run_cli_until, start_cli
+from tests.cli.test_run import DEMO_CREDENTIALS, TWO_STREAMS, json_lines
 from tests.sinks.conftest import free_port
 
 ONE_STREAM = """\
@@ -29,30 +29,16 @@ filter = { channelType = "chat" }
 
 async def run_for(emulator: Emulator, tmp_path: Path, *extra: str) -> list[dict[str, Any]]:
     """A ``run`` stopped with SIGTERM once it has printed an event; all it printed."""
-    process = await start_cli(
+    result = await run_cli_until(
         "run", "-c", "mux.toml", "--base-url", emulator.base_url, *extra,
+        until=prints_an_event,
         env=DEMO_CREDENTIALS,
         cwd=tmp_path,
     )  # fmt: skip
-    assert process.stdout is not None
-    assert process.stderr is not None
-    stderr = asyncio.ensure_future(process.stderr.read())
-    lines: list[dict[str, Any]] = []
-    try:
-        while not any(line["kind"] == "event" for line in lines):
-            raw = await asyncio.wait_for(process.stdout.readline(), DEADLINE_S)
-            assert raw, "run exited before printing an event: " + (await stderr).decode()
-            lines.append(json.loads(raw))
-        process.send_signal(signal.SIGTERM)
-        rest = await asyncio.wait_for(process.stdout.read(), DEADLINE_S)
-        code = await asyncio.wait_for(process.wait(), DEADLINE_S)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    err = (await stderr).decode()
-    assert code == 0, err[-3000:]
-    return lines + json_lines(rest.decode())
+    assert result.code == 0, result.why()
+    printed = json_lines(result.stdout)
+    assert any(p["kind"] == "event" for p in printed), result.why()
+    return printed
 
 
 async def test_run_continues_its_numbering_and_reports_the_downtime(
