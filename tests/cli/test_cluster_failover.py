@@ -95,8 +95,10 @@ from tests.sinks.conftest import RedisServer
 
 #: Nine queues, one stream each.
 QUEUES = 9
-#: New conversations per second: one to three notifications a second per queue.
-RATE = 6.0
+#: New conversations per second: two to six notifications a second per queue,
+#: so that each step of a story has its EACH events per stream within a second
+#: or two (and a failover gap its traffic to reconcile).
+RATE = 12.0
 LEASE_TTL_S = 2.0
 HEARTBEAT_S = 0.3
 #: The promise: a dead owner's streams are carried again within this.
