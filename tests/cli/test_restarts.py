@@ -85,9 +85,11 @@ from tests.net.test_chaos import WITNESS_CLIENT, Outcome, Witness
 from tests.net.test_multiplexer import org_settings
 from tests.sinks.conftest import RedisServer, free_port
 
-#: New conversations per second: about 13 notifications a second on the
-#: general topics of the three queues, enough to be mid-traffic at any time.
-RATE = 5.0
+#: New conversations per second: about 20 notifications a second on the
+#: general topics of the three queues from a second or two in (half as many
+#: conversations take several seconds to get there), enough to be
+#: mid-traffic at any time.
+RATE = 10.0
 #: Events each run delivers before it is stopped.
 EACH_RUN = 25
 DEADLINE_S = 20.0
