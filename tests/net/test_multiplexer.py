@@ -110,7 +110,9 @@ class Collector:
 
 
 async def test_the_seed_example_end_to_end() -> None:
-    async with harness() as h:
+    # Agents enough that calls are answered (active) soon after they queue:
+    # the events waited for below come in about 3 s rather than 8.
+    async with harness(org_settings(agents=24)) as h:
         queue = (await h.control("org"))["queues"][0]["id"]
         await h.mux.add_stream(
             {
@@ -125,10 +127,18 @@ async def test_the_seed_example_end_to_end() -> None:
             )
         )
         seen = Collector(h.mux.events())
-        await eventually(
-            lambda: len(seen.events("voice-main")) >= 10 and len(seen.events("chat-support")) >= 3,
-            within=30,
-        )
+
+        def enough() -> bool:
+            # A call that ended among them too: both sides of the check of
+            # `active` below are seen.
+            voice = seen.events("voice-main")
+            return (
+                len(voice) >= 10
+                and any(e.transition == "exit" for e in voice)
+                and len(seen.events("chat-support")) >= 3
+            )
+
+        await eventually(enough, within=30)
         seen.stop()
         for stream_id in ("voice-main", "chat-support"):
             sequences = [e.sequence for e in seen.events(stream_id)]
