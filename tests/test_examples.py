@@ -34,7 +34,9 @@ def test_the_example_configuration_is_valid() -> None:
 
 
 async def test_the_library_quickstart_runs_against_the_emulator(tmp_path: Path) -> None:
-    settings = EmulatorSettings(seed=2, queues=3, agents=8, rate=10.0, heartbeat_interval_s=1.0)
+    # Agents enough that calls are answered (active, for voice-main) soon
+    # after they queue: the eight events of both streams come in about 2 s.
+    settings = EmulatorSettings(seed=2, queues=3, agents=24, rate=10.0, heartbeat_interval_s=1.0)
     async with Emulator(settings) as emulator:
         env = {
             **os.environ,
