@@ -272,7 +272,9 @@ async def test_a_reused_channel_is_rotated_before_the_token_that_created_it_dies
     channel, made with the old token. It must be rotated ahead of that
     token's expiry, or it dies then with a second outage.
     """
-    settings = fast_settings(clients=[ClientApp("short", "short-secret", token_lifetime_s=8)])
+    # Refreshed half-way (2.5 s in); the reused channel must be rotated a
+    # second before the creator's end (4 s), and is looked at a second after.
+    settings = fast_settings(clients=[ClientApp("short", "short-secret", token_lifetime_s=5)])
     pool_settings = fast_pool_settings(rotation_lead_s=1.0)
     async with make_stack(
         settings, pool_settings, client_id="short", client_secret="short-secret"
