@@ -52,13 +52,22 @@ async def test_run_publishes_a_stream_to_jetstream(
     checked = await run_cli("validate", "-c", "mux.toml", cwd=tmp_path)
     assert checked.code == 0, checked.why()
 
-    result = await run_cli(
-        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3",
+    process = await start_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url,
         env=DEMO_CREDENTIALS,
         cwd=tmp_path,
-        timeout=60.0,
     )  # fmt: skip
-    assert result.code == 0, result.why()
+    async with communicating(process, DEADLINE_S) as finished:
+        # Stopped (SIGTERM) once the stream holds events: a clean stop
+        # drains, so what it had read is published too, and nothing dead-lettered.
+        await eventually(
+            lambda: finished.done() or count(nats_server), within=DEADLINE_S, interval=0.1
+        )
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(asyncio.shield(finished), DEADLINE_S)
+    result = Result(process.returncode or 0, out.decode(), err.decode())
+    assert process.returncode == 0, result.why()
 
     messages = await stored(nats_server)
     records = [decode_record(payload) for _subject, _headers, payload in messages]
