@@ -10,9 +10,11 @@ complete example of ``docs/sinks/plugins.md``, taken from the page itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +31,9 @@ from genesys_mux.errors import ConfigError, ConfigFileError
 from genesys_mux.sinks.base import EventRecord, Sink, decode_record
 from genesys_mux.sinks.plugins import ENTRY_POINT_GROUP
 from genesys_mux.sinks.runner import SinkRunner
-from tests.cli.conftest import emulator, run_cli
+from tests.cli.conftest import Result, communicating, emulator, run_cli, start_cli
 from tests.sinks.conftest import real_events, source
+from tests.waiting import eventually
 
 __all__ = ["emulator"]  # the CLI tests' emulator fixture, for the run below
 
@@ -282,14 +285,26 @@ async def test_genesys_mux_run_feeds_an_installed_plugin(
     checked = await run_cli("validate", "-c", "mux.toml", env={"PYTHONPATH": path}, cwd=tmp_path)
     assert checked.code == 0, checked.why()
 
-    result = await run_cli(
-        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "3",
+    out = tmp_path / "out" / "calls.jsonl"
+    process = await start_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url,
         env={**DEMO_CREDENTIALS, "PYTHONPATH": path},
         cwd=tmp_path,
-        timeout=60.0,
     )  # fmt: skip
+    async with communicating(process, 30.0) as finished:
+        # Stopped (SIGTERM) once the plugin has written a whole line: a clean
+        # stop drains, so what the run had read is written too.
+        await eventually(
+            lambda: finished.done() or (out.exists() and b"\n" in out.read_bytes()),
+            within=30.0,
+            interval=0.1,
+        )
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(asyncio.shield(finished), 30.0)
+    result = Result(process.returncode or 0, stdout.decode(), stderr.decode())
     assert result.code == 0, result.why()
-    lines = (tmp_path / "out" / "calls.jsonl").read_bytes().splitlines()
+    lines = out.read_bytes().splitlines()
     records = [decode_record(line) for line in lines]
     events = [r for r in records if isinstance(r, EventRecord)]
     assert events, result.why()
