@@ -95,14 +95,15 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
     port = free_port()
     process = await start_cli(
         "run", "-c", "mux.toml", "--base-url", emulator.base_url,
-        "--duration", "5", "--admin-port", str(port), "--log-json",
+        "--duration", "3", "--admin-port", str(port), "--log-json",
         env=DEMO_CREDENTIALS,
         cwd=tmp_path,
     )  # fmt: skip
     async with communicating(process, DEADLINE_S) as finished:
         base = f"http://127.0.0.1:{port}"
         # --duration counts from the end of start-up, so the admin server
-        # answers for 5 s once it is up; the deadline only bounds a hang.
+        # answers for 3 s once it is up (events come within a second, the
+        # first STREAM_METRIC a second in); the deadline only bounds a hang.
         deadline = time.monotonic() + DEADLINE_S
         async with aiohttp.ClientSession() as session:
             ready = await poll(session, f"{base}/readyz", deadline, finished)
