@@ -17,6 +17,7 @@ import logging
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -37,7 +38,13 @@ QUEUE = "8f0b7b8e-1c1a-4c2e-9a53-1d1f2a3b4c5d"
 USER = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
 
 
-def member(stream_id: str, *, topics: int | None = None, queues: int | None = None) -> MemberInfo:
+def member(
+    stream_id: str,
+    *,
+    topics: int | None = None,
+    queues: int | None = None,
+    queues_at: float = 0.0,
+) -> MemberInfo:
     """A member record as another instance publishes it."""
     return MemberInfo(
         f"m-{stream_id}-{topics}-{queues}",
@@ -45,6 +52,7 @@ def member(stream_id: str, *, topics: int | None = None, queues: int | None = No
         0.0,
         topics={} if topics is None else {stream_id: topics},
         queues=queues,
+        queues_at=queues_at,
     )
 
 
@@ -76,24 +84,29 @@ def test_an_all_queues_stream_weighs_the_org_s_queues_as_the_members_counted_the
     ]
     # Nobody has counted the queues yet: they count as one.
     assert stream_weights(streams) == {"all": 1, "all-plus": 2}
-    # The largest count published wins (one member may have listed them
-    # before a queue was added).
-    published = [member("x", queues=40), member("y", queues=42), member("z")]
-    assert stream_weights(streams, published) == {"all": 42, "all-plus": 43}
+    # The latest count published wins, larger or not: queues come and go.
+    published = [
+        member("x", queues=40, queues_at=300.0),
+        member("y", queues=42, queues_at=200.0),
+        member("z"),
+    ]
+    assert stream_weights(streams, published) == {"all": 40, "all-plus": 41}
 
 
-def test_what_a_carrier_publishes_raises_a_weight_and_never_lowers_it() -> None:
+def test_what_a_carrier_publishes_is_the_weight() -> None:
     streams = [StreamConfig(id="all", filter={}), StreamConfig(id="q", filter={"queueId": QUEUE})]
-    # The carrier listed more queues than the others had counted.
-    assert stream_weights(streams, [member("all", topics=57), member("other", queues=50)]) == {
-        "all": 57,
-        "q": 1,
-    }
-    # A count below what the configuration names does not lower it.
-    assert stream_weights(streams, [member("q", topics=0), member("all", queues=9)]) == {
-        "all": 9,
-        "q": 1,
-    }
+    # The carrier listed more queues than the others had counted...
+    assert stream_weights(
+        streams, [member("all", topics=57), member("other", queues=50, queues_at=9.0)]
+    ) == {"all": 57, "q": 1}
+    # ... or fewer: what it subscribes is what it takes; two carriers (a
+    # holder and the member standing by) count as the larger.
+    assert stream_weights(
+        streams,
+        [member("all", topics=7), member("all", topics=8), member("x", queues=50, queues_at=9.0)],
+    ) == {"all": 8, "q": 1}
+    # A stream weighs one topic at least.
+    assert stream_weights(streams, [member("q", topics=0)]) == {"all": 1, "q": 1}
 
 
 def test_a_member_record_of_an_older_release_still_reads() -> None:
@@ -101,7 +114,7 @@ def test_a_member_record_of_an_older_release_still_reads() -> None:
 
     old = msgspec.json.encode({"id": "a", "client": "c1", "since": 1.0, "host": "h"})
     info = msgspec.json.decode(old, type=MemberInfo)
-    assert (info.topics, info.queues) == ({}, None)
+    assert (info.topics, info.queues, info.queues_at, info.channels) == ({}, None, 0.0, 0)
 
 
 # -- on the emulator ------------------------------------------------------------
@@ -120,76 +133,102 @@ BUDGET = 5
 QUEUES = 10
 
 
-async def test_two_all_queues_streams_never_open_more_channels_than_the_client_has(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = org_settings(
-        queues=QUEUES,
+def budgeted_org(queues: int) -> Any:
+    """An org of ``queues`` queues whose client has the budget, at four topics a channel."""
+    return org_settings(
+        queues=queues,
         rate=20.0,
         clients=[ClientApp("demo-client", "demo-secret", channels=BUDGET)],
         limits=PlatformLimits(topics_per_channel=TOPICS_PER_CHANNEL),
     )
-    streams = [
-        StreamConfig(id="voice", filter={"channelType": "voice"}),
-        StreamConfig(id="chat", filter={"channelType": "chat"}),
-    ]
-    async with Emulator(settings) as emulator, AsyncExitStack() as stack:
-        # Every channel the platform evicts to make room for a newer one.
-        evicted: list[str] = []
-        create = emulator.platform.create_channel
 
-        def creating(token: Token, now: float) -> tuple[Channel, list[Channel]]:
-            channel, victims = create(token, now)
-            evicted.extend(v.id for v in victims)
-            return channel, victims
 
-        monkeypatch.setattr(emulator.platform, "create_channel", creating)
+#: Two streams over every queue: distinct topics (the calls and the chats of each queue).
+ALL_QUEUES = [
+    StreamConfig(id="voice", filter={"channelType": "voice"}),
+    StreamConfig(id="chat", filter={"channelType": "chat"}),
+]
 
-        told: list[ControlEvent] = []
-        members = []
-        for name in ("a", "b"):
-            mux = Multiplexer(
-                client_id="demo-client",
-                client_secret="demo-secret",
-                base_url=emulator.base_url,
-                pool_settings=dataclasses.replace(
-                    FAST_POOL,
-                    topics_per_channel=TOPICS_PER_CHANNEL,
-                    max_channels=BUDGET,
-                    parallel_rotations=False,
-                ),
-                dlq=MemoryDeadLetterQueue(),
-            )
-            await mux.start()
-            stack.push_async_callback(mux.stop, drain=False)
-            client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
-            stack.push_async_callback(client.aclose)
-            options: dict[str, Any] = {"budgets": {"c1": BUDGET}, "heartbeat_s": 0.2}
-            node = ClusterMember(
-                mux,
-                LeaseTable(client, cluster="weights", instance=name, lease_ttl_s=1.0),
-                streams,
-                client="c1",
+
+async def two_members(
+    stack: AsyncExitStack,
+    emulator: Emulator,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    told: list[ControlEvent],
+) -> tuple[list[ClusterMember], list[str]]:
+    """Members ``a`` and ``b`` running on ALL_QUEUES; the live channels the platform evicts.
+
+    Channels left without a socket (by a reconnect, a rotation) are evicted
+    first and harmlessly: only the eviction of one with a socket loses
+    events, so only those are listed.
+    """
+    evicted: list[str] = []
+    create = emulator.platform.create_channel
+
+    def creating(token: Token, now: float) -> tuple[Channel, list[Channel]]:
+        channel, victims = create(token, now)
+        evicted.extend(v.id for v in victims if v.connected)
+        return channel, victims
+
+    monkeypatch.setattr(emulator.platform, "create_channel", creating)
+    members = []
+    for name in ("a", "b"):
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=dataclasses.replace(
+                FAST_POOL,
                 topics_per_channel=TOPICS_PER_CHANNEL,
-                **options,
-            )
-            node.on_control.append(told.append)
-            task = asyncio.create_task(node.run(), name=f"member-{name}")
-            stack.push_async_callback(stopped, task)
-            members.append(node)
-        a, b = members
+                max_channels=BUDGET,
+                parallel_rotations=False,
+            ),
+            dlq=MemoryDeadLetterQueue(),
+        )
+        await mux.start()
+        stack.push_async_callback(mux.stop, drain=False)
+        client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+        stack.push_async_callback(client.aclose)
+        options: dict[str, Any] = {"budgets": {"c1": BUDGET}, "heartbeat_s": 0.2}
+        node = ClusterMember(
+            mux,
+            LeaseTable(client, cluster="weights", instance=name, lease_ttl_s=1.0),
+            ALL_QUEUES,
+            client="c1",
+            topics_per_channel=TOPICS_PER_CHANNEL,
+            **options,
+        )
+        node.on_control.append(told.append)
+        task = asyncio.create_task(node.run(), name=f"member-{name}")
+        stack.push_async_callback(stopped, task)
+        members.append(node)
+    return members, evicted
+
+
+def one_carried(members: list[ClusterMember]) -> bool:
+    """One stream carried, the other reported as fitting nowhere by every member."""
+    held = [s for m in members for s in m.status.held]
+    unplaced = [set(m.status.placement.unplaced) for m in members]
+    return len(held) == 1 and all(len(u) == 1 and not u & set(held) for u in unplaced)
+
+
+async def test_two_all_queues_streams_never_open_more_channels_than_the_client_has(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Emulator(budgeted_org(QUEUES)) as emulator, AsyncExitStack() as stack:
+        told: list[ControlEvent] = []
+        members, evicted = await two_members(stack, emulator, redis_server, monkeypatch, told)
 
         def settled() -> bool:
             assert evicted == [], f"the platform evicted {len(evicted)} channels"
-            held = [s for m in members for s in m.status.held]
-            unplaced = [set(m.status.placement.unplaced) for m in members]
-            return len(held) == 1 and all(len(u) == 1 and not u & set(held) for u in unplaced)
+            return one_carried(members)
 
         # One stream fits the client's five channels (three and a spare); the
         # other is reported, on every member, rather than carried beyond them.
         await eventually(settled, within=20.0)
-        (carried,) = [s for m in members for s in m.status.held]
-        carrier = a if carried in a.status.held else b
+        (carrier,) = [m for m in members if m.status.held]
+        (carried,) = carrier.status.held
         await eventually(lambda: carrier.mux.live)
         for m in members:
             assert m.weights == {"voice": QUEUES, "chat": QUEUES}
@@ -203,10 +242,50 @@ async def test_two_all_queues_streams_never_open_more_channels_than_the_client_h
         assert len(own) <= BUDGET
 
 
+async def test_a_stream_that_outgrows_the_client_s_channels_is_let_go_not_carried_on(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two queues: both streams fit (one channel each, and a spare each); then the org grows."""
+    async with Emulator(budgeted_org(2)) as emulator, AsyncExitStack() as stack:
+        told: list[ControlEvent] = []
+        members, evicted = await two_members(stack, emulator, redis_server, monkeypatch, told)
+        await eventually(lambda: all(len(m.status.held) == 1 for m in members), within=20.0)
+        assert evicted == []
+        # Ten queues: each stream needs three channels and a spare, and only
+        # one fits the five. The carriers' queue refresh finds them.
+        for _ in range(QUEUES - 2):
+            emulator.centre.add_queue(None, 0.0)
+        for m in members:
+            await m.mux.refresh_queues()
+
+        # Its holder lets the second go (checkpointed), and nobody takes it.
+        def let_go_everywhere() -> bool:
+            running = {s.id for m in members for s in m.mux.streams()}
+            return one_carried(members) and running == {s for m in members for s in m.status.held}
+
+        await eventually(let_go_everywhere, within=20.0)
+        (holder,) = [m for m in members if m.status.held]
+        (let_go,) = members[0].status.placement.unplaced
+        assert sum(m.status.changes.get("released", 0) for m in members) == 1
+        assert any(isinstance(e, StreamUnplaced) and e.stream_id == let_go for e in told)
+        # The storm, if the growth caused one, is over: the platform evicts
+        # nothing more while the carried stream keeps delivering.
+        before = len(evicted)
+        delivered = holder.mux.stats()["streams"][next(iter(holder.status.held))].received
+        await eventually(
+            lambda: (
+                holder.mux.stats()["streams"][next(iter(holder.status.held))].received
+                >= delivered + 20
+            )
+        )
+        assert len(evicted) == before
+        assert holder.status.client_channels <= BUDGET
+
+
 async def test_a_client_s_members_add_up_their_channels_and_say_when_over_its_budget(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Every member publishes the sockets it holds; each adds up its client's and warns once."""
+    """Every member publishes the channels it needs; each adds up its client's and warns once."""
     async with Emulator(org_settings(queues=3, rate=5.0)) as emulator, AsyncExitStack() as stack:
         mux = Multiplexer(
             client_id="demo-client",
@@ -220,7 +299,7 @@ async def test_a_client_s_members_add_up_their_channels_and_say_when_over_its_bu
         # Three topics on two topics a channel: two sockets.
         await mux.add_stream(StreamConfig(id="here", filter={}))
         await eventually(lambda: mux.live)
-        assert mux.channels_open == 2
+        assert mux.channels_in_use == 2
 
         async def table(instance: str) -> LeaseTable:
             client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
@@ -263,6 +342,86 @@ async def test_a_client_s_members_add_up_their_channels_and_say_when_over_its_bu
         assert exported()["genesys_mux_cluster_client_channels"] == 7
         warned = [r.getMessage() for r in caplog.records if "more than its" in r.message]
         assert warned == [
-            "cluster: the members of OAuth client c1 hold 7 channels, more than its 6: the "
+            "cluster: the members of OAuth client c1 need 7 channels, more than its 6: the "
             "platform evicts the least recently used of them (see cluster status)"
         ]
+
+
+async def test_counting_the_queues_leaves_a_stream_to_a_fresh_listing() -> None:
+    """A count at start is no list to subscribe from hours later: queues come and go."""
+    async with Emulator(org_settings(queues=3, rate=0.0)) as emulator:
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=FAST_POOL,
+            dlq=MemoryDeadLetterQueue(),
+        )
+        await mux.start()
+        try:
+            assert mux.queue_count is None
+            assert await mux.count_queues() == 3
+            assert mux.queue_count == 3
+            assert mux.queues_listed_at is not None
+            emulator.centre.add_queue(None, 0.0)  # a queue created later
+            # A member that takes an all-queues stream (a failover, a handover).
+            await mux.add_stream(StreamConfig(id="all", filter={}), standby=True)
+            assert mux.topic_counts() == {"all": 4}
+            assert mux.queue_count == 4
+        finally:
+            await mux.stop(drain=False)
+
+
+async def test_a_refused_queue_count_is_retried_after_a_back_off_and_said_once(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every member lists against the client's shared request budget: no retry every round."""
+    async with Emulator(org_settings(queues=3, rate=0.0)) as emulator, AsyncExitStack() as stack:
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=FAST_POOL,
+            dlq=MemoryDeadLetterQueue(),
+        )
+        await mux.start()
+        stack.push_async_callback(mux.stop, drain=False)
+        # A role that may not list queues: the platform answers 403, every time.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{emulator.base_url}/__emulator__/faults",
+                json={
+                    "fault": "http_5xx",
+                    "status": 403,
+                    "count": 1000,
+                    "path": "/api/v2/routing/queues",
+                },
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        (refusal,) = emulator.http_faults
+        client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+        stack.push_async_callback(client.aclose)
+        # Another member carries the all-queues stream: this one only weighs it.
+        other = LeaseTable(client, cluster="count", instance="other", lease_ttl_s=60.0)
+        await other.heartbeat(MemberInfo("other", "c1", 0.0, topics={"all": 7}))
+        assert await other.acquire("all") is not None
+        member = ClusterMember(
+            mux,
+            LeaseTable(client, cluster="count", instance="me", lease_ttl_s=60.0),
+            [StreamConfig(id="all", filter={})],
+            client="c1",
+            heartbeat_s=5.0,
+        )
+        with caplog.at_level(logging.WARNING, logger="genesys_mux.cluster"):
+            for _ in range(8):
+                await member.tick()
+        # One listing in eight rounds (the next is a heartbeat away, then two...).
+        assert 1000 - refusal.remaining == 1
+        assert member.info.queues is None
+        assert member.weights == {"all": 7}  # what its carrier says
+        warned = [r.getMessage() for r in caplog.records if "count the org's queues" in r.message]
+        assert len(warned) == 1
+        assert "403" in warned[0]
+        assert "retrying with a back-off" in warned[0]

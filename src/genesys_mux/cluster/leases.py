@@ -189,10 +189,13 @@ class MemberInfo(msgspec.Struct, frozen=True):
     #: subscribes: what the placement weighs those streams by, when more
     #: than their configuration says (see ``cluster.member.stream_weights``).
     topics: dict[str, int] = msgspec.field(default_factory=dict)
-    #: How many queues the org has, as it last listed them (None: never):
-    #: the weight of an all-queues stream that nobody carries yet.
+    #: How many queues the org has, as it last listed them (None: never),
+    #: and when (Unix time): the weight of an all-queues stream that nobody
+    #: carries, taken from the member that listed them last.
     queues: int | None = None
-    #: Channel sockets it holds open: its part of its OAuth client's channels.
+    queues_at: float = 0.0
+    #: The channels it needs (one per slot, two while a slot rotates): its
+    #: part of its OAuth client's channels.
     channels: int = 0
 
 

@@ -92,9 +92,9 @@ class MemberStatus:
     #: Streams taken and let go, by how: acquired (a free lease), handover
     #: (taken from or given to another member), released (leaving), lost.
     changes: dict[str, int] = field(default_factory=dict)
-    #: Channels every member sharing this one's OAuth client holds open, as
-    #: they last said, and the client's budget: more than that, and the
-    #: platform is evicting their channels.
+    #: Channels the members sharing this one's OAuth client need (one per
+    #: slot, two while a slot rotates), as they last said, and the client's
+    #: budget: more than that, and the platform is evicting their channels.
     client_channels: int = 0
     channel_budget: int = PLATFORM.channels_per_client
 
@@ -104,27 +104,32 @@ def stream_weights(
 ) -> dict[str, int]:
     """Each stream's weight for the placement: how many plain topics it subscribes, at least 1.
 
-    Counted first from the configuration: the raw topics (a combined topic
-    as its parts, as the planner counts them) and the filter's topic. A
+    A member carrying a stream, or standing by for it, publishes how many
+    topics it subscribes (:meth:`Multiplexer.topic_counts`): the largest
+    count published is the weight. A stream nobody publishes a count for
+    is counted from the configuration: its raw topics (a combined topic as
+    its parts, as the planner counts them) and its filter's topic; a
     filter that names neither a queue nor a user subscribes every queue of
-    the org: it counts as the largest queue count a member published (1
-    while none has). Then what the members publish: a member carrying a
-    stream, or standing by for it, says how many topics it subscribes
-    (:meth:`Multiplexer.topic_counts`), and the largest count said wins
-    where it is more. Every member (and ``cluster status``) reads the same
-    member records, so all compute the same weights.
+    the org, counted as the member that listed them last says (1 while
+    none has). Every member (and ``cluster status``) reads the same member
+    records, so all compute the same weights.
     """
     published = list(members)
-    queues = max((m.queues for m in published if m.queues is not None), default=1)
+    listed = [m for m in published if m.queues is not None]
+    latest = max(listed, key=lambda m: (m.queues_at, m.id), default=None)
+    queues = 1 if latest is None or latest.queues is None else latest.queues
     counted: dict[str, int] = {}
     for member in published:
         for stream_id, topics in member.topics.items():
             counted[stream_id] = max(counted.get(stream_id, 0), topics)
     weights = {}
     for stream in streams:
+        if stream.id in counted:
+            weights[stream.id] = max(1, counted[stream.id])
+            continue
         named = raw_topics(stream) | filter_topics(stream)
         configured = len(named) + (queues if needs_all_queues(stream) else 0)
-        weights[stream.id] = max(1, configured, counted.get(stream.id, 0))
+        weights[stream.id] = max(1, configured)
     return weights
 
 
@@ -196,8 +201,12 @@ class ClusterMember:
         # Whether the org's queue count is worth publishing: an all-queues
         # stream's weight rests on it before anyone carries the stream.
         self._count_queues = any(needs_all_queues(s) for s in streams)
-        self._queues_failing = False
         self._counting: asyncio.Task[int] | None = None
+        # When to count the queues next (monotonic), and the back-off after failures.
+        self._count_due = 0.0
+        self._count_backoff = 0.0
+        # Streams held here that fitted nowhere at the last round.
+        self._unfit: set[str] = set()
         self.info = MemberInfo(table.instance, client, time.time(), host)
         self.status = MemberStatus()
         self._on_ownership = on_ownership
@@ -363,20 +372,24 @@ class ClusterMember:
         would evict the least recently used of them, another member's.
         """
         mux = self.mux
-        queues = mux.queue_count
-        if queues is None and self._count_queues:
-            queues = await self._queues_counted()
+        if self._count_queues:
+            await self._count_queues_when_due()
         self.info = msgspec.structs.replace(
-            self.info, topics=mux.topic_counts(), queues=queues, channels=mux.channels_open
+            self.info,
+            topics=mux.topic_counts(),
+            queues=mux.queue_count,
+            queues_at=mux.queues_listed_at or 0.0,
+            channels=mux.channels_in_use,
         )
 
     def _count_channels(self, published: Sequence[MemberInfo]) -> None:
-        """Add up the channels of the members sharing this one's client; say when too many.
+        """Add up the channels the members sharing this one's client need; say when too many.
 
-        The placement keeps their estimate within the budget, but cannot
-        see everything that opens channels: a member's plan that never
-        compacts after streams left it, a handover's standby beside its
-        holder. The sum of what they hold is the fact to watch.
+        The placement keeps its estimate within the budget, but cannot see
+        everything that takes channels: a member's plan that never compacts
+        after streams left it, a handover's standby beside its holder. What
+        they need, not the sockets they have open, is the fact to watch:
+        the platform keeps the open ones within the budget by evicting.
         """
         status = self.status
         budget = self.budgets.get(self.client, PLATFORM.channels_per_client)
@@ -384,7 +397,7 @@ class ClusterMember:
         over = used > budget
         if over and status.client_channels <= status.channel_budget:
             log.warning(
-                "cluster: the members of OAuth client %s hold %d channels, more than its "
+                "cluster: the members of OAuth client %s need %d channels, more than its "
                 "%d: the platform evicts the least recently used of them (see cluster status)",
                 self.client,
                 used,
@@ -392,33 +405,45 @@ class ClusterMember:
             )
         status.client_channels, status.channel_budget = used, budget
 
-    async def _queues_counted(self) -> int | None:
-        """The org's queue count, waiting at most a heartbeat for it; None if not known yet.
+    async def _count_queues_when_due(self) -> None:
+        """Count the org's queues every ``queue_refresh_s``, in the background.
 
-        The listing goes on in the background past that (a large org's
-        queues take many pages), for a later round to use.
+        Only the first count holds a round up (for at most a heartbeat), so
+        that the first placement weighs all-queues streams right; a large
+        org's listing takes many pages, and goes on for a later round to
+        use. A failed count is retried after a back-off (a heartbeat,
+        doubling up to ``queue_refresh_s``): every member lists, against
+        the client's shared request budget.
         """
-        task = self._counting
+        mux, task = self.mux, self._counting
         if task is None:
+            if time.monotonic() < self._count_due:
+                return
             task = self._counting = asyncio.create_task(
-                self.mux.count_queues(), name="cluster-count-queues"
+                mux.count_queues(), name="cluster-count-queues"
             )
-        await asyncio.wait({task}, timeout=self.heartbeat_s)
+        if mux.queue_count is None:
+            await asyncio.wait({task}, timeout=self.heartbeat_s)
         if not task.done():
-            return None
-        self._counting = None  # the next round asks again if this failed
-        error = None if task.cancelled() else task.exception()
-        if error is None and not task.cancelled():
-            self._queues_failing = False
-            return task.result()
-        if not self._queues_failing:
+            return
+        self._counting = None
+        error = "cancelled" if task.cancelled() else task.exception()
+        if error is None:
+            self._count_backoff = 0.0
+            self._count_due = time.monotonic() + mux.queue_refresh_s
+            return
+        first = self._count_backoff == 0.0  # of the failures in a row: said once
+        self._count_backoff = min(
+            mux.queue_refresh_s, max(self.heartbeat_s, 2 * self._count_backoff)
+        )
+        self._count_due = time.monotonic() + self._count_backoff
+        if first:
             log.warning(
-                "cluster: cannot count the org's queues (all-queues streams weigh what "
-                "their carriers say until it can): %s",
-                error or "cancelled",
+                "cluster: cannot count the org's queues (an all-queues stream nobody "
+                "carries weighs %s until it can; retrying with a back-off): %s",
+                "the last count" if mux.queue_count is not None else "one topic",
+                error,
             )
-        self._queues_failing = True
-        return None
 
     async def _tick(self) -> bool:
         table, status = self.table, self.status
@@ -485,6 +510,23 @@ class ClusterMember:
                     busy = True
         for stream_id in [s for s in status.standby if s not in mine]:
             await self._drop_standby(stream_id)
+        # A stream held here that fits nowhere now: its weight grew (the org
+        # added queues; a count that came late). Carried on, it would take
+        # more of the client's channels than the client has, and the
+        # platform would evict theirs, this member's and the others', over
+        # and over. Let go with a checkpoint once two rounds agree (one
+        # could have read a member key mid-change): it is reported as
+        # unplaced, and whoever takes it when it fits again continues from
+        # the checkpoint, the window between reported as a gap.
+        unfit = {s for s in status.held if s in placement.unplaced}
+        for stream_id in sorted(unfit & self._unfit):
+            log.warning(
+                "stream %s fits on no instance any more: letting it go (%s)",
+                stream_id,
+                placement.unplaced[stream_id],
+            )
+            await self._let_go(stream_id, "released")
+        self._unfit = unfit - self._unfit
         if self._defect is not None:
             log.info("cluster: a round succeeds again")
             self._defect = status.trouble = None

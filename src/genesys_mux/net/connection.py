@@ -996,14 +996,17 @@ class ChannelPool:
         return {i: s.stats for i, s in sorted(self._slots.items())}
 
     @property
-    def sockets_open(self) -> int:
-        """Channel sockets open now, a rotation's successor included.
+    def channels_in_use(self) -> int:
+        """The channels this pool needs now: one per slot, two while a slot rotates.
 
-        What this pool takes of its OAuth client's channels: the platform
-        evicts channels without a socket first, so those left behind by a
-        reconnect or a rotation cost nothing while the client has room.
+        A slot whose socket is down needs one all the same (it is making
+        another), so this is what the pool takes of its OAuth client's
+        channels whether or not the platform lets it keep them. Channels
+        left behind without a socket by a reconnect or a rotation are not
+        counted: the platform evicts those first, so they cost nothing
+        while the client has room.
         """
-        return sum(len(s.sockets) for s in self._slots.values())
+        return sum(max(1, len(s.sockets)) for s in self._slots.values())
 
     def channel_ids(self) -> dict[int, str | None]:
         """The channel currently serving each slot."""

@@ -277,6 +277,13 @@ class Multiplexer:
         self._streams: dict[str, _StreamState] = {}
         self._by_topic: dict[str, tuple[tuple[_StreamState, bool], ...]] = {}
         self._queue_ids: list[str] | None = None
+        #: The org's queue count as last listed, for whatever reason (None:
+        #: never), and when (Unix time).
+        self._queue_count: int | None = None
+        self._queues_listed_at: float | None = None
+        #: A listing of the queues under way, which every caller joins, and how many wait for it.
+        self._listing: asyncio.Future[list[str]] | None = None
+        self._listing_waiters = 0
         self._merge = PriorityMerge()
         # One record per remembered key, shared by every stream that sees it.
         self._key_memory = KeyMemory()
@@ -689,7 +696,11 @@ class Multiplexer:
         if standby:
             state.standby = deque()
         try:
-            if needs_all_queues(config) and self._queue_ids is None:
+            if needs_all_queues(config) and not any(
+                needs_all_queues(s.config) for s in self._streams.values()
+            ):
+                # No all-queues stream kept the list fresh (refresh_queues):
+                # it may be missing queues created since.
                 self._queue_ids = await self._list_queues()
             self._set_topics(state)
             self._streams[config.id] = state
@@ -1036,29 +1047,32 @@ class Multiplexer:
         return {stream_id: len(state.topics) for stream_id, state in self._streams.items()}
 
     @property
-    def channels_open(self) -> int:
-        """Channel sockets open now (a rotation's successor included); 0 before :meth:`start`."""
-        return 0 if self.pool is None else self.pool.sockets_open
+    def channels_in_use(self) -> int:
+        """The channels the pool needs now: one per slot, two while a slot rotates; 0 before start.
+
+        See :attr:`ChannelPool.channels_in_use`.
+        """
+        return 0 if self.pool is None else self.pool.channels_in_use
 
     @property
     def queue_count(self) -> int | None:
         """How many queues the org had when they were last listed; None if never."""
-        return None if self._queue_ids is None else len(self._queue_ids)
+        return self._queue_count
+
+    @property
+    def queues_listed_at(self) -> float | None:
+        """When (Unix time) the queues were last listed; None if never."""
+        return self._queues_listed_at
 
     async def count_queues(self) -> int:
-        """The org's queue count, listing the queues now if they never were.
+        """List the org's queues now (joining a listing under way); how many there are.
 
-        The list is kept, as an all-queues stream's would be, for a stream
-        added later. :class:`~genesys_mux.errors.InvalidStateError` before
-        :meth:`start` and once :meth:`stop` was called; the REST client's
-        errors as they come.
+        Only counts: the streams' topics change with :meth:`refresh_queues`.
+        :class:`~genesys_mux.errors.InvalidStateError` before :meth:`start`
+        and once :meth:`stop` was called; the REST client's errors as they
+        come.
         """
-        rest = self._running_rest()
-        if self._queue_ids is None:
-            queue_ids = [q.id for q in await rest.list_queues()]
-            if self._queue_ids is None:  # a stream added meanwhile may have listed them
-                self._queue_ids = queue_ids
-        return len(self._queue_ids)
+        return len(await self._list_queues())
 
     async def _apply_topics(self) -> None:
         self._reindex()
@@ -1091,7 +1105,42 @@ class Multiplexer:
         self._by_topic = {t: tuple(s) for t, s in index.items()}
 
     async def _list_queues(self) -> list[str]:
-        return [q.id for q in await self._running_rest().list_queues()]
+        """The org's queue ids, from one listing shared by every caller that asks meanwhile.
+
+        A large org's queues take many pages, counted against the client's
+        request budget: a stream added while a cluster member counts them
+        waits for that listing rather than starting its own. A caller
+        cancelled meanwhile leaves the listing to the others.
+        """
+        rest = self._running_rest()
+        listing = self._listing
+        if listing is None:
+            listing = self._listing = asyncio.ensure_future(self._list_queues_now(rest))
+            listing.add_done_callback(self._listed)
+            self._listing_waiters = 0
+        self._listing_waiters += 1
+        try:
+            return await asyncio.shield(listing)
+        finally:
+            self._listing_waiters -= 1
+            if not self._listing_waiters and not listing.done():
+                # Every caller gave up (a deadline around add_stream): a
+                # listing that hangs must not hold up the next caller's,
+                # who starts afresh (this one ends at the loop's next turn).
+                listing.cancel()
+                if self._listing is listing:
+                    self._listing = None
+
+    async def _list_queues_now(self, rest: RestClient) -> list[str]:
+        queue_ids = [q.id for q in await rest.list_queues()]
+        self._queue_count, self._queues_listed_at = len(queue_ids), time.time()
+        return queue_ids
+
+    def _listed(self, listing: asyncio.Future[list[str]]) -> None:
+        if self._listing is listing:
+            self._listing = None
+        if not listing.cancelled():
+            listing.exception()  # retrieved: each caller has it raised already
 
     async def refresh_queues(self) -> None:
         """Re-read the org's queues and update every all-queues stream, incrementally.

@@ -506,8 +506,9 @@ class _MuxCollector:
         # takes the max over them, by client.
         channels = GaugeMetricFamily(
             "genesys_mux_cluster_client_channels",
-            "Channels the members sharing this instance's OAuth client hold open, as they "
-            "last said (over the budget, the platform evicts some).",
+            "Channels the members sharing this instance's OAuth client need (one per slot, "
+            "two while a slot rotates), as they last said; over the budget, the platform "
+            "evicts some.",
             labels=["client"],
         )
         channels.add_metric([member.client], status.client_channels)
