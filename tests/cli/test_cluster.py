@@ -293,6 +293,22 @@ async def test_two_oauth_clients_each_keep_to_their_channel_budget(
             ):
                 assert resp.status == 503
                 assert "fit on no instance:" in await resp.text()
+            # The instance on a may open a's six channels, not max_channels' 20,
+            # and says what it needs from its next round on.
+            mine: dict[str, Any] = {}
+
+            async def counted() -> bool:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"http://127.0.0.1:{port}/status") as resp,
+                ):
+                    mine.update((await resp.json())["cluster"]["channels"])
+                # Its own count first, its client's sum at the end of the same round.
+                return 1 <= mine["here"] <= mine["client"]
+
+            await until_async(counted, "instance a counts the channels it needs")
+            assert (mine["max"], mine["budget"]) == (6, 6)
+            assert mine["client"] <= 6
         finally:
             for process in (a, b):
                 if process.returncode is None:

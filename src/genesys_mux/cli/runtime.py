@@ -624,6 +624,14 @@ class Runtime:
                 "unplaced": member.status.placement.unplaced,
                 "trouble": member.status.trouble,
                 "changes": member.status.changes,
+                # What this instance needs and may open, and its client's
+                # sum over the members against the budget.
+                "channels": {
+                    "here": member.info.channels,
+                    "max": member.mux.pool.settings.max_channels if member.mux.pool else None,
+                    "client": member.status.client_channels,
+                    "budget": member.status.channel_budget,
+                },
             }
         return extra
 
