@@ -120,6 +120,17 @@ def test_a_member_record_of_an_older_release_still_reads() -> None:
 # -- on the emulator ------------------------------------------------------------
 
 
+def demo_mux(emulator: Emulator, **pool: Any) -> Multiplexer:
+    """A multiplexer of the emulator's demo client, its pool settings changed as given."""
+    return Multiplexer(
+        client_id="demo-client",
+        client_secret="demo-secret",
+        base_url=emulator.base_url,
+        pool_settings=dataclasses.replace(FAST_POOL, **pool),
+        dlq=MemoryDeadLetterQueue(),
+    )
+
+
 async def stopped(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -174,17 +185,11 @@ async def two_members(
     monkeypatch.setattr(emulator.platform, "create_channel", creating)
     members = []
     for name in ("a", "b"):
-        mux = Multiplexer(
-            client_id="demo-client",
-            client_secret="demo-secret",
-            base_url=emulator.base_url,
-            pool_settings=dataclasses.replace(
-                FAST_POOL,
-                topics_per_channel=TOPICS_PER_CHANNEL,
-                max_channels=BUDGET,
-                parallel_rotations=False,
-            ),
-            dlq=MemoryDeadLetterQueue(),
+        mux = demo_mux(
+            emulator,
+            topics_per_channel=TOPICS_PER_CHANNEL,
+            max_channels=BUDGET,
+            parallel_rotations=False,
         )
         await mux.start()
         stack.push_async_callback(mux.stop, drain=False)
@@ -287,13 +292,7 @@ async def test_a_client_s_members_add_up_their_channels_and_say_when_over_its_bu
 ) -> None:
     """Every member publishes the channels it needs; each adds up its client's and warns once."""
     async with Emulator(org_settings(queues=3, rate=5.0)) as emulator, AsyncExitStack() as stack:
-        mux = Multiplexer(
-            client_id="demo-client",
-            client_secret="demo-secret",
-            base_url=emulator.base_url,
-            pool_settings=dataclasses.replace(FAST_POOL, topics_per_channel=2),
-            dlq=MemoryDeadLetterQueue(),
-        )
+        mux = demo_mux(emulator, topics_per_channel=2)
         await mux.start()
         stack.push_async_callback(mux.stop, drain=False)
         # Three topics on two topics a channel: two sockets.
@@ -350,13 +349,7 @@ async def test_a_client_s_members_add_up_their_channels_and_say_when_over_its_bu
 async def test_counting_the_queues_leaves_a_stream_to_a_fresh_listing() -> None:
     """A count at start is no list to subscribe from hours later: queues come and go."""
     async with Emulator(org_settings(queues=3, rate=0.0)) as emulator:
-        mux = Multiplexer(
-            client_id="demo-client",
-            client_secret="demo-secret",
-            base_url=emulator.base_url,
-            pool_settings=FAST_POOL,
-            dlq=MemoryDeadLetterQueue(),
-        )
+        mux = demo_mux(emulator)
         await mux.start()
         try:
             assert mux.queue_count is None
@@ -377,13 +370,7 @@ async def test_a_refused_queue_count_is_retried_after_a_back_off_and_said_once(
 ) -> None:
     """Every member lists against the client's shared request budget: no retry every round."""
     async with Emulator(org_settings(queues=3, rate=0.0)) as emulator, AsyncExitStack() as stack:
-        mux = Multiplexer(
-            client_id="demo-client",
-            client_secret="demo-secret",
-            base_url=emulator.base_url,
-            pool_settings=FAST_POOL,
-            dlq=MemoryDeadLetterQueue(),
-        )
+        mux = demo_mux(emulator)
         await mux.start()
         stack.push_async_callback(mux.stop, drain=False)
         # A role that may not list queues: the platform answers 403, every time.
