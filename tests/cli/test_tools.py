@@ -82,18 +82,21 @@ async def test_validate_reports_every_mistake_with_its_path(tmp_path: Path) -> N
 
 
 async def test_validate_a_missing_or_non_toml_file_says_so(tmp_path: Path) -> None:
-    missing = await run_cli("validate", "-c", "nowhere.toml", cwd=tmp_path)
+    (tmp_path / "notes.toml").write_text("this is = = not TOML\n[[streams\n")
+    (tmp_path / "binary.toml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    # Three readers of three files: run side by side.
+    missing, not_toml, binary = await asyncio.gather(
+        run_cli("validate", "-c", "nowhere.toml", cwd=tmp_path),
+        run_cli("validate", "-c", "notes.toml", cwd=tmp_path),
+        run_cli("validate", "-c", "binary.toml", cwd=tmp_path),
+    )
     assert missing.code != 0, missing.why()
     assert "nowhere.toml does not exist" in missing.output, missing.why()
 
-    (tmp_path / "notes.toml").write_text("this is = = not TOML\n[[streams\n")
-    not_toml = await run_cli("validate", "-c", "notes.toml", cwd=tmp_path)
     assert not_toml.code != 0, not_toml.why()
     assert "not valid TOML" in not_toml.output, not_toml.why()
     assert "line 1" in not_toml.output
 
-    (tmp_path / "binary.toml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
-    binary = await run_cli("validate", "-c", "binary.toml", cwd=tmp_path)
     assert binary.code != 0, binary.why()
     assert "not UTF-8" in binary.output, binary.why()
     for result in (missing, not_toml, binary):
@@ -169,7 +172,14 @@ def dlq_lines(path: Path) -> list[bytes]:
 async def test_dlq_list_as_a_table_and_as_json(tmp_path: Path) -> None:
     letters = write_dlq(tmp_path / "dlq.jsonl")
 
-    table = await run_cli("dlq", "list", "--file", "dlq.jsonl", cwd=tmp_path)
+    # Three readers of one file: run side by side.
+    table, as_json, one = await asyncio.gather(
+        run_cli("dlq", "list", "--file", "dlq.jsonl", cwd=tmp_path),
+        run_cli("dlq", "list", "--file", "dlq.jsonl", "--json", cwd=tmp_path),
+        run_cli(
+            "dlq", "list", "-f", "dlq.jsonl", "--stream", "chat-support", "--json", cwd=tmp_path
+        ),
+    )
     assert table.code == 0, table.why()
     assert "5 dead letter(s)" in table.output, table.why()
     for text in ("voice-main", "chat-support", "overflow_drop_oldest", "stopped"):
@@ -177,7 +187,6 @@ async def test_dlq_list_as_a_table_and_as_json(tmp_path: Path) -> None:
     assert "overflow_drop_oldest: 3" in table.output
     assert "stopped: 2" in table.output
 
-    as_json = await run_cli("dlq", "list", "--file", "dlq.jsonl", "--json", cwd=tmp_path)
     assert as_json.code == 0, as_json.why()
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [(r["stream_id"], r["sequence"]) for r in rows] == [
@@ -189,17 +198,19 @@ async def test_dlq_list_as_a_table_and_as_json(tmp_path: Path) -> None:
         assert row["conversation_id"] == letter.conversation_id
         assert row["bytes"] == len(letter.raw)
 
-    one = await run_cli(
-        "dlq", "list", "-f", "dlq.jsonl", "--stream", "chat-support", "--json", cwd=tmp_path
-    )
     assert one.code == 0, one.why()
     assert [json.loads(line)["sequence"] for line in one.stdout.splitlines()] == [7, 8]
 
 
 async def test_dlq_list_of_a_missing_file_is_an_error(tmp_path: Path) -> None:
     """A wrong -f must not read as "no dead letters": that hides the real file."""
-    for extra in ((), ("--json",)):
-        result = await run_cli("dlq", "list", "--file", "none.jsonl", *extra, cwd=tmp_path)
+    results = await asyncio.gather(
+        *(
+            run_cli("dlq", "list", "--file", "none.jsonl", *extra, cwd=tmp_path)
+            for extra in ((), ("--json",))
+        )
+    )
+    for result in results:
         assert result.code == 1, result.why()
         assert "no dead-letter file none.jsonl" in result.stderr
         assert result.stdout == ""
@@ -228,8 +239,13 @@ async def test_dlq_list_names_the_corrupt_line(tmp_path: Path) -> None:
     write_dlq(path)
     lines = dlq_lines(path)
     path.write_bytes(b"\n".join([*lines[:2], b'{"stream_id": "voice-main", "sequ', *lines[2:]]))
-    for extra in ((), ("--json",)):
-        result = await run_cli("dlq", "list", "-f", "dlq.jsonl", *extra, cwd=tmp_path)
+    results = await asyncio.gather(
+        *(
+            run_cli("dlq", "list", "-f", "dlq.jsonl", *extra, cwd=tmp_path)
+            for extra in ((), ("--json",))
+        )
+    )
+    for result in results:
         assert result.code != 0, result.why()
         assert "dlq.jsonl:3:" in result.output, result.why()
         assert "not a dead-letter record" in result.output
