@@ -8,6 +8,7 @@ read from the configuration file's directory, as ``run`` reads them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -120,7 +121,11 @@ async def test_what_cannot_be_checked_until_a_section_is_fixed_is_said(tmp_path:
         + STREAM
         + '\n  [[streams.sinks]]\n  type = "redis"\n'
     )
-    result = await run_cli("validate", "-c", "mux.toml", cwd=tmp_path, env={})
+    # Two readers of the file: run side by side.
+    result, as_json = await asyncio.gather(
+        run_cli("validate", "-c", "mux.toml", cwd=tmp_path, env={}),
+        run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={}),
+    )
     assert result.code == 1, result.why()
     assert "give region or base_url, not both" in result.stdout
     assert "Value error" not in result.output
@@ -128,26 +133,32 @@ async def test_what_cannot_be_checked_until_a_section_is_fixed_is_said(tmp_path:
         result.stderr
     )
     assert "not checked yet: streams[0].sinks[0]:" in result.stderr
-    report = json.loads(
-        (await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})).stdout
-    )
+    report = json.loads(as_json.stdout)
     assert len(report["not_checked"]) == 2
     assert "streams[0].sinks[0]" in {p["path"] for p in report["problems"]}
 
 
 async def test_the_region_from_the_environment_is_checked(tmp_path: Path) -> None:
     (tmp_path / "mux.toml").write_text(STREAM)
-    result = await run_cli(
-        "validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={"GENESYSCLOUD_REGION": "nowhere"}
+    # Two readers of the file, each with its own environment: run side by side.
+    result, good = await asyncio.gather(
+        run_cli(
+            "validate",
+            "-c",
+            "mux.toml",
+            "--json",
+            cwd=tmp_path,
+            env={"GENESYSCLOUD_REGION": "nowhere"},
+        ),
+        run_cli(
+            "validate", "-c", "mux.toml", cwd=tmp_path, env={"GENESYSCLOUD_REGION": "eu-west-1"}
+        ),
     )
     assert result.code == 1, result.why()
     ((problem,),) = [json.loads(result.stdout)["problems"]]
     assert problem["path"] == "GENESYSCLOUD_REGION"
     assert problem["problem"].startswith(
         "GENESYSCLOUD_REGION in the environment: unknown Genesys Cloud region 'nowhere'; use one of"
-    )
-    good = await run_cli(
-        "validate", "-c", "mux.toml", cwd=tmp_path, env={"GENESYSCLOUD_REGION": "eu-west-1"}
     )
     assert good.code == 0, good.why()
 
@@ -156,13 +167,16 @@ async def test_a_bad_region_in_the_file_is_to_be_fixed_in_the_file(tmp_path: Pat
     """The file wins over GENESYSCLOUD_REGION, so the advice names the file's key, in both."""
     (tmp_path / "mux.toml").write_text('[genesys]\nregion = "mypurecloud.cm"\n' + STREAM)
     env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
-    checked = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env)
+    # Both stop at the file's region: run side by side.
+    checked, ran = await asyncio.gather(
+        run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env),
+        run_cli("run", "-c", "mux.toml", "--duration", "5", cwd=tmp_path, env=env),
+    )
     assert checked.code == 1, checked.why()
     ((problem,),) = [json.loads(checked.stdout)["problems"]]
     expected = "[genesys] region in mux.toml: unknown Genesys Cloud region 'mypurecloud.cm'; use"
     assert (problem["path"], problem["problem"][: len(expected)]) == ("genesys.region", expected)
     assert "GENESYSCLOUD_REGION" not in problem["problem"]
-    ran = await run_cli("run", "-c", "mux.toml", "--duration", "5", cwd=tmp_path, env=env)
     assert ran.code == 2, ran.why()
     assert ran.stderr.startswith(f"error: {expected}"), ran.why()
     assert "set GENESYSCLOUD_REGION" not in ran.output
@@ -180,7 +194,12 @@ async def test_a_redis_url_env_that_holds_no_redis_url_is_a_problem(tmp_path: Pa
         "EVENTS_REDIS_FOR_THIS_TEST": f"http://:{password}@127.0.0.1:6391/0",
         "STATE_REDIS_FOR_THIS_TEST": f"{password}",
     }
-    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env)
+    good_env = dict.fromkeys(env, "redis://127.0.0.1:6391/0")
+    # Two readers of the file, each with its own environment: run side by side.
+    result, good = await asyncio.gather(
+        run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env),
+        run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=good_env),
+    )
     assert result.code == 1, result.why()
     where = {p["path"]: p["problem"] for p in json.loads(result.stdout)["problems"]}
     assert sorted(where) == ["state.url_env", "streams[0].sinks[0].url_env"]
@@ -188,8 +207,6 @@ async def test_a_redis_url_env_that_holds_no_redis_url_is_a_problem(tmp_path: Pa
     assert "EVENTS_REDIS_FOR_THIS_TEST: the url is a http:// URL" in sink_problem
     assert "redis://" in where["state.url_env"]
     assert password not in result.output
-    env = dict.fromkeys(env, "redis://127.0.0.1:6391/0")
-    good = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=env)
     assert json.loads(good.stdout)["problems"] == [], good.why()
 
 
@@ -205,7 +222,11 @@ async def test_a_missing_absolute_directory_is_a_warning_for_where_it_runs(
     (tmp_path / "mux.toml").write_text(
         f'[genesys]\nregion = "eu_west_1"\n[settings]\ndlq_path = "{elsewhere}"\n' + STREAM
     )
-    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})
+    # Two readers of the file: run side by side (the run below comes after them).
+    result, here = await asyncio.gather(
+        run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={}),
+        run_cli("validate", "-c", "mux.toml", "--here", "--json", cwd=tmp_path, env={}),
+    )
     assert result.code == 0, result.why()
     report = json.loads(result.stdout)
     assert report["valid"] is True
@@ -213,7 +234,6 @@ async def test_a_missing_absolute_directory_is_a_warning_for_where_it_runs(
     assert str(elsewhere.parent) in warning
     assert warning.endswith("it must exist where it runs")
     # On the machine it runs on, --here makes it a problem, as run finds it.
-    here = await run_cli("validate", "-c", "mux.toml", "--here", "--json", cwd=tmp_path, env={})
     assert here.code == 1, here.why()
     assert [p["path"] for p in json.loads(here.stdout)["problems"]] == ["settings.dlq_path"]
     env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
