@@ -6,6 +6,7 @@ it, whichever role refuses the URL.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -175,8 +176,14 @@ async def test_validate_refuses_it_and_the_commands_say_so_in_one_line(tmp_path:
     report = check_config(tmp_path / "mux.toml", env)
     assert [where for where, _ in report.problems] == ["state.url_env"]
     assert "percent-encode" in report.problems[0][1]
-    for args in (("validate",), ("state", "show"), ("run", "--duration", "1")):
-        result = await run_cli(*args, "-c", "mux.toml", cwd=tmp_path, env=env)
+    # Each stops at the unreadable URL: run side by side.
+    results = await asyncio.gather(
+        *(
+            run_cli(*args, "-c", "mux.toml", cwd=tmp_path, env=env)
+            for args in (("validate",), ("state", "show"), ("run", "--duration", "1"))
+        )
+    )
+    for result in results:
         assert result.code in (1, 2), result.why()
         assert "Traceback" not in result.output, result.why()
         assert "percent-encode" in result.output, result.why()
