@@ -320,7 +320,7 @@ async def test_a_client_s_members_add_up_their_channels_and_say_when_over_its_bu
                 for family in metrics.registry.collect()
                 if family.name.startswith("genesys_mux_cluster_client_channel")
                 for s in family.samples
-                if s.labels == {"client": "c1"}
+                if s.labels == {"mux_cluster": "sum", "client": "c1"}
             }
 
         with caplog.at_level(logging.WARNING, logger="genesys_mux.cluster"):

@@ -509,16 +509,19 @@ class _MuxCollector:
             "Channels the members sharing this instance's OAuth client need (one per slot, "
             "two while a slot rotates), as they last said; over the budget, the platform "
             "evicts some.",
-            labels=["client"],
+            labels=["mux_cluster", "client"],
         )
-        channels.add_metric([member.client], status.client_channels)
+        # The cluster too: two clusters may each name their client "default" (not
+        # "cluster", a target label many Prometheus set-ups add themselves).
+        labels = [member.table.cluster, member.client]
+        channels.add_metric(labels, status.client_channels)
         yield channels
         budget = GaugeMetricFamily(
             "genesys_mux_cluster_client_channel_budget",
             "The channels this instance's OAuth client may hold (its budget).",
-            labels=["client"],
+            labels=["mux_cluster", "client"],
         )
-        budget.add_metric([member.client], status.channel_budget)
+        budget.add_metric(labels, status.channel_budget)
         yield budget
         yield GaugeMetricFamily(
             "genesys_mux_cluster_reachable",
