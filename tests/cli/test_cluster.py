@@ -304,7 +304,7 @@ async def test_two_oauth_clients_each_keep_to_their_channel_budget(
                 ):
                     mine.update((await resp.json())["cluster"]["channels"])
                 # Its own count first, its client's sum at the end of the same round.
-                return 1 <= mine["here"] <= mine["client"]
+                return bool(1 <= mine["here"] <= mine["client"])
 
             await until_async(counted, "instance a counts the channels it needs")
             assert (mine["max"], mine["budget"]) == (6, 6)
