@@ -483,6 +483,7 @@ class Runtime:
         # Bound to this activation of the stream: an earlier runner's late
         # acknowledgement must not settle what this one has not delivered.
         runner.on_settled.append(mux.settler(stream_id))
+        runner.on_gap_settled.append(mux.gap_settler(stream_id))
         self.runners[stream_id] = runner
         if self._metrics is not None:
             self._metrics.watch_sinks(stream_id, runner)

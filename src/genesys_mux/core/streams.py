@@ -475,7 +475,7 @@ class Stream:
         # settles it: the event after it, start); the earliest start of
         # those dropped (a stop, a hand-over), which holds it for good.
         self._buffered_gaps: list[Gap] = []
-        self._handed_gaps: deque[tuple[int, float]] = deque()
+        self._handed_gaps: deque[tuple[int, float, Gap]] = deque()
         self._dropped_gaps_since: float | None = None
         self._last_taken = 0
         # What accepting each event not settled yet (buffered, or handed out
@@ -869,9 +869,10 @@ class Stream:
             self._last_taken = item.sequence
         else:
             # Done with once the event after it is settled (the consumer,
-            # or its sinks, went past it), or settle_gaps() says so.
+            # or its sinks, went past it), or settle_gap() or settle_gaps()
+            # says so.
             self._buffered_gaps.remove(item)
-            self._handed_gaps.append((self._last_taken + 1, item.start))
+            self._handed_gaps.append((self._last_taken + 1, item.start, item))
         return item
 
     def settle(self, through: int) -> None:
@@ -887,6 +888,20 @@ class Stream:
         gaps = self._handed_gaps
         while gaps and gaps[0][0] <= through:
             gaps.popleft()
+
+    def settle_gap(self, gap: Gap) -> None:
+        """``gap``, handed out, and the gaps handed out before it are done with.
+
+        For a consumer that settles explicitly (a sink runner, once every
+        sink has the gap): on a quiet stream no event may follow to settle
+        it. A gap not handed out (or settled already) is ignored.
+        """
+        gaps = self._handed_gaps
+        for index, (_, _, handed) in enumerate(gaps):
+            if handed is gap:
+                for _ in range(index + 1):
+                    gaps.popleft()
+                return
 
     def settle_gaps(self) -> None:
         """The gaps handed out so far are done with (a consumer that settles as it reads)."""
@@ -909,7 +924,7 @@ class Stream:
                 break
         if self._buffered_gaps or self._handed_gaps or self._dropped_gaps_since is not None:
             starts = [g.start for g in self._buffered_gaps]
-            starts += [start for _, start in self._handed_gaps]
+            starts += [start for _, start, _ in self._handed_gaps]
             if self._dropped_gaps_since is not None:
                 starts.append(self._dropped_gaps_since)
             if oldest is not None:

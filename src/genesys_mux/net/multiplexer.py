@@ -1502,6 +1502,27 @@ class Multiplexer:
             state.stream.settle(through)
             self._settled.set()
 
+    def gap_settler(self, stream_id: str) -> Callable[[Gap], None]:
+        """Like :meth:`settler`, for the gaps: the callable says a gap handed out is done with.
+
+        A reader that settles explicitly calls it once its consumers have
+        the gap (the gaps handed out before it are done with too). Without
+        it a gap is done with once an event after it is settled, which on
+        a quiet stream may never come: it would hold the watermark (the
+        next run's restart gap would start at its start) and a stop would
+        wait out its deadline for it.
+        """
+        state = self._streams.get(stream_id)
+        if state is None:
+            raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
+
+        def settle_gap(gap: Gap) -> None:
+            if self._streams.get(stream_id) is state:
+                state.stream.settle_gap(gap)
+                self._settled.set()
+
+        return settle_gap
+
     def settler(self, stream_id: str) -> Callable[[int], None]:
         """:meth:`settle` for the stream as it is now, for a reader made at the same time.
 

@@ -97,10 +97,16 @@ class SinkFanOut:
         self.on_failure: list[Callable[[str, str], None]] = []
         #: Called with the highest sequence every group has settled.
         self.on_settled: list[Callable[[int], None]] = []
+        #: Called with the last gap every group has settled.
+        self.on_gap_settled: list[Callable[[Gap], None]] = []
         self._group_settled = [0] * len(self.runners)
+        # Each group's settled gaps not yet settled by all, oldest first:
+        # the groups see the same gaps in the same order.
+        self._group_gaps: list[list[Gap]] = [[] for _ in self.runners]
         for index, runner in enumerate(self.runners):
             runner.on_failure = self.on_failure
             runner.on_settled.append(functools.partial(self._settled, index))
+            runner.on_gap_settled.append(functools.partial(self._gap_settled, index))
         #: Every sink's counters, by sink name (the runners' own objects).
         self.per_sink: dict[str, SinkCounters] = {
             sink: counters for runner in self.runners for sink, counters in runner.per_sink.items()
@@ -146,6 +152,22 @@ class SinkFanOut:
         if after > before:
             for callback in self.on_settled:
                 callback(after)
+
+    def _gap_settled(self, index: int, gap: Gap) -> None:
+        # By identity: two gaps may be equal in every field.
+        mine = self._group_gaps[index]
+        if not any(g is gap for g in mine):
+            mine.append(gap)
+        # The latest gap every group has settled: each settles in order, so
+        # it and the gaps before it are done with in all of them.
+        common = [g for g in mine if all(any(x is g for x in o) for o in self._group_gaps)]
+        if not common:
+            return
+        last = common[-1]
+        for gaps in self._group_gaps:
+            del gaps[: next(i for i, g in enumerate(gaps) if g is last) + 1]
+        for callback in self.on_gap_settled:
+            callback(last)
 
     def stop(self) -> None:
         """Let every group finish its current batch, then make :meth:`run` return."""

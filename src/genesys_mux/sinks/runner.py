@@ -194,6 +194,9 @@ class SinkRunner:
         #: Called with the highest sequence of a batch once every sink has
         #: taken it or it was dead-lettered (``Multiplexer.settle`` hooks in).
         self.on_settled: list[Callable[[int], None]] = []
+        #: Called with the last gap of such a batch: it, and the gaps before
+        #: it, are done with (``Multiplexer.gap_settler`` hooks in).
+        self.on_gap_settled: list[Callable[[Gap], None]] = []
         self._items = stream_items
         self._dead_letter = dead_letter
         self._own_sinks = own_sinks
@@ -475,13 +478,21 @@ class SinkRunner:
 
     def _settled(self, batch: Sequence[Item]) -> None:
         last = max((i.sequence for i in batch if isinstance(i, StreamEvent)), default=None)
-        if last is None:
-            return
-        for callback in self.on_settled:
-            try:
-                callback(last)
-            except Exception:
-                self._log.exception("on_settled callback of %s failed", self.name)
+        if last is not None:
+            for callback in self.on_settled:
+                try:
+                    callback(last)
+                except Exception:
+                    self._log.exception("on_settled callback of %s failed", self.name)
+        # The batch's last gap (those before it go with it): on a quiet
+        # stream, no event after it may come to settle it.
+        gap = next((i for i in reversed(batch) if isinstance(i, Gap)), None)
+        if gap is not None:
+            for settle_gap in self.on_gap_settled:
+                try:
+                    settle_gap(gap)
+                except Exception:
+                    self._log.exception("on_gap_settled callback of %s failed", self.name)
 
     async def _deliver_to(self, sink: Sink, batch: Sequence[Item]) -> bool:
         counters = self.per_sink[sink.name]
