@@ -23,7 +23,9 @@ from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 from genesys_mux.sinks.fanout import deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
+from genesys_mux.sinks.webhook import WebhookSink
 from tests.net.test_multiplexer import FAST_POOL, org_settings
+from tests.sinks.conftest import SECRET, Receiver
 from tests.waiting import eventually
 
 #: One stream over the user topic of nobody in the org: no event ever comes.
@@ -80,11 +82,11 @@ async def test_a_gap_the_sinks_took_is_settled_and_the_stop_does_not_wait_for_it
                 ]
 
             await eventually(lambda: written() == [["gap"], ["gap"]])
-            # Every sink has it: it no longer holds the watermark back.
-            await eventually(lambda: mux.watermark("quiet") > 0)
             (gap_line,) = files[0].read_text().splitlines()
             gap_start = json.loads(gap_line)["start"]
-            assert mux.watermark("quiet") > gap_start
+            # Every sink has it (the runners settle once they all do): it no
+            # longer holds the watermark back.
+            await eventually(lambda: mux.watermark("quiet") > gap_start)
             # Nor the stop: it returns without waiting out its deadline for consumers.
             async with asyncio.timeout(10):
                 await mux.stop(drain=True, timeout_s=60.0)
@@ -96,3 +98,59 @@ async def test_a_gap_the_sinks_took_is_settled_and_the_stop_does_not_wait_for_it
             if not stopped:
                 await mux.stop(drain=False)
     assert written() == [["gap"], ["gap"]]
+
+
+@pytest.mark.parametrize("how", ["refused", "cancelled"])
+async def test_a_gap_no_sink_took_keeps_holding_the_watermark(how: str) -> None:
+    """A gap cannot be dead-lettered: one the sinks did not take stays unsettled.
+
+    Refused for good (a 400), it is only logged; in hand when the runner is
+    cancelled, no sink has it. Either way the next run's restart gap must
+    cover its window again, so the watermark stays at its start.
+    """
+    async with (
+        Emulator(org_settings(rate=0.0)) as emulator,
+        Receiver(status=400, hang=how == "cancelled") as receiver,
+    ):
+        mux = Multiplexer(
+            client_id="demo-client",
+            client_secret="demo-secret",
+            base_url=emulator.base_url,
+            pool_settings=FAST_POOL,
+            dlq=MemoryDeadLetterQueue(),
+        )
+        await mux.start()
+        try:
+            await mux.add_stream(QUIET)
+            await eventually(lambda: mux.live)
+            runner = deliver_stream(
+                mux.stream("quiet", settle=False),
+                [(WebhookSink(receiver.url, SECRET, timeout_s=30.0, name="hook"), Batching())],
+                mux.dead_letter,
+                name="quiet",
+            )
+            runner.on_settled.append(mux.settler("quiet"))
+            runner.on_gap_settled.append(mux.gap_settler("quiet"))
+            delivering = asyncio.create_task(runner.run())
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{emulator.base_url}/__emulator__/faults", json={"fault": "drop_socket"}
+                ) as resp,
+            ):
+                assert (await resp.json())["applied"]
+            await eventually(lambda: len(receiver.requests) >= 1)
+            (sent,) = receiver.requests[0].items
+            assert sent["kind"] == "gap"
+            if how == "refused":
+                await eventually(lambda: runner.failed_batches == 1)
+                runner.stop()
+            else:
+                delivering.cancel()  # while the receiver holds the request
+            async with asyncio.timeout(10):
+                await asyncio.gather(delivering, return_exceptions=True)
+            assert runner.failed_batches == 1
+            # No sink has it: the watermark stays at its start.
+            assert mux.watermark("quiet") == pytest.approx(sent["start"], abs=1e-3)
+        finally:
+            await mux.stop(drain=False)

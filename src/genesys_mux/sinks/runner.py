@@ -474,9 +474,16 @@ class SinkRunner:
         if sum(c.fenced for c in self.per_sink.values()) == fenced_before:
             # A fenced batch is not settled: it is the new owner's, and the
             # watermark must not pass it.
-            self._settled(batch)
+            self._settled(batch, gaps=everywhere)
 
-    def _settled(self, batch: Sequence[Item]) -> None:
+    def _settled(self, batch: Sequence[Item], *, gaps: bool) -> None:
+        """Acknowledge a batch's events (delivered or dead-lettered), and its gaps if ``gaps``.
+
+        A gap cannot be dead-lettered: one that a sink did not take is only
+        logged, so it stays unsettled and holds the watermark at its start
+        (the next run's restart gap covers its window again) until an
+        event after it is settled.
+        """
         last = max((i.sequence for i in batch if isinstance(i, StreamEvent)), default=None)
         if last is not None:
             for callback in self.on_settled:
@@ -486,7 +493,7 @@ class SinkRunner:
                     self._log.exception("on_settled callback of %s failed", self.name)
         # The batch's last gap (those before it go with it): on a quiet
         # stream, no event after it may come to settle it.
-        gap = next((i for i in reversed(batch) if isinstance(i, Gap)), None)
+        gap = next((i for i in reversed(batch) if isinstance(i, Gap)), None) if gaps else None
         if gap is not None:
             for settle_gap in self.on_gap_settled:
                 try:
@@ -645,8 +652,8 @@ class SinkRunner:
         fetched, self._buffer = self._buffer, []
         if fetched:
             self._dead_letter_events(fetched, f"sink_failed:{self.sinks[0].name}: cancelled")
-        # Dead-lettered: their fate is settled too.
-        self._settled([*(in_hand[0] if in_hand is not None else ()), *fetched])
+        # Dead-lettered: their fate is settled too; the gaps were not written.
+        self._settled([*(in_hand[0] if in_hand is not None else ()), *fetched], gaps=False)
 
     def _notify(self, sink_name: str, text: str) -> None:
         for callback in self.on_failure:
