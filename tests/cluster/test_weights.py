@@ -12,7 +12,6 @@ live channel (reference §3).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from genesys_mux import Multiplexer, StreamConfig
+from genesys_mux import StreamConfig
 from genesys_mux.cluster import ClusterMember, LeaseTable
 from genesys_mux.cluster.leases import MemberInfo
 from genesys_mux.cluster.member import stream_weights
@@ -29,8 +28,7 @@ from genesys_mux.core.events import ControlEvent, StreamUnplaced
 from genesys_mux.emulator import Emulator
 from genesys_mux.emulator.platform import Channel, ClientApp, PlatformLimits, Token
 from genesys_mux.observability.metrics import MuxMetrics
-from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
-from tests.net.test_multiplexer import FAST_POOL, org_settings
+from tests.net.test_multiplexer import demo_mux, org_settings
 from tests.sinks.conftest import RedisServer
 from tests.waiting import eventually
 
@@ -118,17 +116,6 @@ def test_a_member_record_of_an_older_release_still_reads() -> None:
 
 
 # -- on the emulator ------------------------------------------------------------
-
-
-def demo_mux(emulator: Emulator, **pool: Any) -> Multiplexer:
-    """A multiplexer of the emulator's demo client, its pool settings changed as given."""
-    return Multiplexer(
-        client_id="demo-client",
-        client_secret="demo-secret",
-        base_url=emulator.base_url,
-        pool_settings=dataclasses.replace(FAST_POOL, **pool),
-        dlq=MemoryDeadLetterQueue(),
-    )
 
 
 async def stopped(task: asyncio.Task[None]) -> None:

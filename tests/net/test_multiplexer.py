@@ -9,6 +9,7 @@ streams that follow the org, gaps with the right window, config errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections import Counter, defaultdict
@@ -34,6 +35,17 @@ FAST_POOL = PoolSettings(
     reconnect_cap_s=0.5,
     rotation_overlap_s=0.5,
 )
+
+
+def demo_mux(emulator: Emulator, **pool: Any) -> Multiplexer:
+    """A multiplexer of the emulator's demo client on FAST_POOL, its settings changed as given."""
+    return Multiplexer(
+        client_id="demo-client",
+        client_secret="demo-secret",
+        base_url=emulator.base_url,
+        pool_settings=dataclasses.replace(FAST_POOL, **pool),
+        dlq=MemoryDeadLetterQueue(),
+    )
 
 
 def org_settings(**overrides: Any) -> EmulatorSettings:

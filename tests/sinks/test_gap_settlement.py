@@ -17,14 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from genesys_mux import Multiplexer
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import Batching
-from genesys_mux.sinks.dlq import MemoryDeadLetterQueue
 from genesys_mux.sinks.fanout import deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
 from genesys_mux.sinks.webhook import WebhookSink
-from tests.net.test_multiplexer import FAST_POOL, org_settings
+from tests.net.test_multiplexer import demo_mux, org_settings
 from tests.sinks.conftest import SECRET, Receiver
 from tests.waiting import eventually
 
@@ -32,18 +30,24 @@ from tests.waiting import eventually
 QUIET = {"id": "quiet", "topics": ["v2.users.0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9.conversations"]}
 
 
+async def drop_the_socket(emulator: Emulator) -> None:
+    """Abort the stream's connection through the emulator's control surface (a reconnect gap)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{emulator.base_url}/__emulator__/faults", json={"fault": "drop_socket"}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["applied"]
+
+
 @pytest.mark.parametrize("groups", [1, 2], ids=["one-runner", "fan-out"])
 async def test_a_gap_the_sinks_took_is_settled_and_the_stop_does_not_wait_for_it(
     tmp_path: Path, groups: int
 ) -> None:
     async with Emulator(org_settings(rate=0.0)) as emulator:
-        mux = Multiplexer(
-            client_id="demo-client",
-            client_secret="demo-secret",
-            base_url=emulator.base_url,
-            pool_settings=FAST_POOL,
-            dlq=MemoryDeadLetterQueue(),
-        )
+        mux = demo_mux(emulator)
         await mux.start()
         stopped = False
         try:
@@ -63,14 +67,7 @@ async def test_a_gap_the_sinks_took_is_settled_and_the_stop_does_not_wait_for_it
             runner.on_gap_settled.append(mux.gap_settler("quiet"))
             delivering = asyncio.create_task(runner.run())
             # The connection drops: a reconnect gap, and nothing after it.
-            async with (
-                aiohttp.ClientSession() as session,
-                session.post(
-                    f"{emulator.base_url}/__emulator__/faults", json={"fault": "drop_socket"}
-                ) as resp,
-            ):
-                assert resp.status == 200, await resp.text()
-                assert (await resp.json())["applied"]
+            await drop_the_socket(emulator)
             files = [tmp_path / f"out{i}.jsonl" for i in range(2)]
 
             def written() -> list[list[str]]:
@@ -112,13 +109,7 @@ async def test_a_gap_no_sink_took_keeps_holding_the_watermark(how: str) -> None:
         Emulator(org_settings(rate=0.0)) as emulator,
         Receiver(status=400, hang=how == "cancelled") as receiver,
     ):
-        mux = Multiplexer(
-            client_id="demo-client",
-            client_secret="demo-secret",
-            base_url=emulator.base_url,
-            pool_settings=FAST_POOL,
-            dlq=MemoryDeadLetterQueue(),
-        )
+        mux = demo_mux(emulator)
         await mux.start()
         try:
             await mux.add_stream(QUIET)
@@ -132,13 +123,7 @@ async def test_a_gap_no_sink_took_keeps_holding_the_watermark(how: str) -> None:
             runner.on_settled.append(mux.settler("quiet"))
             runner.on_gap_settled.append(mux.gap_settler("quiet"))
             delivering = asyncio.create_task(runner.run())
-            async with (
-                aiohttp.ClientSession() as session,
-                session.post(
-                    f"{emulator.base_url}/__emulator__/faults", json={"fault": "drop_socket"}
-                ) as resp,
-            ):
-                assert (await resp.json())["applied"]
+            await drop_the_socket(emulator)
             await eventually(lambda: len(receiver.requests) >= 1)
             (sent,) = receiver.requests[0].items
             assert sent["kind"] == "gap"

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -103,6 +103,9 @@ __all__ = ["DEFAULT_DLQ_LIMIT", "Multiplexer", "StreamStats"]
 DEFAULT_DLQ_LIMIT = 10_000
 
 log = logging.getLogger("genesys_mux.multiplexer")
+
+#: What a settler takes: a sequence number, or a gap.
+_T = TypeVar("_T")
 
 Item = StreamEvent | Gap
 EventCallback = Callable[[StreamEvent], Awaitable[None] | None]
@@ -1512,16 +1515,7 @@ class Multiplexer:
         next run's restart gap would start at its start) and a stop would
         wait out its deadline for it.
         """
-        state = self._streams.get(stream_id)
-        if state is None:
-            raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
-
-        def settle_gap(gap: Gap) -> None:
-            if self._streams.get(stream_id) is state:
-                state.stream.settle_gap(gap)
-                self._settled.set()
-
-        return settle_gap
+        return self._bound_to(stream_id, Stream.settle_gap)
 
     def settler(self, stream_id: str) -> Callable[[int], None]:
         """:meth:`settle` for the stream as it is now, for a reader made at the same time.
@@ -1532,16 +1526,22 @@ class Multiplexer:
         acknowledgement from an earlier reader would otherwise settle
         sequence numbers that the new one has taken but not delivered.
         """
+        return self._bound_to(stream_id, Stream.settle)
+
+    def _bound_to(
+        self, stream_id: str, settle: Callable[[Stream, _T], None]
+    ) -> Callable[[_T], None]:
+        """``settle`` on the stream as it is now; nothing once it was removed or made again."""
         state = self._streams.get(stream_id)
         if state is None:
             raise ConfigError(f"no stream with id {stream_id!r}; known: {sorted(self._streams)}")
 
-        def settle(through: int) -> None:
+        def bound(value: _T) -> None:
             if self._streams.get(stream_id) is state:
-                state.stream.settle(through)
+                settle(state.stream, value)
                 self._settled.set()
 
-        return settle
+        return bound
 
     def on_event(self, callback: EventCallback) -> None:
         """Call ``callback`` (sync or async) for every event of every stream, priority-merged.

@@ -73,7 +73,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from genesys_mux.core.backoff import Backoff, Retries
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
@@ -89,6 +89,9 @@ from genesys_mux.sinks.base import Item, Sink
 __all__ = ["SEND_BUCKETS", "SinkCounters", "SinkRunner"]
 
 log = logging.getLogger("genesys_mux.sinks.runner")
+
+#: What a settle callback takes: a sequence number, or a gap.
+_T = TypeVar("_T")
 
 #: Longest failure text kept in a dead letter's reason and in ``last_error``.
 REASON_CHARS: Final = 200
@@ -486,20 +489,20 @@ class SinkRunner:
         """
         last = max((i.sequence for i in batch if isinstance(i, StreamEvent)), default=None)
         if last is not None:
-            for callback in self.on_settled:
-                try:
-                    callback(last)
-                except Exception:
-                    self._log.exception("on_settled callback of %s failed", self.name)
+            self._tell(self.on_settled, last, "on_settled")
         # The batch's last gap (those before it go with it): on a quiet
         # stream, no event after it may come to settle it.
         gap = next((i for i in reversed(batch) if isinstance(i, Gap)), None) if gaps else None
         if gap is not None:
-            for settle_gap in self.on_gap_settled:
-                try:
-                    settle_gap(gap)
-                except Exception:
-                    self._log.exception("on_gap_settled callback of %s failed", self.name)
+            self._tell(self.on_gap_settled, gap, "on_gap_settled")
+
+    def _tell(self, callbacks: Sequence[Callable[[_T], None]], value: _T, what: str) -> None:
+        """Call each of ``callbacks`` with ``value``; one that raises is logged, not fatal."""
+        for callback in callbacks:
+            try:
+                callback(value)
+            except Exception:
+                self._log.exception("%s callback of %s failed", what, self.name)
 
     async def _deliver_to(self, sink: Sink, batch: Sequence[Item]) -> bool:
         counters = self.per_sink[sink.name]
