@@ -69,6 +69,8 @@ async def test_socket_dropped_without_close_frame_reconnects_same_channel(make_s
         # HEAD said the channel still exists, so it was reused.
         assert stack.pool.channel_ids()[0] == channel_id
         assert stack.pool.stats()[0].reconnects == 1
+        # The platform did not end the channel: not counted as gone.
+        assert stack.pool.stats()[0].gone == 0
         await assert_fully_served(stack, topics)
 
 
@@ -124,6 +126,7 @@ async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:
         await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
         assert len(stack.pool.outages) == 1
         assert stack.pool.outages[0].channel_id == old
+        assert stack.pool.stats()[0].gone == 1
         await assert_fully_served(stack, topics)
 
 
@@ -152,6 +155,7 @@ async def test_a_put_that_finds_the_channel_gone_replaces_it_once(make_stack: An
             if r["method"] == "PUT" and old in r["path"]
         ]
         assert [r["status"] for r in gone].count(404) == 1, gone
+        assert stack.pool.stats()[0].gone == 1
         await assert_fully_served(stack, wanted)
 
 
@@ -189,6 +193,8 @@ async def test_eviction_by_a_channel_created_out_of_band(make_stack: Any) -> Non
                     sockets.append(await stack.session.ws_connect(channel["connectUri"]))
             await eventually(lambda: stack.pool.channel_ids()[0] not in (None, ours))
             assert stack.pool.outages[0].channel_id == ours
+            # Counted, as the sign of an eviction (or expiry) it is.
+            assert stack.pool.stats()[0].gone == 1
             await assert_fully_served(stack, topics)
         finally:
             for ws in sockets:

@@ -40,6 +40,7 @@ STREAM_COUNTERS = {
 CHANNEL_COUNTERS = {
     "notifications": "genesys_mux_channel_notifications_total",
     "reconnects": "genesys_mux_channel_reconnects_total",
+    "gone": "genesys_mux_channel_gone_total",
     "rotations": "genesys_mux_channel_rotations_total",
     "bad_frames": "genesys_mux_channel_bad_frames_total",
     "topics": "genesys_mux_channel_topics",

@@ -228,6 +228,11 @@ class SlotStats:
     #: Notifications read but shed: the reader was ``inbound_limit`` behind
     #: (each window reported as an ``overload`` outage).
     shed: int = 0
+    #: Channels of the slot the platform ended (a 404: evicted past the
+    #: client's channel budget, expired, or their token revoked), each
+    #: recreated. A steady count means another user of the OAuth client
+    #: keeps evicting ours.
+    gone: int = 0
     connected_since: float | None = None
     #: A live socket serves the slot (also true while a rotation is under way).
     live: bool = False
@@ -1076,6 +1081,8 @@ class ChannelPool:
             action = await self._serve(slot)
             if action is None:
                 break
+            if action.reason == "channel_gone":
+                slot.stats.gone += 1
             socket = slot.socket
             if socket is not None:
                 # Never wait on a lost socket: the reconnect starts now.

@@ -207,6 +207,12 @@ _CHANNEL_COUNTERS = (
     ),
     ("reconnects", "genesys_mux_channel_reconnects", "Sockets of the slot lost and replaced."),
     (
+        "gone",
+        "genesys_mux_channel_gone",
+        "Channels of the slot the platform ended (evicted past the OAuth client's channel "
+        "budget, expired or their token revoked), each recreated; also counted as reconnects.",
+    ),
+    (
         "rotations",
         "genesys_mux_channel_rotations",
         "Make-before-break rotations of the slot's channel.",
