@@ -78,3 +78,38 @@ def test_log_lines_go_above_the_live_dashboard_not_over_it(
     # to the terminal where the display is being drawn.
     assert "a line during the display" in screen.getvalue()
     assert "a line during the display" not in capsys.readouterr().err
+
+
+#: Shaped like a bearer token; held in a local of the frame that fails.
+_TOKEN = "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lm9Nb8Vc7"
+
+
+def _send_with_a_token_in_hand() -> None:
+    headers = {"Authorization": f"Bearer {_TOKEN}"}
+    raise RuntimeError(f"Session is closed ({len(headers)} headers)")
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["console", "json"])
+@pytest.mark.parametrize("source", ["logging", "structlog"])
+def test_a_logged_exception_shows_its_traceback_but_never_the_frames_locals(
+    restored_logging: None, capsys: pytest.CaptureFixture[str], json_lines: bool, source: str
+) -> None:
+    configure_logging(json=json_lines)
+    try:
+        _send_with_a_token_in_hand()
+    except RuntimeError:
+        if source == "logging":
+            logging.getLogger("genesys_mux.connection").exception("slot %d: supervisor failed", 0)
+        else:
+            structlog.get_logger("genesys_mux.cli").exception("supervisor failed")
+    err = capsys.readouterr().err
+    assert "supervisor failed" in err
+    assert _TOKEN not in err
+    if json_lines:
+        (line,) = [json.loads(text) for text in err.splitlines()]
+        text = line["exception"]
+    else:
+        text = err
+    assert "Traceback (most recent call last)" in text
+    assert "_send_with_a_token_in_hand" in text
+    assert "RuntimeError: Session is closed (1 headers)" in text

@@ -51,10 +51,20 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         structlog.stdlib.ExtraAdder(allow=["stream_id", "audit"]),
         _schema,
     ]
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+    # A logged exception is rendered as its plain traceback: the exception and
+    # the frames, never the frames' local variables (a request's headers hold
+    # the bearer token, a token request's the client secret). In JSON it is a
+    # string field, ``exception``.
+    rendering: list[structlog.types.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), timestamp_key="ts")
+        else [
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stderr.isatty(),
+                timestamp_key="ts",
+                exception_formatter=structlog.dev.plain_traceback,
+            )
+        ]
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -66,7 +76,7 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
         )
     )
     root = logging.getLogger()
