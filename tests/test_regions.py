@@ -151,6 +151,62 @@ def test_base_url_with_query_or_fragment(base_url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://10.1.2.3:8080",
+        "http://emulator.example:8080",
+        "http://0.0.0.0:8080",
+        "http://[2001:db8::1]:8080",
+        "http://localhost.example.com",
+    ],
+)
+def test_plain_http_is_refused_beyond_loopback(base_url: str) -> None:
+    # The client secret goes in a Basic header to /oauth/token: never in cleartext.
+    with pytest.raises(ConfigError) as info:
+        Endpoints.custom(base_url)
+    message = str(info.value)
+    assert "plain http" in message
+    assert "use https://, or http only to an emulator on loopback" in message
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.2:8080", "http://LOCALHOST:1"])
+def test_plain_http_is_accepted_on_loopback(base_url: str) -> None:
+    assert Endpoints.custom(base_url).streaming.startswith("ws://")
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://admin:BaseUrlPw99@emu.example.com/?x=1",
+        "https://admin:BaseUrlPw99@emu.example.com:99999",
+        "http://admin:BaseUrlPw99@127.0.0.1:1",
+        "http://admin:Base/UrlPw99@127.0.0.1:1",
+        "http://admin:BaseUrlPw99@[::1",
+        "http://BaseUrlPw99@127.0.0.1:1",
+        "http://admin:BaseUrlPw99@10.0.0.1:1",
+    ],
+)
+def test_user_info_in_a_base_url_is_refused_and_never_quoted(base_url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        endpoints_for(base_url=base_url)
+    message = str(info.value)
+    assert "must not hold a user name or password" in message
+    assert "BaseUrlPw99" not in message
+    assert "UrlPw99" not in message
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["https://emu.example/?token=QueryTok3nValue", "https://emu.example/#QueryTok3nValue"],
+)
+def test_a_refused_base_url_is_quoted_without_its_query(base_url: str) -> None:
+    with pytest.raises(ConfigError, match="must not carry a query string") as info:
+        Endpoints.custom(base_url)
+    assert "QueryTok3nValue" not in str(info.value)
+    assert "'https://emu.example/'" in str(info.value)
+
+
+@pytest.mark.parametrize(
     "kwargs",
     [
         {},

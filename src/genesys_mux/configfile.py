@@ -44,6 +44,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -51,7 +52,7 @@ from genesys_mux._extras import missing_extra
 from genesys_mux.config import StreamConfig, _ConfigModel, parse_streams
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
-from genesys_mux.regions import resolve_region
+from genesys_mux.regions import Endpoints, resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
 from genesys_mux.sinks.nats import DEFAULT_SUBJECT, check_subject_template, stream_subjects_for
@@ -156,6 +157,17 @@ class GenesysSection(_FileModel):
         description="Several OAuth clients, for a cluster: each instance uses the one its "
         "[cluster] client (or GENESYS_MUX_CLIENT) names.",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _usable_base_url(cls, value: str | None) -> str | None:
+        # What run would refuse, said by validate: never quoting user info.
+        if value is not None:
+            try:
+                Endpoints.custom(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _one_place(self) -> GenesysSection:
@@ -1163,9 +1175,14 @@ def _environment_problems(
         except ConfigError as exc:
             where = "genesys.region" if genesys.region is not None else "GENESYSCLOUD_REGION"
             errors.append((where, str(exc)))
+        # A base_url the schema refused is reported there, not as a missing region.
+        refused_base_url = parsed is not None and any(
+            where == "genesys.base_url" for where, _ in parsed.errors
+        )
         if (
             genesys.region is None
             and genesys.base_url is None
+            and not refused_base_url
             and not env.get("GENESYSCLOUD_REGION")
         ):
             warnings.append("no region: set genesys.region, or GENESYSCLOUD_REGION where it runs")

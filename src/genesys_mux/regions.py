@@ -17,6 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from genesys_mux.core.redaction import redact_url, userinfo_not_encoded
 from genesys_mux.errors import ConfigError, UnknownRegionError
 
 __all__ = [
@@ -84,19 +85,32 @@ class Endpoints:
     def custom(cls, base_url: str) -> Endpoints:
         """One base URL for all three roles, as the emulator serves them.
 
-        Only ``http`` and ``https`` are accepted, with a host and no query or
-        fragment, so that paths can be appended safely.
+        Only ``https``, or ``http`` to a loopback host (``127.0.0.1``,
+        ``localhost``, ``[::1]``: the emulator), is accepted, with a host, no
+        user info and no query or fragment, so that paths can be appended
+        safely and the OAuth client secret never crosses a network in
+        cleartext. Errors quote the URL without user info, query or fragment.
         """
+        base_url = base_url.strip()
+        shown = redact_url(base_url)
         usage = (
-            f"base URL {base_url!r} must look like http://host:port or https://host: "
+            f"base URL {shown!r} must look like http://host:port or https://host: "
             "point it at the emulator, or leave it unset and give a region"
         )
         # urlsplit silently drops surrounding spaces and embedded tabs and
         # newlines, so the URL it checks would not be the string we build
         # on: strip the ends, and refuse whitespace inside.
-        base_url = base_url.strip()
         if any(c.isspace() for c in base_url):
             raise ConfigError(usage)
+        # Before anything else is read, so that no message (ours, or a
+        # parser's) can quote a password.
+        if userinfo_not_encoded(base_url) or "@" in _authority(base_url):
+            raise ConfigError(
+                f"base URL {shown!r} must not hold a user name or password (user:password@): "
+                "remove them; the client signs in with its OAuth client id and secret "
+                "(GENESYSCLOUD_OAUTHCLIENT_ID and GENESYSCLOUD_OAUTHCLIENT_SECRET, or a "
+                "secrets file), never with credentials in the URL"
+            )
         try:
             parts = urlsplit(base_url)
             # The port is parsed lazily; read it so that a bad one fails here
@@ -107,10 +121,24 @@ class Endpoints:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(usage)
         if parts.query or parts.fragment:
-            raise ConfigError(f"base URL {base_url!r} must not carry a query string or fragment")
+            raise ConfigError(f"base URL {shown!r} must not carry a query string or fragment")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ConfigError(
+                f"base URL {shown!r} is plain http to {parts.hostname}, not a loopback "
+                "host: the OAuth client secret and the access tokens would cross the "
+                "network unencrypted; use https://, or http only to an emulator on "
+                "loopback (127.0.0.1, localhost or [::1])"
+            )
         base = base_url.rstrip("/")
         ws = "wss" if parts.scheme == "https" else "ws"
         return cls(login=base, api=base, streaming=ws + base[len(parts.scheme) :])
+
+
+def _authority(url: str) -> str:
+    """The part of ``url`` between ``://`` and the first ``/``, ``?`` or ``#``."""
+    rest = url.partition("://")[2]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return rest[:end]
 
 
 def resolve_region(value: str, *, origin: str | None = None) -> Region:

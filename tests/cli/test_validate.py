@@ -182,6 +182,50 @@ async def test_a_bad_region_in_the_file_is_to_be_fixed_in_the_file(tmp_path: Pat
     assert "set GENESYSCLOUD_REGION" not in ran.output
 
 
+async def test_a_base_url_run_would_refuse_is_a_problem_quoted_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """validate checks [genesys] base_url as run does: no user info, no plain http abroad."""
+    (tmp_path / "userinfo.toml").write_text(
+        '[genesys]\nbase_url = "https://admin:BaseUrlPw99@emu.example.com/"\n' + STREAM
+    )
+    (tmp_path / "cleartext.toml").write_text(
+        '[genesys]\nbase_url = "http://10.1.2.3:8080"\n' + STREAM
+    )
+    (tmp_path / "valid.toml").write_text(STREAM)
+    env = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
+    userinfo, cleartext, ran, flag = await asyncio.gather(
+        run_cli("validate", "-c", "userinfo.toml", "--json", cwd=tmp_path, env=env),
+        run_cli("validate", "-c", "cleartext.toml", "--json", cwd=tmp_path, env=env),
+        run_cli("run", "-c", "userinfo.toml", "--duration", "5", cwd=tmp_path, env=env),
+        run_cli(
+            "run", "-c", "valid.toml", "--base-url", "http://admin:BaseUrlPw99@127.0.0.1:1",
+            "--duration", "5", cwd=tmp_path, env=env,
+        ),
+    )  # fmt: skip
+    assert userinfo.code == 1, userinfo.why()
+    report = json.loads(userinfo.stdout)
+    ((problem,),) = [report["problems"]]
+    assert problem["path"] == "genesys.base_url"
+    assert problem["problem"].startswith(
+        "base URL 'https://emu.example.com/' must not hold a user name or password"
+    )
+    # The base_url is there, refused: not a missing region.
+    assert not any("no region" in w for w in report["warnings"])
+    assert cleartext.code == 1, cleartext.why()
+    ((problem,),) = [json.loads(cleartext.stdout)["problems"]]
+    assert problem["path"] == "genesys.base_url"
+    assert "is plain http to 10.1.2.3, not a loopback host" in problem["problem"]
+    # run refuses the file's base_url with the same report, and --base-url with one line.
+    assert ran.code == 2, ran.why()
+    assert "genesys.base_url" in ran.stdout
+    assert flag.code == 2, flag.why()
+    assert flag.stderr.startswith("error: base URL 'http://127.0.0.1:1' must not hold"), flag.why()
+    for result in (userinfo, cleartext, ran, flag):
+        assert "BaseUrlPw99" not in result.output
+        assert "Traceback" not in result.output
+
+
 async def test_a_redis_url_env_that_holds_no_redis_url_is_a_problem(tmp_path: Path) -> None:
     (tmp_path / "mux.toml").write_text(
         '[genesys]\nregion = "eu_west_1"\n'

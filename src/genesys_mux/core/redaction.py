@@ -21,8 +21,17 @@ from __future__ import annotations
 
 import re
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "URL_USERINFO_HINT", "looks_secret", "scrub", "userinfo_not_encoded"]
+__all__ = [
+    "REDACTED",
+    "URL_USERINFO_HINT",
+    "looks_secret",
+    "redact_url",
+    "scrub",
+    "scrub_urls",
+    "userinfo_not_encoded",
+]
 
 REDACTED: Final = "[REDACTED]"
 
@@ -93,3 +102,51 @@ def userinfo_not_encoded(url: str) -> bool:
         return False
     _, colon, tail = rest[:end].rpartition(":")
     return bool(colon) and not tail.isdigit()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info, query or fragment: safe for logs and errors.
+
+    Never raises, whatever the text: user info that cannot be read (a ``/``,
+    ``?`` or ``#`` not percent-encoded in the password) is cut at its last
+    ``@``, a port that is not a number is left out, and a URL that cannot be
+    parsed at all (``http://[::1``) is cut as text.
+    """
+    if userinfo_not_encoded(url):
+        url = _redact_url_text(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL"
+        return _redact_url_text(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        host = f"{host}:{port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# A URL in free text: a scheme, "://", then anything up to white space or a quote.
+_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+
+
+def _redact_url_text(text: str) -> str:
+    """A URL's text without user info, query or fragment; never raises, whatever the text.
+
+    The user info ends at the *last* ``@`` (a password may hold ``/``, ``?`` or
+    ``#`` not percent-encoded), so it is cut before the query and fragment are.
+    """
+    scheme, _, rest = text.partition("://")
+    rest = rest.rsplit("@", 1)[-1]
+    for mark in ("?", "#"):
+        rest = rest.split(mark, 1)[0]
+    return f"{scheme}://{rest}"
+
+
+def scrub_urls(text: str) -> str:
+    """``text`` with every URL in it stripped of user info, query and fragment."""
+    return _URL_IN_TEXT.sub(lambda m: _redact_url_text(m.group()), text)

@@ -78,17 +78,22 @@ import binascii
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Final, Literal, get_args
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from genesys_mux.core.backoff import parse_retry_after
-from genesys_mux.core.redaction import REDACTED, URL_USERINFO_HINT, userinfo_not_encoded
+from genesys_mux.core.redaction import (
+    REDACTED,
+    URL_USERINFO_HINT,
+    redact_url,
+    scrub_urls,
+    userinfo_not_encoded,
+)
 from genesys_mux.errors import ConfigError, FencedError, GenesysMuxError, SinkError
 from genesys_mux.sinks.base import (
     Hidden,
@@ -371,48 +376,6 @@ def verify_signature(
     if abs(current - sent_at) > tolerance_s:
         return False
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info, query or fragment: safe for logs and errors.
-
-    Never raises: user info that cannot be read (a ``/``, ``?`` or ``#`` not
-    percent-encoded in the password) is cut at its last ``@``, and a port
-    that is not a number is left out.
-    """
-    if userinfo_not_encoded(url):
-        url = _redact_url_text(url)
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        host = f"{host}:{port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-# A URL in free text: a scheme, "://", then anything up to white space or a quote.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
-
-
-def _redact_url_text(text: str) -> str:
-    """A URL's text without user info, query or fragment; never raises, whatever the text.
-
-    The user info ends at the *last* ``@`` (a password may hold ``/``, ``?`` or
-    ``#`` not percent-encoded), so it is cut before the query and fragment are.
-    """
-    scheme, _, rest = text.partition("://")
-    rest = rest.rsplit("@", 1)[-1]
-    for mark in ("?", "#"):
-        rest = rest.split(mark, 1)[0]
-    return f"{scheme}://{rest}"
-
-
-def scrub_urls(text: str) -> str:
-    """``text`` with every URL in it stripped of user info, query and fragment."""
-    return _URL_IN_TEXT.sub(lambda m: _redact_url_text(m.group()), text)
 
 
 def _url_secrets(url: str) -> tuple[str, ...]:

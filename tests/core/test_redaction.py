@@ -1,0 +1,25 @@
+"""URLs and texts made safe to quote: credentials never reach a message or a log."""
+
+from __future__ import annotations
+
+import pytest
+
+from genesys_mux.core.redaction import redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:Pw99@example.test/x?token=Tok3n#frag", "https://example.test/x"),
+        ("http://user:Pw/99@127.0.0.1:1/x", "http://127.0.0.1:1/x"),
+        ("http://user:Pw99@[::1]:8080/x", "http://[::1]:8080/x"),
+        ("http://user:Pw99@[::1", "http://[::1"),
+        ("http://user:Pw99@example.test:port", "http://example.test"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url_drops_user_info_query_and_fragment_and_never_raises(
+    url: str, shown: str
+) -> None:
+    assert redact_url(url) == shown
