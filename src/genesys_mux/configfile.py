@@ -51,6 +51,7 @@ from pydantic import (
 from genesys_mux._extras import missing_extra
 from genesys_mux.config import StreamConfig, _ConfigModel, parse_streams
 from genesys_mux.core.limits import PLATFORM
+from genesys_mux.core.redaction import redact_url
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.regions import Endpoints, resolve_region
 from genesys_mux.sinks.base import Batching
@@ -438,13 +439,14 @@ class NatsSinkSpec(_SinkBase):
     @model_validator(mode="after")
     def _consistent(self) -> NatsSinkSpec:
         for server in self.servers:
-            if not server.startswith(("nats://", "tls://")):
-                raise ValueError(f"server {server!r} must be a nats:// or tls:// URL")
+            # Credentials first: no other message may quote a server that holds them.
             if "@" in server:
                 raise ValueError(
                     "a server URL holds credentials; use user with password_env, token_env, "
                     "creds_file or nkey_seed_file"
                 )
+            if not server.startswith(("nats://", "tls://")):
+                raise ValueError(f"server {redact_url(server)!r} must be a nats:// or tls:// URL")
         problem = check_subject_template(self.subject)
         if problem is not None:
             raise ValueError(f"subject: {problem}")

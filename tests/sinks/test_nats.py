@@ -490,6 +490,51 @@ def test_bad_configuration_is_reported_with_paths() -> None:
         assert "secret" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "server",
+    [
+        "natsuser:NatsPassw0rd@nats.example.com:4222",
+        "wss://natsuser:NatsPassw0rd@nats.example.com",
+        "NATS://natsuser:NatsPassw0rd@nats.example.com:4222",
+        "nats://natsuser:NatsPassw0rd@nats.example.com:4222",
+    ],
+)
+def test_a_server_with_credentials_is_refused_for_them_whatever_its_scheme(server: str) -> None:
+    # The credentials are checked first: a wrong scheme must not get the URL quoted.
+    with pytest.raises(ConfigFileError) as error:
+        parse_config(
+            {
+                "streams": [
+                    {
+                        "id": "calls",
+                        "topics": ["v2.users.u1.presence"],
+                        "sinks": [{"type": "nats", "servers": [server]}],
+                    }
+                ]
+            }
+        )
+    found = dict(error.value.errors)["streams[0].sinks[0]"]
+    assert found.startswith("a server URL holds credentials; use user with password_env")
+    assert "NatsPassw0rd" not in str(error.value)
+
+
+def test_a_server_with_a_wrong_scheme_is_quoted_without_its_query() -> None:
+    with pytest.raises(ConfigFileError) as error:
+        parse_config(
+            {
+                "streams": [
+                    {
+                        "id": "calls",
+                        "topics": ["v2.users.u1.presence"],
+                        "sinks": [{"type": "nats", "servers": ["wss://h:4222/?token=Tok3nValue"]}],
+                    }
+                ]
+            }
+        )
+    found = dict(error.value.errors)["streams[0].sinks[0]"]
+    assert found == "server 'wss://h:4222/' must be a nats:// or tls:// URL"
+
+
 async def test_a_token_is_used_and_never_shown(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
