@@ -17,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from genesys_mux.core.redaction import redact_url, userinfo_not_encoded
+from genesys_mux.core.redaction import redact_url, url_has_userinfo
 from genesys_mux.errors import ConfigError, UnknownRegionError
 
 __all__ = [
@@ -104,7 +104,7 @@ class Endpoints:
             raise ConfigError(usage)
         # Before anything else is read, so that no message (ours, or a
         # parser's) can quote a password.
-        if userinfo_not_encoded(base_url) or "@" in _authority(base_url):
+        if url_has_userinfo(base_url):
             raise ConfigError(
                 f"base URL {shown!r} must not hold a user name or password (user:password@): "
                 "remove them; the client signs in with its OAuth client id and secret "
@@ -132,13 +132,6 @@ class Endpoints:
         base = base_url.rstrip("/")
         ws = "wss" if parts.scheme == "https" else "ws"
         return cls(login=base, api=base, streaming=ws + base[len(parts.scheme) :])
-
-
-def _authority(url: str) -> str:
-    """The part of ``url`` between ``://`` and the first ``/``, ``?`` or ``#``."""
-    rest = url.partition("://")[2]
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    return rest[:end]
 
 
 def resolve_region(value: str, *, origin: str | None = None) -> Region:

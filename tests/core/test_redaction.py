@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genesys_mux.core.redaction import redact_url
+from genesys_mux.core.redaction import redact_url, url_has_userinfo
 
 
 @pytest.mark.parametrize(
@@ -23,3 +23,18 @@ def test_redact_url_drops_user_info_query_and_fragment_and_never_raises(
     url: str, shown: str
 ) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "held"),
+    [
+        ("nats://u:Pa/ss@h:4222", True),
+        ("http://u:pw@[::1", True),
+        ("https://user@example.test/", True),
+        ("https://example.test/x?notify=ops@example.test", False),
+        ("https://example.test/@team/hook", False),
+        ("http://127.0.0.1:8080", False),
+    ],
+)
+def test_url_has_userinfo_reads_the_text_not_a_parser(url: str, held: bool) -> None:
+    assert url_has_userinfo(url) is held

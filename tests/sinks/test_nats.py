@@ -558,6 +558,34 @@ async def test_a_token_is_used_and_never_shown(
         server.stop_sync()
 
 
+@pytest.mark.parametrize(
+    "server",
+    [
+        "nats://natsuser:NatsPa/ss99@127.0.0.1:4299",
+        "nats://natsuser:NatsPa#ss99@127.0.0.1:4299",
+        "tls://natsuser:NatsPa?ss99@127.0.0.1:4299",
+        "nats://natsuser:NatsPass99@127.0.0.1:4299",
+        "nats://natsuser:NatsPass99@[::1:4299",
+    ],
+)
+def test_a_sink_refuses_credentials_in_a_server_url_without_showing_them(server: str) -> None:
+    # nats://u:Pa/ss@h reads as the host u with a path: it must not get past as one.
+    with pytest.raises(ConfigError, match="holds credentials") as refused:
+        NatsJetStreamSink([server], connect_timeout_s=1)
+    message = str(refused.value)
+    assert message.startswith("NATS sink nats: ")
+    assert "give them as user and password, token, creds_file or nkey_seed_file" in message
+    for piece in ("NatsPa", "ss99"):
+        assert piece not in message
+
+
+@pytest.mark.parametrize("server", ["nats://[::1:4222", "nats://h:port", "ws://h:4222/?t=Tok3n"])
+def test_a_server_that_is_no_nats_url_is_a_config_error(server: str) -> None:
+    with pytest.raises(ConfigError, match="must be a nats://host:port or tls://host:port URL") as e:
+        NatsJetStreamSink([server])
+    assert "Tok3n" not in str(e.value)
+
+
 def test_validate_warns_about_a_secret_variable_that_is_not_set() -> None:
     config = parse_config(
         {

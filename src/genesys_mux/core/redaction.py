@@ -30,6 +30,7 @@ __all__ = [
     "redact_url",
     "scrub",
     "scrub_urls",
+    "url_has_userinfo",
     "userinfo_not_encoded",
 ]
 
@@ -102,6 +103,20 @@ def userinfo_not_encoded(url: str) -> bool:
         return False
     _, colon, tail = rest[:end].rpartition(":")
     return bool(colon) and not tail.isdigit()
+
+
+def url_has_userinfo(url: str) -> bool:
+    """True when ``url`` holds user info (``user:password@``), readable or not.
+
+    Read from the text, not a parser: a URL that cannot be parsed
+    (``http://u:pw@[::1``) or whose password holds a ``/``, ``?`` or ``#``
+    not percent-encoded (see :func:`userinfo_not_encoded`) is told too.
+    """
+    if userinfo_not_encoded(url):
+        return True
+    rest = url.partition("://")[2]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return "@" in rest[:end]
 
 
 def redact_url(url: str) -> str:

@@ -71,6 +71,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from genesys_mux._extras import raise_if_extra_missing
+from genesys_mux.core.redaction import redact_url, url_has_userinfo, userinfo_not_encoded
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import Hidden, Item, encode_record, idempotency_key
 
@@ -210,16 +211,30 @@ class NatsJetStreamSink:
         if not servers:
             raise ConfigError(f"NATS sink {name}: give at least one server")
         for server in servers:
-            parts = urlsplit(server)
-            if parts.scheme not in _SCHEMES or not parts.hostname:
+            # Credentials first, also those that cannot be read ('/', '?' or
+            # '#' not percent-encoded: nats://u:Pa/ss@h reads as the host u),
+            # so that no message or repr can quote any of them.
+            if userinfo_not_encoded(server):
                 raise ConfigError(
-                    f"NATS sink {name}: server {_display_server(server)!r} must be a "
-                    "nats://host:port or tls://host:port URL"
+                    f"NATS sink {name}: a server URL holds credentials, with '/', '?' or '#' "
+                    "not percent-encoded so that part of them reads as the host, port or path; "
+                    "take them out of the URL and give them as user and password, token, "
+                    "creds_file or nkey_seed_file"
                 )
-            if parts.username is not None or parts.password is not None:
+            if url_has_userinfo(server):
                 raise ConfigError(
-                    f"NATS sink {name}: server {_display_server(server)!r} holds credentials; "
+                    f"NATS sink {name}: server {redact_url(server)!r} holds credentials; "
                     "give them as user and password, token, creds_file or nkey_seed_file"
+                )
+            try:
+                parts = urlsplit(server)
+                _ = parts.port  # parsed lazily: a bad one fails here, not at connect
+            except ValueError:  # "Invalid IPv6 URL", a port that is not a number
+                parts = None
+            if parts is None or parts.scheme not in _SCHEMES or not parts.hostname:
+                raise ConfigError(
+                    f"NATS sink {name}: server {redact_url(server)!r} must be a "
+                    "nats://host:port or tls://host:port URL"
                 )
         problem = check_subject_template(subject)
         if problem is not None:
@@ -648,14 +663,3 @@ async def _close_quietly(client: Client, timeout_s: float = 5.0) -> None:
             await client.close()
     except Exception as exc:
         log.debug("closing a NATS connection: %s", type(exc).__name__)
-
-
-def _display_server(server: str) -> str:
-    """``server`` without any password, for messages."""
-    parts = urlsplit(server)
-    if parts.password is None and parts.username is None:
-        return server
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return parts._replace(netloc=f"***@{host}").geturl()
