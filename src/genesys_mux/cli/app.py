@@ -355,6 +355,13 @@ def run(
             for where, problem in missing:
                 tools.print_error(console, f"{where}: {problem}")
             raise typer.Exit(2)
+        # A file it could not write (the audit log, dead letters, a JSONL
+        # sink): said now, each with its key, not once connected.
+        unwritable = tools.unwritable_outputs(loaded)
+        if unwritable:
+            for where, problem, _ in unwritable:
+                tools.print_error(console, f"{where}: {problem}")
+            raise typer.Exit(2)
         if base_url is None:
             # Said now, naming where the region came from (the file wins over
             # GENESYSCLOUD_REGION), rather than once the multiplexer starts.

@@ -325,7 +325,16 @@ class Runtime:
                 if settings.audit_path == "-"
                 else settings.audit_path
             )
-        audit = AuditLog(audit_target)
+        try:
+            audit = AuditLog(audit_target)
+        except OSError as exc:
+            # Checked before the run, but a directory can change meanwhile (or
+            # the path name something else): one line naming the key, not a traceback.
+            raise ConfigError(
+                f"settings.audit_path: cannot open the audit log {audit_target}: "
+                f"{exc.strerror or exc}; make its directory writable for this user, "
+                'or choose another path ("-" is stderr)'
+            ) from None
         # Checked here too, so an unknown region names where it came from.
         region = None if self.base_url else configured_region(self.config)
         mux = Multiplexer(

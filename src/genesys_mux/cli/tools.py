@@ -28,6 +28,9 @@ from genesys_mux.cli.runtime import build_sink, client_budgets
 from genesys_mux.configfile import (
     ConfigFile,
     GenesysSection,
+    JsonlSinkSpec,
+    _sink_path,
+    _sink_paths,
     check_config,
     json_schema,
     load_config,
@@ -56,6 +59,7 @@ __all__ = [
     "listen",
     "print_error",
     "print_schema",
+    "unwritable_outputs",
     "validate",
 ]
 
@@ -67,6 +71,55 @@ def print_error(console: Console, problem: object) -> None:
     rich would otherwise take for markup and swallow.
     """
     console.print(Text.assemble(("error:", "red"), " ", str(problem)), soft_wrap=True)
+
+
+def output_files(config: ConfigFile) -> list[tuple[str, Path]]:
+    """The files ``run`` appends to, each with its key in the file.
+
+    The audit log (unless it is stderr), the dead-letter queue and the JSONL
+    sinks, their paths as loaded (relative ones taken from the file's directory).
+    """
+    settings = config.settings
+    files = [("settings.dlq_path", Path(settings.dlq_path))]
+    if settings.audit_path != "-":
+        files.append(("settings.audit_path", Path(settings.audit_path)))
+    paths = _sink_paths(config)
+    for stream_id, specs in config.sinks.items():
+        files += [
+            (f"{_sink_path(stream_id, j, paths)}.path", Path(spec.path))
+            for j, spec in enumerate(specs)
+            if isinstance(spec, JsonlSinkSpec)
+        ]
+    return files
+
+
+def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
+    """Files ``run`` appends to that this user cannot write here: ``(key, problem, file)``.
+
+    A directory that is not there is not one of them: the configuration's
+    own check reports it. What is reported is a directory that is there but
+    read-only (``os.access``: the permissions, a read-only mount), a file
+    that is there but read-only, and a path that names a directory.
+    """
+    problems = []
+    for where, file in output_files(config):
+        directory = file.parent
+        if file.is_dir():
+            problem = f"{str(file)!r} is a directory; name a file (in it, say)"
+        elif directory.is_dir() and not os.access(directory, os.W_OK):
+            problem = (
+                f"directory {directory} of {str(file)!r} is not writable by this user; "
+                "make it writable for the user the run runs as, or choose another path"
+            )
+        elif file.exists() and not os.access(file, os.W_OK):
+            problem = (
+                f"{str(file)!r} is not writable by this user; make it writable for the user "
+                "the run runs as, or choose another path"
+            )
+        else:
+            continue
+        problems.append((where, problem, file))
+    return problems
 
 
 def validate(path: Path, console: Console, *, as_json: bool = False, here: bool = False) -> int:
@@ -83,7 +136,18 @@ def validate(path: Path, console: Console, *, as_json: bool = False, here: bool 
     """
     out = Console(soft_wrap=True)
     report = check_config(path, here=here)
-    problems, warnings, not_checked = report.problems, report.warnings, report.not_checked
+    problems, warnings = list(report.problems), list(report.warnings)
+    not_checked = report.not_checked
+    if report.config is not None:
+        # A file that cannot be written is found now, not as run opens it. As
+        # with a missing directory, a path outside the file's own directory
+        # (an absolute one) may name another machine's: a warning, unless --here.
+        home = path.resolve().parent
+        for where, problem, file in unwritable_outputs(report.config):
+            if here or file.resolve().is_relative_to(home):
+                problems.append((where, problem))
+            else:
+                warnings.append(f"{where}: {problem} here; it must be writable where it runs")
     streams: list[dict[str, Any]] = []
     if report.config is not None:
         config = report.config
