@@ -333,4 +333,9 @@ async def test_run_stops_with_the_plugins_own_config_error(
         timeout=60.0,
     )  # fmt: skip
     assert result.code == 2, result.why()
-    assert "plugin: BREAK asks for a ConfigError" in result.stderr, result.why()
+    # Built, offline, before the run connects: said with the sink's key, nothing started.
+    assert result.stderr.startswith(
+        "error: streams[0].sinks[0]: plugin: BREAK asks for a ConfigError"
+    ), result.why()
+    assert not emulator.platform.channels
+    assert not (tmp_path / "dlq.jsonl").exists()

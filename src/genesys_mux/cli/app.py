@@ -335,7 +335,7 @@ def run(
     """Run a configuration file's streams against a tenant (credentials from the environment)."""
     from genesys_mux.cli import tools
     from genesys_mux.cli.logs import configure_logging
-    from genesys_mux.cli.runtime import Output, Runtime
+    from genesys_mux.cli.runtime import Output, Runtime, sink_problems
     from genesys_mux.configfile import (
         configured_region,
         load_config,
@@ -361,6 +361,12 @@ def run(
         if unwritable:
             for where, problem, _ in unwritable:
                 tools.print_error(console, f"{where}: {problem}")
+            raise typer.Exit(2)
+        # A sink's variable not set, or refused: every one, before any channel.
+        unbuildable = sink_problems(loaded)
+        if unbuildable:
+            for problem in unbuildable:
+                tools.print_error(console, problem)
             raise typer.Exit(2)
         if base_url is None:
             # Said now, naming where the region came from (the file wins over

@@ -55,6 +55,9 @@ from genesys_mux.configfile import (
     SinkSpec,
     StdoutSinkSpec,
     WebhookSinkSpec,
+    _check_sink,
+    _sink_path,
+    _sink_paths,
     configured_region,
 )
 from genesys_mux.core.backoff import Backoff
@@ -78,7 +81,7 @@ from genesys_mux.state import open_store
 if TYPE_CHECKING:
     from genesys_mux.cluster import ClusterMember, Lease
 
-__all__ = ["Output", "Runtime", "build_sink"]
+__all__ = ["Output", "Runtime", "build_sink", "sink_problems"]
 
 log = logging.getLogger("genesys_mux.cli")
 
@@ -147,6 +150,39 @@ def build_sink(
         )
         return build_plugin_sink(spec.plugin, spec.options, context)
     raise ConfigError(f"unknown sink type {spec!r}")
+
+
+def sink_problems(config: ConfigFile, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every reason a sink of ``config`` cannot be built here, each led by its key.
+
+    ``run`` asks before it connects anywhere, so a sink's variable that is
+    not set, or holds what the sink refuses, stops it before a channel is
+    made and an event dead-lettered. The variables are checked as
+    ``validate`` checks them (what it warns is not set here is a problem for
+    the run, which is where it runs), then each sink is built, offline
+    (connections wait for ``start``), to find the rest (a second NATS
+    secret, a plugin's own variables); the sinks built are dropped unstarted.
+    Each line reads like ``streams[0].sinks[1].secret_env: WEBHOOK_SECRET is
+    not set here (sink webhook of stream chat); set it where it runs``.
+    """
+    env = os.environ if environ is None else environ
+    paths = _sink_paths(config)
+    problems: list[str] = []
+    for stream_id, specs in config.sinks.items():
+        for j, spec in enumerate(specs):
+            where = _sink_path(stream_id, j, paths)
+            refused: list[tuple[str, str]] = []
+            unset: list[str] = []
+            _check_sink(spec, where, stream_id, env, refused, unset)
+            found = [f"{key}: {problem}" for key, problem in refused]
+            found += unset
+            if not found:
+                try:
+                    build_sink(spec, env, stream_id=stream_id)
+                except ConfigError as exc:
+                    found.append(f"{where}: {exc}")
+            problems += found
+    return problems
 
 
 def nats_sink(spec: NatsSinkSpec, env: Mapping[str, str]) -> Sink:
