@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genesys_mux.core.redaction import redact_url, url_has_userinfo
+from genesys_mux.core.redaction import redact_url, scrub, url_has_userinfo
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,13 @@ def test_redact_url_drops_user_info_query_and_fragment_and_never_raises(
 )
 def test_url_has_userinfo_reads_the_text_not_a_parser(url: str, held: bool) -> None:
     assert url_has_userinfo(url) is held
+
+
+def test_scrub_replaces_known_secrets_whatever_their_shape() -> None:
+    text = "secret correct-horse-battery-staple-2024 and token abc-token-xyz-9, id ok"
+    clean = scrub(text, known=["correct-horse-battery-staple-2024", "abc-token-xyz-9", "ok"])
+    # Values too short to be secrets ("ok") are left: they would cut up words.
+    assert clean == "secret [REDACTED] and token [REDACTED], id ok"
+    # The longer of two overlapping values goes whole.
+    assert scrub("pw=hunter22-extra", known=["hunter22", "hunter22-extra"]) == "pw=[REDACTED]"
+    assert scrub("correct-horse-battery-staple-2024") == "correct-horse-battery-staple-2024"

@@ -15,15 +15,22 @@ ids (UUIDs, ``streaming-0-…`` channel ids) and topics are lower case or
 dotted and pass through. The check errs on the side of redacting: a false
 positive costs a few characters of an error message, a false negative costs
 a credential.
+
+Shape is not enough for a secret a human chose (``correct-horse-battery-
+staple-2024`` is all lower case): where the secrets in play are known (the
+OAuth client secret, the tokens it was given), :func:`scrub` takes them as
+``known`` and replaces them literally, whatever their shape.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "MIN_KNOWN_SECRET_CHARS",
     "REDACTED",
     "URL_USERINFO_HINT",
     "looks_secret",
@@ -64,8 +71,22 @@ def looks_secret(text: str) -> bool:
     return any(_opaque(m.group()) for m in _OPAQUE_RUN.finditer(text))
 
 
-def scrub(text: str) -> str:
-    """``text`` with every credential-shaped part replaced by ``[REDACTED]``."""
+#: Known values shorter than this are not replaced literally: they would cut
+#: up ordinary words of the text and guard nothing.
+MIN_KNOWN_SECRET_CHARS: Final = 4
+
+
+def scrub(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with every credential-shaped part replaced by ``[REDACTED]``.
+
+    ``known`` are the literal secrets in play (a client secret, its Basic
+    credential, the access tokens): each is replaced wherever it occurs,
+    whatever its shape, before the shape checks run. Longer values go
+    first, so one that holds another is replaced whole.
+    """
+    values = {value for value in known if len(value) >= MIN_KNOWN_SECRET_CHARS}
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
     text = _SECRET_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _AUTH_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _JWT.sub(REDACTED, text)

@@ -27,9 +27,11 @@ import asyncio
 import base64
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -128,7 +130,14 @@ class TokenProvider:
         self._session = session
         self._url = f"{endpoints.login}/oauth/token"
         self._client_id = client_id
-        self._basic = "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+        credential = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+        self._basic = "Basic " + credential
+        # What an answer may echo back, never to be quoted (see redact()):
+        # the secret as sent or percent-encoded, and the Basic credential.
+        self._secrets = (client_secret, quote(client_secret, safe=""), credential)
+        # The last access tokens issued: an answer may echo the one in use
+        # or the one it just replaced.
+        self._issued: deque[str] = deque(maxlen=2)
         self._margin = refresh_margin_s
         self._backoff = backoff or Backoff()
         self._max_attempts = max_attempts
@@ -309,10 +318,21 @@ class TokenProvider:
             raise TransportError(f"{self._url} issued a token with expires_in={answer.expires_in}")
         token = AccessToken(answer.access_token, started, answer.expires_in)
         self._token = token
+        self._issued.append(token.value)
         log.info("OAuth token obtained, valid for %.0f s", answer.expires_in)
         for callback in self.on_refresh:
             callback(token)
         return token
+
+    def redact(self, text: str) -> str:
+        """``text`` (from an HTTP answer) without our credentials, before it is quoted.
+
+        The client secret (as sent, or percent-encoded), its Basic
+        credential and the last two access tokens are replaced literally,
+        whatever their shape; then everything shaped like a credential
+        (:func:`~genesys_mux.core.redaction.scrub`).
+        """
+        return scrub(text, known=(*self._secrets, *self._issued))
 
     def _refused(self, status: int, body: bytes) -> AuthenticationError:
         try:
@@ -322,7 +342,7 @@ class TokenProvider:
                 detail += f" ({err.error_description or err.description})"
         except msgspec.DecodeError:
             detail = "refused"
-        detail = scrub(detail)  # a server may echo the Basic header back
+        detail = self.redact(detail)  # a server may echo the secret or the Basic header back
         return AuthenticationError(
             f"Genesys Cloud refused the client credentials for client id {self._client_id!r}: "
             f"HTTP {status} {detail}; {_CREDENTIAL_HINT}"

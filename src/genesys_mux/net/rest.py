@@ -30,7 +30,6 @@ import msgspec
 from genesys_mux.core.backoff import Backoff, Retries, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.budget import RequestBudget
 from genesys_mux.core.limits import PLATFORM
-from genesys_mux.core.redaction import scrub
 from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
 from genesys_mux.errors import ApiError, RateLimitedError, TransportError
@@ -253,14 +252,21 @@ class RestClient:
             return TransportError(
                 f"{method} {path}: no answer from {self._api} after {self._max_attempts} attempts"
             )
+        cut = 0
         try:
             err = msgspec.json.decode(answer.body, type=_ErrorBody)
         except msgspec.DecodeError:
-            err = _ErrorBody(message=answer.body[:200].decode(errors="replace"))
+            # Cut after the redaction, not before: a cut through a token would
+            # leave its first characters, which no longer match it.
+            err = _ErrorBody(message=answer.body[:4096].decode(errors="replace"))
+            cut = 200
         cls = RateLimitedError if answer.status == 429 else ApiError
         # The server's words go into an exception, and from there into logs:
-        # anything shaped like a credential (an echoed header) goes first.
-        detail = scrub(f"{err.code or ''} {err.message}")
+        # our own secrets (the tokens), whatever their shape, and anything
+        # shaped like a credential (an echoed header) go first.
+        detail = self._tokens.redact(f"{err.code or ''} {err.message}")
+        if cut:
+            detail = detail[:cut]
         return cls(
             f"{method} {path} failed: HTTP {answer.status} {detail}".rstrip(),
             status=answer.status,
