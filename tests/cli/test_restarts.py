@@ -50,7 +50,7 @@ And, from the sink's file alone:
   the two runs' events: it starts no later than the first run's last
   unacknowledged event (SIGKILL) or its last notification read (SIGTERM,
   and after everything it delivered) and ends no earlier than the second
-  run's start and no later than its first live event.
+  run's start and no later than the moment it answered ready.
 
 Neither run may log a traceback. A failure lists every problem at once,
 naming the conversation, topic, send time and phase of the story (run 1,
@@ -140,6 +140,8 @@ class RunProcess:
     spawned_at: float
     exited: asyncio.Future[int]
     stderr: list[bytes] = field(default_factory=list)
+    #: Unix time when ``/readyz`` was first seen to answer 200 (its stream added).
+    ready_at: float | None = None
     readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -190,6 +192,7 @@ class RunProcess:
             session, f"{self.admin}/readyz", time.monotonic() + DEADLINE_S, self.exited
         )
         assert answer[0] == 200, f"{answer}\n{self.why()}"
+        self.ready_at = time.time()
 
     async def until(self, check: Callable[[], bool], what: str) -> None:
         """Poll ``check`` until it holds; fail naming ``what`` at the deadline or the exit."""
@@ -685,9 +688,12 @@ def check_restart_gap(ev: Evidence, books: Books, first2: int, out: Outcome) -> 
             )
     if gap.end < story.second.spawned_at:
         out.problem(f"the restart gap ends at {gap.end:.3f}, before run 2 was started")
-    live2 = [d.received_at for d in run2 if not d.dead and not d.backfilled]
-    if live2 and gap.end > min(live2):
-        out.problem(f"the restart gap ends at {gap.end:.3f}, after run 2's first live event")
+    # It ends when run 2 had every topic subscribed again, which is before
+    # it answered ready (and may be after its first live event: an event
+    # proves only its own channel's subscription).
+    ready = story.second.ready_at
+    if ready is not None and gap.end > ready:
+        out.problem(f"the restart gap ends at {gap.end:.3f}, after run 2 was ready ({ready:.3f})")
     return gap
 
 

@@ -8,6 +8,8 @@ emulator and a real redis-server.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,12 +21,13 @@ from genesys_mux.core.events import ControlEvent, StreamActivated
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import FencedStateError, InvalidStateError
 from genesys_mux.state import RedisStateStore
-from tests.net.test_multiplexer import Collector, org_settings
+from tests.net.test_multiplexer import FAST_POOL, Collector, org_settings
 from tests.sinks.conftest import RedisServer
-from tests.state.test_restart import a_mux
+from tests.state.test_restart import a_mux, post_fault
 from tests.waiting import eventually
 
 STREAM = {"id": "all", "filter": {}, "buffer_size": 5000}
+CHANNELS = "/api/v2/notifications/channels"
 
 
 @asynccontextmanager
@@ -111,6 +114,47 @@ async def test_a_failover_continues_from_the_last_checkpoint(redis_server: Redis
     assert after.events()[0].sequence == acknowledged[-1].sequence + 1
     assert not keys(acknowledged) & keys(after.events())
     assert all(g.reason == "failover" for g in after.gaps())
+
+
+async def test_the_failover_gap_lasts_until_every_channel_of_the_standby_is_subscribed(
+    redis_server: RedisServer,
+) -> None:
+    """Not until the first notification kept: it proves only its own channel's subscription.
+
+    The stream takes two channels of two topics. The next owner's first
+    channel creation is answered 429, so one of its channels subscribes two
+    seconds after the other, which meanwhile keeps what it receives.
+    """
+    options: dict[str, Any] = {
+        "checkpoint_interval_s": 3600.0,
+        "pool_settings": dataclasses.replace(FAST_POOL, topics_per_channel=2),
+    }
+    async with (
+        Emulator(org_settings(rate=30.0)) as emulator,
+        member(emulator, redis_server, **options) as old,
+        member(emulator, redis_server, **options) as new,
+    ):
+        await old.add_stream(STREAM)
+        before = Collector(old.stream("all"))
+        await eventually(lambda: len(before.events()) >= 5)
+        await old.checkpoint()
+        old._checkpointing = False  # a dead process writes nothing more
+        await post_fault(emulator, "http_429", count=1, retry_after_s=2, path=CHANNELS)
+        started = time.time()
+        await new.add_stream(STREAM, standby=True)
+        assert new.pool is not None
+        assert len(new.pool.channel_ids()) == 2
+        kept = list(new._streams["all"].standby or ())
+        after = Collector(new.stream("all"))
+        await new.activate("all")
+        await eventually(lambda: bool(after.gaps()))
+    (gap,) = after.gaps()
+    assert gap.reason == "failover"
+    # The early channel kept notifications inside the window...
+    assert kept
+    assert kept[0].received_at < gap.end
+    # ...which lasts until the late one was subscribed, after the Retry-After.
+    assert gap.end >= started + 2.0
 
 
 async def test_an_owner_that_lost_the_stream_cannot_write_its_state(

@@ -176,3 +176,31 @@ async def test_a_callback_may_stop_the_multiplexer_while_a_stop_is_under_way() -
         await h.mux.stop(drain=True, timeout_s=30)
         assert called
         assert time.monotonic() - begun < 15, "the stop waited for the callback that awaited it"
+
+
+async def test_an_event_its_callback_fails_on_is_dead_lettered_not_forgotten() -> None:
+    """A callback that raises did not handle its event: it goes to the DLQ, named.
+
+    The feed goes on (the next event is called as usual), and the events the
+    callbacks handled are not dead-lettered.
+    """
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        handled: list[StreamEvent] = []
+        failed: list[StreamEvent] = []
+
+        async def flaky(event: StreamEvent) -> None:
+            if event.sequence % 3 == 0:
+                failed.append(event)
+                raise ValueError("the consumer's own bug")
+            handled.append(event)
+
+        h.mux.on_event(flaky)
+        await eventually(lambda: len(failed) >= 3 and len(handled) >= 6)
+    # (The stop dead-letters what was still buffered, as "stopped".)
+    letters = [d for d in h.dlq.letters if d.reason.startswith("callback_failed:")]
+    assert {(d.stream_id, d.sequence) for d in letters} == {
+        (e.stream_id, e.sequence) for e in failed
+    }
+    assert {d.reason for d in letters} == {f"callback_failed:{flaky.__qualname__}: ValueError"}
+    assert not {d.sequence for d in h.dlq.letters} & {e.sequence for e in handled}

@@ -80,6 +80,9 @@ async def test_a_reader_that_falls_behind_sheds_and_reports_every_shed_notificat
         await stack.pool.set_topics(topics)
         await eventually(lambda: sum(s.shed for s in stack.pool.stats().values()) >= 30)
         assert stack.pool._inbound.qsize() <= 10
+        # Not reported yet, so a watermark must stay before it (a crash now
+        # would otherwise lose the window: see test_unreported_windows).
+        shedding_since = stack.pool.unreported_since(frozenset(topics))
         await stack.control("traffic", {"running": False})
 
         async def read() -> None:
@@ -98,6 +101,8 @@ async def test_a_reader_that_falls_behind_sheds_and_reports_every_shed_notificat
     (outage,) = [x for x in seen if isinstance(x, Outage)]
     assert outage.reason == "overload"
     assert outage.channel_id == channel
+    assert shedding_since is not None
+    assert shedding_since <= outage.start
     assert set(topics) <= outage.topics
     # Reported behind the notifications read before the shedding began.
     assert seen.index(outage) == len(notes) > 0
@@ -109,3 +114,36 @@ async def test_a_reader_that_falls_behind_sheds_and_reports_every_shed_notificat
     assert len(shed) == counted
     outside = {k: at for k, at in shed.items() if not outage.start - margin <= at <= outage.end}
     assert not outside, (outage, margin, outside)
+
+
+async def test_a_shed_window_queued_behind_the_reader_holds_unreported_since(
+    make_stack: Any,
+) -> None:
+    """A shed window waits in the queue, unreported, behind what was read before it.
+
+    The reader takes a few notifications, so the queue falls below half the
+    limit: the socket stops shedding at its next frame and queues its window.
+    Until the reader reaches it, notifications queued ahead of it (another
+    socket's, in general) must not let a watermark pass it.
+    """
+    async with make_stack(fast_settings(rate=40.0), fast_pool_settings(inbound_limit=10)) as stack:
+        topics = await stack.queue_topics()
+        await stack.pool.set_topics(topics)
+        await eventually(lambda: sum(s.shed for s in stack.pool.stats().values()) >= 5)
+        for _ in range(7):
+            assert stack.pool.next_frame_nowait() is not None
+        await eventually(lambda: bool(stack.pool._sheds_queued))
+        (shed,) = stack.pool._sheds_queued
+        since = stack.pool.unreported_since(frozenset(topics))
+        assert since is not None
+        assert since <= shed.outage.start
+        # Reached and reported: it no longer holds anything back.
+        seen: list[Outage] = []
+        stack.pool.on_outage.append(seen.append)
+        while not seen:
+            stack.pool.next_frame_nowait()
+        assert seen == [shed.outage]
+        assert not stack.pool._sheds_queued
+        after = stack.pool.unreported_since(frozenset(topics))
+        assert after is not None
+        assert after > shed.outage.end

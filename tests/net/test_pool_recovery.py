@@ -8,9 +8,10 @@ notifications flowing again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import aiohttp
 import pytest
@@ -372,6 +373,36 @@ async def test_one_forbidden_topic_among_many(make_stack: Any) -> None:
         assert channels[channel_id]["topic_count"] == len(queue_topics)
         note: InboundNotification = await asyncio.wait_for(anext(aiter(stack.pool.frames())), 10)
         assert note.topic in queue_topics
+
+
+@pytest.mark.parametrize("refusal", ["whole", "parts"])
+async def test_a_forbidden_part_of_a_combined_topic_takes_nothing_else_with_it(
+    make_stack: Any, refusal: Literal["whole", "parts"]
+) -> None:
+    """A user's permitted presence is combined with their forbidden calls topic.
+
+    The platform may refuse the combined topic whole (the reference leaves it
+    open): the parts are then sent apart, so the presence topic is
+    subscribed and the refusal names the calls topic, as a platform
+    answering part by part would.
+    """
+    client = ClientApp(
+        "limited", "limited-secret", permissions=frozenset({"presence:userPresence:view"})
+    )
+    settings = dataclasses.replace(fast_settings(clients=[client]), combined_refusal=refusal)
+    async with make_stack(settings, client_id="limited", client_secret="limited-secret") as stack:
+        user = (await stack.control("org"))["users"][0]["id"]
+        presence, calls = f"v2.users.{user}.presence", f"v2.users.{user}.conversations.calls"
+        rejected = await stack.pool.set_topics([presence, calls])
+        assert [(r.topic, r.missing_permissions) for r in rejected] == [
+            (calls, ("conversation:communication:view",))
+        ]
+        (channel_id,) = stack.pool.channel_ids().values()
+        assert stack.emulator.platform.channels[channel_id].topics.keys() == {presence}
+        # Sent apart from then on: a change does not refuse the presence topic again.
+        more = f"v2.users.{user}.routingStatus"
+        await stack.pool.set_topics([presence, calls, more])
+        assert set(stack.emulator.platform.channels[channel_id].topics) == {presence}
 
 
 def _unlisted(n: int) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
@@ -27,23 +30,39 @@ def a_mux(emulator: Emulator, state: Any, **options: Any) -> Multiplexer:
     settings: dict[str, Any] = {
         "checkpoint_interval_s": 0.2,
         "dlq": MemoryDeadLetterQueue(),
+        "pool_settings": FAST_POOL,
         **options,
     }
     return Multiplexer(
         client_id="demo-client",
         client_secret="demo-secret",
         base_url=emulator.base_url,
-        pool_settings=FAST_POOL,
         state=state,
         **settings,
     )
+
+
+async def post_fault(emulator: Emulator, fault: str, **data: Any) -> None:
+    """Inject ``fault`` through the emulator's control surface, as an outside tool would."""
+    url = f"{emulator.base_url}/__emulator__/faults"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"fault": fault, **data}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+
+
+#: When each run_once call's add_stream was called and when it returned.
+ADDED: list[tuple[float, float]] = []
 
 
 async def run_once(emulator: Emulator, state: Any, at_least: int) -> list[StreamEvent | Gap]:
     mux = a_mux(emulator, state)
     await mux.start()
     try:
+        called = time.time()
         await mux.add_stream(STREAM)
+        ADDED.append((called, time.time()))
         seen = Collector(mux.stream("all"))
         await eventually(lambda: len(seen.events()) >= at_least)
     finally:
@@ -76,15 +95,56 @@ async def test_a_restart_continues_numbering_remembers_and_reports_its_gap(
     delivered = {(e.content_key, e.digest) for e in before}
     assert not [e for e in after if (e.content_key, e.digest) in delivered]
     # The downtime is a gap: from the first run's last settled event to the
-    # moment the second run had its topics subscribed, before any event.
+    # moment the second run had its topics subscribed, ahead of every event.
     restart = [i for i in second if isinstance(i, Gap) and i.reason == "restart"]
     assert len(restart) == 1
     assert second[0] is restart[0]
     (gap,) = restart
     last_settled = max(e.received_at for e in before)
     assert gap.start <= last_settled + 0.5
-    assert gap.end <= after[0].received_at
+    called, added = ADDED[-1]
+    assert called <= gap.end <= added
     assert gap.end > gap.start
+
+
+async def test_the_restart_gap_lasts_until_every_channel_of_the_stream_is_subscribed(
+    tmp_path: Path,
+) -> None:
+    """Not until the first event: that proves only its own channel's subscription.
+
+    The stream's three queue topics take two channels of two topics. The
+    platform answers the next run's first channel creation with a 429, so
+    one channel subscribes two seconds after the other, which meanwhile
+    delivers. The window in between is missing on the late channel's topics.
+    """
+    path = tmp_path / "state.db"
+    two_slots = dataclasses.replace(FAST_POOL, topics_per_channel=2)
+    async with Emulator(org_settings(rate=20.0)) as emulator:
+        await run_once(emulator, path, at_least=5)
+        mux = a_mux(emulator, path, pool_settings=two_slots)
+        await mux.start()
+        try:
+            await post_fault(
+                emulator,
+                "http_429",
+                count=1,
+                retry_after_s=2,
+                path="/api/v2/notifications/channels",
+            )
+            started = time.time()
+            await mux.add_stream(STREAM)
+            assert mux.pool is not None
+            assert len(mux.pool.channel_ids()) == 2
+            seen = Collector(mux.stream("all"))
+            await eventually(lambda: len(seen.events()) >= 1)
+        finally:
+            await mux.stop(drain=False)
+    (gap,) = seen.gaps()
+    assert gap.reason == "restart"
+    # The early channel delivered inside the window...
+    assert min(e.received_at for e in seen.events()) < gap.end
+    # ...which lasts until the late one was subscribed, after the Retry-After.
+    assert gap.end >= started + 2.0
 
 
 async def test_a_changed_filter_starts_afresh_and_says_so(tmp_path: Path) -> None:

@@ -139,6 +139,12 @@ class EmulatorSettings:
     #: subscription list changes. Off by default: the reference does not say
     #: when (or whether) the platform sends it, so a client must not need it.
     subscription_updated_frames: bool = False
+    #: How a combined topic with a forbidden part is refused (under
+    #: ``ignoreErrors``): ``whole``, the combined id rejected and its
+    #: permitted parts with it, or ``parts``, each forbidden part rejected on
+    #: its own and the rest subscribed. The reference leaves it open [?]: a
+    #: client must cope with both.
+    combined_refusal: Literal["whole", "parts"] = "whole"
 
     def __post_init__(self) -> None:
         problems = []
@@ -152,6 +158,8 @@ class EmulatorSettings:
             problems.append("heartbeat interval and tick must be positive, the closing delay >= 0")
         if self.invalid_client_status not in (400, 401):
             problems.append("invalid_client_status must be 400 or 401")
+        if self.combined_refusal not in ("whole", "parts"):
+            problems.append("combined_refusal must be 'whole' or 'parts'")
         if problems:
             raise ConfigError("emulator settings: " + "; ".join(problems))
 
@@ -178,6 +186,7 @@ class Emulator:
     def _reset_state(self) -> None:
         s = self.settings
         self.platform = Platform(s.limits)
+        self.platform.combined_refusal = s.combined_refusal
         for client in s.clients:
             # A copy, every field of it: the control surface may replace a
             # client, and the settings must still rebuild the first ones.

@@ -173,6 +173,8 @@ class Platform:
 
     def __init__(self, limits: PlatformLimits | None = None) -> None:
         self.limits = limits or PlatformLimits()
+        #: ``whole`` or ``parts``: see ``EmulatorSettings.combined_refusal``.
+        self.combined_refusal = "whole"
         self.clients: dict[str, ClientApp] = {}
         self.tokens: dict[str, Token] = {}
         self.channels: dict[str, Channel] = {}
@@ -355,7 +357,14 @@ class Platform:
         client = self.clients[channel.client_id]
         permitted: list[str] = []
         rejected: list[dict[str, Any]] = []
+        ids: list[str] = []
         for topic_id in topic_ids:
+            parts = _expand(topic_id)
+            if len(parts) > 1 and self.combined_refusal == "parts":
+                ids.extend(parts)  # each part answers for itself
+            else:
+                ids.append(topic_id)
+        for topic_id in ids:
             parts = _expand(topic_id)
             missing = sorted(
                 {p for part in parts for p in client.missing_permissions(parse_topic(part).family)}

@@ -447,7 +447,11 @@ class _Socket:
             self.info.id,
             end - start,
         )
-        self.pool._inbound.put_nowait(_Shed(outage))
+        shed_item = _Shed(outage)
+        # Until the reader reaches it, other sockets' notifications queued
+        # ahead of it must not carry a watermark past it (unreported_since).
+        self.pool._sheds_queued.append(shed_item)
+        self.pool._inbound.put_nowait(shed_item)
 
     @property
     def last_frame_wall(self) -> float:
@@ -704,6 +708,8 @@ class ChannelPool:
         self._inbound = _Inbound()
         #: Sockets shedding what they read (the reader was behind).
         self._shedding: set[_Socket] = set()
+        # Shed windows queued and not yet reached by the reader (so not reported).
+        self._sheds_queued: list[_Shed] = []
         # Rotations under way, each borrowing a channel (see _rotation_turn).
         self._rotating = 0
         self._rotation_done = asyncio.Condition()
@@ -718,6 +724,9 @@ class ChannelPool:
         # Topics the platform answered 400 notification.invalid.topic for:
         # left out of every later PUT (see _put).
         self._invalid_topics: dict[str, Rejection] = {}
+        # Plain topics never sent combined again: a combined subscription
+        # holding them was refused whole (see _put).
+        self._apart: set[str] = set()
         # When the token each channel was created with expires (monotonic),
         # by channel id, for the channels a slot may still reuse.
         self._creator_expiry: dict[str, float] = {}
@@ -820,7 +829,7 @@ class ChannelPool:
             if isinstance(note, _Marker):
                 note.reached.set()
             else:
-                self._report_outage(note.outage)
+                self._report_shed(note)
 
     def recheck(self, note: InboundNotification) -> InboundNotification | None:
         """Decode the whole frame of a note whose body did not decode; what it really holds.
@@ -993,6 +1002,56 @@ class ChannelPool:
         if self._inbound.qsize() or self._shedding or not self._slots or not self.live:
             return None
         return min(s.socket.last_frame_wall for s in self._slots.values() if s.socket is not None)
+
+    def unreported_since(self, topics: frozenset[str]) -> float | None:
+        """The earliest Unix time from which a notification on ``topics`` may be missing unreported.
+
+        An outage is reported once it is over (when a successor delivers, or
+        the reader reaches a shed window), and a socket that died silently
+        is not known to be dead until its watchdog says so. Meanwhile other
+        channels keep delivering. A checkpoint whose watermark passed the
+        start of such a window would make a crash lose it: the next run's
+        restart gap starts at the watermark. So for every slot carrying one
+        of ``topics``: the start of its open window; for its serving socket,
+        the last frame read (all it is known to have delivered), when its
+        subscriptions went, and when it began to shed; and the start of
+        every shed window queued but not yet reported. None when no slot
+        carries them.
+        """
+        earliest: float | None = None
+        for slot in self._slots.values():
+            times: list[float] = []
+            if slot.machine.window is not None:
+                times.append(slot.machine.window.since)
+            socket = slot.socket
+            if socket is not None:
+                times.append(socket.last_frame_wall)
+                if socket.shedding is not None:
+                    times.append(socket.shedding[0])
+                unsubscribed = socket.unsubscribed_at
+                if unsubscribed is not None:
+                    times.append(unsubscribed)
+            if not times:
+                continue  # never connected: nothing of it was ever subscribed
+            since = min(times)
+            if earliest is not None and since >= earliest:
+                continue
+            if topics.isdisjoint(self._planner.slots.get(slot.index, ())):
+                continue
+            earliest = since
+        for shed in self._sheds_queued:
+            outage = shed.outage
+            if (earliest is None or outage.start < earliest) and not topics.isdisjoint(
+                outage.topics
+            ):
+                earliest = outage.start
+        return earliest
+
+    def _report_shed(self, shed: _Shed) -> None:
+        """Report a shed window the reader reached (queued behind what was read before it)."""
+        with contextlib.suppress(ValueError):
+            self._sheds_queued.remove(shed)
+        self._report_outage(shed.outage)
 
     def stats(self) -> dict[int, SlotStats]:
         """Per-slot counters, keyed by slot index."""
@@ -1563,7 +1622,7 @@ class ChannelPool:
         wanted = [t for t in topics if t not in invalid]
         try:
             result = await self._rest.put_subscriptions(
-                channel_id, combine_topics(wanted), ignore_errors=True
+                channel_id, self._subscription_list(wanted), ignore_errors=True
             )
         except ApiError as exc:
             if exc.code != _INVALID_TOPIC:
@@ -1571,7 +1630,14 @@ class ChannelPool:
             found = await self._find_invalid(slot, channel_id, wanted, on_channel, exc)
             wanted = [t for t in wanted if t not in found]
             result = await self._rest.put_subscriptions(
-                channel_id, combine_topics(wanted), ignore_errors=True
+                channel_id, self._subscription_list(wanted), ignore_errors=True
+            )
+        if self._keep_apart(wanted, result.rejected):
+            # Refused whole for one part: each part again on its own, so
+            # that those the client may read flow, and each refusal names
+            # its own topic (for the streams that asked for it).
+            result = await self._rest.put_subscriptions(
+                channel_id, self._subscription_list(wanted), ignore_errors=True
             )
         refused = [invalid[t] for t in topics if t in invalid]
         for rejection in [*result.rejected, *refused]:
@@ -1587,6 +1653,35 @@ class ChannelPool:
                 for callback in self.on_rejection:
                     callback(rejection)
         return expanded_topics(wanted) - expanded_topics(r.topic for r in result.rejected)
+
+    def _subscription_list(self, topics: list[str]) -> list[str]:
+        """What to send for ``topics``: combined, but plain where a combination was refused."""
+        apart = self._apart
+        if not apart:
+            return combine_topics(topics)
+        return [
+            *combine_topics([t for t in topics if t not in apart]),
+            *[t for t in topics if t in apart],
+        ]
+
+    def _keep_apart(self, wanted: list[str], rejected: Iterable[Rejection]) -> bool:
+        """Note the parts of every refused combined topic, to send plain; True if any is new.
+
+        The reference leaves open whether one forbidden part refuses the
+        whole combined topic or just itself; when the whole, the parts the
+        client may read would go with it, unsubscribed and unreported.
+        """
+        by_name = {t.lower(): t for t in wanted}
+        added = False
+        for rejection in rejected:
+            if "?" not in rejection.topic:
+                continue
+            for part in expanded_topics((rejection.topic,)):
+                name = by_name.get(part)
+                if name is not None and name not in self._apart:
+                    self._apart.add(name)
+                    added = True
+        return added
 
     async def _find_invalid(
         self,
@@ -1615,7 +1710,9 @@ class ChannelPool:
             refusal,
             len(suspects),
         )
-        await self._rest.put_subscriptions(channel_id, combine_topics(carried), ignore_errors=True)
+        await self._rest.put_subscriptions(
+            channel_id, self._subscription_list(carried), ignore_errors=True
+        )
         found = await self._invalid_among(channel_id, suspects)
         if not found:
             raise refusal
@@ -1630,7 +1727,7 @@ class ChannelPool:
             return []
         try:
             await self._rest.post_subscriptions(
-                channel_id, combine_topics(suspects), ignore_errors=True
+                channel_id, self._subscription_list(suspects), ignore_errors=True
             )
         except ApiError as exc:
             if exc.code != _INVALID_TOPIC:

@@ -667,6 +667,9 @@ class Multiplexer:
             )
             try:
                 state, restored = await self._install(config, stream, standby=standby)
+                # Every slot carrying the stream's topics has its subscription
+                # confirmed by now (_install waited for each PUT's answer).
+                subscribed_at = time.time()
             except BaseException:
                 stream.close()  # never added (_install undid it): it remembers nothing
                 self._key_memory.sweep(_SWEEP_SLICE)
@@ -675,10 +678,13 @@ class Multiplexer:
             # between the stream being there and its restart gap.
             self._report(StreamAdded(config.id, len(state.topics)))
             if restored is not None:
-                # What the platform sent while no process ran (from the last
-                # settled event to when the topics were subscribed again, which
-                # the first event received since proves) is missing.
-                self._resume_gap(state, restored, "restart", state.stream.unsettled_since())
+                # What the platform sent while no process ran is missing: from
+                # the last settled event to when the topics were subscribed
+                # again. Not to the first event received since: with topics on
+                # several channels (or shared with streams already running) an
+                # event proves only its own channel's subscription, and a
+                # channel still subscribing would be left out of the gap.
+                self._resume_gap(state, restored, "restart", subscribed_at)
         return [r for t, r in self.rejections.items() if t in state.topics]
 
     async def _install(
@@ -729,16 +735,17 @@ class Multiplexer:
         state: _StreamState,
         restored: StreamCheckpoint,
         reason: str,
-        received: float | None,
+        covered_from: float | None,
     ) -> None:
-        """Report the window from the checkpoint's watermark to ``received`` (or now).
+        """Report the window from the checkpoint's watermark to ``covered_from`` (or now).
 
-        A gap like any other, back-filled when asked, ahead of the events
-        received since. Nothing when they were received before the watermark.
+        ``covered_from`` is when every topic of the stream was subscribed
+        again. A gap like any other, back-filled when asked, ahead of the
+        events received since. Nothing when the watermark is later.
         """
         if restored.watermark is None:
             return
-        end = time.time() if received is None else min(time.time(), received)
+        end = time.time() if covered_from is None else min(time.time(), covered_from)
         if end <= restored.watermark:
             return
         self._outage(
@@ -798,10 +805,12 @@ class Multiplexer:
         if restored is not None:
             # Everything since the standby's topics were subscribed was kept,
             # unless some was pushed out: then only from the first one kept.
-            first = kept[0].received_at if kept else None
-            covered = first if state.standby_dropped else state.standby_since
-            if covered is not None and first is not None:
-                covered = min(covered, first)
+            # Never earlier than the subscription: the first one kept proves
+            # only its own channel's (see add_stream).
+            covered = state.standby_since
+            if state.standby_dropped:
+                first = kept[0].received_at if kept else None  # None: up to now
+                covered = None if first is None or covered is None else max(covered, first)
             self._resume_gap(state, restored, reason, covered)
         for note in kept:
             # Each stream's topics decide whether client-side rules apply.
@@ -891,16 +900,24 @@ class Multiplexer:
             told_from = min(gap.start for gap in state.untold)
             pending = told_from if pending is None else min(pending, told_from)
         if pending is not None:
-            return pending
-        # Nothing pending: everything dispatched so far is settled, and what
-        # is not dispatched yet was received after it (the queue is FIFO).
-        dispatched = self._dispatched_at
-        mark = max(state.added_at, dispatched) if dispatched is not None else state.added_at
-        # With every socket live and nothing queued, everything received up
-        # to each socket's last frame (a heartbeat, say) was dispatched: a
-        # quiet stream's watermark keeps up with time, not with its last event.
-        read = self.pool.read_until() if self.pool is not None and not self._draining else None
-        return mark if read is None else max(mark, read)
+            mark = pending
+        else:
+            # Nothing pending: everything dispatched so far is settled, and what
+            # is not dispatched yet was received after it (the queue is FIFO).
+            dispatched = self._dispatched_at
+            mark = max(state.added_at, dispatched) if dispatched is not None else state.added_at
+            # With every socket live and nothing queued, everything received up
+            # to each socket's last frame (a heartbeat, say) was dispatched: a
+            # quiet stream's watermark keeps up with time, not with its last event.
+            read = self.pool.read_until() if self.pool is not None and not self._draining else None
+            if read is not None:
+                mark = max(mark, read)
+        # Never past a window of the stream's topics that is not reported yet
+        # (a socket that may have died silently, one shedding, an outage that
+        # ends only when a successor delivers): traffic on the other channels
+        # moves the marks above on, and a crash would then lose the window.
+        unreported = self.pool.unreported_since(state.topics) if self.pool is not None else None
+        return mark if unreported is None else min(mark, unreported)
 
     async def checkpoint(self) -> int:
         """Write the checkpoint of every stream that moved since the last one; returns how many.
@@ -1606,7 +1623,11 @@ class Multiplexer:
             if not isinstance(item, StreamEvent):
                 # The gap callbacks were told of it when it was reported.
                 continue
-            await _call_each(self._event_callbacks, item, "event")
+            failed = await _call_each(self._event_callbacks, item, "event")
+            if failed is not None:
+                # Not handled, though handed out: kept for a replay, never
+                # counted as delivered and forgotten (settled once this returns).
+                self.dead_letter(DeadLetter.of(item, f"callback_failed:{failed}"))
 
     async def _tell_gaps(self) -> None:
         untold = self._untold
@@ -1694,19 +1715,26 @@ class Multiplexer:
 
 async def _call_each(
     callbacks: list[Callable[[Any], Awaitable[None] | None]], item: StreamEvent | Gap, kind: str
-) -> None:
+) -> str | None:
     """Call each of ``callbacks`` with ``item`` in turn, awaiting those that are async.
 
     One that raises is logged and the others still run: a user's bug must
-    not stop the feed. The list is copied, as a callback may register more.
+    not stop the feed. Returns the first failure (``name: ExceptionType``),
+    if any. The list is copied, as a callback may register more.
     """
+    failed: str | None = None
     for callback in list(callbacks):
         try:
             result = callback(item)
             if inspect.isawaitable(result):
                 await result
-        except Exception:
+        except Exception as exc:
             log.exception("%s callback failed", kind)
+            if failed is None:
+                name = getattr(callback, "__qualname__", type(callback).__qualname__)
+                # The type only: an exception's text may hold anything.
+                failed = f"{name}: {type(exc).__name__}"
+    return failed
 
 
 def _conversation_entity(topic: str) -> tuple[TopicFamily, str] | None:
