@@ -281,6 +281,31 @@ async def test_dlq_purge_everything_or_one_stream(tmp_path: Path) -> None:
     assert listed.stdout == ""
 
 
+async def test_a_stream_with_no_letter_in_the_file_is_named_with_the_streams_it_has(
+    tmp_path: Path,
+) -> None:
+    """A typo in --stream must not read as "purged 0; 0 remain" of a file that holds letters."""
+    path = tmp_path / "dlq.jsonl"
+    write_dlq(path)
+    original = dlq_lines(path)
+    typo = ("--stream", "voice-mian")
+    purged, table, as_json = await asyncio.gather(
+        run_cli("dlq", "purge", "-f", "dlq.jsonl", *typo, "--yes", cwd=tmp_path),
+        run_cli("dlq", "list", "-f", "dlq.jsonl", *typo, cwd=tmp_path),
+        run_cli("dlq", "list", "-f", "dlq.jsonl", *typo, "--json", cwd=tmp_path),
+    )
+    for result in (purged, table, as_json):
+        # As dlq replay refuses a stream its configuration does not have.
+        assert result.code == 2, result.why()
+        assert result.stderr.startswith(
+            "error: no dead letters of stream 'voice-mian' in dlq.jsonl; "
+            "it holds letters of: chat-support (2), voice-main (3)"
+        ), result.why()
+        assert result.stdout == ""
+        assert "purged" not in result.output
+    assert dlq_lines(path) == original
+
+
 # -- dlq replay ------------------------------------------------------------------------
 
 

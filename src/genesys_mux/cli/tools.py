@@ -300,22 +300,45 @@ def listen(
     return 0
 
 
-def _letters(path: Path, stream: str | None) -> list[DeadLetter]:
+def _every_letter(path: Path) -> list[DeadLetter]:
     if not path.exists():
         raise ConfigError(
             f"there is no dead-letter file {path}; give its path with -f (the run's "
             "dlq_path), or nothing has been dead-lettered yet"
         )
-    return [d for d in read_dead_letters(path) if stream is None or d.stream_id == stream]
+    return list(read_dead_letters(path))
+
+
+def _letters(path: Path, stream: str | None) -> list[DeadLetter]:
+    return [d for d in _every_letter(path) if stream is None or d.stream_id == stream]
+
+
+def _no_such_stream(path: Path, stream: str | None, every: list[DeadLetter]) -> str | None:
+    """Why ``--stream`` names no letter of a file that holds some (a typo, say), with its streams.
+
+    None when it names some, or the file holds none. Like ``dlq replay``
+    with a stream its configuration does not have, the command then stops
+    with exit status 2, having touched nothing.
+    """
+    if stream is None or not every or any(d.stream_id == stream for d in every):
+        return None
+    counts = Counter(d.stream_id for d in every)
+    present = ", ".join(f"{s} ({n})" for s, n in sorted(counts.items()))
+    return f"no dead letters of stream {stream!r} in {path}; it holds letters of: {present}"
 
 
 def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) -> int:
     """Show the dead letters in a DLQ file."""
     try:
-        letters = _letters(path, stream)
+        every = _every_letter(path)
     except ConfigError as exc:
         print_error(console, exc)
         return 1
+    unknown = _no_such_stream(path, stream, every)
+    if unknown is not None:
+        print_error(console, unknown)
+        return 2
+    letters = [d for d in every if stream is None or d.stream_id == stream]
     if as_json:
         for d in letters:
             sys.stdout.write(
@@ -381,12 +404,17 @@ def rewrite_without(path: Path, remove: Iterable[DeadLetter]) -> int:
 def dlq_purge(path: Path, stream: str | None, console: Console) -> int:
     """Delete dead letters (all, or one stream's)."""
     try:
-        letters = _letters(path, stream)
-        remaining = rewrite_without(path, letters) if letters else 0
+        every = _every_letter(path)
+        unknown = _no_such_stream(path, stream, every)
+        if unknown is not None:
+            print_error(console, unknown)
+            return 2
+        letters = [d for d in every if stream is None or d.stream_id == stream]
+        remaining = rewrite_without(path, letters) if letters else len(every)
     except ConfigError as exc:
         print_error(console, exc)
         return 1
-    console.print(f"purged {len(letters)} dead letter(s); {remaining} remain")
+    console.print(f"purged {len(letters)} dead letter(s); {remaining} remain", markup=False)
     return 0
 
 
