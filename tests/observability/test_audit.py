@@ -528,6 +528,10 @@ def test_an_audit_file_whose_directory_vanished_loses_lines_not_the_feed(
             audit.record(StreamRemoved("voice"))
         said = [r for r in caplog.records if "cannot write the audit log" in r.getMessage()]
         assert len(said) == 1
+        # Which file, and what the system said, not only the exception's type.
+        message = said[0].getMessage()
+        assert message.startswith(f"cannot write the audit log {path}: No such file or directory")
+        assert "(FileNotFoundError)" in message
         directory.mkdir()
         audit.record(StreamAdded("chat", 1))
     assert [line["stream_id"] for line in _file_lines(path)] == ["chat"]

@@ -73,8 +73,9 @@ for appending.
 
 **Failure.** A log that cannot be written (disk full, closed pipe, a
 directory that is gone) must not take the feed down: write errors are
-reported once through stdlib logging and the line is lost; a file is
-opened again at the next line.
+reported once per outage through stdlib logging, with the path and the
+system's words for the error, and the line is lost; a file is opened again
+at the next line.
 """
 
 from __future__ import annotations
@@ -761,7 +762,16 @@ class AuditLog:
             # Never let a broken log take the feed down; say so once per outage.
             if not self._write_failed:
                 self._write_failed = True
-                log.warning("cannot write the audit log: %s", type(exc).__name__)
+                where = self._path if self._path is not None else "its stream"
+                why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+                # The path and the system's words (disk full, no such
+                # directory): what to fix; the lines are lost until it is.
+                log.warning(
+                    "cannot write the audit log %s: %s%s; its lines are lost until it can",
+                    where,
+                    why or type(exc).__name__,
+                    f" ({type(exc).__name__})" if why else "",
+                )
         else:
             self._write_failed = False
 
