@@ -137,8 +137,9 @@ class JsonlSink:
             self._abandon()
             permanent = exc.errno in _PERMANENT_ERRNOS
             raise SinkError(
-                f"sink {self.name}: cannot write {self.path.name}: "
-                f"{exc.strerror or type(exc).__name__}",
+                # The path as configured: the file name alone does not say which file.
+                f"sink {self.name}: cannot write {self.path}: "
+                + (exc.strerror or type(exc).__name__),
                 retryable=not permanent,
             ) from exc
 
