@@ -416,3 +416,22 @@ def test_combine_then_expand_gives_each_distinct_input_once(names: list[str]) ->
     assert set(expanded) == set(names)
     # Combining never produces more strings than there were distinct topics.
     assert len(combined) <= len(set(names))
+
+
+def test_combine_takes_one_word_suffixes_only() -> None:
+    """The reference shows ``?presence&routingStatus``; nothing promises more."""
+    names = [
+        "v2.users.U.conversations.calls",
+        "v2.users.U.presence",
+        "v2.users.U.conversations",
+        "v2.detail.events.conversation.C.acd.start",
+        "v2.detail.events.conversation.C.acd.end",
+        "v2.users.U.routingStatus",
+        "v2.users.U.conversations.calls",
+    ]
+    assert combine_topics(names) == [
+        "v2.users.U.conversations.calls",
+        "v2.users.U?presence&conversations&routingStatus",
+        "v2.detail.events.conversation.C.acd.start",
+        "v2.detail.events.conversation.C.acd.end",
+    ]

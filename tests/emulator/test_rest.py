@@ -684,7 +684,7 @@ async def test_combined_topics_count_as_their_parts_and_are_stored_expanded(
         # 3 parts + 3 more = 6 > 5, although it is only 2 requested topics
         other = uuid.uuid4()
         status, body, _ = await api.subscribe(
-            channel, [f"v2.users.{other}?presence&routingStatus&conversations.calls"], method="POST"
+            channel, [f"v2.users.{other}?presence&routingStatus&conversations"], method="POST"
         )
         assert_problem(status, body, 400, "notification.subscription.too.many.subscriptions")
         assert await topics_of(api, channel) == parts
@@ -696,9 +696,45 @@ async def test_combined_topics_count_as_their_parts_and_are_stored_expanded(
         assert len(await topics_of(api, channel)) == 5
 
 
-async def test_combined_topic_longer_than_200_characters_is_refused(
-    client: GenesysClient,
+@pytest.mark.parametrize(
+    ("taken", "one_word", "dotted"),
+    [("one_word", 200, 400), ("any", 200, 200), ("none", 400, 400)],
+)
+async def test_which_combined_topics_are_taken_is_a_setting(
+    session: aiohttp.ClientSession, taken: Any, one_word: int, dotted: int
 ) -> None:
+    """The reference shows one-word suffixes only; whether others combine is left open."""
+    async with Emulator(small_settings(combined_topics=taken)) as emu:
+        api = GenesysClient(session, emu.base_url)
+        await api.login("demo-client", "demo-secret")
+        channel = (await api.create_channel())["id"]
+        user = uuid.uuid4()
+        for combined, expected in (
+            (f"v2.users.{user}?presence&routingStatus", one_word),
+            (f"v2.users.{user}?presence&conversations.calls", dotted),
+        ):
+            status, body, _ = await api.subscribe(channel, [combined], method="POST")
+            assert status == expected, body
+            if expected == 400:
+                assert_problem(status, body, 400, "notification.invalid.topic")
+        # Each part alone is always taken.
+        status, body, _ = await api.subscribe(
+            channel, [f"v2.users.{user}.presence", f"v2.users.{user}.conversations.calls"]
+        )
+        assert status == 200, body
+
+
+async def test_combined_topic_longer_than_200_characters_is_refused(
+    session: aiohttp.ClientSession,
+) -> None:
+    # Only suffixes of several words make a combination that long.
+    async with Emulator(small_settings(combined_topics="any")) as emu:
+        client = GenesysClient(session, emu.base_url)
+        await client.login("demo-client", "demo-secret")
+        await _refuse_over_200(client)
+
+
+async def _refuse_over_200(client: GenesysClient) -> None:
     channel = (await client.create_channel())["id"]
     prefix = f"v2.users.{uuid.uuid4()}"
     suffixes = [

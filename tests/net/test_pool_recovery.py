@@ -405,6 +405,31 @@ async def test_a_forbidden_part_of_a_combined_topic_takes_nothing_else_with_it(
         assert set(stack.emulator.platform.channels[channel_id].topics) == {presence}
 
 
+async def test_a_platform_that_takes_no_combined_topic_gets_them_apart(make_stack: Any) -> None:
+    """Each topic alone is taken, their combination is not (400): sent plain, none rejected.
+
+    The reference shows one shape of combined topic and no promise beyond
+    it. Without this the slot would find no single topic to blame and retry
+    the same refused list for ever.
+    """
+    settings = dataclasses.replace(fast_settings(), combined_topics="none")
+    async with make_stack(settings) as stack:
+        user = (await stack.control("org"))["users"][0]["id"]
+        topics = [f"v2.users.{user}.presence", f"v2.users.{user}.routingStatus"]
+        rejected = await asyncio.wait_for(stack.pool.set_topics(topics), 20)
+        assert rejected == []
+        (channel_id,) = stack.pool.channel_ids().values()
+        assert list(stack.emulator.platform.channels[channel_id].topics) == topics
+        # And they stay apart: a change is one PUT that is taken at once.
+        more = [*topics, f"v2.users.{user}.conversations"]
+        before = len((await stack.control("requests"))["requests"])
+        await asyncio.wait_for(stack.pool.set_topics(more), 20)
+        changes = (await stack.control("requests"))["requests"][before:]
+        assert [(r["method"], r["status"]) for r in changes if "subscriptions" in r["path"]] == [
+            ("PUT", 200)
+        ]
+
+
 def _unlisted(n: int) -> str:
     """A detail-event topic in the grammar that the platform does not have."""
     return f"v2.detail.events.conversation.{uuid.UUID(int=100 + n)}.agent.start"

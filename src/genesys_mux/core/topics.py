@@ -251,17 +251,36 @@ def expand_topic(name: str) -> tuple[str, ...]:
 def combine_topics(names: Iterable[str], max_length: int = MAX_COMBINED_TOPIC_LENGTH) -> list[str]:
     """Pack plain topics that share a prefix into as few combined topics as fit.
 
-    The order of first appearance is kept; a prefix with one suffix stays a
-    plain topic. Expanding the result gives back exactly the distinct inputs.
+    Only one-word suffixes are combined (``v2.users.U?presence&routingStatus``),
+    the only shape the reference shows: whether the platform takes
+    ``conversations.calls`` or a detail event's ``acd.start`` after a ``?``
+    is not documented, so those go plain. The order of first appearance is
+    kept; a prefix with one suffix stays a plain topic. Expanding the result
+    gives back exactly the distinct inputs.
     """
-    by_prefix: dict[str, list[str]] = {}
+    # In order of first appearance: a prefix's group of one-word suffixes,
+    # or a topic that goes plain.
+    order: list[str | list[str]] = []
+    groups: dict[str, list[str]] = {}
+    plain: set[str] = set()
     for name in names:
         topic = parse_topic(name)
-        suffixes = by_prefix.setdefault(topic.prefix, [])
-        if topic.suffix not in suffixes:
+        if "." in topic.suffix:
+            text = str(topic)
+            if text not in plain:
+                plain.add(text)
+                order.append(text)
+            continue
+        suffixes = groups.get(topic.prefix)
+        if suffixes is None:
+            suffixes = groups[topic.prefix] = [topic.prefix]
+            order.append(suffixes)
+        if topic.suffix not in suffixes[1:]:
             suffixes.append(topic.suffix)
     return [
-        c for prefix, suffixes in by_prefix.items() for c in _pack(prefix, suffixes, max_length)
+        c
+        for entry in order
+        for c in ([entry] if isinstance(entry, str) else _pack(entry[0], entry[1:], max_length))
     ]
 
 

@@ -145,6 +145,11 @@ class EmulatorSettings:
     #: its own and the rest subscribed. The reference leaves it open [?]: a
     #: client must cope with both.
     combined_refusal: Literal["whole", "parts"] = "whole"
+    #: Which combined topics are taken: ``one_word`` suffixes only
+    #: (``v2.users.U?presence&routingStatus``, the only shape the reference
+    #: shows), ``any`` (``?conversations.calls&presence`` too), or ``none``.
+    #: The rest get 400 ``notification.invalid.topic``.
+    combined_topics: Literal["one_word", "any", "none"] = "one_word"
 
     def __post_init__(self) -> None:
         problems = []
@@ -160,6 +165,8 @@ class EmulatorSettings:
             problems.append("invalid_client_status must be 400 or 401")
         if self.combined_refusal not in ("whole", "parts"):
             problems.append("combined_refusal must be 'whole' or 'parts'")
+        if self.combined_topics not in ("one_word", "any", "none"):
+            problems.append("combined_topics must be 'one_word', 'any' or 'none'")
         if problems:
             raise ConfigError("emulator settings: " + "; ".join(problems))
 
@@ -187,6 +194,7 @@ class Emulator:
         s = self.settings
         self.platform = Platform(s.limits)
         self.platform.combined_refusal = s.combined_refusal
+        self.platform.combined_topics = s.combined_topics
         for client in s.clients:
             # A copy, every field of it: the control surface may replace a
             # client, and the settings must still rebuild the first ones.

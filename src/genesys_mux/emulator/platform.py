@@ -175,6 +175,8 @@ class Platform:
         self.limits = limits or PlatformLimits()
         #: ``whole`` or ``parts``: see ``EmulatorSettings.combined_refusal``.
         self.combined_refusal = "whole"
+        #: ``one_word``, ``any`` or ``none``: see ``EmulatorSettings.combined_topics``.
+        self.combined_topics = "one_word"
         self.clients: dict[str, ClientApp] = {}
         self.tokens: dict[str, Token] = {}
         self.channels: dict[str, Channel] = {}
@@ -359,13 +361,13 @@ class Platform:
         rejected: list[dict[str, Any]] = []
         ids: list[str] = []
         for topic_id in topic_ids:
-            parts = _expand(topic_id)
+            parts = self._expand(topic_id)
             if len(parts) > 1 and self.combined_refusal == "parts":
                 ids.extend(parts)  # each part answers for itself
             else:
                 ids.append(topic_id)
         for topic_id in ids:
-            parts = _expand(topic_id)
+            parts = self._expand(topic_id)
             missing = sorted(
                 {p for part in parts for p in client.missing_permissions(parse_topic(part).family)}
             )
@@ -400,11 +402,26 @@ class Platform:
         self._touch(channel, now)
         return [{"id": t, "state": "Permitted"} for t in channel.topics] + rejected
 
+    def _expand(self, topic_id: str) -> tuple[str, ...]:
+        """The topics a (possibly combined) topic id subscribes; 400 if it is not one taken."""
+        parts = _expand(topic_id)
+        if len(parts) > 1 or "?" in topic_id:
+            suffixes = topic_id.partition("?")[2].split("&")
+            if self.combined_topics == "none" or (
+                self.combined_topics == "one_word" and any("." in s for s in suffixes)
+            ):
+                raise ApiProblem(
+                    400,
+                    "notification.invalid.topic",
+                    f"Invalid topic {topic_id!r}: not a combination this platform takes",
+                )
+        return parts
+
     def unsubscribe(self, channel: Channel, topic_ids: Iterable[str], now: float) -> None:
         """Remove topics from a channel (invalid topics raise 400)."""
         gone: set[str] = set()
         for topic_id in topic_ids:
-            gone.update(_expand(topic_id))
+            gone.update(self._expand(topic_id))
         self._set_topics(channel, [t for t in channel.topics if t not in gone])
         self._touch(channel, now)
 

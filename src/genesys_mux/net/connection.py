@@ -1664,6 +1664,12 @@ class ChannelPool:
             *[t for t in topics if t in apart],
         ]
 
+    def _combined(self, topics: list[str]) -> list[str]:
+        """Those of ``topics`` that :meth:`_subscription_list` sends inside a combined topic."""
+        by_name = {t.lower(): t for t in topics}
+        sent = [name for name in self._subscription_list(topics) if "?" in name]
+        return [by_name[part] for part in expanded_topics(sent) if part in by_name]
+
     def _keep_apart(self, wanted: list[str], rejected: Iterable[Rejection]) -> bool:
         """Note the parts of every refused combined topic, to send plain; True if any is new.
 
@@ -1715,7 +1721,20 @@ class ChannelPool:
         )
         found = await self._invalid_among(channel_id, suspects)
         if not found:
-            raise refusal
+            # Each alone is taken, together they are not: the platform does
+            # not take their combination (the reference shows combined
+            # topics of one shape only). Sent apart from now on.
+            combined = self._combined(suspects)
+            if not combined:
+                raise refusal
+            log.warning(
+                "slot %d: the platform refused %d topics combined and takes them one by one; "
+                "they are sent apart from now on",
+                slot.index,
+                len(combined),
+            )
+            self._apart.update(combined)
+            return set()
         for topic in found:
             self._invalid_topics[topic] = Rejection(
                 topic, f"not a topic the platform has (HTTP 400 {_INVALID_TOPIC})"
