@@ -214,3 +214,28 @@ def test_a_section_that_cannot_be_read_stops_only_its_own_checks(tmp_path: Path)
         "are fixed",
     )
     assert report.config is None
+
+
+def test_an_unknown_key_is_answered_with_the_key_meant_wherever_it_is() -> None:
+    """Sections, sinks and clients say what they allow, as a stream's keys do."""
+    with pytest.raises(ConfigFileError) as bad:
+        parse_config(
+            {
+                "genesys": {"regoin": "mypurecloud.com"},
+                "settings": {"admin_prot": 9464},
+                "streams": [
+                    {
+                        "id": "voice",
+                        "filter": {"channelType": "voice"},
+                        "sinks": [{"type": "jsonl", "path": "voice.jsonl", "linger": 1}],
+                    }
+                ],
+            }
+        )
+    errors = dict(bad.value.errors)
+    assert errors["genesys.regoin"].startswith("unknown key; did you mean 'region'? allowed keys")
+    assert errors["settings.admin_prot"].startswith("unknown key; did you mean 'admin_port'?")
+    linger = errors["streams[0].sinks[0].linger"]
+    assert linger.startswith("unknown key; did you mean 'linger_s'? allowed keys are ")
+    assert "path" in linger
+    assert len(errors) == 3

@@ -39,9 +39,21 @@ filter's topics; raw ``topics`` are delivered as they arrive.
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Final,
+    Literal,
+    Self,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from pydantic import (
     AfterValidator,
@@ -433,8 +445,71 @@ def _render_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return out or "(stream)"
 
 
-def _allowed_keys(model: type[BaseModel]) -> str:
-    return ", ".join(f.alias or name for name, f in model.model_fields.items())
+def _model_keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def unknown_key_message(key: object, allowed: Sequence[str] | None) -> str:
+    """The message for an unknown key: the likeliest key meant and every allowed one, if known."""
+    if not allowed:
+        return "unknown key"
+    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}allowed keys are {', '.join(allowed)}"
+
+
+def keys_at(root: Any, loc: Sequence[int | str]) -> list[str] | None:
+    """The keys allowed where pydantic found the unknown key at ``loc`` (the key last).
+
+    ``root`` is the type validated: a model, or an annotation such as a
+    discriminated union, whose members pydantic names in ``loc`` by tag.
+    None when the place cannot be told.
+    """
+    current: Any = root
+    for part in loc[:-1]:
+        current = _step(current, part)
+        if current is None:
+            return None
+    models = [c for c in _members(current) if _is_model(c)]
+    return _model_keys(models[0]) if len(models) == 1 else None
+
+
+def _is_model(candidate: Any) -> bool:
+    return isinstance(candidate, type) and issubclass(candidate, BaseModel)
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation may hold: Annotated and unions unwrapped, None left out."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _step(annotation: Any, part: int | str) -> Any:
+    """The annotation one step into ``annotation`` along ``part``, or None."""
+    members = _members(annotation)
+    for member in members:
+        origin = get_origin(member)
+        if isinstance(part, int) and origin in (list, tuple, Sequence):
+            return get_args(member)[0]
+        if isinstance(part, str) and origin in (dict, Mapping):
+            return get_args(member)[1]
+        if isinstance(part, str) and _is_model(member):
+            for name, info in member.model_fields.items():
+                if part in (name, info.alias):
+                    return info.annotation
+    # A union member, named by its tag (the Literal of its discriminator).
+    for member in members:
+        if _is_model(member) and any(
+            part in get_args(info.annotation)
+            for info in member.model_fields.values()
+            if get_origin(info.annotation) is Literal
+        ):
+            return member
+    return None
 
 
 def _render_message(error: ErrorDetails, model: type[BaseModel] | None = None) -> str:
@@ -442,7 +517,7 @@ def _render_message(error: ErrorDetails, model: type[BaseModel] | None = None) -
     if kind == "extra_forbidden":
         if model is None:
             model = StreamFilter if len(loc) == 2 and loc[0] == "filter" else StreamConfig
-        return f"unknown key; allowed keys are {_allowed_keys(model)}"
+        return unknown_key_message(loc[-1] if loc else "", _model_keys(model))
     message = error["msg"]
     if kind == "value_error":
         message = message.removeprefix("Value error, ")

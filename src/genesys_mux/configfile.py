@@ -49,7 +49,13 @@ from pydantic import (
 )
 
 from genesys_mux._extras import missing_extra
-from genesys_mux.config import StreamConfig, _ConfigModel, parse_streams
+from genesys_mux.config import (
+    StreamConfig,
+    _ConfigModel,
+    keys_at,
+    parse_streams,
+    unknown_key_message,
+)
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.redaction import redact_url
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
@@ -112,7 +118,7 @@ class _FileModel(_ConfigModel):
 
     @classmethod
     def _config_error(cls, exc: ValidationError, data: object) -> ConfigError:
-        return ConfigFileError(_pydantic_errors(exc, ""), cls.__name__)
+        return ConfigFileError(_pydantic_errors(exc, "", cls), cls.__name__)
 
 
 class OAuthClientSpec(_FileModel):
@@ -811,7 +817,7 @@ def _parse(data: Mapping[str, Any], *, source: str, base_dir: Path | None) -> _P
     try:
         document = _Document.model_validate(data)
     except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, ""))
+        errors.extend(_pydantic_errors(exc, "", _Document))
         document = _salvage_document(data, exc, skipped)
     parsed = _Parsed(config=ConfigFile(GenesysSection(), Settings(), (), {}), skipped=skipped)
     stream_items: list[dict[str, Any]] = []
@@ -1036,7 +1042,7 @@ def _parse_sinks(
         try:
             _SinkList.model_validate({"sinks": raw_sinks})
         except ValidationError as exc:
-            return [], _pydantic_errors(exc, prefix), []
+            return [], _pydantic_errors(exc, prefix, _SinkList), []
         return [], [], []
     specs: list[tuple[int, SinkSpec]] = []
     errors: list[tuple[str, str]] = []
@@ -1048,7 +1054,7 @@ def _parse_sinks(
             try:
                 spec = _BUILTIN_SINK.validate_python(raw)
             except ValidationError as exc:
-                errors.extend(_pydantic_errors(exc, where))
+                errors.extend(_pydantic_errors(exc, where, BuiltinSinkSpec))
                 # pydantic names the union member first: ("webhook", "timeout_s").
                 kept = _without_failed_keys(raw, [e["loc"][1:] for e in exc.errors()])
                 salvaged = None
@@ -1092,17 +1098,18 @@ def _parse_sinks(
         try:
             batching = _PluginBatching._pydantic_validate(common)
         except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, where))
+            errors.extend(_pydantic_errors(exc, where, _PluginBatching))
         try:
             options = loaded.options.model_validate(own)
         except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, where))
+            errors.extend(_pydantic_errors(exc, where, loaded.options))
         if batching is not None and options is not None:
             specs.append((j, PluginSinkSpec(kind, options, loaded, batching.batching)))
     return specs, errors, unchecked
 
 
-def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
+def _pydantic_errors(exc: ValidationError, prefix: str, root: Any) -> list[tuple[str, str]]:
+    """Each of pydantic's errors as (key path, message); ``root`` is the type validated."""
     out = []
     for error in exc.errors():
         path = prefix
@@ -1115,7 +1122,9 @@ def _pydantic_errors(exc: ValidationError, prefix: str) -> list[tuple[str, str]]
                 path = f"{path}.{part}" if path else str(part)
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            # The place the key was found in: a plugin's options, say, as
+            # well as the sections and sinks of the file.
+            message = unknown_key_message(error["loc"][-1], keys_at(root, error["loc"]))
         elif error["type"] == "value_error":
             # Our own validators' messages, without pydantic's "Value error, ".
             message = str(error.get("ctx", {}).get("error", message.removeprefix("Value error, ")))
