@@ -81,7 +81,7 @@ from genesys_mux.state import open_store
 if TYPE_CHECKING:
     from genesys_mux.cluster import ClusterMember, Lease
 
-__all__ = ["Output", "Runtime", "build_sink", "sink_problems"]
+__all__ = ["Output", "Runtime", "build_sink", "sink_problems", "state_setting"]
 
 log = logging.getLogger("genesys_mux.cli")
 
@@ -244,6 +244,19 @@ def event_line(item: StreamEvent | Gap) -> bytes:
     )
 
 
+def state_setting(config: ConfigFile) -> str:
+    """The key to fix when the state's Redis cannot be reached: ``[state]``'s, or the cluster's.
+
+    Without a Redis of its own in ``[state]``, a cluster keeps the state in
+    its own Redis: then ``[cluster] url`` (or ``url_env``) is what names it.
+    """
+    state, cluster = config.state, config.cluster
+    key = "url_env" if state.url_env is not None else "url"
+    if cluster is not None and (state.url, state.url_env) == (cluster.url, cluster.url_env):
+        return f"[cluster] {key} (the state is kept in the cluster's Redis)"
+    return f"[state] {key}"
+
+
 def client_budgets(config: ConfigFile) -> dict[str, int]:
     """Each OAuth client's channel budget, for the cluster's placement."""
     if config.genesys.clients:
@@ -401,6 +414,7 @@ class Runtime:
                 prefix=self.config.state.prefix,
                 # A cluster's instances share the keys; another cluster's are refused.
                 cluster=self.config.cluster.name if self.config.cluster is not None else None,
+                setting=state_setting(self.config),
             ),
             checkpoint_interval_s=self.config.state.checkpoint_interval_s,
         )

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from genesys_mux._extras import raise_if_extra_missing
-from genesys_mux.cli.runtime import build_sink, client_budgets
+from genesys_mux.cli.runtime import build_sink, client_budgets, state_setting
 from genesys_mux.configfile import (
     ConfigFile,
     GenesysSection,
@@ -489,7 +489,12 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
 
 def _store_of(config_path: Path, *, exclusive: bool = True) -> tuple[ConfigFile, StateStore]:
     config = load_config(config_path)
-    store = open_store(config.state.target(), prefix=config.state.prefix, exclusive=exclusive)
+    store = open_store(
+        config.state.target(),
+        prefix=config.state.prefix,
+        exclusive=exclusive,
+        setting=state_setting(config),
+    )
     return config, store
 
 
@@ -572,7 +577,9 @@ def reset_state(config: ConfigFile, console: Console) -> int:
     """Move the configured state aside (never deleted), so the next run starts afresh."""
 
     async def move() -> str:
-        store = open_store(config.state.target(), prefix=config.state.prefix)
+        store = open_store(
+            config.state.target(), prefix=config.state.prefix, setting=state_setting(config)
+        )
         return await store.move_aside()
 
     try:
@@ -625,6 +632,7 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
                 lease_ttl_s=cluster.lease_ttl_s,
                 prefix=config.state.prefix,
                 where=redis_name(url),
+                reader=True,  # its errors say what to check, not what a member would do
             )
             await table.check_server(scripts=False)  # a reader: it runs no script
             members = await table.members()

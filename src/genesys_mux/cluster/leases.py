@@ -231,7 +231,8 @@ class LeaseTable:
     """One instance's view of a cluster's members and leases in Redis.
 
     ``client`` is a redis-py asyncio client (the caller owns it); keys go
-    under ``{prefix}cluster:{{{cluster}}}:``.
+    under ``{prefix}cluster:{{{cluster}}}:``. ``reader`` is a table that
+    only looks (``cluster status``): its errors do not speak of forwarding.
     """
 
     def __init__(
@@ -243,8 +244,12 @@ class LeaseTable:
         lease_ttl_s: float = 10.0,
         prefix: str = "genesys-mux:",
         where: str = "redis",
+        reader: bool = False,
     ) -> None:
         self._redis = client
+        #: A reader (``cluster status``) takes part in nothing: a failure
+        #: says what to check, not what a member does about it.
+        self.reader = reader
         self.cluster = checked_id("cluster name", cluster)
         self.instance = checked_id("instance id", instance)
         if not lease_ttl_s > 0:
@@ -503,7 +508,11 @@ class LeaseTable:
                 raise ClusterPermissionError(
                     permission_problem(exc, CLUSTER, self.where, keys, what)
                 ) from exc
+            consequence = (
+                "nothing was changed; check that Redis runs there and that [cluster] names it"
+                if self.reader
+                else "this instance stops forwarding what it cannot prove it owns"
+            )
             raise ClusterError(
-                f"{self.where}: cannot {what} ({type(exc).__name__}: {exc}); "
-                "this instance stops forwarding what it cannot prove it owns"
+                f"{self.where}: cannot {what} ({type(exc).__name__}: {exc}); {consequence}"
             ) from exc

@@ -188,8 +188,11 @@ class RedisStateStore:
         prefix: str = "genesys-mux:",
         timeout_s: float = 5.0,
         cluster: str | None = None,
+        setting: str = "[state] url",
     ) -> None:
         check_redis_url(url, _WHERE)
+        #: The configuration's key that names this Redis, for what to fix.
+        self.setting = setting
         self.name = redis_name(url)
         self.prefix = prefix
         #: The cluster this instance belongs to, if any: the first to open
@@ -577,7 +580,7 @@ class RedisStateStore:
             return StateError(f"{self.name}: {TLS_REFUSED} ({exc})")
         return StateError(
             f"{self.name}: cannot reach the state store ({exc}); check that Redis runs "
-            "there, or fix [state] url"
+            f"there, or fix {self.setting}"
         )
 
     def _error(self, doing: str, exc: BaseException) -> StateError:

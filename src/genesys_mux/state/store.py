@@ -139,20 +139,25 @@ def open_store(
     prefix: str = "genesys-mux:",
     exclusive: bool = True,
     cluster: str | None = None,
+    setting: str | None = None,
 ) -> StateStore:
     """A store for a setting: a store as is, ``redis://``/``rediss://`` URLs, else a file path.
 
     None is the in-memory store. ``exclusive=False`` opens a SQLite file as
     a reader, without its one-writer lock. ``cluster`` names the cluster of
     an instance that writes a Redis store (another cluster's keys are
-    refused at open). Nothing is opened yet: call ``await store.open()``.
+    refused at open). ``setting`` is the configuration key that names a
+    Redis store, said in its errors as what to fix (``[state] url`` unless
+    given). Nothing is opened yet: call ``await store.open()``.
     """
     if state is None:
         return MemoryStateStore()
     if isinstance(state, str) and state.startswith(("redis://", "rediss://", "unix://")):
         from genesys_mux.state.redis import RedisStateStore
 
-        return RedisStateStore(state, prefix=prefix, cluster=cluster)
+        return RedisStateStore(
+            state, prefix=prefix, cluster=cluster, setting=setting or "[state] url"
+        )
     if isinstance(state, str | os.PathLike):
         from genesys_mux.state.sqlite import SqliteStateStore
 
