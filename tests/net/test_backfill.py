@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
+from typing import Any, cast
 
 from genesys_mux import Gap, StreamStats
 from genesys_mux.config import filter_topics, parse_stream
 from genesys_mux.core.snapshot import conversation_facts, event_facts
+from genesys_mux.net.multiplexer import _BACKFILL_MARGIN_S
 from tests.net.conftest import eventually
 from tests.net.test_multiplexer import Collector, harness, org_settings
 
@@ -215,3 +216,31 @@ async def test_a_stream_removed_while_its_backfill_waits_on_rest_is_left_alone()
         # What only "all" remembered is gone; "calls" keeps its own.
         calls = h.mux._streams["calls"].stream
         assert all(r.streams == calls._bit for r in h.mux._key_memory.records())
+
+
+async def test_the_backfill_query_reaches_past_each_side_of_the_gap() -> None:
+    """A gap's ends are receive times here; the platform's timestamps are earlier.
+
+    A call that ended just before the gap began, and whose end arrived
+    inside it, is found only by a query that starts before the gap did.
+    """
+    async with harness(org_settings(rate=10.0), backfill=True) as h:
+        assert h.mux.rest is not None
+        asked: list[tuple[float, float]] = []
+        query = h.mux.rest.conversations_between
+
+        async def recorded(start: float, end: float, *args: Any, **kwargs: Any) -> list[str]:
+            asked.append((start, end))
+            return await query(start, end, *args, **kwargs)
+
+        h.mux.rest.conversations_between = recorded  # type: ignore[method-assign]
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        seen = Collector(h.mux.stream("all"))
+        await eventually(lambda: len(seen.events()) >= 5)
+        await h.control("faults", {"fault": "drop_socket"})
+        await eventually(lambda: bool(asked), within=20)
+        seen.stop()
+    (gap,) = seen.gaps()
+    ((start, end),) = asked
+    assert start == gap.start - _BACKFILL_MARGIN_S
+    assert end == gap.end + _BACKFILL_MARGIN_S

@@ -112,6 +112,12 @@ EventCallback = Callable[[StreamEvent], Awaitable[None] | None]
 GapCallback = Callable[[Gap], Awaitable[None] | None]
 #: Remembered keys built per slice of a checkpoint, between which events go through.
 _CHECKPOINT_SLICE = 2000
+#: Seconds the back-fill query reaches past each side of a gap. A gap's ends
+#: are receive times on this host; the analytics query compares them with
+#: the platform's timestamps, which are earlier by the notification's
+#: delivery time and apart by the clocks' skew: a call that ended just
+#: before the gap, and whose end arrived inside it, would be missed.
+_BACKFILL_MARGIN_S = 10.0
 #: Records cleared per slice of the memory of a stream that left (see _forget_left).
 _SWEEP_SLICE = 5000
 _CALLBACKS = "genesys-mux-callbacks"
@@ -1333,7 +1339,8 @@ class Multiplexer:
         """Fetch the current snapshot of every conversation a gap may have hidden.
 
         For the queue and user conversation topics of the gaps, the analytics
-        query finds the conversations that overlapped the window, and each one's current
+        query finds the conversations that overlapped the window (widened by
+        ``_BACKFILL_MARGIN_S`` on each side), and each one's current
         snapshot (``GET /api/v2/conversations/{id}``) goes through the
         stream's pipeline like a received event, marked ``backfilled``.
         De-duplication and ordering still apply: a snapshot the stream
@@ -1353,8 +1360,8 @@ class Multiplexer:
                     targets.setdefault(entity, []).append((state, topic))
         if not targets:
             return 0
-        start = min(g.start for g in gaps)
-        end = max(g.end for g in gaps)
+        start = min(g.start for g in gaps) - _BACKFILL_MARGIN_S
+        end = max(g.end for g in gaps) + _BACKFILL_MARGIN_S
         queues = [e for f, e in targets if f is TopicFamily.QUEUE_CONVERSATIONS]
         users = [e for f, e in targets if f is TopicFamily.USER_CONVERSATIONS]
         ids = await rest.conversations_between(start, end, queues, users, limit=self.backfill_limit)
