@@ -246,13 +246,14 @@ def _run_async(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     import asyncio
 
     from genesys_mux.cli import tools
+    from genesys_mux.cli.runtime import StopRequest
 
     async def runner() -> int:
-        stop = asyncio.Event()
+        stop = StopRequest()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, stop.ask, sig.name)
         return await main(stop)
 
     try:

@@ -270,6 +270,20 @@ def client_budgets(config: ConfigFile) -> dict[str, int]:
 _CLUSTER_DEDUPE_S = 3600.0
 
 
+class StopRequest(asyncio.Event):
+    """The event a run stops at, with what asked for the stop (a signal's name), for the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+
+    def ask(self, reason: str) -> None:
+        """Ask for the stop; the first reason given is kept."""
+        if self.reason is None:
+            self.reason = reason
+        self.set()
+
+
 class Runtime:
     """Runs one configuration until told to stop."""
 
@@ -471,6 +485,8 @@ class Runtime:
             # From here a stop drains (below) instead of cancelling the start-up.
             self._started = True
             await self._wait(stop, duration_s)
+            why = self._why_stopping(stop, duration_s)
+            self._say(logging.INFO, f"stopping ({why}): draining, then the last checkpoint")
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -486,11 +502,35 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._stopped(audit, why)
         if self._fatal is not None:
             # Raised once everything buffered is dead-lettered and the last
             # checkpoint is written: the command line prints it and exits 2.
             raise self._fatal
         return 0
+
+    def _why_stopping(self, stop: asyncio.Event, duration_s: float | None) -> str:
+        if self._fatal is not None:
+            return f"{type(self._fatal).__name__}, see above"
+        if stop.is_set():
+            reason = stop.reason if isinstance(stop, StopRequest) else None
+            return reason or "asked to stop"
+        return f"--duration {duration_s:g} s reached"
+
+    def _stopped(self, audit: AuditLog, why: str) -> None:
+        """Say that the run stopped, why, and what its streams delivered and dead-lettered."""
+        assert self.mux is not None
+        streams = self.mux.stats()["streams"]
+        delivered = sum(s.delivered for s in streams.values())
+        dead = sum(s.dead_lettered + self._sink_dead_lettered(sid) for sid, s in streams.items())
+        self._say(
+            logging.INFO,
+            # (A cluster member has handed its streams over by now: these
+            # are the streams it still held.)
+            f"stopped ({why}): {delivered} events delivered and {dead} dead-lettered "
+            f"by the {len(streams)} stream(s) it held at the end",
+        )
+        audit.run_stopped(why, len(streams), delivered, dead)
 
     async def _add(self, stream: StreamConfig) -> None:
         assert self.mux is not None

@@ -215,7 +215,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 #: Event codes the audit log writes of its own, besides each control event's kind.
-OWN_EVENTS = ("STREAM_METRIC", "DLQ_DROPPED")
+OWN_EVENTS = ("STREAM_METRIC", "DLQ_DROPPED", "RUN_STOPPED")
 
 #: Control-event fields deliberately not written: ``"Class.field"`` → why.
 #: Empty: every field of every :data:`ControlEvent` is a fact worth keeping.
@@ -514,6 +514,24 @@ class AuditLog:
         else:
             message = error
         self.record(SinkFailed(stream_id, sink, message))
+
+    def run_stopped(self, reason: str, streams: int, delivered: int, dead_lettered: int) -> None:
+        """Write the ``RUN_STOPPED`` line: why a run stopped, and what its streams had done.
+
+        Written last, once everything held is: a clean stop then always ends
+        the file with it, and a file that ends without it was a crash.
+        """
+        self.flush()
+        self.write(
+            "INFO",
+            "run_stopped",
+            {
+                "reason": reason,
+                "streams": streams,
+                "delivered": delivered,
+                "dead_lettered": dead_lettered,
+            },
+        )
 
     def stream_metrics(
         self, mux: Multiplexer, sink_dead_lettered: Callable[[str], int] | None = None
