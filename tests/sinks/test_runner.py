@@ -8,6 +8,7 @@ streams of a Multiplexer against the emulator with real webhook receivers.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.errors import ConfigError, FencedError, SinkError, SinkStartError
+from genesys_mux.sinks import runner as runner_module
 from genesys_mux.sinks.base import Item
 from genesys_mux.sinks.runner import SinkRunner
 from genesys_mux.sinks.webhook import WebhookSink
@@ -243,6 +245,56 @@ async def test_exhausted_attempts_dead_letter_the_events_not_the_gaps(
     assert [d.raw for d in letters] == [e.raw for e in events]
     assert (runner.failed_batches, runner.dead_lettered, runner.sent) == (1, 4, 0)
     assert "gap of stream voice-main not delivered" in caplog.text
+
+
+async def test_a_sink_that_keeps_failing_is_summed_up_in_the_log_not_line_by_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its first failed batch is told attempt by attempt; then a summary, and the recovery.
+
+    A webhook that is down must not write two or three log lines for every
+    batch of a busy stream; what the log leaves out is counted in the next
+    line it writes, and every event still goes to the dead-letter queue.
+    """
+    caplog.set_level(logging.INFO, logger="genesys_mux")
+    sink = ListSink("hook", errors=[SinkError("sink hook: HTTP 503", retryable=True)] * 30)
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(
+        source(real_events(11)), [sink], letters.append, batch_size=1, max_attempts=3, backoff=FAST
+    )
+    await asyncio.wait_for(runner.run(), 10)
+    assert [d.sequence for d in letters] == list(range(1, 11))
+    assert sink.sequences() == [11]
+    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    assert len(said) == 4, said
+    assert "failed (" in said[0]  # the first batch's retries...
+    assert "failed a batch of 1 items after 3 attempt(s)" in said[2]  # ...and its end
+    assert said[3] == (
+        "sink hook of stream recovered after 1 attempt(s); since the last line: "
+        "9 more batch(es) failed, 9 events to the dead-letter queue, 18 retries"
+    )
+
+
+async def test_a_sink_still_failing_says_so_once_per_interval(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interval of 0: each later failed batch gets its summary line.
+    monkeypatch.setattr(runner_module, "FAILURE_LOG_INTERVAL_S", 0.0)
+    caplog.set_level(logging.INFO, logger="genesys_mux")
+    sink = ListSink("hook", errors=[SinkError("sink hook: HTTP 503", retryable=True)] * 9)
+    runner = SinkRunner(
+        source(real_events(3)), [sink], discard, batch_size=1, max_attempts=3, backoff=FAST
+    )
+    await asyncio.wait_for(runner.run(), 10)
+    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    assert (
+        said[3:]
+        == [
+            "sink hook of stream still failing (HTTP 503); since the last line: "
+            "1 more batch(es) failed, 1 events to the dead-letter queue, 2 retries"
+        ]
+        * 2
+    )
 
 
 async def test_a_sink_bug_costs_one_batch_not_the_stream() -> None:

@@ -144,11 +144,13 @@ class Retries:
         *,
         retry_after_s: float | None = None,
         retryable: bool = True,
+        log: bool = True,
     ) -> float | None:
         """Count a failed attempt; the seconds to wait before the next, or None to give up.
 
         A non-retryable error, or the last allowed attempt, gives up (and
         logs nothing: the caller reports the failure as it sees fit).
+        Without ``log`` a retry is not logged either (the caller summarises).
         """
         self.attempts += 1
         if not retryable or (self.max_attempts is not None and self.attempts >= self.max_attempts):
@@ -156,6 +158,8 @@ class Retries:
         delay = (
             retry_after_s if retry_after_s is not None else self.backoff.delay(self.attempts - 1)
         )
+        if not log:
+            return delay
         # The first failure of a run is news (WARNING); its repeats are not.
         self.logger.log(
             logging.WARNING if self.attempts == 1 else logging.INFO,

@@ -95,6 +95,9 @@ _T = TypeVar("_T")
 
 #: Longest failure text kept in a dead letter's reason and in ``last_error``.
 REASON_CHARS: Final = 200
+#: Seconds between the log lines of a sink that keeps failing, after the
+#: lines of its first failed batch (the audit log has a line a second).
+FAILURE_LOG_INTERVAL_S: Final = 10.0
 #: Upper bounds in seconds of the buckets of :attr:`SinkCounters.send_buckets`:
 #: a local Redis answers in a millisecond, a webhook over the internet in
 #: tens or hundreds, and a struggling one hits its timeout.
@@ -124,6 +127,13 @@ class SinkCounters:
     #: longer sends; and their total in seconds.
     send_buckets: list[int] = field(default_factory=lambda: [0] * (len(SEND_BUCKETS) + 1))
     send_seconds: float = 0.0
+    #: While failing, after the first failed batch, what the log has not said
+    #: line by line: batches given up, their events, retries; and when it
+    #: last said it (see SinkRunner._deliver_to).
+    unlogged_batches: int = 0
+    unlogged_events: int = 0
+    unlogged_retries: int = 0
+    logged_at: float = 0.0
 
     def observe_send(self, seconds: float) -> None:
         """Count one ``send`` that took ``seconds``."""
@@ -512,6 +522,11 @@ class SinkRunner:
             max_attempts=self.max_attempts,
             logger=self._log,
         )
+        # A sink failing since an earlier batch was said to fail then: its
+        # retries and give-ups are summed up once per interval, not logged
+        # two or three lines per batch (a webhook that is down would flood
+        # the log at the stream's rate). The audit log collapses them too.
+        quiet = counters.failing_since is not None
         while True:
             attempt = retries.attempts + 1
             started = time.perf_counter()
@@ -542,9 +557,13 @@ class SinkRunner:
                 error = _unexpected(exc)
             else:
                 counters.observe_send(time.perf_counter() - started)
-                if attempt > 1:
+                if attempt > 1 or quiet:
                     self._log.info(
-                        "sink %s of %s recovered after %d attempts", sink.name, self.name, attempt
+                        "sink %s of %s recovered after %d attempt(s)%s",
+                        sink.name,
+                        self.name,
+                        attempt,
+                        self._unlogged(counters),
                     )
                 # A sink that takes a batch again is no longer failing: /status
                 # must not keep showing an error that has gone.
@@ -561,23 +580,38 @@ class SinkRunner:
             if counters.failing_since is None:
                 counters.failing_since = time.monotonic()
             wait = retries.failed(
-                reason, retry_after_s=error.retry_after, retryable=error.retryable
+                reason, retry_after_s=error.retry_after, retryable=error.retryable, log=not quiet
             )
             if wait is not None and time.monotonic() + wait > self._stop_deadline:
                 wait = None
                 reason = f"{reason} (stopped while retrying)"
             if wait is None:
                 events = sum(1 for item in batch if isinstance(item, StreamEvent))
-                self._log.warning(
-                    "sink %s of %s failed a batch of %d items after %d attempt(s): %s; "
-                    "%d events go to the dead-letter queue",
-                    sink.name,
-                    self.name,
-                    len(batch),
-                    attempt,
-                    reason,
-                    events,
-                )
+                now = time.monotonic()
+                if not quiet:
+                    counters.logged_at = now
+                    self._log.warning(
+                        "sink %s of %s failed a batch of %d items after %d attempt(s): %s; "
+                        "%d events go to the dead-letter queue",
+                        sink.name,
+                        self.name,
+                        len(batch),
+                        attempt,
+                        reason,
+                        events,
+                    )
+                else:
+                    counters.unlogged_batches += 1
+                    counters.unlogged_events += events
+                    if now - counters.logged_at >= FAILURE_LOG_INTERVAL_S:
+                        counters.logged_at = now
+                        self._log.warning(
+                            "sink %s of %s still failing (%s)%s",
+                            sink.name,
+                            self.name,
+                            reason,
+                            self._unlogged(counters),
+                        )
                 self._notify(
                     sink.name,
                     f"{reason} (attempt {attempt}, gave up: {events} events dead-lettered)",
@@ -586,8 +620,23 @@ class SinkRunner:
                 return False
             counters.retries += 1
             self.retries += 1
+            if quiet:
+                counters.unlogged_retries += 1
             self._notify(sink.name, f"{reason} (attempt {attempt}, retrying in {wait:.2f} s)")
             await self._pause(wait)
+
+    @staticmethod
+    def _unlogged(counters: SinkCounters) -> str:
+        """What the log did not say of a failing sink since it last did, then forgotten."""
+        said = ""
+        if counters.unlogged_batches or counters.unlogged_retries:
+            said = (
+                f"; since the last line: {counters.unlogged_batches} more batch(es) failed, "
+                f"{counters.unlogged_events} events to the dead-letter queue, "
+                f"{counters.unlogged_retries} retries"
+            )
+        counters.unlogged_batches = counters.unlogged_events = counters.unlogged_retries = 0
+        return said
 
     async def _pause(self, delay: float) -> None:
         """Wait ``delay``, cut short by the stop grace ending, whichever is first."""
