@@ -84,12 +84,16 @@ __all__ = [
     "WebhookSinkSpec",
     "check_config",
     "check_environment",
+    "check_sink",
     "configured_region",
     "json_schema",
     "load_config",
     "load_credentials",
     "missing_extras",
+    "output_files",
     "parse_config",
+    "sink_key_path",
+    "sink_key_paths",
 ]
 
 _M = TypeVar("_M", bound=_ConfigModel)
@@ -976,8 +980,34 @@ def _resolved(
     return genesys, settings, resolved
 
 
-def _sink_path(stream_id: str, position: int, paths: Mapping[tuple[str, int], str]) -> str:
+def sink_key_path(stream_id: str, position: int, paths: Mapping[tuple[str, int], str]) -> str:
+    """A sink's key in the file (``streams[0].sinks[1]``), from :func:`sink_key_paths`."""
     return paths.get((stream_id, position), f"sinks of stream {stream_id}: [{position}]")
+
+
+def output_files(
+    settings: Settings | None,
+    sinks: Mapping[str, tuple[SinkSpec, ...]],
+    paths: Mapping[tuple[str, int], str],
+) -> list[tuple[str, str]]:
+    """The files ``run`` appends to, each with its key in the file: ``(key, path)``.
+
+    The dead-letter queue, the audit log (unless it is stderr) and the JSONL
+    sinks, their paths as loaded. ``settings`` is None when that section
+    could not be read: its files are left out.
+    """
+    files = []
+    if settings is not None:
+        files.append(("settings.dlq_path", settings.dlq_path))
+        if settings.audit_path != "-":
+            files.append(("settings.audit_path", settings.audit_path))
+    for stream_id, specs in sinks.items():
+        files += [
+            (f"{sink_key_path(stream_id, j, paths)}.path", spec.path)
+            for j, spec in enumerate(specs)
+            if isinstance(spec, JsonlSinkSpec)
+        ]
+    return files
 
 
 def _missing_directories(
@@ -989,21 +1019,13 @@ def _missing_directories(
     """Files the run will write, whose directory is not there: found now, not at run time.
 
     Relative paths are taken from ``base``; each problem comes as (path in
-    the file, problem, the file's path is absolute). ``settings`` is None
-    when that section could not be read: its files are not checked.
+    the file, problem, the file's path is absolute).
     """
-    wanted = []
-    if settings is not None:
-        wanted.append(("settings.dlq_path", settings.dlq_path))
-        if settings.audit_path != "-":
-            wanted.append(("settings.audit_path", settings.audit_path))
-    for stream_id, specs in sinks.items():
-        wanted += [
-            (f"{_sink_path(stream_id, j, paths)}.path", spec.path)
-            for j, spec in enumerate(specs)
-            if isinstance(spec, JsonlSinkSpec)
-        ]
-    return [problem for where, path in wanted for problem in _missing_directory(where, path, base)]
+    return [
+        problem
+        for where, path in output_files(settings, sinks, paths)
+        for problem in _missing_directory(where, path, base)
+    ]
 
 
 def _missing_directory(where: str, path: str, base: Path) -> list[tuple[str, str, bool]]:
@@ -1176,7 +1198,7 @@ def _environment_problems(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     env = os.environ if environ is None else environ
     skipped = parsed.skipped if parsed is not None else set()
-    paths = parsed.sink_paths if parsed is not None else _sink_paths(config)
+    paths = parsed.sink_paths if parsed is not None else sink_key_paths(config)
     errors: list[tuple[str, str]] = []
     warnings: list[str] = []
     genesys = config.genesys
@@ -1200,7 +1222,7 @@ def _environment_problems(
         _check_credentials(genesys, env, errors, warnings, here=here)
     for stream_id, specs in config.sinks.items():
         for j, spec in enumerate(specs):
-            _check_sink(spec, _sink_path(stream_id, j, paths), stream_id, env, errors, warnings)
+            check_sink(spec, sink_key_path(stream_id, j, paths), stream_id, env, errors, warnings)
     for name, section in (("state", config.state), ("cluster", config.cluster)):
         if section is None or name in skipped or section.url_env is None:
             continue
@@ -1245,7 +1267,7 @@ def _check_credentials(
             errors.append(("genesys.secrets_file", str(exc)))
 
 
-def _check_sink(
+def check_sink(
     spec: SinkSpec,
     where: str,
     stream_id: str,
@@ -1309,7 +1331,7 @@ def _check_file_redis_url(url: str) -> None:
         raise ValueError(problem)
 
 
-def _sink_paths(config: ConfigFile) -> dict[tuple[str, int], str]:
+def sink_key_paths(config: ConfigFile) -> dict[tuple[str, int], str]:
     """Each sink's path in a valid file: its stream's and its own position."""
     return {
         (stream.id, j): f"streams[{i}].sinks[{j}]"
@@ -1325,7 +1347,7 @@ def missing_extras(config: ConfigFile) -> list[tuple[str, str]]:
     that fixes it. ``validate`` reports them with the file's other problems;
     ``run`` refuses to start on them rather than fail once it is connected.
     """
-    return _missing_extras(config, _sink_paths(config), frozenset())
+    return _missing_extras(config, sink_key_paths(config), frozenset())
 
 
 def _missing_extras(
@@ -1335,9 +1357,11 @@ def _missing_extras(
     for stream_id, specs in config.sinks.items():
         for j, spec in enumerate(specs):
             if isinstance(spec, RedisSinkSpec):
-                needs.append((_sink_path(stream_id, j, paths), "redis", "the Redis Streams sink"))
+                needs.append(
+                    (sink_key_path(stream_id, j, paths), "redis", "the Redis Streams sink")
+                )
             elif isinstance(spec, NatsSinkSpec):
-                needs.append((_sink_path(stream_id, j, paths), "nats", "the NATS sink"))
+                needs.append((sink_key_path(stream_id, j, paths), "nats", "the NATS sink"))
     if "state" not in skipped and (
         config.state.url is not None or config.state.url_env is not None
     ):

@@ -55,10 +55,10 @@ from genesys_mux.configfile import (
     SinkSpec,
     StdoutSinkSpec,
     WebhookSinkSpec,
-    _check_sink,
-    _sink_path,
-    _sink_paths,
+    check_sink,
     configured_region,
+    sink_key_path,
+    sink_key_paths,
 )
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.events import ControlEvent, Fatal
@@ -166,14 +166,14 @@ def sink_problems(config: ConfigFile, environ: Mapping[str, str] | None = None) 
     not set here (sink webhook of stream chat); set it where it runs``.
     """
     env = os.environ if environ is None else environ
-    paths = _sink_paths(config)
+    paths = sink_key_paths(config)
     problems: list[str] = []
     for stream_id, specs in config.sinks.items():
         for j, spec in enumerate(specs):
-            where = _sink_path(stream_id, j, paths)
+            where = sink_key_path(stream_id, j, paths)
             refused: list[tuple[str, str]] = []
             unset: list[str] = []
-            _check_sink(spec, where, stream_id, env, refused, unset)
+            check_sink(spec, where, stream_id, env, refused, unset)
             found = [f"{key}: {problem}" for key, problem in refused]
             found += unset
             if not found:

@@ -28,13 +28,12 @@ from genesys_mux.cli.runtime import build_sink, client_budgets, state_setting
 from genesys_mux.configfile import (
     ConfigFile,
     GenesysSection,
-    JsonlSinkSpec,
-    _sink_path,
-    _sink_paths,
     check_config,
     json_schema,
     load_config,
     load_credentials,
+    output_files,
+    sink_key_paths,
 )
 from genesys_mux.core.checkpoint import StreamCheckpoint
 from genesys_mux.core.limits import PLATFORM
@@ -73,26 +72,6 @@ def print_error(console: Console, problem: object) -> None:
     console.print(Text.assemble(("error:", "red"), " ", str(problem)), soft_wrap=True)
 
 
-def output_files(config: ConfigFile) -> list[tuple[str, Path]]:
-    """The files ``run`` appends to, each with its key in the file.
-
-    The audit log (unless it is stderr), the dead-letter queue and the JSONL
-    sinks, their paths as loaded (relative ones taken from the file's directory).
-    """
-    settings = config.settings
-    files = [("settings.dlq_path", Path(settings.dlq_path))]
-    if settings.audit_path != "-":
-        files.append(("settings.audit_path", Path(settings.audit_path)))
-    paths = _sink_paths(config)
-    for stream_id, specs in config.sinks.items():
-        files += [
-            (f"{_sink_path(stream_id, j, paths)}.path", Path(spec.path))
-            for j, spec in enumerate(specs)
-            if isinstance(spec, JsonlSinkSpec)
-        ]
-    return files
-
-
 def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
     """Files ``run`` appends to that this user cannot write here: ``(key, problem, file)``.
 
@@ -102,7 +81,9 @@ def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
     that is there but read-only, and a path that names a directory.
     """
     problems = []
-    for where, file in output_files(config):
+    files = output_files(config.settings, config.sinks, sink_key_paths(config))
+    for where, name in files:
+        file = Path(name)
         directory = file.parent
         if file.is_dir():
             problem = f"{str(file)!r} is a directory; name a file (in it, say)"
