@@ -99,6 +99,44 @@ async def test_read_only_directories_are_problems_with_their_keys(tmp_path: Path
 
 
 @as_root
+def test_files_made_beforehand_in_a_read_only_directory_are_fine_unless_rotated(
+    tmp_path: Path,
+) -> None:
+    """An audit log and a dead-letter queue (with its lock) created by an administrator.
+
+    The run only appends to them, so their directory (``/var/log``, say)
+    may be read-only to it; a JSONL sink's is not, as it rotates its file.
+    """
+    from genesys_mux.cli.tools import unwritable_outputs
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for name in ("audit.jsonl", "dlq.jsonl", "dlq.jsonl.lock", "calls.jsonl"):
+        (locked / name).touch()
+    (tmp_path / "mux.toml").write_text(
+        config(
+            'audit_path = "locked/audit.jsonl"\ndlq_path = "locked/dlq.jsonl"',
+            sink_path="locked/calls.jsonl",
+        )
+    )
+    loaded = load_config(tmp_path / "mux.toml")
+    locked.chmod(0o500)
+    try:
+        found = [where for where, _, _ in unwritable_outputs(loaded)]
+    finally:
+        locked.chmod(0o700)
+    assert found == ["streams[0].sinks[0].path"]
+    # Without its lock the queue must create one there.
+    (locked / "dlq.jsonl.lock").unlink()
+    locked.chmod(0o500)
+    try:
+        found = [where for where, _, _ in unwritable_outputs(loaded)]
+    finally:
+        locked.chmod(0o700)
+    assert found == ["settings.dlq_path", "streams[0].sinks[0].path"]
+
+
+@as_root
 async def test_a_read_only_absolute_directory_is_a_warning_unless_here(tmp_path: Path) -> None:
     """Like a missing one: an absolute path may name the machine it runs on, not this one."""
     locked = tmp_path / "elsewhere"

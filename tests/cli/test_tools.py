@@ -295,14 +295,15 @@ async def test_a_stream_with_no_letter_in_the_file_is_named_with_the_streams_it_
         run_cli("dlq", "list", "-f", "dlq.jsonl", *typo, "--json", cwd=tmp_path),
     )
     for result in (purged, table, as_json):
-        # As dlq replay refuses a stream its configuration does not have.
-        assert result.code == 2, result.why()
-        assert result.stderr.startswith(
-            "error: no dead letters of stream 'voice-mian' in dlq.jsonl; "
+        # None is a true answer (a script polling one stream must not fail
+        # because others have letters), said with what the file does hold.
+        assert result.code == 0, result.why()
+        assert (
+            "warning: no dead letters of stream 'voice-mian' in dlq.jsonl; "
             "it holds letters of: chat-support (2), voice-main (3)"
-        ), result.why()
-        assert result.stdout == ""
-        assert "purged" not in result.output
+        ) in result.output, result.why()
+    assert "purged 0 dead letter(s); 5 remain" in purged.output
+    assert as_json.stdout == ""
     assert dlq_lines(path) == original
 
 

@@ -197,6 +197,10 @@ async def test_an_event_its_callback_fails_on_is_dead_lettered_not_forgotten() -
 
         h.mux.on_event(flaky)
         await eventually(lambda: len(failed) >= 3 and len(handled) >= 6)
+        # Counted as what they are: the buffer's dead letters, not deliveries.
+        counters = h.mux.stats()["streams"]["all"]
+        assert counters.delivered == len(handled)
+        assert counters.dead_lettered == len(failed)
     # (The stop dead-letters what was still buffered, as "stopped".)
     letters = [d for d in h.dlq.letters if d.reason.startswith("callback_failed:")]
     assert {(d.stream_id, d.sequence) for d in letters} == {

@@ -12,8 +12,10 @@ loss, and read the watermark a checkpoint would save.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -98,3 +100,46 @@ async def test_an_open_outage_holds_the_watermark_at_its_start() -> None:
         s.reader.stop()
         assert h.mux.watermark("all") <= window.since <= told_at
         assert not [o for o in s.pool.outages if o.slot == s.lost]
+
+
+async def test_a_loss_read_while_the_slot_is_busy_holds_the_watermark_at_its_start() -> None:
+    """A 404 read while the slot's supervisor waits on a PUT: no window is open yet.
+
+    The loss starts at the frame before the 404 (the socket's ``lost_at``),
+    not at the 404 itself, the socket's last frame. Heartbeats come every
+    5 s and nothing else, so the two are far apart.
+    """
+    settings = org_settings(rate=0.0, heartbeat_interval_s=5.0)
+    async with harness(settings, pool_settings=_TWO_SLOTS) as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        pool = h.mux.pool
+        assert pool is not None
+        assert len(pool.channel_ids()) == 2
+        put = pool._rest.put_subscriptions
+        release = asyncio.Event()
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            await release.wait()
+            return await put(*args, **kwargs)
+
+        pool._rest.put_subscriptions = held  # type: ignore[method-assign]
+        # One more topic: the slot with room PUTs it, and waits there.
+        presence = f"v2.users.{uuid.UUID(int=1)}.presence"
+        adding = asyncio.create_task(h.mux.add_stream({"id": "one", "topics": [presence]}))
+        try:
+            await eventually(lambda: any(not s.machine.in_sync for s in pool._slots.values()))
+            (busy,) = [s for s in pool._slots.values() if not s.machine.in_sync]
+            socket = busy.socket
+            assert socket is not None
+            await h.control("faults", {"fault": "expire_channel", "channel_id": socket.info.id})
+            await eventually(lambda: socket.lost_at is not None)
+            assert socket.lost_at is not None
+            assert busy.machine.window is None  # its supervisor has not heard yet
+            assert socket.last_frame_wall > socket.lost_at + 0.001  # the 404, read later
+            since = pool.unreported_since(frozenset(pool._planner.slots[busy.index]))
+            assert since is not None
+            assert since <= socket.lost_at + 0.0001
+        finally:
+            release.set()
+            adding.cancel()
+            await asyncio.gather(adding, return_exceptions=True)

@@ -63,6 +63,11 @@ __all__ = [
 ]
 
 
+def print_warning(console: Console, problem: object) -> None:
+    """``warning: <problem>`` on one line, as :func:`print_error` writes errors."""
+    console.print(Text.assemble(("warning:", "yellow"), " ", str(problem)), soft_wrap=True)
+
+
 def print_error(console: Console, problem: object) -> None:
     """``error: <problem>`` on one line: never wrapped, never read as markup.
 
@@ -76,26 +81,35 @@ def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
     """Files ``run`` appends to that this user cannot write here: ``(key, problem, file)``.
 
     A directory that is not there is not one of them: the configuration's
-    own check reports it. What is reported is a directory that is there but
-    read-only (``os.access``: the permissions, a read-only mount), a file
-    that is there but read-only, and a path that names a directory.
+    own check reports it. What is reported is a path that names a
+    directory, a file that is there but read-only, and a read-only directory
+    (``os.access``: the permissions, a read-only mount) where the run must
+    create something in it: the file when it is not there yet, the
+    dead-letter queue's ``.lock`` beside it, a JSONL sink's rotated files.
+    An audit log created beforehand in a directory the service cannot
+    write (``/var/log``, say) is fine: it is only ever appended to.
     """
     problems = []
+    advice = "make it writable for the user the run runs as, or choose another path"
     files = output_files(config.settings, config.sinks, sink_key_paths(config))
     for where, name in files:
         file = Path(name)
         directory = file.parent
+        creates = [file]
+        if where == "settings.dlq_path":
+            creates.append(file.with_name(file.name + ".lock"))
+        rotates = where not in ("settings.dlq_path", "settings.audit_path")
         if file.is_dir():
             problem = f"{str(file)!r} is a directory; name a file (in it, say)"
-        elif directory.is_dir() and not os.access(directory, os.W_OK):
+        elif unwritable := [f for f in creates if f.exists() and not os.access(f, os.W_OK)]:
+            problem = f"{str(unwritable[0])!r} is not writable by this user; {advice}"
+        elif (
+            (rotates or not all(f.exists() for f in creates))
+            and directory.is_dir()
+            and not os.access(directory, os.W_OK)
+        ):
             problem = (
-                f"directory {directory} of {str(file)!r} is not writable by this user; "
-                "make it writable for the user the run runs as, or choose another path"
-            )
-        elif file.exists() and not os.access(file, os.W_OK):
-            problem = (
-                f"{str(file)!r} is not writable by this user; make it writable for the user "
-                "the run runs as, or choose another path"
+                f"directory {directory} of {str(file)!r} is not writable by this user; {advice}"
             )
         else:
             continue
@@ -297,9 +311,10 @@ def _letters(path: Path, stream: str | None) -> list[DeadLetter]:
 def _no_such_stream(path: Path, stream: str | None, every: list[DeadLetter]) -> str | None:
     """Why ``--stream`` names no letter of a file that holds some (a typo, say), with its streams.
 
-    None when it names some, or the file holds none. Like ``dlq replay``
-    with a stream its configuration does not have, the command then stops
-    with exit status 2, having touched nothing.
+    None when it names some, or the file holds none. Said as a warning: a
+    stream with no letter is a true answer (a script polling one stream's
+    letters must not fail because another stream has some), but a typo
+    must not read as "none" alone.
     """
     if stream is None or not every or any(d.stream_id == stream for d in every):
         return None
@@ -317,8 +332,7 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
         return 1
     unknown = _no_such_stream(path, stream, every)
     if unknown is not None:
-        print_error(console, unknown)
-        return 2
+        print_warning(console, unknown)
     letters = [d for d in every if stream is None or d.stream_id == stream]
     if as_json:
         for d in letters:
@@ -388,8 +402,7 @@ def dlq_purge(path: Path, stream: str | None, console: Console) -> int:
         every = _every_letter(path)
         unknown = _no_such_stream(path, stream, every)
         if unknown is not None:
-            print_error(console, unknown)
-            return 2
+            print_warning(console, unknown)
         letters = [d for d in every if stream is None or d.stream_id == stream]
         remaining = rewrite_without(path, letters) if letters else len(every)
     except ConfigError as exc:

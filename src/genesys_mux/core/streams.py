@@ -821,6 +821,11 @@ class Stream:
                 self._dead(item, "overflow_drop_oldest")
                 return
 
+    def not_handled(self, event: StreamEvent, reason: str) -> None:
+        """The consumer took ``event`` but failed on it: dead-lettered, not counted delivered."""
+        self.counters.delivered -= 1
+        self._dead(event, reason)
+
     def _dead(self, event: StreamEvent, reason: str) -> None:
         self._unsettled.pop(event.sequence, None)  # settled: it is in the dead-letter queue
         self.counters.dead_lettered += 1

@@ -1013,7 +1013,8 @@ class ChannelPool:
         start of such a window would make a crash lose it: the next run's
         restart gap starts at the watermark. So for every slot carrying one
         of ``topics``: the start of its open window; for its serving socket,
-        the last frame read (all it is known to have delivered), when its
+        the last frame read (all it is known to have delivered), when it was
+        lost (before its supervisor has opened the window), when its
         subscriptions went, and when it began to shed; and the start of
         every shed window queued but not yet reported. None when no slot
         carries them.
@@ -1026,6 +1027,10 @@ class ChannelPool:
             socket = slot.socket
             if socket is not None:
                 times.append(socket.last_frame_wall)
+                if socket.lost_at is not None:
+                    # Lost (a 404 read, say) but the machine not told yet: the
+                    # loss starts before that frame.
+                    times.append(socket.lost_at)
                 if socket.shedding is not None:
                     times.append(socket.shedding[0])
                 unsubscribed = socket.unsubscribed_at
@@ -1046,6 +1051,20 @@ class ChannelPool:
             ):
                 earliest = outage.start
         return earliest
+
+    async def subscribed(self, topics: frozenset[str]) -> None:
+        """Return once every slot carrying one of ``topics`` has its topics subscribed.
+
+        :meth:`set_topics` waits for the slots it changed; a slot planned
+        earlier may still be connecting (a set-up cut short by a cancelled
+        caller, retried). A slot that failed or closes is not waited for.
+        Raises the pool's failure, if it has one.
+        """
+        for slot in list(self._slots.values()):
+            if not topics.isdisjoint(self._planner.slots.get(slot.index, ())):
+                await self._wait_synced(slot)
+        if self.failure is not None:
+            raise self.failure
 
     def _report_shed(self, shed: _Shed) -> None:
         """Report a shed window the reader reached (queued behind what was read before it)."""

@@ -720,6 +720,11 @@ class Multiplexer:
             self._set_topics(state)
             self._streams[config.id] = state
             await self._apply_topics()
+            if self.pool is not None:
+                # Also a slot planned before and still connecting (this call's
+                # own earlier try, cancelled): until it is subscribed, the
+                # restart or standby window is not over.
+                await self.pool.subscribed(state.topics)
         except BaseException:
             if saved is not None:
                 self._checkpoints.setdefault(config.id, saved)
@@ -1632,9 +1637,14 @@ class Multiplexer:
                 continue
             failed = await _call_each(self._event_callbacks, item, "event")
             if failed is not None:
-                # Not handled, though handed out: kept for a replay, never
-                # counted as delivered and forgotten (settled once this returns).
-                self.dead_letter(DeadLetter.of(item, f"callback_failed:{failed}"))
+                # Not handled, though handed out: kept for a replay, and
+                # counted as dead-lettered, not delivered.
+                reason = f"callback_failed:{failed}"
+                state = self._streams.get(item.stream_id)
+                if state is not None:
+                    state.stream.not_handled(item, reason)
+                else:  # removed meanwhile
+                    self.dead_letter(DeadLetter.of(item, reason))
 
     async def _tell_gaps(self) -> None:
         untold = self._untold

@@ -188,9 +188,9 @@ _STREAM_COUNTERS = (
     (
         "dead_lettered",
         "genesys_mux_stream_dead_lettered",
-        "Events the stream's buffer wrote to the dead-letter queue (overflow, stop, stream "
-        "removed). Those its sinks gave up on are genesys_mux_sink_dead_lettered_total: the "
-        "two add up to every dead letter.",
+        "Events the stream itself wrote to the dead-letter queue (overflow, stop, stream "
+        "removed, an on_event callback that failed on it). Those its sinks gave up on are "
+        "genesys_mux_sink_dead_lettered_total: the two add up to every dead letter.",
     ),
     ("gaps", "genesys_mux_stream_gaps", "Outage windows reported to the stream as gaps."),
 )
