@@ -197,9 +197,9 @@ async def test_an_event_its_callback_fails_on_is_dead_lettered_not_forgotten() -
 
         h.mux.on_event(flaky)
         await eventually(lambda: len(failed) >= 3 and len(handled) >= 6)
-        # Counted as what they are: the buffer's dead letters, not deliveries.
+        # Handed over, and the stream's own dead letters.
         counters = h.mux.stats()["streams"]["all"]
-        assert counters.delivered == len(handled)
+        assert counters.delivered == len(handled) + len(failed)
         assert counters.dead_lettered == len(failed)
     # (The stop dead-letters what was still buffered, as "stopped".)
     letters = [d for d in h.dlq.letters if d.reason.startswith("callback_failed:")]
@@ -208,3 +208,38 @@ async def test_an_event_its_callback_fails_on_is_dead_lettered_not_forgotten() -
     }
     assert {d.reason for d in letters} == {f"callback_failed:{flaky.__qualname__}: ValueError"}
     assert not {d.sequence for d in h.dlq.letters} & {e.sequence for e in handled}
+
+
+async def test_a_failure_counts_against_the_stream_it_came_from_not_its_replacement() -> None:
+    """The stream is removed and added again while its callback holds an event, which then fails."""
+    async with harness() as h:
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        holding = asyncio.Event()
+        release = asyncio.Event()
+        held: list[StreamEvent] = []
+
+        async def slow_then_fails(event: StreamEvent) -> None:
+            if not held:
+                held.append(event)
+                holding.set()
+                await release.wait()
+                raise ValueError("the consumer's own bug")
+            await asyncio.Event().wait()  # nothing more is taken
+
+        h.mux.on_event(slow_then_fails)
+        await asyncio.wait_for(holding.wait(), 20)
+        await h.mux.remove_stream("all")
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        replacement = h.mux._streams["all"].stream
+        await eventually(lambda: replacement.events_buffered >= 1)
+        release.set()
+        failed = "callback_failed:"
+        await eventually(lambda: any(d.reason.startswith(failed) for d in h.dlq.letters))
+        # Its letter is written; the new stream's counts and records are untouched.
+        assert replacement.counters.dead_lettered == 0
+        assert replacement.counters.delivered >= 0
+        (letter,) = [d for d in h.dlq.letters if d.reason.startswith(failed)]
+        assert (letter.sequence, letter.idempotency_key) == (
+            held[0].sequence,
+            held[0].idempotency_key,
+        )

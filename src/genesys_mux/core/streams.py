@@ -822,8 +822,11 @@ class Stream:
                 return
 
     def not_handled(self, event: StreamEvent, reason: str) -> None:
-        """The consumer took ``event`` but failed on it: dead-lettered, not counted delivered."""
-        self.counters.delivered -= 1
+        """The consumer took ``event`` but failed on it: dead-lettered (it stays delivered).
+
+        Counters only ever grow (Prometheus reads a drop as a restart): the
+        event was handed over, as one a sink runner gives up on is.
+        """
         self._dead(event, reason)
 
     def _dead(self, event: StreamEvent, reason: str) -> None:

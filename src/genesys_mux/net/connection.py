@@ -1742,8 +1742,9 @@ class ChannelPool:
         if not found:
             # Each alone is taken, together they are not: the platform does
             # not take their combination (the reference shows combined
-            # topics of one shape only). Sent apart from now on.
-            combined = self._combined(suspects)
+            # topics of one shape only). Sent apart from now on: all of the
+            # list's, as a new topic may combine with one already carried.
+            combined = self._combined(topics)
             if not combined:
                 raise refusal
             log.warning(

@@ -1635,16 +1635,14 @@ class Multiplexer:
             if not isinstance(item, StreamEvent):
                 # The gap callbacks were told of it when it was reported.
                 continue
+            # The stream it was just taken from (nothing ran since): the one
+            # to count a failure against, even if it is replaced meanwhile.
+            origin = self._streams[item.stream_id].stream
             failed = await _call_each(self._event_callbacks, item, "event")
             if failed is not None:
-                # Not handled, though handed out: kept for a replay, and
-                # counted as dead-lettered, not delivered.
-                reason = f"callback_failed:{failed}"
-                state = self._streams.get(item.stream_id)
-                if state is not None:
-                    state.stream.not_handled(item, reason)
-                else:  # removed meanwhile
-                    self.dead_letter(DeadLetter.of(item, reason))
+                # Not handled, though handed out (delivered, as to a sink
+                # runner that then gives up on it): kept for a replay.
+                origin.not_handled(item, f"callback_failed:{failed}")
 
     async def _tell_gaps(self) -> None:
         untold = self._untold
