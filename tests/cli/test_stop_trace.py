@@ -16,6 +16,7 @@ import pytest
 
 from genesys_mux.emulator import Emulator
 from tests.cli.conftest import run_cli, run_cli_until
+from tests.sinks.conftest import free_port
 
 DEMO_CREDENTIALS = {
     "GENESYSCLOUD_OAUTHCLIENT_ID": "demo-client",
@@ -54,14 +55,16 @@ async def test_a_signalled_stop_names_its_signal(
     printed = ran.stdout.count('"sequence"')
     assert f"stopping ({sig.name}): draining" in ran.stderr, ran.why()
     said = re.search(
-        rf"stopped \({sig.name}\): (\d+) events delivered and 0 dead-lettered", ran.stderr
+        rf"stopped \({sig.name}\): (\d+) events handed to sinks or the output, "
+        r"0 dead-lettered \(0 by the buffers, 0 by sinks\), by the 1 stream\(s\)",
+        ran.stderr,
     )
     assert said is not None, ran.why()
     assert int(said.group(1)) == printed
     stopped = _stopped(tmp_path)
     assert stopped["reason"] == sig.name
-    assert stopped["delivered"] == printed
-    assert stopped["dead_lettered"] == 0
+    assert stopped["taken"] == printed
+    assert stopped["dead_lettered"] == stopped["sink_dead_lettered"] == 0
     assert stopped["streams"] == 1
 
 
@@ -76,3 +79,47 @@ async def test_a_stop_at_the_end_of_its_duration_says_so(
     assert ran.code == 0, ran.why()
     assert "stopped (--duration 1 s reached)" in ran.stderr, ran.why()
     assert _stopped(tmp_path)["reason"] == "--duration 1 s reached"
+
+
+REFUSED = """\
+[settings]
+audit_path = "audit.jsonl"
+dlq_path = "dlq.jsonl"
+
+[[streams]]
+id = "all"
+filter = {{}}
+[[streams.sinks]]
+type = "webhook"
+url = "http://127.0.0.1:{port}/hook"
+secret_env = "HOOK_SECRET"
+signing = "genesys-mux"
+max_attempts = 1
+"""
+
+
+async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_delivered(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A webhook nobody listens for: every event its stream handed it was dead-lettered.
+
+    The stop's numbers say so, instead of counting them as delivered too.
+    """
+    (tmp_path / "mux.toml").write_text(REFUSED.format(port=free_port()))
+    ran = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "2",
+        cwd=tmp_path, env={**DEMO_CREDENTIALS, "HOOK_SECRET": "s" * 32},
+    )  # fmt: skip
+    assert ran.code == 0, ran.why()
+    stopped = _stopped(tmp_path)
+    letters = (tmp_path / "dlq.jsonl").read_text().splitlines()
+    by_sinks = sum(json.loads(line)["reason"].startswith("sink_failed:") for line in letters)
+    assert stopped["taken"] > 0, ran.why()
+    assert stopped["sink_dead_lettered"] == stopped["taken"] == by_sinks
+    assert stopped["dead_lettered"] == len(letters)
+    by_buffers = len(letters) - by_sinks
+    assert (
+        f"stopped (--duration 2 s reached): {by_sinks} events handed to sinks or the output, "
+        f"{len(letters)} dead-lettered ({by_buffers} by the buffers, {by_sinks} by sinks), "
+        "by the 1 stream(s) it held at the end"
+    ) in ran.stderr, ran.why()

@@ -461,7 +461,7 @@ def audit_scenario_lines() -> list[dict[str, object]]:
         # Collapsed facts: a summary line has what a first one has not.
         for error in ("HTTP 503", "HTTP 502", "timed out"):
             audit.sink_failure("voice-main", "hook", error)
-        audit.run_stopped("SIGTERM", 2, 120, 1)
+        audit.run_stopped("SIGTERM", 2, 120, 3, 1)
     return audit_lines(out)
 
 

@@ -518,19 +518,26 @@ class Runtime:
         return f"--duration {duration_s:g} s reached"
 
     def _stopped(self, audit: AuditLog, why: str) -> None:
-        """Say that the run stopped, why, and what its streams delivered and dead-lettered."""
+        """Say that the run stopped, why, and what its streams took and dead-lettered.
+
+        ``taken`` is what the streams handed on (to their sinks, or to the
+        output): the sinks may then have given up on some of it, which
+        ``dead_lettered`` counts with the buffers' own letters.
+        """
         assert self.mux is not None
         streams = self.mux.stats()["streams"]
-        delivered = sum(s.delivered for s in streams.values())
-        dead = sum(s.dead_lettered + self._sink_dead_lettered(sid) for sid, s in streams.items())
+        taken = sum(s.delivered for s in streams.values())
+        by_buffers = sum(s.dead_lettered for s in streams.values())
+        by_sinks = sum(self._sink_dead_lettered(sid) for sid in streams)
         self._say(
             logging.INFO,
             # (A cluster member has handed its streams over by now: these
             # are the streams it still held.)
-            f"stopped ({why}): {delivered} events delivered and {dead} dead-lettered "
-            f"by the {len(streams)} stream(s) it held at the end",
+            f"stopped ({why}): {taken} events handed to sinks or the output, "
+            f"{by_buffers + by_sinks} dead-lettered ({by_buffers} by the buffers, "
+            f"{by_sinks} by sinks), by the {len(streams)} stream(s) it held at the end",
         )
-        audit.run_stopped(why, len(streams), delivered, dead)
+        audit.run_stopped(why, len(streams), taken, by_buffers + by_sinks, by_sinks)
 
     async def _add(self, stream: StreamConfig) -> None:
         assert self.mux is not None

@@ -515,8 +515,15 @@ class AuditLog:
             message = error
         self.record(SinkFailed(stream_id, sink, message))
 
-    def run_stopped(self, reason: str, streams: int, delivered: int, dead_lettered: int) -> None:
+    def run_stopped(
+        self, reason: str, streams: int, taken: int, dead_lettered: int, sink_dead_lettered: int
+    ) -> None:
         """Write the ``RUN_STOPPED`` line: why a run stopped, and what its streams had done.
+
+        ``taken`` counts the events the streams handed on (to their sinks, or
+        to the output); ``dead_lettered`` those dead-lettered, by the buffers
+        and the sinks, of which ``sink_dead_lettered`` by the sinks (an event
+        a sink gave up on was taken first, so it is in both counts).
 
         Written last, once everything held is: a clean stop then always ends
         the file with it, and a file that ends without it was a crash.
@@ -528,8 +535,9 @@ class AuditLog:
             {
                 "reason": reason,
                 "streams": streams,
-                "delivered": delivered,
+                "taken": taken,
                 "dead_lettered": dead_lettered,
+                "sink_dead_lettered": sink_dead_lettered,
             },
         )
 
