@@ -573,3 +573,32 @@ async def test_a_member_refused_a_command_stops_its_streams_and_says_why(
         assert member.status.held == {}
         assert member.status.standby == set()
         assert mux.streams() == []
+
+
+async def test_a_stream_only_some_members_have_goes_to_one_of_them(
+    redis_server: RedisServer,
+) -> None:
+    """A rolling deploy that adds streams: the old member must not be placed what it lacks.
+
+    Placed there, it would never take it (its configuration does not have
+    it) and the new member would leave it to it: carried by nobody, and
+    said by nobody.
+    """
+    history: History = []
+    old_streams, new_streams = STREAMS[:1], STREAMS[:3]
+    async with cluster(redis_server) as (emulator, stack):
+        nodes = []
+        for name, streams in (("a", old_streams), ("b", new_streams)):
+            member = await a_member(stack, emulator, redis_server, name, history, streams)
+            task = asyncio.create_task(member.run())
+            stack.push_async_callback(_cancelled, task)
+            nodes.append(Node(name, member, task))
+        a, b = nodes
+        await eventually(lambda: a.held | b.held == {s.id for s in new_streams}, within=20.0)
+        assert a.held <= {s.id for s in old_streams}
+        assert not b.member.status.placement.unplaced
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

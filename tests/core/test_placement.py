@@ -153,3 +153,19 @@ def test_with_room_to_spare_no_stream_could_even_the_load_out_further(
     for member, load in by_member.items():
         for stream_id in placement.streams_of(member):
             assert not 0 < 2 * weight[stream_id] <= load - lightest, (member, stream_id)
+
+
+def test_a_stream_goes_only_to_a_member_whose_configuration_has_it() -> None:
+    """A rolling deploy: ``old`` lacks the streams the new configuration adds."""
+    old = Member("a-old", "c1", frozenset({"s0"}))
+    new = Member("b-new", "c1", frozenset({"s0", "s1", "s2"}))
+    legacy = Member("c-legacy", "c2")  # an older release: says nothing, takes any
+    demands = [StreamDemand(s, 10) for s in ("s0", "s1", "s2", "s3")]
+    placed = place(demands, [old, new], {}, {})
+    assert placed.owners["s1"] == placed.owners["s2"] == "b-new"
+    # Evening out moves nothing to a member that cannot carry it.
+    assert placed.owners["s0"] == "a-old"
+    assert "no live instance has it in its configuration" in placed.unplaced["s3"]
+    with_legacy = place(demands, [old, new, legacy], {}, {})
+    assert with_legacy.owners["s3"] == "c-legacy"
+    assert not with_legacy.unplaced

@@ -605,8 +605,13 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
 
     async def read() -> dict[str, Any]:
         from genesys_mux.cluster import LeaseTable
-        from genesys_mux.cluster.member import placement_owners, stream_weights
-        from genesys_mux.core.placement import Member, StreamDemand, place
+        from genesys_mux.cluster.member import (
+            cluster_members,
+            known_streams,
+            placement_owners,
+            stream_weights,
+        )
+        from genesys_mux.core.placement import StreamDemand, place
         from genesys_mux.state.redis_server import connect, redis_name
 
         try:
@@ -630,18 +635,19 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
             )
             await table.check_server(scripts=False)  # a reader: it runs no script
             members = await table.members()
-            ids = [s.id for s in config.streams]
+            # As the members place them: every stream any of them has.
+            ids = known_streams((s.id for s in config.streams), members)
             leases = await table.leases(ids)
             ready = await table.ready_for(s for s in ids if s not in leases)
             fences = {s: await table.fence(s) for s in ids}
         finally:
             await client.aclose()
         # As the members weigh them: with what each publishes it subscribes.
-        weights = stream_weights(config.streams, members)
+        weights = stream_weights(config.streams, members, others=ids)
         budgets = client_budgets(config)
         placement = place(
             (StreamDemand(s, weights[s]) for s in ids),
-            [Member(m.id, m.client) for m in members],
+            cluster_members(members),
             placement_owners(leases, ready, {m.id for m in members}),
             budgets,
             topics_per_channel=config.settings.topics_per_channel,

@@ -69,7 +69,14 @@ from genesys_mux.core.placement import Member, Placement, StreamDemand, place
 from genesys_mux.errors import ClusterError, ConfigError, GenesysMuxError, RedisPermissionError
 from genesys_mux.net.multiplexer import Multiplexer
 
-__all__ = ["ClusterMember", "MemberStatus", "placement_owners", "stream_weights"]
+__all__ = [
+    "ClusterMember",
+    "MemberStatus",
+    "cluster_members",
+    "known_streams",
+    "placement_owners",
+    "stream_weights",
+]
 
 log = logging.getLogger("genesys_mux.cluster")
 
@@ -99,8 +106,27 @@ class MemberStatus:
     channel_budget: int = PLATFORM.channels_per_client
 
 
+def cluster_members(published: Iterable[MemberInfo]) -> list[Member]:
+    """The placement's members: each with its OAuth client and the streams it has."""
+    return [
+        Member(m.id, m.client, None if m.streams is None else frozenset(m.streams))
+        for m in published
+    ]
+
+
+def known_streams(own: Iterable[str], published: Iterable[MemberInfo]) -> list[str]:
+    """Every stream this member's or any member's configuration has, sorted."""
+    known = set(own)
+    for member in published:
+        known.update(member.streams or ())
+    return sorted(known)
+
+
 def stream_weights(
-    streams: Iterable[StreamConfig], members: Iterable[MemberInfo] = ()
+    streams: Iterable[StreamConfig],
+    members: Iterable[MemberInfo] = (),
+    *,
+    others: Iterable[str] = (),
 ) -> dict[str, int]:
     """Each stream's weight for the placement: how many plain topics it subscribes, at least 1.
 
@@ -112,7 +138,9 @@ def stream_weights(
     filter that names neither a queue nor a user subscribes every queue of
     the org, counted as the member that listed them last says (1 while
     none has). Every member (and ``cluster status``) reads the same member
-    records, so all compute the same weights.
+    records, so all compute the same weights. ``others`` are streams not in
+    ``streams`` (another member's configuration has them): their published
+    count, or 1.
     """
     published = list(members)
     listed = [m for m in published if m.queues is not None]
@@ -130,6 +158,8 @@ def stream_weights(
         named = raw_topics(stream) | filter_topics(stream)
         configured = len(named) + (queues if needs_all_queues(stream) else 0)
         weights[stream.id] = max(1, configured)
+    for stream_id in others:
+        weights.setdefault(stream_id, max(1, counted.get(stream_id, 1)))
     return weights
 
 
@@ -207,7 +237,11 @@ class ClusterMember:
         self._count_backoff = 0.0
         # Streams held here that fitted nowhere at the last round.
         self._unfit: set[str] = set()
-        self.info = MemberInfo(table.instance, client, time.time(), host)
+        # The members last said to have other streams than this one's configuration.
+        self._differing: frozenset[str] = frozenset()
+        self.info = MemberInfo(
+            table.instance, client, time.time(), host, streams=sorted(self.streams)
+        )
         self.status = MemberStatus()
         self._on_ownership = on_ownership
         #: Called with every control-plane fact of the member (the audit log, metrics).
@@ -382,6 +416,27 @@ class ClusterMember:
             channels=mux.channels_in_use,
         )
 
+    def _say_configurations_differ(self, published: Sequence[MemberInfo]) -> None:
+        """Warn, once per change, when members have other streams than this one.
+
+        Normal for the length of a rolling deploy; a stream goes only to a
+        member that has it, so one that only some have may fit nowhere.
+        """
+        mine = set(self.streams)
+        differing = frozenset(
+            m.id for m in published if m.streams is not None and set(m.streams) != mine
+        )
+        if differing and differing != self._differing:
+            others = sorted(differing)
+            log.warning(
+                "cluster: instance(s) %s have other streams in their configuration than this "
+                "one (a rolling deploy?); a stream is carried only by an instance that has it",
+                ", ".join(others),
+            )
+        elif not differing and self._differing:
+            log.info("cluster: every instance has the same streams again")
+        self._differing = differing
+
     def _count_channels(self, published: Sequence[MemberInfo]) -> None:
         """Add up the channels the members sharing this one's client need; say when too many.
 
@@ -459,25 +514,34 @@ class ClusterMember:
             log.warning("lost the lease of stream %s; it stops here", lease.stream_id)
             await self._stop_here(lease.stream_id, "expired or taken")
         published = await table.members()
-        members = [Member(m.id, m.client) for m in published]
-        if self.info.id not in {m.id for m in members}:
-            members.append(Member(self.info.id, self.client))
+        if self.info.id not in {m.id for m in published}:
             published.append(self.info)
-        self.weights = {**stream_weights(self.streams.values(), published), **self._given_weights}
+        members = cluster_members(published)
+        # Every stream any member has, this one's or not: all members then
+        # place the same streams, each only where it is configured.
+        known = known_streams(self.streams, published)
+        self._say_configurations_differ(published)
+        self.weights = {
+            **stream_weights(self.streams.values(), published, others=known),
+            **self._given_weights,
+        }
         self._count_channels(published)
-        leases = await table.leases(self.streams)
+        leases = await table.leases(known)
         # A free lease with a member standing by: a handover under way.
-        ready = await table.ready_for(s for s in self.streams if s not in leases)
+        ready = await table.ready_for(s for s in known if s not in leases)
         current = placement_owners(leases, ready, {m.id for m in members})
         placement = place(
-            (StreamDemand(s, self.weights[s]) for s in self.streams),
+            (StreamDemand(s, self.weights[s]) for s in known),
             members,
             current,
             self.budgets,
             topics_per_channel=self.topics_per_channel,
         )
         for stream_id, why in placement.unplaced.items():
-            if stream_id not in status.placement.unplaced:
+            # Said by the members that have the stream (all of them, if none does).
+            if stream_id not in status.placement.unplaced and (
+                stream_id in self.streams or not any(m.knows(stream_id) for m in members)
+            ):
                 log.warning("stream %s fits on no instance: %s", stream_id, why)
                 self._report(StreamUnplaced(stream_id, why))
         status.placement = placement

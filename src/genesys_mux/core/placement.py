@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-Every instance of a cluster runs the same configuration and sees the same
-members (and their OAuth clients) in Redis. Each computes :func:`place`
-from that shared view and the current owners, and only acts on its own
-part of the answer: it asks for the leases of the streams placed on it and
-hands over those placed elsewhere. Redis's leases, not this function,
+Every instance of a cluster sees the same members (their OAuth clients,
+and the streams their configurations have) in Redis, and places the
+streams any of them has: the same configuration, but for a rolling
+deploy. Each computes :func:`place` from that shared view and the
+current owners, and only acts on its own part of the answer: it asks
+for the leases of the streams placed on it and hands over those placed
+elsewhere. Redis's leases, not this function,
 decide who actually owns a stream at any moment; the function only has to
 be deterministic (same inputs, same answer on every instance) and stable
 (an answer that moves nothing when nothing changed).
@@ -24,6 +26,9 @@ The rules, in order:
    the two loads, i.e. while the stream weighs at most half their
    difference. A member that joins takes its share this way; a balanced
    cluster moves nothing.
+
+A stream goes only to a member whose configuration has it (members of a
+rolling deploy may differ); one that no live member has is unplaced too.
 
 A stream's weight is its topic count. A member's channels are its topics
 divided by the platform's topics per channel, rounded up; the members
@@ -44,10 +49,19 @@ __all__ = ["Member", "Placement", "StreamDemand", "place"]
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A live instance of the cluster, and the OAuth client its channels count against."""
+    """A live instance of the cluster, and the OAuth client its channels count against.
+
+    ``streams`` are the streams its configuration has: only those can be
+    placed on it (None: not said, by an older release; taken as all).
+    """
 
     id: str
     client: str
+    streams: frozenset[str] | None = None
+
+    def knows(self, stream_id: str) -> bool:
+        """Whether the member can carry ``stream_id``: its configuration has the stream."""
+        return self.streams is None or stream_id in self.streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +123,9 @@ def place(
         used = sum(channels(x.topics + (extra if x is load else 0)) + 1 for x in sharing)
         return used <= usable
 
+    def fits(load: _Load, stream_id: str, topics: int) -> bool:
+        return load.member.knows(stream_id) and room(load, topics)
+
     def put(load: _Load, demand: StreamDemand) -> None:
         load.topics += demand.topics
         load.streams[demand.stream_id] = demand.topics
@@ -118,7 +135,7 @@ def place(
     homeless: list[StreamDemand] = []
     for demand in wanted:
         owner = loads.get(current.get(demand.stream_id, ""))
-        if owner is not None and room(owner, demand.topics):
+        if owner is not None and fits(owner, demand.stream_id, demand.topics):
             put(owner, demand)
         else:
             homeless.append(demand)
@@ -130,15 +147,15 @@ def place(
     while True:
         still: list[StreamDemand] = []
         for demand in homeless:
-            fits = [x for x in loads.values() if room(x, demand.topics)]
-            if fits:
-                put(min(fits, key=lambda x: (x.topics, x.member.id)), demand)
+            able = [x for x in loads.values() if fits(x, demand.stream_id, demand.topics)]
+            if able:
+                put(min(able, key=lambda x: (x.topics, x.member.id)), demand)
             else:
                 still.append(demand)
         placed_some = len(still) < len(homeless)
         homeless = still
         moved = False
-        while (move := _best_move(loads.values(), room)) is not None:
+        while (move := _best_move(loads.values(), fits)) is not None:
             source, target, stream_id = move
             weight = source.streams.pop(stream_id)
             source.topics -= weight
@@ -147,6 +164,12 @@ def place(
         if not homeless or not (placed_some or moved):
             break
     for demand in homeless:
+        if not any(x.member.knows(demand.stream_id) for x in loads.values()):
+            placement.unplaced[demand.stream_id] = (
+                "no live instance has it in its configuration (a rolling deploy not "
+                "finished?): start one whose configuration has it"
+            )
+            continue
         placement.unplaced[demand.stream_id] = (
             f"{demand.topics} topics fit on no instance: every OAuth client's "
             "channel budget is used"
@@ -155,7 +178,7 @@ def place(
 
 
 def _best_move(
-    loads: Iterable[_Load], fits: Callable[[_Load, int], bool]
+    loads: Iterable[_Load], fits: Callable[[_Load, str, int], bool]
 ) -> tuple[_Load, _Load, str] | None:
     """A stream to move from a more loaded member to a less loaded one, if any.
 
@@ -169,7 +192,9 @@ def _best_move(
             if gap <= 0:
                 break
             movable = [
-                (-w, s) for s, w in source.streams.items() if 0 < 2 * w <= gap and fits(target, w)
+                (-w, s)
+                for s, w in source.streams.items()
+                if 0 < 2 * w <= gap and fits(target, s, w)
             ]
             if movable:
                 return source, target, min(movable)[1]
