@@ -6,6 +6,7 @@ SIGTERM from a crash, nor when the instance stopped.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from genesys_mux.emulator import Emulator
-from tests.cli.conftest import run_cli, run_cli_until
+from tests.cli.conftest import run_cli, run_cli_until, start_cli
 from tests.sinks.conftest import free_port
 
 DEMO_CREDENTIALS = {
@@ -123,3 +124,47 @@ async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_del
         f"{len(letters)} dead-lettered ({by_buffers} by the buffers, {by_sinks} by sinks), "
         "by the 1 stream(s) it held at the end"
     ) in ran.stderr, ran.why()
+
+
+async def test_a_stop_during_start_up_says_so_and_ends_the_audit_log(tmp_path: Path) -> None:
+    """A SIGTERM while the platform cannot be reached: no drain, but no silent end either."""
+    (tmp_path / "mux.toml").write_text(CONFIG)
+    # Nothing answers on port 9 (discard): the token request keeps failing.
+    process = await start_cli(
+        "run", "-c", "mux.toml", "--base-url", "http://127.0.0.1:9",
+        cwd=tmp_path, env=DEMO_CREDENTIALS,
+    )  # fmt: skip
+    assert process.stderr is not None
+    said: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while line := (await process.stderr.readline()).decode():
+                said.append(line)
+                if "token request failed" in line:
+                    process.send_signal(signal.SIGTERM)
+                    break
+            _, rest = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    said.append(rest.decode())
+    stderr = "".join(said)
+    assert process.returncode == 0, stderr
+    assert "stopped during start-up (SIGTERM): 0 events handed to sinks" in stderr, stderr
+    stopped = _stopped(tmp_path)
+    assert stopped["reason"] == "SIGTERM during start-up"
+    assert (stopped["taken"], stopped["dead_lettered"]) == (0, 0)
+
+
+async def test_a_start_up_cut_short_by_its_duration_ends_the_audit_log(tmp_path: Path) -> None:
+    """Not a clean stop (exit 1), nor a crash: the audit log says it ended, and why."""
+    (tmp_path / "mux.toml").write_text(CONFIG)
+    ran = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", "http://127.0.0.1:9", "--duration", "1",
+        cwd=tmp_path, env=DEMO_CREDENTIALS,
+    )  # fmt: skip
+    assert ran.code == 1, ran.why()
+    assert "start-up did not finish within --duration 1 s" in ran.stderr, ran.why()
+    assert "stopped during start-up (--duration 1 s reached)" in ran.stderr, ran.why()
+    assert _stopped(tmp_path)["reason"] == "--duration 1 s reached during start-up"

@@ -323,6 +323,9 @@ class Runtime:
         #: or credentials the platform refused once the token in hand expired.
         self._fatal: GenesysMuxError | None = None
         self._fatal_event = asyncio.Event()
+        #: Why the start-up is being cancelled (a stop, or --duration), for
+        #: the audit log's last line: see :meth:`_close_audit`.
+        self._startup_stop: str | None = None
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> int:
         """Run until ``stop`` is set or ``duration_s`` has passed; returns an exit code.
@@ -335,11 +338,14 @@ class Runtime:
 
         A stop that comes while still starting (a token that cannot be had, a
         tenant that does not answer) cancels the start-up at once rather than
-        waiting for its retries to run out: there is nothing to drain yet.
+        waiting for its retries to run out: there is nothing to drain yet. It
+        is said all the same (``stopped during start-up (SIGTERM)``), and the
+        audit log, once opened, still ends with ``RUN_STOPPED``.
         """
         self._started = False
         self._fatal = None
         self._fatal_event.clear()
+        self._startup_stop = None
         work = asyncio.ensure_future(self._run(stop, duration_s))
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -350,18 +356,23 @@ class Runtime:
                 {work, stopper}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
             )
             if not work.done() and not self._started:
+                if not stop.is_set():
+                    self._say(
+                        logging.ERROR,
+                        f"start-up did not finish within --duration {duration_s:g} s "
+                        "(see the warnings above for what is failing); stopping",
+                    )
+                # Said, and written to the audit log, as the start-up unwinds.
+                self._startup_stop = self._why_stopping(stop, duration_s)
                 work.cancel()
                 await asyncio.wait({work})
+                if self._startup_stop is not None:
+                    # Cancelled before it had opened the audit log: said all the same.
+                    self._say(logging.INFO, f"stopped during start-up ({self._startup_stop})")
+                    self._startup_stop = None
                 if not work.cancelled():
                     work.result()  # an error while unwinding is still reported
-                if stop.is_set():
-                    return 0
-                self._say(
-                    logging.ERROR,
-                    f"start-up did not finish within --duration {duration_s:g} s "
-                    "(see the warnings above for what is failing); stopping",
-                )
-                return 1
+                return 0 if stop.is_set() else 1
             return await work
         finally:
             stopper.cancel()
@@ -440,7 +451,7 @@ class Runtime:
         tasks: list[asyncio.Task[Any]] = []
         async with contextlib.AsyncExitStack() as stack:
             # Closed last, after the multiplexer's own closing facts, however it ends.
-            stack.callback(audit.close)
+            stack.callback(self._close_audit, audit)
             # The admin server comes first: /healthz answers from the first
             # second and /readyz says why it is not ready yet, so an outage of
             # the platform at start-up is not mistaken for a dead process (and
@@ -517,7 +528,7 @@ class Runtime:
             return reason or "asked to stop"
         return f"--duration {duration_s:g} s reached"
 
-    def _stopped(self, audit: AuditLog, why: str) -> None:
+    def _stopped(self, audit: AuditLog, why: str, *, during_startup: bool = False) -> None:
         """Say that the run stopped, why, and what its streams took and dead-lettered.
 
         ``taken`` is what the streams handed on (to their sinks, or to the
@@ -533,11 +544,27 @@ class Runtime:
             logging.INFO,
             # (A cluster member has handed its streams over by now: these
             # are the streams it still held.)
-            f"stopped ({why}): {taken} events handed to sinks or the output, "
+            f"stopped{' during start-up' if during_startup else ''} ({why}): "
+            f"{taken} events handed to sinks or the output, "
             f"{by_buffers + by_sinks} dead-lettered ({by_buffers} by the buffers, "
             f"{by_sinks} by sinks), by the {len(streams)} stream(s) it held at the end",
         )
-        audit.run_stopped(why, len(streams), taken, by_buffers + by_sinks, by_sinks)
+        reason = f"{why} during start-up" if during_startup else why
+        audit.run_stopped(reason, len(streams), taken, by_buffers + by_sinks, by_sinks)
+
+    def _close_audit(self, audit: AuditLog) -> None:
+        """Close the audit log as ``_run`` ends; a cancelled start-up says it stopped first.
+
+        Run last as the start-up unwinds, after the multiplexer's closing
+        facts: the stop is then said, and ``RUN_STOPPED`` ends the file, as
+        a stop that drains does.
+        """
+        why, self._startup_stop = self._startup_stop, None
+        try:
+            if why is not None:
+                self._stopped(audit, why, during_startup=True)
+        finally:
+            audit.close()
 
     async def _add(self, stream: StreamConfig) -> None:
         assert self.mux is not None
