@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 
 from genesys_mux import Multiplexer, StreamConfig
 from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
-from genesys_mux.core.events import ControlEvent, StreamActivated
+from genesys_mux.core.events import ControlEvent, LeaseLost, StreamActivated
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import ClusterPermissionError
 from genesys_mux.observability.metrics import readiness
@@ -69,6 +70,7 @@ async def a_member(
     *,
     settle: bool = True,
     handover_timeout_s: float = 5.0,
+    socket_timeout_s: float = 1.0,
 ) -> ClusterMember:
     """A member on its own started Multiplexer; nothing runs its rounds yet.
 
@@ -78,7 +80,7 @@ async def a_member(
     mux: Multiplexer = a_mux(emulator, RedisStateStore(redis_server.url, prefix="shared:"))
     await mux.start()
     stack.push_async_callback(mux.stop, drain=False)
-    client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+    client = aioredis.Redis.from_url(redis_server.url, socket_timeout=socket_timeout_s)
     stack.push_async_callback(client.aclose)
     table = LeaseTable(client, cluster="test", instance=name, lease_ttl_s=lease_ttl_s)
 
@@ -212,6 +214,37 @@ async def test_a_member_that_cannot_reach_redis_stops_after_one_lease_and_comes_
         assert a.member.status.trouble is None
         # Ready again once the state store took a checkpoint too.
         await eventually(lambda: readiness(mux, a.member).ready)
+
+
+async def test_a_member_whose_redis_stops_answering_stops_before_its_leases_expire(
+    redis_server: RedisServer,
+) -> None:
+    """A frozen Redis (a partition looks the same): calls hang for the socket timeout.
+
+    That is 5 s here, five leases long: waiting for it to fail, the member
+    would deliver for seconds after another instance could have taken its
+    streams. It must stop them before a lease can have expired in Redis.
+    """
+    history: History = []
+    stopped: list[tuple[float, ControlEvent]] = []
+    async with cluster(redis_server) as (emulator, stack):
+        member = await a_member(stack, emulator, redis_server, "a", history, socket_timeout_s=5.0)
+        member.on_control.append(lambda event: stopped.append((time.monotonic(), event)))
+        task = asyncio.create_task(member.run())
+        stack.push_async_callback(_cancelled, task)
+        await eventually(lambda: len(member.status.held) == len(STREAMS))
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            await eventually(lambda: not member.status.held, within=10.0)
+            renewed = member._renewed_at
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+    assert renewed is not None
+    lost = [at for at, event in stopped if isinstance(event, LeaseLost)]
+    assert len(lost) == len(STREAMS)
+    # Every stream stopped before its lease could expire (a lease lasts 1 s).
+    assert max(lost) < renewed + 1.0
 
 
 async def test_a_stream_handed_over_goes_to_the_member_that_stood_by(

@@ -265,6 +265,7 @@ class ClusterMember:
         command it needs: no retry can fix that.
         """
         renewing = asyncio.create_task(self._renew_during_rounds(), name="cluster-renew")
+        watching = asyncio.create_task(self._stop_before_expiry(), name="cluster-expiry")
         task = asyncio.current_task()
         try:
             while not self._leaving:
@@ -281,11 +282,15 @@ class ClusterMember:
                         await self._wake.wait()
         finally:
             renewing.cancel()
+            watching.cancel()
             counting, self._counting = self._counting, None
             if counting is not None:
                 counting.cancel()
             await asyncio.gather(
-                renewing, *([counting] if counting is not None else []), return_exceptions=True
+                renewing,
+                watching,
+                *([counting] if counting is not None else []),
+                return_exceptions=True,
             )
 
     async def _renew_during_rounds(self) -> None:
@@ -314,6 +319,38 @@ class ClusterMember:
             self._renewed_at = asked_at
             if lost:
                 log.warning("lost the leases of %s", ", ".join(x.stream_id for x in lost))
+
+    async def _stop_before_expiry(self) -> None:
+        """Stop the streams held here before their leases can expire unrenewed.
+
+        A round notices a Redis that fails, but one that does not answer at
+        all (a partition, a frozen server) holds its call for as long as the
+        client's socket timeout, longer than a lease may last: meanwhile
+        another instance takes the streams once their leases expire in
+        Redis, and both would deliver. So a deadline of its own, whatever
+        the rounds are waiting on: a tenth of the lease before it may end,
+        counted from when the last renewal was asked for.
+        """
+        ttl_s = self.table.lease_ttl_ms / 1000
+        while True:
+            renewed = self._renewed_at
+            if renewed is None or not self.status.held:
+                await asyncio.sleep(self.heartbeat_s)  # nothing can expire yet
+                continue
+            left = renewed + 0.9 * ttl_s - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)  # until the deadline, then look again
+                continue
+            held = sorted(self.status.held)
+            log.warning(
+                "cluster: the leases of %s were not renewed for %.1f s (Redis does not "
+                "answer); they stop here before they can expire and be taken",
+                ", ".join(held),
+                time.monotonic() - renewed,
+            )
+            for stream_id in held:
+                if stream_id in self.status.held:
+                    await self._stop_here(stream_id, "cannot be renewed")
 
     async def tick(self) -> bool:
         """One round; True when a handover is under way (look again soon)."""
