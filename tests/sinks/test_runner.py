@@ -297,6 +297,76 @@ async def test_a_sink_still_failing_says_so_once_per_interval(
     )
 
 
+async def test_a_new_failure_of_a_failing_sink_is_told_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """503s, then a 400 that no retry fixes: the 400 is named, not summed up as more of the same."""
+    caplog.set_level(logging.INFO, logger="genesys_mux")
+    unavailable = SinkError("sink hook: HTTP 503", retryable=True)
+    rejected = SinkError("sink hook: HTTP 400 schema rejected: field 'x' missing", retryable=False)
+    sink = ListSink("hook", errors=[unavailable] * 6 + [rejected])
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(
+        source(real_events(4)), [sink], letters.append, batch_size=1, max_attempts=3, backoff=FAST
+    )
+    await asyncio.wait_for(runner.run(), 10)
+    assert [d.sequence for d in letters] == [1, 2, 3]
+    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    assert said[3:] == [
+        # The second batch's 503s were not told: counted here, before the new failure.
+        "sink hook of stream failed a batch of 1 items after 1 attempt(s): "
+        "HTTP 400 schema rejected: field 'x' missing; 1 events go to the dead-letter queue; "
+        "since the last line: 1 more batch(es) failed, 1 events to the dead-letter queue, "
+        "2 retries",
+        "sink hook of stream recovered after 1 attempt(s)",
+    ]
+
+
+async def test_failures_not_yet_told_are_summed_up_when_the_runner_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="genesys_mux")
+    sink = ListSink("hook", errors=[SinkError("sink hook: HTTP 503", retryable=True)] * 30)
+    runner = SinkRunner(
+        source(real_events(5)), [sink], discard, batch_size=1, max_attempts=3, backoff=FAST
+    )
+    await asyncio.wait_for(runner.run(), 10)
+    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    assert said[3:] == [
+        "sink hook of stream was still failing when its runner ended (HTTP 503); "
+        "since the last line: 4 more batch(es) failed, 4 events to the dead-letter queue, "
+        "8 retries"
+    ]
+
+
+@pytest.mark.parametrize("end", ["stop", "cancel"])
+async def test_failures_not_yet_told_are_summed_up_when_the_runner_is_stopped(
+    caplog: pytest.LogCaptureFixture, end: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="genesys_mux")
+    release = asyncio.Event()
+    sink = ListSink("hook", errors=[SinkError("sink hook: HTTP 503", retryable=False)] * 30)
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(
+        held_open(real_events(3), release), [sink], letters.append, batch_size=1, backoff=FAST
+    )
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: len(letters) == 3)
+    if end == "stop":
+        runner.stop()
+        await asyncio.wait_for(task, 10)
+    else:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    assert said[1:] == [
+        "sink hook of stream was still failing when its runner ended (HTTP 503); "
+        "since the last line: 2 more batch(es) failed, 2 events to the dead-letter queue, "
+        "0 retries"
+    ]
+
+
 async def test_a_sink_bug_costs_one_batch_not_the_stream() -> None:
     sink = ListSink(errors=[RuntimeError("boom")])
     letters: list[DeadLetter] = []

@@ -128,12 +128,13 @@ class SinkCounters:
     send_buckets: list[int] = field(default_factory=lambda: [0] * (len(SEND_BUCKETS) + 1))
     send_seconds: float = 0.0
     #: While failing, after the first failed batch, what the log has not said
-    #: line by line: batches given up, their events, retries; and when it
-    #: last said it (see SinkRunner._deliver_to).
+    #: line by line: batches given up, their events, retries; when it last
+    #: said it, and the failure it named then (see SinkRunner._deliver_to).
     unlogged_batches: int = 0
     unlogged_events: int = 0
     unlogged_retries: int = 0
     logged_at: float = 0.0
+    logged_reason: str | None = None
 
     def observe_send(self, seconds: float) -> None:
         """Count one ``send`` that took ``seconds``."""
@@ -304,6 +305,7 @@ class SinkRunner:
             if self._reader is not None and not self._reader.done():
                 self._reader.cancel()
             self._running = False
+            self._log_untold()
             # Ended (its stream stopped here, or moved to another instance):
             # no longer failing, or readiness would say so for ever.
             for counters in self.per_sink.values():
@@ -526,6 +528,8 @@ class SinkRunner:
         # retries and give-ups are summed up once per interval, not logged
         # two or three lines per batch (a webhook that is down would flood
         # the log at the stream's rate). The audit log collapses them too.
+        # A give-up for a reason not logged yet is logged at once, and what
+        # is still untold when the runner ends is summed up then.
         quiet = counters.failing_since is not None
         while True:
             attempt = retries.attempts + 1
@@ -569,6 +573,7 @@ class SinkRunner:
                 # must not keep showing an error that has gone.
                 counters.last_error = None
                 counters.failing_since = None
+                counters.logged_reason = None
                 self.last_error = next(
                     (c.last_error for c in self.per_sink.values() if c.last_error), None
                 )
@@ -582,23 +587,34 @@ class SinkRunner:
             wait = retries.failed(
                 reason, retry_after_s=error.retry_after, retryable=error.retryable, log=not quiet
             )
+            failure = reason  # what went wrong, without how the batch ended
+            if not quiet:
+                counters.logged_reason = failure
             if wait is not None and time.monotonic() + wait > self._stop_deadline:
                 wait = None
                 reason = f"{reason} (stopped while retrying)"
             if wait is None:
                 events = sum(1 for item in batch if isinstance(item, StreamEvent))
                 now = time.monotonic()
-                if not quiet:
+                if not quiet or failure != counters.logged_reason:
+                    # The first failed batch, or a failure the log has not
+                    # named yet (a 400 after the 503s): told at once, with
+                    # what was not told before it. This batch's retries are
+                    # in its attempts, not in that count.
+                    if quiet:
+                        counters.unlogged_retries -= attempt - 1
                     counters.logged_at = now
+                    counters.logged_reason = failure
                     self._log.warning(
                         "sink %s of %s failed a batch of %d items after %d attempt(s): %s; "
-                        "%d events go to the dead-letter queue",
+                        "%d events go to the dead-letter queue%s",
                         sink.name,
                         self.name,
                         len(batch),
                         attempt,
                         reason,
                         events,
+                        self._unlogged(counters),
                     )
                 else:
                     counters.unlogged_batches += 1
@@ -624,6 +640,18 @@ class SinkRunner:
                 counters.unlogged_retries += 1
             self._notify(sink.name, f"{reason} (attempt {attempt}, retrying in {wait:.2f} s)")
             await self._pause(wait)
+
+    def _log_untold(self) -> None:
+        """As the runner ends: sum up, once, the failures of each sink the log did not tell."""
+        for name, counters in self.per_sink.items():
+            if counters.unlogged_batches or counters.unlogged_retries:
+                self._log.warning(
+                    "sink %s of %s was still failing when its runner ended (%s)%s",
+                    name,
+                    self.name,
+                    counters.logged_reason,
+                    self._unlogged(counters),
+                )
 
     @staticmethod
     def _unlogged(counters: SinkCounters) -> str:
