@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import redis
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
 from genesys_mux.core.events import ControlEvent, StreamActivated
@@ -226,3 +227,38 @@ async def test_a_standby_that_overflowed_reports_the_window_it_lost(
     assert gap.reason == "handover"
     assert gap.start == saved.watermark
     assert after.events()[0].sequence == saved.next_sequence
+
+
+async def test_a_stream_taken_again_after_redis_lost_its_data_continues_and_says_so(
+    redis_server: RedisServer,
+) -> None:
+    """A Redis that restarts empty: the lease and the checkpoint are gone.
+
+    The member stops the stream (its lease is lost) and takes it again: from
+    1, it would repeat the (epoch, sequence) pairs of this run, and nothing
+    would cover the window since its last checkpoint.
+    """
+    async with (
+        Emulator(org_settings(rate=30.0)) as emulator,
+        member(emulator, redis_server, checkpoint_interval_s=3600.0) as mux,
+    ):
+        await mux.add_stream(STREAM, standby=True)
+        before = Collector(mux.stream("all"))
+        await mux.activate("all", fence=1)
+        await eventually(lambda: len(before.events()) >= 5)
+        await mux.checkpoint()
+        written = mux._written["all"]
+        await mux.handover("all", checkpoint=False)  # the lease is gone
+        flushed = redis.Redis.from_url(redis_server.url)
+        try:
+            flushed.flushdb()
+        finally:
+            flushed.close()
+        await mux.add_stream(STREAM, standby=True)
+        after = Collector(mux.stream("all"))
+        await mux.activate("all", fence=2)
+        await eventually(lambda: len(after.events()) >= 1)
+    assert after.events()[0].sequence == written.next_sequence
+    (gap,) = after.gaps()
+    assert gap.reason == "failover"
+    assert gap.start == written.watermark

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import msgspec
 
 from genesys_mux.config import (
     StreamConfig,
@@ -280,6 +281,10 @@ class Multiplexer:
         #: Why the last checkpoint failed, while the store keeps failing (for ``/readyz``).
         self.state_failure: str | None = None
         self._checkpoints: dict[str, StreamCheckpoint] = {}
+        # The last checkpoint this process wrote of each stream, without its
+        # memory: numbering and watermark, for a store that lost it (a Redis
+        # restarted without its data) while this process carried the stream.
+        self._written: dict[str, StreamCheckpoint] = {}
         #: Receive time of the last notification dispatched: everything
         #: received before it has been offered to the streams.
         self._dispatched_at: float | None = None
@@ -803,6 +808,19 @@ class Multiplexer:
         # read below would otherwise be lost to this owner, or overwrite it.
         await self.state_store.claim(stream_id, fence)
         saved = (await self.state_store.load(only=(stream_id,))).get(stream_id)
+        written = self._written.get(stream_id)
+        if saved is None and written is not None:
+            # This process wrote one, and the store has none: it lost its
+            # data. Numbering again from 1 would repeat (epoch, sequence)
+            # pairs of this run, and no gap would cover the time since.
+            log.warning(
+                "stream %s: the state store has no checkpoint of it, though this process "
+                "wrote one (a Redis that restarted without its data?); continuing from that "
+                "one, at sequence %d, the time since reported as a gap",
+                stream_id,
+                written.next_sequence,
+            )
+            saved = written
         # The store's checkpoint now, never one read when this process started.
         self._checkpoints.pop(stream_id, None)
         if saved is not None:
@@ -1007,8 +1025,11 @@ class Multiplexer:
             for state in begun:
                 state.stream.checkpoint_failed()
             raise
-        for state, mark, _ in due:
+        for state, mark, written in due:
             state.saved = mark
+            self._written[state.config.id] = msgspec.structs.replace(
+                written, memory=[], complete=False, forgotten=[]
+            )
         return due
 
     async def _checkpoint_periodically(self) -> None:
