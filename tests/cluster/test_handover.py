@@ -262,3 +262,31 @@ async def test_a_stream_taken_again_after_redis_lost_its_data_continues_and_says
     (gap,) = after.gaps()
     assert gap.reason == "failover"
     assert gap.start == written.watermark
+
+
+async def test_a_failover_gap_is_reckoned_on_the_next_owner_s_clock(
+    redis_server: RedisServer,
+) -> None:
+    """The dead owner's host kept time 30 s ahead of Redis's: its watermark is that much later.
+
+    Taken as it is, a watermark from a clock ahead ends the gap before it
+    starts (no gap at all, beyond the skew); converted, it starts where it
+    did on the next owner's clock.
+    """
+    async with two_members(redis_server, checkpoint_interval_s=3600.0) as (old, new):
+        await old.add_stream(STREAM)
+        before = Collector(old.stream("all"))
+        await eventually(lambda: len(before.events()) >= 5)
+        old.clock_offset = 30.0  # as its cluster member measured it
+        await old.checkpoint()
+        written = old._written["all"]
+        old._checkpointing = False  # a dead process writes nothing more
+        await new.add_stream(STREAM, standby=True)
+        after = Collector(new.stream("all"))
+        await new.activate("all")
+        await eventually(lambda: bool(after.gaps()))
+    assert written.clock_offset == 30.0
+    assert written.watermark is not None
+    (gap,) = after.gaps()
+    assert gap.reason == "failover"
+    assert gap.start == written.watermark - 30.0

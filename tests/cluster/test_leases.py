@@ -210,3 +210,9 @@ async def test_a_promise_needs_the_lease_still_held(client: aioredis.Redis) -> N
 
     await eventually(expired)
     assert not await holder.promise(lease, "s")
+
+
+async def test_the_clock_offset_is_measured_against_redis_s_clock(client: aioredis.Redis) -> None:
+    """Redis runs on this host: the two clocks agree, to well within the warning's second."""
+    offset = await table(client, "a").clock_offset()
+    assert abs(offset) < 0.25

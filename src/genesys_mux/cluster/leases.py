@@ -44,6 +44,7 @@ key: an instance id or a stream id never contains ``|`` or braces.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -295,6 +296,17 @@ class LeaseTable:
             "heartbeat",
             self._redis.set(self._member(info.id), msgspec.json.encode(info), px=self.lease_ttl_ms),
         )
+
+    async def clock_offset(self) -> float:
+        """How far this host's clock is ahead of Redis's, in seconds (the members' shared clock).
+
+        Read with ``TIME`` between two readings of this host's clock, their
+        midpoint taken as the moment Redis read its own.
+        """
+        before = time.time()
+        seconds, microseconds = await self._call("read the clock", self._redis.time())
+        after = time.time()
+        return (before + after) / 2 - (int(seconds) + int(microseconds) / 1e6)
 
     async def leave(self) -> None:
         """Stop being a member at once (a planned stop)."""

@@ -80,6 +80,9 @@ __all__ = [
 
 log = logging.getLogger("genesys_mux.cluster")
 
+#: Seconds between this host's clock and Redis's beyond which it is said.
+_CLOCK_WARNING_S = 1.0
+
 #: Called when a stream starts (``lease`` given) or stops being carried here (None).
 OwnershipHook = Callable[[str, Lease | None], Awaitable[None]]
 
@@ -237,6 +240,8 @@ class ClusterMember:
         self._count_backoff = 0.0
         # Streams held here that fitted nowhere at the last round.
         self._unfit: set[str] = set()
+        # Whether the clock was last found more than a second off Redis's.
+        self._clock_far = False
         # The members last said to have other streams than this one's configuration.
         self._differing: frozenset[str] = frozenset()
         self.info = MemberInfo(
@@ -453,6 +458,32 @@ class ClusterMember:
             channels=mux.channels_in_use,
         )
 
+    async def _measure_clock(self) -> None:
+        """Measure this host's clock against Redis's, for the checkpoints; warn when far off.
+
+        A failover's gap starts at the previous owner's watermark, a time
+        on that owner's clock; the checkpoint says how far it was off, and
+        the next owner converts it to its own. Beyond a second, say so: the
+        hosts should keep time (NTP), and the offset moves as it is measured.
+        """
+        try:
+            offset = await self.table.clock_offset()
+        except (ClusterError, RedisPermissionError) as exc:
+            log.debug("cluster: cannot read Redis's clock: %s", exc)
+            return
+        self.mux.clock_offset = offset
+        far = abs(offset) > _CLOCK_WARNING_S
+        if far and not self._clock_far:
+            log.warning(
+                "cluster: this host's clock is %+.1f s from the Redis server's; keep the "
+                "instances' clocks synchronised (NTP). Failover gaps are converted with the "
+                "offset measured, which is only as good as its last measurement",
+                offset,
+            )
+        elif self._clock_far and not far:
+            log.info("cluster: this host's clock agrees with the Redis server's again")
+        self._clock_far = far
+
     def _say_configurations_differ(self, published: Sequence[MemberInfo]) -> None:
         """Warn, once per change, when members have other streams than this one.
 
@@ -541,6 +572,7 @@ class ClusterMember:
         table, status = self.table, self.status
         await self._describe()
         await table.heartbeat(self.info)
+        await self._measure_clock()
         asked_at = time.monotonic()  # before the renewal: see _renew_during_rounds
         lost = await table.renew(list(status.held.values()))
         self._renewed_at = asked_at

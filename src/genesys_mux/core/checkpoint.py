@@ -123,6 +123,12 @@ class StreamCheckpoint(msgspec.Struct, frozen=True):
     #: had a lower one: a store may drop the entries ranked below it that
     #: earlier checkpoints wrote. 0: not known (not made by a stream).
     floor: int = 0
+    #: How far the writer's clock was ahead of the cluster's shared clock
+    #: (its Redis's), in seconds, when it wrote this: in the shared clock its
+    #: watermark is ``watermark - clock_offset``. A failover's gap is
+    #: reckoned on the next owner's clock, another host's. 0 outside a
+    #: cluster (and from releases before this field).
+    clock_offset: float = 0.0
 
 
 class _RememberedV1(msgspec.Struct, array_like=True):

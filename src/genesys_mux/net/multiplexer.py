@@ -281,6 +281,11 @@ class Multiplexer:
         #: Why the last checkpoint failed, while the store keeps failing (for ``/readyz``).
         self.state_failure: str | None = None
         self._checkpoints: dict[str, StreamCheckpoint] = {}
+        #: How far this host's clock is ahead of the cluster's shared clock
+        #: (its Redis's), in seconds: a cluster member measures it. Written
+        #: in each checkpoint, so that a next owner on another host reckons
+        #: the failover gap from the same instant (see StreamCheckpoint).
+        self.clock_offset = 0.0
         # The last checkpoint this process wrote of each stream, without its
         # memory: numbering and watermark, for a store that lost it (a Redis
         # restarted without its data) while this process carried the stream.
@@ -761,15 +766,17 @@ class Multiplexer:
         """
         if restored.watermark is None:
             return
+        # On this host's clock: the writer's may be another's (a failover).
+        start = restored.watermark - restored.clock_offset + self.clock_offset
         end = time.time() if covered_from is None else min(time.time(), covered_from)
-        if end <= restored.watermark:
+        if end <= start:
             return
         self._outage(
             Outage(
                 slot=-1,
                 channel_id="",
                 topics=state.topics,
-                start=restored.watermark,
+                start=start,
                 end=end,
                 reason=reason,
             ),
@@ -1003,7 +1010,10 @@ class Multiplexer:
                 # Not a wait for anything: a yield, so events go through between slices.
                 while not build.step(_CHECKPOINT_SLICE):  # noqa: ASYNC110
                     await asyncio.sleep(0)
-                due.append((state, mark, build.result()))
+                checkpoint = build.result()
+                if self.clock_offset:
+                    checkpoint = msgspec.structs.replace(checkpoint, clock_offset=self.clock_offset)
+                due.append((state, mark, checkpoint))
             if due:
                 # A dead-lettered event counts as settled: its letter must be
                 # on file before a checkpoint says so (the queue batches).
