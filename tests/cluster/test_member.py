@@ -635,3 +635,85 @@ async def test_a_stream_only_some_members_have_goes_to_one_of_them(
 async def _cancelled(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_heartbeat_close_to_the_lease_does_not_stop_a_healthy_member(
+    redis_server: RedisServer,
+) -> None:
+    """``heartbeat_s`` may be anything below ``lease_ttl_s``; renewals still come twice a lease.
+
+    Every heartbeat_s (0.95 of the lease here), the expiry watchdog (at
+    nine tenths) would stop the streams of a member whose Redis answers.
+    """
+    history: History = []
+    lost: list[ControlEvent] = []
+    renewals = 0
+    async with cluster(redis_server) as (emulator, stack):
+        base = await a_member(stack, emulator, redis_server, "a", history, STREAMS[:1])
+        member = ClusterMember(base.mux, base.table, STREAMS[:1], client="c1", heartbeat_s=0.95)
+        member.on_control.append(lambda e: lost.append(e) if isinstance(e, LeaseLost) else None)
+        renew = member.table.renew
+
+        async def counted(leases: Sequence[Lease]) -> list[Lease]:
+            nonlocal renewals
+            renewals += 1
+            return await renew(leases)
+
+        member.table.renew = counted  # type: ignore[method-assign]
+        task = asyncio.create_task(member.run())
+        stack.push_async_callback(_cancelled, task)
+        await eventually(lambda: renewals >= 8, within=10.0)
+        assert set(member.status.held) == {STREAMS[0].id}
+    assert lost == []
+    assert member.status.changes.get("acquired") == 1
+
+
+async def test_a_stream_the_watchdog_stopped_during_a_round_is_left_alone_by_it(
+    redis_server: RedisServer,
+) -> None:
+    """Redis answers a promise, or a renewal, only after the watchdog stopped the stream.
+
+    The round must not hand it over again (it is not held: a KeyError), nor
+    stop it a second time (a second ownership call, a second LeaseLost).
+    """
+    streams = [StreamConfig(id=f"x{i}", filter={}, buffer_size=5000) for i in range(2)]
+    history: History = []
+    said: list[ControlEvent] = []
+    async with cluster(redis_server) as (emulator, stack):
+        h = await a_member(stack, emulator, redis_server, "h", history, streams, 1.0)
+        s = await a_member(stack, emulator, redis_server, "s", history, streams, 30.0)
+        stopped = {x.id: asyncio.Event() for x in streams}
+
+        def told(event: ControlEvent) -> None:
+            said.append(event)
+            if isinstance(event, LeaseLost):
+                stopped[event.stream_id].set()
+
+        h.on_control.append(told)
+        await h.tick()
+        await s.tick()
+        assert s.status.standby == {"x0"}
+        promise, renew = h.table.promise, h.table.renew
+
+        async def promised_late(lease: Lease, successor: str) -> bool:
+            await stopped[lease.stream_id].wait()  # the fault: Redis answers only then
+            return await promise(lease, successor)
+
+        h.table.promise = promised_late  # type: ignore[method-assign]
+        watch = asyncio.create_task(h._stop_before_expiry())
+        stack.push_async_callback(_cancelled, watch)
+        await h.tick()
+        assert h.status.trouble is None
+        assert "x0" not in h.status.held
+        h.table.promise = promise  # type: ignore[method-assign]
+
+        async def renewed_late(leases: Sequence[Lease]) -> list[Lease]:
+            for lease in leases:
+                await stopped[lease.stream_id].wait()  # the fault: answered once stopped
+            return await renew(leases)
+
+        h.table.renew = renewed_late  # type: ignore[method-assign]
+        await h.tick()
+        assert h.status.trouble is None
+    stops = [e.stream_id for e in said if isinstance(e, LeaseLost)]
+    assert sorted(stops) == ["x0", "x1"]  # each once

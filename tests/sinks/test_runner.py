@@ -367,6 +367,25 @@ async def test_failures_not_yet_told_are_summed_up_when_the_runner_is_stopped(
     ]
 
 
+async def test_a_sink_alternating_between_two_failures_tells_each_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 502, a 503, a 502...: two failures, each told once, not one line per batch."""
+    caplog.set_level(logging.INFO, logger="genesys_mux")
+    bad_gateway = SinkError("sink hook: HTTP 502 Bad Gateway", retryable=False)
+    unavailable = SinkError("sink hook: HTTP 503 Service Unavailable", retryable=False)
+    sink = ListSink("hook", errors=[bad_gateway, unavailable] * 20)
+    letters: list[DeadLetter] = []
+    runner = SinkRunner(source(real_events(40)), [sink], letters.append, batch_size=1)
+    await asyncio.wait_for(runner.run(), 10)
+    assert len(letters) == 40
+    told = [r.getMessage() for r in caplog.records if "failed a batch" in r.getMessage()]
+    assert [("502" in m, "503" in m) for m in told] == [(True, False), (False, True)]
+    # What was not told line by line is summed up as the runner ends.
+    (summary,) = [r.getMessage() for r in caplog.records if "runner ended" in r.getMessage()]
+    assert "38 more batch(es) failed, 38 events" in summary
+
+
 async def test_a_sink_bug_costs_one_batch_not_the_stream() -> None:
     sink = ListSink(errors=[RuntimeError("boom")])
     letters: list[DeadLetter] = []

@@ -297,15 +297,19 @@ class LeaseTable:
             self._redis.set(self._member(info.id), msgspec.json.encode(info), px=self.lease_ttl_ms),
         )
 
-    async def clock_offset(self) -> float:
+    async def clock_offset(self, max_round_trip_s: float = 0.1) -> float | None:
         """How far this host's clock is ahead of Redis's, in seconds (the members' shared clock).
 
         Read with ``TIME`` between two readings of this host's clock, their
-        midpoint taken as the moment Redis read its own.
+        midpoint taken as the moment Redis read its own: it may be off by
+        half the round trip, so a reading whose round trip took longer than
+        ``max_round_trip_s`` is not one (None).
         """
         before = time.time()
         seconds, microseconds = await self._call("read the clock", self._redis.time())
         after = time.time()
+        if after - before > max_round_trip_s:
+            return None
         return (before + after) / 2 - (int(seconds) + int(microseconds) / 1e6)
 
     async def leave(self) -> None:

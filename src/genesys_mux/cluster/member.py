@@ -228,6 +228,10 @@ class ClusterMember:
                 f"lease_ttl_s ({ttl_s:g}), or leases expire between renewals"
             )
         self.handover_timeout_s = handover_timeout_s
+        # How often leases are renewed: every heartbeat, but at least twice a
+        # lease, so that one renewal can be late by half a lease before the
+        # watchdog (at nine tenths of it) stops the streams of a healthy member.
+        self._renew_every = min(self.heartbeat_s, ttl_s / 2)
         self._given_weights = dict(weights or {})
         #: The weights of the last placement (see :func:`stream_weights`).
         self.weights = {**stream_weights(streams), **self._given_weights}
@@ -283,7 +287,7 @@ class ClusterMember:
                 with contextlib.suppress(TimeoutError):
                     # While a handover is under way, look again soon: the next
                     # owner's standby buffer is bounded.
-                    async with asyncio.timeout(0.1 if busy else self.heartbeat_s):
+                    async with asyncio.timeout(0.1 if busy else self._renew_every):
                         await self._wake.wait()
         finally:
             renewing.cancel()
@@ -301,10 +305,10 @@ class ClusterMember:
     async def _renew_during_rounds(self) -> None:
         """Renew the member key and the leases held while a round (or a leave) runs long."""
         while True:
-            await asyncio.sleep(self.heartbeat_s)  # the renewal period, not synchronisation
+            await asyncio.sleep(self._renew_every)  # the renewal period, not synchronisation
             renewed = self._renewed_at
             if not self._round.locked() or (
-                renewed is not None and time.monotonic() - renewed < self.heartbeat_s
+                renewed is not None and time.monotonic() - renewed < self._renew_every
             ):
                 continue  # the rounds renew on their own
             held = list(self.status.held.values())
@@ -471,6 +475,8 @@ class ClusterMember:
         except (ClusterError, RedisPermissionError) as exc:
             log.debug("cluster: cannot read Redis's clock: %s", exc)
             return
+        if offset is None:
+            return  # a slow answer: the last reading stands
         self.mux.clock_offset = offset
         far = abs(offset) > _CLOCK_WARNING_S
         if far and not self._clock_far:
@@ -710,12 +716,20 @@ class ClusterMember:
         await self.table.signal_ready(stream_id)
 
     async def _promise(self, stream_id: str, successor: str) -> bool:
-        """Promise a stream held here to the member ready for it (then hand it over)."""
-        return await self.table.promise(self.status.held[stream_id], successor)
+        """Promise a stream held here to the member ready for it (then hand it over).
+
+        False for a stream no longer held (the expiry watchdog stopped it).
+        """
+        lease = self.status.held.get(stream_id)
+        promised = lease is not None and await self.table.promise(lease, successor)
+        # Stopped meanwhile: nothing to hand over (its lease expires).
+        return promised and stream_id in self.status.held
 
     async def _let_go(self, stream_id: str, reason: str) -> None:
         """Hand a stream over: stop it here with a final checkpoint, then release its lease."""
-        lease = self.status.held.pop(stream_id)
+        lease = self.status.held.pop(stream_id, None)
+        if lease is None:
+            return  # stopped meanwhile (the expiry watchdog): not ours to hand over
         await self._tell_ownership(stream_id, None)
         try:
             await self.mux.handover(stream_id, timeout_s=self.handover_timeout_s)
@@ -728,7 +742,8 @@ class ClusterMember:
 
     async def _stop_here(self, stream_id: str, reason: str) -> None:
         """Stop a stream that is no longer ours: no checkpoint, the lease is not ours to give."""
-        self.status.held.pop(stream_id, None)
+        if self.status.held.pop(stream_id, None) is None:
+            return  # stopped already (the watchdog, then a late answer saying so)
         await self._tell_ownership(stream_id, None)
         await self.mux.handover(stream_id, checkpoint=False)
         self._count("lost")

@@ -98,6 +98,10 @@ REASON_CHARS: Final = 200
 #: Seconds between the log lines of a sink that keeps failing, after the
 #: lines of its first failed batch (the audit log has a line a second).
 FAILURE_LOG_INTERVAL_S: Final = 10.0
+#: Distinct failures of one run of failures told at once, each the first
+#: time; the rest are summed up every FAILURE_LOG_INTERVAL_S (a failure
+#: naming a new address or request id each time must not flood the log).
+_TOLD_REASONS: Final = 8
 #: Upper bounds in seconds of the buckets of :attr:`SinkCounters.send_buckets`:
 #: a local Redis answers in a millisecond, a webhook over the internet in
 #: tens or hundreds, and a struggling one hits its timeout.
@@ -135,6 +139,10 @@ class SinkCounters:
     unlogged_retries: int = 0
     logged_at: float = 0.0
     logged_reason: str | None = None
+    #: Every failure told while this run of failures lasts (at most
+    #: _TOLD_REASONS): a sink alternating between two (a 502, a 503) is
+    #: told each once, not at every batch.
+    logged_reasons: set[str] = field(default_factory=set)
 
     def observe_send(self, seconds: float) -> None:
         """Count one ``send`` that took ``seconds``."""
@@ -574,6 +582,7 @@ class SinkRunner:
                 counters.last_error = None
                 counters.failing_since = None
                 counters.logged_reason = None
+                counters.logged_reasons.clear()
                 self.last_error = next(
                     (c.last_error for c in self.per_sink.values() if c.last_error), None
                 )
@@ -590,13 +599,15 @@ class SinkRunner:
             failure = reason  # what went wrong, without how the batch ended
             if not quiet:
                 counters.logged_reason = failure
+                counters.logged_reasons.add(failure)
             if wait is not None and time.monotonic() + wait > self._stop_deadline:
                 wait = None
                 reason = f"{reason} (stopped while retrying)"
             if wait is None:
                 events = sum(1 for item in batch if isinstance(item, StreamEvent))
                 now = time.monotonic()
-                if not quiet or failure != counters.logged_reason:
+                told = counters.logged_reasons
+                if not quiet or (failure not in told and len(told) < _TOLD_REASONS):
                     # The first failed batch, or a failure the log has not
                     # named yet (a 400 after the 503s): told at once, with
                     # what was not told before it. This batch's retries are
@@ -605,6 +616,7 @@ class SinkRunner:
                         counters.unlogged_retries -= attempt - 1
                     counters.logged_at = now
                     counters.logged_reason = failure
+                    told.add(failure)
                     self._log.warning(
                         "sink %s of %s failed a batch of %d items after %d attempt(s): %s; "
                         "%d events go to the dead-letter queue%s",
