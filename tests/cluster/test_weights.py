@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from genesys_mux import StreamConfig
 from genesys_mux.cluster import ClusterMember, LeaseTable
 from genesys_mux.cluster.leases import MemberInfo
-from genesys_mux.cluster.member import stream_weights
+from genesys_mux.cluster.member import cluster_members, configured_weights, stream_weights
 from genesys_mux.core.events import ControlEvent, StreamUnplaced
 from genesys_mux.emulator import Emulator
 from genesys_mux.emulator.platform import Channel, ClientApp, PlatformLimits, Token
@@ -52,6 +52,32 @@ def member(
         queues=queues,
         queues_at=queues_at,
     )
+
+
+def test_members_whose_configurations_differ_weigh_a_stream_alike() -> None:
+    """One has a stream of 50 topics that the other lacks: both weigh it 50, not 1.
+
+    Weighed 1 where it is lacking, the placement would differ from member to
+    member: one stands by for a stream its holder, by its own placement,
+    never hands over.
+    """
+    big = StreamConfig(
+        id="big", topics=[f"v2.users.{USER[:-2]}{n:02d}.presence" for n in range(50)]
+    )
+    having = MemberInfo("m-having", "c1", 0.0, streams=configured_weights([big]))
+    lacking = MemberInfo("m-lacking", "c1", 0.0, streams={})
+    published = [having, lacking]
+    assert stream_weights([big], published) == {"big": 50}
+    assert stream_weights([], published, others=["big"]) == {"big": 50}
+
+
+def test_a_member_of_an_older_release_has_only_what_it_carries() -> None:
+    """It says nothing of its configuration: no stream it may lack is placed on it."""
+    older = MemberInfo("m-older", "c1", 0.0, topics={"held": 3})
+    newer = MemberInfo("m-newer", "c1", 0.0, streams={"held": 3, "added": 1})
+    old, new = cluster_members([older, newer])
+    assert (old.knows("held"), old.knows("added")) == (True, False)
+    assert (new.knows("held"), new.knows("added")) == (True, True)
 
 
 def test_a_stream_weighs_the_plain_topics_its_configuration_names() -> None:

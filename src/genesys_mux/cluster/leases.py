@@ -198,11 +198,13 @@ class MemberInfo(msgspec.Struct, frozen=True):
     #: The channels it needs (one per slot, two while a slot rotates): its
     #: part of its OAuth client's channels.
     channels: int = 0
-    #: The streams its configuration has (None: a release before this field,
-    #: taken to have them all). A stream is placed only on a member that has
-    #: it: during a rolling deploy that adds one, the members still on the
-    #: old configuration cannot carry it.
-    streams: list[str] | None = None
+    #: The streams its configuration has, each with the weight that
+    #: configuration gives it (None: a release before this field, known to
+    #: have only what it carries). A stream is placed only on a member that
+    #: has it: during a rolling deploy that adds one, the members still on
+    #: the old configuration cannot carry it. The weights make every member
+    #: weigh a stream alike, including those that lack it.
+    streams: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

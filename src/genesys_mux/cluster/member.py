@@ -73,6 +73,7 @@ __all__ = [
     "ClusterMember",
     "MemberStatus",
     "cluster_members",
+    "configured_weights",
     "known_streams",
     "placement_owners",
     "stream_weights",
@@ -110,9 +111,14 @@ class MemberStatus:
 
 
 def cluster_members(published: Iterable[MemberInfo]) -> list[Member]:
-    """The placement's members: each with its OAuth client and the streams it has."""
+    """The placement's members: each with its OAuth client and the streams it has.
+
+    A member of a release before ``MemberInfo.streams`` says nothing of its
+    configuration: it is known to have only what it carries or stands by
+    for, so a stream it may lack is never placed on it.
+    """
     return [
-        Member(m.id, m.client, None if m.streams is None else frozenset(m.streams))
+        Member(m.id, m.client, frozenset(m.topics if m.streams is None else m.streams))
         for m in published
     ]
 
@@ -125,6 +131,28 @@ def known_streams(own: Iterable[str], published: Iterable[MemberInfo]) -> list[s
     return sorted(known)
 
 
+def configured_weights(
+    streams: Iterable[StreamConfig], members: Iterable[MemberInfo] = ()
+) -> dict[str, int]:
+    """Each stream's weight as its configuration says, at least 1.
+
+    Its raw topics (a combined topic as its parts, as the planner counts
+    them) and its filter's topic; a filter that names neither a queue nor a
+    user subscribes every queue of the org, counted as the member that
+    listed them last says (1 while none has). Each member publishes these
+    for the streams it has (``MemberInfo.streams``).
+    """
+    listed = [m for m in members if m.queues is not None]
+    latest = max(listed, key=lambda m: (m.queues_at, m.id), default=None)
+    queues = 1 if latest is None or latest.queues is None else latest.queues
+    weights = {}
+    for stream in streams:
+        named = raw_topics(stream) | filter_topics(stream)
+        configured = len(named) + (queues if needs_all_queues(stream) else 0)
+        weights[stream.id] = max(1, configured)
+    return weights
+
+
 def stream_weights(
     streams: Iterable[StreamConfig],
     members: Iterable[MemberInfo] = (),
@@ -135,34 +163,31 @@ def stream_weights(
 
     A member carrying a stream, or standing by for it, publishes how many
     topics it subscribes (:meth:`Multiplexer.topic_counts`): the largest
-    count published is the weight. A stream nobody publishes a count for
-    is counted from the configuration: its raw topics (a combined topic as
-    its parts, as the planner counts them) and its filter's topic; a
-    filter that names neither a queue nor a user subscribes every queue of
-    the org, counted as the member that listed them last says (1 while
-    none has). Every member (and ``cluster status``) reads the same member
-    records, so all compute the same weights. ``others`` are streams not in
-    ``streams`` (another member's configuration has them): their published
-    count, or 1.
+    count published is the weight. For a stream nobody publishes a count
+    for, the largest weight a member publishes from its configuration
+    (:func:`configured_weights`); only when none does, this one's own
+    configuration's (``streams``), else 1 (``others``: streams another
+    member's configuration has). Every member (and ``cluster status``)
+    reads the same member records, so all compute the same weights, even
+    while their configurations differ.
     """
     published = list(members)
-    listed = [m for m in published if m.queues is not None]
-    latest = max(listed, key=lambda m: (m.queues_at, m.id), default=None)
-    queues = 1 if latest is None or latest.queues is None else latest.queues
     counted: dict[str, int] = {}
+    said: dict[str, int] = {}
     for member in published:
         for stream_id, topics in member.topics.items():
             counted[stream_id] = max(counted.get(stream_id, 0), topics)
+        for stream_id, weight in (member.streams or {}).items():
+            said[stream_id] = max(said.get(stream_id, 0), weight)
+    own = configured_weights(streams, published)
     weights = {}
-    for stream in streams:
-        if stream.id in counted:
-            weights[stream.id] = max(1, counted[stream.id])
-            continue
-        named = raw_topics(stream) | filter_topics(stream)
-        configured = len(named) + (queues if needs_all_queues(stream) else 0)
-        weights[stream.id] = max(1, configured)
-    for stream_id in others:
-        weights.setdefault(stream_id, max(1, counted.get(stream_id, 1)))
+    for stream_id in [*own, *others]:
+        if stream_id in counted:
+            weights[stream_id] = max(1, counted[stream_id])
+        elif stream_id in said:
+            weights[stream_id] = max(1, said[stream_id])
+        else:
+            weights[stream_id] = own.get(stream_id, 1)
     return weights
 
 
@@ -244,12 +269,14 @@ class ClusterMember:
         self._count_backoff = 0.0
         # Streams held here that fitted nowhere at the last round.
         self._unfit: set[str] = set()
+        # The members as the last round read them.
+        self._published: list[MemberInfo] = []
         # Whether the clock was last found more than a second off Redis's.
         self._clock_far = False
         # The members last said to have other streams than this one's configuration.
         self._differing: frozenset[str] = frozenset()
         self.info = MemberInfo(
-            table.instance, client, time.time(), host, streams=sorted(self.streams)
+            table.instance, client, time.time(), host, streams=configured_weights(streams)
         )
         self.status = MemberStatus()
         self._on_ownership = on_ownership
@@ -454,12 +481,19 @@ class ClusterMember:
         mux = self.mux
         if self._count_queues:
             await self._count_queues_when_due()
-        self.info = msgspec.structs.replace(
+        info = msgspec.structs.replace(
             self.info,
             topics=mux.topic_counts(),
             queues=mux.queue_count,
             queues_at=mux.queues_listed_at or 0.0,
             channels=mux.channels_in_use,
+        )
+        # The weights its configuration gives its streams, with the latest
+        # queue count known (its own, or another member's from the last
+        # round): what every member weighs them by, those that lack them too.
+        others = [m for m in self._published if m.id != info.id]
+        self.info = msgspec.structs.replace(
+            info, streams=configured_weights(self.streams.values(), [*others, info])
         )
 
     async def _measure_clock(self) -> None:
@@ -591,6 +625,7 @@ class ClusterMember:
         published = await table.members()
         if self.info.id not in {m.id for m in published}:
             published.append(self.info)
+        self._published = published
         members = cluster_members(published)
         # Every stream any member has, this one's or not: all members then
         # place the same streams, each only where it is configured.

@@ -910,6 +910,10 @@ class Multiplexer:
                     await self._apply_topics()
             state.stream.hand_over()
             state.stream.close()
+            if checkpoint:
+                # Handed on: the next owner's checkpoints are the stream's
+                # now, and this one's would start a later gap far too early.
+                self._written.pop(stream_id, None)
             self._report(StreamRemoved(stream_id))
         await self._forget_left()
         return saved[0][2] if saved else None
