@@ -75,6 +75,8 @@ async def test_a_planned_handover_has_no_gap_and_no_repeat(redis_server: RedisSe
         await eventually(lambda: len(before.events()) >= seen_then + 10)
         saved = await old.handover("all")
         assert saved is not None
+        # Its own checkpoint is no fallback any more: the next owner's are the stream's.
+        assert "all" not in old._written
         await new.activate("all", reason="handover")
         await eventually(lambda: len(after.events()) >= 10)
         await eventually(lambda: before._task.done())
