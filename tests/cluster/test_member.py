@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from genesys_mux import Multiplexer, StreamConfig
 from genesys_mux.cluster import ClusterMember, Lease, LeaseTable
+from genesys_mux.cluster.leases import MemberInfo
 from genesys_mux.core.events import ControlEvent, LeaseLost, StreamActivated
 from genesys_mux.emulator import Emulator
 from genesys_mux.errors import ClusterPermissionError
@@ -30,7 +31,7 @@ from genesys_mux.state import RedisStateStore
 from tests.net.test_multiplexer import Collector, org_settings
 from tests.sinks.conftest import RedisServer
 from tests.state.test_redis_checks import a_user
-from tests.state.test_restart import a_mux
+from tests.state.test_restart import a_mux, post_fault
 from tests.waiting import eventually
 
 STREAMS = [StreamConfig(id=f"s{i}", filter={}, buffer_size=5000) for i in range(4)]
@@ -717,3 +718,87 @@ async def test_a_stream_the_watchdog_stopped_during_a_round_is_left_alone_by_it(
         assert h.status.trouble is None
     stops = [e.stream_id for e in said if isinstance(e, LeaseLost)]
     assert sorted(stops) == ["x0", "x1"]  # each once
+
+
+async def test_a_member_leaving_while_redis_freezes_stops_its_streams_in_time(
+    redis_server: RedisServer,
+) -> None:
+    """The loop (and its expiry watchdog) has ended; the leave waits for the next owners.
+
+    A Redis that stops answering then must not keep the streams running
+    past their leases (nor a failed checkpoint leave the others running).
+    """
+    history: History = []
+    said: list[tuple[float, ControlEvent]] = []
+    async with cluster(redis_server) as (emulator, stack):
+        # A live member that has none of the streams: the leave waits for it.
+        other = aioredis.Redis.from_url(redis_server.url)
+        stack.push_async_callback(other.aclose)
+        waiting = LeaseTable(other, cluster="test", instance="z", lease_ttl_s=60.0)
+        await waiting.heartbeat(MemberInfo("z", "c1", time.time(), streams={}))
+        member = await a_member(stack, emulator, redis_server, "a", history, socket_timeout_s=5.0)
+        member.on_control.append(lambda event: said.append((time.monotonic(), event)))
+        task = asyncio.create_task(member.run())
+        stack.push_async_callback(_cancelled, task)
+        await eventually(lambda: len(member.status.held) == len(STREAMS))
+        leaving = asyncio.create_task(member.leave(timeout_s=3.0))
+        await eventually(task.done, within=5.0)
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            await eventually(lambda: not member.status.held, within=5.0)
+            renewed = member._renewed_at
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        await asyncio.wait_for(leaving, 20.0)  # and it ends, without an error
+    assert renewed is not None
+    lost = [at for at, event in said if isinstance(event, LeaseLost)]
+    assert lost
+    assert max(lost) < renewed + 1.0  # before a lease of 1 s could expire
+
+
+async def test_a_member_weighs_its_stream_with_the_queue_count_read_in_its_first_round(
+    redis_server: RedisServer,
+) -> None:
+    """Its own count of the org's queues fails; another member's record says 50.
+
+    Published before any record was read, the all-queues stream's weight
+    would be 1 for a round: placed as one topic, on a client without the
+    channels for 50.
+    """
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        # Refused (a 403 is not retried): its count never comes.
+        await post_fault(
+            emulator, "http_5xx", status=403, count=1000, path="/api/v2/routing/queues"
+        )
+        counted = MemberInfo("b", "c2", time.time(), queues=50, queues_at=time.time())
+        await (await a_member(stack, emulator, redis_server, "b", history, [])).table.heartbeat(
+            counted
+        )
+        member = await a_member(stack, emulator, redis_server, "a", history, STREAMS[:1])
+        await member.tick()
+        if member._counting is not None:  # its refused count, done with
+            await asyncio.gather(member._counting, return_exceptions=True)
+        assert member.weights[STREAMS[0].id] == 50
+        assert member.info.streams == {STREAMS[0].id: 50}
+
+
+async def test_a_slow_clock_reading_is_used_until_a_quicker_one_comes(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis far away answers every TIME slowly: an approximate offset, said, beats none."""
+    history: History = []
+    async with cluster(redis_server) as (emulator, stack):
+        member = await a_member(stack, emulator, redis_server, "a", history, STREAMS[:1])
+        assert redis_server.process is not None
+        process = redis_server.process
+        process.send_signal(signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(0.2, process.send_signal, signal.SIGCONT)
+        await member._measure_clock()
+        slow = member._clock_round_trip
+        assert slow >= 0.2
+        assert "Redis answers slowly" in caplog.text
+        await member._measure_clock()  # answered at once: it replaces the slow one
+        assert member._clock_round_trip < slow
+        assert abs(member.mux.clock_offset) < 0.1

@@ -299,20 +299,22 @@ class LeaseTable:
             self._redis.set(self._member(info.id), msgspec.json.encode(info), px=self.lease_ttl_ms),
         )
 
-    async def clock_offset(self, max_round_trip_s: float = 0.1) -> float | None:
-        """How far this host's clock is ahead of Redis's, in seconds (the members' shared clock).
+    async def clock_reading(self) -> tuple[float, float]:
+        """How far this host's clock is ahead of Redis's (the members' shared clock), and how sure.
 
         Read with ``TIME`` between two readings of this host's clock, their
-        midpoint taken as the moment Redis read its own: it may be off by
-        half the round trip, so a reading whose round trip took longer than
-        ``max_round_trip_s`` is not one (None).
+        midpoint taken as the moment Redis read its own: ``(offset, round
+        trip)``, the offset right to within half the round trip, in seconds.
         """
         before = time.time()
         seconds, microseconds = await self._call("read the clock", self._redis.time())
         after = time.time()
-        if after - before > max_round_trip_s:
-            return None
-        return (before + after) / 2 - (int(seconds) + int(microseconds) / 1e6)
+        return (before + after) / 2 - (int(seconds) + int(microseconds) / 1e6), after - before
+
+    async def clock_offset(self, max_round_trip_s: float = 0.1) -> float | None:
+        """:meth:`clock_reading`'s offset, or None when its round trip took longer than allowed."""
+        offset, round_trip = await self.clock_reading()
+        return offset if round_trip <= max_round_trip_s else None
 
     async def leave(self) -> None:
         """Stop being a member at once (a planned stop)."""

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ log = logging.getLogger("genesys_mux.cluster")
 
 #: Seconds between this host's clock and Redis's beyond which it is said.
 _CLOCK_WARNING_S = 1.0
+#: Round trip of a clock reading within which it is taken as exact enough.
+_CLOCK_ROUND_TRIP_S = 0.1
 
 #: Called when a stream starts (``lease`` given) or stops being carried here (None).
 OwnershipHook = Callable[[str, Lease | None], Awaitable[None]]
@@ -273,6 +276,10 @@ class ClusterMember:
         self._published: list[MemberInfo] = []
         # Whether the clock was last found more than a second off Redis's.
         self._clock_far = False
+        # The round trip of the clock reading in use (its error is half of it),
+        # and whether readings were all slow so far (said once).
+        self._clock_round_trip = math.inf
+        self._clock_slow = False
         # The members last said to have other streams than this one's configuration.
         self._differing: frozenset[str] = frozenset()
         self.info = MemberInfo(
@@ -314,7 +321,7 @@ class ClusterMember:
                 with contextlib.suppress(TimeoutError):
                     # While a handover is under way, look again soon: the next
                     # owner's standby buffer is bounded.
-                    async with asyncio.timeout(0.1 if busy else self._renew_every):
+                    async with asyncio.timeout(0.1 if busy else self.heartbeat_s):
                         await self._wake.wait()
         finally:
             renewing.cancel()
@@ -330,14 +337,17 @@ class ClusterMember:
             )
 
     async def _renew_during_rounds(self) -> None:
-        """Renew the member key and the leases held while a round (or a leave) runs long."""
+        """Renew the member key and the leases held whenever no round did for half a lease.
+
+        A round runs long (a handover waits for its sinks), or rounds come
+        only every ``heartbeat_s``, which may be most of a lease: the expiry
+        watchdog would stop the streams of a healthy member.
+        """
         while True:
-            await asyncio.sleep(self._renew_every)  # the renewal period, not synchronisation
+            await asyncio.sleep(self._renew_every / 2)  # the renewal period, not synchronisation
             renewed = self._renewed_at
-            if not self._round.locked() or (
-                renewed is not None and time.monotonic() - renewed < self._renew_every
-            ):
-                continue  # the rounds renew on their own
+            if renewed is None or time.monotonic() - renewed < self._renew_every:
+                continue  # a round renewed lately (or none has run yet)
             held = list(self.status.held.values())
             # From before the request: Redis may have renewed the leases as
             # soon as it got it, and a slow answer must not make them seem
@@ -436,8 +446,16 @@ class ClusterMember:
         """
         self._leaving = True
         self._wake.set()
-        async with self._round:
-            await self._leave(timeout_s)
+        # The loop's watchdog ends with the loop: while the streams are
+        # handed over, one of the leave's own stops them should Redis stop
+        # answering (its calls would wait out the socket timeout).
+        watching = asyncio.create_task(self._stop_before_expiry(), name="cluster-expiry-leave")
+        try:
+            async with self._round:
+                await self._leave(timeout_s)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
 
     async def _leave(self, timeout_s: float) -> None:
         with contextlib.suppress(ClusterError):
@@ -448,7 +466,10 @@ class ClusterMember:
             try:
                 # Renewed while waiting for the next owners: expired, a stream
                 # would fail over (a gap) instead of being handed over.
-                for lease in await self.table.renew(list(self.status.held.values())):
+                asked_at = time.monotonic()
+                lost = await self.table.renew(list(self.status.held.values()))
+                self._renewed_at = asked_at
+                for lease in lost:
                     await self._stop_here(lease.stream_id, "expired or taken")
                 if not await self.table.members():
                     # No one is left to stand by (the whole cluster stops):
@@ -459,13 +480,32 @@ class ClusterMember:
                 break
             waiting = [s for s in self.status.held if ready.get(s, self.info.id) != self.info.id]
             for stream_id in waiting:
-                if await self._promise(stream_id, ready[stream_id]):
-                    await self._let_go(stream_id, "released")
+                with contextlib.suppress(ClusterError):
+                    if await self._promise(stream_id, ready[stream_id]):
+                        await self._leave_stream(stream_id)
             await asyncio.sleep(0.1)  # polling the others' readiness towards a deadline
         for stream_id in list(self.status.held):
-            await self._let_go(stream_id, "released")
+            await self._leave_stream(stream_id)
         for stream_id in list(self.status.standby):
-            await self._drop_standby(stream_id)
+            with contextlib.suppress(ClusterError):
+                await self._drop_standby(stream_id)
+
+    async def _leave_stream(self, stream_id: str) -> None:
+        """Hand one stream over as the member leaves; a failure costs that stream alone.
+
+        (Its checkpoint could not be written, say: it is stopped all the
+        same, and its next owner fails over from the last one written.)
+        The others must still be handed over, not left running with
+        nothing to renew their leases.
+        """
+        try:
+            await self._let_go(stream_id, "released")
+        except GenesysMuxError as exc:
+            log.warning(
+                "cluster: stream %s could not be handed over as this member left: %s",
+                stream_id,
+                exc,
+            )
 
     # -- one round ---------------------------------------------------------------
 
@@ -505,12 +545,24 @@ class ClusterMember:
         hosts should keep time (NTP), and the offset moves as it is measured.
         """
         try:
-            offset = await self.table.clock_offset()
+            offset, round_trip = await self.table.clock_reading()
         except (ClusterError, RedisPermissionError) as exc:
             log.debug("cluster: cannot read Redis's clock: %s", exc)
             return
-        if offset is None:
-            return  # a slow answer: the last reading stands
+        # Right to within half the round trip: a quick reading replaces any
+        # other; a slow one only a slower one (a Redis far away, a busy loop:
+        # an approximate offset is better than none).
+        if round_trip > _CLOCK_ROUND_TRIP_S and round_trip >= self._clock_round_trip:
+            return
+        self._clock_round_trip = max(round_trip, _CLOCK_ROUND_TRIP_S)
+        if round_trip > _CLOCK_ROUND_TRIP_S and not self._clock_slow:
+            self._clock_slow = True
+            log.warning(
+                "cluster: Redis answers slowly (%.2f s for TIME): this host's clock offset "
+                "from it (%+.2f s) is known only to within half that",
+                round_trip,
+                offset,
+            )
         self.mux.clock_offset = offset
         far = abs(offset) > _CLOCK_WARNING_S
         if far and not self._clock_far:
@@ -623,8 +675,16 @@ class ClusterMember:
             log.warning("lost the lease of stream %s; it stops here", lease.stream_id)
             await self._stop_here(lease.stream_id, "expired or taken")
         published = await table.members()
-        if self.info.id not in {m.id for m in published}:
-            published.append(self.info)
+        # The weights its configuration gives its streams, now that the
+        # members' records (the org's queue count) are read: in the first
+        # round, or when another member counted the queues since.
+        fresh = configured_weights(
+            self.streams.values(), [*(m for m in published if m.id != self.info.id), self.info]
+        )
+        if fresh != self.info.streams:
+            self.info = msgspec.structs.replace(self.info, streams=fresh)
+            await table.heartbeat(self.info)
+        published = [m for m in published if m.id != self.info.id] + [self.info]
         self._published = published
         members = cluster_members(published)
         # Every stream any member has, this one's or not: all members then
