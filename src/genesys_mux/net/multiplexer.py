@@ -767,7 +767,11 @@ class Multiplexer:
         if restored.watermark is None:
             return
         # On this host's clock: the writer's may be another's (a failover).
-        start = restored.watermark - restored.clock_offset + self.clock_offset
+        # Never later than as written: a conversion can only widen the gap
+        # (two measurements of one clock differ by their noise, and a writer
+        # whose clock was behind wrote a watermark that is early already).
+        converted = restored.watermark - restored.clock_offset + self.clock_offset
+        start = min(restored.watermark, converted)
         end = time.time() if covered_from is None else min(time.time(), covered_from)
         if end <= start:
             return
