@@ -797,7 +797,7 @@ async def test_a_slow_clock_reading_is_used_until_a_quicker_one_comes(
         asyncio.get_running_loop().call_later(0.2, process.send_signal, signal.SIGCONT)
         await member._measure_clock()
         slow = member._clock_round_trip
-        assert slow >= 0.2
+        assert slow > 0.1  # beyond what is taken as exact
         assert "Redis answers slowly" in caplog.text
         await member._measure_clock()  # answered at once: it replaces the slow one
         assert member._clock_round_trip < slow
