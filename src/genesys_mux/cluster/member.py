@@ -344,7 +344,7 @@ class ClusterMember:
         watchdog would stop the streams of a healthy member.
         """
         while True:
-            await asyncio.sleep(self._renew_every / 2)  # the renewal period, not synchronisation
+            await asyncio.sleep(self._renew_every / 4)  # the renewal period, not synchronisation
             renewed = self._renewed_at
             if renewed is None or time.monotonic() - renewed < self._renew_every:
                 continue  # a round renewed lately (or none has run yet)
