@@ -217,6 +217,28 @@ async def test_a_member_that_cannot_reach_redis_stops_after_one_lease_and_comes_
         await eventually(lambda: readiness(mux, a.member).ready)
 
 
+async def patient_member(
+    stack: AsyncExitStack,
+    emulator: Emulator,
+    redis_server: RedisServer,
+    history: History,
+    said: list[tuple[float, ControlEvent]],
+) -> tuple[ClusterMember, asyncio.Task[None]]:
+    """A member running its loop, holding every stream; its facts, timed, go to ``said``.
+
+    Its Redis calls wait 5 s for an answer, longer than its leases of 2 s
+    (whose last tenth is time enough to stop four streams on a busy machine).
+    """
+    member = await a_member(
+        stack, emulator, redis_server, "a", history, lease_ttl_s=2.0, socket_timeout_s=5.0
+    )
+    member.on_control.append(lambda event: said.append((time.monotonic(), event)))
+    task = asyncio.create_task(member.run())
+    stack.push_async_callback(_cancelled, task)
+    await eventually(lambda: len(member.status.held) == len(STREAMS))
+    return member, task
+
+
 async def test_a_member_whose_redis_stops_answering_stops_before_its_leases_expire(
     redis_server: RedisServer,
 ) -> None:
@@ -229,14 +251,7 @@ async def test_a_member_whose_redis_stops_answering_stops_before_its_leases_expi
     history: History = []
     stopped: list[tuple[float, ControlEvent]] = []
     async with cluster(redis_server) as (emulator, stack):
-        # A lease of 2 s: its last tenth is time enough to stop four streams on a busy machine.
-        member = await a_member(
-            stack, emulator, redis_server, "a", history, lease_ttl_s=2.0, socket_timeout_s=5.0
-        )
-        member.on_control.append(lambda event: stopped.append((time.monotonic(), event)))
-        task = asyncio.create_task(member.run())
-        stack.push_async_callback(_cancelled, task)
-        await eventually(lambda: len(member.status.held) == len(STREAMS))
+        member, _ = await patient_member(stack, emulator, redis_server, history, stopped)
         assert redis_server.process is not None
         redis_server.process.send_signal(signal.SIGSTOP)
         try:
@@ -742,14 +757,7 @@ async def test_a_member_leaving_while_redis_freezes_stops_its_streams_in_time(
         stack.push_async_callback(other.aclose)
         waiting = LeaseTable(other, cluster="test", instance="z", lease_ttl_s=60.0)
         await waiting.heartbeat(MemberInfo("z", "c1", time.time(), streams={}))
-        # A lease of 2 s: its last tenth is time enough to stop four streams on a busy machine.
-        member = await a_member(
-            stack, emulator, redis_server, "a", history, lease_ttl_s=2.0, socket_timeout_s=5.0
-        )
-        member.on_control.append(lambda event: said.append((time.monotonic(), event)))
-        task = asyncio.create_task(member.run())
-        stack.push_async_callback(_cancelled, task)
-        await eventually(lambda: len(member.status.held) == len(STREAMS))
+        member, task = await patient_member(stack, emulator, redis_server, history, said)
         leaving = asyncio.create_task(member.leave(timeout_s=3.0))
         await eventually(task.done, within=5.0)
         assert redis_server.process is not None
