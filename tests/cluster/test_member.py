@@ -239,6 +239,19 @@ async def patient_member(
     return member, task
 
 
+async def frozen_until_stopped(
+    redis_server: RedisServer, member: ClusterMember, within: float
+) -> float | None:
+    """Freeze Redis (SIGSTOP) until the member holds nothing; when it last asked to renew."""
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        await eventually(lambda: not member.status.held, within=within)
+        return member._renewed_at
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+
+
 async def test_a_member_whose_redis_stops_answering_stops_before_its_leases_expire(
     redis_server: RedisServer,
 ) -> None:
@@ -252,13 +265,7 @@ async def test_a_member_whose_redis_stops_answering_stops_before_its_leases_expi
     stopped: list[tuple[float, ControlEvent]] = []
     async with cluster(redis_server) as (emulator, stack):
         member, _ = await patient_member(stack, emulator, redis_server, history, stopped)
-        assert redis_server.process is not None
-        redis_server.process.send_signal(signal.SIGSTOP)
-        try:
-            await eventually(lambda: not member.status.held, within=10.0)
-            renewed = member._renewed_at
-        finally:
-            redis_server.process.send_signal(signal.SIGCONT)
+        renewed = await frozen_until_stopped(redis_server, member, within=10.0)
     assert renewed is not None
     lost = [at for at, event in stopped if isinstance(event, LeaseLost)]
     assert len(lost) == len(STREAMS)
@@ -760,13 +767,7 @@ async def test_a_member_leaving_while_redis_freezes_stops_its_streams_in_time(
         member, task = await patient_member(stack, emulator, redis_server, history, said)
         leaving = asyncio.create_task(member.leave(timeout_s=3.0))
         await eventually(task.done, within=5.0)
-        assert redis_server.process is not None
-        redis_server.process.send_signal(signal.SIGSTOP)
-        try:
-            await eventually(lambda: not member.status.held, within=5.0)
-            renewed = member._renewed_at
-        finally:
-            redis_server.process.send_signal(signal.SIGCONT)
+        renewed = await frozen_until_stopped(redis_server, member, within=5.0)
         await asyncio.wait_for(leaving, 20.0)  # and it ends, without an error
     assert renewed is not None
     lost = [at for at, event in said if isinstance(event, LeaseLost)]

@@ -72,6 +72,11 @@ class GatedSink(ListSink):
         await super().send(batch)
 
 
+def told(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the log said of the failing sink ``hook`` (the stream of :func:`real_events`)."""
+    return [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+
+
 async def held_open(
     items: Sequence[StreamEvent | Gap], release: asyncio.Event, more: Sequence[StreamEvent] = ()
 ) -> AsyncIterator[StreamEvent | Gap]:
@@ -265,7 +270,7 @@ async def test_a_sink_that_keeps_failing_is_summed_up_in_the_log_not_line_by_lin
     await asyncio.wait_for(runner.run(), 10)
     assert [d.sequence for d in letters] == list(range(1, 11))
     assert sink.sequences() == [11]
-    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    said = told(caplog)
     assert len(said) == 4, said
     assert "failed (" in said[0]  # the first batch's retries...
     assert "failed a batch of 1 items after 3 attempt(s)" in said[2]  # ...and its end
@@ -286,7 +291,7 @@ async def test_a_sink_still_failing_says_so_once_per_interval(
         source(real_events(3)), [sink], discard, batch_size=1, max_attempts=3, backoff=FAST
     )
     await asyncio.wait_for(runner.run(), 10)
-    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    said = told(caplog)
     assert (
         said[3:]
         == [
@@ -311,7 +316,7 @@ async def test_a_new_failure_of_a_failing_sink_is_told_at_once(
     )
     await asyncio.wait_for(runner.run(), 10)
     assert [d.sequence for d in letters] == [1, 2, 3]
-    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    said = told(caplog)
     assert said[3:] == [
         # The second batch's 503s were not told: counted here, before the new failure.
         "sink hook of stream failed a batch of 1 items after 1 attempt(s): "
@@ -331,7 +336,7 @@ async def test_failures_not_yet_told_are_summed_up_when_the_runner_ends(
         source(real_events(5)), [sink], discard, batch_size=1, max_attempts=3, backoff=FAST
     )
     await asyncio.wait_for(runner.run(), 10)
-    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    said = told(caplog)
     assert said[3:] == [
         "sink hook of stream was still failing when its runner ended (HTTP 503); "
         "since the last line: 4 more batch(es) failed, 4 events to the dead-letter queue, "
@@ -359,7 +364,7 @@ async def test_failures_not_yet_told_are_summed_up_when_the_runner_is_stopped(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
-    said = [r.getMessage() for r in caplog.records if "sink hook of stream" in r.getMessage()]
+    said = told(caplog)
     assert said[1:] == [
         "sink hook of stream was still failing when its runner ended (HTTP 503); "
         "since the last line: 2 more batch(es) failed, 2 events to the dead-letter queue, "

@@ -627,6 +627,16 @@ _INVALID_TOPIC = "notification.invalid.topic"
 _NORMAL_CLOSURE = (1000).to_bytes(2, "big")
 
 
+def _parts_among(topics: Iterable[str], sent: Iterable[str]) -> list[str]:
+    """Those of ``topics`` (plain, as the caller spells them) in a combined topic of ``sent``.
+
+    Compared in lower case: the platform may name topics otherwise.
+    """
+    by_name = {t.lower(): t for t in topics}
+    parts = expanded_topics(name for name in sent if "?" in name)
+    return [by_name[part] for part in parts if part in by_name]
+
+
 def _drain_queue(queue: asyncio.Queue[Action]) -> list[Action]:
     """Everything waiting in ``queue``, taken out."""
     items = []
@@ -1685,9 +1695,7 @@ class ChannelPool:
 
     def _combined(self, topics: list[str]) -> list[str]:
         """Those of ``topics`` that :meth:`_subscription_list` sends inside a combined topic."""
-        by_name = {t.lower(): t for t in topics}
-        sent = [name for name in self._subscription_list(topics) if "?" in name]
-        return [by_name[part] for part in expanded_topics(sent) if part in by_name]
+        return _parts_among(topics, self._subscription_list(topics))
 
     def _keep_apart(self, wanted: list[str], rejected: Iterable[Rejection]) -> bool:
         """Note the parts of every refused combined topic, to send plain; True if any is new.
@@ -1696,17 +1704,9 @@ class ChannelPool:
         whole combined topic or just itself; when the whole, the parts the
         client may read would go with it, unsubscribed and unreported.
         """
-        by_name = {t.lower(): t for t in wanted}
-        added = False
-        for rejection in rejected:
-            if "?" not in rejection.topic:
-                continue
-            for part in expanded_topics((rejection.topic,)):
-                name = by_name.get(part)
-                if name is not None and name not in self._apart:
-                    self._apart.add(name)
-                    added = True
-        return added
+        new = set(_parts_among(wanted, (r.topic for r in rejected))) - self._apart
+        self._apart |= new
+        return bool(new)
 
     async def _find_invalid(
         self,
