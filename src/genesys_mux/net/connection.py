@@ -308,9 +308,17 @@ class _Socket:
         # function's extra call: this loop runs once per frame.
         split = None if pool.check_bodies else _split_frame
         data_types = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+        # What ends `async for message in ws`, tested here instead: the
+        # iterator's __anext__ is one more coroutine per frame (~0.4 µs).
+        ends = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+        receive = self.ws.receive
         try:
-            async for message in self.ws:
-                if message.type not in data_types:
+            while True:
+                message = await receive()
+                kind = message.type
+                if kind not in data_types:
+                    if kind in ends:
+                        break
                     continue
                 mono = time.monotonic()
                 data = message.data
