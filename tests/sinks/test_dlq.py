@@ -278,7 +278,7 @@ def test_a_purge_while_letters_are_written_loses_none(tmp_path: Path) -> None:
 
     path = tmp_path / "dlq.jsonl"
     queue = JsonlDeadLetterQueue(path)
-    written = [letter(i, b'{"id":"x"}', stream_id="a" if i % 2 else "b") for i in range(1, 3001)]
+    written = [letter(i, b'{"id":"x"}', stream_id="a" if i % 2 else "b") for i in range(1, 1001)]
 
     def write_all() -> None:
         for item in written:
