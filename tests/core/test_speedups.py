@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import tracemalloc
 from collections.abc import Callable
@@ -259,6 +260,58 @@ def test_bind_refuses_types_it_cannot_read() -> None:
         )
     # The failed bind left nothing half-bound: bind again as the module did.
     assert snapshot._load_native_walk() is native
+
+
+# The state digest's SHA-256, computed with the CPU's SHA instructions where
+# it has them: lengths on both sides of every boundary of the padding (a
+# block is 64 bytes, and the length takes the last 8 of the last one).
+SHA_LENGTHS = sorted(
+    {n + d for n in (0, 55, 56, 64, 119, 120, 128, 1_000, 4_096) for d in (-1, 0, 1) if n + d >= 0}
+)
+
+
+def own_sha256() -> Callable[[bytes], bytes | None]:
+    from genesys_mux.core import _speedups
+
+    if _speedups.sha256(b"") is None:
+        pytest.skip("this CPU has no SHA instructions: the walk hashes with hashlib")
+    return _speedups.sha256
+
+
+@pytest.mark.parametrize("size", SHA_LENGTHS)
+def test_the_walk_s_sha256_is_hashlib_s_at_every_padding_boundary(size: int) -> None:
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    assert own_sha256()(data) == hashlib.sha256(data).digest()
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=3_000))
+def test_the_walk_s_sha256_is_hashlib_s_on_any_bytes(data: bytes) -> None:
+    assert own_sha256()(data) == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("instructions", [True, False], ids=["sha-instructions", "bound-hash"])
+def test_both_hashes_give_the_python_walk_s_digests(
+    monkeypatch: pytest.MonkeyPatch, instructions: bool
+) -> None:
+    """Where the CPU has no SHA instructions the walk calls the bound hash: the same digests."""
+    from genesys_mux.core import _speedups
+
+    if instructions:
+        own_sha256()
+    centre = ContactCentre(seed=5, queues=2, agents=8, rate=4.0, epoch=EPOCH)
+    bodies = [
+        (pub.body, topic_media(pub))
+        for pub in centre.advance(30.0)
+        if pub.conversation_id is not None and ".conversations" in pub.topics[0]
+    ]
+    assert len(bodies) > 100
+    previous = _speedups.use_sha_instructions(instructions)
+    try:
+        for body, media in bodies:
+            assert conversation_facts(body, media) == facts_in_python(monkeypatch, body, media)
+    finally:
+        _speedups.use_sha_instructions(previous)
 
 
 @pytest.mark.parametrize(("value", "disabled"), [("1", True), ("0", False), ("", False)])
