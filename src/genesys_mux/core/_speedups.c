@@ -39,8 +39,12 @@
 #include <string.h>
 
 /* SHA-256 with the CPU's SHA instructions (see "the state digest's hash"):
- * x86-64 with GCC or Clang, which compile the intrinsics per function. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+ * x86-64 with GCC 5 or later or Clang, which compile the intrinsics per
+ * function. Not clang-cl: its headers declare them only when the whole file
+ * is compiled for SHA, and a build failure here would cost the whole
+ * (optional) extension, not just this. */
+#if defined(__x86_64__) && !defined(_MSC_VER) && \
+    (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 5))
 #define SHA_INSTRUCTIONS_BUILT 1
 #include <cpuid.h>
 #include <immintrin.h>
