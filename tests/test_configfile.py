@@ -239,3 +239,16 @@ def test_an_unknown_key_is_answered_with_the_key_meant_wherever_it_is() -> None:
     assert linger.startswith("unknown key; did you mean 'linger_s'? allowed keys are ")
     assert "path" in linger
     assert len(errors) == 3
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [{}, {"url": "https://crm.example.com/hook", "url_env": "HOOK_URL"}],
+    ids=["neither", "both"],
+)
+def test_a_webhook_sink_takes_its_url_from_the_file_or_the_environment(
+    urls: dict[str, str],
+) -> None:
+    sink = {"type": "webhook", "secret_env": "HOOK_SECRET", **urls}
+    found = problems({"streams": [{"id": "s", "filter": {}, "sinks": [sink]}]})
+    assert found == (("streams[0].sinks[0]", "give exactly one of url or url_env"),)

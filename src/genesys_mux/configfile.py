@@ -32,10 +32,11 @@ import re
 import socket
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -354,7 +355,16 @@ class WebhookSinkSpec(_SinkBase):
     """Batched, HMAC-signed JSON POSTs."""
 
     type: Literal["webhook"] = Field(description="Selects this sink.")
-    url: str = Field(pattern=r"^https?://", description="Where batches are POSTed.")
+    url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Where batches are POSTed."
+    )
+    url_env: str | None = Field(
+        default=None,
+        description=(
+            "Environment variable holding the URL instead, when it carries a secret (a token "
+            "in its path or query, a password): logs then show only its scheme and host."
+        ),
+    )
     secret_env: str = Field(
         description=(
             'Environment variable holding the HMAC secret: for signing = "standard" one or '
@@ -374,6 +384,19 @@ class WebhookSinkSpec(_SinkBase):
     max_attempts: int | None = Field(
         default=5, ge=1, description="Attempts at a batch before its events are dead-lettered."
     )
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookSinkSpec:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        return self
+
+    def url_problem(self, url: str) -> str | None:
+        """What is wrong with the URL ``url_env`` holds (None: nothing); never quotes it."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"{self.url_env} does not hold an http:// or https:// URL"
+        return None
 
     def secret_problem(self, secret: str) -> str | None:
         """What is wrong with ``secret`` for this sink's scheme (None: nothing); never quotes it."""
@@ -1275,33 +1298,29 @@ def check_sink(
     errors: list[tuple[str, str]],
     warnings: list[str],
 ) -> None:
-    """A sink's variable: a warning when it is not set here, an error when its value is refused."""
-    key, variable = (
-        ("secret_env", spec.secret_env)
-        if isinstance(spec, WebhookSinkSpec)
-        else ("url_env", spec.url_env)
-        if isinstance(spec, RedisSinkSpec)
-        else ("password_env", spec.password_env)
-        if isinstance(spec, NatsSinkSpec) and spec.password_env
-        else ("token_env", spec.token_env)
-        if isinstance(spec, NatsSinkSpec)
-        else ("", None)
-    )
-    if variable is None:
-        return
-    value = env.get(variable)
-    if not value:
-        warnings.append(
-            f"{where}.{key}: {variable} is not set here (sink {spec.type} of stream "
-            f"{stream_id}); set it where it runs"
+    """A sink's variables: a warning when one is not set here, an error when one is refused."""
+    checks: list[tuple[str, str | None, Callable[[str], str | None]]] = []
+    if isinstance(spec, WebhookSinkSpec):
+        checks.append(("url_env", spec.url_env, spec.url_problem))
+        checks.append(("secret_env", spec.secret_env, spec.secret_problem))
+    elif isinstance(spec, RedisSinkSpec) and spec.url_env is not None:
+        redis_variable = spec.url_env
+        checks.append(
+            ("url_env", redis_variable, lambda value: _redis_url_problem(redis_variable, value))
         )
-    elif isinstance(spec, WebhookSinkSpec):
-        problem = spec.secret_problem(value)
-        if problem is not None:
-            errors.append((f"{where}.{key}", problem))
-    elif isinstance(spec, RedisSinkSpec):
-        problem = _redis_url_problem(variable, value)
-        if problem is not None:
+    elif isinstance(spec, NatsSinkSpec):
+        key = "password_env" if spec.password_env else "token_env"
+        checks.append((key, spec.password_env or spec.token_env, lambda _: None))
+    for key, variable, problem_of in checks:
+        if variable is None:
+            continue
+        value = env.get(variable)
+        if not value:
+            warnings.append(
+                f"{where}.{key}: {variable} is not set here (sink {spec.type} of stream "
+                f"{stream_id}); set it where it runs"
+            )
+        elif (problem := problem_of(value)) is not None:
             errors.append((f"{where}.{key}", problem))
 
 

@@ -254,6 +254,42 @@ async def test_a_redis_url_env_that_holds_no_redis_url_is_a_problem(tmp_path: Pa
     assert json.loads(good.stdout)["problems"] == [], good.why()
 
 
+async def test_a_webhook_url_env_is_checked_where_it_is_set_and_never_quoted(
+    tmp_path: Path,
+) -> None:
+    """A capability URL (its token in the path) kept out of the file."""
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\n'
+        + STREAM
+        + '\n  [[streams.sinks]]\n  type = "webhook"\n  url_env = "HOOK_URL_FOR_THIS_TEST"\n'
+        '  secret_env = "HOOK_SECRET_FOR_THIS_TEST"\n'
+    )
+    token = "tok-canary-8c41e2"
+    secret = {"HOOK_SECRET_FOR_THIS_TEST": "whsec_" + "QUJD" * 8}
+    bad, good, unset = await asyncio.gather(
+        run_cli(
+            "validate", "-c", "mux.toml", "--json", cwd=tmp_path,
+            env={**secret, "HOOK_URL_FOR_THIS_TEST": f"hooks.example.com/{token}"},
+        ),
+        run_cli(
+            "validate", "-c", "mux.toml", "--json", cwd=tmp_path,
+            env={**secret, "HOOK_URL_FOR_THIS_TEST": f"https://hooks.example.com/{token}"},
+        ),
+        run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env=secret),
+    )  # fmt: skip
+    assert bad.code == 1, bad.why()
+    (problem,) = json.loads(bad.stdout)["problems"]
+    assert problem["path"] == "streams[0].sinks[0].url_env"
+    assert "HOOK_URL_FOR_THIS_TEST does not hold an http:// or https:// URL" in problem["problem"]
+    assert json.loads(good.stdout)["problems"] == [], good.why()
+    assert any(
+        w.startswith("streams[0].sinks[0].url_env: HOOK_URL_FOR_THIS_TEST is not set here")
+        for w in json.loads(unset.stdout)["warnings"]
+    ), unset.why()
+    for result in (bad, good, unset):
+        assert token not in result.output
+
+
 async def test_a_missing_absolute_directory_is_a_warning_for_where_it_runs(
     tmp_path: Path,
 ) -> None:

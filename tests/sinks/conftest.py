@@ -453,6 +453,8 @@ class Receiver:
     async def __aenter__(self) -> Receiver:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
+        # A capability URL's place for its token.
+        app.router.add_post("/hook/{token}", self.handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

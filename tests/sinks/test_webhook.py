@@ -267,6 +267,35 @@ def test_an_at_sign_in_the_path_or_query_is_not_taken_for_a_password(url: str) -
     assert sink.display_url.startswith("https://hooks.example.test")
 
 
+async def test_a_url_from_the_environment_is_delivered_to_and_shows_only_its_origin() -> None:
+    """``url_env``: a capability URL (its token in the path) is a secret like the others."""
+    from genesys_mux.cli.runtime import build_sink
+    from genesys_mux.configfile import WebhookSinkSpec
+
+    token, query = "tok-canary-4f9a1c", "sig=q-canary-77"
+    events = real_events(2)
+    spec = WebhookSinkSpec(type="webhook", url_env="HOOK_URL", secret_env="HOOK_SECRET")
+    async with Receiver(fail_first=1) as receiver:
+        env = {"HOOK_URL": f"{receiver.url}/{token}?{query}", "HOOK_SECRET": SECRET}
+        sink = build_sink(spec, env)
+        assert isinstance(sink, WebhookSink)
+        try:
+            with pytest.raises(SinkError) as failed:
+                await sink.send(events)
+            await sink.send(events)
+        finally:
+            await sink.close()
+    assert [i["sequence"] for r in receiver.accepted for i in r.items] == [1, 2]
+    origin = receiver.url.removesuffix("/hook")
+    assert sink.display_url == f"{origin}/[REDACTED]"
+    assert "HTTP 500" in str(failed.value)
+    for text in (str(failed.value), repr(sink), str(vars(sink))):
+        assert token not in text
+        assert "q-canary" not in text
+    # From the file, the path is no secret: errors name it.
+    assert WebhookSink(f"{origin}/hook/open", SECRET).display_url == f"{origin}/hook/open"
+
+
 def assert_secret_nowhere(
     runner: SinkRunner,
     caplog: pytest.LogCaptureFixture,

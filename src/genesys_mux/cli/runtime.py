@@ -130,13 +130,21 @@ def build_sink(
         secret = env.get(spec.secret_env)
         if not secret:
             raise ConfigError(f"webhook sink: environment variable {spec.secret_env} is not set")
+        url = spec.url if spec.url is not None else env.get(spec.url_env or "")
+        if not url:
+            raise ConfigError(f"webhook sink: environment variable {spec.url_env} is not set")
+        if spec.url is None and (problem := spec.url_problem(url)) is not None:
+            raise ConfigError(f"webhook sink: {problem}")
         return WebhookSink(
-            spec.url,
+            url,
             secret,
             signing=spec.signing,
             timeout_s=spec.timeout_s,
             fence=fence,
             secret_label=f"environment variable {spec.secret_env}",
+            # From the environment because something in it is secret: the
+            # path too, as a capability URL's token is.
+            secret_path=spec.url is None,
         )
     if isinstance(spec, NatsSinkSpec):
         return nats_sink(spec, env)

@@ -80,7 +80,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -388,8 +388,22 @@ def _url_secrets(url: str) -> tuple[str, ...]:
     for mark in ("?", "#"):
         if mark in rest:
             parts.append(rest.split(mark, 1)[1])
+    return _longest_first(parts)
+
+
+def _path_secrets(url: str) -> list[str]:
+    """The path of ``url`` and its longer segments, as sent: a capability URL's token is one.
+
+    Segments under six characters (``api``, ``hooks``) are left: they would
+    blank out words of unrelated text, and a token is longer.
+    """
+    path = urlsplit(url).path
+    return [path, *(segment for segment in path.split("/") if len(segment) >= 6)]
+
+
+def _longest_first(parts: Iterable[str]) -> tuple[str, ...]:
     # Longest first, so a part inside another is not replaced half-way; short
-    # pieces (a one-letter user name) would blank out unrelated text.
+    # pieces (a one-letter user name, "api") would blank out unrelated text.
     return tuple(sorted({p for p in parts if len(p) >= 4}, key=len, reverse=True))
 
 
@@ -421,6 +435,7 @@ class WebhookSink:
         session: aiohttp.ClientSession | None = None,
         fence: int = 0,
         secret_label: str = "the signing secret",  # noqa: S107 - a label, not a secret
+        secret_path: bool = False,
     ) -> None:
         if userinfo_not_encoded(url):
             raise ConfigError(f"webhook sink {name}: {URL_USERINFO_HINT}")
@@ -440,11 +455,18 @@ class WebhookSink:
         self.name = name
         self.signing: SigningScheme = signing
         self.display_url = redact_url(url)
+        secrets = _url_secrets(url)
+        if secret_path:
+            # Only where it goes: the path is a capability (its token is the secret).
+            parts = urlsplit(self.display_url)
+            self.display_url = f"{parts.scheme}://{parts.netloc}/{REDACTED}"
+            secrets = _longest_first({*secrets, *_path_secrets(url)})
         self.timeout_s = timeout_s
         # Both can carry credentials: kept where no repr or dump shows them.
         self._url = Hidden(url, self.display_url)
-        # The query, fragment and user info, should a text carry them in any other form.
-        self._url_secrets = Hidden(_url_secrets(url))
+        # The query, fragment and user info (and the path, if secret), should
+        # a text carry them in any other form.
+        self._url_secrets = Hidden(secrets)
         keys: tuple[bytes, ...]
         if signing == "standard":
             keys = parse_secrets(secret, label=f"webhook sink {name}: {secret_label}")
