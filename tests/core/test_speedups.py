@@ -1,7 +1,8 @@
 """The compiled helpers against their specifications.
 
-The snapshot walk against ``snapshot._walk``, and the notification split
-against ``frames._split_in_python``.
+The snapshot walk against ``snapshot._walk``, its SHA-256 (with the CPU's
+SHA instructions) against ``hashlib``'s, and the notification split against
+``frames._split_in_python``.
 
 The extension is optional; where it was not built these tests skip and say
 so. Each comparison is strict: the same values of the same types, the same
