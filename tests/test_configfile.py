@@ -252,3 +252,30 @@ def test_a_webhook_sink_takes_its_url_from_the_file_or_the_environment(
     sink = {"type": "webhook", "secret_env": "HOOK_SECRET", **urls}
     found = problems({"streams": [{"id": "s", "filter": {}, "sinks": [sink]}]})
     assert found == (("streams[0].sinks[0]", "give exactly one of url or url_env"),)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("hooks.example.com/tok-canary-31", "does not hold an http:// or https:// URL"),
+        ("ftp://hooks.example.com/tok-canary-31", "does not hold an http:// or https:// URL"),
+        ("http://[::1/hook/tok-canary-31", "holds a URL whose host or port cannot be read"),
+        ("http://127.0.0.1:99999/tok-canary-31", "holds a URL whose host or port cannot be read"),
+        ("https://u:p/w-canary@hooks.example.com/x", "percent-encode"),
+        ("http://hooks.example.com/tok-canary-31", "plain http:// URL to hooks.example.com"),
+    ],
+    ids=["no-scheme", "ftp", "bad-ipv6", "bad-port", "raw-userinfo", "plain-http-away"],
+)
+def test_a_webhook_url_env_holding_what_the_sink_cannot_use_is_named_not_quoted(
+    url: str, problem: str
+) -> None:
+    from genesys_mux.configfile import WebhookSinkSpec
+
+    spec = WebhookSinkSpec(type="webhook", url_env="HOOK_URL", secret_env="HOOK_SECRET")
+    found = spec.url_problem(url)
+    assert found is not None
+    assert found.startswith("HOOK_URL")
+    assert problem in found
+    assert "canary" not in found
+    for usable in ("https://hooks.example.com/tok-canary-31", "http://127.0.0.1:8080/tok"):
+        assert spec.url_problem(usable) is None

@@ -58,9 +58,9 @@ from genesys_mux.config import (
     unknown_key_message,
 )
 from genesys_mux.core.limits import PLATFORM
-from genesys_mux.core.redaction import redact_url
+from genesys_mux.core.redaction import URL_USERINFO_HINT, redact_url, userinfo_not_encoded
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
-from genesys_mux.regions import Endpoints, resolve_region
+from genesys_mux.regions import Endpoints, is_loopback_host, resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
 from genesys_mux.sinks.nats import DEFAULT_SUBJECT, check_subject_template, stream_subjects_for
@@ -392,10 +392,27 @@ class WebhookSinkSpec(_SinkBase):
         return self
 
     def url_problem(self, url: str) -> str | None:
-        """What is wrong with the URL ``url_env`` holds (None: nothing); never quotes it."""
-        parts = urlsplit(url)
+        """What is wrong with the URL ``url_env`` holds (None: nothing); never quotes it.
+
+        What the sink would refuse, what it could not post to, and a plain
+        ``http://`` URL to another host, where the secret the variable keeps
+        out of the file would cross the network in clear.
+        """
+        variable = self.url_env
+        if userinfo_not_encoded(url):
+            return f"{variable}: {URL_USERINFO_HINT}"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - read for its ValueError: a port out of range
+        except ValueError:
+            return f"{variable} holds a URL whose host or port cannot be read"
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            return f"{self.url_env} does not hold an http:// or https:// URL"
+            return f"{variable} does not hold an http:// or https:// URL"
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            return (
+                f"{variable} holds a plain http:// URL to {parts.hostname}: the secret in it "
+                "would cross the network in clear; use https:// (http:// is for loopback only)"
+            )
         return None
 
     def secret_problem(self, secret: str) -> str | None:

@@ -376,6 +376,9 @@ class Receiver:
     fail_first: int = 0
     fail_status: int = 500
     fail_headers: dict[str, str] = field(default_factory=dict)
+    #: Failures give the path and query asked for as their reason phrase, as
+    #: some servers and proxies do.
+    fail_echoing: bool = False
     hang: bool = False
     status: int = 200
     #: Keep the largest X-Genesys-Mux-Fence per stream; answer 409 to a smaller one.
@@ -426,7 +429,8 @@ class Receiver:
             await self._release.wait()
             return web.Response(status=200)
         if len(self.requests) <= self.fail_first:
-            return web.Response(status=self.fail_status, headers=self.fail_headers)
+            reason = request.path_qs if self.fail_echoing else None
+            return web.Response(status=self.fail_status, headers=self.fail_headers, reason=reason)
         if self.fencing and "X-Genesys-Mux-Fence" in request.headers:
             # What the README asks of a receiver that shuts out ex-owners.
             fence = int(request.headers["X-Genesys-Mux-Fence"])

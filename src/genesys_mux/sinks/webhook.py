@@ -439,7 +439,14 @@ class WebhookSink:
     ) -> None:
         if userinfo_not_encoded(url):
             raise ConfigError(f"webhook sink {name}: {URL_USERINFO_HINT}")
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - read for its ValueError: a port out of range
+        except ValueError:
+            raise ConfigError(
+                f"webhook sink {name}: the url's host or port cannot be read"
+            ) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(
                 f"webhook sink url must be an http:// or https:// URL, not {redact_url(url)!r}"
             )
@@ -585,7 +592,11 @@ class WebhookSink:
         retryable = status >= 500 or status in (408, 429)
         hint = parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUSES else None
         # The receiver's reason phrase only: its body could echo our payload.
-        message = f"sink {self.name}: HTTP {status} {reason[:60]} from {self.display_url}"
+        # Scrubbed before it is cut: a receiver may echo the path it was asked
+        # for (a capability URL's token), and a cut could leave a piece of it.
+        message = (
+            f"sink {self.name}: HTTP {status} {self._scrub(reason)[:60]} from {self.display_url}"
+        )
         return SinkError(message.replace("  ", " "), retryable=retryable, retry_after=hint)
 
     async def close(self) -> None:
