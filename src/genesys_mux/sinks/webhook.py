@@ -421,6 +421,9 @@ class WebhookSink:
     the end of the answer. ``headers`` are added to every request (they must
     not override ours). ``session`` shares an application's
     ``aiohttp.ClientSession``; the sink then does not close it.
+    ``secret_path`` says the URL's path is a secret too (a capability URL,
+    its token in the path, as ``url_env`` in a configuration file gives
+    one): messages then show only its scheme and host.
     """
 
     def __init__(
@@ -462,18 +465,18 @@ class WebhookSink:
         self.name = name
         self.signing: SigningScheme = signing
         self.display_url = redact_url(url)
-        secrets = _url_secrets(url)
+        url_secrets = _url_secrets(url)
         if secret_path:
             # Only where it goes: the path is a capability (its token is the secret).
-            parts = urlsplit(self.display_url)
-            self.display_url = f"{parts.scheme}://{parts.netloc}/{REDACTED}"
-            secrets = _longest_first({*secrets, *_path_secrets(url)})
+            shown = urlsplit(self.display_url)
+            self.display_url = f"{shown.scheme}://{shown.netloc}/{REDACTED}"
+            url_secrets = _longest_first({*url_secrets, *_path_secrets(url)})
         self.timeout_s = timeout_s
         # Both can carry credentials: kept where no repr or dump shows them.
         self._url = Hidden(url, self.display_url)
         # The query, fragment and user info (and the path, if secret), should
         # a text carry them in any other form.
-        self._url_secrets = Hidden(secrets)
+        self._url_secrets = Hidden(url_secrets)
         keys: tuple[bytes, ...]
         if signing == "standard":
             keys = parse_secrets(secret, label=f"webhook sink {name}: {secret_label}")
