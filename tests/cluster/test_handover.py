@@ -9,6 +9,7 @@ emulator and a real redis-server.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -292,3 +293,41 @@ async def test_a_failover_gap_is_reckoned_on_the_next_owner_s_clock(
     (gap,) = after.gaps()
     assert gap.reason == "failover"
     assert gap.start == written.watermark - 30.0
+
+
+async def test_clocks_stepped_since_they_were_measured_do_not_shorten_the_gap(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dead owner's clock was stepped 30 s ahead, the next owner's 10 s back.
+
+    Each after its offset was measured. The watermark is a time on the
+    stepped clock, 30 s later than the offset measured before the step
+    says, and the next owner's clock now reads 10 s less than its measured
+    offset says: converted with the offsets alone, the gap would start 40 s
+    late, and the events of those 40 s would be lost unreported. A step
+    shows as a change of wall minus monotonic time.
+    """
+    async with two_members(redis_server, checkpoint_interval_s=3600.0) as (old, new):
+        await old.add_stream(STREAM)
+        before = Collector(old.stream("all"))
+        await eventually(lambda: len(before.events()) >= 5)
+        old.clock_offset = 0.0  # measured, then the clock was stepped:
+        assert old._clock_anchor is not None
+        old._clock_anchor -= 30.0  # as a step of +30 s since would show
+        with caplog.at_level(logging.WARNING, logger="genesys_mux.multiplexer"):
+            await old.checkpoint()
+        written = old._written["all"]
+        old._checkpointing = False  # a dead process writes nothing more
+        new.clock_offset = 0.0
+        assert new._clock_anchor is not None
+        new._clock_anchor += 10.0  # a step of -10 s since
+        await new.add_stream(STREAM, standby=True)
+        after = Collector(new.stream("all"))
+        await new.activate("all")
+        await eventually(lambda: bool(after.gaps()))
+    assert written.clock_offset == pytest.approx(30.0, abs=0.01)
+    assert written.watermark is not None
+    (gap,) = after.gaps()
+    assert gap.reason == "failover"
+    assert gap.start == pytest.approx(written.watermark - 40.0, abs=0.01)
+    assert "clock was stepped by +30.0 s" in caplog.text

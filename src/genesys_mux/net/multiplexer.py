@@ -121,6 +121,11 @@ _CHECKPOINT_SLICE = 2000
 _BACKFILL_MARGIN_S = 10.0
 #: Records cleared per slice of the memory of a stream that left (see _forget_left).
 _SWEEP_SLICE = 5000
+#: A change of wall minus monotonic time below this is the noise of reading
+#: two clocks, not a step of the wall clock.
+_CLOCK_STEP_MIN_S = 0.01
+#: A step of this host's wall clock beyond this many seconds is logged.
+_CLOCK_STEP_WARNING_S = 1.0
 _CALLBACKS = "genesys-mux-callbacks"
 _GAP_CALLBACKS = "genesys-mux-gap-callbacks"
 _DISPATCH = "genesys-mux-dispatch"
@@ -281,11 +286,11 @@ class Multiplexer:
         #: Why the last checkpoint failed, while the store keeps failing (for ``/readyz``).
         self.state_failure: str | None = None
         self._checkpoints: dict[str, StreamCheckpoint] = {}
-        #: How far this host's clock is ahead of the cluster's shared clock
-        #: (its Redis's), in seconds: a cluster member measures it. Written
-        #: in each checkpoint, so that a next owner on another host reckons
-        #: the failover gap from the same instant (see StreamCheckpoint).
-        self.clock_offset = 0.0
+        # See clock_offset: the offset, and wall minus monotonic time when it
+        # was measured (None: never, outside a cluster).
+        self._clock_offset = 0.0
+        self._clock_anchor: float | None = None
+        self._clock_step_told = False
         # The last checkpoint this process wrote of each stream, without its
         # memory: numbering and watermark, for a store that lost it (a Redis
         # restarted without its data) while this process carried the stream.
@@ -360,6 +365,45 @@ class Multiplexer:
 
     def __repr__(self) -> str:
         return f"Multiplexer(client_id={self._client_id!r}, api={self._endpoints.api!r})"
+
+    @property
+    def clock_offset(self) -> float:
+        """How far this host's clock is ahead of the cluster's shared clock (its Redis's), in s.
+
+        A cluster member measures it every round, and sets it here. It is
+        written in each checkpoint, so that a next owner on another host
+        reckons a failover gap from the same instant (see
+        :class:`~genesys_mux.core.checkpoint.StreamCheckpoint`). 0 outside a
+        cluster.
+        """
+        return self._clock_offset
+
+    @clock_offset.setter
+    def clock_offset(self, value: float) -> None:
+        self._clock_offset = value
+        # Where wall time stood against monotonic time when it was measured:
+        # a step of the wall clock since (set by hand, or by a time daemon
+        # that steps rather than slews) changes the difference, a slew does
+        # not (both clocks are slewed alike).
+        self._clock_anchor = time.time() - time.monotonic()
+        self._clock_step_told = False
+
+    def _clock_step(self) -> float:
+        """How far this host's wall clock was stepped since the offset was measured, in s."""
+        if self._clock_anchor is None:
+            return 0.0
+        step = time.time() - time.monotonic() - self._clock_anchor
+        if abs(step) < _CLOCK_STEP_MIN_S:
+            return 0.0
+        if abs(step) > _CLOCK_STEP_WARNING_S and not self._clock_step_told:
+            self._clock_step_told = True
+            log.warning(
+                "this host's clock was stepped by %+.1f s since its offset from the cluster's "
+                "was measured: failover gaps are reckoned on the safe side until the next "
+                "measurement; keep the clock slewed, not stepped (NTP)",
+                step,
+            )
+        return step
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -770,7 +814,10 @@ class Multiplexer:
         # Never later than as written: a conversion can only widen the gap
         # (two measurements of one clock differ by their noise, and a writer
         # whose clock was behind wrote a watermark that is early already).
-        converted = restored.watermark - restored.clock_offset + self.clock_offset
+        # This host's offset now is the one measured plus any step of its
+        # clock since, which a larger offset taken here would only push later.
+        mine = self._clock_offset + min(0.0, self._clock_step())
+        converted = restored.watermark - restored.clock_offset + mine
         start = min(restored.watermark, converted)
         end = time.time() if covered_from is None else min(time.time(), covered_from)
         if end <= start:
@@ -1019,8 +1066,14 @@ class Multiplexer:
                 while not build.step(_CHECKPOINT_SLICE):  # noqa: ASYNC110
                     await asyncio.sleep(0)
                 checkpoint = build.result()
-                if self.clock_offset:
-                    checkpoint = msgspec.structs.replace(checkpoint, clock_offset=self.clock_offset)
+                # A watermark stamped after a step forward of this host's
+                # clock is that much later than the offset measured before
+                # it says; one stamped before it is early by as much with
+                # the step counted in. Counted in, then: a gap may only
+                # widen. (A step back leaves the measured offset the safe one.)
+                offset = self._clock_offset + max(0.0, self._clock_step())
+                if offset:
+                    checkpoint = msgspec.structs.replace(checkpoint, clock_offset=offset)
                 due.append((state, mark, checkpoint))
             if due:
                 # A dead-lettered event counts as settled: its letter must be
