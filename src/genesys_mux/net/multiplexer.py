@@ -815,7 +815,8 @@ class Multiplexer:
         # (two measurements of one clock differ by their noise, and a writer
         # whose clock was behind wrote a watermark that is early already).
         # This host's offset now is the one measured plus any step of its
-        # clock since, which a larger offset taken here would only push later.
+        # clock since. Only a step back is counted in: counting a step
+        # forward would move the start later.
         mine = self._clock_offset + min(0.0, self._clock_step())
         converted = restored.watermark - restored.clock_offset + mine
         start = min(restored.watermark, converted)
