@@ -257,10 +257,10 @@ def test_a_webhook_sink_takes_its_url_from_the_file_or_the_environment(
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("hooks.example.com/tok-canary-31", "does not hold an http:// or https:// URL"),
-        ("ftp://hooks.example.com/tok-canary-31", "does not hold an http:// or https:// URL"),
-        ("http://[::1/hook/tok-canary-31", "holds a URL whose host or port cannot be read"),
-        ("http://127.0.0.1:99999/tok-canary-31", "holds a URL whose host or port cannot be read"),
+        ("hooks.example.com/tok-canary-31", "is not an http:// or https:// URL"),
+        ("ftp://hooks.example.com/tok-canary-31", "is not an http:// or https:// URL"),
+        ("http://[::1/hook/tok-canary-31", "the url's host or port cannot be read"),
+        ("http://127.0.0.1:99999/tok-canary-31", "the url's host or port cannot be read"),
         ("https://u:p/w-canary@hooks.example.com/x", "percent-encode"),
         ("http://hooks.example.com/tok-canary-31", "plain http:// URL to hooks.example.com"),
     ],
@@ -279,3 +279,22 @@ def test_a_webhook_url_env_holding_what_the_sink_cannot_use_is_named_not_quoted(
     assert "canary" not in found
     for usable in ("https://hooks.example.com/tok-canary-31", "http://127.0.0.1:8080/tok"):
         assert spec.url_problem(usable) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://hooks.example.com:99999/hook", "the url's host or port cannot be read"),
+        ("https://[::1/hook", "the url's host or port cannot be read"),
+        ("https://u:p/w-canary@hooks.example.com/hook", "percent-encode"),
+    ],
+    ids=["bad-port", "bad-ipv6", "raw-userinfo"],
+)
+def test_a_webhook_url_in_the_file_that_the_sink_would_refuse_is_refused_at_its_key(
+    url: str, problem: str
+) -> None:
+    sink = {"type": "webhook", "secret_env": "HOOK_SECRET", "url": url}
+    ((path, found),) = problems({"streams": [{"id": "s", "filter": {}, "sinks": [sink]}]})
+    assert path == "streams[0].sinks[0]"
+    assert problem in found
+    assert "canary" not in found

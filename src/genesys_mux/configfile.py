@@ -36,7 +36,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -58,14 +57,14 @@ from genesys_mux.config import (
     unknown_key_message,
 )
 from genesys_mux.core.limits import PLATFORM
-from genesys_mux.core.redaction import URL_USERINFO_HINT, redact_url, userinfo_not_encoded
+from genesys_mux.core.redaction import redact_url
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
-from genesys_mux.regions import Endpoints, is_loopback_host, resolve_region
+from genesys_mux.regions import Endpoints, resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
 from genesys_mux.sinks.nats import DEFAULT_SUBJECT, check_subject_template, stream_subjects_for
 from genesys_mux.sinks.plugins import ENTRY_POINT_GROUP, LoadedPlugin, load_plugin, plugin_types
-from genesys_mux.sinks.webhook import SigningScheme, parse_secrets
+from genesys_mux.sinks.webhook import SigningScheme, parse_secrets, webhook_url_problem
 from genesys_mux.state.redis_server import redis_url_problem
 
 __all__ = [
@@ -389,31 +388,18 @@ class WebhookSinkSpec(_SinkBase):
     def _one_url(self) -> WebhookSinkSpec:
         if (self.url is None) == (self.url_env is None):
             raise ValueError("give exactly one of url or url_env")
+        if self.url is not None and (problem := webhook_url_problem(self.url)) is not None:
+            raise ValueError(problem)
         return self
 
     def url_problem(self, url: str) -> str | None:
         """What is wrong with the URL ``url_env`` holds (None: nothing); never quotes it.
 
-        What the sink would refuse, what it could not post to, and a plain
-        ``http://`` URL to another host, where the secret the variable keeps
-        out of the file would cross the network in clear.
+        The sink's own policy (:func:`~genesys_mux.sinks.webhook.webhook_url_problem`)
+        for a URL that is a secret, named by its variable.
         """
-        variable = self.url_env
-        if userinfo_not_encoded(url):
-            return f"{variable}: {URL_USERINFO_HINT}"
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - read for its ValueError: a port out of range
-        except ValueError:
-            return f"{variable} holds a URL whose host or port cannot be read"
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return f"{variable} does not hold an http:// or https:// URL"
-        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-            return (
-                f"{variable} holds a plain http:// URL to {parts.hostname}: the secret in it "
-                "would cross the network in clear; use https:// (http:// is for loopback only)"
-            )
-        return None
+        problem = webhook_url_problem(url, secret=True)
+        return None if problem is None else f"{self.url_env}: {problem}"
 
     def secret_problem(self, secret: str) -> str | None:
         """What is wrong with ``secret`` for this sink's scheme (None: nothing); never quotes it."""

@@ -280,7 +280,7 @@ async def test_a_webhook_url_env_is_checked_where_it_is_set_and_never_quoted(
     assert bad.code == 1, bad.why()
     (problem,) = json.loads(bad.stdout)["problems"]
     assert problem["path"] == "streams[0].sinks[0].url_env"
-    assert "HOOK_URL_FOR_THIS_TEST does not hold an http:// or https:// URL" in problem["problem"]
+    assert "HOOK_URL_FOR_THIS_TEST: the url is not an http:// or https:// URL" in problem["problem"]
     assert json.loads(good.stdout)["problems"] == [], good.why()
     assert any(
         w.startswith("streams[0].sinks[0].url_env: HOOK_URL_FOR_THIS_TEST is not set here")

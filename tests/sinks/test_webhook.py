@@ -244,6 +244,17 @@ def test_settings_are_checked_without_echoing_secrets() -> None:
         assert "tk-canary" not in text
 
 
+def test_a_secret_url_goes_over_plain_http_only_to_loopback() -> None:
+    """A library caller's ``secret_path`` gets the policy a configuration's ``url_env`` gets."""
+    url = "http://hooks.example.com/hook/tk-canary-77"
+    WebhookSink(url, SECRET)  # the path is no secret: the caller's choice
+    with pytest.raises(ConfigError, match=r"plain http:// URL to hooks\.example\.com") as caught:
+        WebhookSink(url, SECRET, secret_path=True)
+    assert "tk-canary" not in str(caught.value)
+    for usable in ("http://127.0.0.1:8080/hook/tk-1", "https://hooks.example.com/hook/tk-1"):
+        assert WebhookSink(usable, SECRET, secret_path=True).display_url.endswith(REDACTED)
+
+
 @pytest.mark.parametrize(
     "password", ["s3cr/et-canary", "s3cr#et-canary", "s3cr?et-canary"], ids=["/", "#", "?"]
 )

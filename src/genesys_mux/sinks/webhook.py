@@ -95,6 +95,7 @@ from genesys_mux.core.redaction import (
     userinfo_not_encoded,
 )
 from genesys_mux.errors import ConfigError, FencedError, GenesysMuxError, SinkError
+from genesys_mux.regions import is_loopback_host
 from genesys_mux.sinks.base import (
     Hidden,
     Item,
@@ -127,6 +128,7 @@ __all__ = [
     "verify",
     "verify_signature",
     "webhook_id",
+    "webhook_url_problem",
 ]
 
 log = logging.getLogger("genesys_mux.sinks.webhook")
@@ -378,6 +380,36 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
+def webhook_url_problem(url: str, *, secret: bool = False) -> str | None:
+    """What is wrong with a webhook sink's URL, or None.
+
+    The answer is a sentence about "the url" that quotes none of it (it may
+    carry a token or a password): prefix it with where the URL came from.
+    :class:`WebhookSink` and the configuration's validation both ask it, so
+    a URL is refused alike, with the same words, wherever it is given.
+
+    ``secret`` says the URL as a whole is a secret (a capability URL, kept
+    out of the configuration file): it may then go over plain ``http://``
+    to a loopback host only, since anywhere else the token in it would
+    cross the network in clear.
+    """
+    if userinfo_not_encoded(url):
+        return URL_USERINFO_HINT
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - read for its ValueError: a port out of range
+    except ValueError:
+        return "the url's host or port cannot be read"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "the url is not an http:// or https:// URL"
+    if secret and parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return (
+            f"the url is a plain http:// URL to {parts.hostname}: the secret in it would cross "
+            "the network in clear; use https:// (http:// is for loopback only)"
+        )
+    return None
+
+
 def _url_secrets(url: str) -> tuple[str, ...]:
     """The parts of ``url`` that may be credentials (user info, query, fragment), as sent."""
     _scheme, _, rest = url.partition("://")
@@ -423,7 +455,9 @@ class WebhookSink:
     ``aiohttp.ClientSession``; the sink then does not close it.
     ``secret_path`` says the URL's path is a secret too (a capability URL,
     its token in the path, as ``url_env`` in a configuration file gives
-    one): messages then show only its scheme and host.
+    one): messages then show only its scheme and host, and plain
+    ``http://`` is refused but to a loopback host. The URL's policy is
+    :func:`webhook_url_problem`.
     """
 
     def __init__(
@@ -440,19 +474,9 @@ class WebhookSink:
         secret_label: str = "the signing secret",  # noqa: S107 - a label, not a secret
         secret_path: bool = False,
     ) -> None:
-        if userinfo_not_encoded(url):
-            raise ConfigError(f"webhook sink {name}: {URL_USERINFO_HINT}")
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - read for its ValueError: a port out of range
-        except ValueError:
-            raise ConfigError(
-                f"webhook sink {name}: the url's host or port cannot be read"
-            ) from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(
-                f"webhook sink url must be an http:// or https:// URL, not {redact_url(url)!r}"
-            )
+        problem = webhook_url_problem(url, secret=secret_path)
+        if problem is not None:
+            raise ConfigError(f"webhook sink {name}: {problem}")
         if signing not in SIGNING_SCHEMES:
             raise ConfigError(
                 f"webhook sink {name}: signing must be one of {', '.join(SIGNING_SCHEMES)}, "
