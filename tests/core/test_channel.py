@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genesys_mux.core.channel import (
+    MIN_ROTATION_RETRY_S,
     Action,
     BecameLive,
     ChannelLink,
@@ -493,6 +494,35 @@ def test_token_expiry_rotates_lead_seconds_early() -> None:
     lk = live_link(token_expires_at=1800.0, watchdog=NO_WATCHDOG)
     assert lk.next_deadline() == 1500.0
     assert lk.poll(1500.0) == [Rotate("token_expiring")]
+
+
+def test_a_declined_rotation_is_asked_again_half_way_and_by_any_warning() -> None:
+    """The shell had no newer token to move onto: the link is not spent.
+
+    It used to be: every later warning on that socket (a maintenance
+    close, lost subscriptions) went unanswered.
+    """
+    lk = live_link(token_expires_at=1800.0, watchdog=NO_WATCHDOG)
+    assert lk.poll(1500.0) == [Rotate("token_expiring")]
+    lk.rotation_declined(1500.0)
+    assert not lk.rotation_requested
+    assert lk.next_deadline() == 1650.0  # half-way through the 300 s left
+    assert lk.poll(1649.0) == []
+    assert lk.poll(1650.0) == [Rotate("token_expiring")]
+    lk.rotation_declined(1650.0)
+    # A warning is acted on at once, and only once, as before.
+    assert lk.receive(CLOSING, 1660.0) == [Rotate("socket_closing")]
+    assert lk.receive(NO_LONGER, 1661.0) == []
+    assert lk.poll(1725.0) == []
+
+
+def test_a_declined_rotation_is_not_asked_again_too_close_to_the_end() -> None:
+    lk = live_link(token_expires_at=1800.0, watchdog=NO_WATCHDOG)
+    assert lk.poll(1500.0) == [Rotate("token_expiring")]
+    lk.rotation_declined(1800.0 - 2 * MIN_ROTATION_RETRY_S + 0.5)
+    assert lk.next_deadline() == NO_WATCHDOG.heartbeat_timeout_s
+    assert lk.poll(1799.0) == []
+    assert lk.receive(NO_LONGER, 1799.0) == [Rotate("no_longer_subscribed")]
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,8 @@ def make_stack() -> Callable[..., Any]:
         client_secret: str = "demo-secret",
         requests_per_minute: int = 300,
         token_attempts: int | None = None,
+        refresh_margin_s: float | None = None,
+        last_resort_s: float = 5.0,
     ) -> AsyncIterator[Stack]:
         async with (
             Emulator(emulator_settings or fast_settings()) as emulator,
@@ -113,6 +115,8 @@ def make_stack() -> Callable[..., Any]:
                 client_secret,
                 backoff=backoff,
                 max_attempts=6 if token_attempts is None else token_attempts,
+                refresh_margin_s=refresh_margin_s,
+                last_resort_s=last_resort_s,
             )
             rest = RestClient(
                 session, endpoints, tokens, requests_per_minute=requests_per_minute, backoff=backoff

@@ -270,6 +270,34 @@ async def test_token_expiry_rotates_before_the_channel_dies(make_stack: Any) -> 
         await assert_fully_served(stack, topics)
 
 
+async def test_a_rotation_ahead_of_the_token_s_own_renewal_renews_it(make_stack: Any) -> None:
+    """The rotation's lead (up to 300 s) comes before the token's renewal margin.
+
+    By default it does for every lifetime under fifty minutes (the margin
+    is a tenth of it, at least 60 s): a 30-minute token is renewed 180 s
+    before its end, the channel it made rotated 300 s before. The rotation
+    found no newer token, was skipped, and the channel died with its token:
+    an outage at every expiry. Scaled down: a 4 s token renewed 0.3 s
+    before its end, its channel rotated 1.5 s before.
+    """
+    client = ClientApp("short", "short-secret", token_lifetime_s=4)
+    async with make_stack(
+        fast_settings(clients=[client]),
+        fast_pool_settings(rotation_lead_s=1.5),
+        client_id="short",
+        client_secret="short-secret",
+        refresh_margin_s=0.3,
+    ) as stack:
+        topics, channel_id = await start(stack)
+        creator = await stack.tokens.token()
+        await eventually(lambda: stack.pool.channel_ids()[0] != channel_id, within=10)
+        assert time.monotonic() < stack.tokens.refresh_due(creator), "renewed for the rotation"
+        assert stack.pool.stats()[0].rotations == 1
+        await eventually(lambda: time.monotonic() >= creator.expires_at + 0.5, within=10)
+        assert list(stack.pool.outages) == []
+        await assert_fully_served(stack, topics)
+
+
 async def test_a_reused_channel_is_rotated_before_the_token_that_created_it_dies(
     make_stack: Any,
 ) -> None:
@@ -562,17 +590,19 @@ async def test_without_a_newer_token_the_channel_ends_with_its_own(
     one was rotated again at half the time left, creating channels ever
     faster (every one an eviction risk) until the end. Now the channel
     serves on and ends with its token; a refusal stops the pool then, not
-    at the first failed refresh.
+    at the first failed refresh. The declined rotation does not spend the
+    socket's: a warning from the platform meanwhile is still acted on.
     """
-    # Refreshed early and rotated half-way through (6 s in); the last resort
-    # comes 5 s before the end, so the refresh fails (once: no retries)
-    # with a second of the token's life left to use.
-    client = ClientApp("short", "short-secret", token_lifetime_s=12)
+    # Refreshed early and rotated half-way through (3 s in); the last resort
+    # comes a second before the end, so the refresh fails (once: no
+    # retries) with two seconds of the token's life left to use.
+    client = ClientApp("short", "short-secret", token_lifetime_s=6)
     async with make_stack(
         fast_settings(clients=[client]),
         client_id="short",
         client_secret="short-secret",
         token_attempts=1,
+        last_resort_s=1.0,
     ) as stack:
         _, channel_id = await start(stack)
         creator = await stack.tokens.token()
@@ -580,17 +610,21 @@ async def test_without_a_newer_token_the_channel_ends_with_its_own(
         # Past the rotation, and past where a successor made with the same
         # token would have been made (at once, the refresh failing at once).
         half_way = creator.expires_at - creator.lifetime_s / 2
-        await eventually(lambda: time.monotonic() >= half_way + 1.5, within=15)
+        await eventually(lambda: time.monotonic() >= half_way + 0.5, within=15)
         assert stack.pool.failure is None
         assert stack.pool.channel_ids()[0] == channel_id
         assert list(stack.pool.outages) == []
         log = (await stack.control("requests"))["requests"]
         created = [r for r in log if r["path"] == "/api/v2/notifications/channels"]
         assert len(created) == 1, [r["time"] for r in created]
+        if status == 503:
+            await stack.fault("no_longer_subscribed", channel_id=channel_id)
+            await eventually(lambda: stack.pool.channel_ids()[0] != channel_id, within=5)
+            assert stack.pool.stats()[0].rotations == 1
         if status == 401:
             await eventually(lambda: stack.pool.failure is not None, within=10)
             assert isinstance(stack.pool.failure, AuthenticationError)
-            assert time.monotonic() >= creator.expires_at - 5.0, "not before the last resort"
+            assert time.monotonic() >= creator.expires_at - 1.0, "not before the last resort"
 
 
 async def test_a_socket_lost_while_its_successor_cannot_be_made_is_lost_at_once(

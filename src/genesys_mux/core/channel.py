@@ -48,7 +48,9 @@ channel while this socket keeps delivering, and closes this one only once the
 successor is live. :class:`Reconnect` and :class:`Recreate` report a socket
 that is already gone: the shell records an outage and re-establishes, reusing
 the channel after a HEAD check (``Reconnect``) or creating a new one
-(``Recreate``). Each kind of request is emitted at most once per link.
+(``Recreate``). Each kind of request is emitted at most once per link,
+but a :class:`Rotate` the shell declines (no newer token to move onto yet,
+see :meth:`ChannelLink.rotation_declined`) may be asked for again.
 
 When events may have started to go missing
 ..........................................
@@ -81,6 +83,7 @@ from genesys_mux.core.frames import (
 )
 
 __all__ = [
+    "MIN_ROTATION_RETRY_S",
     "Action",
     "BecameLive",
     "ChannelLink",
@@ -93,6 +96,12 @@ __all__ = [
     "SendPing",
     "WatchdogSettings",
 ]
+
+
+#: A declined rotation is asked for again half-way to the channel's end,
+#: unless that is closer to the end than this: a successor takes a channel
+#: request, a connection and a subscription to make.
+MIN_ROTATION_RETRY_S = 5.0
 
 
 class LinkState(Enum):
@@ -208,7 +217,10 @@ class ChannelLink:
         #: works: the last frame read before ``no_longer_subscribed`` or
         #: ``token_revoked`` (monotonic).
         self.unsubscribed_since: float | None = None
-        self._rotation_at = self._rotation_deadline(opened_at, channel_expires_at, token_expires_at)
+        ends = [t for t in (channel_expires_at, token_expires_at) if t is not None]
+        #: When the channel or its creating token ends, whichever is first.
+        self._ends_at = min(ends) if ends else None
+        self._rotation_at = self._rotation_deadline(opened_at)
         self._rotation_reason = (
             "token_expiring"
             if token_expires_at is not None
@@ -219,13 +231,10 @@ class ChannelLink:
         every = self.settings.subscription_check_s
         self._check_at = None if every is None else opened_at + every
 
-    def _rotation_deadline(
-        self, now: float, channel_at: float | None, token_at: float | None
-    ) -> float | None:
-        ends = [t for t in (channel_at, token_at) if t is not None]
-        if not ends:
+    def _rotation_deadline(self, now: float) -> float | None:
+        end = self._ends_at
+        if end is None:
             return None
-        end = min(ends)
         lead = min(self.settings.rotation_lead_s, max(0.0, (end - now) / 2))
         return end - lead
 
@@ -327,6 +336,23 @@ class ChannelLink:
     def rotation_requested(self) -> bool:
         """True once a :class:`Rotate` has been emitted."""
         return self._rotation_requested
+
+    def rotation_declined(self, now: float) -> None:
+        """The shell did not act on the last :class:`Rotate` (no newer token to move onto).
+
+        The link may ask again: at once for a frame that calls for it
+        (``socket_closing``, ``no_longer_subscribed``, ``token_revoked``),
+        which would otherwise be ignored as asked already, and for the
+        approaching end half-way through the time left, so that a login
+        back by then still saves the channel. Not within the last
+        :data:`MIN_ROTATION_RETRY_S`: a successor could not be made in time.
+        """
+        self._rotation_requested = False
+        end = self._ends_at
+        if end is None or (end - now) / 2 < MIN_ROTATION_RETRY_S:
+            self._rotation_at = None
+        else:
+            self._rotation_at = now + (end - now) / 2
 
     def _rotate(self, reason: str, *, reauth: bool = False) -> list[Action]:
         if self._rotation_requested:

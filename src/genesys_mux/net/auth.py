@@ -38,7 +38,7 @@ import msgspec
 
 from genesys_mux.core.backoff import Backoff, Retries, Verdict, classify_status, parse_retry_after
 from genesys_mux.core.redaction import scrub
-from genesys_mux.errors import AuthenticationError, TransportError
+from genesys_mux.errors import AuthenticationError, GenesysMuxError, TransportError
 from genesys_mux.regions import Endpoints
 
 __all__ = ["TOKEN_FAILURE_REASONS", "AccessToken", "TokenProvider"]
@@ -105,8 +105,9 @@ class TokenProvider:
     ``refresh_margin_s`` overrides the default margin. Each token request
     may take ``timeout_s``. While the cached token still has life in it, a
     caller waits at most ``early_wait_s`` for its early refresh, then gets
-    the cached token (the refresh goes on). ``clock`` is a monotonic clock,
-    injectable for tests.
+    the cached token (the refresh goes on), until ``last_resort_s`` before
+    it expires: a refresh that fails then is raised. ``clock`` is a
+    monotonic clock, injectable for tests.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class TokenProvider:
         max_attempts: int = 6,
         timeout_s: float = 30.0,
         early_wait_s: float = 5.0,
+        last_resort_s: float = _LAST_RESORT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not client_id or not client_secret:
@@ -145,6 +147,7 @@ class TokenProvider:
         # hold a request for aiohttp's default five minutes per attempt.
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._early_wait_s = early_wait_s
+        self._last_resort_s = last_resort_s
         self._clock = clock
         self._token: AccessToken | None = None
         self._refreshing: asyncio.Task[AccessToken] | None = None
@@ -181,7 +184,7 @@ class TokenProvider:
         token = self._token
         if token is not None and self._clock() < self.refresh_due(token):
             return token
-        if token is None or self._clock() >= token.expires_at - _LAST_RESORT_S:
+        if token is None or self._clock() >= token.expires_at - self._last_resort_s:
             return await self._single_flight()
         # Refreshing early is a precaution: while the cached token still has
         # life in it, a login outage, or a login host that does not answer,
@@ -190,7 +193,7 @@ class TokenProvider:
             async with asyncio.timeout(self._early_wait_s):
                 return await self._single_flight()
         except TimeoutError:
-            if self._clock() >= token.expires_at - _LAST_RESORT_S:
+            if self._clock() >= token.expires_at - self._last_resort_s:
                 return await self._single_flight()
             if self._slow_refresh is not self._refreshing:
                 # Once per refresh, not once per caller that stopped waiting.
@@ -200,7 +203,7 @@ class TokenProvider:
                     self._early_wait_s,
                 )
         except TransportError:
-            if self._clock() >= token.expires_at - _LAST_RESORT_S:
+            if self._clock() >= token.expires_at - self._last_resort_s:
                 raise
             log.warning("token refresh failed; using the current token until it expires")
         except AuthenticationError as exc:
@@ -208,7 +211,7 @@ class TokenProvider:
             # in hand still works, and every event it carries until it
             # expires is one not lost. The refusal is said once, loudly;
             # at the last resort it is raised, and the feed stops.
-            if self._clock() >= token.expires_at - _LAST_RESORT_S:
+            if self._clock() >= token.expires_at - self._last_resort_s:
                 raise
             if self._refusal_said is not exc:
                 self._refusal_said = exc
@@ -218,6 +221,28 @@ class TokenProvider:
                     token.expires_at - self._clock(),
                 )
         return token
+
+    async def outliving(self, expires_at: float) -> AccessToken | None:
+        """A token that expires after ``expires_at`` (monotonic), renewed now if need be.
+
+        None when none can be had now (the login down, slow past
+        ``early_wait_s``, or refusing): the cached token stays in use, as
+        with an early refresh that fails. For a channel about to outlive
+        the token that created it: its rotation comes up to five minutes
+        before the end, earlier than this provider's own renewal for any
+        lifetime under fifty minutes, and a successor made with the same
+        token would die with it.
+        """
+        token = self._token
+        if token is not None and token.expires_at > expires_at:
+            return token
+        try:
+            async with asyncio.timeout(self._early_wait_s):
+                token = await self._single_flight()
+        except (TimeoutError, GenesysMuxError) as exc:
+            log.warning("could not renew the OAuth token ahead of time: %s", exc or "timed out")
+            return None
+        return token if token.expires_at > expires_at else None
 
     async def close(self) -> None:
         """Stop a token request under way (its session is about to close).

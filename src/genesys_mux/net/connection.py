@@ -392,6 +392,11 @@ class _Socket:
                 await self._ping()
             self._act(actions)
 
+    def rotation_declined(self) -> None:
+        """The pool did not act on this socket's last :class:`Rotate`: the link may ask again."""
+        self.link.rotation_declined(time.monotonic())
+        self._wake.set()  # the watchdog's next deadline moved
+
     def _act(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SendPing):
@@ -1269,11 +1274,15 @@ class ChannelPool:
         if action.reason == "token_expiring" and not await self._newer_token(old):
             log.warning(
                 "slot %d: no newer OAuth token to move channel %s onto (see the token "
-                "warnings); it serves on and ends with its token in %.0f s",
+                "warnings); it serves on, and ends with its token in %.0f s unless one "
+                "comes before",
                 slot.index,
                 old.info.id,
                 max(0.0, old.token_expires_at - time.monotonic()),
             )
+            # Not a rotation: the link asks again later, and acts on any
+            # warning the platform sends meanwhile.
+            old.rotation_declined()
             return True
         log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
         machine = slot.machine
@@ -1356,7 +1365,11 @@ class ChannelPool:
             token = await self._tokens.token()
         except GenesysMuxError:
             return True  # the rotation's own attempt says what is wrong
-        return token.expires_at > old.token_expires_at
+        if token.expires_at > old.token_expires_at:
+            return True
+        # The cached token is still the creator, not yet due for renewal by
+        # the provider's own margin: renew it for the successor now.
+        return await self._tokens.outliving(old.token_expires_at) is not None
 
     def _spare_channels(self) -> int:
         """Channels a rotation may borrow now: beside one per slot, within the budget."""
