@@ -152,6 +152,7 @@ def channel_server(connect_uri: str) -> AbstractAsyncContextManager[str]:
         ("wss://127.0.0.1:{port}/channels/streaming-0-abc", True),
         ("ws://evil.example.com:{port}/channels/streaming-0-abc", False),
         ("ws://127.0.0.1:1/channels/streaming-0-abc", False),
+        ("ws://127.0.0.2:{port}/channels/streaming-0-abc", False),  # no domain to be under
         ("ws://user:pw@127.0.0.1:{port}/channels/streaming-0-abc", False),
         ("http://127.0.0.1:{port}/channels/streaming-0-abc", False),
         ("not a url", False),
@@ -176,9 +177,17 @@ async def test_a_connect_uri_off_our_streaming_host_is_refused(
     ("uri", "accepted"),
     [
         ("wss://streaming.mypurecloud.ie/channels/streaming-0-abc", True),
+        # "Always use connectUri as returned": an explicit default port, a
+        # host under the deployment's domain other than streaming.D.
+        ("wss://streaming.mypurecloud.ie:443/channels/streaming-0-abc", True),
+        ("wss://STREAMING.mypurecloud.ie/channels/streaming-0-abc", True),
+        ("wss://streaming-2.eu.mypurecloud.ie/channels/streaming-0-abc", True),
         ("ws://streaming.mypurecloud.ie/channels/streaming-0-abc", False),  # no TLS
+        ("wss://streaming.mypurecloud.ie:8443/channels/streaming-0-abc", False),
         ("wss://streaming.mypurecloud.com/channels/streaming-0-abc", False),  # another region
         ("wss://streaming.mypurecloud.ie.evil.example/channels/x", False),
+        ("wss://evilmypurecloud.ie/channels/x", False),
+        ("wss://mypurecloud.ie.evil.example/channels/x", False),
     ],
 )
 async def test_a_region_accepts_only_wss_on_its_own_streaming_host(

@@ -127,6 +127,13 @@ class _Answer:
     cause: BaseException | None = None
 
 
+def _effective_port(scheme: str, port: int | None) -> int | None:
+    """``port``, or the scheme's default where none is given (``wss://h:443`` is ``wss://h``)."""
+    if port is not None:
+        return port
+    return {"wss": 443, "https": 443, "ws": 80, "http": 80}.get(scheme)
+
+
 class RestClient:
     """REST calls against one Genesys Cloud org (or the emulator)."""
 
@@ -288,13 +295,16 @@ class RestClient:
         )
 
     def _checked_connect_uri(self, channel_id: str, uri: str) -> str:
-        """``uri`` if it points at our streaming host over TLS; else a :class:`TransportError`.
+        """``uri`` if it points at our deployment's streaming host; else a :class:`TransportError`.
 
         The socket is opened with no credentials, but it carries our
         subscriptions' events: a ``connectUri`` elsewhere (a tampered
-        answer, a misconfigured proxy) must not be followed. Plain ``ws`` is
+        answer, a misconfigured proxy) must not be followed. The platform
+        *normally* answers ``wss://streaming.D/...`` and says to use the
+        URI as returned, so any host under the deployment's domain D is
+        taken, and an explicit default port equals none. Plain ``ws`` is
         only accepted when the base URL itself is ``ws`` on loopback (the
-        emulator).
+        emulator), and there only on its own host and port.
         """
         expected = self._streaming
         try:
@@ -302,20 +312,27 @@ class RestClient:
             port = parts.port
         except ValueError:
             parts, port = None, None
-        host = expected.hostname or ""
+        host = (expected.hostname or "").lower()
         plain_ok = expected.scheme == "ws" and is_loopback_host(host)
+        # streaming.D: a host under D is the deployment's (not so for a
+        # custom base URL, an emulator or a proxy, whose host is its own).
+        domain = host.removeprefix("streaming.") if host.startswith("streaming.") else None
+        given = (parts.hostname or "").lower() if parts is not None else ""
         if (
             parts is None
             or parts.scheme not in (("wss", "ws") if plain_ok else ("wss",))
-            or (parts.hostname or "").lower() != host.lower()
-            or port != expected.port
+            or not (given == host or (domain is not None and given.endswith(f".{domain}")))
+            or _effective_port(parts.scheme, port)
+            != _effective_port(expected.scheme, expected.port)
             or parts.username is not None
             or parts.password is not None
         ):
+            where = f"{host}{f':{expected.port}' if expected.port else ''}"
+            if domain is not None:
+                where += f" or another host under {domain}"
             raise TransportError(
                 f"channel {channel_id}: refusing its connectUri {uri[:200]!r}; it must be "
-                f"{'ws or wss' if plain_ok else 'wss'} on {host}"
-                f"{f':{expected.port}' if expected.port else ''}, the streaming host of "
+                f"{'ws or wss' if plain_ok else 'wss'} on {where}, the streaming host of "
                 "the configured region or base URL"
             )
         return uri
