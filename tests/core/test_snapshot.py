@@ -498,6 +498,39 @@ def test_digest_covers_what_a_consumer_sees_change_on_a_communication() -> None:
         assert digest(changed) != digest(MEDIA_BODY), field
 
 
+def test_a_rescheduled_callback_is_a_new_state_in_every_shape() -> None:
+    """``callbackScheduledTime`` moves when a callback is rescheduled: a change, not a repeat.
+
+    It was left out of the digest, so a reschedule counted as a duplicate
+    and never reached a consumer. The three shapes carry it (on the media
+    participant, or on its ``callbacks[]`` communication), each spelt
+    alike once read as a datetime.
+    """
+
+    def bodies(scheduled: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        extra = {} if scheduled is None else {"callbackScheduledTime": scheduled}
+        comm = {"state": "scheduled", "held": False} | extra
+        general = {
+            "id": CONV,
+            "participants": [{"id": "p-agent", "purpose": "agent", "callbacks": [comm]}],
+        }
+        media = {"id": CONV, "participants": [{"id": "p-agent", "purpose": "agent"} | comm]}
+        return general, media
+
+    seen = set()
+    for scheduled in (None, "2027-01-15T10:00:00.000Z", "2027-01-15T15:30:00.000Z"):
+        general, media = bodies(scheduled)
+        assert digest(general, None) == digest(media, "callbacks"), scheduled
+        tolerant = json.loads(json.dumps(general))
+        tolerant["participants"][0]["wrapupRequired"] = "not a bool, so the tolerant path"
+        tolerant["participants"][0]["held"] = "neither"
+        assert digest(tolerant, None) == digest(general, None), scheduled
+        seen.add(digest(general, None))
+    assert len(seen) == 3
+    spelt_otherwise, _ = bodies("2027-01-15T10:00:00Z")
+    assert digest(spelt_otherwise, None) == digest(bodies("2027-01-15T10:00:00.000Z")[0], None)
+
+
 def test_digest_leaves_out_what_not_every_shape_carries() -> None:
     """A monitor id or a conversation-level field is not in every shape."""
     changed = json.loads(json.dumps(MEDIA_BODY))

@@ -164,6 +164,7 @@ COMMUNICATION = optional(
         "disconnectedTime": STAMP,
         "afterCallWork": st.none() | optional({"startTime": STAMP, "endTime": STAMP}),
         "wrapup": WRAPUP,
+        "callbackScheduledTime": maybe_mistyped(STAMP),
     }
 )
 PARTICIPANT = optional(
@@ -185,6 +186,7 @@ PARTICIPANT = optional(
         "startAcwTime": STAMP,
         "endAcwTime": STAMP,
         "wrapup": WRAPUP,
+        "callbackScheduledTime": STAMP,
         **{name: st.none() | st.lists(st.none() | COMMUNICATION, max_size=3) for name in LISTS},
     }
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -375,6 +376,27 @@ async def test_a_queued_stream_sees_enter_then_exit_when_an_agent_answers() -> N
             assert transitions[0] == "enter"
             for previous, current in itertools.pairwise(transitions):
                 assert (previous, current) != ("enter", "enter")
+
+
+async def test_a_rescheduled_callback_is_delivered_not_counted_as_a_duplicate() -> None:
+    """The emulator reschedules every callback once: only callbackScheduledTime moves."""
+    async with harness() as h:
+        await h.mux.add_stream({"id": "callbacks", "filter": {"channelType": "callback"}})
+        seen = Collector(h.mux.stream("callbacks"))
+
+        def appointments() -> dict[str | None, list[str]]:
+            found: dict[str | None, list[str]] = defaultdict(list)
+            for event in seen.events():
+                for p in json.loads(event.raw)["participants"]:
+                    if p.get("state") == "scheduled" and "callbackScheduledTime" in p:
+                        found[event.conversation_id].append(p["callbackScheduledTime"])
+            return found
+
+        await eventually(lambda: any(len(set(t)) == 2 for t in appointments().values()))
+        seen.stop()
+        for times in appointments().values():
+            assert times == sorted(set(times)), "each appointment once, the later one last"
+        assert h.mux.stats()["streams"]["callbacks"].duplicates == 0
 
 
 async def test_all_queues_stream_picks_up_a_new_queue() -> None:

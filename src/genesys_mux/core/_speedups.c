@@ -69,6 +69,7 @@ enum {
     /* the nine media lists, in the order snapshot._walk visits them */
     P_CALLS, P_CALLBACKS, P_CHATS, P_EMAILS, P_MESSAGES, P_VIDEOS,
     P_COBROWSESESSIONS, P_SCREENSHARES, P_SOCIAL_EXPRESSIONS,
+    P_CALLBACK_SCHEDULED_TIME,
     P_COUNT
 };
 static const char *const participant_fields[P_COUNT] = {
@@ -79,6 +80,7 @@ static const char *const participant_fields[P_COUNT] = {
     "connected_time", "end_time", "start_acw_time", "end_acw_time", "wrapup",
     "calls", "callbacks", "chats", "emails", "messages", "videos",
     "cobrowsesessions", "screenshares", "social_expressions",
+    "callback_scheduled_time",
 };
 #define MEDIA_LISTS 9
 
@@ -87,6 +89,7 @@ enum {
     C_RECORDING, C_RECORDING_STATE,
     C_MESSAGES, C_MESSAGE_ID, C_MESSAGE, C_MESSAGE_STATUS,
     C_CONNECTED_TIME, C_DISCONNECTED_TIME, C_AFTER_CALL_WORK, C_WRAPUP,
+    C_CALLBACK_SCHEDULED_TIME,
     C_COUNT
 };
 static const char *const communication_fields[C_COUNT] = {
@@ -94,6 +97,7 @@ static const char *const communication_fields[C_COUNT] = {
     "recording", "recording_state",
     "messages", "message_id", "message", "message_status",
     "connected_time", "disconnected_time", "after_call_work", "wrapup",
+    "callback_scheduled_time",
 };
 /* How many fields, from the first, make a communication's digest state. */
 #define STATE_FIELDS 8
@@ -423,7 +427,7 @@ write_details(Buffer *b, PyObject *items)
  * null], appended to the participant's communications. */
 static int
 add_comm(Walk *w, PyObject *name, PyObject *obj, const Layout *layout, int first,
-         PyObject *messages)
+         PyObject *messages, PyObject *scheduled)
 {
     Buffer *b = &w->comms;
     if ((w->comm_count > 0 && buffer_char(b, ',') < 0) || buffer_char(b, '[') < 0 ||
@@ -449,6 +453,11 @@ add_comm(Walk *w, PyObject *name, PyObject *obj, const Layout *layout, int first
         }
     }
     else if (buffer_write(b, "null", 4) < 0) {
+        return -1;
+    }
+    /* A callback's appointment, only where there is one: every other
+     * communication's digest stays the bytes it always was. */
+    if (scheduled != Py_None && (buffer_char(b, ',') < 0 || write_value(b, scheduled) < 0)) {
         return -1;
     }
     w->comm_count++;
@@ -488,7 +497,8 @@ communications(Walk *w, PyObject *name, PyObject *list, int *connected, int mess
             }
         }
         int status = add_comm(w, name, comm, &communication, C_STATE,
-                              field(comm, &communication, C_MESSAGES));
+                              field(comm, &communication, C_MESSAGES),
+                              field(comm, &communication, C_CALLBACK_SCHEDULED_TIME));
         if (status != 0) {
             return status;
         }
@@ -871,7 +881,8 @@ walk_participant(Walk *w, PyObject *p, PyObject *media, int *acd_connected,
             return -1;
         }
         status = add_comm(w, media, p, &participant, P_STATE,
-                          field(p, &participant, P_MESSAGES));
+                          field(p, &participant, P_MESSAGES),
+                          field(p, &participant, P_CALLBACK_SCHEDULED_TIME));
         if (status != 0) {
             return status;
         }

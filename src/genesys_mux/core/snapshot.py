@@ -74,7 +74,7 @@ left out on purpose:
   pull the maximum back (the emulator keeps it, which is harmless here);
 - callback ``scheduledTime`` / ``callbackScheduledTime``: a plan for the
   future, not an event; it is ahead of every event, and a reschedule can
-  move it either way;
+  move it either way (the digest covers it instead, below);
 - message ``messages[].messageTime``: not in the reference, and whether the
   platform truncates that list is unknown;
 - a media participant's ``startTime``: the general shape has no such field,
@@ -89,9 +89,12 @@ covers the conversation id, the version key, and for each participant
 with a communication (sorted by participant id): its id, purpose, user
 and queue ids, wrap-up code, attributes, and per communication its media,
 ``state``, ``held``, ``startHoldTime``, ``disconnectType``, ``muted``,
-``recording``, ``recordingState``, message ``type`` and each message
-detail's id and ``messageStatus``. These are the fields all three shapes
-carry. A snapshot differing from a delivered one only elsewhere (names and
+``recording``, ``recordingState``, message ``type``, each message
+detail's id and ``messageStatus``, and a callback's
+``callbackScheduledTime`` (only where there is one, so that every other
+communication digests to the bytes it did before it was added: a
+reschedule is a change a consumer must see). These are the fields all
+three shapes carry. A snapshot differing from a delivered one only elsewhere (names and
 addresses, routing data, queue media settings, scripts) counts as a
 duplicate; every change a stream filters or orders on is covered, and so
 is every change of a communication a consumer can see.
@@ -328,6 +331,8 @@ class _Communication(msgspec.Struct, rename="camel", gc=False):
     disconnected_time: _Stamp | None = None
     after_call_work: _AfterCallWork | None = None
     wrapup: _Wrapup | None = None
+    # A callback's appointment: covered by the digest when present.
+    callback_scheduled_time: _Stamp | None = None
 
 
 _Communications = list[_Communication | None] | None
@@ -371,6 +376,8 @@ class _Participant(msgspec.Struct, rename="camel", gc=False):
     cobrowsesessions: _Communications = None
     screenshares: _Communications = None
     social_expressions: _Communications = None
+    # A callback media participant's appointment (its communication's field).
+    callback_scheduled_time: _Stamp | None = None
 
 
 class _Conversation(msgspec.Struct, gc=False):
@@ -614,9 +621,10 @@ def _walk(
             if participant.type is not None:
                 message_types.add(participant.type)
             messages = participant.messages
-            comms.append(
-                (media, _communication_state(participant), _details(messages) if messages else None)
-            )
+            details = _details(messages) if messages else None
+            entry = (media, _communication_state(participant), details)
+            scheduled = participant.callback_scheduled_time
+            comms.append(entry if scheduled is None else (*entry, scheduled))
         else:
             # The nine media lists, one attribute read each: most participants
             # hold one or two, and a loop over all nine (or an attrgetter of
@@ -753,7 +761,9 @@ def _communications(
             if state == _CONNECTED:
                 connected = True
         messages = comm.messages
-        comms.append((name, _communication_state(comm), _details(messages) if messages else None))
+        entry = (name, _communication_state(comm), _details(messages) if messages else None)
+        scheduled = comm.callback_scheduled_time
+        comms.append(entry if scheduled is None else (*entry, scheduled))
         add_stamp(comm.connected_time)
         add_stamp(comm.disconnected_time)
         acw = comm.after_call_work
@@ -834,6 +844,7 @@ def _tolerant_participant(p: dict[str, object]) -> _Participant:
         cobrowsesessions=_tolerant_communications(p.get("cobrowsesessions")),
         screenshares=_tolerant_communications(p.get("screenshares")),
         social_expressions=_tolerant_communications(p.get("socialExpressions")),
+        callback_scheduled_time=_stamp(p.get("callbackScheduledTime")),
     )
 
 
@@ -867,6 +878,7 @@ def _tolerant_communication(c: dict[str, object]) -> _Communication:
             else None
         ),
         wrapup=_tolerant_wrapup(c.get("wrapup")),
+        callback_scheduled_time=_stamp(c.get("callbackScheduledTime")),
     )
 
 

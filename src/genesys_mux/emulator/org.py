@@ -29,7 +29,8 @@ tests and demos see whole lifecycles quickly::
               connected ─1-6s─▶ disconnected, after-call work ─0.3-2s─▶ terminated
     chat, message, email
               customer+acd (queued) ─▶ agent alerting ─▶ connected ─▶ ... as above
-    callback  customer "scheduled" ─0.3-1.5s─▶ customer connected + acd ─▶ ... as above
+    callback  customer "scheduled" ─0.15-0.75s─▶ rescheduled (as much later) ─0.3-1.5s─▶
+              customer connected + acd ─▶ ... as above
 
 Along the way a few conversations are abandoned in queue, time out while
 alerting and go to another agent, are put on hold, are transferred (to a
@@ -1297,7 +1298,10 @@ class ContactCentre:
             customer.comm.connected = customer.connected = None
             self._publish(conv, t)
             self._detail(conv, "customer.start", customer, t)
-            self._schedule(due, self._callback_due, conv)
+            # Rescheduled once, half-way there, to as much later: a snapshot
+            # that differs from the last only in callbackScheduledTime (no
+            # draw from the generator, so every other choice stays put).
+            self._schedule((t + due) / 2, self._callback_rescheduled, conv, due + (due - t) / 2)
         else:
             customer.open_segment("interact", at, queue.id)
             acd = self._add_acd(conv, t)
@@ -1332,6 +1336,11 @@ class ContactCentre:
         self._publish(conv, t)
         self._detail(conv, "acd.start", acd, t)
         self._enqueue(conv, t)
+
+    def _callback_rescheduled(self, t: float, conv: _Conversation, due: float) -> None:
+        conv.scheduled_time = self._iso(due)
+        self._publish(conv, t)
+        self._schedule(due, self._callback_due, conv)
 
     def _callback_due(self, t: float, conv: _Conversation) -> None:
         at = self._iso(t)
