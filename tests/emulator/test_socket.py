@@ -751,6 +751,44 @@ async def test_subscription_updated_frames_only_when_asked(session: aiohttp.Clie
                 assert update["eventBody"]["systemTopicType"] == "subscription_updated"
 
 
+async def test_exclusive_topics_move_to_the_channel_that_subscribed_last(
+    session: aiohttp.ClientSession,
+) -> None:
+    """``exclusive_topics``: one channel per topic per client, the one displaced told so."""
+
+    def displaced(frame: Any) -> bool:
+        return isinstance(frame, dict) and frame.get("topicName", "").startswith(
+            "v2.system.no_longer_subscribed."
+        )
+
+    other_topic = "v2.routing.queues.other-queue.conversations"
+    for exclusive in (False, True):
+        async with emulated(session, traffic=False, exclusive_topics=exclusive) as (_, api):
+            first = await subscribed_channel(api, [BLAST_TOPIC, other_topic])
+            async with socket(api, first["connectUri"]) as ws:
+                second = await subscribed_channel(api, [BLAST_TOPIC])
+                told = [f for f in await sync(ws) if displaced(f)]
+                if not exclusive:
+                    assert told == []
+                    assert await topics_of(api, first["id"]) == [BLAST_TOPIC, other_topic]
+                    continue
+                (frame,) = told
+                assert frame["topicName"].endswith(first["id"])
+                assert frame["eventBody"]["reason"] == "another_channel_subscribed"
+                assert await topics_of(api, first["id"]) == [other_topic]
+                assert await topics_of(api, second["id"]) == [BLAST_TOPIC]
+                # Subscribing it over the socket takes it back the same way.
+                await ws.send_str(
+                    json.dumps(
+                        {"message": "subscribe", "topics": [BLAST_TOPIC], "correlationId": "c1"}
+                    )
+                )
+                await read_until(
+                    ws, lambda f: isinstance(f, dict) and f.get("correlationId") == "c1"
+                )
+                assert await topics_of(api, second["id"]) == []
+
+
 async def test_pause_heartbeats_leaves_a_silent_open_socket(client: GenesysClient) -> None:
     quiet = await client.create_channel()
     busy = await subscribed_channel(client, await queue_topics(client))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from genesys_mux.core.channel import Outage
 from genesys_mux.net.connection import ChannelPool, InboundNotification
 from tests.net.conftest import eventually, fast_pool_settings, fast_settings
@@ -18,9 +20,16 @@ async def collect(
         times.append(note.received_at)
 
 
-async def test_socket_closing_rotation_loses_nothing(make_stack: Any) -> None:
+@pytest.mark.parametrize("exclusive", [False, True], ids=["shared-topics", "exclusive-topics"])
+async def test_socket_closing_rotation_loses_nothing(make_stack: Any, exclusive: bool) -> None:
+    """Whether or not the successor's subscription takes the topics from the old channel.
+
+    With ``exclusive_topics`` the two never both deliver: no overlap, and
+    (tests/net/test_exclusive_topics.py, against a witness) no hole.
+    """
     async with make_stack(
-        fast_settings(rate=20.0), fast_pool_settings(rotation_settle_s=0.5)
+        fast_settings(rate=20.0, exclusive_topics=exclusive),
+        fast_pool_settings(rotation_settle_s=0.5),
     ) as stack:
         topics = await stack.queue_topics()
         await stack.pool.set_topics(topics)
@@ -52,9 +61,10 @@ async def test_socket_closing_rotation_loses_nothing(make_stack: Any) -> None:
 
             old_times = [e["time"] for e in ledger if e["channel_id"] == old]
             new_times = [e["time"] for e in ledger if e["channel_id"] == new]
-            # The new channel was delivering before the old one stopped: the
-            # two windows overlap, so there is no hole between them.
-            assert min(new_times) <= max(old_times)
+            if not exclusive:
+                # The new channel was delivering before the old one stopped:
+                # the two windows overlap, so there is no hole between them.
+                assert min(new_times) <= max(old_times)
             assert list(stack.pool.outages) == []
         finally:
             consumer.cancel()

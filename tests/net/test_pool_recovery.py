@@ -102,8 +102,15 @@ async def test_a_dead_socket_is_not_waited_for(make_stack: Any) -> None:
         await assert_fully_served(stack, topics)
 
 
-async def test_socket_closing_rotates_make_before_break(make_stack: Any) -> None:
-    async with make_stack() as stack:
+@pytest.mark.parametrize("exclusive", [False, True], ids=["shared-topics", "exclusive-topics"])
+async def test_socket_closing_rotates_make_before_break(make_stack: Any, exclusive: bool) -> None:
+    """Whether the successor's subscription takes the topics from the old channel or not.
+
+    The reference names ``another_channel_subscribed`` but not when it is
+    sent [?]: if subscribing the successor displaces the old channel, that
+    is the hand-over itself, not a loss, and not a reason to rotate again.
+    """
+    async with make_stack(fast_settings(exclusive_topics=exclusive)) as stack:
         topics, old = await start(stack)
         await stack.fault("socket_closing", channel_id=old, delay_s=30)
         await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))

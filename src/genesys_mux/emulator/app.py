@@ -150,6 +150,14 @@ class EmulatorSettings:
     #: shows), ``any`` (``?conversations.calls&presence`` too), or ``none``.
     #: The rest get 400 ``notification.invalid.topic``.
     combined_topics: Literal["one_word", "any", "none"] = "one_word"
+    #: One channel per topic per OAuth client: a channel subscribing a topic
+    #: that another channel of its client holds takes it from that one,
+    #: which is sent ``v2.system.no_longer_subscribed`` (reason
+    #: ``another_channel_subscribed``). The reference names the reason but
+    #: not when it is sent [?]: off by default (any number of a client's
+    #: channels may hold a topic, each delivering it), and a client must
+    #: cope with both.
+    exclusive_topics: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -195,6 +203,7 @@ class Emulator:
         self.platform = Platform(s.limits)
         self.platform.combined_refusal = s.combined_refusal
         self.platform.combined_topics = s.combined_topics
+        self.platform.exclusive_topics = s.exclusive_topics
         for client in s.clients:
             # A copy, every field of it: the control surface may replace a
             # client, and the settings must still rebuild the first ones.
@@ -215,6 +224,8 @@ class Emulator:
         self.http_faults: list[HttpFault] = []
         #: Frame faults by channel id; under ``None``, those of every other channel.
         self.frame_faults: dict[str | None, FrameFaults] = {}
+        #: How long each of the next socket upgrades waits before it is answered.
+        self.slow_accepts: deque[float] = deque()
         #: Called with each socket as it opens, before it sends anything (faults that wait for one).
         self.socket_opened: list[Callable[[SocketLink], None]] = []
         # Its own sequence, not the org's: a re-serialised duplicate's new
@@ -519,7 +530,29 @@ class Emulator:
             channel, topics, replace=replace, ignore_errors=ignore, now=time.time()
         )
         self._subscriptions_changed(channel)
+        self._tell_displaced()
         return json_response({"entities": entities}, 200, headers)
+
+    def _tell_displaced(self) -> None:
+        """Each channel that lost topics to another of its client hears it on its socket."""
+        for other in self.platform.take_displaced():
+            self.no_longer_subscribed(
+                other, "Another channel of this client subscribed to some of this channel's topics"
+            )
+            self._subscriptions_changed(other)
+
+    def no_longer_subscribed(self, channel: Channel, message: str) -> None:
+        """Send ``v2.system.no_longer_subscribed`` on the channel's socket, if it has one."""
+        link = self.links.get(channel.id)
+        if link is not None:
+            link.send(
+                system_frame(
+                    f"v2.system.no_longer_subscribed.{channel.id}",
+                    channel.id,
+                    "another_channel_subscribed",
+                    message,
+                )
+            )
 
     def _subscriptions_changed(self, channel: Channel) -> None:
         link = self.links.get(channel.id)
@@ -547,6 +580,9 @@ class Emulator:
         # autoclose=False: a client's close frame is answered after the
         # frames already on their way (see below), not at once by aiohttp.
         ws = web.WebSocketResponse(autoping=True, autoclose=False, max_msg_size=1024 * 1024)
+        if self.slow_accepts:
+            # A platform under load: the upgrade is answered late (slow_accept).
+            await asyncio.sleep(self.slow_accepts.popleft())
         await ws.prepare(request)
         channel_id = request.match_info["channel_id"]
         channel = self.platform.channels.get(channel_id)
@@ -631,6 +667,7 @@ class Emulator:
                 self.platform.subscribe(
                     channel, topics, replace=False, ignore_errors=False, now=time.time()
                 )
+                self._tell_displaced()
             else:
                 self.platform.unsubscribe(channel, topics, time.time())
         except ApiProblem as problem:

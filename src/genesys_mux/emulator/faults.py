@@ -275,16 +275,7 @@ def no_longer_subscribed(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     applied = []
     for channel in _targets(emulator, data, connected=False):
         emulator.platform.clear(channel, time.time())
-        link = emulator.links.get(channel.id)
-        if link is not None:
-            link.send(
-                system_frame(
-                    f"v2.system.no_longer_subscribed.{channel.id}",
-                    channel.id,
-                    "another_channel_subscribed",
-                    "This channel is no longer subscribed to its topics",
-                )
-            )
+        emulator.no_longer_subscribed(channel, "This channel is no longer subscribed to its topics")
         applied.append(channel.id)
     return applied
 
@@ -348,6 +339,17 @@ def http_429(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 def http_5xx(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     """The next ``count`` matching API calls fail with ``status`` (503)."""
     return _http(emulator, data, int(data.get("status", 503)))
+
+
+@fault("slow_accept")
+def slow_accept(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The next ``count`` socket upgrades are answered ``delay_s`` late."""
+    delay_s = float(data.get("delay_s", 1.0))
+    count = int(data.get("count", 1))
+    if not 0.0 <= delay_s <= 60.0 or not 1 <= count <= 1000:
+        raise ValueError("delay_s must be between 0 and 60, count between 1 and 1000")
+    emulator.slow_accepts.extend([delay_s] * count)
+    return ["*"]
 
 
 # -- notifications ------------------------------------------------------------

@@ -177,6 +177,11 @@ class Platform:
         self.combined_refusal = "whole"
         #: ``one_word``, ``any`` or ``none``: see ``EmulatorSettings.combined_topics``.
         self.combined_topics = "one_word"
+        #: See ``EmulatorSettings.exclusive_topics``.
+        self.exclusive_topics = False
+        # Channels that lost topics to another channel of their client since
+        # the last take_displaced(), for the server to tell them.
+        self._displaced: dict[str, Channel] = {}
         self.clients: dict[str, ClientApp] = {}
         self.tokens: dict[str, Token] = {}
         self.channels: dict[str, Channel] = {}
@@ -398,9 +403,30 @@ class Platform:
                 f"Channel would have {len(wanted)} subscriptions; the limit is "
                 f"{self.limits.topics_per_channel} per channel",
             )
+        before = channel.topics
         self._set_topics(channel, list(wanted))
         self._touch(channel, now)
+        if self.exclusive_topics:
+            self._take_from_others(channel, [t for t in channel.topics if t not in before])
         return [{"id": t, "state": "Permitted"} for t in channel.topics] + rejected
+
+    def _take_from_others(self, channel: Channel, topics: list[str]) -> None:
+        """One channel per topic per client: the others of ``channel``'s client lose ``topics``."""
+        losing: dict[str, set[str]] = {}
+        for topic in topics:
+            for other_id in self._subscribers.get(topic, ()):
+                other = self.channels.get(other_id)
+                if other_id != channel.id and other and other.client_id == channel.client_id:
+                    losing.setdefault(other_id, set()).add(topic)
+        for other_id, lost in losing.items():
+            other = self.channels[other_id]
+            self._set_topics(other, [t for t in other.topics if t not in lost])
+            self._displaced[other_id] = other
+
+    def take_displaced(self) -> list[Channel]:
+        """The channels that lost topics to another of their client since the last call."""
+        displaced, self._displaced = list(self._displaced.values()), {}
+        return displaced
 
     def _expand(self, topic_id: str) -> tuple[str, ...]:
         """The topics a (possibly combined) topic id subscribes; 400 if it is not one taken."""

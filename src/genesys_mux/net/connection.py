@@ -47,11 +47,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 import aiohttp
 import msgspec
@@ -82,6 +83,7 @@ from genesys_mux.core.events import (
 from genesys_mux.core.frames import (
     PING,
     Frame,
+    NoLongerSubscribed,
     Notification,
     Pong,
     decode_frame,
@@ -182,6 +184,10 @@ class PoolSettings:
     def planner_limits(self) -> PlannerLimits:
         """The limits the planner packs topics within."""
         return PlannerLimits(self.topics_per_channel, self.max_channels, self.reserved_channels)
+
+
+#: What a system frame's ``reason`` must look like to be quoted in a log line.
+_REASON: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class InboundNotification(msgspec.Struct, frozen=True, gc=False):
@@ -370,6 +376,8 @@ class _Socket:
                 else:
                     if isinstance(frame, Pong):
                         self.pong.set()
+                    elif isinstance(frame, NoLongerSubscribed):
+                        self._no_longer_subscribed(frame)
                     self._act(link.receive(frame, mono))
         finally:
             self._end_shedding()
@@ -391,6 +399,35 @@ class _Socket:
             if any(isinstance(a, SendPing) for a in actions):
                 await self._ping()
             self._act(actions)
+
+    def _no_longer_subscribed(self, frame: NoLongerSubscribed) -> None:
+        """Say why, when the platform says: another channel of the client may have the topics."""
+        # The platform's words, but only if they are a plain code: they go in a log line.
+        given = frame.reason or ""
+        reason = given if _REASON.fullmatch(given) else "no readable reason given"
+        if self.link.rotation_requested:
+            # This socket's successor subscribing, on a platform that gives a
+            # topic to one channel of a client at a time: the hand-over itself.
+            log.info(
+                "slot %d: channel %s handed its topics on (%s)",
+                self.slot.index,
+                self.info.id,
+                reason,
+            )
+            return
+        hint = (
+            ": another channel of this OAuth client subscribed them (another instance or "
+            "application with the same client credentials? give each its own OAuth client)"
+            if reason == "another_channel_subscribed"
+            else ""
+        )
+        log.warning(
+            "slot %d: channel %s is no longer subscribed (%s)%s; rotating it",
+            self.slot.index,
+            self.info.id,
+            reason,
+            hint,
+        )
 
     def rotation_declined(self) -> None:
         """The pool did not act on this socket's last :class:`Rotate`: the link may ask again."""
@@ -1510,9 +1547,6 @@ class ChannelPool:
         token_expires_at = self._creator_expiry.get(info.id, token.expires_at)
         # Until the socket is live; a HEAD before reuse still checks it exists.
         slot.unused_channel = info
-        version = slot.machine.desired_version
-        expected = await self._put(slot, info.id, slot.desired)
-        put_at = time.time()
         try:
             # Bounded: a host that takes the connection and never answers
             # the upgrade would hold this slot for the session's default
@@ -1538,7 +1572,6 @@ class ChannelPool:
                 f"cannot open the socket of channel {info.id}: {type(exc).__name__}"
             ) from exc
         socket = _Socket(self, slot, info, token_expires_at, ws)
-        socket.expected, socket.verified_at = expected, put_at
         slot.sockets[socket.key] = socket
         slot.channels[socket.key] = info.id
         await socket._ping()
@@ -1562,6 +1595,19 @@ class ChannelPool:
             raise TransportError(
                 f"channel {info.id} did not answer within {self.settings.live_timeout_s:g} s"
             )
+        # Subscribed only now that its socket is open: the platform may give
+        # a topic to one channel of a client at a time (another_channel_subscribed,
+        # reference section 5, when is not said), and a successor subscribed
+        # before its socket opened would take the topics from the socket
+        # still delivering them, with nothing reading them in between.
+        version = slot.machine.desired_version
+        try:
+            socket.expected = await self._put(slot, info.id, slot.desired)
+        except BaseException:
+            slot.sockets.pop(socket.key, None)
+            await socket.close()
+            raise
+        socket.verified_at = time.time()
         await self._mark_synced(slot, version)
         slot.unused_channel = None
         slot.stats.channel_id = info.id
