@@ -114,6 +114,35 @@ async def test_a_failing_subscription_change_keeps_the_socket_and_retries(make_s
         assert statuses[-1] == 200
 
 
+async def test_a_socket_closed_while_its_rotation_waits_for_a_turn_is_replaced_at_once(
+    make_stack: Any,
+) -> None:
+    """A warning to every socket, rotations taking turns, the platform slow to answer.
+
+    The second slot's socket closes while its rotation waits for the one
+    spare channel. It no longer needs one: it is re-established at once, as
+    any lost socket is, instead of waiting out the first rotation (a 3 s
+    socket upgrade here) with its window open.
+    """
+    pool_settings = fast_pool_settings(
+        topics_per_channel=2, max_channels=5, rotation_overlap_s=0.2, parallel_rotations=False
+    )
+    async with make_stack(fast_settings(rate=0.0), pool_settings) as stack:
+        await stack.pool.set_topics(presence(4))
+        before = dict(stack.pool.channel_ids())
+        assert len(before) == 2
+        await stack.fault("slow_accept", delay_s=3.0)
+        await stack.fault("socket_closing", delay_s=0.3)
+        await eventually(
+            lambda: all(stack.pool.channel_ids()[i] not in (None, before[i]) for i in before),
+            within=15,
+        )
+        await eventually(lambda: len(stack.pool.outages) == 2, within=5)
+        durations = sorted(o.end - o.start for o in stack.pool.outages)
+        assert durations[0] < 1.5, durations
+        assert stack.pool.live
+
+
 @pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "taking-turns"])
 async def test_rotations_borrow_every_free_channel_unless_told_to_take_turns(
     make_stack: Any, parallel: bool

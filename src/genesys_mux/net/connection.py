@@ -1039,11 +1039,13 @@ class ChannelPool:
 
         A socket whose subscriptions went (``no_longer_subscribed``,
         ``token_revoked``) works but carries nothing: not live until a
-        successor serves, or the subscriptions are back.
+        successor serves, or the subscriptions are back. Nor is one known
+        lost that still serves its slot, until it is replaced.
         """
         return all(
             s.socket is not None
             and s.socket.live.is_set()
+            and s.socket.lost_at is None
             and s.socket.unsubscribed_at is None
             and s.machine.window is None
             and s.machine.in_sync
@@ -1321,9 +1323,20 @@ class ChannelPool:
             # warning the platform sends meanwhile.
             old.rotation_declined()
             return True
+        if not await self._turn_unless_gone(old):
+            # Closed while waiting for a spare channel (a warning to every
+            # socket, rotations taking turns): no successor is needed to
+            # keep it serving now. Re-established at once, as any lost
+            # socket is, instead of queueing on as the window grows.
+            log.warning(
+                "slot %d: channel %s closed while its rotation waited for a spare channel",
+                slot.index,
+                old.info.id,
+            )
+            return False
         log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
         machine = slot.machine
-        async with self._rotation_turn():
+        async with self._rotation_turn(taken=True):
             machine.rotate(action.reason)
             if action.reauth:
                 with contextlib.suppress(GenesysMuxError):
@@ -1415,22 +1428,59 @@ class ChannelPool:
             return reserved
         return max(reserved, self.settings.max_channels - len(self._slots))
 
+    async def _take_turn(self) -> None:
+        async with self._rotation_done:
+            await self._rotation_done.wait_for(lambda: self._rotating < self._spare_channels())
+            self._rotating += 1
+
+    async def _give_turn(self) -> None:
+        async with self._rotation_done:
+            self._rotating -= 1
+            self._rotation_done.notify_all()
+
+    async def _turn_unless_gone(self, old: _Socket) -> bool:
+        """Take a rotation turn (True), or give up waiting once ``old`` is lost (False)."""
+        taking = asyncio.ensure_future(self._take_turn())
+        gone = asyncio.ensure_future(old.gone.wait())
+        try:
+            await asyncio.wait({taking, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._forgo_turn(taking)
+            raise
+        finally:
+            gone.cancel()
+        if taking.done():
+            # Taken, even if the socket went at the same moment: the rotation
+            # then finds it lost, as it would have a moment later.
+            return True
+        self._forgo_turn(taking)
+        return False
+
+    def _forgo_turn(self, taking: asyncio.Future[None]) -> None:
+        """Stop waiting for a turn; one taken meanwhile (it cannot be cancelled then) goes back."""
+
+        def give_back(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                giving = asyncio.ensure_future(self._give_turn())
+                self._retiring.add(giving)
+                giving.add_done_callback(self._retiring.discard)
+
+        taking.add_done_callback(give_back)
+        taking.cancel()
+
     @contextlib.asynccontextmanager
-    async def _rotation_turn(self) -> AsyncIterator[None]:
-        """Wait for a spare channel, and hold it until the rotation gave it back.
+    async def _rotation_turn(self, *, taken: bool = False) -> AsyncIterator[None]:
+        """Wait for a spare channel (unless ``taken`` already), and hold it until given back.
 
         More sockets than the budget would make the platform evict a channel
         (those without a socket first, and then a live one).
         """
-        async with self._rotation_done:
-            await self._rotation_done.wait_for(lambda: self._rotating < self._spare_channels())
-            self._rotating += 1
+        if not taken:
+            await self._take_turn()
         try:
             yield
         finally:
-            async with self._rotation_done:
-                self._rotating -= 1
-                self._rotation_done.notify_all()
+            await self._give_turn()
 
     def _old_lost(self, slot: _Slot, old: _Socket) -> None:
         """Tell the machine if the old socket died during its rotation."""
