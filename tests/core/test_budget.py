@@ -176,3 +176,23 @@ def test_no_window_ever_holds_more_than_limit(
     # The same, counted directly: ``limit`` requests apart is more than a window.
     for first, later in zip(sent, sent[limit:], strict=False):
         assert later - first > window_s
+
+
+def test_a_pause_holds_every_request_even_with_budget_left() -> None:
+    budget = RequestBudget(limit=10, window_s=60.0)
+    budget.spend(0.0)
+    budget.pause_until(5.0)
+    assert budget.delay(1.0) == 4.0
+    budget.pause_until(3.0)  # an earlier end does not shorten it
+    assert budget.delay(2.0) == 3.0
+    assert budget.delay(5.0) == 0.0
+
+
+def test_the_server_s_own_limit_is_taken() -> None:
+    budget = RequestBudget(limit=300, window_s=60.0)
+    assert budget.allow(5)
+    assert not budget.allow(5)
+    assert not budget.allow(0)
+    for t in range(5):
+        budget.spend(float(t))
+    assert budget.delay(5.0) > 0

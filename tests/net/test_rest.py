@@ -28,7 +28,7 @@ from genesys_mux.errors import (
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.rest import Rejection, RestClient
 from genesys_mux.regions import Endpoints
-from tests.net.conftest import Stack, fast_settings
+from tests.net.conftest import Stack, eventually, fast_settings
 
 TOKEN_PATH = "/oauth/token"
 CHANNELS = "/api/v2/notifications/channels"
@@ -362,24 +362,61 @@ async def test_client_errors_are_not_retried(make_stack: Any) -> None:
 # -- the request budget -----------------------------------------------------------------
 
 
-async def test_budget_waits_instead_of_bouncing_off_the_rate_limit(make_stack: Any) -> None:
+@pytest.mark.parametrize(
+    ("configured", "budget"),
+    [(5, 5), (None, 5), (3, 3)],
+    ids=["configured", "learned-from-the-platform", "configured-lower"],
+)
+async def test_budget_waits_instead_of_bouncing_off_the_rate_limit(
+    make_stack: Any, configured: int | None, budget: int
+) -> None:
+    """An org allowed 5 requests a minute.
+
+    Configured for the default 300, the client learns the 5 from the first
+    answer's ``inin-ratelimit-allowed`` and holds the sixth back instead of
+    drawing a 429 (whose Retry-After every waiting request then obeyed at
+    once, to be refused again together: a storm at each start of
+    business). A budget configured lower is kept: it may leave room for
+    others.
+    """
     limits = PlatformLimits(requests_per_minute=5)
-    async with make_stack(fast_settings(limits=limits), requests_per_minute=5) as stack:
+    kwargs = {} if configured is None else {"requests_per_minute": configured}
+    async with make_stack(fast_settings(limits=limits), **kwargs) as stack:
         rest = stack.rest
-        for _ in range(5):
+        for _ in range(budget):
             await rest.list_channels()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(rest.list_channels(), 0.5)
         api = [r for r in await logged(stack) if r["path"] != TOKEN_PATH]
-        assert [r["status"] for r in api] == [200] * 5
-        assert rest.requests_sent == 5
+        assert [r["status"] for r in api] == [200] * budget
+        assert rest.requests_sent == budget
         assert rest.throttled == 0
 
         # A new token has a budget of its own, here and on the platform.
         await stack.tokens.refresh()
         await asyncio.wait_for(rest.list_channels(), 5)
         api = [r for r in await logged(stack) if r["path"] != TOKEN_PATH]
-        assert [r["status"] for r in api] == [200] * 6
+        assert [r["status"] for r in api] == [200] * (budget + 1)
+
+
+async def test_a_429_holds_back_every_request_of_the_token(make_stack: Any) -> None:
+    async with make_stack() as stack:
+        rest = rest_client(stack)
+        channel = await rest.create_channel()
+        await stack.fault("http_429", path="/subscriptions", retry_after_s=1, count=1)
+        told = asyncio.create_task(rest.put_subscriptions(channel.id, []))
+
+        async def refused() -> bool:
+            return 429 in [r["status"] for r in await logged(stack)]
+
+        await eventually(refused)
+        await rest.channel_exists(channel.id)  # not the request told to wait
+        await told
+        api = [r for r in await logged(stack) if r["path"] != TOKEN_PATH]
+        (refusal,) = [r for r in api if r["status"] == 429]
+        after = [r for r in api if r["time"] > refusal["time"]]
+        assert sorted(r["method"] for r in after) == ["HEAD", "PUT"]
+        assert all(r["time"] >= refusal["time"] + 0.95 for r in after), after
 
 
 # -- pagination --------------------------------------------------------------------------

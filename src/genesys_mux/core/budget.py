@@ -30,13 +30,34 @@ class RequestBudget:
         # put one request too many in the server's window.
         self.window_s = window_s * 1.01
         self._spent: deque[float] = deque()
+        # Until when nothing may be sent at all (the server said to wait).
+        self._paused_until = -math.inf
 
     def delay(self, now: float) -> float:
         """Seconds to wait before a request may be sent at ``now`` (0 if it may go now)."""
         self._expire(now)
+        paused = self._paused_until - now
         if len(self._spent) < self.limit:
-            return 0.0
-        return self._spent[0] + self.window_s - now
+            return max(0.0, paused)
+        return max(self._spent[0] + self.window_s - now, paused)
+
+    def pause_until(self, until: float) -> None:
+        """Send nothing before ``until``: the server answered 429 with a ``Retry-After``.
+
+        Its limit is per token, so every caller waits, not just the one told.
+        """
+        self._paused_until = max(self._paused_until, until)
+
+    def allow(self, limit: int) -> bool:
+        """Take the server's own limit (``inin-ratelimit-allowed``); True if it changed.
+
+        The platform's default is 300 a minute, but an org may have another:
+        budgeting for more than it allows would only collect 429s.
+        """
+        if limit < 1 or limit == self.limit:
+            return False
+        self.limit = limit
+        return True
 
     def spend(self, now: float) -> None:
         """Record a request sent at ``now``. Call only after :meth:`delay` returned 0."""

@@ -154,6 +154,7 @@ class RestClient:
         self._streaming = urlsplit(endpoints.streaming)
         self._tokens = tokens
         self._budget = RequestBudget(requests_per_minute)
+        self._requests_per_minute = requests_per_minute
         self._budget_lock = asyncio.Lock()
         self._backoff = backoff or Backoff()
         self._max_attempts = max_attempts
@@ -195,6 +196,7 @@ class RestClient:
             await self._wait_for_budget()
             answer = await self._send(method, path, body, params, token)
             self.answers[answer.status] = self.answers.get(answer.status, 0) + 1
+            self._learn_allowance(answer.headers.get("inin-ratelimit-allowed"))
             # Status 0 is "no answer" (see _send): retried like a 5xx, never OK.
             verdict = Verdict.RETRY if answer.status == 0 else classify_status(answer.status)
             if verdict is Verdict.OK or (method == "HEAD" and answer.status == 404):
@@ -214,9 +216,22 @@ class RestClient:
             )
             if wait is None:
                 raise self._error(method, path, answer) from answer.cause
+            if answer.status == 429:
+                # The limit is the token's: every request waits, not this one
+                # alone (each retrying on its own told time was a storm).
+                self._budget.pause_until(self._clock() + wait)
             self.retries += 1
             self.retry_wait_s += wait
             await asyncio.sleep(wait)
+
+    def _learn_allowance(self, allowed: str | None) -> None:
+        """Budget for the limit the platform says it applies (``inin-ratelimit-allowed``)."""
+        if allowed is None or not allowed.isdigit() or len(allowed) > 6:
+            return
+        # Never above the configured budget: it may leave room for others.
+        limit = min(int(allowed), self._requests_per_minute)
+        if self._budget.allow(limit):
+            log.info("the platform allows %s requests a minute; budgeting for %d", allowed, limit)
 
     async def _wait_for_budget(self) -> None:
         # The lock keeps callers in order, so a burst of subscribes drains
