@@ -1452,6 +1452,7 @@ class ChannelPool:
         if taking.done():
             # Taken, even if the socket went at the same moment: the rotation
             # then finds it lost, as it would have a moment later.
+            taking.result()
             return True
         self._forgo_turn(taking)
         return False
