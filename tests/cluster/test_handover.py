@@ -29,7 +29,6 @@ from tests.state.test_restart import a_mux, post_fault
 from tests.waiting import eventually
 
 STREAM = {"id": "all", "filter": {}, "buffer_size": 5000}
-CHANNELS = "/api/v2/notifications/channels"
 
 
 @asynccontextmanager
@@ -126,8 +125,9 @@ async def test_the_failover_gap_lasts_until_every_channel_of_the_standby_is_subs
     """Not until the first notification kept: it proves only its own channel's subscription.
 
     The stream takes two channels of two topics. The next owner's first
-    channel creation is answered 429, so one of its channels subscribes two
-    seconds after the other, which meanwhile keeps what it receives.
+    socket upgrade is answered two seconds late, so one of its channels
+    subscribes (once its socket is open) two seconds after the other, which
+    meanwhile keeps what it receives.
     """
     options: dict[str, Any] = {
         "checkpoint_interval_s": 3600.0,
@@ -143,7 +143,7 @@ async def test_the_failover_gap_lasts_until_every_channel_of_the_standby_is_subs
         await eventually(lambda: len(before.events()) >= 5)
         await old.checkpoint()
         old._checkpointing = False  # a dead process writes nothing more
-        await post_fault(emulator, "http_429", count=1, retry_after_s=2, path=CHANNELS)
+        await post_fault(emulator, "slow_accept", delay_s=2.0)
         started = time.time()
         await new.add_stream(STREAM, standby=True)
         assert new.pool is not None
@@ -157,7 +157,7 @@ async def test_the_failover_gap_lasts_until_every_channel_of_the_standby_is_subs
     # The early channel kept notifications inside the window...
     assert kept
     assert kept[0].received_at < gap.end
-    # ...which lasts until the late one was subscribed, after the Retry-After.
+    # ...which lasts until the late one was subscribed, after its slow socket.
     assert gap.end >= started + 2.0
 
 

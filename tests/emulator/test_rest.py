@@ -539,6 +539,24 @@ def user_topics(n: int, suffix: str = "presence") -> list[str]:
     return [f"v2.users.{uuid.uuid4()}.{suffix}" for _ in range(n)]
 
 
+async def test_overlapping_puts_race_when_asked(session: aiohttp.ClientSession) -> None:
+    """``subscription_apply_jitter_s``: overlapping PUTs race, as on the platform (section 4)."""
+    async with Emulator(small_settings(subscription_apply_jitter_s=0.3, seed=7)) as emu:
+        api = GenesysClient(session, emu.base_url)
+        await api.login("demo-client", "demo-secret")
+        winners = set()
+        for _ in range(6):
+            channel = (await api.create_channel())["id"]
+            lists = [[t] for t in user_topics(4)]
+            answers = await asyncio.gather(*(api.subscribe(channel, topics) for topics in lists))
+            assert [status for status, _, _ in answers] == [200] * 4
+            winners.add(lists.index(await topics_of(api, channel)))
+            async with session.get(f"{emu.base_url}/__emulator__/channels") as resp:
+                (listed,) = [c for c in await resp.json() if c["id"] == channel]
+            assert listed["most_subscription_calls"] > 1
+        assert winners != {3}, "the last one sent won every race: nothing raced"
+
+
 async def test_subscriptions_get_post_put_delete(client: GenesysClient) -> None:
     channel = (await client.create_channel())["id"]
     path = f"{CHANNELS}/{channel}/subscriptions"

@@ -25,7 +25,9 @@ async def emulator_topics(stack: Any, channel_id: str) -> set[str]:
 
 
 async def test_latest_desired_state_wins_over_concurrent_changes(make_stack: Any) -> None:
-    async with make_stack(fast_settings(rate=0.0)) as stack:
+    """On a platform where overlapping PUTs race (section 4), only serialised changes are safe."""
+    settings = fast_settings(rate=0.0, subscription_apply_jitter_s=0.1)
+    async with make_stack(settings) as stack:
         await stack.pool.set_topics(presence(3))
         (channel_id,) = stack.pool.channel_ids().values()
         # Fire many changes without waiting; only the last one may stick.
@@ -34,6 +36,8 @@ async def test_latest_desired_state_wins_over_concurrent_changes(make_stack: Any
             await stack.pool.set_topics(topics, wait=False)
         await eventually(lambda: stack.pool.live)
         assert await emulator_topics(stack, channel_id) == set(sets[-1])
+        (listed,) = [c for c in await stack.control("channels") if c["id"] == channel_id]
+        assert listed["most_subscription_calls"] == 1, "never two changes to a channel at once"
         # One channel throughout: changes never move topics elsewhere.
         assert list(stack.pool.channel_ids().values()) == [channel_id]
 

@@ -113,9 +113,10 @@ async def test_the_restart_gap_lasts_until_every_channel_of_the_stream_is_subscr
     """Not until the first event: that proves only its own channel's subscription.
 
     The stream's three queue topics take two channels of two topics. The
-    platform answers the next run's first channel creation with a 429, so
-    one channel subscribes two seconds after the other, which meanwhile
-    delivers. The window in between is missing on the late channel's topics.
+    platform answers the next run's first socket upgrade two seconds late,
+    so that channel subscribes (once its socket is open) two seconds after
+    the other, which meanwhile delivers. The window in between is missing
+    on the late channel's topics.
     """
     path = tmp_path / "state.db"
     two_slots = dataclasses.replace(FAST_POOL, topics_per_channel=2)
@@ -124,13 +125,7 @@ async def test_the_restart_gap_lasts_until_every_channel_of_the_stream_is_subscr
         mux = a_mux(emulator, path, pool_settings=two_slots)
         await mux.start()
         try:
-            await post_fault(
-                emulator,
-                "http_429",
-                count=1,
-                retry_after_s=2,
-                path="/api/v2/notifications/channels",
-            )
+            await post_fault(emulator, "slow_accept", delay_s=2.0)
             started = time.time()
             await mux.add_stream(STREAM)
             assert mux.pool is not None
@@ -143,7 +138,7 @@ async def test_the_restart_gap_lasts_until_every_channel_of_the_stream_is_subscr
     assert gap.reason == "restart"
     # The early channel delivered inside the window...
     assert min(e.received_at for e in seen.events()) < gap.end
-    # ...which lasts until the late one was subscribed, after the Retry-After.
+    # ...which lasts until the late one was subscribed, after its slow socket.
     assert gap.end >= started + 2.0
 
 

@@ -158,6 +158,11 @@ class EmulatorSettings:
     #: channels may hold a topic, each delivering it), and a client must
     #: cope with both.
     exclusive_topics: bool = False
+    #: Each REST subscription change waits a random time up to this long
+    #: before it is applied: "overlapping PUTs race each other" (reference
+    #: section 4), so a client that does not serialise its changes to a
+    #: channel sees an older list win. 0: applied in arrival order.
+    subscription_apply_jitter_s: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -175,6 +180,8 @@ class EmulatorSettings:
             problems.append("combined_refusal must be 'whole' or 'parts'")
         if self.combined_topics not in ("one_word", "any", "none"):
             problems.append("combined_topics must be 'one_word', 'any' or 'none'")
+        if not 0.0 <= self.subscription_apply_jitter_s <= 10.0:
+            problems.append("subscription_apply_jitter_s must be between 0 and 10")
         if problems:
             raise ConfigError("emulator settings: " + "; ".join(problems))
 
@@ -226,6 +233,10 @@ class Emulator:
         self.frame_faults: dict[str | None, FrameFaults] = {}
         #: How long each of the next socket upgrades waits before it is answered.
         self.slow_accepts: deque[float] = deque()
+        #: Subscription calls under way per channel id, and the most ever at once.
+        self.subscription_calls: dict[str, int] = {}
+        self.most_subscription_calls: dict[str, int] = {}
+        self._race_rng = random.Random(f"races:{s.seed}")
         #: Called with each socket as it opens, before it sends anything (faults that wait for one).
         self.socket_opened: list[Callable[[SocketLink], None]] = []
         # Its own sequence, not the org's: a re-serialised duplicate's new
@@ -526,6 +537,16 @@ class Emulator:
         channel = self._own_channel(request, token)
         ignore = request.query.get("ignoreErrors", "false").lower() == "true"
         topics = _topic_ids(await request.read())
+        calls, most = self.subscription_calls, self.most_subscription_calls
+        calls[channel.id] = under_way = calls.get(channel.id, 0) + 1
+        most[channel.id] = max(most.get(channel.id, 0), under_way)
+        try:
+            if jitter := self.settings.subscription_apply_jitter_s:
+                await asyncio.sleep(self._race_rng.uniform(0.0, jitter))
+        finally:
+            calls[channel.id] -= 1
+        if channel.id not in self.platform.channels:
+            raise ApiProblem(404, "not.found", "channel no longer exists")
         entities = self.platform.subscribe(
             channel, topics, replace=replace, ignore_errors=ignore, now=time.time()
         )

@@ -126,6 +126,8 @@ class ControlSurface:
                     "connected": c.id in links,
                     "expires": format_iso(c.expires_at),
                     "created": format_iso(c.created_at),
+                    # The most REST subscription calls ever under way at once.
+                    "most_subscription_calls": self.emulator.most_subscription_calls.get(c.id, 0),
                 }
                 for c in self.emulator.platform.channels.values()
             ]
