@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from genesys_mux.emulator import PlatformLimits
+from genesys_mux.net.connection import PoolSettings
 from tests.net.conftest import eventually, fast_pool_settings, fast_settings
 
 
@@ -118,6 +119,21 @@ async def test_a_failing_subscription_change_keeps_the_socket_and_retries(make_s
         assert statuses[-1] == 200
 
 
+def taking_turns() -> PoolSettings:
+    """Slots of two topics on a 5-channel budget, rotating one at a time."""
+    return fast_pool_settings(
+        topics_per_channel=2, max_channels=5, rotation_overlap_s=0.2, parallel_rotations=False
+    )
+
+
+async def every_slot_replaced(stack: Any, before: dict[int, str | None]) -> None:
+    """Until every slot of ``before`` serves on another channel."""
+    await eventually(
+        lambda: all(stack.pool.channel_ids()[i] not in (None, before[i]) for i in before),
+        within=15,
+    )
+
+
 async def test_a_socket_closed_while_its_rotation_waits_for_a_turn_is_replaced_at_once(
     make_stack: Any,
 ) -> None:
@@ -128,23 +144,38 @@ async def test_a_socket_closed_while_its_rotation_waits_for_a_turn_is_replaced_a
     any lost socket is, instead of waiting out the first rotation (a 3 s
     socket upgrade here) with its window open.
     """
-    pool_settings = fast_pool_settings(
-        topics_per_channel=2, max_channels=5, rotation_overlap_s=0.2, parallel_rotations=False
-    )
-    async with make_stack(fast_settings(rate=0.0), pool_settings) as stack:
+    async with make_stack(fast_settings(rate=0.0), taking_turns()) as stack:
         await stack.pool.set_topics(presence(4))
         before = dict(stack.pool.channel_ids())
         assert len(before) == 2
         await stack.fault("slow_accept", delay_s=3.0)
         await stack.fault("socket_closing", delay_s=0.3)
-        await eventually(
-            lambda: all(stack.pool.channel_ids()[i] not in (None, before[i]) for i in before),
-            within=15,
-        )
+        await every_slot_replaced(stack, before)
         await eventually(lambda: len(stack.pool.outages) == 2, within=5)
         durations = sorted(o.end - o.start for o in stack.pool.outages)
         assert durations[0] < 1.5, durations
         assert stack.pool.live
+
+
+async def test_a_revocation_gets_one_new_token_not_one_per_slot(make_stack: Any) -> None:
+    """``token_revoked`` on every channel: each rotation re-authenticates first.
+
+    The platform lets the channels live on a while after the warning, so
+    they are rotated. Rotations taking turns, each asked for a new token
+    after the one before had replaced the revoked token: a token request
+    per slot.
+    """
+    async with make_stack(fast_settings(rate=0.0), taking_turns()) as stack:
+        await stack.pool.set_topics(presence(6))
+        before = dict(stack.pool.channel_ids())
+        assert len(before) == 3
+        mark = len((await stack.control("requests"))["requests"])
+        await stack.fault("revoke_token", client_id="demo-client", channels_die_after_s=20)
+        await every_slot_replaced(stack, before)
+        assert sum(s.rotations for s in stack.pool.stats().values()) == 3
+        log = (await stack.control("requests"))["requests"][mark:]
+        tokens = [r for r in log if r["path"] == "/oauth/token" and r["status"] == 200]
+        assert len(tokens) == 1, [r["time"] for r in tokens]
 
 
 @pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "taking-turns"])

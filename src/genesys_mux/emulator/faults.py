@@ -236,7 +236,15 @@ def evict_channel(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 
 @fault("revoke_token")
 def revoke_token(emulator: Emulator, data: dict[str, Any]) -> list[str]:
-    """``v2.system.token_revoked.{channel}``; the token gets 401, its channels die."""
+    """``v2.system.token_revoked.{channel}``; the token gets 401, its channels die.
+
+    They die at once, or ``channels_die_after_s`` later: when the platform
+    sends the warning is not documented [?], and a client that rotates on
+    it needs the time to.
+    """
+    after_s = float(data.get("channels_die_after_s", 0.0))
+    if not 0.0 <= after_s <= 600.0:
+        raise ValueError("channels_die_after_s must be between 0 and 600")
     # The token behind a channel, or every token of a client, or all.
     if data.get("channel_id") is not None:
         tokens = {_targets(emulator, data, connected=False)[0].token}
@@ -252,7 +260,7 @@ def revoke_token(emulator: Emulator, data: dict[str, Any]) -> list[str]:
         token = emulator.platform.tokens.get(value)
         if token is None:
             continue
-        emulator.platform.revoke(token)
+        emulator.platform.revoke(token, time.time() + after_s if after_s else 0.0)
         revoked.append(token.client_id)
         for channel in emulator.platform.channels.values():
             link = emulator.links.get(channel.id)
@@ -265,7 +273,7 @@ def revoke_token(emulator: Emulator, data: dict[str, Any]) -> list[str]:
                         "The token that created this channel was revoked",
                     )
                 )
-    # The channels themselves die on the next reap, after the warning.
+    # The channels themselves die on a later reap, after the warning.
     return sorted(set(revoked))
 
 

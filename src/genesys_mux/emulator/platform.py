@@ -145,6 +145,8 @@ class Token:
     issued_at: float
     expires_at: float
     revoked: bool = False
+    #: When the channels it made die once it is revoked (0: at the next reap).
+    channels_die_at: float = 0.0
     window_start: float = 0.0
     window_count: int = 0
 
@@ -251,9 +253,10 @@ class Platform:
             )
         return headers
 
-    def revoke(self, token: Token) -> None:
-        """Mark a token revoked; its channels die on the next :meth:`reap`."""
+    def revoke(self, token: Token, channels_die_at: float = 0.0) -> None:
+        """Mark a token revoked; its channels die at a reap from ``channels_die_at`` on."""
         token.revoked = True
+        token.channels_die_at = channels_die_at
 
     # -- channels --------------------------------------------------------
 
@@ -328,7 +331,9 @@ class Platform:
             token = self.tokens.get(channel.token)
             if now >= channel.expires_at:
                 reason = "channel expired"
-            elif self.limits.channels_die_with_token and (token is None or not token.alive(now)):
+            elif self.limits.channels_die_with_token and (
+                token is None or (not token.alive(now) and now >= token.channels_die_at)
+            ):
                 reason = "token revoked" if token is not None and token.revoked else "token expired"
             else:
                 continue

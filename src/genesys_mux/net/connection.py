@@ -1338,9 +1338,15 @@ class ChannelPool:
         machine = slot.machine
         async with self._rotation_turn(taken=True):
             machine.rotate(action.reason)
-            if action.reauth:
+            current = self._tokens.current
+            revoked_since = old.link.unsubscribed_since
+            # Once per revocation, not once per slot: a token asked for
+            # after the notice came is not one it revoked.
+            if action.reauth and (
+                current is None or revoked_since is None or current.issued_at <= revoked_since
+            ):
                 with contextlib.suppress(GenesysMuxError):
-                    await self._tokens.refresh(stale=self._tokens.current)
+                    await self._tokens.refresh(stale=current)
             successor = await self._successor(slot, old)
             self._old_lost(slot, old)
             if successor is None:
