@@ -26,6 +26,9 @@ class RequestBudget:
         if limit < 1 or not 0 < window_s < math.inf:
             raise ValueError("a request budget needs limit >= 1 and a finite window_s > 0")
         self.limit = limit
+        # What it was configured with: the server's own limit may lower it,
+        # never raise it (the configuration may leave room for others).
+        self._ceiling = limit
         # A little slack, so clock skew between us and the server can never
         # put one request too many in the server's window.
         self.window_s = window_s * 1.01
@@ -52,8 +55,10 @@ class RequestBudget:
         """Take the server's own limit (``inin-ratelimit-allowed``); True if it changed.
 
         The platform's default is 300 a minute, but an org may have another:
-        budgeting for more than it allows would only collect 429s.
+        budgeting for more than it allows would only collect 429s. Never
+        above the limit the budget was made with.
         """
+        limit = min(limit, self._ceiling)
         if limit < 1 or limit == self.limit:
             return False
         self.limit = limit

@@ -349,10 +349,9 @@ class ChannelLink:
         """
         self._rotation_requested = False
         end = self._ends_at
-        if end is None or (end - now) / 2 < MIN_ROTATION_RETRY_S:
-            self._rotation_at = None
-        else:
-            self._rotation_at = now + (end - now) / 2
+        # Past the lead already, so the deadline from now is half-way to the end.
+        too_late = end is None or (end - now) / 2 < MIN_ROTATION_RETRY_S
+        self._rotation_at = None if too_late else self._rotation_deadline(now)
 
     def _rotate(self, reason: str, *, reauth: bool = False) -> list[Action]:
         if self._rotation_requested:

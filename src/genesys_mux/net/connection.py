@@ -1336,7 +1336,7 @@ class ChannelPool:
             return False
         log.info("slot %d: rotating channel %s (%s)", slot.index, old.info.id, action.reason)
         machine = slot.machine
-        async with self._rotation_turn(taken=True):
+        async with self._rotation_turn():
             machine.rotate(action.reason)
             current = self._tokens.current
             revoked_since = old.link.unsubscribed_since
@@ -1476,14 +1476,12 @@ class ChannelPool:
         taking.cancel()
 
     @contextlib.asynccontextmanager
-    async def _rotation_turn(self, *, taken: bool = False) -> AsyncIterator[None]:
-        """Wait for a spare channel (unless ``taken`` already), and hold it until given back.
+    async def _rotation_turn(self) -> AsyncIterator[None]:
+        """Hold a turn :meth:`_turn_unless_gone` took until the rotation gave its channel back.
 
         More sockets than the budget would make the platform evict a channel
         (those without a socket first, and then a live one).
         """
-        if not taken:
-            await self._take_turn()
         try:
             yield
         finally:

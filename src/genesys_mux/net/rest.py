@@ -154,7 +154,6 @@ class RestClient:
         self._streaming = urlsplit(endpoints.streaming)
         self._tokens = tokens
         self._budget = RequestBudget(requests_per_minute)
-        self._requests_per_minute = requests_per_minute
         self._budget_lock = asyncio.Lock()
         self._backoff = backoff or Backoff()
         self._max_attempts = max_attempts
@@ -228,10 +227,12 @@ class RestClient:
         """Budget for the limit the platform says it applies (``inin-ratelimit-allowed``)."""
         if allowed is None or not allowed.isdigit() or len(allowed) > 6:
             return
-        # Never above the configured budget: it may leave room for others.
-        limit = min(int(allowed), self._requests_per_minute)
-        if self._budget.allow(limit):
-            log.info("the platform allows %s requests a minute; budgeting for %d", allowed, limit)
+        if self._budget.allow(int(allowed)):
+            log.info(
+                "the platform allows %s requests a minute; budgeting for %d",
+                allowed,
+                self._budget.limit,
+            )
 
     async def _wait_for_budget(self) -> None:
         # The lock keeps callers in order, so a burst of subscribes drains
