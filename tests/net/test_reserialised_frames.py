@@ -102,9 +102,15 @@ async def test_a_stream_of_reserialised_frames_delivers_every_change_once(
     assert stats.duplicates >= copies_sent
     assert stats.stale == 0, stats
 
+    bodies = {key: json.loads(frame)["eventBody"] for key, frame in witness.frames.items()}
+    # Names as a real directory has them, beyond ASCII, which the rewrite
+    # sent as \u escapes: the digest reads the text, not its spelling.
+    names = {p.get("name") for body in bodies.values() for p in body.get("participants", [])}
+    assert any(isinstance(name, str) and not name.isascii() for name in names), names
+    assert all(frame.isascii() for frame in witness.frames.values())
+
     # Every conversation change sent to the mux is delivered, once, with
     # the body the platform sent (the same JSON value, whatever its bytes).
-    bodies = {key: json.loads(frame)["eventBody"] for key, frame in witness.frames.items()}
     changes = set()
     for e in to_mux:
         if e["duplicate"]:

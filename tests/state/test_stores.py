@@ -185,7 +185,9 @@ async def test_saves_replace_and_removes_forget(
 
 def test_checkpoints_carry_their_schema_version() -> None:
     checkpoint = fed(a_stream(), 3).checkpoint(fingerprint="f", watermark=None, saved_at=1.0)
-    assert len(checkpoint.memory) == 3
+    keys = {event_facts(topic, body).key for topic, body, _ in real_bodies(3)}
+    assert len(keys) > 1
+    assert {remembered.key for remembered in checkpoint.memory} == keys
     data = encode_checkpoint(checkpoint)
     assert data[0] == SCHEMA_VERSION
     # The header only: stores keep the memory key by key.

@@ -72,6 +72,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import unicodedata
 import uuid
 import zlib
 from collections import OrderedDict, deque
@@ -214,16 +215,45 @@ _QUEUE_NAMES = (
     "Returns",
     "Escalations",
 )
+# Names as a real directory has them: most plain ASCII, some not (accents,
+# other scripts, a character outside the Basic Multilingual Plane), so that
+# every frame path meets UTF-8 text and, when a frame is re-serialised,
+# \u escapes (a surrogate pair for the last). Customers name themselves in
+# chats and messages, so theirs may also hold text JSON must escape.
 _FIRST = (
     "Ava", "Ben", "Chloe", "Daniel", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jonas",
     "Keira", "Liam", "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq",
-    "Uma", "Victor", "Wen", "Ximena", "Yusuf", "Zoe",
+    "Uma", "Victor", "Wen", "Ximena", "Yusuf", "Zoe", "Zoë", "José", "Åsa", "Łukasz",
+    "Søren", "Renée", "Jürgen", "Siân", "Ngọc", "Ágnes", "美咲", "Юлия",
 )  # fmt: skip
 _LAST = (
     "Adams", "Baker", "Chen", "Dubois", "Evans", "Fischer", "Garcia", "Hughes", "Ivanova",
     "Jensen", "Khan", "Lopez", "Murphy", "Nakamura", "Okafor", "Patel", "Rossi", "Silva",
-    "Tanaka", "Usman", "Varga", "Walsh", "Xu", "Yilmaz", "Zimmer",
+    "Tanaka", "Usman", "Varga", "Walsh", "Xu", "Yilmaz", "Zimmer", "Müller", "Gómez",
+    "Nguyễn", "Ødegård", "Wiśniewska", "Çelik", "Þórsdóttir", "O'Brien", "佐藤", "Δημητρίου",
 )  # fmt: skip
+_CUSTOMER_LAST = (
+    *_LAST,
+    'Smith "Smitty"',
+    "Lee \\ Park",
+    "Ortiz \U0001f680",
+    "Bell\tRing",
+)
+
+
+def _mailbox(name: str, index: int) -> str:
+    """An e-mail local part for ``first.last``: the ASCII letters of each, else ``agentN``."""
+    parts = []
+    for part in name.split("."):
+        letters = "".join(
+            c for c in unicodedata.normalize("NFKD", part) if c.isascii() and c.isalpha()
+        )
+        if not letters:  # another script: nothing left to spell it with
+            return f"agent{index + 1}"
+        parts.append(letters.lower())
+    return ".".join(parts)
+
+
 _WRAPUP_NAMES = (
     "Resolved",
     "Information provided",
@@ -584,10 +614,11 @@ class ContactCentre:
         emails: set[str] = set()
         for i in range(agents):
             first, last = self._rng.choice(_FIRST), self._rng.choice(_LAST)
-            email = f"{first}.{last}@example.com".lower()
+            local = _mailbox(f"{first}.{last}", i)
+            email = f"{local}@example.com"
             n = 2
             while email in emails:
-                email = f"{first}.{last}{n}@example.com".lower()
+                email = f"{local}{n}@example.com"
                 n += 1
             emails.add(email)
             agent = Agent(self._uuid(), f"{first} {last}", email, [])
@@ -1229,7 +1260,7 @@ class ContactCentre:
                 media = candidate
                 break
             roll -= share
-        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        first, last = rng.choice(_FIRST), rng.choice(_CUSTOMER_LAST)
         name = f"{first} {last}"
         phone = f"+1{rng.randint(201, 989)}555{rng.randint(0, 9999):04d}"
         at = self._iso(t)
