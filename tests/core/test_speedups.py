@@ -473,6 +473,58 @@ def test_frames_near_the_platform_layout_split_the_same(
     assert_same_split(_edited(platform_frame(topic, body, version, correlation_id), edits))
 
 
+# Each byte sequence Python's strict UTF-8 decoder refuses, and the
+# well-formed ones at the edges of its ranges (Unicode's table of
+# well-formed byte sequences), inside a body's string.
+_UTF8_EDGES = [
+    b"\xc2\x80", b"\xdf\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80",
+    b"\xef\xbf\xbf", b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf", b"\xf3\xbf\xbf\xbf",
+    b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2", b"\xc2\x7f", b"\xc2\xc0",
+    b"\xe0\x9f\xbf", b"\xe0\xa0", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xe1\x80\x7f",
+    b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xf0\x90\x80",
+    b"\xf1\x80\x80\xc0", b"\xfe", b"\xff",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("sequence", _UTF8_EDGES, ids=lambda b: b.hex())
+@pytest.mark.parametrize("at", [0, 1, 7, 8, 31, 32, 33, 60, 64])
+def test_utf8_at_its_edges_is_checked_as_python_checks_it(sequence: bytes, at: int) -> None:
+    """Valid or not, before, inside and after the validator's 8- and 32-byte blocks."""
+    for tail in (b"", b"x", b"x" * 40):
+        body = b'{"name":"' + b"a" * at + sequence + tail + b'"}'
+        frame = assert_same_split(platform_frame(body=body))
+        valid = True
+        try:
+            sequence.decode("utf-8")
+        except UnicodeDecodeError:
+            valid = False
+        assert (frame is not None) is valid, (sequence, at, tail)
+    # At the very end of the frame, where a sequence may be cut short.
+    assert_same_split(platform_frame() + sequence)
+
+
+@settings(max_examples=2_000)
+@given(
+    st.lists(
+        st.text(st.characters(codec="utf-8"), max_size=20).map(str.encode)
+        | st.binary(max_size=4)
+        | st.sampled_from(_UTF8_EDGES),
+        max_size=12,
+    )
+)
+def test_bodies_of_any_bytes_are_checked_as_python_checks_them(parts: list[bytes]) -> None:
+    """Text in any script, with stray bytes between: taken exactly when it is UTF-8."""
+    body = b'{"name":"' + b"".join(parts) + b'"}'
+    frame = assert_same_split(platform_frame(body=body))
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        assert frame is None
+    else:
+        if b'"' not in b"".join(parts) and b"," not in b"".join(parts):
+            assert frame is not None
+
+
 def test_bind_split_refuses_what_it_cannot_use() -> None:
     from genesys_mux.core import _speedups
 

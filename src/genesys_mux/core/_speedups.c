@@ -1183,21 +1183,82 @@ has_at(const char *s, Py_ssize_t n, Py_ssize_t at, const char *literal, Py_ssize
     return at >= 0 && n - at >= size && memcmp(s + at, literal, (size_t)size) == 0;
 }
 
-/* bytes.isascii(), eight bytes at a time. */
+/* Whether s is UTF-8 as Python's strict decoder takes it (Unicode's table
+ * of well-formed byte sequences: no overlong form, no surrogate, nothing
+ * past U+10FFFF), without building the str that decoding would: a frame
+ * with names beyond ASCII is the common case on many tenants. Runs of
+ * ASCII are skipped eight bytes at a time. */
 static int
-is_ascii(const char *s, Py_ssize_t n)
+is_utf8(const char *text, Py_ssize_t n)
 {
-    uint64_t bits = 0;
+    const unsigned char *s = (const unsigned char *)text;
+    const uint64_t high_bits = UINT64_C(0x8080808080808080);
     Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t word;
-        memcpy(&word, s + i, 8);
-        bits |= word;
+    for (;;) {
+        /* Up to the next byte beyond ASCII: 32 bytes at a time, with one
+         * test each (a test per word measured half as fast again), then 8,
+         * then one. */
+        while (n - i >= 32) {
+            uint64_t words[4];
+            memcpy(words, s + i, 32);
+            if ((words[0] | words[1] | words[2] | words[3]) & high_bits) {
+                break;
+            }
+            i += 32;
+        }
+        while (n - i >= 8) {
+            uint64_t word;
+            memcpy(&word, s + i, 8);
+            if (word & high_bits) {
+                break;
+            }
+            i += 8;
+        }
+        while (i < n && s[i] < 0x80) {
+            i++;
+        }
+        if (i >= n) {
+            return 1;
+        }
+        unsigned char lead = s[i];
+        /* The continuation bytes that follow, and the range of the first. */
+        Py_ssize_t more;
+        unsigned char low = 0x80, high = 0xBF;
+        if (lead >= 0xC2 && lead <= 0xDF) {
+            more = 1;
+        }
+        else if (lead >= 0xE0 && lead <= 0xEF) {
+            more = 2;
+            if (lead == 0xE0) {
+                low = 0xA0; /* shorter forms are overlong */
+            }
+            else if (lead == 0xED) {
+                high = 0x9F; /* ED A0..BF: the surrogates */
+            }
+        }
+        else if (lead >= 0xF0 && lead <= 0xF4) {
+            more = 3;
+            if (lead == 0xF0) {
+                low = 0x90;
+            }
+            else if (lead == 0xF4) {
+                high = 0x8F; /* past U+10FFFF beyond */
+            }
+        }
+        else {
+            return 0; /* a continuation byte, C0, C1 or F5..FF as a lead */
+        }
+        if (n - i <= more || s[i + 1] < low || s[i + 1] > high) {
+            return 0;
+        }
+        for (Py_ssize_t k = 2; k <= more; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) {
+                return 0;
+            }
+        }
+        i += more + 1;
     }
-    for (; i < n; i++) {
-        bits |= (unsigned char)s[i];
-    }
-    return (bits & UINT64_C(0x8080808080808080)) == 0;
+    return 1;
 }
 
 /* The last start of TAIL at or after from, as bytes.rfind; -1 when none. */
@@ -1283,16 +1344,8 @@ split(PyObject *module, PyObject *data)
         id_start > id_end || plain_run(s, id_start, id_end) != id_end) {
         Py_RETURN_NONE;
     }
-    if (check_utf8 && !is_ascii(s, n)) {
-        PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
-        if (text == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-                return NULL;
-            }
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-        Py_DECREF(text);
+    if (check_utf8 && !is_utf8(s, n)) {
+        Py_RETURN_NONE;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(excluded_topics); i++) {
         PyObject *prefix = PyTuple_GET_ITEM(excluded_topics, i);
