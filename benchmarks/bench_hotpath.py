@@ -52,7 +52,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-from benchmarks.bench_streams import add_body_sizes_argument, snapshot_template
+from benchmarks.bench_streams import (
+    add_body_sizes_argument,
+    add_names_argument,
+    snapshot_template,
+)
 from genesys_mux.core.frames import Notification, decode_frame
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Stream
@@ -71,12 +75,12 @@ class HotPathError(Exception):
     """The frames or a stage did not behave as the benchmark expects."""
 
 
-def frames_of(max_body: int, count: int) -> list[bytes]:
+def frames_of(max_body: int, count: int, names: str = "world") -> list[bytes]:
     """``count`` notification frames of the template snapshot, each about its own conversation.
 
     Compact JSON, so no frame holds a newline (the children read them as lines).
     """
-    template = snapshot_template(max_body)
+    template = snapshot_template(max_body, names)
     queue_id = TOPIC.split(".")[3]
     return [
         b'{"topicName":"%s","version":"2","eventBody":%s,"metadata":{"CorrelationId":"%s"}}'
@@ -186,7 +190,9 @@ def _table(args: argparse.Namespace) -> list[str]:
     sizes: list[tuple[int, int]] = []
     values: dict[tuple[str, int], float] = {}
     for max_body in args.max_body:
-        frames = frames_of(max_body, 3 * args.count if args.instructions else args.count)
+        frames = frames_of(
+            max_body, 3 * args.count if args.instructions else args.count, args.names
+        )
         sizes.append((max_body, len(frames[0])))
         for stage in STAGES:
             print(f"{max_body} {stage} ...", file=sys.stderr, flush=True)
@@ -200,7 +206,7 @@ def _table(args: argparse.Namespace) -> list[str]:
     header = " | ".join(f"{size:,} B frames" for _, size in sizes)
     lines = [
         f"{unit[0].upper()}{unit[1:]} (x the baseline), Python {platform.python_version()}, "
-        f"{platform.machine()}, {args.count:,} frames per pass"
+        f"{platform.machine()}, {args.count:,} frames per pass, names {args.names}"
         + ("" if args.instructions else f", best of {args.repeat}")
         + ":",
         "",
@@ -222,6 +228,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=5_000, help="frames per pass")
     parser.add_argument("--repeat", type=int, default=7, help="passes; the best counts")
     add_body_sizes_argument(parser)
+    add_names_argument(parser)
     parser.add_argument(
         "--instructions",
         action="store_true",

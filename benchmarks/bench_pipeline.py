@@ -135,6 +135,7 @@ from benchmarks.bench_streams import (
     _measure_mux,
     _queue_of,
     add_body_sizes_argument,
+    add_names_argument,
     check_mux,
     snapshot_template,
 )
@@ -373,9 +374,11 @@ class PipelineSource(Emulator):
     sockets, is the emulator's own.
     """
 
-    def __init__(self, settings: EmulatorSettings, sizes: tuple[int, ...]) -> None:
+    def __init__(
+        self, settings: EmulatorSettings, sizes: tuple[int, ...], names: str = "world"
+    ) -> None:
         super().__init__(settings)
-        self.templates = {size: snapshot_template(size) for size in sizes}
+        self.templates = {size: snapshot_template(size, names) for size in sizes}
         # Before start(), which routes /__emulator__/traffic to it.
         self._control = _FirehoseControl(self)
 
@@ -388,9 +391,9 @@ class PipelineSource(Emulator):
         return self.templates[size].blast_parts(topic)
 
 
-def pipeline_source(sizes: tuple[int, ...], settings: EmulatorSettings) -> Emulator:
+def pipeline_source(sizes: tuple[int, ...], names: str, settings: EmulatorSettings) -> Emulator:
     """A :class:`PipelineSource` for bench_streams' emulator process."""
-    return PipelineSource(settings, sizes)
+    return PipelineSource(settings, sizes, names)
 
 
 # --------------------------------------------------------------------------
@@ -932,7 +935,12 @@ def _throughput_table(
         f"{args.count:,} distinct conversation snapshots per measurement, "
         f"{'unpaced' if args.rate <= 0 else f'at {args.rate:g} frames/s'}, "
         f"median of {args.repeat} interleaved repetitions; CPU per frame sent; "
-        f"Python clients on the {args.loop} event loop.",
+        f"Python clients on the {args.loop} event loop; "
+        + (
+            "the template's names as the emulator draws them (some beyond ASCII)."
+            if args.names == "world"
+            else "the template's bytes beyond ASCII each replaced by an `x` (`--names ascii`)."
+        ),
         "",
         "| client | frames/s | CPU µs/event | x naive Python | x Node | client busy "
         "| source busy | peak RSS Δ |",
@@ -1105,7 +1113,7 @@ async def _main(args: argparse.Namespace) -> int:
     # The templates are built in the source process only: simulating the
     # contact centre takes a process to ~100 MB, and a spawned client starts
     # with its parent's peak RSS as its own ru_maxrss (see bench_streams).
-    make = functools.partial(pipeline_source, sizes)
+    make = functools.partial(pipeline_source, sizes, args.names)
     source, stopper, base_url = await _start_emulator(
         source_cpus, functools.partial(_emulator_process, make)
     )
@@ -1223,6 +1231,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--count", type=int, default=50_000, help="frames per throughput run")
     add_body_sizes_argument(parser)
+    add_names_argument(parser)
     parser.add_argument("--latency-rate", type=float, default=10_000.0, help="paced runs' frames/s")
     parser.add_argument(
         "--latency-count", type=int, default=30_000, help="frames per paced latency run"

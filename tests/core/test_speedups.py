@@ -473,6 +473,20 @@ def test_frames_near_the_platform_layout_split_the_same(
     assert_same_split(_edited(platform_frame(topic, body, version, correlation_id), edits))
 
 
+def assert_same_utf8(data: bytes) -> None:
+    """The compiled UTF-8 check of ``data`` is the specification's."""
+    assert frames._native_utf8 is not None
+    assert frames._native_utf8(data) is frames._is_utf8_in_python(data)
+
+
+def test_the_utf8_check_takes_bytes_only() -> None:
+    assert frames._native_utf8 is not None
+    assert frames._native_utf8(b"") is True
+    for other in ("text", bytearray(b"x"), memoryview(b"x"), None):
+        with pytest.raises(TypeError, match="expects bytes"):
+            frames._native_utf8(other)  # type: ignore[arg-type]
+
+
 # Each byte sequence Python's strict UTF-8 decoder refuses, and the
 # well-formed ones at the edges of its ranges (Unicode's table of
 # well-formed byte sequences), inside a body's string.
@@ -492,6 +506,7 @@ def test_utf8_at_its_edges_is_checked_as_python_checks_it(sequence: bytes, at: i
     """Valid or not, before, inside and after the validator's 8- and 32-byte blocks."""
     for tail in (b"", b"x", b"x" * 40):
         body = b'{"name":"' + b"a" * at + sequence + tail + b'"}'
+        assert_same_utf8(body)
         frame = assert_same_split(platform_frame(body=body))
         valid = True
         try:
@@ -515,6 +530,8 @@ def test_utf8_at_its_edges_is_checked_as_python_checks_it(sequence: bytes, at: i
 def test_bodies_of_any_bytes_are_checked_as_python_checks_them(parts: list[bytes]) -> None:
     """Text in any script, with stray bytes between: taken exactly when it is UTF-8."""
     body = b'{"name":"' + b"".join(parts) + b'"}'
+    assert_same_utf8(body)
+    assert_same_utf8(b"".join(parts))
     frame = assert_same_split(platform_frame(body=body))
     try:
         body.decode("utf-8")

@@ -1400,12 +1400,29 @@ bind_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(utf8_doc,
+"is_utf8(data, /)\n--\n\n"
+"Whether the bytes are UTF-8 as bytes.decode('utf-8') takes them, without decoding.");
+
+static PyObject *
+utf8_check(PyObject *module, PyObject *data)
+{
+    (void)module;
+    if (!PyBytes_Check(data)) {
+        PyErr_Format(PyExc_TypeError, "is_utf8() expects bytes, not %.100s",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    return PyBool_FromLong(is_utf8(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)));
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
     {"bind_digest", (PyCFunction)(void (*)(void))bind_digest, METH_FASTCALL, bind_digest_doc},
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL, walk_doc},
     {"bind_split", (PyCFunction)(void (*)(void))bind_split, METH_FASTCALL, bind_split_doc},
     {"split", (PyCFunction)split, METH_O, split_doc},
+    {"is_utf8", (PyCFunction)utf8_check, METH_O, utf8_doc},
     {"sha256", (PyCFunction)sha256_bytes, METH_O, sha256_doc},
     {"use_sha_instructions", (PyCFunction)use_sha_instructions, METH_O,
      use_sha_instructions_doc},

@@ -321,9 +321,9 @@ def decode_frame(data: bytes | str) -> Frame:
     """
     if isinstance(data, bytes):
         # msgspec skips eventBody and unknown fields without validating their
-        # UTF-8, so check it here; the ASCII test is a fast scan, and only
-        # frames with non-ASCII text pay for a full decode.
-        if not data.isascii():
+        # UTF-8, so check it here (without decoding where it was compiled);
+        # only a frame that fails is decoded, to say where.
+        if not _is_utf8(data):
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -438,6 +438,31 @@ def _load_native_split() -> Callable[[bytes | str], Notification | None] | None:
 
 _native_split: Final = _load_native_split()
 _split: Final = _split_in_python if _native_split is None else _native_split
+
+
+def _is_utf8_in_python(data: bytes) -> bool:
+    """Whether ``data`` decodes as UTF-8: the specification of the compiled check."""
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _load_native_utf8() -> Callable[[bytes], bool] | None:
+    if not extensions_enabled():
+        return None
+    try:
+        from genesys_mux.core import _speedups
+    except ImportError:
+        return None
+    return _speedups.is_utf8
+
+
+_native_utf8: Final = _load_native_utf8()
+_is_utf8: Final = _is_utf8_in_python if _native_utf8 is None else _native_utf8
 
 
 def join_notification(topic: str, version: str, body: bytes, correlation_id: str) -> bytes:
