@@ -953,6 +953,51 @@ async def test_injected_5xx(client: GenesysClient, status_code: int) -> None:
     assert status == 200, body
 
 
+async def test_an_injected_5xx_after_the_call_lets_it_take_effect(client: GenesysClient) -> None:
+    """A gateway's 5xx on a call the platform completed: the change happened all the same."""
+    await client.control(
+        "faults",
+        {
+            "fault": "http_5xx",
+            "status": 504,
+            "count": 1,
+            "path": "/channels",
+            "method": "POST",
+            "after": True,
+        },
+    )
+    before = {c["id"] for c in (await client.call("GET", CHANNELS))[1]["entities"]}
+    status, body, _ = await client.call("POST", CHANNELS)
+    assert status == 504
+    assert body["status"] == 504
+    assert body.keys() >= ERROR_KEYS
+    made = {c["id"] for c in (await client.call("GET", CHANNELS))[1]["entities"]} - before
+    assert len(made) == 1  # made, though its creator never heard its id
+    (channel,) = made
+
+    await client.control(
+        "faults",
+        {"fault": "http_5xx", "count": 1, "path": "/subscriptions", "method": "PUT", "after": True},
+    )
+    # A call that fails on its own does not use the fault up.
+    status, body, _ = await client.subscribe(
+        "streaming-0-" + "z" * 26, user_topics(1), method="PUT"
+    )
+    assert status == 404, body
+    topics = user_topics(2)
+    status, body, _ = await client.subscribe(channel, topics, method="PUT")
+    assert status == 503
+    assert await topics_of(client, channel) == topics
+    status, body, _ = await client.subscribe(channel, user_topics(1), method="PUT")
+    assert status == 200, body
+
+    async with client.session.post(
+        f"{client.base}/__emulator__/faults", json={"fault": "http_5xx", "after": "yes"}
+    ) as resp:
+        assert resp.status == 400
+        assert "after must be true or false" in await resp.text()
+
+
 async def test_injected_5xx_hits_the_token_endpoint_too(
     emulator: Emulator, session: aiohttp.ClientSession
 ) -> None:

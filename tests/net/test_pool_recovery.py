@@ -29,6 +29,8 @@ from tests.emulator.genesys import basic_auth
 from tests.net.conftest import Stack, eventually, fast_pool_settings, fast_settings, stand_in
 from tests.sinks.conftest import free_port
 
+CHANNELS_PATH = "/api/v2/notifications/channels"
+
 
 async def assert_fully_served(stack: Stack, topics: list[str]) -> None:
     """Every topic on exactly one connected emulator channel, and traffic arriving."""
@@ -73,6 +75,31 @@ async def test_socket_dropped_without_close_frame_reconnects_same_channel(make_s
         # The platform did not end the channel: not counted as gone.
         assert stack.pool.stats()[0].gone == 0
         await assert_fully_served(stack, topics)
+
+
+async def test_calls_the_platform_completed_but_whose_answer_was_lost_lose_nothing(
+    make_stack: Any,
+) -> None:
+    """A gateway's 5xx after the platform acted: a channel made unheard of, a list replaced."""
+    async with make_stack() as stack:
+        await stack.fault("http_5xx", status=504, path=CHANNELS_PATH, method="POST", after=True)
+        topics, channel_id = await start(stack)
+        channels = {c["id"]: c for c in await stack.control("channels")}
+        # The channel whose id never reached the pool stays unused (the
+        # platform evicts such channels first), and costs nothing else.
+        assert len(channels) == 2
+        (orphan,) = set(channels) - {channel_id}
+        assert not channels[orphan]["connected"]
+        assert channels[orphan]["topic_count"] == 0
+        assert stack.pool.stats()[0].reconnects == 0
+
+        await stack.fault("http_5xx", status=503, path="/subscriptions", method="PUT", after=True)
+        fewer = topics[:-1]
+        assert await stack.pool.set_topics(fewer) == []
+        await assert_fully_served(stack, fewer)
+        assert stack.pool.channel_ids()[0] == channel_id
+        # Nothing was ever unsubscribed that should not have been.
+        assert not stack.pool.outages
 
 
 async def test_half_open_socket_is_detected_by_the_watchdog(make_stack: Any) -> None:

@@ -398,9 +398,12 @@ class Emulator:
         status = 500
         _RATELIMIT_HEADERS.set({})
         try:
-            if request.path.startswith(_API) or request.path == "/oauth/token":
-                self._injected_fault(request)
+            faulty = request.path.startswith(_API) or request.path == "/oauth/token"
+            if faulty:
+                self._injected_fault(request, after=False)
             response = await handler(request)
+            if faulty and response.status < 400:
+                self._injected_fault(request, after=True)
             status = response.status
             return response
         except ApiProblem as problem:
@@ -427,9 +430,10 @@ class Emulator:
                     }
                 )
 
-    def _injected_fault(self, request: web.Request) -> None:
+    def _injected_fault(self, request: web.Request, *, after: bool) -> None:
+        """Raise the first injected fault waiting for ``request`` (before or after it ran)."""
         for fault in self.http_faults:
-            if fault.remaining > 0 and fault.matches(request):
+            if fault.after is after and fault.remaining > 0 and fault.matches(request):
                 fault.remaining -= 1
                 raise fault.problem()
 

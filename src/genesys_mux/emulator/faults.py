@@ -71,6 +71,10 @@ class HttpFault:
     retry_after_s: float | None
     path: str | None
     method: str | None
+    #: The call takes effect first, and only its answer is the error: a
+    #: gateway that timed out while the platform went on (a channel made, a
+    #: list replaced) answers the client 5xx all the same.
+    after: bool = False
 
     def matches(self, request: web.Request) -> bool:
         """Whether ``request`` is one this fault is waiting for."""
@@ -319,11 +323,15 @@ def garbage_frame(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 # -- HTTP ---------------------------------------------------------------------
 
 
-def _http(emulator: Emulator, data: dict[str, Any], status: int) -> list[str]:
+def _http(
+    emulator: Emulator, data: dict[str, Any], status: int, *, after: bool = False
+) -> list[str]:
     count = int(data.get("count", 1))
     retry_after = data.get("retry_after_s")
     if count < 1 or not 400 <= status <= 599:
         raise ValueError("count must be >= 1 and status an HTTP error status")
+    if not isinstance(after, bool):
+        raise TypeError("after must be true or false")
     emulator.http_faults = [f for f in emulator.http_faults if f.remaining > 0]
     emulator.http_faults.append(
         HttpFault(
@@ -332,9 +340,10 @@ def _http(emulator: Emulator, data: dict[str, Any], status: int) -> list[str]:
             retry_after_s=float(retry_after) if retry_after is not None else None,
             path=str(data["path"]) if data.get("path") is not None else None,
             method=str(data["method"]).upper() if data.get("method") is not None else None,
+            after=after,
         )
     )
-    return [f"{count} x HTTP {status}"]
+    return [f"{count} x HTTP {status}" + (" after the call took effect" if after else "")]
 
 
 @fault("http_429")
@@ -345,8 +354,13 @@ def http_429(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 
 @fault("http_5xx")
 def http_5xx(emulator: Emulator, data: dict[str, Any]) -> list[str]:
-    """The next ``count`` matching API calls fail with ``status`` (503)."""
-    return _http(emulator, data, int(data.get("status", 503)))
+    """The next ``count`` matching API calls fail with ``status`` (503).
+
+    With ``after``, each call takes effect first and only its answer is
+    lost (the next ``count`` calls that succeed), as when a gateway gives up
+    on a call the platform goes on to complete.
+    """
+    return _http(emulator, data, int(data.get("status", 503)), after=data.get("after", False))
 
 
 @fault("slow_accept")
