@@ -697,18 +697,21 @@ async def test_close_socket_takes_only_1000_or_1001(client: GenesysClient, code:
         await heartbeats_only(ws, 1)
 
 
-async def test_revoke_token_warns_then_kills_the_channel(client: GenesysClient) -> None:
+@pytest.mark.parametrize("warn", [True, False], ids=["warned", "silent"])
+async def test_revoke_token_warns_then_kills_the_channel(client: GenesysClient, warn: bool) -> None:
     channel = await client.create_channel()
     async with socket(client, channel["connectUri"]) as ws:
-        assert await fault(client, "revoke_token", channel_id=channel["id"]) == ["demo-client"]
+        applied = await fault(client, "revoke_token", channel_id=channel["id"], warn=warn)
+        assert applied == ["demo-client"]
         frames, end = await until_closed(ws)
         rest = [f for f in frames if not is_heartbeat(f)]
-        assert len(rest) == 2, rest
-        revoked, dead = rest
-        assert revoked["topicName"] == f"v2.system.token_revoked.{channel['id']}"
-        assert revoked["eventBody"]["reason"] == "user_tokens_revoked"
-        assert revoked["eventBody"]["channelId"] == channel["id"]
-        assert_dead_channel_frame(dead)
+        assert len(rest) == 1 + warn, rest
+        if warn:
+            revoked = rest[0]
+            assert revoked["topicName"] == f"v2.system.token_revoked.{channel['id']}"
+            assert revoked["eventBody"]["reason"] == "user_tokens_revoked"
+            assert revoked["eventBody"]["channelId"] == channel["id"]
+        assert_dead_channel_frame(rest[-1])
         assert end.type in _CLOSED
     status, body, _ = await client.call("GET", "/api/v2/notifications/channels")
     assert status == 401

@@ -441,8 +441,8 @@ class Chaos:
             return await self.fault(step, channel_id=channel, code=rng.choice((1000, 1001)))
         if step == "socket_closing":
             return await self.fault(step, channel_id=channel, delay_s=rng.uniform(0.1, 1.5))
-        if step == "revoke_token":
-            return await self.fault(step, client_id=MUX_CLIENT[0])
+        if step == "revoke_token":  # warned, or not (the platform need not)
+            return await self.fault(step, client_id=MUX_CLIENT[0], warn=rng.random() < 0.5)
         if step == "no_longer_subscribed_while_throttled":
             await self.fault(
                 "http_429",

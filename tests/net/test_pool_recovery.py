@@ -236,11 +236,13 @@ async def test_eviction_by_a_channel_created_out_of_band(make_stack: Any) -> Non
                 await ws.close()
 
 
-async def test_token_revoked_reauthenticates_and_rotates(make_stack: Any) -> None:
+@pytest.mark.parametrize("warn", [True, False], ids=["warned", "silent"])
+async def test_token_revoked_reauthenticates_and_rotates(make_stack: Any, warn: bool) -> None:
+    """Told (``token_revoked``) or not: the platform need not warn, and then a 401 says it."""
     async with make_stack() as stack:
         topics, old = await start(stack)
         first_token = stack.tokens.current
-        await stack.fault("revoke_token", channel_id=old)
+        await stack.fault("revoke_token", channel_id=old, warn=warn)
         revoked = time.time()
         await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
         assert stack.tokens.current is not first_token

@@ -244,11 +244,15 @@ def revoke_token(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 
     They die at once, or ``channels_die_after_s`` later: when the platform
     sends the warning is not documented [?], and a client that rotates on
-    it needs the time to.
+    it needs the time to. Nor is whether it always does: with ``warn``
+    false there is no warning at all, only the 401s and the deaths.
     """
     after_s = float(data.get("channels_die_after_s", 0.0))
     if not 0.0 <= after_s <= 600.0:
         raise ValueError("channels_die_after_s must be between 0 and 600")
+    warn = data.get("warn", True)
+    if not isinstance(warn, bool):
+        raise TypeError("warn must be true or false")
     # The token behind a channel, or every token of a client, or all.
     if data.get("channel_id") is not None:
         tokens = {_targets(emulator, data, connected=False)[0].token}
@@ -268,7 +272,7 @@ def revoke_token(emulator: Emulator, data: dict[str, Any]) -> list[str]:
         revoked.append(token.client_id)
         for channel in emulator.platform.channels.values():
             link = emulator.links.get(channel.id)
-            if channel.token == value and link is not None:
+            if warn and channel.token == value and link is not None:
                 link.send(
                     system_frame(
                         f"v2.system.token_revoked.{channel.id}",
