@@ -103,11 +103,12 @@ async def test_a_stream_of_reserialised_frames_delivers_every_change_once(
     assert stats.stale == 0, stats
 
     bodies = {key: json.loads(frame)["eventBody"] for key, frame in witness.frames.items()}
-    # Names as a real directory has them, beyond ASCII, which the rewrite
-    # sent as \u escapes: the digest reads the text, not its spelling.
+    # Names as a real directory has them, beyond ASCII, which the rewrites
+    # sent as \u escapes or as UTF-8: the digest reads the text, not its
+    # spelling.
     names = {p.get("name") for body in bodies.values() for p in body.get("participants", [])}
     assert any(isinstance(name, str) and not name.isascii() for name in names), names
-    assert all(frame.isascii() for frame in witness.frames.values())
+    assert any(not frame.isascii() for frame in witness.frames.values())
 
     # Every conversation change sent to the mux is delivered, once, with
     # the body the platform sent (the same JSON value, whatever its bytes).

@@ -341,9 +341,10 @@ def rewritten(frame: bytes, rng: random.Random) -> bytes:
 
     Every object's keys are shuffled (the envelope's never stay in the
     platform's order), there is whitespace between tokens (indentation or
-    spaced separators, sometimes a trailing newline), every non-ASCII
-    character is a ``\\u`` escape (a surrogate pair beyond the BMP) and
-    every ``/`` an escape (``\\/`` or ``\\u002f``). Nothing else changes:
+    spaced separators, sometimes a trailing newline), every ``/`` is an
+    escape (``\\/`` or ``\\u002f``), and every character beyond ASCII
+    either a ``\\u`` escape (a surrogate pair beyond the BMP) or, in half
+    the rewrites, its UTF-8 as before. Nothing else changes:
     numbers, strings and the CorrelationId decode to what they were. It
     always differs in bytes from a compact original (the platform's layout,
     as :func:`envelope` builds it): byte-equal texts have the same
@@ -353,17 +354,17 @@ def rewritten(frame: bytes, rng: random.Random) -> bytes:
     shuffled = _shuffled_keys(parsed, rng)
     if isinstance(parsed, dict) and list(shuffled) == list(parsed) and len(parsed) > 1:
         shuffled = {key: shuffled[key] for key in reversed(shuffled)}
+    escaped = rng.random() < 0.5
     if rng.random() < 0.5:
-        text = json.dumps(shuffled, indent=rng.choice(_INDENTS))
+        text = json.dumps(shuffled, indent=rng.choice(_INDENTS), ensure_ascii=escaped)
     else:
-        text = json.dumps(shuffled, separators=rng.choice(_SPACED))
-    # ensure_ascii (the default) wrote every non-ASCII character as \uXXXX.
+        text = json.dumps(shuffled, separators=rng.choice(_SPACED), ensure_ascii=escaped)
     # A '/' can only stand inside a string in JSON text, so each one found
     # is in a string, where an escape of it is the same character.
     text = text.replace("/", rng.choice(_SLASHES))
     if rng.random() < 0.25:
         text += "\n"
-    return text.encode("ascii")
+    return text.encode("utf-8")
 
 
 def _shuffled_keys(value: Any, rng: random.Random) -> Any:
