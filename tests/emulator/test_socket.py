@@ -936,7 +936,7 @@ async def test_reserialise_fault_sends_the_same_notifications_in_other_bytes(
             got = [r for r in await sync_raw(rws) if is_notification(json.loads(r))]
             assert [key(json.loads(r)) for r in got] == [key(json.loads(r)) for r in plain]
             slashes = 0
-            spelt = Counter()
+            spelt: Counter[str] = Counter()
             for original, copy in zip(plain, got, strict=True):
                 # The same JSON value, other bytes: keys, whitespace, escapes.
                 assert json.loads(copy) == json.loads(original)
