@@ -22,7 +22,7 @@ import msgspec
 from genesys_mux.core.streams import DeadLetter, StreamEvent, Transition
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
-from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
+from genesys_mux.sinks.dlq import JsonlDeadLetterQueue, read_dead_letters
 from tests.cli.conftest import run_cli, start_cli
 from tests.sinks.conftest import SECRET, Receiver, free_port, real_events
 
@@ -400,8 +400,20 @@ async def test_dlq_replay_into_a_refusing_webhook_keeps_the_letters(tmp_path: Pa
         assert len(receiver.requests) == 1, "a 400 is not retried"
         sent = [(i["stream_id"], i["sequence"]) for r in receiver.requests for i in r.items]
         assert sent == [(d.stream_id, d.sequence) for d in letters if d.stream_id == "voice-main"]
-    assert path.read_bytes() == before
+    # Kept, each now naming the sink that refused it, so that the next
+    # replay goes to that sink alone; the other stream's, byte for byte.
+    after = dlq_lines(path)
+    assert [line for line in after if b'"chat-support"' in line] == [
+        line for line in before.splitlines() if b'"chat-support"' in line
+    ]
+    kept = [d for d in read_dead_letters(path) if d.stream_id == "voice-main"]
+    voice = [d for d in letters if d.stream_id == "voice-main"]
+    assert [dataclasses.replace(d, reason="") for d in kept] == [
+        dataclasses.replace(d, reason="") for d in voice
+    ]
+    assert all(d.failed_sinks == ("webhook",) for d in kept), [d.reason for d in kept]
     assert SECRET not in result.output
+    before = path.read_bytes()
 
     # Without the secret in the environment: a clear error naming the variable, nothing sent.
     unset = await run_cli(
@@ -412,6 +424,52 @@ async def test_dlq_replay_into_a_refusing_webhook_keeps_the_letters(tmp_path: Pa
     assert "CRM_HOOK_SECRET" in unset.output, unset.why()
     assert path.read_bytes() == before
 
+
+async def test_dlq_replay_sends_a_letter_only_to_the_sinks_that_failed_it(
+    tmp_path: Path,
+) -> None:
+    """A sink's failure goes back to that sink; what the buffer or a stop lost, to every sink."""
+    path = tmp_path / "dlq.jsonl"
+    events = real_events(4, "voice-main")
+    archive = "jsonl:voice-main.jsonl"  # the sinks' names, as their letters give them
+    reasons = [
+        "sink_failed:webhook: HTTP 500",  # the archive has it already
+        "stopped",
+        f"sink_failed:{archive},webhook: stopped",  # a fan-out stopped before either had it
+        f"sink_failed:{archive}: disk full",
+    ]
+    dlq = JsonlDeadLetterQueue(path)
+    for event, reason in zip(events, reasons, strict=True):
+        dlq.write(DeadLetter.of(dataclasses.replace(event, epoch="run-1"), reason))
+    dlq.close()
+    async with Receiver() as receiver:
+        (tmp_path / "archive").mkdir()
+        (tmp_path / "mux.toml").write_text(
+            replay_config(
+                '  type = "jsonl"\n  path = "archive/voice-main.jsonl"\n\n'
+                "  [[streams.sinks]]\n"
+                f'  type = "webhook"\n  url = "{receiver.url}"\n'
+                '  secret_env = "CRM_HOOK_SECRET"'
+            )
+        )
+        result = await run_cli(
+            "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
+            cwd=tmp_path,
+            env={"CRM_HOOK_SECRET": SECRET},
+        )  # fmt: skip
+        assert result.code == 0, result.why()
+        assert "replayed 4 of 4" in result.output, result.why()
+        to_crm = [i["sequence"] for r in receiver.requests for i in r.items]
+    archived = [
+        decode_record(line).sequence  # type: ignore[union-attr]
+        for line in (tmp_path / "archive" / "voice-main.jsonl").read_bytes().splitlines()
+    ]
+    assert to_crm == [1, 2, 3]
+    assert archived == [2, 3, 4]
+    assert dlq_lines(path) == []
+
+
+# -- listen -------------------------------------------------------------------------------
 
 # -- listen -------------------------------------------------------------------------------
 

@@ -76,12 +76,17 @@ def test_round_trip(tmp_path: Path, real_bodies: list[bytes]) -> None:
     ]
     letters.append(letter(200, b'{"id":"x"}', conversation_id=None, correlation_id=None))
     letters.append(letter(201, b'{"id":"y"}', transition="exit"))
+    # The run that numbered it (written only when there is one).
+    letters.append(letter(201, b'{"id":"y"}', epoch="20261204T215700Z-3f2a"))
     for item in letters:
         queue.write(item)
     queue.close()
 
     assert list(read_dead_letters(path)) == letters
     assert list(read_dead_letters(str(path))) == letters
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[-1]["epoch"] == "20261204T215700Z-3f2a"
+    assert "epoch" not in records[-2]
 
 
 def test_json_bodies_are_stored_readably(tmp_path: Path, real_bodies: list[bytes]) -> None:

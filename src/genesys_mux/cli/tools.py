@@ -47,7 +47,7 @@ from genesys_mux.net.connection import ChannelPool
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import endpoints_for, resolve_region
 from genesys_mux.sinks.base import Batching
-from genesys_mux.sinks.dlq import file_lock, read_dead_letters
+from genesys_mux.sinks.dlq import dead_letter_line, file_lock, read_dead_letters
 from genesys_mux.sinks.fanout import deliver_stream
 from genesys_mux.state import StateStore, open_store
 
@@ -340,6 +340,7 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
                 json.dumps(
                     {
                         "stream_id": d.stream_id,
+                        "epoch": d.epoch,
                         "sequence": d.sequence,
                         "reason": d.reason,
                         "topic": d.topic,
@@ -374,13 +375,15 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
     return 0
 
 
-def rewrite_without(path: Path, remove: Iterable[DeadLetter]) -> int:
-    """Rewrite a DLQ file keeping every letter not in ``remove``; returns how many remain.
+def rewrite_without(
+    path: Path, remove: Iterable[DeadLetter], add: Iterable[DeadLetter] = ()
+) -> int:
+    """Rewrite a DLQ file keeping every letter not in ``remove``, then ``add``; how many remain.
 
     Written to a temporary file and renamed, so a crash leaves either the old
     file or the new one, never half of each.
     """
-    gone = {(d.stream_id, d.sequence, d.reason) for d in remove}
+    gone = {(d.stream_id, d.epoch, d.sequence, d.reason) for d in remove}
     kept: list[bytes] = []
     # Under the file's lock: a run writing letters waits, then reopens the
     # new file, so a letter written meanwhile is kept, not lost with the old one.
@@ -388,8 +391,9 @@ def rewrite_without(path: Path, remove: Iterable[DeadLetter]) -> int:
         with path.open("rb") as file:
             lines = [line for line in file if line.strip()]
         for line, letter in zip(lines, read_dead_letters(path), strict=True):
-            if (letter.stream_id, letter.sequence, letter.reason) not in gone:
+            if (letter.stream_id, letter.epoch, letter.sequence, letter.reason) not in gone:
                 kept.append(line if line.endswith(b"\n") else line + b"\n")
+        kept += [dead_letter_line(letter) for letter in add]
         temporary = path.with_suffix(path.suffix + ".tmp")
         temporary.write_bytes(b"".join(kept))
         os.replace(temporary, path)
@@ -415,8 +419,12 @@ def dlq_purge(path: Path, stream: str | None, console: Console) -> int:
 def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> int:
     """Send a stream's dead letters through its configured sinks; remove those delivered.
 
-    Letters that fail again stay in the file, so a replay can be repeated
-    until the downstream service takes them.
+    A letter a sink gave up on (``sink_failed:<sink>: ...``) goes to that
+    sink only: the stream's other sinks took the event when it was new, and
+    would get it twice. Any other letter (the buffer pushed it out, the
+    run stopped) goes to every sink of the stream. Letters that fail again
+    stay in the file, so a replay can be repeated until the downstream
+    service takes them.
     """
     try:
         config = load_config(config_path)
@@ -435,10 +443,27 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
     if not letters:
         console.print(f"no dead letters for stream {stream!r} in {path}", markup=False)
         return 0
+    names = [sink.name for sink in sinks]
+    renamed = 0
+    routes: list[list[DeadLetter]] = [[] for _ in sinks]
+    for letter in letters:
+        failed_at = letter.failed_sinks
+        if failed_at and not set(failed_at) <= set(names):
+            renamed += 1  # a sink renamed or removed since: every sink, to be sure
+            failed_at = ()
+        for index, name in enumerate(names):
+            if not failed_at or name in failed_at:
+                routes[index].append(letter)
+    if renamed:
+        print_warning(
+            console,
+            f"{renamed} letter(s) name a sink the configuration no longer has; they go to "
+            f"every sink of {stream!r} ({', '.join(names)}), which may have some already",
+        )
     failed: list[DeadLetter] = []
 
-    async def items() -> AsyncIterator[StreamEvent | Gap]:
-        for letter in letters:
+    async def items(route: list[DeadLetter]) -> AsyncIterator[StreamEvent | Gap]:
+        for letter in route:
             # The facts give back the content key and state digest, so a
             # replayed event keeps the idempotency key it was lost with.
             facts = event_facts(letter.topic, letter.raw)
@@ -452,25 +477,34 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
                 correlation_id=letter.correlation_id,
                 raw=letter.raw,
                 received_at=letter.received_at,
+                epoch=letter.epoch,
                 content_key=facts.key,
                 digest=facts.hash,
             )
 
-    # No lingering (the letters are all there), and a bounded number of
-    # attempts: a replay that fails leaves the letters for the next one.
-    runner = deliver_stream(
-        items(),
-        [
-            (sink, Batching(spec.batching.batch_size, 0.0, spec.batching.max_attempts or 5))
-            for sink, spec in zip(sinks, specs, strict=True)
-        ],
-        failed.append,
-        name=stream,
-    )
-    asyncio.run(runner.run())
-    undelivered = {(d.stream_id, d.sequence) for d in failed}
-    delivered = [d for d in letters if (d.stream_id, d.sequence) not in undelivered]
-    remaining = rewrite_without(path, delivered)
+    async def replay() -> None:
+        # One runner per sink, each with its own letters in their order. No
+        # lingering (the letters are all there), and a bounded number of
+        # attempts: a replay that fails leaves the letters for the next one.
+        runners = [
+            deliver_stream(
+                items(route),
+                [(sink, Batching(spec.batching.batch_size, 0.0, spec.batching.max_attempts or 5))],
+                failed.append,
+                name=stream,
+            )
+            for sink, spec, route in zip(sinks, specs, routes, strict=True)
+            if route
+        ]
+        await asyncio.gather(*(runner.run() for runner in runners))
+
+    asyncio.run(replay())
+    # Each letter replayed is replaced by what failed of it now: one letter
+    # per sink that gave up again, naming that sink, so that the next
+    # replay goes to it alone.
+    undelivered = {(d.stream_id, d.epoch, d.sequence) for d in failed}
+    delivered = [d for d in letters if (d.stream_id, d.epoch, d.sequence) not in undelivered]
+    remaining = rewrite_without(path, letters, add=failed)
     console.print(
         f"replayed {len(delivered)} of {len(letters)} dead letter(s) of {stream!r}; "
         f"{remaining} remain in {path}"

@@ -76,6 +76,8 @@ Overflow = Literal["drop_oldest", "drop_newest", "backlog"]
 BACKLOG_FACTOR = 10
 
 _UNPARSED: Any = object()
+#: How a sink runner's dead letters' reasons begin (sinks/runner.py).
+_SINK_FAILED = "sink_failed:"
 #: Handed-out events remembered until settled, at most (see Stream.settle).
 _MAX_UNSETTLED = 100_000
 
@@ -190,6 +192,10 @@ class DeadLetter:
     idempotency_key: str = ""
     #: The event's ``enter``/``update``/``exit``, so a replay keeps it.
     transition: Transition | None = None
+    #: The run that numbered the event: a stop that could not settle what
+    #: it had handed out lets the next run number from there again, so
+    #: ``(stream_id, epoch, sequence)`` names one event, not the pair.
+    epoch: str = ""
 
     @classmethod
     def of(cls, event: StreamEvent, reason: str) -> DeadLetter:
@@ -205,7 +211,16 @@ class DeadLetter:
             event.raw,
             event.idempotency_key,
             event.transition,
+            event.epoch,
         )
+
+    @property
+    def failed_sinks(self) -> tuple[str, ...]:
+        """The sinks a ``sink_failed:<sink>[,<sink>...]: <why>`` letter failed at; else ()."""
+        if not self.reason.startswith(_SINK_FAILED):
+            return ()
+        names = self.reason[len(_SINK_FAILED) :].partition(": ")[0]
+        return tuple(n for n in names.split(",") if n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ __all__ = [
     "DeadLetterQueue",
     "JsonlDeadLetterQueue",
     "MemoryDeadLetterQueue",
+    "dead_letter_line",
     "file_lock",
     "read_dead_letters",
 ]
@@ -380,6 +381,11 @@ def _ranges(ids: list[tuple[str, int]]) -> str:
 _ENCODER = msgspec.json.Encoder()
 
 
+def dead_letter_line(letter: DeadLetter) -> bytes:
+    """``letter`` as one line of the file, newline included (as the queue writes it)."""
+    return _ENCODER.encode(_record(letter)) + b"\n"
+
+
 def _record(letter: DeadLetter) -> dict[str, Any]:
     record: dict[str, Any] = {
         "stream_id": letter.stream_id,
@@ -392,6 +398,8 @@ def _record(letter: DeadLetter) -> dict[str, Any]:
         "received_at": letter.received_at,
         "transition": letter.transition,
     }
+    if letter.epoch:
+        record["epoch"] = letter.epoch
     if _fits_on_the_line(letter.raw):
         record["event_body"] = msgspec.Raw(letter.raw)
     else:
@@ -435,6 +443,7 @@ class _Line(msgspec.Struct):
     correlation_id: str | None = None
     idempotency_key: str = ""
     transition: Literal["enter", "update", "exit"] | None = None
+    epoch: str = ""  # absent from letters written before it was added
     # An empty Raw stands for "absent": msgspec cannot put Raw in a union.
     event_body: msgspec.Raw = msgspec.Raw()
     event_body_b64: str | None = None
@@ -469,4 +478,5 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
                 raw,
                 item.idempotency_key,
                 item.transition,
+                item.epoch,
             )
