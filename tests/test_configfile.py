@@ -287,8 +287,13 @@ def test_a_webhook_url_env_holding_what_the_sink_cannot_use_is_named_not_quoted(
         ("https://hooks.example.com:99999/hook", "the url's host or port cannot be read"),
         ("https://[::1/hook", "the url's host or port cannot be read"),
         ("https://u:p/w-canary@hooks.example.com/hook", "percent-encode"),
+        ("https://alice:pw-canary@hooks.example.com/hook", "(user info); put the whole URL"),
+        ("https://hooks.example.com/hook?token=tk-canary", "query parameter 'token'"),
+        ("https://fn.example.net/api/x?code=canary-77", "query parameter 'code'"),
+        ("https://hooks.example.com/h?src=g&X-Api-Key=canary", "query parameter 'X-Api-Key'"),
+        ("https://acct.example.net/q?sv=2024&sig=canary%2B", "query parameter 'sig'"),
     ],
-    ids=["bad-port", "bad-ipv6", "raw-userinfo"],
+    ids=["bad-port", "bad-ipv6", "raw-userinfo", "userinfo", "token", "code", "api-key", "sig"],
 )
 def test_a_webhook_url_in_the_file_that_the_sink_would_refuse_is_refused_at_its_key(
     url: str, problem: str
@@ -298,3 +303,10 @@ def test_a_webhook_url_in_the_file_that_the_sink_would_refuse_is_refused_at_its_
     assert path == "streams[0].sinks[0]"
     assert problem in found
     assert "canary" not in found
+
+
+def test_a_webhook_url_in_the_file_may_carry_a_plain_query() -> None:
+    for url in ("https://hooks.example.com/hook?source=genesys&v=2", "https://h.example.com/k"):
+        sink = {"type": "webhook", "secret_env": "HOOK_SECRET", "url": url}
+        config = parse_config({**STREAM, "streams": [{"id": "s", "filter": {}, "sinks": [sink]}]})
+        assert config.sinks["s"][0].url == url  # type: ignore[union-attr]

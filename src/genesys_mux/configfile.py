@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -388,8 +389,8 @@ class WebhookSinkSpec(_SinkBase):
     def _one_url(self) -> WebhookSinkSpec:
         if (self.url is None) == (self.url_env is None):
             raise ValueError("give exactly one of url or url_env")
-        if self.url is not None and (problem := webhook_url_problem(self.url)) is not None:
-            raise ValueError(problem)
+        if self.url is not None:
+            _check_file_webhook_url(self.url)
         return self
 
     def url_problem(self, url: str) -> str | None:
@@ -1351,6 +1352,41 @@ def _check_file_redis_url(url: str) -> None:
     problem = redis_url_problem(url)
     if problem is not None:
         raise ValueError(problem)
+
+
+# Query parameters that carry a credential in the receivers' usual spellings
+# (a function key, a SAS signature, an API key, a token).
+_CREDENTIAL_PARAMETER = re.compile(
+    r"(?:^|[_.-])(?:token|key|apikey|secret|sig|signature|code|password|passwd|pwd|auth)$",
+    re.IGNORECASE,
+)
+
+
+def _check_file_webhook_url(url: str) -> None:
+    """ValueError for a webhook ``url`` written in the file: one with credentials, or one refused.
+
+    The file is for what may be read by anyone who reads the configuration:
+    a password or a token in the URL goes in the variable ``url_env`` names
+    (whose URL logs show only as scheme and host). The rest is the sink's
+    own policy.
+    """
+    problem = webhook_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    parts = urlsplit(url)
+    where = None
+    if "@" in parts.netloc:
+        where = "user info"
+    else:
+        for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+            if _CREDENTIAL_PARAMETER.search(name):
+                where = f"its query parameter {name[:40]!r}"
+                break
+    if where is not None:
+        raise ValueError(
+            f"the url holds what looks like a credential ({where}); put the whole URL in an "
+            "environment variable named by url_env instead of url"
+        )
 
 
 def sink_key_paths(config: ConfigFile) -> dict[tuple[str, int], str]:
