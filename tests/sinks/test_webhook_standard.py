@@ -447,7 +447,7 @@ def webhook_config(extra: str = "") -> str:
     return (
         '[[streams]]\nid = "calls"\nfilter = { channelType = "voice" }\n'
         '  [[streams.sinks]]\n  type = "webhook"\n'
-        '  url = "https://user:pw-canary@crm.example.test/hook"\n'
+        '  url = "https://crm.example.test/hook"\n'
         f'  secret_env = "CRM_HOOK_SECRET"\n{extra}'
     )
 
