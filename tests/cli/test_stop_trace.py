@@ -17,7 +17,7 @@ import pytest
 
 from genesys_mux.emulator import Emulator
 from tests.cli.conftest import run_cli, run_cli_until, start_cli
-from tests.sinks.conftest import free_port
+from tests.sinks.conftest import SECRET, Receiver, free_port
 
 DEMO_CREDENTIALS = {
     "GENESYSCLOUD_OAUTHCLIENT_ID": "demo-client",
@@ -124,6 +124,64 @@ async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_del
         f"{len(letters)} dead-lettered ({by_buffers} by the buffers, {by_sinks} by sinks), "
         "by the 1 stream(s) it held at the end"
     ) in ran.stderr, ran.why()
+
+
+HUNG = """\
+[settings]
+audit_path = "audit.jsonl"
+dlq_path = "dlq.jsonl"
+
+[[streams]]
+id = "all"
+filter = {{}}
+[[streams.sinks]]
+type = "webhook"
+url = "{url}"
+secret_env = "HOOK_SECRET"
+timeout_s = 60
+"""
+
+
+async def test_a_second_ctrl_c_stops_at_once_and_dead_letters_what_a_hung_sink_holds(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A receiver that never answers would hold the stop for its whole drain; asked again, not."""
+    async with Receiver(hang=True) as receiver:
+        (tmp_path / "mux.toml").write_text(HUNG.format(url=receiver.url))
+        process = await start_cli(
+            "run", "-c", "mux.toml", "--base-url", emulator.base_url,
+            cwd=tmp_path, env={**DEMO_CREDENTIALS, "HOOK_SECRET": SECRET},
+        )  # fmt: skip
+        assert process.stderr is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(30):
+                await receiver.got_request.wait()  # a batch is in flight, and will stay so
+                process.send_signal(signal.SIGINT)
+                said = b""
+                while b"ask again (Ctrl-C) to stop at once" not in said:
+                    line = await process.stderr.readline()
+                    assert line, said.decode()
+                    said += line
+                process.send_signal(signal.SIGINT)
+                asked_again = loop.time()
+                rest = await process.stderr.read()
+                await process.wait()
+            took = loop.time() - asked_again
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    stderr = (said + rest).decode()
+    assert process.returncode == 0, stderr
+    # Well within the drain's 5 s and the sinks' 15 s it would have waited.
+    assert took < 4.0, (took, stderr)
+    assert "asked again: stopping at once" in stderr
+    letters = [json.loads(line) for line in (tmp_path / "dlq.jsonl").read_text().splitlines()]
+    held = [d for d in letters if d["reason"] == "sink_failed:webhook: cancelled"]
+    assert held, [d["reason"] for d in letters]
+    stopped = _stopped(tmp_path)
+    assert stopped["dead_lettered"] == len(letters)
 
 
 async def test_a_stop_during_start_up_says_so_and_ends_the_audit_log(tmp_path: Path) -> None:

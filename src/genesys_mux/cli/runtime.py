@@ -278,17 +278,31 @@ def client_budgets(config: ConfigFile) -> dict[str, int]:
 _CLUSTER_DEDUPE_S = 3600.0
 
 
+#: How long a stop waits for the streams' consumers to empty their buffers
+#: and acknowledge, then for the sinks to finish their last batches.
+_DRAIN_S = 5.0
+_SINKS_S = 15.0
+
+
 class StopRequest(asyncio.Event):
-    """The event a run stops at, with what asked for the stop (a signal's name), for the log."""
+    """The event a run stops at, with what asked for the stop (a signal's name), for the log.
+
+    Asked again while the run drains (a second Ctrl-C), it sets :attr:`again`:
+    the run then stops waiting for its sinks.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.reason: str | None = None
+        #: Set by a second request: stop now, dead-lettering what is still held.
+        self.again = asyncio.Event()
 
     def ask(self, reason: str) -> None:
         """Ask for the stop; the first reason given is kept."""
         if self.reason is None:
             self.reason = reason
+        elif self.is_set():
+            self.again.set()
         self.set()
 
 
@@ -505,28 +519,61 @@ class Runtime:
             self._started = True
             await self._wait(stop, duration_s)
             why = self._why_stopping(stop, duration_s)
-            self._say(logging.INFO, f"stopping ({why}): draining, then the last checkpoint")
+            again = stop.again if isinstance(stop, StopRequest) else None
+            self._say(
+                logging.INFO,
+                f"stopping ({why}): draining for up to {_DRAIN_S:g} s and the sinks' last "
+                f"batches up to {_SINKS_S:g} s more, then the last checkpoint"
+                + ("; ask again (Ctrl-C) to stop at once" if again is not None else ""),
+            )
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            hurry = (
+                None
+                if again is None
+                else asyncio.create_task(self._stop_at_once_when(again, mux, tasks))
+            )
             if member is not None:
                 # Planned: the others take the streams over, make-before-break.
                 await member.leave(timeout_s=2 * cluster.lease_ttl_s if cluster else 20.0)
             # Drain first: the runners and printers keep reading until their
             # stream is empty and ends; only then are they told to stop.
-            await mux.stop(drain=True, timeout_s=5.0)
+            await mux.stop(drain=True, timeout_s=_DRAIN_S)
             for runner in self.runners.values():
                 runner.stop()
-            _, pending = await asyncio.wait(tasks, timeout=15.0) if tasks else (set(), set())
+            _, pending = await asyncio.wait(tasks, timeout=_SINKS_S) if tasks else (set(), set())
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if hurry is not None:
+                hurry.cancel()
+                await asyncio.gather(hurry, return_exceptions=True)
             self._stopped(audit, why)
         if self._fatal is not None:
             # Raised once everything buffered is dead-lettered and the last
             # checkpoint is written: the command line prints it and exits 2.
             raise self._fatal
         return 0
+
+    async def _stop_at_once_when(
+        self, again: asyncio.Event, mux: Multiplexer, tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """Asked again while draining: stop waiting for consumers and sinks.
+
+        What a sink still holds is dead-lettered (``sink_failed:<sink>:
+        cancelled``) and what the buffers hold (``stopped``), before the
+        last checkpoint, as after the drain's deadline.
+        """
+        await again.wait()
+        self._say(
+            logging.WARNING,
+            "asked again: stopping at once; what the sinks and buffers still hold goes to "
+            "the dead-letter queue",
+        )
+        for task in tasks:
+            task.cancel()
+        await mux.stop(drain=False)
 
     def _why_stopping(self, stop: asyncio.Event, duration_s: float | None) -> str:
         if self._fatal is not None:
