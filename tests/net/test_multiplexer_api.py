@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -48,6 +49,34 @@ async def test_remove_stream_unsubscribes_only_what_no_other_stream_needs() -> N
         assert [s.id for s in h.mux.streams()] == ["also-calls"]
         with pytest.raises(ConfigError, match="no stream with id 'calls'"):
             await h.mux.remove_stream("calls")
+
+
+async def test_a_stream_naming_a_queue_the_org_does_not_have_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The platform may take such a topic and never send on it: said, not left to guess."""
+    caplog.set_level(logging.WARNING, logger="genesys_mux")
+    async with harness() as h:
+        queues = (await h.control("org"))["queues"]
+        queue, missing = queues[0]["id"], str(uuid.uuid4())
+        await h.mux.add_stream({"id": "known", "filter": {"queueId": queue.upper()}})
+        await h.mux.add_stream({"id": "typo", "filter": {"queueId": missing}})
+
+        def checked() -> bool:
+            return not any(t.get_name() == "genesys-mux-queue-check" for t in h.mux._tasks)
+
+        await eventually(checked)
+        warned = [r.getMessage() for r in caplog.records if "is not one of the org's" in r.message]
+        assert warned == [
+            f"stream typo names queue {missing}, which is not one of the org's "
+            f"{len(queues)} queues (GET /api/v2/routing/queues): nothing will arrive for it "
+            "unless it is created; check the queueId in its filter"
+        ]
+        # A queue created since the list was read is looked for again, not warned of.
+        made = await h.control("queues", {"name": "Brand new"})
+        await h.mux.add_stream({"id": "new", "filter": {"queueId": made["id"]}})
+        await eventually(checked)
+        assert len([r for r in caplog.records if "is not one of the org's" in r.message]) == 1
 
 
 async def test_callbacks_receive_events_and_gaps() -> None:

@@ -745,7 +745,47 @@ class Multiplexer:
                 # event proves only its own channel's subscription, and a
                 # channel still subscribing would be left out of the gap.
                 self._resume_gap(state, restored, "restart", subscribed_at)
+        named = config.filter.queue_id if config.filter is not None else None
+        if named is not None and not standby:
+            # Looked up on the side: add_stream has done its work, and a
+            # caller's deadline must not cut it short after the fact.
+            check = asyncio.create_task(
+                self._say_if_no_such_queue(config.id, named), name="genesys-mux-queue-check"
+            )
+            self._tasks.append(check)
+            check.add_done_callback(self._forget_task)
         return [r for t, r in self.rejections.items() if t in state.topics]
+
+    async def _say_if_no_such_queue(self, stream_id: str, queue_id: str) -> None:
+        """Warn when a stream names a queue the org does not have: nothing would ever come.
+
+        The platform may take the topic of a queue that does not exist (a
+        typo, a queue of another org, one deleted) and simply never send on
+        it. Read from the queue list (again, if the cached one lacks it: the
+        queue may be new); a list the client may not read says nothing.
+        """
+        wanted = queue_id.lower()
+        try:
+            known = self._queue_ids
+            if known is None or wanted not in {q.lower() for q in known}:
+                known = await self._list_queues()
+        except GenesysMuxError as exc:
+            log.debug("could not list the queues to check stream %s's: %s", stream_id, exc)
+            return
+        if wanted not in {q.lower() for q in known}:
+            log.warning(
+                "stream %s names queue %s, which is not one of the org's %d queues "
+                "(GET /api/v2/routing/queues): nothing will arrive for it unless it is "
+                "created; check the queueId in its filter",
+                stream_id,
+                queue_id,
+                len(known),
+                extra={"stream_id": stream_id},
+            )
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
 
     async def _install(
         self, config: StreamConfig, stream: Stream, *, standby: bool
