@@ -310,3 +310,14 @@ def test_a_webhook_url_in_the_file_may_carry_a_plain_query() -> None:
         sink = {"type": "webhook", "secret_env": "HOOK_SECRET", "url": url}
         config = parse_config({**STREAM, "streams": [{"id": "s", "filter": {}, "sinks": [sink]}]})
         assert config.sinks["s"][0].url == url  # type: ignore[union-attr]
+
+
+def test_a_sink_without_a_type_is_told_which_types_there_are() -> None:
+    sink = {"url": "https://hooks.example.com/hook", "secret_env": "HOOK_SECRET"}
+    found = problems({"streams": [{"id": "s", "filter": {}, "sinks": [sink]}]})
+    assert found == (
+        (
+            "streams[0].sinks[0].type",
+            "missing: every sink names its type, one of jsonl, nats, redis, stdout, webhook",
+        ),
+    )

@@ -1105,6 +1105,19 @@ def _parse_sinks(
     for j, raw in enumerate(raw_sinks):
         where = f"{prefix}.sinks[{j}]"
         kind = raw.get("type") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and kind is None:
+            # pydantic would say it cannot "extract tag using discriminator".
+            installed = plugin_types(BUILTIN_SINK_TYPES)
+            errors.append(
+                (
+                    f"{where}.type",
+                    "missing: every sink names its type, one of "
+                    f"{', '.join(sorted(BUILTIN_SINK_TYPES))}"
+                    + (f" or an installed plugin's ({', '.join(installed)})" if installed else ""),
+                )
+            )
+            unchecked.append(where)
+            continue
         if not isinstance(kind, str) or kind in BUILTIN_SINK_TYPES:
             try:
                 spec = _BUILTIN_SINK.validate_python(raw)
