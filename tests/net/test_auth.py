@@ -461,6 +461,9 @@ async def test_credentials_refused_at_an_early_refresh_leave_the_token_in_hand(
         assert len(said) == 1
         assert said[0].levelno == logging.ERROR
         assert "using the current token until it expires" in said[0].getMessage()
+        # Against a base URL there is no region to check: the URL is what to check.
+        assert "GENESYSCLOUD_REGION" not in said[0].getMessage()
+        assert f"the base URL ({stack.emulator.base_url}) serves the org" in said[0].getMessage()
         now[0] = first.expires_at - 1.0
         with pytest.raises(AuthenticationError):
             await tokens.token()

@@ -131,6 +131,16 @@ class TokenProvider:
             )
         self._session = session
         self._url = f"{endpoints.login}/oauth/token"
+        # A custom base URL (the emulator, a proxy) has no region to check.
+        custom = endpoints.login == endpoints.api
+        self._hint = (
+            _CREDENTIAL_HINT.replace(
+                "GENESYSCLOUD_REGION names the region the client was created in",
+                f"the base URL ({endpoints.login}) serves the org the client belongs to",
+            )
+            if custom
+            else _CREDENTIAL_HINT
+        )
         self._client_id = client_id
         credential = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
         self._basic = "Basic " + credential
@@ -370,7 +380,7 @@ class TokenProvider:
         detail = self.redact(detail)  # a server may echo the secret or the Basic header back
         return AuthenticationError(
             f"Genesys Cloud refused the client credentials for client id {self._client_id!r}: "
-            f"HTTP {status} {detail}; {_CREDENTIAL_HINT}"
+            f"HTTP {status} {detail}; {self._hint}"
         )
 
 
