@@ -62,6 +62,7 @@ async def test_a_signalled_stop_names_its_signal(
     )
     assert said is not None, ran.why()
     assert int(said.group(1)) == printed
+    assert "dlq list" not in ran.stderr  # nothing to point at
     stopped = _stopped(tmp_path)
     assert stopped["reason"] == sig.name
     assert stopped["taken"] == printed
@@ -122,7 +123,8 @@ async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_del
     assert (
         f"stopped (--duration 2 s reached): {by_sinks} events handed to sinks or the output, "
         f"{len(letters)} dead-lettered ({by_buffers} by the buffers, {by_sinks} by sinks), "
-        "by the 1 stream(s) it held at the end"
+        "by the 1 stream(s) it held at the end; the letters are in dlq.jsonl: see them with "
+        "`genesys-mux dlq list -c CONFIG`, send them on with `genesys-mux dlq replay`"
     ) in ran.stderr, ran.why()
 
 

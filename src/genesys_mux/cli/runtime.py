@@ -595,14 +595,21 @@ class Runtime:
         taken = sum(s.delivered for s in streams.values())
         by_buffers = sum(s.dead_lettered for s in streams.values())
         by_sinks = sum(self._sink_dead_lettered(sid) for sid in streams)
+        dead = by_buffers + by_sinks
         self._say(
-            logging.INFO,
+            logging.WARNING if dead else logging.INFO,
             # (A cluster member has handed its streams over by now: these
             # are the streams it still held.)
             f"stopped{' during start-up' if during_startup else ''} ({why}): "
             f"{taken} events handed to sinks or the output, "
-            f"{by_buffers + by_sinks} dead-lettered ({by_buffers} by the buffers, "
-            f"{by_sinks} by sinks), by the {len(streams)} stream(s) it held at the end",
+            f"{dead} dead-lettered ({by_buffers} by the buffers, "
+            f"{by_sinks} by sinks), by the {len(streams)} stream(s) it held at the end"
+            + (
+                f"; the letters are in {self.config.settings.dlq_path}: see them with "
+                "`genesys-mux dlq list -c CONFIG`, send them on with `genesys-mux dlq replay`"
+                if dead
+                else ""
+            ),
         )
         reason = f"{why} during start-up" if during_startup else why
         audit.run_stopped(reason, len(streams), taken, by_buffers + by_sinks, by_sinks)
