@@ -163,6 +163,10 @@ async def test_start_tells_a_redis_that_is_down_from_a_refused_password(
     assert not refused.value.retryable
     assert str(refused.value).startswith("stream calls: sink cache cannot start: Redis Authentic")
     assert "hunter2-canary" not in str(refused.value)
+    # Which server, and what to fix.
+    host = redis_server.url.removeprefix("redis://").split("/")[0]
+    assert f"(at redis:{host}" in str(refused.value), str(refused.value)
+    assert "check the user name and password in the sink's URL" in str(refused.value)
     # Nothing was read from the stream, so nothing was dead-lettered here.
     assert letters == []
 

@@ -349,8 +349,15 @@ class RedisStreamsSink:
             retryable = isinstance(exc, _TRANSIENT_RESPONSES)
         # redis-py messages name host and port at most, never the password.
         detail = str(exc).replace(self._url.value, self.display_url)[:200]
+        hint = ""
+        if isinstance(exc, rexc.AuthenticationError):
+            # Which server refused, and what to fix: the message alone names neither.
+            hint = (
+                f" (at {self._where}): check the user name and password in the sink's URL "
+                "(its url_env variable)"
+            )
         return SinkError(
-            f"sink {self.name}: Redis {type(exc).__name__}: {detail}", retryable=retryable
+            f"sink {self.name}: Redis {type(exc).__name__}: {detail}{hint}", retryable=retryable
         )
 
     async def close(self) -> None:
