@@ -321,3 +321,17 @@ def test_a_sink_without_a_type_is_told_which_types_there_are() -> None:
             "missing: every sink names its type, one of jsonl, nats, redis, stdout, webhook",
         ),
     )
+
+
+def test_a_sink_variable_set_but_empty_is_told_from_one_not_set() -> None:
+    from genesys_mux.configfile import check_environment
+
+    sink = {"type": "webhook", "url": "https://hooks.example.com/h", "secret_env": "HOOK_SECRET"}
+    config = parse_config({**STREAM, "streams": [{"id": "s", "filter": {}, "sinks": [sink]}]})
+    base = {"GENESYSCLOUD_OAUTHCLIENT_ID": "x", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "y"}
+    for env, state in (({}, "is not set"), ({"HOOK_SECRET": ""}, "is set but empty")):
+        _, warnings = check_environment(config, {**base, **env})
+        assert (
+            f"streams[0].sinks[0].secret_env: HOOK_SECRET {state} here (sink webhook of stream "
+            "s); it must hold the sink's value where genesys-mux runs"
+        ) in warnings, warnings

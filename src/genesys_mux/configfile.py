@@ -1339,9 +1339,10 @@ def check_sink(
             continue
         value = env.get(variable)
         if not value:
+            state = "is not set" if value is None else "is set but empty"
             warnings.append(
-                f"{where}.{key}: {variable} is not set here (sink {spec.type} of stream "
-                f"{stream_id}); set it where it runs"
+                f"{where}.{key}: {variable} {state} here (sink {spec.type} of stream "
+                f"{stream_id}); it must hold the sink's value where genesys-mux runs"
             )
         elif (problem := problem_of(value)) is not None:
             errors.append((f"{where}.{key}", problem))

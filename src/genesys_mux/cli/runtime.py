@@ -171,7 +171,8 @@ def sink_problems(config: ConfigFile, environ: Mapping[str, str] | None = None) 
     (connections wait for ``start``), to find the rest (a second NATS
     secret, a plugin's own variables); the sinks built are dropped unstarted.
     Each line reads like ``streams[0].sinks[1].secret_env: WEBHOOK_SECRET is
-    not set here (sink webhook of stream chat); set it where it runs``.
+    not set here (sink webhook of stream chat); it must hold the sink's value where
+    genesys-mux runs``.
     """
     env = os.environ if environ is None else environ
     paths = sink_key_paths(config)
