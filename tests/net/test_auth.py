@@ -498,8 +498,10 @@ async def test_bad_secret_is_fatal_and_never_retried(make_stack: Any, refusal_st
         error = results[0]
         assert isinstance(error, AuthenticationError)
         message = str(error)
-        for name in ENV_VARS:
+        for name in ENV_VARS[:2]:
             assert name in message
+        # A base URL, not a region: the URL is what to check.
+        assert f"the base URL ({stack.emulator.base_url}) serves the org" in message
         assert "demo-client" in message
         assert f"HTTP {refusal_status}" in message
         assert "invalid_client" in message
@@ -611,3 +613,14 @@ def captured_provider_logs(caplog: pytest.LogCaptureFixture) -> bool:
     return any("OAuth token obtained" in m for m in messages) and any(
         "; retry " in m for m in messages
     )
+
+
+async def test_refused_credentials_in_a_region_say_to_check_the_region() -> None:
+    from genesys_mux.regions import resolve_region
+
+    async with aiohttp.ClientSession() as session:
+        region = Endpoints.for_region(resolve_region("eu_west_1"))
+        tokens = TokenProvider(session, region, "my-client", "my-secret")
+        message = str(tokens._refused(401, b'{"error":"invalid_client"}'))
+    assert "GENESYSCLOUD_REGION names the region the client was created in" in message
+    assert "base URL" not in message
