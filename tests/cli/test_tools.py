@@ -257,9 +257,18 @@ async def test_dlq_purge_everything_or_one_stream(tmp_path: Path) -> None:
     write_dlq(path)
     original = dlq_lines(path)
 
-    # Without --yes it asks; "n" keeps everything.
+    # Without --yes it asks, saying how many; "n" keeps everything.
     declined = await run_cli("dlq", "purge", "-f", "dlq.jsonl", cwd=tmp_path, input=b"n\n")
     assert declined.code != 0, declined.why()
+    assert "Delete 5 dead letter(s) from dlq.jsonl?" in declined.output, declined.why()
+    assert dlq_lines(path) == original
+    # A stream with no letter (a typo) is said at once, not asked about.
+    typo = await run_cli(
+        "dlq", "purge", "-f", "dlq.jsonl", "--stream", "voice-mian", cwd=tmp_path, input=b""
+    )
+    assert typo.code == 0, typo.why()
+    assert "Delete" not in typo.output, typo.why()
+    assert "no dead letters of stream 'voice-mian'" in typo.output, typo.why()
     assert dlq_lines(path) == original
 
     one = await run_cli(

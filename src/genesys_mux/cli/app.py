@@ -482,11 +482,15 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters (all of them, or one stream's)."""
     path = _dlq_file(file, config)
-    if not yes and not typer.confirm(f"Delete dead letters from {path}?"):
-        raise typer.Exit(1)
     from genesys_mux.cli import tools
 
-    raise typer.Exit(tools.dlq_purge(path, stream, _console()))
+    def confirm(count: int) -> bool:
+        # Asked once the letters are counted: a stream with none (a typo)
+        # is said, not asked about.
+        whose = f" of stream {stream!r}" if stream is not None else ""
+        return yes or typer.confirm(f"Delete {count} dead letter(s){whose} from {path}?")
+
+    raise typer.Exit(tools.dlq_purge(path, stream, _console(), confirm=confirm))
 
 
 state_app = typer.Typer(

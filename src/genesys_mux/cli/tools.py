@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -400,14 +400,22 @@ def rewrite_without(
     return len(kept)
 
 
-def dlq_purge(path: Path, stream: str | None, console: Console) -> int:
-    """Delete dead letters (all, or one stream's)."""
+def dlq_purge(
+    path: Path,
+    stream: str | None,
+    console: Console,
+    *,
+    confirm: Callable[[int], bool] = lambda count: True,
+) -> int:
+    """Delete dead letters (all, or one stream's), once ``confirm`` says yes to their count."""
     try:
         every = _every_letter(path)
         unknown = _no_such_stream(path, stream, every)
         if unknown is not None:
             print_warning(console, unknown)
         letters = [d for d in every if stream is None or d.stream_id == stream]
+        if letters and not confirm(len(letters)):
+            return 1
         remaining = rewrite_without(path, letters) if letters else len(every)
     except ConfigError as exc:
         print_error(console, exc)
