@@ -257,7 +257,7 @@ def test_bad_raw_topics_each_reported_with_its_index() -> None:
             "id": "s",
             "topics": [
                 "v2.users.U1.presence",
-                "v2.users.U1.nonsense",
+                "v2.users.U1.conversations.fax",
                 "v2.system.heartbeat",
                 "v2.users.U1?presence&presence",
                 "v2.users.a.b.presence",
@@ -371,7 +371,7 @@ FIVE_MISTAKES: list[dict[str, Any]] = [
     {"id": "voice-main", "filter": {"channelType": "voice", "state": "active"}, "priority": 1},
     {"id": "chat-support", "filter": {"channelType": "chta", "queueId": QUEUE}, "priority": 0},
     {"id": "ok", "filter": {"queueId": "a.b"}, "colour": "red"},
-    {"id": "presence", "topics": ["v2.users.U1.presence", "v2.users.U1.mood"]},
+    {"id": "presence", "topics": ["v2.users.U1.presence", "v2.users.U1.presence.mood"]},
 ]
 FIVE_PATHS = [
     "streams[1].filter.channelType",

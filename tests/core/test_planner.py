@@ -394,9 +394,9 @@ def test_invalid_topic_leaves_the_plan_unchanged() -> None:
     planner.plan(q[:2])
     before = dict(planner.slots)
     with pytest.raises(InvalidTopicError):
-        planner.plan([q[2], "v2.users.x.nonsense", q[3]])
+        planner.plan([q[2], "v2.users.x.conversations.faxes", q[3]])
     with pytest.raises(InvalidTopicError):
-        planner.plan([q[2], "v2.users.x?presence&nonsense"])
+        planner.plan([q[2], "v2.users.x?presence&non/sense"])
     with pytest.raises(InvalidTopicError):
         planner.plan(["v2.system.socket_closing"])
     assert dict(planner.slots) == before

@@ -353,13 +353,25 @@ async def test_calls_before_start_say_what_to_do() -> None:
     assert mux.streams() == []
 
 
-async def test_a_raw_topic_the_platform_does_not_have_is_reported_and_the_stream_flows() -> None:
-    """A mistyped detail-event name is in the grammar, so only the platform can refuse it."""
+@pytest.mark.parametrize(
+    "typo",
+    [
+        f"v2.detail.events.conversation.{uuid.UUID(int=5)}.acdStart",
+        f"v2.users.{uuid.UUID(int=6)}.mood",  # of the platform's shape, not one it has
+    ],
+)
+async def test_a_raw_topic_the_platform_does_not_have_is_reported_and_the_stream_flows(
+    typo: str,
+) -> None:
+    """A mistyped detail-event name is in the grammar, so only the platform can refuse it.
+
+    So is a topic of no family genesys-mux knows: the platform has more
+    than those, and only it can say which.
+    """
     async with harness() as h:
         reported: list[object] = []
         h.mux.on_control.append(reported.append)
         queue = (await h.control("org"))["queues"][0]["id"]
-        typo = f"v2.detail.events.conversation.{uuid.UUID(int=5)}.acdStart"
         config = {
             "id": "calls",
             "filter": {"channelType": "voice", "queueId": queue},

@@ -87,6 +87,12 @@ class TopicFamily(StrEnum):
     USER_ROUTING_STATUS = "user_routing_status"
     CONVERSATION_DETAIL_EVENTS = "conversation_detail_events"
     QUEUE_OBSERVATIONS = "queue_observations"
+    #: Any other topic of the platform's shape (``v2.users.{id}.activity``,
+    #: ``v2.routing.queues.{id}.users``...): subscribed as given, its events
+    #: keyed by the topic and told apart by content alone. Whether the
+    #: platform has it is the platform's to say (400
+    #: ``notification.invalid.topic``, reported as a rejection).
+    OTHER = "other"
 
 
 _PREFIXES: dict[TopicFamily, str] = {
@@ -121,6 +127,21 @@ _GRAMMAR: tuple[tuple[TopicFamily, re.Pattern[str]], ...] = (
         re.compile(rf"v2\.analytics\.queues\.(?P<id>{_ID})\.observations"),
     ),
 )
+# The platform's shape: v2 and at least two dot-separated words or ids, each
+# as safe as an id (no '.', '?', '&' or '/' inside one), at most as long as
+# a combined topic may be. System topics are the platform's to send.
+_OTHER = re.compile(rf"v2(?:\.{_ID}){{3,}}")
+_SYSTEM_PREFIX = "v2.system."
+# The shapes of the families above: a name of one of them that does not
+# parse is a mistake in it (a media misspelt, an event in capitals), said
+# as such, never taken for another topic.
+_KNOWN_SHAPES = re.compile(
+    r"v2\.(?:(?:routing\.queues|users)\.[^.]*\.(?:conversations|presence|routingStatus)(?:\.|$)"
+    # An id with a dot in it (a.b) would shift the family's suffix along.
+    r"|(?:routing\.queues|users)\..*\.(?:conversations(?:\.[^.]*)?|presence|routingStatus)$"
+    r"|analytics\.queues\.[^.]*\.observations(?:\.|$)|detail\.events\.)",
+    re.IGNORECASE,
+)
 
 
 def is_valid_id(value: str) -> bool:
@@ -154,15 +175,21 @@ class Topic:
     entity_id: str
     media: Media | None = None
     event: str | None = None
+    #: The whole name of an :attr:`TopicFamily.OTHER` topic (None for the others).
+    name: str | None = None
 
     @property
     def prefix(self) -> str:
-        """The part naming the entity, e.g. ``v2.users.{id}``."""
+        """The part naming the entity, e.g. ``v2.users.{id}`` (else: all but the last word)."""
+        if self.name is not None:
+            return self.name.rpartition(".")[0]
         return _PREFIXES[self.family] + self.entity_id
 
     @property
     def suffix(self) -> str:
         """The part after the prefix, e.g. ``conversations.calls``."""
+        if self.name is not None:
+            return self.name.rpartition(".")[2]
         match self.family:
             case TopicFamily.QUEUE_CONVERSATIONS | TopicFamily.USER_CONVERSATIONS:
                 return "conversations" if self.media is None else f"conversations.{self.media}"
@@ -175,6 +202,8 @@ class Topic:
                 return self.event
             case TopicFamily.QUEUE_OBSERVATIONS:
                 return "observations"
+            case TopicFamily.OTHER:
+                raise AssertionError("an other topic keeps its name")
 
     def __str__(self) -> str:
         return f"{self.prefix}.{self.suffix}"
@@ -193,6 +222,13 @@ def parse_topic(name: str) -> Topic:
                 media=Media(media) if media else None,
                 event=groups.get("event"),
             )
+    if (
+        len(name) <= MAX_COMBINED_TOPIC_LENGTH
+        and not name.startswith(_SYSTEM_PREFIX)
+        and _KNOWN_SHAPES.match(name) is None
+        and _OTHER.fullmatch(name) is not None
+    ):
+        return Topic(family=TopicFamily.OTHER, entity_id="", name=name)
     raise InvalidTopicError(_explain_invalid(name))
 
 
@@ -205,12 +241,23 @@ def _explain_invalid(name: str) -> str:
             f"topic {shown} is a system topic: the platform sends it unasked, "
             "it cannot be subscribed"
         )
-    return (
-        f"topic {shown} is not a Genesys notification topic genesys-mux knows; expected one of "
+    if len(name) > MAX_COMBINED_TOPIC_LENGTH:
+        return (
+            f"topic {shown}... is {len(name)} characters; "
+            f"a topic has at most {MAX_COMBINED_TOPIC_LENGTH}"
+        )
+    known = (
         "v2.routing.queues.{id}.conversations[.media], v2.users.{id}.conversations[.media], "
         "v2.users.{id}.presence, v2.users.{id}.routingStatus, "
         "v2.detail.events.conversation.{id}.{event}, v2.analytics.queues.{id}.observations "
         f"(media: {', '.join(m.value for m in Media)})"
+    )
+    if _KNOWN_SHAPES.match(name) is not None:
+        return f"topic {shown} is not a Genesys notification topic; expected one of {known}"
+    return (
+        f"topic {shown} is not a Genesys notification topic: expected one of {known}, or "
+        "another of the platform's shape (v2 and three or more words or ids separated by "
+        "'.', each of ASCII letters, digits, '-' or '_', such as v2.users.{id}.activity)"
     )
 
 
@@ -265,7 +312,7 @@ def combine_topics(names: Iterable[str], max_length: int = MAX_COMBINED_TOPIC_LE
     plain: set[str] = set()
     for name in names:
         topic = parse_topic(name)
-        if "." in topic.suffix:
+        if topic.family is TopicFamily.OTHER or "." in topic.suffix:
             text = str(topic)
             if text not in plain:
                 plain.add(text)
