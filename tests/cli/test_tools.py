@@ -186,6 +186,10 @@ async def test_dlq_list_as_a_table_and_as_json(tmp_path: Path) -> None:
         assert text in table.output
     assert "overflow_drop_oldest: 3" in table.output
     assert "stopped: 2" in table.output
+    # Piped, each row is whole: ids are not wrapped or cut at 80 columns.
+    for letter in letters:
+        assert letter.conversation_id is not None
+        assert letter.conversation_id in table.stdout, table.why()
 
     assert as_json.code == 0, as_json.why()
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]

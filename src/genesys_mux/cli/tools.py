@@ -295,6 +295,20 @@ def listen(
     return 0
 
 
+def _listing_console() -> Console:
+    """The console a listing prints to: stdout, so it pipes.
+
+    Piped or redirected, rich would wrap the table at 80 columns and cut
+    ids and reasons short; a file or a pager gets whole lines instead.
+    """
+    return Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH)
+
+
+#: A listing's width when stdout is not a terminal: a UUID, a stream id and
+#: a reason each fit whole.
+_PIPED_WIDTH = 200
+
+
 def _every_letter(path: Path) -> list[DeadLetter]:
     if not path.exists():
         raise ConfigError(
@@ -352,7 +366,7 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
                 + "\n"
             )
         return 0
-    out = Console()  # the listing is the command's output: stdout, so it pipes
+    out = _listing_console()
     table = Table(title=f"{len(letters)} dead letter(s) in {path}")
     for column in ("stream", "sequence", "reason", "conversation", "received", "bytes"):
         table.add_column(column)
@@ -567,7 +581,7 @@ def state_show(config_path: Path, as_json: bool, console: Console) -> int:
     if as_json:
         sys.stdout.write(json.dumps({"store": name, "streams": rows}) + "\n")
         return 0
-    out = Console()  # the listing is the command's output: stdout, so it pipes
+    out = _listing_console()
     table = Table(title=f"state in {name}: {len(rows)} stream(s)")
     for column in ("stream", "next sequence", "watermark", "remembered", "saved", "note"):
         table.add_column(column)
@@ -737,7 +751,7 @@ def cluster_status(config_path: Path, as_json: bool, console: Console) -> int:
     if as_json:
         sys.stdout.write(json.dumps(found) + "\n")
         return 0
-    out = Console()
+    out = _listing_console()
     members = Table(title=f"cluster {found['cluster']} on {found['redis']}: members")
     for column in ("instance", "OAuth client", "channels", "host", "since"):
         members.add_column(column)
