@@ -335,3 +335,13 @@ def test_a_sink_variable_set_but_empty_is_told_from_one_not_set() -> None:
             f"streams[0].sinks[0].secret_env: HOOK_SECRET {state} here (sink webhook of stream "
             "s); it must hold the sink's value where genesys-mux runs"
         ) in warnings, warnings
+
+
+def test_a_value_of_the_wrong_type_is_echoed_as_read() -> None:
+    """TOML's quotes make "9464" a string; the message shows what was read."""
+    assert problems({"settings": {"admin_port": "9464"}}) == (
+        ("settings.admin_port", "Input should be a valid integer (got '9464')"),
+    )
+    ((where, message),) = problems({"settings": {"backfill": "yes please"}})
+    assert where == "settings.backfill"
+    assert message.endswith("(got 'yes please')")

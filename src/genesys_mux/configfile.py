@@ -1196,6 +1196,12 @@ def _pydantic_errors(exc: ValidationError, prefix: str, root: Any) -> list[tuple
         elif error["type"] == "value_error":
             # Our own validators' messages, without pydantic's "Value error, ".
             message = str(error.get("ctx", {}).get("error", message.removeprefix("Value error, ")))
+        elif error["type"].endswith(("_type", "_parsing")) and isinstance(
+            error.get("input"), str | int | float | bool
+        ):
+            # What was read, as the stream keys say it: TOML's quotes make
+            # "9464" a string, which the message alone does not show.
+            message += f" (got {repr(error['input'])[:60]})"
         out.append((path or "(file)", message))
     return out
 
