@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from genesys_mux.emulator import Emulator
 from tests.cli.conftest import run_cli, run_cli_until, start_cli
 from tests.sinks.conftest import SECRET, Receiver, free_port
+from tests.waiting import eventually
 
 DEMO_CREDENTIALS = {
     "GENESYSCLOUD_OAUTHCLIENT_ID": "demo-client",
@@ -184,6 +186,58 @@ async def test_a_second_ctrl_c_stops_at_once_and_dead_letters_what_a_hung_sink_h
     assert held, [d["reason"] for d in letters]
     stopped = _stopped(tmp_path)
     assert stopped["dead_lettered"] == len(letters)
+
+
+async def test_a_stop_gives_up_a_hung_sink_s_batch_before_its_last_checkpoint(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch a hung receiver holds is dead-lettered, and so settled, before the checkpoint.
+
+    Otherwise the next run numbers again from that batch's first event: two
+    events of the stream with one sequence, one of them in the DLQ.
+    """
+    from genesys_mux.cli.runtime import Runtime, StopRequest
+    from genesys_mux.configfile import Credentials, load_config
+
+    async def one_run(until: Callable[[], Awaitable[object]]) -> None:
+        config = load_config(tmp_path / "mux.toml")
+        runtime = Runtime(
+            config, Credentials("demo-client", "demo-secret"), base_url=emulator.base_url
+        )
+        runtime.drain_s, runtime.sinks_s = 0.2, 0.5
+        stop = StopRequest()
+        run = asyncio.ensure_future(runtime.run(stop))
+        try:
+            async with asyncio.timeout(30):
+                await until()
+                stop.ask("SIGTERM")
+                assert await run == 0
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    async with Receiver(hang=True) as hung:
+        (tmp_path / "mux.toml").write_text(
+            HUNG.format(url=hung.url) + '\n[state]\npath = "state.db"\n'
+        )
+        await one_run(hung.got_request.wait)
+    letters = [json.loads(line) for line in (tmp_path / "dlq.jsonl").read_text().splitlines()]
+    held = [d["sequence"] for d in letters if d["reason"] == "sink_failed:webhook: cancelled"]
+    assert held, [d["reason"] for d in letters]
+
+    async with Receiver() as working:
+        (tmp_path / "mux.toml").write_text(
+            HUNG.format(url=working.url) + '\n[state]\npath = "state.db"\n'
+        )
+
+        def sequences() -> list[int]:
+            return [i["sequence"] for r in working.requests for i in r.items if "sequence" in i]
+
+        await one_run(lambda: eventually(lambda: bool(sequences())))
+    sequences_taken = sequences()
+    # The next run went on after every sequence the first one gave out.
+    assert min(sequences_taken) > max(d["sequence"] for d in letters), (held, sequences_taken)
 
 
 async def test_a_stop_during_start_up_says_so_and_ends_the_audit_log(tmp_path: Path) -> None:

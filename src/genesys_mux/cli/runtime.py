@@ -331,6 +331,10 @@ class Runtime:
         self.stdout = stdout or sys.stdout
         self.console = console or Console(stderr=True)
         self.tail = AuditTail()
+        #: How long a stop waits for the streams' consumers, then for the
+        #: sinks' last batches (a deploy's grace period must cover both).
+        self.drain_s = _DRAIN_S
+        self.sinks_s = _SINKS_S
         self.mux: Multiplexer | None = None
         self.runners: dict[str, StreamDelivery] = {}
         self.admin: AdminServer | None = None
@@ -523,8 +527,8 @@ class Runtime:
             again = stop.again if isinstance(stop, StopRequest) else None
             self._say(
                 logging.INFO,
-                f"stopping ({why}): draining for up to {_DRAIN_S:g} s and the sinks' last "
-                f"batches up to {_SINKS_S:g} s more, then the last checkpoint"
+                f"stopping ({why}): draining for up to {self.drain_s:g} s and the sinks' last "
+                f"batches up to {self.sinks_s:g} s more, then the last checkpoint"
                 + ("; ask again (Ctrl-C) to stop at once" if again is not None else ""),
             )
             for task in background:
@@ -539,14 +543,15 @@ class Runtime:
                 # Planned: the others take the streams over, make-before-break.
                 await member.leave(timeout_s=2 * cluster.lease_ttl_s if cluster else 20.0)
             # Drain first: the runners and printers keep reading until their
-            # stream is empty and ends; only then are they told to stop.
-            await mux.stop(drain=True, timeout_s=_DRAIN_S)
-            for runner in self.runners.values():
-                runner.stop()
-            _, pending = await asyncio.wait(tasks, timeout=_SINKS_S) if tasks else (set(), set())
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # stream is empty and ends; only then are they told to stop, and
+            # given the sinks' time for their last batches, before the last
+            # checkpoint, which then counts those batches settled.
+            await mux.stop(
+                drain=True,
+                timeout_s=self.drain_s,
+                before_checkpoint=functools.partial(self._finish_sinks, tasks),
+            )
+            await self._finish_sinks(tasks)  # whatever did not end by then
             if hurry is not None:
                 hurry.cancel()
                 await asyncio.gather(hurry, return_exceptions=True)
@@ -556,6 +561,19 @@ class Runtime:
             # checkpoint is written: the command line prints it and exits 2.
             raise self._fatal
         return 0
+
+    async def _finish_sinks(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Tell the runners to stop, give them the sinks' time, then cancel what is left.
+
+        A runner cancelled with a batch in hand dead-letters it
+        (``sink_failed:<sink>: cancelled``), which settles it.
+        """
+        for runner in self.runners.values():
+            runner.stop()
+        _, pending = await asyncio.wait(tasks, timeout=self.sinks_s) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stop_at_once_when(
         self, again: asyncio.Event, mux: Multiplexer, tasks: list[asyncio.Task[Any]]

@@ -192,9 +192,9 @@ class DeadLetter:
     idempotency_key: str = ""
     #: The event's ``enter``/``update``/``exit``, so a replay keeps it.
     transition: Transition | None = None
-    #: The run that numbered the event: a stop that could not settle what
-    #: it had handed out lets the next run number from there again, so
-    #: ``(stream_id, epoch, sequence)`` names one event, not the pair.
+    #: The run that numbered the event: a run killed before its checkpoint
+    #: counted what it had handed out lets the next run number from there
+    #: again, so ``(stream_id, epoch, sequence)`` names one event, not the pair.
     epoch: str = ""
 
     @classmethod

@@ -319,6 +319,8 @@ class Multiplexer:
         self._checkpoint_lock = asyncio.Lock()
         self._change_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        # What the final stop awaits before its last checkpoint (see stop()).
+        self._before_checkpoint: Callable[[], Awaitable[None]] | None = None
         self._backfills: set[asyncio.Task[None]] = set()
         self._event_callbacks: list[EventCallback] = []
         self._gap_callbacks: list[GapCallback] = []
@@ -500,7 +502,13 @@ class Multiplexer:
             log.warning("no OAuth token yet (%s); the channels will keep retrying", exc)
         self.started = True
 
-    async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
+    async def stop(
+        self,
+        drain: bool = True,
+        timeout_s: float = 30.0,
+        *,
+        before_checkpoint: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Stop receiving; with ``drain``, give consumers ``timeout_s`` to empty the buffers.
 
         First every socket is unsubscribed and drained (ping, pong): what the
@@ -513,12 +521,20 @@ class Multiplexer:
         runners do) get the same ``timeout_s`` to settle what they took, so
         that the final checkpoint comes after their acknowledgements.
 
+        ``before_checkpoint`` is awaited once that time is up, before the
+        buffers are dead-lettered and the final checkpoint is written: the
+        place for a consumer to finish or give up what it holds (a sink
+        runner's batch in hand), so that the checkpoint counts it settled
+        rather than leaving the next run to number it again.
+
         There is one stop: a call while one is in progress (a signal
         handler's, then leaving ``async with``) waits for it to end, and
         brings its deadline for consumers forward to its own (``drain=False``:
         now). A call once stopped returns at once. A caller that is cancelled
         stops waiting; the stop itself goes on.
         """
+        if before_checkpoint is not None and self._before_checkpoint is None:
+            self._before_checkpoint = before_checkpoint
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s if drain else 0.0)
         if deadline < self._stop_deadline:
@@ -602,6 +618,11 @@ class Multiplexer:
             task.cancel()
         await asyncio.gather(*ending, return_exceptions=True)
         self._tasks.clear()
+        if self._before_checkpoint is not None:
+            try:
+                await self._before_checkpoint()
+            except Exception:
+                log.exception("finishing the consumers before the last checkpoint failed")
         for state in self._streams.values():
             state.stream.flush_to_dead_letters("stopped")
         # Everything is settled now (delivered or dead-lettered): the last
