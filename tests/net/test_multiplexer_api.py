@@ -78,6 +78,18 @@ async def test_a_stream_naming_a_queue_the_org_does_not_have_is_warned_of(
         await eventually(checked)
         assert len([r for r in caplog.records if "is not one of the org's" in r.message]) == 1
 
+        async def listings() -> int:
+            served = (await h.control("requests"))["requests"]
+            return sum(r["path"] == "/api/v2/routing/queues" for r in served)
+
+        # A queue on the list read last is not listed for again (a cluster
+        # adding many queue streams would spend its request budget on it).
+        before = await listings()
+        assert before >= 2  # the first check's, and the new queue's
+        await h.mux.add_stream({"id": "again", "filter": {"queueId": queue}})
+        await eventually(checked)
+        assert await listings() == before
+
 
 async def test_callbacks_receive_events_and_gaps() -> None:
     async with harness() as h:

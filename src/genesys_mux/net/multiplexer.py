@@ -319,6 +319,9 @@ class Multiplexer:
         self._checkpoint_lock = asyncio.Lock()
         self._change_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        # The org's queue ids (lower case) as last listed for a stream's
+        # check that its queue exists (see _say_if_no_such_queue).
+        self._queues_seen: frozenset[str] | None = None
         # What the final stop awaits before its last checkpoint (see stop()).
         self._before_checkpoint: Callable[[], Awaitable[None]] | None = None
         self._backfills: set[asyncio.Task[None]] = set()
@@ -786,21 +789,25 @@ class Multiplexer:
         queue may be new); a list the client may not read says nothing.
         """
         wanted = queue_id.lower()
-        try:
-            known = self._queue_ids
-            if known is None or wanted not in {q.lower() for q in known}:
-                known = await self._list_queues()
-        except GenesysMuxError as exc:
-            log.debug("could not list the queues to check stream %s's: %s", stream_id, exc)
-            return
-        if wanted not in {q.lower() for q in known}:
+        # The last list read, for every stream's check: a cluster adding
+        # fifty queue streams must not list the org's queues fifty times.
+        # Only a queue not on it is looked for again.
+        seen = self._queues_seen
+        if seen is None or wanted not in seen:
+            try:
+                listed = await self._list_queues()
+            except GenesysMuxError as exc:
+                log.debug("could not list the queues to check stream %s's: %s", stream_id, exc)
+                return
+            seen = self._queues_seen = frozenset(q.lower() for q in listed)
+        if wanted not in seen:
             log.warning(
                 "stream %s names queue %s, which is not one of the org's %d queues "
                 "(GET /api/v2/routing/queues): nothing will arrive for it unless it is "
                 "created; check the queueId in its filter",
                 stream_id,
                 queue_id,
-                len(known),
+                len(seen),
                 extra={"stream_id": stream_id},
             )
 
