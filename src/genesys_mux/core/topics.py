@@ -14,6 +14,10 @@ no org-wide conversation topic. A topic is a *prefix* that names the entity
     v2.detail.events.conversation.{conversationId}.{event}
     v2.analytics.queues.{queueId}.observations
 
+Any other topic of the platform's shape (``v2`` and three or more words or
+ids: ``v2.users.{id}.activity``) is taken as given, as
+:attr:`TopicFamily.OTHER`: the platform says whether it has it.
+
 A *combined* topic subscribes several suffixes of one prefix in one string,
 ``v2.users.{id}?presence&routingStatus``, at most 200 characters long.
 Events always arrive under the expanded names, so combining is purely a way
@@ -127,7 +131,7 @@ _GRAMMAR: tuple[tuple[TopicFamily, re.Pattern[str]], ...] = (
         re.compile(rf"v2\.analytics\.queues\.(?P<id>{_ID})\.observations"),
     ),
 )
-# The platform's shape: v2 and at least two dot-separated words or ids, each
+# The platform's shape: v2 and at least three dot-separated words or ids, each
 # as safe as an id (no '.', '?', '&' or '/' inside one), at most as long as
 # a combined topic may be. System topics are the platform's to send.
 _OTHER = re.compile(rf"v2(?:\.{_ID}){{3,}}")
@@ -241,11 +245,6 @@ def _explain_invalid(name: str) -> str:
             f"topic {shown} is a system topic: the platform sends it unasked, "
             "it cannot be subscribed"
         )
-    if len(name) > MAX_COMBINED_TOPIC_LENGTH:
-        return (
-            f"topic {shown}... is {len(name)} characters; "
-            f"a topic has at most {MAX_COMBINED_TOPIC_LENGTH}"
-        )
     known = (
         "v2.routing.queues.{id}.conversations[.media], v2.users.{id}.conversations[.media], "
         "v2.users.{id}.presence, v2.users.{id}.routingStatus, "
@@ -254,6 +253,11 @@ def _explain_invalid(name: str) -> str:
     )
     if _KNOWN_SHAPES.match(name) is not None:
         return f"topic {shown} is not a Genesys notification topic; expected one of {known}"
+    if len(name) > MAX_COMBINED_TOPIC_LENGTH:
+        return (
+            f"topic {shown}... is {len(name)} characters; expected one of {known}, or "
+            f"another of the platform's shape, of at most {MAX_COMBINED_TOPIC_LENGTH}"
+        )
     return (
         f"topic {shown} is not a Genesys notification topic: expected one of {known}, or "
         "another of the platform's shape (v2 and three or more words or ids separated by "
