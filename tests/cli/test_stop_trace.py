@@ -85,21 +85,13 @@ async def test_a_stop_at_the_end_of_its_duration_says_so(
     assert _stopped(tmp_path)["reason"] == "--duration 1 s reached"
 
 
-REFUSED = """\
-[settings]
-audit_path = "audit.jsonl"
-dlq_path = "dlq.jsonl"
-
-[[streams]]
-id = "all"
-filter = {{}}
-[[streams.sinks]]
-type = "webhook"
-url = "http://127.0.0.1:{port}/hook"
-secret_env = "HOOK_SECRET"
-signing = "genesys-mux"
-max_attempts = 1
-"""
+def webhook_config(url: str, *sink_keys: str) -> str:
+    """One stream with a webhook sink at ``url``; audit and dead letters to files."""
+    return (
+        '[settings]\naudit_path = "audit.jsonl"\ndlq_path = "dlq.jsonl"\n\n'
+        '[[streams]]\nid = "all"\nfilter = {}\n[[streams.sinks]]\ntype = "webhook"\n'
+        f'url = "{url}"\nsecret_env = "HOOK_SECRET"\n' + "".join(f"{k}\n" for k in sink_keys)
+    )
 
 
 async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_delivered(
@@ -109,7 +101,11 @@ async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_del
 
     The stop's numbers say so, instead of counting them as delivered too.
     """
-    (tmp_path / "mux.toml").write_text(REFUSED.format(port=free_port()))
+    (tmp_path / "mux.toml").write_text(
+        webhook_config(
+            f"http://127.0.0.1:{free_port()}/hook", 'signing = "genesys-mux"', "max_attempts = 1"
+        )
+    )
     ran = await run_cli(
         "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "2",
         cwd=tmp_path, env={**DEMO_CREDENTIALS, "HOOK_SECRET": "s" * 32},
@@ -130,28 +126,12 @@ async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_del
     ) in ran.stderr, ran.why()
 
 
-HUNG = """\
-[settings]
-audit_path = "audit.jsonl"
-dlq_path = "dlq.jsonl"
-
-[[streams]]
-id = "all"
-filter = {{}}
-[[streams.sinks]]
-type = "webhook"
-url = "{url}"
-secret_env = "HOOK_SECRET"
-timeout_s = 60
-"""
-
-
 async def test_a_second_ctrl_c_stops_at_once_and_dead_letters_what_a_hung_sink_holds(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """A receiver that never answers would hold the stop for its whole drain; asked again, not."""
     async with Receiver(hang=True) as receiver:
-        (tmp_path / "mux.toml").write_text(HUNG.format(url=receiver.url))
+        (tmp_path / "mux.toml").write_text(webhook_config(receiver.url, "timeout_s = 60"))
         process = await start_cli(
             "run", "-c", "mux.toml", "--base-url", emulator.base_url,
             cwd=tmp_path, env={**DEMO_CREDENTIALS, "HOOK_SECRET": SECRET},
@@ -219,7 +199,7 @@ async def test_a_stop_gives_up_a_hung_sink_s_batch_before_its_last_checkpoint(
     monkeypatch.setenv("HOOK_SECRET", SECRET)
     async with Receiver(hang=True) as hung:
         (tmp_path / "mux.toml").write_text(
-            HUNG.format(url=hung.url) + '\n[state]\npath = "state.db"\n'
+            webhook_config(hung.url, "timeout_s = 60") + '\n[state]\npath = "state.db"\n'
         )
         await one_run(hung.got_request.wait)
     letters = [json.loads(line) for line in (tmp_path / "dlq.jsonl").read_text().splitlines()]
@@ -228,7 +208,7 @@ async def test_a_stop_gives_up_a_hung_sink_s_batch_before_its_last_checkpoint(
 
     async with Receiver() as working:
         (tmp_path / "mux.toml").write_text(
-            HUNG.format(url=working.url) + '\n[state]\npath = "state.db"\n'
+            webhook_config(working.url, "timeout_s = 60") + '\n[state]\npath = "state.db"\n'
         )
 
         def sequences() -> list[int]:

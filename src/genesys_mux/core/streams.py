@@ -76,7 +76,7 @@ Overflow = Literal["drop_oldest", "drop_newest", "backlog"]
 BACKLOG_FACTOR = 10
 
 _UNPARSED: Any = object()
-#: How a sink runner's dead letters' reasons begin (sinks/runner.py).
+#: How the reasons of the letters sinks gave up on begin (DeadLetter.sink_failed).
 _SINK_FAILED = "sink_failed:"
 #: Handed-out events remembered until settled, at most (see Stream.settle).
 _MAX_UNSETTLED = 100_000
@@ -213,6 +213,15 @@ class DeadLetter:
             event.transition,
             event.epoch,
         )
+
+    @staticmethod
+    def sink_failed(sinks: Sequence[str], why: str) -> str:
+        """The reason of a letter ``sinks`` gave up on: ``sink_failed:<sink>[,<sink>...]: <why>``.
+
+        :attr:`failed_sinks` reads the names back (``dlq replay`` sends the
+        letter to those sinks only).
+        """
+        return f"{_SINK_FAILED}{','.join(sinks)}: {why}"
 
     @property
     def failed_sinks(self) -> tuple[str, ...]:

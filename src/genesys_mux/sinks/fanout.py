@@ -233,7 +233,7 @@ class SinkFanOut:
                 left.append(in_hand[0])
             if not left:
                 continue
-            reason = f"sink_failed:{','.join(s.name for s in runner.sinks)}: stopped"
+            reason = DeadLetter.sink_failed([s.name for s in runner.sinks], "stopped")
             for item in left:
                 if isinstance(item, StreamEvent):
                     try:

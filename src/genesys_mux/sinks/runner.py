@@ -697,7 +697,7 @@ class SinkRunner:
         counters = self.per_sink[sink.name]
         counters.failed_batches += 1
         self.failed_batches += 1
-        dead = self._dead_letter_events(batch, f"sink_failed:{sink.name}: {reason}")
+        dead = self._dead_letter_events(batch, DeadLetter.sink_failed([sink.name], reason))
         counters.dead_lettered += dead
 
     def _dead_letter_events(self, batch: Sequence[Item], reason: str) -> int:
@@ -738,12 +738,14 @@ class SinkRunner:
             self.failed_batches += 1
             self.per_sink[sink.name].failed_batches += 1
             self.per_sink[sink.name].dead_lettered += self._dead_letter_events(
-                batch, f"sink_failed:{sink.name}: cancelled"
+                batch, DeadLetter.sink_failed([sink.name], "cancelled")
             )
         # Items read for the next batch: taken from the stream, so not to be dropped.
         fetched, self._buffer = self._buffer, []
         if fetched:
-            self._dead_letter_events(fetched, f"sink_failed:{self.sinks[0].name}: cancelled")
+            self._dead_letter_events(
+                fetched, DeadLetter.sink_failed([self.sinks[0].name], "cancelled")
+            )
         # Dead-lettered: their fate is settled too; the gaps were not written.
         self._settled([*(in_hand[0] if in_hand is not None else ()), *fetched], gaps=False)
 
