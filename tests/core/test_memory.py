@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genesys_mux.core.checkpoint import DIGEST_SIZE, Remembered, StreamCheckpoint
-from genesys_mux.core.memory import FORGOTTEN, KeyMemory
+from genesys_mux.core.memory import FORGOTTEN, LOG_LIMIT, KeyMemory
 from genesys_mux.core.snapshot import EventFacts
 from genesys_mux.core.streams import Stream, StreamEvent
 from genesys_mux.errors import InvalidStateError
@@ -237,6 +237,67 @@ def test_streams_over_different_traffic_share_their_bounds_total() -> None:
     assert not any(r.key.startswith("quiet") for r in memory.records())
     checkpoint = quiet.checkpoint(fingerprint="f", watermark=None, saved_at=0.0)
     assert checkpoint.memory == []
+
+
+def _take_new_keys(stream: Stream, first: int, count: int) -> int:
+    """``stream`` takes ``count`` new keys from ``first`` on, settled; bytes traced after."""
+    for n in range(first, first + count):
+        offer(stream, facts(f"{n:08d}-0000-4000-8000-000000000000", 1.0, n))
+        stream.take(2.0, 2.0)
+        stream.settle(stream.next_sequence - 1)
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def test_a_stream_that_never_checkpoints_stays_flat_however_many_keys_it_forgets() -> None:
+    # Without a state store nothing takes a checkpoint, and the keys a
+    # stream forgot (listed for its next one) used to pile up: 20,000
+    # conversation ids here, about 2 MB, for a stream remembering 100.
+    gc.collect()
+    tracemalloc.start()
+    try:
+        stream = sharing(1, memory=100)[0]
+        # The memory full, and the log of sightings too (it is bounded).
+        full = _take_new_keys(stream, 0, LOG_LIMIT)
+        grown = _take_new_keys(stream, LOG_LIMIT, 20_000) - full
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, grown
+    assert len(stream.key_memory) == 100
+
+
+def test_more_keys_forgotten_than_the_bound_make_the_next_checkpoint_complete() -> None:
+    stream = sharing(1, memory=10)[0]
+    memory, bit = stream.key_memory, stream._bit
+    for n in range(15):
+        offer(stream, facts(f"k{n}", 1.0, n))
+    settle = stream.next_sequence - 1
+    while stream.take(2.0, 2.0) is not None:
+        pass
+    stream.settle(settle)
+    first = stream.checkpoint(fingerprint="f", watermark=None, saved_at=0.0)
+    assert first.complete  # a run's first
+    # Five forgotten since: listed.
+    for n in range(15, 20):
+        offer(stream, facts(f"k{n}", 1.0, n))
+    assert memory.has_forgotten(bit)
+    listed = stream.checkpoint(fingerprint="f", watermark=None, saved_at=1.0)
+    assert not listed.complete
+    assert sorted(listed.forgotten) == [f"k{n}" for n in range(5, 10)]
+    # Eleven forgotten since, one more than the bound: too many to list,
+    # so the whole memory instead, which replaces what the store has.
+    for n in range(20, 31):
+        offer(stream, facts(f"k{n}", 1.0, n))
+    assert memory.has_forgotten(bit)
+    whole = stream.checkpoint(fingerprint="f", watermark=None, saved_at=2.0)
+    assert whole.complete
+    assert whole.forgotten == []
+    assert [r.key for r in whole.memory] == [f"k{n}" for n in range(21, 31)]
+    # And then it lists again.
+    offer(stream, facts("k31", 1.0, 31))
+    after = stream.checkpoint(fingerprint="f", watermark=None, saved_at=3.0)
+    assert not after.complete
+    assert after.forgotten == ["k21"]
 
 
 def test_a_stream_that_leaves_takes_what_only_it_remembered() -> None:

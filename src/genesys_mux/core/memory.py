@@ -58,7 +58,8 @@ Streams checkpoint their own view of the shared records (see
 :class:`~genesys_mux.core.streams.CheckpointBuild`). The memory keeps the
 one log of sightings those incremental checkpoints read (each stream from
 its own last checkpoint on), the keys each stream forgot since its last
-one, and the builds in progress, which it tells before a record changes
+one (no more than its bound: past it, the next checkpoint is a complete
+one instead), and the builds in progress, which it tells before a record changes
 (:meth:`Keeper.keep`) so that each builds its keys as they were when it
 began.
 
@@ -169,7 +170,9 @@ class KeyMemory:
         # Keys remembered, counted once per member: in all, and per bit.
         self._memberships = 0
         self._counts: dict[int, int] = {}
-        self._forgotten: dict[int, set[str]] = {}
+        # Per bit, the keys forgotten since the stream's last checkpoint
+        # took them; None once they outnumber its bound (see _forgot).
+        self._forgotten: dict[int, set[str] | None] = {}
         # Bits of streams that left, still set on some records (see sweep),
         # and the records still to clear of them.
         self._retired = 0
@@ -371,16 +374,29 @@ class KeyMemory:
             if streams in forgotten:  # one member, as with one stream
                 self._memberships -= 1
                 counts[streams] -= 1
-                forgotten[streams].add(key)
+                self._forgot(streams, key)
             else:
                 streams &= ~self._retired  # left: counted out already
                 self._memberships -= streams.bit_count()
                 while streams:
                     low = streams & -streams
                     counts[low] -= 1
-                    forgotten[low].add(key)
+                    self._forgot(low, key)
                     streams ^= low
             record.stamp = FORGOTTEN  # the log may hold it: not to be built
+
+    def _forgot(self, bit: int, key: str) -> None:
+        """The stream of ``bit`` forgot ``key``: listed for its next checkpoint, within bounds."""
+        forgotten = self._forgotten[bit]
+        if forgotten is None:
+            return  # too many to list: the next checkpoint is a complete one
+        forgotten.add(key)
+        # Only a checkpoint empties the list, and a stream without a store
+        # never takes one: a busy feed would grow it by every key it ever
+        # forgot. Past the bound, a complete checkpoint (at most the bound's
+        # keys) is cheaper than the list anyway.
+        if len(forgotten) > self._bounds[bit]:
+            self._forgotten[bit] = None
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -414,10 +430,15 @@ class KeyMemory:
 
     def has_forgotten(self, bit: int) -> bool:
         """True when the stream of ``bit`` forgot keys since :meth:`take_forgotten`."""
-        return bool(self._forgotten[bit])
+        forgotten = self._forgotten[bit]
+        return forgotten is None or bool(forgotten)
 
-    def take_forgotten(self, bit: int) -> set[str]:
-        """The keys the stream of ``bit`` forgot since the last call."""
+    def take_forgotten(self, bit: int) -> set[str] | None:
+        """The keys the stream of ``bit`` forgot since the last call.
+
+        None when it forgot more than its bound since: too many to list,
+        its next checkpoint must carry its whole memory instead.
+        """
         forgotten = self._forgotten[bit]
         self._forgotten[bit] = set()
         return forgotten

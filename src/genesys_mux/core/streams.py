@@ -682,7 +682,10 @@ class Stream:
                 if digest in hashes:
                     hashes.remove(digest)
                 undone[key] = Remembered(key, version, b"".join(hashes), in_state, seen.stamp)
-        complete = self._complete_due
+        forgotten = memory.take_forgotten(bit)
+        # Too many forgotten keys to list (see KeyMemory.take_forgotten):
+        # the whole memory instead, which replaces the store's.
+        complete = self._complete_due or forgotten is None
         last, clock = self._checkpointed, memory.clock
         keys: list[Record] = []
         logged: list[Record] = []
@@ -704,7 +707,6 @@ class Stream:
                 logged = since
             else:  # more keys were seen than the log holds
                 keys += memory.seen_since(last, bit)
-        forgotten = memory.take_forgotten(bit)
         # Keys with unsettled changes are written again once those settle.
         self._rewrite = set(undone)
         self._complete_due = False
@@ -718,7 +720,7 @@ class Stream:
             epoch=self.epoch,
             saved_at=saved_at,
             complete=complete,
-            forgotten=[] if complete else list(forgotten),
+            forgotten=[] if forgotten is None or complete else list(forgotten),
             fence=fence,
             floor=floor,
         )
