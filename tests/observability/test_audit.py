@@ -38,6 +38,7 @@ from genesys_mux.core.events import (
     TopicRejected,
 )
 from genesys_mux.core.timestamps import format_iso
+from genesys_mux.net.multiplexer import Multiplexer
 from genesys_mux.observability import AuditLog
 from genesys_mux.observability.audit import WITHHELD
 from genesys_mux.observability.sanitize import REDACTED
@@ -61,7 +62,14 @@ CONTROL_INFO = {
     "QUEUES_REFRESHED",
     "STREAM_METRIC",
 }
-WARNINGS = {"GAP", "DLQ_WRITE", "SUBSCRIBE_REJECTED", "CHANNEL_LOST", "SINK_FAILURE"}
+WARNINGS = {
+    "GAP",
+    "GAP_UNDELIVERED",
+    "DLQ_WRITE",
+    "SUBSCRIBE_REJECTED",
+    "CHANNEL_LOST",
+    "SINK_FAILURE",
+}
 ERRORS = {"DLQ_DROPPED"}
 
 
@@ -568,6 +576,20 @@ def test_sink_failures_collapse_with_a_fake_clock() -> None:
     assert len(events(audit_lines(out), "SINK_FAILURE")) == 3  # nothing was held
 
 
+def hook_runner(
+    mux: Multiplexer, receiver: Receiver, *, max_attempts: int, linger_s: float = 0.05
+) -> SinkRunner:
+    """A runner of stream ``all`` to a webhook named ``hook`` at ``receiver``, retrying quickly."""
+    return SinkRunner(
+        mux.stream("all", settle=False),
+        [WebhookSink(receiver.url, SECRET, signing="genesys-mux", name="hook")],
+        mux.dead_letter,
+        max_attempts=max_attempts,
+        linger_s=linger_s,
+        backoff=Backoff(0.02, 0.05),
+    )
+
+
 async def test_a_webhook_that_is_down_is_one_sink_failure_line_per_second() -> None:
     """A real webhook answering 503 under a live stream: every attempt counted, few lines."""
     out = io.StringIO()
@@ -579,13 +601,7 @@ async def test_a_webhook_that_is_down_is_one_sink_failure_line_per_second() -> N
         harness(org_settings(rate=20.0)) as h,
     ):
         await h.mux.add_stream({"id": "all", "filter": {}})
-        runner = SinkRunner(
-            h.mux.stream("all", settle=False),
-            [WebhookSink(receiver.url, SECRET, signing="genesys-mux", name="hook")],
-            h.mux.dead_letter,
-            max_attempts=2,
-            backoff=Backoff(0.02, 0.05),
-        )
+        runner = hook_runner(h.mux, receiver, max_attempts=2)
         # Wired as the command line wires it.
         runner.on_failure.append(functools.partial(audit.sink_failure, "all"))
         runner.on_failure.append(lambda sink, text: attempts.append(text))
@@ -615,6 +631,39 @@ async def test_a_webhook_that_is_down_is_one_sink_failure_line_per_second() -> N
         assert "503" in str(line["error"])
         start += len(run)
     assert lines[0]["count"] == 1  # the first one at once
+    assert SECRET not in out.getvalue()
+
+
+async def test_a_gap_the_sinks_did_not_get_is_audited_with_its_window() -> None:
+    """A gap has no body to dead-letter: the audit log is its record (wired as `run` wires it)."""
+    out = io.StringIO()
+    audit = AuditLog(out)
+    async with (
+        Receiver(signing="genesys-mux", status=400) as receiver,
+        harness(org_settings(rate=20.0)) as h,
+    ):
+        audit.attach(h.mux)
+        await h.mux.add_stream({"id": "all", "filter": {}})
+        runner = hook_runner(h.mux, receiver, max_attempts=1, linger_s=0.0)
+        runner.on_gap_lost.append(h.mux.gap_undelivered)
+        task = asyncio.create_task(runner.run())
+        try:
+            await eventually(lambda: h.mux.stats()["streams"]["all"].delivered >= 1)
+            # A socket lost without warning: a gap, which the refusing webhook never takes.
+            await h.control("faults", {"fault": "drop_socket"})
+            await eventually(lambda: events(audit_lines(out), "GAP_UNDELIVERED"), within=20)
+        finally:
+            runner.stop()
+            await asyncio.gather(task, return_exceptions=True)
+        audit.detach(h.mux)
+    lines = audit_lines(out)
+    check_shape(lines)
+    (reported,) = events(lines, "GAP")
+    (undelivered,) = events(lines, "GAP_UNDELIVERED")
+    for field in ("stream_id", "channel_id", "start", "end", "duration_s", "topics", "reason"):
+        assert undelivered[field] == reported[field], field
+    assert str(undelivered["why"]).startswith("sink_failed:hook: ")
+    assert "400" in str(undelivered["why"])
     assert SECRET not in out.getvalue()
 
 

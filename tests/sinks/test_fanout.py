@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from genesys_mux.core.streams import DeadLetter
+from genesys_mux.core.streams import DeadLetter, Gap
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.fanout import SinkFanOut, deliver_stream
@@ -95,6 +95,30 @@ async def test_a_stop_dead_letters_what_was_queued_for_a_stuck_group() -> None:
         read = max(taken | lost)
         assert taken | lost == set(range(1, read + 1))
     assert any(d.reason == "sink_failed:stuck: stopped" for d in letters)
+
+
+async def test_a_stop_tells_of_a_gap_queued_for_a_stuck_group() -> None:
+    """A gap has no body to dead-letter: the fan-out's stop hands it to ``on_gap_lost``."""
+    events = real_events(6)
+    gap = a_gap()
+    release = asyncio.Event()
+    stuck, quick = GatedSink("stuck"), ListSink("quick")
+    delivery = deliver_stream(
+        held_open([events[0], gap, *events[1:]], release),
+        [(stuck, Batching(batch_size=1, linger_s=0.0)), (quick, Batching(batch_size=50))],
+        discard,
+        stop_grace_s=0.0,
+    )
+    assert isinstance(delivery, SinkFanOut)
+    lost: list[tuple[Gap, str]] = []
+    delivery.on_gap_lost.append(lambda gap, why: lost.append((gap, why)))
+    task = asyncio.create_task(delivery.run())
+    await stuck.entered.wait()  # on the first event: the gap waits in its queue
+    await eventually(lambda: any(item is gap for batch in quick.batches for item in batch))
+    delivery.stop()
+    stuck.gate.set()
+    await asyncio.wait_for(task, 10)
+    assert lost == [(gap, "sink_failed:stuck: stopped")]
 
 
 async def test_cancelling_dead_letters_the_item_in_the_tee() -> None:

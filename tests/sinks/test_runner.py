@@ -237,19 +237,24 @@ async def test_exhausted_attempts_dead_letter_the_events_not_the_gaps(
     sink = ListSink("hook", errors=[SinkError("sink hook: HTTP 503", retryable=True)] * 3)
     letters: list[DeadLetter] = []
     events = real_events(4)
+    gap = a_gap()
     runner = SinkRunner(
-        source([*events[:2], a_gap(), *events[2:]]),
+        source([*events[:2], gap, *events[2:]]),
         [sink],
         letters.append,
         max_attempts=3,
         backoff=FAST,
     )
+    lost: list[tuple[Gap, str]] = []
+    runner.on_gap_lost.append(lambda gap, why: lost.append((gap, why)))
     await asyncio.wait_for(runner.run(), 10)
     assert [d.sequence for d in letters] == [1, 2, 3, 4]
     assert {d.reason for d in letters} == {"sink_failed:hook: HTTP 503"}
     assert [d.raw for d in letters] == [e.raw for e in events]
     assert (runner.failed_batches, runner.dead_lettered, runner.sent) == (1, 4, 0)
+    # The gap has no body to dead-letter: it is logged and told (the audit log hooks in).
     assert "gap of stream voice-main not delivered" in caplog.text
+    assert lost == [(gap, "sink_failed:hook: HTTP 503")]
 
 
 async def test_a_sink_that_keeps_failing_is_summed_up_in_the_log_not_line_by_line(

@@ -694,6 +694,7 @@ class Runtime:
             name=stream_id,
         )
         runner.on_failure.append(functools.partial(audit.sink_failure, stream_id))
+        runner.on_gap_lost.append(mux.gap_undelivered)
         # Bound to this activation of the stream: an earlier runner's late
         # acknowledgement must not settle what this one has not delivered.
         runner.on_settled.append(mux.settler(stream_id))

@@ -37,6 +37,7 @@ __all__ = [
     "DeadLettered",
     "Fatal",
     "GapReported",
+    "GapUndelivered",
     "LeaseAcquired",
     "LeaseLost",
     "LeaseReleased",
@@ -245,17 +246,36 @@ class QueuesRefreshed(_Fact):
 
 
 @dataclass(frozen=True, slots=True)
-class GapReported(_Fact):
-    """A window in which a stream's events may be missing was reported to it."""
+class _GapWindow(_Fact):
+    """A stream's window of possible loss, as its :class:`~genesys_mux.core.streams.Gap` says."""
 
-    kind: ClassVar[str] = "gap"
-    level: ClassVar[Level] = "WARNING"
     stream_id: str
     channel_id: str
     start: float
     end: float
     topics: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GapReported(_GapWindow):
+    """A window in which a stream's events may be missing was reported to it."""
+
+    kind: ClassVar[str] = "gap"
+    level: ClassVar[Level] = "WARNING"
+
+
+@dataclass(frozen=True, slots=True)
+class GapUndelivered(_GapWindow):
+    """A gap handed to a stream's sinks did not reach them (``why``: the sinks and the reason).
+
+    A gap has no body to dead-letter: this record, and the log line, are
+    all that is left of it.
+    """
+
+    kind: ClassVar[str] = "gap_undelivered"
+    level: ClassVar[Level] = "WARNING"
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +358,7 @@ ControlEvent = (
     | StreamUnplaced
     | QueuesRefreshed
     | GapReported
+    | GapUndelivered
     | Backfilled
     | DeadLettered
     | SinkFailed

@@ -60,6 +60,7 @@ from genesys_mux.core.events import (
     DeadLettered,
     Fatal,
     GapReported,
+    GapUndelivered,
     QueuesRefreshed,
     StateStoreFailed,
     StreamActivated,
@@ -1450,6 +1451,25 @@ class Multiplexer:
                 extra={"stream_id": letter.stream_id},
             )
         self._report(DeadLettered(letter.stream_id, letter.sequence, letter.reason))
+
+    def gap_undelivered(self, gap: Gap, why: str) -> None:
+        """Report that ``gap``, handed out, never reached its consumers (sink runners use this).
+
+        A gap has no body to dead-letter; this puts it in the audit log
+        (``GAP_UNDELIVERED``) and the metrics, so that a window of possible
+        loss is never known to the log alone.
+        """
+        self._report(
+            GapUndelivered(
+                gap.stream_id,
+                gap.channel_id,
+                gap.start,
+                gap.end,
+                len(gap.topics),
+                gap.reason,
+                why,
+            )
+        )
 
     def _outage(self, outage: Outage, only: _StreamState | None = None) -> None:
         # ``only``: one stream's own window (a restart's), ahead of its events.

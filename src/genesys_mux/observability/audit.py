@@ -103,6 +103,7 @@ from genesys_mux.core.events import (
     ControlEvent,
     DeadLettered,
     GapReported,
+    GapUndelivered,
     Level,
     SinkFailed,
     fields_of,
@@ -204,6 +205,8 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "sink": ("sink", _text),
     "store": ("store", _text),
     "error": ("error", _text),
+    # Why a gap did not reach the sinks (GapUndelivered): the sinks and the reason.
+    "why": ("why", _text),
     "expires_in_s": ("expires_in_s", _int),
     "conversations": ("conversations", _int),
     # A lease's fencing token (LeaseAcquired.token): a counter, written as
@@ -493,7 +496,7 @@ class AuditLog:
             self._sink_failed(fields)
             return
         clean = self._known(fields)
-        if isinstance(event, GapReported):
+        if isinstance(event, GapReported | GapUndelivered):
             clean["duration_s"] = round(event.end - event.start, 3)
         self.write(event.level, event.kind, clean)
 

@@ -38,7 +38,7 @@ from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.errors import ConfigError, InvalidStateError
 from genesys_mux.sinks.base import Batching, Item, Sink
-from genesys_mux.sinks.runner import SinkCounters, SinkRunner
+from genesys_mux.sinks.runner import SinkCounters, SinkRunner, gap_lost
 
 __all__ = ["Batching", "SinkFanOut", "StreamDelivery", "deliver_stream"]
 
@@ -99,12 +99,15 @@ class SinkFanOut:
         self.on_settled: list[Callable[[int], None]] = []
         #: Called with the last gap every group has settled.
         self.on_gap_settled: list[Callable[[Gap], None]] = []
+        #: Called as ``(gap, why)`` with a gap a group's sinks did not get.
+        self.on_gap_lost: list[Callable[[Gap, str], None]] = []
         self._group_settled = [0] * len(self.runners)
         # Each group's settled gaps not yet settled by all, oldest first:
         # the groups see the same gaps in the same order.
         self._group_gaps: list[list[Gap]] = [[] for _ in self.runners]
         for index, runner in enumerate(self.runners):
             runner.on_failure = self.on_failure
+            runner.on_gap_lost = self.on_gap_lost
             runner.on_settled.append(functools.partial(self._settled, index))
             runner.on_gap_settled.append(functools.partial(self._gap_settled, index))
         #: Every sink's counters, by sink name (the runners' own objects).
@@ -243,14 +246,7 @@ class SinkFanOut:
                         continue
                     runner.dead_lettered += 1
                 else:
-                    self._log.warning(
-                        "gap of stream %s not delivered (%s): %.3f..%.3f (%s)",
-                        self.name,
-                        reason,
-                        item.start,
-                        item.end,
-                        item.reason,
-                    )
+                    gap_lost(item, reason, self.on_gap_lost, self._log)
 
 
 #: What delivers one stream to its sinks.

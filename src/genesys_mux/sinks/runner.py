@@ -36,7 +36,8 @@ of attempts, ends that batch for that sink: each *event* of the batch is
 written to the dead-letter queue with the reason
 ``sink_failed:<sink>: <short reason>``, and the runner carries on with the
 next sink and the next batch. Gaps are not events, so they cannot be
-dead-lettered; an undeliverable gap is logged at WARNING with its window. An
+dead-lettered; an undeliverable gap is logged at WARNING with its window
+and given to the ``on_gap_lost`` callbacks (the audit log hooks in). An
 unexpected exception from a sink (a bug) is treated as a non-retryable
 failure, so it costs one batch, not the stream. Delivery is at-least-once:
 a re-sent batch may reach the service twice (identified by
@@ -219,6 +220,9 @@ class SinkRunner:
         #: Called with the last gap of such a batch: it, and the gaps before
         #: it, are done with (``Multiplexer.gap_settler`` hooks in).
         self.on_gap_settled: list[Callable[[Gap], None]] = []
+        #: Called as ``(gap, why)`` with a gap the sinks did not get (it has
+        #: no body to dead-letter; ``Multiplexer.gap_undelivered`` hooks in).
+        self.on_gap_lost: list[Callable[[Gap, str], None]] = []
         self._items = stream_items
         self._dead_letter = dead_letter
         self._own_sinks = own_sinks
@@ -716,17 +720,7 @@ class SinkRunner:
                     continue
                 dead += 1
             else:
-                # A gap has no body to keep; the log is its only record.
-                self._log.warning(
-                    "gap of stream %s not delivered (%s): %.3f..%.3f on channel %s, %d topics, %s",
-                    item.stream_id,
-                    reason,
-                    item.start,
-                    item.end,
-                    item.channel_id,
-                    len(item.topics),
-                    item.reason,
-                )
+                gap_lost(item, reason, self.on_gap_lost, self._log)
         self.dead_lettered += dead
         return dead
 
@@ -755,6 +749,33 @@ class SinkRunner:
                 callback(sink_name, text)
             except Exception:
                 self._log.exception("on_failure callback of %s failed", self.name)
+
+
+def gap_lost(
+    gap: Gap,
+    why: str,
+    callbacks: Sequence[Callable[[Gap, str], None]],
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> None:
+    """``gap`` will not reach the sinks (``why``): log it and tell ``callbacks``.
+
+    A gap has no body to dead-letter, so this is all that is left of it.
+    """
+    logger.warning(
+        "gap of stream %s not delivered (%s): %.3f..%.3f on channel %s, %d topics, %s",
+        gap.stream_id,
+        why,
+        gap.start,
+        gap.end,
+        gap.channel_id,
+        len(gap.topics),
+        gap.reason,
+    )
+    for callback in callbacks:
+        try:
+            callback(gap, why)
+        except Exception:
+            logger.exception("on_gap_lost callback of %s failed", gap.stream_id)
 
 
 def _release(waiter: asyncio.Future[bool] | None, timed_out: bool) -> None:
