@@ -85,7 +85,7 @@ async def test_demo_json_prints_events_for_every_stream_and_exits_zero() -> None
     # Ctrl-C, as the demo tells its user, once every stream has printed an
     # event (the last, chat-support, about 6 s in); --duration bounds a hang.
     code, lines, stderr = await run_cli(
-        "demo", "--json", "--duration", "30", until=every_stream_printed
+        "demo", "--json", "--duration", "30", "--admin-port", "0", until=every_stream_printed
     )
     assert code == 0, "\n".join(stderr[-20:])
     counts = Counter(line["stream_id"] for line in lines if line["kind"] == "event")
@@ -98,6 +98,12 @@ async def test_demo_json_prints_events_for_every_stream_and_exits_zero() -> None
     for text in stderr:
         record = json.loads(text)
         assert list(record)[:4] == ["ts", "level", "logger", "event"], record
+    # No dashboard says them: the run's own lines are there, the port the
+    # system chose among them.
+    said = [json.loads(text)["event"] for text in stderr]
+    (admin,) = [s for s in said if s.startswith("admin server on http://127.0.0.1:")]
+    assert int(admin.split(":")[2].split(" ")[0]) > 0, admin
+    assert any(s.startswith("stopped (SIGINT)") for s in said), said[-5:]
     # The audit log went to stderr, as JSON lines with upper-case levels.
     audit = audit_events(stderr)
     assert {a["event"] for a in audit} >= {"STREAM_ADDED", "CHANNEL_CREATED", "CHANNEL_CONNECTED"}

@@ -199,6 +199,18 @@ async def test_run_without_credentials_exits_2_naming_the_variables(tmp_path: Pa
     assert "client.toml" in missing.output
     assert "Traceback" not in missing.output
 
+    # Asked for JSON lines, stderr has nothing else: the error is one of them.
+    logged = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", "http://127.0.0.1:9", "--duration", "1",
+        "--log-json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert logged.code == 2, logged.why()
+    *_, last = [json.loads(line) for line in logged.stderr.splitlines()]
+    assert last["level"] == "ERROR", last
+    assert last["event"].startswith("error: "), last
+    assert "client.toml" in last["event"], last
+
 
 async def test_a_world_readable_secrets_file_warns_and_still_runs(
     emulator: Emulator, tmp_path: Path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import signal
 import sys
@@ -289,6 +290,11 @@ def demo(
 
     console = _console()
     configure_logging(level="WARNING", json=as_json)
+    if as_json:
+        # No dashboard to say them: the run's own few lines (the admin
+        # server's address, which --admin-port 0 chooses, the stop and its
+        # summary) join the audit log on stderr.
+        logging.getLogger("genesys_mux.cli").setLevel(logging.INFO)
 
     async def main(stop: asyncio.Event) -> int:
         return await run_demo(

@@ -31,7 +31,10 @@ import structlog
 from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability.audit import AUDIT_LOGGER
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "lines_are_json"]
+
+# Whether the last configure_logging asked for JSON lines (see lines_are_json).
+_json_lines = False
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -44,6 +47,8 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
     """Send every log line, ours and the library's, to stderr through structlog."""
+    global _json_lines
+    _json_lines = json
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -87,6 +92,11 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
     # aiohttp's access log is one line per request: far too chatty at INFO.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def lines_are_json() -> bool:
+    """True when stderr carries JSON lines: a command's own messages must be lines too."""
+    return _json_lines
 
 
 def _schema(

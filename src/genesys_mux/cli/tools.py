@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from genesys_mux._extras import raise_if_extra_missing
+from genesys_mux.cli.logs import lines_are_json
 from genesys_mux.cli.runtime import build_sink, client_budgets, state_setting
 from genesys_mux.configfile import (
     ConfigFile,
@@ -72,8 +74,13 @@ def print_error(console: Console, problem: object) -> None:
     """``error: <problem>`` on one line: never wrapped, never read as markup.
 
     Error texts carry config values and platform answers, whose brackets
-    rich would otherwise take for markup and swallow.
+    rich would otherwise take for markup and swallow. When stderr carries
+    JSON lines (``--log-json``, ``demo --json``) it is one of them, at
+    ERROR, so that a collector reading them does not trip on the last.
     """
+    if lines_are_json():
+        logging.getLogger("genesys_mux.cli").error("error: %s", problem)
+        return
     console.print(Text.assemble(("error:", "red"), " ", str(problem)), soft_wrap=True)
 
 
