@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 import uuid
 from typing import Any, Literal, cast
@@ -74,6 +75,34 @@ async def test_socket_dropped_without_close_frame_reconnects_same_channel(make_s
         assert stack.pool.stats()[0].reconnects == 1
         # The platform did not end the channel: not counted as gone.
         assert stack.pool.stats()[0].gone == 0
+        await assert_fully_served(stack, topics)
+
+
+async def test_a_slot_that_reconnects_and_rotates_for_long_keeps_no_old_sockets(
+    make_stack: Any,
+) -> None:
+    """Weeks of daily rotations and dropped links: the slot remembers only what a report
+    may still name (it used to keep every socket's channel it ever had)."""
+    async with make_stack() as stack:
+        topics, _ = await start(stack)
+
+        def recovered(reconnects: int, rotations: int) -> bool:
+            stats = stack.pool.stats()[0]
+            done = (stats.reconnects, stats.rotations) == (reconnects, rotations)
+            return done and stack.pool.live
+
+        for n in range(1, 5):
+            await stack.fault("drop_socket")
+            await eventually(functools.partial(recovered, n, n - 1))
+            await stack.fault("socket_closing", delay_s=10)
+            await eventually(functools.partial(recovered, n, n))
+        # Each loss was reported on the channel it happened on, all the same.
+        assert len(stack.pool.outages) == 4
+        assert all(o.channel_id.startswith("streaming-0-") for o in stack.pool.outages)
+        # The serving socket's, and perhaps the last rotation's old one: not eight.
+        slot = stack.pool._slots[0]
+        assert len(slot.channels) <= 2, slot.channels
+        assert slot.machine.named_sockets() <= set(slot.sockets)
         await assert_fully_served(stack, topics)
 
 

@@ -286,9 +286,14 @@ class SlotMachine:
         return self._to(SlotState.CLOSING, [Drain(s) for s in sockets])
 
     def drained(self, socket: int, ok: bool, last_frame_at: float) -> None:
-        """The drain of ``socket`` ended; not ``ok``: frames after ``last_frame_at`` may be lost."""
+        """The drain of ``socket`` ended; not ``ok``: frames after ``last_frame_at`` may be lost.
+
+        Only a stop's drains can lose anything: a rotation drains the old
+        socket once its successor has carried the topics through the
+        overlap, so whatever the old one still had, the successor had too.
+        """
         self._draining.discard(socket)
-        if not ok:
+        if not ok and self.state is SlotState.CLOSING:
             self._drain_failed.append((socket, last_frame_at))
 
     def closed(self, at: float) -> list[SlotAction]:
@@ -304,6 +309,16 @@ class SlotMachine:
         self._drain_failed.clear()
         self.serving = None
         return self._to(SlotState.CLOSED, actions)
+
+    def named_sockets(self) -> set[int]:
+        """The sockets a report may still name: serving, successor, the open window's, drains."""
+        named = {socket for socket, _ in self._drain_failed} | self._draining
+        for socket in (self.serving, self.successor):
+            if socket is not None:
+                named.add(socket)
+        if self.window is not None:
+            named.add(self.window.socket)
+        return named
 
     # -- the topic set ------------------------------------------------------------
 

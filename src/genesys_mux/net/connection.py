@@ -1513,16 +1513,26 @@ class ChannelPool:
             else:
                 # The supervisor's loop (or the rotation) opens it.
                 slot.wanted = action
+        # The channels of sockets nothing can name any more: a slot that
+        # reconnects or rotates for weeks would otherwise keep them all.
+        named = slot.machine.named_sockets()
+        for key in [k for k in slot.channels if k not in named and k not in slot.sockets]:
+            del slot.channels[key]
         return drains
 
     async def _drain(self, slot: _Slot, key: int) -> bool:
-        """Drain and close one socket of the slot; False if frames may have been left unread."""
+        """Drain and close one socket of the slot, and tell the machine; False if frames may
+        have been left unread."""
         socket = slot.sockets.pop(key, None)
         if socket is None:
+            slot.machine.drained(key, True, time.time())  # given up already: nothing to drain
             return True
         if slot.socket is socket:
             slot.socket = None
-        return await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
+        ok = await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
+        last = socket.lost_at if socket.lost_at is not None else socket.last_frame_wall
+        slot.machine.drained(key, ok, last)
+        return ok
 
     async def _retire(self, slot: _Slot, socket: _Socket) -> None:
         # There is no DELETE for channels: empty it so it stops costing
@@ -1644,6 +1654,7 @@ class ChannelPool:
             live.cancel()
         if not socket.live.is_set():
             slot.sockets.pop(socket.key, None)
+            slot.channels.pop(socket.key, None)  # never served: no report names it
             await socket.close()
             if socket.reader.done():
                 raise TransportError(f"channel {info.id}: the socket closed before its first frame")
@@ -1660,6 +1671,7 @@ class ChannelPool:
             socket.expected = await self._put(slot, info.id, slot.desired)
         except BaseException:
             slot.sockets.pop(socket.key, None)
+            slot.channels.pop(socket.key, None)
             await socket.close()
             raise
         socket.verified_at = time.time()
