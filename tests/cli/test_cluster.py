@@ -338,6 +338,39 @@ def test_an_instance_never_opens_more_channels_than_its_client_may_hold(
     assert runtime.channel_cap() == cap
 
 
+async def test_a_member_lets_go_of_the_delivery_tasks_that_ended() -> None:
+    """A member starts a delivery task per stream it takes, for weeks: only the running stay.
+
+    One that failed stays too, for the stop to collect its error.
+    """
+    users = [str(uuid.UUID(int=i + 1)) for i in range(28)]
+    config = parse_config(tomllib.loads(budget_config("redis://127.0.0.1:6379/0", users)))
+    runtime = Runtime(config, Credentials("id", "secret"))
+    release = asyncio.Event()
+
+    async def delivers() -> None:
+        await release.wait()
+
+    async def fails() -> None:
+        await release.wait()
+        raise RuntimeError("a sink's bug")
+
+    running = asyncio.create_task(asyncio.Event().wait())
+    ended = [asyncio.create_task(delivers()) for _ in range(100)]
+    failed = asyncio.create_task(fails())
+    for task in (running, *ended, failed):
+        runtime._hold(task)
+    assert len(runtime._tasks) == 102
+    release.set()
+    await asyncio.gather(*ended, failed, return_exceptions=True)
+    await asyncio.sleep(0)  # the done callbacks run on the loop's next turn
+    assert runtime._tasks == {running, failed}
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert runtime._tasks == {failed}
+
+
 async def until_async(check: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not await check():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 
 import aiohttp
 import pytest
@@ -69,6 +70,16 @@ async def test_credentials_refused_later_reach_every_reader_and_add_stream() -> 
             await h.mux.add_stream({"id": "later", "filter": {}})
         # What was delivered before stays delivered.
         assert all(isinstance(e, StreamEvent) for e in one.events())
+        # An application that keeps asking is told again and again with
+        # the same exception, whose traceback must not grow each time (it
+        # pinned every frame it passed through).
+        depths = []
+        for _ in range(50):
+            with pytest.raises(AuthenticationError) as raised:
+                async for _item in h.mux.stream("all"):
+                    pass
+            depths.append(len(traceback.extract_tb(raised.value.__traceback__)))
+        assert max(depths) == min(depths) <= 3, depths
 
 
 async def test_an_unreachable_login_host_is_retried_and_said(

@@ -257,6 +257,21 @@ async def test_exhausted_attempts_dead_letter_the_events_not_the_gaps(
     assert lost == [(gap, "sink_failed:hook: HTTP 503")]
 
 
+async def test_a_first_batch_retried_for_long_keeps_few_of_its_failures_texts() -> None:
+    # A webhook behind a proxy naming a new request id in every answer,
+    # retried for as long as the outage lasts (max_attempts None).
+    errors = [SinkError(f"HTTP 502 request {n}", retryable=True) for n in range(60)]
+    sink = ListSink("hook", errors=errors)
+    runner = SinkRunner(source(real_events(1)), [sink], discard, backoff=FAST)
+    told: list[int] = []
+    runner.on_failure.append(lambda _sink, _text: told.append(len(counters.logged_reasons)))
+    counters = runner.per_sink["hook"]
+    await asyncio.wait_for(runner.run(), 20)
+    assert len(told) == 60
+    assert max(told) <= 8
+    assert sink.sequences() == [1]
+
+
 async def test_a_sink_that_keeps_failing_is_summed_up_in_the_log_not_line_by_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

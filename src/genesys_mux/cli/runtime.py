@@ -345,7 +345,8 @@ class Runtime:
         self._started = False
         self._audit: AuditLog | None = None
         self._metrics: MuxMetrics | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        # The tasks the stop waits for (see _hold).
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: What stops the run for good: the first sink that could not start,
         #: or credentials the platform refused once the token in hand expired.
         self._fatal: GenesysMuxError | None = None
@@ -475,7 +476,7 @@ class Runtime:
         mux.on_control.append(self.tail)
         mux.on_control.append(self._stop_when_fatal)
         metrics = MuxMetrics(mux, dlq_max_bytes=settings.dlq_max_bytes)
-        tasks: list[asyncio.Task[Any]] = []
+        tasks: set[asyncio.Task[Any]] = set()
         async with contextlib.AsyncExitStack() as stack:
             # Closed last, after the multiplexer's own closing facts, however it ends.
             stack.callback(self._close_audit, audit)
@@ -513,7 +514,7 @@ class Runtime:
                 member = await self._join(stack, cluster)
                 membership = asyncio.create_task(member.run(), name="genesys-mux-cluster")
                 membership.add_done_callback(self._member_ended)
-                tasks.append(membership)
+                self._hold(membership)
             background = [
                 asyncio.create_task(
                     audit.run_periodic(mux, settings.metric_interval_s, self._sink_dead_lettered)
@@ -562,7 +563,21 @@ class Runtime:
             raise self._fatal
         return 0
 
-    async def _finish_sinks(self, tasks: list[asyncio.Task[Any]]) -> None:
+    def _hold(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` for the stop to wait for, while it runs.
+
+        A cluster member starts a delivery task for each stream it takes,
+        for weeks: one that ended is let go (one that failed is kept, for
+        the stop to collect its error).
+        """
+        self._tasks.add(task)
+        task.add_done_callback(self._let_go)
+
+    def _let_go(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            self._tasks.discard(task)
+
+    async def _finish_sinks(self, tasks: set[asyncio.Task[Any]]) -> None:
         """Tell the runners to stop, give them the sinks' time, then cancel what is left.
 
         A runner cancelled with a batch in hand dead-letters it
@@ -573,10 +588,10 @@ class Runtime:
         _, pending = await asyncio.wait(tasks, timeout=self.sinks_s) if tasks else (set(), set())
         for task in pending:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*list(tasks), return_exceptions=True)
 
     async def _stop_at_once_when(
-        self, again: asyncio.Event, mux: Multiplexer, tasks: list[asyncio.Task[Any]]
+        self, again: asyncio.Event, mux: Multiplexer, tasks: set[asyncio.Task[Any]]
     ) -> None:
         """Asked again while draining: stop waiting for consumers and sinks.
 
@@ -590,7 +605,7 @@ class Runtime:
             "asked again: stopping at once; what the sinks and buffers still hold goes to "
             "the dead-letter queue",
         )
-        for task in tasks:
+        for task in list(tasks):
             task.cancel()
         await mux.stop(drain=False)
 
@@ -669,7 +684,7 @@ class Runtime:
         assert audit is not None
         specs = self.config.sinks.get(stream_id, ())
         if not specs:
-            self._tasks.append(
+            self._hold(
                 asyncio.create_task(self._consume(stream_id), name=f"genesys-mux-print-{stream_id}")
             )
             return
@@ -704,7 +719,7 @@ class Runtime:
             self._metrics.watch_sinks(stream_id, runner)
         task = asyncio.create_task(runner.run(), name=f"genesys-mux-sink-{stream_id}")
         task.add_done_callback(functools.partial(self._sinks_ended, stream_id))
-        self._tasks.append(task)
+        self._hold(task)
 
     def _stop_when_fatal(self, event: ControlEvent) -> None:
         """The feed stopped for good (credentials refused): the run stops, and exits 2."""

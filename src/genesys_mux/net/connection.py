@@ -845,7 +845,7 @@ class ChannelPool:
             for slot in touched:
                 await self._wait_synced(slot)
         if self.failure is not None:
-            raise self.failure
+            raise self.failure.with_traceback(None)  # one instance, raised again and again
         wanted = self._planner.topics
         return [r for t, r in self.rejections.items() if t in wanted]
 
@@ -863,7 +863,7 @@ class ChannelPool:
                 yield note
             elif inbound.items:  # the end is next: nothing else is left queued
                 if self.failure is not None:
-                    raise self.failure
+                    raise self.failure.with_traceback(None)  # one instance, raised again and again
                 return
             else:
                 await inbound.wait()
@@ -1126,7 +1126,7 @@ class ChannelPool:
             if not topics.isdisjoint(self._planner.slots.get(slot.index, ())):
                 await self._wait_synced(slot)
         if self.failure is not None:
-            raise self.failure
+            raise self.failure.with_traceback(None)  # one instance, raised again and again
 
     def _report_shed(self, shed: _Shed) -> None:
         """Report a shed window the reader reached (queued behind what was read before it)."""

@@ -1652,7 +1652,7 @@ class Multiplexer:
                         state.stream.settle_gaps()
                 continue
             if self._failure is not None:
-                raise self._failure
+                raise self._failure.with_traceback(None)  # one instance, raised again and again
             if self._stopping:
                 return
             self._anything.clear()
@@ -1698,7 +1698,7 @@ class Multiplexer:
                         state.stream.settle_gaps()
                 continue
             if self._failure is not None:
-                raise self._failure
+                raise self._failure.with_traceback(None)  # one instance, raised again and again
             if self._stopping or self._streams.get(stream_id) is not state:
                 return
             state.ready.clear()

@@ -603,7 +603,10 @@ class SinkRunner:
             failure = reason  # what went wrong, without how the batch ended
             if not quiet:
                 counters.logged_reason = failure
-                counters.logged_reasons.add(failure)
+                # Bounded: the first batch's retries last as long as the
+                # outage with max_attempts None, each perhaps with a new text.
+                if len(counters.logged_reasons) < _TOLD_REASONS:
+                    counters.logged_reasons.add(failure)
             if wait is not None and time.monotonic() + wait > self._stop_deadline:
                 wait = None
                 reason = f"{reason} (stopped while retrying)"
