@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from genesys_mux.core.streams import DeadLetter, Gap
+from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.errors import ConfigError, SinkError
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.fanout import SinkFanOut, deliver_stream
@@ -119,6 +119,32 @@ async def test_a_stop_tells_of_a_gap_queued_for_a_stuck_group() -> None:
     stuck.gate.set()
     await asyncio.wait_for(task, 10)
     assert lost == [(gap, "sink_failed:stuck: stopped")]
+
+
+async def test_a_group_that_gives_up_every_batch_does_not_make_the_others_hold_their_gaps() -> None:
+    """Its gaps never settle there; those before an event both groups settled are done with."""
+    events = real_events(200)
+    items: list[StreamEvent | Gap] = []
+    for event in events:
+        items += [event, a_gap()]
+    refused = [SinkError("HTTP 400", retryable=False)] * len(items)
+    broken, healthy = ListSink("broken", errors=refused), ListSink("healthy")
+    delivery = deliver_stream(
+        source(items),
+        [
+            (broken, Batching(batch_size=4, linger_s=0.0, max_attempts=1)),
+            (healthy, Batching(batch_size=10, linger_s=0.0)),
+        ],
+        discard,
+    )
+    assert isinstance(delivery, SinkFanOut)
+    settled: list[int] = []
+    delivery.on_settled.append(settled.append)
+    await asyncio.wait_for(delivery.run(), 10)
+    assert settled[-1] == events[-1].sequence
+    # At most the last gap, after the last event, is still open.
+    assert [len(gaps) <= 1 for gaps in delivery._group_gaps] == [True, True]
+    assert len(delivery._open_gaps) <= 1
 
 
 async def test_cancelling_dead_letters_the_item_in_the_tee() -> None:

@@ -105,6 +105,12 @@ class SinkFanOut:
         # Each group's settled gaps not yet settled by all, oldest first:
         # the groups see the same gaps in the same order.
         self._group_gaps: list[list[Gap]] = [[] for _ in self.runners]
+        # Every gap the tee passed on and not yet done with, in order, by
+        # identity: the gap and the sequence of the event before it (0: none).
+        # A gap is done with once every group settled it, or an event after
+        # it (as in the stream itself): a group whose sink gives up on every
+        # batch settles no gap, and the others' would pile up for ever.
+        self._open_gaps: dict[int, tuple[Gap, int]] = {}
         for index, runner in enumerate(self.runners):
             runner.on_failure = self.on_failure
             runner.on_gap_lost = self.on_gap_lost
@@ -153,10 +159,20 @@ class SinkFanOut:
         self._group_settled[index] = max(self._group_settled[index], through)
         after = min(self._group_settled)
         if after > before:
+            # The gaps before an event every group settled are done with:
+            # settling that event settles them in the stream too.
+            done = []
+            for key, (_, preceding) in self._open_gaps.items():
+                if preceding >= after:
+                    break
+                done.append(key)
+            self._forget_gaps(done)
             for callback in self.on_settled:
                 callback(after)
 
     def _gap_settled(self, index: int, gap: Gap) -> None:
+        if id(gap) not in self._open_gaps:
+            return  # done with already (an event after it was settled by all)
         # By identity: two gaps may be equal in every field.
         mine = self._group_gaps[index]
         if not any(g is gap for g in mine):
@@ -167,10 +183,24 @@ class SinkFanOut:
         if not common:
             return
         last = common[-1]
-        for gaps in self._group_gaps:
-            del gaps[: next(i for i, g in enumerate(gaps) if g is last) + 1]
+        done = []
+        for key in self._open_gaps:
+            done.append(key)
+            if key == id(last):
+                break
+        self._forget_gaps(done)
         for callback in self.on_gap_settled:
             callback(last)
+
+    def _forget_gaps(self, keys: list[int]) -> None:
+        """The gaps of ``keys`` (the oldest open ones) are done with, in every group."""
+        if not keys:
+            return
+        gone = set(keys)
+        for key in keys:
+            del self._open_gaps[key]
+        for gaps in self._group_gaps:
+            gaps[:] = [g for g in gaps if id(g) not in gone]
 
     def stop(self) -> None:
         """Let every group finish its current batch, then make :meth:`run` return."""
@@ -205,7 +235,12 @@ class SinkFanOut:
 
     async def _tee(self) -> None:
         queues = self._queues
+        preceding = 0
         async for item in self._items:
+            if isinstance(item, StreamEvent):
+                preceding = item.sequence
+            else:
+                self._open_gaps[id(item)] = (item, preceding)
             for given, queue in enumerate(queues):
                 self._in_hand = (item, given)
                 await queue.put(item)
