@@ -849,7 +849,7 @@ def test_overflow_accounting(
             return
         want = model.popleft()
         if isinstance(want, Gap):
-            assert item is want
+            assert item == want
             gaps_taken.append(want)
         else:
             assert isinstance(item, StreamEvent)
@@ -882,6 +882,13 @@ def test_overflow_accounting(
                 gaps_added.append(g)
                 stream.add_gap(g)
                 model.append(g)
+                at = [i for i, x in enumerate(model) if isinstance(x, Gap)]
+                if len(at) > streams.MAX_BUFFERED_GAPS:
+                    older, newer = model[at[0]], model[at[1]]
+                    assert isinstance(older, Gap)
+                    assert isinstance(newer, Gap)
+                    del model[at[1]]
+                    model[at[0]] = streams.merged_gap(older, newer)
             else:
                 take()
             assert stream.events_buffered <= limit
@@ -902,7 +909,11 @@ def test_overflow_accounting(
     assert not set(delivered) & set(dead)
     assert set(delivered) | set(dead) == set(range(1, offered + 1))
     assert all(letter.reason == REASONS[policy] for letter in letters)
-    assert gaps_taken == gaps_added  # never dropped, in order
+    # Never dropped, in order; past the bound, merged into wider ones.
+    if len(gaps_taken) == len(gaps_added):
+        assert gaps_taken == gaps_added
+    for added in gaps_added:
+        assert any(g.start <= added.start and added.end <= g.end for g in gaps_taken)
     c = stream.counters
     assert c.overflowed == c.dead_lettered == len(letters)
     assert c.delivered == len(taken)
@@ -1042,6 +1053,54 @@ def test_gaps_survive_overflow() -> None:
         3,
         gap(3),
     ]
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "backlog"])
+def test_gaps_a_stalled_consumer_leaves_unread_are_merged_past_a_bound_never_lost(
+    overflow: Literal["drop_oldest", "drop_newest", "backlog"],
+) -> None:
+    """A flapping link under a consumer that does not read: fewer, wider gaps, none lost.
+
+    They used to pile up without bound (each holding its topics), and each
+    event offered to a full buffer scanned past every one of them.
+    """
+    letters: list[DeadLetter] = []
+    stream = make_stream(letters, buffer_size=20, overflow=overflow)
+    channels = ["ch-1", "ch-2"]
+    added = []
+    for n in range(1_000):
+        offer(stream, snapshot(conv=f"c-{n}"))
+        topic = QUEUE_TOPIC if n % 3 else f"v2.users.{n}.conversations"
+        window = Gap("s", float(n), n + 0.5, frozenset({topic}), channels[n % 2], "reconnect")
+        stream.add_gap(window)
+        added.append(window)
+        assert len([i for i in stream.items if isinstance(i, Gap)]) <= streams.MAX_BUFFERED_GAPS
+    items = drain(stream)
+    taken = [i for i in items if isinstance(i, Gap)]
+    assert len(taken) <= streams.MAX_BUFFERED_GAPS
+    # Every window reported is inside a gap the consumer gets, with its topics.
+    for window in added:
+        assert any(
+            g.start <= window.start and window.end <= g.end and window.topics <= g.topics
+            for g in taken
+        ), window
+    assert stream.counters.gaps == 1_000
+    # The events are accounted for as before: delivered or dead-lettered.
+    delivered = [i.sequence for i in items if isinstance(i, StreamEvent)]
+    assert sorted(delivered + [x.sequence for x in letters]) == list(range(1, 1_001))
+    # A merged gap names a channel and a reason only when both windows did.
+    assert {g.channel_id for g in taken} <= {"", "ch-1", "ch-2"}
+    assert {g.reason for g in taken} <= {"reconnect"}
+
+
+def test_merged_gaps_cover_both_and_keep_what_they_share() -> None:
+    a = Gap("s", 10.0, 12.0, frozenset({"t1"}), "ch-1", "reconnect")
+    b = Gap("s", 11.0, 15.0, frozenset({"t1", "t2"}), "ch-1", "token_revoked")
+    merged = streams.merged_gap(a, b)
+    assert merged == Gap("s", 10.0, 15.0, frozenset({"t1", "t2"}), "ch-1", "merged")
+    assert merged.topics is b.topics  # no new set when one holds the other
+    other = streams.merged_gap(a, Gap("s", 20.0, 21.0, frozenset({"t3"}), "ch-2", "reconnect"))
+    assert other == Gap("s", 10.0, 21.0, frozenset({"t1", "t3"}), "", "reconnect")
 
 
 def test_gap_duration() -> None:

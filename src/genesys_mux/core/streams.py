@@ -29,7 +29,10 @@ Duplicates, stale events and overflows are counted; none are silent.
 
 Gaps (outages on the channels carrying a stream's topics) are queued in the
 same buffer, in arrival order, and never dropped: a consumer must always
-learn what it may have missed.
+learn what it may have missed. A consumer that does not read for long
+under a flapping link would let them pile up without bound, so past
+:data:`MAX_BUFFERED_GAPS` the two oldest are merged into one that covers
+both (see :func:`merged_gap`): fewer, wider gaps, never a window lost.
 
 :class:`PriorityMerge` decides which stream is served next when consumers
 read all streams together: smooth weighted round-robin, where priority 1
@@ -47,6 +50,7 @@ import operator
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import msgspec
@@ -74,6 +78,9 @@ Overflow = Literal["drop_oldest", "drop_newest", "backlog"]
 #: buffers behind before new events go to the dead-letter queue instead.
 #: (Nothing ever blocks: the dispatcher must not wait on one slow consumer.)
 BACKLOG_FACTOR = 10
+
+#: Gaps a stream buffers at most before its two oldest are merged into one.
+MAX_BUFFERED_GAPS = 100
 
 _UNPARSED: Any = object()
 #: How the reasons of the letters sinks gave up on begin (DeadLetter.sink_failed).
@@ -170,6 +177,27 @@ class Gap:
     def duration_s(self) -> float:
         """How long the window lasted."""
         return self.end - self.start
+
+
+def merged_gap(first: Gap, second: Gap) -> Gap:
+    """One gap covering both windows and all their topics.
+
+    Wider than either (the time between them too), never narrower: it may
+    say events were missed that were not, never the reverse. The channel
+    and the reason are kept when both say the same, else ``""`` and
+    ``merged``.
+    """
+    topics = first.topics
+    if not second.topics <= topics:
+        topics = second.topics if topics <= second.topics else topics | second.topics
+    return Gap(
+        first.stream_id,
+        min(first.start, second.start),
+        max(first.end, second.end),
+        topics,
+        first.channel_id if first.channel_id == second.channel_id else "",
+        first.reason if first.reason == second.reason else "merged",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,6 +854,23 @@ class Stream:
             self._buffer.appendleft(gap)
         else:
             self._buffer.append(gap)
+        if len(self._buffered_gaps) > MAX_BUFFERED_GAPS:
+            self._merge_oldest_gaps()
+
+    def _merge_oldest_gaps(self) -> None:
+        """Merge the two oldest buffered gaps into one, where the older one was."""
+        buffer = self._buffer
+        at = list(islice((i for i, item in enumerate(buffer) if isinstance(item, Gap)), 2))
+        older, newer = buffer[at[0]], buffer[at[1]]
+        assert isinstance(older, Gap)
+        assert isinstance(newer, Gap)
+        merged = merged_gap(older, newer)
+        del buffer[at[1]]
+        buffer[at[0]] = merged
+        # By identity: two gaps may be equal in every field.
+        self._buffered_gaps = [
+            merged if g is older else g for g in self._buffered_gaps if g is not newer
+        ]
 
     def _overflow(self, event: StreamEvent) -> StreamEvent | None:
         """``event`` arrives at a full buffer: the overflow policy decides."""

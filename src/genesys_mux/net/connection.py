@@ -485,7 +485,7 @@ class _Socket:
             slot=self.slot.index,
             channel_id=self.info.id,
             # Every topic of the slot: a superset of what was shed.
-            topics=frozenset(self.slot.desired),
+            topics=self.slot.desired_set,
             start=float(start),
             end=float(end),
             reason="overload",
@@ -704,6 +704,9 @@ def _wall(monotonic: float) -> float:
 class _Slot:
     index: int
     desired: list[str] = field(default_factory=list)
+    #: The same topics as a set, the planner's: every outage of the slot
+    #: names this one object rather than a copy each.
+    desired_set: frozenset[str] = frozenset()
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Condition = field(default_factory=asyncio.Condition)
     closing: bool = False
@@ -837,7 +840,8 @@ class ChannelPool:
                 elif isinstance(op, Subscribe | Unsubscribe):
                     touched.append(self._slots[op.slot])
             for slot in {id(s): s for s in touched}.values():
-                slot.desired = sorted(self._planner.slots.get(slot.index, frozenset()))
+                slot.desired_set = self._planner.slots.get(slot.index, frozenset())
+                slot.desired = sorted(slot.desired_set)
                 slot.stats.topics = len(slot.desired)
                 slot.machine.topics_changed()
                 slot.changed.set()
@@ -1920,7 +1924,7 @@ class ChannelPool:
         return Outage(
             slot=slot.index,
             channel_id=slot.channels.get(window.socket, ""),
-            topics=window.topics if window.topics is not None else frozenset(slot.desired),
+            topics=window.topics if window.topics is not None else slot.desired_set,
             start=window.start,
             end=window.end,
             reason=window.reason,

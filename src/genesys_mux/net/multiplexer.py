@@ -1475,7 +1475,10 @@ class Multiplexer:
         # ``only``: one stream's own window (a restart's), ahead of its events.
         gaps: list[Gap] = []
         for state in self._streams.values() if only is None else (only,):
-            affected = state.topics & outage.topics
+            # The stream's own set when the outage covers it all (the usual
+            # case): gaps held unread share it instead of a copy each.
+            topics = state.topics
+            affected = topics if topics <= outage.topics else topics & outage.topics
             if affected:
                 gap = Gap(
                     state.config.id,
