@@ -398,28 +398,47 @@ async def test_a_raw_topic_the_platform_does_not_have_is_reported_and_the_stream
         await eventually(lambda: len(seen.events()) >= 1)
 
 
-async def test_a_settler_ignores_a_late_acknowledgement_for_an_earlier_activation() -> None:
-    """The stream went away and came back, numbered again: the old reader's ack is not for it."""
+async def test_a_stream_added_again_numbers_on_and_ignores_the_earlier_readers_acks() -> None:
+    """The stream went away and came back in the same run: its (epoch, sequence) never repeat.
+
+    It used to number from 1 again under the same epoch: a consumer that
+    keeps the last sequence it had (or the dead-letter queue, which names
+    an event by them) took the new events for the old. Added back with
+    another filter, it numbers on too. An acknowledgement from the earlier
+    reader, written late, is still not for it.
+    """
     async with harness() as h:
         await h.mux.add_stream({"id": "all", "filter": {}})
         old_reader, old_settle = h.mux.stream("all", settle=False), h.mux.settler("all")
         taken = [await anext(old_reader) for _ in range(5)]
-        last = max(i.sequence for i in taken if isinstance(i, StreamEvent))
+        numbered = h.mux._streams["all"].stream.next_sequence
 
         await h.mux.remove_stream("all")
         await h.mux.add_stream({"id": "all", "filter": {}})
         new_reader = h.mux.stream("all", settle=False)
         mine = [await anext(new_reader) for _ in range(3)]
-        assert next(i.sequence for i in mine if isinstance(i, StreamEvent)) == 1
+        first = next(i.sequence for i in mine if isinstance(i, StreamEvent))
+        assert first == numbered
+        assert {i.epoch for i in taken + mine if isinstance(i, StreamEvent)} == {h.mux.epoch}
         state = h.mux._streams["all"].stream
         held = h.mux.watermark("all")
         assert state.unacknowledged == 3
 
-        old_settle(last)  # the earlier runner's batch, written at last
+        old_settle(first + 10)  # the earlier runner's ack, however late and whatever it says
         assert state.unacknowledged == 3
         assert h.mux.watermark("all") == held
-        h.mux.settler("all")(last)  # this activation's own acknowledgement
+        h.mux.settler("all")(first + 2)  # this activation's own acknowledgement
         assert state.unacknowledged == 0
+
+        # Back with another filter: a new memory, the numbering goes on all the same.
+        again = state.next_sequence
+        await h.mux.remove_stream("all")
+        await h.mux.add_stream({"id": "all", "filter": {"channelType": "voice"}})
+        async for item in h.mux.stream("all"):
+            if isinstance(item, StreamEvent):
+                break
+        assert isinstance(item, StreamEvent)
+        assert item.sequence >= again
         with pytest.raises(ConfigError, match="no stream with id 'gone'"):
             h.mux.settler("gone")
 

@@ -816,6 +816,14 @@ class Stream:
             or self._complete_due
         )
 
+    def number_from(self, sequence: int) -> None:
+        """Number the next event ``sequence`` or later (call before any offer).
+
+        For a stream added again in the run that numbered it before: its
+        events' ``(epoch, sequence)`` must not repeat the earlier ones'.
+        """
+        self._next_sequence = max(self._next_sequence, sequence)
+
     def restore(self, checkpoint: StreamCheckpoint) -> None:
         """Continue from ``checkpoint``: its numbering and its memory (call before any offer)."""
         self._next_sequence = max(self._next_sequence, checkpoint.next_sequence)

@@ -287,6 +287,11 @@ class Multiplexer:
         #: Why the last checkpoint failed, while the store keeps failing (for ``/readyz``).
         self.state_failure: str | None = None
         self._checkpoints: dict[str, StreamCheckpoint] = {}
+        # The next sequence of each stream this run removed or handed on: a
+        # stream added again numbers on from it, whatever else it restores
+        # (its checkpoint was taken at its first add, or its filter changed),
+        # so that no (epoch, sequence) of this run names two events.
+        self._numbered: dict[str, int] = {}
         # See clock_offset: the offset, and wall minus monotonic time when it
         # was measured (None: never, outside a cluster).
         self._clock_offset = 0.0
@@ -750,6 +755,7 @@ class Multiplexer:
                 epoch=self.epoch,
                 key_memory=self._key_memory,
             )
+            stream.number_from(self._numbered.get(config.id, 1))
             try:
                 state, restored = await self._install(config, stream, standby=standby)
                 # Every slot carrying the stream's topics has its subscription
@@ -1030,6 +1036,7 @@ class Multiplexer:
                     self._merge.forget(stream_id)
                     await self._apply_topics()
             state.stream.hand_over()
+            self._numbered[stream_id] = state.stream.next_sequence
             state.stream.close()
             if checkpoint:
                 # Handed on: the next owner's checkpoints are the stream's
@@ -1210,6 +1217,7 @@ class Multiplexer:
                 )
             self._merge.forget(stream_id)
             state.stream.flush_to_dead_letters("stream_removed")
+            self._numbered[stream_id] = state.stream.next_sequence
             state.stream.close()
             state.ready.set()
             await self._apply_topics()
