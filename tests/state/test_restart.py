@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import aiohttp
 import pytest
 
 from genesys_mux import Gap, Multiplexer, StreamEvent
+from genesys_mux.core.checkpoint import DIGEST_SIZE, Remembered, StreamCheckpoint
 from genesys_mux.core.events import Backfilled, ControlEvent, StreamStateReset
 from genesys_mux.core.snapshot import event_facts
 from genesys_mux.emulator import Emulator
@@ -174,6 +177,39 @@ async def test_an_unreadable_state_file_stops_the_start_and_is_left_alone(
             await mux.start()
         await mux.stop(drain=False)
     assert state.read_bytes() == b"\x00not a database" * 64
+
+
+async def test_the_saved_state_of_streams_never_added_is_not_held(tmp_path: Path) -> None:
+    """A cluster member adds a few of the store's streams, on standby: it held every one's memory.
+
+    Three streams of 20,000 remembered conversations each, saved; a
+    multiplexer that adds another stream, one of them on standby, and the
+    third as its own: only that one's memory is read and kept.
+    """
+    store = SqliteStateStore(tmp_path / "state.db")
+    await store.open()
+    for stream_id in ("north", "south", "standby"):
+        keys = [f"{stream_id}-{n:08d}-0000-4000-8000-000000000000" for n in range(20_000)]
+        memory = [Remembered(k, 1.0, bytes(DIGEST_SIZE), False, r) for r, k in enumerate(keys, 1)]
+        await store.save([StreamCheckpoint(stream_id, "f", 9, 1.0, "run-0", 1.0, memory)])
+    await store.close()
+    async with Emulator(org_settings(rate=0.0)) as emulator:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            mux = a_mux(emulator, tmp_path / "state.db")
+            await mux.start()
+            try:
+                await mux.add_stream(STREAM)
+                await mux.add_stream({"id": "standby", "filter": {}}, standby=True)
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0]
+            finally:
+                await mux.stop(drain=False)
+        finally:
+            tracemalloc.stop()
+    # 60,000 remembered keys would be well over 10 MB.
+    assert held < 8 * 1024 * 1024, held
 
 
 async def test_unsettled_events_hold_the_watermark_back(tmp_path: Path) -> None:

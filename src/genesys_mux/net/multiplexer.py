@@ -286,7 +286,12 @@ class Multiplexer:
         self._checkpointing = state is not None
         #: Why the last checkpoint failed, while the store keeps failing (for ``/readyz``).
         self.state_failure: str | None = None
-        self._checkpoints: dict[str, StreamCheckpoint] = {}
+        # Streams whose saved state this run has read (at their first add or
+        # an activation): added again, they continue from their own state in
+        # this process, not from the store's. Read per stream, not all at
+        # start: a cluster member never adds most of the streams in the
+        # store, and held each one's whole memory for nothing.
+        self._consulted: set[str] = set()
         # The next sequence of each stream this run removed or handed on: a
         # stream added again numbers on from it, whatever else it restores
         # (its checkpoint was taken at its first add, or its filter changed),
@@ -454,14 +459,10 @@ class Multiplexer:
             )
         self._start_begun = True
         try:
-            # The saved state first: a store that cannot be read stops us before
-            # anything is subscribed, rather than after events were numbered anew.
+            # The state store first: one that cannot be opened (or read: its
+            # schema is checked) stops us before anything is subscribed. Each
+            # stream's state is read when it is added (see _install).
             await self.state_store.open()
-            try:
-                self._checkpoints = dict(await self.state_store.load())
-            except BaseException:
-                await self.state_store.close()
-                raise
         except BaseException:
             # Nothing else is open yet: the start may be tried again.
             self._start_begun = False
@@ -829,14 +830,19 @@ class Multiplexer:
 
         A failure or a cancellation (a deadline around ``add_stream``) undoes
         it all: the stream is not there, so that a retry is not refused, and
-        its checkpoint is back, so that the retry (or the next run) still
-        reports the restart gap from it.
+        its checkpoint is read again, so that the retry (or the next run)
+        still reports the restart gap from it.
         """
         state = _StreamState(config, stream)
         # On standby, the saved state is read at activation: its
-        # current owner is still writing it.
-        saved = None if standby else self._checkpoints.get(config.id)
-        restored = None if standby else self._restore(state)
+        # current owner is still writing it. Read before anything is
+        # subscribed: a store that cannot be read fails the add before any
+        # event is numbered anew.
+        saved = None
+        if not standby and config.id not in self._consulted:
+            saved = (await self.state_store.load(only=(config.id,))).get(config.id)
+            self._consulted.add(config.id)
+        restored = None if saved is None else self._restore(state, saved)
         if standby:
             state.standby = deque()
         try:
@@ -856,7 +862,7 @@ class Multiplexer:
                 await self.pool.subscribed(state.topics)
         except BaseException:
             if saved is not None:
-                self._checkpoints.setdefault(config.id, saved)
+                self._consulted.discard(config.id)
             if self._streams.get(config.id) is state:
                 del self._streams[config.id]
                 self._merge.forget(config.id)
@@ -955,15 +961,13 @@ class Multiplexer:
                 written.next_sequence,
             )
             saved = written
-        # The store's checkpoint now, never one read when this process started.
-        self._checkpoints.pop(stream_id, None)
-        if saved is not None:
-            self._checkpoints[stream_id] = saved
         if state.standby is None or self._streams.get(stream_id) is not state:
             return  # activated or removed meanwhile
         self._refuse_unless_running()  # the stop began while the store answered
         state.fence = fence
-        restored = self._restore(state)
+        self._consulted.add(stream_id)
+        # The store's checkpoint now, never one read before.
+        restored = None if saved is None else self._restore(state, saved)
         kept, state.standby = state.standby, None
         if restored is not None:
             # Everything since the standby's topics were subscribed was kept,
@@ -1046,11 +1050,10 @@ class Multiplexer:
         await self._forget_left()
         return saved[0][2] if saved else None
 
-    def _restore(self, state: _StreamState) -> StreamCheckpoint | None:
-        """Continue a stream from its checkpoint, if it has one of the same configuration."""
-        checkpoint = self._checkpoints.pop(state.config.id, None)
-        if checkpoint is None:
-            return None
+    def _restore(
+        self, state: _StreamState, checkpoint: StreamCheckpoint
+    ) -> StreamCheckpoint | None:
+        """Continue a stream from its checkpoint, if of the same configuration; the one used."""
         if checkpoint.fingerprint != state.fingerprint:
             self._report(
                 StreamStateReset(state.config.id, "its filter or topics changed; starting afresh")
