@@ -112,9 +112,18 @@ async def test_run_feeds_a_jsonl_sink_prints_the_rest_and_serves_admin(
             assert metrics[0] == 200, metrics
             health = await poll(session, f"{base}/healthz", deadline, finished)
             assert health[0] == 200, health
+            status = await poll(session, f"{base}/status", deadline, finished)
+            assert status[0] == 200, status
         out, err = await asyncio.wait_for(finished, DEADLINE_S)
     result = Result(process.returncode or 0, out.decode(), err.decode())
     assert process.returncode == 0, result.why()
+
+    # /status gives the stream's sink figures, and each sink's own.
+    sinks = json.loads(status[1])["sinks"]
+    assert set(sinks) == {"calls"}  # the one stream with sinks
+    (only,) = sinks["calls"]["per_sink"].values()
+    assert only["sent"] == sinks["calls"]["sent"]
+    assert set(only) >= {"sent", "failed_batches", "dead_lettered", "retries", "last_error"}
 
     # /metrics is Prometheus text with both streams as labels.
     families = {f.name: f for f in text_string_to_metric_families(metrics[1])}

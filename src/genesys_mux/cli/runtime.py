@@ -74,6 +74,7 @@ from genesys_mux.sinks.dlq import JsonlDeadLetterQueue
 from genesys_mux.sinks.fanout import StreamDelivery, deliver_stream
 from genesys_mux.sinks.jsonl import JsonlSink
 from genesys_mux.sinks.plugins import SinkContext, build_plugin_sink
+from genesys_mux.sinks.runner import sink_figures
 from genesys_mux.sinks.stdout import StdoutSink
 from genesys_mux.sinks.webhook import WebhookSink
 from genesys_mux.state import open_store
@@ -874,6 +875,9 @@ class Runtime:
                     "failed_batches": r.failed_batches,
                     "dead_lettered": r.dead_lettered,
                     "last_error": r.last_error,
+                    # The figures above are the stream's (what every sink
+                    # took, the failures of any); these are each sink's.
+                    "per_sink": sink_figures(r.per_sink),
                 }
                 for sid, r in self.runners.items()
             }

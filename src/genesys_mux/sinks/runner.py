@@ -72,7 +72,7 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -269,16 +269,7 @@ class SinkRunner:
             "dead_lettered": self.dead_lettered,
             "retries": self.retries,
             "last_error": self.last_error,
-            "sinks": {
-                name: {
-                    "sent": c.sent,
-                    "failed_batches": c.failed_batches,
-                    "dead_lettered": c.dead_lettered,
-                    "retries": c.retries,
-                    "last_error": c.last_error,
-                }
-                for name, c in self.per_sink.items()
-            },
+            "sinks": sink_figures(self.per_sink),
         }
 
     # -- the loop -----------------------------------------------------------------
@@ -752,6 +743,20 @@ class SinkRunner:
                 callback(sink_name, text)
             except Exception:
                 self._log.exception("on_failure callback of %s failed", self.name)
+
+
+def sink_figures(per_sink: Mapping[str, SinkCounters]) -> dict[str, dict[str, object]]:
+    """Each sink's counters by name, as the status page shows them."""
+    return {
+        name: {
+            "sent": c.sent,
+            "failed_batches": c.failed_batches,
+            "dead_lettered": c.dead_lettered,
+            "retries": c.retries,
+            "last_error": c.last_error,
+        }
+        for name, c in per_sink.items()
+    }
 
 
 def gap_lost(
