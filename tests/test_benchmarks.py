@@ -86,7 +86,6 @@ def test_the_chunk_ledger_reads_as_the_emulator_ledger_in_send_order() -> None:
     assert [entries[0].time, entries[2].time, entries[3].time] == [1.0, 2.0, 2.0]
 
 
-@pytest.mark.timeout(180)
 def _run(scenario: str, cpu_us: float) -> Result:
     return Result(scenario, 1000, 2300, 1.0, 1.0, cpu_us / 1000, None, 0, None, None, 0)
 
@@ -109,6 +108,7 @@ def test_paired_ratios_say_where_the_target_lies_in_the_spread() -> None:
     assert _paired({"mux": mux}, "node", 1.0) == ""
 
 
+@pytest.mark.timeout(180)
 def test_bench_pipeline_quick_run_produces_its_tables() -> None:
     """A smoke run with tiny counts, one body size: every table, every check passed."""
     process = subprocess.run(
@@ -171,3 +171,54 @@ def test_bench_hotpath_times_every_stage_against_the_baseline() -> None:
     # The later stages add several times the envelope's work: an order that
     # holds whatever the machine does (facts against stream is too close).
     assert 0 < envelope < min(facts, stream)
+
+
+def test_bench_longrun_quick_run_accounts_for_every_frame() -> None:
+    """A smoke run of the long run under faults: the tables, and every frame accounted for."""
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_longrun", "--quick", "--clients", "raw", "mux"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    out = process.stdout
+    for heading in ("Memory over the run", "Faults and accounting"):
+        assert f"#### {heading}" in out
+    memory = re.search(r"^\| `Multiplexer.stream\(\)`, no state store \| (.*) \|$", out, re.M)
+    assert memory is not None, out
+    cells = memory.group(1).split(" | ")
+    # RSS at six points, then growth, per conversation, objects, keys and the verdict.
+    assert all(float(cell) > 0 for cell in cells[:6])
+    assert cells[-2] == "200 of 200"  # the memory is full at its bound
+    assert cells[-1] in ("**flat**", "**GROWS**")
+    faults = re.search(
+        r"^\| `Multiplexer.stream\(\)`, no state store \| (\d+) / (\d+) \| (\d+) \| (\d+) \|",
+        out,
+        re.M,
+    )
+    assert faults is not None, out
+    drops, closings, reconnects, rotations = (int(n) for n in faults.groups())
+    assert min(drops, closings, reconnects, rotations) >= 1
+    # The stream's own counters add up, and every conversation sent was
+    # delivered once or lost inside a reported gap.
+    sums = re.search(
+        r"^- `Multiplexer.stream\(\)`, no state store: received ([\d,]+) = delivered ([\d,]+) "
+        r"\+ duplicates ([\d,]+) \+ stale ([\d,]+) \+ filtered ([\d,]+) \+ dead-lettered "
+        r"([\d,]+); sent ([\d,]+) = delivered ([\d,]+) \+ lost ([\d,]+), every loss inside a "
+        r"reported gap: \*\*holds\*\*\.$",
+        out,
+        re.M,
+    )
+    assert sums is not None, out
+    received, delivered, *dropped, sent, once, lost = (
+        int(n.replace(",", "")) for n in sums.groups()
+    )
+    assert received == delivered + sum(dropped)
+    assert sent == 4_000 == once + lost
+    assert delivered == once
+    assert re.search(
+        r"^- aiohttp .*\(\*\*baseline\*\*\): sent 4,000 = .*: \*\*holds\*\*\.$", out, re.M
+    )
