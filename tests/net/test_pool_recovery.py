@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from genesys_mux.core.backoff import Backoff
-from genesys_mux.core.events import ChannelLost, ControlEvent
+from genesys_mux.core.events import ChannelLost, ChannelRotated, ControlEvent
 from genesys_mux.emulator import ClientApp, PlatformLimits
 from genesys_mux.errors import AuthenticationError
 from genesys_mux.net.auth import TokenProvider
@@ -104,6 +104,44 @@ async def test_a_slot_that_reconnects_and_rotates_for_long_keeps_no_old_sockets(
         assert len(slot.channels) <= 2, slot.channels
         assert slot.machine.named_sockets() <= set(slot.sockets)
         await assert_fully_served(stack, topics)
+
+
+async def test_a_successor_lost_while_its_predecessor_drains_is_reconnected_at_once(
+    make_stack: Any,
+) -> None:
+    """The old channel's unsubscribe answered 429 for long: the drain waits, the slot does not.
+
+    The rotation drains the old socket before it returns (the spare channel
+    it borrowed is given back then), and the drain waits up to
+    ``pong_timeout_s`` for the DELETE and the pong. A successor dropped
+    meanwhile was handled only after those waits: a 10 s outage of a
+    slot whose reconnection takes milliseconds.
+    """
+    settings = fast_pool_settings(pong_timeout_s=5.0, rotation_overlap_s=0.2)
+    async with make_stack(pool_settings=settings) as stack:
+        await start(stack)
+        rotated = asyncio.Event()
+
+        def watch(event: ControlEvent) -> None:
+            if isinstance(event, ChannelRotated):
+                rotated.set()
+
+        stack.pool.on_control.append(watch)
+        # Each 429 also pauses the client's other calls for its Retry-After.
+        await stack.fault(
+            "http_429", method="DELETE", path="subscriptions", count=1000, retry_after_s=1
+        )
+        await stack.fault("socket_closing", delay_s=30)
+        await asyncio.wait_for(rotated.wait(), 10)  # reported just before the old one drains
+        successor = stack.pool.channel_ids()[0]
+        await stack.fault("drop_socket", channel_id=successor)
+        started = time.monotonic()
+        await eventually(lambda: any(o.channel_id == successor for o in stack.pool.outages))
+        await eventually(lambda: stack.pool.live)
+        took = time.monotonic() - started
+        (outage,) = [o for o in stack.pool.outages if o.channel_id == successor]
+        assert outage.end - outage.start < 3.0, outage
+        assert took < 3.0, took
 
 
 async def test_calls_the_platform_completed_but_whose_answer_was_lost_lose_nothing(

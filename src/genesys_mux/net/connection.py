@@ -50,9 +50,9 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import aiohttp
 import msgspec
@@ -523,7 +523,9 @@ class _Socket:
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
             await self.ws.send_str(PING.decode())
 
-    async def drain_and_close(self, rest: RestClient, timeout_s: float) -> bool:
+    async def drain_and_close(
+        self, rest: RestClient, timeout_s: float, unless: asyncio.Event | None = None
+    ) -> bool:
         """Stop the channel's traffic, read what is already in flight, then close.
 
         We unsubscribe (nothing new is sent after the DELETE is answered),
@@ -534,21 +536,27 @@ class _Socket:
         delivered (and counted in ``after_drain`` if it came after the pong).
         Returns whether both the pong and the close came in time: False means
         frames may have been left unread.
+
+        The waits end early when this socket dies (nothing more to read), or
+        when ``unless`` is set: a rotation's successor lost while its
+        predecessor drains must not wait out these timeouts (with the
+        rotation, the slot's reconnection waits on them), and its outage is
+        reported from its own last frame.
         """
         drained = False
         if self.lost_at is None:
+            stops = (self.gone,) if unless is None else (self.gone, unless)
             # Bounded: a platform that keeps answering 429 or 503 must not
             # hold a rotation (and the permit other slots wait for) for long.
-            with contextlib.suppress(GenesysMuxError, TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await rest.delete_subscriptions(self.info.id)
+            with contextlib.suppress(GenesysMuxError):
+                await _within(rest.delete_subscriptions(self.info.id), timeout_s, stops)
             self.pong.clear()
             await self._ping()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await self.pong.wait()
-                drained = True
+            drained = await _within(self.pong.wait(), timeout_s, stops)
             self.drained = True
+            if unless is not None and unless.is_set():
+                await self.close()  # the slot needs its reconnection now
+                return False
             drained = await self._close_reading() and drained
         await self.close()
         return drained
@@ -693,6 +701,27 @@ def _drain_queue(queue: asyncio.Queue[Action]) -> list[Action]:
     while not queue.empty():
         items.append(queue.get_nowait())
     return items
+
+
+async def _within(
+    work: Coroutine[Any, Any, object], timeout_s: float, stops: Sequence[asyncio.Event]
+) -> bool:
+    """Await ``work`` for at most ``timeout_s``, or until one of ``stops`` is set; True if done."""
+    done_work = asyncio.ensure_future(work)
+    waits = [asyncio.ensure_future(stop.wait()) for stop in stops]
+    try:
+        first = asyncio.FIRST_COMPLETED
+        await asyncio.wait([done_work, *waits], timeout=timeout_s, return_when=first)
+    finally:
+        for task in (done_work, *waits):
+            task.cancel()
+        await asyncio.gather(done_work, *waits, return_exceptions=True)
+    if done_work.cancelled():
+        return False
+    error = done_work.exception()
+    if error is not None:
+        raise error
+    return True
 
 
 def _wall(monotonic: float) -> float:
@@ -1371,7 +1400,9 @@ class ChannelPool:
                     await asyncio.sleep(self.settings.rotation_settle_s)
             self._report(ChannelRotated(slot.index, successor.info.id, old.info.id, action.reason))
             for drain in drains:
-                await self._drain(slot, drain.socket)
+                # Cut short if the successor dies meanwhile: the slot must
+                # reconnect now, not once the old socket's waits are over.
+                await self._drain(slot, drain.socket, unless=successor.gone)
         return True
 
     async def _successor(self, slot: _Slot, old: _Socket) -> _Socket | None:
@@ -1524,16 +1555,16 @@ class ChannelPool:
             del slot.channels[key]
         return drains
 
-    async def _drain(self, slot: _Slot, key: int) -> bool:
+    async def _drain(self, slot: _Slot, key: int, unless: asyncio.Event | None = None) -> bool:
         """Drain and close one socket of the slot, and tell the machine; False if frames may
-        have been left unread."""
+        have been left unread. ``unless``: see :meth:`_Socket.drain_and_close`."""
         socket = slot.sockets.pop(key, None)
         if socket is None:
             slot.machine.drained(key, True, time.time())  # given up already: nothing to drain
             return True
         if slot.socket is socket:
             slot.socket = None
-        ok = await socket.drain_and_close(self._rest, self.settings.pong_timeout_s)
+        ok = await socket.drain_and_close(self._rest, self.settings.pong_timeout_s, unless)
         last = socket.lost_at if socket.lost_at is not None else socket.last_frame_wall
         slot.machine.drained(key, ok, last)
         return ok
