@@ -266,6 +266,36 @@ def test_a_stream_that_never_checkpoints_stays_flat_however_many_keys_it_forgets
     assert len(stream.key_memory) == 100
 
 
+def test_a_memory_without_a_log_keeps_only_its_bound_and_still_checkpoints() -> None:
+    """No state store, no log: the records of the last sightings are not kept alive."""
+
+    def held(log_limit: int) -> tuple[int, Stream]:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            memory = KeyMemory(log_limit=log_limit)
+            stream = Stream("s", dead_letter=lambda _: None, memory=100, key_memory=memory)
+            grown = _take_new_keys(stream, 0, LOG_LIMIT + 1_000)
+        finally:
+            tracemalloc.stop()
+        return grown, stream
+
+    logged, _ = held(LOG_LIMIT)
+    unlogged, stream = held(0)
+    assert logged > 2 * 1024 * 1024  # 16,384 records kept alive by the log
+    assert unlogged < 256 * 1024, unlogged
+    # A checkpoint by hand still carries what changed (from the records' stamps).
+    first = stream.checkpoint(fingerprint="f", watermark=None, saved_at=0.0)
+    assert len(first.memory) == 100
+    offer(stream, facts("new", 1.0, 10**6))
+    stream.take(2.0, 2.0)
+    stream.settle(stream.next_sequence - 1)
+    later = stream.checkpoint(fingerprint="f", watermark=None, saved_at=1.0)
+    assert not later.complete
+    assert [r.key for r in later.memory] == ["new"]
+    assert len(later.forgotten) == 1
+
+
 def test_more_keys_forgotten_than_the_bound_make_the_next_checkpoint_complete() -> None:
     stream = sharing(1, memory=10)[0]
     memory, bit = stream.key_memory, stream._bit

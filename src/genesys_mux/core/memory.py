@@ -153,7 +153,14 @@ class KeyMemory:
     :meth:`add_digest`, and leaves with :meth:`leave`.
     """
 
-    def __init__(self, *, hashes_per_key: int = 8) -> None:
+    def __init__(self, *, hashes_per_key: int = 8, log_limit: int = LOG_LIMIT) -> None:
+        """``log_limit``: the sightings logged for incremental checkpoints.
+
+        0 when no checkpoint is taken but by hand (no state store): the log
+        would keep the records of the last sightings alive, forgotten or
+        not (about 4.5 MiB at the default); a checkpoint then reads the
+        records' stamps instead.
+        """
         if hashes_per_key < 1:
             raise ValueError(f"hashes_per_key must be at least 1, not {hashes_per_key}")
         self.hashes_per_key = hashes_per_key
@@ -164,7 +171,7 @@ class KeyMemory:
         self._round = 0
         # Every sighting, oldest first: the one at clock value
         # `clock - len(_log) + 1` first (each tick appends one).
-        self._log: deque[Record] = deque(maxlen=LOG_LIMIT)
+        self._log: deque[Record] = deque(maxlen=log_limit)
         self._bounds: dict[int, int] = {}  # bit -> bound
         self._capacity = 0
         # Keys remembered, counted once per member: in all, and per bit.

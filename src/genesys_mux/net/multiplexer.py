@@ -71,7 +71,7 @@ from genesys_mux.core.events import (
     TopicRejected,
 )
 from genesys_mux.core.limits import PLATFORM
-from genesys_mux.core.memory import KeyMemory
+from genesys_mux.core.memory import LOG_LIMIT, KeyMemory
 from genesys_mux.core.snapshot import EventFacts, event_facts
 from genesys_mux.core.streams import (
     DeadLetter,
@@ -321,7 +321,9 @@ class Multiplexer:
         self._listing_waiters = 0
         self._merge = PriorityMerge()
         # One record per remembered key, shared by every stream that sees it.
-        self._key_memory = KeyMemory()
+        # Without a store no checkpoint is taken but by hand: no log of
+        # sightings for incremental ones (see KeyMemory).
+        self._key_memory = KeyMemory(log_limit=LOG_LIMIT if self._checkpointing else 0)
         self._anything = asyncio.Event()
         self._emptied = asyncio.Event()
         self._settled = asyncio.Event()
