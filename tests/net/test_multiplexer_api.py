@@ -443,6 +443,34 @@ async def test_a_stream_added_again_numbers_on_and_ignores_the_earlier_readers_a
             h.mux.settler("gone")
 
 
+async def test_an_add_cancelled_after_it_numbered_events_is_retried_numbering_on() -> None:
+    """Cancelled while it subscribes (a deadline around add_stream), the stream already
+    numbered events on topics it shares with a running stream, and a merged reader had them."""
+    async with harness() as h:
+        await h.mux.add_stream({"id": "a", "filter": {}})
+        seen = Collector(h.mux.events())
+        await eventually(lambda: len(seen.events("a")) >= 3)
+        # Its own new topic waits on a PUT answered 429: the add waits with it.
+        await h.control(
+            "faults",
+            {"fault": "http_429", "method": "PUT", "path": "subscriptions", "count": 1000},
+        )
+        extra = f"v2.users.{uuid.uuid4()}.conversations"
+        add = asyncio.create_task(h.mux.add_stream({"id": "b", "filter": {}, "topics": [extra]}))
+        try:
+            await eventually(lambda: len(seen.events("b")) >= 3)
+        finally:
+            add.cancel()
+        await asyncio.gather(add, return_exceptions=True)
+        first = [e.sequence for e in seen.events("b")]
+        h.emulator.http_faults.clear()
+        await h.mux.add_stream({"id": "b", "filter": {}})
+        await eventually(lambda: len(seen.events("b")) >= len(first) + 3)
+        again = [e.sequence for e in seen.events("b")[len(first) :]]
+        seen.stop()
+    assert min(again) > max(first), (first, again)
+
+
 async def test_a_reader_is_bound_to_the_stream_it_was_made_for() -> None:
     """Made, then the stream removed and added again before it was read: it reads nothing.
 

@@ -144,6 +144,28 @@ async def test_a_successor_lost_while_its_predecessor_drains_is_reconnected_at_o
         assert took < 3.0, took
 
 
+async def test_a_stop_during_a_rotation_s_drain_closes_the_old_socket(make_stack: Any) -> None:
+    """Taken out of the slot's sockets for its drain, it was closed by nobody and read on."""
+    settings = fast_pool_settings(pong_timeout_s=5.0, rotation_overlap_s=0.2)
+    async with make_stack(pool_settings=settings) as stack:
+        await start(stack)
+        old = stack.pool._slots[0].socket
+        assert old is not None
+        rotated = asyncio.Event()
+        stack.pool.on_control.append(
+            lambda event: rotated.set() if isinstance(event, ChannelRotated) else None
+        )
+        await stack.fault(
+            "http_429", method="DELETE", path="subscriptions", count=1000, retry_after_s=1
+        )
+        await stack.fault("socket_closing", delay_s=30)
+        await asyncio.wait_for(rotated.wait(), 10)  # the old socket's drain begins
+        await stack.pool.drain(0.5)
+        await stack.pool.close()
+        assert old.ws.closed
+        assert all(task.done() for task in old._tasks)
+
+
 async def test_calls_the_platform_completed_but_whose_answer_was_lost_lose_nothing(
     make_stack: Any,
 ) -> None:

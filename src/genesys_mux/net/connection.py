@@ -1206,6 +1206,8 @@ class ChannelPool:
         await asyncio.gather(
             *(s.task for s in slots if s.task is not None), *retiring, return_exceptions=True
         )
+        # And what the cancellation itself retired (a rotation's drain cut short).
+        await asyncio.gather(*list(self._retiring), return_exceptions=True)
         for slot in slots:
             for socket in list(slot.sockets.values()):
                 await socket.close()
@@ -1564,7 +1566,17 @@ class ChannelPool:
             return True
         if slot.socket is socket:
             slot.socket = None
-        ok = await socket.drain_and_close(self._rest, self.settings.pong_timeout_s, unless)
+        try:
+            ok = await socket.drain_and_close(self._rest, self.settings.pong_timeout_s, unless)
+        except BaseException:
+            # Cancelled (a stop) midway: taken out of the slot's sockets, it
+            # would be closed by nobody and read on for ever. A rotation's
+            # old socket: its successor had all it could still deliver.
+            closing = socket.abandon()
+            self._retiring.add(closing)
+            closing.add_done_callback(self._retiring.discard)
+            slot.machine.drained(key, True, time.time())
+            raise
         last = socket.lost_at if socket.lost_at is not None else socket.last_frame_wall
         slot.machine.drained(key, ok, last)
         return ok

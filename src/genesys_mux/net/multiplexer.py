@@ -765,6 +765,9 @@ class Multiplexer:
                 # confirmed by now (_install waited for each PUT's answer).
                 subscribed_at = time.time()
             except BaseException:
+                # Events it numbered while subscribing (topics it shares with
+                # running streams) may have been handed out: a retry numbers on.
+                self._numbered[config.id] = stream.next_sequence
                 stream.close()  # never added (_install undid it): it remembers nothing
                 self._key_memory.sweep(_SWEEP_SLICE)
                 raise
