@@ -108,19 +108,25 @@ def test_paired_ratios_say_where_the_target_lies_in_the_spread() -> None:
     assert _paired({"mux": mux}, "node", 1.0) == ""
 
 
-@pytest.mark.timeout(180)
-def test_bench_pipeline_quick_run_produces_its_tables() -> None:
-    """A smoke run with tiny counts, one body size: every table, every check passed."""
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_pipeline", "--quick", "--max-body", "2300"],
+def run_module(module: str, *args: str, timeout: float) -> str:
+    """``python -m benchmarks.<module> ARGS`` from the project root; its stdout (it exited 0)."""
+    # Our own modules and arguments, never outside input.
+    process = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=timeout,
         check=False,
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    out = process.stdout
+    return process.stdout
+
+
+@pytest.mark.timeout(180)
+def test_bench_pipeline_quick_run_produces_its_tables() -> None:
+    """A smoke run with tiny counts, one body size: every table, every check passed."""
+    out = run_module("bench_pipeline", "--quick", "--max-body", "2300", timeout=170)
     for heading in ("Throughput and CPU per event", "Latency", "Memory: a stalled consumer"):
         assert f"#### {heading}" in out
     mux = re.search(r"^\| `Multiplexer.stream\(\)`, 1 stream \| ([\d,]+) \| ([\d.]+) \|", out, re.M)
@@ -144,26 +150,10 @@ def test_bench_pipeline_quick_run_produces_its_tables() -> None:
 
 def test_bench_hotpath_times_every_stage_against_the_baseline() -> None:
     """A smoke run: every stage has a row, and the decode alone costs least."""
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_hotpath",
-            "--count",
-            "200",
-            "--repeat",
-            "3",
-            "--max-body",
-            "2300",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    out = run_module(
+        "bench_hotpath", "--count", "200", "--repeat", "3", "--max-body", "2300", timeout=120
     )
-    assert process.returncode == 0, process.stderr[-3000:]
-    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \(([\d.]+)x\) \|$", process.stdout, re.M)
+    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \(([\d.]+)x\) \|$", out, re.M)
     firsts = [label.split()[0] for label, _, _ in rows]
     assert firsts == ["`json.loads`", "`decode_frame`", "…", "…"]
     assert float(rows[0][2]) == 1.0  # the baseline against itself
@@ -175,16 +165,7 @@ def test_bench_hotpath_times_every_stage_against_the_baseline() -> None:
 
 def test_bench_longrun_quick_run_accounts_for_every_frame() -> None:
     """A smoke run of the long run under faults: the tables, and every frame accounted for."""
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_longrun", "--quick", "--clients", "raw", "mux"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    out = process.stdout
+    out = run_module("bench_longrun", "--quick", "--clients", "raw", "mux", timeout=50)
     for heading in ("Memory over the run", "Faults and accounting"):
         assert f"#### {heading}" in out
     memory = re.search(r"^\| `Multiplexer.stream\(\)`, no state store \| (.*) \|$", out, re.M)
