@@ -998,6 +998,36 @@ async def test_an_injected_5xx_after_the_call_lets_it_take_effect(client: Genesy
         assert "after must be true or false" in await resp.text()
 
 
+async def test_an_injected_slow_call_answers_late_only_the_calls_it_matches(
+    client: GenesysClient,
+) -> None:
+    """``slow_api``: a distant platform, for the next ``count`` matching calls only."""
+    channel = await client.create_channel()
+    applied = await client.control(
+        "faults", {"fault": "slow_api", "method": "HEAD", "delay_s": 2, "count": 1}
+    )
+    assert applied["applied"] == ["1 x 2 s late"]
+    held = asyncio.create_task(client.call("HEAD", f"{CHANNELS}/{channel['id']}"))
+    try:
+        # Another method passes it by, and so does the next HEAD: the fault is used up.
+        status, _, _ = await client.call("GET", CHANNELS)
+        assert status == 200
+        status, _, _ = await asyncio.wait_for(client.call("HEAD", f"{CHANNELS}/{channel['id']}"), 5)
+        assert status == 200
+        assert not held.done()
+        status, _, _ = await held  # answered in the end, as asked
+        assert status == 200
+    finally:
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+    for bad in ({"delay_s": 61}, {"count": 0}):
+        async with client.session.post(
+            f"{client.base}/__emulator__/faults", json={"fault": "slow_api", **bad}
+        ) as resp:
+            assert resp.status == 400
+            assert "delay_s must be between 0 and 60" in await resp.text()
+
+
 async def test_injected_5xx_hits_the_token_endpoint_too(
     emulator: Emulator, session: aiohttp.ClientSession
 ) -> None:

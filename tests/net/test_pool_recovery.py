@@ -243,6 +243,67 @@ async def test_socket_closing_rotates_make_before_break(make_stack: Any, exclusi
         await assert_fully_served(stack, topics)
 
 
+async def test_a_reconnection_opens_the_socket_while_the_channel_is_checked(
+    make_stack: Any,
+) -> None:
+    """The HEAD and the upgrade go out together: one round trip less without a socket.
+
+    The HEAD is answered a second late (a distant platform); the socket of
+    the channel it asks about opens before that answer, and is kept once
+    the answer says the channel exists.
+    """
+    async with make_stack() as stack:
+        topics, channel_id = await start(stack)
+        await stack.fault("slow_api", method="HEAD", delay_s=1.0)
+        heads_answered_at_open: list[bool] = []
+
+        def opened(link: Any) -> None:
+            answered = [r for r in stack.emulator.requests if r["method"] == "HEAD"]
+            heads_answered_at_open.append(bool(answered))
+
+        stack.emulator.socket_opened.append(opened)
+        await stack.fault("drop_socket", channel_id=channel_id)
+        await eventually(lambda: stack.pool.stats()[0].reconnects == 1 and stack.pool.live)
+        assert heads_answered_at_open == [False]
+        assert [r["status"] for r in stack.emulator.requests if r["method"] == "HEAD"] == [200]
+        assert stack.pool.channel_ids()[0] == channel_id
+        await assert_fully_served(stack, topics)
+
+
+async def test_a_socket_opened_on_a_channel_the_check_finds_gone_is_closed(
+    make_stack: Any,
+) -> None:
+    """The channel dies while its HEAD is on the way: the socket opened meanwhile is let go.
+
+    A new channel is made at once (no back-off: the HEAD said why), and no
+    socket is left open on the dead one.
+    """
+    async with make_stack() as stack:
+        topics, old = await start(stack)
+        await stack.fault("slow_api", method="HEAD", delay_s=1.0)
+        await stack.fault("drop_socket", channel_id=old)
+        await eventually(lambda: old in stack.emulator.links)  # reopened, HEAD unanswered
+        await stack.fault("expire_channel", channel_id=old, announce=False)
+        await eventually(lambda: stack.pool.channel_ids()[0] not in (None, old))
+        new = stack.pool.channel_ids()[0]
+        assert [r["status"] for r in stack.emulator.requests if r["method"] == "HEAD"] == [404]
+        created = [
+            r
+            for r in stack.emulator.requests
+            if r["method"] == "POST" and r["path"] == CHANNELS_PATH
+        ]
+        assert len(created) == 2  # the first channel and its replacement, no more
+        await assert_fully_served(stack, topics)
+        (outage,) = stack.pool.outages
+        assert outage.channel_id == old
+        # Not held up by the dead socket's close handshake, which never ends
+        # (the platform's end of it went silent): let go in the background,
+        # and closed within its close timeout.
+        assert outage.end - outage.start < 1.0 + stack.pool.settings.close_timeout_s
+        await eventually(lambda: not stack.pool._retiring)
+        assert new in stack.emulator.links
+
+
 async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:
     async with make_stack() as stack:
         topics, old = await start(stack)

@@ -64,7 +64,7 @@ from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
 from genesys_mux.emulator.control import ControlSurface
-from genesys_mux.emulator.faults import HttpFault
+from genesys_mux.emulator.faults import HttpFault, SlowCall
 from genesys_mux.emulator.org import ContactCentre, Publication
 from genesys_mux.emulator.platform import (
     ApiProblem,
@@ -233,6 +233,8 @@ class Emulator:
         self.frame_faults: dict[str | None, FrameFaults] = {}
         #: How long each of the next socket upgrades waits before it is answered.
         self.slow_accepts: deque[float] = deque()
+        #: Injected delays still waiting for their API calls, oldest first.
+        self.slow_calls: list[SlowCall] = []
         #: Subscription calls under way per channel id, and the most ever at once.
         self.subscription_calls: dict[str, int] = {}
         self.most_subscription_calls: dict[str, int] = {}
@@ -400,6 +402,7 @@ class Emulator:
         try:
             faulty = request.path.startswith(_API) or request.path == "/oauth/token"
             if faulty:
+                await self._injected_delay(request)
                 self._injected_fault(request, after=False)
             response = await handler(request)
             if faulty and response.status < 400:
@@ -429,6 +432,14 @@ class Emulator:
                         "status": status,
                     }
                 )
+
+    async def _injected_delay(self, request: web.Request) -> None:
+        """Wait out the first injected delay waiting for ``request`` (slow_api), if any."""
+        for slow in self.slow_calls:
+            if slow.remaining > 0 and slow.matches(request):
+                slow.remaining -= 1
+                await asyncio.sleep(slow.delay_s)
+                return
 
     def _injected_fault(self, request: web.Request, *, after: bool) -> None:
         """Raise the first injected fault waiting for ``request`` (before or after it ran)."""

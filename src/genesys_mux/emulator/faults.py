@@ -42,7 +42,7 @@ from genesys_mux.emulator.sockets import FrameFaults, SocketLink, system_frame
 if TYPE_CHECKING:
     from genesys_mux.emulator.app import Emulator
 
-__all__ = ["FAULTS", "Fault", "HttpFault", "fault"]
+__all__ = ["FAULTS", "Fault", "HttpFault", "SlowCall", "fault"]
 
 #: A fault: it takes the emulator and the request's parameters, and returns
 #: what it applied to.
@@ -63,24 +63,37 @@ def fault(name: str) -> Callable[[Fault], Fault]:
 
 
 @dataclass(slots=True)
-class HttpFault:
-    """An injected HTTP error, waiting for the next ``remaining`` matching API calls."""
+class _CallFault:
+    """A fault waiting for the next ``remaining`` API calls of a path and method (any if None)."""
 
-    status: int
     remaining: int
-    retry_after_s: float | None
     path: str | None
     method: str | None
-    #: The call takes effect first, and only its answer is the error: a
-    #: gateway that timed out while the platform went on (a channel made, a
-    #: list replaced) answers the client 5xx all the same.
-    after: bool = False
 
     def matches(self, request: web.Request) -> bool:
         """Whether ``request`` is one this fault is waiting for."""
         return (self.path is None or self.path in request.path) and (
             self.method is None or self.method == request.method
         )
+
+
+@dataclass(slots=True)
+class SlowCall(_CallFault):
+    """An injected delay: the next ``remaining`` matching API calls answered ``delay_s`` late."""
+
+    delay_s: float = 1.0
+
+
+@dataclass(slots=True)
+class HttpFault(_CallFault):
+    """An injected HTTP error, waiting for the next ``remaining`` matching API calls."""
+
+    status: int = 503
+    retry_after_s: float | None = None
+    #: The call takes effect first, and only its answer is the error: a
+    #: gateway that timed out while the platform went on (a channel made, a
+    #: list replaced) answers the client 5xx all the same.
+    after: bool = False
 
     def problem(self) -> ApiProblem:
         """The error a matching call is answered with."""
@@ -337,17 +350,25 @@ def _http(
     if not isinstance(after, bool):
         raise TypeError("after must be true or false")
     emulator.http_faults = [f for f in emulator.http_faults if f.remaining > 0]
+    path, method = _call_of(data)
     emulator.http_faults.append(
         HttpFault(
-            status=status,
             remaining=count,
+            path=path,
+            method=method,
+            status=status,
             retry_after_s=float(retry_after) if retry_after is not None else None,
-            path=str(data["path"]) if data.get("path") is not None else None,
-            method=str(data["method"]).upper() if data.get("method") is not None else None,
             after=after,
         )
     )
     return [f"{count} x HTTP {status}" + (" after the call took effect" if after else "")]
+
+
+def _call_of(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The ``path`` (a part of it) and ``method`` a call fault waits for; None: any."""
+    path = str(data["path"]) if data.get("path") is not None else None
+    method = str(data["method"]).upper() if data.get("method") is not None else None
+    return path, method
 
 
 @fault("http_429")
@@ -367,13 +388,29 @@ def http_5xx(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     return _http(emulator, data, int(data.get("status", 503)), after=data.get("after", False))
 
 
-@fault("slow_accept")
-def slow_accept(emulator: Emulator, data: dict[str, Any]) -> list[str]:
-    """The next ``count`` socket upgrades are answered ``delay_s`` late."""
+def _lateness(data: dict[str, Any]) -> tuple[float, int]:
+    """A slow fault's ``delay_s`` (1) and ``count`` (1), checked."""
     delay_s = float(data.get("delay_s", 1.0))
     count = int(data.get("count", 1))
     if not 0.0 <= delay_s <= 60.0 or not 1 <= count <= 1000:
         raise ValueError("delay_s must be between 0 and 60, count between 1 and 1000")
+    return delay_s, count
+
+
+@fault("slow_api")
+def slow_api(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The next ``count`` matching API calls are answered ``delay_s`` late (a distant platform)."""
+    delay_s, count = _lateness(data)
+    path, method = _call_of(data)
+    emulator.slow_calls = [c for c in emulator.slow_calls if c.remaining > 0]
+    emulator.slow_calls.append(SlowCall(remaining=count, path=path, method=method, delay_s=delay_s))
+    return [f"{count} x {delay_s:g} s late"]
+
+
+@fault("slow_accept")
+def slow_accept(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The next ``count`` socket upgrades are answered ``delay_s`` late."""
+    delay_s, count = _lateness(data)
     emulator.slow_accepts.extend([delay_s] * count)
     return ["*"]
 

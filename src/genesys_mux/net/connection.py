@@ -52,7 +52,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 import aiohttp
 import msgspec
@@ -188,6 +188,8 @@ class PoolSettings:
 
 #: What a system frame's ``reason`` must look like to be quoted in a log line.
 _REASON: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: A socket whose text frames are read as their UTF-8 bytes (``decode_text=False``).
+_Bytes: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[False]]
 
 
 class InboundNotification(msgspec.Struct, frozen=True, gc=False):
@@ -253,7 +255,7 @@ class _Socket:
         slot: _Slot,
         info: ChannelInfo,
         token_expires_at: float,
-        ws: aiohttp.ClientWebSocketResponse[Literal[False]],
+        ws: _Bytes,
     ) -> None:
         self.pool = pool
         self.slot = slot
@@ -810,7 +812,7 @@ class ChannelPool:
         )
         self._plan_lock = asyncio.Lock()
         self._closed = False
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Future[None]] = set()
         self.outages: deque[Outage] = deque(maxlen=1000)
         self.rejections: dict[str, Rejection] = {}
         # Topics the platform answered 400 notification.invalid.topic for:
@@ -864,8 +866,7 @@ class ChannelPool:
                         closing.changed.set()
                         if closing.task is not None:
                             # It still has to empty and close its channel.
-                            self._retiring.add(closing.task)
-                            closing.task.add_done_callback(self._retiring.discard)
+                            self._finishing(closing.task)
                 elif isinstance(op, Subscribe | Unsubscribe):
                     touched.append(self._slots[op.slot])
             for slot in {id(s): s for s in touched}.values():
@@ -1500,14 +1501,17 @@ class ChannelPool:
         self._forgo_turn(taking)
         return False
 
+    def _finishing(self, task: asyncio.Task[None] | asyncio.Future[None]) -> None:
+        """Keep ``task`` (closing a socket, giving a turn back) until it ends: close() awaits it."""
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     def _forgo_turn(self, taking: asyncio.Future[None]) -> None:
         """Stop waiting for a turn; one taken meanwhile (it cannot be cancelled then) goes back."""
 
         def give_back(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
-                giving = asyncio.ensure_future(self._give_turn())
-                self._retiring.add(giving)
-                giving.add_done_callback(self._retiring.discard)
+                self._finishing(asyncio.ensure_future(self._give_turn()))
 
         taking.add_done_callback(give_back)
         taking.cancel()
@@ -1540,9 +1544,7 @@ class ChannelPool:
                 if slot.socket is socket:
                     slot.socket = None
                 if socket is not None:
-                    closing = socket.abandon()
-                    self._retiring.add(closing)
-                    closing.add_done_callback(self._retiring.discard)
+                    self._finishing(socket.abandon())
             elif isinstance(action, OutageWindow):
                 self._outage(slot, action)
             elif isinstance(action, Drain):
@@ -1572,9 +1574,7 @@ class ChannelPool:
             # Cancelled (a stop) midway: taken out of the slot's sockets, it
             # would be closed by nobody and read on for ever. A rotation's
             # old socket: its successor had all it could still deliver.
-            closing = socket.abandon()
-            self._retiring.add(closing)
-            closing.add_done_callback(self._retiring.discard)
+            self._finishing(socket.abandon())
             slot.machine.drained(key, True, time.time())
             raise
         last = socket.lost_at if socket.lost_at is not None else socket.last_frame_wall
@@ -1637,8 +1637,11 @@ class ChannelPool:
             slot.stats.state = "connecting"
         token = await self._tokens.token()
         info: ChannelInfo | None = None
-        if reuse is not None and await self._rest.channel_exists(reuse.id):
-            info = reuse
+        ws: _Bytes | None = None
+        if reuse is not None:
+            ws = await self._reconnect(slot, reuse)
+            if ws is not None:
+                info = reuse
         if info is None:
             try:
                 info = await self._rest.create_channel()
@@ -1659,30 +1662,8 @@ class ChannelPool:
         token_expires_at = self._creator_expiry.get(info.id, token.expires_at)
         # Until the socket is live; a HEAD before reuse still checks it exists.
         slot.unused_channel = info
-        try:
-            # Bounded: a host that takes the connection and never answers
-            # the upgrade would hold this slot for the session's default
-            # timeout (five minutes) per attempt.
-            async with asyncio.timeout(self.settings.live_timeout_s):
-                ws = await self._session.ws_connect(
-                    info.connect_uri,
-                    autoping=True,
-                    # The reader must see the platform's close frame rather than
-                    # have aiohttp answer it inside receive(): a drain reads
-                    # through the close handshake (see _Socket._close_reading).
-                    autoclose=False,
-                    # Text frames as their UTF-8 bytes: msgspec reads bytes as
-                    # fast as text, and aiohttp need not decode each frame into
-                    # a str first (decode_frame checks the UTF-8 itself).
-                    decode_text=False,
-                    max_msg_size=0,
-                    heartbeat=None,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(
-                f"cannot open the socket of channel {info.id}: {type(exc).__name__}"
-            ) from exc
+        if ws is None:
+            ws = await self._connect(info)
         socket = _Socket(self, slot, info, token_expires_at, ws)
         slot.sockets[socket.key] = socket
         slot.channels[socket.key] = info.id
@@ -1733,6 +1714,75 @@ class ChannelPool:
             del self._creator_expiry[channel_id]
         self._report(ChannelConnected(slot.index, info.id))
         return socket
+
+    async def _reconnect(self, slot: _Slot, channel: ChannelInfo) -> _Bytes | None:
+        """A new socket on ``channel``, or None when the channel is gone (HEAD: 404).
+
+        The HEAD and the socket's upgrade go out together: a reconnection
+        is a window in which nothing is read, and on a distant platform one
+        round trip fewer shortens every gap it reports. The channel's word
+        decides: a socket opened on a channel the HEAD says is gone is
+        closed (the platform may take the upgrade of a dead channel and
+        only then say 404), and one that would not open on a live channel
+        fails the attempt as any other would.
+        """
+        exists = asyncio.ensure_future(self._rest.channel_exists(channel.id))
+        try:
+            ws = await self._connect(channel)
+        except TransportError:
+            if not await exists:
+                return None  # that is why: a new channel, at once
+            raise
+        except BaseException:
+            exists.cancel()
+            await asyncio.gather(exists, return_exceptions=True)  # its outcome, retrieved
+            raise
+        try:
+            alive = await exists
+        except BaseException:
+            self._let_go(ws)
+            raise
+        if alive:
+            return ws
+        log.info("slot %d: channel %s is gone; creating another", slot.index, channel.id)
+        self._let_go(ws)
+        return None
+
+    def _let_go(self, ws: _Bytes) -> None:
+        """Close a socket nobody reads, in the background: a dead channel's may never answer."""
+
+        async def close() -> None:
+            with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+                await ws.close()
+
+        self._finishing(asyncio.create_task(close(), name="genesys-mux-let-go"))
+
+    async def _connect(self, channel: ChannelInfo) -> _Bytes:
+        """Open the socket of ``channel``; a TransportError if it does not open in time."""
+        try:
+            # Bounded: a host that takes the connection and never answers
+            # the upgrade would hold this slot for the session's default
+            # timeout (five minutes) per attempt.
+            async with asyncio.timeout(self.settings.live_timeout_s):
+                return await self._session.ws_connect(
+                    channel.connect_uri,
+                    autoping=True,
+                    # The reader must see the platform's close frame rather than
+                    # have aiohttp answer it inside receive(): a drain reads
+                    # through the close handshake (see _Socket._close_reading).
+                    autoclose=False,
+                    # Text frames as their UTF-8 bytes: msgspec reads bytes as
+                    # fast as text, and aiohttp need not decode each frame into
+                    # a str first (decode_frame checks the UTF-8 itself).
+                    decode_text=False,
+                    max_msg_size=0,
+                    heartbeat=None,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(
+                f"cannot open the socket of channel {channel.id}: {type(exc).__name__}"
+            ) from exc
 
     async def _sync(self, slot: _Slot, socket: _Socket, version: int) -> Recreate | None:
         """PUT the slot's topics on its socket's channel; a Recreate if the channel is gone.
