@@ -76,6 +76,25 @@ async def test_a_jsonl_sink_path_that_names_a_directory_is_named_by_its_key(
     assert [e.split(": ")[1] for e in errors] == ["streams[0].sinks[0].path"]
 
 
+@pytest.mark.parametrize("dlq_path", [".", "/", ".."])
+async def test_a_dead_letter_path_that_can_name_no_file_is_a_problem_anywhere(
+    tmp_path: Path, dlq_path: str
+) -> None:
+    """``.`` crashed both commands (no file name to put its ``.lock`` beside).
+
+    ``/`` and ``..``, being outside the file's directory, were only warned
+    about as perhaps another machine's; they name a directory on every one.
+    """
+    (tmp_path / "mux.toml").write_text(config(f'dlq_path = "{dlq_path}"'))
+    problems, errors, output = await validate_and_run(tmp_path)
+    assert problems == {
+        "settings.dlq_path": f"{dlq_path!r} is a directory; name a file (in it, say)"
+    }
+    (error,) = errors
+    assert error.startswith("error: settings.dlq_path: "), output
+    assert "is a directory" in error
+
+
 @as_root
 async def test_read_only_directories_are_problems_with_their_keys(tmp_path: Path) -> None:
     """A read-only directory (a read-only mount, say) is found by validate, and refused by run."""

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from genesys_mux.emulator import Emulator
-from tests.cli.conftest import run_cli, run_cli_until, start_cli
+from tests.cli.conftest import Result, run_cli, run_cli_until, start_cli
 from tests.sinks.conftest import SECRET, Receiver, free_port
 from tests.waiting import eventually
 
@@ -94,6 +94,24 @@ def webhook_config(url: str, *sink_keys: str) -> str:
     )
 
 
+async def run_into_a_refused_webhook(
+    emulator: Emulator, tmp_path: Path, dlq_max_bytes: int | None = None
+) -> Result:
+    """``run`` for 2 s with a webhook nobody listens for (one attempt a batch)."""
+    config = webhook_config(
+        f"http://127.0.0.1:{free_port()}/hook", 'signing = "genesys-mux"', "max_attempts = 1"
+    )
+    if dlq_max_bytes is not None:
+        config = config.replace(
+            'dlq_path = "dlq.jsonl"\n', f'dlq_path = "dlq.jsonl"\ndlq_max_bytes = {dlq_max_bytes}\n'
+        )
+    (tmp_path / "mux.toml").write_text(config)
+    return await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "2",
+        cwd=tmp_path, env={**DEMO_CREDENTIALS, "HOOK_SECRET": "s" * 32},
+    )  # fmt: skip
+
+
 async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_delivered(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -101,15 +119,7 @@ async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_del
 
     The stop's numbers say so, instead of counting them as delivered too.
     """
-    (tmp_path / "mux.toml").write_text(
-        webhook_config(
-            f"http://127.0.0.1:{free_port()}/hook", 'signing = "genesys-mux"', "max_attempts = 1"
-        )
-    )
-    ran = await run_cli(
-        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "2",
-        cwd=tmp_path, env={**DEMO_CREDENTIALS, "HOOK_SECRET": "s" * 32},
-    )  # fmt: skip
+    ran = await run_into_a_refused_webhook(emulator, tmp_path)
     assert ran.code == 0, ran.why()
     stopped = _stopped(tmp_path)
     letters = (tmp_path / "dlq.jsonl").read_text().splitlines()
@@ -124,6 +134,26 @@ async def test_events_a_sink_refused_are_counted_taken_and_dead_lettered_not_del
         "by the 1 stream(s) it held at the end; the letters are in dlq.jsonl: see them with "
         "`genesys-mux dlq list -c CONFIG`, send them on with `genesys-mux dlq replay`"
     ) in ran.stderr, ran.why()
+
+
+async def test_letters_the_dead_letter_file_could_not_take_are_said_lost_not_kept(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A full dead-letter file: the stop must not say the letters are in it, nor exit 0.
+
+    It used to say "the letters are in dlq.jsonl" of letters it had only
+    counted, and exit 0: a script read the run as one that lost nothing.
+    """
+    ran = await run_into_a_refused_webhook(emulator, tmp_path, dlq_max_bytes=0)
+    assert ran.code == 1, ran.why()
+    stopped = _stopped(tmp_path)
+    assert stopped["dead_lettered"] > 0, ran.why()
+    assert not (tmp_path / "dlq.jsonl").exists() or not (tmp_path / "dlq.jsonl").read_bytes()
+    assert (
+        f"{stopped['dead_lettered']} dead letter(s) could not be written to dlq.jsonl and are "
+        "lost (see the errors above)"
+    ) in ran.stderr, ran.why()
+    assert "the letters are in" not in ran.stderr
 
 
 async def test_a_second_ctrl_c_stops_at_once_and_dead_letters_what_a_hung_sink_holds(

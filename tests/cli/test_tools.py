@@ -23,7 +23,7 @@ from genesys_mux.core.streams import DeadLetter, StreamEvent, Transition
 from genesys_mux.emulator import Emulator
 from genesys_mux.sinks.base import EventRecord, decode_record
 from genesys_mux.sinks.dlq import JsonlDeadLetterQueue, read_dead_letters
-from tests.cli.conftest import run_cli, start_cli
+from tests.cli.conftest import Result, run_cli, start_cli
 from tests.sinks.conftest import SECRET, Receiver, free_port, real_events
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "genesys-mux.toml"
@@ -341,6 +341,14 @@ filter = {{ channelType = "chat" }}
 """
 
 
+async def replay_voice(tmp_path: Path, env: dict[str, str] | None = None) -> Result:
+    """``dlq replay`` of stream voice-main, from dlq.jsonl, with mux.toml."""
+    return await run_cli(
+        "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+
+
 async def test_dlq_replay_moves_letters_into_a_jsonl_sink(tmp_path: Path) -> None:
     path = tmp_path / "dlq.jsonl"
     letters = write_dlq(path)
@@ -350,10 +358,7 @@ async def test_dlq_replay_moves_letters_into_a_jsonl_sink(tmp_path: Path) -> Non
     )
     (tmp_path / "replayed").mkdir()
 
-    result = await run_cli(
-        "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
-        cwd=tmp_path,
-    )  # fmt: skip
+    result = await replay_voice(tmp_path)
     assert result.code == 0, result.why()
     assert "replayed 3 of 3" in result.output, result.why()
 
@@ -382,10 +387,7 @@ async def test_dlq_replay_moves_letters_into_a_jsonl_sink(tmp_path: Path) -> Non
     # Delivered letters left the file; the other stream's stayed, byte for byte.
     assert dlq_lines(path) == [line for line in original if b'"chat-support"' in line]
 
-    again = await run_cli(
-        "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
-        cwd=tmp_path,
-    )  # fmt: skip
+    again = await replay_voice(tmp_path)
     assert again.code == 0, again.why()
     assert "no dead letters" in again.output
     assert len((tmp_path / "replayed" / "voice-main.jsonl").read_bytes().splitlines()) == 3
@@ -401,11 +403,7 @@ async def test_dlq_replay_into_a_refusing_webhook_keeps_the_letters(tmp_path: Pa
                 f'  type = "webhook"\n  url = "{receiver.url}"\n  secret_env = "CRM_HOOK_SECRET"'
             )
         )
-        result = await run_cli(
-            "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
-            cwd=tmp_path,
-            env={"CRM_HOOK_SECRET": SECRET},
-        )  # fmt: skip
+        result = await replay_voice(tmp_path, env={"CRM_HOOK_SECRET": SECRET})
         assert result.code != 0, result.why()
         assert "replayed 0 of 3" in result.output, result.why()
         # The receiver saw correctly signed requests with the letters, and refused them once.
@@ -429,13 +427,42 @@ async def test_dlq_replay_into_a_refusing_webhook_keeps_the_letters(tmp_path: Pa
     before = path.read_bytes()
 
     # Without the secret in the environment: a clear error naming the variable, nothing sent.
-    unset = await run_cli(
-        "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
-        cwd=tmp_path,
-    )  # fmt: skip
+    unset = await replay_voice(tmp_path)
     assert unset.code != 0, unset.why()
     assert "CRM_HOOK_SECRET" in unset.output, unset.why()
     assert path.read_bytes() == before
+
+
+async def test_dlq_replay_into_a_sink_that_cannot_start_ends_and_keeps_the_letters(
+    tmp_path: Path,
+) -> None:
+    """A Redis that nothing answers: the replay gives up on it after a few attempts.
+
+    It used to try to start the sink for ever, printing nothing after the
+    first warning: a replay in a script or a cron job hung for good.
+    """
+    path = tmp_path / "dlq.jsonl"
+    letters = write_dlq(path)
+    before = dlq_lines(path)
+    (tmp_path / "mux.toml").write_text(
+        replay_config(f'  type = "redis"\n  url = "redis://127.0.0.1:{free_port()}/0"')
+    )
+    result = await replay_voice(tmp_path)
+    assert result.code == 1, result.why()
+    assert "sink redis cannot start" in result.output, result.why()
+    assert "gave up after 5 attempts" in result.output, result.why()
+    assert "its 3 letter(s) stay in dlq.jsonl" in result.output, result.why()
+    assert "replayed 0 of 3" in result.output, result.why()
+    # Kept, each naming the sink that could not take it; the other stream's untouched.
+    assert [line for line in dlq_lines(path) if b'"chat-support"' in line] == [
+        line for line in before if b'"chat-support"' in line
+    ]
+    kept = [d for d in read_dead_letters(path) if d.stream_id == "voice-main"]
+    assert [(d.epoch, d.sequence) for d in kept] == [
+        (d.epoch, d.sequence) for d in letters if d.stream_id == "voice-main"
+    ]
+    assert all(d.failed_sinks == ("redis",) for d in kept), [d.reason for d in kept]
+    assert all("cannot start" in d.reason for d in kept), [d.reason for d in kept]
 
 
 async def test_dlq_replay_sends_a_letter_only_to_the_sinks_that_failed_it(
@@ -465,11 +492,7 @@ async def test_dlq_replay_sends_a_letter_only_to_the_sinks_that_failed_it(
                 '  secret_env = "CRM_HOOK_SECRET"'
             )
         )
-        result = await run_cli(
-            "dlq", "replay", "-c", "mux.toml", "--stream", "voice-main", "-f", "dlq.jsonl",
-            cwd=tmp_path,
-            env={"CRM_HOOK_SECRET": SECRET},
-        )  # fmt: skip
+        result = await replay_voice(tmp_path, env={"CRM_HOOK_SECRET": SECRET})
         assert result.code == 0, result.why()
         assert "replayed 4 of 4" in result.output, result.why()
         to_crm = [i["sequence"] for r in receiver.requests for i in r.items]

@@ -343,6 +343,8 @@ class Runtime:
         self.side_tasks: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
         #: This instance's part in a cluster, when the configuration has one.
         self.member: ClusterMember | None = None
+        #: Dead letters the dead-letter file could not take (said at the stop).
+        self.letters_lost = 0
         self._started = False
         self._audit: AuditLog | None = None
         self._metrics: MuxMetrics | None = None
@@ -562,7 +564,9 @@ class Runtime:
             # Raised once everything buffered is dead-lettered and the last
             # checkpoint is written: the command line prints it and exits 2.
             raise self._fatal
-        return 0
+        # Events lost for want of a writable dead-letter file: a supervisor
+        # or a script must not read this run as one that lost nothing.
+        return 1 if self.letters_lost else 0
 
     def _hold(self, task: asyncio.Task[Any]) -> None:
         """Keep ``task`` for the stop to wait for, while it runs.
@@ -626,25 +630,36 @@ class Runtime:
         ``dead_lettered`` counts with the buffers' own letters.
         """
         assert self.mux is not None
-        streams = self.mux.stats()["streams"]
+        stats = self.mux.stats()
+        streams = stats["streams"]
         taken = sum(s.delivered for s in streams.values())
         by_buffers = sum(s.dead_lettered for s in streams.values())
         by_sinks = sum(self._sink_dead_lettered(sid) for sid in streams)
         dead = by_buffers + by_sinks
+        # Letters the file could not take (unwritable, full: logged as they
+        # went) are lost: never said to be in it.
+        self.letters_lost = int(stats["dlq"]["dropped"])
+        where = self.config.settings.dlq_path
+        if not dead:
+            letters = ""
+        elif self.letters_lost:
+            letters = (
+                f"; {self.letters_lost} dead letter(s) could not be written to {where} and are "
+                "lost (see the errors above)"
+            )
+        else:
+            letters = (
+                f"; the letters are in {where}: see them with "
+                "`genesys-mux dlq list -c CONFIG`, send them on with `genesys-mux dlq replay`"
+            )
         self._say(
-            logging.WARNING if dead else logging.INFO,
+            logging.ERROR if self.letters_lost else logging.WARNING if dead else logging.INFO,
             # (A cluster member has handed its streams over by now: these
             # are the streams it still held.)
             f"stopped{' during start-up' if during_startup else ''} ({why}): "
             f"{taken} events handed to sinks or the output, "
             f"{dead} dead-lettered ({by_buffers} by the buffers, "
-            f"{by_sinks} by sinks), by the {len(streams)} stream(s) it held at the end"
-            + (
-                f"; the letters are in {self.config.settings.dlq_path}: see them with "
-                "`genesys-mux dlq list -c CONFIG`, send them on with `genesys-mux dlq replay`"
-                if dead
-                else ""
-            ),
+            f"{by_sinks} by sinks), by the {len(streams)} stream(s) it held at the end" + letters,
         )
         reason = f"{why} during start-up" if during_startup else why
         audit.run_stopped(reason, len(streams), taken, by_buffers + by_sinks, by_sinks)

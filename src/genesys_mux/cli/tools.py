@@ -7,6 +7,7 @@ calls; they print with rich and return an exit code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from genesys_mux.cli.runtime import build_sink, client_budgets, state_setting
 from genesys_mux.configfile import (
     ConfigFile,
     GenesysSection,
+    SinkSpec,
     check_config,
     json_schema,
     load_config,
@@ -43,14 +45,14 @@ from genesys_mux.core.snapshot import event_facts
 from genesys_mux.core.streams import DeadLetter, Gap, StreamEvent
 from genesys_mux.core.timestamps import format_iso
 from genesys_mux.core.topics import expand_topic
-from genesys_mux.errors import ConfigError, GenesysMuxError
+from genesys_mux.errors import ConfigError, GenesysMuxError, SinkStartError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.connection import ChannelPool
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import endpoints_for, resolve_region
-from genesys_mux.sinks.base import Batching
+from genesys_mux.sinks.base import Sink
 from genesys_mux.sinks.dlq import dead_letter_line, file_lock, read_dead_letters
-from genesys_mux.sinks.fanout import deliver_stream
+from genesys_mux.sinks.runner import SinkRunner
 from genesys_mux.state import StateStore, open_store
 
 __all__ = [
@@ -102,13 +104,15 @@ def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
     for where, name in files:
         file = Path(name)
         directory = file.parent
+        if file.is_dir() or _no_file_name(file):
+            problem = f"{str(file)!r} is a directory; name a file (in it, say)"
+            problems.append((where, problem, file))
+            continue
         creates = [file]
         if where == "settings.dlq_path":
             creates.append(file.with_name(file.name + ".lock"))
         rotates = where not in ("settings.dlq_path", "settings.audit_path")
-        if file.is_dir():
-            problem = f"{str(file)!r} is a directory; name a file (in it, say)"
-        elif unwritable := [f for f in creates if f.exists() and not os.access(f, os.W_OK)]:
+        if unwritable := [f for f in creates if f.exists() and not os.access(f, os.W_OK)]:
             problem = f"{str(unwritable[0])!r} is not writable by this user; {advice}"
         elif (
             (rotates or not all(f.exists() for f in creates))
@@ -122,6 +126,11 @@ def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
             continue
         problems.append((where, problem, file))
     return problems
+
+
+def _no_file_name(path: Path) -> bool:
+    """``.``, ``/``, ``..``: a path that names a directory on every machine, never a file."""
+    return path.name in ("", "..")
 
 
 def validate(path: Path, console: Console, *, as_json: bool = False, here: bool = False) -> int:
@@ -146,7 +155,7 @@ def validate(path: Path, console: Console, *, as_json: bool = False, here: bool 
         # (an absolute one) may name another machine's: a warning, unless --here.
         home = path.resolve().parent
         for where, problem, file in unwritable_outputs(report.config):
-            if here or file.resolve().is_relative_to(home):
+            if here or _no_file_name(file) or file.resolve().is_relative_to(home):
                 problems.append((where, problem))
             else:
                 warnings.append(f"{where}: {problem} here; it must be writable where it runs")
@@ -445,6 +454,11 @@ def dlq_purge(
     return 0
 
 
+#: Attempts a replay makes to start a sink, and to send a batch when its
+#: sink's ``max_attempts`` is unbounded: the letters stay for the next replay.
+_REPLAY_ATTEMPTS = 5
+
+
 def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> int:
     """Send a stream's dead letters through its configured sinks; remove those delivered.
 
@@ -511,21 +525,37 @@ def dlq_replay(path: Path, config_path: Path, stream: str, console: Console) -> 
                 digest=facts.hash,
             )
 
+    async def replay_into(sink: Sink, spec: SinkSpec, route: list[DeadLetter]) -> None:
+        # No lingering (the letters are all there), and a bounded number of
+        # attempts, to start as to send: a replay that fails leaves the
+        # letters for the next one.
+        attempts = spec.batching.max_attempts or _REPLAY_ATTEMPTS
+        runner = SinkRunner(
+            items(route),
+            [sink],
+            failed.append,
+            batch_size=spec.batching.batch_size,
+            linger_s=0.0,
+            max_attempts=attempts,
+            start_attempts=attempts,
+            name=stream,
+        )
+        try:
+            await runner.run()
+        except SinkStartError as exc:
+            print_warning(console, f"{exc}; its {len(route)} letter(s) stay in {path}")
+            why = DeadLetter.sink_failed([sink.name], f"cannot start: {exc.reason}")
+            failed.extend(dataclasses.replace(letter, reason=why) for letter in route)
+
     async def replay() -> None:
-        # One runner per sink, each with its own letters in their order. No
-        # lingering (the letters are all there), and a bounded number of
-        # attempts: a replay that fails leaves the letters for the next one.
-        runners = [
-            deliver_stream(
-                items(route),
-                [(sink, Batching(spec.batching.batch_size, 0.0, spec.batching.max_attempts or 5))],
-                failed.append,
-                name=stream,
+        # One runner per sink, each with its own letters in their order.
+        await asyncio.gather(
+            *(
+                replay_into(sink, spec, route)
+                for sink, spec, route in zip(sinks, specs, routes, strict=True)
+                if route
             )
-            for sink, spec, route in zip(sinks, specs, routes, strict=True)
-            if route
-        ]
-        await asyncio.gather(*(runner.run() for runner in runners))
+        )
 
     asyncio.run(replay())
     # Each letter replayed is replaced by what failed of it now: one letter

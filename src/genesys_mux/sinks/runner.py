@@ -160,8 +160,10 @@ class SinkRunner:
     cap); ``backoff`` times the retries (default ``Backoff(0.2, 10.0)``).
     ``stop_grace_s`` is how long a failing batch may still be retried after
     :meth:`stop`. With ``own_sinks`` (default) the runner starts the sinks
-    when it starts and closes them when it ends. ``name`` labels the logs,
-    usually the stream id.
+    when it starts and closes them when it ends; ``start_attempts`` caps the
+    attempts to start each (None, the default: until it starts or the runner
+    stops; a finite run, such as a replay, must not wait for ever). ``name``
+    labels the logs, usually the stream id.
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class SinkRunner:
         backoff: Backoff | None = None,
         stop_grace_s: float = 10.0,
         own_sinks: bool = True,
+        start_attempts: int | None = None,
         name: str = "stream",
     ) -> None:
         if not sinks:
@@ -189,6 +192,8 @@ class SinkRunner:
             raise ConfigError(f"sink runner {name}: linger_s and stop_grace_s must be >= 0")
         if max_attempts is not None and max_attempts < 1:
             raise ConfigError(f"sink runner {name}: max_attempts must be at least 1 or None")
+        if start_attempts is not None and start_attempts < 1:
+            raise ConfigError(f"sink runner {name}: start_attempts must be at least 1 or None")
         self.name = name
         # Every line names its stream (for the one log schema, see cli/logs.py).
         self._log = logging.LoggerAdapter(log, {"stream_id": name})
@@ -196,6 +201,7 @@ class SinkRunner:
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.max_attempts = max_attempts
+        self.start_attempts = start_attempts
         self.backoff = backoff or Backoff(0.2, 10.0)
         self.stop_grace_s = stop_grace_s
         #: Items every sink took.
@@ -328,11 +334,15 @@ class SinkRunner:
         log show a sink that cannot start as one that is failing. A
         non-retryable failure (a missing destination, a refused login: a
         configuration to fix) raises :class:`SinkStartError`; so does an
-        unexpected exception, which no wait would fix either.
+        unexpected exception, which no wait would fix either, and the last of
+        ``start_attempts``.
         """
         counters = self.per_sink[sink.name]
         retries = Retries(
-            f"start of sink {sink.name} of {self.name}", self.backoff, logger=self._log
+            f"start of sink {sink.name} of {self.name}",
+            self.backoff,
+            max_attempts=self.start_attempts,
+            logger=self._log,
         )
         while not self._stopping.is_set():
             try:
@@ -365,7 +375,11 @@ class SinkRunner:
                 retryable=error.retryable,
             )
             if wait is None:
-                self._notify(sink.name, f"cannot start: {reason} (not retryable)")
+                if error.retryable:  # the last of start_attempts
+                    reason = f"{reason} (gave up after {retries.attempts} attempts)"
+                    self._notify(sink.name, f"cannot start: {reason}")
+                else:
+                    self._notify(sink.name, f"cannot start: {reason} (not retryable)")
                 raise SinkStartError(self.name, sink.name, reason) from error
             counters.retries += 1
             self.retries += 1
