@@ -196,7 +196,9 @@ def test_a_redis_store_without_the_redis_extra_says_what_to_install() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     message = done.stdout.strip()
     assert message.startswith("the Redis state store needs the Python package 'redis'"), message
-    assert message.endswith("pip install 'genesys-mux[redis]'"), message
+    assert message.endswith(
+        "pip install 'genesys-mux[redis]' (in a checkout of genesys-mux: pip install '.[redis]')"
+    ), message
 
 
 def test_the_command_line_without_its_extra_says_what_to_install() -> None:
@@ -206,7 +208,8 @@ def test_the_command_line_without_its_extra_says_what_to_install() -> None:
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip() == (
         "error: the genesys-mux command line needs the Python package 'typer', which is not "
-        "installed; install it with: pip install 'genesys-mux[cli]'"
+        "installed; install it with: pip install 'genesys-mux[cli]' (in a checkout of "
+        "genesys-mux: pip install '.[cli]')"
     )
 
 
@@ -481,11 +484,13 @@ def test_validate_reports_each_feature_whose_extra_is_missing(tmp_path: Path) ->
     assert report["valid"] is False
     problems = {p["path"]: p["problem"] for p in report["problems"]}
     redis_fix = "needs the Python package 'redis', which is not installed; install it with: "
-    redis_fix += "pip install 'genesys-mux[redis]'"
+    redis_fix += "pip install 'genesys-mux[redis]' (in a checkout of genesys-mux: pip install "
+    redis_fix += "'.[redis]')"
     assert problems == {
         "streams[0].sinks[0]": f"the Redis Streams sink {redis_fix}",
         "streams[0].sinks[1]": "the NATS sink needs the Python package 'nats-py', which is "
-        "not installed; install it with: pip install 'genesys-mux[nats]'",
+        "not installed; install it with: pip install 'genesys-mux[nats]' (in a checkout of "
+        "genesys-mux: pip install '.[nats]')",
         "state": f"the Redis state store {redis_fix}",
         "cluster": f"a cluster (leases in Redis) {redis_fix}",
     }
@@ -514,5 +519,6 @@ def test_run_refuses_to_start_without_an_extra_the_configuration_needs(tmp_path:
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip() == (
         "error: streams[0].sinks[1]: the NATS sink needs the Python package 'nats-py', which "
-        "is not installed; install it with: pip install 'genesys-mux[nats]'"
+        "is not installed; install it with: pip install 'genesys-mux[nats]' (in a checkout of "
+        "genesys-mux: pip install '.[nats]')"
     )

@@ -213,7 +213,7 @@ class InvalidStateError(GenesysMuxError):
 class MissingExtraError(GenesysMuxError, ImportError):
     """A feature needs a package that comes with an optional extra, and it is not installed.
 
-    ``pip install genesys-mux`` is the library alone; the Redis sink, state
+    ``pip install genesys-mux`` (``.`` in a checkout) is the library alone; the Redis sink, state
     store and cluster need ``[redis]``, the NATS sink ``[nats]``, the Prometheus metrics and admin
     server ``[metrics]``, the command line ``[cli]``. The message names the
     feature, the missing package and the command that installs it. It is
@@ -225,7 +225,8 @@ class MissingExtraError(GenesysMuxError, ImportError):
     def __init__(self, feature: str, package: str, extra: str) -> None:
         super().__init__(
             f"{feature} needs the Python package {package!r}, which is not installed; "
-            f"install it with: pip install 'genesys-mux[{extra}]'",
+            f"install it with: pip install 'genesys-mux[{extra}]' "
+            f"(in a checkout of genesys-mux: pip install '.[{extra}]')",
             name=package,
         )
         self.feature = feature

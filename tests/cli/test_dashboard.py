@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
 from genesys_mux.cli.dashboard import AuditTail, Dashboard
+from tests.cli.conftest import cli_env, run_cli
+from tests.cli.test_output_files import CREDENTIALS
 from tests.net.test_multiplexer import harness
+from tests.sinks.conftest import free_port
 
 
 def rendered(dashboard: Dashboard) -> str:
@@ -30,3 +37,43 @@ async def test_the_dlq_column_counts_the_letters_of_the_streams_sinks_too() -> N
         # Columns: stream, pri, ev/s, deliv, dup, stale, ovfl, DLQ, ...
         assert streams_row(rendered(plain), "voice")[7] == "0"
         assert streams_row(rendered(with_sinks), "voice")[7] == "7"
+
+
+async def test_tui_refuses_a_stdout_sink_that_would_print_over_it(tmp_path: Path) -> None:
+    """A stdout sink on the dashboard's terminal wrote its lines across the display.
+
+    Refused before anything starts, naming the stream and what to do;
+    with stdout sent elsewhere, the same command is not refused for it.
+    """
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\n'
+        '[[streams]]\nid = "calls"\nfilter = {}\n  [[streams.sinks]]\n  type = "stdout"\n'
+    )
+    args = (sys.executable, "-m", "genesys_mux", "run", "-c", "mux.toml", "--tui")
+    terminal, terminal_end = os.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=terminal_end,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=tmp_path,
+            env=cli_env(CREDENTIALS),
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        os.close(terminal_end)
+        os.close(terminal)
+    said = err.decode()
+    assert process.returncode == 2, said
+    assert "error: --tui: stream(s) calls print their events to this terminal" in said
+    assert "> events.jsonl" in said
+    # Piped, the events go to the pipe: not refused for that. It starts, and
+    # with nothing to log in to it stops at the end of its --duration.
+    nobody = f"http://127.0.0.1:{free_port()}"
+    piped = await run_cli(
+        "run", "-c", "mux.toml", "--tui", "--duration", "1", "--base-url", nobody,
+        cwd=tmp_path, env=CREDENTIALS,
+    )  # fmt: skip
+    assert "print their events to this terminal" not in piped.output, piped.why()
+    assert "start-up did not finish within --duration 1 s" in piped.output, piped.why()

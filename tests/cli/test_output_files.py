@@ -95,6 +95,21 @@ async def test_a_dead_letter_path_that_can_name_no_file_is_a_problem_anywhere(
     assert "is a directory" in error
 
 
+@pytest.mark.parametrize("state_path", [".", "states"])
+async def test_a_state_path_that_names_a_directory_is_a_problem_with_its_key(
+    tmp_path: Path, state_path: str
+) -> None:
+    """validate said valid, and run failed on "unable to open database file", naming no key."""
+    (tmp_path / "states").mkdir()
+    (tmp_path / "mux.toml").write_text(
+        config('dlq_path = "dlq.jsonl"') + f'[state]\npath = "{state_path}"\n'
+    )
+    problems, errors, output = await validate_and_run(tmp_path)
+    assert problems == {"state.path": f"{state_path!r} is a directory; name a file (in it, say)"}
+    (error,) = errors
+    assert error.startswith("error: state.path: "), output
+
+
 @as_root
 async def test_read_only_directories_are_problems_with_their_keys(tmp_path: Path) -> None:
     """A read-only directory (a read-only mount, say) is found by validate, and refused by run."""

@@ -369,6 +369,20 @@ def run(
             for where, problem, _ in unwritable:
                 tools.print_error(console, f"{where}: {problem}")
             raise typer.Exit(2)
+        # The dashboard draws on the terminal: a sink printing to the same one
+        # would write over it, line after line.
+        if tui and sys.stdout.isatty():
+            printing = [
+                s for s, specs in loaded.sinks.items() if any(p.type == "stdout" for p in specs)
+            ]
+            if printing:
+                tools.print_error(
+                    console,
+                    f"--tui: stream(s) {', '.join(printing)} print their events to this terminal "
+                    "(a stdout sink), over the dashboard: send stdout elsewhere (`> events.jsonl`) "
+                    "or run without --tui",
+                )
+                raise typer.Exit(2)
         # A sink's variable not set, or refused: every one, before any channel.
         unbuildable = sink_problems(loaded)
         if unbuildable:

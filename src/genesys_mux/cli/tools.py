@@ -89,18 +89,22 @@ def print_error(console: Console, problem: object) -> None:
 def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
     """Files ``run`` appends to that this user cannot write here: ``(key, problem, file)``.
 
-    A directory that is not there is not one of them: the configuration's
-    own check reports it. What is reported is a path that names a
-    directory, a file that is there but read-only, and a read-only directory
-    (``os.access``: the permissions, a read-only mount) where the run must
-    create something in it: the file when it is not there yet, the
-    dead-letter queue's ``.lock`` beside it, a JSONL sink's rotated files.
+    The SQLite state store's file is one of them too. A directory that is
+    not there is not: the configuration's own check reports it. What is
+    reported is a path that names a directory, a file that is there but
+    read-only, and a read-only directory (``os.access``: the permissions, a
+    read-only mount) where the run must create something in it: the file
+    when it is not there yet, the ``.lock`` beside the dead-letter queue and
+    the state store, a JSONL sink's rotated files.
     An audit log created beforehand in a directory the service cannot
     write (``/var/log``, say) is fine: it is only ever appended to.
     """
     problems = []
     advice = "make it writable for the user the run runs as, or choose another path"
     files = output_files(config.settings, config.sinks, sink_key_paths(config))
+    if config.state.url is None and config.state.url_env is None:
+        files.append(("state.path", config.state.path))  # the SQLite store
+    locked = ("settings.dlq_path", "state.path")  # each with a ".lock" beside it
     for where, name in files:
         file = Path(name)
         directory = file.parent
@@ -109,9 +113,9 @@ def unwritable_outputs(config: ConfigFile) -> list[tuple[str, str, Path]]:
             problems.append((where, problem, file))
             continue
         creates = [file]
-        if where == "settings.dlq_path":
+        if where in locked:
             creates.append(file.with_name(file.name + ".lock"))
-        rotates = where not in ("settings.dlq_path", "settings.audit_path")
+        rotates = where not in (*locked, "settings.audit_path")
         if unwritable := [f for f in creates if f.exists() and not os.access(f, os.W_OK)]:
             problem = f"{str(unwritable[0])!r} is not writable by this user; {advice}"
         elif (
