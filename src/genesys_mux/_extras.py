@@ -1,8 +1,8 @@
 """Which optional extra brings which package, and the error when one is missing.
 
 ``pip install genesys-mux`` (``pip install .`` in a checkout) installs the
-library's core only (aiohttp, msgspec, pydantic). A module that needs a package of an extra imports it at
-its top inside ``try``, and on :class:`ModuleNotFoundError` calls
+library's core only (aiohttp, msgspec, pydantic). A module that needs a
+package of an extra imports it at its top inside ``try``, and on :class:`ModuleNotFoundError` calls
 :func:`raise_if_extra_missing`, so a user who configures, say, a Redis state
 store without ``[redis]`` is told which ``pip install`` fixes it instead of
 reading a bare ``No module named 'redis'``.
