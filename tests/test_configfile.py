@@ -156,6 +156,35 @@ def test_each_instance_reads_the_oauth_client_it_is_told_to_use() -> None:
     assert any(path == "genesys.clients[0].channels" for path, _ in found)
 
 
+def test_credentials_say_where_each_half_came_from(tmp_path: Path) -> None:
+    """For the error that says they were refused: check what was used, not what was not."""
+    secrets = tmp_path / "client.toml"
+    secrets.write_text('client_id = "file-id"\nclient_secret = "file-secret"\n')
+    secrets.chmod(0o600)
+    config = parse_config({**STREAM, "genesys": {"secrets_file": str(secrets)}})
+    id_env, secret_env = "GENESYSCLOUD_OAUTHCLIENT_ID", "GENESYSCLOUD_OAUTHCLIENT_SECRET"
+
+    from_env, warnings = load_credentials(config.genesys, {id_env: "i", secret_env: "s"})
+    assert from_env.source == f"{id_env} and {secret_env}"
+    assert warnings == []
+
+    from_file, warnings = load_credentials(config.genesys, {})
+    assert (from_file.client_id, from_file.client_secret) == ("file-id", "file-secret")
+    assert from_file.source == f"client_id and client_secret in the secrets file {secrets}"
+    assert warnings == []
+
+    # A stale variable beside the file: mixed, field by field, and said so.
+    mixed, warnings = load_credentials(config.genesys, {secret_env: "stale"})
+    assert (mixed.client_id, mixed.client_secret) == ("file-id", "stale")
+    assert mixed.source == f"client_id in the secrets file {secrets} and {secret_env}"
+    (warning,) = warnings
+    assert warning == (
+        f"the OAuth client id is client_id in the secrets file {secrets} and its secret "
+        f"{secret_env}: make sure they belong to the same client (the environment wins over "
+        "the file)"
+    )
+
+
 def test_our_own_messages_come_without_pydantics_prefix() -> None:
     found = problems({"streams": [{"id": "s", "filter": {}, "sinks": [{"type": "redis"}]}]})
     assert found == (("streams[0].sinks[0]", "give exactly one of url or url_env"),)

@@ -60,6 +60,7 @@ from genesys_mux.config import (
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.redaction import redact_url
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
+from genesys_mux.net.auth import ENVIRONMENT_CREDENTIALS
 from genesys_mux.regions import Endpoints, resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
@@ -703,10 +704,15 @@ class ConfigFile:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """An OAuth client id and secret (the secret never shows in a repr)."""
+    """An OAuth client id and secret (the secret never shows in a repr).
+
+    ``source`` says where each was found, for the error that says they
+    were refused (``GENESYSCLOUD_OAUTHCLIENT_ID and ...``, a secrets file).
+    """
 
     client_id: str
     client_secret: str
+    source: str = ENVIRONMENT_CREDENTIALS
 
     def __repr__(self) -> str:
         return f"Credentials(client_id={self.client_id!r}, client_secret=<hidden>)"
@@ -1482,17 +1488,33 @@ def load_credentials(
     warnings: list[str] = []
     client_id = env.get(id_env)
     secret = env.get(secret_env)
+    id_from, secret_from = id_env, secret_env
     if (not client_id or not secret) and secrets_file:
         file_id, file_secret, warnings = _read_secrets_file(Path(secrets_file))
-        client_id = client_id or file_id
-        secret = secret or file_secret
+        in_file = f"the secrets file {secrets_file}"
+        if not client_id:
+            client_id, id_from = file_id, f"client_id in {in_file}"
+        if not secret:
+            secret, secret_from = file_secret, f"client_secret in {in_file}"
     if not client_id or not secret:
         where = "[genesys]" if spec is None else f"client {spec.name} of [[genesys.clients]]"
         raise ConfigError(
             f"no OAuth client credentials: set {id_env} and {secret_env}, or name a "
             f"secrets_file in {where}"
         )
-    return Credentials(client_id, secret), warnings
+    if id_from == id_env and secret_from == secret_env:
+        source = f"{id_env} and {secret_env}"
+    elif id_from != id_env and secret_from != secret_env:
+        source = f"client_id and client_secret in the secrets file {secrets_file}"
+    else:
+        source = f"{id_from} and {secret_from}"
+        # Half from each: a variable left over from another client would be
+        # refused with a client id that looks right.
+        warnings.append(
+            f"the OAuth client id is {id_from} and its secret {secret_from}: "
+            "make sure they belong to the same client (the environment wins over the file)"
+        )
+    return Credentials(client_id, secret, source), warnings
 
 
 def _read_secrets_file(path: Path) -> tuple[str, str, list[str]]:

@@ -221,6 +221,26 @@ async def test_run_without_credentials_exits_2_naming_the_variables(tmp_path: Pa
     assert "client.toml" in last["event"], last
 
 
+async def test_a_refused_secret_from_a_secrets_file_is_said_to_come_from_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The refusal named the environment's variables, which were not set at all."""
+    secrets = tmp_path / "client.toml"
+    secrets.write_text('client_id = "demo-client"\nclient_secret = "not-the-secret"\n')
+    secrets.chmod(0o600)
+    (tmp_path / "mux.toml").write_text('[genesys]\nsecrets_file = "client.toml"\n' + TWO_STREAMS)
+    result = await run_cli(
+        "run", "-c", "mux.toml", "--base-url", emulator.base_url, "--duration", "10",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 2, result.why()
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "check client_id and client_secret in the secrets file" in error, error
+    assert "client.toml" in error, error
+    assert "GENESYSCLOUD_OAUTHCLIENT" not in error, error
+    assert "not-the-secret" not in result.output
+
+
 async def test_a_world_readable_secrets_file_warns_and_still_runs(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -41,7 +41,9 @@ async def test_a_wrong_secret_fails_start(status: int) -> None:
         assert loop.time() - started < 5.0
         message = str(caught.value)
         assert f"HTTP {status} invalid_client" in message
-        assert "GENESYSCLOUD_OAUTHCLIENT_SECRET" in message  # what to do about it
+        # What to check: what was used (the arguments), not the variables.
+        assert "check client_id and client_secret (a client-credentials" in message
+        assert "GENESYSCLOUD_OAUTHCLIENT" not in message
         assert "not-the-secret" not in message
         # One token request: refused credentials are not retried.
         async with (
@@ -50,6 +52,21 @@ async def test_a_wrong_secret_fails_start(status: int) -> None:
         ):
             log = (await resp.json())["requests"]
         assert [r["status"] for r in log if r["path"] == "/oauth/token"] == [status]
+
+
+async def test_a_refused_secret_from_the_environment_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", "not-the-secret")
+    async with Emulator(org_settings()) as emulator:
+        mux = Multiplexer(
+            client_id="demo-client", base_url=emulator.base_url, pool_settings=FAST_POOL
+        )
+        with pytest.raises(AuthenticationError) as caught:
+            await mux.start()
+    message = str(caught.value)
+    assert "check client_id and GENESYSCLOUD_OAUTHCLIENT_SECRET (a client-credentials" in message
+    assert "not-the-secret" not in message
 
 
 async def test_credentials_refused_later_reach_every_reader_and_add_stream() -> None:

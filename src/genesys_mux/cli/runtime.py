@@ -445,6 +445,7 @@ class Runtime:
         mux = Multiplexer(
             client_id=self.credentials.client_id,
             client_secret=self.credentials.client_secret,
+            credentials_from=self.credentials.source,
             region=region,
             base_url=self.base_url,
             max_streams=settings.max_streams,

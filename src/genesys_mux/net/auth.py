@@ -54,10 +54,18 @@ TOKEN_FAILURE_REASONS: Final = ("refused", "unavailable", "invalid_answer")
 #: A token this close to expiry is not handed out even when refreshing fails.
 _LAST_RESORT_S = 5.0
 
-_CREDENTIAL_HINT = (
-    "check GENESYSCLOUD_OAUTHCLIENT_ID and GENESYSCLOUD_OAUTHCLIENT_SECRET (a client-credentials "
-    "OAuth client) and that GENESYSCLOUD_REGION names the region the client was created in"
-)
+#: Where the credentials come from unless the caller says otherwise.
+ENVIRONMENT_CREDENTIALS: Final = "GENESYSCLOUD_OAUTHCLIENT_ID and GENESYSCLOUD_OAUTHCLIENT_SECRET"
+
+
+def _credential_hint(credentials_from: str, login: str | None) -> str:
+    """What to check when the login refuses the credentials (``login``: a custom base URL)."""
+    where = (
+        f"the base URL ({login}) serves the org the client belongs to"
+        if login is not None
+        else "GENESYSCLOUD_REGION names the region the client was created in"
+    )
+    return f"check {credentials_from} (a client-credentials OAuth client) and that {where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +115,9 @@ class TokenProvider:
     caller waits at most ``early_wait_s`` for its early refresh, then gets
     the cached token (the refresh goes on), until ``last_resort_s`` before
     it expires: a refresh that fails then is raised. ``clock`` is a
-    monotonic clock, injectable for tests.
+    monotonic clock, injectable for tests. ``credentials_from`` says where
+    the id and secret came from (the environment's two variables by
+    default), for the error that says they were refused.
     """
 
     def __init__(
@@ -124,23 +134,15 @@ class TokenProvider:
         early_wait_s: float = 5.0,
         last_resort_s: float = _LAST_RESORT_S,
         clock: Callable[[], float] = time.monotonic,
+        credentials_from: str = ENVIRONMENT_CREDENTIALS,
     ) -> None:
-        if not client_id or not client_secret:
-            raise AuthenticationError(
-                f"an OAuth client id and secret are required: {_CREDENTIAL_HINT}"
-            )
-        self._session = session
-        self._url = f"{endpoints.login}/oauth/token"
         # A custom base URL (the emulator, a proxy) has no region to check.
         custom = endpoints.login == endpoints.api
-        self._hint = (
-            _CREDENTIAL_HINT.replace(
-                "GENESYSCLOUD_REGION names the region the client was created in",
-                f"the base URL ({endpoints.login}) serves the org the client belongs to",
-            )
-            if custom
-            else _CREDENTIAL_HINT
-        )
+        self._hint = _credential_hint(credentials_from, endpoints.login if custom else None)
+        if not client_id or not client_secret:
+            raise AuthenticationError(f"an OAuth client id and secret are required: {self._hint}")
+        self._session = session
+        self._url = f"{endpoints.login}/oauth/token"
         self._client_id = client_id
         credential = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
         self._basic = "Basic " + credential

@@ -201,8 +201,11 @@ class Multiplexer:
     Credentials default to ``GENESYSCLOUD_OAUTHCLIENT_ID`` /
     ``GENESYSCLOUD_OAUTHCLIENT_SECRET`` and the region to
     ``GENESYSCLOUD_REGION``; ``base_url`` points everything at an emulator
-    instead. ``buffer_threshold`` is the buffer size of streams that do not
-    set their own. ``dlq`` is a :class:`DeadLetterQueue` or a path for a
+    instead. ``credentials_from`` names where the id and secret were found
+    (``genesys-mux run``: a secrets file, say), for the error that says
+    they were refused; by default, where this looked for each.
+    ``buffer_threshold`` is the buffer size of streams that do not set their
+    own. ``dlq`` is a :class:`DeadLetterQueue` or a path for a
     JSON-lines file; by default dead letters are kept in memory
     (:attr:`dead_letters`, at most :data:`DEFAULT_DLQ_LIMIT`, the rest counted
     in ``stats()["dlq"]``): the library writes no file unless asked.
@@ -232,7 +235,15 @@ class Multiplexer:
         session: aiohttp.ClientSession | None = None,
         state: StateStore | str | os.PathLike[str] | None = None,
         checkpoint_interval_s: float = 1.0,
+        credentials_from: str | None = None,
     ) -> None:
+        if credentials_from is None:
+            # Each of the two from where it was found, for the error that
+            # says they were refused (ENVIRONMENT_CREDENTIALS when both were).
+            credentials_from = (
+                f"{'client_id' if client_id else 'GENESYSCLOUD_OAUTHCLIENT_ID'} and "
+                f"{'client_secret' if client_secret else 'GENESYSCLOUD_OAUTHCLIENT_SECRET'}"
+            )
         client_id = client_id or os.environ.get("GENESYSCLOUD_OAUTHCLIENT_ID")
         client_secret = client_secret or os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET")
         if base_url is None:
@@ -256,6 +267,7 @@ class Multiplexer:
         )
         self._client_id = client_id
         self._secret = client_secret
+        self._credentials_from = credentials_from
         self.max_streams = max_streams
         self.buffer_threshold = buffer_threshold
         self.queue_refresh_s = queue_refresh_s
@@ -473,7 +485,13 @@ class Multiplexer:
             # trust_env: HTTPS_PROXY, NO_PROXY and .netrc as other HTTP tools
             # honour them; corporate networks often reach the cloud only so.
             self._session = aiohttp.ClientSession(trust_env=True)
-        self.tokens = TokenProvider(self._session, self._endpoints, self._client_id, self._secret)
+        self.tokens = TokenProvider(
+            self._session,
+            self._endpoints,
+            self._client_id,
+            self._secret,
+            credentials_from=self._credentials_from,
+        )
         self.tokens.on_refresh.append(
             lambda token: self._report(TokenRefreshed(round(token.lifetime_s)))
         )
