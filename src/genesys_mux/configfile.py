@@ -61,7 +61,7 @@ from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.redaction import redact_url
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.net.auth import ENVIRONMENT_CREDENTIALS
-from genesys_mux.regions import Endpoints, resolve_region
+from genesys_mux.regions import Endpoints, is_loopback_host, resolve_region
 from genesys_mux.sinks.base import Batching
 from genesys_mux.sinks.dlq import DEFAULT_DLQ_MAX_BYTES
 from genesys_mux.sinks.nats import DEFAULT_SUBJECT, check_subject_template, stream_subjects_for
@@ -1281,6 +1281,7 @@ def _environment_problems(
     for stream_id, specs in config.sinks.items():
         for j, spec in enumerate(specs):
             check_sink(spec, sink_key_path(stream_id, j, paths), stream_id, env, errors, warnings)
+    warnings += clear_text_sinks(config, paths)
     for name, section in (("state", config.state), ("cluster", config.cluster)):
         if section is None or name in skipped or section.url_env is None:
             continue
@@ -1323,6 +1324,31 @@ def _check_credentials(
             warnings.extend(load_credentials(genesys, env)[1])
         except ConfigError as exc:
             errors.append(("genesys.secrets_file", str(exc)))
+
+
+def clear_text_sinks(
+    config: ConfigFile, paths: Mapping[tuple[str, int], str] | None = None
+) -> list[str]:
+    """A warning for each webhook sink whose ``url`` is plain ``http://`` to another host.
+
+    Not refused (a receiver on a private network may be reached so), but
+    said: the bodies carry customer names, numbers and addresses. A URL
+    given by ``url_env`` is a secret itself, and refused there already.
+    """
+    paths = sink_key_paths(config) if paths is None else paths
+    found = []
+    for stream_id, specs in config.sinks.items():
+        for j, spec in enumerate(specs):
+            if not isinstance(spec, WebhookSinkSpec) or spec.url is None:
+                continue
+            parts = urlsplit(spec.url)
+            if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+                found.append(
+                    f"{sink_key_path(stream_id, j, paths)}.url: plain http:// to "
+                    f"{parts.hostname}: the events (customer names, numbers, addresses) cross "
+                    "the network in clear; use https://"
+                )
+    return found
 
 
 def check_sink(

@@ -52,6 +52,27 @@ async def test_what_may_be_set_only_at_run_time_is_a_warning(tmp_path: Path) -> 
     assert [s["id"] for s in report["streams"]] == ["calls"]
 
 
+async def test_a_webhook_in_clear_to_another_host_is_warned_about(tmp_path: Path) -> None:
+    """The events carry customer data: plain http:// off this machine is said, not refused."""
+    remote = WEBHOOK.replace("https://crm.example.com", "http://crm.example.com")
+    local = WEBHOOK.replace("https://crm.example.com", "http://127.0.0.1:8080")
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\n'
+        + STREAM
+        + remote
+        + STREAM.replace('"calls"', '"local"')
+        + local
+    )
+    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})
+    assert result.code == 0, result.why()
+    report = json.loads(result.stdout)
+    clear = [w for w in report["warnings"] if "plain http://" in w]
+    assert clear == [
+        "streams[0].sinks[0].url: plain http:// to crm.example.com: the events (customer "
+        "names, numbers, addresses) cross the network in clear; use https://"
+    ]
+
+
 async def test_an_unknown_region_and_a_missing_secrets_file_are_errors(tmp_path: Path) -> None:
     (tmp_path / "mux.toml").write_text(
         '[genesys]\nregion = "mars_north_1"\nsecrets_file = "client.toml"\n' + STREAM
