@@ -35,7 +35,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Final, Literal, TypeVar, get_args
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
@@ -59,6 +59,7 @@ from genesys_mux.config import (
 )
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.redaction import redact_url
+from genesys_mux.core.topics import expand_topic, parse_topic
 from genesys_mux.errors import ConfigError, ConfigFileError, StreamConfigError
 from genesys_mux.net.auth import ENVIRONMENT_CREDENTIALS
 from genesys_mux.regions import Endpoints, is_loopback_host, resolve_region
@@ -1281,7 +1282,7 @@ def _environment_problems(
     for stream_id, specs in config.sinks.items():
         for j, spec in enumerate(specs):
             check_sink(spec, sink_key_path(stream_id, j, paths), stream_id, env, errors, warnings)
-    warnings += clear_text_sinks(config, paths)
+    warnings += advice(config, paths)
     for name, section in (("state", config.state), ("cluster", config.cluster)):
         if section is None or name in skipped or section.url_env is None:
             continue
@@ -1324,6 +1325,48 @@ def _check_credentials(
             warnings.extend(load_credentials(genesys, env)[1])
         except ConfigError as exc:
             errors.append(("genesys.secrets_file", str(exc)))
+
+
+def advice(config: ConfigFile, paths: Mapping[tuple[str, int], str] | None = None) -> list[str]:
+    """What ``validate`` and ``run`` warn about in a valid configuration.
+
+    Webhooks in clear to another host (:func:`clear_text_sinks`) and ids
+    that are not UUIDs (:func:`unlikely_ids`).
+    """
+    return clear_text_sinks(config, paths) + unlikely_ids(config)
+
+
+_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+def unlikely_ids(config: ConfigFile) -> list[str]:
+    """A warning for each queue, user or conversation id in the streams that is not a UUID.
+
+    Any safe id is accepted (they go into topics as they are), but a
+    Genesys id is a UUID: another one is most likely a typo or a name, and
+    its topic would be subscribed and carry nothing, without a word.
+    """
+    found = []
+    for i, stream in enumerate(config.streams):
+        where = f"streams[{i}]"
+        named = stream.filter
+        for key, value in (("queueId", named.queue_id), ("userId", named.user_id)) if named else ():
+            if value is not None and not _UUID.fullmatch(value):
+                found.append(f"{where}.filter.{key}: {value!r} {_NOT_A_UUID}")
+        for j, topic in enumerate(stream.topics):
+            ids = {t.entity_id for t in map(parse_topic, expand_topic(topic)) if t.entity_id}
+            found += [
+                f"{where}.topics[{j}]: {entity_id!r} in {topic!r} {_NOT_A_UUID}"
+                for entity_id in sorted(ids)
+                if not _UUID.fullmatch(entity_id)
+            ]
+    return found
+
+
+_NOT_A_UUID: Final = (
+    "is not a UUID, as Genesys ids are: check it (a topic for an id the org does not have "
+    "may be subscribed all the same, and carry nothing)"
+)
 
 
 def clear_text_sinks(

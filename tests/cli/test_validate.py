@@ -73,6 +73,27 @@ async def test_a_webhook_in_clear_to_another_host_is_warned_about(tmp_path: Path
     ]
 
 
+async def test_ids_that_are_not_uuids_are_warned_about(tmp_path: Path) -> None:
+    """Safe, so accepted; but a Genesys id is a UUID, and a wrong one's topic carries nothing."""
+    good = "00000000-0000-0000-0000-000000000001"
+    (tmp_path / "mux.toml").write_text(
+        '[genesys]\nregion = "eu_west_1"\n[[streams]]\nid = "s"\n'
+        'filter = { queueId = "sales-queue" }\n'
+        f'topics = ["v2.users.bogus?presence&routingStatus", "v2.users.{good}.presence"]\n'
+        f'[[streams]]\nid = "fine"\nfilter = {{ userId = "{good.upper()}" }}\n'
+    )
+    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})
+    assert result.code == 0, result.why()
+    said = [w for w in json.loads(result.stdout)["warnings"] if "is not a UUID" in w]
+    advice = "check it (a topic for an id the org does not have may be subscribed all the "
+    advice += "same, and carry nothing)"
+    assert said == [
+        f"streams[0].filter.queueId: 'sales-queue' is not a UUID, as Genesys ids are: {advice}",
+        "streams[0].topics[0]: 'bogus' in 'v2.users.bogus?presence&routingStatus' is not a "
+        f"UUID, as Genesys ids are: {advice}",
+    ]
+
+
 async def test_an_unknown_region_and_a_missing_secrets_file_are_errors(tmp_path: Path) -> None:
     (tmp_path / "mux.toml").write_text(
         '[genesys]\nregion = "mars_north_1"\nsecrets_file = "client.toml"\n' + STREAM

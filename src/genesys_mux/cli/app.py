@@ -344,7 +344,7 @@ def run(
     from genesys_mux.cli.logs import configure_logging
     from genesys_mux.cli.runtime import Output, Runtime, sink_problems
     from genesys_mux.configfile import (
-        clear_text_sinks,
+        advice,
         configured_region,
         load_config,
         load_credentials,
@@ -404,7 +404,7 @@ def run(
     except GenesysMuxError as exc:
         tools.print_error(console, exc)
         raise typer.Exit(2) from None
-    for warning in [*warnings, *clear_text_sinks(loaded)]:
+    for warning in [*warnings, *advice(loaded)]:
         log.warning(warning)
     overrides = {
         key: value
