@@ -6,11 +6,13 @@ import asyncio
 import io
 import os
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
 
 from genesys_mux.cli.dashboard import AuditTail, Dashboard
+from genesys_mux.core.events import Backfilled, GapReported
 from tests.cli.conftest import cli_env, run_cli
 from tests.cli.test_output_files import CREDENTIALS
 from tests.net.test_multiplexer import harness
@@ -77,3 +79,15 @@ async def test_tui_refuses_a_stdout_sink_that_would_print_over_it(tmp_path: Path
     )  # fmt: skip
     assert "print their events to this terminal" not in piped.output, piped.why()
     assert "start-up did not finish within --duration 1 s" in piped.output, piped.why()
+
+
+async def test_the_audit_tail_shows_times_as_clock_times_and_lists_as_their_items() -> None:
+    """A gap's window read as raw Unix seconds, cut off at the column's end; a list as a repr."""
+    start = time.mktime((2026, 12, 5, 9, 30, 15, 0, 0, -1)) + 0.25
+    tail = AuditTail()
+    tail(GapReported("voice", "c1", start, start + 2.5, 4, "socket_lost"))
+    tail(Backfilled(("voice", "chat"), 12))
+    async with harness() as h:
+        shown = rendered(Dashboard(h.mux, tail))
+    assert "start=09:30:15.250 end=09:30:17.750" in shown, shown
+    assert "streams=voice,chat conversations=12" in shown, shown

@@ -190,6 +190,9 @@ async def test_dlq_list_as_a_table_and_as_json(tmp_path: Path) -> None:
     for letter in letters:
         assert letter.conversation_id is not None
         assert letter.conversation_id in table.stdout, table.why()
+        # Its time says its zone, as the logs' do.
+        received = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(letter.received_at))
+        assert received in table.stdout, table.why()
 
     assert as_json.code == 0, as_json.why()
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
@@ -558,6 +561,8 @@ async def test_listen_with_a_wrong_secret_exits_2_at_once(emulator: Emulator) ->
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "refused the client credentials" in error
     assert "Traceback" not in result.output
+    # Said once: not also in a log line before it.
+    assert result.output.count("refused the client credentials") == 1, result.why()
 
 
 async def test_listen_stops_on_ctrl_c_while_still_connecting() -> None:

@@ -37,6 +37,20 @@ class AuditTail:
             self.lines.popleft()
 
 
+#: Floats above this are Unix times (2001 on): shown as clock times, not seconds.
+_EPOCH_FLOOR = 1e9
+
+
+def _shown(value: object) -> str:
+    """An audit field as a person reads it: a time as a clock time, a list as its items."""
+    if isinstance(value, float) and value > _EPOCH_FLOOR:
+        whole = time.strftime("%H:%M:%S", time.localtime(value))
+        return f"{whole}.{int(value % 1 * 1000):03d}"
+    if isinstance(value, tuple | list):
+        return ",".join(str(item) for item in value) or "-"
+    return str(value)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f}"
 
@@ -125,7 +139,7 @@ class Dashboard:
         audit.add_column("event")
         audit.add_column("details")
         for at, kind, fields in list(self.audit.lines):
-            detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "topics")
+            detail = " ".join(f"{k}={_shown(v)}" for k, v in fields.items() if k != "topics")
             audit.add_row(
                 time.strftime("%H:%M:%S", time.localtime(at)), kind.upper(), Text(detail[:90])
             )

@@ -391,7 +391,7 @@ def dlq_list(path: Path, stream: str | None, as_json: bool, console: Console) ->
     for column in ("stream", "sequence", "reason", "conversation", "received", "bytes"):
         table.add_column(column)
     for d in letters[-200:]:
-        received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.received_at))
+        received = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d.received_at))
         table.add_row(
             d.stream_id,
             str(d.sequence),

@@ -1618,7 +1618,12 @@ class ChannelPool:
         return None
 
     def _give_up(self, slot: _Slot, reuse: ChannelInfo | None, exc: GenesysMuxError) -> None:
-        log.error("slot %d: giving up on its channel: %s", slot.index, exc)
+        if isinstance(exc, AuthenticationError):
+            # Raised to every reader and caller of the feed, which say it:
+            # an ERROR line here would say it twice (a CLI's error: line).
+            log.debug("slot %d: giving up on its channel: %s", slot.index, exc)
+        else:
+            log.error("slot %d: giving up on its channel: %s", slot.index, exc)
         slot.stats.state = "failed"
         slot.failed = True
         self._report(ChannelFailed(slot.index, reuse.id if reuse else "", str(exc)))
