@@ -90,6 +90,8 @@ CHANNEL_METADATA_TOPIC: Final = "channel.metadata"
 
 _HEARTBEAT_MESSAGE: Final = "WebSocket Heartbeat"
 _PONG_MESSAGE: Final = "pong"
+#: The ``result`` of the frame that says a channel is gone: ``{"result":"404","message":...}``.
+_CHANNEL_GONE: Final = "404"
 _SOCKET_CLOSING: Final = "v2.system.socket_closing"
 _NO_LONGER_SUBSCRIBED: Final = "v2.system.no_longer_subscribed"
 _TOKEN_REVOKED: Final = "v2.system.token_revoked"  # noqa: S105  (a topic, not a secret)
@@ -251,27 +253,48 @@ _PONG: Final = Pong()
 # --------------------------------------------------------------------------
 
 
-class _Metadata(msgspec.Struct, rename="pascal"):
-    correlation_id: str | None = None
-
-
 class _Envelope(msgspec.Struct, rename="camel"):
     """Union of the top-level fields of every inbound shape, all optional.
 
     An empty :class:`msgspec.Raw` (length 0) means ``eventBody`` was absent:
     msgspec does not allow ``Raw`` inside a union with ``None``, and a
-    present body is never zero bytes long.
+    present body is never zero bytes long. Every other member is read as
+    any JSON value and its type checked by hand (:func:`_text`): one member
+    of an unexpected type (a ``version`` written as a number, ``metadata``
+    as a list) must not cost the notification it comes with, which would
+    then be neither delivered nor counted.
     """
 
-    topic_name: str | None = None
-    version: str | None = None
+    topic_name: object = None
+    version: object = None
     event_body: msgspec.Raw = msgspec.Raw()
-    metadata: _Metadata | None = None
-    correlation_id: str | None = None
-    result: str | None = None
-    status: str | None = None
-    message: str | None = None
-    topics: tuple[str, ...] | None = None
+    metadata: object = None
+    correlation_id: object = None
+    result: object = None
+    status: object = None
+    message: object = None
+    topics: object = None
+
+
+def _text(value: object) -> str | None:
+    """A member's text: a string as it is, a number written out (``2`` -> ``"2"``), else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _correlation_id(metadata: object) -> str | None:
+    """``metadata.CorrelationId``, as text, if ``metadata`` is an object that has one."""
+    return _text(metadata.get("CorrelationId")) if isinstance(metadata, dict) else None
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    """The strings of a list member (``topics``); () for anything else."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
 
 
 class _MetadataBody(msgspec.Struct):
@@ -488,7 +511,7 @@ def join_notification(topic: str, version: str, body: bytes, correlation_id: str
 
 def _classify(env: _Envelope, data: bytes | str) -> Frame:
     topic = env.topic_name
-    if topic:
+    if isinstance(topic, str) and topic:
         if topic == CHANNEL_METADATA_TOPIC:
             return _channel_metadata(env, data)
         system_type = _system_type(topic)
@@ -498,21 +521,26 @@ def _classify(env: _Envelope, data: bytes | str) -> Frame:
             return UnknownFrame(_as_bytes(data))
         return Notification(
             topic=topic,
-            version=env.version,
+            version=_text(env.version),
             body=bytes(env.event_body),
-            correlation_id=env.metadata.correlation_id if env.metadata is not None else None,
+            correlation_id=_correlation_id(env.metadata),
         )
-    if env.result is not None:
-        if env.correlation_id is not None:
+    result = _text(env.result)
+    if result is not None:
+        correlation_id = _text(env.correlation_id)
+        if correlation_id is not None:
             return SubscriptionAck(
-                correlation_id=env.correlation_id,
-                result=env.result,
-                status=env.status,
-                message=env.message,
-                topics=env.topics or (),
+                correlation_id=correlation_id,
+                result=result,
+                status=_text(env.status),
+                message=_text(env.message),
+                topics=_texts(env.topics),
             )
-        if topic is None:
-            return ChannelFailure(result=env.result, message=env.message)
+        # Only this result says the channel is gone (reference section 5);
+        # another, without a correlation id, is no reason to drop a socket
+        # that works (the watchdog finds one that does not).
+        if topic is None and result == _CHANNEL_GONE:
+            return ChannelFailure(result=result, message=_text(env.message))
     return UnknownFrame(_as_bytes(data))
 
 
