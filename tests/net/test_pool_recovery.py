@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from genesys_mux.core.backoff import Backoff
-from genesys_mux.core.events import ChannelLost, ChannelRotated, ControlEvent
+from genesys_mux.core.events import ChannelFailed, ChannelLost, ChannelRotated, ControlEvent
 from genesys_mux.emulator import ClientApp, PlatformLimits
 from genesys_mux.errors import AuthenticationError
 from genesys_mux.net.auth import TokenProvider
@@ -302,6 +302,48 @@ async def test_a_socket_opened_on_a_channel_the_check_finds_gone_is_closed(
         assert outage.end - outage.start < 1.0 + stack.pool.settings.close_timeout_s
         await eventually(lambda: not stack.pool._retiring)
         assert new in stack.emulator.links
+
+
+async def test_a_new_socket_whose_first_pong_is_lost_is_pinged_again(make_stack: Any) -> None:
+    """The reference: a pong may not come. One ping was all; then a heartbeat, or the timeout.
+
+    With heartbeats a minute apart and the first pong lost, the socket sat
+    unproven until its live timeout, then was given up and another opened.
+    Now it is pinged again, and the first socket serves.
+    """
+    async with make_stack(
+        fast_settings(heartbeat_interval_s=60.0),
+        # The watchdog's own ping comes only after a silence this long.
+        fast_pool_settings(live_timeout_s=20.0, pong_timeout_s=2.0, heartbeat_timeout_s=60.0),
+    ) as stack:
+        opened: list[str] = []
+        stack.emulator.socket_opened.append(lambda link: opened.append(link.channel.id))
+        await stack.fault("lose_pongs", count=1)
+        topics, channel_id = await start(stack)
+        assert stack.emulator.pongs_to_lose == 0  # the first ping was the one lost
+        assert opened == [channel_id]  # one socket, kept
+        assert stack.pool.stats()[0].reconnects == 0
+        await assert_fully_served(stack, topics)
+
+
+async def test_a_new_socket_that_never_answers_is_said_so(make_stack: Any) -> None:
+    """Not "closed before its first frame": it never closed, it never answered."""
+    failed: list[ControlEvent] = []
+    async with make_stack(
+        fast_settings(heartbeat_interval_s=60.0),
+        fast_pool_settings(
+            live_timeout_s=1.5,
+            pong_timeout_s=0.5,
+            heartbeat_timeout_s=60.0,
+            max_reconnect_attempts=1,
+        ),
+    ) as stack:
+        stack.pool.on_control.append(failed.append)
+        await stack.fault("lose_pongs", count=1000)
+        await asyncio.wait_for(stack.pool.set_topics(await stack.queue_topics()), 20)
+        assert stack.pool.stats()[0].state == "failed"
+    (failure,) = [e for e in failed if isinstance(e, ChannelFailed)]
+    assert "did not answer within 1.5 s" in failure.error, failure
 
 
 async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:

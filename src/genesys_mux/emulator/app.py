@@ -235,6 +235,8 @@ class Emulator:
         self.slow_accepts: deque[float] = deque()
         #: Injected delays still waiting for their API calls, oldest first.
         self.slow_calls: list[SlowCall] = []
+        #: Pings still to go unanswered, whatever their socket (lose_pongs).
+        self.pongs_to_lose = 0
         #: Subscription calls under way per channel id, and the most ever at once.
         self.subscription_calls: dict[str, int] = {}
         self.most_subscription_calls: dict[str, int] = {}
@@ -679,7 +681,9 @@ class Emulator:
             return
         kind = message.get("message")
         if kind == "ping":
-            if not link.paused:
+            if self.pongs_to_lose:
+                self.pongs_to_lose -= 1  # lose_pongs: no answer at all
+            elif not link.paused:
                 link.send(PONG)
         elif kind in ("subscribe", "unsubscribe"):
             link.send(self._socket_subscription(link.channel, kind, message))

@@ -324,6 +324,16 @@ def pause_heartbeats(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     return applied
 
 
+@fault("lose_pongs")
+def lose_pongs(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The next ``count`` pings, on any socket, get no pong (the reference: one may not come)."""
+    count = int(data.get("count", 1))
+    if not 1 <= count <= 1000:
+        raise ValueError("count must be between 1 and 1000")
+    emulator.pongs_to_lose += count
+    return [f"{count} pong(s)"]
+
+
 @fault("garbage_frame")
 def garbage_frame(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     """A text frame that is not JSON (``data``, or a default)."""

@@ -1672,24 +1672,12 @@ class ChannelPool:
         socket = _Socket(self, slot, info, token_expires_at, ws)
         slot.sockets[socket.key] = socket
         slot.channels[socket.key] = info.id
-        await socket._ping()
-        # Live (its first frame), or closed before it: the platform may close
-        # a socket at once, and waiting out the timeout then only makes the
-        # gap longer.
-        live = asyncio.ensure_future(socket.live.wait())
-        try:
-            await asyncio.wait(
-                {live, socket.reader},
-                timeout=self.settings.live_timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            live.cancel()
-        if not socket.live.is_set():
+        if not await self._until_live(socket):
             slot.sockets.pop(socket.key, None)
             slot.channels.pop(socket.key, None)  # never served: no report names it
+            closed = socket.reader.done()  # (before close(), which ends the reader)
             await socket.close()
-            if socket.reader.done():
+            if closed:
                 raise TransportError(f"channel {info.id}: the socket closed before its first frame")
             raise TransportError(
                 f"channel {info.id} did not answer within {self.settings.live_timeout_s:g} s"
@@ -1719,6 +1707,38 @@ class ChannelPool:
             del self._creator_expiry[channel_id]
         self._report(ChannelConnected(slot.index, info.id))
         return socket
+
+    async def _until_live(self, socket: _Socket) -> bool:
+        """Ping a new socket until its first frame comes; False if it closed or the time ran out.
+
+        A pong may never come (the reference: then reconnect), so one ping
+        is not all: the next follow at 1, 2, 4 s... (at most ``pong_timeout_s``
+        apart) until ``live_timeout_s``, rather than leaving the socket to a
+        heartbeat half a minute away. A socket the platform closes at once
+        ends the wait at once: waiting out the time would only make the gap
+        longer.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.live_timeout_s
+        interval = min(1.0, self.settings.pong_timeout_s)
+        while not socket.reader.done():
+            await socket._ping()
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            live = asyncio.ensure_future(socket.live.wait())
+            try:
+                await asyncio.wait(
+                    {live, socket.reader},
+                    timeout=min(interval, left),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                live.cancel()
+            if socket.live.is_set():
+                return True
+            interval = min(2 * interval, self.settings.pong_timeout_s)
+        return socket.live.is_set()
 
     async def _reconnect(self, slot: _Slot, channel: ChannelInfo) -> _Bytes | None:
         """A new socket on ``channel``, or None when the channel is gone (HEAD: 404).
