@@ -22,7 +22,9 @@ The tree, split by what the caller can do about it::
     │                               fix the id, secret or region; never retried
     ├── ApiError                    a REST call failed for good; carries the Genesys
     │   │                           status, code and contextId
-    │   └── RateLimitedError        still throttled (429) after every retry
+    │   ├── RateLimitedError        still throttled (429) after every retry
+    │   └── UnusableChannelError    a channel was made, but its answer cannot be used
+    │                               (its connectUri on another host, a bad id)
     ├── TransportError              the network failed (connect, timeout, socket);
     │                               transient: the caller may try again later
     ├── FrameError                  bytes from a socket that are not a JSON frame;
@@ -85,6 +87,7 @@ __all__ = [
     "StreamConfigError",
     "TransportError",
     "UnknownRegionError",
+    "UnusableChannelError",
 ]
 
 
@@ -188,6 +191,17 @@ class ApiError(GenesysMuxError):
 
 class RateLimitedError(ApiError):
     """Still answered 429 after every retry allowed."""
+
+
+class UnusableChannelError(ApiError):
+    """The platform made a channel, but its answer cannot be used: its connectUri, its id.
+
+    A ``connectUri`` on a host other than the region's (or the base URL's)
+    streaming host is not followed: it would carry the subscriptions'
+    events elsewhere. Each attempt makes a channel, which counts against
+    the client's 20 and may evict another application's idle one, so a
+    pool gives up after a few in a row (a proxy or a base URL to fix).
+    """
 
 
 class TransportError(GenesysMuxError):

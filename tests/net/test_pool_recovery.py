@@ -346,6 +346,33 @@ async def test_a_new_socket_that_never_answers_is_said_so(make_stack: Any) -> No
     assert "did not answer within 1.5 s" in failure.error, failure
 
 
+async def test_channels_answered_with_a_connect_uri_elsewhere_are_given_up_after_three(
+    make_stack: Any,
+) -> None:
+    """Each attempt made a channel, for ever: other applications' idle channels were evicted.
+
+    The platform (or a proxy rewriting its answers) names a streaming host
+    that is not the region's. That will not change by retrying, and every
+    retry costs a channel: after three the slot gives up, loudly, and the
+    caller is not left waiting.
+    """
+    failed: list[ControlEvent] = []
+    async with make_stack() as stack:
+        stack.pool.on_control.append(failed.append)
+        await stack.fault("foreign_connect_uri", count=100)
+        await asyncio.wait_for(stack.pool.set_topics(await stack.queue_topics()), 20)
+        assert stack.pool.stats()[0].state == "failed"
+        made = [
+            r
+            for r in stack.emulator.requests
+            if r["method"] == "POST" and r["path"] == CHANNELS_PATH
+        ]
+        assert len(made) == 3
+    (failure,) = [e for e in failed if isinstance(e, ChannelFailed)]
+    assert "refusing its connectUri 'wss://streaming.elsewhere.invalid/" in failure.error
+    assert "gave up after 3 such channels in a row" in failure.error
+
+
 async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:
     async with make_stack() as stack:
         topics, old = await start(stack)

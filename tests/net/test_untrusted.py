@@ -21,7 +21,7 @@ from aiohttp import web
 
 from genesys_mux.core.backoff import Backoff
 from genesys_mux.core.redaction import REDACTED, looks_secret, scrub
-from genesys_mux.errors import ApiError, AuthenticationError, TransportError
+from genesys_mux.errors import ApiError, AuthenticationError, TransportError, UnusableChannelError
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.rest import RestClient
 from genesys_mux.regions import Endpoints, resolve_region
@@ -169,7 +169,8 @@ async def test_a_connect_uri_off_our_streaming_host_is_refused(
             info = await rest.create_channel()
             assert info.connect_uri.endswith("/channels/streaming-0-abc")
         else:
-            with pytest.raises(TransportError, match="refusing its connectUri"):
+            # Made all the same on the platform: not a transport failure to retry at will.
+            with pytest.raises(UnusableChannelError, match="refusing its connectUri"):
                 await rest.create_channel()
 
 

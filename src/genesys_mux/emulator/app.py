@@ -237,6 +237,8 @@ class Emulator:
         self.slow_calls: list[SlowCall] = []
         #: Pings still to go unanswered, whatever their socket (lose_pongs).
         self.pongs_to_lose = 0
+        #: Channels still to be answered with a connectUri on another host.
+        self.foreign_connect_uris = 0
         #: Subscription calls under way per channel id, and the most ever at once.
         self.subscription_calls: dict[str, int] = {}
         self.most_subscription_calls: dict[str, int] = {}
@@ -505,7 +507,12 @@ class Emulator:
         channel, evicted = self.platform.create_channel(token, time.time())
         for victim in evicted:
             self.channel_died(victim, "evicted: the client created more channels than allowed")
-        return json_response(self._channel_json(channel, request), 200, headers)
+        answer = self._channel_json(channel, request)
+        if self.foreign_connect_uris:
+            # foreign_connect_uri: made, but its connectUri names another host.
+            self.foreign_connect_uris -= 1
+            answer["connectUri"] = f"wss://streaming.elsewhere.invalid/channels/{channel.id}"
+        return json_response(answer, 200, headers)
 
     async def _list_channels(self, request: web.Request) -> web.Response:
         token, headers = self._authorized(request, "notifications")

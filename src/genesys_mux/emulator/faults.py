@@ -324,6 +324,16 @@ def pause_heartbeats(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     return applied
 
 
+@fault("foreign_connect_uri")
+def foreign_connect_uri(emulator: Emulator, data: dict[str, Any]) -> list[str]:
+    """The next ``count`` channels are made, but answered with a connectUri on another host."""
+    count = int(data.get("count", 1))
+    if not 1 <= count <= 1000:
+        raise ValueError("count must be between 1 and 1000")
+    emulator.foreign_connect_uris += count
+    return [f"{count} channel(s)"]
+
+
 @fault("lose_pongs")
 def lose_pongs(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     """The next ``count`` pings, on any socket, get no pong (the reference: one may not come)."""

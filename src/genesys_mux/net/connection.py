@@ -116,6 +116,7 @@ from genesys_mux.errors import (
     FrameError,
     GenesysMuxError,
     TransportError,
+    UnusableChannelError,
 )
 from genesys_mux.net.auth import TokenProvider
 from genesys_mux.net.rest import ChannelInfo, Rejection, RestClient
@@ -188,6 +189,8 @@ class PoolSettings:
 
 #: What a system frame's ``reason`` must look like to be quoted in a log line.
 _REASON: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Channels made in a row whose answers could not be used, before a slot gives up.
+_MOST_UNUSABLE_CHANNELS: Final = 3
 #: A socket whose text frames are read as their UTF-8 bytes (``decode_text=False``).
 _Bytes: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[False]]
 
@@ -1598,6 +1601,7 @@ class ChannelPool:
         # Only this call's attempts take up a channel one of them made: an
         # older one may belong to a token that is being replaced.
         slot.unused_channel = None
+        unusable = 0  # channels made in a row whose answers could not be used
         while not slot.closing and not self._closed:
             try:
                 return await self._establish(slot, reuse)
@@ -1606,6 +1610,21 @@ class ChannelPool:
                 self._give_up(slot, reuse, exc)
                 return None
             except GenesysMuxError as exc:
+                unusable = unusable + 1 if isinstance(exc, UnusableChannelError) else 0
+                if unusable >= _MOST_UNUSABLE_CHANNELS:
+                    # Each made a channel (there is no DELETE): going on would
+                    # evict the client's other channels, another application's
+                    # first, for an answer that will not change by itself.
+                    advice = (
+                        f"gave up after {unusable} such channels in a row (each one counts "
+                        "against the client's 20 and may evict another's): check the base URL "
+                        "or region, and any proxy that rewrites the platform's answers"
+                    )
+                    status = exc.status if isinstance(exc, ApiError) else 0
+                    self._give_up(
+                        slot, reuse, UnusableChannelError(f"{exc}; {advice}", status=status)
+                    )
+                    return None
                 delay = retries.failed(exc)
                 if delay is None:
                     self._give_up(slot, reuse, exc)

@@ -32,7 +32,13 @@ from genesys_mux.core.budget import RequestBudget
 from genesys_mux.core.limits import PLATFORM
 from genesys_mux.core.timestamps import format_iso, parse_iso
 from genesys_mux.core.topics import validate_id
-from genesys_mux.errors import ApiError, RateLimitedError, TransportError
+from genesys_mux.errors import (
+    ApiError,
+    InvalidIdError,
+    RateLimitedError,
+    TransportError,
+    UnusableChannelError,
+)
 from genesys_mux.net.auth import AccessToken, TokenProvider
 from genesys_mux.regions import Endpoints, is_loopback_host
 
@@ -89,7 +95,9 @@ class _ErrorBody(msgspec.Struct, rename="camel"):
 class _ChannelBody(msgspec.Struct, rename="camel"):
     id: str
     connect_uri: str
-    expires: str | None = None
+    # Only informative (the reference says it may not move): any type is
+    # taken, and only a timestamp is read.
+    expires: object = None
 
 
 class _Entity(msgspec.Struct, rename="camel"):
@@ -300,15 +308,22 @@ class RestClient:
     # -- notifications --------------------------------------------------
 
     async def create_channel(self) -> ChannelInfo:
-        """``POST /api/v2/notifications/channels``."""
+        """``POST /api/v2/notifications/channels``.
+
+        An answer that cannot be used (no id, an unsafe one, a connectUri
+        elsewhere) raises :class:`~genesys_mux.errors.UnusableChannelError`:
+        the platform made the channel all the same.
+        """
         answer = await self.request("POST", _CHANNELS)
-        body = _decode(answer.body, _ChannelBody, "channel")
-        channel_id = validate_id(body.id, "channel id")
-        return ChannelInfo(
-            channel_id,
-            self._checked_connect_uri(channel_id, body.connect_uri),
-            _parse_time(body.expires),
-        )
+        try:
+            body = _decode(answer.body, _ChannelBody, "channel")
+            channel_id = validate_id(body.id, "channel id")
+            connect_uri = self._checked_connect_uri(channel_id, body.connect_uri)
+        except (ApiError, InvalidIdError, TransportError) as exc:
+            raise UnusableChannelError(
+                f"a channel was made but its answer cannot be used: {exc}", status=answer.status
+            ) from exc
+        return ChannelInfo(channel_id, connect_uri, _parse_time(body.expires))
 
     def _checked_connect_uri(self, channel_id: str, uri: str) -> str:
         """``uri`` if it points at our deployment's streaming host; else a :class:`TransportError`.
@@ -517,8 +532,9 @@ def _decode(body: bytes, kind: type[_T], what: str) -> _T:
         raise ApiError(f"unexpected {what} body from Genesys Cloud: {exc}", status=200) from exc
 
 
-def _parse_time(value: str | None) -> float | None:
-    if not value:
+def _parse_time(value: object) -> float | None:
+    """A channel's ``expires`` as Unix seconds; None when it is absent or not a timestamp."""
+    if not isinstance(value, str) or not value:
         return None
     try:
         return parse_iso(value)
