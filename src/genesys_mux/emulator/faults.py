@@ -327,9 +327,7 @@ def pause_heartbeats(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 @fault("foreign_connect_uri")
 def foreign_connect_uri(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     """The next ``count`` channels are made, but answered with a connectUri on another host."""
-    count = int(data.get("count", 1))
-    if not 1 <= count <= 1000:
-        raise ValueError("count must be between 1 and 1000")
+    count = _count(data)
     emulator.foreign_connect_uris += count
     return [f"{count} channel(s)"]
 
@@ -337,9 +335,7 @@ def foreign_connect_uri(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 @fault("lose_pongs")
 def lose_pongs(emulator: Emulator, data: dict[str, Any]) -> list[str]:
     """The next ``count`` pings, on any socket, get no pong (the reference: one may not come)."""
-    count = int(data.get("count", 1))
-    if not 1 <= count <= 1000:
-        raise ValueError("count must be between 1 and 1000")
+    count = _count(data)
     emulator.pongs_to_lose += count
     return [f"{count} pong(s)"]
 
@@ -411,10 +407,17 @@ def http_5xx(emulator: Emulator, data: dict[str, Any]) -> list[str]:
 def _lateness(data: dict[str, Any]) -> tuple[float, int]:
     """A slow fault's ``delay_s`` (1) and ``count`` (1), checked."""
     delay_s = float(data.get("delay_s", 1.0))
+    if not 0.0 <= delay_s <= 60.0:
+        raise ValueError("delay_s must be between 0 and 60")
+    return delay_s, _count(data)
+
+
+def _count(data: dict[str, Any]) -> int:
+    """How many times a fault is to strike (``count``, 1 by default), checked."""
     count = int(data.get("count", 1))
-    if not 0.0 <= delay_s <= 60.0 or not 1 <= count <= 1000:
-        raise ValueError("delay_s must be between 0 and 60, count between 1 and 1000")
-    return delay_s, count
+    if not 1 <= count <= 1000:
+        raise ValueError("count must be between 1 and 1000")
+    return count
 
 
 @fault("slow_api")
