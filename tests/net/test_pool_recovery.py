@@ -833,6 +833,19 @@ async def test_a_client_without_the_notifications_scope_fails_loudly_at_once(
         assert created == [403], "refused for good: not retried"
 
 
+async def test_a_channel_refused_to_a_fresh_token_fails_loudly_at_once(make_stack: Any) -> None:
+    """401 to create a channel, and 401 again with a token just issued: not retried for ever."""
+    async with make_stack() as stack:
+        await stack.fault("http_5xx", status=401, count=2, path=CHANNELS_PATH, method="POST")
+        with pytest.raises(AuthenticationError, match="refused a token it had just issued"):
+            await asyncio.wait_for(
+                stack.pool.set_topics([f"v2.users.{uuid.UUID(int=1)}.presence"]), 10
+            )
+        log = (await stack.control("requests"))["requests"]
+        created = [r["status"] for r in log if r["path"] == CHANNELS_PATH]
+        assert created == [401, 401], "refused twice (the second with a new token): no more"
+
+
 @pytest.mark.parametrize("status", [503, 401])
 async def test_without_a_newer_token_the_channel_ends_with_its_own(
     make_stack: Any, status: int

@@ -1678,6 +1678,15 @@ class ChannelPool:
                         "the OAuth client needs the 'notifications' scope: grant it in "
                         "Genesys Cloud (Admin > Integrations > OAuth), then start again"
                     ) from exc
+                if exc.status == 401:
+                    # Refused even with a token just issued (the REST client
+                    # renewed it once already): no later attempt has a better one.
+                    raise AuthenticationError(
+                        f"the platform refused a token it had just issued, to create a "
+                        f"notification channel ({exc}); the login and API hosts may not be "
+                        "the same region's (check the region or base URL), or the OAuth "
+                        "client may have been disabled"
+                    ) from exc
                 raise
             self._report(ChannelCreated(slot.index, info.id))
             self._creator_expiry[info.id] = token.expires_at
