@@ -43,6 +43,7 @@ CHANNEL_COUNTERS = {
     "gone": "genesys_mux_channel_gone_total",
     "rotations": "genesys_mux_channel_rotations_total",
     "bad_frames": "genesys_mux_channel_bad_frames_total",
+    "unknown_frames": "genesys_mux_channel_unknown_frames_total",
     "topics": "genesys_mux_channel_topics",
 }
 
@@ -72,6 +73,8 @@ async def test_metrics_agree_with_stats_and_carry_no_raw_ids() -> None:
         await h.mux.add_stream({"id": queue_id, "filter": {"queueId": queue_id}})
         await h.control("faults", {"fault": "duplicate", "probability": 0.3})
         await h.control("faults", {"fault": "garbage_frame"})
+        # JSON, but of no shape the platform sends: ignored and counted apart.
+        await h.control("faults", {"fault": "garbage_frame", "data": '{"hello":"world"}'})
         seen = Collector(h.mux.events())
         await eventually(
             lambda: len(seen.events("voice")) >= 10 and len(seen.events(queue_id)) >= 3
@@ -104,6 +107,7 @@ async def test_metrics_agree_with_stats_and_carry_no_raw_ids() -> None:
                     assert samples[name][label] == counters[attr], (index, name)
                 assert samples["genesys_mux_channel_live"][label] == (counters["state"] == "live")
             assert sum(c["bad_frames"] for c in before["channels"].values()) >= 1
+            assert sum(c["unknown_frames"] for c in before["channels"].values()) >= 1
             assert samples["genesys_mux_ready"][()] == 1
             assert samples["genesys_mux_streams"][()] == 2
             # One record per conversation, shared by the two streams; their bounds add up.

@@ -86,6 +86,7 @@ from genesys_mux.core.frames import (
     NoLongerSubscribed,
     Notification,
     Pong,
+    UnknownFrame,
     decode_frame,
     join_notification,
 )
@@ -233,6 +234,9 @@ class SlotStats:
     reconnects: int = 0
     rotations: int = 0
     bad_frames: int = 0
+    #: JSON frames of no known shape (a notification without its body, a
+    #: message the reference does not name): ignored, counted, said once a socket.
+    unknown_frames: int = 0
     #: Notifications read after a drain's pong: the platform does not promise
     #: that a pong follows every notification sent before it. Delivered as usual.
     after_drain: int = 0
@@ -302,6 +306,7 @@ class _Socket:
         self.expected: frozenset[str] = frozenset()
         self.verified_at = time.time()
         self._wake = asyncio.Event()
+        self._told_unknown = False
         self._tasks = [
             asyncio.create_task(self._read(), name=f"genesys-mux-read-{info.id}"),
             asyncio.create_task(self._watch(), name=f"genesys-mux-watchdog-{info.id}"),
@@ -383,6 +388,8 @@ class _Socket:
                         self.pong.set()
                     elif isinstance(frame, NoLongerSubscribed):
                         self._no_longer_subscribed(frame)
+                    elif isinstance(frame, UnknownFrame):
+                        self._unknown(frame)
                     self._act(link.receive(frame, mono))
         finally:
             self._end_shedding()
@@ -390,6 +397,21 @@ class _Socket:
             if self.lost_at is None:
                 self.lost_at = _wall(link.last_frame_at)
             self.gone.set()
+
+    def _unknown(self, frame: UnknownFrame) -> None:
+        """Count a frame of no known shape; say the first of this socket (not its text:
+        it may hold a customer's details)."""
+        stats = self.slot.stats
+        stats.unknown_frames += 1
+        if not self._told_unknown:
+            self._told_unknown = True
+            log.warning(
+                "slot %d: ignored a JSON frame of no known shape (%d bytes) on channel %s; "
+                "later ones of this socket are only counted (unknown_frames)",
+                self.slot.index,
+                len(frame.raw),
+                self.info.id,
+            )
 
     async def _watch(self) -> None:
         while True:

@@ -219,6 +219,12 @@ _CHANNEL_COUNTERS = (
     ),
     ("bad_frames", "genesys_mux_channel_bad_frames", "Frames that were not JSON, ignored."),
     (
+        "unknown_frames",
+        "genesys_mux_channel_unknown_frames",
+        "JSON frames of no known shape (not a notification, heartbeat, pong, ack or system "
+        "topic), ignored.",
+    ),
+    (
         "shed",
         "genesys_mux_channel_shed",
         "Notifications shed because the reader was inbound_limit behind (reported as gaps).",
