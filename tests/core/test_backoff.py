@@ -284,3 +284,15 @@ def test_retries_write_the_error_on_one_line() -> None:
     assert one_line("x" * 500, limit=10) == "x" * 9 + "…"
     with pytest.raises(ValueError, match="max_attempts"):
         Retries("thing", Backoff(), max_attempts=0)
+
+
+def test_a_wait_under_a_second_is_logged_to_the_hundredth(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ "retry 1 in 0.0 s" read as no wait at all, beside an audit line saying 0.01 s."""
+    caplog.set_level(logging.INFO, logger="test.retries")
+    retries = Retries(
+        "thing", Backoff(0.012, 8.0, rng=_Ceiling()), logger=logging.getLogger("test.retries")
+    )
+    retries.failed("boom")
+    assert [r.getMessage() for r in caplog.records] == ["thing failed (boom); retry 1 in 0.01 s"]

@@ -163,11 +163,12 @@ class Retries:
         # The first failure of a run is news (WARNING); its repeats are not.
         self.logger.log(
             logging.WARNING if self.attempts == 1 else logging.INFO,
-            "%s failed (%s); retry %d in %.1f s",
+            "%s failed (%s); retry %d in %s s",
             self.what,
             one_line(error),
             self.attempts,
-            delay,
+            # Tenths, but a wait under a second to the hundredth: not "0.0 s".
+            f"{delay:.2f}" if delay < 1 else f"{delay:.1f}",
         )
         return delay
 
