@@ -50,6 +50,7 @@ from genesys_mux.errors import (
     StreamConfigError,
     TransportError,
     UnknownRegionError,
+    UnusableChannelError,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ __all__ = [
     "StreamStats",
     "TransportError",
     "UnknownRegionError",
+    "UnusableChannelError",
 ]
 
 if not TYPE_CHECKING:  # type checkers read the imports above, name by name
