@@ -373,6 +373,19 @@ async def test_channels_answered_with_a_connect_uri_elsewhere_are_given_up_after
     assert "gave up after 3 such channels in a row" in failure.error
 
 
+async def test_topics_placed_on_a_slot_that_gave_up_make_it_try_again(make_stack: Any) -> None:
+    """They waited on no socket, for ever, and nothing told the streams that wanted them."""
+    async with make_stack() as stack:
+        topics = await stack.queue_topics()
+        await stack.fault("foreign_connect_uri", count=3)
+        await asyncio.wait_for(stack.pool.set_topics(topics[:2]), 20)
+        assert stack.pool.stats()[0].state == "failed"
+        # The platform answers usable channels again; a stream adds topics.
+        await asyncio.wait_for(stack.pool.set_topics(topics), 20)
+        assert stack.pool.stats()[0].state == "live"
+        await assert_fully_served(stack, topics)
+
+
 async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:
     async with make_stack() as stack:
         topics, old = await start(stack)

@@ -894,6 +894,8 @@ class ChannelPool:
                             self._finishing(closing.task)
                 elif isinstance(op, Subscribe | Unsubscribe):
                     touched.append(self._slots[op.slot])
+                    if isinstance(op, Subscribe):
+                        self._try_again(self._slots[op.slot])
             for slot in {id(s): s for s in touched}.values():
                 slot.desired_set = self._planner.slots.get(slot.index, frozenset())
                 slot.desired = sorted(slot.desired_set)
@@ -1250,6 +1252,23 @@ class ChannelPool:
         async with slot.synced:
             slot.machine.put_answered(version)
             slot.synced.notify_all()
+
+    def _try_again(self, slot: _Slot) -> None:
+        """Start again a slot that gave up (a retry limit, channels it could not use).
+
+        Topics placed on it would otherwise wait on no socket, with nothing
+        said to the streams that want them: new topics are a new reason to
+        try. Not after refused credentials, which stop the whole pool.
+        """
+        if not slot.failed or self.failure is not None:
+            return
+        if slot.task is not None and not slot.task.done():
+            return
+        log.info("slot %d: trying again for the topics placed on it", slot.index)
+        slot.failed = False
+        slot.stats.state = "connecting"
+        name = f"genesys-mux-slot-{slot.index}"
+        slot.task = asyncio.create_task(self._supervise(slot), name=name)
 
     async def _supervise(self, slot: _Slot) -> None:
         """Keep one slot's topics on a live channel until the slot closes."""
