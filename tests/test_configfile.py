@@ -185,6 +185,21 @@ def test_credentials_say_where_each_half_came_from(tmp_path: Path) -> None:
     )
 
 
+def test_a_secrets_file_that_is_not_toml_is_said_where_but_not_what(tmp_path: Path) -> None:
+    """The TOML error's text may quote the secret: its line and column only."""
+    secrets = tmp_path / "client.toml"
+    # A character TOML refuses inside the secret: its error text quotes it.
+    secrets.write_text('client_id = "demo-client"\nclient_secret = "s3cr\x07t"\n')
+    secrets.chmod(0o600)
+    config = parse_config({**STREAM, "genesys": {"secrets_file": str(secrets)}})
+    with pytest.raises(ConfigError) as caught:
+        load_credentials(config.genesys, {})
+    assert str(caught.value) == (
+        f"cannot read the secrets file {secrets}: TOMLDecodeError at line 2, column 22; "
+        "it must be TOML with client_id and client_secret"
+    )
+
+
 def test_our_own_messages_come_without_pydantics_prefix() -> None:
     found = problems({"streams": [{"id": "s", "filter": {}, "sinks": [{"type": "redis"}]}]})
     assert found == (("streams[0].sinks[0]", "give exactly one of url or url_env"),)

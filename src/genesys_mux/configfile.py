@@ -1330,10 +1330,12 @@ def _check_credentials(
 def advice(config: ConfigFile, paths: Mapping[tuple[str, int], str] | None = None) -> list[str]:
     """What ``validate`` and ``run`` warn about in a valid configuration.
 
-    Webhooks in clear to another host (:func:`clear_text_sinks`) and ids
-    that are not UUIDs (:func:`unlikely_ids`).
+    No stream at all, webhooks in clear to another host
+    (:func:`clear_text_sinks`) and ids that are not UUIDs
+    (:func:`unlikely_ids`).
     """
-    return clear_text_sinks(config, paths) + unlikely_ids(config)
+    empty = [] if config.streams else ["no [[streams]]: nothing would be subscribed or delivered"]
+    return empty + clear_text_sinks(config, paths) + unlikely_ids(config)
 
 
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -1586,15 +1588,22 @@ def load_credentials(
     return Credentials(client_id, secret, source), warnings
 
 
+#: The position in a TOML error's text ("... (at line 2, column 17)").
+_TOML_POSITION: Final = re.compile(r"\(at (line \d+, column \d+)\)")
+
+
 def _read_secrets_file(path: Path) -> tuple[str, str, list[str]]:
     """client_id and client_secret from a TOML secrets file, and a warning if others can read it."""
     try:
         mode = path.stat().st_mode
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        # Where, for a TOML mistake, but never what: the text may quote the secret.
+        at = _TOML_POSITION.search(str(exc)) if isinstance(exc, tomllib.TOMLDecodeError) else None
         raise ConfigError(
-            f"cannot read the secrets file {path}: {type(exc).__name__}; it must be TOML "
-            "with client_id and client_secret"
+            f"cannot read the secrets file {path}: {type(exc).__name__}"
+            f"{f' at {at.group(1)}' if at else ''}; it must be TOML with client_id and "
+            "client_secret"
         ) from exc
     warnings = []
     if mode & (stat.S_IRGRP | stat.S_IROTH):

@@ -94,6 +94,14 @@ async def test_ids_that_are_not_uuids_are_warned_about(tmp_path: Path) -> None:
     ]
 
 
+async def test_a_file_without_streams_is_warned_about(tmp_path: Path) -> None:
+    (tmp_path / "mux.toml").write_text('[genesys]\nregion = "eu_west_1"\n')
+    result = await run_cli("validate", "-c", "mux.toml", "--json", cwd=tmp_path, env={})
+    assert result.code == 0, result.why()
+    warnings = json.loads(result.stdout)["warnings"]
+    assert "no [[streams]]: nothing would be subscribed or delivered" in warnings
+
+
 async def test_an_unknown_region_and_a_missing_secrets_file_are_errors(tmp_path: Path) -> None:
     (tmp_path / "mux.toml").write_text(
         '[genesys]\nregion = "mars_north_1"\nsecrets_file = "client.toml"\n' + STREAM
