@@ -1545,7 +1545,7 @@ class ChannelPool:
         self._forgo_turn(taking)
         return False
 
-    def _finishing(self, task: asyncio.Task[None] | asyncio.Future[None]) -> None:
+    def _finishing(self, task: asyncio.Future[None]) -> None:
         """Keep ``task`` (closing a socket, giving a turn back) until it ends: close() awaits it."""
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
