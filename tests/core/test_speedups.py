@@ -91,6 +91,7 @@ def facts_in_python(
     monkeypatch: pytest.MonkeyPatch, body: bytes, media: str | None
 ) -> snapshot.ConversationFacts | None:
     with monkeypatch.context() as patch:
+        patch.setattr(snapshot, "_native_read", None)
         patch.setattr(snapshot, "_native_walk", None)
         return conversation_facts(body, media)
 
@@ -202,6 +203,7 @@ def test_snapshot_shaped_bodies_walk_the_same(
     body = json.dumps({"id": conversation_id, "participants": participants}).encode()
     assert_same_walk(decoded(body), media)
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(snapshot, "_native_read", None)
         compiled = conversation_facts(body, media)
         patch.setattr(snapshot, "_native_walk", None)
         assert conversation_facts(body, media) == compiled

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from genesys_mux.core.frames import Notification
-from genesys_mux.core.snapshot import _Walked
+from genesys_mux.core.snapshot import ConversationFacts, _Walked
 
 def bind(
     participant: type,
@@ -26,3 +26,10 @@ def split(data: bytes | str, /) -> Notification | None: ...
 def is_utf8(data: bytes, /) -> bool: ...
 def sha256(data: bytes, /) -> bytes | None: ...
 def use_sha_instructions(use: bool, /) -> bool: ...
+def bind_reader(
+    conversation: type,
+    facts: Callable[..., ConversationFacts],
+    decode_text: Callable[[bytes], str],
+    /,
+) -> None: ...
+def read(body: bytes, media: str | None, /) -> ConversationFacts | None: ...

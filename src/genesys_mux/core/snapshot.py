@@ -125,6 +125,17 @@ as it reads the fields, handing every value but plain text to the same
 msgspec encoder, so the digest is the same bytes. :func:`_walk` is the
 specification either way.
 
+The extension also *reads* most snapshots itself, before either path: one
+pass over the bytes that finds the fields the structs name and computes the
+facts from them, without building the structs, their strings and datetimes
+(which were most of the decode's cost). It answers only a body it is sure
+to read as the typed decode and the walk would: well-formed, every named
+field of its struct's type or null and named once, the text it uses
+plain ASCII without escapes (but for the attributes: any text), every
+timestamp ``YYYY-MM-DDTHH:MM:SS[.f]Z`` with at most six digits. Anything
+else (an offset, an escaped id, a mistyped field) it leaves to the paths
+above, which decide.
+
 Nothing here raises for any input: facts are needed for every event the
 pipeline sees, and a malformed body must cost only its own precision.
 """
@@ -405,6 +416,8 @@ class _DetailEvent(msgspec.Struct, rename="camel", gc=False):
 
 _CONVERSATION_DECODER: Final = msgspec.json.Decoder(_Conversation)
 _encode_state: Final = msgspec.json.Encoder().encode
+# The compiled read's decoder of an attribute's text that is not plain.
+_decode_text: Final = msgspec.json.Decoder(str).decode
 _encode_sorted: Final = msgspec.json.Encoder(order="sorted").encode
 _first: Final = itemgetter(0)
 _sha256: Final = hashlib.sha256
@@ -497,6 +510,28 @@ def _load_native_walk() -> (
 _native_walk: Final = _load_native_walk()
 
 
+def _load_native_read() -> Callable[[bytes, str | None], ConversationFacts | None] | None:
+    """The compiled read of a snapshot's bytes (``_speedups.read``); None to decode and walk.
+
+    It needs the compiled walk (it writes the digest with the same code) and
+    this module's structs as they are: a struct with a field it does not
+    read disables it, with a warning.
+    """
+    if _native_walk is None:
+        return None
+    from genesys_mux.core import _speedups
+
+    try:
+        _speedups.bind_reader(_Conversation, ConversationFacts, _decode_text)
+    except TypeError as exc:
+        log.warning("the compiled snapshot read is disabled, decoding in Python: %s", exc)
+        return None
+    return _speedups.read
+
+
+_native_read: Final = _load_native_read()
+
+
 # --------------------------------------------------------------------------
 # Conversation snapshots
 # --------------------------------------------------------------------------
@@ -518,6 +553,12 @@ def conversation_facts(body: bytes, media: Media | str | None = None) -> Convers
 
 
 def _conversation_facts(body: bytes, media: str | None) -> ConversationFacts | None:
+    if _native_read is not None:
+        # The common case in one compiled pass over the bytes; None for a
+        # body it is not sure of, which is decoded and walked below.
+        facts = _native_read(body, media)
+        if facts is not None:
+            return facts
     try:
         conversation = _CONVERSATION_DECODER.decode(body)
     except msgspec.ValidationError:
