@@ -2737,12 +2737,12 @@ read_facts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyBytes_CheckExact(body) || (media != Py_None && !PyUnicode_CheckExact(media))) {
         Py_RETURN_NONE;
     }
-    char first_block[16384] __attribute__((aligned(8)));
+    uint64_t first_block[2048]; /* 16 KB, aligned for the nodes */
     Reader r = {
         (const unsigned char *)PyBytes_AS_STRING(body),
         (const unsigned char *)PyBytes_AS_STRING(body) + PyBytes_GET_SIZE(body),
         0,
-        {first_block, first_block + sizeof(first_block), NULL},
+        {(char *)first_block, (char *)first_block + sizeof(first_block), NULL},
     };
     Reading w = {0};
     PyObject *result = NULL, *names = NULL, *version = NULL, *digest = NULL, *id = NULL;
@@ -2759,8 +2759,8 @@ read_facts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (status == 0) {
         skip_space(&r);
-        const Value *conversation_id = &conversation->f[V_ID];
-        if (r.p != r.end || !conversation_id->present || conversation_id->u.s.n == 0) {
+        const Value *id_value = &conversation->f[V_ID];
+        if (r.p != r.end || !id_value->present || id_value->u.s.n == 0) {
             status = GIVE_UP;
         }
     }
