@@ -148,6 +148,30 @@ def test_a_stop_while_reconnecting_reports_the_open_window() -> None:
     assert slot.closed(105.0) == [OutageWindow(1, 100.0, 105.0, "stopped")]
 
 
+def test_giving_up_reports_the_open_window_now_and_opens_the_next() -> None:
+    """Not once a socket serves again, or at the stop: the streams hear of it while it lasts."""
+    slot = live_slot()
+    slot.lost(1, since=20.0, at=21.0)
+    assert slot.gave_up(30.0) == [OutageWindow(1, 20.0, 30.0, "channel_failed")]
+    assert state(slot) is SlotState.RECONNECTING
+    # Giving up again reports only the time since.
+    assert slot.gave_up(35.0) == [OutageWindow(1, 30.0, 35.0, "channel_failed")]
+    # New topics make the shell try again; the rest is reported when it serves.
+    assert outages(slot.connected(2, 40.0)) == [OutageWindow(1, 35.0, 40.0, "reconnect")]
+    # Nothing open, nothing to say: a slot that never had a socket, or serves.
+    assert slot.gave_up(41.0) == []
+    assert SlotMachine(1).gave_up(1.0) == []
+
+
+def test_a_stop_after_giving_up_reports_the_rest() -> None:
+    slot = live_slot()
+    slot.lost(1, since=20.0, at=21.0)
+    slot.gave_up(30.0)
+    assert slot.stop() == []
+    assert slot.closed(50.0) == [OutageWindow(1, 30.0, 50.0, "stopped")]
+    assert slot.gave_up(51.0) == []
+
+
 def test_windows_never_overlap_reports() -> None:
     slot = live_slot()
     slot.subscriptions_restored(1, 10.0, 20.0, TOPICS)
@@ -242,7 +266,8 @@ class SlotLife(RuleBasedStateMachine):
                     self.slot.drained(action.socket, False, self.now)
             else:
                 self.reports.append(action)
-                if action.reason != "subscriptions_replaced":
+                # A window reported because the shell gave up goes on.
+                if action.reason not in ("subscriptions_replaced", "channel_failed"):
                     self.windows.discard(action.socket)
 
     @precondition(lambda self: self.opens > 0)
@@ -317,6 +342,21 @@ class SlotLife(RuleBasedStateMachine):
         assert self.slot.state is SlotState.CLOSED
         assert not self.windows, f"windows never reported: {self.windows}"
 
+    @rule(dt=st.floats(0.0, 5.0))
+    def the_shell_gives_up(self, dt: float) -> None:
+        window = self.slot.window
+        closing = self.slot.state in (SlotState.CLOSING, SlotState.CLOSED)
+        at = self.tick(dt)
+        actions = self.slot.gave_up(at)
+        self.perform(actions)
+        if window is None or closing:
+            assert actions == []
+            return
+        (report,) = outages(actions)
+        assert (report.reason, report.end) == ("channel_failed", at)
+        assert self.slot.window is not None
+        assert (self.slot.window.socket, self.slot.window.since) == (window.socket, at)
+
     @rule()
     def the_topics_change(self) -> None:
         self.desired += 1
@@ -376,7 +416,11 @@ class SlotLife(RuleBasedStateMachine):
 
     @invariant()
     def each_window_is_reported_once(self) -> None:
-        lost_reports = [r.socket for r in self.reports if r.reason != "subscriptions_replaced"]
+        lost_reports = [
+            r.socket
+            for r in self.reports
+            if r.reason not in ("subscriptions_replaced", "channel_failed")
+        ]
         stopped = {r.socket for r in self.reports if r.reason == "stopped"}
         duplicates = {s for s in lost_reports if lost_reports.count(s) > 1} - stopped
         assert not duplicates, self.reports

@@ -386,6 +386,36 @@ async def test_topics_placed_on_a_slot_that_gave_up_make_it_try_again(make_stack
         await assert_fully_served(stack, topics)
 
 
+async def test_a_slot_that_gives_up_reports_its_window_at_once(make_stack: Any) -> None:
+    """The window since its socket was lost stayed open until a socket served again, or a stop.
+
+    Either may be hours away: meanwhile the streams whose topics it carried
+    heard of nothing. Giving up reports the window at once; the time after
+    it is reported when the slot serves again (here: new topics make it try).
+    """
+    failed: list[ControlEvent] = []
+    async with make_stack() as stack:
+        stack.pool.on_control.append(failed.append)
+        topics, old = await start(stack)
+        await stack.fault("foreign_connect_uri", count=3)
+        died_at = time.time()
+        await stack.fault("expire_channel", channel_id=old)
+        await eventually(lambda: stack.pool.stats()[0].state == "failed", within=20)
+        (given_up,) = stack.pool.outages
+        assert (given_up.reason, given_up.channel_id) == ("channel_failed", old)
+        assert given_up.start <= died_at < given_up.end <= time.time()
+        assert set(given_up.topics) == set(stack.pool._slots[0].desired_set)
+        wanted = [*topics, f"v2.users.{uuid.UUID(int=9)}.presence"]
+        await asyncio.wait_for(stack.pool.set_topics(wanted), 20)
+        assert stack.pool.stats()[0].state == "live"
+        first, second = stack.pool.outages
+        assert first is given_up
+        assert second.reason == "reconnect"
+        assert second.start == given_up.end, "adjacent: nothing reported twice, nothing missed"
+        await assert_fully_served(stack, wanted)
+    assert [e for e in failed if isinstance(e, ChannelFailed)]
+
+
 async def test_channel_expiry_creates_a_new_channel(make_stack: Any) -> None:
     async with make_stack() as stack:
         topics, old = await start(stack)

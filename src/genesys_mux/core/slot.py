@@ -26,6 +26,8 @@ States and transitions (``*`` marks an outage report)::
     ROTATING     --connected (successor)-> OVERLAP        (both sockets deliver)
     ROTATING     --rotation failed-->      LIVE, or RECONNECTING if the old one was lost
                                            or had lost its subscriptions
+    any          --gave up-->              the same *  (only if a window was open: reason
+                                                           channel_failed; a new one opens)
     OVERLAP      --rotated-->              LIVE *         (only if the old one had lost
                                                            its subscriptions); drain it
     LIVE         --subscriptions restored-> LIVE *        (reason: subscriptions_replaced)
@@ -263,6 +265,22 @@ class SlotMachine:
         if self.state is not SlotState.OVERLAP:
             return []
         return self._finish_rotation(at, lost=False)
+
+    def gave_up(self, at: float) -> list[SlotAction]:
+        """The shell stopped trying to get the slot a socket, at ``at`` (a retry limit).
+
+        An open window is reported now, ending at ``at`` (reason
+        ``channel_failed``), rather than when a socket serves again (new
+        topics make the shell try again) or at the stop, which may be hours
+        away: the streams must hear of the loss while it lasts. The time
+        after ``at`` is a window too, reported when it ends.
+        """
+        window = self.window
+        if window is None or self.state in (SlotState.CLOSING, SlotState.CLOSED):
+            return []
+        actions = self._report(at, "channel_failed")
+        self.window = _Window(window.socket, at, window.reason)
+        return actions
 
     def subscriptions_restored(
         self, socket: int, start: float, end: float, topics: frozenset[str]

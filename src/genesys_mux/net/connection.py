@@ -1687,6 +1687,9 @@ class ChannelPool:
         slot.stats.state = "failed"
         slot.failed = True
         self._report(ChannelFailed(slot.index, reuse.id if reuse else "", str(exc)))
+        # The window since the socket was lost is a gap now, not once a
+        # socket serves again (if ever) or the pool stops.
+        self._perform(slot, slot.machine.gave_up(time.time()))
         if isinstance(exc, AuthenticationError) and self.failure is None:
             # Refused credentials stop every slot, not just this one: say so
             # to whoever waits on the pool instead of going quiet.
