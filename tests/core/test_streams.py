@@ -943,6 +943,7 @@ def test_drop_oldest_dead_letters_the_oldest() -> None:
         EPOCH + 10.0,
         bodies[0],
         f"s:c-1:{facts.hash.hex()}",
+        well_formed=True,  # the facts read it as JSON
     )
     assert [e.sequence for e in drain(stream)] == [4, 5]
 

@@ -254,6 +254,42 @@ def test_a_stream_overflowing_into_the_file(tmp_path: Path, real_bodies: list[by
     assert {x.sequence for x in letters} | kept_sequences == set(range(1, len(real_bodies) + 1))
 
 
+def test_letters_of_bodies_the_facts_read_as_json_still_come_back_byte_for_byte(
+    tmp_path: Path, real_bodies: list[bytes]
+) -> None:
+    """The facts' reading spares a letter the JSON walk (``well_formed``), never the rest.
+
+    Among them a snapshot the compiled read takes whole although a name in it
+    is not UTF-8 (it does not check text it skips): written verbatim, that
+    line would not read back.
+    """
+    not_utf8 = b'{"id":"c1","name":"\xff\xfe","participants":[]}'
+    # (Not "pretty json": the same JSON as "padded json", so a duplicate.)
+    odd = [body for name, body in ODD_BODIES.items() if name != "pretty json"]
+    bodies = [real_bodies[0], not_utf8, *odd]
+    path = tmp_path / "dlq.jsonl"
+    queue = JsonlDeadLetterQueue(path)
+    stream = Stream("voice-main", buffer_size=1, overflow="drop_oldest", dead_letter=queue.write)
+    for i, body in enumerate([*bodies, b'{"id":"last"}']):
+        facts = event_facts(TOPIC, body)
+        stream.offer(TOPIC, body, f"corr-{i}", EPOCH + i, float(i), facts)
+    queue.close()
+
+    letters = list(read_dead_letters(path))
+    assert [x.raw for x in letters] == bodies
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    verbatim = {b for b, record in zip(bodies, records, strict=True) if "event_body" in record}
+    assert verbatim == {
+        real_bodies[0],
+        ODD_BODIES["json null"],
+        ODD_BODIES["spaced json"],
+        ODD_BODIES["a plain string"],
+    }
+    # The read did take the one that is not UTF-8, as JSON: the text check caught it.
+    assert event_facts(TOPIC, not_utf8).conversation is not None
+    assert stream.counters.duplicates == 0
+
+
 def test_the_memory_queue_is_bounded_and_counts_what_it_cannot_hold(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

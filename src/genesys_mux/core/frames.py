@@ -488,6 +488,11 @@ _native_utf8: Final = _load_native_utf8()
 _is_utf8: Final = _is_utf8_in_python if _native_utf8 is None else _native_utf8
 
 
+def is_utf8(data: bytes) -> bool:
+    """Whether ``data`` decodes as UTF-8 (as Python's strict decoder takes it), without decoding."""
+    return _is_utf8(data)
+
+
 def join_notification(topic: str, version: str, body: bytes, correlation_id: str) -> bytes:
     """The frame :func:`split_notification` split into these parts, byte for byte.
 

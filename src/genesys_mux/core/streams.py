@@ -126,6 +126,8 @@ class StreamEvent:
     #: ``.hash``): the content behind :attr:`idempotency_key`.
     content_key: str = field(default="", repr=False)
     digest: bytes = field(default=b"", repr=False)
+    #: The facts read :attr:`raw` as JSON, so a dead letter need not check it again.
+    well_formed: bool = field(default=False, repr=False)
     _body: Any = field(default=_UNPARSED, repr=False)
 
     @property
@@ -224,6 +226,8 @@ class DeadLetter:
     #: counted what it had handed out lets the next run number from there
     #: again, so ``(stream_id, epoch, sequence)`` names one event, not the pair.
     epoch: str = ""
+    #: ``raw`` is known to be JSON (the event's :attr:`StreamEvent.well_formed`).
+    well_formed: bool = False
 
     @classmethod
     def of(cls, event: StreamEvent, reason: str) -> DeadLetter:
@@ -240,6 +244,7 @@ class DeadLetter:
             event.idempotency_key,
             event.transition,
             event.epoch,
+            event.well_formed,
         )
 
     @staticmethod
@@ -641,6 +646,7 @@ class Stream:
             version,  # version
             facts.key,  # content_key
             facts.hash,  # digest
+            not facts.malformed,  # well_formed
         )
         self._unsettled[event.sequence] = (facts.key, facts.hash, prior_version, prior_in_state)
         self._next_sequence += 1

@@ -42,6 +42,7 @@ from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
+from genesys_mux.core.frames import is_utf8
 from genesys_mux.core.streams import Gap, StreamEvent
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "Sink",
     "batch_idempotency_key",
     "decode_record",
+    "embeddable",
     "encode_record",
     "idempotency_key",
     "to_record",
@@ -194,7 +196,7 @@ _RECORD_DECODER: Final = msgspec.json.Decoder(Record)
 _SYNTAX_CHECKER: Final = msgspec.json.Decoder(msgspec.Raw)
 # What msgspec raises for bytes it cannot decode: malformed JSON, invalid
 # UTF-8 (UnicodeDecodeError), nesting too deep to walk (RecursionError).
-_DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
+DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeError)
 
 
 def idempotency_key(item: Item) -> str:
@@ -220,18 +222,27 @@ def batch_idempotency_key(batch: Sequence[Item]) -> str:
     return f"{idempotency_key(batch[0])}..{idempotency_key(batch[-1])}"
 
 
-def _embeddable(raw: bytes) -> bool:
-    """True when ``raw`` can go into a record verbatim and stay on one line.
+def embeddable(raw: bytes, read_as_json: bool = False) -> bool:
+    """True when ``raw`` can go into a JSON record verbatim and be read back byte for byte.
 
-    Bodies from a socket are already syntax-checked single JSON values, but
-    a pretty-printed one spans lines, and a replayed or hand-built event may
-    carry anything. Embedding invalid JSON would corrupt the whole record.
+    That is one JSON value of UTF-8 text on one line, with no surrounding
+    whitespace (a reader's ``Raw`` would drop it). Bodies from a socket are
+    (the split checks their text, the facts their syntax) unless
+    pretty-printed, but a replayed or hand-built event may carry anything,
+    and embedding that would corrupt the whole record: it goes base64
+    instead, never re-encoded, which would change its bytes and so its
+    content hash. ``read_as_json``: the pipeline's facts read ``raw`` as
+    JSON already (:attr:`~genesys_mux.core.streams.StreamEvent.well_formed`),
+    so it is not walked again (4 µs of a 7 KB body); its text is checked
+    either way, which neither that reading nor the walk does everywhere.
     """
-    if not raw or b"\n" in raw or b"\r" in raw or raw != raw.strip():
+    if not raw or raw != raw.strip() or b"\n" in raw or b"\r" in raw or not is_utf8(raw):
         return False
+    if read_as_json:
+        return True
     try:
         _SYNTAX_CHECKER.decode(raw)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return False
     return True
 
@@ -251,7 +262,7 @@ def to_record(item: Item) -> Record:
             received_at=item.received_at,
             epoch=item.epoch,
         )
-        if _embeddable(item.raw):
+        if embeddable(item.raw, item.well_formed):
             record.event_body = msgspec.Raw(item.raw)
         else:
             record.event_body_b64 = base64.b64encode(item.raw).decode("ascii")

@@ -42,6 +42,7 @@ import msgspec
 from genesys_mux._files import path_replaced
 from genesys_mux.core.streams import DeadLetter
 from genesys_mux.errors import ConfigError, StateError
+from genesys_mux.sinks.base import DECODE_ERRORS, embeddable
 
 log = logging.getLogger("genesys_mux.dlq")
 
@@ -400,37 +401,11 @@ def _record(letter: DeadLetter) -> dict[str, Any]:
     }
     if letter.epoch:
         record["epoch"] = letter.epoch
-    if _fits_on_the_line(letter.raw):
+    if embeddable(letter.raw, letter.well_formed):
         record["event_body"] = msgspec.Raw(letter.raw)
     else:
         record["event_body_b64"] = base64.b64encode(letter.raw).decode()
     return record
-
-
-# What msgspec raises for bytes it cannot decode: malformed JSON, invalid
-# UTF-8 in a string (UnicodeDecodeError), nesting too deep (RecursionError).
-_DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
-
-
-def _fits_on_the_line(raw: bytes) -> bool:
-    """True when ``raw`` can be embedded verbatim and read back byte for byte.
-
-    That is one JSON value on one line with no surrounding whitespace (a
-    reader's ``Raw`` would drop it). Genesys bodies are compact, so this is
-    the common case; anything else is stored base64 rather than re-encoded,
-    which would change its bytes and so its content hash.
-    """
-    if not raw or raw != raw.strip() or b"\n" in raw or b"\r" in raw:
-        return False
-    try:
-        # Checked, not built: decoding as Raw only walks the JSON, several
-        # times cheaper than decoding it, but it does not check the text.
-        msgspec.json.decode(raw, type=msgspec.Raw)
-        if not raw.isascii():
-            raw.decode("utf-8")
-    except _DECODE_ERRORS:
-        return False
-    return True
 
 
 class _Line(msgspec.Struct):
@@ -465,7 +440,7 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
                     if len(item.event_body)
                     else base64.b64decode(item.event_body_b64 or "")
                 )
-            except (*_DECODE_ERRORS, ValueError) as exc:
+            except (*DECODE_ERRORS, ValueError) as exc:
                 raise ConfigError(f"{path}:{number}: not a dead-letter record: {exc}") from exc
             yield DeadLetter(
                 item.stream_id,
