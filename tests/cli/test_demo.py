@@ -19,6 +19,7 @@ from rich.console import Console
 from genesys_mux.cli.demo import run_demo
 from genesys_mux.cli.runtime import Runtime
 from genesys_mux.net.auth import AccessToken
+from genesys_mux.observability.audit import AUDIT_LOGGER
 
 DEMO_STREAMS = {"voice-main", "chat-support", "waiting-calls", "sms-inbox", "team-presence"}
 
@@ -210,3 +211,34 @@ async def test_canary_secret_and_tokens_appear_nowhere(caplog: pytest.LogCapture
         assert canary not in haystack
         for token in tokens:
             assert token not in haystack
+
+
+@pytest.mark.parametrize("level", ["debug", "ERROR"])
+async def test_the_log_level_asked_for_is_every_command_s(level: str) -> None:
+    """``--log-level`` (before the command) over the command's own default; audit facts stay."""
+    code, _, stderr = await run_cli(
+        "--log-level",
+        level,
+        "demo",
+        "--json",
+        "--duration",
+        "30",
+        "--admin-port",
+        "0",
+        until=every_stream_printed,
+    )
+    assert code == 0, "\n".join(stderr[-20:])
+    records = [json.loads(text) for text in stderr]
+    levels = {r["level"] for r in records if r["logger"] != AUDIT_LOGGER}
+    if level == "debug":
+        assert "DEBUG" in levels, levels
+    else:
+        assert levels <= {"ERROR", "CRITICAL"}, levels
+    assert {a["event"] for a in audit_events(stderr)} >= {"STREAM_ADDED", "CHANNEL_CONNECTED"}
+
+
+async def test_an_unknown_log_level_is_refused_with_the_levels_there_are() -> None:
+    code, _, stderr = await run_cli("--log-level", "loud", "demo", "--json")
+    assert code == 2
+    said = "\n".join(stderr)
+    assert "'loud' is not one of 'debug', 'info', 'warning', 'error'" in said, said

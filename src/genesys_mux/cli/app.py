@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -67,6 +68,15 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+class _LogLevel(StrEnum):
+    """The levels of ``--log-level``; typer lists them and refuses others."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
 @app.callback()
 def _root(
     version: Annotated[
@@ -78,8 +88,21 @@ def _root(
             help="Print the version and exit.",
         ),
     ] = False,
+    log_level: Annotated[
+        _LogLevel | None,
+        typer.Option(
+            "--log-level",
+            envvar="GENESYS_MUX_LOG_LEVEL",
+            case_sensitive=False,
+            help="Level of the log lines on stderr, for every command (each has its own "
+            "default: INFO for run, WARNING for the tools). Audit facts are written at any level.",
+        ),
+    ] = None,
 ) -> None:
     """Multiplex Genesys Cloud interaction streams over a few Notifications-API WebSockets."""
+    from genesys_mux.cli.logs import override_level
+
+    override_level(None if log_level is None else log_level.value)
 
 
 @app.command()
@@ -286,11 +309,11 @@ def demo(
 ) -> None:
     """Run the whole product against the embedded emulator, with a live dashboard."""
     from genesys_mux.cli.demo import run_demo
-    from genesys_mux.cli.logs import configure_logging
+    from genesys_mux.cli.logs import configure_logging, level_asked
 
     console = _console()
     configure_logging(level="WARNING", json=as_json)
-    if as_json:
+    if as_json and level_asked() is None:
         # No dashboard to say them: the run's own few lines (the admin
         # server's address, which --admin-port 0 chooses, the stop and its
         # summary) join the audit log on stderr.

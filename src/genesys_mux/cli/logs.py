@@ -31,10 +31,18 @@ import structlog
 from genesys_mux.core.timestamps import format_iso
 from genesys_mux.observability.audit import AUDIT_LOGGER
 
-__all__ = ["configure_logging", "lines_are_json"]
+__all__ = ["configure_logging", "level_asked", "lines_are_json", "override_level"]
 
 # Whether the last configure_logging asked for JSON lines (see lines_are_json).
 _json_lines = False
+# The level the user asked for (--log-level), over each command's own default.
+_override: str | None = None
+
+
+def override_level(level: str | None) -> None:
+    """Use ``level`` for every command's log lines instead of the command's default."""
+    global _override
+    _override = None if level is None else level.upper()
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -45,8 +53,17 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+def level_asked() -> str | None:
+    """The level ``--log-level`` asked for, if any (a command then sets no level of its own)."""
+    return _override
+
+
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
-    """Send every log line, ours and the library's, to stderr through structlog."""
+    """Send every log line, ours and the library's, to stderr through structlog.
+
+    ``level`` is the command's default; ``--log-level`` (:func:`override_level`)
+    wins over it. Audit facts are written at any level.
+    """
     global _json_lines
     _json_lines = json
     shared: list[structlog.types.Processor] = [
@@ -86,7 +103,7 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(_override or level.upper())
     # Audit facts are written whatever the level of the other lines: they
     # are the record of what happened, and are few.
     logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
