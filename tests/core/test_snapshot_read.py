@@ -11,8 +11,11 @@ and that it holds no memory afterwards.
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -167,6 +170,14 @@ ANSWERED = {
     "the first instant": general(call_with(connectedTime="0001-01-01T00:00:00Z")),
     "the last instant": general(call_with(connectedTime="9999-12-31T23:59:59.999999Z")),
     "a leap day": general(call_with(connectedTime="2024-02-29T12:00:00Z")),
+    # Past 2**53 microseconds from 1970 a double holds them only rounded.
+    "after 2255, where the microseconds are no double": general(
+        call_with(connectedTime="2300-01-01T00:00:00.000001Z")
+    ),
+    "the first instant past 2**53 microseconds": general(
+        call_with(connectedTime="2255-06-05T23:47:34.740993Z")
+    ),
+    "before 1685": general(call_with(connectedTime="1600-06-05T23:47:34.740993Z")),
     "a hold time, in the digest as a datetime": general(
         call_with(held=True, startHoldTime="2027-01-15T08:00:02.25Z")
     ),
@@ -287,6 +298,63 @@ def test_bodies_it_is_not_sure_of_are_left_to_the_decoder(name: str) -> None:
     assert read is not None
     assert read(LEFT[name], None) is None
     assert_read_as_specified(LEFT[name])
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    st.integers(min_value=0, max_value=6),
+)
+def test_every_instant_gives_the_specification_s_version(instant: datetime, digits: int) -> None:
+    """The version is the microseconds divided once, as ``datetime.timestamp()`` rounds it."""
+    # (strftime writes the years before 1000 with fewer than four digits.)
+    text = f"{instant.year:04d}" + instant.strftime("-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + f"{instant.microsecond:06d}"[:digits]
+    facts = assert_read_as_specified(general(call_with(connectedTime=text + "Z")))
+    assert facts is not None
+
+
+# Bodies as deep as the read goes (MAX_DEPTH 64), the depth in different places.
+DEEP = [
+    general('{"id":"p","x":' + "[" * 60 + "]" * 60 + ',"calls":[{"state":"connected"}]}'),
+    general('{"id":"p","calls":[{"state":"connected","x":' + "{}" * 1 + "}]}"),
+    general('{"id":"p","calls":[{"state":"connected","x":' + '{"a":' * 58 + "1" + "}" * 58 + "}]}"),
+]
+
+
+@pytest.mark.parametrize("body", DEEP, ids=["in-a-participant", "shallow", "in-a-communication"])
+def test_near_the_recursion_limit_the_read_says_what_the_decoder_says(body: bytes) -> None:
+    """The decoder fails on a body deeper than the interpreter has room left for: no facts.
+
+    The read counts its levels against the same limit, so it gives up no
+    later than the decoder fails, at every depth the caller may stand at
+    (both are reached from the same frame, as in the pipeline).
+    """
+    assert read is not None
+    answers = set()
+
+    def facts(with_read: bool) -> ConversationFacts | None:
+        snapshot._native_read = read if with_read else None  # type: ignore[misc]
+        try:
+            return conversation_facts(body, None)
+        finally:
+            snapshot._native_read = read  # type: ignore[misc]
+
+    def at(depth: int) -> tuple[ConversationFacts | None, ConversationFacts | None]:
+        if depth > 0:
+            return at(depth - 1)
+        return facts(True), facts(False)
+
+    here = len(inspect.stack(0))
+    for room in range(0, 100):
+        try:
+            compiled, spec = at(sys.getrecursionlimit() - here - room)
+        except RecursionError:
+            continue
+        assert compiled == spec, room
+        answers.add(spec is None)
+    assert answers == {True, False} or body == DEEP[1], answers
 
 
 def test_only_exact_bytes_and_media_names_are_read() -> None:

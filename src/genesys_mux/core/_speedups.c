@@ -1892,20 +1892,39 @@ skip_number(Reader *r)
 
 static int skip_value(Reader *r);
 
+/* Out of an object or array entered with enter(). */
+static inline void
+leave(Reader *r)
+{
+    r->depth--;
+    Py_LeaveRecursiveCall();
+}
+
 /* Into an object or array, at its opening bracket: GIVE_UP when that is
- * too deep, else 0, with *empty set when it closes at once (passed). */
+ * too deep, else 0, with *empty set when it closes at once (passed).
+ *
+ * Too deep is past MAX_DEPTH, or past the interpreter's recursion limit
+ * from where the caller stands: the decoder counts each level against it
+ * too, and a body it cannot decode for that (RecursionError) has no facts,
+ * so the read must not give it any. Counted alike, the read gives up no
+ * later than the decoder would fail. */
 static inline int
 enter(Reader *r, unsigned char close, int *empty)
 {
-    if (++r->depth > MAX_DEPTH) {
+    if (r->depth >= MAX_DEPTH) {
         return GIVE_UP;
     }
+    if (Py_EnterRecursiveCall(" reading a snapshot")) {
+        PyErr_Clear();
+        return GIVE_UP;
+    }
+    r->depth++;
     r->p++;
     skip_space(r);
     *empty = r->p < r->end && *r->p == close;
     if (*empty) {
         r->p++;
-        r->depth--;
+        leave(r);
     }
     return 0;
 }
@@ -1931,7 +1950,7 @@ after_member(Reader *r, unsigned char close)
         return GIVE_UP;
     }
     r->p++;
-    r->depth--;
+    leave(r);
     return CLOSED;
 }
 
@@ -2716,6 +2735,28 @@ read_participant(Reading *w, Node *p, PyObject *media, int *acd_connected, int *
     return w->comm_count > 0 ? add_read_part(w, p, user_id, queue_id) : 0;
 }
 
+/* Microseconds as Unix seconds, as datetime.timestamp() gives them: the
+ * integer divided once, correctly rounded. Below 2**53 both are exact as
+ * doubles and one division rounds once; beyond (past the year 2255, or
+ * before 1685) the conversion would round first, so Python's integers
+ * divide. */
+static PyObject *
+seconds_of(int64_t us)
+{
+    const int64_t exact = (int64_t)1 << 53;
+    if (us > -exact && us < exact) {
+        return PyFloat_FromDouble((double)us / 1e6);
+    }
+    PyObject *numerator = PyLong_FromLongLong(us), *denominator = PyLong_FromLong(1000000);
+    PyObject *seconds = NULL;
+    if (numerator != NULL && denominator != NULL) {
+        seconds = PyNumber_TrueDivide(numerator, denominator);
+    }
+    Py_XDECREF(numerator);
+    Py_XDECREF(denominator);
+    return seconds;
+}
+
 PyDoc_STRVAR(read_doc,
 "read(body, media, /)\n--\n\n"
 "snapshot._conversation_facts, compiled, from the body's bytes: the same\n"
@@ -2785,7 +2826,7 @@ read_facts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     conversation_id = conversation->f[V_ID].u.s;
     if (freeze_states(w.states) < 0 || (names = PyFrozenSet_New(w.states)) == NULL ||
-        (version = PyFloat_FromDouble(w.have_newest ? (double)w.newest / 1e6 : 0.0)) == NULL ||
+        (version = seconds_of(w.have_newest ? w.newest : 0)) == NULL ||
         (id = span_str(conversation_id)) == NULL ||
         (digest = parts_digest(&w.parts, compare_read_parts, id, version)) == NULL) {
         status = -1;
@@ -2802,6 +2843,9 @@ read_facts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 done:
     if (status == GIVE_UP && !PyErr_Occurred()) {
         result = Py_NewRef(Py_None);
+    }
+    while (r.depth > 0) {
+        leave(&r); /* the levels a read that gave up was inside */
     }
     arena_free(&r.arena);
     Py_XDECREF(id);
