@@ -1500,10 +1500,10 @@ utf8_check(PyObject *module, PyObject *data)
  * then reads the usual way: an unusual body costs speed, never correctness.
  * Sure means:
  *
- * - the JSON is well-formed by RFC 8259, at most MAX_DEPTH deep, with no
- *   control character in a string and no escaped surrogate outside a pair
- *   (the cases where the decoder's verdict is not the grammar's are left
- *   to it);
+ * - the JSON is well-formed by RFC 8259, at most MAX_DEPTH deep and within
+ *   the interpreter's recursion limit (see enter()), with no control
+ *   character in a string and no escaped surrogate outside a pair (the
+ *   cases where the decoder's verdict is not the grammar's are left to it);
  * - every field the snapshot's structs name has the type they give it, or
  *   is null, and appears once in its object; the text the facts use is
  *   plain ASCII with no escape (ids, states, purposes, codes...), but for

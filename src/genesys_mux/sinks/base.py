@@ -226,15 +226,15 @@ def embeddable(raw: bytes, read_as_json: bool = False) -> bool:
     """True when ``raw`` can go into a JSON record verbatim and be read back byte for byte.
 
     That is one JSON value of UTF-8 text on one line, with no surrounding
-    whitespace (a reader's ``Raw`` would drop it). Bodies from a socket are
-    (the split checks their text, the facts their syntax) unless
-    pretty-printed, but a replayed or hand-built event may carry anything,
-    and embedding that would corrupt the whole record: it goes base64
-    instead, never re-encoded, which would change its bytes and so its
-    content hash. ``read_as_json``: the pipeline's facts read ``raw`` as
-    JSON already (:attr:`~genesys_mux.core.streams.StreamEvent.well_formed`),
-    so it is not walked again (4 µs of a 7 KB body); its text is checked
-    either way, which neither that reading nor the walk does everywhere.
+    whitespace (a reader's ``Raw`` would drop it). A body from a socket is
+    one unless pretty-printed (the split checked its text, the facts its
+    syntax), but a replayed or hand-built event may carry anything, and
+    embedding that would corrupt the whole record: it goes base64 instead,
+    never re-encoded, which would change its bytes and so its content hash.
+    ``read_as_json``: the pipeline's facts read ``raw`` as JSON already
+    (:attr:`~genesys_mux.core.streams.StreamEvent.well_formed`), so it is
+    not walked again (4 µs of a 7 KB body); its text is checked either way,
+    which neither that reading nor the walk does everywhere.
     """
     if not raw or raw != raw.strip() or b"\n" in raw or b"\r" in raw or not is_utf8(raw):
         return False
