@@ -66,6 +66,18 @@
 #define Py_T_OBJECT T_OBJECT
 #endif
 
+/* Whether a METH_FASTCALL function was given its `count` arguments; if
+ * not, a TypeError saying so is set. */
+static int
+takes(const char *name, Py_ssize_t count, Py_ssize_t nargs)
+{
+    if (nargs == count) {
+        return 1;
+    }
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, count, nargs);
+    return 0;
+}
+
 /* -- the bound layout ---------------------------------------------------- */
 
 enum {
@@ -1061,8 +1073,7 @@ PyDoc_STRVAR(walk_doc,
 static PyObject *
 walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "walk() takes 3 arguments (%zd given)", nargs);
+    if (!takes("walk", 3, nargs)) {
         return NULL;
     }
     if (!bound || encode_value == NULL) {
@@ -1142,8 +1153,7 @@ PyDoc_STRVAR(bind_digest_doc,
 static PyObject *
 bind_digest(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "bind_digest() takes 2 arguments (%zd given)", nargs);
+    if (!takes("bind_digest", 2, nargs)) {
         return NULL;
     }
     if (!PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
@@ -1164,8 +1174,7 @@ PyDoc_STRVAR(bind_doc,
 static PyObject *
 bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "bind() takes 7 arguments (%zd given)", nargs);
+    if (!takes("bind", 7, nargs)) {
         return NULL;
     }
     /* Bound into locals first, so that a failed bind leaves the last good one. */
@@ -1449,8 +1458,7 @@ PyDoc_STRVAR(bind_split_doc,
 static PyObject *
 bind_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "bind_split() takes 2 arguments (%zd given)", nargs);
+    if (!takes("bind_split", 2, nargs)) {
         return NULL;
     }
     PyObject *type = args[0], *excluded = args[1];
@@ -2766,8 +2774,7 @@ PyDoc_STRVAR(read_doc,
 static PyObject *
 read_facts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "read() takes 2 arguments (%zd given)", nargs);
+    if (!takes("read", 2, nargs)) {
         return NULL;
     }
     if (facts_type == NULL || encode_value == NULL) {
@@ -2927,8 +2934,7 @@ PyDoc_STRVAR(bind_reader_doc,
 static PyObject *
 bind_reader(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "bind_reader() takes 3 arguments (%zd given)", nargs);
+    if (!takes("bind_reader", 3, nargs)) {
         return NULL;
     }
     if (!bound) {
